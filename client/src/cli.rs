@@ -1,0 +1,125 @@
+//! Command-line interface definitions (kept apart from the library configuration).
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+use crate::output::Format;
+
+/// Smelter: Kafka-to-lakehouse pipelines (bronze, silver, gold Delta tables) on a cluster
+/// of stateless Rust workers, queried over Flight SQL.
+#[derive(Debug, Parser)]
+#[command(name = "smelter", version, about)]
+pub struct Cli {
+    /// Configuration file (smelter.toml); `SMELTER__SECTION__KEY` variables override it.
+    #[arg(long, global = true, env = "SMELTER_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Log lines as JSON objects.
+    #[arg(long, global = true)]
+    pub log_json: bool,
+    /// Default log level (RUST_LOG overrides).
+    #[arg(long, global = true, default_value = "info")]
+    pub log_level: String,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run a coordinator and workers in this process, with local tables; no external services.
+    Up(UpArgs),
+    /// Run SQL over Flight SQL and print the result.
+    Query(QueryArgs),
+    /// Show workers, task placement and progress.
+    Status(StatusArgs),
+    /// List the tables a worker serves.
+    Tables(TablesArgs),
+    /// Check a pipeline file (schema, expectations, gold SQL) without running it.
+    Validate(ValidateArgs),
+    /// Declare or update a pipeline on a running coordinator.
+    Apply(ApplyArgs),
+    /// Run the coordinator role.
+    Coordinator,
+    /// Run a worker role.
+    Worker,
+}
+
+/// `smelter up`.
+#[derive(Debug, clap::Args)]
+pub struct UpArgs {
+    /// Run the built-in clickstream demo (examples/clickstream.yaml).
+    #[arg(long, conflicts_with = "pipeline")]
+    pub demo: bool,
+    /// Pipeline file to run.
+    #[arg(long)]
+    pub pipeline: Option<PathBuf>,
+    /// Number of workers.
+    #[arg(long, default_value_t = 2)]
+    pub workers: usize,
+    /// Where tables are kept (tables go to DIR/tables).
+    #[arg(long, default_value = "smelter-data")]
+    pub data_dir: PathBuf,
+    /// Flight SQL address of the first worker.
+    #[arg(long)]
+    pub flight_addr: Option<String>,
+    /// gRPC address of the coordinator.
+    #[arg(long)]
+    pub coordinator_addr: Option<String>,
+    /// Exit once every bounded source is fully processed through gold.
+    #[arg(long)]
+    pub exit_when_done: bool,
+}
+
+/// `smelter query`.
+#[derive(Debug, clap::Args)]
+pub struct QueryArgs {
+    /// The SQL (read-only; tables are named `layer.table`).
+    pub sql: String,
+    /// Output format.
+    #[arg(long, short, value_enum, default_value_t = Format::Table)]
+    pub output: Format,
+    /// Flight SQL endpoint of a worker.
+    #[arg(long, env = "SMELTER_FLIGHT", default_value = "127.0.0.1:8815")]
+    pub endpoint: String,
+}
+
+/// `smelter status`.
+#[derive(Debug, clap::Args)]
+pub struct StatusArgs {
+    /// Output format (`table` or `json`).
+    #[arg(long, short, value_enum, default_value_t = Format::Table)]
+    pub output: Format,
+    /// Coordinator endpoint.
+    #[arg(long, env = "SMELTER_COORDINATOR", default_value = "127.0.0.1:7070")]
+    pub coordinator: String,
+}
+
+/// `smelter tables`.
+#[derive(Debug, clap::Args)]
+pub struct TablesArgs {
+    /// Output format.
+    #[arg(long, short, value_enum, default_value_t = Format::Table)]
+    pub output: Format,
+    /// Flight SQL endpoint of a worker.
+    #[arg(long, env = "SMELTER_FLIGHT", default_value = "127.0.0.1:8815")]
+    pub endpoint: String,
+}
+
+/// `smelter validate`.
+#[derive(Debug, clap::Args)]
+pub struct ValidateArgs {
+    /// The pipeline file.
+    pub file: PathBuf,
+}
+
+/// `smelter apply`.
+#[derive(Debug, clap::Args)]
+pub struct ApplyArgs {
+    /// The pipeline file.
+    pub file: PathBuf,
+    /// Coordinator endpoint.
+    #[arg(long, env = "SMELTER_COORDINATOR", default_value = "127.0.0.1:7070")]
+    pub coordinator: String,
+}

@@ -1,0 +1,49 @@
+//! The `smelter` binary: parses arguments, loads configuration, dispatches, and maps errors
+//! to exit codes (2: invalid input, 1: failure).
+
+use clap::Parser;
+use smelter_client::cli::{Cli, Command};
+use smelter_client::{ClientError, commands};
+use smelter_common::config::SmelterConfig;
+use smelter_common::shutdown::{CancellationToken, cancel_on_signal};
+use smelter_common::telemetry::{LogFormat, init_logging};
+
+fn main() {
+    let cli = Cli::parse();
+    init_logging(if cli.log_json { LogFormat::Json } else { LogFormat::Text }, &cli.log_level);
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("error: cannot start the async runtime: {error}");
+            std::process::exit(1);
+        }
+    };
+    if let Err(error) = runtime.block_on(run(cli)) {
+        eprintln!("error: {error}");
+        std::process::exit(error.exit_code());
+    }
+}
+
+async fn run(cli: Cli) -> Result<(), ClientError> {
+    let config = SmelterConfig::load(cli.config.as_deref(), std::env::vars())?;
+    let shutdown = CancellationToken::new();
+    match cli.command {
+        Command::Up(args) => {
+            cancel_on_signal(shutdown.clone());
+            commands::up::run(config, args, shutdown).await
+        }
+        Command::Coordinator => {
+            cancel_on_signal(shutdown.clone());
+            commands::roles::coordinator(config, shutdown).await
+        }
+        Command::Worker => {
+            cancel_on_signal(shutdown.clone());
+            commands::roles::worker(config, shutdown).await
+        }
+        Command::Query(args) => commands::admin::query(args).await,
+        Command::Tables(args) => commands::admin::tables(args).await,
+        Command::Status(args) => commands::admin::status(args).await,
+        Command::Validate(args) => commands::admin::validate(args).await,
+        Command::Apply(args) => commands::admin::apply(args).await,
+    }
+}

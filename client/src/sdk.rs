@@ -1,0 +1,84 @@
+//! Rust SDK: run SQL over Flight SQL and call the coordinator's admin API.
+
+use arrow::record_batch::RecordBatch;
+use arrow_flight::sql::client::FlightSqlServiceClient;
+use futures::TryStreamExt;
+use smelter_proto::{ApplyPipelineRequest, ApplyPipelineResponse, ClusterStatus, ClusterStatusRequest, ControlClient};
+use tonic::transport::{Channel, Endpoint};
+
+use crate::{ClientError, Result};
+
+async fn channel(endpoint: &str) -> Result<Channel> {
+    let url = if endpoint.contains("://") { endpoint.to_string() } else { format!("http://{endpoint}") };
+    let unreachable = |message: String| ClientError::Unreachable { endpoint: url.clone(), message };
+    Endpoint::from_shared(url.clone())
+        .map_err(|e| unreachable(e.to_string()))?
+        .connect_timeout(std::time::Duration::from_secs(5))
+        .connect()
+        .await
+        .map_err(|e| unreachable(format!("{e} (is `smelter up` or a worker running there?)")))
+}
+
+/// A Flight SQL connection to one worker.
+pub struct QueryClient {
+    inner: FlightSqlServiceClient<Channel>,
+}
+
+impl QueryClient {
+    /// Connects to a Flight SQL endpoint (`host:port` or a URL).
+    pub async fn connect(endpoint: &str) -> Result<Self> {
+        Ok(Self { inner: FlightSqlServiceClient::new(channel(endpoint).await?) })
+    }
+
+    /// Runs `sql` and collects every result batch.
+    pub async fn query(&mut self, sql: &str) -> Result<Vec<RecordBatch>> {
+        let info = self.inner.execute(sql.to_string(), None).await.map_err(flight_status)?;
+        let mut batches = Vec::new();
+        for endpoint in info.endpoint {
+            let Some(ticket) = endpoint.ticket else { continue };
+            let stream = self.inner.do_get(ticket).await.map_err(flight_status)?;
+            batches.extend(stream.try_collect::<Vec<_>>().await.map_err(|e| flight_status(e.into()))?);
+        }
+        Ok(batches)
+    }
+}
+
+/// Surfaces the server's status (with its message) rather than a wrapped transport error.
+fn flight_status(error: arrow::error::ArrowError) -> ClientError {
+    match error {
+        arrow::error::ArrowError::ExternalError(inner) => match inner.downcast::<tonic::Status>() {
+            Ok(status) => ClientError::Rejected(*status),
+            Err(other) => match other.downcast::<arrow_flight::error::FlightError>() {
+                Ok(flight) => match *flight {
+                    arrow_flight::error::FlightError::Tonic(status) => ClientError::Rejected(*status),
+                    other => ClientError::Flight(other),
+                },
+                Err(other) => ClientError::Arrow(arrow::error::ArrowError::ExternalError(other)),
+            },
+        },
+        other => ClientError::Arrow(other),
+    }
+}
+
+/// The coordinator's admin API.
+pub struct AdminClient {
+    inner: ControlClient<Channel>,
+}
+
+impl AdminClient {
+    /// Connects to the coordinator (`host:port` or a URL).
+    pub async fn connect(endpoint: &str) -> Result<Self> {
+        Ok(Self { inner: ControlClient::new(channel(endpoint).await?) })
+    }
+
+    /// Leader, workers, tasks and their progress.
+    pub async fn status(&mut self) -> Result<ClusterStatus> {
+        Ok(self.inner.get_cluster_status(ClusterStatusRequest {}).await?.into_inner())
+    }
+
+    /// Declares or updates a pipeline.
+    pub async fn apply(&mut self, spec_yaml: &str, origin: &str) -> Result<ApplyPipelineResponse> {
+        let request = ApplyPipelineRequest { spec_yaml: spec_yaml.to_string(), origin: origin.to_string() };
+        Ok(self.inner.apply_pipeline(request).await?.into_inner())
+    }
+}

@@ -1,0 +1,242 @@
+//! Layered configuration: built-in defaults -> `smelter.toml` -> `SMELTER__SECTION__KEY`
+//! environment variables -> CLI flags (applied by the binary on the returned struct).
+//!
+//! There is no global config: the loaded [`SmelterConfig`] is passed down explicitly.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::{Error, Result};
+
+/// Prefix of environment variables that override configuration values.
+pub const ENV_PREFIX: &str = "SMELTER__";
+
+/// The complete configuration of a Smelter process.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct SmelterConfig {
+    /// Control plane.
+    pub coordinator: CoordinatorConfig,
+    /// Workers.
+    pub worker: WorkerConfig,
+    /// Where tables live.
+    pub storage: StorageConfig,
+    /// Limits on client queries.
+    pub query: QueryConfig,
+}
+
+/// Coordinator settings.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct CoordinatorConfig {
+    /// Address the gRPC control service binds.
+    pub listen: String,
+    /// URL workers and the CLI dial to reach the coordinator.
+    pub endpoint: String,
+    /// A worker that has not heartbeated for this long loses its tasks.
+    pub lease_ttl_ms: u64,
+    /// How often workers heartbeat.
+    pub heartbeat_interval_ms: u64,
+}
+
+impl Default for CoordinatorConfig {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:7070".into(),
+            endpoint: "http://127.0.0.1:7070".into(),
+            lease_ttl_ms: 10_000,
+            heartbeat_interval_ms: 2_000,
+        }
+    }
+}
+
+impl CoordinatorConfig {
+    /// Lease TTL as a duration.
+    pub fn lease_ttl(&self) -> Duration {
+        Duration::from_millis(self.lease_ttl_ms)
+    }
+}
+
+/// Worker settings.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct WorkerConfig {
+    /// Address the Flight SQL service binds.
+    pub flight_listen: String,
+    /// host:port clients should dial for this worker's Flight service; defaults to the bound address.
+    pub advertise_flight: Option<String>,
+    /// An ingest batch is committed when it holds this many records...
+    pub batch_max_records: usize,
+    /// ...or this many payload bytes...
+    pub batch_max_bytes: usize,
+    /// ...or when this much time has passed since its first record.
+    pub batch_max_wait_ms: u64,
+    /// How often downstream tasks look for new upstream versions.
+    pub poll_interval_ms: u64,
+    /// Most upstream versions a refine task folds into one commit.
+    pub refine_max_versions: u64,
+    /// Least time between two recomputations of one gold table.
+    pub gold_min_interval_ms: u64,
+}
+
+impl Default for WorkerConfig {
+    fn default() -> Self {
+        Self {
+            flight_listen: "127.0.0.1:8815".into(),
+            advertise_flight: None,
+            batch_max_records: 50_000,
+            batch_max_bytes: 32 * 1024 * 1024,
+            batch_max_wait_ms: 1_000,
+            poll_interval_ms: 250,
+            refine_max_versions: 64,
+            gold_min_interval_ms: 1_000,
+        }
+    }
+}
+
+/// Storage settings.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct StorageConfig {
+    /// Root of all tables: a local directory. Table `silver.events` lives at `<root>/silver/events`.
+    pub root: PathBuf,
+}
+
+impl Default for StorageConfig {
+    fn default() -> Self {
+        Self { root: PathBuf::from("data/tables") }
+    }
+}
+
+/// Limits applied to every client query.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct QueryConfig {
+    /// Results are cut off (with an error) past this many rows.
+    pub max_rows: usize,
+    /// A query running longer than this is cancelled.
+    pub timeout_ms: u64,
+    /// Memory a single query may use, in MiB.
+    pub memory_limit_mb: usize,
+}
+
+impl Default for QueryConfig {
+    fn default() -> Self {
+        Self { max_rows: 1_000_000, timeout_ms: 60_000, memory_limit_mb: 1024 }
+    }
+}
+
+impl SmelterConfig {
+    /// Loads defaults, then the file (if given), then `SMELTER__*` variables from `env`.
+    pub fn load(file: Option<&Path>, env: impl IntoIterator<Item = (String, String)>) -> Result<Self> {
+        let mut merged = toml::Value::try_from(SmelterConfig::default()).map_err(|e| Error::Config {
+            source_name: "defaults".into(),
+            message: e.to_string(),
+        })?;
+        if let Some(path) = file {
+            let text = std::fs::read_to_string(path).map_err(|source| Error::Io { path: path.to_path_buf(), source })?;
+            let value: toml::Value = toml::from_str(&text).map_err(|e| Error::Config {
+                source_name: path.display().to_string(),
+                message: e.to_string(),
+            })?;
+            merge(&mut merged, value);
+        }
+        let mut overrides: BTreeMap<String, String> = BTreeMap::new();
+        for (key, value) in env {
+            if let Some(rest) = key.strip_prefix(ENV_PREFIX) {
+                overrides.insert(rest.to_ascii_lowercase(), value);
+            }
+        }
+        for (path, raw) in overrides {
+            let parts: Vec<&str> = path.split("__").collect();
+            let value = raw
+                .parse::<i64>()
+                .map(toml::Value::Integer)
+                .or_else(|_| raw.parse::<bool>().map(toml::Value::Boolean))
+                .unwrap_or(toml::Value::String(raw.clone()));
+            set_path(&mut merged, &parts, value).map_err(|message| Error::Config {
+                source_name: format!("{ENV_PREFIX}{}", path.to_ascii_uppercase()),
+                message,
+            })?;
+        }
+        merged.try_into().map_err(|e: toml::de::Error| Error::Config {
+            source_name: file.map(|p| p.display().to_string()).unwrap_or_else(|| "environment".into()),
+            message: e.to_string(),
+        })
+    }
+}
+
+fn merge(base: &mut toml::Value, over: toml::Value) {
+    match (base, over) {
+        (toml::Value::Table(base), toml::Value::Table(over)) => {
+            for (key, value) in over {
+                match base.get_mut(&key) {
+                    Some(existing) => merge(existing, value),
+                    None => {
+                        base.insert(key, value);
+                    }
+                }
+            }
+        }
+        (base, over) => *base = over,
+    }
+}
+
+fn set_path(root: &mut toml::Value, parts: &[&str], value: toml::Value) -> Result<(), String> {
+    let Some((last, parents)) = parts.split_last() else {
+        return Err("empty key".into());
+    };
+    let mut cursor = root;
+    for part in parents {
+        cursor = cursor
+            .as_table_mut()
+            .and_then(|t| t.get_mut(*part))
+            .ok_or_else(|| format!("unknown section `{part}`"))?;
+    }
+    let table = cursor.as_table_mut().ok_or_else(|| "not a section".to_string())?;
+    // Strings that look like numbers stay strings when the field is a string.
+    let value = match (table.get(*last), value) {
+        (Some(toml::Value::String(_)), v @ (toml::Value::Integer(_) | toml::Value::Boolean(_))) => {
+            toml::Value::String(v.to_string())
+        }
+        (_, v) => v,
+    };
+    table.insert((*last).to_string(), value);
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn layers_apply_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("smelter.toml");
+        std::fs::write(&file, "[worker]\nbatch_max_records = 10\nflight_listen = \"0.0.0.0:1\"\n").unwrap();
+        let env = vec![
+            ("SMELTER__WORKER__FLIGHT_LISTEN".to_string(), "127.0.0.1:9".to_string()),
+            ("SMELTER__QUERY__MAX_ROWS".to_string(), "7".to_string()),
+            ("UNRELATED".to_string(), "x".to_string()),
+        ];
+        let config = SmelterConfig::load(Some(&file), env).unwrap();
+        assert_eq!(config.worker.batch_max_records, 10);
+        assert_eq!(config.worker.flight_listen, "127.0.0.1:9");
+        assert_eq!(config.query.max_rows, 7);
+        assert_eq!(config.coordinator, CoordinatorConfig::default());
+    }
+
+    #[test]
+    fn unknown_keys_are_errors() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("smelter.toml");
+        std::fs::write(&file, "[worker]\nbatch_max_recs = 10\n").unwrap();
+        let err = SmelterConfig::load(Some(&file), Vec::new()).unwrap_err().to_string();
+        assert!(err.contains("batch_max_recs"), "{err}");
+        let err = SmelterConfig::load(None, vec![("SMELTER__NOPE__X".into(), "1".into())]).unwrap_err();
+        assert!(err.to_string().contains("SMELTER__NOPE__X"), "{err}");
+    }
+}

@@ -1,0 +1,59 @@
+//! The one error type of the shared runtime crate.
+
+use std::path::PathBuf;
+
+/// Errors raised by configuration, spec parsing and the coordination store.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A pipeline spec is malformed or inconsistent. `field` is the dotted path of the
+    /// offending field, `line` its 1-based line in the file when known.
+    #[error("{origin}{}: {field}: {message}", line.map(|l| format!(":{l}")).unwrap_or_default())]
+    Spec {
+        /// File name (or other origin) of the spec.
+        origin: String,
+        /// 1-based line number, when it could be located.
+        line: Option<usize>,
+        /// Dotted path of the field, e.g. `tables.silver.events.dedupe.keys`.
+        field: String,
+        /// What is wrong with it.
+        message: String,
+    },
+    /// A configuration file or value is invalid.
+    #[error("invalid configuration {source_name}: {message}")]
+    Config {
+        /// Where the bad value came from (file path, env var, flag).
+        source_name: String,
+        /// What is wrong with it.
+        message: String,
+    },
+    /// Reading a file failed.
+    #[error("cannot read {path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The underlying error.
+        source: std::io::Error,
+    },
+    /// A lease does not exist (never granted, revoked or expired).
+    #[error("lease {lease} not found (expired or revoked)")]
+    LeaseNotFound {
+        /// The lease id.
+        lease: i64,
+    },
+    /// The coordination store could not be reached or failed; the operation may be retried.
+    #[error("coordination store unavailable: {message}")]
+    StoreUnavailable {
+        /// Details from the store client.
+        message: String,
+    },
+}
+
+impl Error {
+    /// Whether retrying the same operation later can succeed.
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, Error::StoreUnavailable { .. })
+    }
+}
+
+/// Result alias for this crate.
+pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,0 +1,256 @@
+//! The declarative pipeline spec (design.md §2): sources, and bronze/silver/gold tables
+//! with their rules.
+//!
+//! [`PipelineSpec::parse`] is the only way in: it deserializes the YAML (naming the field
+//! path and line of any type error) and then validates the whole pipeline (table names,
+//! layers, `from` references, dedupe keys against the parse schema, ...), so a bad spec
+//! is rejected before anything runs. Checks that need a query planner (expectation
+//! expressions, gold SQL) are done by the worker crate on top of this.
+
+mod schema;
+mod source;
+pub mod validate;
+
+use std::time::Duration;
+
+use indexmap::IndexMap;
+use serde::{Deserialize, Serialize};
+
+pub use schema::{FieldType, Primitive, SchemaSpec};
+pub use source::{FilesSpec, GeneratorSpec, SourceSpec};
+
+use crate::{Error, Result};
+
+/// A whole pipeline as declared in one YAML file.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct PipelineSpec {
+    /// Pipeline name: lower-case letters, digits, `_` and `-`.
+    pub pipeline: String,
+    /// Named sources.
+    pub sources: IndexMap<String, SourceSpec>,
+    /// Tables by `layer.name`, in declaration order.
+    pub tables: IndexMap<String, TableSpec>,
+}
+
+/// The medallion layer of a table, taken from the first part of its name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Layer {
+    /// Raw records plus source metadata.
+    Bronze,
+    /// Parsed, validated, deduplicated records.
+    Silver,
+    /// Business aggregates.
+    Gold,
+}
+
+impl Layer {
+    /// Lower-case name, as used in table names and storage paths.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Layer::Bronze => "bronze",
+            Layer::Silver => "silver",
+            Layer::Gold => "gold",
+        }
+    }
+
+    /// Parses the layer part of a table name.
+    pub fn parse(name: &str) -> Option<Layer> {
+        match name {
+            "bronze" => Some(Layer::Bronze),
+            "silver" => Some(Layer::Silver),
+            "gold" => Some(Layer::Gold),
+            _ => None,
+        }
+    }
+}
+
+/// One table and its rules. Which fields apply depends on the layer; validation rejects
+/// fields that make no sense for the table's layer.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct TableSpec {
+    /// Upstream: a source name (bronze) or a table name (silver, gold).
+    pub from: String,
+    /// Partition columns of the Delta table.
+    #[serde(default)]
+    pub partition_by: Vec<String>,
+    /// How silver decodes bronze payloads.
+    #[serde(default)]
+    pub parse: Option<ParseSpec>,
+    /// Nested structs become columns named `parent_child`.
+    #[serde(default)]
+    pub flatten: bool,
+    /// Duplicate removal.
+    #[serde(default)]
+    pub dedupe: Option<DedupeSpec>,
+    /// Data-quality rules, applied in order.
+    #[serde(default)]
+    pub expectations: Vec<ExpectationSpec>,
+    /// Gold: the SQL that defines the table, over `layer.table` names.
+    #[serde(default)]
+    pub sql: Option<String>,
+    /// Gold: the columns that identify a row.
+    #[serde(default)]
+    pub keys: Vec<String>,
+    /// Catalog: who owns the table.
+    #[serde(default)]
+    pub owner: Option<String>,
+    /// Catalog: free-form tags.
+    #[serde(default)]
+    pub tags: Vec<String>,
+    /// Catalog: what the table holds.
+    #[serde(default)]
+    pub description: Option<String>,
+}
+
+/// Decoding of raw payloads.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ParseSpec {
+    /// Payload format; only `json` (one JSON object per record) today.
+    pub format: PayloadFormat,
+    /// The declared schema. Fields present in a record but not declared go to `_rescued_data`.
+    pub schema: SchemaSpec,
+}
+
+/// Payload formats silver can decode.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum PayloadFormat {
+    /// One JSON object per record.
+    Json,
+}
+
+/// Duplicate removal on key columns.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct DedupeSpec {
+    /// Columns (after flattening) that identify a record.
+    pub keys: Vec<String>,
+    /// Only look for an earlier copy this far back in event time (`30s`, `15m`, `1h`, `7d`).
+    /// Needs a timestamp column: `by`, or the only timestamp column of the schema.
+    #[serde(default, with = "opt_duration")]
+    pub within: Option<Duration>,
+    /// The event-time column `within` refers to.
+    #[serde(default)]
+    pub by: Option<String>,
+}
+
+/// One data-quality rule.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ExpectationSpec {
+    /// Rule name, recorded with quarantined rows and in counters.
+    pub name: String,
+    /// SQL boolean expression over the table's columns. As in SQL CHECK constraints, a row
+    /// violates the rule only when the expression is `false` (NULL passes).
+    pub expr: String,
+    /// What happens to a violating row.
+    #[serde(default)]
+    pub on_violation: OnViolation,
+}
+
+/// What an expectation does with violating rows.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum OnViolation {
+    /// Keep the row, count the violation.
+    #[default]
+    Warn,
+    /// Remove the row, count it.
+    Drop,
+    /// Move the row to `<table>_quarantine` with rule and reason.
+    Quarantine,
+    /// Stop the task with an error; nothing of the batch is committed.
+    Fail,
+}
+
+impl TableSpec {
+    /// Name of the quarantine table of a silver table.
+    pub fn quarantine_name(table: &str) -> String {
+        format!("{table}_quarantine")
+    }
+}
+
+impl PipelineSpec {
+    /// Parses and validates a pipeline spec. `origin` (usually the file name) prefixes
+    /// every error message.
+    pub fn parse(text: &str, origin: &str) -> Result<PipelineSpec> {
+        let deserializer = serde_yaml::Deserializer::from_str(text);
+        let spec: PipelineSpec = serde_path_to_error::deserialize(deserializer).map_err(|err| {
+            let field = err.path().to_string();
+            let inner = err.into_inner();
+            let line = inner.location().map(|l| l.line());
+            // serde_yaml appends "at line X column Y"; we report the line separately.
+            let message = inner.to_string();
+            let message = match message.find(" at line ") {
+                Some(i) => message[..i].to_string(),
+                None => message,
+            };
+            Error::Spec { origin: origin.to_string(), line, field: if field == "." { "(top level)".into() } else { field }, message }
+        })?;
+        validate::validate(&spec, text, origin)?;
+        Ok(spec)
+    }
+
+    /// Reads and parses a spec file.
+    pub fn from_file(path: &std::path::Path) -> Result<PipelineSpec> {
+        let text = std::fs::read_to_string(path).map_err(|source| Error::Io { path: path.to_path_buf(), source })?;
+        PipelineSpec::parse(&text, &path.display().to_string())
+    }
+
+    /// Tables of one layer, in declaration order.
+    pub fn tables_in(&self, layer: Layer) -> impl Iterator<Item = (&String, &TableSpec)> {
+        self.tables.iter().filter(move |(name, _)| table_layer(name) == Some(layer))
+    }
+}
+
+/// The layer of a `layer.name` table name.
+pub fn table_layer(name: &str) -> Option<Layer> {
+    name.split_once('.').and_then(|(layer, _)| Layer::parse(layer))
+}
+
+/// Parses `500ms`, `30s`, `15m`, `1h`, `7d`.
+pub fn parse_duration(text: &str) -> Option<Duration> {
+    let text = text.trim();
+    let split = text.find(|c: char| !c.is_ascii_digit())?;
+    let (number, unit) = text.split_at(split);
+    let n: u64 = number.parse().ok()?;
+    let secs = match unit {
+        "ms" => return Some(Duration::from_millis(n)),
+        "s" => n,
+        "m" => n * 60,
+        "h" => n * 3600,
+        "d" => n * 86_400,
+        _ => return None,
+    };
+    Some(Duration::from_secs(secs))
+}
+
+mod opt_duration {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(value: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
+        match value {
+            Some(d) => s.serialize_str(&format!("{}ms", d.as_millis())),
+            None => s.serialize_none(),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+        let text: Option<String> = Option::deserialize(d)?;
+        text.map(|t| {
+            super::parse_duration(&t).ok_or_else(|| {
+                serde::de::Error::custom(format!("invalid duration `{t}`: use a number and a unit (ms, s, m, h, d), e.g. `1h`"))
+            })
+        })
+        .transpose()
+    }
+}
+
+#[cfg(test)]
+mod tests;

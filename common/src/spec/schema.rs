@@ -1,0 +1,158 @@
+//! Declared record schemas: `name: type` mappings where a type is a primitive name, a
+//! nested mapping (struct) or a one-element sequence (list).
+//!
+//! ```yaml
+//! schema:
+//!   event_id: string
+//!   ts: timestamp
+//!   user: { id: string, country: string }
+//!   items: [ { sku: string, qty: long } ]
+//! ```
+
+use indexmap::IndexMap;
+use serde::de::Error as _;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+/// Primitive column types.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Primitive {
+    /// UTF-8 text.
+    String,
+    /// 64-bit signed integer (`long`, `bigint`, `int`, `integer`).
+    Long,
+    /// 64-bit float (`double`, `float`).
+    Double,
+    /// `boolean` / `bool`.
+    Boolean,
+    /// RFC 3339 text or epoch milliseconds, stored as microseconds UTC.
+    Timestamp,
+    /// `YYYY-MM-DD`.
+    Date,
+}
+
+impl Primitive {
+    fn parse(name: &str) -> Option<Primitive> {
+        Some(match name.trim().to_ascii_lowercase().as_str() {
+            "string" | "str" | "text" => Primitive::String,
+            "long" | "bigint" | "int" | "integer" | "int64" => Primitive::Long,
+            "double" | "float" | "float64" => Primitive::Double,
+            "boolean" | "bool" => Primitive::Boolean,
+            "timestamp" => Primitive::Timestamp,
+            "date" => Primitive::Date,
+            _ => return None,
+        })
+    }
+
+    /// Canonical name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Primitive::String => "string",
+            Primitive::Long => "long",
+            Primitive::Double => "double",
+            Primitive::Boolean => "boolean",
+            Primitive::Timestamp => "timestamp",
+            Primitive::Date => "date",
+        }
+    }
+}
+
+/// The type of one declared field.
+#[derive(Debug, Clone, PartialEq)]
+pub enum FieldType {
+    /// A scalar.
+    Primitive(Primitive),
+    /// A nested object.
+    Struct(SchemaSpec),
+    /// A JSON array of one element type.
+    List(Box<FieldType>),
+}
+
+/// Ordered `name -> type` mapping.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct SchemaSpec {
+    /// Fields in declaration order.
+    pub fields: IndexMap<String, FieldType>,
+}
+
+impl FieldType {
+    fn from_yaml(value: &serde_yaml::Value, path: &str) -> Result<FieldType, String> {
+        match value {
+            serde_yaml::Value::String(name) => Primitive::parse(name).map(FieldType::Primitive).ok_or_else(|| {
+                format!("{path}: unknown type `{name}` (expected string, long, double, boolean, timestamp, date, a mapping or a one-element list)")
+            }),
+            serde_yaml::Value::Mapping(_) => SchemaSpec::from_yaml(value, path).map(FieldType::Struct),
+            serde_yaml::Value::Sequence(items) if items.len() == 1 => {
+                Ok(FieldType::List(Box::new(FieldType::from_yaml(&items[0], &format!("{path}[]"))?)))
+            }
+            serde_yaml::Value::Sequence(_) => Err(format!("{path}: a list type has exactly one element type, e.g. `[string]`")),
+            other => Err(format!("{path}: expected a type name, got `{}`", serde_yaml::to_string(other).unwrap_or_default().trim())),
+        }
+    }
+
+    fn to_yaml(&self) -> serde_yaml::Value {
+        match self {
+            FieldType::Primitive(p) => serde_yaml::Value::String(p.name().into()),
+            FieldType::Struct(s) => s.to_yaml(),
+            FieldType::List(inner) => serde_yaml::Value::Sequence(vec![inner.to_yaml()]),
+        }
+    }
+}
+
+impl SchemaSpec {
+    fn from_yaml(value: &serde_yaml::Value, path: &str) -> Result<SchemaSpec, String> {
+        let serde_yaml::Value::Mapping(map) = value else {
+            return Err(format!("{path}: expected a mapping of field names to types"));
+        };
+        let mut fields = IndexMap::new();
+        for (key, value) in map {
+            let Some(name) = key.as_str() else {
+                return Err(format!("{path}: field names must be strings"));
+            };
+            let child = if path.is_empty() { name.to_string() } else { format!("{path}.{name}") };
+            fields.insert(name.to_string(), FieldType::from_yaml(value, &child)?);
+        }
+        if fields.is_empty() {
+            return Err(format!("{path}: a schema needs at least one field"));
+        }
+        Ok(SchemaSpec { fields })
+    }
+
+    fn to_yaml(&self) -> serde_yaml::Value {
+        let mut map = serde_yaml::Mapping::new();
+        for (name, ty) in &self.fields {
+            map.insert(serde_yaml::Value::String(name.clone()), ty.to_yaml());
+        }
+        serde_yaml::Value::Mapping(map)
+    }
+
+    /// Column names and types after flattening nested structs into `parent_child` columns
+    /// (lists are kept as list columns).
+    pub fn flattened(&self) -> Vec<(String, FieldType)> {
+        let mut out = Vec::new();
+        flatten_into(&self.fields, "", &mut out);
+        out
+    }
+}
+
+fn flatten_into(fields: &IndexMap<String, FieldType>, prefix: &str, out: &mut Vec<(String, FieldType)>) {
+    for (name, ty) in fields {
+        let column = if prefix.is_empty() { name.clone() } else { format!("{prefix}_{name}") };
+        match ty {
+            FieldType::Struct(inner) => flatten_into(&inner.fields, &column, out),
+            other => out.push((column, other.clone())),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for SchemaSpec {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let value = serde_yaml::Value::deserialize(d)?;
+        SchemaSpec::from_yaml(&value, "").map_err(D::Error::custom)
+    }
+}
+
+impl Serialize for SchemaSpec {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        self.to_yaml().serialize(s)
+    }
+}

@@ -1,0 +1,87 @@
+//! Source declarations. A source is anything that yields records with a
+//! (topic, partition, offset) position: the built-in generator, a directory of NDJSON
+//! files, and (in cluster mode) Kafka.
+
+use serde::{Deserialize, Serialize};
+
+/// One named source.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "lowercase", deny_unknown_fields)]
+pub enum SourceSpec {
+    /// Seeded clickstream generator: deterministic by (seed, partition, offset).
+    Generator(GeneratorSpec),
+    /// A directory of NDJSON files; each file is a one-partition topic named after the file.
+    Files(FilesSpec),
+}
+
+impl SourceSpec {
+    /// How many partitions the source has (fixed for generator and files sources).
+    pub fn partitions(&self) -> u32 {
+        match self {
+            SourceSpec::Generator(g) => g.partitions,
+            SourceSpec::Files(_) => 1,
+        }
+    }
+}
+
+/// Settings of the clickstream generator.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct GeneratorSpec {
+    /// Seed of every random choice; same seed, same events.
+    pub seed: u64,
+    /// Number of partitions; partition `p` produces offsets 0, 1, 2, ...
+    pub partitions: u32,
+    /// Total events per second over all partitions; absent means as fast as possible.
+    pub rate: Option<u64>,
+    /// Total events over all partitions; absent means unbounded.
+    pub count: Option<u64>,
+    /// Share of events that repeat an earlier event of the same partition (same event_id).
+    pub duplicate_rate: f64,
+    /// Share of events made invalid on purpose (malformed JSON, missing user, bad price).
+    pub invalid_rate: f64,
+    /// Share of events whose timestamp lies up to two hours in the past.
+    pub late_rate: f64,
+    /// Number of distinct users.
+    pub users: u32,
+    /// Event time of offset 0 (RFC 3339).
+    pub start: String,
+    /// Event time advances this much per offset within a partition.
+    pub step_ms: u64,
+    /// Topic name recorded in bronze; defaults to the source name.
+    pub topic: Option<String>,
+}
+
+impl Default for GeneratorSpec {
+    fn default() -> Self {
+        Self {
+            seed: 42,
+            partitions: 4,
+            rate: Some(2_000),
+            count: None,
+            duplicate_rate: 0.01,
+            invalid_rate: 0.005,
+            late_rate: 0.02,
+            users: 5_000,
+            start: "2026-11-01T00:00:00Z".into(),
+            step_ms: 200,
+            topic: None,
+        }
+    }
+}
+
+/// Settings of the files source.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct FilesSpec {
+    /// Directory to watch. Files appear there by atomic rename; names starting with `.` or
+    /// ending in `.tmp` are ignored until renamed.
+    pub path: String,
+    /// Only names with this suffix are read.
+    #[serde(default = "default_suffix")]
+    pub suffix: String,
+}
+
+fn default_suffix() -> String {
+    ".ndjson".into()
+}

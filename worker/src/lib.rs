@@ -1,0 +1,25 @@
+//! The Smelter worker: a stateless executor of pipeline tasks.
+//!
+//! * [`tasks`]: ingest (source -> bronze), refine (bronze -> silver + quarantine) and
+//!   aggregate (silver -> gold) loops;
+//! * [`tables`]: table locations and the Delta commit protocol (design.md §5);
+//! * [`source`]: the source interface with the generator and files implementations;
+//! * [`refine`]: decoding, expectations and dedupe;
+//! * [`query`] and [`serve`]: read-only SQL and the Flight SQL service;
+//! * [`runtime`]: registration, heartbeats, assignment reconciliation.
+//!
+//! A worker keeps nothing that matters across restarts: positions live in the Delta log.
+
+pub mod error;
+pub mod query;
+pub mod refine;
+pub mod runtime;
+pub mod schemas;
+pub mod serve;
+pub mod source;
+pub mod tables;
+pub mod tasks;
+pub mod validate;
+
+pub use error::{Result, WorkerError};
+pub use runtime::run;

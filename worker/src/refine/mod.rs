@@ -1,0 +1,297 @@
+//! Refine: bronze -> silver (+ `<table>_quarantine`).
+//!
+//! Reads the data files added by each new bronze version (no full rescans), decodes the
+//! payloads, applies expectations and dedupe, and commits quarantine first and silver
+//! second, each with `txn(appId = "<table>/<bronze table>", version = last bronze version
+//! consumed)` (invariant 2). If the process dies between the two commits, the replay finds
+//! the quarantine txn already present and skips that commit (invariant 3).
+
+pub mod decode;
+pub mod dedupe;
+pub mod expectations;
+
+use std::sync::Arc;
+
+use arrow::array::{
+    Array, ArrayRef, BinaryArray, BinaryBuilder, Int32Array, Int32Builder, Int64Array, Int64Builder, RecordBatch,
+    StringArray, StringBuilder, TimestampMicrosecondArray, TimestampMicrosecondBuilder, UInt32Array,
+};
+use arrow::compute::{concat_batches, filter_record_batch, not};
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use deltalake::DeltaTable;
+use deltalake::kernel::Action;
+use deltalake::parquet::arrow::ProjectionMask;
+use deltalake::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use serde_json::Value;
+use smelter_common::spec::{OnViolation, TableSpec};
+
+use self::decode::JsonDecoder;
+use self::expectations::CompiledExpectation;
+use crate::{Result, WorkerError, schemas};
+
+/// Hidden column that ties a decoded row back to its bronze row while filtering.
+const ROW: &str = "__row";
+
+/// The bronze columns refine needs.
+const BRONZE_INPUT: [&str; 6] = ["topic", "partition", "offset", "payload", "error", "ingested_at"];
+
+/// Rows read from bronze, in commit order.
+pub struct BronzeRows {
+    batches: Vec<RecordBatch>,
+}
+
+impl BronzeRows {
+    /// Number of rows.
+    pub fn len(&self) -> usize {
+        self.batches.iter().map(RecordBatch::num_rows).sum()
+    }
+
+    /// Whether there are no rows.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// Reads the rows of the data files that versions `from..=to` of `bronze` added.
+/// Files added without `dataChange` (compaction) are skipped: their rows were seen before.
+pub async fn read_versions(bronze: &DeltaTable, name: &str, from: i64, to: i64) -> Result<BronzeRows> {
+    let log_store = bronze.log_store();
+    let store = bronze.object_store();
+    let mut batches = Vec::new();
+    for version in from..=to {
+        let Some(bytes) = log_store.read_commit_entry(version).await.map_err(|e| WorkerError::delta(name, e))? else {
+            return Err(WorkerError::delta(name, deltalake::DeltaTableError::Generic(format!("commit {version} is missing from the log"))));
+        };
+        let actions = deltalake::logstore::get_actions(version, &bytes).map_err(|e| WorkerError::delta(name, e))?;
+        for action in actions {
+            let Action::Add(add) = action else { continue };
+            if !add.data_change {
+                continue;
+            }
+            let path = deltalake::Path::from_url_path(&add.path)
+                .map_err(|e| WorkerError::delta(name, deltalake::DeltaTableError::Generic(format!("bad path {}: {e}", add.path))))?;
+            let data = store.get(&path).await.map_err(|e| WorkerError::delta(name, e.into()))?.bytes().await.map_err(|e| WorkerError::delta(name, e.into()))?;
+            let builder = ParquetRecordBatchReaderBuilder::try_new(data).map_err(|e| WorkerError::delta(name, e.into()))?;
+            let schema = builder.parquet_schema();
+            let indices: Vec<usize> = (0..schema.num_columns()).filter(|&i| BRONZE_INPUT.contains(&schema.column(i).name())).collect();
+            let mask = ProjectionMask::leaves(schema, indices);
+            let reader = builder.with_projection(mask).with_batch_size(16 * 1024).build().map_err(|e| WorkerError::delta(name, e.into()))?;
+            for batch in reader {
+                batches.push(batch?);
+            }
+        }
+    }
+    Ok(BronzeRows { batches })
+}
+
+/// What one refine step produced.
+pub struct Refined {
+    /// Rows for silver.
+    pub silver: RecordBatch,
+    /// Rows for the quarantine table.
+    pub quarantine: RecordBatch,
+    /// Rows removed by `drop` expectations.
+    pub dropped: usize,
+    /// Rows removed as duplicates.
+    pub deduplicated: usize,
+    /// Violations counted by `warn` expectations, per rule.
+    pub warned: Vec<(String, usize)>,
+}
+
+/// Turns bronze rows into silver rows for one silver table.
+pub struct Refiner {
+    table: String,
+    spec: TableSpec,
+    decoder: JsonDecoder,
+    silver_schema: SchemaRef,
+    work_schema: SchemaRef,
+    expectations: Vec<CompiledExpectation>,
+}
+
+struct Quarantined {
+    rule: String,
+    reason: String,
+    row: usize,
+}
+
+fn column<'a, T: 'static>(batch: &'a RecordBatch, name: &str) -> Result<&'a T> {
+    batch
+        .column_by_name(name)
+        .and_then(|c| c.as_any().downcast_ref::<T>())
+        .ok_or_else(|| WorkerError::Arrow(arrow::error::ArrowError::SchemaError(format!("bronze column `{name}` missing or mistyped"))))
+}
+
+impl Refiner {
+    /// Prepares decoding and compiles the expectations of `table`.
+    pub fn new(table: &str, spec: &TableSpec, origin: &str) -> Result<Self> {
+        let parse = spec.parse.clone().ok_or_else(|| WorkerError::InvalidSpec {
+            origin: origin.to_string(),
+            field: format!("tables.{table}.parse"),
+            message: "silver tables need a parse section".into(),
+        })?;
+        let silver_schema = schemas::silver(spec);
+        let mut fields: Vec<Field> = silver_schema.fields().iter().map(|f| f.as_ref().clone()).collect();
+        fields.push(Field::new(ROW, DataType::UInt32, false));
+        let work_schema = Arc::new(Schema::new(fields));
+        let expectations = expectations::compile(table, origin, &spec.expectations, &work_schema)?;
+        Ok(Self {
+            table: table.to_string(),
+            spec: spec.clone(),
+            decoder: JsonDecoder::new(parse.schema, spec.flatten),
+            silver_schema,
+            work_schema,
+            expectations,
+        })
+    }
+
+    /// The silver table's schema.
+    pub fn silver_schema(&self) -> &SchemaRef {
+        &self.silver_schema
+    }
+
+    /// Decodes, validates and dedupes `rows`; `silver` is the snapshot dedupe checks against.
+    pub async fn refine(&self, rows: &BronzeRows, silver: &DeltaTable) -> Result<Refined> {
+        let input = if rows.batches.is_empty() {
+            RecordBatch::new_empty(Arc::new(Schema::empty()))
+        } else {
+            concat_batches(&rows.batches[0].schema(), &rows.batches)?
+        };
+        let n = input.num_rows();
+        let mut quarantined: Vec<Quarantined> = Vec::new();
+        let mut decoded = Vec::with_capacity(n);
+        if n > 0 {
+            let topic = column::<StringArray>(&input, "topic")?;
+            let partition = column::<Int32Array>(&input, "partition")?;
+            let offset = column::<Int64Array>(&input, "offset")?;
+            let payload = column::<BinaryArray>(&input, "payload")?;
+            let error = column::<StringArray>(&input, "error")?;
+            let ingested = column::<TimestampMicrosecondArray>(&input, "ingested_at")?;
+            for row in 0..n {
+                if error.is_valid(row) || payload.is_null(row) {
+                    let reason = if error.is_valid(row) { error.value(row).to_string() } else { "record has no payload".into() };
+                    quarantined.push(Quarantined { rule: "_ingest".into(), reason, row });
+                    continue;
+                }
+                match self.decoder.decode(payload.value(row)) {
+                    Ok((mut fields, rescued)) => {
+                        fields.insert("_rescued_data".into(), rescued.map_or(Value::Null, Value::String));
+                        fields.insert("_topic".into(), Value::String(topic.value(row).to_string()));
+                        fields.insert("_partition".into(), Value::from(partition.value(row)));
+                        fields.insert("_offset".into(), Value::from(offset.value(row)));
+                        fields.insert("_ingested_at".into(), Value::from(ingested.value(row)));
+                        fields.insert(ROW.into(), Value::from(row as u32));
+                        decoded.push(fields);
+                    }
+                    Err(rejection) => quarantined.push(Quarantined { rule: rejection.rule.into(), reason: rejection.reason, row }),
+                }
+            }
+        }
+        let mut decoder = arrow::json::ReaderBuilder::new(self.work_schema.clone()).with_batch_size(decoded.len().max(1)).build_decoder()?;
+        decoder.serialize(&decoded)?;
+        let mut batch = decoder.flush()?.unwrap_or_else(|| RecordBatch::new_empty(self.work_schema.clone()));
+
+        let mut dropped = 0;
+        let mut warned = Vec::new();
+        for rule in &self.expectations {
+            let violations = rule.violations(&batch)?;
+            let count = violations.true_count();
+            if count == 0 {
+                continue;
+            }
+            match rule.action() {
+                OnViolation::Warn => {
+                    tracing::warn!(table = %self.table, rule = %rule.spec.name, count, "expectation violated (kept)");
+                    warned.push((rule.spec.name.clone(), count));
+                    continue;
+                }
+                OnViolation::Fail => {
+                    let rows = column::<UInt32Array>(&batch, ROW)?;
+                    let first = (0..violations.len()).find(|&i| violations.value(i)).map_or(0, |i| rows.value(i) as usize);
+                    return Err(WorkerError::ExpectationFailed {
+                        table: self.table.clone(),
+                        rule: rule.spec.name.clone(),
+                        expr: rule.spec.expr.clone(),
+                        count,
+                        position: position(&input, first)?,
+                    });
+                }
+                OnViolation::Drop => dropped += count,
+                OnViolation::Quarantine => {
+                    let rows = column::<UInt32Array>(&batch, ROW)?;
+                    for i in (0..violations.len()).filter(|&i| violations.value(i)) {
+                        quarantined.push(Quarantined {
+                            rule: rule.spec.name.clone(),
+                            reason: format!("violates `{}`", rule.spec.expr),
+                            row: rows.value(i) as usize,
+                        });
+                    }
+                }
+            }
+            batch = filter_record_batch(&batch, &not(&violations)?)?;
+        }
+
+        let mut deduplicated = 0;
+        if let Some(dedupe) = &self.spec.dedupe {
+            let by = dedupe.by.clone().or_else(|| {
+                self.silver_schema.fields().iter().find(|f| f.data_type() == &schemas::timestamp_type() && !f.name().starts_with('_')).map(|f| f.name().clone())
+            });
+            let window = dedupe.within.zip(by);
+            let (kept, removed) = dedupe::dedupe(batch, &dedupe.keys, window.as_ref().map(|(d, c)| (c.as_str(), *d)), silver).await?;
+            batch = kept;
+            deduplicated = removed;
+        }
+        let silver_batch = batch.project(&(0..self.silver_schema.fields().len()).collect::<Vec<_>>())?;
+        let silver_batch = RecordBatch::try_new(self.silver_schema.clone(), silver_batch.columns().to_vec())?;
+        quarantined.sort_by_key(|q| q.row);
+        Ok(Refined { silver: silver_batch, quarantine: quarantine_batch(&input, &quarantined)?, dropped, deduplicated, warned })
+    }
+}
+
+fn position(input: &RecordBatch, row: usize) -> Result<String> {
+    let topic = column::<StringArray>(input, "topic")?;
+    let partition = column::<Int32Array>(input, "partition")?;
+    let offset = column::<Int64Array>(input, "offset")?;
+    Ok(format!("{}/{}@{}", topic.value(row), partition.value(row), offset.value(row)))
+}
+
+fn quarantine_batch(input: &RecordBatch, rows: &[Quarantined]) -> Result<RecordBatch> {
+    if rows.is_empty() {
+        return Ok(RecordBatch::new_empty(schemas::quarantine()));
+    }
+    let topic = column::<StringArray>(input, "topic")?;
+    let partition = column::<Int32Array>(input, "partition")?;
+    let offset = column::<Int64Array>(input, "offset")?;
+    let payload = column::<BinaryArray>(input, "payload")?;
+    let ingested = column::<TimestampMicrosecondArray>(input, "ingested_at")?;
+    let now = chrono::Utc::now().timestamp_micros();
+    let mut rule_b = StringBuilder::new();
+    let mut reason_b = StringBuilder::new();
+    let mut topic_b = StringBuilder::new();
+    let mut partition_b = Int32Builder::new();
+    let mut offset_b = Int64Builder::new();
+    let mut payload_b = BinaryBuilder::new();
+    let mut ingested_b = TimestampMicrosecondBuilder::new().with_timezone("UTC");
+    let mut at_b = TimestampMicrosecondBuilder::new().with_timezone("UTC");
+    for q in rows {
+        rule_b.append_value(&q.rule);
+        reason_b.append_value(&q.reason);
+        topic_b.append_value(topic.value(q.row));
+        partition_b.append_value(partition.value(q.row));
+        offset_b.append_value(offset.value(q.row));
+        payload_b.append_option(payload.is_valid(q.row).then(|| payload.value(q.row)));
+        ingested_b.append_value(ingested.value(q.row));
+        at_b.append_value(now);
+    }
+    let columns: Vec<ArrayRef> = vec![
+        Arc::new(rule_b.finish()),
+        Arc::new(reason_b.finish()),
+        Arc::new(topic_b.finish()),
+        Arc::new(partition_b.finish()),
+        Arc::new(offset_b.finish()),
+        Arc::new(payload_b.finish()),
+        Arc::new(ingested_b.finish()),
+        Arc::new(at_b.finish()),
+    ];
+    Ok(RecordBatch::try_new(schemas::quarantine(), columns)?)
+}
+

@@ -1,0 +1,258 @@
+//! The worker process: registers with the coordinator, keeps its lease alive, follows its
+//! assignment stream and runs exactly the tasks assigned under the latest generation.
+//!
+//! ```text
+//!   register ──► heartbeat loop ─────────────────────────► (lease lost: drain, re-register)
+//!       │
+//!       └──► WatchAssignments ──► reconcile: stop (drain) removed tasks, start new ones
+//!                                     │
+//!                                     └──► status reports every second, tagged (worker, generation)
+//! ```
+//!
+//! Stopping a task cancels its token; the task commits its in-flight batch and returns.
+//! Nothing here is needed for correctness after a crash — that is the commit protocol's job.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
+
+use smelter_common::config::SmelterConfig;
+use smelter_common::spec::PipelineSpec;
+use smelter_proto::{
+    AssignmentUpdate, ControlClient, DeregisterRequest, HeartbeatRequest, RegisterWorkerRequest, TaskKind, TaskState,
+    WatchAssignmentsRequest, WorkerContext,
+};
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tokio_stream::wrappers::TcpListenerStream;
+use tokio_util::sync::CancellationToken;
+use tonic::transport::{Channel, Endpoint, Server};
+
+use crate::query::QueryEngine;
+use crate::serve::flight::FlightSqlServer;
+use crate::tables::TableStore;
+use crate::tasks::aggregate::AggregateTask;
+use crate::tasks::ingest::IngestTask;
+use crate::tasks::refine::RefineTask;
+use crate::tasks::{Progress, TaskEnv};
+use crate::{Result, WorkerError};
+
+/// What one running unit of work is, as the worker groups assignments: all partitions of
+/// one source form a single ingest task.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+enum UnitKey {
+    Ingest { pipeline: String, source: String, table: String },
+    Refine { pipeline: String, table: String },
+    Aggregate { pipeline: String, table: String },
+}
+
+struct Unit {
+    partitions: Vec<i32>,
+    task_ids: Vec<String>,
+    cancel: CancellationToken,
+    handle: JoinHandle<()>,
+    progress: Progress,
+}
+
+/// Runs a worker until `shutdown` is cancelled. The Flight SQL service is served on
+/// `flight_listener` (bind it first; port 0 is fine).
+pub async fn run(config: SmelterConfig, flight_listener: TcpListener, shutdown: CancellationToken) -> Result<()> {
+    let tables = TableStore::new(&config.storage.root)?;
+    let flight_addr = flight_listener.local_addr().map_err(|source| WorkerError::Io { context: "flight listener".into(), source })?;
+    let advertised = config.worker.advertise_flight.clone().unwrap_or_else(|| flight_addr.to_string());
+    let engine = QueryEngine::new(tables.clone(), config.query.clone());
+    let flight = FlightSqlServer::new(engine)?.into_service();
+    let flight_shutdown = shutdown.clone();
+    let flight_task = tokio::spawn(async move {
+        let incoming = TcpListenerStream::new(flight_listener);
+        if let Err(error) = Server::builder().add_service(flight).serve_with_incoming_shutdown(incoming, flight_shutdown.cancelled_owned()).await {
+            tracing::error!(%error, "flight server stopped");
+        }
+    });
+    tracing::info!(flight = %advertised, "worker serving Flight SQL");
+
+    let mut backoff = Duration::from_millis(100);
+    while !shutdown.is_cancelled() {
+        match session(&config, &tables, &advertised, &shutdown).await {
+            Ok(()) => break,
+            Err(error) => {
+                tracing::warn!(%error, retry_in_ms = backoff.as_millis() as u64, "control-plane session ended; re-registering");
+                tokio::select! { _ = shutdown.cancelled() => break, _ = tokio::time::sleep(backoff) => {} }
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+    let _ = flight_task.await;
+    tracing::info!("worker stopped");
+    Ok(())
+}
+
+async fn connect(endpoint: &str) -> Result<ControlClient<Channel>> {
+    let channel = Endpoint::from_shared(endpoint.to_string())
+        .map_err(|e| WorkerError::Control(tonic::Status::invalid_argument(format!("bad coordinator endpoint {endpoint}: {e}"))))?
+        .connect_timeout(Duration::from_secs(3))
+        .connect()
+        .await?;
+    Ok(ControlClient::new(channel))
+}
+
+/// One registration: lasts until shutdown (Ok) or until the lease or stream is lost (Err).
+async fn session(config: &SmelterConfig, tables: &TableStore, advertised: &str, shutdown: &CancellationToken) -> Result<()> {
+    let mut client = connect(&config.coordinator.endpoint).await?;
+    let hostname = std::env::var("HOSTNAME").unwrap_or_default();
+    let registered = client.register_worker(RegisterWorkerRequest { flight_endpoint: advertised.to_string(), hostname }).await?.into_inner();
+    let worker_id = registered.worker_id.clone();
+    let span = tracing::info_span!("worker", worker_id = %worker_id);
+    let _enter = span.enter();
+    tracing::info!(lease_ttl_ms = registered.lease_ttl_ms, "registered");
+    let mut stream = client.watch_assignments(WatchAssignmentsRequest { worker_id: worker_id.clone() }).await?.into_inner();
+    let mut heartbeat = tokio::time::interval(Duration::from_millis(registered.heartbeat_interval_ms.max(100)));
+    let mut report = tokio::time::interval(Duration::from_secs(1));
+    let mut units: BTreeMap<UnitKey, Unit> = BTreeMap::new();
+    let mut generation = 0u64;
+    let result = loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => break Ok(()),
+            _ = heartbeat.tick() => {
+                if let Err(status) = client.heartbeat(HeartbeatRequest { worker_id: worker_id.clone() }).await {
+                    break Err(WorkerError::Control(status));
+                }
+            }
+            _ = report.tick() => report_status(&mut client, &worker_id, generation, &units).await,
+            update = stream.message() => match update {
+                Ok(Some(update)) => {
+                    generation = update.generation;
+                    reconcile(&mut units, update, config, tables).await;
+                }
+                Ok(None) => break Err(WorkerError::Control(tonic::Status::unavailable("assignment stream closed"))),
+                Err(status) => break Err(WorkerError::Control(status)),
+            },
+        }
+    };
+    // Drain: every task commits its in-flight batch before we let go of the lease.
+    stop_all(&mut units).await;
+    report_status(&mut client, &worker_id, generation, &units).await;
+    if result.is_ok() {
+        let _ = client.deregister(DeregisterRequest { worker_id: worker_id.clone() }).await;
+        tracing::info!("deregistered");
+    }
+    result
+}
+
+async fn stop_all(units: &mut BTreeMap<UnitKey, Unit>) {
+    for unit in units.values() {
+        unit.cancel.cancel();
+    }
+    for (key, unit) in std::mem::take(units) {
+        if let Err(error) = unit.handle.await {
+            tracing::error!(?key, %error, "task panicked while draining");
+        }
+    }
+}
+
+async fn report_status(client: &mut ControlClient<Channel>, worker_id: &str, generation: u64, units: &BTreeMap<UnitKey, Unit>) {
+    for unit in units.values() {
+        let snapshot = unit.progress.snapshot();
+        for task_id in &unit.task_ids {
+            let mut report = snapshot.clone();
+            report.context = Some(WorkerContext { worker_id: worker_id.to_string(), generation });
+            report.task_id = task_id.clone();
+            if let Err(status) = client.report_task_status(report).await {
+                tracing::debug!(%status, task_id, "status report rejected");
+            }
+        }
+    }
+}
+
+/// Makes the running units match `update`: stops (drains) what is gone or changed, starts what is new.
+async fn reconcile(units: &mut BTreeMap<UnitKey, Unit>, update: AssignmentUpdate, config: &SmelterConfig, tables: &TableStore) {
+    let mut pipelines: HashMap<String, Arc<PipelineSpec>> = HashMap::new();
+    for definition in &update.pipelines {
+        match PipelineSpec::parse(&definition.spec_yaml, &definition.origin) {
+            Ok(spec) => {
+                pipelines.insert(definition.name.clone(), Arc::new(spec));
+            }
+            Err(error) => tracing::error!(pipeline = %definition.name, %error, "assigned pipeline does not parse; its tasks are skipped"),
+        }
+    }
+    let mut wanted: BTreeMap<UnitKey, (Vec<i32>, Vec<String>)> = BTreeMap::new();
+    for task in &update.tasks {
+        let key = match task.kind() {
+            TaskKind::Ingest => UnitKey::Ingest { pipeline: task.pipeline.clone(), source: task.source.clone(), table: task.table.clone() },
+            TaskKind::Refine => UnitKey::Refine { pipeline: task.pipeline.clone(), table: task.table.clone() },
+            TaskKind::Aggregate => UnitKey::Aggregate { pipeline: task.pipeline.clone(), table: task.table.clone() },
+            TaskKind::Unspecified => continue,
+        };
+        let entry = wanted.entry(key).or_default();
+        entry.0.push(task.partition);
+        entry.1.push(task.task_id.clone());
+    }
+    for (partitions, _) in wanted.values_mut() {
+        partitions.sort_unstable();
+    }
+    let stale: Vec<UnitKey> = units.iter().filter(|(k, u)| wanted.get(*k).is_none_or(|(p, _)| *p != u.partitions)).map(|(k, _)| k.clone()).collect();
+    for key in &stale {
+        if let Some(unit) = units.get(key) {
+            unit.cancel.cancel();
+        }
+    }
+    for key in stale {
+        if let Some(unit) = units.remove(&key) {
+            let _ = unit.handle.await;
+            tracing::info!(?key, "task stopped");
+        }
+    }
+    for (key, (partitions, task_ids)) in wanted {
+        if units.contains_key(&key) {
+            continue;
+        }
+        let pipeline_name = match &key {
+            UnitKey::Ingest { pipeline, .. } | UnitKey::Refine { pipeline, .. } | UnitKey::Aggregate { pipeline, .. } => pipeline,
+        };
+        let Some(pipeline) = pipelines.get(pipeline_name) else { continue };
+        let env = TaskEnv { tables: tables.clone(), config: config.worker.clone(), pipeline: Arc::clone(pipeline) };
+        let progress = Progress::default();
+        let cancel = CancellationToken::new();
+        let handle = tokio::spawn(supervise(key.clone(), partitions.clone(), env, progress.clone(), cancel.clone()));
+        tracing::info!(?key, ?partitions, generation = update.generation, "task started");
+        units.insert(key, Unit { partitions, task_ids, cancel, handle, progress });
+    }
+}
+
+/// Runs a task, restarting it with backoff after retryable errors.
+async fn supervise(key: UnitKey, partitions: Vec<i32>, env: TaskEnv, progress: Progress, cancel: CancellationToken) {
+    let mut backoff = Duration::from_millis(200);
+    loop {
+        progress.set_state(TaskState::Starting);
+        let result = match &key {
+            UnitKey::Ingest { source, table, .. } => {
+                IngestTask { source: source.clone(), partitions: partitions.clone(), table: table.clone() }.run(env.clone(), progress.clone(), cancel.clone()).await
+            }
+            UnitKey::Refine { table, .. } => RefineTask { table: table.clone() }.run(env.clone(), progress.clone(), cancel.clone()).await,
+            UnitKey::Aggregate { table, .. } => AggregateTask { table: table.clone() }.run(env.clone(), progress.clone(), cancel.clone()).await,
+        };
+        match result {
+            Ok(()) => {
+                progress.set_state(TaskState::Stopped);
+                return;
+            }
+            Err(error) if error.is_retryable() && !cancel.is_cancelled() => {
+                tracing::warn!(?key, %error, retry_in_ms = backoff.as_millis() as u64, "task failed; retrying");
+                progress.update(|r| {
+                    r.state = TaskState::Backoff as i32;
+                    r.error = error.to_string();
+                });
+                tokio::select! { _ = cancel.cancelled() => return, _ = tokio::time::sleep(backoff) => {} }
+                backoff = (backoff * 2).min(Duration::from_secs(10));
+            }
+            Err(error) => {
+                tracing::error!(?key, %error, "task failed");
+                progress.update(|r| {
+                    r.state = TaskState::Failed as i32;
+                    r.error = error.to_string();
+                });
+                return;
+            }
+        }
+    }
+}

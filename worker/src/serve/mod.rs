@@ -1,0 +1,3 @@
+//! What a worker serves to clients.
+
+pub mod flight;

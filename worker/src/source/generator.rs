@@ -1,0 +1,319 @@
+//! The seeded clickstream generator.
+//!
+//! Every event is a pure function of (seed, partition, offset): [`Clickstream::event`]. The
+//! reader only decides *when* to emit; restarting at any offset reproduces exactly the same
+//! bytes, which is what lets tests compute the ground truth independently of the pipeline.
+//!
+//! Shares of duplicate, invalid and late events follow the spec; duplicates repeat an
+//! earlier valid event of the same partition byte for byte (same `event_id`).
+
+use std::fmt::Write as _;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use smelter_common::spec::GeneratorSpec;
+use tokio::time::Instant;
+
+use super::{CommittedPositions, SourceReader, SourceRecord};
+use crate::{Result, WorkerError};
+
+/// What the generator made of one offset.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EventKind {
+    /// A well-formed, valid event.
+    Valid,
+    /// A byte-for-byte copy of the valid event at this earlier offset.
+    Duplicate {
+        /// Offset of the original.
+        of: i64,
+    },
+    /// Truncated JSON: silver cannot parse it.
+    Malformed,
+    /// No `user.id`: violates `has_user`.
+    MissingUser,
+    /// Negative price: violates `sane_price`.
+    BadPrice,
+}
+
+/// One generated event.
+#[derive(Debug, Clone)]
+pub struct GeneratedEvent {
+    /// Its kind.
+    pub kind: EventKind,
+    /// `event_id` of the event (of the original, for duplicates).
+    pub event_id: String,
+    /// The JSON payload.
+    pub payload: Vec<u8>,
+    /// Event time in microseconds since the epoch.
+    pub ts_us: i64,
+}
+
+const EVENT_TYPES: [(&str, u64); 4] = [("view", 60), ("click", 25), ("add_to_cart", 10), ("purchase", 5)];
+const COUNTRIES: [&str; 8] = ["DE", "US", "FR", "GB", "PL", "JP", "BR", "IN"];
+const DEVICES: [&str; 3] = ["mobile", "desktop", "tablet"];
+const CATEGORIES: [&str; 6] = ["shoes", "books", "garden", "toys", "kitchen", "audio"];
+const REFERRERS: [&str; 4] = ["https://search.example.com/", "https://news.example.org/", "", "https://social.example.net/feed"];
+const PRODUCTS: u64 = 2_000;
+
+/// The deterministic event function of one generator source.
+#[derive(Debug, Clone)]
+pub struct Clickstream {
+    spec: GeneratorSpec,
+    start_us: i64,
+}
+
+fn mix(mut z: u64) -> u64 {
+    // splitmix64 finalizer: cheap, well distributed, stable across platforms.
+    z = z.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+impl Clickstream {
+    /// The event function for `spec` (which must have passed spec validation).
+    pub fn new(spec: &GeneratorSpec) -> Result<Self> {
+        let start = chrono::DateTime::parse_from_rfc3339(&spec.start)
+            .map_err(|e| WorkerError::Source { source_name: "generator".into(), message: format!("start `{}`: {e}", spec.start) })?;
+        Ok(Self { spec: spec.clone(), start_us: start.timestamp_micros() })
+    }
+
+    fn rand(&self, partition: i32, offset: i64, salt: u64) -> u64 {
+        mix(self.spec.seed ^ mix((partition as u64) << 40 ^ offset as u64) ^ mix(salt))
+    }
+
+    fn unit(&self, partition: i32, offset: i64, salt: u64) -> f64 {
+        (self.rand(partition, offset, salt) >> 11) as f64 / (1u64 << 53) as f64
+    }
+
+    /// The kind of the event at (partition, offset).
+    pub fn kind(&self, partition: i32, offset: i64) -> EventKind {
+        let r = self.unit(partition, offset, 1);
+        if r < self.spec.duplicate_rate && offset > 0 {
+            let back = 1 + (self.rand(partition, offset, 2) % 50) as i64;
+            let of = offset.saturating_sub(back).max(0);
+            if self.base_kind(partition, of) == EventKind::Valid {
+                return EventKind::Duplicate { of };
+            }
+            return EventKind::Valid;
+        }
+        self.base_kind(partition, offset)
+    }
+
+    fn base_kind(&self, partition: i32, offset: i64) -> EventKind {
+        let r = self.unit(partition, offset, 1);
+        let dup = self.spec.duplicate_rate;
+        if r >= dup && r < dup + self.spec.invalid_rate {
+            return match self.rand(partition, offset, 3) % 3 {
+                0 => EventKind::Malformed,
+                1 => EventKind::MissingUser,
+                _ => EventKind::BadPrice,
+            };
+        }
+        EventKind::Valid
+    }
+
+    /// The event at (partition, offset).
+    pub fn event(&self, partition: i32, offset: i64) -> GeneratedEvent {
+        let kind = self.kind(partition, offset);
+        let source_offset = match kind {
+            EventKind::Duplicate { of } => of,
+            _ => offset,
+        };
+        let (event_id, payload, ts_us) = self.render(partition, source_offset, kind);
+        GeneratedEvent { kind, event_id, payload, ts_us }
+    }
+
+    fn render(&self, partition: i32, offset: i64, kind: EventKind) -> (String, Vec<u8>, i64) {
+        let r = |salt: u64| self.rand(partition, offset, salt);
+        let mut ts_us = self.start_us + offset * self.spec.step_ms as i64 * 1_000;
+        if self.unit(partition, offset, 4) < self.spec.late_rate {
+            ts_us -= (r(5) % 7_200_000_000) as i64; // up to two hours late
+        }
+        let ts = chrono::DateTime::from_timestamp_micros(ts_us).unwrap_or_default();
+        let user = r(6) % self.spec.users as u64;
+        let mut pick = r(7) % 100;
+        let mut event_type = EVENT_TYPES[0].0;
+        for (name, weight) in EVENT_TYPES {
+            if pick < weight {
+                event_type = name;
+                break;
+            }
+            pick -= weight;
+        }
+        let product = r(8) % PRODUCTS;
+        let mut price = 5.0 + (mix(product ^ 0xC0FFEE) % 50_000) as f64 / 100.0;
+        if kind == EventKind::BadPrice {
+            price = -price;
+        }
+        let quantity = if matches!(event_type, "add_to_cart" | "purchase") { 1 + r(9) % 3 } else { 1 };
+        let session = ts_us / 1_800_000_000; // a session per user per half hour
+        let event_id = format!("e{}-{partition}-{offset}", self.spec.seed);
+        let mut json = String::with_capacity(400);
+        let _ = write!(
+            json,
+            r#"{{"event_id":"{event_id}","event_type":"{event_type}","ts":"{}","session_id":"s-{user}-{session}","user":{{"#,
+            ts.format("%Y-%m-%dT%H:%M:%S%.3fZ")
+        );
+        if kind != EventKind::MissingUser {
+            let _ = write!(json, r#""id":"u-{user:05}","#);
+        }
+        let _ = write!(
+            json,
+            r#""country":"{}","device":"{}"}},"page":{{"url":"/products/p-{product:04}","referrer":"{}"}},"product":{{"id":"p-{product:04}","category":"{}","price":{price:.2}}},"quantity":{quantity}}}"#,
+            COUNTRIES[(user % COUNTRIES.len() as u64) as usize],
+            DEVICES[(r(10) % DEVICES.len() as u64) as usize],
+            REFERRERS[(r(11) % REFERRERS.len() as u64) as usize],
+            CATEGORIES[(product % CATEGORIES.len() as u64) as usize],
+        );
+        let mut payload = json.into_bytes();
+        if kind == EventKind::Malformed {
+            payload.truncate(payload.len() / 2);
+        }
+        (event_id, payload, ts_us)
+    }
+
+    /// Offsets partition `partition` produces in total, or `None` if unbounded.
+    pub fn partition_count(&self, partition: i32) -> Option<i64> {
+        let count = self.spec.count?;
+        let partitions = self.spec.partitions as u64;
+        let base = count / partitions;
+        let extra = u64::from((partition as u64) < count % partitions);
+        Some((base + extra) as i64)
+    }
+
+    /// The topic name recorded in bronze.
+    pub fn topic(&self, source_name: &str) -> String {
+        self.spec.topic.clone().unwrap_or_else(|| source_name.to_string())
+    }
+}
+
+struct PartitionCursor {
+    partition: i32,
+    next: i64,
+    /// Offset the cursor started at in this reader, for pacing.
+    started_at: i64,
+    end: Option<i64>,
+}
+
+/// Emits generated events for the owned partitions, paced to the configured rate.
+pub struct GeneratorReader {
+    events: Clickstream,
+    topic: Arc<str>,
+    cursors: Vec<PartitionCursor>,
+    per_partition_rate: Option<f64>,
+    opened: Instant,
+    turn: usize,
+}
+
+impl GeneratorReader {
+    /// Opens the reader, each partition starting after its committed offset.
+    pub async fn open(name: &str, spec: &GeneratorSpec, partitions: &[i32], positions: &dyn CommittedPositions) -> Result<Self> {
+        let events = Clickstream::new(spec)?;
+        let topic: Arc<str> = events.topic(name).into();
+        let mut cursors = Vec::with_capacity(partitions.len());
+        for &partition in partitions {
+            let next = positions.committed(&topic, partition).await?.map_or(0, |last| last + 1);
+            cursors.push(PartitionCursor { partition, next, started_at: next, end: events.partition_count(partition) });
+        }
+        let per_partition_rate = spec.rate.map(|rate| rate as f64 / spec.partitions as f64);
+        Ok(Self { events, topic, cursors, per_partition_rate, opened: Instant::now(), turn: 0 })
+    }
+
+    /// How far partition `c` may have progressed by now.
+    fn available(&self, c: &PartitionCursor, now: Instant) -> i64 {
+        let paced = match self.per_partition_rate {
+            Some(rate) => c.started_at + (now.duration_since(self.opened).as_secs_f64() * rate) as i64,
+            None => i64::MAX,
+        };
+        c.end.map_or(paced, |end| paced.min(end))
+    }
+}
+
+#[async_trait]
+impl SourceReader for GeneratorReader {
+    async fn poll(&mut self, max_records: usize, max_wait: Duration) -> Result<Vec<SourceRecord>> {
+        let deadline = Instant::now() + max_wait;
+        loop {
+            let now = Instant::now();
+            let mut out = Vec::new();
+            let n = self.cursors.len();
+            for i in 0..n {
+                let idx = (self.turn + i) % n;
+                let available = self.available(&self.cursors[idx], now);
+                let cursor = &mut self.cursors[idx];
+                while cursor.next < available && out.len() < max_records {
+                    let event = self.events.event(cursor.partition, cursor.next);
+                    out.push(SourceRecord {
+                        topic: Arc::clone(&self.topic),
+                        partition: cursor.partition,
+                        offset: cursor.next,
+                        key: Some(event.event_id),
+                        timestamp_us: Some(event.ts_us),
+                        headers: None,
+                        payload: Some(event.payload),
+                        error: None,
+                    });
+                    cursor.next += 1;
+                }
+            }
+            self.turn = self.turn.wrapping_add(1);
+            if !out.is_empty() || self.finished() || now >= deadline {
+                return Ok(out);
+            }
+            // Sleep until roughly one more event per partition is due, or the deadline.
+            let step = self.per_partition_rate.map_or(Duration::from_millis(10), |r| Duration::from_secs_f64((1.0 / r).min(0.05)));
+            tokio::time::sleep_until((now + step).min(deadline)).await;
+        }
+    }
+
+    fn lag(&self) -> Option<i64> {
+        let now = Instant::now();
+        Some(self.cursors.iter().map(|c| (self.available(c, now) - c.next).max(0)).sum())
+    }
+
+    fn finished(&self) -> bool {
+        self.cursors.iter().all(|c| c.end.is_some_and(|end| c.next >= end))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec() -> GeneratorSpec {
+        GeneratorSpec { duplicate_rate: 0.05, invalid_rate: 0.05, count: Some(10), ..GeneratorSpec::default() }
+    }
+
+    #[test]
+    fn events_are_deterministic_and_shaped() {
+        let a = Clickstream::new(&spec()).unwrap();
+        let b = Clickstream::new(&spec()).unwrap();
+        let mut kinds = std::collections::HashMap::new();
+        for offset in 0..20_000 {
+            let (x, y) = (a.event(1, offset), b.event(1, offset));
+            assert_eq!(x.payload, y.payload);
+            *kinds.entry(std::mem::discriminant(&x.kind)).or_insert(0) += 1;
+            match x.kind {
+                EventKind::Malformed => assert!(serde_json::from_slice::<serde_json::Value>(&x.payload).is_err()),
+                EventKind::Duplicate { of } => assert_eq!(x.payload, a.event(1, of).payload),
+                _ => {
+                    let v: serde_json::Value = serde_json::from_slice(&x.payload).unwrap();
+                    assert_eq!(v["event_id"], x.event_id.as_str());
+                    assert_eq!(v["user"]["id"].is_null(), x.kind == EventKind::MissingUser);
+                }
+            }
+        }
+        assert_eq!(kinds.len(), 5, "every kind occurs");
+        let avg = (0..1000).map(|o| a.event(0, o).payload.len()).sum::<usize>() / 1000;
+        assert!((300..450).contains(&avg), "average payload {avg} bytes");
+    }
+
+    #[test]
+    fn counts_split_over_partitions() {
+        let c = Clickstream::new(&GeneratorSpec { partitions: 4, count: Some(10), ..GeneratorSpec::default() }).unwrap();
+        let counts: Vec<i64> = (0..4).map(|p| c.partition_count(p).unwrap()).collect();
+        assert_eq!(counts, vec![3, 3, 2, 2]);
+    }
+}

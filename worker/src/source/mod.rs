@@ -1,0 +1,74 @@
+//! Sources: anything that yields records at a (topic, partition, offset) position.
+//!
+//! A reader never decides where to start by itself: it asks [`CommittedPositions`], which
+//! answers from the bronze table's Delta `txn` actions (design.md §5.1). That is what makes
+//! restarts, hand-offs and crashes exactly-once for every source kind: the generator (a
+//! pure function of seed, partition and offset), the files source (each file is a
+//! one-partition topic named after the file), and Kafka (cluster mode).
+
+mod files;
+pub mod generator;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use smelter_common::spec::SourceSpec;
+
+use crate::Result;
+
+/// One record as read from a source, before it becomes a bronze row.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SourceRecord {
+    /// Topic (generator topic, file name, Kafka topic).
+    pub topic: Arc<str>,
+    /// Partition within the topic.
+    pub partition: i32,
+    /// Offset within the partition; strictly increasing per (topic, partition).
+    pub offset: i64,
+    /// Record key, if the source has one.
+    pub key: Option<String>,
+    /// Source timestamp in microseconds since the epoch, if the source has one.
+    pub timestamp_us: Option<i64>,
+    /// Headers as a JSON object, if any.
+    pub headers: Option<String>,
+    /// The raw payload; `None` when it could not be kept (see `error`).
+    pub payload: Option<Vec<u8>>,
+    /// Why the record is flagged (e.g. too large); such records still land in bronze.
+    pub error: Option<String>,
+}
+
+/// Answers "what is the last offset of (topic, partition) already in bronze?".
+#[async_trait]
+pub trait CommittedPositions: Send + Sync {
+    /// The last committed offset, or `None` if nothing of it was committed.
+    async fn committed(&self, topic: &str, partition: i32) -> Result<Option<i64>>;
+}
+
+/// Reads the partitions of one source that this worker owns.
+#[async_trait]
+pub trait SourceReader: Send {
+    /// The next records, at most `max_records`, waiting at most `max_wait` for the first
+    /// one. An empty result means nothing is available right now.
+    async fn poll(&mut self, max_records: usize, max_wait: Duration) -> Result<Vec<SourceRecord>>;
+
+    /// Records available but not yet returned, if the source can tell.
+    fn lag(&self) -> Option<i64>;
+
+    /// True once a bounded source has returned everything it will ever return.
+    fn finished(&self) -> bool;
+}
+
+/// Opens a reader over `partitions` of `source`, starting after the committed positions.
+pub async fn open(
+    name: &str,
+    source: &SourceSpec,
+    partitions: &[i32],
+    positions: Arc<dyn CommittedPositions>,
+    max_record_bytes: usize,
+) -> Result<Box<dyn SourceReader>> {
+    match source {
+        SourceSpec::Generator(spec) => Ok(Box::new(generator::GeneratorReader::open(name, spec, partitions, positions.as_ref()).await?)),
+        SourceSpec::Files(spec) => Ok(Box::new(files::FilesReader::new(name, spec, positions, max_record_bytes))),
+    }
+}

@@ -1,0 +1,269 @@
+//! Where tables live and how they are opened, created and committed to.
+//!
+//! # The commit protocol (design.md §5)
+//!
+//! The Delta log is the only source of truth about what was written. Every commit made by
+//! a task carries Delta `txn` actions naming what it consumed:
+//!
+//! * ingest: `appId = "<pipeline>/<topic>/<partition>"`, `version` = last offset;
+//! * refine / aggregate: `appId = "<table>/<upstream table>"`, `version` = upstream Delta version.
+//!
+//! [`commit`] is a compare-and-set on those versions: each [`TxnUpdate`] names the version
+//! the writer *started from* (`previous`), and after refreshing the snapshot the commit goes
+//! ahead only if the table still holds exactly that. Anything else means this batch, or an
+//! overlapping one, is already in the table (invariant 3, strengthened: "my version or
+//! later" alone would let a batch 100..200 land after another owner committed 100..150).
+//! A racing commit carrying the same appId is rejected by delta-rs's conflict checker.
+//! When a write fails in a way that leaves its outcome unknown, the table is reloaded and
+//! the txn versions decide (invariant 5) — never a blind retry.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use arrow::datatypes::SchemaRef;
+use arrow::record_batch::RecordBatch;
+use deltalake::kernel::engine::arrow_conversion::TryFromArrow;
+use deltalake::kernel::transaction::CommitProperties;
+use deltalake::kernel::{StructType, Transaction};
+use deltalake::protocol::SaveMode;
+use deltalake::{DeltaTable, DeltaTableBuilder, DeltaTableError};
+use url::Url;
+
+use crate::{Result, WorkerError};
+
+/// Maps `layer.name` table names to storage locations under one root.
+#[derive(Debug, Clone)]
+pub struct TableStore {
+    root: PathBuf,
+}
+
+impl TableStore {
+    /// Tables live under `root` (created if missing).
+    pub fn new(root: impl Into<PathBuf>) -> Result<Self> {
+        let root = root.into();
+        std::fs::create_dir_all(&root).map_err(|source| WorkerError::Io { context: format!("create {}", root.display()), source })?;
+        let root = root.canonicalize().map_err(|source| WorkerError::Io { context: format!("resolve {}", root.display()), source })?;
+        Ok(Self { root })
+    }
+
+    /// The root directory.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// Directory of a table: `silver.events` -> `<root>/silver/events`.
+    pub fn path(&self, table: &str) -> PathBuf {
+        let (layer, name) = table.split_once('.').unwrap_or(("default", table));
+        self.root.join(layer).join(name)
+    }
+
+    /// URL of a table's directory.
+    pub fn url(&self, table: &str) -> Result<Url> {
+        let path = self.path(table);
+        std::fs::create_dir_all(&path).map_err(|source| WorkerError::Io { context: format!("create {}", path.display()), source })?;
+        Url::from_directory_path(&path)
+            .map_err(|()| WorkerError::Io { context: format!("table path {}", path.display()), source: std::io::Error::other("not absolute") })
+    }
+
+    /// Whether the table has a Delta log yet.
+    pub fn exists(&self, table: &str) -> bool {
+        self.path(table).join("_delta_log").is_dir()
+    }
+
+    /// Opens the latest version of an existing table.
+    pub async fn open(&self, table: &str) -> Result<DeltaTable> {
+        let url = self.url(table)?;
+        let builder = DeltaTableBuilder::from_url(url).map_err(|e| WorkerError::delta(table, e))?;
+        builder.load().await.map_err(|e| WorkerError::delta(table, e))
+    }
+
+    /// Opens one version of an existing table.
+    pub async fn open_version(&self, table: &str, version: i64) -> Result<DeltaTable> {
+        let url = self.url(table)?;
+        let builder = DeltaTableBuilder::from_url(url).map_err(|e| WorkerError::delta(table, e))?;
+        builder.with_version(version).load().await.map_err(|e| WorkerError::delta(table, e))
+    }
+
+    /// Opens the table, creating it empty with `schema` if it does not exist. Concurrent
+    /// creators race on version 0; the loser simply opens what the winner made.
+    pub async fn open_or_create(&self, table: &str, schema: &SchemaRef, partition_by: &[String]) -> Result<DeltaTable> {
+        if self.exists(table) {
+            return self.open(table).await;
+        }
+        let delta_schema = StructType::try_from_arrow(schema.as_ref())
+            .map_err(|e| WorkerError::delta(table, DeltaTableError::Generic(format!("schema not representable in Delta: {e}"))))?;
+        let created = deltalake::operations::create::CreateBuilder::new()
+            .with_location(self.url(table)?.to_string())
+            .with_table_name(table)
+            .with_columns(delta_schema.fields().cloned())
+            .with_partition_columns(partition_by.to_vec())
+            .with_save_mode(SaveMode::Ignore)
+            .await;
+        match created {
+            Ok(t) => Ok(t),
+            Err(e) => {
+                tracing::debug!(table, error = %e, "create lost a race; opening");
+                self.open(table).await
+            }
+        }
+    }
+}
+
+/// How a commit changes the table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WriteMode {
+    /// Add rows.
+    Append,
+    /// Replace all rows.
+    Overwrite,
+}
+
+/// What [`commit`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CommitOutcome {
+    /// The batch is now in the table at this version.
+    Committed {
+        /// Table version of the commit.
+        version: i64,
+    },
+    /// The table no longer holds the `previous` version of some txn: this batch or an
+    /// overlapping one is already in. Nothing was written; the caller must re-read its
+    /// positions from the table.
+    AlreadyCommitted,
+}
+
+/// One txn action of a commit, with the version it expects to replace.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TxnUpdate {
+    /// The application id.
+    pub app_id: String,
+    /// The version the table must hold now (`None`: no txn for this app id yet).
+    pub previous: Option<i64>,
+    /// The version this commit records.
+    pub version: i64,
+}
+
+impl TxnUpdate {
+    /// A txn moving `app_id` from `previous` to `version`.
+    pub fn new(app_id: impl Into<String>, previous: Option<i64>, version: i64) -> Self {
+        Self { app_id: app_id.into(), previous, version }
+    }
+}
+
+/// The highest committed txn version of `app_id`, if any.
+pub async fn txn_version(table: &DeltaTable, app_id: &str) -> Result<Option<i64>> {
+    let name = table_name(table);
+    let snapshot = table.snapshot().map_err(|e| WorkerError::delta(&name, e))?;
+    snapshot.transaction_version(table.log_store().as_ref(), app_id).await.map_err(|e| WorkerError::delta(&name, e))
+}
+
+/// Rows in the table's current snapshot (from the add actions' statistics).
+pub fn row_count(table: &DeltaTable) -> u64 {
+    match table.snapshot() {
+        Ok(snapshot) => snapshot.log_data().iter().map(|f| f.num_records().unwrap_or(0) as u64).sum(),
+        Err(_) => 0,
+    }
+}
+
+fn table_name(table: &DeltaTable) -> String {
+    table.table_url().to_string()
+}
+
+/// Commits `batches` with the given txn actions, following the protocol in the module docs.
+pub async fn commit(
+    table: &mut DeltaTable,
+    name: &str,
+    batches: Vec<RecordBatch>,
+    mode: WriteMode,
+    partition_by: &[String],
+    txns: Vec<TxnUpdate>,
+) -> Result<CommitOutcome> {
+    const ATTEMPTS: usize = 5;
+    let mut last_error = None;
+    for attempt in 0..ATTEMPTS {
+        table.update_state().await.map_err(|e| WorkerError::delta(name, e))?;
+        if !positions_unchanged(table, &txns).await? {
+            // Whether an earlier attempt of ours landed or another writer got there first,
+            // the data is in; the caller re-reads its positions from the table.
+            if attempt > 0 {
+                tracing::info!(table = name, "txn found after a failed attempt; not writing again");
+            }
+            return Ok(CommitOutcome::AlreadyCommitted);
+        }
+        let actions = txns.iter().map(|t| Transaction::new(&t.app_id, t.version)).collect();
+        let properties = CommitProperties::default().with_application_transactions(actions);
+        let write = table
+            .clone()
+            .write(batches.clone())
+            .with_save_mode(match mode {
+                WriteMode::Append => SaveMode::Append,
+                WriteMode::Overwrite => SaveMode::Overwrite,
+            })
+            .with_partition_columns(partition_by.to_vec())
+            .with_commit_properties(properties);
+        match write.await {
+            Ok(written) => {
+                let version = written.version().unwrap_or(-1);
+                *table = written;
+                return Ok(CommitOutcome::Committed { version });
+            }
+            Err(e) => {
+                let error = WorkerError::delta(name, e);
+                // Outcome unknown (or lost a race): the txn versions decide on the next pass.
+                tracing::warn!(table = name, attempt, error = %error, "commit failed; reloading to decide from txn versions");
+                if !error.is_retryable() || matches!(&error, WorkerError::Delta { source, .. } if is_permanent(source)) {
+                    return Err(error);
+                }
+                last_error = Some(error);
+            }
+        }
+    }
+    Err(last_error.unwrap_or_else(|| WorkerError::CommitConflict { table: name.to_string(), message: "gave up".into() }))
+}
+
+async fn positions_unchanged(table: &DeltaTable, txns: &[TxnUpdate]) -> Result<bool> {
+    for txn in txns {
+        let current = txn_version(table, &txn.app_id).await?;
+        if current != txn.previous {
+            tracing::debug!(app_id = %txn.app_id, ?current, previous = ?txn.previous, "txn position moved");
+            return Ok(false);
+        }
+    }
+    Ok(true)
+}
+
+fn is_permanent(error: &DeltaTableError) -> bool {
+    matches!(
+        error,
+        DeltaTableError::SchemaMismatch { .. }
+            | DeltaTableError::Arrow { .. }
+            | DeltaTableError::InvalidData { .. }
+            | DeltaTableError::Generic(_)
+            | DeltaTableError::NotATable(_)
+    )
+}
+
+/// Convenience: the schema of a table's current snapshot as Arrow.
+pub fn arrow_schema(table: &DeltaTable, name: &str) -> Result<SchemaRef> {
+    let snapshot = table.snapshot().map_err(|e| WorkerError::delta(name, e))?;
+    let schema = snapshot.snapshot().arrow_schema();
+    Ok(Arc::clone(&schema))
+}
+
+impl TableStore {
+    /// Every table under the root (directories `<layer>/<name>` with a `_delta_log`),
+    /// as sorted `layer.name` names.
+    pub fn list(&self) -> Vec<String> {
+        let mut names = Vec::new();
+        for layer in ["bronze", "silver", "gold"] {
+            let Ok(entries) = std::fs::read_dir(self.root.join(layer)) else { continue };
+            for entry in entries.flatten() {
+                if entry.path().join("_delta_log").is_dir() {
+                    names.push(format!("{layer}.{}", entry.file_name().to_string_lossy()));
+                }
+            }
+        }
+        names.sort();
+        names
+    }
+}

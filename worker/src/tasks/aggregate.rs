@@ -1,0 +1,81 @@
+//! The aggregate task: keeps a gold table equal to its SQL over the silver table.
+//!
+//! Each refresh runs the SQL over one silver snapshot and replaces the gold table's rows in
+//! one commit carrying `txn(appId = "<gold>/<silver>", version = silver version read)`
+//! (invariant 2). Refreshes are throttled by `gold_min_interval_ms`; the table is therefore
+//! never more than one interval plus one query behind silver.
+
+use std::time::Duration;
+
+use smelter_proto::TaskState;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use super::{Progress, TaskEnv, downstream_app_id};
+use crate::query::QueryEngine;
+use crate::tables::{self, CommitOutcome, TxnUpdate, WriteMode};
+use crate::{Result, WorkerError, schemas};
+
+/// Keeps one gold table current.
+pub struct AggregateTask {
+    /// The gold table.
+    pub table: String,
+}
+
+impl AggregateTask {
+    /// Runs until cancelled.
+    pub async fn run(self, env: TaskEnv, progress: Progress, cancel: CancellationToken) -> Result<()> {
+        let spec = env.pipeline.tables.get(&self.table).cloned().unwrap_or_default();
+        let sql = spec.sql.clone().unwrap_or_default();
+        let app_id = downstream_app_id(&self.table, &spec.from);
+        let poll = Duration::from_millis(env.config.poll_interval_ms);
+        let min_interval = Duration::from_millis(env.config.gold_min_interval_ms);
+        let engine = QueryEngine::new(env.tables.clone(), Default::default());
+        progress.set_state(TaskState::Starting);
+        // Wait for the silver table: the gold schema comes from planning over it.
+        while !env.tables.exists(&spec.from) {
+            tokio::select! { _ = cancel.cancelled() => return Ok(()), _ = tokio::time::sleep(poll) => {} }
+        }
+        let mut silver = env.tables.open(&spec.from).await?;
+        let planned = engine.plan(&sql, Some((&spec.from, silver.version().unwrap_or(0)))).await?;
+        let schema = schemas::delta_schema(planned.schema().as_arrow());
+        let mut gold = env.tables.open_or_create(&self.table, &schema, &spec.partition_by).await?;
+        let mut consumed = tables::txn_version(&gold, &app_id).await?;
+        let mut last_refresh: Option<Instant> = None;
+        progress.update(|r| r.table_rows = tables::row_count(&gold));
+        loop {
+            if cancel.is_cancelled() {
+                progress.set_state(TaskState::Stopped);
+                return Ok(());
+            }
+            silver.update_state().await.map_err(|e| WorkerError::delta(&spec.from, e))?;
+            let latest = silver.version().unwrap_or(-1);
+            let done = consumed.unwrap_or(-1);
+            progress.update(|r| r.lag = latest - done);
+            let throttled = last_refresh.is_some_and(|t| t.elapsed() < min_interval);
+            if latest <= done || throttled {
+                progress.set_state(if latest <= done { TaskState::Idle } else { TaskState::Running });
+                tokio::select! { _ = cancel.cancelled() => {}, _ = tokio::time::sleep(poll) => {} }
+                continue;
+            }
+            progress.set_state(TaskState::Running);
+            last_refresh = Some(Instant::now());
+            let frame = engine.plan(&sql, Some((&spec.from, latest))).await?;
+            let batches = frame.collect().await?;
+            let batches = batches.iter().map(|b| schemas::to_delta(b, &schema)).collect::<Result<Vec<_>>>()?;
+            let rows: u64 = batches.iter().map(|b| b.num_rows() as u64).sum();
+            let txns = vec![TxnUpdate::new(&app_id, consumed, latest)];
+            match tables::commit(&mut gold, &self.table, batches, WriteMode::Overwrite, &spec.partition_by, txns).await? {
+                CommitOutcome::Committed { version } => {
+                    progress.committed(version, rows, rows);
+                    progress.update(|r| r.lag = 0);
+                    tracing::debug!(table = %self.table, version, silver_version = latest, rows, "gold refresh");
+                    consumed = Some(latest);
+                }
+                CommitOutcome::AlreadyCommitted => {
+                    consumed = tables::txn_version(&gold, &app_id).await?;
+                }
+            }
+        }
+    }
+}

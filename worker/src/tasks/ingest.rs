@@ -1,0 +1,231 @@
+//! Ingest: source partitions -> bronze.
+//!
+//! Records are batched by count, bytes and time, then committed with one `txn` action per
+//! (topic, partition) in the batch: `appId = "<pipeline>/<topic>/<partition>"`, `version` =
+//! last offset (invariant 1). Start positions come from those txn versions, never from the
+//! source's own bookkeeping. When a commit finds its positions already taken (another
+//! owner, or an earlier attempt whose outcome was unknown), the buffered records are
+//! dropped and the reader reopened from the table.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
+
+use arrow::array::{BinaryBuilder, Date32Builder, Int32Builder, Int64Builder, RecordBatch, StringBuilder, TimestampMicrosecondBuilder};
+use async_trait::async_trait;
+use deltalake::DeltaTable;
+use smelter_proto::TaskState;
+use tokio::sync::Mutex;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use super::{Progress, TaskEnv};
+use crate::source::{self, CommittedPositions, SourceRecord};
+use crate::tables::{self, CommitOutcome, TableStore, TxnUpdate, WriteMode};
+use crate::{Result, WorkerError, schemas};
+
+/// Largest payload kept in bronze; larger records land with an error flag instead.
+pub const MAX_RECORD_BYTES: usize = 1024 * 1024;
+
+/// The bronze txn app id of one source partition.
+pub fn app_id(pipeline: &str, topic: &str, partition: i32) -> String {
+    format!("{pipeline}/{topic}/{partition}")
+}
+
+/// Committed positions read from the bronze table's txn actions. Every answer is
+/// remembered: it is the `previous` version of that partition's first commit, the value
+/// the compare-and-set in [`tables::commit`] checks.
+struct TablePositions {
+    pipeline: String,
+    name: String,
+    tables: TableStore,
+    table: Mutex<Option<DeltaTable>>,
+    answers: std::sync::Mutex<HashMap<(String, i32), Option<i64>>>,
+}
+
+impl TablePositions {
+    fn answered(&self, topic: &str, partition: i32) -> Option<Option<i64>> {
+        self.answers.lock().unwrap_or_else(|e| e.into_inner()).get(&(topic.to_string(), partition)).copied()
+    }
+
+    fn forget(&self) {
+        self.answers.lock().unwrap_or_else(|e| e.into_inner()).clear();
+    }
+}
+
+#[async_trait]
+impl CommittedPositions for TablePositions {
+    async fn committed(&self, topic: &str, partition: i32) -> Result<Option<i64>> {
+        let mut guard = self.table.lock().await;
+        let table = match guard.as_mut() {
+            Some(t) => t,
+            None => guard.insert(self.tables.open(&self.name).await?),
+        };
+        table.update_state().await.map_err(|e| WorkerError::delta(&self.name, e))?;
+        let answer = tables::txn_version(table, &app_id(&self.pipeline, topic, partition)).await?;
+        self.answers.lock().unwrap_or_else(|e| e.into_inner()).insert((topic.to_string(), partition), answer);
+        Ok(answer)
+    }
+}
+
+/// Ingests the owned partitions of one source into its bronze table.
+pub struct IngestTask {
+    /// The source name in the spec.
+    pub source: String,
+    /// The owned partitions.
+    pub partitions: Vec<i32>,
+    /// The bronze table (`bronze.events`).
+    pub table: String,
+}
+
+impl IngestTask {
+    /// Runs until cancelled (or until a bounded source is exhausted and then cancelled).
+    pub async fn run(self, env: TaskEnv, progress: Progress, cancel: CancellationToken) -> Result<()> {
+        let spec = env.pipeline.tables.get(&self.table).cloned().unwrap_or_default();
+        let source_spec = env.pipeline.sources.get(&self.source).cloned().ok_or_else(|| WorkerError::Source {
+            source_name: self.source.clone(),
+            message: "not declared in the pipeline".into(),
+        })?;
+        let mut table = env.tables.open_or_create(&self.table, &schemas::bronze(), &spec.partition_by).await?;
+        let positions = Arc::new(TablePositions {
+            pipeline: env.pipeline.pipeline.clone(),
+            name: self.table.clone(),
+            tables: env.tables.clone(),
+            table: Mutex::new(None),
+            answers: Default::default(),
+        });
+        // Last offset this task committed per (topic, partition), while the reader lives.
+        let mut committed: HashMap<(String, i32), i64> = HashMap::new();
+        let mut reader = source::open(&self.source, &source_spec, &self.partitions, positions.clone(), MAX_RECORD_BYTES).await?;
+        progress.set_state(TaskState::Running);
+        let max_wait = Duration::from_millis(env.config.batch_max_wait_ms);
+        loop {
+            // Fill one batch: by count, bytes or time, whichever comes first.
+            let mut buffer: Vec<SourceRecord> = Vec::new();
+            let mut bytes = 0usize;
+            let started = Instant::now();
+            while buffer.len() < env.config.batch_max_records && bytes < env.config.batch_max_bytes {
+                let remaining = max_wait.saturating_sub(started.elapsed());
+                if remaining.is_zero() || (reader.finished() && buffer.is_empty()) {
+                    break;
+                }
+                let records = tokio::select! {
+                    _ = cancel.cancelled() => break,
+                    records = reader.poll(env.config.batch_max_records - buffer.len(), remaining) => records?,
+                };
+                bytes += records.iter().map(|r| r.payload.as_ref().map_or(0, Vec::len)).sum::<usize>();
+                buffer.extend(records);
+            }
+            progress.update(|r| r.lag = reader.lag().unwrap_or(-1));
+            if !buffer.is_empty() {
+                // Committed even when cancelled: draining finishes the in-flight batch.
+                let outcome = self.commit(&env, &mut table, &buffer, &committed, &positions).await?;
+                match outcome {
+                    CommitOutcome::Committed { version } => {
+                        for r in &buffer {
+                            let last = committed.entry((r.topic.to_string(), r.partition)).or_insert(r.offset);
+                            *last = (*last).max(r.offset);
+                        }
+                        progress.committed(version, buffer.len() as u64, tables::row_count(&table));
+                        tracing::debug!(table = %self.table, version, rows = buffer.len(), "bronze commit");
+                    }
+                    CommitOutcome::AlreadyCommitted => {
+                        tracing::info!(table = %self.table, "positions already committed elsewhere; reopening source from the table");
+                        committed.clear();
+                        positions.forget();
+                        reader = source::open(&self.source, &source_spec, &self.partitions, positions.clone(), MAX_RECORD_BYTES).await?;
+                    }
+                }
+            } else if reader.finished() {
+                progress.set_state(TaskState::Idle);
+            }
+            if cancel.is_cancelled() {
+                progress.set_state(TaskState::Stopped);
+                return Ok(());
+            }
+            if reader.finished() {
+                tokio::select! {
+                    _ = cancel.cancelled() => {}
+                    _ = tokio::time::sleep(Duration::from_millis(env.config.poll_interval_ms)) => {}
+                }
+            }
+        }
+    }
+
+    async fn commit(
+        &self,
+        env: &TaskEnv,
+        table: &mut DeltaTable,
+        records: &[SourceRecord],
+        committed: &HashMap<(String, i32), i64>,
+        positions: &TablePositions,
+    ) -> Result<CommitOutcome> {
+        let batch = bronze_batch(&self.source, records)?;
+        let mut last: BTreeMap<(&str, i32), i64> = BTreeMap::new();
+        for r in records {
+            let entry = last.entry((&r.topic, r.partition)).or_insert(r.offset);
+            *entry = (*entry).max(r.offset);
+        }
+        let mut txns = Vec::with_capacity(last.len());
+        for ((topic, partition), offset) in last {
+            // Where this reader started for the partition: our last commit, or the table's
+            // answer when the reader opened it.
+            let previous = match committed.get(&(topic.to_string(), partition)) {
+                Some(&mine) => Some(mine),
+                None => positions.answered(topic, partition).ok_or_else(|| WorkerError::Source {
+                    source_name: self.source.clone(),
+                    message: format!("reader emitted {topic}/{partition} without asking for its start position"),
+                })?,
+            };
+            txns.push(TxnUpdate::new(app_id(&env.pipeline.pipeline, topic, partition), previous, offset));
+        }
+        let spec = env.pipeline.tables.get(&self.table).cloned().unwrap_or_default();
+        tables::commit(table, &self.table, vec![batch], WriteMode::Append, &spec.partition_by, txns).await
+    }
+}
+
+/// Builds the bronze rows of `records`.
+pub fn bronze_batch(source: &str, records: &[SourceRecord]) -> Result<RecordBatch> {
+    let now = chrono::Utc::now();
+    let now_us = now.timestamp_micros();
+    let today = (now.date_naive() - chrono::NaiveDate::default()).num_days() as i32;
+    let n = records.len();
+    let mut source_b = StringBuilder::with_capacity(n, n * source.len());
+    let mut topic = StringBuilder::with_capacity(n, n * 16);
+    let mut partition = Int32Builder::with_capacity(n);
+    let mut offset = Int64Builder::with_capacity(n);
+    let mut key = StringBuilder::with_capacity(n, n * 16);
+    let mut timestamp = TimestampMicrosecondBuilder::with_capacity(n).with_timezone("UTC");
+    let mut headers = StringBuilder::new();
+    let mut payload = BinaryBuilder::with_capacity(n, records.iter().map(|r| r.payload.as_ref().map_or(0, Vec::len)).sum());
+    let mut error = StringBuilder::new();
+    let mut ingested = TimestampMicrosecondBuilder::with_capacity(n).with_timezone("UTC");
+    let mut date = Date32Builder::with_capacity(n);
+    for r in records {
+        source_b.append_value(source);
+        topic.append_value(&r.topic);
+        partition.append_value(r.partition);
+        offset.append_value(r.offset);
+        key.append_option(r.key.as_deref());
+        timestamp.append_option(r.timestamp_us);
+        headers.append_option(r.headers.as_deref());
+        payload.append_option(r.payload.as_deref());
+        error.append_option(r.error.as_deref());
+        ingested.append_value(now_us);
+        date.append_value(today);
+    }
+    let columns: Vec<arrow::array::ArrayRef> = vec![
+        Arc::new(source_b.finish()),
+        Arc::new(topic.finish()),
+        Arc::new(partition.finish()),
+        Arc::new(offset.finish()),
+        Arc::new(key.finish()),
+        Arc::new(timestamp.finish()),
+        Arc::new(headers.finish()),
+        Arc::new(payload.finish()),
+        Arc::new(error.finish()),
+        Arc::new(ingested.finish()),
+        Arc::new(date.finish()),
+    ];
+    Ok(RecordBatch::try_new(schemas::bronze(), columns)?)
+}

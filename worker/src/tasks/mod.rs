@@ -1,0 +1,72 @@
+//! The three kinds of pipeline task and what they share.
+//!
+//! A task is a loop owned by one worker: it reads upstream from where the target table's
+//! txn versions say it stopped, commits, and repeats until cancelled. Tasks keep no state
+//! that matters across restarts — that is all in the Delta log — so the coordinator can
+//! move them freely. Each task publishes its [`Progress`] for status reports.
+
+pub mod aggregate;
+pub mod drained;
+pub mod ingest;
+pub mod refine;
+
+use std::sync::{Arc, Mutex};
+
+use smelter_common::config::WorkerConfig;
+use smelter_common::spec::PipelineSpec;
+use smelter_proto::{TaskState, TaskStatusReport};
+
+use crate::tables::TableStore;
+
+/// What every task needs from its worker.
+#[derive(Clone)]
+pub struct TaskEnv {
+    /// Where tables live.
+    pub tables: TableStore,
+    /// Batching and polling settings.
+    pub config: WorkerConfig,
+    /// The pipeline the task belongs to.
+    pub pipeline: Arc<PipelineSpec>,
+}
+
+/// Progress of one task, shared between the task and the status reporter.
+#[derive(Clone, Default)]
+pub struct Progress(Arc<Mutex<TaskStatusReport>>);
+
+impl Progress {
+    /// Applies `f` to the report.
+    pub fn update(&self, f: impl FnOnce(&mut TaskStatusReport)) {
+        let mut report = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        f(&mut report);
+    }
+
+    /// Sets the task state (and clears the error unless failing or backing off).
+    pub fn set_state(&self, state: TaskState) {
+        self.update(|r| {
+            r.state = state as i32;
+            if !matches!(state, TaskState::Failed | TaskState::Backoff) {
+                r.error.clear();
+            }
+        });
+    }
+
+    /// Records a commit.
+    pub fn committed(&self, version: i64, rows: u64, table_rows: u64) {
+        self.update(|r| {
+            r.table_version = version;
+            r.rows_committed += rows;
+            r.table_rows = table_rows;
+            r.last_commit_unix_ms = chrono::Utc::now().timestamp_millis();
+        });
+    }
+
+    /// A copy of the current report.
+    pub fn snapshot(&self) -> TaskStatusReport {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+}
+
+/// The app id of a downstream task's txn actions: `"<table>/<upstream table>"`.
+pub fn downstream_app_id(table: &str, upstream: &str) -> String {
+    format!("{table}/{upstream}")
+}

@@ -1,0 +1,111 @@
+//! The refine task loop: follow the bronze table's versions and refine each new range.
+
+use std::time::Duration;
+
+use deltalake::DeltaTable;
+use smelter_common::spec::TableSpec;
+use smelter_proto::TaskState;
+use tokio_util::sync::CancellationToken;
+
+use super::{Progress, TaskEnv, downstream_app_id};
+use crate::refine::{self, Refiner};
+use crate::tables::{self, CommitOutcome, TxnUpdate, WriteMode};
+use crate::{Result, WorkerError, schemas};
+
+/// Keeps one silver table (and its quarantine) current with its bronze table.
+pub struct RefineTask {
+    /// The silver table.
+    pub table: String,
+}
+
+impl RefineTask {
+    /// Runs until cancelled; an in-flight range is committed before returning.
+    pub async fn run(self, env: TaskEnv, progress: Progress, cancel: CancellationToken) -> Result<()> {
+        let spec = env.pipeline.tables.get(&self.table).cloned().ok_or_else(|| WorkerError::InvalidSpec {
+            origin: env.pipeline.pipeline.clone(),
+            field: format!("tables.{}", self.table),
+            message: "not declared".into(),
+        })?;
+        let refiner = Refiner::new(&self.table, &spec, &env.pipeline.pipeline)?;
+        let quarantine_name = TableSpec::quarantine_name(&self.table);
+        let mut silver = env.tables.open_or_create(&self.table, refiner.silver_schema(), &spec.partition_by).await?;
+        let mut quarantine = env.tables.open_or_create(&quarantine_name, &schemas::quarantine(), &[]).await?;
+        let app_id = downstream_app_id(&self.table, &spec.from);
+        let quarantine_app_id = downstream_app_id(&quarantine_name, &spec.from);
+        let mut consumed = tables::txn_version(&silver, &app_id).await?;
+        let mut quarantined_to = tables::txn_version(&quarantine, &quarantine_app_id).await?;
+        let poll = Duration::from_millis(env.config.poll_interval_ms);
+        progress.update(|r| {
+            r.table_rows = tables::row_count(&silver);
+            r.table_version = silver.version().unwrap_or(-1);
+        });
+        progress.set_state(TaskState::Running);
+        let mut bronze = None;
+        loop {
+            if cancel.is_cancelled() {
+                progress.set_state(TaskState::Stopped);
+                return Ok(());
+            }
+            if bronze.is_none() && env.tables.exists(&spec.from) {
+                bronze = Some(env.tables.open(&spec.from).await?);
+            }
+            let Some(upstream) = bronze.as_mut() else {
+                tokio::select! { _ = cancel.cancelled() => {}, _ = tokio::time::sleep(poll) => {} }
+                continue;
+            };
+            upstream.update_state().await.map_err(|e| WorkerError::delta(&spec.from, e))?;
+            let latest = upstream.version().unwrap_or(-1);
+            let done = consumed.unwrap_or(-1);
+            progress.update(|r| r.lag = latest - done);
+            if latest <= done {
+                progress.set_state(TaskState::Idle);
+                tokio::select! { _ = cancel.cancelled() => {}, _ = tokio::time::sleep(poll) => {} }
+                continue;
+            }
+            progress.set_state(TaskState::Running);
+            // If the quarantine is ahead of silver (we died between the two commits), replay
+            // exactly its range: same input, same output, and its commit is skipped.
+            let to = match quarantined_to {
+                Some(q) if q > done => q,
+                _ => latest.min(done + env.config.refine_max_versions as i64),
+            };
+            let rows = refine::read_versions(upstream, &spec.from, done + 1, to).await?;
+            silver.update_state().await.map_err(|e| WorkerError::delta(&self.table, e))?;
+            let refined = refiner.refine(&rows, &silver).await?;
+            let quarantined = refined.quarantine.num_rows() as u64;
+            if quarantined > 0 && quarantined_to.is_none_or(|q| q < to) {
+                let txns = vec![TxnUpdate::new(&quarantine_app_id, quarantined_to, to)];
+                match tables::commit(&mut quarantine, &quarantine_name, vec![refined.quarantine], WriteMode::Append, &[], txns).await? {
+                    CommitOutcome::Committed { .. } => quarantined_to = Some(to),
+                    CommitOutcome::AlreadyCommitted => {
+                        (consumed, quarantined_to) = self.reload(&silver, &app_id, &quarantine, &quarantine_app_id).await?;
+                        continue;
+                    }
+                }
+            }
+            let good = refined.silver.num_rows() as u64;
+            let txns = vec![TxnUpdate::new(&app_id, consumed, to)];
+            match tables::commit(&mut silver, &self.table, vec![refined.silver], WriteMode::Append, &spec.partition_by, txns).await? {
+                CommitOutcome::Committed { version } => {
+                    progress.committed(version, good, tables::row_count(&silver));
+                    progress.update(|r| {
+                        r.rows_quarantined += quarantined;
+                        r.rows_dropped += refined.dropped as u64;
+                        r.rows_deduplicated += refined.deduplicated as u64;
+                        r.lag = latest - to;
+                    });
+                    tracing::debug!(table = %self.table, version, bronze_from = done + 1, bronze_to = to, rows = good, quarantined, "silver commit");
+                    consumed = Some(to);
+                }
+                CommitOutcome::AlreadyCommitted => {
+                    (consumed, quarantined_to) = self.reload(&silver, &app_id, &quarantine, &quarantine_app_id).await?;
+                    tracing::info!(table = %self.table, ?consumed, "range already refined; resuming after the table's txn version");
+                }
+            }
+        }
+    }
+
+    async fn reload(&self, silver: &DeltaTable, app_id: &str, quarantine: &DeltaTable, quarantine_app_id: &str) -> Result<(Option<i64>, Option<i64>)> {
+        Ok((tables::txn_version(silver, app_id).await?, tables::txn_version(quarantine, quarantine_app_id).await?))
+    }
+}
