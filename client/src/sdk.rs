@@ -37,26 +37,17 @@ impl QueryClient {
         for endpoint in info.endpoint {
             let Some(ticket) = endpoint.ticket else { continue };
             let stream = self.inner.do_get(ticket).await.map_err(flight_status)?;
-            batches.extend(stream.try_collect::<Vec<_>>().await.map_err(|e| flight_status(e.into()))?);
+            batches.extend(stream.try_collect::<Vec<_>>().await.map_err(flight_status)?);
         }
         Ok(batches)
     }
 }
 
 /// Surfaces the server's status (with its message) rather than a wrapped transport error.
-fn flight_status(error: arrow::error::ArrowError) -> ClientError {
+fn flight_status(error: arrow_flight::error::FlightError) -> ClientError {
     match error {
-        arrow::error::ArrowError::ExternalError(inner) => match inner.downcast::<tonic::Status>() {
-            Ok(status) => ClientError::Rejected(*status),
-            Err(other) => match other.downcast::<arrow_flight::error::FlightError>() {
-                Ok(flight) => match *flight {
-                    arrow_flight::error::FlightError::Tonic(status) => ClientError::Rejected(*status),
-                    other => ClientError::Flight(other),
-                },
-                Err(other) => ClientError::Arrow(arrow::error::ArrowError::ExternalError(other)),
-            },
-        },
-        other => ClientError::Arrow(other),
+        arrow_flight::error::FlightError::Tonic(status) => ClientError::Rejected(*status),
+        other => ClientError::Flight(other),
     }
 }
 

@@ -18,7 +18,7 @@ pub enum LogFormat {
 /// ignored), which keeps tests that start several components in one process simple.
 pub fn init_logging(format: LogFormat, default_level: &str) {
     let filter = EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| EnvFilter::new(format!("{default_level},datafusion=warn,deltalake=warn,h2=warn,tower=warn,hyper=warn")));
+        .unwrap_or_else(|_| EnvFilter::new(format!("{default_level},datafusion=warn,deltalake=warn,deltalake_core=error,h2=warn,tower=warn,hyper=warn")));
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
     let _ = match format {
         LogFormat::Text => builder.try_init(),

@@ -28,7 +28,8 @@ use crate::{CoordinatorError, Result};
 /// Stream of assignment updates to one worker.
 pub type AssignmentSender = mpsc::Sender<Result<AssignmentUpdate, tonic::Status>>;
 
-/// Requests the actor serves.
+/// Requests the actor serves. Each carries the channel its answer goes back on.
+#[allow(missing_docs)] // fields are the request's arguments and its reply channel
 pub enum Command {
     /// A worker joins.
     Register { flight_endpoint: String, hostname: String, reply: oneshot::Sender<Result<RegisterWorkerResponse>> },

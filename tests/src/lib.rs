@@ -1,1 +1,159 @@
-//! placeholder
+//! Test harness for Smelter's integration suites.
+//!
+//! [`TestCluster`] starts the same code `smelter up` runs — a coordinator and N workers
+//! over loopback gRPC — on free ports with its own temp directory, so suites run in
+//! parallel. [`oracle`] checks the tables against ground truth computed independently of
+//! the pipeline (testing.md, "The exactly-once oracle").
+
+pub mod oracle;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use arrow::record_batch::RecordBatch;
+use smelter_client::local::LocalCluster;
+use smelter_client::sdk::{AdminClient, QueryClient};
+use smelter_common::config::SmelterConfig;
+use smelter_common::spec::PipelineSpec;
+use smelter_worker::tables::TableStore;
+use tokio::time::Instant;
+
+/// Result type of harness helpers: failures are test failures with a message.
+pub type TestResult<T> = Result<T, String>;
+
+/// The demo pipeline text.
+pub const DEMO: &str = include_str!("../../examples/clickstream.yaml");
+
+/// The demo pipeline with a bounded, unpaced generator: `count` events over `partitions`.
+pub fn bounded_demo(count: u64, partitions: u32) -> String {
+    DEMO.replace("      rate: 2000            # events per second over all partitions\n", &format!("      rate: null\n      count: {count}\n"))
+        .replace("partitions: 4", &format!("partitions: {partitions}"))
+}
+
+/// Installs test logging once (quiet unless RUST_LOG is set).
+pub fn init_logging() {
+    let _ = tracing_subscriber::fmt().with_env_filter(tracing_subscriber::EnvFilter::from_default_env()).with_test_writer().try_init();
+}
+
+/// A cluster in this process with its own temp directory and ports.
+pub struct TestCluster {
+    dir: tempfile::TempDir,
+    /// The configuration the cluster runs with.
+    pub config: SmelterConfig,
+    /// The pipeline it runs.
+    pub spec: PipelineSpec,
+    /// The tables it writes.
+    pub tables: TableStore,
+    cluster: Option<LocalCluster>,
+}
+
+impl TestCluster {
+    /// Starts `workers` workers running `pipeline` (YAML text).
+    pub async fn start(workers: usize, pipeline: &str) -> TestResult<TestCluster> {
+        init_logging();
+        let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+        let mut config = SmelterConfig::default();
+        config.coordinator.listen = "127.0.0.1:0".into();
+        config.coordinator.lease_ttl_ms = 3_000;
+        config.coordinator.heartbeat_interval_ms = 500;
+        config.worker.flight_listen = "127.0.0.1:0".into();
+        config.worker.batch_max_records = 5_000;
+        config.worker.batch_max_wait_ms = 300;
+        config.worker.poll_interval_ms = 100;
+        config.worker.gold_min_interval_ms = 200;
+        config.storage.root = dir.path().join("tables");
+        let spec = PipelineSpec::parse(pipeline, "test.yaml").map_err(|e| e.to_string())?;
+        let tables = TableStore::new(&config.storage.root).map_err(|e| e.to_string())?;
+        let mut cluster = TestCluster { dir, config, spec, tables, cluster: None };
+        cluster.launch(workers, pipeline).await?;
+        Ok(cluster)
+    }
+
+    async fn launch(&mut self, workers: usize, pipeline: &str) -> TestResult<()> {
+        let cluster = LocalCluster::start(self.config.clone(), workers).await.map_err(|e| e.to_string())?;
+        let mut admin = AdminClient::connect(&cluster.coordinator_endpoint).await.map_err(|e| e.to_string())?;
+        admin.apply(pipeline, "test.yaml").await.map_err(|e| e.to_string())?;
+        self.cluster = Some(cluster);
+        Ok(())
+    }
+
+    /// The temp directory (tables live in `<dir>/tables`).
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Flight SQL endpoints of the workers.
+    pub fn flight_endpoints(&self) -> Vec<String> {
+        self.cluster.as_ref().map(|c| c.flight_endpoints.clone()).unwrap_or_default()
+    }
+
+    /// The coordinator's gRPC endpoint.
+    pub fn coordinator_endpoint(&self) -> String {
+        self.cluster.as_ref().map(|c| c.coordinator_endpoint.clone()).unwrap_or_default()
+    }
+
+    /// Runs SQL through the first worker's Flight SQL service.
+    pub async fn query(&self, sql: &str) -> TestResult<Vec<RecordBatch>> {
+        let endpoint = self.flight_endpoints().first().cloned().ok_or("cluster not running")?;
+        let mut client = QueryClient::connect(&endpoint).await.map_err(|e| e.to_string())?;
+        client.query(sql).await.map_err(|e| e.to_string())
+    }
+
+    /// Waits until the pipeline has processed all bounded input through gold.
+    pub async fn wait_drained(&self, timeout: Duration) -> TestResult<()> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if smelter_worker::tasks::drained::pipeline_drained(&self.tables, &self.spec).await.map_err(|e| e.to_string())? {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                let status = match AdminClient::connect(&self.coordinator_endpoint()).await {
+                    Ok(mut admin) => admin.status().await.map(|s| smelter_client::commands::admin::status_json(&s).to_string()).unwrap_or_default(),
+                    Err(e) => e.to_string(),
+                };
+                return Err(format!("pipeline not drained after {timeout:?}; status: {status}"));
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Waits for `predicate` over the cluster to hold.
+    pub async fn wait_for<F, Fut>(&self, timeout: Duration, what: &str, mut predicate: F) -> TestResult<()>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = bool>,
+    {
+        let deadline = Instant::now() + timeout;
+        while !predicate().await {
+            if Instant::now() > deadline {
+                return Err(format!("timed out after {timeout:?} waiting for {what}"));
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        Ok(())
+    }
+
+    /// Stops the cluster (draining workers) but keeps the directory.
+    pub async fn stop(&mut self) -> TestResult<()> {
+        if let Some(cluster) = self.cluster.take() {
+            cluster.shutdown().await.map_err(|e| e.to_string())?;
+        }
+        Ok(())
+    }
+
+    /// Starts the cluster again on the same directory.
+    pub async fn restart(&mut self, workers: usize, pipeline: &str) -> TestResult<()> {
+        self.stop().await?;
+        self.launch(workers, pipeline).await
+    }
+}
+
+/// Path of the `smelter` binary built next to this test binary.
+pub fn smelter_binary() -> PathBuf {
+    let exe = std::env::current_exe().unwrap_or_default();
+    // target/<profile>/deps/it-<hash> -> target/<profile>/smelter
+    let dir = exe.parent().and_then(Path::parent).map(Path::to_path_buf).unwrap_or_default();
+    let binary = dir.join("smelter");
+    assert!(binary.exists(), "{} is missing: run `cargo build -p smelter-client` first (the README test command does)", binary.display());
+    binary
+}

@@ -81,7 +81,7 @@ impl TableStore {
     pub async fn open_version(&self, table: &str, version: i64) -> Result<DeltaTable> {
         let url = self.url(table)?;
         let builder = DeltaTableBuilder::from_url(url).map_err(|e| WorkerError::delta(table, e))?;
-        builder.with_version(version).load().await.map_err(|e| WorkerError::delta(table, e))
+        builder.with_version(version.max(0) as u64).load().await.map_err(|e| WorkerError::delta(table, e))
     }
 
     /// Opens the table, creating it empty with `schema` if it does not exist. Concurrent
@@ -157,6 +157,11 @@ pub async fn txn_version(table: &DeltaTable, app_id: &str) -> Result<Option<i64>
     snapshot.transaction_version(table.log_store().as_ref(), app_id).await.map_err(|e| WorkerError::delta(&name, e))
 }
 
+/// The table's loaded version, `-1` before the first commit.
+pub fn version(table: &DeltaTable) -> i64 {
+    table.version().map_or(-1, |v| v as i64)
+}
+
 /// Rows in the table's current snapshot (from the add actions' statistics).
 pub fn row_count(table: &DeltaTable) -> u64 {
     match table.snapshot() {
@@ -203,7 +208,7 @@ pub async fn commit(
             .with_commit_properties(properties);
         match write.await {
             Ok(written) => {
-                let version = written.version().unwrap_or(-1);
+                let version = self::version(&written);
                 *table = written;
                 return Ok(CommitOutcome::Committed { version });
             }

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use datafusion::catalog::MemorySchemaProvider;
 use datafusion::datasource::MemTable;
 use datafusion::prelude::SessionContext;
-use datafusion::sql::TableReference;
+use datafusion::common::TableReference;
 use smelter_common::spec::{Layer, PipelineSpec, TableSpec};
 
 use crate::refine::Refiner;

@@ -4,14 +4,46 @@
 
 use serde::{Deserialize, Serialize};
 
-/// One named source.
+/// One named source, written `{ generator: {...} }` or `{ files: {...} }`.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-#[serde(rename_all = "lowercase", deny_unknown_fields)]
+#[serde(rename_all = "lowercase", try_from = "RawSource", into = "RawSource")]
 pub enum SourceSpec {
     /// Seeded clickstream generator: deterministic by (seed, partition, offset).
     Generator(GeneratorSpec),
     /// A directory of NDJSON files; each file is a one-partition topic named after the file.
     Files(FilesSpec),
+}
+
+/// The YAML shape of a source: exactly one kind key.
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSource {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    generator: Option<GeneratorSpec>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    files: Option<FilesSpec>,
+}
+
+impl TryFrom<RawSource> for SourceSpec {
+    type Error = String;
+
+    fn try_from(raw: RawSource) -> Result<Self, String> {
+        match (raw.generator, raw.files) {
+            (Some(g), None) => Ok(SourceSpec::Generator(g)),
+            (None, Some(f)) => Ok(SourceSpec::Files(f)),
+            (None, None) => Err("a source needs one of `generator` or `files`".into()),
+            (Some(_), Some(_)) => Err("a source is either `generator` or `files`, not both".into()),
+        }
+    }
+}
+
+impl From<SourceSpec> for RawSource {
+    fn from(spec: SourceSpec) -> Self {
+        match spec {
+            SourceSpec::Generator(g) => RawSource { generator: Some(g), files: None },
+            SourceSpec::Files(f) => RawSource { generator: None, files: Some(f) },
+        }
+    }
 }
 
 impl SourceSpec {

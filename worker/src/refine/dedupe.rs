@@ -99,7 +99,7 @@ async fn existing_keys(batch: &RecordBatch, keys: &[String], window: Option<(&st
     let left_refs: Vec<&str> = left.iter().map(String::as_str).collect();
     let right_refs: Vec<&str> = right.iter().map(String::as_str).collect();
     let found = existing
-        .select(keys.iter().map(|k| col(k.as_str())).collect())?
+        .select(keys.iter().map(|k| col(k.as_str())).collect::<Vec<_>>())?
         .join(candidates, JoinType::LeftSemi, &left_refs, &right_refs, None)?
         .collect()
         .await?;

@@ -18,6 +18,7 @@ use arrow::array::{
 };
 use arrow::compute::{concat_batches, filter_record_batch, not};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use datafusion::object_store::ObjectStoreExt;
 use deltalake::DeltaTable;
 use deltalake::kernel::Action;
 use deltalake::parquet::arrow::ProjectionMask;
@@ -59,10 +60,10 @@ pub async fn read_versions(bronze: &DeltaTable, name: &str, from: i64, to: i64) 
     let store = bronze.object_store();
     let mut batches = Vec::new();
     for version in from..=to {
-        let Some(bytes) = log_store.read_commit_entry(version).await.map_err(|e| WorkerError::delta(name, e))? else {
+        let Some(bytes) = log_store.read_commit_entry(version as u64).await.map_err(|e| WorkerError::delta(name, e))? else {
             return Err(WorkerError::delta(name, deltalake::DeltaTableError::Generic(format!("commit {version} is missing from the log"))));
         };
-        let actions = deltalake::logstore::get_actions(version, &bytes).map_err(|e| WorkerError::delta(name, e))?;
+        let actions = deltalake::logstore::get_actions(version as u64, &bytes).map_err(|e| WorkerError::delta(name, e))?;
         for action in actions {
             let Action::Add(add) = action else { continue };
             if !add.data_change {

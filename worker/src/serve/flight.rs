@@ -21,7 +21,7 @@ use arrow_flight::sql::{
 };
 use arrow_flight::sql::metadata::{SqlInfoData, SqlInfoDataBuilder};
 use arrow_flight::{FlightDescriptor, FlightEndpoint, FlightInfo, IpcMessage, SchemaAsIpc, Ticket};
-use futures::{Stream, StreamExt, TryStreamExt};
+use futures::{Stream, TryStreamExt};
 use prost::Message;
 use smelter_proto::QueryTicket;
 use tokio::time::Instant;
@@ -59,7 +59,7 @@ impl FlightSqlServer {
         builder.append(SqlInfo::FlightSqlServerSql, true);
         builder.append(SqlInfo::FlightSqlServerSubstrait, false);
         builder.append(SqlInfo::FlightSqlServerTransaction, 0i32);
-        let sql_info = builder.build().map_err(WorkerError::Arrow)?;
+        let sql_info = builder.build().map_err(|e| WorkerError::Arrow(arrow::error::ArrowError::InvalidArgumentError(e.to_string())))?;
         Ok(Self { engine, sql_info })
     }
 
@@ -140,7 +140,9 @@ impl FlightSqlService for FlightSqlServer {
         _request: Request<arrow_flight::Action>,
     ) -> Result<ActionCreatePreparedStatementResult, Status> {
         let frame = self.engine.plan(&query.query, None).await.map_err(status)?;
-        let message = SchemaAsIpc::new(frame.schema().as_arrow(), &IpcWriteOptions::default());
+        let schema = frame.schema().as_arrow().clone();
+        let options = IpcWriteOptions::default();
+        let message = SchemaAsIpc::new(&schema, &options);
         let IpcMessage(schema_bytes) = message.try_into().map_err(|e: arrow::error::ArrowError| Status::internal(e.to_string()))?;
         Ok(ActionCreatePreparedStatementResult {
             prepared_statement_handle: query.query.into_bytes().into(),

@@ -93,10 +93,20 @@ impl Clickstream {
         if r < self.spec.duplicate_rate && offset > 0 {
             let back = 1 + (self.rand(partition, offset, 2) % 50) as i64;
             let of = offset.saturating_sub(back).max(0);
-            if self.base_kind(partition, of) == EventKind::Valid {
+            // Only a plain valid event is repeated, so the copy equals what `of` emitted.
+            if self.plain_kind(partition, of) == EventKind::Valid {
                 return EventKind::Duplicate { of };
             }
             return EventKind::Valid;
+        }
+        self.base_kind(partition, offset)
+    }
+
+    /// The kind ignoring duplication, except that an offset chosen to be a duplicate is not
+    /// plain valid (its payload is someone else's).
+    fn plain_kind(&self, partition: i32, offset: i64) -> EventKind {
+        if self.unit(partition, offset, 1) < self.spec.duplicate_rate && offset > 0 {
+            return EventKind::Duplicate { of: -1 };
         }
         self.base_kind(partition, offset)
     }

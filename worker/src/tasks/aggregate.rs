@@ -37,7 +37,7 @@ impl AggregateTask {
             tokio::select! { _ = cancel.cancelled() => return Ok(()), _ = tokio::time::sleep(poll) => {} }
         }
         let mut silver = env.tables.open(&spec.from).await?;
-        let planned = engine.plan(&sql, Some((&spec.from, silver.version().unwrap_or(0)))).await?;
+        let planned = engine.plan(&sql, Some((&spec.from, tables::version(&silver).max(0)))).await?;
         let schema = schemas::delta_schema(planned.schema().as_arrow());
         let mut gold = env.tables.open_or_create(&self.table, &schema, &spec.partition_by).await?;
         let mut consumed = tables::txn_version(&gold, &app_id).await?;
@@ -49,7 +49,7 @@ impl AggregateTask {
                 return Ok(());
             }
             silver.update_state().await.map_err(|e| WorkerError::delta(&spec.from, e))?;
-            let latest = silver.version().unwrap_or(-1);
+            let latest = tables::version(&silver);
             let done = consumed.unwrap_or(-1);
             progress.update(|r| r.lag = latest - done);
             let throttled = last_refresh.is_some_and(|t| t.elapsed() < min_interval);
@@ -62,7 +62,11 @@ impl AggregateTask {
             last_refresh = Some(Instant::now());
             let frame = engine.plan(&sql, Some((&spec.from, latest))).await?;
             let batches = frame.collect().await?;
-            let batches = batches.iter().map(|b| schemas::to_delta(b, &schema)).collect::<Result<Vec<_>>>()?;
+            let mut batches = batches.iter().map(|b| schemas::to_delta(b, &schema)).collect::<Result<Vec<_>>>()?;
+            if batches.is_empty() {
+                // An empty result still replaces the table's rows; the writer needs a batch.
+                batches.push(arrow::record_batch::RecordBatch::new_empty(schema.clone()));
+            }
             let rows: u64 = batches.iter().map(|b| b.num_rows() as u64).sum();
             let txns = vec![TxnUpdate::new(&app_id, consumed, latest)];
             match tables::commit(&mut gold, &self.table, batches, WriteMode::Overwrite, &spec.partition_by, txns).await? {

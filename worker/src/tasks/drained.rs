@@ -47,7 +47,7 @@ pub async fn pipeline_drained(tables: &TableStore, spec: &PipelineSpec) -> Resul
         }
         let upstream = tables.open(&table.from).await?;
         let target = tables.open(name).await?;
-        if tables::txn_version(&target, &downstream_app_id(name, &table.from)).await? != upstream.version() {
+        if tables::txn_version(&target, &downstream_app_id(name, &table.from)).await? != Some(tables::version(&upstream)).filter(|v| *v >= 0) {
             return Ok(false);
         }
     }

@@ -37,7 +37,7 @@ impl RefineTask {
         let poll = Duration::from_millis(env.config.poll_interval_ms);
         progress.update(|r| {
             r.table_rows = tables::row_count(&silver);
-            r.table_version = silver.version().unwrap_or(-1);
+            r.table_version = tables::version(&silver);
         });
         progress.set_state(TaskState::Running);
         let mut bronze = None;
@@ -54,7 +54,7 @@ impl RefineTask {
                 continue;
             };
             upstream.update_state().await.map_err(|e| WorkerError::delta(&spec.from, e))?;
-            let latest = upstream.version().unwrap_or(-1);
+            let latest = tables::version(&upstream);
             let done = consumed.unwrap_or(-1);
             progress.update(|r| r.lag = latest - done);
             if latest <= done {

@@ -1,0 +1,76 @@
+//! SIGKILL `smelter up` mid-stream and start it again on the same data directory: no bronze
+//! record is lost or duplicated, and silver and gold end up exact.
+
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use smelter_tests::oracle::{check_bronze, check_gold, check_log, check_silver, generator_truth};
+use smelter_tests::{bounded_demo, smelter_binary};
+use smelter_worker::tables::TableStore;
+use tokio::time::Instant;
+
+fn up(data: &std::path::Path, pipeline: &std::path::Path, extra: &[&str]) -> std::process::Child {
+    Command::new(smelter_binary())
+        .args(["up", "--workers", "2", "--flight-addr", "127.0.0.1:0", "--coordinator-addr", "127.0.0.1:0"])
+        .arg("--data-dir")
+        .arg(data)
+        .arg("--pipeline")
+        .arg(pipeline)
+        .args(extra)
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("spawn smelter up")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_mid_stream_then_restart_is_exact() {
+    let dir = tempfile::tempdir().unwrap();
+    let pipeline = dir.path().join("pipeline.yaml");
+    // Paced so the kill lands mid-stream: 40k events at 8k/s.
+    let text = bounded_demo(40_000, 4).replace("      rate: null\n", "      rate: 8000\n");
+    std::fs::write(&pipeline, &text).unwrap();
+    let data = dir.path().join("data");
+    let tables = TableStore::new(data.join("tables")).unwrap();
+
+    let mut first = up(&data, &pipeline, &[]);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let rows = if tables.exists("silver.events") { smelter_worker::tables::row_count(&tables.open("bronze.events").await.unwrap()) } else { 0 };
+        if rows >= 8_000 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "bronze never reached 8000 rows");
+        assert!(first.try_wait().unwrap().is_none(), "smelter up exited early");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    first.kill().unwrap(); // SIGKILL: no draining, no clean shutdown
+    first.wait().unwrap();
+    let at_kill = smelter_worker::tables::row_count(&tables.open("bronze.events").await.unwrap());
+    assert!(at_kill < 40_000, "the kill must land mid-stream (bronze had {at_kill})");
+
+    let mut second = up(&data, &pipeline, &["--exit-when-done"]);
+    let deadline = Instant::now() + Duration::from_secs(180);
+    let status = loop {
+        if let Some(status) = second.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() > deadline {
+            second.kill().unwrap();
+            panic!("restarted smelter up did not finish");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(status.success(), "restart exited with {status}");
+
+    let spec = smelter_common::spec::PipelineSpec::parse(&text, "pipeline.yaml").unwrap();
+    let truth = generator_truth(&spec);
+    check_bronze(&tables, "bronze.events", &truth).await.unwrap();
+    check_silver(&tables, "silver.events", &truth).await.unwrap();
+    check_gold(&tables, &spec).await.unwrap();
+    for table in tables.list() {
+        check_log(&tables, &table).unwrap();
+    }
+}
