@@ -1,6 +1,8 @@
 //! The `smelter` binary: parses arguments, loads configuration, dispatches, and maps errors
 //! to exit codes (2: invalid input, 1: failure).
 
+use std::io::IsTerminal;
+
 use clap::Parser;
 use smelter_client::cli::{Cli, Command};
 use smelter_client::{ClientError, commands};
@@ -8,9 +10,16 @@ use smelter_common::config::SmelterConfig;
 use smelter_common::shutdown::{CancellationToken, cancel_on_signal};
 use smelter_common::telemetry::{LogFormat, init_logging};
 
+// Many threads allocating Arrow buffers contend on glibc's malloc; mimalloc does not.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() {
     let cli = Cli::parse();
-    init_logging(if cli.log_json { LogFormat::Json } else { LogFormat::Text }, &cli.log_level);
+    // On a terminal `smelter up` draws live progress; info lines would tear it apart.
+    let interactive_up = matches!(cli.command, Command::Up(_)) && std::io::stderr().is_terminal() && !cli.log_json;
+    let level = if interactive_up && cli.log_level == "info" { "warn" } else { cli.log_level.as_str() };
+    init_logging(if cli.log_json { LogFormat::Json } else { LogFormat::Text }, level);
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(runtime) => runtime,
         Err(error) => {

@@ -32,8 +32,14 @@ pub struct TableProgress {
 /// Summarises a status by target table.
 pub fn by_table(status: &ClusterStatus) -> BTreeMap<String, TableProgress> {
     let mut out: BTreeMap<String, TableProgress> = BTreeMap::new();
+    // A worker runs all its partitions of one source as one ingest unit and reports that
+    // unit's figures under each partition's task id: count each unit once.
+    let mut seen_units = std::collections::BTreeSet::new();
     for task in &status.tasks {
         let (Some(assignment), Some(report)) = (&task.task, &task.report) else { continue };
+        if assignment.kind() == TaskKind::Ingest && !seen_units.insert((assignment.table.clone(), task.worker_id.clone())) {
+            continue;
+        }
         let entry = out.entry(assignment.table.clone()).or_default();
         if assignment.kind() == TaskKind::Ingest {
             entry.rows = entry.rows.max(report.table_rows);
@@ -62,8 +68,8 @@ pub fn by_table(status: &ClusterStatus) -> BTreeMap<String, TableProgress> {
 pub struct ProgressView {
     terminal: bool,
     started: Instant,
-    last_ingested: u64,
-    last_at: Instant,
+    /// (when, bronze rows committed) of recent frames, for a rate over a few seconds.
+    samples: std::collections::VecDeque<(Instant, u64)>,
     drawn_lines: usize,
     last_log: Option<Instant>,
 }
@@ -72,7 +78,7 @@ impl ProgressView {
     /// A view that redraws in place when `terminal`.
     pub fn new(terminal: bool) -> Self {
         let now = Instant::now();
-        Self { terminal, started: now, last_ingested: 0, last_at: now, drawn_lines: 0, last_log: None }
+        Self { terminal, started: now, samples: std::collections::VecDeque::new(), drawn_lines: 0, last_log: None }
     }
 
     /// Shows the latest status.
@@ -80,10 +86,15 @@ impl ProgressView {
         let tables = by_table(status);
         let ingested: u64 = tables.iter().filter(|(t, _)| t.starts_with("bronze.")).map(|(_, p)| p.committed).sum();
         let now = Instant::now();
-        let elapsed = now.duration_since(self.last_at).as_secs_f64().max(1e-3);
-        let rate = (ingested.saturating_sub(self.last_ingested)) as f64 / elapsed;
-        self.last_ingested = ingested;
-        self.last_at = now;
+        // Workers report once a second; a rate over a 5 s window does not alias with that.
+        self.samples.push_back((now, ingested));
+        while self.samples.len() > 2 && self.samples.front().is_some_and(|(t, _)| now.duration_since(*t).as_secs_f64() > 5.0) {
+            self.samples.pop_front();
+        }
+        let rate = match self.samples.front() {
+            Some((t, n)) if now.duration_since(*t).as_secs_f64() > 0.5 => ingested.saturating_sub(*n) as f64 / now.duration_since(*t).as_secs_f64(),
+            _ => 0.0,
+        };
         if self.terminal {
             let mut lines = vec![format!(
                 "smelter up — {} worker(s), generation {}, {:.0}s, ingest {:.0} events/s",
@@ -101,10 +112,11 @@ impl ProgressView {
             }
             let mut err = std::io::stderr().lock();
             if self.drawn_lines > 0 {
-                let _ = write!(err, "\x1b[{}A", self.drawn_lines);
+                // Back to the top of the previous frame, and clear everything below it.
+                let _ = write!(err, "\x1b[{}A\x1b[J", self.drawn_lines);
             }
             for line in &lines {
-                let _ = writeln!(err, "\x1b[2K{line}");
+                let _ = writeln!(err, "{line}");
             }
             self.drawn_lines = lines.len();
         } else if self.last_log.is_none_or(|t| t.elapsed().as_secs() >= 5) {
@@ -112,5 +124,37 @@ impl ProgressView {
             let summary: Vec<String> = tables.iter().map(|(t, p)| format!("{t}={} (lag {})", p.rows, p.lag)).collect();
             tracing::info!(events_per_sec = rate as u64, workers = status.workers.len(), "progress: {}", summary.join(", "));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use smelter_proto::{TaskAssignment, TaskStatus, TaskStatusReport};
+
+    use super::*;
+
+    fn ingest(partition: i32, worker: &str, committed: u64) -> TaskStatus {
+        TaskStatus {
+            task: Some(TaskAssignment {
+                task_id: format!("p/ingest/events/{partition}"),
+                kind: TaskKind::Ingest as i32,
+                table: "bronze.events".into(),
+                partition,
+                ..Default::default()
+            }),
+            worker_id: worker.into(),
+            generation: 1,
+            report: Some(TaskStatusReport { rows_committed: committed, table_rows: 500, state: TaskState::Running as i32, ..Default::default() }),
+        }
+    }
+
+    #[test]
+    fn ingest_units_count_once_per_worker() {
+        // Worker a runs partitions 0 and 1 as one unit (same figures under both task ids).
+        let status = ClusterStatus { tasks: vec![ingest(0, "a", 300), ingest(1, "a", 300), ingest(2, "b", 200)], ..Default::default() };
+        let tables = by_table(&status);
+        assert_eq!(tables["bronze.events"].committed, 500);
+        assert_eq!(tables["bronze.events"].rows, 500);
+        assert_eq!(tables["bronze.events"].state, "running");
     }
 }

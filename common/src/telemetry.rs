@@ -17,8 +17,14 @@ pub enum LogFormat {
 /// Installs the global tracing subscriber. Safe to call more than once (later calls are
 /// ignored), which keeps tests that start several components in one process simple.
 pub fn init_logging(format: LogFormat, default_level: &str) {
-    let filter = EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| EnvFilter::new(format!("{default_level},datafusion=warn,deltalake=warn,deltalake_core=error,h2=warn,tower=warn,hyper=warn")));
+    // Our crates at the requested level; dependencies (delta kernel, DataFusion, h2) only
+    // when something is wrong. delta-rs warns on routine events (a concurrent append it
+    // merged, a binary column without stats); our commit path logs the outcomes that matter.
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+        let ours = ["smelter", "smelter_client", "smelter_common", "smelter_coordinator", "smelter_worker", "smelter_tests"];
+        let directives: Vec<String> = ours.iter().map(|c| format!("{c}={default_level}")).collect();
+        EnvFilter::new(format!("warn,deltalake_core=error,{}", directives.join(",")))
+    });
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
     let _ = match format {
         LogFormat::Text => builder.try_init(),

@@ -279,7 +279,11 @@ impl Actor {
 
     async fn remove_worker(&mut self, worker_id: &str, reason: &str) {
         if self.workers.remove(worker_id).is_some() {
-            tracing::warn!(worker_id, reason, "worker left; reassigning its tasks");
+            if reason == "deregistered" {
+                tracing::info!(worker_id, reason, "worker left; reassigning its tasks");
+            } else {
+                tracing::warn!(worker_id, reason, "worker lost; reassigning its tasks");
+            }
             let _ = self.store.delete(&keys::assignment(worker_id)).await;
             self.rebalance().await;
         }

@@ -65,7 +65,7 @@ def cluster(tmp_path_factory):
     deadline = time.monotonic() + 60
     while True:
         try:
-            with flight_sql.connect(uri) as conn, conn.cursor() as cur:
+            with flight_sql.connect(uri, autocommit=True) as conn, conn.cursor() as cur:
                 cur.execute("SELECT 1")
                 cur.fetchall()
             break
@@ -80,7 +80,7 @@ def cluster(tmp_path_factory):
 
 
 def adbc_rows(uri: str, sql: str) -> list[tuple]:
-    with flight_sql.connect(uri) as conn, conn.cursor() as cur:
+    with flight_sql.connect(uri, autocommit=True) as conn, conn.cursor() as cur:
         cur.execute(sql)
         return cur.fetchall()
 
@@ -91,7 +91,7 @@ def delta(cluster, table: str) -> DeltaTable:
 
 
 def test_adbc_connects_and_reads_sql_info(cluster):
-    with flight_sql.connect(cluster["uri"]) as conn:
+    with flight_sql.connect(cluster["uri"], autocommit=True) as conn:
         info = conn.adbc_get_info()
         assert info["vendor_name"] == "Smelter"
 

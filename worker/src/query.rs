@@ -1,16 +1,17 @@
 //! Read-only SQL over the Delta tables, shared by gold refreshes and Flight SQL.
 //!
-//! Every table under the storage root is registered as `layer.name` in a fresh DataFusion
-//! session per query, at its latest version (or a pinned one), so a query always sees
-//! committed data only. DDL, DML and other statements are refused by the planner's
-//! `SQLOptions`; each session has a memory limit.
+//! Each layer (`bronze`, `silver`, `gold`) is a schema whose tables are opened lazily, when
+//! a query names them, at their latest version (or a pinned one), so a query reads only
+//! what it references and always sees committed data only. DDL, DML and other statements
+//! are refused by the planner's `SQLOptions`; each session has a memory limit.
 
 use std::sync::Arc;
 
-use datafusion::catalog::MemorySchemaProvider;
+use async_trait::async_trait;
+use datafusion::catalog::{SchemaProvider, TableProvider};
+use datafusion::error::DataFusionError;
 use datafusion::execution::runtime_env::RuntimeEnvBuilder;
 use datafusion::prelude::{DataFrame, SessionConfig, SessionContext};
-use datafusion::common::TableReference;
 use smelter_common::config::QueryConfig;
 
 use crate::Result;
@@ -24,8 +25,43 @@ pub struct QueryEngine {
 }
 
 /// The SQL statements clients may run: queries only.
-fn read_only() -> datafusion::execution::context::SQLOptions {
+pub fn read_only() -> datafusion::execution::context::SQLOptions {
     datafusion::execution::context::SQLOptions::new().with_allow_ddl(false).with_allow_dml(false).with_allow_statements(false)
+}
+
+/// One layer of tables, opened on first use by a query.
+#[derive(Debug)]
+struct LayerSchema {
+    layer: &'static str,
+    tables: TableStore,
+    pinned: Option<(String, i64)>,
+}
+
+#[async_trait]
+impl SchemaProvider for LayerSchema {
+    fn table_names(&self) -> Vec<String> {
+        let prefix = format!("{}.", self.layer);
+        self.tables.list().into_iter().filter_map(|n| n.strip_prefix(&prefix).map(str::to_string)).collect()
+    }
+
+    async fn table(&self, name: &str) -> Result<Option<Arc<dyn TableProvider>>, DataFusionError> {
+        let full = format!("{}.{name}", self.layer);
+        if !self.tables.exists(&full) {
+            return Ok(None);
+        }
+        let table = match &self.pinned {
+            Some((pinned, version)) if *pinned == full => self.tables.open_version(&full, *version).await,
+            _ => self.tables.open(&full).await,
+        }
+        .map_err(|e| DataFusionError::External(Box::new(e)))?;
+        // Local tables use DataFusion's built-in file store; remote stores register theirs
+        // with the session when they are added.
+        Ok(Some(table.table_provider().await?))
+    }
+
+    fn table_exist(&self, name: &str) -> bool {
+        self.tables.exists(&format!("{}.{name}", self.layer))
+    }
 }
 
 impl QueryEngine {
@@ -39,33 +75,23 @@ impl QueryEngine {
         &self.limits
     }
 
-    /// A session with every table registered; `pinned` fixes one table at a version.
-    pub async fn session(&self, pinned: Option<(&str, i64)>) -> Result<SessionContext> {
+    /// A session with the three layers registered; `pinned` fixes one table at a version.
+    pub fn session(&self, pinned: Option<(&str, i64)>) -> Result<SessionContext> {
         let mut config = SessionConfig::new().with_information_schema(true);
         config.options_mut().execution.parquet.schema_force_view_types = false;
         let runtime = RuntimeEnvBuilder::new().with_memory_limit(self.limits.memory_limit_mb * 1024 * 1024, 1.0).build_arc()?;
         let ctx = SessionContext::new_with_config_rt(config, runtime);
-        let catalog = ctx.catalog("datafusion").ok_or_else(|| datafusion::error::DataFusionError::Internal("default catalog missing".into()))?;
+        let catalog = ctx.catalog("datafusion").ok_or_else(|| DataFusionError::Internal("default catalog missing".into()))?;
         for layer in ["bronze", "silver", "gold"] {
-            catalog.register_schema(layer, Arc::new(MemorySchemaProvider::new()))?;
-        }
-        for name in self.tables.list() {
-            let table = match pinned {
-                Some((pinned_name, version)) if pinned_name == name => self.tables.open_version(&name, version).await?,
-                _ => self.tables.open(&name).await?,
-            };
-            table.update_datafusion_session(&ctx.state()).map_err(|e| crate::WorkerError::delta(&name, e))?;
-            let provider = table.table_provider().await?;
-            let (layer, short) = name.split_once('.').unwrap_or(("bronze", &name));
-            ctx.register_table(TableReference::partial(layer, short), provider)?;
+            let schema = LayerSchema { layer, tables: self.tables.clone(), pinned: pinned.map(|(n, v)| (n.to_string(), v)) };
+            catalog.register_schema(layer, Arc::new(schema))?;
         }
         Ok(ctx)
     }
 
     /// Plans a read-only query.
     pub async fn plan(&self, sql: &str, pinned: Option<(&str, i64)>) -> Result<DataFrame> {
-        let ctx = self.session(pinned).await?;
+        let ctx = self.session(pinned)?;
         Ok(ctx.sql_with_options(sql, read_only()).await?)
     }
 }
-

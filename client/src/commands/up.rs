@@ -52,9 +52,19 @@ async fn serve(
         coordinator = %cluster.coordinator_endpoint,
         flight = %cluster.flight_endpoints[0],
         data = %config.storage.root.display(),
-        "smelter is up; query with: smelter query \"SELECT * FROM gold.hourly_metrics ORDER BY hour DESC LIMIT 5\" --endpoint {}",
-        cluster.flight_endpoints[0]
+        "smelter is up"
     );
+    if std::io::stderr().is_terminal() {
+        eprintln!(
+            "smelter is up: pipeline `{}` ({} tasks), tables in {}\n  Flight SQL  {}\n  control     {}\n  try: smelter query \"SELECT * FROM gold.hourly_metrics ORDER BY hour DESC LIMIT 5\"{}\n  Ctrl-C stops (in-flight batches are committed first)\n",
+            applied.pipeline,
+            applied.tasks,
+            config.storage.root.display(),
+            cluster.flight_endpoints[0],
+            cluster.coordinator_endpoint,
+            if cluster.flight_endpoints[0].ends_with(":8815") { String::new() } else { format!(" --endpoint {}", cluster.flight_endpoints[0]) },
+        );
+    }
     let tables = smelter_worker::tables::TableStore::new(&config.storage.root)?;
     let mut view = ProgressView::new(std::io::stderr().is_terminal());
     let mut tick = tokio::time::interval(Duration::from_secs(1));

@@ -97,6 +97,8 @@ pub struct Refined {
     pub deduplicated: usize,
     /// Violations counted by `warn` expectations, per rule.
     pub warned: Vec<(String, usize)>,
+    /// Time spent looking for duplicates, in milliseconds.
+    pub dedupe_ms: u64,
 }
 
 /// Turns bronze rows into silver rows for one silver table.
@@ -232,6 +234,7 @@ impl Refiner {
         }
 
         let mut deduplicated = 0;
+        let dedupe_started = std::time::Instant::now();
         if let Some(dedupe) = &self.spec.dedupe {
             let by = dedupe.by.clone().or_else(|| {
                 self.silver_schema.fields().iter().find(|f| f.data_type() == &schemas::timestamp_type() && !f.name().starts_with('_')).map(|f| f.name().clone())
@@ -244,7 +247,8 @@ impl Refiner {
         let silver_batch = batch.project(&(0..self.silver_schema.fields().len()).collect::<Vec<_>>())?;
         let silver_batch = RecordBatch::try_new(self.silver_schema.clone(), silver_batch.columns().to_vec())?;
         quarantined.sort_by_key(|q| q.row);
-        Ok(Refined { silver: silver_batch, quarantine: quarantine_batch(&input, &quarantined)?, dropped, deduplicated, warned })
+        let dedupe_ms = dedupe_started.elapsed().as_millis() as u64;
+        Ok(Refined { silver: silver_batch, quarantine: quarantine_batch(&input, &quarantined)?, dropped, deduplicated, warned, dedupe_ms })
     }
 }
 

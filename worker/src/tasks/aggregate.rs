@@ -2,8 +2,10 @@
 //!
 //! Each refresh runs the SQL over one silver snapshot and replaces the gold table's rows in
 //! one commit carrying `txn(appId = "<gold>/<silver>", version = silver version read)`
-//! (invariant 2). Refreshes are throttled by `gold_min_interval_ms`; the table is therefore
-//! never more than one interval plus one query behind silver.
+//! (invariant 2). A refresh costs time proportional to silver's size, so refreshes are
+//! spaced by at least `gold_min_interval_ms` and by at least [`BUSY_FACTOR`] times the last
+//! refresh's duration: gold never takes more than about a fifth of a core per table, and
+//! is never more than one interval plus one query behind silver.
 
 use std::time::Duration;
 
@@ -15,6 +17,9 @@ use super::{Progress, TaskEnv, downstream_app_id};
 use crate::query::QueryEngine;
 use crate::tables::{self, CommitOutcome, TxnUpdate, WriteMode};
 use crate::{Result, WorkerError, schemas};
+
+/// Least ratio of idle time to refresh time.
+pub const BUSY_FACTOR: u32 = 4;
 
 /// Keeps one gold table current.
 pub struct AggregateTask {
@@ -42,6 +47,7 @@ impl AggregateTask {
         let mut gold = env.tables.open_or_create(&self.table, &schema, &spec.partition_by).await?;
         let mut consumed = tables::txn_version(&gold, &app_id).await?;
         let mut last_refresh: Option<Instant> = None;
+        let mut interval = min_interval;
         progress.update(|r| r.table_rows = tables::row_count(&gold));
         loop {
             if cancel.is_cancelled() {
@@ -52,7 +58,7 @@ impl AggregateTask {
             let latest = tables::version(&silver);
             let done = consumed.unwrap_or(-1);
             progress.update(|r| r.lag = latest - done);
-            let throttled = last_refresh.is_some_and(|t| t.elapsed() < min_interval);
+            let throttled = last_refresh.is_some_and(|t| t.elapsed() < interval);
             if latest <= done || throttled {
                 progress.set_state(if latest <= done { TaskState::Idle } else { TaskState::Running });
                 tokio::select! { _ = cancel.cancelled() => {}, _ = tokio::time::sleep(poll) => {} }
@@ -60,6 +66,7 @@ impl AggregateTask {
             }
             progress.set_state(TaskState::Running);
             last_refresh = Some(Instant::now());
+            let refresh_started = std::time::Instant::now();
             let frame = engine.plan(&sql, Some((&spec.from, latest))).await?;
             let batches = frame.collect().await?;
             let mut batches = batches.iter().map(|b| schemas::to_delta(b, &schema)).collect::<Result<Vec<_>>>()?;
@@ -73,7 +80,9 @@ impl AggregateTask {
                 CommitOutcome::Committed { version } => {
                     progress.committed(version, rows, rows);
                     progress.update(|r| r.lag = 0);
-                    tracing::debug!(table = %self.table, version, silver_version = latest, rows, "gold refresh");
+                    let took = refresh_started.elapsed();
+                    interval = min_interval.max(took * BUSY_FACTOR);
+                    tracing::debug!(table = %self.table, version, silver_version = latest, rows, elapsed_ms = took.as_millis() as u64, next_in_ms = interval.as_millis() as u64, "gold refresh");
                     consumed = Some(latest);
                 }
                 CommitOutcome::AlreadyCommitted => {

@@ -69,9 +69,12 @@ impl RefineTask {
                 Some(q) if q > done => q,
                 _ => latest.min(done + env.config.refine_max_versions as i64),
             };
+            let started = std::time::Instant::now();
             let rows = refine::read_versions(upstream, &spec.from, done + 1, to).await?;
+            let read_ms = started.elapsed().as_millis() as u64;
             silver.update_state().await.map_err(|e| WorkerError::delta(&self.table, e))?;
             let refined = refiner.refine(&rows, &silver).await?;
+            let refine_ms = started.elapsed().as_millis() as u64 - read_ms;
             let quarantined = refined.quarantine.num_rows() as u64;
             if quarantined > 0 && quarantined_to.is_none_or(|q| q < to) {
                 let txns = vec![TxnUpdate::new(&quarantine_app_id, quarantined_to, to)];
@@ -94,7 +97,10 @@ impl RefineTask {
                         r.rows_deduplicated += refined.deduplicated as u64;
                         r.lag = latest - to;
                     });
-                    tracing::debug!(table = %self.table, version, bronze_from = done + 1, bronze_to = to, rows = good, quarantined, "silver commit");
+                    tracing::debug!(
+                        table = %self.table, version, bronze_from = done + 1, bronze_to = to, rows = good, quarantined,
+                        read_ms, refine_ms, dedupe_ms = refined.dedupe_ms, total_ms = started.elapsed().as_millis() as u64, "silver commit"
+                    );
                     consumed = Some(to);
                 }
                 CommitOutcome::AlreadyCommitted => {
