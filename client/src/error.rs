@@ -51,7 +51,9 @@ impl ClientError {
     pub fn exit_code(&self) -> i32 {
         match self {
             ClientError::Rejected(status) if status.code() == tonic::Code::InvalidArgument => 2,
-            ClientError::Common(smelter_common::Error::Spec { .. } | smelter_common::Error::Config { .. }) => 2,
+            ClientError::Common(
+                smelter_common::Error::Spec { .. } | smelter_common::Error::Config { .. },
+            ) => 2,
             ClientError::Worker(smelter_worker::WorkerError::InvalidSpec { .. }) => 2,
             _ => 1,
         }

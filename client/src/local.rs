@@ -25,7 +25,12 @@ pub struct LocalCluster {
 }
 
 async fn bind(address: &str) -> Result<TcpListener> {
-    TcpListener::bind(address).await.map_err(|source| ClientError::Io { context: format!("bind {address}"), source })
+    TcpListener::bind(address)
+        .await
+        .map_err(|source| ClientError::Io {
+            context: format!("bind {address}"),
+            source,
+        })
 }
 
 impl LocalCluster {
@@ -34,7 +39,10 @@ impl LocalCluster {
     /// loopback ports.
     pub async fn start(mut config: SmelterConfig, workers: usize) -> Result<LocalCluster> {
         let listener = bind(&config.coordinator.listen).await?;
-        let address = listener.local_addr().map_err(|source| ClientError::Io { context: "coordinator address".into(), source })?;
+        let address = listener.local_addr().map_err(|source| ClientError::Io {
+            context: "coordinator address".into(),
+            source,
+        })?;
         config.coordinator.endpoint = format!("http://{address}");
         let coordinator_shutdown = CancellationToken::new();
         let coordinator = tokio::spawn(smelter_coordinator::run(
@@ -47,11 +55,22 @@ impl LocalCluster {
         let mut handles = Vec::new();
         let mut flight_endpoints = Vec::new();
         for i in 0..workers.max(1) {
-            let flight_address = if i == 0 { config.worker.flight_listen.clone() } else { "127.0.0.1:0".to_string() };
+            let flight_address = if i == 0 {
+                config.worker.flight_listen.clone()
+            } else {
+                "127.0.0.1:0".to_string()
+            };
             let listener = bind(&flight_address).await?;
-            let local = listener.local_addr().map_err(|source| ClientError::Io { context: "flight address".into(), source })?;
+            let local = listener.local_addr().map_err(|source| ClientError::Io {
+                context: "flight address".into(),
+                source,
+            })?;
             flight_endpoints.push(local.to_string());
-            handles.push(tokio::spawn(smelter_worker::run(config.clone(), listener, workers_shutdown.clone())));
+            handles.push(tokio::spawn(smelter_worker::run(
+                config.clone(),
+                listener,
+                workers_shutdown.clone(),
+            )));
         }
         Ok(LocalCluster {
             coordinator_endpoint: config.coordinator.endpoint.clone(),

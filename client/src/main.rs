@@ -17,10 +17,25 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 fn main() {
     let cli = Cli::parse();
     // On a terminal `smelter up` draws live progress; info lines would tear it apart.
-    let interactive_up = matches!(cli.command, Command::Up(_)) && std::io::stderr().is_terminal() && !cli.log_json;
-    let level = if interactive_up && cli.log_level == "info" { "warn" } else { cli.log_level.as_str() };
-    init_logging(if cli.log_json { LogFormat::Json } else { LogFormat::Text }, level);
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let interactive_up =
+        matches!(cli.command, Command::Up(_)) && std::io::stderr().is_terminal() && !cli.log_json;
+    let level = if interactive_up && cli.log_level == "info" {
+        "warn"
+    } else {
+        cli.log_level.as_str()
+    };
+    init_logging(
+        if cli.log_json {
+            LogFormat::Json
+        } else {
+            LogFormat::Text
+        },
+        level,
+    );
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(runtime) => runtime,
         Err(error) => {
             eprintln!("error: cannot start the async runtime: {error}");

@@ -28,10 +28,16 @@ pub fn render_batches(batches: &[RecordBatch], format: Format) -> Result<String>
             }
             writer.finish()?;
             let bytes = writer.into_inner();
-            Ok(if bytes.is_empty() { "[]".to_string() } else { String::from_utf8_lossy(&bytes).into_owned() })
+            Ok(if bytes.is_empty() {
+                "[]".to_string()
+            } else {
+                String::from_utf8_lossy(&bytes).into_owned()
+            })
         }
         Format::Csv => {
-            let mut writer = arrow::csv::WriterBuilder::new().with_header(true).build(Vec::new());
+            let mut writer = arrow::csv::WriterBuilder::new()
+                .with_header(true)
+                .build(Vec::new());
             for batch in batches {
                 writer.write(batch)?;
             }
@@ -50,16 +56,34 @@ mod tests {
     use super::*;
 
     fn batch() -> RecordBatch {
-        let schema = Arc::new(Schema::new(vec![Field::new("k", DataType::Utf8, false), Field::new("n", DataType::Int64, true)]));
-        RecordBatch::try_new(schema, vec![Arc::new(StringArray::from(vec!["a", "b"])), Arc::new(Int64Array::from(vec![Some(1), None]))]).unwrap()
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("k", DataType::Utf8, false),
+            Field::new("n", DataType::Int64, true),
+        ]));
+        RecordBatch::try_new(
+            schema,
+            vec![
+                Arc::new(StringArray::from(vec!["a", "b"])),
+                Arc::new(Int64Array::from(vec![Some(1), None])),
+            ],
+        )
+        .unwrap()
     }
 
     #[test]
     fn formats() {
-        let json: serde_json::Value = serde_json::from_str(&render_batches(&[batch()], Format::Json).unwrap()).unwrap();
+        let json: serde_json::Value =
+            serde_json::from_str(&render_batches(&[batch()], Format::Json).unwrap()).unwrap();
         assert_eq!(json, serde_json::json!([{"k": "a", "n": 1}, {"k": "b"}]));
-        assert_eq!(render_batches(&[batch()], Format::Csv).unwrap(), "k,n\na,1\nb,\n");
-        assert!(render_batches(&[batch()], Format::Table).unwrap().contains("| a | 1 |"));
+        assert_eq!(
+            render_batches(&[batch()], Format::Csv).unwrap(),
+            "k,n\na,1\nb,\n"
+        );
+        assert!(
+            render_batches(&[batch()], Format::Table)
+                .unwrap()
+                .contains("| a | 1 |")
+        );
         assert_eq!(render_batches(&[], Format::Json).unwrap(), "[]");
     }
 }

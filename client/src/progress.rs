@@ -36,8 +36,12 @@ pub fn by_table(status: &ClusterStatus) -> BTreeMap<String, TableProgress> {
     // unit's figures under each partition's task id: count each unit once.
     let mut seen_units = std::collections::BTreeSet::new();
     for task in &status.tasks {
-        let (Some(assignment), Some(report)) = (&task.task, &task.report) else { continue };
-        if assignment.kind() == TaskKind::Ingest && !seen_units.insert((assignment.table.clone(), task.worker_id.clone())) {
+        let (Some(assignment), Some(report)) = (&task.task, &task.report) else {
+            continue;
+        };
+        if assignment.kind() == TaskKind::Ingest
+            && !seen_units.insert((assignment.table.clone(), task.worker_id.clone()))
+        {
             continue;
         }
         let entry = out.entry(assignment.table.clone()).or_default();
@@ -53,11 +57,21 @@ pub fn by_table(status: &ClusterStatus) -> BTreeMap<String, TableProgress> {
         entry.dropped += report.rows_dropped;
         entry.deduplicated += report.rows_deduplicated;
         let state = report.state();
-        let rank = |s: &str| ["", "stopped", "idle", "starting", "running", "backoff", "failed"].iter().position(|x| *x == s).unwrap_or(0);
+        let rank = |s: &str| {
+            [
+                "", "stopped", "idle", "starting", "running", "backoff", "failed",
+            ]
+            .iter()
+            .position(|x| *x == s)
+            .unwrap_or(0)
+        };
         if rank(state.label()) > rank(&entry.state) {
             entry.state = state.label().to_string();
         }
-        if entry.error.is_none() && !report.error.is_empty() && matches!(state, TaskState::Failed | TaskState::Backoff) {
+        if entry.error.is_none()
+            && !report.error.is_empty()
+            && matches!(state, TaskState::Failed | TaskState::Backoff)
+        {
             entry.error = Some(report.error.clone());
         }
     }
@@ -78,21 +92,38 @@ impl ProgressView {
     /// A view that redraws in place when `terminal`.
     pub fn new(terminal: bool) -> Self {
         let now = Instant::now();
-        Self { terminal, started: now, samples: std::collections::VecDeque::new(), drawn_lines: 0, last_log: None }
+        Self {
+            terminal,
+            started: now,
+            samples: std::collections::VecDeque::new(),
+            drawn_lines: 0,
+            last_log: None,
+        }
     }
 
     /// Shows the latest status.
     pub fn show(&mut self, status: &ClusterStatus) {
         let tables = by_table(status);
-        let ingested: u64 = tables.iter().filter(|(t, _)| t.starts_with("bronze.")).map(|(_, p)| p.committed).sum();
+        let ingested: u64 = tables
+            .iter()
+            .filter(|(t, _)| t.starts_with("bronze."))
+            .map(|(_, p)| p.committed)
+            .sum();
         let now = Instant::now();
         // Workers report once a second; a rate over a 5 s window does not alias with that.
         self.samples.push_back((now, ingested));
-        while self.samples.len() > 2 && self.samples.front().is_some_and(|(t, _)| now.duration_since(*t).as_secs_f64() > 5.0) {
+        while self.samples.len() > 2
+            && self
+                .samples
+                .front()
+                .is_some_and(|(t, _)| now.duration_since(*t).as_secs_f64() > 5.0)
+        {
             self.samples.pop_front();
         }
         let rate = match self.samples.front() {
-            Some((t, n)) if now.duration_since(*t).as_secs_f64() > 0.5 => ingested.saturating_sub(*n) as f64 / now.duration_since(*t).as_secs_f64(),
+            Some((t, n)) if now.duration_since(*t).as_secs_f64() > 0.5 => {
+                ingested.saturating_sub(*n) as f64 / now.duration_since(*t).as_secs_f64()
+            }
             _ => 0.0,
         };
         if self.terminal {
@@ -103,9 +134,15 @@ impl ProgressView {
                 self.started.elapsed().as_secs_f64(),
                 rate
             )];
-            lines.push(format!("  {:<32} {:>12} {:>10} {:>10} {:>10}  {}", "table", "rows", "lag", "quarant.", "dupes", "state"));
+            lines.push(format!(
+                "  {:<32} {:>12} {:>10} {:>10} {:>10}  {}",
+                "table", "rows", "lag", "quarant.", "dupes", "state"
+            ));
             for (table, p) in &tables {
-                lines.push(format!("  {:<32} {:>12} {:>10} {:>10} {:>10}  {}", table, p.rows, p.lag, p.quarantined, p.deduplicated, p.state));
+                lines.push(format!(
+                    "  {:<32} {:>12} {:>10} {:>10} {:>10}  {}",
+                    table, p.rows, p.lag, p.quarantined, p.deduplicated, p.state
+                ));
                 if let Some(error) = &p.error {
                     lines.push(format!("    error: {error}"));
                 }
@@ -121,8 +158,16 @@ impl ProgressView {
             self.drawn_lines = lines.len();
         } else if self.last_log.is_none_or(|t| t.elapsed().as_secs() >= 5) {
             self.last_log = Some(now);
-            let summary: Vec<String> = tables.iter().map(|(t, p)| format!("{t}={} (lag {})", p.rows, p.lag)).collect();
-            tracing::info!(events_per_sec = rate as u64, workers = status.workers.len(), "progress: {}", summary.join(", "));
+            let summary: Vec<String> = tables
+                .iter()
+                .map(|(t, p)| format!("{t}={} (lag {})", p.rows, p.lag))
+                .collect();
+            tracing::info!(
+                events_per_sec = rate as u64,
+                workers = status.workers.len(),
+                "progress: {}",
+                summary.join(", ")
+            );
         }
     }
 }
@@ -144,14 +189,26 @@ mod tests {
             }),
             worker_id: worker.into(),
             generation: 1,
-            report: Some(TaskStatusReport { rows_committed: committed, table_rows: 500, state: TaskState::Running as i32, ..Default::default() }),
+            report: Some(TaskStatusReport {
+                rows_committed: committed,
+                table_rows: 500,
+                state: TaskState::Running as i32,
+                ..Default::default()
+            }),
         }
     }
 
     #[test]
     fn ingest_units_count_once_per_worker() {
         // Worker a runs partitions 0 and 1 as one unit (same figures under both task ids).
-        let status = ClusterStatus { tasks: vec![ingest(0, "a", 300), ingest(1, "a", 300), ingest(2, "b", 200)], ..Default::default() };
+        let status = ClusterStatus {
+            tasks: vec![
+                ingest(0, "a", 300),
+                ingest(1, "a", 300),
+                ingest(2, "b", 200),
+            ],
+            ..Default::default()
+        };
         let tables = by_table(&status);
         assert_eq!(tables["bronze.events"].committed, 500);
         assert_eq!(tables["bronze.events"].rows, 500);

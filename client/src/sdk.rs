@@ -3,14 +3,23 @@
 use arrow::record_batch::RecordBatch;
 use arrow_flight::sql::client::FlightSqlServiceClient;
 use futures::TryStreamExt;
-use smelter_proto::{ApplyPipelineRequest, ApplyPipelineResponse, ClusterStatus, ClusterStatusRequest, ControlClient};
+use smelter_proto::{
+    ApplyPipelineRequest, ApplyPipelineResponse, ClusterStatus, ClusterStatusRequest, ControlClient,
+};
 use tonic::transport::{Channel, Endpoint};
 
 use crate::{ClientError, Result};
 
 async fn channel(endpoint: &str) -> Result<Channel> {
-    let url = if endpoint.contains("://") { endpoint.to_string() } else { format!("http://{endpoint}") };
-    let unreachable = |message: String| ClientError::Unreachable { endpoint: url.clone(), message };
+    let url = if endpoint.contains("://") {
+        endpoint.to_string()
+    } else {
+        format!("http://{endpoint}")
+    };
+    let unreachable = |message: String| ClientError::Unreachable {
+        endpoint: url.clone(),
+        message,
+    };
     Endpoint::from_shared(url.clone())
         .map_err(|e| unreachable(e.to_string()))?
         .connect_timeout(std::time::Duration::from_secs(5))
@@ -27,17 +36,30 @@ pub struct QueryClient {
 impl QueryClient {
     /// Connects to a Flight SQL endpoint (`host:port` or a URL).
     pub async fn connect(endpoint: &str) -> Result<Self> {
-        Ok(Self { inner: FlightSqlServiceClient::new(channel(endpoint).await?) })
+        Ok(Self {
+            inner: FlightSqlServiceClient::new(channel(endpoint).await?),
+        })
     }
 
     /// Runs `sql` and collects every result batch.
     pub async fn query(&mut self, sql: &str) -> Result<Vec<RecordBatch>> {
-        let info = self.inner.execute(sql.to_string(), None).await.map_err(flight_status)?;
+        let info = self
+            .inner
+            .execute(sql.to_string(), None)
+            .await
+            .map_err(flight_status)?;
         let mut batches = Vec::new();
         for endpoint in info.endpoint {
-            let Some(ticket) = endpoint.ticket else { continue };
+            let Some(ticket) = endpoint.ticket else {
+                continue;
+            };
             let stream = self.inner.do_get(ticket).await.map_err(flight_status)?;
-            batches.extend(stream.try_collect::<Vec<_>>().await.map_err(flight_status)?);
+            batches.extend(
+                stream
+                    .try_collect::<Vec<_>>()
+                    .await
+                    .map_err(flight_status)?,
+            );
         }
         Ok(batches)
     }
@@ -59,17 +81,26 @@ pub struct AdminClient {
 impl AdminClient {
     /// Connects to the coordinator (`host:port` or a URL).
     pub async fn connect(endpoint: &str) -> Result<Self> {
-        Ok(Self { inner: ControlClient::new(channel(endpoint).await?) })
+        Ok(Self {
+            inner: ControlClient::new(channel(endpoint).await?),
+        })
     }
 
     /// Leader, workers, tasks and their progress.
     pub async fn status(&mut self) -> Result<ClusterStatus> {
-        Ok(self.inner.get_cluster_status(ClusterStatusRequest {}).await?.into_inner())
+        Ok(self
+            .inner
+            .get_cluster_status(ClusterStatusRequest {})
+            .await?
+            .into_inner())
     }
 
     /// Declares or updates a pipeline.
     pub async fn apply(&mut self, spec_yaml: &str, origin: &str) -> Result<ApplyPipelineResponse> {
-        let request = ApplyPipelineRequest { spec_yaml: spec_yaml.to_string(), origin: origin.to_string() };
+        let request = ApplyPipelineRequest {
+            spec_yaml: spec_yaml.to_string(),
+            origin: origin.to_string(),
+        };
         Ok(self.inner.apply_pipeline(request).await?.into_inner())
     }
 }

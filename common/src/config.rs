@@ -107,7 +107,9 @@ pub struct StorageConfig {
 
 impl Default for StorageConfig {
     fn default() -> Self {
-        Self { root: PathBuf::from("data/tables") }
+        Self {
+            root: PathBuf::from("data/tables"),
+        }
     }
 }
 
@@ -125,19 +127,30 @@ pub struct QueryConfig {
 
 impl Default for QueryConfig {
     fn default() -> Self {
-        Self { max_rows: 1_000_000, timeout_ms: 60_000, memory_limit_mb: 1024 }
+        Self {
+            max_rows: 1_000_000,
+            timeout_ms: 60_000,
+            memory_limit_mb: 1024,
+        }
     }
 }
 
 impl SmelterConfig {
     /// Loads defaults, then the file (if given), then `SMELTER__*` variables from `env`.
-    pub fn load(file: Option<&Path>, env: impl IntoIterator<Item = (String, String)>) -> Result<Self> {
-        let mut merged = toml::Value::try_from(SmelterConfig::default()).map_err(|e| Error::Config {
-            source_name: "defaults".into(),
-            message: e.to_string(),
-        })?;
+    pub fn load(
+        file: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Self> {
+        let mut merged =
+            toml::Value::try_from(SmelterConfig::default()).map_err(|e| Error::Config {
+                source_name: "defaults".into(),
+                message: e.to_string(),
+            })?;
         if let Some(path) = file {
-            let text = std::fs::read_to_string(path).map_err(|source| Error::Io { path: path.to_path_buf(), source })?;
+            let text = std::fs::read_to_string(path).map_err(|source| Error::Io {
+                path: path.to_path_buf(),
+                source,
+            })?;
             let value: toml::Value = toml::from_str(&text).map_err(|e| Error::Config {
                 source_name: path.display().to_string(),
                 message: e.to_string(),
@@ -162,10 +175,14 @@ impl SmelterConfig {
                 message,
             })?;
         }
-        merged.try_into().map_err(|e: toml::de::Error| Error::Config {
-            source_name: file.map(|p| p.display().to_string()).unwrap_or_else(|| "environment".into()),
-            message: e.to_string(),
-        })
+        merged
+            .try_into()
+            .map_err(|e: toml::de::Error| Error::Config {
+                source_name: file
+                    .map(|p| p.display().to_string())
+                    .unwrap_or_else(|| "environment".into()),
+                message: e.to_string(),
+            })
     }
 }
 
@@ -196,7 +213,9 @@ fn set_path(root: &mut toml::Value, parts: &[&str], value: toml::Value) -> Resul
             .and_then(|t| t.get_mut(*part))
             .ok_or_else(|| format!("unknown section `{part}`"))?;
     }
-    let table = cursor.as_table_mut().ok_or_else(|| "not a section".to_string())?;
+    let table = cursor
+        .as_table_mut()
+        .ok_or_else(|| "not a section".to_string())?;
     // Strings that look like numbers stay strings when the field is a string.
     let value = match (table.get(*last), value) {
         (Some(toml::Value::String(_)), v @ (toml::Value::Integer(_) | toml::Value::Boolean(_))) => {
@@ -216,9 +235,16 @@ mod tests {
     fn layers_apply_in_order() {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("smelter.toml");
-        std::fs::write(&file, "[worker]\nbatch_max_records = 10\nflight_listen = \"0.0.0.0:1\"\n").unwrap();
+        std::fs::write(
+            &file,
+            "[worker]\nbatch_max_records = 10\nflight_listen = \"0.0.0.0:1\"\n",
+        )
+        .unwrap();
         let env = vec![
-            ("SMELTER__WORKER__FLIGHT_LISTEN".to_string(), "127.0.0.1:9".to_string()),
+            (
+                "SMELTER__WORKER__FLIGHT_LISTEN".to_string(),
+                "127.0.0.1:9".to_string(),
+            ),
             ("SMELTER__QUERY__MAX_ROWS".to_string(), "7".to_string()),
             ("UNRELATED".to_string(), "x".to_string()),
         ];
@@ -234,9 +260,12 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("smelter.toml");
         std::fs::write(&file, "[worker]\nbatch_max_recs = 10\n").unwrap();
-        let err = SmelterConfig::load(Some(&file), Vec::new()).unwrap_err().to_string();
+        let err = SmelterConfig::load(Some(&file), Vec::new())
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("batch_max_recs"), "{err}");
-        let err = SmelterConfig::load(None, vec![("SMELTER__NOPE__X".into(), "1".into())]).unwrap_err();
+        let err =
+            SmelterConfig::load(None, vec![("SMELTER__NOPE__X".into(), "1".into())]).unwrap_err();
         assert!(err.to_string().contains("SMELTER__NOPE__X"), "{err}");
     }
 }

@@ -21,11 +21,26 @@ pub fn init_logging(format: LogFormat, default_level: &str) {
     // when something is wrong. delta-rs warns on routine events (a concurrent append it
     // merged, a binary column without stats); our commit path logs the outcomes that matter.
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| {
-        let ours = ["smelter", "smelter_client", "smelter_common", "smelter_coordinator", "smelter_worker", "smelter_tests"];
-        let directives: Vec<String> = ours.iter().map(|c| format!("{c}={default_level}")).collect();
-        EnvFilter::new(format!("warn,deltalake_core=error,{}", directives.join(",")))
+        let ours = [
+            "smelter",
+            "smelter_client",
+            "smelter_common",
+            "smelter_coordinator",
+            "smelter_worker",
+            "smelter_tests",
+        ];
+        let directives: Vec<String> = ours
+            .iter()
+            .map(|c| format!("{c}={default_level}"))
+            .collect();
+        EnvFilter::new(format!(
+            "warn,deltalake_core=error,{}",
+            directives.join(",")
+        ))
     });
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     let _ = match format {
         LogFormat::Text => builder.try_init(),
         LogFormat::Json => builder.json().flatten_event(true).try_init(),

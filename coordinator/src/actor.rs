@@ -15,8 +15,8 @@ use smelter_common::config::CoordinatorConfig;
 use smelter_common::spec::{Layer, PipelineSpec};
 use smelter_common::store::{CoordinationStore, LeaseId, keys};
 use smelter_proto::{
-    ApplyPipelineResponse, AssignmentUpdate, ClusterStatus, HeartbeatResponse, PipelineDefinition, RegisterWorkerResponse, TaskAssignment,
-    TaskKind, TaskStatus, TaskStatusReport, WorkerStatus,
+    ApplyPipelineResponse, AssignmentUpdate, ClusterStatus, HeartbeatResponse, PipelineDefinition,
+    RegisterWorkerResponse, TaskAssignment, TaskKind, TaskStatus, TaskStatusReport, WorkerStatus,
 };
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
@@ -32,19 +32,42 @@ pub type AssignmentSender = mpsc::Sender<Result<AssignmentUpdate, tonic::Status>
 #[allow(missing_docs)] // fields are the request's arguments and its reply channel
 pub enum Command {
     /// A worker joins.
-    Register { flight_endpoint: String, hostname: String, reply: oneshot::Sender<Result<RegisterWorkerResponse>> },
+    Register {
+        flight_endpoint: String,
+        hostname: String,
+        reply: oneshot::Sender<Result<RegisterWorkerResponse>>,
+    },
     /// A worker renews its lease.
-    Heartbeat { worker_id: String, reply: oneshot::Sender<Result<HeartbeatResponse>> },
+    Heartbeat {
+        worker_id: String,
+        reply: oneshot::Sender<Result<HeartbeatResponse>>,
+    },
     /// A worker opens its assignment stream.
-    Watch { worker_id: String, sender: AssignmentSender, reply: oneshot::Sender<Result<()>> },
+    Watch {
+        worker_id: String,
+        sender: AssignmentSender,
+        reply: oneshot::Sender<Result<()>>,
+    },
     /// A worker reports task progress.
-    Report { report: TaskStatusReport, reply: oneshot::Sender<Result<()>> },
+    Report {
+        report: TaskStatusReport,
+        reply: oneshot::Sender<Result<()>>,
+    },
     /// A worker leaves.
-    Deregister { worker_id: String, reply: oneshot::Sender<Result<()>> },
+    Deregister {
+        worker_id: String,
+        reply: oneshot::Sender<Result<()>>,
+    },
     /// A pipeline is declared or changed.
-    Apply { spec_yaml: String, origin: String, reply: oneshot::Sender<Result<ApplyPipelineResponse>> },
+    Apply {
+        spec_yaml: String,
+        origin: String,
+        reply: oneshot::Sender<Result<ApplyPipelineResponse>>,
+    },
     /// Everything, for `smelter status`.
-    Status { reply: oneshot::Sender<ClusterStatus> },
+    Status {
+        reply: oneshot::Sender<ClusterStatus>,
+    },
 }
 
 #[derive(Serialize, Deserialize)]
@@ -83,7 +106,13 @@ pub fn pipeline_tasks(spec: &PipelineSpec) -> Vec<TaskAssignment> {
     for (name, table) in spec.tables_in(Layer::Bronze) {
         let partitions = spec.sources.get(&table.from).map_or(0, |s| s.partitions());
         for partition in 0..partitions as i32 {
-            tasks.push(task(TaskKind::Ingest, &spec.pipeline, name, &table.from, partition));
+            tasks.push(task(
+                TaskKind::Ingest,
+                &spec.pipeline,
+                name,
+                &table.from,
+                partition,
+            ));
         }
     }
     for (name, _) in spec.tables_in(Layer::Silver) {
@@ -95,7 +124,13 @@ pub fn pipeline_tasks(spec: &PipelineSpec) -> Vec<TaskAssignment> {
     tasks
 }
 
-fn task(kind: TaskKind, pipeline: &str, table: &str, source: &str, partition: i32) -> TaskAssignment {
+fn task(
+    kind: TaskKind,
+    pipeline: &str,
+    table: &str,
+    source: &str,
+    partition: i32,
+) -> TaskAssignment {
     TaskAssignment {
         task_id: TaskAssignment::make_id(kind, pipeline, table, source, partition),
         kind: kind as i32,
@@ -123,12 +158,19 @@ impl Actor {
         for kv in actor.store.list(&keys::pipelines_prefix()).await? {
             match serde_json::from_slice::<StoredPipeline>(&kv.value) {
                 Ok(stored) => {
-                    let definition = PipelineDefinition { name: stored.name, spec_yaml: stored.spec_yaml, origin: stored.origin, revision: stored.revision };
+                    let definition = PipelineDefinition {
+                        name: stored.name,
+                        spec_yaml: stored.spec_yaml,
+                        origin: stored.origin,
+                        revision: stored.revision,
+                    };
                     if let Err(error) = actor.install(definition) {
                         tracing::error!(key = %kv.key, %error, "stored pipeline no longer parses; skipped");
                     }
                 }
-                Err(error) => tracing::error!(key = %kv.key, %error, "unreadable stored pipeline; skipped"),
+                Err(error) => {
+                    tracing::error!(key = %kv.key, %error, "unreadable stored pipeline; skipped")
+                }
             }
         }
         Ok(actor)
@@ -153,13 +195,21 @@ impl Actor {
 
     async fn handle(&mut self, command: Command) {
         match command {
-            Command::Register { flight_endpoint, hostname, reply } => {
+            Command::Register {
+                flight_endpoint,
+                hostname,
+                reply,
+            } => {
                 let _ = reply.send(self.register(flight_endpoint, hostname).await);
             }
             Command::Heartbeat { worker_id, reply } => {
                 let _ = reply.send(self.heartbeat(&worker_id).await);
             }
-            Command::Watch { worker_id, sender, reply } => {
+            Command::Watch {
+                worker_id,
+                sender,
+                reply,
+            } => {
                 let _ = reply.send(self.watch(&worker_id, sender).await);
             }
             Command::Report { report, reply } => {
@@ -168,7 +218,11 @@ impl Actor {
             Command::Deregister { worker_id, reply } => {
                 let _ = reply.send(self.deregister(&worker_id).await);
             }
-            Command::Apply { spec_yaml, origin, reply } => {
+            Command::Apply {
+                spec_yaml,
+                origin,
+                reply,
+            } => {
                 let _ = reply.send(self.apply(spec_yaml, origin).await);
             }
             Command::Status { reply } => {
@@ -177,13 +231,30 @@ impl Actor {
         }
     }
 
-    async fn register(&mut self, flight_endpoint: String, hostname: String) -> Result<RegisterWorkerResponse> {
+    async fn register(
+        &mut self,
+        flight_endpoint: String,
+        hostname: String,
+    ) -> Result<RegisterWorkerResponse> {
         let worker_id = uuid::Uuid::new_v4().to_string();
         let lease = self.store.grant_lease(self.config.lease_ttl()).await?;
-        let record = serde_json::json!({ "flight_endpoint": flight_endpoint, "hostname": hostname }).to_string();
-        self.store.put(&keys::worker(&worker_id), record.into_bytes(), Some(lease)).await?;
+        let record =
+            serde_json::json!({ "flight_endpoint": flight_endpoint, "hostname": hostname })
+                .to_string();
+        self.store
+            .put(&keys::worker(&worker_id), record.into_bytes(), Some(lease))
+            .await?;
         tracing::info!(worker_id = %worker_id, flight = %flight_endpoint, "worker registered");
-        self.workers.insert(worker_id.clone(), WorkerEntry { lease, flight_endpoint, hostname, last_heartbeat: Instant::now(), watchers: Vec::new() });
+        self.workers.insert(
+            worker_id.clone(),
+            WorkerEntry {
+                lease,
+                flight_endpoint,
+                hostname,
+                last_heartbeat: Instant::now(),
+                watchers: Vec::new(),
+            },
+        );
         self.rebalance().await;
         Ok(RegisterWorkerResponse {
             worker_id,
@@ -193,15 +264,24 @@ impl Actor {
     }
 
     async fn heartbeat(&mut self, worker_id: &str) -> Result<HeartbeatResponse> {
-        let entry = self.workers.get_mut(worker_id).ok_or_else(|| CoordinatorError::UnknownWorker { worker_id: worker_id.to_string() })?;
+        let entry =
+            self.workers
+                .get_mut(worker_id)
+                .ok_or_else(|| CoordinatorError::UnknownWorker {
+                    worker_id: worker_id.to_string(),
+                })?;
         match self.store.keep_alive(entry.lease).await {
             Ok(()) => {
                 entry.last_heartbeat = Instant::now();
-                Ok(HeartbeatResponse { generation: self.generation })
+                Ok(HeartbeatResponse {
+                    generation: self.generation,
+                })
             }
             Err(smelter_common::Error::LeaseNotFound { .. }) => {
                 self.remove_worker(worker_id, "lease expired").await;
-                Err(CoordinatorError::UnknownWorker { worker_id: worker_id.to_string() })
+                Err(CoordinatorError::UnknownWorker {
+                    worker_id: worker_id.to_string(),
+                })
             }
             Err(e) => Err(e.into()),
         }
@@ -209,7 +289,12 @@ impl Actor {
 
     async fn watch(&mut self, worker_id: &str, sender: AssignmentSender) -> Result<()> {
         let update = self.update_for(worker_id);
-        let entry = self.workers.get_mut(worker_id).ok_or_else(|| CoordinatorError::UnknownWorker { worker_id: worker_id.to_string() })?;
+        let entry =
+            self.workers
+                .get_mut(worker_id)
+                .ok_or_else(|| CoordinatorError::UnknownWorker {
+                    worker_id: worker_id.to_string(),
+                })?;
         if sender.send(Ok(update)).await.is_ok() {
             entry.watchers.push(sender);
         }
@@ -220,7 +305,11 @@ impl Actor {
         let context = report.context.clone().unwrap_or_default();
         let owner = self.owners.get(&report.task_id);
         if owner != Some(&context.worker_id) || !self.workers.contains_key(&context.worker_id) {
-            return Err(CoordinatorError::NotOwner { task_id: report.task_id, worker_id: context.worker_id, generation: context.generation });
+            return Err(CoordinatorError::NotOwner {
+                task_id: report.task_id,
+                worker_id: context.worker_id,
+                generation: context.generation,
+            });
         }
         self.reports.insert(report.task_id.clone(), report);
         Ok(())
@@ -248,11 +337,29 @@ impl Actor {
 
     async fn apply(&mut self, spec_yaml: String, origin: String) -> Result<ApplyPipelineResponse> {
         let spec = PipelineSpec::parse(&spec_yaml, &origin)?;
-        let revision = self.pipelines.get(&spec.pipeline).map_or(1, |p| p.revision + 1);
-        let definition = PipelineDefinition { name: spec.pipeline.clone(), spec_yaml: spec_yaml.clone(), origin: origin.clone(), revision };
-        let stored = StoredPipeline { name: spec.pipeline.clone(), spec_yaml, origin, revision };
-        let value = serde_json::to_vec(&stored).map_err(|e| smelter_common::Error::StoreUnavailable { message: e.to_string() })?;
-        self.store.put(&keys::pipeline(&spec.pipeline), value, None).await?;
+        let revision = self
+            .pipelines
+            .get(&spec.pipeline)
+            .map_or(1, |p| p.revision + 1);
+        let definition = PipelineDefinition {
+            name: spec.pipeline.clone(),
+            spec_yaml: spec_yaml.clone(),
+            origin: origin.clone(),
+            revision,
+        };
+        let stored = StoredPipeline {
+            name: spec.pipeline.clone(),
+            spec_yaml,
+            origin,
+            revision,
+        };
+        let value =
+            serde_json::to_vec(&stored).map_err(|e| smelter_common::Error::StoreUnavailable {
+                message: e.to_string(),
+            })?;
+        self.store
+            .put(&keys::pipeline(&spec.pipeline), value, None)
+            .await?;
         let tasks = self.install(definition)?;
         tracing::info!(pipeline = %spec.pipeline, revision, tasks, "pipeline applied");
         // A changed spec restarts the pipeline's tasks so they pick it up: bump the generation
@@ -260,18 +367,30 @@ impl Actor {
         self.rebalance().await;
         self.generation += 1;
         self.push_all().await;
-        Ok(ApplyPipelineResponse { pipeline: spec.pipeline, revision, tasks: tasks as u32 })
+        Ok(ApplyPipelineResponse {
+            pipeline: spec.pipeline,
+            revision,
+            tasks: tasks as u32,
+        })
     }
 
     async fn expire_workers(&mut self) {
         let alive: BTreeSet<String> = match self.store.list(&keys::workers_prefix()).await {
-            Ok(kvs) => kvs.iter().map(|kv| keys::leaf(&kv.key).to_string()).collect(),
+            Ok(kvs) => kvs
+                .iter()
+                .map(|kv| keys::leaf(&kv.key).to_string())
+                .collect(),
             Err(error) => {
                 tracing::warn!(%error, "cannot list workers; keeping current membership");
                 return;
             }
         };
-        let gone: Vec<String> = self.workers.keys().filter(|w| !alive.contains(*w)).cloned().collect();
+        let gone: Vec<String> = self
+            .workers
+            .keys()
+            .filter(|w| !alive.contains(*w))
+            .cloned()
+            .collect();
         for worker_id in gone {
             self.remove_worker(&worker_id, "lease expired").await;
         }
@@ -296,20 +415,39 @@ impl Actor {
         if owners == self.owners {
             return;
         }
-        let moved = task_ids.iter().filter(|t| self.owners.get(*t) != owners.get(*t)).count();
+        let moved = task_ids
+            .iter()
+            .filter(|t| self.owners.get(*t) != owners.get(*t))
+            .count();
         self.owners = owners;
         self.reports.retain(|task, _| self.tasks.contains_key(task));
         self.generation += 1;
-        tracing::info!(generation = self.generation, moved, workers = workers.len(), "assignment changed");
+        tracing::info!(
+            generation = self.generation,
+            moved,
+            workers = workers.len(),
+            "assignment changed"
+        );
         self.push_all().await;
     }
 
     fn update_for(&self, worker_id: &str) -> AssignmentUpdate {
-        let tasks: Vec<TaskAssignment> =
-            self.owners.iter().filter(|(_, w)| w.as_str() == worker_id).filter_map(|(t, _)| self.tasks.get(t).cloned()).collect();
+        let tasks: Vec<TaskAssignment> = self
+            .owners
+            .iter()
+            .filter(|(_, w)| w.as_str() == worker_id)
+            .filter_map(|(t, _)| self.tasks.get(t).cloned())
+            .collect();
         let names: BTreeSet<&str> = tasks.iter().map(|t| t.pipeline.as_str()).collect();
-        let pipelines = names.iter().filter_map(|n| self.pipelines.get(*n).cloned()).collect();
-        AssignmentUpdate { generation: self.generation, tasks, pipelines }
+        let pipelines = names
+            .iter()
+            .filter_map(|n| self.pipelines.get(*n).cloned())
+            .collect();
+        AssignmentUpdate {
+            generation: self.generation,
+            tasks,
+            pipelines,
+        }
     }
 
     async fn push_all(&mut self) {
@@ -320,7 +458,15 @@ impl Actor {
                 "generation": update.generation,
                 "tasks": update.tasks.iter().map(|t| t.task_id.clone()).collect::<Vec<_>>(),
             });
-            if let Err(error) = self.store.put(&keys::assignment(&worker_id), record.to_string().into_bytes(), None).await {
+            if let Err(error) = self
+                .store
+                .put(
+                    &keys::assignment(&worker_id),
+                    record.to_string().into_bytes(),
+                    None,
+                )
+                .await
+            {
                 tracing::warn!(worker_id, %error, "cannot persist assignment");
             }
             if let Some(entry) = self.workers.get_mut(&worker_id) {
@@ -358,6 +504,12 @@ impl Actor {
                 report: self.reports.get(&t.task_id).cloned(),
             })
             .collect();
-        ClusterStatus { leader: self.id.clone(), generation: self.generation, workers, tasks, pipelines: self.pipelines.values().cloned().collect() }
+        ClusterStatus {
+            leader: self.id.clone(),
+            generation: self.generation,
+            workers,
+            tasks,
+            pipelines: self.pipelines.values().cloned().collect(),
+        }
     }
 }

@@ -11,12 +11,17 @@ use std::collections::{BTreeMap, BTreeSet};
 
 /// Computes new owners for `tasks` (ids, in a stable order) given the current `owners`
 /// and the live `workers`. Returns task id -> worker id; empty if there are no workers.
-pub fn assign(tasks: &[String], owners: &BTreeMap<String, String>, workers: &BTreeSet<String>) -> BTreeMap<String, String> {
+pub fn assign(
+    tasks: &[String],
+    owners: &BTreeMap<String, String>,
+    workers: &BTreeSet<String>,
+) -> BTreeMap<String, String> {
     let mut result = BTreeMap::new();
     if workers.is_empty() {
         return result;
     }
-    let mut load: BTreeMap<&str, Vec<&str>> = workers.iter().map(|w| (w.as_str(), Vec::new())).collect();
+    let mut load: BTreeMap<&str, Vec<&str>> =
+        workers.iter().map(|w| (w.as_str(), Vec::new())).collect();
     let mut orphans = Vec::new();
     for task in tasks {
         match owners.get(task).filter(|w| workers.contains(*w)) {
@@ -25,15 +30,26 @@ pub fn assign(tasks: &[String], owners: &BTreeMap<String, String>, workers: &BTr
         }
     }
     for task in orphans {
-        let least = load.iter().min_by_key(|(w, t)| (t.len(), *w)).map(|(w, _)| *w);
+        let least = load
+            .iter()
+            .min_by_key(|(w, t)| (t.len(), *w))
+            .map(|(w, _)| *w);
         if let Some(worker) = least {
             load.entry(worker).or_default().push(task);
         }
     }
     loop {
-        let most = load.iter().max_by_key(|(w, t)| (t.len(), std::cmp::Reverse(*w))).map(|(w, t)| (*w, t.len()));
-        let least = load.iter().min_by_key(|(w, t)| (t.len(), *w)).map(|(w, t)| (*w, t.len()));
-        let (Some((from, high)), Some((to, low))) = (most, least) else { break };
+        let most = load
+            .iter()
+            .max_by_key(|(w, t)| (t.len(), std::cmp::Reverse(*w)))
+            .map(|(w, t)| (*w, t.len()));
+        let least = load
+            .iter()
+            .min_by_key(|(w, t)| (t.len(), *w))
+            .map(|(w, t)| (*w, t.len()));
+        let (Some((from, high)), Some((to, low))) = (most, least) else {
+            break;
+        };
         if high <= low + 1 {
             break;
         }
@@ -85,7 +101,12 @@ mod tests {
         let after = assign(&tasks, &before, &set(&["a", "b", "c"]));
         let moved = tasks.iter().filter(|t| before[*t] != after[*t]).count();
         assert_eq!(moved, 4, "exactly c's share moves");
-        assert!(tasks.iter().filter(|t| before[*t] != after[*t]).all(|t| after[t] == "c"));
+        assert!(
+            tasks
+                .iter()
+                .filter(|t| before[*t] != after[*t])
+                .all(|t| after[t] == "c")
+        );
     }
 
     #[test]

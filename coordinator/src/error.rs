@@ -34,11 +34,13 @@ impl From<CoordinatorError> for tonic::Status {
     fn from(error: CoordinatorError) -> Self {
         let message = error.to_string();
         match error {
-            CoordinatorError::Common(smelter_common::Error::Spec { .. } | smelter_common::Error::Config { .. }) => {
-                tonic::Status::invalid_argument(message)
-            }
+            CoordinatorError::Common(
+                smelter_common::Error::Spec { .. } | smelter_common::Error::Config { .. },
+            ) => tonic::Status::invalid_argument(message),
             CoordinatorError::Common(e) if e.is_retryable() => tonic::Status::unavailable(message),
-            CoordinatorError::Common(_) | CoordinatorError::Transport(_) => tonic::Status::internal(message),
+            CoordinatorError::Common(_) | CoordinatorError::Transport(_) => {
+                tonic::Status::internal(message)
+            }
             CoordinatorError::UnknownWorker { .. } => tonic::Status::not_found(message),
             CoordinatorError::NotOwner { .. } => tonic::Status::failed_precondition(message),
             CoordinatorError::ShuttingDown => tonic::Status::unavailable(message),

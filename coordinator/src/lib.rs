@@ -24,7 +24,12 @@ use tokio_util::sync::CancellationToken;
 pub use error::{CoordinatorError, Result};
 
 /// Serves the control plane on `listener` until `shutdown`.
-pub async fn run(config: CoordinatorConfig, store: Arc<dyn CoordinationStore>, listener: TcpListener, shutdown: CancellationToken) -> Result<()> {
+pub async fn run(
+    config: CoordinatorConfig,
+    store: Arc<dyn CoordinationStore>,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+) -> Result<()> {
     let actor = actor::Actor::new(store, config).await?;
     let (commands, receiver) = tokio::sync::mpsc::channel(256);
     let actor_task = tokio::spawn(actor.run(receiver, shutdown.clone()));

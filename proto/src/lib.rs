@@ -20,7 +20,13 @@ pub use generated::control_server::{Control, ControlServer};
 impl TaskAssignment {
     /// Builds the stable id of a task; identical assignments always get identical ids,
     /// which is what lets assignment be sticky across coordinator restarts.
-    pub fn make_id(kind: TaskKind, pipeline: &str, table: &str, source: &str, partition: i32) -> String {
+    pub fn make_id(
+        kind: TaskKind,
+        pipeline: &str,
+        table: &str,
+        source: &str,
+        partition: i32,
+    ) -> String {
         match kind {
             TaskKind::Ingest => format!("{pipeline}/ingest/{source}/{partition}"),
             TaskKind::Refine => format!("{pipeline}/refine/{table}"),

@@ -36,7 +36,10 @@ tables:
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn files_are_ingested_once_and_bad_lines_quarantined() {
     let landing = tempfile::tempdir().unwrap();
-    let big = format!(r#"{{"order_id":"big","amount":1,"pad":"{}"}}"#, "x".repeat(1_100_000));
+    let big = format!(
+        r#"{{"order_id":"big","amount":1,"pad":"{}"}}"#,
+        "x".repeat(1_100_000)
+    );
     let first = [
         r#"{"order_id":"o1","amount":10.5,"customer":{"id":"c1"}}"#,
         r#"{"order_id":"o2","amount":-3,"customer":{"id":"c1"}}"#,
@@ -52,7 +55,9 @@ async fn files_are_ingested_once_and_bad_lines_quarantined() {
     std::fs::write(landing.path().join("a.ndjson"), format!("{first}\n")).unwrap();
     std::fs::write(landing.path().join("ignored.csv"), "order_id\no9\n").unwrap();
 
-    let cluster = TestCluster::start(2, &pipeline(landing.path())).await.unwrap();
+    let cluster = TestCluster::start(2, &pipeline(landing.path()))
+        .await
+        .unwrap();
     cluster.wait_drained(Duration::from_secs(60)).await.unwrap();
 
     // A second file arrives while running, first under a temporary name.
@@ -64,36 +69,86 @@ async fn files_are_ingested_once_and_bad_lines_quarantined() {
         .wait_for(Duration::from_secs(60), "b.ndjson in bronze", || {
             let tables = tables.clone();
             async move {
-                sql(&tables, "SELECT count(*) FROM bronze.orders WHERE topic = 'b.ndjson'")
-                    .await
-                    .map(|b| b.first().map(|b| arrow::array::AsArray::as_primitive::<arrow::datatypes::Int64Type>(b.column(0)).value(0)) == Some(2))
-                    .unwrap_or(false)
+                sql(
+                    &tables,
+                    "SELECT count(*) FROM bronze.orders WHERE topic = 'b.ndjson'",
+                )
+                .await
+                .map(|b| {
+                    b.first().map(|b| {
+                        arrow::array::AsArray::as_primitive::<arrow::datatypes::Int64Type>(
+                            b.column(0),
+                        )
+                        .value(0)
+                    }) == Some(2)
+                })
+                .unwrap_or(false)
             }
         })
         .await
         .unwrap();
     cluster.wait_drained(Duration::from_secs(60)).await.unwrap();
 
-    let mut expected: BTreeSet<(String, i32, i64)> = [0, 1, 3, 4, 5, 6, 7, 8].iter().map(|&l| ("a.ndjson".to_string(), 0, l)).collect();
+    let mut expected: BTreeSet<(String, i32, i64)> = [0, 1, 3, 4, 5, 6, 7, 8]
+        .iter()
+        .map(|&l| ("a.ndjson".to_string(), 0, l))
+        .collect();
     expected.insert(("b.ndjson".into(), 0, 0));
     expected.insert(("b.ndjson".into(), 0, 1));
-    let bronze = positions(&sql(&cluster.tables, "SELECT topic, \"partition\", \"offset\" FROM bronze.orders").await.unwrap());
+    let bronze = positions(
+        &sql(
+            &cluster.tables,
+            "SELECT topic, \"partition\", \"offset\" FROM bronze.orders",
+        )
+        .await
+        .unwrap(),
+    );
     exact("bronze.orders", bronze, &expected).unwrap();
 
     let quarantine = sql(&cluster.tables, "SELECT topic, \"partition\", \"offset\", rule, reason FROM silver.orders_quarantine ORDER BY \"offset\"").await.unwrap();
     let rows = smelter_tests::oracle::rows(&quarantine).unwrap();
-    let expected_quarantine: BTreeSet<(String, i32, i64)> = [1, 3, 6, 7].iter().map(|&l| ("a.ndjson".to_string(), 0, l)).collect();
+    let expected_quarantine: BTreeSet<(String, i32, i64)> = [1, 3, 6, 7]
+        .iter()
+        .map(|&l| ("a.ndjson".to_string(), 0, l))
+        .collect();
     exact("quarantine", positions(&quarantine), &expected_quarantine).unwrap();
     let text = rows.join("\n");
     assert!(text.contains("positive | violates `amount > 0`"), "{text}");
-    assert!(text.contains("_schema | field `amount`: expected double, got string \"ten\""), "{text}");
+    assert!(
+        text.contains("_schema | field `amount`: expected double, got string \"ten\""),
+        "{text}"
+    );
     assert!(text.contains("_parse | invalid JSON"), "{text}");
     assert!(text.contains("_ingest | record of 1100"), "{text}");
 
-    let silver = smelter_tests::oracle::rows(&sql(&cluster.tables, "SELECT order_id, customer_id, _rescued_data FROM silver.orders").await.unwrap()).unwrap();
-    assert_eq!(silver, vec!["o1 | c1 | NULL", "o5 | c2 | {\"coupon\":\"X1\"}", "o6 | c3 | NULL"], "o1 and o5 deduped, o4 dropped");
-    let gold = smelter_tests::oracle::rows(&sql(&cluster.tables, "SELECT * FROM gold.totals").await.unwrap()).unwrap();
-    assert_eq!(gold, vec!["c1 | 1 | 10.5000", "c2 | 1 | 2.0000", "c3 | 1 | 1.0000"]);
+    let silver = smelter_tests::oracle::rows(
+        &sql(
+            &cluster.tables,
+            "SELECT order_id, customer_id, _rescued_data FROM silver.orders",
+        )
+        .await
+        .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(
+        silver,
+        vec![
+            "o1 | c1 | NULL",
+            "o5 | c2 | {\"coupon\":\"X1\"}",
+            "o6 | c3 | NULL"
+        ],
+        "o1 and o5 deduped, o4 dropped"
+    );
+    let gold = smelter_tests::oracle::rows(
+        &sql(&cluster.tables, "SELECT * FROM gold.totals")
+            .await
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(
+        gold,
+        vec!["c1 | 1 | 10.5000", "c2 | 1 | 2.0000", "c3 | 1 | 1.0000"]
+    );
     for table in cluster.tables.list() {
         check_log(&cluster.tables, &table).unwrap();
     }

@@ -1,5 +1,8 @@
 //! Smelter's integration suites: one test binary, one module per area.
 
+// Tests state their expectations with unwrap; a panic is the failure report.
+#![allow(clippy::unwrap_used)]
+
 mod cli;
 mod files;
 mod pipeline;

@@ -6,43 +6,107 @@ use std::time::Duration;
 use arrow::array::AsArray;
 use arrow::datatypes::Int64Type;
 use smelter_common::spec::TableSpec;
-use smelter_tests::oracle::{self, check_bronze, check_gold, check_log, check_silver, generator_truth};
+use smelter_tests::oracle::{
+    self, check_bronze, check_gold, check_log, check_silver, generator_truth,
+};
 use smelter_tests::{TestCluster, bounded_demo};
 
 fn count(batches: &[arrow::record_batch::RecordBatch]) -> i64 {
-    batches.iter().map(|b| b.column(0).as_primitive::<Int64Type>().iter().flatten().sum::<i64>()).sum()
+    batches
+        .iter()
+        .map(|b| {
+            b.column(0)
+                .as_primitive::<Int64Type>()
+                .iter()
+                .flatten()
+                .sum::<i64>()
+        })
+        .sum()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn clickstream_is_exact_through_every_layer() {
     let pipeline = bounded_demo(20_000, 4);
     let cluster = TestCluster::start(2, &pipeline).await.unwrap();
-    cluster.wait_drained(Duration::from_secs(120)).await.unwrap();
+    cluster
+        .wait_drained(Duration::from_secs(120))
+        .await
+        .unwrap();
 
     let truth = generator_truth(&cluster.spec);
-    assert!(truth.duplicates > 50 && truth.quarantine.len() > 30, "the workload must contain duplicates and invalid events");
-    check_bronze(&cluster.tables, "bronze.events", &truth).await.unwrap();
-    check_silver(&cluster.tables, "silver.events", &truth).await.unwrap();
+    assert!(
+        truth.duplicates > 50 && truth.quarantine.len() > 30,
+        "the workload must contain duplicates and invalid events"
+    );
+    check_bronze(&cluster.tables, "bronze.events", &truth)
+        .await
+        .unwrap();
+    check_silver(&cluster.tables, "silver.events", &truth)
+        .await
+        .unwrap();
     check_gold(&cluster.tables, &cluster.spec).await.unwrap();
     for table in cluster.tables.list() {
         check_log(&cluster.tables, &table).unwrap();
     }
     let names = cluster.tables.list();
-    for expected in ["bronze.events", "silver.events", "silver.events_quarantine", "gold.hourly_metrics", "gold.daily_summary", "gold.user_segments"] {
-        assert!(names.contains(&expected.to_string()), "{expected} missing from {names:?}");
+    for expected in [
+        "bronze.events",
+        "silver.events",
+        "silver.events_quarantine",
+        "gold.hourly_metrics",
+        "gold.daily_summary",
+        "gold.user_segments",
+    ] {
+        assert!(
+            names.contains(&expected.to_string()),
+            "{expected} missing from {names:?}"
+        );
     }
-    assert_eq!(TableSpec::quarantine_name("silver.events"), "silver.events_quarantine");
+    assert_eq!(
+        TableSpec::quarantine_name("silver.events"),
+        "silver.events_quarantine"
+    );
 
     // Every layer over Flight SQL, through both workers.
     for endpoint in cluster.flight_endpoints() {
-        let mut client = smelter_client::sdk::QueryClient::connect(&endpoint).await.unwrap();
-        assert_eq!(count(&client.query("SELECT count(*) FROM bronze.events").await.unwrap()), 20_000);
-        assert_eq!(count(&client.query("SELECT count(*) FROM silver.events").await.unwrap()), truth.silver_ids.len() as i64);
-        let gold = client.query("SELECT sum(events) FROM gold.hourly_metrics").await.unwrap();
-        assert_eq!(count(&gold), truth.silver_ids.len() as i64, "hourly events add up to silver rows");
+        let mut client = smelter_client::sdk::QueryClient::connect(&endpoint)
+            .await
+            .unwrap();
+        assert_eq!(
+            count(
+                &client
+                    .query("SELECT count(*) FROM bronze.events")
+                    .await
+                    .unwrap()
+            ),
+            20_000
+        );
+        assert_eq!(
+            count(
+                &client
+                    .query("SELECT count(*) FROM silver.events")
+                    .await
+                    .unwrap()
+            ),
+            truth.silver_ids.len() as i64
+        );
+        let gold = client
+            .query("SELECT sum(events) FROM gold.hourly_metrics")
+            .await
+            .unwrap();
+        assert_eq!(
+            count(&gold),
+            truth.silver_ids.len() as i64,
+            "hourly events add up to silver rows"
+        );
     }
     let users = cluster.query("SELECT count(*) FROM gold.user_segments WHERE segment IN ('vip','buyer','shopper','browser')").await.unwrap();
-    let all_users = oracle::sql(&cluster.tables, "SELECT count(DISTINCT user_id) FROM silver.events").await.unwrap();
+    let all_users = oracle::sql(
+        &cluster.tables,
+        "SELECT count(DISTINCT user_id) FROM silver.events",
+    )
+    .await
+    .unwrap();
     assert_eq!(count(&users), count(&all_users));
 }
 
@@ -51,8 +115,14 @@ async fn flight_sql_rejects_bad_and_mutating_sql_with_clear_errors() {
     let cluster = TestCluster::start(1, &bounded_demo(500, 1)).await.unwrap();
     cluster.wait_drained(Duration::from_secs(60)).await.unwrap();
     let err = cluster.query("SELEC 1").await.unwrap_err();
-    assert!(err.contains("SELEC") || err.contains("syntax") || err.contains("Expected"), "{err}");
-    let err = cluster.query("SELECT * FROM silver.nope").await.unwrap_err();
+    assert!(
+        err.contains("SELEC") || err.contains("syntax") || err.contains("Expected"),
+        "{err}"
+    );
+    let err = cluster
+        .query("SELECT * FROM silver.nope")
+        .await
+        .unwrap_err();
     assert!(err.contains("silver.nope") || err.contains("nope"), "{err}");
     for statement in [
         "DROP TABLE silver.events",
@@ -65,7 +135,10 @@ async fn flight_sql_rejects_bad_and_mutating_sql_with_clear_errors() {
         assert!(err.contains("not supported"), "{statement}: {err}");
     }
     assert!(!std::path::Path::new("/tmp/smelter-copy.parquet").exists());
-    let rows = cluster.query("SELECT count(*) FROM silver.events").await.unwrap();
+    let rows = cluster
+        .query("SELECT count(*) FROM silver.events")
+        .await
+        .unwrap();
     assert!(count(&rows) > 0, "silver survived the attempts");
 }
 
@@ -87,10 +160,17 @@ async fn a_clean_restart_resumes_without_reingesting() {
     for (table, before) in cluster.tables.list().into_iter().zip(versions) {
         if table.starts_with("bronze.") || table.starts_with("silver.") {
             let after = cluster.tables.open(&table).await.unwrap().version();
-            assert_eq!(after, before, "{table} was written again after a restart with nothing to do");
+            assert_eq!(
+                after, before,
+                "{table} was written again after a restart with nothing to do"
+            );
         }
     }
     let truth = generator_truth(&cluster.spec);
-    check_bronze(&cluster.tables, "bronze.events", &truth).await.unwrap();
-    check_silver(&cluster.tables, "silver.events", &truth).await.unwrap();
+    check_bronze(&cluster.tables, "bronze.events", &truth)
+        .await
+        .unwrap();
+    check_silver(&cluster.tables, "silver.events", &truth)
+        .await
+        .unwrap();
 }

@@ -11,7 +11,15 @@ use tokio::time::Instant;
 
 fn up(data: &std::path::Path, pipeline: &std::path::Path, extra: &[&str]) -> std::process::Child {
     Command::new(smelter_binary())
-        .args(["up", "--workers", "2", "--flight-addr", "127.0.0.1:0", "--coordinator-addr", "127.0.0.1:0"])
+        .args([
+            "up",
+            "--workers",
+            "2",
+            "--flight-addr",
+            "127.0.0.1:0",
+            "--coordinator-addr",
+            "127.0.0.1:0",
+        ])
         .arg("--data-dir")
         .arg(data)
         .arg("--pipeline")
@@ -38,18 +46,28 @@ async fn sigkill_mid_stream_then_restart_is_exact() {
     let mut first = up(&data, &pipeline, &[]);
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        let rows = if tables.exists("silver.events") { smelter_worker::tables::row_count(&tables.open("bronze.events").await.unwrap()) } else { 0 };
+        let rows = if tables.exists("silver.events") {
+            smelter_worker::tables::row_count(&tables.open("bronze.events").await.unwrap())
+        } else {
+            0
+        };
         if rows >= 8_000 {
             break;
         }
         assert!(Instant::now() < deadline, "bronze never reached 8000 rows");
-        assert!(first.try_wait().unwrap().is_none(), "smelter up exited early");
+        assert!(
+            first.try_wait().unwrap().is_none(),
+            "smelter up exited early"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     first.kill().unwrap(); // SIGKILL: no draining, no clean shutdown
     first.wait().unwrap();
     let at_kill = smelter_worker::tables::row_count(&tables.open("bronze.events").await.unwrap());
-    assert!(at_kill < 40_000, "the kill must land mid-stream (bronze had {at_kill})");
+    assert!(
+        at_kill < 40_000,
+        "the kill must land mid-stream (bronze had {at_kill})"
+    );
 
     let mut second = up(&data, &pipeline, &["--exit-when-done"]);
     let deadline = Instant::now() + Duration::from_secs(180);
@@ -67,8 +85,12 @@ async fn sigkill_mid_stream_then_restart_is_exact() {
 
     let spec = smelter_common::spec::PipelineSpec::parse(&text, "pipeline.yaml").unwrap();
     let truth = generator_truth(&spec);
-    check_bronze(&tables, "bronze.events", &truth).await.unwrap();
-    check_silver(&tables, "silver.events", &truth).await.unwrap();
+    check_bronze(&tables, "bronze.events", &truth)
+        .await
+        .unwrap();
+    check_silver(&tables, "silver.events", &truth)
+        .await
+        .unwrap();
     check_gold(&tables, &spec).await.unwrap();
     for table in tables.list() {
         check_log(&tables, &table).unwrap();

@@ -26,13 +26,19 @@ pub const DEMO: &str = include_str!("../../examples/clickstream.yaml");
 
 /// The demo pipeline with a bounded, unpaced generator: `count` events over `partitions`.
 pub fn bounded_demo(count: u64, partitions: u32) -> String {
-    DEMO.replace("      rate: 2000            # events per second over all partitions\n", &format!("      rate: null\n      count: {count}\n"))
-        .replace("partitions: 4", &format!("partitions: {partitions}"))
+    DEMO.replace(
+        "      rate: 2000            # events per second over all partitions\n",
+        &format!("      rate: null\n      count: {count}\n"),
+    )
+    .replace("partitions: 4", &format!("partitions: {partitions}"))
 }
 
 /// Installs test logging once (quiet unless RUST_LOG is set).
 pub fn init_logging() {
-    let _ = tracing_subscriber::fmt().with_env_filter(tracing_subscriber::EnvFilter::from_default_env()).with_test_writer().try_init();
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_test_writer()
+        .try_init();
 }
 
 /// A cluster in this process with its own temp directory and ports.
@@ -64,15 +70,28 @@ impl TestCluster {
         config.storage.root = dir.path().join("tables");
         let spec = PipelineSpec::parse(pipeline, "test.yaml").map_err(|e| e.to_string())?;
         let tables = TableStore::new(&config.storage.root).map_err(|e| e.to_string())?;
-        let mut cluster = TestCluster { dir, config, spec, tables, cluster: None };
+        let mut cluster = TestCluster {
+            dir,
+            config,
+            spec,
+            tables,
+            cluster: None,
+        };
         cluster.launch(workers, pipeline).await?;
         Ok(cluster)
     }
 
     async fn launch(&mut self, workers: usize, pipeline: &str) -> TestResult<()> {
-        let cluster = LocalCluster::start(self.config.clone(), workers).await.map_err(|e| e.to_string())?;
-        let mut admin = AdminClient::connect(&cluster.coordinator_endpoint).await.map_err(|e| e.to_string())?;
-        admin.apply(pipeline, "test.yaml").await.map_err(|e| e.to_string())?;
+        let cluster = LocalCluster::start(self.config.clone(), workers)
+            .await
+            .map_err(|e| e.to_string())?;
+        let mut admin = AdminClient::connect(&cluster.coordinator_endpoint)
+            .await
+            .map_err(|e| e.to_string())?;
+        admin
+            .apply(pipeline, "test.yaml")
+            .await
+            .map_err(|e| e.to_string())?;
         self.cluster = Some(cluster);
         Ok(())
     }
@@ -84,18 +103,30 @@ impl TestCluster {
 
     /// Flight SQL endpoints of the workers.
     pub fn flight_endpoints(&self) -> Vec<String> {
-        self.cluster.as_ref().map(|c| c.flight_endpoints.clone()).unwrap_or_default()
+        self.cluster
+            .as_ref()
+            .map(|c| c.flight_endpoints.clone())
+            .unwrap_or_default()
     }
 
     /// The coordinator's gRPC endpoint.
     pub fn coordinator_endpoint(&self) -> String {
-        self.cluster.as_ref().map(|c| c.coordinator_endpoint.clone()).unwrap_or_default()
+        self.cluster
+            .as_ref()
+            .map(|c| c.coordinator_endpoint.clone())
+            .unwrap_or_default()
     }
 
     /// Runs SQL through the first worker's Flight SQL service.
     pub async fn query(&self, sql: &str) -> TestResult<Vec<RecordBatch>> {
-        let endpoint = self.flight_endpoints().first().cloned().ok_or("cluster not running")?;
-        let mut client = QueryClient::connect(&endpoint).await.map_err(|e| e.to_string())?;
+        let endpoint = self
+            .flight_endpoints()
+            .first()
+            .cloned()
+            .ok_or("cluster not running")?;
+        let mut client = QueryClient::connect(&endpoint)
+            .await
+            .map_err(|e| e.to_string())?;
         client.query(sql).await.map_err(|e| e.to_string())
     }
 
@@ -103,22 +134,36 @@ impl TestCluster {
     pub async fn wait_drained(&self, timeout: Duration) -> TestResult<()> {
         let deadline = Instant::now() + timeout;
         loop {
-            if smelter_worker::tasks::drained::pipeline_drained(&self.tables, &self.spec).await.map_err(|e| e.to_string())? {
+            if smelter_worker::tasks::drained::pipeline_drained(&self.tables, &self.spec)
+                .await
+                .map_err(|e| e.to_string())?
+            {
                 return Ok(());
             }
             if Instant::now() > deadline {
                 let status = match AdminClient::connect(&self.coordinator_endpoint()).await {
-                    Ok(mut admin) => admin.status().await.map(|s| smelter_client::commands::admin::status_json(&s).to_string()).unwrap_or_default(),
+                    Ok(mut admin) => admin
+                        .status()
+                        .await
+                        .map(|s| smelter_client::commands::admin::status_json(&s).to_string())
+                        .unwrap_or_default(),
                     Err(e) => e.to_string(),
                 };
-                return Err(format!("pipeline not drained after {timeout:?}; status: {status}"));
+                return Err(format!(
+                    "pipeline not drained after {timeout:?}; status: {status}"
+                ));
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
 
     /// Waits for `predicate` over the cluster to hold.
-    pub async fn wait_for<F, Fut>(&self, timeout: Duration, what: &str, mut predicate: F) -> TestResult<()>
+    pub async fn wait_for<F, Fut>(
+        &self,
+        timeout: Duration,
+        what: &str,
+        mut predicate: F,
+    ) -> TestResult<()>
     where
         F: FnMut() -> Fut,
         Fut: std::future::Future<Output = bool>,
@@ -152,8 +197,16 @@ impl TestCluster {
 pub fn smelter_binary() -> PathBuf {
     let exe = std::env::current_exe().unwrap_or_default();
     // target/<profile>/deps/it-<hash> -> target/<profile>/smelter
-    let dir = exe.parent().and_then(Path::parent).map(Path::to_path_buf).unwrap_or_default();
+    let dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .map(Path::to_path_buf)
+        .unwrap_or_default();
     let binary = dir.join("smelter");
-    assert!(binary.exists(), "{} is missing: run `cargo build -p smelter-client` first (the README test command does)", binary.display());
+    assert!(
+        binary.exists(),
+        "{} is missing: run `cargo build -p smelter-client` first (the README test command does)",
+        binary.display()
+    );
     binary
 }

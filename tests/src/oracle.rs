@@ -9,8 +9,8 @@ use arrow::array::{Array, AsArray, RecordBatch};
 use arrow::datatypes::{DataType, Float64Type, Int32Type, Int64Type};
 use arrow::util::display::{ArrayFormatter, FormatOptions};
 use datafusion::catalog::MemorySchemaProvider;
-use datafusion::prelude::SessionContext;
 use datafusion::common::TableReference;
+use datafusion::prelude::SessionContext;
 use smelter_common::spec::{Layer, PipelineSpec, SourceSpec};
 use smelter_worker::source::generator::{Clickstream, EventKind};
 use smelter_worker::tables::TableStore;
@@ -37,11 +37,16 @@ pub struct Truth {
 pub fn generator_truth(spec: &PipelineSpec) -> Truth {
     let mut truth = Truth::default();
     for (_, table) in spec.tables_in(Layer::Bronze) {
-        let Some(SourceSpec::Generator(g)) = spec.sources.get(&table.from) else { continue };
+        let Some(SourceSpec::Generator(g)) = spec.sources.get(&table.from) else {
+            continue;
+        };
         let events = Clickstream::new(g).expect("valid generator");
         let topic = events.topic(&table.from);
         for partition in 0..g.partitions as i32 {
-            for offset in 0..events.partition_count(partition).expect("bounded generator") {
+            for offset in 0..events
+                .partition_count(partition)
+                .expect("bounded generator")
+            {
                 let position = (topic.clone(), partition, offset);
                 truth.bronze.insert(position.clone());
                 let event = events.event(partition, offset);
@@ -72,23 +77,35 @@ pub async fn sql(tables: &TableStore, sql: &str) -> TestResult<Vec<RecordBatch>>
     let ctx = SessionContext::new();
     let catalog = ctx.catalog("datafusion").ok_or("no default catalog")?;
     for layer in ["bronze", "silver", "gold"] {
-        catalog.register_schema(layer, Arc::new(MemorySchemaProvider::new())).map_err(|e| e.to_string())?;
+        catalog
+            .register_schema(layer, Arc::new(MemorySchemaProvider::new()))
+            .map_err(|e| e.to_string())?;
     }
     for name in tables.list() {
         let table = tables.open(&name).await.map_err(|e| e.to_string())?;
-        table.update_datafusion_session(&ctx.state()).map_err(|e| e.to_string())?;
+        table
+            .update_datafusion_session(&ctx.state())
+            .map_err(|e| e.to_string())?;
         let provider = table.table_provider().await.map_err(|e| e.to_string())?;
         let (layer, short) = name.split_once('.').ok_or("bad table name")?;
-        ctx.register_table(TableReference::partial(layer, short), provider).map_err(|e| e.to_string())?;
+        ctx.register_table(TableReference::partial(layer, short), provider)
+            .map_err(|e| e.to_string())?;
     }
-    ctx.sql(sql).await.map_err(|e| format!("{sql}: {e}"))?.collect().await.map_err(|e| format!("{sql}: {e}"))
+    ctx.sql(sql)
+        .await
+        .map_err(|e| format!("{sql}: {e}"))?
+        .collect()
+        .await
+        .map_err(|e| format!("{sql}: {e}"))
 }
 
 /// The values of a text column (any string encoding) as owned strings.
 pub fn strings(column: &arrow::array::ArrayRef) -> Vec<String> {
     let column = arrow::compute::cast(column, &DataType::Utf8).expect("text column");
     let column = column.as_string::<i32>();
-    (0..column.len()).map(|i| column.value(i).to_string()).collect()
+    (0..column.len())
+        .map(|i| column.value(i).to_string())
+        .collect()
 }
 
 /// Reads (topic, partition, offset) triples from the given columns of a result.
@@ -98,8 +115,8 @@ pub fn positions(batches: &[RecordBatch]) -> Vec<Position> {
         let topic = strings(batch.column(0));
         let partition = batch.column(1).as_primitive::<Int32Type>();
         let offset = batch.column(2).as_primitive::<Int64Type>();
-        for i in 0..batch.num_rows() {
-            out.push((topic[i].clone(), partition.value(i), offset.value(i)));
+        for (i, topic) in topic.into_iter().enumerate() {
+            out.push((topic, partition.value(i), offset.value(i)));
         }
     }
     out
@@ -112,7 +129,12 @@ pub fn exact(what: &str, found: Vec<Position>, expected: &BTreeSet<Position>) ->
     for p in &found {
         *counts.entry(p).or_default() += 1;
     }
-    let duplicates: Vec<_> = counts.iter().filter(|(_, n)| **n > 1).map(|(p, n)| format!("{p:?} x{n}")).take(5).collect();
+    let duplicates: Vec<_> = counts
+        .iter()
+        .filter(|(_, n)| **n > 1)
+        .map(|(p, n)| format!("{p:?} x{n}"))
+        .take(5)
+        .collect();
     let set: BTreeSet<Position> = found.iter().cloned().collect();
     let missing: Vec<_> = expected.difference(&set).take(5).collect();
     let extra: Vec<_> = set.difference(expected).take(5).collect();
@@ -129,7 +151,13 @@ pub fn exact(what: &str, found: Vec<Position>, expected: &BTreeSet<Position>) ->
 
 /// Bronze holds exactly G.
 pub async fn check_bronze(tables: &TableStore, table: &str, truth: &Truth) -> TestResult<()> {
-    let found = positions(&sql(tables, &format!("SELECT topic, \"partition\", \"offset\" FROM {table}")).await?);
+    let found = positions(
+        &sql(
+            tables,
+            &format!("SELECT topic, \"partition\", \"offset\" FROM {table}"),
+        )
+        .await?,
+    );
     exact(table, found, &truth.bronze)
 }
 
@@ -143,15 +171,26 @@ pub async fn check_silver(tables: &TableStore, silver: &str, truth: &Truth) -> T
     }
     let unique: BTreeSet<String> = ids.iter().cloned().collect();
     if unique.len() != ids.len() {
-        return Err(format!("{silver}: {} duplicate event_id rows", ids.len() - unique.len()));
+        return Err(format!(
+            "{silver}: {} duplicate event_id rows",
+            ids.len() - unique.len()
+        ));
     }
     if unique != truth.silver_ids {
         let missing: Vec<_> = truth.silver_ids.difference(&unique).take(5).collect();
         let extra: Vec<_> = unique.difference(&truth.silver_ids).take(5).collect();
-        return Err(format!("{silver}: {} ids vs {} expected; missing {missing:?}; extra {extra:?}", unique.len(), truth.silver_ids.len()));
+        return Err(format!(
+            "{silver}: {} ids vs {} expected; missing {missing:?}; extra {extra:?}",
+            unique.len(),
+            truth.silver_ids.len()
+        ));
     }
     let quarantine = format!("{silver}_quarantine");
-    let batches = sql(tables, &format!("SELECT topic, \"partition\", \"offset\", rule, reason FROM {quarantine}")).await?;
+    let batches = sql(
+        tables,
+        &format!("SELECT topic, \"partition\", \"offset\", rule, reason FROM {quarantine}"),
+    )
+    .await?;
     let found = positions(&batches);
     let expected: BTreeSet<Position> = truth.quarantine.keys().cloned().collect();
     exact(&quarantine, found.clone(), &expected)?;
@@ -163,7 +202,11 @@ pub async fn check_silver(tables: &TableStore, silver: &str, truth: &Truth) -> T
             let position = &found[i];
             i += 1;
             if truth.quarantine.get(position) != Some(&rule[row]) {
-                return Err(format!("{quarantine}: {position:?} has rule {} but {:?} was expected", rule[row], truth.quarantine.get(position)));
+                return Err(format!(
+                    "{quarantine}: {position:?} has rule {} but {:?} was expected",
+                    rule[row],
+                    truth.quarantine.get(position)
+                ));
             }
             if reason[row].is_empty() {
                 return Err(format!("{quarantine}: {position:?} has no reason"));
@@ -182,19 +225,33 @@ pub fn rows(batches: &[RecordBatch]) -> TestResult<Vec<String>> {
         for column in batch.columns() {
             let column = match column.data_type() {
                 DataType::Float64 | DataType::Float32 => {
-                    let values = arrow::compute::cast(column, &DataType::Float64).map_err(|e| e.to_string())?;
+                    let values = arrow::compute::cast(column, &DataType::Float64)
+                        .map_err(|e| e.to_string())?;
                     let values = values.as_primitive::<Float64Type>();
-                    Arc::new(arrow::array::StringArray::from_iter(values.iter().map(|v| v.map(|v| format!("{v:.4}"))))) as arrow::array::ArrayRef
+                    Arc::new(arrow::array::StringArray::from_iter(
+                        values.iter().map(|v| v.map(|v| format!("{v:.4}"))),
+                    )) as arrow::array::ArrayRef
                 }
-                DataType::Utf8View | DataType::LargeUtf8 => arrow::compute::cast(column, &DataType::Utf8).map_err(|e| e.to_string())?,
+                DataType::Utf8View | DataType::LargeUtf8 => {
+                    arrow::compute::cast(column, &DataType::Utf8).map_err(|e| e.to_string())?
+                }
                 _ => Arc::clone(column),
             };
             columns.push(column);
         }
-        let formatters: Vec<ArrayFormatter> =
-            columns.iter().map(|c| ArrayFormatter::try_new(c.as_ref(), &options)).collect::<Result<_, _>>().map_err(|e| e.to_string())?;
+        let formatters: Vec<ArrayFormatter> = columns
+            .iter()
+            .map(|c| ArrayFormatter::try_new(c.as_ref(), &options))
+            .collect::<Result<_, _>>()
+            .map_err(|e| e.to_string())?;
         for row in 0..batch.num_rows() {
-            out.push(formatters.iter().map(|f| f.value(row).to_string()).collect::<Vec<_>>().join(" | "));
+            out.push(
+                formatters
+                    .iter()
+                    .map(|f| f.value(row).to_string())
+                    .collect::<Vec<_>>()
+                    .join(" | "),
+            );
         }
     }
     out.sort();
@@ -207,11 +264,21 @@ pub async fn check_gold(tables: &TableStore, spec: &PipelineSpec) -> TestResult<
         let expected = rows(&sql(tables, table.sql.as_deref().unwrap_or_default()).await?)?;
         let actual = rows(&sql(tables, &format!("SELECT * FROM {name}")).await?)?;
         if expected.is_empty() {
-            return Err(format!("{name}: recomputation is empty; the test would prove nothing"));
+            return Err(format!(
+                "{name}: recomputation is empty; the test would prove nothing"
+            ));
         }
         if expected != actual {
-            let diff: Vec<_> = expected.iter().filter(|r| !actual.contains(r)).take(3).collect();
-            return Err(format!("{name}: {} rows vs {} recomputed; e.g. expected but missing: {diff:?}", actual.len(), expected.len()));
+            let diff: Vec<_> = expected
+                .iter()
+                .filter(|r| !actual.contains(r))
+                .take(3)
+                .collect();
+            return Err(format!(
+                "{name}: {} rows vs {} recomputed; e.g. expected but missing: {diff:?}",
+                actual.len(),
+                expected.len()
+            ));
         }
     }
     Ok(())
@@ -226,13 +293,17 @@ pub fn check_log(tables: &TableStore, table: &str) -> TestResult<()> {
         .flatten()
         .filter_map(|e| {
             let name = e.file_name().to_string_lossy().into_owned();
-            name.strip_suffix(".json").and_then(|v| v.parse::<i64>().ok()).map(|v| (v, e.path()))
+            name.strip_suffix(".json")
+                .and_then(|v| v.parse::<i64>().ok())
+                .map(|v| (v, e.path()))
         })
         .collect();
     commits.sort();
     for (i, (version, _)) in commits.iter().enumerate() {
         if *version != i as i64 {
-            return Err(format!("{table}: log versions are not contiguous at {version}"));
+            return Err(format!(
+                "{table}: log versions are not contiguous at {version}"
+            ));
         }
     }
     let mut txns: HashMap<String, i64> = HashMap::new();
@@ -240,14 +311,17 @@ pub fn check_log(tables: &TableStore, table: &str) -> TestResult<()> {
     for (version, path) in commits {
         let text = std::fs::read_to_string(&path).map_err(|e| e.to_string())?;
         for line in text.lines() {
-            let action: serde_json::Value = serde_json::from_str(line).map_err(|e| format!("{table} v{version}: {e}"))?;
+            let action: serde_json::Value =
+                serde_json::from_str(line).map_err(|e| format!("{table} v{version}: {e}"))?;
             if let Some(txn) = action.get("txn") {
                 let app = txn["appId"].as_str().unwrap_or_default().to_string();
                 let v = txn["version"].as_i64().unwrap_or(-1);
                 if let Some(previous) = txns.insert(app.clone(), v)
                     && v < previous
                 {
-                    return Err(format!("{table} v{version}: txn {app} went back from {previous} to {v}"));
+                    return Err(format!(
+                        "{table} v{version}: txn {app} went back from {previous} to {v}"
+                    ));
                 }
             }
             if let Some(add) = action.get("add") {

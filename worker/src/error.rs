@@ -28,7 +28,9 @@ pub enum WorkerError {
     #[error("arrow: {0}")]
     Arrow(#[from] arrow::error::ArrowError),
     /// An expectation with `on_violation: fail` was violated.
-    #[error("expectation `{rule}` failed on {table}: {count} row(s) violate `{expr}`, first at {position}")]
+    #[error(
+        "expectation `{rule}` failed on {table}: {count} row(s) violate `{expr}`, first at {position}"
+    )]
     ExpectationFailed {
         /// Silver table.
         table: String,
@@ -85,11 +87,20 @@ impl WorkerError {
         use deltalake::DeltaTableError as E;
         use deltalake::kernel::transaction::TransactionError as T;
         match &source {
-            E::Transaction { source: T::CommitConflict(_) | T::VersionAlreadyExists(_) | T::MaxCommitAttempts(_) } => {
-                WorkerError::CommitConflict { table: table.to_string(), message: source.to_string() }
-            }
-            E::VersionAlreadyExists(_) => WorkerError::CommitConflict { table: table.to_string(), message: source.to_string() },
-            _ => WorkerError::Delta { table: table.to_string(), source: Box::new(source) },
+            E::Transaction {
+                source: T::CommitConflict(_) | T::VersionAlreadyExists(_) | T::MaxCommitAttempts(_),
+            } => WorkerError::CommitConflict {
+                table: table.to_string(),
+                message: source.to_string(),
+            },
+            E::VersionAlreadyExists(_) => WorkerError::CommitConflict {
+                table: table.to_string(),
+                message: source.to_string(),
+            },
+            _ => WorkerError::Delta {
+                table: table.to_string(),
+                source: Box::new(source),
+            },
         }
     }
 

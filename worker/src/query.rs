@@ -26,7 +26,10 @@ pub struct QueryEngine {
 
 /// The SQL statements clients may run: queries only.
 pub fn read_only() -> datafusion::execution::context::SQLOptions {
-    datafusion::execution::context::SQLOptions::new().with_allow_ddl(false).with_allow_dml(false).with_allow_statements(false)
+    datafusion::execution::context::SQLOptions::new()
+        .with_allow_ddl(false)
+        .with_allow_dml(false)
+        .with_allow_statements(false)
 }
 
 /// One layer of tables, opened on first use by a query.
@@ -41,7 +44,11 @@ struct LayerSchema {
 impl SchemaProvider for LayerSchema {
     fn table_names(&self) -> Vec<String> {
         let prefix = format!("{}.", self.layer);
-        self.tables.list().into_iter().filter_map(|n| n.strip_prefix(&prefix).map(str::to_string)).collect()
+        self.tables
+            .list()
+            .into_iter()
+            .filter_map(|n| n.strip_prefix(&prefix).map(str::to_string))
+            .collect()
     }
 
     async fn table(&self, name: &str) -> Result<Option<Arc<dyn TableProvider>>, DataFusionError> {
@@ -50,7 +57,9 @@ impl SchemaProvider for LayerSchema {
             return Ok(None);
         }
         let table = match &self.pinned {
-            Some((pinned, version)) if *pinned == full => self.tables.open_version(&full, *version).await,
+            Some((pinned, version)) if *pinned == full => {
+                self.tables.open_version(&full, *version).await
+            }
             _ => self.tables.open(&full).await,
         }
         .map_err(|e| DataFusionError::External(Box::new(e)))?;
@@ -78,12 +87,24 @@ impl QueryEngine {
     /// A session with the three layers registered; `pinned` fixes one table at a version.
     pub fn session(&self, pinned: Option<(&str, i64)>) -> Result<SessionContext> {
         let mut config = SessionConfig::new().with_information_schema(true);
-        config.options_mut().execution.parquet.schema_force_view_types = false;
-        let runtime = RuntimeEnvBuilder::new().with_memory_limit(self.limits.memory_limit_mb * 1024 * 1024, 1.0).build_arc()?;
+        config
+            .options_mut()
+            .execution
+            .parquet
+            .schema_force_view_types = false;
+        let runtime = RuntimeEnvBuilder::new()
+            .with_memory_limit(self.limits.memory_limit_mb * 1024 * 1024, 1.0)
+            .build_arc()?;
         let ctx = SessionContext::new_with_config_rt(config, runtime);
-        let catalog = ctx.catalog("datafusion").ok_or_else(|| DataFusionError::Internal("default catalog missing".into()))?;
+        let catalog = ctx
+            .catalog("datafusion")
+            .ok_or_else(|| DataFusionError::Internal("default catalog missing".into()))?;
         for layer in ["bronze", "silver", "gold"] {
-            let schema = LayerSchema { layer, tables: self.tables.clone(), pinned: pinned.map(|(n, v)| (n.to_string(), v)) };
+            let schema = LayerSchema {
+                layer,
+                tables: self.tables.clone(),
+                pinned: pinned.map(|(n, v)| (n.to_string(), v)),
+            };
             catalog.register_schema(layer, Arc::new(schema))?;
         }
         Ok(ctx)

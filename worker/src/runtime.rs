@@ -19,8 +19,8 @@ use std::time::Duration;
 use smelter_common::config::SmelterConfig;
 use smelter_common::spec::PipelineSpec;
 use smelter_proto::{
-    AssignmentUpdate, ControlClient, DeregisterRequest, HeartbeatRequest, RegisterWorkerRequest, TaskKind, TaskState,
-    WatchAssignmentsRequest, WorkerContext,
+    AssignmentUpdate, ControlClient, DeregisterRequest, HeartbeatRequest, RegisterWorkerRequest,
+    TaskKind, TaskState, WatchAssignmentsRequest, WorkerContext,
 };
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
@@ -41,9 +41,19 @@ use crate::{Result, WorkerError};
 /// one source form a single ingest task.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 enum UnitKey {
-    Ingest { pipeline: String, source: String, table: String },
-    Refine { pipeline: String, table: String },
-    Aggregate { pipeline: String, table: String },
+    Ingest {
+        pipeline: String,
+        source: String,
+        table: String,
+    },
+    Refine {
+        pipeline: String,
+        table: String,
+    },
+    Aggregate {
+        pipeline: String,
+        table: String,
+    },
 }
 
 struct Unit {
@@ -56,16 +66,33 @@ struct Unit {
 
 /// Runs a worker until `shutdown` is cancelled. The Flight SQL service is served on
 /// `flight_listener` (bind it first; port 0 is fine).
-pub async fn run(config: SmelterConfig, flight_listener: TcpListener, shutdown: CancellationToken) -> Result<()> {
+pub async fn run(
+    config: SmelterConfig,
+    flight_listener: TcpListener,
+    shutdown: CancellationToken,
+) -> Result<()> {
     let tables = TableStore::new(&config.storage.root)?;
-    let flight_addr = flight_listener.local_addr().map_err(|source| WorkerError::Io { context: "flight listener".into(), source })?;
-    let advertised = config.worker.advertise_flight.clone().unwrap_or_else(|| flight_addr.to_string());
+    let flight_addr = flight_listener
+        .local_addr()
+        .map_err(|source| WorkerError::Io {
+            context: "flight listener".into(),
+            source,
+        })?;
+    let advertised = config
+        .worker
+        .advertise_flight
+        .clone()
+        .unwrap_or_else(|| flight_addr.to_string());
     let engine = QueryEngine::new(tables.clone(), config.query.clone());
     let flight = FlightSqlServer::new(engine)?.into_service();
     let flight_shutdown = shutdown.clone();
     let flight_task = tokio::spawn(async move {
         let incoming = TcpListenerStream::new(flight_listener);
-        if let Err(error) = Server::builder().add_service(flight).serve_with_incoming_shutdown(incoming, flight_shutdown.cancelled_owned()).await {
+        if let Err(error) = Server::builder()
+            .add_service(flight)
+            .serve_with_incoming_shutdown(incoming, flight_shutdown.cancelled_owned())
+            .await
+        {
             tracing::error!(%error, "flight server stopped");
         }
     });
@@ -89,7 +116,11 @@ pub async fn run(config: SmelterConfig, flight_listener: TcpListener, shutdown: 
 
 async fn connect(endpoint: &str) -> Result<ControlClient<Channel>> {
     let channel = Endpoint::from_shared(endpoint.to_string())
-        .map_err(|e| WorkerError::Control(tonic::Status::invalid_argument(format!("bad coordinator endpoint {endpoint}: {e}"))))?
+        .map_err(|e| {
+            WorkerError::Control(tonic::Status::invalid_argument(format!(
+                "bad coordinator endpoint {endpoint}: {e}"
+            )))
+        })?
         .connect_timeout(Duration::from_secs(3))
         .connect()
         .await?;
@@ -97,16 +128,34 @@ async fn connect(endpoint: &str) -> Result<ControlClient<Channel>> {
 }
 
 /// One registration: lasts until shutdown (Ok) or until the lease or stream is lost (Err).
-async fn session(config: &SmelterConfig, tables: &TableStore, advertised: &str, shutdown: &CancellationToken) -> Result<()> {
+async fn session(
+    config: &SmelterConfig,
+    tables: &TableStore,
+    advertised: &str,
+    shutdown: &CancellationToken,
+) -> Result<()> {
     let mut client = connect(&config.coordinator.endpoint).await?;
     let hostname = std::env::var("HOSTNAME").unwrap_or_default();
-    let registered = client.register_worker(RegisterWorkerRequest { flight_endpoint: advertised.to_string(), hostname }).await?.into_inner();
+    let registered = client
+        .register_worker(RegisterWorkerRequest {
+            flight_endpoint: advertised.to_string(),
+            hostname,
+        })
+        .await?
+        .into_inner();
     let worker_id = registered.worker_id.clone();
     let span = tracing::info_span!("worker", worker_id = %worker_id);
     let _enter = span.enter();
     tracing::info!(lease_ttl_ms = registered.lease_ttl_ms, "registered");
-    let mut stream = client.watch_assignments(WatchAssignmentsRequest { worker_id: worker_id.clone() }).await?.into_inner();
-    let mut heartbeat = tokio::time::interval(Duration::from_millis(registered.heartbeat_interval_ms.max(100)));
+    let mut stream = client
+        .watch_assignments(WatchAssignmentsRequest {
+            worker_id: worker_id.clone(),
+        })
+        .await?
+        .into_inner();
+    let mut heartbeat = tokio::time::interval(Duration::from_millis(
+        registered.heartbeat_interval_ms.max(100),
+    ));
     let mut report = tokio::time::interval(Duration::from_secs(1));
     let mut units: BTreeMap<UnitKey, Unit> = BTreeMap::new();
     let mut generation = 0u64;
@@ -133,7 +182,11 @@ async fn session(config: &SmelterConfig, tables: &TableStore, advertised: &str, 
     stop_all(&mut units).await;
     report_status(&mut client, &worker_id, generation, &units).await;
     if result.is_ok() {
-        let _ = client.deregister(DeregisterRequest { worker_id: worker_id.clone() }).await;
+        let _ = client
+            .deregister(DeregisterRequest {
+                worker_id: worker_id.clone(),
+            })
+            .await;
         tracing::info!("deregistered");
     }
     result
@@ -150,12 +203,20 @@ async fn stop_all(units: &mut BTreeMap<UnitKey, Unit>) {
     }
 }
 
-async fn report_status(client: &mut ControlClient<Channel>, worker_id: &str, generation: u64, units: &BTreeMap<UnitKey, Unit>) {
+async fn report_status(
+    client: &mut ControlClient<Channel>,
+    worker_id: &str,
+    generation: u64,
+    units: &BTreeMap<UnitKey, Unit>,
+) {
     for unit in units.values() {
         let snapshot = unit.progress.snapshot();
         for task_id in &unit.task_ids {
             let mut report = snapshot.clone();
-            report.context = Some(WorkerContext { worker_id: worker_id.to_string(), generation });
+            report.context = Some(WorkerContext {
+                worker_id: worker_id.to_string(),
+                generation,
+            });
             report.task_id = task_id.clone();
             if let Err(status) = client.report_task_status(report).await {
                 tracing::debug!(%status, task_id, "status report rejected");
@@ -165,22 +226,39 @@ async fn report_status(client: &mut ControlClient<Channel>, worker_id: &str, gen
 }
 
 /// Makes the running units match `update`: stops (drains) what is gone or changed, starts what is new.
-async fn reconcile(units: &mut BTreeMap<UnitKey, Unit>, update: AssignmentUpdate, config: &SmelterConfig, tables: &TableStore) {
+async fn reconcile(
+    units: &mut BTreeMap<UnitKey, Unit>,
+    update: AssignmentUpdate,
+    config: &SmelterConfig,
+    tables: &TableStore,
+) {
     let mut pipelines: HashMap<String, Arc<PipelineSpec>> = HashMap::new();
     for definition in &update.pipelines {
         match PipelineSpec::parse(&definition.spec_yaml, &definition.origin) {
             Ok(spec) => {
                 pipelines.insert(definition.name.clone(), Arc::new(spec));
             }
-            Err(error) => tracing::error!(pipeline = %definition.name, %error, "assigned pipeline does not parse; its tasks are skipped"),
+            Err(error) => {
+                tracing::error!(pipeline = %definition.name, %error, "assigned pipeline does not parse; its tasks are skipped")
+            }
         }
     }
     let mut wanted: BTreeMap<UnitKey, (Vec<i32>, Vec<String>)> = BTreeMap::new();
     for task in &update.tasks {
         let key = match task.kind() {
-            TaskKind::Ingest => UnitKey::Ingest { pipeline: task.pipeline.clone(), source: task.source.clone(), table: task.table.clone() },
-            TaskKind::Refine => UnitKey::Refine { pipeline: task.pipeline.clone(), table: task.table.clone() },
-            TaskKind::Aggregate => UnitKey::Aggregate { pipeline: task.pipeline.clone(), table: task.table.clone() },
+            TaskKind::Ingest => UnitKey::Ingest {
+                pipeline: task.pipeline.clone(),
+                source: task.source.clone(),
+                table: task.table.clone(),
+            },
+            TaskKind::Refine => UnitKey::Refine {
+                pipeline: task.pipeline.clone(),
+                table: task.table.clone(),
+            },
+            TaskKind::Aggregate => UnitKey::Aggregate {
+                pipeline: task.pipeline.clone(),
+                table: task.table.clone(),
+            },
             TaskKind::Unspecified => continue,
         };
         let entry = wanted.entry(key).or_default();
@@ -190,7 +268,11 @@ async fn reconcile(units: &mut BTreeMap<UnitKey, Unit>, update: AssignmentUpdate
     for (partitions, _) in wanted.values_mut() {
         partitions.sort_unstable();
     }
-    let stale: Vec<UnitKey> = units.iter().filter(|(k, u)| wanted.get(*k).is_none_or(|(p, _)| *p != u.partitions)).map(|(k, _)| k.clone()).collect();
+    let stale: Vec<UnitKey> = units
+        .iter()
+        .filter(|(k, u)| wanted.get(*k).is_none_or(|(p, _)| *p != u.partitions))
+        .map(|(k, _)| k.clone())
+        .collect();
     for key in &stale {
         if let Some(unit) = units.get(key) {
             unit.cancel.cancel();
@@ -207,29 +289,81 @@ async fn reconcile(units: &mut BTreeMap<UnitKey, Unit>, update: AssignmentUpdate
             continue;
         }
         let pipeline_name = match &key {
-            UnitKey::Ingest { pipeline, .. } | UnitKey::Refine { pipeline, .. } | UnitKey::Aggregate { pipeline, .. } => pipeline,
+            UnitKey::Ingest { pipeline, .. }
+            | UnitKey::Refine { pipeline, .. }
+            | UnitKey::Aggregate { pipeline, .. } => pipeline,
         };
-        let Some(pipeline) = pipelines.get(pipeline_name) else { continue };
-        let env = TaskEnv { tables: tables.clone(), config: config.worker.clone(), pipeline: Arc::clone(pipeline) };
+        let Some(pipeline) = pipelines.get(pipeline_name) else {
+            continue;
+        };
+        let env = TaskEnv {
+            tables: tables.clone(),
+            config: config.worker.clone(),
+            pipeline: Arc::clone(pipeline),
+        };
         let progress = Progress::default();
         let cancel = CancellationToken::new();
-        let handle = tokio::spawn(supervise(key.clone(), partitions.clone(), env, progress.clone(), cancel.clone()));
-        tracing::info!(?key, ?partitions, generation = update.generation, "task started");
-        units.insert(key, Unit { partitions, task_ids, cancel, handle, progress });
+        let handle = tokio::spawn(supervise(
+            key.clone(),
+            partitions.clone(),
+            env,
+            progress.clone(),
+            cancel.clone(),
+        ));
+        tracing::info!(
+            ?key,
+            ?partitions,
+            generation = update.generation,
+            "task started"
+        );
+        units.insert(
+            key,
+            Unit {
+                partitions,
+                task_ids,
+                cancel,
+                handle,
+                progress,
+            },
+        );
     }
 }
 
 /// Runs a task, restarting it with backoff after retryable errors.
-async fn supervise(key: UnitKey, partitions: Vec<i32>, env: TaskEnv, progress: Progress, cancel: CancellationToken) {
+async fn supervise(
+    key: UnitKey,
+    partitions: Vec<i32>,
+    env: TaskEnv,
+    progress: Progress,
+    cancel: CancellationToken,
+) {
     let mut backoff = Duration::from_millis(200);
     loop {
         progress.set_state(TaskState::Starting);
         let result = match &key {
             UnitKey::Ingest { source, table, .. } => {
-                IngestTask { source: source.clone(), partitions: partitions.clone(), table: table.clone() }.run(env.clone(), progress.clone(), cancel.clone()).await
+                IngestTask {
+                    source: source.clone(),
+                    partitions: partitions.clone(),
+                    table: table.clone(),
+                }
+                .run(env.clone(), progress.clone(), cancel.clone())
+                .await
             }
-            UnitKey::Refine { table, .. } => RefineTask { table: table.clone() }.run(env.clone(), progress.clone(), cancel.clone()).await,
-            UnitKey::Aggregate { table, .. } => AggregateTask { table: table.clone() }.run(env.clone(), progress.clone(), cancel.clone()).await,
+            UnitKey::Refine { table, .. } => {
+                RefineTask {
+                    table: table.clone(),
+                }
+                .run(env.clone(), progress.clone(), cancel.clone())
+                .await
+            }
+            UnitKey::Aggregate { table, .. } => {
+                AggregateTask {
+                    table: table.clone(),
+                }
+                .run(env.clone(), progress.clone(), cancel.clone())
+                .await
+            }
         };
         match result {
             Ok(()) => {

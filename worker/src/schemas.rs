@@ -57,10 +57,16 @@ fn arrow_type(ty: &FieldType) -> DataType {
             Primitive::Timestamp => timestamp_type(),
             Primitive::Date => DataType::Date32,
         },
-        FieldType::Struct(inner) => {
-            DataType::Struct(Fields::from(inner.fields.iter().map(|(n, t)| Field::new(n, arrow_type(t), true)).collect::<Vec<_>>()))
+        FieldType::Struct(inner) => DataType::Struct(Fields::from(
+            inner
+                .fields
+                .iter()
+                .map(|(n, t)| Field::new(n, arrow_type(t), true))
+                .collect::<Vec<_>>(),
+        )),
+        FieldType::List(inner) => {
+            DataType::List(Arc::new(Field::new("element", arrow_type(inner), true)))
         }
-        FieldType::List(inner) => DataType::List(Arc::new(Field::new("element", arrow_type(inner), true))),
     }
 }
 
@@ -71,9 +77,18 @@ pub fn silver(table: &TableSpec) -> SchemaRef {
         let declared: Vec<(String, FieldType)> = if table.flatten {
             parse.schema.flattened()
         } else {
-            parse.schema.fields.iter().map(|(n, t)| (n.clone(), t.clone())).collect()
+            parse
+                .schema
+                .fields
+                .iter()
+                .map(|(n, t)| (n.clone(), t.clone()))
+                .collect()
         };
-        fields.extend(declared.iter().map(|(n, t)| Field::new(n, arrow_type(t), true)));
+        fields.extend(
+            declared
+                .iter()
+                .map(|(n, t)| Field::new(n, arrow_type(t), true)),
+        );
     }
     fields.push(Field::new("_rescued_data", DataType::Utf8, true));
     fields.push(Field::new("_topic", DataType::Utf8, false));
@@ -93,11 +108,15 @@ fn delta_type(ty: &DataType) -> DataType {
         DataType::Float16 | DataType::Float32 => DataType::Float64,
         DataType::Timestamp(_, _) => timestamp_type(),
         DataType::Date64 => DataType::Date32,
-        DataType::List(f) | DataType::LargeList(f) | DataType::ListView(f) => {
-            DataType::List(Arc::new(Field::new("element", delta_type(f.data_type()), true)))
-        }
+        DataType::List(f) | DataType::LargeList(f) | DataType::ListView(f) => DataType::List(
+            Arc::new(Field::new("element", delta_type(f.data_type()), true)),
+        ),
         DataType::Struct(fields) => DataType::Struct(
-            fields.iter().map(|f| Field::new(f.name(), delta_type(f.data_type()), f.is_nullable())).collect::<Vec<_>>().into(),
+            fields
+                .iter()
+                .map(|f| Field::new(f.name(), delta_type(f.data_type()), f.is_nullable()))
+                .collect::<Vec<_>>()
+                .into(),
         ),
         other => other.clone(),
     }
@@ -106,7 +125,11 @@ fn delta_type(ty: &DataType) -> DataType {
 /// The Delta-storable version of a query result schema.
 pub fn delta_schema(schema: &Schema) -> SchemaRef {
     Arc::new(Schema::new(
-        schema.fields().iter().map(|f| Field::new(f.name(), delta_type(f.data_type()), f.is_nullable())).collect::<Vec<_>>(),
+        schema
+            .fields()
+            .iter()
+            .map(|f| Field::new(f.name(), delta_type(f.data_type()), f.is_nullable()))
+            .collect::<Vec<_>>(),
     ))
 }
 
@@ -117,7 +140,11 @@ pub fn to_delta(batch: &RecordBatch, target: &SchemaRef) -> Result<RecordBatch> 
         .iter()
         .zip(target.fields())
         .map(|(column, field)| {
-            if column.data_type() == field.data_type() { Ok(Arc::clone(column)) } else { cast(column.as_ref(), field.data_type()) }
+            if column.data_type() == field.data_type() {
+                Ok(Arc::clone(column))
+            } else {
+                cast(column.as_ref(), field.data_type())
+            }
         })
         .collect::<Result<_, _>>()?;
     Ok(RecordBatch::try_new(Arc::clone(target), columns)?)
@@ -129,13 +156,27 @@ mod tests {
 
     #[test]
     fn silver_schema_flattens_and_adds_metadata() {
-        let spec = smelter_common::spec::PipelineSpec::parse(include_str!("../../examples/clickstream.yaml"), "demo").unwrap();
+        let spec = smelter_common::spec::PipelineSpec::parse(
+            include_str!("../../examples/clickstream.yaml"),
+            "demo",
+        )
+        .unwrap();
         let schema = silver(&spec.tables["silver.events"]);
         let names: Vec<&str> = schema.fields().iter().map(|f| f.name().as_str()).collect();
         assert_eq!(&names[..4], &["event_id", "event_type", "ts", "session_id"]);
-        assert!(names.contains(&"product_price") && names.ends_with(&["_partition", "_offset", "_ingested_at"]));
-        assert_eq!(schema.field_with_name("ts").unwrap().data_type(), &timestamp_type());
-        let nested = delta_schema(&Schema::new(vec![Field::new("x", DataType::Utf8View, true)]));
+        assert!(
+            names.contains(&"product_price")
+                && names.ends_with(&["_partition", "_offset", "_ingested_at"])
+        );
+        assert_eq!(
+            schema.field_with_name("ts").unwrap().data_type(),
+            &timestamp_type()
+        );
+        let nested = delta_schema(&Schema::new(vec![Field::new(
+            "x",
+            DataType::Utf8View,
+            true,
+        )]));
         assert_eq!(nested.field(0).data_type(), &DataType::Utf8);
         let _ = Array::len(&arrow::array::Int32Array::from(vec![1]));
     }

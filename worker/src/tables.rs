@@ -41,8 +41,14 @@ impl TableStore {
     /// Tables live under `root` (created if missing).
     pub fn new(root: impl Into<PathBuf>) -> Result<Self> {
         let root = root.into();
-        std::fs::create_dir_all(&root).map_err(|source| WorkerError::Io { context: format!("create {}", root.display()), source })?;
-        let root = root.canonicalize().map_err(|source| WorkerError::Io { context: format!("resolve {}", root.display()), source })?;
+        std::fs::create_dir_all(&root).map_err(|source| WorkerError::Io {
+            context: format!("create {}", root.display()),
+            source,
+        })?;
+        let root = root.canonicalize().map_err(|source| WorkerError::Io {
+            context: format!("resolve {}", root.display()),
+            source,
+        })?;
         Ok(Self { root })
     }
 
@@ -60,9 +66,14 @@ impl TableStore {
     /// URL of a table's directory.
     pub fn url(&self, table: &str) -> Result<Url> {
         let path = self.path(table);
-        std::fs::create_dir_all(&path).map_err(|source| WorkerError::Io { context: format!("create {}", path.display()), source })?;
-        Url::from_directory_path(&path)
-            .map_err(|()| WorkerError::Io { context: format!("table path {}", path.display()), source: std::io::Error::other("not absolute") })
+        std::fs::create_dir_all(&path).map_err(|source| WorkerError::Io {
+            context: format!("create {}", path.display()),
+            source,
+        })?;
+        Url::from_directory_path(&path).map_err(|()| WorkerError::Io {
+            context: format!("table path {}", path.display()),
+            source: std::io::Error::other("not absolute"),
+        })
     }
 
     /// Whether the table has a Delta log yet.
@@ -74,24 +85,40 @@ impl TableStore {
     pub async fn open(&self, table: &str) -> Result<DeltaTable> {
         let url = self.url(table)?;
         let builder = DeltaTableBuilder::from_url(url).map_err(|e| WorkerError::delta(table, e))?;
-        builder.load().await.map_err(|e| WorkerError::delta(table, e))
+        builder
+            .load()
+            .await
+            .map_err(|e| WorkerError::delta(table, e))
     }
 
     /// Opens one version of an existing table.
     pub async fn open_version(&self, table: &str, version: i64) -> Result<DeltaTable> {
         let url = self.url(table)?;
         let builder = DeltaTableBuilder::from_url(url).map_err(|e| WorkerError::delta(table, e))?;
-        builder.with_version(version.max(0) as u64).load().await.map_err(|e| WorkerError::delta(table, e))
+        builder
+            .with_version(version.max(0) as u64)
+            .load()
+            .await
+            .map_err(|e| WorkerError::delta(table, e))
     }
 
     /// Opens the table, creating it empty with `schema` if it does not exist. Concurrent
     /// creators race on version 0; the loser simply opens what the winner made.
-    pub async fn open_or_create(&self, table: &str, schema: &SchemaRef, partition_by: &[String]) -> Result<DeltaTable> {
+    pub async fn open_or_create(
+        &self,
+        table: &str,
+        schema: &SchemaRef,
+        partition_by: &[String],
+    ) -> Result<DeltaTable> {
         if self.exists(table) {
             return self.open(table).await;
         }
-        let delta_schema = StructType::try_from_arrow(schema.as_ref())
-            .map_err(|e| WorkerError::delta(table, DeltaTableError::Generic(format!("schema not representable in Delta: {e}"))))?;
+        let delta_schema = StructType::try_from_arrow(schema.as_ref()).map_err(|e| {
+            WorkerError::delta(
+                table,
+                DeltaTableError::Generic(format!("schema not representable in Delta: {e}")),
+            )
+        })?;
         let created = deltalake::operations::create::CreateBuilder::new()
             .with_location(self.url(table)?.to_string())
             .with_table_name(table)
@@ -146,7 +173,11 @@ pub struct TxnUpdate {
 impl TxnUpdate {
     /// A txn moving `app_id` from `previous` to `version`.
     pub fn new(app_id: impl Into<String>, previous: Option<i64>, version: i64) -> Self {
-        Self { app_id: app_id.into(), previous, version }
+        Self {
+            app_id: app_id.into(),
+            previous,
+            version,
+        }
     }
 }
 
@@ -154,7 +185,10 @@ impl TxnUpdate {
 pub async fn txn_version(table: &DeltaTable, app_id: &str) -> Result<Option<i64>> {
     let name = table_name(table);
     let snapshot = table.snapshot().map_err(|e| WorkerError::delta(&name, e))?;
-    snapshot.transaction_version(table.log_store().as_ref(), app_id).await.map_err(|e| WorkerError::delta(&name, e))
+    snapshot
+        .transaction_version(table.log_store().as_ref(), app_id)
+        .await
+        .map_err(|e| WorkerError::delta(&name, e))
 }
 
 /// The table's loaded version, `-1` before the first commit.
@@ -165,7 +199,11 @@ pub fn version(table: &DeltaTable) -> i64 {
 /// Rows in the table's current snapshot (from the add actions' statistics).
 pub fn row_count(table: &DeltaTable) -> u64 {
     match table.snapshot() {
-        Ok(snapshot) => snapshot.log_data().iter().map(|f| f.num_records().unwrap_or(0) as u64).sum(),
+        Ok(snapshot) => snapshot
+            .log_data()
+            .iter()
+            .map(|f| f.num_records().unwrap_or(0) as u64)
+            .sum(),
         Err(_) => 0,
     }
 }
@@ -186,16 +224,25 @@ pub async fn commit(
     const ATTEMPTS: usize = 5;
     let mut last_error = None;
     for attempt in 0..ATTEMPTS {
-        table.update_state().await.map_err(|e| WorkerError::delta(name, e))?;
+        table
+            .update_state()
+            .await
+            .map_err(|e| WorkerError::delta(name, e))?;
         if !positions_unchanged(table, &txns).await? {
             // Whether an earlier attempt of ours landed or another writer got there first,
             // the data is in; the caller re-reads its positions from the table.
             if attempt > 0 {
-                tracing::info!(table = name, "txn found after a failed attempt; not writing again");
+                tracing::info!(
+                    table = name,
+                    "txn found after a failed attempt; not writing again"
+                );
             }
             return Ok(CommitOutcome::AlreadyCommitted);
         }
-        let actions = txns.iter().map(|t| Transaction::new(&t.app_id, t.version)).collect();
+        let actions = txns
+            .iter()
+            .map(|t| Transaction::new(&t.app_id, t.version))
+            .collect();
         let properties = CommitProperties::default().with_application_transactions(actions);
         let write = table
             .clone()
@@ -216,14 +263,19 @@ pub async fn commit(
                 let error = WorkerError::delta(name, e);
                 // Outcome unknown (or lost a race): the txn versions decide on the next pass.
                 tracing::warn!(table = name, attempt, error = %error, "commit failed; reloading to decide from txn versions");
-                if !error.is_retryable() || matches!(&error, WorkerError::Delta { source, .. } if is_permanent(source)) {
+                if !error.is_retryable()
+                    || matches!(&error, WorkerError::Delta { source, .. } if is_permanent(source))
+                {
                     return Err(error);
                 }
                 last_error = Some(error);
             }
         }
     }
-    Err(last_error.unwrap_or_else(|| WorkerError::CommitConflict { table: name.to_string(), message: "gave up".into() }))
+    Err(last_error.unwrap_or_else(|| WorkerError::CommitConflict {
+        table: name.to_string(),
+        message: "gave up".into(),
+    }))
 }
 
 async fn positions_unchanged(table: &DeltaTable, txns: &[TxnUpdate]) -> Result<bool> {
@@ -261,7 +313,9 @@ impl TableStore {
     pub fn list(&self) -> Vec<String> {
         let mut names = Vec::new();
         for layer in ["bronze", "silver", "gold"] {
-            let Ok(entries) = std::fs::read_dir(self.root.join(layer)) else { continue };
+            let Ok(entries) = std::fs::read_dir(self.root.join(layer)) else {
+                continue;
+            };
             for entry in entries.flatten() {
                 if entry.path().join("_delta_log").is_dir() {
                     names.push(format!("{layer}.{}", entry.file_name().to_string_lossy()));

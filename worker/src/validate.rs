@@ -5,9 +5,9 @@
 use std::sync::Arc;
 
 use datafusion::catalog::MemorySchemaProvider;
+use datafusion::common::TableReference;
 use datafusion::datasource::MemTable;
 use datafusion::prelude::SessionContext;
-use datafusion::common::TableReference;
 use smelter_common::spec::{Layer, PipelineSpec, TableSpec};
 
 use crate::refine::Refiner;
@@ -16,7 +16,9 @@ use crate::{Result, WorkerError, schemas};
 /// Validates everything [`PipelineSpec::parse`] cannot: expectations and gold SQL.
 pub async fn validate_pipeline(spec: &PipelineSpec, origin: &str) -> Result<()> {
     let ctx = SessionContext::new();
-    let catalog = ctx.catalog("datafusion").ok_or_else(|| datafusion::error::DataFusionError::Internal("default catalog missing".into()))?;
+    let catalog = ctx.catalog("datafusion").ok_or_else(|| {
+        datafusion::error::DataFusionError::Internal("default catalog missing".into())
+    })?;
     for layer in ["bronze", "silver", "gold"] {
         catalog.register_schema(layer, Arc::new(MemorySchemaProvider::new()))?;
     }
@@ -35,13 +37,34 @@ pub async fn validate_pipeline(spec: &PipelineSpec, origin: &str) -> Result<()> 
     }
     for (name, table) in spec.tables_in(Layer::Gold) {
         let sql = table.sql.as_deref().unwrap_or_default();
-        let invalid = |field: &str, message: String| WorkerError::InvalidSpec { origin: origin.to_string(), field: format!("tables.{name}.{field}"), message };
-        let options = datafusion::execution::context::SQLOptions::new().with_allow_ddl(false).with_allow_dml(false).with_allow_statements(false);
-        let frame = ctx.sql_with_options(sql, options).await.map_err(|e| invalid("sql", e.find_root().to_string()))?;
-        let columns: Vec<String> = frame.schema().fields().iter().map(|f| f.name().clone()).collect();
+        let invalid = |field: &str, message: String| WorkerError::InvalidSpec {
+            origin: origin.to_string(),
+            field: format!("tables.{name}.{field}"),
+            message,
+        };
+        let options = datafusion::execution::context::SQLOptions::new()
+            .with_allow_ddl(false)
+            .with_allow_dml(false)
+            .with_allow_statements(false);
+        let frame = ctx
+            .sql_with_options(sql, options)
+            .await
+            .map_err(|e| invalid("sql", e.find_root().to_string()))?;
+        let columns: Vec<String> = frame
+            .schema()
+            .fields()
+            .iter()
+            .map(|f| f.name().clone())
+            .collect();
         for key in &table.keys {
             if !columns.contains(key) {
-                return Err(invalid("keys", format!("`{key}` is not a column of the SQL result ({})", columns.join(", "))));
+                return Err(invalid(
+                    "keys",
+                    format!(
+                        "`{key}` is not a column of the SQL result ({})",
+                        columns.join(", ")
+                    ),
+                ));
             }
         }
         let gold_schema = schemas::delta_schema(frame.schema().as_arrow());
@@ -71,20 +94,54 @@ mod tests {
 
     #[tokio::test]
     async fn bad_expression_and_sql_name_the_field() {
-        let spec = PipelineSpec::parse(&DEMO.replace("user_id IS NOT NULL", "user_idd IS NOT NULL"), "p.yaml").unwrap();
-        let err = validate_pipeline(&spec, "p.yaml").await.unwrap_err().to_string();
-        assert!(err.contains("tables.silver.events.expectations.0.expr") && err.contains("user_idd"), "{err}");
+        let spec = PipelineSpec::parse(
+            &DEMO.replace("user_id IS NOT NULL", "user_idd IS NOT NULL"),
+            "p.yaml",
+        )
+        .unwrap();
+        let err = validate_pipeline(&spec, "p.yaml")
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("tables.silver.events.expectations.0.expr") && err.contains("user_idd"),
+            "{err}"
+        );
 
-        let spec = PipelineSpec::parse(&DEMO.replace("count(DISTINCT session_id) AS sessions", "count(DISTINCT sesion_id) AS sessions"), "p.yaml").unwrap();
-        let err = validate_pipeline(&spec, "p.yaml").await.unwrap_err().to_string();
-        assert!(err.contains("tables.gold.daily_summary.sql") && err.contains("sesion_id"), "{err}");
+        let spec = PipelineSpec::parse(
+            &DEMO.replace(
+                "count(DISTINCT session_id) AS sessions",
+                "count(DISTINCT sesion_id) AS sessions",
+            ),
+            "p.yaml",
+        )
+        .unwrap();
+        let err = validate_pipeline(&spec, "p.yaml")
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("tables.gold.daily_summary.sql") && err.contains("sesion_id"),
+            "{err}"
+        );
 
-        let spec = PipelineSpec::parse(&DEMO.replace("keys: [day]", "keys: [date]"), "p.yaml").unwrap();
-        let err = validate_pipeline(&spec, "p.yaml").await.unwrap_err().to_string();
+        let spec =
+            PipelineSpec::parse(&DEMO.replace("keys: [day]", "keys: [date]"), "p.yaml").unwrap();
+        let err = validate_pipeline(&spec, "p.yaml")
+            .await
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("tables.gold.daily_summary.keys"), "{err}");
 
-        let spec = PipelineSpec::parse(&DEMO.replace("expr: \"user_id IS NOT NULL\"", "expr: \"user_id\""), "p.yaml").unwrap();
-        let err = validate_pipeline(&spec, "p.yaml").await.unwrap_err().to_string();
+        let spec = PipelineSpec::parse(
+            &DEMO.replace("expr: \"user_id IS NOT NULL\"", "expr: \"user_id\""),
+            "p.yaml",
+        )
+        .unwrap();
+        let err = validate_pipeline(&spec, "p.yaml")
+            .await
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("not a boolean"), "{err}");
     }
 }

@@ -3,11 +3,11 @@
 use smelter_proto::ClusterStatus;
 
 use super::{load_pipeline, read_file};
+use crate::Result;
 use crate::cli::{ApplyArgs, QueryArgs, StatusArgs, TablesArgs, ValidateArgs};
 use crate::output::{Format, render_batches};
 use crate::progress::by_table;
 use crate::sdk::{AdminClient, QueryClient};
-use crate::Result;
 
 /// `smelter query`.
 pub async fn query(args: QueryArgs) -> Result<()> {
@@ -22,7 +22,10 @@ pub async fn tables(args: TablesArgs) -> Result<()> {
     let sql = "SELECT table_schema AS layer, table_name AS name FROM information_schema.tables \
                WHERE table_schema IN ('bronze', 'silver', 'gold') ORDER BY 1, 2";
     let mut client = QueryClient::connect(&args.endpoint).await?;
-    println!("{}", render_batches(&client.query(sql).await?, args.output)?);
+    println!(
+        "{}",
+        render_batches(&client.query(sql).await?, args.output)?
+    );
     Ok(())
 }
 
@@ -30,7 +33,13 @@ pub async fn tables(args: TablesArgs) -> Result<()> {
 pub async fn validate(args: ValidateArgs) -> Result<()> {
     let text = read_file(&args.file)?;
     let spec = load_pipeline(&text, &args.file.display().to_string()).await?;
-    println!("{}: pipeline `{}` is valid ({} sources, {} tables)", args.file.display(), spec.pipeline, spec.sources.len(), spec.tables.len());
+    println!(
+        "{}: pipeline `{}` is valid ({} sources, {} tables)",
+        args.file.display(),
+        spec.pipeline,
+        spec.sources.len(),
+        spec.tables.len()
+    );
     Ok(())
 }
 
@@ -39,14 +48,23 @@ pub async fn apply(args: ApplyArgs) -> Result<()> {
     let text = read_file(&args.file)?;
     let origin = args.file.display().to_string();
     load_pipeline(&text, &origin).await?;
-    let applied = AdminClient::connect(&args.coordinator).await?.apply(&text, &origin).await?;
-    println!("pipeline `{}` applied: revision {}, {} tasks", applied.pipeline, applied.revision, applied.tasks);
+    let applied = AdminClient::connect(&args.coordinator)
+        .await?
+        .apply(&text, &origin)
+        .await?;
+    println!(
+        "pipeline `{}` applied: revision {}, {} tasks",
+        applied.pipeline, applied.revision, applied.tasks
+    );
     Ok(())
 }
 
 /// `smelter status`.
 pub async fn status(args: StatusArgs) -> Result<()> {
-    let status = AdminClient::connect(&args.coordinator).await?.status().await?;
+    let status = AdminClient::connect(&args.coordinator)
+        .await?
+        .status()
+        .await?;
     match args.output {
         Format::Json => println!("{}", status_json(&status)),
         Format::Table | Format::Csv => print!("{}", status_text(&status)),
@@ -80,9 +98,15 @@ pub fn status_json(status: &ClusterStatus) -> serde_json::Value {
 }
 
 fn status_text(status: &ClusterStatus) -> String {
-    let mut out = format!("leader {}  generation {}\n\nworkers\n", status.leader, status.generation);
+    let mut out = format!(
+        "leader {}  generation {}\n\nworkers\n",
+        status.leader, status.generation
+    );
     for w in &status.workers {
-        out.push_str(&format!("  {}  flight {}  {} task(s)  lease {} ms\n", w.worker_id, w.flight_endpoint, w.tasks, w.lease_expires_in_ms));
+        out.push_str(&format!(
+            "  {}  flight {}  {} task(s)  lease {} ms\n",
+            w.worker_id, w.flight_endpoint, w.tasks, w.lease_expires_in_ms
+        ));
     }
     out.push_str("\ntasks\n");
     for t in &status.tasks {
@@ -95,12 +119,19 @@ fn status_text(status: &ClusterStatus) -> String {
             report.state().label(),
             report.rows_committed,
             report.lag,
-            if report.error.is_empty() { String::new() } else { format!("  error: {}", report.error) }
+            if report.error.is_empty() {
+                String::new()
+            } else {
+                format!("  error: {}", report.error)
+            }
         ));
     }
     out.push_str("\ntables\n");
     for (table, p) in by_table(status) {
-        out.push_str(&format!("  {:<32} rows {:>12}  quarantined {:>8}  duplicates {:>8}\n", table, p.rows, p.quarantined, p.deduplicated));
+        out.push_str(&format!(
+            "  {:<32} rows {:>12}  quarantined {:>8}  duplicates {:>8}\n",
+            table, p.rows, p.quarantined, p.deduplicated
+        ));
     }
     out
 }

@@ -22,5 +22,8 @@ pub async fn load_pipeline(text: &str, origin: &str) -> Result<PipelineSpec> {
 
 /// Reads a pipeline file.
 pub fn read_file(path: &Path) -> Result<String> {
-    std::fs::read_to_string(path).map_err(|source| crate::ClientError::Io { context: format!("read {}", path.display()), source })
+    std::fs::read_to_string(path).map_err(|source| crate::ClientError::Io {
+        context: format!("read {}", path.display()),
+        source,
+    })
 }

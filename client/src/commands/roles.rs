@@ -14,8 +14,17 @@ use crate::{ClientError, Result};
 pub async fn coordinator(config: SmelterConfig, shutdown: CancellationToken) -> Result<()> {
     let listener = TcpListener::bind(&config.coordinator.listen)
         .await
-        .map_err(|source| ClientError::Io { context: format!("bind {}", config.coordinator.listen), source })?;
-    smelter_coordinator::run(config.coordinator, Arc::new(MemoryStore::new()), listener, shutdown).await?;
+        .map_err(|source| ClientError::Io {
+            context: format!("bind {}", config.coordinator.listen),
+            source,
+        })?;
+    smelter_coordinator::run(
+        config.coordinator,
+        Arc::new(MemoryStore::new()),
+        listener,
+        shutdown,
+    )
+    .await?;
     Ok(())
 }
 
@@ -23,7 +32,10 @@ pub async fn coordinator(config: SmelterConfig, shutdown: CancellationToken) -> 
 pub async fn worker(config: SmelterConfig, shutdown: CancellationToken) -> Result<()> {
     let listener = TcpListener::bind(&config.worker.flight_listen)
         .await
-        .map_err(|source| ClientError::Io { context: format!("bind {}", config.worker.flight_listen), source })?;
+        .map_err(|source| ClientError::Io {
+            context: format!("bind {}", config.worker.flight_listen),
+            source,
+        })?;
     smelter_worker::run(config, listener, shutdown).await?;
     Ok(())
 }

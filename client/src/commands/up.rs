@@ -14,10 +14,17 @@ use crate::sdk::AdminClient;
 use crate::{ClientError, Result};
 
 /// Runs `smelter up`.
-pub async fn run(mut config: SmelterConfig, args: UpArgs, shutdown: CancellationToken) -> Result<()> {
+pub async fn run(
+    mut config: SmelterConfig,
+    args: UpArgs,
+    shutdown: CancellationToken,
+) -> Result<()> {
     let (text, origin) = match (&args.pipeline, args.demo) {
         (Some(path), _) => (read_file(path)?, path.display().to_string()),
-        (None, _) => (DEMO_PIPELINE.to_string(), "examples/clickstream.yaml".to_string()),
+        (None, _) => (
+            DEMO_PIPELINE.to_string(),
+            "examples/clickstream.yaml".to_string(),
+        ),
     };
     // Reject a bad spec before anything starts.
     let spec = load_pipeline(&text, &origin).await?;
@@ -62,7 +69,11 @@ async fn serve(
             config.storage.root.display(),
             cluster.flight_endpoints[0],
             cluster.coordinator_endpoint,
-            if cluster.flight_endpoints[0].ends_with(":8815") { String::new() } else { format!(" --endpoint {}", cluster.flight_endpoints[0]) },
+            if cluster.flight_endpoints[0].ends_with(":8815") {
+                String::new()
+            } else {
+                format!(" --endpoint {}", cluster.flight_endpoints[0])
+            },
         );
     }
     let tables = smelter_worker::tables::TableStore::new(&config.storage.root)?;
@@ -77,7 +88,11 @@ async fn serve(
             Ok(status) => view.show(&status),
             Err(error) => tracing::warn!(%error, "cannot read status"),
         }
-        if args.exit_when_done && smelter_worker::tasks::drained::pipeline_drained(&tables, spec).await.map_err(ClientError::Worker)? {
+        if args.exit_when_done
+            && smelter_worker::tasks::drained::pipeline_drained(&tables, spec)
+                .await
+                .map_err(ClientError::Worker)?
+        {
             tracing::info!("all sources processed through gold; exiting");
             return Ok(());
         }

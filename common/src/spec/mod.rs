@@ -189,7 +189,16 @@ impl PipelineSpec {
                 Some(i) => message[..i].to_string(),
                 None => message,
             };
-            Error::Spec { origin: origin.to_string(), line, field: if field == "." { "(top level)".into() } else { field }, message }
+            Error::Spec {
+                origin: origin.to_string(),
+                line,
+                field: if field == "." {
+                    "(top level)".into()
+                } else {
+                    field
+                },
+                message,
+            }
         })?;
         validate::validate(&spec, text, origin)?;
         Ok(spec)
@@ -197,19 +206,25 @@ impl PipelineSpec {
 
     /// Reads and parses a spec file.
     pub fn from_file(path: &std::path::Path) -> Result<PipelineSpec> {
-        let text = std::fs::read_to_string(path).map_err(|source| Error::Io { path: path.to_path_buf(), source })?;
+        let text = std::fs::read_to_string(path).map_err(|source| Error::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
         PipelineSpec::parse(&text, &path.display().to_string())
     }
 
     /// Tables of one layer, in declaration order.
     pub fn tables_in(&self, layer: Layer) -> impl Iterator<Item = (&String, &TableSpec)> {
-        self.tables.iter().filter(move |(name, _)| table_layer(name) == Some(layer))
+        self.tables
+            .iter()
+            .filter(move |(name, _)| table_layer(name) == Some(layer))
     }
 }
 
 /// The layer of a `layer.name` table name.
 pub fn table_layer(name: &str) -> Option<Layer> {
-    name.split_once('.').and_then(|(layer, _)| Layer::parse(layer))
+    name.split_once('.')
+        .and_then(|(layer, _)| Layer::parse(layer))
 }
 
 /// Parses `500ms`, `30s`, `15m`, `1h`, `7d`.
@@ -245,7 +260,9 @@ mod opt_duration {
         let text: Option<String> = Option::deserialize(d)?;
         text.map(|t| {
             super::parse_duration(&t).ok_or_else(|| {
-                serde::de::Error::custom(format!("invalid duration `{t}`: use a number and a unit (ms, s, m, h, d), e.g. `1h`"))
+                serde::de::Error::custom(format!(
+                    "invalid duration `{t}`: use a number and a unit (ms, s, m, h, d), e.g. `1h`"
+                ))
             })
         })
         .transpose()

@@ -101,14 +101,20 @@ impl FieldType {
 impl SchemaSpec {
     fn from_yaml(value: &serde_yaml::Value, path: &str) -> Result<SchemaSpec, String> {
         let serde_yaml::Value::Mapping(map) = value else {
-            return Err(format!("{path}: expected a mapping of field names to types"));
+            return Err(format!(
+                "{path}: expected a mapping of field names to types"
+            ));
         };
         let mut fields = IndexMap::new();
         for (key, value) in map {
             let Some(name) = key.as_str() else {
                 return Err(format!("{path}: field names must be strings"));
             };
-            let child = if path.is_empty() { name.to_string() } else { format!("{path}.{name}") };
+            let child = if path.is_empty() {
+                name.to_string()
+            } else {
+                format!("{path}.{name}")
+            };
             fields.insert(name.to_string(), FieldType::from_yaml(value, &child)?);
         }
         if fields.is_empty() {
@@ -134,9 +140,17 @@ impl SchemaSpec {
     }
 }
 
-fn flatten_into(fields: &IndexMap<String, FieldType>, prefix: &str, out: &mut Vec<(String, FieldType)>) {
+fn flatten_into(
+    fields: &IndexMap<String, FieldType>,
+    prefix: &str,
+    out: &mut Vec<(String, FieldType)>,
+) {
     for (name, ty) in fields {
-        let column = if prefix.is_empty() { name.clone() } else { format!("{prefix}_{name}") };
+        let column = if prefix.is_empty() {
+            name.clone()
+        } else {
+            format!("{prefix}_{name}")
+        };
         match ty {
             FieldType::Struct(inner) => flatten_into(&inner.fields, &column, out),
             other => out.push((column, other.clone())),

@@ -40,8 +40,14 @@ impl TryFrom<RawSource> for SourceSpec {
 impl From<SourceSpec> for RawSource {
     fn from(spec: SourceSpec) -> Self {
         match spec {
-            SourceSpec::Generator(g) => RawSource { generator: Some(g), files: None },
-            SourceSpec::Files(f) => RawSource { generator: None, files: Some(f) },
+            SourceSpec::Generator(g) => RawSource {
+                generator: Some(g),
+                files: None,
+            },
+            SourceSpec::Files(f) => RawSource {
+                generator: None,
+                files: Some(f),
+            },
         }
     }
 }

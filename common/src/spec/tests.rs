@@ -4,7 +4,12 @@ const DEMO: &str = include_str!("../../../examples/clickstream.yaml");
 
 fn spec_error(text: &str) -> (String, Option<usize>, String) {
     match PipelineSpec::parse(text, "p.yaml") {
-        Err(Error::Spec { field, line, message, .. }) => (field, line, message),
+        Err(Error::Spec {
+            field,
+            line,
+            message,
+            ..
+        }) => (field, line, message),
         other => panic!("expected a spec error, got {other:?}"),
     }
 }
@@ -15,18 +20,34 @@ fn demo_spec_parses() {
     assert_eq!(spec.pipeline, "clickstream");
     assert_eq!(spec.tables_in(Layer::Gold).count(), 3);
     let silver = &spec.tables["silver.events"];
-    let columns: Vec<String> = validate::silver_columns(silver).into_iter().map(|(n, _)| n).collect();
-    assert!(columns.contains(&"user_id".to_string()) && columns.contains(&"product_price".to_string()));
-    assert_eq!(silver.dedupe.as_ref().unwrap().within, Some(Duration::from_secs(3600)));
+    let columns: Vec<String> = validate::silver_columns(silver)
+        .into_iter()
+        .map(|(n, _)| n)
+        .collect();
+    assert!(
+        columns.contains(&"user_id".to_string()) && columns.contains(&"product_price".to_string())
+    );
+    assert_eq!(
+        silver.dedupe.as_ref().unwrap().within,
+        Some(Duration::from_secs(3600))
+    );
 }
 
 #[test]
 fn type_errors_name_field_and_line() {
-    let text = DEMO.replace("dedupe: { keys: [event_id], within: 1h }", "dedupe: { keys: event_id, within: 1h }");
+    let text = DEMO.replace(
+        "dedupe: { keys: [event_id], within: 1h }",
+        "dedupe: { keys: event_id, within: 1h }",
+    );
     let (field, line, message) = spec_error(&text);
     assert_eq!(field, "tables.silver.events.dedupe.keys");
     assert!(message.contains("expected a sequence"), "{message}");
-    assert_eq!(line, text.lines().position(|l| l.contains("dedupe:")).map(|i| i + 1));
+    assert_eq!(
+        line,
+        text.lines()
+            .position(|l| l.contains("dedupe:"))
+            .map(|i| i + 1)
+    );
 }
 
 #[test]
@@ -59,18 +80,31 @@ fn semantic_errors_name_field() {
     assert!(message.contains("invalid duration"), "{message}");
 
     let text = DEMO.replace("on_violation: quarantine }", "on_violation: explode }");
-    assert!(spec_error(&text).0.starts_with("tables.silver.events.expectations"));
+    assert!(
+        spec_error(&text)
+            .0
+            .starts_with("tables.silver.events.expectations")
+    );
 
     let text = DEMO.replace("ts: timestamp", "ts: timestamptz");
     let (_, _, message) = spec_error(&text);
-    assert!(message.contains("ts: unknown type `timestamptz`"), "{message}");
+    assert!(
+        message.contains("ts: unknown type `timestamptz`"),
+        "{message}"
+    );
 }
 
 #[test]
 fn layer_rules_are_enforced() {
-    let text = DEMO.replace("  gold.user_segments:\n    from: silver.events\n", "  gold.user_segments:\n    from: bronze.events\n");
+    let text = DEMO.replace(
+        "  gold.user_segments:\n    from: silver.events\n",
+        "  gold.user_segments:\n    from: bronze.events\n",
+    );
     assert_eq!(spec_error(&text).0, "tables.gold.user_segments.from");
-    let text = DEMO.replace("  bronze.events:\n    from: events\n", "  bronze.events:\n    from: events\n    flatten: true\n");
+    let text = DEMO.replace(
+        "  bronze.events:\n    from: events\n",
+        "  bronze.events:\n    from: events\n    flatten: true\n",
+    );
     assert_eq!(spec_error(&text).0, "tables.bronze.events.flatten");
     let text = DEMO.replace("  bronze.events:", "  platinum.events:");
     assert_eq!(spec_error(&text).0, "tables.platinum.events");
@@ -79,9 +113,14 @@ fn layer_rules_are_enforced() {
 #[test]
 fn error_display_names_file_line_and_field() {
     let text = DEMO.replace("keys: [event_id]", "keys: [nope]");
-    let err = PipelineSpec::parse(&text, "pipelines/x.yaml").unwrap_err().to_string();
+    let err = PipelineSpec::parse(&text, "pipelines/x.yaml")
+        .unwrap_err()
+        .to_string();
     assert!(err.starts_with("pipelines/x.yaml:"), "{err}");
-    assert!(err.contains("tables.silver.events.dedupe.keys: unknown column `nope`"), "{err}");
+    assert!(
+        err.contains("tables.silver.events.dedupe.keys: unknown column `nope`"),
+        "{err}"
+    );
 }
 
 #[test]

@@ -9,11 +9,28 @@ use super::{FieldType, Layer, PipelineSpec, Primitive, SourceSpec, TableSpec, ta
 use crate::{Error, Result};
 
 /// Columns silver adds to every row, next to the declared ones.
-pub const SILVER_METADATA_COLUMNS: [&str; 5] = ["_rescued_data", "_topic", "_partition", "_offset", "_ingested_at"];
+pub const SILVER_METADATA_COLUMNS: [&str; 5] = [
+    "_rescued_data",
+    "_topic",
+    "_partition",
+    "_offset",
+    "_ingested_at",
+];
 
 /// Columns of every bronze table.
-pub const BRONZE_COLUMNS: [&str; 11] =
-    ["source", "topic", "partition", "offset", "key", "timestamp", "headers", "payload", "error", "ingested_at", "ingest_date"];
+pub const BRONZE_COLUMNS: [&str; 11] = [
+    "source",
+    "topic",
+    "partition",
+    "offset",
+    "key",
+    "timestamp",
+    "headers",
+    "payload",
+    "error",
+    "ingested_at",
+    "ingest_date",
+];
 
 struct Checker<'a> {
     text: &'a str,
@@ -40,9 +57,18 @@ fn locate(text: &str, path: &[&str]) -> Option<usize> {
     for segment in path {
         let hit = lines.iter().enumerate().skip(from).find(|(_, line)| {
             let t = line.trim_start().trim_start_matches("- ");
-            [format!("{segment}:"), format!("\"{segment}\":"), format!("'{segment}':"), format!("{{ {segment}:"), format!("{{{segment}:")]
-                .iter()
-                .any(|p| t.starts_with(p.as_str()) || (t.contains(&format!(" {segment}:")) && t.contains('{')))
+            [
+                format!("{segment}:"),
+                format!("\"{segment}\":"),
+                format!("'{segment}':"),
+                format!("{{ {segment}:"),
+                format!("{{{segment}:"),
+            ]
+            .iter()
+            .any(|p| {
+                t.starts_with(p.as_str())
+                    || (t.contains(&format!(" {segment}:")) && t.contains('{'))
+            })
         });
         match hit {
             Some((i, _)) => {
@@ -57,16 +83,27 @@ fn locate(text: &str, path: &[&str]) -> Option<usize> {
 
 fn is_identifier(name: &str) -> bool {
     !name.is_empty()
-        && name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
         && !name.starts_with(|c: char| c.is_ascii_digit())
 }
 
 pub(super) fn validate(spec: &PipelineSpec, text: &str, origin: &str) -> Result<()> {
     let c = Checker { text, origin };
     if spec.pipeline.is_empty()
-        || !spec.pipeline.chars().all(|ch| ch.is_ascii_lowercase() || ch.is_ascii_digit() || ch == '_' || ch == '-')
+        || !spec
+            .pipeline
+            .chars()
+            .all(|ch| ch.is_ascii_lowercase() || ch.is_ascii_digit() || ch == '_' || ch == '-')
     {
-        return Err(c.fail(&["pipeline"], format!("`{}` is not a valid pipeline name (use a-z, 0-9, `_`, `-`)", spec.pipeline)));
+        return Err(c.fail(
+            &["pipeline"],
+            format!(
+                "`{}` is not a valid pipeline name (use a-z, 0-9, `_`, `-`)",
+                spec.pipeline
+            ),
+        ));
     }
     if spec.sources.is_empty() {
         return Err(c.fail(&["sources"], "a pipeline needs at least one source"));
@@ -84,22 +121,40 @@ pub(super) fn validate(spec: &PipelineSpec, text: &str, origin: &str) -> Result<
     let mut fed_sources = HashSet::new();
     for (name, table) in &spec.tables {
         let Some((layer_name, short)) = name.split_once('.') else {
-            return Err(c.fail(&["tables", name], "table names are `layer.name`, e.g. `silver.events`"));
+            return Err(c.fail(
+                &["tables", name],
+                "table names are `layer.name`, e.g. `silver.events`",
+            ));
         };
         let Some(layer) = Layer::parse(layer_name) else {
-            return Err(c.fail(&["tables", name], format!("unknown layer `{layer_name}`: use bronze, silver or gold")));
+            return Err(c.fail(
+                &["tables", name],
+                format!("unknown layer `{layer_name}`: use bronze, silver or gold"),
+            ));
         };
         if !is_identifier(short) {
-            return Err(c.fail(&["tables", name], "table names use a-z, 0-9 and `_` after the layer"));
+            return Err(c.fail(
+                &["tables", name],
+                "table names use a-z, 0-9 and `_` after the layer",
+            ));
         }
         if layer == Layer::Silver && names.contains(TableSpec::quarantine_name(name).as_str()) {
-            return Err(c.fail(&["tables", name], format!("`{}` is reserved for this table's quarantine", TableSpec::quarantine_name(name))));
+            return Err(c.fail(
+                &["tables", name],
+                format!(
+                    "`{}` is reserved for this table's quarantine",
+                    TableSpec::quarantine_name(name)
+                ),
+            ));
         }
         match layer {
             Layer::Bronze => {
                 validate_bronze(&c, spec, name, table)?;
                 if !fed_sources.insert(table.from.as_str()) {
-                    return Err(c.fail(&["tables", name, "from"], format!("source `{}` already feeds another bronze table", table.from)));
+                    return Err(c.fail(
+                        &["tables", name, "from"],
+                        format!("source `{}` already feeds another bronze table", table.from),
+                    ));
                 }
             }
             Layer::Silver => validate_silver(&c, spec, name, table)?,
@@ -119,15 +174,28 @@ fn validate_source(c: &Checker, name: &str, source: &SourceSpec) -> Result<()> {
         SourceSpec::Generator(g) => {
             let path = ["sources", name, "generator"];
             if g.partitions == 0 || g.partitions > 1024 {
-                return Err(c.fail(&[&path[..], &["partitions"]].concat(), "must be between 1 and 1024"));
+                return Err(c.fail(
+                    &[&path[..], &["partitions"]].concat(),
+                    "must be between 1 and 1024",
+                ));
             }
-            for (field, value) in [("duplicate_rate", g.duplicate_rate), ("invalid_rate", g.invalid_rate), ("late_rate", g.late_rate)] {
+            for (field, value) in [
+                ("duplicate_rate", g.duplicate_rate),
+                ("invalid_rate", g.invalid_rate),
+                ("late_rate", g.late_rate),
+            ] {
                 if !(0.0..=1.0).contains(&value) {
-                    return Err(c.fail(&[&path[..], &[field]].concat(), format!("{value} is not a share between 0 and 1")));
+                    return Err(c.fail(
+                        &[&path[..], &[field]].concat(),
+                        format!("{value} is not a share between 0 and 1"),
+                    ));
                 }
             }
             if g.duplicate_rate + g.invalid_rate > 1.0 {
-                return Err(c.fail(&[&path[..], &["invalid_rate"]].concat(), "duplicate_rate + invalid_rate exceeds 1"));
+                return Err(c.fail(
+                    &[&path[..], &["invalid_rate"]].concat(),
+                    "duplicate_rate + invalid_rate exceeds 1",
+                ));
             }
             if g.users == 0 {
                 return Err(c.fail(&[&path[..], &["users"]].concat(), "needs at least one user"));
@@ -136,10 +204,16 @@ fn validate_source(c: &Checker, name: &str, source: &SourceSpec) -> Result<()> {
                 return Err(c.fail(&[&path[..], &["step_ms"]].concat(), "must be above 0"));
             }
             if g.rate == Some(0) {
-                return Err(c.fail(&[&path[..], &["rate"]].concat(), "must be above 0 (omit it for as fast as possible)"));
+                return Err(c.fail(
+                    &[&path[..], &["rate"]].concat(),
+                    "must be above 0 (omit it for as fast as possible)",
+                ));
             }
             if chrono::DateTime::parse_from_rfc3339(&g.start).is_err() {
-                return Err(c.fail(&[&path[..], &["start"]].concat(), format!("`{}` is not an RFC 3339 timestamp", g.start)));
+                return Err(c.fail(
+                    &[&path[..], &["start"]].concat(),
+                    format!("`{}` is not an RFC 3339 timestamp", g.start),
+                ));
             }
         }
         SourceSpec::Files(f) => {
@@ -151,7 +225,13 @@ fn validate_source(c: &Checker, name: &str, source: &SourceSpec) -> Result<()> {
     Ok(())
 }
 
-fn forbid(c: &Checker, name: &str, layer: Layer, table: &TableSpec, allowed: &[&str]) -> Result<()> {
+fn forbid(
+    c: &Checker,
+    name: &str,
+    layer: Layer,
+    table: &TableSpec,
+    allowed: &[&str],
+) -> Result<()> {
     let present = [
         ("parse", table.parse.is_some()),
         ("flatten", table.flatten),
@@ -162,7 +242,10 @@ fn forbid(c: &Checker, name: &str, layer: Layer, table: &TableSpec, allowed: &[&
     ];
     for (field, is_set) in present {
         if is_set && !allowed.contains(&field) {
-            return Err(c.fail(&["tables", name, field], format!("`{field}` does not apply to {} tables", layer.as_str())));
+            return Err(c.fail(
+                &["tables", name, field],
+                format!("`{field}` does not apply to {} tables", layer.as_str()),
+            ));
         }
     }
     Ok(())
@@ -171,7 +254,10 @@ fn forbid(c: &Checker, name: &str, layer: Layer, table: &TableSpec, allowed: &[&
 fn validate_bronze(c: &Checker, spec: &PipelineSpec, name: &str, table: &TableSpec) -> Result<()> {
     forbid(c, name, Layer::Bronze, table, &[])?;
     if !spec.sources.contains_key(&table.from) {
-        return Err(c.fail(&["tables", name, "from"], format!("unknown source `{}`", table.from)));
+        return Err(c.fail(
+            &["tables", name, "from"],
+            format!("unknown source `{}`", table.from),
+        ));
     }
     for column in &table.partition_by {
         if !["ingest_date", "topic", "source", "partition"].contains(&column.as_str()) {
@@ -186,44 +272,92 @@ pub fn silver_columns(table: &TableSpec) -> Vec<(String, Option<FieldType>)> {
     let mut out: Vec<(String, Option<FieldType>)> = Vec::new();
     if let Some(parse) = &table.parse {
         if table.flatten {
-            out.extend(parse.schema.flattened().into_iter().map(|(n, t)| (n, Some(t))));
+            out.extend(
+                parse
+                    .schema
+                    .flattened()
+                    .into_iter()
+                    .map(|(n, t)| (n, Some(t))),
+            );
         } else {
-            out.extend(parse.schema.fields.iter().map(|(n, t)| (n.clone(), Some(t.clone()))));
+            out.extend(
+                parse
+                    .schema
+                    .fields
+                    .iter()
+                    .map(|(n, t)| (n.clone(), Some(t.clone()))),
+            );
         }
     }
-    out.extend(SILVER_METADATA_COLUMNS.iter().map(|n| (n.to_string(), None)));
+    out.extend(
+        SILVER_METADATA_COLUMNS
+            .iter()
+            .map(|n| (n.to_string(), None)),
+    );
     out
 }
 
 fn validate_silver(c: &Checker, spec: &PipelineSpec, name: &str, table: &TableSpec) -> Result<()> {
-    forbid(c, name, Layer::Silver, table, &["parse", "flatten", "dedupe", "expectations"])?;
+    forbid(
+        c,
+        name,
+        Layer::Silver,
+        table,
+        &["parse", "flatten", "dedupe", "expectations"],
+    )?;
     match spec.tables.get(&table.from) {
-        None => return Err(c.fail(&["tables", name, "from"], format!("unknown table `{}`", table.from))),
+        None => {
+            return Err(c.fail(
+                &["tables", name, "from"],
+                format!("unknown table `{}`", table.from),
+            ));
+        }
         Some(_) if table_layer(&table.from) != Some(Layer::Bronze) => {
-            return Err(c.fail(&["tables", name, "from"], format!("silver tables read a bronze table; `{}` is not one", table.from)));
+            return Err(c.fail(
+                &["tables", name, "from"],
+                format!(
+                    "silver tables read a bronze table; `{}` is not one",
+                    table.from
+                ),
+            ));
         }
         Some(_) => {}
     }
     if table.parse.is_none() {
-        return Err(c.fail(&["tables", name, "parse"], "silver tables need `parse: { format: json, schema: {...} }`"));
+        return Err(c.fail(
+            &["tables", name, "parse"],
+            "silver tables need `parse: { format: json, schema: {...} }`",
+        ));
     }
     let columns = silver_columns(table);
     let column_names: HashSet<&str> = columns.iter().map(|(n, _)| n.as_str()).collect();
     if column_names.len() != columns.len() {
-        return Err(c.fail(&["tables", name, "parse", "schema"], "two fields map to the same column name after flattening"));
+        return Err(c.fail(
+            &["tables", name, "parse", "schema"],
+            "two fields map to the same column name after flattening",
+        ));
     }
     for column in &table.partition_by {
         if !column_names.contains(column.as_str()) {
-            return Err(c.fail(&["tables", name, "partition_by"], format!("unknown column `{column}`")));
+            return Err(c.fail(
+                &["tables", name, "partition_by"],
+                format!("unknown column `{column}`"),
+            ));
         }
     }
     if let Some(dedupe) = &table.dedupe {
         if dedupe.keys.is_empty() {
-            return Err(c.fail(&["tables", name, "dedupe", "keys"], "list at least one key column"));
+            return Err(c.fail(
+                &["tables", name, "dedupe", "keys"],
+                "list at least one key column",
+            ));
         }
         for key in &dedupe.keys {
             if !column_names.contains(key.as_str()) {
-                return Err(c.fail(&["tables", name, "dedupe", "keys"], format!("unknown column `{key}`; columns are {}", list(&columns))));
+                return Err(c.fail(
+                    &["tables", name, "dedupe", "keys"],
+                    format!("unknown column `{key}`; columns are {}", list(&columns)),
+                ));
             }
         }
         if dedupe.within.is_some() {
@@ -234,7 +368,10 @@ fn validate_silver(c: &Checker, spec: &PipelineSpec, name: &str, table: &TableSp
                 .collect();
             match &dedupe.by {
                 Some(by) if !timestamps.contains(&by.as_str()) => {
-                    return Err(c.fail(&["tables", name, "dedupe", "by"], format!("`{by}` is not a timestamp column")));
+                    return Err(c.fail(
+                        &["tables", name, "dedupe", "by"],
+                        format!("`{by}` is not a timestamp column"),
+                    ));
                 }
                 None if timestamps.len() != 1 => {
                     return Err(c.fail(&["tables", name, "dedupe", "within"], "name the event-time column with `by:` (there is not exactly one timestamp column)"));
@@ -247,13 +384,22 @@ fn validate_silver(c: &Checker, spec: &PipelineSpec, name: &str, table: &TableSp
     for (i, rule) in table.expectations.iter().enumerate() {
         let index = i.to_string();
         if !is_identifier(&rule.name) {
-            return Err(c.fail(&["tables", name, "expectations", &index, "name"], format!("`{}`: rule names use a-z, 0-9 and `_`", rule.name)));
+            return Err(c.fail(
+                &["tables", name, "expectations", &index, "name"],
+                format!("`{}`: rule names use a-z, 0-9 and `_`", rule.name),
+            ));
         }
         if !rules.insert(rule.name.as_str()) {
-            return Err(c.fail(&["tables", name, "expectations", &index, "name"], format!("duplicate rule name `{}`", rule.name)));
+            return Err(c.fail(
+                &["tables", name, "expectations", &index, "name"],
+                format!("duplicate rule name `{}`", rule.name),
+            ));
         }
         if rule.expr.trim().is_empty() {
-            return Err(c.fail(&["tables", name, "expectations", &index, "expr"], "empty expression"));
+            return Err(c.fail(
+                &["tables", name, "expectations", &index, "expr"],
+                "empty expression",
+            ));
         }
     }
     Ok(())
@@ -262,17 +408,33 @@ fn validate_silver(c: &Checker, spec: &PipelineSpec, name: &str, table: &TableSp
 fn validate_gold(c: &Checker, spec: &PipelineSpec, name: &str, table: &TableSpec) -> Result<()> {
     forbid(c, name, Layer::Gold, table, &["sql", "keys"])?;
     match spec.tables.get(&table.from) {
-        None => return Err(c.fail(&["tables", name, "from"], format!("unknown table `{}`", table.from))),
+        None => {
+            return Err(c.fail(
+                &["tables", name, "from"],
+                format!("unknown table `{}`", table.from),
+            ));
+        }
         Some(_) if table_layer(&table.from) != Some(Layer::Silver) => {
-            return Err(c.fail(&["tables", name, "from"], format!("gold tables read a silver table; `{}` is not one", table.from)));
+            return Err(c.fail(
+                &["tables", name, "from"],
+                format!(
+                    "gold tables read a silver table; `{}` is not one",
+                    table.from
+                ),
+            ));
         }
         Some(_) => {}
     }
     match &table.sql {
         None => return Err(c.fail(&["tables", name, "sql"], "gold tables need `sql:`")),
-        Some(sql) if sql.trim().is_empty() => return Err(c.fail(&["tables", name, "sql"], "empty SQL")),
+        Some(sql) if sql.trim().is_empty() => {
+            return Err(c.fail(&["tables", name, "sql"], "empty SQL"));
+        }
         Some(sql) if !sql.contains(table.from.as_str()) => {
-            return Err(c.fail(&["tables", name, "sql"], format!("the SQL does not read `{}` (its `from`)", table.from)));
+            return Err(c.fail(
+                &["tables", name, "sql"],
+                format!("the SQL does not read `{}` (its `from`)", table.from),
+            ));
         }
         Some(_) => {}
     }
@@ -280,5 +442,9 @@ fn validate_gold(c: &Checker, spec: &PipelineSpec, name: &str, table: &TableSpec
 }
 
 fn list(columns: &[(String, Option<FieldType>)]) -> String {
-    columns.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>().join(", ")
+    columns
+        .iter()
+        .map(|(n, _)| n.as_str())
+        .collect::<Vec<_>>()
+        .join(", ")
 }

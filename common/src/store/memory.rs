@@ -21,7 +21,12 @@ struct State {
 
 impl State {
     fn reap(&mut self, now: Instant) {
-        let expired: Vec<LeaseId> = self.leases.iter().filter(|(_, (_, deadline))| *deadline <= now).map(|(id, _)| *id).collect();
+        let expired: Vec<LeaseId> = self
+            .leases
+            .iter()
+            .filter(|(_, (_, deadline))| *deadline <= now)
+            .map(|(id, _)| *id)
+            .collect();
         for lease in expired {
             self.drop_lease(lease);
         }
@@ -44,8 +49,21 @@ impl State {
         }
         self.revision += 1;
         let revision = self.revision;
-        let create_revision = self.keys.get(key).map(|kv| kv.create_revision).unwrap_or(revision);
-        self.keys.insert(key.to_string(), KeyValue { key: key.to_string(), value, create_revision, mod_revision: revision, lease });
+        let create_revision = self
+            .keys
+            .get(key)
+            .map(|kv| kv.create_revision)
+            .unwrap_or(revision);
+        self.keys.insert(
+            key.to_string(),
+            KeyValue {
+                key: key.to_string(),
+                value,
+                create_revision,
+                mod_revision: revision,
+                lease,
+            },
+        );
         Ok(revision)
     }
 }
@@ -104,21 +122,37 @@ impl CoordinationStore for MemoryStore {
     }
 
     async fn list(&self, prefix: &str) -> Result<Vec<KeyValue>> {
-        self.with(|s| Ok(s.keys.range(prefix.to_string()..).take_while(|(k, _)| k.starts_with(prefix)).map(|(_, v)| v.clone()).collect()))
+        self.with(|s| {
+            Ok(s.keys
+                .range(prefix.to_string()..)
+                .take_while(|(k, _)| k.starts_with(prefix))
+                .map(|(_, v)| v.clone())
+                .collect())
+        })
     }
 
     async fn put(&self, key: &str, value: Vec<u8>, lease: Option<LeaseId>) -> Result<i64> {
         self.with(|s| s.write(key, value, lease))
     }
 
-    async fn put_if(&self, key: &str, expect: Expect, value: Vec<u8>, lease: Option<LeaseId>) -> Result<Option<i64>> {
+    async fn put_if(
+        &self,
+        key: &str,
+        expect: Expect,
+        value: Vec<u8>,
+        lease: Option<LeaseId>,
+    ) -> Result<Option<i64>> {
         self.with(|s| {
             let holds = match (expect, s.keys.get(key)) {
                 (Expect::Absent, None) => true,
                 (Expect::ModRevision(rev), Some(kv)) => kv.mod_revision == rev,
                 _ => false,
             };
-            if holds { s.write(key, value, lease).map(Some) } else { Ok(None) }
+            if holds {
+                s.write(key, value, lease).map(Some)
+            } else {
+                Ok(None)
+            }
         })
     }
 
@@ -148,18 +182,44 @@ mod tests {
             assert!(Instant::now() < deadline, "lease never expired");
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
-        assert!(matches!(store.keep_alive(lease).await, Err(Error::LeaseNotFound { .. })));
+        assert!(matches!(
+            store.keep_alive(lease).await,
+            Err(Error::LeaseNotFound { .. })
+        ));
         assert!(store.get("/w/2").await.unwrap().is_some());
     }
 
     #[tokio::test]
     async fn put_if_compares_revisions() {
         let store = MemoryStore::new();
-        let rev = store.put_if("/k", Expect::Absent, b"1".to_vec(), None).await.unwrap().unwrap();
-        assert_eq!(store.put_if("/k", Expect::Absent, b"2".to_vec(), None).await.unwrap(), None);
-        assert_eq!(store.put_if("/k", Expect::ModRevision(rev + 7), b"2".to_vec(), None).await.unwrap(), None);
-        let rev2 = store.put_if("/k", Expect::ModRevision(rev), b"3".to_vec(), None).await.unwrap().unwrap();
+        let rev = store
+            .put_if("/k", Expect::Absent, b"1".to_vec(), None)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            store
+                .put_if("/k", Expect::Absent, b"2".to_vec(), None)
+                .await
+                .unwrap(),
+            None
+        );
+        assert_eq!(
+            store
+                .put_if("/k", Expect::ModRevision(rev + 7), b"2".to_vec(), None)
+                .await
+                .unwrap(),
+            None
+        );
+        let rev2 = store
+            .put_if("/k", Expect::ModRevision(rev), b"3".to_vec(), None)
+            .await
+            .unwrap()
+            .unwrap();
         let kv = store.get("/k").await.unwrap().unwrap();
-        assert_eq!((kv.value, kv.create_revision, kv.mod_revision), (b"3".to_vec(), rev, rev2));
+        assert_eq!(
+            (kv.value, kv.create_revision, kv.mod_revision),
+            (b"3".to_vec(), rev, rev2)
+        );
     }
 }

@@ -59,7 +59,13 @@ pub trait CoordinationStore: Send + Sync + 'static {
     /// Writes a key (bound to `lease` if given) and returns the new revision.
     async fn put(&self, key: &str, value: Vec<u8>, lease: Option<LeaseId>) -> Result<i64>;
     /// Writes a key only if `expect` holds; returns the new revision, or `None` if it did not hold.
-    async fn put_if(&self, key: &str, expect: Expect, value: Vec<u8>, lease: Option<LeaseId>) -> Result<Option<i64>>;
+    async fn put_if(
+        &self,
+        key: &str,
+        expect: Expect,
+        value: Vec<u8>,
+        lease: Option<LeaseId>,
+    ) -> Result<Option<i64>>;
     /// Deletes a key; deleting a missing key is not an error.
     async fn delete(&self, key: &str) -> Result<()>;
 }

@@ -36,7 +36,11 @@ fn describe(value: &Value) -> String {
         Value::Array(_) => "array",
         Value::Object(_) => "object",
     };
-    if short.len() < text.len() { format!("{kind} {short}…") } else { format!("{kind} {short}") }
+    if short.len() < text.len() {
+        format!("{kind} {short}…")
+    } else {
+        format!("{kind} {short}")
+    }
 }
 
 impl JsonDecoder {
@@ -47,10 +51,19 @@ impl JsonDecoder {
 
     /// Decodes one payload into the output row (column name -> JSON value ready for
     /// arrow-json) plus the rescued fields, if any.
-    pub fn decode(&self, payload: &[u8]) -> Result<(Map<String, Value>, Option<String>), Rejection> {
-        let value: Value = serde_json::from_slice(payload).map_err(|e| Rejection { rule: "_parse", reason: format!("invalid JSON: {e}") })?;
+    pub fn decode(
+        &self,
+        payload: &[u8],
+    ) -> Result<(Map<String, Value>, Option<String>), Rejection> {
+        let value: Value = serde_json::from_slice(payload).map_err(|e| Rejection {
+            rule: "_parse",
+            reason: format!("invalid JSON: {e}"),
+        })?;
         let Value::Object(object) = value else {
-            return Err(Rejection { rule: "_parse", reason: format!("expected a JSON object, got {}", describe(&value)) });
+            return Err(Rejection {
+                rule: "_parse",
+                reason: format!("expected a JSON object, got {}", describe(&value)),
+            });
         };
         let mut out = Map::new();
         let mut rescued = Map::new();
@@ -69,8 +82,16 @@ impl JsonDecoder {
         rescued: &mut Map<String, Value>,
     ) -> Result<(), Rejection> {
         for (name, ty) in &schema.fields {
-            let field_path = if path.is_empty() { name.clone() } else { format!("{path}.{name}") };
-            let column = if column_prefix.is_empty() { name.clone() } else { format!("{column_prefix}_{name}") };
+            let field_path = if path.is_empty() {
+                name.clone()
+            } else {
+                format!("{path}.{name}")
+            };
+            let column = if column_prefix.is_empty() {
+                name.clone()
+            } else {
+                format!("{column_prefix}_{name}")
+            };
             let value = object.remove(name).unwrap_or(Value::Null);
             match (ty, value) {
                 (FieldType::Struct(inner), Value::Object(child)) if self.flatten => {
@@ -87,7 +108,11 @@ impl JsonDecoder {
             }
         }
         for (name, value) in object {
-            let field_path = if path.is_empty() { name } else { format!("{path}.{name}") };
+            let field_path = if path.is_empty() {
+                name
+            } else {
+                format!("{path}.{name}")
+            };
             rescued.insert(field_path, value);
         }
         Ok(())
@@ -95,23 +120,39 @@ impl JsonDecoder {
 }
 
 fn mismatch(path: &str, expected: &str, value: &Value) -> Rejection {
-    Rejection { rule: "_schema", reason: format!("field `{path}`: expected {expected}, got {}", describe(value)) }
+    Rejection {
+        rule: "_schema",
+        reason: format!(
+            "field `{path}`: expected {expected}, got {}",
+            describe(value)
+        ),
+    }
 }
 
 /// Checks one value against its declared type, converting timestamps to epoch
 /// microseconds and dates to days, which is what arrow-json reads fastest and unambiguously.
-fn check(ty: &FieldType, value: Value, path: &str, rescued: &mut Map<String, Value>) -> Result<Value, Rejection> {
+fn check(
+    ty: &FieldType,
+    value: Value,
+    path: &str,
+    rescued: &mut Map<String, Value>,
+) -> Result<Value, Rejection> {
     if value.is_null() {
         return Ok(Value::Null);
     }
     match ty {
         FieldType::Primitive(p) => check_primitive(*p, value, path),
         FieldType::Struct(inner) => {
-            let Value::Object(mut object) = value else { return Err(mismatch(path, "object", &value)) };
+            let Value::Object(mut object) = value else {
+                return Err(mismatch(path, "object", &value));
+            };
             let mut out = Map::new();
             for (name, child_ty) in &inner.fields {
                 let child = object.remove(name).unwrap_or(Value::Null);
-                out.insert(name.clone(), check(child_ty, child, &format!("{path}.{name}"), rescued)?);
+                out.insert(
+                    name.clone(),
+                    check(child_ty, child, &format!("{path}.{name}"), rescued)?,
+                );
             }
             for (name, extra) in object {
                 rescued.insert(format!("{path}.{name}"), extra);
@@ -119,7 +160,9 @@ fn check(ty: &FieldType, value: Value, path: &str, rescued: &mut Map<String, Val
             Ok(Value::Object(out))
         }
         FieldType::List(inner) => {
-            let Value::Array(items) = value else { return Err(mismatch(path, "array", &value)) };
+            let Value::Array(items) = value else {
+                return Err(mismatch(path, "array", &value));
+            };
             items
                 .into_iter()
                 .enumerate()
@@ -136,8 +179,12 @@ fn check_primitive(p: Primitive, value: Value, path: &str) -> Result<Value, Reje
         (Primitive::Long, Value::Number(n)) if n.is_i64() => Ok(value),
         (Primitive::Double, Value::Number(_)) => Ok(value),
         (Primitive::Boolean, Value::Bool(_)) => Ok(value),
-        (Primitive::Timestamp, Value::String(s)) => parse_timestamp(s).map(Value::from).ok_or_else(|| mismatch(path, "an RFC 3339 timestamp", &value)),
-        (Primitive::Timestamp, Value::Number(n)) if n.is_i64() => Ok(Value::from(n.as_i64().unwrap_or(0).saturating_mul(1000))),
+        (Primitive::Timestamp, Value::String(s)) => parse_timestamp(s)
+            .map(Value::from)
+            .ok_or_else(|| mismatch(path, "an RFC 3339 timestamp", &value)),
+        (Primitive::Timestamp, Value::Number(n)) if n.is_i64() => {
+            Ok(Value::from(n.as_i64().unwrap_or(0).saturating_mul(1000)))
+        }
         (Primitive::Date, Value::String(s)) => chrono::NaiveDate::parse_from_str(s, "%Y-%m-%d")
             .map(|d| Value::from((d - chrono::NaiveDate::default()).num_days()))
             .map_err(|_| mismatch(path, "a YYYY-MM-DD date", &value)),
@@ -150,7 +197,9 @@ fn parse_timestamp(text: &str) -> Option<i64> {
     if let Ok(ts) = chrono::DateTime::parse_from_rfc3339(text) {
         return Some(ts.timestamp_micros());
     }
-    chrono::NaiveDateTime::parse_from_str(text, "%Y-%m-%d %H:%M:%S%.f").ok().map(|t| t.and_utc().timestamp_micros())
+    chrono::NaiveDateTime::parse_from_str(text, "%Y-%m-%d %H:%M:%S%.f")
+        .ok()
+        .map(|t| t.and_utc().timestamp_micros())
 }
 
 #[cfg(test)]
@@ -185,14 +234,27 @@ mod tests {
 
     #[test]
     fn rejections_name_rule_and_field() {
-        let err = decoder().decode(br#"{"id":"a","user":{"id":7}}"#).unwrap_err();
+        let err = decoder()
+            .decode(br#"{"id":"a","user":{"id":7}}"#)
+            .unwrap_err();
         assert_eq!(err.rule, "_schema");
-        assert!(err.reason.contains("`user.id`: expected string, got number 7"), "{}", err.reason);
-        let err = decoder().decode(br#"{"id":"a","ts":"yesterday"}"#).unwrap_err();
+        assert!(
+            err.reason
+                .contains("`user.id`: expected string, got number 7"),
+            "{}",
+            err.reason
+        );
+        let err = decoder()
+            .decode(br#"{"id":"a","ts":"yesterday"}"#)
+            .unwrap_err();
         assert!(err.reason.contains("`ts`"), "{}", err.reason);
         let err = decoder().decode(br#"{"id":"a","#).unwrap_err();
         assert_eq!(err.rule, "_parse");
         let err = decoder().decode(b"[1,2]").unwrap_err();
-        assert!(err.reason.contains("expected a JSON object"), "{}", err.reason);
+        assert!(
+            err.reason.contains("expected a JSON object"),
+            "{}",
+            err.reason
+        );
     }
 }

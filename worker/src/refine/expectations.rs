@@ -25,12 +25,19 @@ pub struct CompiledExpectation {
 
 impl std::fmt::Debug for CompiledExpectation {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("CompiledExpectation").field("spec", &self.spec).finish()
+        f.debug_struct("CompiledExpectation")
+            .field("spec", &self.spec)
+            .finish()
     }
 }
 
 /// Compiles the rules of `table` against `schema`; errors name the rule's field path.
-pub fn compile(table: &str, origin: &str, rules: &[ExpectationSpec], schema: &SchemaRef) -> Result<Vec<CompiledExpectation>> {
+pub fn compile(
+    table: &str,
+    origin: &str,
+    rules: &[ExpectationSpec],
+    schema: &SchemaRef,
+) -> Result<Vec<CompiledExpectation>> {
     let ctx = SessionContext::new();
     let df_schema = DFSchema::try_from(schema.as_ref().clone())?;
     rules
@@ -42,13 +49,25 @@ pub fn compile(table: &str, origin: &str, rules: &[ExpectationSpec], schema: &Sc
                 field: format!("tables.{table}.expectations.{i}.expr"),
                 message,
             };
-            let logical = ctx.parse_sql_expr(&rule.expr, &df_schema).map_err(|e| invalid(format!("`{}`: {e}", rule.expr)))?;
-            let expr = ctx.create_physical_expr(logical, &df_schema).map_err(|e| invalid(format!("`{}`: {e}", rule.expr)))?;
-            let data_type = expr.data_type(schema.as_ref()).map_err(|e| invalid(e.to_string()))?;
+            let logical = ctx
+                .parse_sql_expr(&rule.expr, &df_schema)
+                .map_err(|e| invalid(format!("`{}`: {e}", rule.expr)))?;
+            let expr = ctx
+                .create_physical_expr(logical, &df_schema)
+                .map_err(|e| invalid(format!("`{}`: {e}", rule.expr)))?;
+            let data_type = expr
+                .data_type(schema.as_ref())
+                .map_err(|e| invalid(e.to_string()))?;
             if data_type != DataType::Boolean {
-                return Err(invalid(format!("`{}` is {data_type}, not a boolean", rule.expr)));
+                return Err(invalid(format!(
+                    "`{}` is {data_type}, not a boolean",
+                    rule.expr
+                )));
             }
-            Ok(CompiledExpectation { spec: rule.clone(), expr })
+            Ok(CompiledExpectation {
+                spec: rule.clone(),
+                expr,
+            })
         })
         .collect()
 }
@@ -60,7 +79,11 @@ impl CompiledExpectation {
         let result = value
             .as_any()
             .downcast_ref::<BooleanArray>()
-            .ok_or_else(|| WorkerError::Query(datafusion::error::DataFusionError::Internal("expectation is not boolean".into())))?;
+            .ok_or_else(|| {
+                WorkerError::Query(datafusion::error::DataFusionError::Internal(
+                    "expectation is not boolean".into(),
+                ))
+            })?;
         Ok(result.iter().map(|v| Some(v == Some(false))).collect())
     }
 

@@ -13,8 +13,9 @@ pub mod expectations;
 use std::sync::Arc;
 
 use arrow::array::{
-    Array, ArrayRef, BinaryArray, BinaryBuilder, Int32Array, Int32Builder, Int64Array, Int64Builder, RecordBatch,
-    StringArray, StringBuilder, TimestampMicrosecondArray, TimestampMicrosecondBuilder, UInt32Array,
+    Array, ArrayRef, BinaryArray, BinaryBuilder, Int32Array, Int32Builder, Int64Array,
+    Int64Builder, RecordBatch, StringArray, StringBuilder, TimestampMicrosecondArray,
+    TimestampMicrosecondBuilder, UInt32Array,
 };
 use arrow::compute::{concat_batches, filter_record_batch, not};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
@@ -34,7 +35,14 @@ use crate::{Result, WorkerError, schemas};
 const ROW: &str = "__row";
 
 /// The bronze columns refine needs.
-const BRONZE_INPUT: [&str; 6] = ["topic", "partition", "offset", "payload", "error", "ingested_at"];
+const BRONZE_INPUT: [&str; 6] = [
+    "topic",
+    "partition",
+    "offset",
+    "payload",
+    "error",
+    "ingested_at",
+];
 
 /// Rows read from bronze, in commit order.
 pub struct BronzeRows {
@@ -55,28 +63,60 @@ impl BronzeRows {
 
 /// Reads the rows of the data files that versions `from..=to` of `bronze` added.
 /// Files added without `dataChange` (compaction) are skipped: their rows were seen before.
-pub async fn read_versions(bronze: &DeltaTable, name: &str, from: i64, to: i64) -> Result<BronzeRows> {
+pub async fn read_versions(
+    bronze: &DeltaTable,
+    name: &str,
+    from: i64,
+    to: i64,
+) -> Result<BronzeRows> {
     let log_store = bronze.log_store();
     let store = bronze.object_store();
     let mut batches = Vec::new();
     for version in from..=to {
-        let Some(bytes) = log_store.read_commit_entry(version as u64).await.map_err(|e| WorkerError::delta(name, e))? else {
-            return Err(WorkerError::delta(name, deltalake::DeltaTableError::Generic(format!("commit {version} is missing from the log"))));
+        let Some(bytes) = log_store
+            .read_commit_entry(version as u64)
+            .await
+            .map_err(|e| WorkerError::delta(name, e))?
+        else {
+            return Err(WorkerError::delta(
+                name,
+                deltalake::DeltaTableError::Generic(format!(
+                    "commit {version} is missing from the log"
+                )),
+            ));
         };
-        let actions = deltalake::logstore::get_actions(version as u64, &bytes).map_err(|e| WorkerError::delta(name, e))?;
+        let actions = deltalake::logstore::get_actions(version as u64, &bytes)
+            .map_err(|e| WorkerError::delta(name, e))?;
         for action in actions {
             let Action::Add(add) = action else { continue };
             if !add.data_change {
                 continue;
             }
-            let path = deltalake::Path::from_url_path(&add.path)
-                .map_err(|e| WorkerError::delta(name, deltalake::DeltaTableError::Generic(format!("bad path {}: {e}", add.path))))?;
-            let data = store.get(&path).await.map_err(|e| WorkerError::delta(name, e.into()))?.bytes().await.map_err(|e| WorkerError::delta(name, e.into()))?;
-            let builder = ParquetRecordBatchReaderBuilder::try_new(data).map_err(|e| WorkerError::delta(name, e.into()))?;
+            let path = deltalake::Path::from_url_path(&add.path).map_err(|e| {
+                WorkerError::delta(
+                    name,
+                    deltalake::DeltaTableError::Generic(format!("bad path {}: {e}", add.path)),
+                )
+            })?;
+            let data = store
+                .get(&path)
+                .await
+                .map_err(|e| WorkerError::delta(name, e.into()))?
+                .bytes()
+                .await
+                .map_err(|e| WorkerError::delta(name, e.into()))?;
+            let builder = ParquetRecordBatchReaderBuilder::try_new(data)
+                .map_err(|e| WorkerError::delta(name, e.into()))?;
             let schema = builder.parquet_schema();
-            let indices: Vec<usize> = (0..schema.num_columns()).filter(|&i| BRONZE_INPUT.contains(&schema.column(i).name())).collect();
+            let indices: Vec<usize> = (0..schema.num_columns())
+                .filter(|&i| BRONZE_INPUT.contains(&schema.column(i).name()))
+                .collect();
             let mask = ProjectionMask::leaves(schema, indices);
-            let reader = builder.with_projection(mask).with_batch_size(16 * 1024).build().map_err(|e| WorkerError::delta(name, e.into()))?;
+            let reader = builder
+                .with_projection(mask)
+                .with_batch_size(16 * 1024)
+                .build()
+                .map_err(|e| WorkerError::delta(name, e.into()))?;
             for batch in reader {
                 batches.push(batch?);
             }
@@ -121,7 +161,11 @@ fn column<'a, T: 'static>(batch: &'a RecordBatch, name: &str) -> Result<&'a T> {
     batch
         .column_by_name(name)
         .and_then(|c| c.as_any().downcast_ref::<T>())
-        .ok_or_else(|| WorkerError::Arrow(arrow::error::ArrowError::SchemaError(format!("bronze column `{name}` missing or mistyped"))))
+        .ok_or_else(|| {
+            WorkerError::Arrow(arrow::error::ArrowError::SchemaError(format!(
+                "bronze column `{name}` missing or mistyped"
+            )))
+        })
 }
 
 impl Refiner {
@@ -133,7 +177,11 @@ impl Refiner {
             message: "silver tables need a parse section".into(),
         })?;
         let silver_schema = schemas::silver(spec);
-        let mut fields: Vec<Field> = silver_schema.fields().iter().map(|f| f.as_ref().clone()).collect();
+        let mut fields: Vec<Field> = silver_schema
+            .fields()
+            .iter()
+            .map(|f| f.as_ref().clone())
+            .collect();
         fields.push(Field::new(ROW, DataType::UInt32, false));
         let work_schema = Arc::new(Schema::new(fields));
         let expectations = expectations::compile(table, origin, &spec.expectations, &work_schema)?;
@@ -171,13 +219,24 @@ impl Refiner {
             let ingested = column::<TimestampMicrosecondArray>(&input, "ingested_at")?;
             for row in 0..n {
                 if error.is_valid(row) || payload.is_null(row) {
-                    let reason = if error.is_valid(row) { error.value(row).to_string() } else { "record has no payload".into() };
-                    quarantined.push(Quarantined { rule: "_ingest".into(), reason, row });
+                    let reason = if error.is_valid(row) {
+                        error.value(row).to_string()
+                    } else {
+                        "record has no payload".into()
+                    };
+                    quarantined.push(Quarantined {
+                        rule: "_ingest".into(),
+                        reason,
+                        row,
+                    });
                     continue;
                 }
                 match self.decoder.decode(payload.value(row)) {
                     Ok((mut fields, rescued)) => {
-                        fields.insert("_rescued_data".into(), rescued.map_or(Value::Null, Value::String));
+                        fields.insert(
+                            "_rescued_data".into(),
+                            rescued.map_or(Value::Null, Value::String),
+                        );
                         fields.insert("_topic".into(), Value::String(topic.value(row).to_string()));
                         fields.insert("_partition".into(), Value::from(partition.value(row)));
                         fields.insert("_offset".into(), Value::from(offset.value(row)));
@@ -185,13 +244,21 @@ impl Refiner {
                         fields.insert(ROW.into(), Value::from(row as u32));
                         decoded.push(fields);
                     }
-                    Err(rejection) => quarantined.push(Quarantined { rule: rejection.rule.into(), reason: rejection.reason, row }),
+                    Err(rejection) => quarantined.push(Quarantined {
+                        rule: rejection.rule.into(),
+                        reason: rejection.reason,
+                        row,
+                    }),
                 }
             }
         }
-        let mut decoder = arrow::json::ReaderBuilder::new(self.work_schema.clone()).with_batch_size(decoded.len().max(1)).build_decoder()?;
+        let mut decoder = arrow::json::ReaderBuilder::new(self.work_schema.clone())
+            .with_batch_size(decoded.len().max(1))
+            .build_decoder()?;
         decoder.serialize(&decoded)?;
-        let mut batch = decoder.flush()?.unwrap_or_else(|| RecordBatch::new_empty(self.work_schema.clone()));
+        let mut batch = decoder
+            .flush()?
+            .unwrap_or_else(|| RecordBatch::new_empty(self.work_schema.clone()));
 
         let mut dropped = 0;
         let mut warned = Vec::new();
@@ -209,7 +276,9 @@ impl Refiner {
                 }
                 OnViolation::Fail => {
                     let rows = column::<UInt32Array>(&batch, ROW)?;
-                    let first = (0..violations.len()).find(|&i| violations.value(i)).map_or(0, |i| rows.value(i) as usize);
+                    let first = (0..violations.len())
+                        .find(|&i| violations.value(i))
+                        .map_or(0, |i| rows.value(i) as usize);
                     return Err(WorkerError::ExpectationFailed {
                         table: self.table.clone(),
                         rule: rule.spec.name.clone(),
@@ -237,18 +306,39 @@ impl Refiner {
         let dedupe_started = std::time::Instant::now();
         if let Some(dedupe) = &self.spec.dedupe {
             let by = dedupe.by.clone().or_else(|| {
-                self.silver_schema.fields().iter().find(|f| f.data_type() == &schemas::timestamp_type() && !f.name().starts_with('_')).map(|f| f.name().clone())
+                self.silver_schema
+                    .fields()
+                    .iter()
+                    .find(|f| {
+                        f.data_type() == &schemas::timestamp_type() && !f.name().starts_with('_')
+                    })
+                    .map(|f| f.name().clone())
             });
             let window = dedupe.within.zip(by);
-            let (kept, removed) = dedupe::dedupe(batch, &dedupe.keys, window.as_ref().map(|(d, c)| (c.as_str(), *d)), silver).await?;
+            let (kept, removed) = dedupe::dedupe(
+                batch,
+                &dedupe.keys,
+                window.as_ref().map(|(d, c)| (c.as_str(), *d)),
+                silver,
+            )
+            .await?;
             batch = kept;
             deduplicated = removed;
         }
-        let silver_batch = batch.project(&(0..self.silver_schema.fields().len()).collect::<Vec<_>>())?;
-        let silver_batch = RecordBatch::try_new(self.silver_schema.clone(), silver_batch.columns().to_vec())?;
+        let silver_batch =
+            batch.project(&(0..self.silver_schema.fields().len()).collect::<Vec<_>>())?;
+        let silver_batch =
+            RecordBatch::try_new(self.silver_schema.clone(), silver_batch.columns().to_vec())?;
         quarantined.sort_by_key(|q| q.row);
         let dedupe_ms = dedupe_started.elapsed().as_millis() as u64;
-        Ok(Refined { silver: silver_batch, quarantine: quarantine_batch(&input, &quarantined)?, dropped, deduplicated, warned, dedupe_ms })
+        Ok(Refined {
+            silver: silver_batch,
+            quarantine: quarantine_batch(&input, &quarantined)?,
+            dropped,
+            deduplicated,
+            warned,
+            dedupe_ms,
+        })
     }
 }
 
@@ -256,7 +346,12 @@ fn position(input: &RecordBatch, row: usize) -> Result<String> {
     let topic = column::<StringArray>(input, "topic")?;
     let partition = column::<Int32Array>(input, "partition")?;
     let offset = column::<Int64Array>(input, "offset")?;
-    Ok(format!("{}/{}@{}", topic.value(row), partition.value(row), offset.value(row)))
+    Ok(format!(
+        "{}/{}@{}",
+        topic.value(row),
+        partition.value(row),
+        offset.value(row)
+    ))
 }
 
 fn quarantine_batch(input: &RecordBatch, rows: &[Quarantined]) -> Result<RecordBatch> {
@@ -299,4 +394,3 @@ fn quarantine_batch(input: &RecordBatch, rows: &[Quarantined]) -> Result<RecordB
     ];
     Ok(RecordBatch::try_new(schemas::quarantine(), columns)?)
 }
-

@@ -14,12 +14,13 @@ use arrow::ipc::writer::IpcWriteOptions;
 use arrow_flight::encode::FlightDataEncoderBuilder;
 use arrow_flight::error::FlightError;
 use arrow_flight::flight_service_server::FlightServiceServer;
+use arrow_flight::sql::metadata::{SqlInfoData, SqlInfoDataBuilder};
 use arrow_flight::sql::server::FlightSqlService;
 use arrow_flight::sql::{
-    ActionClosePreparedStatementRequest, ActionCreatePreparedStatementRequest, ActionCreatePreparedStatementResult, Any,
-    CommandGetSqlInfo, CommandPreparedStatementQuery, CommandStatementQuery, ProstMessageExt, SqlInfo, TicketStatementQuery,
+    ActionClosePreparedStatementRequest, ActionCreatePreparedStatementRequest,
+    ActionCreatePreparedStatementResult, Any, CommandGetSqlInfo, CommandPreparedStatementQuery,
+    CommandStatementQuery, ProstMessageExt, SqlInfo, TicketStatementQuery,
 };
-use arrow_flight::sql::metadata::{SqlInfoData, SqlInfoDataBuilder};
 use arrow_flight::{FlightDescriptor, FlightEndpoint, FlightInfo, IpcMessage, SchemaAsIpc, Ticket};
 use futures::{Stream, TryStreamExt};
 use prost::Message;
@@ -30,7 +31,8 @@ use tonic::{Request, Response, Status};
 use crate::WorkerError;
 use crate::query::QueryEngine;
 
-type DoGetStream = Pin<Box<dyn Stream<Item = Result<arrow_flight::FlightData, Status>> + Send + 'static>>;
+type DoGetStream =
+    Pin<Box<dyn Stream<Item = Result<arrow_flight::FlightData, Status>> + Send + 'static>>;
 
 /// The Flight SQL service of one worker.
 pub struct FlightSqlServer {
@@ -42,7 +44,11 @@ fn status(error: WorkerError) -> Status {
     match error {
         WorkerError::Query(e) => {
             let e = e.find_root().to_string();
-            if e.contains("Resources exhausted") { Status::resource_exhausted(e) } else { Status::invalid_argument(e) }
+            if e.contains("Resources exhausted") {
+                Status::resource_exhausted(e)
+            } else {
+                Status::invalid_argument(e)
+            }
         }
         other => Status::internal(other.to_string()),
     }
@@ -59,7 +65,11 @@ impl FlightSqlServer {
         builder.append(SqlInfo::FlightSqlServerSql, true);
         builder.append(SqlInfo::FlightSqlServerSubstrait, false);
         builder.append(SqlInfo::FlightSqlServerTransaction, 0i32);
-        let sql_info = builder.build().map_err(|e| WorkerError::Arrow(arrow::error::ArrowError::InvalidArgumentError(e.to_string())))?;
+        let sql_info = builder.build().map_err(|e| {
+            WorkerError::Arrow(arrow::error::ArrowError::InvalidArgumentError(
+                e.to_string(),
+            ))
+        })?;
         Ok(Self { engine, sql_info })
     }
 
@@ -68,13 +78,23 @@ impl FlightSqlServer {
         FlightServiceServer::new(self).max_decoding_message_size(64 * 1024 * 1024)
     }
 
-    async fn flight_info(&self, sql: &str, descriptor: FlightDescriptor) -> Result<FlightInfo, Status> {
+    async fn flight_info(
+        &self,
+        sql: &str,
+        descriptor: FlightDescriptor,
+    ) -> Result<FlightInfo, Status> {
         let query_id = uuid::Uuid::new_v4().to_string();
         let frame = self.engine.plan(sql, None).await.map_err(status)?;
         tracing::info!(%query_id, sql, "query planned");
-        let ticket = QueryTicket { sql: sql.to_string(), query_id };
-        let ticket = TicketStatementQuery { statement_handle: ticket.encode_to_vec().into() };
-        let endpoint = FlightEndpoint::new().with_ticket(Ticket::new(ticket.as_any().encode_to_vec()));
+        let ticket = QueryTicket {
+            sql: sql.to_string(),
+            query_id,
+        };
+        let ticket = TicketStatementQuery {
+            statement_handle: ticket.encode_to_vec().into(),
+        };
+        let endpoint =
+            FlightEndpoint::new().with_ticket(Ticket::new(ticket.as_any().encode_to_vec()));
         FlightInfo::new()
             .try_with_schema(frame.schema().as_arrow())
             .map_err(|e| Status::internal(e.to_string()))
@@ -91,7 +111,9 @@ impl FlightSqlService for FlightSqlServer {
         query: CommandStatementQuery,
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
-        Ok(Response::new(self.flight_info(&query.query, request.into_inner()).await?))
+        Ok(Response::new(
+            self.flight_info(&query.query, request.into_inner()).await?,
+        ))
     }
 
     async fn get_flight_info_prepared_statement(
@@ -99,12 +121,20 @@ impl FlightSqlService for FlightSqlServer {
         cmd: CommandPreparedStatementQuery,
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
-        let sql = String::from_utf8(cmd.prepared_statement_handle.to_vec()).map_err(|_| Status::invalid_argument("bad prepared statement handle"))?;
-        Ok(Response::new(self.flight_info(&sql, request.into_inner()).await?))
+        let sql = String::from_utf8(cmd.prepared_statement_handle.to_vec())
+            .map_err(|_| Status::invalid_argument("bad prepared statement handle"))?;
+        Ok(Response::new(
+            self.flight_info(&sql, request.into_inner()).await?,
+        ))
     }
 
-    async fn do_get_statement(&self, ticket: TicketStatementQuery, _request: Request<Ticket>) -> Result<Response<DoGetStream>, Status> {
-        let ticket = QueryTicket::decode(ticket.statement_handle).map_err(|e| Status::invalid_argument(format!("bad ticket: {e}")))?;
+    async fn do_get_statement(
+        &self,
+        ticket: TicketStatementQuery,
+        _request: Request<Ticket>,
+    ) -> Result<Response<DoGetStream>, Status> {
+        let ticket = QueryTicket::decode(ticket.statement_handle)
+            .map_err(|e| Status::invalid_argument(format!("bad ticket: {e}")))?;
         let frame = self.engine.plan(&ticket.sql, None).await.map_err(status)?;
         let schema = std::sync::Arc::new(frame.schema().as_arrow().clone());
         let stream = frame.execute_stream().await.map_err(|e| status(e.into()))?;
@@ -112,26 +142,42 @@ impl FlightSqlService for FlightSqlServer {
         let deadline = Instant::now() + Duration::from_millis(limits.timeout_ms);
         let mut rows = 0usize;
         let query_id = ticket.query_id;
-        let batches = stream.map_err(|e| FlightError::ExternalError(Box::new(e))).and_then(move |batch| {
-            rows += batch.num_rows();
-            let result = if rows > limits.max_rows {
-                Err(FlightError::Tonic(Box::new(Status::resource_exhausted(format!(
-                    "result exceeds the limit of {} rows; add a LIMIT or narrow the query",
-                    limits.max_rows
-                )))))
-            } else if Instant::now() > deadline {
-                Err(FlightError::Tonic(Box::new(Status::deadline_exceeded(format!("query {query_id} ran past {} ms", limits.timeout_ms)))))
-            } else {
-                Ok(batch)
-            };
-            futures::future::ready(result)
-        });
-        let flight = FlightDataEncoderBuilder::new().with_schema(schema).build(batches).map_err(Status::from);
+        let batches = stream
+            .map_err(|e| FlightError::ExternalError(Box::new(e)))
+            .and_then(move |batch| {
+                rows += batch.num_rows();
+                let result = if rows > limits.max_rows {
+                    Err(FlightError::Tonic(Box::new(Status::resource_exhausted(
+                        format!(
+                            "result exceeds the limit of {} rows; add a LIMIT or narrow the query",
+                            limits.max_rows
+                        ),
+                    ))))
+                } else if Instant::now() > deadline {
+                    Err(FlightError::Tonic(Box::new(Status::deadline_exceeded(
+                        format!("query {query_id} ran past {} ms", limits.timeout_ms),
+                    ))))
+                } else {
+                    Ok(batch)
+                };
+                futures::future::ready(result)
+            });
+        let flight = FlightDataEncoderBuilder::new()
+            .with_schema(schema)
+            .build(batches)
+            .map_err(Status::from);
         Ok(Response::new(Box::pin(flight)))
     }
 
-    async fn do_get_fallback(&self, _request: Request<Ticket>, message: Any) -> Result<Response<DoGetStream>, Status> {
-        Err(Status::unimplemented(format!("ticket type {} is not supported", message.type_url)))
+    async fn do_get_fallback(
+        &self,
+        _request: Request<Ticket>,
+        message: Any,
+    ) -> Result<Response<DoGetStream>, Status> {
+        Err(Status::unimplemented(format!(
+            "ticket type {} is not supported",
+            message.type_url
+        )))
     }
 
     async fn do_action_create_prepared_statement(
@@ -143,7 +189,9 @@ impl FlightSqlService for FlightSqlServer {
         let schema = frame.schema().as_arrow().clone();
         let options = IpcWriteOptions::default();
         let message = SchemaAsIpc::new(&schema, &options);
-        let IpcMessage(schema_bytes) = message.try_into().map_err(|e: arrow::error::ArrowError| Status::internal(e.to_string()))?;
+        let IpcMessage(schema_bytes) = message
+            .try_into()
+            .map_err(|e: arrow::error::ArrowError| Status::internal(e.to_string()))?;
         Ok(ActionCreatePreparedStatementResult {
             prepared_statement_handle: query.query.into_bytes().into(),
             dataset_schema: schema_bytes,
@@ -159,7 +207,11 @@ impl FlightSqlService for FlightSqlServer {
         Ok(())
     }
 
-    async fn get_flight_info_sql_info(&self, query: CommandGetSqlInfo, request: Request<FlightDescriptor>) -> Result<Response<FlightInfo>, Status> {
+    async fn get_flight_info_sql_info(
+        &self,
+        query: CommandGetSqlInfo,
+        request: Request<FlightDescriptor>,
+    ) -> Result<Response<FlightInfo>, Status> {
         let ticket = Ticket::new(query.as_any().encode_to_vec());
         let info = FlightInfo::new()
             .try_with_schema(query.into_builder(&self.sql_info).schema().as_ref())
@@ -169,11 +221,18 @@ impl FlightSqlService for FlightSqlServer {
         Ok(Response::new(info))
     }
 
-    async fn do_get_sql_info(&self, query: CommandGetSqlInfo, _request: Request<Ticket>) -> Result<Response<DoGetStream>, Status> {
+    async fn do_get_sql_info(
+        &self,
+        query: CommandGetSqlInfo,
+        _request: Request<Ticket>,
+    ) -> Result<Response<DoGetStream>, Status> {
         let builder = query.into_builder(&self.sql_info);
         let schema = builder.schema();
         let batch = builder.build();
-        let stream = FlightDataEncoderBuilder::new().with_schema(schema).build(futures::stream::once(async { batch })).map_err(Status::from);
+        let stream = FlightDataEncoderBuilder::new()
+            .with_schema(schema)
+            .build(futures::stream::once(async { batch }))
+            .map_err(Status::from);
         Ok(Response::new(Box::pin(stream)))
     }
 

@@ -38,7 +38,12 @@ pub struct FilesReader {
 
 impl FilesReader {
     /// A reader over `spec.path`.
-    pub fn new(name: &str, spec: &FilesSpec, positions: Arc<dyn CommittedPositions>, max_record_bytes: usize) -> Self {
+    pub fn new(
+        name: &str,
+        spec: &FilesSpec,
+        positions: Arc<dyn CommittedPositions>,
+        max_record_bytes: usize,
+    ) -> Self {
         Self {
             name: name.to_string(),
             dir: PathBuf::from(&spec.path),
@@ -52,7 +57,10 @@ impl FilesReader {
     }
 
     fn error(&self, message: String) -> WorkerError {
-        WorkerError::Source { source_name: self.name.clone(), message }
+        WorkerError::Source {
+            source_name: self.name.clone(),
+            message,
+        }
     }
 
     /// Candidate file names not yet done, in name order.
@@ -63,10 +71,22 @@ impl FilesReader {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(names),
             Err(e) => return Err(self.error(format!("cannot list {}: {e}", self.dir.display()))),
         };
-        while let Some(entry) = entries.next_entry().await.map_err(|e| self.error(format!("cannot list {}: {e}", self.dir.display())))? {
+        while let Some(entry) = entries
+            .next_entry()
+            .await
+            .map_err(|e| self.error(format!("cannot list {}: {e}", self.dir.display())))?
+        {
             let name = entry.file_name().to_string_lossy().into_owned();
-            let is_file = entry.file_type().await.map(|t| t.is_file()).unwrap_or(false);
-            if is_file && name.ends_with(&self.suffix) && !name.starts_with('.') && !self.done.contains(&name) {
+            let is_file = entry
+                .file_type()
+                .await
+                .map(|t| t.is_file())
+                .unwrap_or(false);
+            if is_file
+                && name.ends_with(&self.suffix)
+                && !name.starts_with('.')
+                && !self.done.contains(&name)
+            {
                 names.push(name);
             }
         }
@@ -79,10 +99,17 @@ impl FilesReader {
         let pending = self.pending().await?;
         self.pending_files = pending.len();
         for name in pending {
-            let start = self.positions.committed(&name, 0).await?.map_or(0, |last| last as usize + 1);
+            let start = self
+                .positions
+                .committed(&name, 0)
+                .await?
+                .map_or(0, |last| last as usize + 1);
             let path = self.dir.join(&name);
-            let bytes = tokio::fs::read(&path).await.map_err(|e| self.error(format!("cannot read {}: {e}", path.display())))?;
-            let mut lines: Vec<Vec<u8>> = bytes.split(|b| *b == b'\n').map(<[u8]>::to_vec).collect();
+            let bytes = tokio::fs::read(&path)
+                .await
+                .map_err(|e| self.error(format!("cannot read {}: {e}", path.display())))?;
+            let mut lines: Vec<Vec<u8>> =
+                bytes.split(|b| *b == b'\n').map(<[u8]>::to_vec).collect();
             if lines.last().is_some_and(Vec::is_empty) {
                 lines.pop();
             }
@@ -91,7 +118,11 @@ impl FilesReader {
                 continue;
             }
             tracing::info!(source = %self.name, file = %name, lines = lines.len(), start, "reading file");
-            self.current = Some(OpenFile { topic: name.into(), lines, next: start });
+            self.current = Some(OpenFile {
+                topic: name.into(),
+                lines,
+                next: start,
+            });
             return Ok(true);
         }
         Ok(false)
@@ -110,7 +141,9 @@ impl SourceReader for FilesReader {
                 tokio::time::sleep(Duration::from_millis(200).min(deadline - Instant::now())).await;
                 continue;
             }
-            let Some(file) = self.current.as_mut() else { continue };
+            let Some(file) = self.current.as_mut() else {
+                continue;
+            };
             let mut out = Vec::new();
             while file.next < file.lines.len() && out.len() < max_records {
                 let offset = file.next;
@@ -123,7 +156,14 @@ impl SourceReader for FilesReader {
                     continue; // blank lines carry no record
                 }
                 let (payload, error) = if line.len() > self.max_record_bytes {
-                    (None, Some(format!("record of {} bytes exceeds the limit of {} bytes", line.len(), self.max_record_bytes)))
+                    (
+                        None,
+                        Some(format!(
+                            "record of {} bytes exceeds the limit of {} bytes",
+                            line.len(),
+                            self.max_record_bytes
+                        )),
+                    )
                 } else {
                     (Some(line), None)
                 };
@@ -149,7 +189,10 @@ impl SourceReader for FilesReader {
     }
 
     fn lag(&self) -> Option<i64> {
-        let in_file = self.current.as_ref().map_or(0, |f| (f.lines.len() - f.next) as i64);
+        let in_file = self
+            .current
+            .as_ref()
+            .map_or(0, |f| (f.lines.len() - f.next) as i64);
         Some(in_file + self.pending_files as i64)
     }
 

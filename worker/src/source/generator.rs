@@ -49,11 +49,21 @@ pub struct GeneratedEvent {
     pub ts_us: i64,
 }
 
-const EVENT_TYPES: [(&str, u64); 4] = [("view", 60), ("click", 25), ("add_to_cart", 10), ("purchase", 5)];
+const EVENT_TYPES: [(&str, u64); 4] = [
+    ("view", 60),
+    ("click", 25),
+    ("add_to_cart", 10),
+    ("purchase", 5),
+];
 const COUNTRIES: [&str; 8] = ["DE", "US", "FR", "GB", "PL", "JP", "BR", "IN"];
 const DEVICES: [&str; 3] = ["mobile", "desktop", "tablet"];
 const CATEGORIES: [&str; 6] = ["shoes", "books", "garden", "toys", "kitchen", "audio"];
-const REFERRERS: [&str; 4] = ["https://search.example.com/", "https://news.example.org/", "", "https://social.example.net/feed"];
+const REFERRERS: [&str; 4] = [
+    "https://search.example.com/",
+    "https://news.example.org/",
+    "",
+    "https://social.example.net/feed",
+];
 const PRODUCTS: u64 = 2_000;
 
 /// The deterministic event function of one generator source.
@@ -74,9 +84,15 @@ fn mix(mut z: u64) -> u64 {
 impl Clickstream {
     /// The event function for `spec` (which must have passed spec validation).
     pub fn new(spec: &GeneratorSpec) -> Result<Self> {
-        let start = chrono::DateTime::parse_from_rfc3339(&spec.start)
-            .map_err(|e| WorkerError::Source { source_name: "generator".into(), message: format!("start `{}`: {e}", spec.start) })?;
-        Ok(Self { spec: spec.clone(), start_us: start.timestamp_micros() })
+        let start =
+            chrono::DateTime::parse_from_rfc3339(&spec.start).map_err(|e| WorkerError::Source {
+                source_name: "generator".into(),
+                message: format!("start `{}`: {e}", spec.start),
+            })?;
+        Ok(Self {
+            spec: spec.clone(),
+            start_us: start.timestamp_micros(),
+        })
     }
 
     fn rand(&self, partition: i32, offset: i64, salt: u64) -> u64 {
@@ -132,7 +148,12 @@ impl Clickstream {
             _ => offset,
         };
         let (event_id, payload, ts_us) = self.render(partition, source_offset, kind);
-        GeneratedEvent { kind, event_id, payload, ts_us }
+        GeneratedEvent {
+            kind,
+            event_id,
+            payload,
+            ts_us,
+        }
     }
 
     fn render(&self, partition: i32, offset: i64, kind: EventKind) -> (String, Vec<u8>, i64) {
@@ -157,7 +178,11 @@ impl Clickstream {
         if kind == EventKind::BadPrice {
             price = -price;
         }
-        let quantity = if matches!(event_type, "add_to_cart" | "purchase") { 1 + r(9) % 3 } else { 1 };
+        let quantity = if matches!(event_type, "add_to_cart" | "purchase") {
+            1 + r(9) % 3
+        } else {
+            1
+        };
         let session = ts_us / 1_800_000_000; // a session per user per half hour
         let event_id = format!("e{}-{partition}-{offset}", self.spec.seed);
         let mut json = String::with_capacity(400);
@@ -195,7 +220,10 @@ impl Clickstream {
 
     /// The topic name recorded in bronze.
     pub fn topic(&self, source_name: &str) -> String {
-        self.spec.topic.clone().unwrap_or_else(|| source_name.to_string())
+        self.spec
+            .topic
+            .clone()
+            .unwrap_or_else(|| source_name.to_string())
     }
 }
 
@@ -219,22 +247,44 @@ pub struct GeneratorReader {
 
 impl GeneratorReader {
     /// Opens the reader, each partition starting after its committed offset.
-    pub async fn open(name: &str, spec: &GeneratorSpec, partitions: &[i32], positions: &dyn CommittedPositions) -> Result<Self> {
+    pub async fn open(
+        name: &str,
+        spec: &GeneratorSpec,
+        partitions: &[i32],
+        positions: &dyn CommittedPositions,
+    ) -> Result<Self> {
         let events = Clickstream::new(spec)?;
         let topic: Arc<str> = events.topic(name).into();
         let mut cursors = Vec::with_capacity(partitions.len());
         for &partition in partitions {
-            let next = positions.committed(&topic, partition).await?.map_or(0, |last| last + 1);
-            cursors.push(PartitionCursor { partition, next, started_at: next, end: events.partition_count(partition) });
+            let next = positions
+                .committed(&topic, partition)
+                .await?
+                .map_or(0, |last| last + 1);
+            cursors.push(PartitionCursor {
+                partition,
+                next,
+                started_at: next,
+                end: events.partition_count(partition),
+            });
         }
         let per_partition_rate = spec.rate.map(|rate| rate as f64 / spec.partitions as f64);
-        Ok(Self { events, topic, cursors, per_partition_rate, opened: Instant::now(), turn: 0 })
+        Ok(Self {
+            events,
+            topic,
+            cursors,
+            per_partition_rate,
+            opened: Instant::now(),
+            turn: 0,
+        })
     }
 
     /// How far partition `c` may have progressed by now.
     fn available(&self, c: &PartitionCursor, now: Instant) -> i64 {
         let paced = match self.per_partition_rate {
-            Some(rate) => c.started_at + (now.duration_since(self.opened).as_secs_f64() * rate) as i64,
+            Some(rate) => {
+                c.started_at + (now.duration_since(self.opened).as_secs_f64() * rate) as i64
+            }
             None => i64::MAX,
         };
         c.end.map_or(paced, |end| paced.min(end))
@@ -273,18 +323,29 @@ impl SourceReader for GeneratorReader {
                 return Ok(out);
             }
             // Sleep until roughly one more event per partition is due, or the deadline.
-            let step = self.per_partition_rate.map_or(Duration::from_millis(10), |r| Duration::from_secs_f64((1.0 / r).min(0.05)));
+            let step = self
+                .per_partition_rate
+                .map_or(Duration::from_millis(10), |r| {
+                    Duration::from_secs_f64((1.0 / r).min(0.05))
+                });
             tokio::time::sleep_until((now + step).min(deadline)).await;
         }
     }
 
     fn lag(&self) -> Option<i64> {
         let now = Instant::now();
-        Some(self.cursors.iter().map(|c| (self.available(c, now) - c.next).max(0)).sum())
+        Some(
+            self.cursors
+                .iter()
+                .map(|c| (self.available(c, now) - c.next).max(0))
+                .sum(),
+        )
     }
 
     fn finished(&self) -> bool {
-        self.cursors.iter().all(|c| c.end.is_some_and(|end| c.next >= end))
+        self.cursors
+            .iter()
+            .all(|c| c.end.is_some_and(|end| c.next >= end))
     }
 }
 
@@ -293,7 +354,12 @@ mod tests {
     use super::*;
 
     fn spec() -> GeneratorSpec {
-        GeneratorSpec { duplicate_rate: 0.05, invalid_rate: 0.05, count: Some(10), ..GeneratorSpec::default() }
+        GeneratorSpec {
+            duplicate_rate: 0.05,
+            invalid_rate: 0.05,
+            count: Some(10),
+            ..GeneratorSpec::default()
+        }
     }
 
     #[test]
@@ -306,7 +372,9 @@ mod tests {
             assert_eq!(x.payload, y.payload);
             *kinds.entry(std::mem::discriminant(&x.kind)).or_insert(0) += 1;
             match x.kind {
-                EventKind::Malformed => assert!(serde_json::from_slice::<serde_json::Value>(&x.payload).is_err()),
+                EventKind::Malformed => {
+                    assert!(serde_json::from_slice::<serde_json::Value>(&x.payload).is_err())
+                }
                 EventKind::Duplicate { of } => assert_eq!(x.payload, a.event(1, of).payload),
                 _ => {
                     let v: serde_json::Value = serde_json::from_slice(&x.payload).unwrap();
@@ -316,13 +384,21 @@ mod tests {
             }
         }
         assert_eq!(kinds.len(), 5, "every kind occurs");
-        let avg = (0..1000).map(|o| a.event(0, o).payload.len()).sum::<usize>() / 1000;
+        let avg = (0..1000)
+            .map(|o| a.event(0, o).payload.len())
+            .sum::<usize>()
+            / 1000;
         assert!((300..450).contains(&avg), "average payload {avg} bytes");
     }
 
     #[test]
     fn counts_split_over_partitions() {
-        let c = Clickstream::new(&GeneratorSpec { partitions: 4, count: Some(10), ..GeneratorSpec::default() }).unwrap();
+        let c = Clickstream::new(&GeneratorSpec {
+            partitions: 4,
+            count: Some(10),
+            ..GeneratorSpec::default()
+        })
+        .unwrap();
         let counts: Vec<i64> = (0..4).map(|p| c.partition_count(p).unwrap()).collect();
         assert_eq!(counts, vec![3, 3, 2, 2]);
     }

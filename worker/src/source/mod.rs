@@ -68,7 +68,14 @@ pub async fn open(
     max_record_bytes: usize,
 ) -> Result<Box<dyn SourceReader>> {
     match source {
-        SourceSpec::Generator(spec) => Ok(Box::new(generator::GeneratorReader::open(name, spec, partitions, positions.as_ref()).await?)),
-        SourceSpec::Files(spec) => Ok(Box::new(files::FilesReader::new(name, spec, positions, max_record_bytes))),
+        SourceSpec::Generator(spec) => Ok(Box::new(
+            generator::GeneratorReader::open(name, spec, partitions, positions.as_ref()).await?,
+        )),
+        SourceSpec::Files(spec) => Ok(Box::new(files::FilesReader::new(
+            name,
+            spec,
+            positions,
+            max_record_bytes,
+        ))),
     }
 }

@@ -29,8 +29,18 @@ pub struct AggregateTask {
 
 impl AggregateTask {
     /// Runs until cancelled.
-    pub async fn run(self, env: TaskEnv, progress: Progress, cancel: CancellationToken) -> Result<()> {
-        let spec = env.pipeline.tables.get(&self.table).cloned().unwrap_or_default();
+    pub async fn run(
+        self,
+        env: TaskEnv,
+        progress: Progress,
+        cancel: CancellationToken,
+    ) -> Result<()> {
+        let spec = env
+            .pipeline
+            .tables
+            .get(&self.table)
+            .cloned()
+            .unwrap_or_default();
         let sql = spec.sql.clone().unwrap_or_default();
         let app_id = downstream_app_id(&self.table, &spec.from);
         let poll = Duration::from_millis(env.config.poll_interval_ms);
@@ -42,9 +52,14 @@ impl AggregateTask {
             tokio::select! { _ = cancel.cancelled() => return Ok(()), _ = tokio::time::sleep(poll) => {} }
         }
         let mut silver = env.tables.open(&spec.from).await?;
-        let planned = engine.plan(&sql, Some((&spec.from, tables::version(&silver).max(0)))).await?;
+        let planned = engine
+            .plan(&sql, Some((&spec.from, tables::version(&silver).max(0))))
+            .await?;
         let schema = schemas::delta_schema(planned.schema().as_arrow());
-        let mut gold = env.tables.open_or_create(&self.table, &schema, &spec.partition_by).await?;
+        let mut gold = env
+            .tables
+            .open_or_create(&self.table, &schema, &spec.partition_by)
+            .await?;
         let mut consumed = tables::txn_version(&gold, &app_id).await?;
         let mut last_refresh: Option<Instant> = None;
         let mut interval = min_interval;
@@ -54,13 +69,20 @@ impl AggregateTask {
                 progress.set_state(TaskState::Stopped);
                 return Ok(());
             }
-            silver.update_state().await.map_err(|e| WorkerError::delta(&spec.from, e))?;
+            silver
+                .update_state()
+                .await
+                .map_err(|e| WorkerError::delta(&spec.from, e))?;
             let latest = tables::version(&silver);
             let done = consumed.unwrap_or(-1);
             progress.update(|r| r.lag = latest - done);
             let throttled = last_refresh.is_some_and(|t| t.elapsed() < interval);
             if latest <= done || throttled {
-                progress.set_state(if latest <= done { TaskState::Idle } else { TaskState::Running });
+                progress.set_state(if latest <= done {
+                    TaskState::Idle
+                } else {
+                    TaskState::Running
+                });
                 tokio::select! { _ = cancel.cancelled() => {}, _ = tokio::time::sleep(poll) => {} }
                 continue;
             }
@@ -69,14 +91,26 @@ impl AggregateTask {
             let refresh_started = std::time::Instant::now();
             let frame = engine.plan(&sql, Some((&spec.from, latest))).await?;
             let batches = frame.collect().await?;
-            let mut batches = batches.iter().map(|b| schemas::to_delta(b, &schema)).collect::<Result<Vec<_>>>()?;
+            let mut batches = batches
+                .iter()
+                .map(|b| schemas::to_delta(b, &schema))
+                .collect::<Result<Vec<_>>>()?;
             if batches.is_empty() {
                 // An empty result still replaces the table's rows; the writer needs a batch.
                 batches.push(arrow::record_batch::RecordBatch::new_empty(schema.clone()));
             }
             let rows: u64 = batches.iter().map(|b| b.num_rows() as u64).sum();
             let txns = vec![TxnUpdate::new(&app_id, consumed, latest)];
-            match tables::commit(&mut gold, &self.table, batches, WriteMode::Overwrite, &spec.partition_by, txns).await? {
+            match tables::commit(
+                &mut gold,
+                &self.table,
+                batches,
+                WriteMode::Overwrite,
+                &spec.partition_by,
+                txns,
+            )
+            .await?
+            {
                 CommitOutcome::Committed { version } => {
                     progress.committed(version, rows, rows);
                     progress.update(|r| r.lag = 0);

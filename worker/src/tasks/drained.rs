@@ -6,9 +6,9 @@ use smelter_common::spec::{Layer, PipelineSpec, SourceSpec};
 
 use super::downstream_app_id;
 use super::ingest::app_id;
+use crate::Result;
 use crate::source::generator::Clickstream;
 use crate::tables::{self, TableStore};
-use crate::Result;
 
 /// True when every bounded source is fully in bronze and every silver and gold table has
 /// consumed the latest version of its upstream. Unbounded generators are never drained.
@@ -18,7 +18,9 @@ pub async fn pipeline_drained(tables: &TableStore, spec: &PipelineSpec) -> Resul
             return Ok(false);
         }
         let bronze = tables.open(name).await?;
-        let Some(source) = spec.sources.get(&table.from) else { return Ok(false) };
+        let Some(source) = spec.sources.get(&table.from) else {
+            return Ok(false);
+        };
         let expected: Vec<(String, i32, i64)> = match source {
             SourceSpec::Generator(g) => {
                 let events = Clickstream::new(g)?;
@@ -36,18 +38,27 @@ pub async fn pipeline_drained(tables: &TableStore, spec: &PipelineSpec) -> Resul
             SourceSpec::Files(f) => files_expected(&f.path, &f.suffix)?,
         };
         for (topic, partition, last) in expected {
-            if tables::txn_version(&bronze, &app_id(&spec.pipeline, &topic, partition)).await? != Some(last) {
+            if tables::txn_version(&bronze, &app_id(&spec.pipeline, &topic, partition)).await?
+                != Some(last)
+            {
                 return Ok(false);
             }
         }
     }
-    for (name, table) in spec.tables.iter().filter(|(n, _)| matches!(smelter_common::spec::table_layer(n), Some(Layer::Silver | Layer::Gold))) {
+    for (name, table) in spec.tables.iter().filter(|(n, _)| {
+        matches!(
+            smelter_common::spec::table_layer(n),
+            Some(Layer::Silver | Layer::Gold)
+        )
+    }) {
         if !tables.exists(name) || !tables.exists(&table.from) {
             return Ok(false);
         }
         let upstream = tables.open(&table.from).await?;
         let target = tables.open(name).await?;
-        if tables::txn_version(&target, &downstream_app_id(name, &table.from)).await? != Some(tables::version(&upstream)).filter(|v| *v >= 0) {
+        if tables::txn_version(&target, &downstream_app_id(name, &table.from)).await?
+            != Some(tables::version(&upstream)).filter(|v| *v >= 0)
+        {
             return Ok(false);
         }
     }
@@ -57,14 +68,24 @@ pub async fn pipeline_drained(tables: &TableStore, spec: &PipelineSpec) -> Resul
 /// (file, 0, last non-blank line index) of every complete file in a files-source directory.
 fn files_expected(dir: &str, suffix: &str) -> Result<Vec<(String, i32, i64)>> {
     let mut out = Vec::new();
-    let Ok(entries) = std::fs::read_dir(dir) else { return Ok(out) };
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Ok(out);
+    };
     for entry in entries.flatten() {
         let name = entry.file_name().to_string_lossy().into_owned();
         if !name.ends_with(suffix) || name.starts_with('.') {
             continue;
         }
-        let bytes = std::fs::read(entry.path()).map_err(|source| crate::WorkerError::Io { context: format!("read {name}"), source })?;
-        let last = bytes.split(|b| *b == b'\n').enumerate().filter(|(_, l)| !l.iter().all(u8::is_ascii_whitespace)).map(|(i, _)| i as i64).last();
+        let bytes = std::fs::read(entry.path()).map_err(|source| crate::WorkerError::Io {
+            context: format!("read {name}"),
+            source,
+        })?;
+        let last = bytes
+            .split(|b| *b == b'\n')
+            .enumerate()
+            .filter(|(_, l)| !l.iter().all(u8::is_ascii_whitespace))
+            .map(|(i, _)| i as i64)
+            .last();
         if let Some(last) = last {
             out.push((name, 0, last));
         }

@@ -11,7 +11,10 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
-use arrow::array::{BinaryBuilder, Date32Builder, Int32Builder, Int64Builder, RecordBatch, StringBuilder, TimestampMicrosecondBuilder};
+use arrow::array::{
+    BinaryBuilder, Date32Builder, Int32Builder, Int64Builder, RecordBatch, StringBuilder,
+    TimestampMicrosecondBuilder,
+};
 use async_trait::async_trait;
 use deltalake::DeltaTable;
 use smelter_proto::TaskState;
@@ -45,11 +48,18 @@ struct TablePositions {
 
 impl TablePositions {
     fn answered(&self, topic: &str, partition: i32) -> Option<Option<i64>> {
-        self.answers.lock().unwrap_or_else(|e| e.into_inner()).get(&(topic.to_string(), partition)).copied()
+        self.answers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&(topic.to_string(), partition))
+            .copied()
     }
 
     fn forget(&self) {
-        self.answers.lock().unwrap_or_else(|e| e.into_inner()).clear();
+        self.answers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clear();
     }
 }
 
@@ -61,9 +71,15 @@ impl CommittedPositions for TablePositions {
             Some(t) => t,
             None => guard.insert(self.tables.open(&self.name).await?),
         };
-        table.update_state().await.map_err(|e| WorkerError::delta(&self.name, e))?;
+        table
+            .update_state()
+            .await
+            .map_err(|e| WorkerError::delta(&self.name, e))?;
         let answer = tables::txn_version(table, &app_id(&self.pipeline, topic, partition)).await?;
-        self.answers.lock().unwrap_or_else(|e| e.into_inner()).insert((topic.to_string(), partition), answer);
+        self.answers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert((topic.to_string(), partition), answer);
         Ok(answer)
     }
 }
@@ -80,13 +96,31 @@ pub struct IngestTask {
 
 impl IngestTask {
     /// Runs until cancelled (or until a bounded source is exhausted and then cancelled).
-    pub async fn run(self, env: TaskEnv, progress: Progress, cancel: CancellationToken) -> Result<()> {
-        let spec = env.pipeline.tables.get(&self.table).cloned().unwrap_or_default();
-        let source_spec = env.pipeline.sources.get(&self.source).cloned().ok_or_else(|| WorkerError::Source {
-            source_name: self.source.clone(),
-            message: "not declared in the pipeline".into(),
-        })?;
-        let mut table = env.tables.open_or_create(&self.table, &schemas::bronze(), &spec.partition_by).await?;
+    pub async fn run(
+        self,
+        env: TaskEnv,
+        progress: Progress,
+        cancel: CancellationToken,
+    ) -> Result<()> {
+        let spec = env
+            .pipeline
+            .tables
+            .get(&self.table)
+            .cloned()
+            .unwrap_or_default();
+        let source_spec = env
+            .pipeline
+            .sources
+            .get(&self.source)
+            .cloned()
+            .ok_or_else(|| WorkerError::Source {
+                source_name: self.source.clone(),
+                message: "not declared in the pipeline".into(),
+            })?;
+        let mut table = env
+            .tables
+            .open_or_create(&self.table, &schemas::bronze(), &spec.partition_by)
+            .await?;
         let positions = Arc::new(TablePositions {
             pipeline: env.pipeline.pipeline.clone(),
             name: self.table.clone(),
@@ -96,7 +130,14 @@ impl IngestTask {
         });
         // Last offset this task committed per (topic, partition), while the reader lives.
         let mut committed: HashMap<(String, i32), i64> = HashMap::new();
-        let mut reader = source::open(&self.source, &source_spec, &self.partitions, positions.clone(), MAX_RECORD_BYTES).await?;
+        let mut reader = source::open(
+            &self.source,
+            &source_spec,
+            &self.partitions,
+            positions.clone(),
+            MAX_RECORD_BYTES,
+        )
+        .await?;
         progress.set_state(TaskState::Running);
         let max_wait = Duration::from_millis(env.config.batch_max_wait_ms);
         loop {
@@ -104,7 +145,8 @@ impl IngestTask {
             let mut buffer: Vec<SourceRecord> = Vec::new();
             let mut bytes = 0usize;
             let started = Instant::now();
-            while buffer.len() < env.config.batch_max_records && bytes < env.config.batch_max_bytes {
+            while buffer.len() < env.config.batch_max_records && bytes < env.config.batch_max_bytes
+            {
                 let remaining = max_wait.saturating_sub(started.elapsed());
                 if remaining.is_zero() || (reader.finished() && buffer.is_empty()) {
                     break;
@@ -113,17 +155,24 @@ impl IngestTask {
                     _ = cancel.cancelled() => break,
                     records = reader.poll(env.config.batch_max_records - buffer.len(), remaining) => records?,
                 };
-                bytes += records.iter().map(|r| r.payload.as_ref().map_or(0, Vec::len)).sum::<usize>();
+                bytes += records
+                    .iter()
+                    .map(|r| r.payload.as_ref().map_or(0, Vec::len))
+                    .sum::<usize>();
                 buffer.extend(records);
             }
             progress.update(|r| r.lag = reader.lag().unwrap_or(-1));
             if !buffer.is_empty() {
                 // Committed even when cancelled: draining finishes the in-flight batch.
-                let outcome = self.commit(&env, &mut table, &buffer, &committed, &positions).await?;
+                let outcome = self
+                    .commit(&env, &mut table, &buffer, &committed, &positions)
+                    .await?;
                 match outcome {
                     CommitOutcome::Committed { version } => {
                         for r in &buffer {
-                            let last = committed.entry((r.topic.to_string(), r.partition)).or_insert(r.offset);
+                            let last = committed
+                                .entry((r.topic.to_string(), r.partition))
+                                .or_insert(r.offset);
                             *last = (*last).max(r.offset);
                         }
                         progress.committed(version, buffer.len() as u64, tables::row_count(&table));
@@ -133,7 +182,14 @@ impl IngestTask {
                         tracing::info!(table = %self.table, "positions already committed elsewhere; reopening source from the table");
                         committed.clear();
                         positions.forget();
-                        reader = source::open(&self.source, &source_spec, &self.partitions, positions.clone(), MAX_RECORD_BYTES).await?;
+                        reader = source::open(
+                            &self.source,
+                            &source_spec,
+                            &self.partitions,
+                            positions.clone(),
+                            MAX_RECORD_BYTES,
+                        )
+                        .await?;
                     }
                 }
             } else if reader.finished() {
@@ -177,10 +233,27 @@ impl IngestTask {
                     message: format!("reader emitted {topic}/{partition} without asking for its start position"),
                 })?,
             };
-            txns.push(TxnUpdate::new(app_id(&env.pipeline.pipeline, topic, partition), previous, offset));
+            txns.push(TxnUpdate::new(
+                app_id(&env.pipeline.pipeline, topic, partition),
+                previous,
+                offset,
+            ));
         }
-        let spec = env.pipeline.tables.get(&self.table).cloned().unwrap_or_default();
-        tables::commit(table, &self.table, vec![batch], WriteMode::Append, &spec.partition_by, txns).await
+        let spec = env
+            .pipeline
+            .tables
+            .get(&self.table)
+            .cloned()
+            .unwrap_or_default();
+        tables::commit(
+            table,
+            &self.table,
+            vec![batch],
+            WriteMode::Append,
+            &spec.partition_by,
+            txns,
+        )
+        .await
     }
 }
 
@@ -197,7 +270,13 @@ pub fn bronze_batch(source: &str, records: &[SourceRecord]) -> Result<RecordBatc
     let mut key = StringBuilder::with_capacity(n, n * 16);
     let mut timestamp = TimestampMicrosecondBuilder::with_capacity(n).with_timezone("UTC");
     let mut headers = StringBuilder::new();
-    let mut payload = BinaryBuilder::with_capacity(n, records.iter().map(|r| r.payload.as_ref().map_or(0, Vec::len)).sum());
+    let mut payload = BinaryBuilder::with_capacity(
+        n,
+        records
+            .iter()
+            .map(|r| r.payload.as_ref().map_or(0, Vec::len))
+            .sum(),
+    );
     let mut error = StringBuilder::new();
     let mut ingested = TimestampMicrosecondBuilder::with_capacity(n).with_timezone("UTC");
     let mut date = Date32Builder::with_capacity(n);

@@ -20,16 +20,32 @@ pub struct RefineTask {
 
 impl RefineTask {
     /// Runs until cancelled; an in-flight range is committed before returning.
-    pub async fn run(self, env: TaskEnv, progress: Progress, cancel: CancellationToken) -> Result<()> {
-        let spec = env.pipeline.tables.get(&self.table).cloned().ok_or_else(|| WorkerError::InvalidSpec {
-            origin: env.pipeline.pipeline.clone(),
-            field: format!("tables.{}", self.table),
-            message: "not declared".into(),
-        })?;
+    pub async fn run(
+        self,
+        env: TaskEnv,
+        progress: Progress,
+        cancel: CancellationToken,
+    ) -> Result<()> {
+        let spec = env
+            .pipeline
+            .tables
+            .get(&self.table)
+            .cloned()
+            .ok_or_else(|| WorkerError::InvalidSpec {
+                origin: env.pipeline.pipeline.clone(),
+                field: format!("tables.{}", self.table),
+                message: "not declared".into(),
+            })?;
         let refiner = Refiner::new(&self.table, &spec, &env.pipeline.pipeline)?;
         let quarantine_name = TableSpec::quarantine_name(&self.table);
-        let mut silver = env.tables.open_or_create(&self.table, refiner.silver_schema(), &spec.partition_by).await?;
-        let mut quarantine = env.tables.open_or_create(&quarantine_name, &schemas::quarantine(), &[]).await?;
+        let mut silver = env
+            .tables
+            .open_or_create(&self.table, refiner.silver_schema(), &spec.partition_by)
+            .await?;
+        let mut quarantine = env
+            .tables
+            .open_or_create(&quarantine_name, &schemas::quarantine(), &[])
+            .await?;
         let app_id = downstream_app_id(&self.table, &spec.from);
         let quarantine_app_id = downstream_app_id(&quarantine_name, &spec.from);
         let mut consumed = tables::txn_version(&silver, &app_id).await?;
@@ -53,8 +69,11 @@ impl RefineTask {
                 tokio::select! { _ = cancel.cancelled() => {}, _ = tokio::time::sleep(poll) => {} }
                 continue;
             };
-            upstream.update_state().await.map_err(|e| WorkerError::delta(&spec.from, e))?;
-            let latest = tables::version(&upstream);
+            upstream
+                .update_state()
+                .await
+                .map_err(|e| WorkerError::delta(&spec.from, e))?;
+            let latest = tables::version(upstream);
             let done = consumed.unwrap_or(-1);
             progress.update(|r| r.lag = latest - done);
             if latest <= done {
@@ -72,23 +91,46 @@ impl RefineTask {
             let started = std::time::Instant::now();
             let rows = refine::read_versions(upstream, &spec.from, done + 1, to).await?;
             let read_ms = started.elapsed().as_millis() as u64;
-            silver.update_state().await.map_err(|e| WorkerError::delta(&self.table, e))?;
+            silver
+                .update_state()
+                .await
+                .map_err(|e| WorkerError::delta(&self.table, e))?;
             let refined = refiner.refine(&rows, &silver).await?;
             let refine_ms = started.elapsed().as_millis() as u64 - read_ms;
             let quarantined = refined.quarantine.num_rows() as u64;
             if quarantined > 0 && quarantined_to.is_none_or(|q| q < to) {
                 let txns = vec![TxnUpdate::new(&quarantine_app_id, quarantined_to, to)];
-                match tables::commit(&mut quarantine, &quarantine_name, vec![refined.quarantine], WriteMode::Append, &[], txns).await? {
+                match tables::commit(
+                    &mut quarantine,
+                    &quarantine_name,
+                    vec![refined.quarantine],
+                    WriteMode::Append,
+                    &[],
+                    txns,
+                )
+                .await?
+                {
                     CommitOutcome::Committed { .. } => quarantined_to = Some(to),
                     CommitOutcome::AlreadyCommitted => {
-                        (consumed, quarantined_to) = self.reload(&silver, &app_id, &quarantine, &quarantine_app_id).await?;
+                        (consumed, quarantined_to) = self
+                            .reload(&silver, &app_id, &quarantine, &quarantine_app_id)
+                            .await?;
                         continue;
                     }
                 }
             }
             let good = refined.silver.num_rows() as u64;
             let txns = vec![TxnUpdate::new(&app_id, consumed, to)];
-            match tables::commit(&mut silver, &self.table, vec![refined.silver], WriteMode::Append, &spec.partition_by, txns).await? {
+            match tables::commit(
+                &mut silver,
+                &self.table,
+                vec![refined.silver],
+                WriteMode::Append,
+                &spec.partition_by,
+                txns,
+            )
+            .await?
+            {
                 CommitOutcome::Committed { version } => {
                     progress.committed(version, good, tables::row_count(&silver));
                     progress.update(|r| {
@@ -104,14 +146,25 @@ impl RefineTask {
                     consumed = Some(to);
                 }
                 CommitOutcome::AlreadyCommitted => {
-                    (consumed, quarantined_to) = self.reload(&silver, &app_id, &quarantine, &quarantine_app_id).await?;
+                    (consumed, quarantined_to) = self
+                        .reload(&silver, &app_id, &quarantine, &quarantine_app_id)
+                        .await?;
                     tracing::info!(table = %self.table, ?consumed, "range already refined; resuming after the table's txn version");
                 }
             }
         }
     }
 
-    async fn reload(&self, silver: &DeltaTable, app_id: &str, quarantine: &DeltaTable, quarantine_app_id: &str) -> Result<(Option<i64>, Option<i64>)> {
-        Ok((tables::txn_version(silver, app_id).await?, tables::txn_version(quarantine, quarantine_app_id).await?))
+    async fn reload(
+        &self,
+        silver: &DeltaTable,
+        app_id: &str,
+        quarantine: &DeltaTable,
+        quarantine_app_id: &str,
+    ) -> Result<(Option<i64>, Option<i64>)> {
+        Ok((
+            tables::txn_version(silver, app_id).await?,
+            tables::txn_version(quarantine, quarantine_app_id).await?,
+        ))
     }
 }
