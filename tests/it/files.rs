@@ -55,7 +55,7 @@ async fn files_are_ingested_once_and_bad_lines_quarantined() {
     std::fs::write(landing.path().join("a.ndjson"), format!("{first}\n")).unwrap();
     std::fs::write(landing.path().join("ignored.csv"), "order_id\no9\n").unwrap();
 
-    let cluster = TestCluster::start(2, &pipeline(landing.path()))
+    let mut cluster = TestCluster::start(2, &pipeline(landing.path()))
         .await
         .unwrap();
     cluster.wait_drained(Duration::from_secs(60)).await.unwrap();
@@ -152,4 +152,33 @@ async fn files_are_ingested_once_and_bad_lines_quarantined() {
     for table in cluster.tables.list() {
         check_log(&cluster.tables, &table).unwrap();
     }
+
+    // A restart reads the directory again but ingests no file a second time.
+    let bronze_version = cluster
+        .tables
+        .open("bronze.orders")
+        .await
+        .unwrap()
+        .version();
+    cluster.restart(1, &pipeline(landing.path())).await.unwrap();
+    cluster.wait_drained(Duration::from_secs(60)).await.unwrap();
+    assert_eq!(
+        cluster
+            .tables
+            .open("bronze.orders")
+            .await
+            .unwrap()
+            .version(),
+        bronze_version,
+        "a restart re-ingested files"
+    );
+    let bronze = positions(
+        &sql(
+            &cluster.tables,
+            "SELECT topic, \"partition\", \"offset\" FROM bronze.orders",
+        )
+        .await
+        .unwrap(),
+    );
+    exact("bronze.orders after restart", bronze, &expected).unwrap();
 }

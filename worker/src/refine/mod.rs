@@ -50,6 +50,11 @@ pub struct BronzeRows {
 }
 
 impl BronzeRows {
+    /// Rows given as bronze-shaped batches (tests, and callers that already hold them).
+    pub fn from_batches(batches: Vec<RecordBatch>) -> Self {
+        Self { batches }
+    }
+
     /// Number of rows.
     pub fn len(&self) -> usize {
         self.batches.iter().map(RecordBatch::num_rows).sum()
@@ -126,6 +131,7 @@ pub async fn read_versions(
 }
 
 /// What one refine step produced.
+#[derive(Debug)]
 pub struct Refined {
     /// Rows for silver.
     pub silver: RecordBatch,
@@ -394,3 +400,6 @@ fn quarantine_batch(input: &RecordBatch, rows: &[Quarantined]) -> Result<RecordB
     ];
     Ok(RecordBatch::try_new(schemas::quarantine(), columns)?)
 }
+
+#[cfg(test)]
+mod tests;

@@ -35,12 +35,7 @@ impl AggregateTask {
         progress: Progress,
         cancel: CancellationToken,
     ) -> Result<()> {
-        let spec = env
-            .pipeline
-            .tables
-            .get(&self.table)
-            .cloned()
-            .unwrap_or_default();
+        let spec = env.table_spec(&self.table)?;
         let sql = spec.sql.clone().unwrap_or_default();
         let app_id = downstream_app_id(&self.table, &spec.from);
         let poll = Duration::from_millis(env.config.poll_interval_ms);

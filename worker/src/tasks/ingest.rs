@@ -102,12 +102,7 @@ impl IngestTask {
         progress: Progress,
         cancel: CancellationToken,
     ) -> Result<()> {
-        let spec = env
-            .pipeline
-            .tables
-            .get(&self.table)
-            .cloned()
-            .unwrap_or_default();
+        let spec = env.table_spec(&self.table)?;
         let source_spec = env
             .pipeline
             .sources
@@ -239,12 +234,7 @@ impl IngestTask {
                 offset,
             ));
         }
-        let spec = env
-            .pipeline
-            .tables
-            .get(&self.table)
-            .cloned()
-            .unwrap_or_default();
+        let spec = env.table_spec(&self.table)?;
         tables::commit(
             table,
             &self.table,

@@ -13,7 +13,7 @@ pub mod refine;
 use std::sync::{Arc, Mutex};
 
 use smelter_common::config::WorkerConfig;
-use smelter_common::spec::PipelineSpec;
+use smelter_common::spec::{PipelineSpec, TableSpec};
 use smelter_proto::{TaskState, TaskStatusReport};
 
 use crate::tables::TableStore;
@@ -27,6 +27,21 @@ pub struct TaskEnv {
     pub config: WorkerConfig,
     /// The pipeline the task belongs to.
     pub pipeline: Arc<PipelineSpec>,
+}
+
+impl TaskEnv {
+    /// The spec of one of the pipeline's tables; an error names it if it is not declared.
+    pub fn table_spec(&self, table: &str) -> crate::Result<TableSpec> {
+        self.pipeline
+            .tables
+            .get(table)
+            .cloned()
+            .ok_or_else(|| crate::WorkerError::InvalidSpec {
+                origin: self.pipeline.pipeline.clone(),
+                field: format!("tables.{table}"),
+                message: "assigned, but not declared in the pipeline".into(),
+            })
+    }
 }
 
 /// Progress of one task, shared between the task and the status reporter.

@@ -26,16 +26,7 @@ impl RefineTask {
         progress: Progress,
         cancel: CancellationToken,
     ) -> Result<()> {
-        let spec = env
-            .pipeline
-            .tables
-            .get(&self.table)
-            .cloned()
-            .ok_or_else(|| WorkerError::InvalidSpec {
-                origin: env.pipeline.pipeline.clone(),
-                field: format!("tables.{}", self.table),
-                message: "not declared".into(),
-            })?;
+        let spec = env.table_spec(&self.table)?;
         let refiner = Refiner::new(&self.table, &spec, &env.pipeline.pipeline)?;
         let quarantine_name = TableSpec::quarantine_name(&self.table);
         let mut silver = env

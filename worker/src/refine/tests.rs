@@ -1,0 +1,140 @@
+//! Refiner on hand-made bronze rows: every expectation action, rescue and dedupe.
+
+use std::sync::Arc;
+
+use arrow::array::{Array, AsArray};
+use smelter_common::spec::PipelineSpec;
+
+use super::{BronzeRows, Refiner};
+use crate::source::SourceRecord;
+use crate::tables::TableStore;
+use crate::tasks::ingest::bronze_batch;
+use crate::{WorkerError, schemas};
+
+const SPEC: &str = r#"
+pipeline: t
+sources: { s: { files: { path: /nonexistent } } }
+tables:
+  bronze.raw: { from: s }
+  silver.rows:
+    from: bronze.raw
+    parse: { format: json, schema: { id: string, n: long } }
+    dedupe: { keys: [id] }
+    expectations:
+      - { name: small, expr: "n < 100", on_violation: warn }
+      - { name: not_negative, expr: "n >= 0", on_violation: quarantine }
+      - { name: not_seven, expr: "n <> 7", on_violation: drop }
+"#;
+
+fn records(lines: &[&str]) -> BronzeRows {
+    let records: Vec<SourceRecord> = lines
+        .iter()
+        .enumerate()
+        .map(|(i, line)| SourceRecord {
+            topic: Arc::from("f.ndjson"),
+            partition: 0,
+            offset: i as i64,
+            key: None,
+            timestamp_us: None,
+            headers: None,
+            payload: Some(line.as_bytes().to_vec()),
+            error: None,
+        })
+        .collect();
+    BronzeRows::from_batches(vec![bronze_batch("s", &records).unwrap()])
+}
+
+fn strings(batch: &arrow::record_batch::RecordBatch, column: &str) -> Vec<String> {
+    let column = arrow::compute::cast(
+        batch.column_by_name(column).unwrap(),
+        &arrow::datatypes::DataType::Utf8,
+    )
+    .unwrap();
+    let column = column.as_string::<i32>();
+    (0..column.len())
+        .map(|i| {
+            if column.is_null(i) {
+                "NULL".into()
+            } else {
+                column.value(i).to_string()
+            }
+        })
+        .collect()
+}
+
+async fn refine(spec_text: &str, lines: &[&str]) -> Result<super::Refined, WorkerError> {
+    let spec = PipelineSpec::parse(spec_text, "t.yaml").unwrap();
+    let table = &spec.tables["silver.rows"];
+    let dir = tempfile::tempdir().unwrap();
+    let store = TableStore::new(dir.path()).unwrap();
+    let silver = store
+        .open_or_create("silver.rows", &schemas::silver(table), &[])
+        .await
+        .unwrap();
+    Refiner::new("silver.rows", table, "t.yaml")?
+        .refine(&records(lines), &silver)
+        .await
+}
+
+#[tokio::test]
+async fn each_action_does_what_it_says() {
+    let refined = refine(
+        SPEC,
+        &[
+            r#"{"id":"a","n":1}"#,
+            r#"{"id":"b","n":500}"#,
+            r#"{"id":"c","n":-1}"#,
+            r#"{"id":"d","n":7}"#,
+            r#"{"id":"a","n":1}"#,
+            r#"{"id":"e","n":2,"x":true}"#,
+        ],
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        strings(&refined.silver, "id"),
+        vec!["a", "b", "e"],
+        "warned b kept, c quarantined, d dropped, second a deduped"
+    );
+    assert_eq!(
+        strings(&refined.silver, "_rescued_data"),
+        vec!["NULL", "NULL", r#"{"x":true}"#]
+    );
+    assert_eq!(refined.warned, vec![("small".to_string(), 1)]);
+    assert_eq!((refined.dropped, refined.deduplicated), (1, 1));
+    assert_eq!(strings(&refined.quarantine, "rule"), vec!["not_negative"]);
+    assert_eq!(
+        strings(&refined.quarantine, "reason"),
+        vec!["violates `n >= 0`"]
+    );
+    assert_eq!(
+        refined
+            .quarantine
+            .column_by_name("offset")
+            .unwrap()
+            .as_primitive::<arrow::datatypes::Int64Type>()
+            .value(0),
+        2
+    );
+}
+
+#[tokio::test]
+async fn fail_stops_the_batch_naming_the_rule_and_position() {
+    let spec = SPEC.replace("on_violation: drop", "on_violation: fail");
+    let err = refine(&spec, &[r#"{"id":"a","n":1}"#, r#"{"id":"d","n":7}"#])
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, WorkerError::ExpectationFailed { .. }),
+        "{err}"
+    );
+    let message = err.to_string();
+    assert!(
+        message.contains("not_seven") && message.contains("f.ndjson/0@1"),
+        "{message}"
+    );
+    assert!(
+        !err.is_retryable(),
+        "a failed expectation must stop the task, not loop"
+    );
+}
