@@ -182,3 +182,51 @@ async fn files_are_ingested_once_and_bad_lines_quarantined() {
     );
     exact("bronze.orders after restart", bronze, &expected).unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn applying_a_changed_spec_restarts_its_tasks() {
+    let landing = tempfile::tempdir().unwrap();
+    let line = |id: &str, amount: u32| {
+        format!("{{\"order_id\":\"{id}\",\"amount\":{amount},\"customer\":{{\"id\":\"c\"}}}}\n")
+    };
+    std::fs::write(landing.path().join("1.ndjson"), line("a", 50)).unwrap();
+    let original = pipeline(landing.path());
+    let cluster = TestCluster::start(1, &original).await.unwrap();
+    cluster.wait_drained(Duration::from_secs(60)).await.unwrap();
+
+    // A stricter rule, applied to the running cluster, governs the next file.
+    let stricter = original.replace(
+        "expr: \"amount > 0\"",
+        "expr: \"amount > 0 AND amount < 10\"",
+    );
+    let mut admin = smelter_client::sdk::AdminClient::connect(&cluster.coordinator_endpoint())
+        .await
+        .unwrap();
+    let applied = admin.apply(&stricter, "orders.yaml").await.unwrap();
+    assert_eq!(applied.revision, 2);
+    std::fs::write(landing.path().join("2.ndjson"), line("b", 50)).unwrap();
+    let tables = cluster.tables.clone();
+    cluster
+        .wait_for(Duration::from_secs(60), "b quarantined by the new rule", || {
+            let tables = tables.clone();
+            async move {
+                sql(&tables, "SELECT reason FROM silver.orders_quarantine WHERE \"offset\" = 0 AND topic = '2.ndjson'")
+                    .await
+                    .map(|b| smelter_tests::oracle::rows(&b).unwrap_or_default() == vec!["violates `amount > 0 AND amount < 10`"])
+                    .unwrap_or(false)
+            }
+        })
+        .await
+        .unwrap();
+    let silver = smelter_tests::oracle::rows(
+        &sql(&cluster.tables, "SELECT order_id FROM silver.orders")
+            .await
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(
+        silver,
+        vec!["a"],
+        "a was refined under the old rule and stays"
+    );
+}

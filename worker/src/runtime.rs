@@ -56,8 +56,20 @@ enum UnitKey {
     },
 }
 
+impl UnitKey {
+    fn pipeline(&self) -> &str {
+        match self {
+            UnitKey::Ingest { pipeline, .. }
+            | UnitKey::Refine { pipeline, .. }
+            | UnitKey::Aggregate { pipeline, .. } => pipeline,
+        }
+    }
+}
+
 struct Unit {
     partitions: Vec<i32>,
+    /// Revision of the pipeline spec the unit was started with; a new one restarts it.
+    revision: u64,
     task_ids: Vec<String>,
     cancel: CancellationToken,
     handle: JoinHandle<()>,
@@ -232,6 +244,11 @@ async fn reconcile(
     config: &SmelterConfig,
     tables: &TableStore,
 ) {
+    let revisions: HashMap<String, u64> = update
+        .pipelines
+        .iter()
+        .map(|p| (p.name.clone(), p.revision))
+        .collect();
     let mut pipelines: HashMap<String, Arc<PipelineSpec>> = HashMap::new();
     for definition in &update.pipelines {
         match PipelineSpec::parse(&definition.spec_yaml, &definition.origin) {
@@ -270,7 +287,12 @@ async fn reconcile(
     }
     let stale: Vec<UnitKey> = units
         .iter()
-        .filter(|(k, u)| wanted.get(*k).is_none_or(|(p, _)| *p != u.partitions))
+        .filter(|(k, u)| {
+            let changed_spec = revisions
+                .get(k.pipeline())
+                .is_some_and(|r| *r != u.revision);
+            changed_spec || wanted.get(*k).is_none_or(|(p, _)| *p != u.partitions)
+        })
         .map(|(k, _)| k.clone())
         .collect();
     for key in &stale {
@@ -288,12 +310,7 @@ async fn reconcile(
         if units.contains_key(&key) {
             continue;
         }
-        let pipeline_name = match &key {
-            UnitKey::Ingest { pipeline, .. }
-            | UnitKey::Refine { pipeline, .. }
-            | UnitKey::Aggregate { pipeline, .. } => pipeline,
-        };
-        let Some(pipeline) = pipelines.get(pipeline_name) else {
+        let Some(pipeline) = pipelines.get(key.pipeline()) else {
             continue;
         };
         let env = TaskEnv {
@@ -316,10 +333,12 @@ async fn reconcile(
             generation = update.generation,
             "task started"
         );
+        let revision = revisions.get(key.pipeline()).copied().unwrap_or_default();
         units.insert(
             key,
             Unit {
                 partitions,
+                revision,
                 task_ids,
                 cancel,
                 handle,
