@@ -409,15 +409,20 @@ impl Actor {
     }
 
     async fn rebalance(&mut self) {
-        let task_ids: Vec<String> = self.tasks.keys().cloned().collect();
+        let tasks: Vec<(String, String)> = self
+            .tasks
+            .values()
+            .map(|t| (t.task_id.clone(), t.kind().label().to_string()))
+            .collect();
+        let task_ids: Vec<&String> = tasks.iter().map(|(t, _)| t).collect();
         let workers: BTreeSet<String> = self.workers.keys().cloned().collect();
-        let owners = assign(&task_ids, &self.owners, &workers);
+        let owners = assign(&tasks, &self.owners, &workers);
         if owners == self.owners {
             return;
         }
         let moved = task_ids
             .iter()
-            .filter(|t| self.owners.get(*t) != owners.get(*t))
+            .filter(|t| self.owners.get(t.as_str()) != owners.get(t.as_str()))
             .count();
         self.owners = owners;
         self.reports.retain(|task, _| self.tasks.contains_key(task));

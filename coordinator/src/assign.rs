@@ -9,10 +9,13 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-/// Computes new owners for `tasks` (ids, in a stable order) given the current `owners`
-/// and the live `workers`. Returns task id -> worker id; empty if there are no workers.
+/// Computes new owners for `tasks` — (task id, group) pairs in a stable order — given the
+/// current `owners` and the live `workers`. Each group (a task kind: ingest, refine,
+/// aggregate) is balanced on its own, so ingest partitions spread over workers instead of
+/// piling up where gold tasks are few; ties go to the worker with less work overall.
+/// Returns task id -> worker id; empty if there are no workers.
 pub fn assign(
-    tasks: &[String],
+    tasks: &[(String, String)],
     owners: &BTreeMap<String, String>,
     workers: &BTreeSet<String>,
 ) -> BTreeMap<String, String> {
@@ -20,20 +23,46 @@ pub fn assign(
     if workers.is_empty() {
         return result;
     }
+    let groups: BTreeSet<&str> = tasks.iter().map(|(_, g)| g.as_str()).collect();
+    let mut total: BTreeMap<&str, usize> = workers.iter().map(|w| (w.as_str(), 0)).collect();
+    for group in groups {
+        let members: Vec<&str> = tasks
+            .iter()
+            .filter(|(_, g)| g == group)
+            .map(|(t, _)| t.as_str())
+            .collect();
+        for (task, worker) in balance(&members, owners, workers, &total) {
+            *total.entry(worker).or_default() += 1;
+            result.insert(task.to_string(), worker.to_string());
+        }
+    }
+    result
+}
+
+/// Sticky, balanced placement of one group.
+fn balance<'a>(
+    tasks: &[&'a str],
+    owners: &'a BTreeMap<String, String>,
+    workers: &'a BTreeSet<String>,
+    total: &BTreeMap<&str, usize>,
+) -> Vec<(&'a str, &'a str)> {
     let mut load: BTreeMap<&str, Vec<&str>> =
         workers.iter().map(|w| (w.as_str(), Vec::new())).collect();
     let mut orphans = Vec::new();
-    for task in tasks {
+    for &task in tasks {
         match owners.get(task).filter(|w| workers.contains(*w)) {
-            Some(owner) => load.entry(owner.as_str()).or_default().push(task.as_str()),
-            None => orphans.push(task.as_str()),
+            Some(owner) => load.entry(owner.as_str()).or_default().push(task),
+            None => orphans.push(task),
         }
     }
+    let rank = |load: &BTreeMap<&str, Vec<&str>>, w: &str| {
+        (
+            load.get(w).map_or(0, Vec::len),
+            total.get(w).copied().unwrap_or(0),
+        )
+    };
     for task in orphans {
-        let least = load
-            .iter()
-            .min_by_key(|(w, t)| (t.len(), *w))
-            .map(|(w, _)| *w);
+        let least = load.keys().copied().min_by_key(|w| (rank(&load, w), *w));
         if let Some(worker) = least {
             load.entry(worker).or_default().push(task);
         }
@@ -44,34 +73,33 @@ pub fn assign(
             .max_by_key(|(w, t)| (t.len(), std::cmp::Reverse(*w)))
             .map(|(w, t)| (*w, t.len()));
         let least = load
-            .iter()
-            .min_by_key(|(w, t)| (t.len(), *w))
-            .map(|(w, t)| (*w, t.len()));
+            .keys()
+            .copied()
+            .min_by_key(|w| (rank(&load, w), *w))
+            .map(|w| (w, load[w].len()));
         let (Some((from, high)), Some((to, low))) = (most, least) else {
             break;
         };
         if high <= low + 1 {
             break;
         }
-        let moved = load.get_mut(from).and_then(Vec::pop);
-        if let Some(task) = moved {
+        if let Some(task) = load.get_mut(from).and_then(Vec::pop) {
             load.entry(to).or_default().push(task);
         }
     }
-    for (worker, tasks) in load {
-        for task in tasks {
-            result.insert(task.to_string(), worker.to_string());
-        }
-    }
-    result
+    load.into_iter()
+        .flat_map(|(worker, tasks)| tasks.into_iter().map(move |t| (t, worker)))
+        .collect()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn ids(n: usize) -> Vec<String> {
-        (0..n).map(|i| format!("t{i:02}")).collect()
+    fn ids(n: usize) -> Vec<(String, String)> {
+        (0..n)
+            .map(|i| (format!("t{i:02}"), "ingest".to_string()))
+            .collect()
     }
 
     fn set(workers: &[&str]) -> BTreeSet<String> {
@@ -99,14 +127,13 @@ mod tests {
         let tasks = ids(12);
         let before = assign(&tasks, &BTreeMap::new(), &set(&["a", "b"]));
         let after = assign(&tasks, &before, &set(&["a", "b", "c"]));
-        let moved = tasks.iter().filter(|t| before[*t] != after[*t]).count();
-        assert_eq!(moved, 4, "exactly c's share moves");
-        assert!(
-            tasks
-                .iter()
-                .filter(|t| before[*t] != after[*t])
-                .all(|t| after[t] == "c")
-        );
+        let moved: Vec<&String> = tasks
+            .iter()
+            .map(|(t, _)| t)
+            .filter(|t| before[*t] != after[*t])
+            .collect();
+        assert_eq!(moved.len(), 4, "exactly c's share moves");
+        assert!(moved.iter().all(|t| after[*t] == "c"));
     }
 
     #[test]
@@ -114,12 +141,31 @@ mod tests {
         let tasks = ids(9);
         let before = assign(&tasks, &BTreeMap::new(), &set(&["a", "b", "c"]));
         let after = assign(&tasks, &before, &set(&["a", "b"]));
-        for t in &tasks {
+        for (t, _) in &tasks {
             if before[t] != "c" {
                 assert_eq!(before[t], after[t], "{t} moved needlessly");
             }
             assert_ne!(after[t], "c");
         }
         assert!(assign(&tasks, &before, &BTreeSet::new()).is_empty());
+    }
+
+    #[test]
+    fn each_kind_is_spread_on_its_own() {
+        let mut tasks: Vec<(String, String)> = (0..4)
+            .map(|p| (format!("ingest/{p}"), "ingest".to_string()))
+            .collect();
+        tasks.push(("refine/silver".into(), "refine".into()));
+        tasks.extend((0..3).map(|g| (format!("aggregate/{g}"), "aggregate".to_string())));
+        let result = assign(&tasks, &BTreeMap::new(), &set(&["a", "b"]));
+        for worker in ["a", "b"] {
+            let ingest = result
+                .iter()
+                .filter(|(t, w)| t.starts_with("ingest") && *w == worker)
+                .count();
+            assert_eq!(ingest, 2, "{result:?}");
+        }
+        let c = counts(&result);
+        assert!(c.values().all(|&n| n == 4), "{c:?}");
     }
 }
