@@ -6,4 +6,5 @@
 mod cli;
 mod files;
 mod pipeline;
+mod processes;
 mod restart;

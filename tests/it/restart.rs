@@ -25,7 +25,7 @@ fn up(data: &std::path::Path, pipeline: &std::path::Path, extra: &[&str]) -> std
         .arg("--pipeline")
         .arg(pipeline)
         .args(extra)
-        .env("RUST_LOG", "warn")
+        .env("RUST_LOG", "warn,deltalake_core=error")
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::inherit())
