@@ -32,18 +32,10 @@ pub struct TableProgress {
 /// Summarises a status by target table.
 pub fn by_table(status: &ClusterStatus) -> BTreeMap<String, TableProgress> {
     let mut out: BTreeMap<String, TableProgress> = BTreeMap::new();
-    // A worker runs all its partitions of one source as one ingest unit and reports that
-    // unit's figures under each partition's task id: count each unit once.
-    let mut seen_units = std::collections::BTreeSet::new();
     for task in &status.tasks {
         let (Some(assignment), Some(report)) = (&task.task, &task.report) else {
             continue;
         };
-        if assignment.kind() == TaskKind::Ingest
-            && !seen_units.insert((assignment.table.clone(), task.worker_id.clone()))
-        {
-            continue;
-        }
         let entry = out.entry(assignment.table.clone()).or_default();
         if assignment.kind() == TaskKind::Ingest {
             entry.rows = entry.rows.max(report.table_rows);
@@ -179,6 +171,7 @@ mod tests {
     use super::*;
 
     fn ingest(partition: i32, worker: &str, committed: u64) -> TaskStatus {
+        // Workers report each partition's own rows, lag and offset.
         TaskStatus {
             task: Some(TaskAssignment {
                 task_id: format!("p/ingest/events/{partition}"),
@@ -199,12 +192,11 @@ mod tests {
     }
 
     #[test]
-    fn ingest_units_count_once_per_worker() {
-        // Worker a runs partitions 0 and 1 as one unit (same figures under both task ids).
+    fn partitions_add_up_per_table() {
         let status = ClusterStatus {
             tasks: vec![
-                ingest(0, "a", 300),
-                ingest(1, "a", 300),
+                ingest(0, "a", 100),
+                ingest(1, "a", 200),
                 ingest(2, "b", 200),
             ],
             ..Default::default()

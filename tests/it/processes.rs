@@ -129,27 +129,41 @@ async fn roles_as_processes_survive_a_killed_worker() {
         check_log(&tables, &table).unwrap();
     }
 
-    let status = Command::new(smelter_binary())
-        .args([
-            "status",
-            "--output",
-            "json",
-            "--coordinator",
-            &format!("127.0.0.1:{port}"),
-        ])
-        .output()
-        .unwrap();
-    let status: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
-    assert_eq!(
-        status["workers"].as_array().map(Vec::len),
-        Some(1),
-        "the killed worker is gone: {status}"
-    );
-    assert!(
-        status["tasks"]
-            .as_array()
-            .unwrap()
+    // `smelter status` tells the same story: one worker left, owning everything, and each
+    // partition's committed offset at its last event (reports arrive once a second).
+    let expected: Vec<serde_json::Value> = (0..4)
+        .map(|p| serde_json::json!(30_000 / 4 - 1 + i64::from(p < 30_000 % 4)))
+        .collect();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let out = Command::new(smelter_binary())
+            .args([
+                "status",
+                "--output",
+                "json",
+                "--coordinator",
+                &format!("127.0.0.1:{port}"),
+            ])
+            .output()
+            .unwrap();
+        let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let tasks = status["tasks"].as_array().cloned().unwrap_or_default();
+        let offsets: Vec<serde_json::Value> = tasks
             .iter()
-            .all(|t| t["worker_id"] == status["workers"][0]["worker_id"])
-    );
+            .filter(|t| t["kind"] == "ingest")
+            .map(|t| t["committed_offset"].clone())
+            .collect();
+        let one_worker = status["workers"].as_array().map(Vec::len) == Some(1);
+        let all_owned = tasks
+            .iter()
+            .all(|t| t["worker_id"] == status["workers"][0]["worker_id"]);
+        if one_worker && all_owned && offsets == expected {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "status never showed the final state: {status}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }

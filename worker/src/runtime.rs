@@ -67,10 +67,12 @@ impl UnitKey {
 }
 
 struct Unit {
+    kind: TaskKind,
     partitions: Vec<i32>,
     /// Revision of the pipeline spec the unit was started with; a new one restarts it.
     revision: u64,
-    task_ids: Vec<String>,
+    /// (partition, task id) of every assigned task the unit runs.
+    task_ids: Vec<(i32, String)>,
     cancel: CancellationToken,
     handle: JoinHandle<()>,
     progress: Progress,
@@ -222,9 +224,9 @@ async fn report_status(
     units: &BTreeMap<UnitKey, Unit>,
 ) {
     for unit in units.values() {
-        let snapshot = unit.progress.snapshot();
-        for task_id in &unit.task_ids {
-            let mut report = snapshot.clone();
+        let per_partition = matches!(unit.kind, TaskKind::Ingest);
+        for (partition, task_id) in &unit.task_ids {
+            let mut report = unit.progress.snapshot(per_partition.then_some(*partition));
             report.context = Some(WorkerContext {
                 worker_id: worker_id.to_string(),
                 generation,
@@ -260,7 +262,8 @@ async fn reconcile(
             }
         }
     }
-    let mut wanted: BTreeMap<UnitKey, (Vec<i32>, Vec<String>)> = BTreeMap::new();
+    // Per unit: (partition, task id) of each assigned task.
+    let mut wanted: BTreeMap<UnitKey, Vec<(i32, String)>> = BTreeMap::new();
     for task in &update.tasks {
         let key = match task.kind() {
             TaskKind::Ingest => UnitKey::Ingest {
@@ -278,12 +281,13 @@ async fn reconcile(
             },
             TaskKind::Unspecified => continue,
         };
-        let entry = wanted.entry(key).or_default();
-        entry.0.push(task.partition);
-        entry.1.push(task.task_id.clone());
+        wanted
+            .entry(key)
+            .or_default()
+            .push((task.partition, task.task_id.clone()));
     }
-    for (partitions, _) in wanted.values_mut() {
-        partitions.sort_unstable();
+    for tasks in wanted.values_mut() {
+        tasks.sort_unstable();
     }
     let stale: Vec<UnitKey> = units
         .iter()
@@ -291,7 +295,13 @@ async fn reconcile(
             let changed_spec = revisions
                 .get(k.pipeline())
                 .is_some_and(|r| *r != u.revision);
-            changed_spec || wanted.get(*k).is_none_or(|(p, _)| *p != u.partitions)
+            changed_spec
+                || wanted.get(*k).is_none_or(|tasks| {
+                    tasks
+                        .iter()
+                        .map(|(p, _)| *p)
+                        .ne(u.partitions.iter().copied())
+                })
         })
         .map(|(k, _)| k.clone())
         .collect();
@@ -306,7 +316,8 @@ async fn reconcile(
             tracing::info!(?key, "task stopped");
         }
     }
-    for (key, (partitions, task_ids)) in wanted {
+    for (key, task_ids) in wanted {
+        let partitions: Vec<i32> = task_ids.iter().map(|(p, _)| *p).collect();
         if units.contains_key(&key) {
             continue;
         }
@@ -334,9 +345,15 @@ async fn reconcile(
             "task started"
         );
         let revision = revisions.get(key.pipeline()).copied().unwrap_or_default();
+        let kind = match &key {
+            UnitKey::Ingest { .. } => TaskKind::Ingest,
+            UnitKey::Refine { .. } => TaskKind::Refine,
+            UnitKey::Aggregate { .. } => TaskKind::Aggregate,
+        };
         units.insert(
             key,
             Unit {
+                kind,
                 partitions,
                 revision,
                 task_ids,

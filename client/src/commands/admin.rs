@@ -90,6 +90,7 @@ pub fn status_json(status: &ClusterStatus) -> serde_json::Value {
                 "rows_committed": report.rows_committed, "rows_quarantined": report.rows_quarantined,
                 "rows_dropped": report.rows_dropped, "rows_deduplicated": report.rows_deduplicated,
                 "table_version": report.table_version, "table_rows": report.table_rows, "lag": report.lag,
+                "committed_offset": (task.kind() == smelter_proto::TaskKind::Ingest).then_some(report.committed_offset),
                 "last_commit_unix_ms": report.last_commit_unix_ms,
             })
         }).collect::<Vec<_>>(),
@@ -112,8 +113,13 @@ fn status_text(status: &ClusterStatus) -> String {
     for t in &status.tasks {
         let task = t.task.clone().unwrap_or_default();
         let report = t.report.clone().unwrap_or_default();
+        let offset = if task.kind() == smelter_proto::TaskKind::Ingest {
+            format!(" offset {:>10}", report.committed_offset)
+        } else {
+            String::new()
+        };
         out.push_str(&format!(
-            "  {:<45} {:<36} {:<8} rows {:>10} lag {:>6}{}\n",
+            "  {:<45} {:<36} {:<8} rows {:>10} lag {:>6}{offset}{}\n",
             task.task_id,
             t.worker_id,
             report.state().label(),

@@ -188,12 +188,13 @@ impl SourceReader for FilesReader {
         }
     }
 
-    fn lag(&self) -> Option<i64> {
+    fn lag(&self) -> Vec<(i32, i64)> {
+        // One partition: lines left in the current file plus one per waiting file.
         let in_file = self
             .current
             .as_ref()
             .map_or(0, |f| (f.lines.len() - f.next) as i64);
-        Some(in_file + self.pending_files as i64)
+        vec![(0, in_file + self.pending_files as i64)]
     }
 
     fn finished(&self) -> bool {

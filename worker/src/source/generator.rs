@@ -332,14 +332,12 @@ impl SourceReader for GeneratorReader {
         }
     }
 
-    fn lag(&self) -> Option<i64> {
+    fn lag(&self) -> Vec<(i32, i64)> {
         let now = Instant::now();
-        Some(
-            self.cursors
-                .iter()
-                .map(|c| (self.available(c, now) - c.next).max(0))
-                .sum(),
-        )
+        self.cursors
+            .iter()
+            .map(|c| (c.partition, (self.available(c, now) - c.next).max(0)))
+            .collect()
     }
 
     fn finished(&self) -> bool {

@@ -52,8 +52,8 @@ pub trait SourceReader: Send {
     /// one. An empty result means nothing is available right now.
     async fn poll(&mut self, max_records: usize, max_wait: Duration) -> Result<Vec<SourceRecord>>;
 
-    /// Records available but not yet returned, if the source can tell.
-    fn lag(&self) -> Option<i64>;
+    /// Records available but not yet returned, per owned partition, where the source can tell.
+    fn lag(&self) -> Vec<(i32, i64)>;
 
     /// True once a bounded source has returned everything it will ever return.
     fn finished(&self) -> bool;

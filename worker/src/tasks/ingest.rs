@@ -55,6 +55,20 @@ impl TablePositions {
             .copied()
     }
 
+    /// The latest committed offset of every partition asked about (for the files source:
+    /// within the latest file), for status reports.
+    fn committed_offsets(&self) -> BTreeMap<i32, i64> {
+        let answers = self.answers.lock().unwrap_or_else(|e| e.into_inner());
+        let mut out = BTreeMap::new();
+        for ((_, partition), answer) in answers.iter() {
+            if let Some(offset) = answer {
+                let entry = out.entry(*partition).or_insert(*offset);
+                *entry = (*entry).max(*offset);
+            }
+        }
+        out
+    }
+
     fn forget(&self) {
         self.answers
             .lock()
@@ -133,6 +147,12 @@ impl IngestTask {
             MAX_RECORD_BYTES,
         )
         .await?;
+        // Report where each partition stands in the table, before this task commits anything.
+        for (partition, offset) in positions.committed_offsets() {
+            progress.update_partition(partition, |p| {
+                p.committed_offset = p.committed_offset.max(offset)
+            });
+        }
         progress.set_state(TaskState::Running);
         let max_wait = Duration::from_millis(env.config.batch_max_wait_ms);
         loop {
@@ -156,7 +176,11 @@ impl IngestTask {
                     .sum::<usize>();
                 buffer.extend(records);
             }
-            progress.update(|r| r.lag = reader.lag().unwrap_or(-1));
+            let lags = reader.lag();
+            progress.update(|r| r.lag = lags.iter().map(|(_, lag)| lag).sum());
+            for (partition, lag) in lags {
+                progress.update_partition(partition, |p| p.lag = lag);
+            }
             if !buffer.is_empty() {
                 // Committed even when cancelled: draining finishes the in-flight batch.
                 let outcome = self
@@ -164,11 +188,20 @@ impl IngestTask {
                     .await?;
                 match outcome {
                     CommitOutcome::Committed { version } => {
+                        let mut per_partition: BTreeMap<i32, (u64, i64)> = BTreeMap::new();
                         for r in &buffer {
                             let last = committed
                                 .entry((r.topic.to_string(), r.partition))
                                 .or_insert(r.offset);
                             *last = (*last).max(r.offset);
+                            let entry = per_partition.entry(r.partition).or_insert((0, r.offset));
+                            *entry = (entry.0 + 1, entry.1.max(r.offset));
+                        }
+                        for (partition, (rows, last)) in per_partition {
+                            progress.update_partition(partition, |p| {
+                                p.rows += rows;
+                                p.committed_offset = p.committed_offset.max(last);
+                            });
                         }
                         progress.committed(version, buffer.len() as u64, tables::row_count(&table));
                         tracing::debug!(table = %self.table, version, rows = buffer.len(), "bronze commit");

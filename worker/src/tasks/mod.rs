@@ -44,15 +44,44 @@ impl TaskEnv {
     }
 }
 
-/// Progress of one task, shared between the task and the status reporter.
+/// Ingest figures of one source partition.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PartitionProgress {
+    /// Rows of this partition committed since the task started.
+    pub rows: u64,
+    /// Last offset committed to bronze, -1 if none yet.
+    pub committed_offset: i64,
+    /// Records available but not yet read.
+    pub lag: i64,
+}
+
+/// Progress of one task, shared between the task and the status reporter. Ingest tasks
+/// also keep figures per partition, reported under each partition's task id.
 #[derive(Clone, Default)]
-pub struct Progress(Arc<Mutex<TaskStatusReport>>);
+pub struct Progress(
+    Arc<
+        Mutex<(
+            TaskStatusReport,
+            std::collections::BTreeMap<i32, PartitionProgress>,
+        )>,
+    >,
+);
 
 impl Progress {
     /// Applies `f` to the report.
     pub fn update(&self, f: impl FnOnce(&mut TaskStatusReport)) {
-        let mut report = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        f(&mut report);
+        let mut guard = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        f(&mut guard.0);
+    }
+
+    /// Applies `f` to one partition's figures.
+    pub fn update_partition(&self, partition: i32, f: impl FnOnce(&mut PartitionProgress)) {
+        let mut guard = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let entry = guard.1.entry(partition).or_insert(PartitionProgress {
+            committed_offset: -1,
+            ..Default::default()
+        });
+        f(entry);
     }
 
     /// Sets the task state (and clears the error unless failing or backing off).
@@ -75,9 +104,18 @@ impl Progress {
         });
     }
 
-    /// A copy of the current report.
-    pub fn snapshot(&self) -> TaskStatusReport {
-        self.0.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    /// A copy of the current report; with `partition`, that partition's figures replace the
+    /// task-wide rows, lag and offset.
+    pub fn snapshot(&self, partition: Option<i32>) -> TaskStatusReport {
+        let guard = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let mut report = guard.0.clone();
+        report.committed_offset = -1;
+        if let Some(p) = partition.and_then(|p| guard.1.get(&p)) {
+            report.rows_committed = p.rows;
+            report.lag = p.lag;
+            report.committed_offset = p.committed_offset;
+        }
+        report
     }
 }
 
