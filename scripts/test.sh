@@ -1,9 +1,15 @@
 #!/usr/bin/env bash
-# The whole test suite, on a fresh machine or an old one: installs what is missing, then
-# runs format and lint checks, the Rust unit and integration tests, and the Python client
-# tests (ADBC Flight SQL driver and the delta-rs Python reader) against a live cluster.
+# The whole test suite, on a fresh machine or an old one: installs what is missing (protoc,
+# etcd, a Python venv), then runs format and lint checks, the Rust unit and integration
+# tests (real etcd included), and the Python client tests (ADBC Flight SQL driver and the
+# delta-rs Python reader) against a live cluster.
 source "$(dirname "$0")/env.sh"
 cd "$ROOT"
+
+# Real services the suites start by themselves (testing.md). Here they are installed, so a
+# missing one fails the run instead of skipping.
+command -v etcd >/dev/null 2>&1 || apt_install etcd-server
+export SMELTER_REQUIRE_SERVICES="${SMELTER_REQUIRE_SERVICES:-1}"
 
 echo "== format and lints"
 cargo fmt --all --check

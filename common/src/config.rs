@@ -40,6 +40,21 @@ pub struct CoordinatorConfig {
     pub lease_ttl_ms: u64,
     /// How often workers heartbeat.
     pub heartbeat_interval_ms: u64,
+    /// Coordination store: `memory` (one process, forgotten on restart) or `etcd`.
+    pub store: StoreKind,
+    /// etcd client URLs, comma-separated (`http://etcd-0:2379,http://etcd-1:2379`).
+    pub etcd_endpoints: String,
+}
+
+/// Which coordination store the coordinator uses.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StoreKind {
+    /// In this process's memory: `smelter up` and tests.
+    #[default]
+    Memory,
+    /// An etcd cluster: pipelines and membership survive coordinator restarts.
+    Etcd,
 }
 
 impl Default for CoordinatorConfig {
@@ -49,11 +64,23 @@ impl Default for CoordinatorConfig {
             endpoint: "http://127.0.0.1:7070".into(),
             lease_ttl_ms: 10_000,
             heartbeat_interval_ms: 2_000,
+            store: StoreKind::Memory,
+            etcd_endpoints: "http://127.0.0.1:2379".into(),
         }
     }
 }
 
 impl CoordinatorConfig {
+    /// The etcd endpoints as a list.
+    pub fn etcd_endpoint_list(&self) -> Vec<String> {
+        self.etcd_endpoints
+            .split(',')
+            .map(str::trim)
+            .filter(|e| !e.is_empty())
+            .map(str::to_string)
+            .collect()
+    }
+
     /// Lease TTL as a duration.
     pub fn lease_ttl(&self) -> Duration {
         Duration::from_millis(self.lease_ttl_ms)

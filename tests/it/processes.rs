@@ -1,15 +1,19 @@
 //! The cluster roles as separate processes — `smelter coordinator`, `smelter worker` and
 //! `smelter apply` — configured through `SMELTER__*` variables. A worker killed with
-//! SIGKILL loses its lease and its tasks move to the survivor; the tables stay exact.
+//! SIGKILL loses its lease and its tasks move to the survivor; on etcd, a coordinator killed
+//! with SIGKILL comes back with its pipelines and the workers rejoin it. Tables stay exact.
 
 use std::net::TcpListener;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use smelter_tests::oracle::{check_bronze, check_gold, check_log, check_silver, generator_truth};
+use smelter_tests::services::Etcd;
 use smelter_tests::{bounded_demo, smelter_binary};
 use smelter_worker::tables::TableStore;
 use tokio::time::Instant;
+
+const EVENTS: u64 = 30_000;
 
 /// A port that was free a moment ago (the coordinator must be told its address up front).
 fn free_port() -> u16 {
@@ -19,9 +23,10 @@ fn free_port() -> u16 {
         .expect("free port")
 }
 
-struct Killed(Vec<Child>);
+/// Child processes, killed when the test ends however it ends.
+struct Processes(Vec<Child>);
 
-impl Drop for Killed {
+impl Drop for Processes {
     fn drop(&mut self) {
         for child in &mut self.0 {
             let _ = child.kill();
@@ -44,12 +49,31 @@ fn role(args: &[&str], env: &[(&str, String)]) -> Child {
     command.spawn().expect("spawn smelter role")
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn roles_as_processes_survive_a_killed_worker() {
+fn kill(child: &mut Child) {
+    child.kill().expect("SIGKILL");
+    child.wait().expect("reap");
+}
+
+async fn bronze_rows_at_least(tables: &TableStore, rows: u64) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !tables.exists("bronze.events")
+        || smelter_worker::tables::row_count(&tables.open("bronze.events").await.unwrap()) < rows
+    {
+        assert!(
+            Instant::now() < deadline,
+            "bronze never reached {rows} rows"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Runs the clickstream pipeline over separate processes, killing a worker mid-stream and,
+/// if `etcd` is given, the coordinator too; then checks every table with the oracle.
+async fn survive_kills(etcd: Option<&Etcd>) {
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path().join("tables");
     let port = free_port();
-    let env = vec![
+    let mut env = vec![
         ("SMELTER__COORDINATOR__LISTEN", format!("127.0.0.1:{port}")),
         (
             "SMELTER__COORDINATOR__ENDPOINT",
@@ -64,17 +88,26 @@ async fn roles_as_processes_survive_a_killed_worker() {
         ("SMELTER__WORKER__BATCH_MAX_WAIT_MS", "300".to_string()),
         ("SMELTER__STORAGE__ROOT", root.display().to_string()),
     ];
-    let mut processes = Killed(vec![role(&["coordinator"], &env)]);
-    processes.0.push(role(&["worker"], &env));
-    processes.0.push(role(&["worker"], &env));
+    if let Some(etcd) = etcd {
+        env.push(("SMELTER__COORDINATOR__STORE", "etcd".to_string()));
+        env.push((
+            "SMELTER__COORDINATOR__ETCD_ENDPOINTS",
+            etcd.endpoint.clone(),
+        ));
+    }
+    let mut processes = Processes(vec![
+        role(&["coordinator"], &env),
+        role(&["worker"], &env),
+        role(&["worker"], &env),
+    ]);
 
     let pipeline = dir.path().join("pipeline.yaml");
-    let text = bounded_demo(30_000, 4).replace("      rate: null\n", "      rate: 6000\n");
+    let text = bounded_demo(EVENTS, 4).replace("      rate: null\n", "      rate: 6000\n");
     std::fs::write(&pipeline, &text).unwrap();
     // `apply` retries until the coordinator listens: it is a fresh process too.
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let status = Command::new(smelter_binary())
+        let applied = Command::new(smelter_binary())
             .args([
                 "apply",
                 pipeline.to_str().unwrap(),
@@ -85,7 +118,7 @@ async fn roles_as_processes_survive_a_killed_worker() {
             .stderr(Stdio::null())
             .status()
             .unwrap();
-        if status.success() {
+        if applied.success() {
             break;
         }
         assert!(Instant::now() < deadline, "smelter apply never succeeded");
@@ -93,17 +126,16 @@ async fn roles_as_processes_survive_a_killed_worker() {
     }
 
     let tables = TableStore::new(&root).unwrap();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !tables.exists("bronze.events")
-        || smelter_worker::tables::row_count(&tables.open("bronze.events").await.unwrap()) < 5_000
-    {
-        assert!(Instant::now() < deadline, "ingest never started");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    bronze_rows_at_least(&tables, 5_000).await;
     // SIGKILL one worker mid-stream: no drain, no deregistration; only its lease expires.
-    let mut victim = processes.0.remove(1);
-    victim.kill().unwrap();
-    victim.wait().unwrap();
+    kill(&mut processes.0[1]);
+    if etcd.is_some() {
+        // Then the coordinator: its replacement finds the pipeline in etcd, and the workers
+        // (one survivor) re-register with it. Nobody applies anything again.
+        bronze_rows_at_least(&tables, 12_000).await;
+        kill(&mut processes.0[0]);
+        processes.0[0] = role(&["coordinator"], &env);
+    }
 
     let spec = smelter_common::spec::PipelineSpec::parse(&text, "pipeline.yaml").unwrap();
     let deadline = Instant::now() + Duration::from_secs(120);
@@ -132,7 +164,7 @@ async fn roles_as_processes_survive_a_killed_worker() {
     // `smelter status` tells the same story: one worker left, owning everything, and each
     // partition's committed offset at its last event (reports arrive once a second).
     let expected: Vec<serde_json::Value> = (0..4)
-        .map(|p| serde_json::json!(30_000 / 4 - 1 + i64::from(p < 30_000 % 4)))
+        .map(|p| serde_json::json!(EVENTS as i64 / 4 - 1 + i64::from(p < EVENTS % 4)))
         .collect();
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
@@ -146,7 +178,7 @@ async fn roles_as_processes_survive_a_killed_worker() {
             ])
             .output()
             .unwrap();
-        let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
         let tasks = status["tasks"].as_array().cloned().unwrap_or_default();
         let offsets: Vec<serde_json::Value> = tasks
             .iter()
@@ -154,9 +186,10 @@ async fn roles_as_processes_survive_a_killed_worker() {
             .map(|t| t["committed_offset"].clone())
             .collect();
         let one_worker = status["workers"].as_array().map(Vec::len) == Some(1);
-        let all_owned = tasks
-            .iter()
-            .all(|t| t["worker_id"] == status["workers"][0]["worker_id"]);
+        let all_owned = !tasks.is_empty()
+            && tasks
+                .iter()
+                .all(|t| t["worker_id"] == status["workers"][0]["worker_id"]);
         if one_worker && all_owned && offsets == expected {
             break;
         }
@@ -166,4 +199,17 @@ async fn roles_as_processes_survive_a_killed_worker() {
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn roles_as_processes_survive_a_killed_worker() {
+    survive_kills(None).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn coordinator_on_etcd_survives_sigkill() {
+    let Some(etcd) = Etcd::start().await else {
+        return;
+    };
+    survive_kills(Some(&etcd)).await;
 }

@@ -6,6 +6,7 @@
 //! the pipeline (testing.md, "The exactly-once oracle").
 
 pub mod oracle;
+pub mod services;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;

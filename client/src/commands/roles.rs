@@ -2,40 +2,39 @@
 
 use std::sync::Arc;
 
-use smelter_common::config::SmelterConfig;
-use smelter_common::store::MemoryStore;
+use smelter_common::config::{SmelterConfig, StoreKind};
+use smelter_common::store::{CoordinationStore, EtcdStore, MemoryStore};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::{ClientError, Result};
 
-/// Runs the coordinator until shutdown. The coordination store is in memory until the etcd
-/// store lands; workers re-register if the coordinator restarts.
-pub async fn coordinator(config: SmelterConfig, shutdown: CancellationToken) -> Result<()> {
-    let listener = TcpListener::bind(&config.coordinator.listen)
+async fn bind(address: &str) -> Result<TcpListener> {
+    TcpListener::bind(address)
         .await
         .map_err(|source| ClientError::Io {
-            context: format!("bind {}", config.coordinator.listen),
+            context: format!("bind {address}"),
             source,
-        })?;
-    smelter_coordinator::run(
-        config.coordinator,
-        Arc::new(MemoryStore::new()),
-        listener,
-        shutdown,
-    )
-    .await?;
+        })
+}
+
+/// Runs the coordinator until shutdown, on the configured coordination store. With etcd,
+/// applied pipelines survive a coordinator restart; workers re-register by themselves.
+pub async fn coordinator(config: SmelterConfig, shutdown: CancellationToken) -> Result<()> {
+    let store: Arc<dyn CoordinationStore> = match config.coordinator.store {
+        StoreKind::Memory => Arc::new(MemoryStore::new()),
+        StoreKind::Etcd => {
+            Arc::new(EtcdStore::connect(&config.coordinator.etcd_endpoint_list()).await?)
+        }
+    };
+    let listener = bind(&config.coordinator.listen).await?;
+    smelter_coordinator::run(config.coordinator, store, listener, shutdown).await?;
     Ok(())
 }
 
 /// Runs a worker until shutdown (SIGTERM drains: in-flight batches are committed first).
 pub async fn worker(config: SmelterConfig, shutdown: CancellationToken) -> Result<()> {
-    let listener = TcpListener::bind(&config.worker.flight_listen)
-        .await
-        .map_err(|source| ClientError::Io {
-            context: format!("bind {}", config.worker.flight_listen),
-            source,
-        })?;
+    let listener = bind(&config.worker.flight_listen).await?;
     smelter_worker::run(config, listener, shutdown).await?;
     Ok(())
 }

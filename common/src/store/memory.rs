@@ -171,6 +171,11 @@ mod tests {
     use super::*;
 
     #[tokio::test]
+    async fn conforms() {
+        super::super::conformance::check_store(&MemoryStore::new(), "/conformance/").await;
+    }
+
+    #[tokio::test]
     async fn lease_bound_keys_expire() {
         let store = MemoryStore::new();
         let lease = store.grant_lease(Duration::from_millis(30)).await.unwrap();

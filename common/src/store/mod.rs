@@ -5,6 +5,8 @@
 //! alive, and keys bound to a lease that vanish with it. Worker liveness is exactly
 //! "its registry key still exists". All key names are built in [`keys`].
 
+pub mod conformance;
+mod etcd;
 pub mod keys;
 mod memory;
 
@@ -12,6 +14,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 
+pub use etcd::EtcdStore;
 pub use memory::MemoryStore;
 
 use crate::Result;

@@ -1,0 +1,142 @@
+//! The behaviour every [`CoordinationStore`] must show, as one suite that runs against the
+//! in-memory store (unit tests) and against a real etcd (integration tests).
+
+use std::time::{Duration, Instant};
+
+use super::{CoordinationStore, Expect};
+use crate::Error;
+
+/// Runs every check against `store`, using keys under `prefix` only. Panics on the first
+/// deviation, naming it.
+pub async fn check_store(store: &dyn CoordinationStore, prefix: &str) {
+    let key = |k: &str| format!("{prefix}{k}");
+
+    // Plain writes: revisions grow, create_revision sticks, list is prefix-scoped and ordered.
+    let r1 = store
+        .put(&key("a"), b"1".to_vec(), None)
+        .await
+        .expect("put a");
+    let r2 = store
+        .put(&key("a"), b"2".to_vec(), None)
+        .await
+        .expect("put a again");
+    assert!(r2 > r1, "revisions must grow ({r1} then {r2})");
+    let a = store
+        .get(&key("a"))
+        .await
+        .expect("get a")
+        .expect("a exists");
+    assert_eq!(
+        (a.value.as_slice(), a.create_revision, a.mod_revision),
+        (b"2".as_slice(), r1, r2)
+    );
+    store
+        .put(&key("b"), b"x".to_vec(), None)
+        .await
+        .expect("put b");
+    store
+        .put(&format!("{prefix}~other"), b"y".to_vec(), None)
+        .await
+        .expect("put other");
+    let listed: Vec<String> = store
+        .list(&key(""))
+        .await
+        .expect("list")
+        .into_iter()
+        .map(|kv| kv.key)
+        .collect();
+    assert_eq!(
+        listed.iter().filter(|k| !k.ends_with("~other")).count(),
+        2,
+        "{listed:?}"
+    );
+    assert!(
+        listed.windows(2).all(|w| w[0] < w[1]),
+        "list is in key order: {listed:?}"
+    );
+    store.delete(&key("b")).await.expect("delete b");
+    store
+        .delete(&key("b"))
+        .await
+        .expect("deleting a missing key is fine");
+    assert!(store.get(&key("b")).await.expect("get b").is_none());
+
+    // Conditional writes.
+    assert_eq!(
+        store
+            .put_if(&key("a"), Expect::Absent, b"3".to_vec(), None)
+            .await
+            .expect("put_if"),
+        None
+    );
+    assert_eq!(
+        store
+            .put_if(&key("a"), Expect::ModRevision(r1), b"3".to_vec(), None)
+            .await
+            .expect("put_if"),
+        None
+    );
+    let r3 = store
+        .put_if(&key("a"), Expect::ModRevision(r2), b"3".to_vec(), None)
+        .await
+        .expect("put_if")
+        .expect("matched");
+    assert!(r3 > r2);
+    assert!(
+        store
+            .put_if(&key("c"), Expect::Absent, b"c".to_vec(), None)
+            .await
+            .expect("put_if c")
+            .is_some()
+    );
+
+    // Leases: bound keys live while kept alive and vanish with the lease.
+    let lease = store
+        .grant_lease(Duration::from_secs(2))
+        .await
+        .expect("grant");
+    store
+        .put(&key("leased"), b"w".to_vec(), Some(lease))
+        .await
+        .expect("put leased");
+    assert_eq!(
+        store
+            .get(&key("leased"))
+            .await
+            .expect("get")
+            .expect("leased exists")
+            .lease,
+        Some(lease)
+    );
+    store.keep_alive(lease).await.expect("keep alive");
+    store.revoke_lease(lease).await.expect("revoke");
+    assert!(
+        store.get(&key("leased")).await.expect("get").is_none(),
+        "revoking a lease deletes its keys"
+    );
+    assert!(matches!(
+        store.keep_alive(lease).await,
+        Err(Error::LeaseNotFound { .. })
+    ));
+    assert!(matches!(
+        store.put(&key("late"), b"z".to_vec(), Some(lease)).await,
+        Err(Error::LeaseNotFound { .. })
+    ));
+
+    let lease = store
+        .grant_lease(Duration::from_secs(1))
+        .await
+        .expect("grant short");
+    store
+        .put(&key("expiring"), b"w".to_vec(), Some(lease))
+        .await
+        .expect("put expiring");
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while store.get(&key("expiring")).await.expect("get").is_some() {
+        assert!(
+            Instant::now() < deadline,
+            "a lease that is not kept alive must expire"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}

@@ -1,0 +1,109 @@
+//! Real services started by the harness on free loopback ports, in temp dirs, stopped on
+//! drop (testing.md). A missing binary is a test failure when `SMELTER_REQUIRE_SERVICES=1`
+//! (CI), and a loud skip otherwise.
+
+use std::net::TcpListener;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use smelter_common::store::EtcdStore;
+use tokio::time::Instant;
+
+/// Whether missing services must fail the run.
+pub fn services_required() -> bool {
+    std::env::var("SMELTER_REQUIRE_SERVICES").is_ok_and(|v| v == "1")
+}
+
+/// Finds `name` on the PATH, or reports why a test cannot run.
+pub fn binary(name: &str) -> Option<std::path::PathBuf> {
+    let found = std::env::var_os("PATH").and_then(|path| {
+        std::env::split_paths(&path)
+            .map(|dir| dir.join(name))
+            .find(|p| p.is_file())
+    });
+    match (&found, services_required()) {
+        (None, true) => panic!(
+            "`{name}` is required (SMELTER_REQUIRE_SERVICES=1) but not on PATH; scripts/test.sh installs it"
+        ),
+        (None, false) => eprintln!(
+            "\n*** SKIPPED: `{name}` is not installed; run scripts/test.sh to install it ***\n"
+        ),
+        _ => {}
+    }
+    found
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+/// A single-node etcd.
+pub struct Etcd {
+    child: Child,
+    _dir: tempfile::TempDir,
+    /// Client URL, `http://127.0.0.1:<port>`.
+    pub endpoint: String,
+}
+
+impl Etcd {
+    /// Starts etcd and waits until it answers, or `None` if etcd is not installed (and not required).
+    pub async fn start() -> Option<Etcd> {
+        let binary = binary("etcd")?;
+        let dir = tempfile::tempdir().expect("temp dir");
+        let (client, peer) = (free_port(), free_port());
+        let endpoint = format!("http://127.0.0.1:{client}");
+        let child = Command::new(binary)
+            .args(["--name", "smelter-test", "--data-dir"])
+            .arg(dir.path())
+            .args([
+                "--listen-client-urls",
+                &endpoint,
+                "--advertise-client-urls",
+                &endpoint,
+            ])
+            .args(["--listen-peer-urls", &format!("http://127.0.0.1:{peer}")])
+            .args([
+                "--initial-advertise-peer-urls",
+                &format!("http://127.0.0.1:{peer}"),
+            ])
+            .args([
+                "--initial-cluster",
+                &format!("smelter-test=http://127.0.0.1:{peer}"),
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn etcd");
+        let etcd = Etcd {
+            child,
+            _dir: dir,
+            endpoint,
+        };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Ok(store) = EtcdStore::connect(std::slice::from_ref(&etcd.endpoint)).await
+                && smelter_common::store::CoordinationStore::get(&store, "/ready-probe")
+                    .await
+                    .is_ok()
+            {
+                return Some(etcd);
+            }
+            assert!(
+                Instant::now() < deadline,
+                "etcd did not become ready at {}",
+                etcd.endpoint
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+impl Drop for Etcd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
