@@ -7,7 +7,7 @@ use std::net::TcpListener;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use smelter_tests::oracle::{check_bronze, check_gold, check_log, check_silver, generator_truth};
+use smelter_tests::oracle::{check_pipeline, generator_truth};
 use smelter_tests::services::Etcd;
 use smelter_tests::{bounded_demo, smelter_binary};
 use smelter_worker::tables::TableStore;
@@ -150,16 +150,7 @@ async fn survive_kills(etcd: Option<&Etcd>) {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     let truth = generator_truth(&spec);
-    check_bronze(&tables, "bronze.events", &truth)
-        .await
-        .unwrap();
-    check_silver(&tables, "silver.events", &truth)
-        .await
-        .unwrap();
-    check_gold(&tables, &spec).await.unwrap();
-    for table in tables.list() {
-        check_log(&tables, &table).unwrap();
-    }
+    check_pipeline(&tables, &spec, &truth).await.unwrap();
 
     // `smelter status` tells the same story: one worker left, owning everything, and each
     // partition's committed offset at its last event (reports arrive once a second).

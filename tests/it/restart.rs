@@ -4,7 +4,7 @@
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use smelter_tests::oracle::{check_bronze, check_gold, check_log, check_silver, generator_truth};
+use smelter_tests::oracle::{check_pipeline, generator_truth};
 use smelter_tests::{bounded_demo, smelter_binary};
 use smelter_worker::tables::TableStore;
 use tokio::time::Instant;
@@ -85,14 +85,5 @@ async fn sigkill_mid_stream_then_restart_is_exact() {
 
     let spec = smelter_common::spec::PipelineSpec::parse(&text, "pipeline.yaml").unwrap();
     let truth = generator_truth(&spec);
-    check_bronze(&tables, "bronze.events", &truth)
-        .await
-        .unwrap();
-    check_silver(&tables, "silver.events", &truth)
-        .await
-        .unwrap();
-    check_gold(&tables, &spec).await.unwrap();
-    for table in tables.list() {
-        check_log(&tables, &table).unwrap();
-    }
+    check_pipeline(&tables, &spec, &truth).await.unwrap();
 }

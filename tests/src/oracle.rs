@@ -334,3 +334,19 @@ pub fn check_log(tables: &TableStore, table: &str) -> TestResult<()> {
     }
     Ok(())
 }
+
+/// The whole oracle for a generator-fed clickstream pipeline: bronze exactly G, silver and
+/// quarantine exact, gold equal to its recomputation, and every table's log replayed clean.
+pub async fn check_pipeline(
+    tables: &TableStore,
+    spec: &PipelineSpec,
+    truth: &Truth,
+) -> TestResult<()> {
+    check_bronze(tables, "bronze.events", truth).await?;
+    check_silver(tables, "silver.events", truth).await?;
+    check_gold(tables, spec).await?;
+    for table in tables.list() {
+        check_log(tables, &table)?;
+    }
+    Ok(())
+}
