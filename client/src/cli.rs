@@ -55,9 +55,9 @@ pub struct UpArgs {
     /// Pipeline file to run.
     #[arg(long)]
     pub pipeline: Option<PathBuf>,
-    /// Number of workers.
-    #[arg(long, default_value_t = 2)]
-    pub workers: usize,
+    /// Number of workers (1 to 64).
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u16).range(1..=64))]
+    pub workers: u16,
     /// Where tables are kept (tables go to DIR/tables).
     #[arg(long, default_value = "smelter-data")]
     pub data_dir: PathBuf,

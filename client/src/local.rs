@@ -34,7 +34,8 @@ async fn bind(address: &str) -> Result<TcpListener> {
 }
 
 impl LocalCluster {
-    /// Starts the coordinator on `config.coordinator.listen` and `workers` workers; the
+    /// Starts the coordinator on `config.coordinator.listen` and `workers` workers (at least
+    /// one); the
     /// first worker serves Flight SQL on `config.worker.flight_listen`, the others on free
     /// loopback ports.
     pub async fn start(mut config: SmelterConfig, workers: usize) -> Result<LocalCluster> {

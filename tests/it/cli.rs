@@ -85,6 +85,15 @@ fn malformed_pipelines_are_rejected_with_the_field() {
 }
 
 #[test]
+fn bad_arguments_are_usage_errors() {
+    let (code, _, stderr) = run(&["up", "--demo", "--workers", "0"]);
+    assert_eq!(code, 2, "{stderr}");
+    assert!(stderr.contains("--workers"), "{stderr}");
+    let (code, _, stderr) = run(&["query", "SELECT 1", "--output", "xml"]);
+    assert_eq!(code, 2, "{stderr}");
+}
+
+#[test]
 fn unreachable_endpoints_fail_with_exit_code_1() {
     let (code, _, stderr) = run(&["query", "SELECT 1", "--endpoint", "127.0.0.1:1"]);
     assert_eq!(code, 1, "{stderr}");

@@ -35,7 +35,7 @@ pub async fn run(
     if let Some(address) = &args.coordinator_addr {
         config.coordinator.listen = address.clone();
     }
-    let cluster = LocalCluster::start(config.clone(), args.workers).await?;
+    let cluster = LocalCluster::start(config.clone(), usize::from(args.workers)).await?;
     let result = serve(&cluster, &text, &origin, &spec, &config, &args, &shutdown).await;
     tracing::info!("shutting down: committing in-flight batches");
     let stopped = cluster.shutdown().await;
