@@ -7,6 +7,17 @@ use std::time::Duration;
 use smelter_tests::TestCluster;
 use smelter_tests::oracle::{check_log, exact, positions, sql};
 
+async fn bronze_positions(tables: &smelter_worker::tables::TableStore) -> Vec<(String, i32, i64)> {
+    positions(
+        &sql(
+            tables,
+            "SELECT topic, \"partition\", \"offset\" FROM bronze.orders",
+        )
+        .await
+        .unwrap(),
+    )
+}
+
 fn pipeline(dir: &std::path::Path) -> String {
     format!(
         r#"
@@ -64,27 +75,12 @@ async fn files_are_ingested_once_and_bad_lines_quarantined() {
     let tmp = landing.path().join(".b.ndjson");
     std::fs::write(&tmp, "{\"order_id\":\"o6\",\"amount\":1,\"customer\":{\"id\":\"c3\"}}\n{\"order_id\":\"o5\",\"amount\":2,\"customer\":{\"id\":\"c2\"}}\n").unwrap();
     std::fs::rename(&tmp, landing.path().join("b.ndjson")).unwrap();
-    let tables = cluster.tables.clone();
     cluster
-        .wait_for(Duration::from_secs(60), "b.ndjson in bronze", || {
-            let tables = tables.clone();
-            async move {
-                sql(
-                    &tables,
-                    "SELECT count(*) FROM bronze.orders WHERE topic = 'b.ndjson'",
-                )
-                .await
-                .map(|b| {
-                    b.first().map(|b| {
-                        arrow::array::AsArray::as_primitive::<arrow::datatypes::Int64Type>(
-                            b.column(0),
-                        )
-                        .value(0)
-                    }) == Some(2)
-                })
-                .unwrap_or(false)
-            }
-        })
+        .wait_for_rows(
+            Duration::from_secs(60),
+            "SELECT count(*) FROM bronze.orders WHERE topic = 'b.ndjson'",
+            &["2"],
+        )
         .await
         .unwrap();
     cluster.wait_drained(Duration::from_secs(60)).await.unwrap();
@@ -95,14 +91,7 @@ async fn files_are_ingested_once_and_bad_lines_quarantined() {
         .collect();
     expected.insert(("b.ndjson".into(), 0, 0));
     expected.insert(("b.ndjson".into(), 0, 1));
-    let bronze = positions(
-        &sql(
-            &cluster.tables,
-            "SELECT topic, \"partition\", \"offset\" FROM bronze.orders",
-        )
-        .await
-        .unwrap(),
-    );
+    let bronze = bronze_positions(&cluster.tables).await;
     exact("bronze.orders", bronze, &expected).unwrap();
 
     let quarantine = sql(&cluster.tables, "SELECT topic, \"partition\", \"offset\", rule, reason FROM silver.orders_quarantine ORDER BY \"offset\"").await.unwrap();
@@ -172,14 +161,7 @@ async fn files_are_ingested_once_and_bad_lines_quarantined() {
         bronze_version,
         "a restart re-ingested files"
     );
-    let bronze = positions(
-        &sql(
-            &cluster.tables,
-            "SELECT topic, \"partition\", \"offset\" FROM bronze.orders",
-        )
-        .await
-        .unwrap(),
-    );
+    let bronze = bronze_positions(&cluster.tables).await;
     exact("bronze.orders after restart", bronze, &expected).unwrap();
 }
 
@@ -205,17 +187,12 @@ async fn applying_a_changed_spec_restarts_its_tasks() {
     let applied = admin.apply(&stricter, "orders.yaml").await.unwrap();
     assert_eq!(applied.revision, 2);
     std::fs::write(landing.path().join("2.ndjson"), line("b", 50)).unwrap();
-    let tables = cluster.tables.clone();
     cluster
-        .wait_for(Duration::from_secs(60), "b quarantined by the new rule", || {
-            let tables = tables.clone();
-            async move {
-                sql(&tables, "SELECT reason FROM silver.orders_quarantine WHERE \"offset\" = 0 AND topic = '2.ndjson'")
-                    .await
-                    .map(|b| smelter_tests::oracle::rows(&b).unwrap_or_default() == vec!["violates `amount > 0 AND amount < 10`"])
-                    .unwrap_or(false)
-            }
-        })
+        .wait_for_rows(
+            Duration::from_secs(60),
+            "SELECT reason FROM silver.orders_quarantine WHERE \"offset\" = 0 AND topic = '2.ndjson'",
+            &["violates `amount > 0 AND amount < 10`"],
+        )
         .await
         .unwrap();
     let silver = smelter_tests::oracle::rows(

@@ -179,6 +179,27 @@ impl TestCluster {
         Ok(())
     }
 
+    /// Waits until `sql`, run directly over the tables, returns exactly `expected`
+    /// (rows as [`oracle::rows`] formats them).
+    pub async fn wait_for_rows(
+        &self,
+        timeout: Duration,
+        sql: &str,
+        expected: &[&str],
+    ) -> TestResult<()> {
+        let tables = self.tables.clone();
+        self.wait_for(timeout, &format!("`{sql}` to return {expected:?}"), || {
+            let tables = tables.clone();
+            async move {
+                oracle::sql(&tables, sql)
+                    .await
+                    .and_then(|b| oracle::rows(&b))
+                    .is_ok_and(|rows| rows == expected)
+            }
+        })
+        .await
+    }
+
     /// Stops the cluster (draining workers) but keeps the directory.
     pub async fn stop(&mut self) -> TestResult<()> {
         if let Some(cluster) = self.cluster.take() {

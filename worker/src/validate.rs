@@ -92,56 +92,35 @@ mod tests {
         validate_pipeline(&spec, "demo").await.unwrap();
     }
 
-    #[tokio::test]
-    async fn bad_expression_and_sql_name_the_field() {
-        let spec = PipelineSpec::parse(
-            &DEMO.replace("user_id IS NOT NULL", "user_idd IS NOT NULL"),
-            "p.yaml",
-        )
-        .unwrap();
-        let err = validate_pipeline(&spec, "p.yaml")
+    /// The validation error of the demo with `from` replaced by `to`.
+    async fn error_for(from: &str, to: &str) -> String {
+        assert!(DEMO.contains(from), "the demo has no `{from}`");
+        let spec = PipelineSpec::parse(&DEMO.replace(from, to), "p.yaml").unwrap();
+        validate_pipeline(&spec, "p.yaml")
             .await
             .unwrap_err()
-            .to_string();
+            .to_string()
+    }
+
+    #[tokio::test]
+    async fn bad_expression_and_sql_name_the_field() {
+        let err = error_for("user_id IS NOT NULL", "user_idd IS NOT NULL").await;
         assert!(
             err.contains("tables.silver.events.expectations.0.expr") && err.contains("user_idd"),
             "{err}"
         );
-
-        let spec = PipelineSpec::parse(
-            &DEMO.replace(
-                "count(DISTINCT session_id) AS sessions",
-                "count(DISTINCT sesion_id) AS sessions",
-            ),
-            "p.yaml",
+        let err = error_for(
+            "count(DISTINCT session_id) AS sessions",
+            "count(DISTINCT sesion_id) AS sessions",
         )
-        .unwrap();
-        let err = validate_pipeline(&spec, "p.yaml")
-            .await
-            .unwrap_err()
-            .to_string();
+        .await;
         assert!(
             err.contains("tables.gold.daily_summary.sql") && err.contains("sesion_id"),
             "{err}"
         );
-
-        let spec =
-            PipelineSpec::parse(&DEMO.replace("keys: [day]", "keys: [date]"), "p.yaml").unwrap();
-        let err = validate_pipeline(&spec, "p.yaml")
-            .await
-            .unwrap_err()
-            .to_string();
+        let err = error_for("keys: [day]", "keys: [date]").await;
         assert!(err.contains("tables.gold.daily_summary.keys"), "{err}");
-
-        let spec = PipelineSpec::parse(
-            &DEMO.replace("expr: \"user_id IS NOT NULL\"", "expr: \"user_id\""),
-            "p.yaml",
-        )
-        .unwrap();
-        let err = validate_pipeline(&spec, "p.yaml")
-            .await
-            .unwrap_err()
-            .to_string();
+        let err = error_for("expr: \"user_id IS NOT NULL\"", "expr: \"user_id\"").await;
         assert!(err.contains("not a boolean"), "{err}");
     }
 }
