@@ -182,6 +182,7 @@ mod tests {
             }),
             worker_id: worker.into(),
             generation: 1,
+            releasing_from: String::new(),
             report: Some(TaskStatusReport {
                 rows_committed: committed,
                 table_rows: 500,

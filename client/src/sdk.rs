@@ -79,11 +79,30 @@ pub struct AdminClient {
 }
 
 impl AdminClient {
-    /// Connects to the coordinator (`host:port` or a URL).
-    pub async fn connect(endpoint: &str) -> Result<Self> {
-        Ok(Self {
-            inner: ControlClient::new(channel(endpoint).await?),
-        })
+    /// Connects to the leading coordinator. `endpoints` lists every replica, comma-separated
+    /// (`host:port` or URLs); followers answer `UNAVAILABLE`, so the first replica that
+    /// answers a status call is the leader.
+    pub async fn connect(endpoints: &str) -> Result<Self> {
+        let mut last_error = None;
+        for endpoint in endpoints
+            .split(',')
+            .map(str::trim)
+            .filter(|e| !e.is_empty())
+        {
+            let attempt = async {
+                let mut inner = ControlClient::new(channel(endpoint).await?);
+                inner.get_cluster_status(ClusterStatusRequest {}).await?;
+                Ok::<_, ClientError>(Self { inner })
+            };
+            match attempt.await {
+                Ok(client) => return Ok(client),
+                Err(error) => last_error = Some(error),
+            }
+        }
+        Err(last_error.unwrap_or_else(|| ClientError::Unreachable {
+            endpoint: endpoints.to_string(),
+            message: "no coordinator endpoint given".into(),
+        }))
     }
 
     /// Leader, workers, tasks and their progress.

@@ -34,8 +34,12 @@ pub struct SmelterConfig {
 pub struct CoordinatorConfig {
     /// Address the gRPC control service binds.
     pub listen: String,
-    /// URL workers and the CLI dial to reach the coordinator.
+    /// URLs workers and the CLI dial to reach the coordinator, comma-separated: every
+    /// replica, in any order (they find the leader among them).
     pub endpoint: String,
+    /// URL of this replica as others should dial it (stored in the leader key); defaults
+    /// to `http://<bound address>`.
+    pub advertise: Option<String>,
     /// A worker that has not heartbeated for this long loses its tasks.
     pub lease_ttl_ms: u64,
     /// How often workers heartbeat.
@@ -44,6 +48,10 @@ pub struct CoordinatorConfig {
     pub store: StoreKind,
     /// etcd client URLs, comma-separated (`http://etcd-0:2379,http://etcd-1:2379`).
     pub etcd_endpoints: String,
+    /// How often Kafka topics are asked for their partition count (new partitions get tasks).
+    pub discovery_interval_ms: u64,
+    /// How long a revoked task may take to drain before its new owner starts anyway.
+    pub handoff_timeout_ms: u64,
 }
 
 /// Which coordination store the coordinator uses.
@@ -66,6 +74,9 @@ impl Default for CoordinatorConfig {
             heartbeat_interval_ms: 2_000,
             store: StoreKind::Memory,
             etcd_endpoints: "http://127.0.0.1:2379".into(),
+            advertise: None,
+            discovery_interval_ms: 10_000,
+            handoff_timeout_ms: 8_000,
         }
     }
 }
@@ -73,18 +84,36 @@ impl Default for CoordinatorConfig {
 impl CoordinatorConfig {
     /// The etcd endpoints as a list.
     pub fn etcd_endpoint_list(&self) -> Vec<String> {
-        self.etcd_endpoints
-            .split(',')
-            .map(str::trim)
-            .filter(|e| !e.is_empty())
-            .map(str::to_string)
-            .collect()
+        split_list(&self.etcd_endpoints)
+    }
+
+    /// The coordinator endpoints as a list.
+    pub fn endpoint_list(&self) -> Vec<String> {
+        split_list(&self.endpoint)
+    }
+
+    /// Kafka partition discovery interval as a duration.
+    pub fn discovery_interval(&self) -> std::time::Duration {
+        Duration::from_millis(self.discovery_interval_ms.max(100))
+    }
+
+    /// Hand-off timeout as a duration.
+    pub fn handoff_timeout(&self) -> Duration {
+        Duration::from_millis(self.handoff_timeout_ms)
     }
 
     /// Lease TTL as a duration.
     pub fn lease_ttl(&self) -> Duration {
         Duration::from_millis(self.lease_ttl_ms)
     }
+}
+
+fn split_list(text: &str) -> Vec<String> {
+    text.split(',')
+        .map(str::trim)
+        .filter(|e| !e.is_empty())
+        .map(str::to_string)
+        .collect()
 }
 
 /// Worker settings.

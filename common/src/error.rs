@@ -40,6 +40,23 @@ pub enum Error {
         /// The lease id.
         lease: i64,
     },
+    /// A guarded write found its guard gone: the writer is no longer the leader (or lock
+    /// holder) it was when it took the guard. Nothing was written.
+    #[error("guard {key} (created at revision {revision}) no longer held; write refused")]
+    GuardLost {
+        /// The guard key (leadership or lock key).
+        key: String,
+        /// Create revision the writer held it at.
+        revision: i64,
+    },
+    /// A Kafka broker could not be reached or refused a request; retried with backoff.
+    #[error("kafka brokers {brokers}: {message}")]
+    Broker {
+        /// The bootstrap servers asked.
+        brokers: String,
+        /// What went wrong.
+        message: String,
+    },
     /// The coordination store could not be reached or failed; the operation may be retried.
     #[error("coordination store unavailable: {message}")]
     StoreUnavailable {
@@ -51,7 +68,7 @@ pub enum Error {
 impl Error {
     /// Whether retrying the same operation later can succeed.
     pub fn is_retryable(&self) -> bool {
-        matches!(self, Error::StoreUnavailable { .. })
+        matches!(self, Error::StoreUnavailable { .. } | Error::Broker { .. })
     }
 }
 

@@ -22,6 +22,15 @@ pub enum CoordinatorError {
         /// The generation it reported under.
         generation: u64,
     },
+    /// This replica does not lead; `leader` is the leader's URL when known.
+    #[error("this coordinator is not the leader{}", if leader.is_empty() { String::new() } else { format!("; the leader is {leader}") })]
+    NotLeader {
+        /// The leader's control-plane URL, or empty while an election is on.
+        leader: String,
+    },
+    /// A bug: a task of the coordinator panicked.
+    #[error("internal error: {0}")]
+    Internal(String),
     /// The coordinator is shutting down.
     #[error("coordinator is shutting down")]
     ShuttingDown,
@@ -38,9 +47,10 @@ impl From<CoordinatorError> for tonic::Status {
                 smelter_common::Error::Spec { .. } | smelter_common::Error::Config { .. },
             ) => tonic::Status::invalid_argument(message),
             CoordinatorError::Common(e) if e.is_retryable() => tonic::Status::unavailable(message),
-            CoordinatorError::Common(_) | CoordinatorError::Transport(_) => {
-                tonic::Status::internal(message)
-            }
+            CoordinatorError::NotLeader { .. } => tonic::Status::unavailable(message),
+            CoordinatorError::Common(_)
+            | CoordinatorError::Transport(_)
+            | CoordinatorError::Internal(_) => tonic::Status::internal(message),
             CoordinatorError::UnknownWorker { .. } => tonic::Status::not_found(message),
             CoordinatorError::NotOwner { .. } => tonic::Status::failed_precondition(message),
             CoordinatorError::ShuttingDown => tonic::Status::unavailable(message),

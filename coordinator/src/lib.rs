@@ -1,14 +1,18 @@
-//! The Smelter control plane: worker membership, task placement and pipeline specs.
+//! The Smelter control plane: leader election, worker membership, task placement and
+//! pipeline specs.
 //!
 //! The coordinator never touches data. It decides *who should* run each task; the Delta
 //! log decides *what was* written (design.md §5). It is deliberately free of DataFusion
 //! and Delta so it stays small and quick to test.
 //!
 //! [`run`] serves the `Control` gRPC service on a listener the caller bound (port 0 in
-//! tests) until the shutdown token is cancelled.
+//! tests) until the shutdown token is cancelled. Every replica serves; only the elected
+//! leader runs the [`actor::Actor`], and followers answer `UNAVAILABLE` naming the leader.
 
 pub mod actor;
 pub mod assign;
+pub mod discovery;
+pub mod election;
 pub mod error;
 pub mod service;
 
@@ -18,27 +22,95 @@ use smelter_common::config::CoordinatorConfig;
 use smelter_common::store::CoordinationStore;
 use smelter_proto::ControlServer;
 use tokio::net::TcpListener;
+use tokio::sync::watch;
 use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
 
 pub use error::{CoordinatorError, Result};
 
-/// Serves the control plane on `listener` until `shutdown`.
+use crate::election::LeaderRecord;
+use crate::service::Role;
+
+/// Serves the control plane on `listener` until `shutdown`: campaigns, leads while elected,
+/// and campaigns again after losing leadership.
 pub async fn run(
     config: CoordinatorConfig,
     store: Arc<dyn CoordinationStore>,
     listener: TcpListener,
     shutdown: CancellationToken,
 ) -> Result<()> {
-    let actor = actor::Actor::new(store, config).await?;
-    let (commands, receiver) = tokio::sync::mpsc::channel(256);
-    let actor_task = tokio::spawn(actor.run(receiver, shutdown.clone()));
     let address = listener.local_addr().ok();
-    tracing::info!(address = ?address, "coordinator serving gRPC");
-    tonic::transport::Server::builder()
-        .add_service(ControlServer::new(service::ControlService::new(commands)))
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown.cancelled_owned())
-        .await?;
-    let _ = actor_task.await;
+    let me = LeaderRecord {
+        id: uuid::Uuid::new_v4().to_string(),
+        endpoint: config.advertise.clone().unwrap_or_else(|| {
+            address.map_or_else(|| config.endpoint.clone(), |a| format!("http://{a}"))
+        }),
+    };
+    let (role, roles) = watch::channel(Role::Follower { leader: None });
+    tracing::info!(address = ?address, coordinator_id = %me.id, "coordinator serving gRPC");
+    let server_shutdown = shutdown.clone();
+    let server = tokio::spawn(async move {
+        tonic::transport::Server::builder()
+            .add_service(ControlServer::new(service::ControlService::new(roles)))
+            .serve_with_incoming_shutdown(
+                TcpListenerStream::new(listener),
+                server_shutdown.cancelled_owned(),
+            )
+            .await
+    });
+
+    let ttl = config.lease_ttl();
+    while !shutdown.is_cancelled() {
+        let Some(leadership) = election::campaign(&store, &me, ttl, &shutdown, |leader| {
+            role.send_replace(Role::Follower { leader });
+        })
+        .await
+        else {
+            break;
+        };
+        let lost = shutdown.child_token();
+        let holder = tokio::spawn(election::hold(
+            store.clone(),
+            leadership.clone(),
+            ttl,
+            lost.clone(),
+        ));
+        match actor::Actor::take_over(
+            store.clone(),
+            config.clone(),
+            me.clone(),
+            leadership.guard.clone(),
+        )
+        .await
+        {
+            Ok(actor) => {
+                let (commands, receiver) = tokio::sync::mpsc::channel(256);
+                role.send_replace(Role::Leader(commands.clone()));
+                let discovery = tokio::spawn(discovery::run(
+                    commands.downgrade(),
+                    config.discovery_interval(),
+                    actor.discovery_trigger(),
+                    lost.clone(),
+                ));
+                drop(commands);
+                actor.run(receiver, lost.clone()).await;
+                discovery.abort();
+            }
+            Err(error) => tracing::error!(%error, "taking over as leader failed"),
+        }
+        role.send_replace(Role::Follower { leader: None });
+        lost.cancel();
+        let _ = holder.await;
+        if shutdown.is_cancelled() {
+            // Resign, so another replica takes over now rather than after the TTL.
+            let _ = store.revoke_lease(leadership.lease).await;
+            tracing::info!("resigned leadership");
+        } else {
+            tracing::warn!("lost leadership; campaigning again");
+        }
+    }
+    server
+        .await
+        .map_err(|e| CoordinatorError::Internal(e.to_string()))??;
     Ok(())
 }

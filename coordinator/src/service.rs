@@ -1,6 +1,8 @@
 //! Thin gRPC handlers: validate the request, forward it to the actor, relay the answer.
+//! On a follower replica there is no actor: every call answers `UNAVAILABLE` naming the
+//! leader, and clients move on to the next endpoint they know.
 
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
@@ -13,21 +15,46 @@ use smelter_proto::{
 
 use crate::CoordinatorError;
 use crate::actor::Command;
+use crate::election::LeaderRecord;
 
-/// The `Control` service, backed by the actor's command channel.
+/// What this replica is right now.
+#[derive(Clone)]
+pub enum Role {
+    /// Leading: commands go to the actor.
+    Leader(mpsc::Sender<Command>),
+    /// Following `leader` (if known).
+    Follower {
+        /// The current leader.
+        leader: Option<LeaderRecord>,
+    },
+}
+
+/// The `Control` service, backed by the leader actor's command channel.
 pub struct ControlService {
-    commands: mpsc::Sender<Command>,
+    role: watch::Receiver<Role>,
 }
 
 impl ControlService {
-    /// Handlers that forward to `commands`.
-    pub fn new(commands: mpsc::Sender<Command>) -> Self {
-        Self { commands }
+    /// Handlers that forward to the actor while this replica leads.
+    pub fn new(role: watch::Receiver<Role>) -> Self {
+        Self { role }
     }
 
     async fn call<T>(&self, make: impl FnOnce(oneshot::Sender<T>) -> Command) -> Result<T, Status> {
+        let commands = match &*self.role.borrow() {
+            Role::Leader(commands) => commands.clone(),
+            Role::Follower { leader } => {
+                return Err(CoordinatorError::NotLeader {
+                    leader: leader
+                        .as_ref()
+                        .map(|l| l.endpoint.clone())
+                        .unwrap_or_default(),
+                }
+                .into());
+            }
+        };
         let (reply, answer) = oneshot::channel();
-        self.commands
+        commands
             .send(make(reply))
             .await
             .map_err(|_| Status::from(CoordinatorError::ShuttingDown))?;
@@ -57,6 +84,8 @@ impl Control for ControlService {
             .call(|reply| Command::Register {
                 flight_endpoint: request.flight_endpoint,
                 hostname: request.hostname,
+                resume_id: request.worker_id,
+                running_task_ids: request.running_task_ids,
                 reply,
             })
             .await?;

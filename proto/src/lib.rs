@@ -47,6 +47,7 @@ impl TaskState {
             TaskState::Backoff => "backoff",
             TaskState::Failed => "failed",
             TaskState::Stopped => "stopped",
+            TaskState::Released => "released",
         }
     }
 }

@@ -5,7 +5,9 @@
 //! parallel. [`oracle`] checks the tables against ground truth computed independently of
 //! the pipeline (testing.md, "The exactly-once oracle").
 
+pub mod kafka;
 pub mod oracle;
+pub mod processes;
 pub mod services;
 
 use std::path::{Path, PathBuf};

@@ -33,7 +33,8 @@ pub fn binary(name: &str) -> Option<std::path::PathBuf> {
     found
 }
 
-fn free_port() -> u16 {
+/// A loopback port that was free a moment ago.
+pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
@@ -102,6 +103,62 @@ impl Etcd {
 }
 
 impl Drop for Etcd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A tansu broker (Kafka protocol) with in-memory storage.
+pub struct Tansu {
+    child: Child,
+    /// Bootstrap servers, `127.0.0.1:<port>`.
+    pub brokers: String,
+}
+
+impl Tansu {
+    /// Starts tansu and waits until it answers metadata requests, or `None` if tansu is
+    /// not installed (and not required).
+    pub async fn start() -> Option<Tansu> {
+        let binary = binary("tansu")?;
+        let port = free_port();
+        let url = format!("tcp://127.0.0.1:{port}");
+        let child = Command::new(binary)
+            .args([
+                "broker",
+                "--listener-url",
+                &url,
+                "--advertised-listener-url",
+                &url,
+            ])
+            .args(["--storage-engine", "memory://tansu/"])
+            .env("RUST_LOG", "error")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn tansu");
+        let tansu = Tansu {
+            child,
+            brokers: format!("127.0.0.1:{port}"),
+        };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while crate::kafka::admin(&tansu.brokers)
+            .inner()
+            .fetch_metadata(None, Duration::from_secs(1))
+            .is_err()
+        {
+            assert!(
+                Instant::now() < deadline,
+                "tansu did not become ready at {}",
+                tansu.brokers
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        Some(tansu)
+    }
+}
+
+impl Drop for Tansu {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();

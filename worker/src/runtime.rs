@@ -2,15 +2,18 @@
 //! assignment stream and runs exactly the tasks assigned under the latest generation.
 //!
 //! ```text
-//!   register ──► heartbeat loop ─────────────────────────► (lease lost: drain, re-register)
-//!       │
-//!       └──► WatchAssignments ──► reconcile: stop (drain) removed tasks, start new ones
-//!                                     │
+//!   register ──► heartbeat loop ──────────► (lease lost / leader gone: next endpoint, re-register
+//!       │                                     with the same id; tasks keep running meanwhile)
+//!       └──► WatchAssignments ──► reconcile: stop (drain) removed tasks, report them RELEASED,
+//!                                     │        start new ones
 //!                                     └──► status reports every second, tagged (worker, generation)
 //! ```
 //!
 //! Stopping a task cancels its token; the task commits its in-flight batch and returns.
-//! Nothing here is needed for correctness after a crash — that is the commit protocol's job.
+//! Tasks outlive control-plane sessions, so a coordinator failover does not pause data;
+//! only after [`ORPHAN_TTLS`] lease TTLs without any coordinator does the worker stop them
+//! (they have surely been given to others by then). Nothing here is needed for
+//! correctness after a crash — that is the commit protocol's job.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -20,10 +23,11 @@ use smelter_common::config::SmelterConfig;
 use smelter_common::spec::PipelineSpec;
 use smelter_proto::{
     AssignmentUpdate, ControlClient, DeregisterRequest, HeartbeatRequest, RegisterWorkerRequest,
-    TaskKind, TaskState, WatchAssignmentsRequest, WorkerContext,
+    TaskKind, TaskState, TaskStatusReport, WatchAssignmentsRequest, WorkerContext,
 };
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
+use tokio::time::Instant;
 use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::{Channel, Endpoint, Server};
@@ -78,6 +82,28 @@ struct Unit {
     progress: Progress,
 }
 
+/// Lease TTLs without any coordinator after which a worker stops its tasks.
+pub const ORPHAN_TTLS: u32 = 3;
+
+/// What outlives one control-plane session.
+struct WorkerState {
+    /// Empty until the first registration; kept across re-registrations.
+    worker_id: String,
+    generation: u64,
+    lease_ttl: Duration,
+    last_contact: Instant,
+    units: BTreeMap<UnitKey, Unit>,
+}
+
+impl WorkerState {
+    fn task_ids(&self) -> Vec<String> {
+        self.units
+            .values()
+            .flat_map(|u| u.task_ids.iter().map(|(_, id)| id.clone()))
+            .collect()
+    }
+}
+
 /// Runs a worker until `shutdown` is cancelled. The Flight SQL service is served on
 /// `flight_listener` (bind it first; port 0 is fine).
 pub async fn run(
@@ -112,17 +138,57 @@ pub async fn run(
     });
     tracing::info!(flight = %advertised, "worker serving Flight SQL");
 
+    let endpoints = config.coordinator.endpoint_list();
+    if endpoints.is_empty() {
+        return Err(WorkerError::Control(tonic::Status::invalid_argument(
+            "no coordinator endpoint configured (coordinator.endpoint)",
+        )));
+    }
+    let mut state = WorkerState {
+        worker_id: String::new(),
+        generation: 0,
+        lease_ttl: config.coordinator.lease_ttl(),
+        last_contact: Instant::now(),
+        units: BTreeMap::new(),
+    };
     let mut backoff = Duration::from_millis(100);
+    let mut turn = 0usize;
     while !shutdown.is_cancelled() {
-        match session(&config, &tables, &advertised, &shutdown).await {
+        let endpoint = &endpoints[turn % endpoints.len()];
+        let began = Instant::now();
+        match session(
+            &config,
+            &tables,
+            &advertised,
+            &shutdown,
+            endpoint,
+            &mut state,
+        )
+        .await
+        {
             Ok(()) => break,
             Err(error) => {
-                tracing::warn!(%error, retry_in_ms = backoff.as_millis() as u64, "control-plane session ended; re-registering");
+                // Another replica may lead now: try the next endpoint first.
+                turn += 1;
+                if began.elapsed() > state.lease_ttl {
+                    backoff = Duration::from_millis(100);
+                }
+                if !state.units.is_empty()
+                    && state.last_contact.elapsed() > state.lease_ttl * ORPHAN_TTLS
+                {
+                    tracing::warn!(
+                        silent_ms = state.last_contact.elapsed().as_millis() as u64,
+                        "no coordinator for too long; stopping tasks (they belong to others by now)"
+                    );
+                    stop_all(&mut state.units).await;
+                }
+                tracing::warn!(%error, endpoint = %endpoint, retry_in_ms = backoff.as_millis() as u64, "control-plane session ended; re-registering");
                 tokio::select! { _ = shutdown.cancelled() => break, _ = tokio::time::sleep(backoff) => {} }
-                backoff = (backoff * 2).min(Duration::from_secs(5));
+                backoff = (backoff * 2).min(Duration::from_secs(2));
             }
         }
     }
+    stop_all(&mut state.units).await;
     let _ = flight_task.await;
     tracing::info!("worker stopped");
     Ok(())
@@ -141,26 +207,38 @@ async fn connect(endpoint: &str) -> Result<ControlClient<Channel>> {
     Ok(ControlClient::new(channel))
 }
 
-/// One registration: lasts until shutdown (Ok) or until the lease or stream is lost (Err).
+/// One registration: lasts until shutdown (Ok) or until the lease, the stream or the
+/// leader is lost (Err). Tasks survive an Err; they are drained on Ok.
 async fn session(
     config: &SmelterConfig,
     tables: &TableStore,
     advertised: &str,
     shutdown: &CancellationToken,
+    endpoint: &str,
+    state: &mut WorkerState,
 ) -> Result<()> {
-    let mut client = connect(&config.coordinator.endpoint).await?;
+    let mut client = connect(endpoint).await?;
     let hostname = std::env::var("HOSTNAME").unwrap_or_default();
     let registered = client
         .register_worker(RegisterWorkerRequest {
             flight_endpoint: advertised.to_string(),
             hostname,
+            worker_id: state.worker_id.clone(),
+            running_task_ids: state.task_ids(),
         })
         .await?
         .into_inner();
-    let worker_id = registered.worker_id.clone();
+    state.worker_id = registered.worker_id.clone();
+    state.lease_ttl = Duration::from_millis(registered.lease_ttl_ms.max(1));
+    state.last_contact = Instant::now();
+    let worker_id = state.worker_id.clone();
     let span = tracing::info_span!("worker", worker_id = %worker_id);
     let _enter = span.enter();
-    tracing::info!(lease_ttl_ms = registered.lease_ttl_ms, "registered");
+    tracing::info!(
+        lease_ttl_ms = registered.lease_ttl_ms,
+        coordinator = endpoint,
+        "registered"
+    );
     let mut stream = client
         .watch_assignments(WatchAssignmentsRequest {
             worker_id: worker_id.clone(),
@@ -171,39 +249,64 @@ async fn session(
         registered.heartbeat_interval_ms.max(100),
     ));
     let mut report = tokio::time::interval(Duration::from_secs(1));
-    let mut units: BTreeMap<UnitKey, Unit> = BTreeMap::new();
-    let mut generation = 0u64;
     let result = loop {
         tokio::select! {
             _ = shutdown.cancelled() => break Ok(()),
             _ = heartbeat.tick() => {
-                if let Err(status) = client.heartbeat(HeartbeatRequest { worker_id: worker_id.clone() }).await {
-                    break Err(WorkerError::Control(status));
+                match client.heartbeat(HeartbeatRequest { worker_id: worker_id.clone() }).await {
+                    Ok(_) => state.last_contact = Instant::now(),
+                    Err(status) => break Err(WorkerError::Control(status)),
                 }
             }
-            _ = report.tick() => report_status(&mut client, &worker_id, generation, &units).await,
+            _ = report.tick() => report_status(&mut client, &worker_id, state.generation, &state.units).await,
             update = stream.message() => match update {
                 Ok(Some(update)) => {
-                    generation = update.generation;
-                    reconcile(&mut units, update, config, tables).await;
+                    state.generation = update.generation;
+                    state.last_contact = Instant::now();
+                    let released = reconcile(&mut state.units, update, config, tables).await;
+                    report_released(&mut client, &worker_id, state.generation, released).await;
                 }
                 Ok(None) => break Err(WorkerError::Control(tonic::Status::unavailable("assignment stream closed"))),
                 Err(status) => break Err(WorkerError::Control(status)),
             },
         }
     };
-    // Drain: every task commits its in-flight batch before we let go of the lease.
-    stop_all(&mut units).await;
-    report_status(&mut client, &worker_id, generation, &units).await;
     if result.is_ok() {
+        // Drain: every task commits its in-flight batch before we let go of the lease.
+        let released = state.task_ids();
+        stop_all(&mut state.units).await;
+        report_released(&mut client, &worker_id, state.generation, released).await;
         let _ = client
             .deregister(DeregisterRequest {
                 worker_id: worker_id.clone(),
             })
             .await;
-        tracing::info!("deregistered");
+        tracing::info!("drained and deregistered");
     }
     result
+}
+
+/// Acknowledges drained tasks, so their new owners can start (hand-off).
+async fn report_released(
+    client: &mut ControlClient<Channel>,
+    worker_id: &str,
+    generation: u64,
+    task_ids: Vec<String>,
+) {
+    for task_id in task_ids {
+        let report = TaskStatusReport {
+            context: Some(WorkerContext {
+                worker_id: worker_id.to_string(),
+                generation,
+            }),
+            task_id,
+            state: TaskState::Released as i32,
+            ..Default::default()
+        };
+        if let Err(status) = client.report_task_status(report).await {
+            tracing::warn!(%status, "hand-off acknowledgement not delivered; the coordinator times it out");
+        }
+    }
 }
 
 async fn stop_all(units: &mut BTreeMap<UnitKey, Unit>) {
@@ -239,13 +342,14 @@ async fn report_status(
     }
 }
 
-/// Makes the running units match `update`: stops (drains) what is gone or changed, starts what is new.
+/// Makes the running units match `update`: stops (drains) what is gone or changed, starts
+/// what is new. Returns the ids of tasks no longer assigned, now drained.
 async fn reconcile(
     units: &mut BTreeMap<UnitKey, Unit>,
     update: AssignmentUpdate,
     config: &SmelterConfig,
     tables: &TableStore,
-) {
+) -> Vec<String> {
     let revisions: HashMap<String, u64> = update
         .pipelines
         .iter()
@@ -310,10 +414,19 @@ async fn reconcile(
             unit.cancel.cancel();
         }
     }
+    let assigned: std::collections::HashSet<&str> =
+        update.tasks.iter().map(|t| t.task_id.as_str()).collect();
+    let mut released = Vec::new();
     for key in stale {
         if let Some(unit) = units.remove(&key) {
             let _ = unit.handle.await;
             tracing::info!(?key, "task stopped");
+            released.extend(
+                unit.task_ids
+                    .into_iter()
+                    .map(|(_, id)| id)
+                    .filter(|id| !assigned.contains(id.as_str())),
+            );
         }
     }
     for (key, task_ids) in wanted {
@@ -363,6 +476,7 @@ async fn reconcile(
             },
         );
     }
+    released
 }
 
 /// Runs a task, restarting it with backoff after retryable errors.

@@ -76,6 +76,7 @@ pub async fn status(args: StatusArgs) -> Result<()> {
 pub fn status_json(status: &ClusterStatus) -> serde_json::Value {
     serde_json::json!({
         "leader": status.leader,
+        "leader_endpoint": status.leader_endpoint,
         "generation": status.generation,
         "workers": status.workers.iter().map(|w| serde_json::json!({
             "worker_id": w.worker_id, "flight_endpoint": w.flight_endpoint, "hostname": w.hostname,
@@ -87,6 +88,7 @@ pub fn status_json(status: &ClusterStatus) -> serde_json::Value {
             serde_json::json!({
                 "task_id": task.task_id, "kind": task.kind().label(), "table": task.table, "partition": task.partition,
                 "worker_id": t.worker_id, "generation": t.generation, "state": report.state().label(), "error": report.error,
+                "releasing_from": (!t.releasing_from.is_empty()).then_some(&t.releasing_from),
                 "rows_committed": report.rows_committed, "rows_quarantined": report.rows_quarantined,
                 "rows_dropped": report.rows_dropped, "rows_deduplicated": report.rows_deduplicated,
                 "table_version": report.table_version, "table_rows": report.table_rows, "lag": report.lag,
@@ -100,8 +102,8 @@ pub fn status_json(status: &ClusterStatus) -> serde_json::Value {
 
 fn status_text(status: &ClusterStatus) -> String {
     let mut out = format!(
-        "leader {}  generation {}\n\nworkers\n",
-        status.leader, status.generation
+        "leader {} ({})  generation {}\n\nworkers\n",
+        status.leader, status.leader_endpoint, status.generation
     );
     for w in &status.workers {
         out.push_str(&format!(
@@ -118,11 +120,16 @@ fn status_text(status: &ClusterStatus) -> String {
         } else {
             String::new()
         };
+        let state = if t.releasing_from.is_empty() {
+            report.state().label().to_string()
+        } else {
+            "hand-off".to_string()
+        };
         out.push_str(&format!(
             "  {:<45} {:<36} {:<8} rows {:>10} lag {:>6}{offset}{}\n",
             task.task_id,
             t.worker_id,
-            report.state().label(),
+            state,
             report.rows_committed,
             report.lag,
             if report.error.is_empty() {

@@ -17,7 +17,7 @@ use indexmap::IndexMap;
 use serde::{Deserialize, Serialize};
 
 pub use schema::{FieldType, Primitive, SchemaSpec};
-pub use source::{FilesSpec, GeneratorSpec, SourceSpec};
+pub use source::{FilesSpec, GeneratorSpec, KafkaSpec, RESERVED_KAFKA_PROPERTIES, SourceSpec};
 
 use crate::{Error, Result};
 

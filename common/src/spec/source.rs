@@ -12,6 +12,8 @@ pub enum SourceSpec {
     Generator(GeneratorSpec),
     /// A directory of NDJSON files; each file is a one-partition topic named after the file.
     Files(FilesSpec),
+    /// A Kafka topic (any Kafka-protocol broker); its partitions are discovered at run time.
+    Kafka(KafkaSpec),
 }
 
 /// The YAML shape of a source: exactly one kind key.
@@ -22,17 +24,22 @@ struct RawSource {
     generator: Option<GeneratorSpec>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     files: Option<FilesSpec>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    kafka: Option<KafkaSpec>,
 }
 
 impl TryFrom<RawSource> for SourceSpec {
     type Error = String;
 
     fn try_from(raw: RawSource) -> Result<Self, String> {
-        match (raw.generator, raw.files) {
-            (Some(g), None) => Ok(SourceSpec::Generator(g)),
-            (None, Some(f)) => Ok(SourceSpec::Files(f)),
-            (None, None) => Err("a source needs one of `generator` or `files`".into()),
-            (Some(_), Some(_)) => Err("a source is either `generator` or `files`, not both".into()),
+        match (raw.generator, raw.files, raw.kafka) {
+            (Some(g), None, None) => Ok(SourceSpec::Generator(g)),
+            (None, Some(f), None) => Ok(SourceSpec::Files(f)),
+            (None, None, Some(k)) => Ok(SourceSpec::Kafka(k)),
+            (None, None, None) => {
+                Err("a source needs one of `generator`, `files` or `kafka`".into())
+            }
+            _ => Err("a source is exactly one of `generator`, `files` or `kafka`".into()),
         }
     }
 }
@@ -43,21 +50,30 @@ impl From<SourceSpec> for RawSource {
             SourceSpec::Generator(g) => RawSource {
                 generator: Some(g),
                 files: None,
+                kafka: None,
             },
             SourceSpec::Files(f) => RawSource {
                 generator: None,
                 files: Some(f),
+                kafka: None,
+            },
+            SourceSpec::Kafka(k) => RawSource {
+                generator: None,
+                files: None,
+                kafka: Some(k),
             },
         }
     }
 }
 
 impl SourceSpec {
-    /// How many partitions the source has (fixed for generator and files sources).
-    pub fn partitions(&self) -> u32 {
+    /// How many partitions the source has, when the spec alone says (generator, files);
+    /// `None` for Kafka, whose partitions the coordinator discovers from the broker.
+    pub fn partitions(&self) -> Option<u32> {
         match self {
-            SourceSpec::Generator(g) => g.partitions,
-            SourceSpec::Files(_) => 1,
+            SourceSpec::Generator(g) => Some(g.partitions),
+            SourceSpec::Files(_) => Some(1),
+            SourceSpec::Kafka(_) => None,
         }
     }
 }
@@ -123,3 +139,28 @@ pub struct FilesSpec {
 fn default_suffix() -> String {
     ".ndjson".into()
 }
+
+/// Settings of a Kafka source.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct KafkaSpec {
+    /// Bootstrap servers, comma-separated `host:port`.
+    pub brokers: String,
+    /// The topic; every partition of it is ingested, including partitions added later.
+    pub topic: String,
+    /// Extra librdkafka client properties (`security.protocol`, `fetch.max.bytes`, ...).
+    /// Offsets and group settings are Smelter's: start positions come from the bronze
+    /// table's txn versions, never from consumer-group offsets.
+    #[serde(default)]
+    pub properties: std::collections::BTreeMap<String, String>,
+}
+
+/// librdkafka properties a spec may not override: they carry the exactly-once protocol.
+pub const RESERVED_KAFKA_PROPERTIES: &[&str] = &[
+    "bootstrap.servers",
+    "group.id",
+    "enable.auto.commit",
+    "enable.auto.offset.store",
+    "auto.offset.reset",
+    "enable.partition.eof",
+];

@@ -221,6 +221,46 @@ fn validate_source(c: &Checker, name: &str, source: &SourceSpec) -> Result<()> {
                 return Err(c.fail(&["sources", name, "files", "path"], "must name a directory"));
             }
         }
+        SourceSpec::Kafka(k) => {
+            let path = ["sources", name, "kafka"];
+            if k.brokers.split(',').all(|b| b.trim().is_empty()) {
+                return Err(c.fail(
+                    &[&path[..], &["brokers"]].concat(),
+                    "must list at least one host:port",
+                ));
+            }
+            if let Some(bad) = k
+                .brokers
+                .split(',')
+                .map(str::trim)
+                .find(|b| !b.contains(':'))
+            {
+                return Err(c.fail(
+                    &[&path[..], &["brokers"]].concat(),
+                    format!("`{bad}` is not host:port"),
+                ));
+            }
+            let legal = |ch: char| ch.is_ascii_alphanumeric() || matches!(ch, '.' | '_' | '-');
+            if k.topic.is_empty() || k.topic.len() > 249 || !k.topic.chars().all(legal) {
+                return Err(c.fail(
+                    &[&path[..], &["topic"]].concat(),
+                    format!(
+                        "`{}` is not a Kafka topic name (1-249 of a-z A-Z 0-9 . _ -)",
+                        k.topic
+                    ),
+                ));
+            }
+            if let Some(reserved) = k
+                .properties
+                .keys()
+                .find(|p| crate::spec::RESERVED_KAFKA_PROPERTIES.contains(&p.as_str()))
+            {
+                return Err(c.fail(
+                    &[&path[..], &["properties", reserved.as_str()]].concat(),
+                    "is set by Smelter (positions come from the bronze txn versions) and cannot be overridden",
+                ));
+            }
+        }
     }
     Ok(())
 }

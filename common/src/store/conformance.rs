@@ -3,7 +3,7 @@
 
 use std::time::{Duration, Instant};
 
-use super::{CoordinationStore, Expect};
+use super::{CoordinationStore, Expect, Guard};
 use crate::Error;
 
 /// Runs every check against `store`, using keys under `prefix` only. Panics on the first
@@ -139,4 +139,44 @@ pub async fn check_store(store: &dyn CoordinationStore, prefix: &str) {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+
+    // Guarded writes: they land while the guard key is the one taken, and are refused
+    // once it was deleted and re-created by someone else (a new leader).
+    let leader = key("leader");
+    let revision = store
+        .put_if(&leader, Expect::Absent, b"a".to_vec(), None)
+        .await
+        .expect("campaign")
+        .expect("first campaign wins");
+    let guard = Guard {
+        key: leader.clone(),
+        revision,
+    };
+    store
+        .put_guarded(&guard, &key("guarded"), b"1".to_vec(), None)
+        .await
+        .expect("guarded put while leading");
+    store.delete(&leader).await.expect("resign");
+    let successor = store
+        .put_if(&leader, Expect::Absent, b"b".to_vec(), None)
+        .await
+        .expect("campaign again")
+        .expect("successor wins");
+    assert_ne!(successor, revision);
+    assert!(matches!(
+        store
+            .put_guarded(&guard, &key("guarded"), b"2".to_vec(), None)
+            .await,
+        Err(Error::GuardLost { .. })
+    ));
+    assert!(matches!(
+        store.delete_guarded(&guard, &key("guarded")).await,
+        Err(Error::GuardLost { .. })
+    ));
+    let kept = store
+        .get(&key("guarded"))
+        .await
+        .expect("get")
+        .expect("kept");
+    assert_eq!(kept.value, b"1".to_vec(), "a deposed leader wrote nothing");
 }

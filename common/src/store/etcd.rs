@@ -11,7 +11,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use etcd_client::{Client, Compare, CompareOp, GetOptions, PutOptions, Txn, TxnOp};
 
-use super::{CoordinationStore, Expect, KeyValue, LeaseId};
+use super::{CoordinationStore, Expect, Guard, KeyValue, LeaseId};
 use crate::{Error, Result};
 
 /// A coordination store backed by an etcd cluster.
@@ -58,6 +58,34 @@ impl EtcdStore {
 
     fn put_options(lease: Option<LeaseId>) -> Option<PutOptions> {
         lease.map(|id| PutOptions::new().with_lease(id))
+    }
+
+    /// Runs `op` in a txn that first compares the guard key's create revision.
+    async fn guarded(&self, guard: &Guard, op: TxnOp, lease: Option<LeaseId>) -> Result<i64> {
+        let txn = Txn::new()
+            .when([Compare::create_revision(
+                guard.key.as_str(),
+                CompareOp::Equal,
+                guard.revision,
+            )])
+            .and_then([op]);
+        let response = self
+            .client
+            .clone()
+            .txn(txn)
+            .await
+            .map_err(|e| match lease {
+                Some(id) => lease_error(id, e),
+                None => unavailable(e),
+            })?;
+        if response.succeeded() {
+            Ok(response.header().map_or(0, |h| h.revision()))
+        } else {
+            Err(Error::GuardLost {
+                key: guard.key.clone(),
+                revision: guard.revision,
+            })
+        }
     }
 }
 
@@ -174,5 +202,26 @@ impl CoordinationStore for EtcdStore {
             .await
             .map_err(unavailable)?;
         Ok(())
+    }
+
+    async fn put_guarded(
+        &self,
+        guard: &Guard,
+        key: &str,
+        value: Vec<u8>,
+        lease: Option<LeaseId>,
+    ) -> Result<i64> {
+        self.guarded(
+            guard,
+            TxnOp::put(key, value, Self::put_options(lease)),
+            lease,
+        )
+        .await
+    }
+
+    async fn delete_guarded(&self, guard: &Guard, key: &str) -> Result<()> {
+        self.guarded(guard, TxnOp::delete(key, None), None)
+            .await
+            .map(|_| ())
     }
 }

@@ -4,6 +4,9 @@
 //! /smelter/pipelines/<pipeline>          pipeline spec (JSON: yaml, origin, revision)
 //! /smelter/workers/<worker_id>           worker registration, bound to the worker's lease
 //! /smelter/assignments/<worker_id>       the worker's current assignment (JSON)
+//! /smelter/leader                        the leading coordinator (JSON), bound to its lease
+//! /smelter/generation                    the latest assignment generation
+//! /smelter/partitions/<pipeline>/<source> discovered partition count of a Kafka source
 //! ```
 
 /// Root of every Smelter key.
@@ -31,7 +34,39 @@ pub fn worker(worker_id: &str) -> String {
 
 /// Key of one worker's assignment.
 pub fn assignment(worker_id: &str) -> String {
-    format!("{ROOT}assignments/{worker_id}")
+    format!("{}{worker_id}", assignments_prefix())
+}
+
+/// Key the coordinator replicas campaign for; its holder is the leader.
+pub fn leader() -> String {
+    format!("{ROOT}leader")
+}
+
+/// Key of the latest assignment generation, so a new leader continues the count.
+pub fn generation() -> String {
+    format!("{ROOT}generation")
+}
+
+/// Prefix of discovered partition counts.
+pub fn partitions_prefix() -> String {
+    format!("{ROOT}partitions/")
+}
+
+/// Key of the discovered partition count of one Kafka source.
+pub fn partitions(pipeline: &str, source: &str) -> String {
+    format!("{}{pipeline}/{source}", partitions_prefix())
+}
+
+/// (pipeline, source) of a [`partitions`] key.
+pub fn partitions_of(key: &str) -> (&str, &str) {
+    let rest = key.strip_prefix(ROOT).unwrap_or(key);
+    let rest = rest.strip_prefix("partitions/").unwrap_or(rest);
+    rest.split_once('/').unwrap_or((rest, ""))
+}
+
+/// Prefix of assignment keys.
+pub fn assignments_prefix() -> String {
+    format!("{ROOT}assignments/")
 }
 
 /// The last path segment of a key (worker id, pipeline name).

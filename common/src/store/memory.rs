@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 
-use super::{CoordinationStore, Expect, KeyValue, LeaseId};
+use super::{CoordinationStore, Expect, Guard, KeyValue, LeaseId};
 use crate::{Error, Result};
 
 #[derive(Default)]
@@ -20,6 +20,22 @@ struct State {
 }
 
 impl State {
+    fn check(&self, guard: &Guard) -> Result<()> {
+        match self.keys.get(&guard.key) {
+            Some(kv) if kv.create_revision == guard.revision => Ok(()),
+            _ => Err(Error::GuardLost {
+                key: guard.key.clone(),
+                revision: guard.revision,
+            }),
+        }
+    }
+
+    fn remove(&mut self, key: &str) {
+        if self.keys.remove(key).is_some() {
+            self.revision += 1;
+        }
+    }
+
     fn reap(&mut self, now: Instant) {
         let expired: Vec<LeaseId> = self
             .leases
@@ -158,9 +174,28 @@ impl CoordinationStore for MemoryStore {
 
     async fn delete(&self, key: &str) -> Result<()> {
         self.with(|s| {
-            if s.keys.remove(key).is_some() {
-                s.revision += 1;
-            }
+            s.remove(key);
+            Ok(())
+        })
+    }
+
+    async fn put_guarded(
+        &self,
+        guard: &Guard,
+        key: &str,
+        value: Vec<u8>,
+        lease: Option<LeaseId>,
+    ) -> Result<i64> {
+        self.with(|s| {
+            s.check(guard)?;
+            s.write(key, value, lease)
+        })
+    }
+
+    async fn delete_guarded(&self, guard: &Guard, key: &str) -> Result<()> {
+        self.with(|s| {
+            s.check(guard)?;
+            s.remove(key);
             Ok(())
         })
     }

@@ -46,6 +46,17 @@ pub enum Expect {
     ModRevision(i64),
 }
 
+/// Proof of holding a key (a leadership or lock key): the key and the revision that created
+/// it. A guarded write lands only while that very key still exists — a successor who
+/// re-created it has another create revision — so a deposed leader cannot write (design.md §4).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Guard {
+    /// The held key.
+    pub key: String,
+    /// Its create revision when it was taken.
+    pub revision: i64,
+}
+
 /// The operations Smelter needs from a coordination store.
 #[async_trait]
 pub trait CoordinationStore: Send + Sync + 'static {
@@ -71,4 +82,14 @@ pub trait CoordinationStore: Send + Sync + 'static {
     ) -> Result<Option<i64>>;
     /// Deletes a key; deleting a missing key is not an error.
     async fn delete(&self, key: &str) -> Result<()>;
+    /// [`put`](Self::put), but only while `guard` holds; `Error::GuardLost` otherwise.
+    async fn put_guarded(
+        &self,
+        guard: &Guard,
+        key: &str,
+        value: Vec<u8>,
+        lease: Option<LeaseId>,
+    ) -> Result<i64>;
+    /// [`delete`](Self::delete), but only while `guard` holds; `Error::GuardLost` otherwise.
+    async fn delete_guarded(&self, guard: &Guard, key: &str) -> Result<()>;
 }

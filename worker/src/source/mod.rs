@@ -8,6 +8,7 @@
 
 mod files;
 pub mod generator;
+mod kafka;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -61,6 +62,7 @@ pub trait SourceReader: Send {
 
 /// Opens a reader over `partitions` of `source`, starting after the committed positions.
 pub async fn open(
+    pipeline: &str,
     name: &str,
     source: &SourceSpec,
     partitions: &[i32],
@@ -77,5 +79,16 @@ pub async fn open(
             positions,
             max_record_bytes,
         ))),
+        SourceSpec::Kafka(spec) => Ok(Box::new(
+            kafka::KafkaReader::open(
+                pipeline,
+                name,
+                spec,
+                partitions,
+                positions.as_ref(),
+                max_record_bytes,
+            )
+            .await?,
+        )),
     }
 }

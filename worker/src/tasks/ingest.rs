@@ -140,6 +140,7 @@ impl IngestTask {
         // Last offset this task committed per (topic, partition), while the reader lives.
         let mut committed: HashMap<(String, i32), i64> = HashMap::new();
         let mut reader = source::open(
+            &env.pipeline.pipeline,
             &self.source,
             &source_spec,
             &self.partitions,
@@ -211,6 +212,7 @@ impl IngestTask {
                         committed.clear();
                         positions.forget();
                         reader = source::open(
+                            &env.pipeline.pipeline,
                             &self.source,
                             &source_spec,
                             &self.partitions,

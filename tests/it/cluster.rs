@@ -1,0 +1,282 @@
+//! Cluster mode end to end: real etcd, a real Kafka-protocol broker (tansu), two
+//! coordinator replicas and worker processes. While 200,000 acknowledged events stream
+//! through a 12-partition topic, a fourth worker joins (hand-off), a worker is SIGKILLed,
+//! and the leading coordinator is SIGKILLed; bronze must still hold exactly the
+//! acknowledged records, and silver and gold must be complete. Then every worker is
+//! restarted, and nothing is ingested again.
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use smelter_common::spec::PipelineSpec;
+use smelter_tests::kafka::{
+    EventProducer, create_topic, demo_events, kafka_demo, unique_topic, wait_caught_up,
+};
+use smelter_tests::oracle::check_pipeline;
+use smelter_tests::processes::{ProcessCluster, tasks, worker_id};
+use smelter_tests::services::{Etcd, Tansu};
+use smelter_worker::tables::{self, TableStore};
+use tokio::time::Instant;
+
+const PARTITIONS: i32 = 12;
+/// Rounds of production; each round sends `PER_ROUND` events to every partition.
+const ROUNDS: i64 = 40;
+const PER_ROUND: i64 = 417; // 12 × 417 × 40 = 200,160 events
+const LEASE_TTL: Duration = Duration::from_millis(3_000);
+
+async fn bronze_rows(tables: &TableStore) -> u64 {
+    if !tables.exists("bronze.events") {
+        return 0;
+    }
+    match tables.open("bronze.events").await {
+        Ok(table) => tables::row_count(&table),
+        Err(_) => 0,
+    }
+}
+
+async fn bronze_rows_at_least(tables: &TableStore, rows: u64, timeout: Duration) {
+    let deadline = Instant::now() + timeout;
+    while bronze_rows(tables).await < rows {
+        assert!(
+            Instant::now() < deadline,
+            "bronze never reached {rows} rows"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+fn ingest_owners(status: &serde_json::Value) -> Vec<(i64, String, String)> {
+    tasks(status)
+        .iter()
+        .filter(|t| t["kind"] == "ingest")
+        .map(|t| {
+            (
+                t["partition"].as_i64().unwrap_or(-1),
+                t["worker_id"].as_str().unwrap_or_default().to_string(),
+                t["state"].as_str().unwrap_or_default().to_string(),
+            )
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_rebalances_and_fails_over_exactly_once() {
+    let (Some(etcd), Some(tansu)) = (Etcd::start().await, Tansu::start().await) else {
+        return;
+    };
+    let topic = unique_topic("clicks");
+    create_topic(&tansu.brokers, &topic, PARTITIONS)
+        .await
+        .unwrap();
+    let ttl = LEASE_TTL.as_millis().to_string();
+    let mut cluster = ProcessCluster::start(
+        2,
+        &etcd.endpoint,
+        &[
+            ("SMELTER__COORDINATOR__LEASE_TTL_MS", ttl.as_str()),
+            ("SMELTER__COORDINATOR__HEARTBEAT_INTERVAL_MS", "500"),
+            ("SMELTER__COORDINATOR__DISCOVERY_INTERVAL_MS", "1000"),
+            ("SMELTER__COORDINATOR__HANDOFF_TIMEOUT_MS", "5000"),
+            ("SMELTER__WORKER__BATCH_MAX_WAIT_MS", "300"),
+            ("SMELTER__WORKER__BATCH_MAX_RECORDS", "10000"),
+            ("SMELTER__WORKER__POLL_INTERVAL_MS", "100"),
+            ("SMELTER__WORKER__GOLD_MIN_INTERVAL_MS", "500"),
+        ],
+    );
+    for _ in 0..3 {
+        cluster.add_worker();
+    }
+    let text = kafka_demo(&tansu.brokers, &topic);
+    let pipeline = cluster.dir().join("pipeline.yaml");
+    std::fs::write(&pipeline, &text).unwrap();
+    cluster.apply(&pipeline).await.unwrap();
+    let spec = PipelineSpec::parse(&text, "pipeline.yaml").unwrap();
+    let tables = TableStore::new(cluster.root()).unwrap();
+
+    // Every partition gets a task, spread evenly over the three workers.
+    let (status, _) = cluster
+        .wait_status(
+            "12 ingest tasks over 3 workers",
+            Duration::from_secs(30),
+            |s| {
+                let owners = ingest_owners(s);
+                let per_worker: BTreeSet<usize> = (0..3)
+                    .filter_map(|i| worker_id(s, i))
+                    .map(|w| owners.iter().filter(|(_, o, _)| *o == w).count())
+                    .collect();
+                owners.len() == PARTITIONS as usize && per_worker == BTreeSet::from([4])
+            },
+        )
+        .await
+        .unwrap();
+    assert!(
+        status["leader_endpoint"]
+            .as_str()
+            .is_some_and(|l| !l.is_empty()),
+        "status names the leader: {status}"
+    );
+
+    let brokers = tansu.brokers.clone();
+    let producer_topic = topic.clone();
+    let producer = tokio::spawn(async move {
+        let mut producer =
+            EventProducer::new(&brokers, &producer_topic, &demo_events(PARTITIONS as u32)).unwrap();
+        let partitions: Vec<i32> = (0..PARTITIONS).collect();
+        for _ in 0..ROUNDS {
+            producer.produce(&partitions, PER_ROUND).await.unwrap();
+            tokio::time::sleep(Duration::from_millis(600)).await;
+        }
+        producer
+    });
+
+    // A fourth worker joins mid-stream: partitions are handed off to it within 10 s.
+    bronze_rows_at_least(&tables, 20_000, Duration::from_secs(120)).await;
+    let joiner = cluster.add_worker();
+    let (_, took) = cluster
+        .wait_status(
+            "the new worker owns partitions",
+            Duration::from_secs(10),
+            |s| {
+                let Some(id) = worker_id(s, joiner) else {
+                    return false;
+                };
+                let owners = ingest_owners(s);
+                owners
+                    .iter()
+                    .any(|(_, w, state)| *w == id && state == "running")
+                    && tasks(s).iter().all(|t| t["releasing_from"].is_null())
+            },
+        )
+        .await
+        .unwrap();
+    eprintln!("a joining worker ran its first partitions after {took:?}");
+
+    // SIGKILL worker 0 mid-stream: its partitions resume elsewhere within TTL + 5 s.
+    let status = cluster.status().unwrap();
+    let victim = worker_id(&status, 0).unwrap();
+    let orphaned: Vec<i64> = ingest_owners(&status)
+        .into_iter()
+        .filter(|(_, w, _)| *w == victim)
+        .map(|(p, _, _)| p)
+        .collect();
+    assert!(!orphaned.is_empty(), "worker 0 owned partitions: {status}");
+    cluster.kill_worker(0);
+    let (_, took) = cluster
+        .wait_status(
+            "the killed worker's partitions run elsewhere",
+            LEASE_TTL + Duration::from_secs(5),
+            |s| {
+                let owners = ingest_owners(s);
+                worker_id(s, 0).is_none()
+                    && orphaned.iter().all(|p| {
+                        owners
+                            .iter()
+                            .any(|(q, w, state)| q == p && *w != victim && state == "running")
+                    })
+            },
+        )
+        .await
+        .unwrap();
+    eprintln!("a killed worker's partitions resumed after {took:?}");
+
+    // SIGKILL the leading coordinator: the other replica leads within TTL + 5 s, and the
+    // workers keep ingesting meanwhile.
+    let before = cluster.status().unwrap();
+    let old_leader = before["leader_endpoint"].as_str().unwrap().to_string();
+    let leader_index = (0..2)
+        .find(|i| cluster.coordinator_endpoint(*i) == old_leader)
+        .expect("the leader is one of the replicas");
+    let rows_before = bronze_rows(&tables).await;
+    cluster.kill_coordinator(leader_index);
+    let (_, took) = cluster
+        .wait_status(
+            "the other replica leads",
+            LEASE_TTL + Duration::from_secs(5),
+            |s| {
+                s["leader_endpoint"]
+                    .as_str()
+                    .is_some_and(|l| !l.is_empty() && l != old_leader)
+            },
+        )
+        .await
+        .unwrap();
+    let rows_during = bronze_rows(&tables).await;
+    eprintln!("a new leader after {took:?}; bronze grew {rows_before} -> {rows_during} meanwhile");
+    assert!(
+        rows_during > rows_before,
+        "workers kept ingesting while there was no leader"
+    );
+    // A worker whose lease ran out meanwhile comes back under its own id.
+    let members: BTreeSet<String> = [1, 2, joiner]
+        .iter()
+        .filter_map(|i| worker_id(&before, *i))
+        .collect();
+    cluster
+        .wait_status(
+            "the new leader has the same three workers",
+            LEASE_TTL + Duration::from_secs(5),
+            |s| {
+                let ids: BTreeSet<String> = s["workers"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|w| w["worker_id"].as_str().map(str::to_string))
+                    .collect();
+                ids == members
+            },
+        )
+        .await
+        .unwrap();
+    cluster.restart_coordinator(leader_index);
+
+    // Everything acknowledged lands exactly once, through gold.
+    let producer = producer.await.unwrap();
+    let truth = producer.truth();
+    assert!(truth.bronze.len() >= 200_000);
+    wait_caught_up(
+        &tables,
+        &spec,
+        &topic,
+        &producer.last_offsets(),
+        Duration::from_secs(240),
+    )
+    .await
+    .unwrap();
+    check_pipeline(&tables, &spec, &truth).await.unwrap();
+
+    // Restart every worker (SIGTERM drains), then start three new ones: positions come
+    // from the Delta log, so nothing is ingested again.
+    let bronze_version = tables::version(&tables.open("bronze.events").await.unwrap());
+    for i in 0..cluster.workers.len() {
+        if cluster.workers[i].is_some() {
+            let exit = cluster.stop_worker(i).await.unwrap();
+            assert!(exit.success(), "a worker exits 0 after draining: {exit}");
+        }
+    }
+    let fresh: Vec<usize> = (0..3).map(|_| cluster.add_worker()).collect();
+    let last = producer.last_offsets();
+    cluster
+        .wait_status(
+            "restarted workers run every partition at its last offset",
+            Duration::from_secs(60),
+            |s| {
+                let ids: Vec<String> = fresh.iter().filter_map(|i| worker_id(s, *i)).collect();
+                ids.len() == 3
+                    && tasks(s).iter().filter(|t| t["kind"] == "ingest").all(|t| {
+                        let partition = t["partition"].as_i64().unwrap_or(-1) as i32;
+                        ids.iter().any(|id| t["worker_id"] == id.as_str())
+                            && t["state"] == "running"
+                            && t["committed_offset"].as_i64() == last.get(&partition).copied()
+                    })
+            },
+        )
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        tables::version(&tables.open("bronze.events").await.unwrap()),
+        bronze_version,
+        "restarted workers committed nothing new to bronze"
+    );
+    check_pipeline(&tables, &spec, &truth).await.unwrap();
+}

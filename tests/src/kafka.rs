@@ -1,0 +1,261 @@
+//! Kafka helpers for the suites: topic administration and a producer of clickstream
+//! events whose acknowledged positions become the oracle's ground truth G (testing.md).
+//!
+//! The events are the generator's: generator partition `p`, offset `o` goes to Kafka
+//! partition `p` as its `o`-th record, so the event function tells which records are
+//! valid, duplicates or invalid on purpose, while the broker's acknowledgements tell
+//! where each landed.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use rdkafka::ClientConfig;
+use rdkafka::admin::{AdminClient, AdminOptions, NewPartitions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use smelter_common::spec::GeneratorSpec;
+use smelter_worker::source::generator::{Clickstream, EventKind};
+
+use crate::TestResult;
+use crate::oracle::Truth;
+
+/// An admin client for `brokers`.
+pub fn admin(brokers: &str) -> AdminClient<DefaultClientContext> {
+    ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("log_level", "3")
+        .create()
+        .expect("admin client")
+}
+
+/// Creates `topic` with `partitions` partitions.
+pub async fn create_topic(brokers: &str, topic: &str, partitions: i32) -> TestResult<()> {
+    let results = admin(brokers)
+        .create_topics(
+            &[NewTopic::new(topic, partitions, TopicReplication::Fixed(1))],
+            &AdminOptions::new().operation_timeout(Some(Duration::from_secs(10))),
+        )
+        .await
+        .map_err(|e| format!("create topic {topic}: {e}"))?;
+    for result in results {
+        result.map_err(|(t, e)| format!("create topic {t}: {e}"))?;
+    }
+    Ok(())
+}
+
+/// Grows `topic` to `total` partitions.
+pub async fn add_partitions(brokers: &str, topic: &str, total: usize) -> TestResult<()> {
+    let results = admin(brokers)
+        .create_partitions(
+            &[NewPartitions::new(topic, total)],
+            &AdminOptions::new().operation_timeout(Some(Duration::from_secs(10))),
+        )
+        .await
+        .map_err(|e| format!("add partitions to {topic}: {e}"))?;
+    for result in results {
+        result.map_err(|(t, e)| format!("add partitions to {t}: {e}"))?;
+    }
+    Ok(())
+}
+
+/// One acknowledged record: where the broker put it, and which generated event it is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ack {
+    /// Kafka partition.
+    pub partition: i32,
+    /// Kafka offset.
+    pub offset: i64,
+    /// Generator offset of the event within its partition.
+    pub event: i64,
+}
+
+/// Produces clickstream events with `acks=all` and records each acknowledgement.
+pub struct EventProducer {
+    producer: FutureProducer,
+    events: Clickstream,
+    topic: String,
+    /// Next generator offset per partition.
+    next: BTreeMap<i32, i64>,
+    /// Every acknowledged record so far.
+    pub acks: Vec<Ack>,
+}
+
+impl EventProducer {
+    /// A producer of the events of `generator` into `topic`.
+    pub fn new(brokers: &str, topic: &str, generator: &GeneratorSpec) -> TestResult<Self> {
+        let producer: FutureProducer = ClientConfig::new()
+            .set("bootstrap.servers", brokers)
+            .set("acks", "all")
+            .set("enable.idempotence", "false")
+            .set("max.in.flight.requests.per.connection", "1")
+            .set("linger.ms", "5")
+            .set("message.timeout.ms", "30000")
+            .set("log_level", "3")
+            .create()
+            .map_err(|e| format!("producer: {e}"))?;
+        Ok(Self {
+            producer,
+            events: Clickstream::new(generator).map_err(|e| e.to_string())?,
+            topic: topic.to_string(),
+            next: BTreeMap::new(),
+            acks: Vec::new(),
+        })
+    }
+
+    /// Produces the next `per_partition` events of each of `partitions`, waiting for
+    /// every acknowledgement; any failed delivery fails the test.
+    pub async fn produce(&mut self, partitions: &[i32], per_partition: i64) -> TestResult<()> {
+        let mut pending = Vec::new();
+        for &partition in partitions {
+            let start = *self.next.get(&partition).unwrap_or(&0);
+            for event in start..start + per_partition {
+                let generated = self.events.event(partition, event);
+                let record = FutureRecord::to(&self.topic)
+                    .partition(partition)
+                    .key(&generated.event_id)
+                    .payload(&generated.payload);
+                let delivery = self
+                    .producer
+                    .send_result(record)
+                    .map_err(|(e, _)| format!("enqueue {partition}/{event}: {e}"))?;
+                pending.push((partition, event, delivery));
+            }
+            self.next.insert(partition, start + per_partition);
+        }
+        for (partition, event, delivery) in pending {
+            let delivered = delivery
+                .await
+                .map_err(|_| format!("delivery of {partition}/{event} cancelled"))?
+                .map_err(|(e, _)| format!("delivery of {partition}/{event}: {e}"))?;
+            self.acks.push(Ack {
+                partition: delivered.partition,
+                offset: delivered.offset,
+                event,
+            });
+        }
+        Ok(())
+    }
+
+    /// The last acknowledged offset of each partition.
+    pub fn last_offsets(&self) -> BTreeMap<i32, i64> {
+        let mut out = BTreeMap::new();
+        for ack in &self.acks {
+            let last = out.entry(ack.partition).or_insert(ack.offset);
+            *last = (*last).max(ack.offset);
+        }
+        out
+    }
+
+    /// Ground truth from the acknowledgements, with the demo pipeline's rules.
+    pub fn truth(&self) -> Truth {
+        let mut truth = Truth::default();
+        for ack in &self.acks {
+            let position = (self.topic.clone(), ack.partition, ack.offset);
+            truth.bronze.insert(position.clone());
+            let event = self.events.event(ack.partition, ack.event);
+            match event.kind {
+                EventKind::Valid => {
+                    truth.silver_ids.insert(event.event_id);
+                }
+                EventKind::Duplicate { .. } => truth.duplicates += 1,
+                EventKind::Malformed => {
+                    truth.quarantine.insert(position, "_parse".into());
+                }
+                EventKind::MissingUser => {
+                    truth.quarantine.insert(position, "has_user".into());
+                }
+                EventKind::BadPrice => {
+                    truth.quarantine.insert(position, "sane_price".into());
+                }
+            }
+        }
+        truth
+    }
+}
+
+/// The demo pipeline reading `topic` on `brokers` instead of its generator.
+pub fn kafka_demo(brokers: &str, topic: &str) -> String {
+    let start = crate::DEMO
+        .find("sources:\n")
+        .expect("demo declares sources");
+    let end = crate::DEMO.find("\ntables:").expect("demo declares tables");
+    format!(
+        "{}sources:\n  events:\n    kafka:\n      brokers: \"{brokers}\"\n      topic: {topic}\n{}",
+        &crate::DEMO[..start],
+        &crate::DEMO[end..]
+    )
+}
+
+/// The demo's generator settings, unbounded and unpaced, over `partitions` partitions:
+/// what [`EventProducer`] produces.
+pub fn demo_events(partitions: u32) -> GeneratorSpec {
+    let spec = smelter_common::spec::PipelineSpec::parse(crate::DEMO, "clickstream.yaml")
+        .expect("demo parses");
+    let Some(smelter_common::spec::SourceSpec::Generator(generator)) = spec.sources.get("events")
+    else {
+        panic!("the demo's source is a generator");
+    };
+    GeneratorSpec {
+        partitions,
+        rate: None,
+        count: None,
+        ..generator.clone()
+    }
+}
+
+/// A topic name no other test uses.
+pub fn unique_topic(prefix: &str) -> String {
+    format!("{prefix}-{}", uuid_like())
+}
+
+fn uuid_like() -> String {
+    use std::time::{SystemTime, UNIX_EPOCH};
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    format!("{:x}-{}", nanos, std::process::id())
+}
+
+/// Waits until bronze holds every partition of `topic` up to `last` (txn versions), then
+/// until silver and gold have consumed the latest bronze.
+pub async fn wait_caught_up(
+    tables: &smelter_worker::tables::TableStore,
+    spec: &smelter_common::spec::PipelineSpec,
+    topic: &str,
+    last: &BTreeMap<i32, i64>,
+    timeout: Duration,
+) -> TestResult<()> {
+    let deadline = tokio::time::Instant::now() + timeout;
+    let mut behind = String::new();
+    while tokio::time::Instant::now() < deadline {
+        if tables.exists("bronze.events") {
+            let bronze = tables
+                .open("bronze.events")
+                .await
+                .map_err(|e| e.to_string())?;
+            let mut missing = Vec::new();
+            for (partition, offset) in last {
+                let app_id =
+                    smelter_worker::tasks::ingest::app_id(&spec.pipeline, topic, *partition);
+                let at = smelter_worker::tables::txn_version(&bronze, &app_id)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                if at != Some(*offset) {
+                    missing.push(format!("{partition}: {at:?} of {offset}"));
+                }
+            }
+            behind = missing.join(", ");
+            if missing.is_empty()
+                && smelter_worker::tasks::drained::downstream_caught_up(tables, spec)
+                    .await
+                    .map_err(|e| e.to_string())?
+            {
+                return Ok(());
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    Err(format!(
+        "pipeline not caught up within {timeout:?}; bronze partitions behind: [{behind}]"
+    ))
+}
