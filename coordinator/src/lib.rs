@@ -16,6 +16,9 @@ pub mod election;
 pub mod error;
 pub mod service;
 
+#[cfg(test)]
+mod tests;
+
 use std::sync::Arc;
 
 use smelter_common::config::CoordinatorConfig;

@@ -7,6 +7,7 @@ mod cli;
 mod cluster;
 mod etcd;
 mod files;
+mod kafka;
 mod pipeline;
 mod processes;
 mod restart;

@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use rdkafka::ClientConfig;
-use rdkafka::admin::{AdminClient, AdminOptions, NewPartitions, NewTopic, TopicReplication};
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use smelter_common::spec::GeneratorSpec;
@@ -39,21 +39,6 @@ pub async fn create_topic(brokers: &str, topic: &str, partitions: i32) -> TestRe
         .map_err(|e| format!("create topic {topic}: {e}"))?;
     for result in results {
         result.map_err(|(t, e)| format!("create topic {t}: {e}"))?;
-    }
-    Ok(())
-}
-
-/// Grows `topic` to `total` partitions.
-pub async fn add_partitions(brokers: &str, topic: &str, total: usize) -> TestResult<()> {
-    let results = admin(brokers)
-        .create_partitions(
-            &[NewPartitions::new(topic, total)],
-            &AdminOptions::new().operation_timeout(Some(Duration::from_secs(10))),
-        )
-        .await
-        .map_err(|e| format!("add partitions to {topic}: {e}"))?;
-    for result in results {
-        result.map_err(|(t, e)| format!("add partitions to {t}: {e}"))?;
     }
     Ok(())
 }

@@ -65,6 +65,7 @@ impl TestCluster {
         config.coordinator.listen = "127.0.0.1:0".into();
         config.coordinator.lease_ttl_ms = 3_000;
         config.coordinator.heartbeat_interval_ms = 500;
+        config.coordinator.discovery_interval_ms = 500;
         config.worker.flight_listen = "127.0.0.1:0".into();
         config.worker.batch_max_records = 5_000;
         config.worker.batch_max_wait_ms = 300;

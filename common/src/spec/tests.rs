@@ -130,3 +130,51 @@ fn durations_parse() {
     assert_eq!(parse_duration("h"), None);
     assert_eq!(parse_duration("3 weeks"), None);
 }
+
+fn kafka_source(body: &str) -> String {
+    let start = DEMO.find("  events:\n    generator:").unwrap();
+    let end = DEMO.find("\ntables:").unwrap();
+    format!(
+        "{}  events:\n    kafka:\n{body}{}",
+        &DEMO[..start],
+        &DEMO[end..]
+    )
+}
+
+#[test]
+fn kafka_sources_parse_and_have_no_static_partitions() {
+    let text = kafka_source(
+        "      brokers: \"k1:9092,k2:9092\"\n      topic: clicks\n      properties: { fetch.max.bytes: \"1048576\" }\n",
+    );
+    let spec = PipelineSpec::parse(&text, "p.yaml").unwrap();
+    let SourceSpec::Kafka(kafka) = &spec.sources["events"] else {
+        panic!("a kafka source");
+    };
+    assert_eq!(kafka.topic, "clicks");
+    assert_eq!(spec.sources["events"].partitions(), None);
+}
+
+#[test]
+fn bad_kafka_sources_are_rejected_with_their_field() {
+    for (body, field, needle) in [
+        (
+            "      brokers: \"k1\"\n      topic: clicks\n",
+            "sources.events.kafka.brokers",
+            "host:port",
+        ),
+        (
+            "      brokers: \"k1:9092\"\n      topic: \"bad topic\"\n",
+            "sources.events.kafka.topic",
+            "not a Kafka topic name",
+        ),
+        (
+            "      brokers: \"k1:9092\"\n      topic: clicks\n      properties: { group.id: mine }\n",
+            "sources.events.kafka.properties.group.id",
+            "set by Smelter",
+        ),
+    ] {
+        let (found, _, message) = spec_error(&kafka_source(body));
+        assert_eq!(found, field, "{message}");
+        assert!(message.contains(needle), "{message}");
+    }
+}
