@@ -26,6 +26,10 @@ echo "== format and lints"
 cargo fmt --all --check
 cargo clippy -q --workspace --all-targets -- -D warnings
 
+echo "== deploy manifests (kustomize render, strict schema validation)"
+command -v kubectl >/dev/null 2>&1 || { echo "kubectl is required to render deploy/k8s" >&2; exit 1; }
+kubectl kustomize deploy/k8s | "$VENV/bin/kubernetes-validate" --strict --quiet -
+
 echo "== build"
 cargo build -q --workspace --bins --tests
 

@@ -91,7 +91,7 @@ pub struct StatusArgs {
     /// Output format (`table` or `json`).
     #[arg(long, short, value_enum, default_value_t = Format::Table)]
     pub output: Format,
-    /// Coordinator endpoint.
+    /// Coordinator endpoints, comma-separated: every replica (the leader is found among them).
     #[arg(long, env = "SMELTER_COORDINATOR", default_value = "127.0.0.1:7070")]
     pub coordinator: String,
 }
@@ -119,7 +119,7 @@ pub struct ValidateArgs {
 pub struct ApplyArgs {
     /// The pipeline file.
     pub file: PathBuf,
-    /// Coordinator endpoint.
+    /// Coordinator endpoints, comma-separated: every replica (the leader is found among them).
     #[arg(long, env = "SMELTER_COORDINATOR", default_value = "127.0.0.1:7070")]
     pub coordinator: String,
 }

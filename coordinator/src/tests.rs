@@ -271,6 +271,7 @@ async fn kafka_partitions_found_later_get_ingest_tasks() {
 #[tokio::test]
 async fn a_deposed_leader_stops_and_writes_nothing() {
     let leader = lead(CoordinatorConfig::default()).await;
+    leader.status().await; // the actor has started (and written its generation)
     // Another replica takes the leader key (as after this one's lease expired).
     leader.store.delete(&keys::leader()).await.unwrap();
     leader

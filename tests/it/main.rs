@@ -5,6 +5,7 @@
 
 mod cli;
 mod cluster;
+mod deploy;
 mod etcd;
 mod files;
 mod kafka;
