@@ -14,7 +14,7 @@ use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use smelter_common::spec::GeneratorSpec;
-use smelter_worker::source::generator::{Clickstream, EventKind};
+use smelter_worker::source::generator::Clickstream;
 
 use crate::TestResult;
 use crate::oracle::Truth;
@@ -135,24 +135,10 @@ impl EventProducer {
     pub fn truth(&self) -> Truth {
         let mut truth = Truth::default();
         for ack in &self.acks {
-            let position = (self.topic.clone(), ack.partition, ack.offset);
-            truth.bronze.insert(position.clone());
-            let event = self.events.event(ack.partition, ack.event);
-            match event.kind {
-                EventKind::Valid => {
-                    truth.silver_ids.insert(event.event_id);
-                }
-                EventKind::Duplicate { .. } => truth.duplicates += 1,
-                EventKind::Malformed => {
-                    truth.quarantine.insert(position, "_parse".into());
-                }
-                EventKind::MissingUser => {
-                    truth.quarantine.insert(position, "has_user".into());
-                }
-                EventKind::BadPrice => {
-                    truth.quarantine.insert(position, "sane_price".into());
-                }
-            }
+            truth.add(
+                (self.topic.clone(), ack.partition, ack.offset),
+                self.events.event(ack.partition, ack.event),
+            );
         }
         truth
     }

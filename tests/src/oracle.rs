@@ -12,7 +12,7 @@ use datafusion::catalog::MemorySchemaProvider;
 use datafusion::common::TableReference;
 use datafusion::prelude::SessionContext;
 use smelter_common::spec::{Layer, PipelineSpec, SourceSpec};
-use smelter_worker::source::generator::{Clickstream, EventKind};
+use smelter_worker::source::generator::{Clickstream, EventKind, GeneratedEvent};
 use smelter_worker::tables::TableStore;
 
 use crate::TestResult;
@@ -33,6 +33,29 @@ pub struct Truth {
     pub duplicates: usize,
 }
 
+impl Truth {
+    /// Adds one record of the source at `position`: what it must become under the demo's
+    /// rules (a silver row, nothing beyond bronze, or a quarantine row naming the rule).
+    pub fn add(&mut self, position: Position, event: GeneratedEvent) {
+        self.bronze.insert(position.clone());
+        match event.kind {
+            EventKind::Valid => {
+                self.silver_ids.insert(event.event_id);
+            }
+            EventKind::Duplicate { .. } => self.duplicates += 1,
+            EventKind::Malformed => {
+                self.quarantine.insert(position, "_parse".into());
+            }
+            EventKind::MissingUser => {
+                self.quarantine.insert(position, "has_user".into());
+            }
+            EventKind::BadPrice => {
+                self.quarantine.insert(position, "sane_price".into());
+            }
+        }
+    }
+}
+
 /// Ground truth for a pipeline fed by bounded generators, with the demo's rules.
 pub fn generator_truth(spec: &PipelineSpec) -> Truth {
     let mut truth = Truth::default();
@@ -47,24 +70,10 @@ pub fn generator_truth(spec: &PipelineSpec) -> Truth {
                 .partition_count(partition)
                 .expect("bounded generator")
             {
-                let position = (topic.clone(), partition, offset);
-                truth.bronze.insert(position.clone());
-                let event = events.event(partition, offset);
-                match event.kind {
-                    EventKind::Valid => {
-                        truth.silver_ids.insert(event.event_id);
-                    }
-                    EventKind::Duplicate { .. } => truth.duplicates += 1,
-                    EventKind::Malformed => {
-                        truth.quarantine.insert(position, "_parse".into());
-                    }
-                    EventKind::MissingUser => {
-                        truth.quarantine.insert(position, "has_user".into());
-                    }
-                    EventKind::BadPrice => {
-                        truth.quarantine.insert(position, "sane_price".into());
-                    }
-                }
+                truth.add(
+                    (topic.clone(), partition, offset),
+                    events.event(partition, offset),
+                );
             }
         }
     }
