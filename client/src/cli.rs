@@ -40,6 +40,8 @@ pub enum Command {
     Validate(ValidateArgs),
     /// Declare or update a pipeline on a running coordinator.
     Apply(ApplyArgs),
+    /// Replay tables' Delta logs and check the exactly-once invariants (exit 1 on findings).
+    Verify(VerifyArgs),
     /// Run the coordinator role.
     Coordinator,
     /// Run a worker role.
@@ -122,4 +124,18 @@ pub struct ApplyArgs {
     /// Coordinator endpoints, comma-separated: every replica (the leader is found among them).
     #[arg(long, env = "SMELTER_COORDINATOR", default_value = "127.0.0.1:7070")]
     pub coordinator: String,
+}
+
+/// `smelter verify`.
+#[derive(Debug, clap::Args)]
+pub struct VerifyArgs {
+    /// Tables to check (`bronze.events` ...); all tables when none are named.
+    pub tables: Vec<String>,
+    /// Data directory as given to `smelter up` (tables in DIR/tables); defaults to
+    /// `storage.root` of the configuration.
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+    /// Output format (`table` or `json`).
+    #[arg(long, short, value_enum, default_value_t = Format::Table)]
+    pub output: Format,
 }

@@ -29,6 +29,12 @@ pub enum ClientError {
     /// The coordinator failed.
     #[error(transparent)]
     Coordinator(#[from] smelter_coordinator::CoordinatorError),
+    /// `smelter verify` found broken invariants.
+    #[error("{tables} table(s) failed verification")]
+    VerifyFailed {
+        /// How many tables had findings.
+        tables: usize,
+    },
     /// Local I/O failed.
     #[error("{context}: {source}")]
     Io {

@@ -69,5 +69,6 @@ async fn run(cli: Cli) -> Result<(), ClientError> {
         Command::Status(args) => commands::admin::status(args).await,
         Command::Validate(args) => commands::admin::validate(args).await,
         Command::Apply(args) => commands::admin::apply(args).await,
+        Command::Verify(args) => commands::verify::run(config, args).await,
     }
 }

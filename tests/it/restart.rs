@@ -1,5 +1,6 @@
 //! SIGKILL `smelter up` mid-stream and start it again on the same data directory: no bronze
-//! record is lost or duplicated, and silver and gold end up exact.
+//! record is lost or duplicated, and silver and gold end up exact. `smelter verify` then
+//! reports every table clean, and catches a data file removed behind its back.
 
 use std::process::{Command, Stdio};
 use std::time::Duration;
@@ -86,4 +87,58 @@ async fn sigkill_mid_stream_then_restart_is_exact() {
     let spec = smelter_common::spec::PipelineSpec::parse(&text, "pipeline.yaml").unwrap();
     let truth = generator_truth(&spec);
     check_pipeline(&tables, &spec, &truth).await.unwrap();
+
+    let verify = || {
+        Command::new(smelter_binary())
+            .args(["verify", "--output", "json", "--data-dir"])
+            .arg(&data)
+            .output()
+            .unwrap()
+    };
+    let clean = verify();
+    assert!(
+        clean.status.success(),
+        "{}",
+        String::from_utf8_lossy(&clean.stderr)
+    );
+    let reports: serde_json::Value = serde_json::from_slice(&clean.stdout).unwrap();
+    let reports = reports.as_array().unwrap();
+    assert_eq!(
+        reports.len(),
+        tables.list().len(),
+        "every table is verified"
+    );
+    let bronze = reports
+        .iter()
+        .find(|r| r["table"] == "bronze.events")
+        .unwrap();
+    assert_eq!(bronze["partitions"].as_object().unwrap().len(), 4);
+
+    // A data file lost from storage is a finding, and exit code 1.
+    let silver_dir = tables.path("silver.events");
+    let lost = std::fs::read_dir(&silver_dir)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| p.extension().is_some_and(|x| x == "parquet"))
+        .expect("silver has data files");
+    std::fs::remove_file(&lost).unwrap();
+    let dirty = verify();
+    assert_eq!(dirty.status.code(), Some(1));
+    let reports: serde_json::Value = serde_json::from_slice(&dirty.stdout).unwrap();
+    let silver = reports
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["table"] == "silver.events")
+        .unwrap();
+    let name = lost.file_name().unwrap().to_string_lossy().into_owned();
+    assert!(
+        silver["findings"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|f| f["check"] == "file_missing" && f["message"].as_str().unwrap().contains(&name)),
+        "{silver}"
+    );
 }

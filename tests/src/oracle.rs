@@ -345,7 +345,8 @@ pub fn check_log(tables: &TableStore, table: &str) -> TestResult<()> {
 }
 
 /// The whole oracle for a generator-fed clickstream pipeline: bronze exactly G, silver and
-/// quarantine exact, gold equal to its recomputation, and every table's log replayed clean.
+/// quarantine exact, gold equal to its recomputation, and every table's log replayed clean
+/// (here, and by the product's verifier).
 pub async fn check_pipeline(
     tables: &TableStore,
     spec: &PipelineSpec,
@@ -356,6 +357,19 @@ pub async fn check_pipeline(
     check_gold(tables, spec).await?;
     for table in tables.list() {
         check_log(tables, &table)?;
+        verified(tables, &table).await?;
     }
     Ok(())
+}
+
+/// The product's own verifier (`smelter verify`) must find `table` clean too.
+pub async fn verified(tables: &TableStore, table: &str) -> TestResult<()> {
+    let report = smelter_worker::verify::verify(tables, table)
+        .await
+        .map_err(|e| format!("verify {table}: {e}"))?;
+    if report.is_clean() {
+        Ok(())
+    } else {
+        Err(format!("verify {table}: {:?}", report.findings))
+    }
 }

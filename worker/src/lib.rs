@@ -20,6 +20,7 @@ pub mod source;
 pub mod tables;
 pub mod tasks;
 pub mod validate;
+pub mod verify;
 
 pub use error::{Result, WorkerError};
 pub use runtime::run;

@@ -3,6 +3,7 @@
 pub mod admin;
 pub mod roles;
 pub mod up;
+pub mod verify;
 
 use std::path::Path;
 
