@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use smelter_common::config::SmelterConfig;
-use smelter_common::store::MemoryStore;
+use smelter_common::store::{CoordinationStore, MemoryStore};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -46,9 +46,11 @@ impl LocalCluster {
         })?;
         config.coordinator.endpoint = format!("http://{address}");
         let coordinator_shutdown = CancellationToken::new();
+        // One store for the coordinator and every worker's commit locks.
+        let store: Arc<dyn CoordinationStore> = Arc::new(MemoryStore::new());
         let coordinator = tokio::spawn(smelter_coordinator::run(
             config.coordinator.clone(),
-            Arc::new(MemoryStore::new()),
+            store.clone(),
             listener,
             coordinator_shutdown.clone(),
         ));
@@ -70,6 +72,7 @@ impl LocalCluster {
             handles.push(tokio::spawn(smelter_worker::run(
                 config.clone(),
                 listener,
+                Some(store.clone()),
                 workers_shutdown.clone(),
             )));
         }

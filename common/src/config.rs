@@ -136,6 +136,9 @@ pub struct WorkerConfig {
     pub refine_max_versions: u64,
     /// Least time between two recomputations of one gold table.
     pub gold_min_interval_ms: u64,
+    /// Lease TTL of a held table commit lock (kept alive while held; a paused holder
+    /// loses it after this long and is fenced by its successor's epoch).
+    pub commit_lock_ttl_ms: u64,
 }
 
 impl Default for WorkerConfig {
@@ -149,6 +152,7 @@ impl Default for WorkerConfig {
             poll_interval_ms: 250,
             refine_max_versions: 64,
             gold_min_interval_ms: 1_000,
+            commit_lock_ttl_ms: 5_000,
         }
     }
 }

@@ -21,6 +21,7 @@ use std::time::Duration;
 
 use smelter_common::config::SmelterConfig;
 use smelter_common::spec::PipelineSpec;
+use smelter_common::store::CoordinationStore;
 use smelter_proto::{
     AssignmentUpdate, ControlClient, DeregisterRequest, HeartbeatRequest, RegisterWorkerRequest,
     TaskKind, TaskState, TaskStatusReport, WatchAssignmentsRequest, WorkerContext,
@@ -32,6 +33,7 @@ use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::{Channel, Endpoint, Server};
 
+use crate::lock::CommitArbiter;
 use crate::query::QueryEngine;
 use crate::serve::flight::FlightSqlServer;
 use crate::tables::TableStore;
@@ -106,9 +108,13 @@ impl WorkerState {
 
 /// Runs a worker until `shutdown` is cancelled. The Flight SQL service is served on
 /// `flight_listener` (bind it first; port 0 is fine).
+/// `store` is the coordination store shared with every other writer of the tables (etcd
+/// in cluster mode, the in-process store under `smelter up`): commits then go through the
+/// table commit locks. Without one, commits rely on the txn compare-and-set alone.
 pub async fn run(
     config: SmelterConfig,
     flight_listener: TcpListener,
+    store: Option<Arc<dyn CoordinationStore>>,
     shutdown: CancellationToken,
 ) -> Result<()> {
     let tables = TableStore::new(&config.storage.root)?;
@@ -137,6 +143,18 @@ pub async fn run(
         }
     });
     tracing::info!(flight = %advertised, "worker serving Flight SQL");
+    let arbiter = store.map(|store| {
+        let holder = format!(
+            "{} pid {} flight {advertised}",
+            std::env::var("HOSTNAME").unwrap_or_default(),
+            std::process::id()
+        );
+        Arc::new(CommitArbiter::new(
+            store,
+            Duration::from_millis(config.worker.commit_lock_ttl_ms),
+            holder,
+        ))
+    });
 
     let endpoints = config.coordinator.endpoint_list();
     if endpoints.is_empty() {
@@ -159,6 +177,7 @@ pub async fn run(
         match session(
             &config,
             &tables,
+            &arbiter,
             &advertised,
             &shutdown,
             endpoint,
@@ -212,6 +231,7 @@ async fn connect(endpoint: &str) -> Result<ControlClient<Channel>> {
 async fn session(
     config: &SmelterConfig,
     tables: &TableStore,
+    arbiter: &Option<Arc<CommitArbiter>>,
     advertised: &str,
     shutdown: &CancellationToken,
     endpoint: &str,
@@ -263,7 +283,7 @@ async fn session(
                 Ok(Some(update)) => {
                     state.generation = update.generation;
                     state.last_contact = Instant::now();
-                    let released = reconcile(&mut state.units, update, config, tables).await;
+                    let released = reconcile(&mut state.units, update, config, tables, arbiter).await;
                     report_released(&mut client, &worker_id, state.generation, released).await;
                 }
                 Ok(None) => break Err(WorkerError::Control(tonic::Status::unavailable("assignment stream closed"))),
@@ -349,6 +369,7 @@ async fn reconcile(
     update: AssignmentUpdate,
     config: &SmelterConfig,
     tables: &TableStore,
+    arbiter: &Option<Arc<CommitArbiter>>,
 ) -> Vec<String> {
     let revisions: HashMap<String, u64> = update
         .pipelines
@@ -441,6 +462,7 @@ async fn reconcile(
             tables: tables.clone(),
             config: config.worker.clone(),
             pipeline: Arc::clone(pipeline),
+            arbiter: arbiter.clone(),
         };
         let progress = Progress::default();
         let cancel = CancellationToken::new();

@@ -23,12 +23,14 @@ use std::sync::Arc;
 use arrow::datatypes::SchemaRef;
 use arrow::record_batch::RecordBatch;
 use deltalake::kernel::engine::arrow_conversion::TryFromArrow;
-use deltalake::kernel::transaction::CommitProperties;
-use deltalake::kernel::{StructType, Transaction};
-use deltalake::protocol::SaveMode;
+use deltalake::kernel::transaction::{CommitBuilder, CommitProperties};
+use deltalake::kernel::{Action, Add, StructType, Transaction};
+use deltalake::protocol::{DeltaOperation, SaveMode};
+use deltalake::writer::{DeltaWriter, RecordBatchWriter};
 use deltalake::{DeltaTable, DeltaTableBuilder, DeltaTableError};
 use url::Url;
 
+use crate::lock::{CommitArbiter, EPOCH_APP_ID};
 use crate::{Result, WorkerError};
 
 /// Maps `layer.name` table names to storage locations under one root.
@@ -213,6 +215,8 @@ fn table_name(table: &DeltaTable) -> String {
 }
 
 /// Commits `batches` with the given txn actions, following the protocol in the module docs.
+/// With an `arbiter`, the log write happens under the table's commit lock and carries the
+/// lock's epoch (see [`crate::lock`]); appended data files are written before the lock.
 pub async fn commit(
     table: &mut DeltaTable,
     name: &str,
@@ -220,48 +224,49 @@ pub async fn commit(
     mode: WriteMode,
     partition_by: &[String],
     txns: Vec<TxnUpdate>,
+    arbiter: Option<&CommitArbiter>,
 ) -> Result<CommitOutcome> {
     const ATTEMPTS: usize = 5;
+    // Appends: data files first, outside the lock. A failed or superseded attempt leaves
+    // them unreferenced (nothing reads them); a retry commits the same files.
+    let files = match mode {
+        WriteMode::Append => Some(write_files(table, name, &batches).await?),
+        WriteMode::Overwrite => None,
+    };
     let mut last_error = None;
     for attempt in 0..ATTEMPTS {
-        table
-            .update_state()
-            .await
-            .map_err(|e| WorkerError::delta(name, e))?;
-        if !positions_unchanged(table, &txns).await? {
-            // Whether an earlier attempt of ours landed or another writer got there first,
-            // the data is in; the caller re-reads its positions from the table.
-            if attempt > 0 {
+        let lock = match arbiter {
+            Some(arbiter) => Some(arbiter.acquire(name, LOCK_WAIT).await?),
+            None => None,
+        };
+        let epoch = lock.as_ref().map(|l| l.epoch);
+        let result = commit_once(
+            table,
+            name,
+            &batches,
+            files.as_deref(),
+            partition_by,
+            &txns,
+            epoch,
+        )
+        .await;
+        if let (Some(arbiter), Some(lock)) = (arbiter, lock) {
+            arbiter.release(lock).await;
+        }
+        match result {
+            Ok(CommitOutcome::AlreadyCommitted) if attempt > 0 => {
+                // Whether an earlier attempt of ours landed or another writer got there
+                // first, the data is in; the caller re-reads its positions from the table.
                 tracing::info!(
                     table = name,
                     "txn found after a failed attempt; not writing again"
                 );
+                return Ok(CommitOutcome::AlreadyCommitted);
             }
-            return Ok(CommitOutcome::AlreadyCommitted);
-        }
-        let actions = txns
-            .iter()
-            .map(|t| Transaction::new(&t.app_id, t.version))
-            .collect();
-        let properties = CommitProperties::default().with_application_transactions(actions);
-        let write = table
-            .clone()
-            .write(batches.clone())
-            .with_save_mode(match mode {
-                WriteMode::Append => SaveMode::Append,
-                WriteMode::Overwrite => SaveMode::Overwrite,
-            })
-            .with_partition_columns(partition_by.to_vec())
-            .with_commit_properties(properties);
-        match write.await {
-            Ok(written) => {
-                let version = self::version(&written);
-                *table = written;
-                return Ok(CommitOutcome::Committed { version });
-            }
-            Err(e) => {
-                let error = WorkerError::delta(name, e);
-                // Outcome unknown (or lost a race): the txn versions decide on the next pass.
+            Ok(outcome) => return Ok(outcome),
+            Err(error) => {
+                // Outcome unknown (or lost a race, or fenced): the txn versions decide on
+                // the next pass.
                 tracing::warn!(table = name, attempt, error = %error, "commit failed; reloading to decide from txn versions");
                 if !error.is_retryable()
                     || matches!(&error, WorkerError::Delta { source, .. } if is_permanent(source))
@@ -276,6 +281,96 @@ pub async fn commit(
         table: name.to_string(),
         message: "gave up".into(),
     }))
+}
+
+/// How long a writer waits for another's commit lock.
+const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Writes `batches` as data files of `table` (not yet referenced by its log).
+async fn write_files(table: &DeltaTable, name: &str, batches: &[RecordBatch]) -> Result<Vec<Add>> {
+    let mut writer =
+        RecordBatchWriter::for_table(table).map_err(|e| WorkerError::delta(name, e))?;
+    for batch in batches.iter().filter(|b| b.num_rows() > 0) {
+        writer
+            .write(batch.clone())
+            .await
+            .map_err(|e| WorkerError::delta(name, e))?;
+    }
+    writer
+        .flush()
+        .await
+        .map_err(|e| WorkerError::delta(name, e))
+}
+
+/// One attempt: refresh, check the txn positions and the epoch, write the log entry.
+async fn commit_once(
+    table: &mut DeltaTable,
+    name: &str,
+    batches: &[RecordBatch],
+    files: Option<&[Add]>,
+    partition_by: &[String],
+    txns: &[TxnUpdate],
+    epoch: Option<i64>,
+) -> Result<CommitOutcome> {
+    table
+        .update_state()
+        .await
+        .map_err(|e| WorkerError::delta(name, e))?;
+    if !positions_unchanged(table, txns).await? {
+        return Ok(CommitOutcome::AlreadyCommitted);
+    }
+    let mut actions: Vec<Transaction> = txns
+        .iter()
+        .map(|t| Transaction::new(&t.app_id, t.version))
+        .collect();
+    if let Some(epoch) = epoch {
+        if let Some(theirs) = txn_version(table, EPOCH_APP_ID).await?
+            && theirs > epoch
+        {
+            return Err(WorkerError::Fenced {
+                table: name.to_string(),
+                epoch,
+                theirs,
+            });
+        }
+        actions.push(Transaction::new(EPOCH_APP_ID, epoch));
+    }
+    let properties = CommitProperties::default().with_application_transactions(actions);
+    match files {
+        Some(files) => {
+            let snapshot = table.snapshot().map_err(|e| WorkerError::delta(name, e))?;
+            let operation = DeltaOperation::Write {
+                mode: SaveMode::Append,
+                partition_by: (!partition_by.is_empty()).then(|| partition_by.to_vec()),
+                predicate: None,
+            };
+            let committed = CommitBuilder::from(properties)
+                .with_actions(files.iter().cloned().map(Action::Add).collect())
+                .build(Some(snapshot), table.log_store(), operation)
+                .await
+                .map_err(|e| WorkerError::delta(name, e))?;
+            let version = committed.version() as i64;
+            table
+                .update_state()
+                .await
+                .map_err(|e| WorkerError::delta(name, e))?;
+            Ok(CommitOutcome::Committed { version })
+        }
+        None => {
+            // Overwrites (gold) replace every file, so they are written under the lock.
+            let written = table
+                .clone()
+                .write(batches.to_vec())
+                .with_save_mode(SaveMode::Overwrite)
+                .with_partition_columns(partition_by.to_vec())
+                .with_commit_properties(properties)
+                .await
+                .map_err(|e| WorkerError::delta(name, e))?;
+            let version = self::version(&written);
+            *table = written;
+            Ok(CommitOutcome::Committed { version })
+        }
+    }
 }
 
 async fn positions_unchanged(table: &DeltaTable, txns: &[TxnUpdate]) -> Result<bool> {

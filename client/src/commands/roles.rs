@@ -33,8 +33,16 @@ pub async fn coordinator(config: SmelterConfig, shutdown: CancellationToken) -> 
 }
 
 /// Runs a worker until shutdown (SIGTERM drains: in-flight batches are committed first).
+/// On etcd, table commits go through etcd commit locks; with the in-memory store (one
+/// process each, nothing shared) they rely on the txn compare-and-set alone.
 pub async fn worker(config: SmelterConfig, shutdown: CancellationToken) -> Result<()> {
+    let store: Option<Arc<dyn CoordinationStore>> = match config.coordinator.store {
+        StoreKind::Memory => None,
+        StoreKind::Etcd => Some(Arc::new(
+            EtcdStore::connect(&config.coordinator.etcd_endpoint_list()).await?,
+        )),
+    };
     let listener = bind(&config.worker.flight_listen).await?;
-    smelter_worker::run(config, listener, shutdown).await?;
+    smelter_worker::run(config, listener, store, shutdown).await?;
     Ok(())
 }

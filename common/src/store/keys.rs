@@ -7,6 +7,7 @@
 //! /smelter/leader                        the leading coordinator (JSON), bound to its lease
 //! /smelter/generation                    the latest assignment generation
 //! /smelter/partitions/<pipeline>/<source> discovered partition count of a Kafka source
+//! /smelter/locks/<table>                 a table's commit lock, bound to the holder's lease
 //! ```
 
 /// Root of every Smelter key.
@@ -67,6 +68,11 @@ pub fn partitions_of(key: &str) -> (&str, &str) {
 /// Prefix of assignment keys.
 pub fn assignments_prefix() -> String {
     format!("{ROOT}assignments/")
+}
+
+/// Key of one table's commit lock; its create revision is the holder's epoch.
+pub fn commit_lock(table: &str) -> String {
+    format!("{ROOT}locks/{table}")
 }
 
 /// The last path segment of a key (worker id, pipeline name).

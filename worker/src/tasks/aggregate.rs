@@ -103,6 +103,7 @@ impl AggregateTask {
                 WriteMode::Overwrite,
                 &spec.partition_by,
                 txns,
+                env.arbiter.as_deref(),
             )
             .await?
             {

@@ -277,6 +277,7 @@ impl IngestTask {
             WriteMode::Append,
             &spec.partition_by,
             txns,
+            env.arbiter.as_deref(),
         )
         .await
     }

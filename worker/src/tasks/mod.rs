@@ -27,6 +27,8 @@ pub struct TaskEnv {
     pub config: WorkerConfig,
     /// The pipeline the task belongs to.
     pub pipeline: Arc<PipelineSpec>,
+    /// Commit locks, when a coordination store is shared with the other writers.
+    pub arbiter: Option<Arc<crate::lock::CommitArbiter>>,
 }
 
 impl TaskEnv {

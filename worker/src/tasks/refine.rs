@@ -98,6 +98,7 @@ impl RefineTask {
                     WriteMode::Append,
                     &[],
                     txns,
+                    env.arbiter.as_deref(),
                 )
                 .await?
                 {
@@ -119,6 +120,7 @@ impl RefineTask {
                 WriteMode::Append,
                 &spec.partition_by,
                 txns,
+                env.arbiter.as_deref(),
             )
             .await?
             {
