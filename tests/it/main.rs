@@ -11,4 +11,5 @@ mod files;
 mod kafka;
 mod pipeline;
 mod processes;
+mod racing;
 mod restart;

@@ -21,17 +21,6 @@ pub enum WorkerError {
         /// What delta-rs reported.
         message: String,
     },
-    /// The table holds a commit from a later commit-lock holder: this writer's lock was
-    /// taken over (it was paused past its lease). Nothing was written; retried under a new lock.
-    #[error("{table}: commit fenced: my epoch {epoch} is older than the table's {theirs}")]
-    Fenced {
-        /// `layer.name` of the table.
-        table: String,
-        /// This writer's epoch.
-        epoch: i64,
-        /// The epoch the table already holds.
-        theirs: i64,
-    },
     /// Query planning or execution failed (bad SQL, unknown table, resource limit).
     #[error("query failed: {0}")]
     Query(#[from] datafusion::error::DataFusionError),

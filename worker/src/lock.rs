@@ -3,12 +3,14 @@
 //!
 //! A holder creates `/smelter/locks/<table>` bound to a fresh lease; the key's create
 //! revision is the holder's **epoch**, higher for every later holder. Every commit carries
-//! `txn(appId = "smelter/epoch", version = epoch)` and is aborted if the refreshed snapshot
-//! already holds a higher epoch — so a writer that was paused past its lease (its lock
-//! taken over) cannot land a commit after its successor's. delta-rs's conflict checker
-//! rejects any racing commit carrying the same appId, so two log writes that do race
-//! anyway cannot both land on the same base. Data files are written before the lock is
-//! taken; only the log write happens under it.
+//! `txn(appId = "smelter/epoch", version = epoch)`, where the epoch is raised above the
+//! latest one in the refreshed snapshot if the store's revisions ever started over (an
+//! in-process store after a restart, a rebuilt etcd). Because every commit carries that
+//! same appId, delta-rs's conflict checker rejects any commit whose base is no longer the
+//! latest version: a writer paused past its lease (its lock taken over) either lands
+//! before its successor's first commit or not at all, never on a stale base, and epochs
+//! strictly increase in log order (`smelter verify` checks it). Data files are written
+//! before the lock is taken; only the log write happens under it.
 //!
 //! Correctness never depends on the lock alone: the txn compare-and-set of
 //! [`crate::tables::commit`] decides what is already in the table. The lock turns racing
@@ -53,7 +55,7 @@ impl CommitArbiter {
     pub async fn acquire(&self, table: &str, wait: Duration) -> Result<HeldLock> {
         let key = keys::commit_lock(table);
         let deadline = Instant::now() + wait;
-        let lease = self.store.grant_lease(self.ttl).await?;
+        let mut lease = self.store.grant_lease(self.ttl).await?;
         let mut pause = Duration::from_millis(2);
         loop {
             match self
@@ -85,6 +87,11 @@ impl CommitArbiter {
                     });
                 }
                 Ok(None) => {}
+                // The lease ran out while we waited: take a fresh one and keep waiting.
+                Err(smelter_common::Error::LeaseNotFound { .. }) => {
+                    lease = self.store.grant_lease(self.ttl).await?;
+                    continue;
+                }
                 Err(error) => {
                     let _ = self.store.revoke_lease(lease).await;
                     return Err(error.into());

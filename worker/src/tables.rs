@@ -323,16 +323,12 @@ async fn commit_once(
         .iter()
         .map(|t| Transaction::new(&t.app_id, t.version))
         .collect();
-    if let Some(epoch) = epoch {
-        if let Some(theirs) = txn_version(table, EPOCH_APP_ID).await?
-            && theirs > epoch
-        {
-            return Err(WorkerError::Fenced {
-                table: name.to_string(),
-                epoch,
-                theirs,
-            });
-        }
+    if let Some(lock_revision) = epoch {
+        // Above the lock's revision and above every epoch already in the table: epochs
+        // strictly increase in log order even if the store's revisions started over
+        // (a restarted in-process store, a rebuilt etcd).
+        let latest = txn_version(table, EPOCH_APP_ID).await?;
+        let epoch = lock_revision.max(latest.map_or(0, |e| e + 1));
         actions.push(Transaction::new(EPOCH_APP_ID, epoch));
     }
     let properties = CommitProperties::default().with_application_transactions(actions);

@@ -3,11 +3,12 @@
 //! the writers' own bookkeeping:
 //!
 //! * log versions are contiguous from the first one kept;
-//! * per txn appId (source partition, upstream table, writer epoch) versions never decrease;
+//! * per txn appId (source partition, upstream table, writer epoch) versions strictly
+//!   increase: each version is committed once, and never after a later one;
 //! * no data file is added twice;
 //! * every file the log still references exists in storage;
-//! * bronze only: per (topic, partition) the offsets are contiguous, each present once, and
-//!   the partition's txn version is its largest offset.
+//! * bronze tables with source positions: per (topic, partition) the offsets are contiguous,
+//!   each present once, and the partition's txn version is its largest offset.
 //!
 //! Each violation is a [`Finding`] naming the version or partition; a clean table has none.
 
@@ -27,7 +28,7 @@ use crate::{Result, WorkerError};
 /// One broken promise.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Finding {
-    /// Which check: `log_gap`, `txn_regressed`, `file_added_twice`, `file_missing`,
+    /// Which check: `log_gap`, `txn_regressed`, `txn_repeated`, `file_added_twice`, `file_missing`,
     /// `offset_gap`, `offset_duplicate`, `txn_offset_mismatch`.
     pub check: &'static str,
     /// Where and what.
@@ -106,16 +107,24 @@ pub async fn verify(tables: &TableStore, name: &str) -> Result<Report> {
         for action in actions {
             match action {
                 Action::Txn(txn) => {
-                    if let Some(&previous) = report.txns.get(&txn.app_id)
-                        && txn.version < previous
-                    {
-                        report.find(
-                            "txn_regressed",
-                            format!(
-                                "v{version}: txn {} went back from {previous} to {}",
-                                txn.app_id, txn.version
-                            ),
-                        );
+                    if let Some(&previous) = report.txns.get(&txn.app_id) {
+                        if txn.version < previous {
+                            report.find(
+                                "txn_regressed",
+                                format!(
+                                    "v{version}: txn {} went back from {previous} to {}",
+                                    txn.app_id, txn.version
+                                ),
+                            );
+                        } else if txn.version == previous {
+                            report.find(
+                                "txn_repeated",
+                                format!(
+                                    "v{version}: txn {} version {previous} committed again",
+                                    txn.app_id
+                                ),
+                            );
+                        }
                     }
                     report.txns.insert(txn.app_id.clone(), txn.version);
                 }
@@ -147,7 +156,12 @@ pub async fn verify(tables: &TableStore, name: &str) -> Result<Report> {
             );
         }
     }
-    if name.starts_with("bronze.") && latest >= 0 {
+    let has_positions = tables::arrow_schema(&table, name).is_ok_and(|schema| {
+        ["topic", "partition", "offset"]
+            .iter()
+            .all(|c| schema.field_with_name(c).is_ok())
+    });
+    if name.starts_with("bronze.") && has_positions {
         check_offsets(&table, name, &mut report).await?;
     }
     Ok(report)
