@@ -7,6 +7,7 @@ mod cli;
 mod cluster;
 mod deploy;
 mod etcd;
+mod faults;
 mod files;
 mod kafka;
 mod pipeline;
