@@ -139,6 +139,9 @@ pub struct WorkerConfig {
     /// Lease TTL of a held table commit lock (kept alive while held; a paused holder
     /// loses it after this long and is fenced by its successor's epoch).
     pub commit_lock_ttl_ms: u64,
+    /// Fault tests only: `<name>:<n>` aborts the process at the n-th pass through a
+    /// crash hook (see the worker's `failpoint` module). Unset in production.
+    pub failpoint: Option<String>,
 }
 
 impl Default for WorkerConfig {
@@ -153,6 +156,7 @@ impl Default for WorkerConfig {
             refine_max_versions: 64,
             gold_min_interval_ms: 1_000,
             commit_lock_ttl_ms: 5_000,
+            failpoint: None,
         }
     }
 }

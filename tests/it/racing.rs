@@ -12,7 +12,7 @@ use smelter_common::store::{CoordinationStore, EtcdStore};
 use smelter_tests::oracle::{rows, sql, verified};
 use smelter_tests::services::Etcd;
 use smelter_worker::lock::{CommitArbiter, EPOCH_APP_ID};
-use smelter_worker::tables::{self, CommitOutcome, TableStore, TxnUpdate, WriteMode};
+use smelter_worker::tables::{self, CommitEnv, CommitOutcome, TableStore, TxnUpdate, WriteMode};
 use tokio::time::Instant;
 
 const WRITERS: usize = 8;
@@ -60,7 +60,14 @@ async fn eight_writers_racing_on_one_table_lose_nothing() {
             // Each writer is its own client, as separate workers would be.
             let store: Arc<dyn CoordinationStore> =
                 Arc::new(EtcdStore::connect(&[endpoint]).await.unwrap());
-            let arbiter = CommitArbiter::new(store, Duration::from_secs(2), format!("w{writer}"));
+            let commits = CommitEnv {
+                arbiter: Some(CommitArbiter::new(
+                    store,
+                    Duration::from_secs(2),
+                    format!("w{writer}"),
+                )),
+                ..Default::default()
+            };
             let mut table = tables.open(TABLE).await.unwrap();
             let app_id = format!("race/w{writer}");
             let mut seq = 0i64;
@@ -73,7 +80,7 @@ async fn eight_writers_racing_on_one_table_lose_nothing() {
                     WriteMode::Append,
                     &[],
                     vec![TxnUpdate::new(&app_id, previous, seq)],
-                    Some(&arbiter),
+                    &commits,
                 )
                 .await
                 .unwrap();

@@ -2,36 +2,17 @@
 //! record is lost or duplicated, and silver and gold end up exact. `smelter verify` then
 //! reports every table clean, and catches a data file removed behind its back.
 
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use smelter_tests::oracle::{check_pipeline, generator_truth};
+use smelter_tests::processes::{smelter_up, wait_exit};
 use smelter_tests::{bounded_demo, smelter_binary};
 use smelter_worker::tables::TableStore;
 use tokio::time::Instant;
 
 fn up(data: &std::path::Path, pipeline: &std::path::Path, extra: &[&str]) -> std::process::Child {
-    Command::new(smelter_binary())
-        .args([
-            "up",
-            "--workers",
-            "2",
-            "--flight-addr",
-            "127.0.0.1:0",
-            "--coordinator-addr",
-            "127.0.0.1:0",
-        ])
-        .arg("--data-dir")
-        .arg(data)
-        .arg("--pipeline")
-        .arg(pipeline)
-        .args(extra)
-        .env("RUST_LOG", "warn,deltalake_core=error")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("spawn smelter up")
+    smelter_up(data, pipeline, extra, &[])
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -71,17 +52,9 @@ async fn sigkill_mid_stream_then_restart_is_exact() {
     );
 
     let mut second = up(&data, &pipeline, &["--exit-when-done"]);
-    let deadline = Instant::now() + Duration::from_secs(180);
-    let status = loop {
-        if let Some(status) = second.try_wait().unwrap() {
-            break status;
-        }
-        if Instant::now() > deadline {
-            second.kill().unwrap();
-            panic!("restarted smelter up did not finish");
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    let status = wait_exit(&mut second, Duration::from_secs(180))
+        .await
+        .unwrap();
     assert!(status.success(), "restart exited with {status}");
 
     let spec = smelter_common::spec::PipelineSpec::parse(&text, "pipeline.yaml").unwrap();

@@ -257,6 +257,53 @@ fn kill(child: Option<Child>) {
     }
 }
 
+/// `smelter up --workers 2 --data-dir DATA --pipeline PIPELINE [extra]` on free ports, with
+/// extra environment variables (`SMELTER__*` settings).
+pub fn smelter_up(data: &Path, pipeline: &Path, extra: &[&str], env: &[(&str, &str)]) -> Child {
+    let mut command = Command::new(smelter_binary());
+    command
+        .args([
+            "up",
+            "--workers",
+            "2",
+            "--flight-addr",
+            "127.0.0.1:0",
+            "--coordinator-addr",
+            "127.0.0.1:0",
+        ])
+        .arg("--data-dir")
+        .arg(data)
+        .arg("--pipeline")
+        .arg(pipeline)
+        .args(extra)
+        .env("RUST_LOG", "warn,deltalake_core=error")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit());
+    for (key, value) in env {
+        command.env(key, value);
+    }
+    command.spawn().expect("spawn smelter up")
+}
+
+/// Waits (up to `timeout`) for a child to exit; kills it and fails otherwise.
+pub async fn wait_exit(
+    child: &mut Child,
+    timeout: Duration,
+) -> TestResult<std::process::ExitStatus> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(status) = child.try_wait().map_err(|e| e.to_string())? {
+            return Ok(status);
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            return Err(format!("process still running after {timeout:?}"));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 /// SIGTERM, then wait (up to 60 s) for a clean exit.
 pub async fn terminate(mut child: Child) -> TestResult<std::process::ExitStatus> {
     Command::new("kill")

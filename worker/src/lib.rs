@@ -11,6 +11,7 @@
 //! A worker keeps nothing that matters across restarts: positions live in the Delta log.
 
 pub mod error;
+pub mod failpoint;
 pub mod lock;
 pub mod query;
 pub mod refine;

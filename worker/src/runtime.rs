@@ -33,10 +33,11 @@ use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::{Channel, Endpoint, Server};
 
+use crate::failpoint::Failpoints;
 use crate::lock::CommitArbiter;
 use crate::query::QueryEngine;
 use crate::serve::flight::FlightSqlServer;
-use crate::tables::TableStore;
+use crate::tables::{CommitEnv, TableStore};
 use crate::tasks::aggregate::AggregateTask;
 use crate::tasks::ingest::IngestTask;
 use crate::tasks::refine::RefineTask;
@@ -149,11 +150,15 @@ pub async fn run(
             std::env::var("HOSTNAME").unwrap_or_default(),
             std::process::id()
         );
-        Arc::new(CommitArbiter::new(
+        CommitArbiter::new(
             store,
             Duration::from_millis(config.worker.commit_lock_ttl_ms),
             holder,
-        ))
+        )
+    });
+    let commits = Arc::new(CommitEnv {
+        arbiter,
+        failpoints: Failpoints::parse(config.worker.failpoint.as_deref())?,
     });
 
     let endpoints = config.coordinator.endpoint_list();
@@ -177,7 +182,7 @@ pub async fn run(
         match session(
             &config,
             &tables,
-            &arbiter,
+            &commits,
             &advertised,
             &shutdown,
             endpoint,
@@ -231,7 +236,7 @@ async fn connect(endpoint: &str) -> Result<ControlClient<Channel>> {
 async fn session(
     config: &SmelterConfig,
     tables: &TableStore,
-    arbiter: &Option<Arc<CommitArbiter>>,
+    commits: &Arc<CommitEnv>,
     advertised: &str,
     shutdown: &CancellationToken,
     endpoint: &str,
@@ -283,7 +288,7 @@ async fn session(
                 Ok(Some(update)) => {
                     state.generation = update.generation;
                     state.last_contact = Instant::now();
-                    let released = reconcile(&mut state.units, update, config, tables, arbiter).await;
+                    let released = reconcile(&mut state.units, update, config, tables, commits).await;
                     report_released(&mut client, &worker_id, state.generation, released).await;
                 }
                 Ok(None) => break Err(WorkerError::Control(tonic::Status::unavailable("assignment stream closed"))),
@@ -369,7 +374,7 @@ async fn reconcile(
     update: AssignmentUpdate,
     config: &SmelterConfig,
     tables: &TableStore,
-    arbiter: &Option<Arc<CommitArbiter>>,
+    commits: &Arc<CommitEnv>,
 ) -> Vec<String> {
     let revisions: HashMap<String, u64> = update
         .pipelines
@@ -462,7 +467,7 @@ async fn reconcile(
             tables: tables.clone(),
             config: config.worker.clone(),
             pipeline: Arc::clone(pipeline),
-            arbiter: arbiter.clone(),
+            commits: commits.clone(),
         };
         let progress = Progress::default();
         let cancel = CancellationToken::new();

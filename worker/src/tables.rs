@@ -30,6 +30,7 @@ use deltalake::writer::{DeltaWriter, RecordBatchWriter};
 use deltalake::{DeltaTable, DeltaTableBuilder, DeltaTableError};
 use url::Url;
 
+use crate::failpoint::Failpoints;
 use crate::lock::{CommitArbiter, EPOCH_APP_ID};
 use crate::{Result, WorkerError};
 
@@ -214,8 +215,18 @@ fn table_name(table: &DeltaTable) -> String {
     table.table_url().to_string()
 }
 
+/// What commits need besides the table: the commit lock, when the coordination store is
+/// shared with the other writers, and the fault-test hooks.
+#[derive(Default)]
+pub struct CommitEnv {
+    /// Table commit locks (none: the txn compare-and-set alone decides).
+    pub arbiter: Option<CommitArbiter>,
+    /// Crash hooks (unarmed by default).
+    pub failpoints: Failpoints,
+}
+
 /// Commits `batches` with the given txn actions, following the protocol in the module docs.
-/// With an `arbiter`, the log write happens under the table's commit lock and carries the
+/// With an arbiter, the log write happens under the table's commit lock and carries the
 /// lock's epoch (see [`crate::lock`]); appended data files are written before the lock.
 pub async fn commit(
     table: &mut DeltaTable,
@@ -224,8 +235,9 @@ pub async fn commit(
     mode: WriteMode,
     partition_by: &[String],
     txns: Vec<TxnUpdate>,
-    arbiter: Option<&CommitArbiter>,
+    env: &CommitEnv,
 ) -> Result<CommitOutcome> {
+    let arbiter = env.arbiter.as_ref();
     const ATTEMPTS: usize = 5;
     // Appends: data files first, outside the lock. A failed or superseded attempt leaves
     // them unreferenced (nothing reads them); a retry commits the same files.
@@ -233,6 +245,7 @@ pub async fn commit(
         WriteMode::Append => Some(write_files(table, name, &batches).await?),
         WriteMode::Overwrite => None,
     };
+    env.failpoints.hit("commit.after_files");
     let mut last_error = None;
     for attempt in 0..ATTEMPTS {
         let lock = match arbiter {
@@ -248,6 +261,7 @@ pub async fn commit(
             partition_by,
             &txns,
             epoch,
+            &env.failpoints,
         )
         .await;
         if let (Some(arbiter), Some(lock)) = (arbiter, lock) {
@@ -311,6 +325,7 @@ async fn commit_once(
     partition_by: &[String],
     txns: &[TxnUpdate],
     epoch: Option<i64>,
+    failpoints: &Failpoints,
 ) -> Result<CommitOutcome> {
     table
         .update_state()
@@ -343,8 +358,9 @@ async fn commit_once(
             let committed = CommitBuilder::from(properties)
                 .with_actions(files.iter().cloned().map(Action::Add).collect())
                 .build(Some(snapshot), table.log_store(), operation)
-                .await
-                .map_err(|e| WorkerError::delta(name, e))?;
+                .await;
+            failpoints.hit("commit.after_log");
+            let committed = committed.map_err(|e| WorkerError::delta(name, e))?;
             let version = committed.version() as i64;
             table
                 .update_state()
@@ -360,8 +376,9 @@ async fn commit_once(
                 .with_save_mode(SaveMode::Overwrite)
                 .with_partition_columns(partition_by.to_vec())
                 .with_commit_properties(properties)
-                .await
-                .map_err(|e| WorkerError::delta(name, e))?;
+                .await;
+            failpoints.hit("commit.after_log");
+            let written = written.map_err(|e| WorkerError::delta(name, e))?;
             let version = self::version(&written);
             *table = written;
             Ok(CommitOutcome::Committed { version })

@@ -103,7 +103,7 @@ impl AggregateTask {
                 WriteMode::Overwrite,
                 &spec.partition_by,
                 txns,
-                env.arbiter.as_deref(),
+                &env.commits,
             )
             .await?
             {

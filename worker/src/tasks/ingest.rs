@@ -189,6 +189,7 @@ impl IngestTask {
                     .await?;
                 match outcome {
                     CommitOutcome::Committed { version } => {
+                        env.commits.failpoints.hit("ingest.after_commit");
                         let mut per_partition: BTreeMap<i32, (u64, i64)> = BTreeMap::new();
                         for r in &buffer {
                             let last = committed
@@ -277,7 +278,7 @@ impl IngestTask {
             WriteMode::Append,
             &spec.partition_by,
             txns,
-            env.arbiter.as_deref(),
+            &env.commits,
         )
         .await
     }

@@ -27,8 +27,8 @@ pub struct TaskEnv {
     pub config: WorkerConfig,
     /// The pipeline the task belongs to.
     pub pipeline: Arc<PipelineSpec>,
-    /// Commit locks, when a coordination store is shared with the other writers.
-    pub arbiter: Option<Arc<crate::lock::CommitArbiter>>,
+    /// Commit locks and crash hooks, shared by the worker's tasks.
+    pub commits: Arc<crate::tables::CommitEnv>,
 }
 
 impl TaskEnv {

@@ -98,7 +98,7 @@ impl RefineTask {
                     WriteMode::Append,
                     &[],
                     txns,
-                    env.arbiter.as_deref(),
+                    &env.commits,
                 )
                 .await?
                 {
@@ -120,7 +120,7 @@ impl RefineTask {
                 WriteMode::Append,
                 &spec.partition_by,
                 txns,
-                env.arbiter.as_deref(),
+                &env.commits,
             )
             .await?
             {
