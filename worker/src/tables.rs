@@ -253,17 +253,12 @@ pub async fn commit(
             None => None,
         };
         let epoch = lock.as_ref().map(|l| l.epoch);
-        let result = commit_once(
-            table,
-            name,
-            &batches,
-            files.as_deref(),
+        let payload = Payload {
+            batches: &batches,
+            files: files.as_deref(),
             partition_by,
-            &txns,
-            epoch,
-            &env.failpoints,
-        )
-        .await;
+        };
+        let result = commit_once(table, name, &payload, &txns, epoch, &env.failpoints).await;
         if let (Some(arbiter), Some(lock)) = (arbiter, lock) {
             arbiter.release(lock).await;
         }
@@ -316,13 +311,19 @@ async fn write_files(table: &DeltaTable, name: &str, batches: &[RecordBatch]) ->
         .map_err(|e| WorkerError::delta(name, e))
 }
 
+/// What one commit writes: appended files already in storage, or batches to overwrite with.
+struct Payload<'a> {
+    batches: &'a [RecordBatch],
+    /// Appends: the data files written before the lock. `None`: overwrite with `batches`.
+    files: Option<&'a [Add]>,
+    partition_by: &'a [String],
+}
+
 /// One attempt: refresh, check the txn positions and the epoch, write the log entry.
 async fn commit_once(
     table: &mut DeltaTable,
     name: &str,
-    batches: &[RecordBatch],
-    files: Option<&[Add]>,
-    partition_by: &[String],
+    payload: &Payload<'_>,
     txns: &[TxnUpdate],
     epoch: Option<i64>,
     failpoints: &Failpoints,
@@ -347,7 +348,8 @@ async fn commit_once(
         actions.push(Transaction::new(EPOCH_APP_ID, epoch));
     }
     let properties = CommitProperties::default().with_application_transactions(actions);
-    match files {
+    let partition_by = payload.partition_by;
+    match payload.files {
         Some(files) => {
             let snapshot = table.snapshot().map_err(|e| WorkerError::delta(name, e))?;
             let operation = DeltaOperation::Write {
@@ -372,7 +374,7 @@ async fn commit_once(
             // Overwrites (gold) replace every file, so they are written under the lock.
             let written = table
                 .clone()
-                .write(batches.to_vec())
+                .write(payload.batches.to_vec())
                 .with_save_mode(SaveMode::Overwrite)
                 .with_partition_columns(partition_by.to_vec())
                 .with_commit_properties(properties)
