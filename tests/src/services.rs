@@ -44,7 +44,8 @@ pub fn free_port() -> u16 {
 /// A single-node etcd.
 pub struct Etcd {
     child: Child,
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
+    peer: u16,
     /// Client URL, `http://127.0.0.1:<port>`.
     pub endpoint: String,
 }
@@ -52,53 +53,68 @@ pub struct Etcd {
 impl Etcd {
     /// Starts etcd and waits until it answers, or `None` if etcd is not installed (and not required).
     pub async fn start() -> Option<Etcd> {
-        let binary = binary("etcd")?;
+        binary("etcd")?;
         let dir = tempfile::tempdir().expect("temp dir");
         let (client, peer) = (free_port(), free_port());
         let endpoint = format!("http://127.0.0.1:{client}");
-        let child = Command::new(binary)
+        let child = Self::spawn(dir.path(), &endpoint, peer);
+        let etcd = Etcd {
+            child,
+            dir,
+            peer,
+            endpoint,
+        };
+        etcd.wait_ready().await;
+        Some(etcd)
+    }
+
+    fn spawn(dir: &std::path::Path, endpoint: &str, peer: u16) -> Child {
+        let peer_url = format!("http://127.0.0.1:{peer}");
+        Command::new(binary("etcd").expect("etcd"))
             .args(["--name", "smelter-test", "--data-dir"])
-            .arg(dir.path())
+            .arg(dir)
             .args([
                 "--listen-client-urls",
-                &endpoint,
+                endpoint,
                 "--advertise-client-urls",
-                &endpoint,
+                endpoint,
             ])
-            .args(["--listen-peer-urls", &format!("http://127.0.0.1:{peer}")])
-            .args([
-                "--initial-advertise-peer-urls",
-                &format!("http://127.0.0.1:{peer}"),
-            ])
-            .args([
-                "--initial-cluster",
-                &format!("smelter-test=http://127.0.0.1:{peer}"),
-            ])
+            .args(["--listen-peer-urls", &peer_url])
+            .args(["--initial-advertise-peer-urls", &peer_url])
+            .args(["--initial-cluster", &format!("smelter-test={peer_url}")])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
-            .expect("spawn etcd");
-        let etcd = Etcd {
-            child,
-            _dir: dir,
-            endpoint,
-        };
+            .expect("spawn etcd")
+    }
+
+    async fn wait_ready(&self) {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
-            if let Ok(store) = EtcdStore::connect(std::slice::from_ref(&etcd.endpoint)).await
+            if let Ok(store) = EtcdStore::connect(std::slice::from_ref(&self.endpoint)).await
                 && smelter_common::store::CoordinationStore::get(&store, "/ready-probe")
                     .await
                     .is_ok()
             {
-                return Some(etcd);
+                return;
             }
             assert!(
                 Instant::now() < deadline,
                 "etcd did not become ready at {}",
-                etcd.endpoint
+                self.endpoint
             );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
+    }
+
+    /// SIGKILLs etcd, keeps it down for `down`, then starts it again on the same data
+    /// directory and ports, and waits until it answers.
+    pub async fn restart(&mut self, down: Duration) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        tokio::time::sleep(down).await;
+        self.child = Self::spawn(self.dir.path(), &self.endpoint, self.peer);
+        self.wait_ready().await;
     }
 }
 
