@@ -42,6 +42,8 @@ pub enum Command {
     Apply(ApplyArgs),
     /// Replay tables' Delta logs and check the exactly-once invariants (exit 1 on findings).
     Verify(VerifyArgs),
+    /// Rewrite tables' small files into larger ones (safe while the pipeline runs).
+    Compact(CompactArgs),
     /// Run the coordinator role.
     Coordinator,
     /// Run a worker role.
@@ -130,6 +132,20 @@ pub struct ApplyArgs {
 #[derive(Debug, clap::Args)]
 pub struct VerifyArgs {
     /// Tables to check (`bronze.events` ...); all tables when none are named.
+    pub tables: Vec<String>,
+    /// Data directory as given to `smelter up` (tables in DIR/tables); defaults to
+    /// `storage.root` of the configuration.
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+    /// Output format (`table` or `json`).
+    #[arg(long, short, value_enum, default_value_t = Format::Table)]
+    pub output: Format,
+}
+
+/// `smelter compact`.
+#[derive(Debug, clap::Args)]
+pub struct CompactArgs {
+    /// Tables to compact; all tables when none are named.
     pub tables: Vec<String>,
     /// Data directory as given to `smelter up` (tables in DIR/tables); defaults to
     /// `storage.root` of the configuration.

@@ -70,5 +70,6 @@ async fn run(cli: Cli) -> Result<(), ClientError> {
         Command::Validate(args) => commands::admin::validate(args).await,
         Command::Apply(args) => commands::admin::apply(args).await,
         Command::Verify(args) => commands::verify::run(config, args).await,
+        Command::Compact(args) => commands::compact::run(config, args).await,
     }
 }

@@ -99,6 +99,46 @@ async fn clickstream_is_exact_through_every_layer() {
     .await
     .unwrap();
     assert_eq!(count(&users), count(&all_users));
+
+    // `smelter compact` rewrites bronze's many small files; every layer stays exact.
+    let files_before = cluster
+        .tables
+        .open("bronze.events")
+        .await
+        .unwrap()
+        .get_file_uris()
+        .unwrap()
+        .count();
+    let out = std::process::Command::new(smelter_tests::smelter_binary())
+        .args(["compact", "bronze.events", "--output", "json", "--data-dir"])
+        .arg(cluster.dir())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(
+        report[0]["compaction"]["files_removed"].as_u64().unwrap() > 1,
+        "{report}"
+    );
+    let files_after = cluster
+        .tables
+        .open("bronze.events")
+        .await
+        .unwrap()
+        .get_file_uris()
+        .unwrap()
+        .count();
+    assert!(
+        files_after < files_before,
+        "{files_before} -> {files_after} files"
+    );
+    check_pipeline(&cluster.tables, &cluster.spec, &truth)
+        .await
+        .unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

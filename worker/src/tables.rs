@@ -388,6 +388,41 @@ async fn commit_once(
     }
 }
 
+/// What a compaction did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Compaction {
+    /// The table version of the compaction commit, if one was made.
+    pub version: Option<i64>,
+    /// Small files replaced.
+    pub files_removed: u64,
+    /// Files written in their place.
+    pub files_added: u64,
+}
+
+/// Rewrites the table's small files into larger ones, in a maintenance commit
+/// (`dataChange = false`: readers of new data skip it). It may race with appends: it
+/// carries no txn, and delta-rs's conflict checker lets appends that only add files land
+/// on either side of it, while a concurrent compaction of the same files loses cleanly.
+pub async fn compact(table: &mut DeltaTable, name: &str) -> Result<Compaction> {
+    table
+        .update_state()
+        .await
+        .map_err(|e| WorkerError::delta(name, e))?;
+    let before = self::version(table);
+    let (compacted, metrics) = table
+        .clone()
+        .optimize()
+        .await
+        .map_err(|e| WorkerError::delta(name, e))?;
+    let after = self::version(&compacted);
+    *table = compacted;
+    Ok(Compaction {
+        version: (after > before).then_some(after),
+        files_removed: metrics.num_files_removed,
+        files_added: metrics.num_files_added,
+    })
+}
+
 async fn positions_unchanged(table: &DeltaTable, txns: &[TxnUpdate]) -> Result<bool> {
     for txn in txns {
         let current = txn_version(table, &txn.app_id).await?;

@@ -1,6 +1,7 @@
 //! One module per CLI verb; each returns a `Result` the binary turns into an exit code.
 
 pub mod admin;
+pub mod compact;
 pub mod roles;
 pub mod up;
 pub mod verify;
@@ -19,6 +20,23 @@ pub async fn load_pipeline(text: &str, origin: &str) -> Result<PipelineSpec> {
     let spec = PipelineSpec::parse(text, origin)?;
     smelter_worker::validate::validate_pipeline(&spec, origin).await?;
     Ok(spec)
+}
+
+/// The tables of a data directory given on the command line (`DIR/tables`, as `smelter up`
+/// lays it out), or of the configured `storage.root`; and the table names asked for, or all.
+pub fn local_tables(
+    config: &smelter_common::config::SmelterConfig,
+    data_dir: Option<&Path>,
+    names: Vec<String>,
+) -> Result<(smelter_worker::tables::TableStore, Vec<String>)> {
+    let root = data_dir.map_or_else(|| config.storage.root.clone(), |d| d.join("tables"));
+    let tables = smelter_worker::tables::TableStore::new(&root)?;
+    let names = if names.is_empty() {
+        tables.list()
+    } else {
+        names
+    };
+    Ok((tables, names))
 }
 
 /// Reads a pipeline file.

@@ -2,7 +2,6 @@
 //! needed) and reports every broken exactly-once invariant; exit 1 if any.
 
 use smelter_common::config::SmelterConfig;
-use smelter_worker::tables::TableStore;
 use smelter_worker::verify::{Report, verify};
 
 use crate::cli::VerifyArgs;
@@ -11,15 +10,7 @@ use crate::{ClientError, Result};
 
 /// Runs the verifier over the named tables (or all) and prints the reports.
 pub async fn run(config: SmelterConfig, args: VerifyArgs) -> Result<()> {
-    let root = args
-        .data_dir
-        .map_or_else(|| config.storage.root.clone(), |d| d.join("tables"));
-    let tables = TableStore::new(&root)?;
-    let names = if args.tables.is_empty() {
-        tables.list()
-    } else {
-        args.tables
-    };
+    let (tables, names) = super::local_tables(&config, args.data_dir.as_deref(), args.tables)?;
     let mut reports = Vec::with_capacity(names.len());
     for name in &names {
         reports.push(verify(&tables, name).await?);
