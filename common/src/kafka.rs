@@ -5,13 +5,59 @@
 //! by the coordinator and positions come from the bronze table's txn versions (design.md
 //! §5.1). The `group.id` librdkafka insists on is informational only.
 
-use std::time::Duration;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use rdkafka::ClientConfig;
-use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::client::ClientContext;
+use rdkafka::config::RDKafkaLogLevel;
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
+use rdkafka::error::KafkaError;
 
 use crate::spec::KafkaSpec;
 use crate::{Error, Result};
+
+/// How long an identical client error stays quiet after it was logged once.
+const REPEAT_QUIET: Duration = Duration::from_secs(30);
+
+/// Routes librdkafka's logs and client errors into `tracing` as warnings, each distinct
+/// message at most once per [`REPEAT_QUIET`]: a broker that is away makes librdkafka
+/// report the same failure many times a second, and the task's own state (`backoff`,
+/// with the error) is where operators look.
+#[derive(Default)]
+pub struct KafkaContext {
+    last: Mutex<Option<(String, Instant)>>,
+}
+
+impl KafkaContext {
+    fn warn_once(&self, message: String) {
+        let mut last = self.last.lock().unwrap_or_else(|e| e.into_inner());
+        let repeated = last
+            .as_ref()
+            .is_some_and(|(m, at)| *m == message && at.elapsed() < REPEAT_QUIET);
+        if !repeated {
+            tracing::warn!(target: "smelter::kafka", "{message}");
+            *last = Some((message, Instant::now()));
+        }
+    }
+}
+
+impl ClientContext for KafkaContext {
+    fn log(&self, level: RDKafkaLogLevel, facility: &str, message: &str) {
+        match level {
+            RDKafkaLogLevel::Debug | RDKafkaLogLevel::Info | RDKafkaLogLevel::Notice => {
+                tracing::debug!(target: "smelter::kafka", facility, "{message}")
+            }
+            _ => self.warn_once(format!("librdkafka {facility}: {message}")),
+        }
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        self.warn_once(format!("kafka client: {error}: {reason}"));
+    }
+}
+
+impl ConsumerContext for KafkaContext {}
 
 /// Client settings for `spec`: Smelter's fixed settings, then the spec's extra properties
 /// (validation keeps those away from the fixed ones).
@@ -43,8 +89,8 @@ pub fn partition_count_blocking(
         brokers: spec.brokers.clone(),
         message,
     };
-    let consumer: BaseConsumer = client_config(spec, pipeline)
-        .create()
+    let consumer: BaseConsumer<KafkaContext> = client_config(spec, pipeline)
+        .create_with_context(KafkaContext::default())
         .map_err(|e| broker_error(e.to_string()))?;
     let metadata = consumer
         .fetch_metadata(Some(&spec.topic), timeout)

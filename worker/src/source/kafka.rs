@@ -16,6 +16,7 @@ use async_trait::async_trait;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::{BorrowedMessage, Headers, Message};
 use rdkafka::{Offset, TopicPartitionList};
+use smelter_common::kafka::KafkaContext;
 use smelter_common::spec::KafkaSpec;
 use tokio::time::Instant;
 
@@ -31,7 +32,7 @@ const LAG_INTERVAL: Duration = Duration::from_secs(2);
 pub struct KafkaReader {
     name: String,
     topic: Arc<str>,
-    consumer: Arc<StreamConsumer>,
+    consumer: Arc<StreamConsumer<KafkaContext>>,
     /// Next offset expected per partition; anything below was already returned.
     next: HashMap<i32, i64>,
     high_watermarks: Arc<Mutex<BTreeMap<i32, i64>>>,
@@ -60,9 +61,10 @@ impl KafkaReader {
         smelter_common::kafka::partition_count(spec, pipeline, CONNECT_TIMEOUT)
             .await
             .map_err(|e| error(e.to_string()))?;
-        let consumer: StreamConsumer = smelter_common::kafka::client_config(spec, pipeline)
-            .create()
-            .map_err(|e| error(format!("cannot create consumer: {e}")))?;
+        let consumer: StreamConsumer<KafkaContext> =
+            smelter_common::kafka::client_config(spec, pipeline)
+                .create_with_context(KafkaContext::default())
+                .map_err(|e| error(format!("cannot create consumer: {e}")))?;
         let mut assignment = TopicPartitionList::new();
         let mut next = HashMap::new();
         for &partition in partitions {
