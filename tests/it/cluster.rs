@@ -8,10 +8,7 @@
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use smelter_common::spec::PipelineSpec;
-use smelter_tests::kafka::{
-    EventProducer, create_topic, demo_events, kafka_demo, unique_topic, wait_caught_up,
-};
+use smelter_tests::kafka::{create_topic, produce_in_background, unique_topic, wait_caught_up};
 use smelter_tests::oracle::check_pipeline;
 use smelter_tests::processes::{ProcessCluster, tasks, worker_id};
 use smelter_tests::services::{Etcd, Tansu};
@@ -86,12 +83,10 @@ async fn cluster_rebalances_and_fails_over_exactly_once() {
     for _ in 0..3 {
         cluster.add_worker();
     }
-    let text = kafka_demo(&tansu.brokers, &topic);
-    let pipeline = cluster.dir().join("pipeline.yaml");
-    std::fs::write(&pipeline, &text).unwrap();
-    cluster.apply(&pipeline).await.unwrap();
-    let spec = PipelineSpec::parse(&text, "pipeline.yaml").unwrap();
-    let tables = TableStore::new(cluster.root()).unwrap();
+    let (spec, tables) = cluster
+        .apply_kafka_demo(&tansu.brokers, &topic)
+        .await
+        .unwrap();
 
     // Every partition gets a task, spread evenly over the three workers.
     let (status, _) = cluster
@@ -116,18 +111,14 @@ async fn cluster_rebalances_and_fails_over_exactly_once() {
         "status names the leader: {status}"
     );
 
-    let brokers = tansu.brokers.clone();
-    let producer_topic = topic.clone();
-    let producer = tokio::spawn(async move {
-        let mut producer =
-            EventProducer::new(&brokers, &producer_topic, &demo_events(PARTITIONS as u32)).unwrap();
-        let partitions: Vec<i32> = (0..PARTITIONS).collect();
-        for _ in 0..ROUNDS {
-            producer.produce(&partitions, PER_ROUND).await.unwrap();
-            tokio::time::sleep(Duration::from_millis(600)).await;
-        }
-        producer
-    });
+    let producer = produce_in_background(
+        &tansu.brokers,
+        &topic,
+        PARTITIONS,
+        ROUNDS,
+        PER_ROUND,
+        Duration::from_millis(900),
+    );
 
     // A fourth worker joins mid-stream: partitions are handed off to it within 10 s.
     bronze_rows_at_least(&tables, 20_000, Duration::from_secs(120)).await;

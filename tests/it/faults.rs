@@ -10,7 +10,7 @@ use smelter_common::spec::PipelineSpec;
 use smelter_common::store::{CoordinationStore, EtcdStore, keys};
 use smelter_tests::bounded_demo;
 use smelter_tests::kafka::{
-    EventProducer, create_topic, demo_events, kafka_demo, unique_topic, wait_caught_up,
+    EventProducer, create_topic, demo_events, produce_in_background, unique_topic, wait_caught_up,
 };
 use smelter_tests::oracle::{check_pipeline, generator_truth};
 use smelter_tests::processes::{ProcessCluster, smelter_up, wait_exit};
@@ -64,24 +64,20 @@ async fn pausing_the_lock_holder_past_its_lease_lands_no_stale_commit() {
     );
     cluster.add_worker();
     cluster.add_worker();
-    let text = kafka_demo(&tansu.brokers, &topic);
-    let pipeline = cluster.dir().join("pipeline.yaml");
-    std::fs::write(&pipeline, &text).unwrap();
-    cluster.apply(&pipeline).await.unwrap();
-    let spec = PipelineSpec::parse(&text, "pipeline.yaml").unwrap();
-    let tables = TableStore::new(cluster.root()).unwrap();
+    let (spec, tables) = cluster
+        .apply_kafka_demo(&tansu.brokers, &topic)
+        .await
+        .unwrap();
 
-    let brokers = tansu.brokers.clone();
-    let producer_topic = topic.clone();
-    let producer = tokio::spawn(async move {
-        let mut producer = EventProducer::new(&brokers, &producer_topic, &demo_events(4)).unwrap();
-        // About a minute of traffic: the pauses need commits to catch.
-        for _ in 0..100 {
-            producer.produce(&[0, 1, 2, 3], 150).await.unwrap();
-            tokio::time::sleep(Duration::from_millis(500)).await;
-        }
-        producer
-    });
+    // About a minute of traffic: the pauses need commits to catch.
+    let producer = produce_in_background(
+        &tansu.brokers,
+        &topic,
+        4,
+        100,
+        150,
+        Duration::from_millis(600),
+    );
 
     let store = EtcdStore::connect(std::slice::from_ref(&etcd.endpoint))
         .await
@@ -229,28 +225,20 @@ async fn killing_a_random_worker_every_five_seconds_loses_nothing() {
     for _ in 0..3 {
         cluster.add_worker();
     }
-    let text = kafka_demo(&tansu.brokers, &topic);
-    let pipeline = cluster.dir().join("pipeline.yaml");
-    std::fs::write(&pipeline, &text).unwrap();
-    cluster.apply(&pipeline).await.unwrap();
-    let spec = PipelineSpec::parse(&text, "pipeline.yaml").unwrap();
-    let tables = TableStore::new(cluster.root()).unwrap();
+    let (spec, tables) = cluster
+        .apply_kafka_demo(&tansu.brokers, &topic)
+        .await
+        .unwrap();
 
-    let brokers = tansu.brokers.clone();
-    let producer_topic = topic.clone();
-    let producer = tokio::spawn(async move {
-        let mut producer =
-            EventProducer::new(&brokers, &producer_topic, &demo_events(PARTITIONS as u32)).unwrap();
-        let partitions: Vec<i32> = (0..PARTITIONS).collect();
-        let started = Instant::now();
-        for round in 0..ROUNDS {
-            producer.produce(&partitions, per_round).await.unwrap();
-            // Spread the rounds over the minute of kills.
-            let due = started + Duration::from_millis(1_000 * (round as u64 + 1));
-            tokio::time::sleep_until(due).await;
-        }
-        producer
-    });
+    // The rounds spread over the minute of kills.
+    let producer = produce_in_background(
+        &tansu.brokers,
+        &topic,
+        PARTITIONS,
+        ROUNDS,
+        per_round,
+        Duration::from_secs(1),
+    );
 
     // A cheap, seeded "random" choice: the test stays reproducible.
     let mut pick = 0x9E37_79B9_u64;
@@ -312,23 +300,19 @@ async fn an_etcd_restart_mid_stream_recovers_by_itself() {
     );
     cluster.add_worker();
     cluster.add_worker();
-    let text = kafka_demo(&tansu.brokers, &topic);
-    let pipeline = cluster.dir().join("pipeline.yaml");
-    std::fs::write(&pipeline, &text).unwrap();
-    cluster.apply(&pipeline).await.unwrap();
-    let spec = PipelineSpec::parse(&text, "pipeline.yaml").unwrap();
-    let tables = TableStore::new(cluster.root()).unwrap();
+    let (spec, tables) = cluster
+        .apply_kafka_demo(&tansu.brokers, &topic)
+        .await
+        .unwrap();
 
-    let brokers = tansu.brokers.clone();
-    let producer_topic = topic.clone();
-    let producer = tokio::spawn(async move {
-        let mut producer = EventProducer::new(&brokers, &producer_topic, &demo_events(4)).unwrap();
-        for _ in 0..40 {
-            producer.produce(&[0, 1, 2, 3], 500).await.unwrap();
-            tokio::time::sleep(Duration::from_millis(500)).await;
-        }
-        producer
-    });
+    let producer = produce_in_background(
+        &tansu.brokers,
+        &topic,
+        4,
+        40,
+        500,
+        Duration::from_millis(500),
+    );
     tokio::time::sleep(Duration::from_secs(8)).await;
     etcd.restart(Duration::from_secs(5)).await;
 
@@ -385,12 +369,10 @@ async fn a_broker_restart_mid_stream_recovers_by_itself() {
     );
     cluster.add_worker();
     cluster.add_worker();
-    let text = kafka_demo(&tansu.brokers, &topic);
-    let pipeline = cluster.dir().join("pipeline.yaml");
-    std::fs::write(&pipeline, &text).unwrap();
-    cluster.apply(&pipeline).await.unwrap();
-    let spec = PipelineSpec::parse(&text, "pipeline.yaml").unwrap();
-    let tables = TableStore::new(cluster.root()).unwrap();
+    let (spec, tables) = cluster
+        .apply_kafka_demo(&tansu.brokers, &topic)
+        .await
+        .unwrap();
 
     let mut producer = EventProducer::new(&tansu.brokers, &topic, &demo_events(4)).unwrap();
     for _ in 0..10 {

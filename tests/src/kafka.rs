@@ -144,6 +144,34 @@ impl EventProducer {
     }
 }
 
+/// Produces in the background: `rounds` rounds of `per_round` events to each of
+/// `partitions` partitions, a round every `every` at most; the producer (with its
+/// acknowledgements) is the task's result.
+pub fn produce_in_background(
+    brokers: &str,
+    topic: &str,
+    partitions: i32,
+    rounds: i64,
+    per_round: i64,
+    every: Duration,
+) -> tokio::task::JoinHandle<EventProducer> {
+    let (brokers, topic) = (brokers.to_string(), topic.to_string());
+    tokio::spawn(async move {
+        let mut producer = EventProducer::new(&brokers, &topic, &demo_events(partitions as u32))
+            .expect("producer");
+        let all: Vec<i32> = (0..partitions).collect();
+        let started = tokio::time::Instant::now();
+        for round in 0..rounds {
+            producer
+                .produce(&all, per_round)
+                .await
+                .expect("every record acknowledged");
+            tokio::time::sleep_until(started + every * (round as u32 + 1)).await;
+        }
+        producer
+    })
+}
+
 /// The demo pipeline reading `topic` on `brokers` instead of its generator.
 pub fn kafka_demo(brokers: &str, topic: &str) -> String {
     let start = crate::DEMO

@@ -178,6 +178,27 @@ impl ProcessCluster {
         }
     }
 
+    /// Applies the demo pipeline reading `topic` on `brokers`; returns its spec and the
+    /// tables it writes.
+    pub async fn apply_kafka_demo(
+        &self,
+        brokers: &str,
+        topic: &str,
+    ) -> TestResult<(
+        smelter_common::spec::PipelineSpec,
+        smelter_worker::tables::TableStore,
+    )> {
+        let text = crate::kafka::kafka_demo(brokers, topic);
+        let pipeline = self.dir().join("pipeline.yaml");
+        std::fs::write(&pipeline, &text).map_err(|e| e.to_string())?;
+        self.apply(&pipeline).await?;
+        let spec = smelter_common::spec::PipelineSpec::parse(&text, "pipeline.yaml")
+            .map_err(|e| e.to_string())?;
+        let tables =
+            smelter_worker::tables::TableStore::new(self.root()).map_err(|e| e.to_string())?;
+        Ok((spec, tables))
+    }
+
     /// `smelter status --output json`, as the CLI prints it.
     pub fn status(&self) -> TestResult<serde_json::Value> {
         let out = Command::new(smelter_binary())
