@@ -33,6 +33,19 @@ async fn bind(address: &str) -> Result<TcpListener> {
         })
 }
 
+/// The coordinator serves gRPC before its (uncontested, in-memory) election is won; callers
+/// get a cluster that accepts `apply` at once.
+async fn wait_until_leading(endpoint: &str) -> Result<()> {
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        match crate::sdk::AdminClient::connect(endpoint).await {
+            Ok(_) => return Ok(()),
+            Err(error) if tokio::time::Instant::now() >= deadline => return Err(error),
+            Err(_) => tokio::time::sleep(std::time::Duration::from_millis(20)).await,
+        }
+    }
+}
+
 impl LocalCluster {
     /// Starts the coordinator on `config.coordinator.listen` and `workers` workers (at least
     /// one); the
@@ -76,6 +89,7 @@ impl LocalCluster {
                 workers_shutdown.clone(),
             )));
         }
+        wait_until_leading(&config.coordinator.endpoint).await?;
         Ok(LocalCluster {
             coordinator_endpoint: config.coordinator.endpoint.clone(),
             flight_endpoints,
