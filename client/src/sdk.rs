@@ -78,31 +78,48 @@ pub struct AdminClient {
     inner: ControlClient<Channel>,
 }
 
+/// How long [`AdminClient::connect`] waits for an election under way.
+pub const ELECTION_WAIT: std::time::Duration = std::time::Duration::from_secs(15);
+
 impl AdminClient {
     /// Connects to the leading coordinator. `endpoints` lists every replica, comma-separated
     /// (`host:port` or URLs); followers answer `UNAVAILABLE`, so the first replica that
-    /// answers a status call is the leader.
+    /// answers a status call is the leader. While an election is under way (some replica
+    /// answers but none leads) it keeps asking for up to [`ELECTION_WAIT`]; unreachable
+    /// endpoints alone fail at once.
     pub async fn connect(endpoints: &str) -> Result<Self> {
-        let mut last_error = None;
-        for endpoint in endpoints
-            .split(',')
-            .map(str::trim)
-            .filter(|e| !e.is_empty())
-        {
-            let attempt = async {
-                let mut inner = ControlClient::new(channel(endpoint).await?);
-                inner.get_cluster_status(ClusterStatusRequest {}).await?;
-                Ok::<_, ClientError>(Self { inner })
-            };
-            match attempt.await {
-                Ok(client) => return Ok(client),
-                Err(error) => last_error = Some(error),
+        let deadline = tokio::time::Instant::now() + ELECTION_WAIT;
+        loop {
+            let mut last_error = None;
+            let mut electing = false;
+            for endpoint in endpoints
+                .split(',')
+                .map(str::trim)
+                .filter(|e| !e.is_empty())
+            {
+                let attempt = async {
+                    let mut inner = ControlClient::new(channel(endpoint).await?);
+                    inner.get_cluster_status(ClusterStatusRequest {}).await?;
+                    Ok::<_, ClientError>(Self { inner })
+                };
+                match attempt.await {
+                    Ok(client) => return Ok(client),
+                    Err(error) => {
+                        electing |= matches!(&error, ClientError::Rejected(status)
+                            if status.code() == tonic::Code::Unavailable
+                                && status.message().contains("not the leader"));
+                        last_error = Some(error);
+                    }
+                }
             }
+            if !electing || tokio::time::Instant::now() >= deadline {
+                return Err(last_error.unwrap_or_else(|| ClientError::Unreachable {
+                    endpoint: endpoints.to_string(),
+                    message: "no coordinator endpoint given".into(),
+                }));
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
         }
-        Err(last_error.unwrap_or_else(|| ClientError::Unreachable {
-            endpoint: endpoints.to_string(),
-            message: "no coordinator endpoint given".into(),
-        }))
     }
 
     /// Leader, workers, tasks and their progress.

@@ -179,7 +179,30 @@ async fn cluster_rebalances_and_fails_over_exactly_once() {
         .expect("the leader is one of the replicas");
     let rows_before = bronze_rows(&tables).await;
     cluster.kill_coordinator(leader_index);
-    let (_, took) = cluster
+    // `smelter status` issued right away waits out the election instead of failing.
+    let endpoints = cluster.endpoints();
+    let asked = Instant::now();
+    let cli = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(smelter_tests::smelter_binary())
+            .args(["status", "--output", "json", "--coordinator", &endpoints])
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    assert!(
+        cli.status.success(),
+        "{}",
+        String::from_utf8_lossy(&cli.stderr)
+    );
+    let answered: serde_json::Value = serde_json::from_slice(&cli.stdout).unwrap();
+    assert_ne!(answered["leader_endpoint"], old_leader.as_str());
+    let failover = asked.elapsed();
+    assert!(
+        failover <= LEASE_TTL + Duration::from_secs(5),
+        "{failover:?}"
+    );
+    cluster
         .wait_status(
             "the other replica leads",
             LEASE_TTL + Duration::from_secs(5),
@@ -192,7 +215,9 @@ async fn cluster_rebalances_and_fails_over_exactly_once() {
         .await
         .unwrap();
     let rows_during = bronze_rows(&tables).await;
-    eprintln!("a new leader after {took:?}; bronze grew {rows_before} -> {rows_during} meanwhile");
+    eprintln!(
+        "`smelter status` answered from a new leader after {failover:?}; bronze grew {rows_before} -> {rows_during} meanwhile"
+    );
     assert!(
         rows_during > rows_before,
         "workers kept ingesting while there was no leader"

@@ -235,7 +235,8 @@ impl ProcessCluster {
                 && let Ok(status) = admin.status().await
             {
                 last = smelter_client::commands::admin::status_json(&status);
-                if predicate(&last) {
+                // (connect may itself wait out an election: judge the time taken, too)
+                if predicate(&last) && started.elapsed() <= timeout {
                     return Ok((last, started.elapsed()));
                 }
             }
