@@ -165,15 +165,54 @@ impl Default for WorkerConfig {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct StorageConfig {
-    /// Root of all tables: a local directory. Table `silver.events` lives at `<root>/silver/events`.
+    /// Root of all tables: a local directory, or `s3://bucket/prefix` on an S3-compatible
+    /// store. Table `silver.events` lives at `<root>/silver/events`.
     pub root: PathBuf,
+    /// S3 endpoint URL for S3-compatible stores (MinIO, SeaweedFS, ...); unset for AWS.
+    pub s3_endpoint: Option<String>,
+    /// S3 region.
+    pub s3_region: Option<String>,
+    /// Allow plain-HTTP endpoints (local test stores).
+    pub s3_allow_http: bool,
+    /// Access key id; unset: the `AWS_ACCESS_KEY_ID` variable (or the instance's role).
+    pub s3_access_key_id: Option<String>,
+    /// Secret access key; unset: the `AWS_SECRET_ACCESS_KEY` variable.
+    pub s3_secret_access_key: Option<String>,
 }
 
 impl Default for StorageConfig {
     fn default() -> Self {
         Self {
             root: PathBuf::from("data/tables"),
+            s3_endpoint: None,
+            s3_region: None,
+            s3_allow_http: false,
+            s3_access_key_id: None,
+            s3_secret_access_key: None,
         }
+    }
+}
+
+impl StorageConfig {
+    /// The S3 settings as object-store options (unset credentials come from `AWS_*` variables).
+    pub fn s3_options(&self) -> std::collections::HashMap<String, String> {
+        let mut options = std::collections::HashMap::new();
+        if let Some(endpoint) = &self.s3_endpoint {
+            options.insert("aws_endpoint".to_string(), endpoint.clone());
+        }
+        if let Some(region) = &self.s3_region {
+            options.insert("aws_region".to_string(), region.clone());
+        }
+        if self.s3_allow_http {
+            options.insert("aws_allow_http".to_string(), "true".to_string());
+        }
+        if let Some(key) = &self.s3_access_key_id {
+            options.insert("aws_access_key_id".to_string(), key.clone());
+        }
+        if let Some(secret) = &self.s3_secret_access_key {
+            options.insert("aws_secret_access_key".to_string(), secret.clone());
+        }
+        options
     }
 }
 

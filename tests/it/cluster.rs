@@ -22,7 +22,7 @@ const PER_ROUND: i64 = 417; // 12 × 417 × 40 = 200,160 events
 const LEASE_TTL: Duration = Duration::from_millis(3_000);
 
 async fn bronze_rows(tables: &TableStore) -> u64 {
-    if !tables.exists("bronze.events") {
+    if !tables.exists("bronze.events").await {
         return 0;
     }
     match tables.open("bronze.events").await {

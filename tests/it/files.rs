@@ -138,7 +138,7 @@ async fn files_are_ingested_once_and_bad_lines_quarantined() {
         gold,
         vec!["c1 | 1 | 10.5000", "c2 | 1 | 2.0000", "c3 | 1 | 1.0000"]
     );
-    for table in cluster.tables.list() {
+    for table in cluster.tables.list().await {
         check_log(&cluster.tables, &table).unwrap();
     }
 

@@ -14,3 +14,4 @@ mod pipeline;
 mod processes;
 mod racing;
 mod restart;
+mod s3;

@@ -39,7 +39,7 @@ async fn clickstream_is_exact_through_every_layer() {
     check_pipeline(&cluster.tables, &cluster.spec, &truth)
         .await
         .unwrap();
-    let names = cluster.tables.list();
+    let names = cluster.tables.list().await;
     for expected in [
         "bronze.events",
         "silver.events",
@@ -180,7 +180,7 @@ async fn a_clean_restart_resumes_without_reingesting() {
     cluster.wait_drained(Duration::from_secs(90)).await.unwrap();
     let versions: Vec<Option<u64>> = {
         let mut v = Vec::new();
-        for table in cluster.tables.list() {
+        for table in cluster.tables.list().await {
             v.push(cluster.tables.open(&table).await.unwrap().version());
         }
         v
@@ -188,7 +188,7 @@ async fn a_clean_restart_resumes_without_reingesting() {
     cluster.restart(3, &pipeline).await.unwrap();
     cluster.wait_drained(Duration::from_secs(60)).await.unwrap();
     // Nothing new to read: no new bronze or silver commits after the restart.
-    for (table, before) in cluster.tables.list().into_iter().zip(versions) {
+    for (table, before) in cluster.tables.list().await.into_iter().zip(versions) {
         if table.starts_with("bronze.") || table.starts_with("silver.") {
             let after = cluster.tables.open(&table).await.unwrap().version();
             assert_eq!(

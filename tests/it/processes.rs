@@ -56,7 +56,7 @@ fn kill(child: &mut Child) {
 
 async fn bronze_rows_at_least(tables: &TableStore, rows: u64) {
     let deadline = Instant::now() + Duration::from_secs(60);
-    while !tables.exists("bronze.events")
+    while !tables.exists("bronze.events").await
         || smelter_worker::tables::row_count(&tables.open("bronze.events").await.unwrap()) < rows
     {
         assert!(

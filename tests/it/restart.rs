@@ -28,7 +28,7 @@ async fn sigkill_mid_stream_then_restart_is_exact() {
     let mut first = up(&data, &pipeline, &[]);
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        let rows = if tables.exists("silver.events") {
+        let rows = if tables.exists("silver.events").await {
             smelter_worker::tables::row_count(&tables.open("bronze.events").await.unwrap())
         } else {
             0
@@ -78,7 +78,7 @@ async fn sigkill_mid_stream_then_restart_is_exact() {
     let reports = reports.as_array().unwrap();
     assert_eq!(
         reports.len(),
-        tables.list().len(),
+        tables.list().await.len(),
         "every table is verified"
     );
     let bronze = reports

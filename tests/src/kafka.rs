@@ -227,7 +227,7 @@ pub async fn wait_caught_up(
     let deadline = tokio::time::Instant::now() + timeout;
     let mut behind = String::new();
     while tokio::time::Instant::now() < deadline {
-        if tables.exists("bronze.events") {
+        if tables.exists("bronze.events").await {
             let bronze = tables
                 .open("bronze.events")
                 .await

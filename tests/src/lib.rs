@@ -59,6 +59,15 @@ pub struct TestCluster {
 impl TestCluster {
     /// Starts `workers` workers running `pipeline` (YAML text).
     pub async fn start(workers: usize, pipeline: &str) -> TestResult<TestCluster> {
+        Self::start_with(workers, pipeline, |_| {}).await
+    }
+
+    /// [`Self::start`], with the configuration adjusted by `adjust` first (storage, ...).
+    pub async fn start_with(
+        workers: usize,
+        pipeline: &str,
+        adjust: impl FnOnce(&mut SmelterConfig),
+    ) -> TestResult<TestCluster> {
         init_logging();
         let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
         let mut config = SmelterConfig::default();
@@ -72,8 +81,9 @@ impl TestCluster {
         config.worker.poll_interval_ms = 100;
         config.worker.gold_min_interval_ms = 200;
         config.storage.root = dir.path().join("tables");
+        adjust(&mut config);
         let spec = PipelineSpec::parse(pipeline, "test.yaml").map_err(|e| e.to_string())?;
-        let tables = TableStore::new(&config.storage.root).map_err(|e| e.to_string())?;
+        let tables = TableStore::from_config(&config.storage).map_err(|e| e.to_string())?;
         let mut cluster = TestCluster {
             dir,
             config,

@@ -21,6 +21,14 @@ pub enum WorkerError {
         /// What delta-rs reported.
         message: String,
     },
+    /// The table storage (an object store) is unusable or refused a request.
+    #[error("storage {location}: {message}")]
+    Storage {
+        /// The storage location.
+        location: String,
+        /// What went wrong.
+        message: String,
+    },
     /// Query planning or execution failed (bad SQL, unknown table, resource limit).
     #[error("query failed: {0}")]
     Query(#[from] datafusion::error::DataFusionError),

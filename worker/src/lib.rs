@@ -19,6 +19,7 @@ pub mod runtime;
 pub mod schemas;
 pub mod serve;
 pub mod source;
+pub mod storage;
 pub mod tables;
 pub mod tasks;
 pub mod validate;

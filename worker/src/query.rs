@@ -37,6 +37,8 @@ pub fn read_only() -> datafusion::execution::context::SQLOptions {
 struct LayerSchema {
     layer: &'static str,
     tables: TableStore,
+    /// Every table that existed when the query's session was made (`layer.name`).
+    names: Arc<Vec<String>>,
     pinned: Option<(String, i64)>,
 }
 
@@ -44,16 +46,15 @@ struct LayerSchema {
 impl SchemaProvider for LayerSchema {
     fn table_names(&self) -> Vec<String> {
         let prefix = format!("{}.", self.layer);
-        self.tables
-            .list()
-            .into_iter()
+        self.names
+            .iter()
             .filter_map(|n| n.strip_prefix(&prefix).map(str::to_string))
             .collect()
     }
 
     async fn table(&self, name: &str) -> Result<Option<Arc<dyn TableProvider>>, DataFusionError> {
         let full = format!("{}.{name}", self.layer);
-        if !self.tables.exists(&full) {
+        if !self.names.contains(&full) {
             return Ok(None);
         }
         let table = match &self.pinned {
@@ -69,7 +70,7 @@ impl SchemaProvider for LayerSchema {
     }
 
     fn table_exist(&self, name: &str) -> bool {
-        self.tables.exists(&format!("{}.{name}", self.layer))
+        self.names.contains(&format!("{}.{name}", self.layer))
     }
 }
 
@@ -85,7 +86,8 @@ impl QueryEngine {
     }
 
     /// A session with the three layers registered; `pinned` fixes one table at a version.
-    pub fn session(&self, pinned: Option<(&str, i64)>) -> Result<SessionContext> {
+    pub async fn session(&self, pinned: Option<(&str, i64)>) -> Result<SessionContext> {
+        let names = Arc::new(self.tables.list().await);
         let mut config = SessionConfig::new().with_information_schema(true);
         config
             .options_mut()
@@ -103,6 +105,7 @@ impl QueryEngine {
             let schema = LayerSchema {
                 layer,
                 tables: self.tables.clone(),
+                names: names.clone(),
                 pinned: pinned.map(|(n, v)| (n.to_string(), v)),
             };
             catalog.register_schema(layer, Arc::new(schema))?;
@@ -112,7 +115,7 @@ impl QueryEngine {
 
     /// Plans a read-only query.
     pub async fn plan(&self, sql: &str, pinned: Option<(&str, i64)>) -> Result<DataFrame> {
-        let ctx = self.session(pinned)?;
+        let ctx = self.session(pinned).await?;
         Ok(ctx.sql_with_options(sql, read_only()).await?)
     }
 }

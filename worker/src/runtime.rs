@@ -118,7 +118,9 @@ pub async fn run(
     store: Option<Arc<dyn CoordinationStore>>,
     shutdown: CancellationToken,
 ) -> Result<()> {
-    let tables = TableStore::new(&config.storage.root)?;
+    let tables = TableStore::from_config(&config.storage)?;
+    // Design §5.6: never run on a store that cannot put-if-absent.
+    tables.check_put_if_absent().await?;
     let flight_addr = flight_listener
         .local_addr()
         .map_err(|source| WorkerError::Io {

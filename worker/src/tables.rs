@@ -17,6 +17,7 @@
 //! When a write fails in a way that leaves its outcome unknown, the table is reloaded and
 //! the txn versions decide (invariant 5) — never a blind retry.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -28,22 +29,76 @@ use deltalake::kernel::{Action, Add, StructType, Transaction};
 use deltalake::protocol::{DeltaOperation, SaveMode};
 use deltalake::writer::{DeltaWriter, RecordBatchWriter};
 use deltalake::{DeltaTable, DeltaTableBuilder, DeltaTableError};
+use futures::StreamExt;
+use object_store::ObjectStore;
+use object_store::path::Path as ObjectPath;
 use url::Url;
 
 use crate::failpoint::Failpoints;
 use crate::lock::{CommitArbiter, EPOCH_APP_ID};
 use crate::{Result, WorkerError};
 
-/// Maps `layer.name` table names to storage locations under one root.
+/// Maps `layer.name` table names to storage locations under one root: a local directory,
+/// or an S3-compatible bucket (`s3://bucket/prefix`, see [`crate::storage`]).
 #[derive(Debug, Clone)]
 pub struct TableStore {
     root: PathBuf,
+    remote: Option<Remote>,
+}
+
+#[derive(Clone)]
+struct Remote {
+    base: Url,
+    options: HashMap<String, String>,
+    store: Arc<dyn ObjectStore>,
+    prefix: ObjectPath,
+}
+
+impl std::fmt::Debug for Remote {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Remote")
+            .field("base", &self.base.as_str())
+            .finish()
+    }
 }
 
 impl TableStore {
-    /// Tables live under `root` (created if missing).
+    /// Tables live under `root`: a local directory (created if missing) or `s3://bucket/prefix`
+    /// (store settings from the `AWS_*` environment).
     pub fn new(root: impl Into<PathBuf>) -> Result<Self> {
+        Self::with_options(root, HashMap::new())
+    }
+
+    /// Tables under the configured `storage.root`, with its S3 settings.
+    pub fn from_config(config: &smelter_common::config::StorageConfig) -> Result<Self> {
+        Self::with_options(config.root.clone(), config.s3_options())
+    }
+
+    fn with_options(root: impl Into<PathBuf>, options: HashMap<String, String>) -> Result<Self> {
         let root = root.into();
+        if let Some(text) = root.to_str().filter(|t| t.starts_with("s3://")) {
+            crate::storage::register_s3();
+            let location = format!("{}/", text.trim_end_matches('/'));
+            let base = Url::parse(&location).map_err(|e| WorkerError::Storage {
+                location: location.clone(),
+                message: e.to_string(),
+            })?;
+            let store = crate::storage::s3_store(&base, &options)?;
+            let prefix =
+                ObjectPath::from_url_path(base.path()).map_err(|e| WorkerError::Storage {
+                    location: location.clone(),
+                    message: e.to_string(),
+                })?;
+            return Ok(Self {
+                root,
+                remote: Some(Remote {
+                    base,
+                    options,
+                    store,
+                    prefix,
+                }),
+            });
+        }
         std::fs::create_dir_all(&root).map_err(|source| WorkerError::Io {
             context: format!("create {}", root.display()),
             source,
@@ -52,22 +107,56 @@ impl TableStore {
             context: format!("resolve {}", root.display()),
             source,
         })?;
-        Ok(Self { root })
+        Ok(Self { root, remote: None })
     }
 
-    /// The root directory.
+    /// Refuses a store that cannot put-if-absent: two writers could then both "create" the
+    /// same log version (design.md §5.6). Local directories always can.
+    pub async fn check_put_if_absent(&self) -> Result<()> {
+        let Some(remote) = &self.remote else {
+            return Ok(());
+        };
+        if crate::storage::probe(remote.store.as_ref(), &remote.prefix).await? {
+            Ok(())
+        } else {
+            Err(WorkerError::Storage {
+                location: remote.base.to_string(),
+                message:
+                    "the store does not refuse a second create of one key (no put-if-absent / \
+                          conditional write); Delta commits could overwrite each other, so Smelter \
+                          will not run on it"
+                        .into(),
+            })
+        }
+    }
+
+    /// Whether tables live in a local directory (not an object store).
+    pub fn is_local(&self) -> bool {
+        self.remote.is_none()
+    }
+
+    /// The root as configured (a directory, or the `s3://` location).
     pub fn root(&self) -> &Path {
         &self.root
     }
 
-    /// Directory of a table: `silver.events` -> `<root>/silver/events`.
+    /// Directory of a local table: `silver.events` -> `<root>/silver/events`.
     pub fn path(&self, table: &str) -> PathBuf {
-        let (layer, name) = table.split_once('.').unwrap_or(("default", table));
+        let (layer, name) = split(table);
         self.root.join(layer).join(name)
     }
 
-    /// URL of a table's directory.
+    /// URL of a table's location.
     pub fn url(&self, table: &str) -> Result<Url> {
+        if let Some(remote) = &self.remote {
+            let (layer, name) = split(table);
+            return remote.base.join(&format!("{layer}/{name}/")).map_err(|e| {
+                WorkerError::Storage {
+                    location: remote.base.to_string(),
+                    message: e.to_string(),
+                }
+            });
+        }
         let path = self.path(table);
         std::fs::create_dir_all(&path).map_err(|source| WorkerError::Io {
             context: format!("create {}", path.display()),
@@ -79,15 +168,39 @@ impl TableStore {
         })
     }
 
+    fn storage_options(&self) -> HashMap<String, String> {
+        self.remote
+            .as_ref()
+            .map(|r| r.options.clone())
+            .unwrap_or_default()
+    }
+
     /// Whether the table has a Delta log yet.
-    pub fn exists(&self, table: &str) -> bool {
-        self.path(table).join("_delta_log").is_dir()
+    pub async fn exists(&self, table: &str) -> bool {
+        let Some(remote) = &self.remote else {
+            return self.path(table).join("_delta_log").is_dir();
+        };
+        let (layer, name) = split(table);
+        let log = remote
+            .prefix
+            .clone()
+            .join(layer)
+            .join(name)
+            .join("_delta_log");
+        remote
+            .store
+            .list(Some(&log))
+            .next()
+            .await
+            .is_some_and(|e| e.is_ok())
     }
 
     /// Opens the latest version of an existing table.
     pub async fn open(&self, table: &str) -> Result<DeltaTable> {
         let url = self.url(table)?;
-        let builder = DeltaTableBuilder::from_url(url).map_err(|e| WorkerError::delta(table, e))?;
+        let builder = DeltaTableBuilder::from_url(url)
+            .map_err(|e| WorkerError::delta(table, e))?
+            .with_storage_options(self.storage_options());
         builder
             .load()
             .await
@@ -97,7 +210,9 @@ impl TableStore {
     /// Opens one version of an existing table.
     pub async fn open_version(&self, table: &str, version: i64) -> Result<DeltaTable> {
         let url = self.url(table)?;
-        let builder = DeltaTableBuilder::from_url(url).map_err(|e| WorkerError::delta(table, e))?;
+        let builder = DeltaTableBuilder::from_url(url)
+            .map_err(|e| WorkerError::delta(table, e))?
+            .with_storage_options(self.storage_options());
         builder
             .with_version(version.max(0) as u64)
             .load()
@@ -113,7 +228,7 @@ impl TableStore {
         schema: &SchemaRef,
         partition_by: &[String],
     ) -> Result<DeltaTable> {
-        if self.exists(table) {
+        if self.exists(table).await {
             return self.open(table).await;
         }
         let delta_schema = StructType::try_from_arrow(schema.as_ref()).map_err(|e| {
@@ -124,6 +239,7 @@ impl TableStore {
         })?;
         let created = deltalake::operations::create::CreateBuilder::new()
             .with_location(self.url(table)?.to_string())
+            .with_storage_options(self.storage_options())
             .with_table_name(table)
             .with_columns(delta_schema.fields().cloned())
             .with_partition_columns(partition_by.to_vec())
@@ -453,21 +569,45 @@ pub fn arrow_schema(table: &DeltaTable, name: &str) -> Result<SchemaRef> {
 }
 
 impl TableStore {
-    /// Every table under the root (directories `<layer>/<name>` with a `_delta_log`),
-    /// as sorted `layer.name` names.
-    pub fn list(&self) -> Vec<String> {
+    /// Every table under the root (`<layer>/<name>` with a `_delta_log`), as sorted
+    /// `layer.name` names.
+    pub async fn list(&self) -> Vec<String> {
         let mut names = Vec::new();
         for layer in ["bronze", "silver", "gold"] {
-            let Ok(entries) = std::fs::read_dir(self.root.join(layer)) else {
-                continue;
+            let candidates: Vec<String> = match &self.remote {
+                None => std::fs::read_dir(self.root.join(layer))
+                    .map(|entries| {
+                        entries
+                            .flatten()
+                            .map(|e| e.file_name().to_string_lossy().into_owned())
+                            .collect()
+                    })
+                    .unwrap_or_default(),
+                Some(remote) => remote
+                    .store
+                    .list_with_delimiter(Some(&remote.prefix.clone().join(layer)))
+                    .await
+                    .map(|listing| {
+                        listing
+                            .common_prefixes
+                            .iter()
+                            .filter_map(|p| p.filename().map(str::to_string))
+                            .collect()
+                    })
+                    .unwrap_or_default(),
             };
-            for entry in entries.flatten() {
-                if entry.path().join("_delta_log").is_dir() {
-                    names.push(format!("{layer}.{}", entry.file_name().to_string_lossy()));
+            for name in candidates {
+                let table = format!("{layer}.{name}");
+                if self.exists(&table).await {
+                    names.push(table);
                 }
             }
         }
         names.sort();
         names
     }
+}
+
+fn split(table: &str) -> (&str, &str) {
+    table.split_once('.').unwrap_or(("default", table))
 }

@@ -10,7 +10,8 @@ use crate::output::Format;
 
 /// Compacts the named tables (or all) and prints what changed.
 pub async fn run(config: SmelterConfig, args: CompactArgs) -> Result<()> {
-    let (store, names) = super::local_tables(&config, args.data_dir.as_deref(), args.tables)?;
+    let (store, names) =
+        super::local_tables(&config, args.data_dir.as_deref(), args.tables).await?;
     let mut results = Vec::with_capacity(names.len());
     for name in names {
         let mut table = store.open(&name).await?;

@@ -23,16 +23,18 @@ pub async fn load_pipeline(text: &str, origin: &str) -> Result<PipelineSpec> {
 }
 
 /// The tables of a data directory given on the command line (`DIR/tables`, as `smelter up`
-/// lays it out), or of the configured `storage.root`; and the table names asked for, or all.
-pub fn local_tables(
+/// lays it out), or of the configured storage (local or S3); and the names asked for, or all.
+pub async fn local_tables(
     config: &smelter_common::config::SmelterConfig,
     data_dir: Option<&Path>,
     names: Vec<String>,
 ) -> Result<(smelter_worker::tables::TableStore, Vec<String>)> {
-    let root = data_dir.map_or_else(|| config.storage.root.clone(), |d| d.join("tables"));
-    let tables = smelter_worker::tables::TableStore::new(&root)?;
+    let tables = match data_dir {
+        Some(dir) => smelter_worker::tables::TableStore::new(dir.join("tables"))?,
+        None => smelter_worker::tables::TableStore::from_config(&config.storage)?,
+    };
     let names = if names.is_empty() {
-        tables.list()
+        tables.list().await
     } else {
         names
     };

@@ -76,7 +76,7 @@ async fn serve(
             },
         );
     }
-    let tables = smelter_worker::tables::TableStore::new(&config.storage.root)?;
+    let tables = smelter_worker::tables::TableStore::from_config(&config.storage)?;
     let mut view = ProgressView::new(std::io::stderr().is_terminal());
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     loop {

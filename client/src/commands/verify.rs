@@ -10,7 +10,8 @@ use crate::{ClientError, Result};
 
 /// Runs the verifier over the named tables (or all) and prints the reports.
 pub async fn run(config: SmelterConfig, args: VerifyArgs) -> Result<()> {
-    let (tables, names) = super::local_tables(&config, args.data_dir.as_deref(), args.tables)?;
+    let (tables, names) =
+        super::local_tables(&config, args.data_dir.as_deref(), args.tables).await?;
     let mut reports = Vec::with_capacity(names.len());
     for name in &names {
         reports.push(verify(&tables, name).await?);

@@ -43,7 +43,7 @@ impl AggregateTask {
         let engine = QueryEngine::new(env.tables.clone(), Default::default());
         progress.set_state(TaskState::Starting);
         // Wait for the silver table: the gold schema comes from planning over it.
-        while !env.tables.exists(&spec.from) {
+        while !env.tables.exists(&spec.from).await {
             tokio::select! { _ = cancel.cancelled() => return Ok(()), _ = tokio::time::sleep(poll) => {} }
         }
         let mut silver = env.tables.open(&spec.from).await?;

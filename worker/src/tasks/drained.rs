@@ -14,7 +14,7 @@ use crate::tables::{self, TableStore};
 /// consumed the latest version of its upstream. Unbounded generators are never drained.
 pub async fn pipeline_drained(tables: &TableStore, spec: &PipelineSpec) -> Result<bool> {
     for (name, table) in spec.tables_in(Layer::Bronze) {
-        if !tables.exists(name) {
+        if !tables.exists(name).await {
             return Ok(false);
         }
         let bronze = tables.open(name).await?;
@@ -58,7 +58,7 @@ pub async fn downstream_caught_up(tables: &TableStore, spec: &PipelineSpec) -> R
             Some(Layer::Silver | Layer::Gold)
         )
     }) {
-        if !tables.exists(name) || !tables.exists(&table.from) {
+        if !tables.exists(name).await || !tables.exists(&table.from).await {
             return Ok(false);
         }
         let upstream = tables.open(&table.from).await?;

@@ -53,7 +53,7 @@ impl RefineTask {
                 progress.set_state(TaskState::Stopped);
                 return Ok(());
             }
-            if bronze.is_none() && env.tables.exists(&spec.from) {
+            if bronze.is_none() && env.tables.exists(&spec.from).await {
                 bronze = Some(env.tables.open(&spec.from).await?);
             }
             let Some(upstream) = bronze.as_mut() else {
