@@ -178,6 +178,12 @@ pub struct StorageConfig {
     pub s3_access_key_id: Option<String>,
     /// Secret access key; unset: the `AWS_SECRET_ACCESS_KEY` variable.
     pub s3_secret_access_key: Option<String>,
+    /// Whether the store supports conditional writes (`If-None-Match`); set false for
+    /// stores that do not, which then need `commit_arbitration`.
+    pub s3_conditional_put: bool,
+    /// Arbitrate log writes through the etcd commit locks instead of the store's
+    /// put-if-absent (for stores without it). Every writer must then share the etcd.
+    pub commit_arbitration: bool,
 }
 
 impl Default for StorageConfig {
@@ -189,6 +195,8 @@ impl Default for StorageConfig {
             s3_allow_http: false,
             s3_access_key_id: None,
             s3_secret_access_key: None,
+            s3_conditional_put: true,
+            commit_arbitration: false,
         }
     }
 }
@@ -211,6 +219,13 @@ impl StorageConfig {
         }
         if let Some(secret) = &self.s3_secret_access_key {
             options.insert("aws_secret_access_key".to_string(), secret.clone());
+        }
+        if !self.s3_conditional_put {
+            options.insert("aws_conditional_put".to_string(), "disabled".to_string());
+        }
+        if self.commit_arbitration {
+            // Read by the worker's storage module (`ARBITRATED_OPTION`), not by S3.
+            options.insert("smelter_commit_arbitration".to_string(), "true".to_string());
         }
         options
     }

@@ -49,7 +49,10 @@ async fn eight_writers_racing_on_one_table_lose_nothing() {
         Field::new("seq", DataType::Int64, false),
         Field::new("row", DataType::Int64, false),
     ]));
-    tables.open_or_create(TABLE, &schema, &[]).await.unwrap();
+    tables
+        .open_or_create(TABLE, &schema, &[], &CommitEnv::default())
+        .await
+        .unwrap();
 
     let until = Instant::now() + Duration::from_secs(seconds);
     let mut handles = Vec::new();

@@ -1,6 +1,7 @@
 //! Tables on an S3-compatible store (moto, started by the harness): the whole pipeline
-//! through gold on `s3://lake/tables`, exact and verified; and the put-if-absent probe
-//! that keeps Smelter off stores that could let two commits overwrite each other.
+//! through gold on `s3://lake/tables`, exact and verified; the put-if-absent probe that
+//! keeps Smelter off stores that could let two commits overwrite each other; and commits
+//! arbitrated by the commit locks on a store used without conditional writes.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -76,4 +77,52 @@ async fn a_store_without_put_if_absent_is_refused() {
     options.insert("aws_conditional_put".into(), "disabled".into());
     let unsafe_store = s3_store(&url, &options).unwrap();
     assert!(!probe(unsafe_store.as_ref(), &prefix).await.unwrap());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stores_without_put_if_absent_run_only_with_commit_arbitration() {
+    let Some(moto) = Moto::start().await else {
+        return;
+    };
+    moto.create_bucket("lake");
+    let store = |arbitration: bool| {
+        let mut config = SmelterConfig::default();
+        on_moto(&moto, &mut config);
+        config.storage.s3_conditional_put = false;
+        config.storage.commit_arbitration = arbitration;
+        smelter_worker::tables::TableStore::from_config(&config.storage).unwrap()
+    };
+    let refused = store(false).check_commit_safety(true).await.unwrap_err();
+    assert!(
+        refused.to_string().contains("commit_arbitration"),
+        "{refused}"
+    );
+    let no_locks = store(true).check_commit_safety(false).await.unwrap_err();
+    assert!(
+        no_locks.to_string().contains("coordination store"),
+        "{no_locks}"
+    );
+    store(true).check_commit_safety(true).await.unwrap();
+
+    // With arbitration, the pipeline runs exactly once on that store: every log write,
+    // table creation included, happens under the table's commit lock.
+    let cluster = TestCluster::start_with(2, &bounded_demo(6_000, 4), |c| {
+        on_moto(&moto, c);
+        c.storage.root = "s3://lake/arbitrated".into();
+        c.storage.s3_conditional_put = false;
+        c.storage.commit_arbitration = true;
+    })
+    .await
+    .unwrap();
+    cluster
+        .wait_drained(Duration::from_secs(180))
+        .await
+        .unwrap();
+    check_pipeline(
+        &cluster.tables,
+        &cluster.spec,
+        &generator_truth(&cluster.spec),
+    )
+    .await
+    .unwrap();
 }

@@ -119,8 +119,8 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> Result<()> {
     let tables = TableStore::from_config(&config.storage)?;
-    // Design §5.6: never run on a store that cannot put-if-absent.
-    tables.check_put_if_absent().await?;
+    // Design §5.6: never run on a store that cannot put-if-absent (unless arbitrated).
+    tables.check_commit_safety(store.is_some()).await?;
     let flight_addr = flight_listener
         .local_addr()
         .map_err(|source| WorkerError::Io {

@@ -38,7 +38,7 @@ pub fn s3_store(url: &Url, options: &HashMap<String, String>) -> Result<Arc<dyn 
     let mut builder = AmazonS3Builder::from_env()
         .with_bucket_name(bucket)
         .with_conditional_put(S3ConditionalPut::ETagMatch);
-    for (key, value) in options {
+    for (key, value) in options.iter().filter(|(k, _)| !k.starts_with("smelter_")) {
         let key = AmazonS3ConfigKey::from_str(key)
             .map_err(|e| error(format!("storage option `{key}`: {e}")))?;
         builder = builder.with_config(key, value);
@@ -72,13 +72,16 @@ impl LogStoreFactory for S3LogStores {
         location: &Url,
         options: &StorageConfig,
     ) -> DeltaResult<Arc<dyn LogStore>> {
+        let inner = default_logstore(prefixed_store, root_store, location, options);
+        if options
+            .raw
+            .get(ARBITRATED_OPTION)
+            .is_some_and(|v| v == "true")
+        {
+            return Ok(Arc::new(ArbitratedLogStore { inner }));
+        }
         // The default log store commits with put-if-absent, which the store was probed for.
-        Ok(default_logstore(
-            prefixed_store,
-            root_store,
-            location,
-            options,
-        ))
+        Ok(inner)
     }
 }
 
@@ -122,4 +125,92 @@ pub async fn probe(store: &dyn ObjectStore, prefix: &ObjectPath) -> Result<bool>
     };
     let _ = store.delete(&key).await;
     Ok(supported)
+}
+
+/// Storage option (not an object-store setting) that selects [`ArbitratedLogStore`].
+pub const ARBITRATED_OPTION: &str = "smelter_commit_arbitration";
+
+/// A log store for object stores without put-if-absent, whose commits are arbitrated by
+/// the table commit locks in etcd instead (`storage.commit_arbitration = true`): every
+/// writer of such a table holds the lock for its log write, so "is this version taken?"
+/// followed by a plain write cannot race. Used only when configured, and the worker
+/// refuses to run it without a shared coordination store.
+pub struct ArbitratedLogStore {
+    inner: Arc<dyn LogStore>,
+}
+
+impl ArbitratedLogStore {
+    fn target(version: deltalake::kernel::Version) -> ObjectPath {
+        deltalake::logstore::commit_uri_from_version(Some(version))
+    }
+}
+
+#[async_trait::async_trait]
+impl LogStore for ArbitratedLogStore {
+    fn name(&self) -> String {
+        "SmelterArbitratedLogStore".into()
+    }
+
+    async fn read_commit_entry(
+        &self,
+        version: deltalake::kernel::Version,
+    ) -> DeltaResult<Option<bytes::Bytes>> {
+        self.inner.read_commit_entry(version).await
+    }
+
+    async fn write_commit_entry(
+        &self,
+        version: deltalake::kernel::Version,
+        commit_or_bytes: deltalake::logstore::CommitOrBytes,
+        _operation_id: uuid::Uuid,
+    ) -> Result<(), deltalake::kernel::transaction::TransactionError> {
+        use deltalake::kernel::transaction::TransactionError;
+        use deltalake::logstore::CommitOrBytes;
+        let store = self.inner.object_store(None);
+        let target = Self::target(version);
+        if store.head(&target).await.is_ok() {
+            return Err(TransactionError::VersionAlreadyExists(version));
+        }
+        match commit_or_bytes {
+            CommitOrBytes::TmpCommit(tmp) => {
+                store.copy(&tmp, &target).await?;
+                let _ = store.delete(&tmp).await;
+            }
+            CommitOrBytes::LogBytes(bytes) => {
+                store.put(&target, bytes.into()).await?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn abort_commit_entry(
+        &self,
+        _version: deltalake::kernel::Version,
+        commit_or_bytes: deltalake::logstore::CommitOrBytes,
+        _operation_id: uuid::Uuid,
+    ) -> Result<(), deltalake::kernel::transaction::TransactionError> {
+        if let deltalake::logstore::CommitOrBytes::TmpCommit(tmp) = commit_or_bytes {
+            let _ = self.inner.object_store(None).delete(&tmp).await;
+        }
+        Ok(())
+    }
+
+    async fn get_latest_version(
+        &self,
+        start_version: deltalake::kernel::Version,
+    ) -> DeltaResult<deltalake::kernel::Version> {
+        self.inner.get_latest_version(start_version).await
+    }
+
+    fn object_store(&self, operation_id: Option<uuid::Uuid>) -> Arc<dyn ObjectStore> {
+        self.inner.object_store(operation_id)
+    }
+
+    fn root_object_store(&self, operation_id: Option<uuid::Uuid>) -> Arc<dyn ObjectStore> {
+        self.inner.root_object_store(operation_id)
+    }
+
+    fn config(&self) -> &deltalake::logstore::LogStoreConfig {
+        self.inner.config()
+    }
 }

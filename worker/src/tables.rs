@@ -110,23 +110,46 @@ impl TableStore {
         Ok(Self { root, remote: None })
     }
 
-    /// Refuses a store that cannot put-if-absent: two writers could then both "create" the
-    /// same log version (design.md §5.6). Local directories always can.
-    pub async fn check_put_if_absent(&self) -> Result<()> {
+    /// Whether log writes are arbitrated by the commit locks (`storage.commit_arbitration`).
+    pub fn arbitrated(&self) -> bool {
+        self.remote.as_ref().is_some_and(|r| {
+            r.options
+                .get(crate::storage::ARBITRATED_OPTION)
+                .is_some_and(|v| v == "true")
+        })
+    }
+
+    /// Design.md §5.6: a store that cannot put-if-absent could let two writers both
+    /// "create" one log version. Such a store is refused, unless commits are arbitrated by
+    /// the etcd commit locks (`storage.commit_arbitration`) and this process has them
+    /// (`has_locks`). Local directories always can put-if-absent.
+    pub async fn check_commit_safety(&self, has_locks: bool) -> Result<()> {
         let Some(remote) = &self.remote else {
             return Ok(());
         };
+        let refuse = |message: &str| WorkerError::Storage {
+            location: remote.base.to_string(),
+            message: message.to_string(),
+        };
+        if self.arbitrated() {
+            return if has_locks {
+                tracing::warn!(location = %remote.base, "commits arbitrated by the etcd commit locks, not by the store");
+                Ok(())
+            } else {
+                Err(refuse(
+                    "storage.commit_arbitration needs a shared coordination store (etcd) for \
+                     its commit locks, and this process has none",
+                ))
+            };
+        }
         if crate::storage::probe(remote.store.as_ref(), &remote.prefix).await? {
             Ok(())
         } else {
-            Err(WorkerError::Storage {
-                location: remote.base.to_string(),
-                message:
-                    "the store does not refuse a second create of one key (no put-if-absent / \
-                          conditional write); Delta commits could overwrite each other, so Smelter \
-                          will not run on it"
-                        .into(),
-            })
+            Err(refuse(
+                "the store does not refuse a second create of one key (no put-if-absent / \
+                 conditional write), so Delta commits could overwrite each other; Smelter \
+                 will not run on it unless storage.commit_arbitration = true (etcd commit locks)",
+            ))
         }
     }
 
@@ -187,12 +210,16 @@ impl TableStore {
             .join(layer)
             .join(name)
             .join("_delta_log");
-        remote
-            .store
-            .list(Some(&log))
-            .next()
-            .await
-            .is_some_and(|e| e.is_ok())
+        // A commit file, not just anything (an in-flight commit's temporary file).
+        let mut entries = remote.store.list(Some(&log));
+        while let Some(Ok(entry)) = entries.next().await {
+            if entry.location.filename().is_some_and(|f| {
+                !f.starts_with('_') && (f.ends_with(".json") || f.ends_with(".parquet"))
+            }) {
+                return true;
+            }
+        }
+        false
     }
 
     /// Opens the latest version of an existing table.
@@ -223,6 +250,34 @@ impl TableStore {
     /// Opens the table, creating it empty with `schema` if it does not exist. Concurrent
     /// creators race on version 0; the loser simply opens what the winner made.
     pub async fn open_or_create(
+        &self,
+        table: &str,
+        schema: &SchemaRef,
+        partition_by: &[String],
+        commits: &CommitEnv,
+    ) -> Result<DeltaTable> {
+        if self.exists(table).await {
+            return self.open(table).await;
+        }
+        // On an arbitrated store, version 0 is a log write like any other: under the lock.
+        let lock = match (&commits.arbiter, self.arbitrated()) {
+            (Some(arbiter), true) => Some(arbiter.acquire(table, LOCK_WAIT).await?),
+            (None, true) => {
+                return Err(WorkerError::Storage {
+                    location: table.to_string(),
+                    message: "an arbitrated store needs the commit locks to create a table".into(),
+                });
+            }
+            _ => None,
+        };
+        let result = self.create(table, schema, partition_by).await;
+        if let (Some(arbiter), Some(lock)) = (&commits.arbiter, lock) {
+            arbiter.release(lock).await;
+        }
+        result
+    }
+
+    async fn create(
         &self,
         table: &str,
         schema: &SchemaRef,
@@ -520,6 +575,14 @@ pub struct Compaction {
 /// carries no txn, and delta-rs's conflict checker lets appends that only add files land
 /// on either side of it, while a concurrent compaction of the same files loses cleanly.
 pub async fn compact(table: &mut DeltaTable, name: &str) -> Result<Compaction> {
+    if table.log_store().name() == "SmelterArbitratedLogStore" {
+        return Err(WorkerError::Storage {
+            location: name.to_string(),
+            message: "compaction is not available on stores arbitrated by commit locks yet \
+                      (it would write the log outside the lock)"
+                .into(),
+        });
+    }
     table
         .update_state()
         .await

@@ -68,7 +68,12 @@ async fn refine(spec_text: &str, lines: &[&str]) -> Result<super::Refined, Worke
     let dir = tempfile::tempdir().unwrap();
     let store = TableStore::new(dir.path()).unwrap();
     let silver = store
-        .open_or_create("silver.rows", &schemas::silver(table), &[])
+        .open_or_create(
+            "silver.rows",
+            &schemas::silver(table),
+            &[],
+            &Default::default(),
+        )
         .await
         .unwrap();
     Refiner::new("silver.rows", table, "t.yaml")?

@@ -53,7 +53,7 @@ impl AggregateTask {
         let schema = schemas::delta_schema(planned.schema().as_arrow());
         let mut gold = env
             .tables
-            .open_or_create(&self.table, &schema, &spec.partition_by)
+            .open_or_create(&self.table, &schema, &spec.partition_by, &env.commits)
             .await?;
         let mut consumed = tables::txn_version(&gold, &app_id).await?;
         let mut last_refresh: Option<Instant> = None;

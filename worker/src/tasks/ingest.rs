@@ -128,7 +128,12 @@ impl IngestTask {
             })?;
         let mut table = env
             .tables
-            .open_or_create(&self.table, &schemas::bronze(), &spec.partition_by)
+            .open_or_create(
+                &self.table,
+                &schemas::bronze(),
+                &spec.partition_by,
+                &env.commits,
+            )
             .await?;
         let positions = Arc::new(TablePositions {
             pipeline: env.pipeline.pipeline.clone(),

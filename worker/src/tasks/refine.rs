@@ -31,11 +31,16 @@ impl RefineTask {
         let quarantine_name = TableSpec::quarantine_name(&self.table);
         let mut silver = env
             .tables
-            .open_or_create(&self.table, refiner.silver_schema(), &spec.partition_by)
+            .open_or_create(
+                &self.table,
+                refiner.silver_schema(),
+                &spec.partition_by,
+                &env.commits,
+            )
             .await?;
         let mut quarantine = env
             .tables
-            .open_or_create(&quarantine_name, &schemas::quarantine(), &[])
+            .open_or_create(&quarantine_name, &schemas::quarantine(), &[], &env.commits)
             .await?;
         let app_id = downstream_app_id(&self.table, &spec.from);
         let quarantine_app_id = downstream_app_id(&quarantine_name, &spec.from);
