@@ -194,8 +194,11 @@ impl ProcessCluster {
         self.apply(&pipeline).await?;
         let spec = smelter_common::spec::PipelineSpec::parse(&text, "pipeline.yaml")
             .map_err(|e| e.to_string())?;
-        let tables =
-            smelter_worker::tables::TableStore::new(self.root()).map_err(|e| e.to_string())?;
+        // The tables as the processes see them (local, or the S3 store of the settings).
+        let config = smelter_common::config::SmelterConfig::load(None, self.env.clone())
+            .map_err(|e| e.to_string())?;
+        let tables = smelter_worker::tables::TableStore::from_config(&config.storage)
+            .map_err(|e| e.to_string())?;
         Ok((spec, tables))
     }
 
