@@ -107,9 +107,24 @@ async fn pausing_the_lock_holder_past_its_lease_lands_no_stale_commit() {
             paused_holding += 1;
             tables_paused.insert(keys::leaf(&key).to_string());
         }
-        tokio::time::sleep(LOCK_TTL + Duration::from_millis(700)).await;
+        // Keep it stopped until its lease has run out: the key it created is gone (or was
+        // re-created by a successor, with a new revision).
+        if let Some(held) = store.get(&key).await.unwrap() {
+            let deadline = Instant::now() + LOCK_TTL * 10;
+            while store
+                .get(&key)
+                .await
+                .unwrap()
+                .is_some_and(|kv| kv.create_revision == held.create_revision)
+            {
+                assert!(
+                    Instant::now() < deadline,
+                    "a paused holder's lock never expired"
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
         signal(pid, "CONT");
-        tokio::time::sleep(Duration::from_millis(300)).await;
     }
     eprintln!(
         "paused a holder with its lock still held {paused_holding} of 20 times, tables {tables_paused:?}"
@@ -313,7 +328,14 @@ async fn an_etcd_restart_mid_stream_recovers_by_itself() {
         500,
         Duration::from_millis(500),
     );
-    tokio::time::sleep(Duration::from_secs(8)).await;
+    // Mid-stream: once bronze holds some of it.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !tables.exists("bronze.events").await
+        || smelter_worker::tables::row_count(&tables.open("bronze.events").await.unwrap()) < 4_000
+    {
+        assert!(Instant::now() < deadline, "bronze never reached 4,000 rows");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     etcd.restart(Duration::from_secs(5)).await;
 
     let producer = producer.await.unwrap();
