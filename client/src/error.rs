@@ -35,6 +35,12 @@ pub enum ClientError {
         /// How many tables had findings.
         tables: usize,
     },
+    /// A query engine error outside a worker (the benchmark's limit stages).
+    #[error("query engine: {0}")]
+    Query(#[from] datafusion::error::DataFusionError),
+    /// The benchmark could not run.
+    #[error("bench: {0}")]
+    Bench(String),
     /// Local I/O failed.
     #[error("{context}: {source}")]
     Io {

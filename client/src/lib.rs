@@ -2,6 +2,7 @@
 //! everything behind the `smelter` binary ([`cli`], [`commands`]), including the
 //! in-process cluster of `smelter up` ([`local`]).
 
+pub mod bench;
 pub mod cli;
 pub mod commands;
 pub mod error;
@@ -9,5 +10,6 @@ pub mod local;
 pub mod output;
 pub mod progress;
 pub mod sdk;
+pub mod workload;
 
 pub use error::{ClientError, Result};

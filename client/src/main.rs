@@ -19,7 +19,9 @@ fn main() {
     // On a terminal `smelter up` draws live progress; info lines would tear it apart.
     let interactive_up =
         matches!(cli.command, Command::Up(_)) && std::io::stderr().is_terminal() && !cli.log_json;
-    let level = if interactive_up && cli.log_level == "info" {
+    // The benchmark's result is its output; its in-process cluster's info lines are noise.
+    let quiet = interactive_up || matches!(cli.command, Command::Bench(_));
+    let level = if quiet && cli.log_level == "info" {
         "warn"
     } else {
         cli.log_level.as_str()
@@ -71,5 +73,6 @@ async fn run(cli: Cli) -> Result<(), ClientError> {
         Command::Apply(args) => commands::admin::apply(args).await,
         Command::Verify(args) => commands::verify::run(config, args).await,
         Command::Compact(args) => commands::compact::run(config, args).await,
+        Command::Bench(args) => commands::bench::run(config, args).await,
     }
 }

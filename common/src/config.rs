@@ -132,7 +132,8 @@ pub struct WorkerConfig {
     pub batch_max_wait_ms: u64,
     /// How often downstream tasks look for new upstream versions.
     pub poll_interval_ms: u64,
-    /// Most upstream versions a refine task folds into one commit.
+    /// Most upstream versions a refine task folds into one commit (each bronze version holds
+    /// up to `batch_max_records` rows, and a pass holds its rows in memory).
     pub refine_max_versions: u64,
     /// Least time between two recomputations of one gold table.
     pub gold_min_interval_ms: u64,
@@ -153,7 +154,7 @@ impl Default for WorkerConfig {
             batch_max_bytes: 32 * 1024 * 1024,
             batch_max_wait_ms: 1_000,
             poll_interval_ms: 250,
-            refine_max_versions: 64,
+            refine_max_versions: 8,
             gold_min_interval_ms: 1_000,
             commit_lock_ttl_ms: 5_000,
             failpoint: None,

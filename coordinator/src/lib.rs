@@ -26,8 +26,8 @@ use smelter_common::store::CoordinationStore;
 use smelter_proto::ControlServer;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
-use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
+use tonic::transport::server::TcpIncoming;
 
 pub use error::{CoordinatorError, Result};
 
@@ -56,7 +56,7 @@ pub async fn run(
         tonic::transport::Server::builder()
             .add_service(ControlServer::new(service::ControlService::new(roles)))
             .serve_with_incoming_shutdown(
-                TcpListenerStream::new(listener),
+                TcpIncoming::from(listener).with_nodelay(Some(true)),
                 server_shutdown.cancelled_owned(),
             )
             .await

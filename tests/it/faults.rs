@@ -43,25 +43,39 @@ fn holder_pid(value: &[u8]) -> Option<u32> {
 /// epochs strictly increasing in every log.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pausing_the_lock_holder_past_its_lease_lands_no_stale_commit() {
+    pause_lock_holders(None).await;
+}
+
+/// The same pauses with every table on the S3-compatible store (moto).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pausing_the_lock_holder_on_s3_lands_no_stale_commit() {
+    let Some(moto) = Moto::start().await else {
+        return;
+    };
+    moto.create_bucket("lake");
+    pause_lock_holders(Some(&moto)).await;
+}
+
+async fn pause_lock_holders(s3: Option<&Moto>) {
     let (Some(etcd), Some(tansu)) = (Etcd::start().await, Tansu::start().await) else {
         return;
     };
     let topic = unique_topic("pause");
     create_topic(&tansu.brokers, &topic, 4).await.unwrap();
     let lock_ttl = LOCK_TTL.as_millis().to_string();
-    let mut cluster = ProcessCluster::start(
-        1,
-        &etcd.endpoint,
-        &[
-            ("SMELTER__COORDINATOR__LEASE_TTL_MS", "5000"),
-            ("SMELTER__COORDINATOR__HEARTBEAT_INTERVAL_MS", "500"),
-            ("SMELTER__COORDINATOR__DISCOVERY_INTERVAL_MS", "1000"),
-            ("SMELTER__WORKER__COMMIT_LOCK_TTL_MS", lock_ttl.as_str()),
-            ("SMELTER__WORKER__BATCH_MAX_WAIT_MS", "200"),
-            ("SMELTER__WORKER__POLL_INTERVAL_MS", "50"),
-            ("SMELTER__WORKER__GOLD_MIN_INTERVAL_MS", "200"),
-        ],
-    );
+    let mut settings = vec![
+        ("SMELTER__COORDINATOR__LEASE_TTL_MS", "5000"),
+        ("SMELTER__COORDINATOR__HEARTBEAT_INTERVAL_MS", "500"),
+        ("SMELTER__COORDINATOR__DISCOVERY_INTERVAL_MS", "1000"),
+        ("SMELTER__WORKER__COMMIT_LOCK_TTL_MS", lock_ttl.as_str()),
+        ("SMELTER__WORKER__BATCH_MAX_WAIT_MS", "200"),
+        ("SMELTER__WORKER__POLL_INTERVAL_MS", "50"),
+        ("SMELTER__WORKER__GOLD_MIN_INTERVAL_MS", "200"),
+    ];
+    if let Some(moto) = s3 {
+        settings.extend(s3_settings(moto));
+    }
+    let mut cluster = ProcessCluster::start(1, &etcd.endpoint, &settings);
     cluster.add_worker();
     cluster.add_worker();
     let (spec, tables) = cluster
@@ -150,6 +164,31 @@ async fn pausing_the_lock_holder_past_its_lease_lands_no_stale_commit() {
         .unwrap();
 }
 
+/// The store the kill and restart faults run on: local disk, or with
+/// `SMELTER_FAULT_STORAGE=s3` (the documented soak) a moto bucket started here.
+async fn fault_storage() -> Option<Moto> {
+    if std::env::var("SMELTER_FAULT_STORAGE").as_deref() != Ok("s3") {
+        return None;
+    }
+    let moto = Moto::start()
+        .await
+        .expect("SMELTER_FAULT_STORAGE=s3 needs moto");
+    moto.create_bucket("lake");
+    Some(moto)
+}
+
+/// Worker settings that put every table under `s3://lake/tables` on `moto`.
+fn s3_settings(moto: &Moto) -> Vec<(&'static str, &str)> {
+    vec![
+        ("SMELTER__STORAGE__ROOT", "s3://lake/tables"),
+        ("SMELTER__STORAGE__S3_ENDPOINT", moto.endpoint.as_str()),
+        ("SMELTER__STORAGE__S3_REGION", "us-east-1"),
+        ("SMELTER__STORAGE__S3_ALLOW_HTTP", "true"),
+        ("SMELTER__STORAGE__S3_ACCESS_KEY_ID", "smelter"),
+        ("SMELTER__STORAGE__S3_SECRET_ACCESS_KEY", "smelter"),
+    ]
+}
+
 /// Runs a 20,000-event pipeline in `smelter up` with `failpoint` armed, so the process
 /// aborts at that point of a commit; then runs it again to the end. Exact every time.
 async fn crash_at(failpoint: &str) {
@@ -222,21 +261,20 @@ async fn killing_a_random_worker_every_five_seconds_loses_nothing() {
     create_topic(&tansu.brokers, &topic, PARTITIONS)
         .await
         .unwrap();
-    let mut cluster = ProcessCluster::start(
-        1,
-        &etcd.endpoint,
-        &[
-            ("SMELTER__COORDINATOR__LEASE_TTL_MS", "2000"),
-            ("SMELTER__COORDINATOR__HEARTBEAT_INTERVAL_MS", "400"),
-            ("SMELTER__COORDINATOR__DISCOVERY_INTERVAL_MS", "1000"),
-            ("SMELTER__COORDINATOR__HANDOFF_TIMEOUT_MS", "3000"),
-            ("SMELTER__WORKER__COMMIT_LOCK_TTL_MS", "2000"),
-            ("SMELTER__WORKER__BATCH_MAX_WAIT_MS", "300"),
-            ("SMELTER__WORKER__BATCH_MAX_RECORDS", "10000"),
-            ("SMELTER__WORKER__POLL_INTERVAL_MS", "100"),
-            ("SMELTER__WORKER__GOLD_MIN_INTERVAL_MS", "500"),
-        ],
-    );
+    let s3 = fault_storage().await;
+    let mut settings = vec![
+        ("SMELTER__COORDINATOR__LEASE_TTL_MS", "2000"),
+        ("SMELTER__COORDINATOR__HEARTBEAT_INTERVAL_MS", "400"),
+        ("SMELTER__COORDINATOR__DISCOVERY_INTERVAL_MS", "1000"),
+        ("SMELTER__COORDINATOR__HANDOFF_TIMEOUT_MS", "3000"),
+        ("SMELTER__WORKER__COMMIT_LOCK_TTL_MS", "2000"),
+        ("SMELTER__WORKER__BATCH_MAX_WAIT_MS", "300"),
+        ("SMELTER__WORKER__BATCH_MAX_RECORDS", "10000"),
+        ("SMELTER__WORKER__POLL_INTERVAL_MS", "100"),
+        ("SMELTER__WORKER__GOLD_MIN_INTERVAL_MS", "500"),
+    ];
+    settings.extend(s3.as_ref().map(s3_settings).unwrap_or_default());
+    let mut cluster = ProcessCluster::start(1, &etcd.endpoint, &settings);
     for _ in 0..3 {
         cluster.add_worker();
     }
@@ -300,19 +338,18 @@ async fn an_etcd_restart_mid_stream_recovers_by_itself() {
     };
     let topic = unique_topic("etcd-restart");
     create_topic(&tansu.brokers, &topic, 4).await.unwrap();
-    let mut cluster = ProcessCluster::start(
-        2,
-        &etcd.endpoint,
-        &[
-            ("SMELTER__COORDINATOR__LEASE_TTL_MS", "2000"),
-            ("SMELTER__COORDINATOR__HEARTBEAT_INTERVAL_MS", "400"),
-            ("SMELTER__COORDINATOR__DISCOVERY_INTERVAL_MS", "1000"),
-            ("SMELTER__WORKER__COMMIT_LOCK_TTL_MS", "2000"),
-            ("SMELTER__WORKER__BATCH_MAX_WAIT_MS", "300"),
-            ("SMELTER__WORKER__POLL_INTERVAL_MS", "100"),
-            ("SMELTER__WORKER__GOLD_MIN_INTERVAL_MS", "500"),
-        ],
-    );
+    let s3 = fault_storage().await;
+    let mut settings = vec![
+        ("SMELTER__COORDINATOR__LEASE_TTL_MS", "2000"),
+        ("SMELTER__COORDINATOR__HEARTBEAT_INTERVAL_MS", "400"),
+        ("SMELTER__COORDINATOR__DISCOVERY_INTERVAL_MS", "1000"),
+        ("SMELTER__WORKER__COMMIT_LOCK_TTL_MS", "2000"),
+        ("SMELTER__WORKER__BATCH_MAX_WAIT_MS", "300"),
+        ("SMELTER__WORKER__POLL_INTERVAL_MS", "100"),
+        ("SMELTER__WORKER__GOLD_MIN_INTERVAL_MS", "500"),
+    ];
+    settings.extend(s3.as_ref().map(s3_settings).unwrap_or_default());
+    let mut cluster = ProcessCluster::start(2, &etcd.endpoint, &settings);
     cluster.add_worker();
     cluster.add_worker();
     let (spec, tables) = cluster

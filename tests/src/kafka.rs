@@ -172,35 +172,7 @@ pub fn produce_in_background(
     })
 }
 
-/// The demo pipeline reading `topic` on `brokers` instead of its generator.
-pub fn kafka_demo(brokers: &str, topic: &str) -> String {
-    let start = crate::DEMO
-        .find("sources:\n")
-        .expect("demo declares sources");
-    let end = crate::DEMO.find("\ntables:").expect("demo declares tables");
-    format!(
-        "{}sources:\n  events:\n    kafka:\n      brokers: \"{brokers}\"\n      topic: {topic}\n{}",
-        &crate::DEMO[..start],
-        &crate::DEMO[end..]
-    )
-}
-
-/// The demo's generator settings, unbounded and unpaced, over `partitions` partitions:
-/// what [`EventProducer`] produces.
-pub fn demo_events(partitions: u32) -> GeneratorSpec {
-    let spec = smelter_common::spec::PipelineSpec::parse(crate::DEMO, "clickstream.yaml")
-        .expect("demo parses");
-    let Some(smelter_common::spec::SourceSpec::Generator(generator)) = spec.sources.get("events")
-    else {
-        panic!("the demo's source is a generator");
-    };
-    GeneratorSpec {
-        partitions,
-        rate: None,
-        count: None,
-        ..generator.clone()
-    }
-}
+pub use smelter_client::workload::{demo_events, kafka_demo};
 
 /// A topic name no other test uses.
 pub fn unique_topic(prefix: &str) -> String {

@@ -29,11 +29,7 @@ pub const DEMO: &str = include_str!("../../examples/clickstream.yaml");
 
 /// The demo pipeline with a bounded, unpaced generator: `count` events over `partitions`.
 pub fn bounded_demo(count: u64, partitions: u32) -> String {
-    DEMO.replace(
-        "      rate: 2000            # events per second over all partitions\n",
-        &format!("      rate: null\n      count: {count}\n"),
-    )
-    .replace("partitions: 4", &format!("partitions: {partitions}"))
+    smelter_client::workload::bounded_demo(count, partitions, None)
 }
 
 /// Installs test logging once (quiet unless RUST_LOG is set).

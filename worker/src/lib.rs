@@ -12,6 +12,7 @@
 
 pub mod error;
 pub mod failpoint;
+pub mod history;
 pub mod lock;
 pub mod query;
 pub mod refine;

@@ -29,8 +29,8 @@ use smelter_proto::{
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
-use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
+use tonic::transport::server::TcpIncoming;
 use tonic::transport::{Channel, Endpoint, Server};
 
 use crate::failpoint::Failpoints;
@@ -136,7 +136,8 @@ pub async fn run(
     let flight = FlightSqlServer::new(engine)?.into_service();
     let flight_shutdown = shutdown.clone();
     let flight_task = tokio::spawn(async move {
-        let incoming = TcpListenerStream::new(flight_listener);
+        // Small responses must not wait for Nagle's algorithm (40 ms per round trip).
+        let incoming = TcpIncoming::from(flight_listener).with_nodelay(Some(true));
         if let Err(error) = Server::builder()
             .add_service(flight)
             .serve_with_incoming_shutdown(incoming, flight_shutdown.cancelled_owned())
@@ -272,18 +273,24 @@ async fn session(
         })
         .await?
         .into_inner();
-    let mut heartbeat = tokio::time::interval(Duration::from_millis(
-        registered.heartbeat_interval_ms.max(100),
+    // Heartbeats run on their own task: stopping a task (which commits its in-flight batch,
+    // possibly waiting for a slow store or a commit lock) must never starve the lease.
+    let (contact_tx, contact) = tokio::sync::watch::channel(Instant::now());
+    let mut heartbeats = tokio::spawn(keep_alive(
+        client.clone(),
+        worker_id.clone(),
+        Duration::from_millis(registered.heartbeat_interval_ms.max(100)),
+        contact_tx,
     ));
     let mut report = tokio::time::interval(Duration::from_secs(1));
     let result = loop {
         tokio::select! {
             _ = shutdown.cancelled() => break Ok(()),
-            _ = heartbeat.tick() => {
-                match client.heartbeat(HeartbeatRequest { worker_id: worker_id.clone() }).await {
-                    Ok(_) => state.last_contact = Instant::now(),
-                    Err(status) => break Err(WorkerError::Control(status)),
-                }
+            ended = &mut heartbeats => {
+                break Err(match ended {
+                    Ok(status) => WorkerError::Control(status),
+                    Err(join) => WorkerError::Control(tonic::Status::internal(join.to_string())),
+                });
             }
             _ = report.tick() => report_status(&mut client, &worker_id, state.generation, &state.units).await,
             update = stream.message() => match update {
@@ -298,6 +305,7 @@ async fn session(
             },
         }
     };
+    state.last_contact = state.last_contact.max(*contact.borrow());
     if result.is_ok() {
         // Drain: every task commits its in-flight batch before we let go of the lease.
         let released = state.task_ids();
@@ -310,7 +318,31 @@ async fn session(
             .await;
         tracing::info!("drained and deregistered");
     }
+    heartbeats.abort();
     result
+}
+
+/// Sends a heartbeat every `every` until one fails; publishes each success in `contact`
+/// and returns the failure.
+async fn keep_alive(
+    mut client: ControlClient<Channel>,
+    worker_id: String,
+    every: Duration,
+    contact: tokio::sync::watch::Sender<Instant>,
+) -> tonic::Status {
+    let mut tick = tokio::time::interval(every);
+    loop {
+        tick.tick().await;
+        let request = HeartbeatRequest {
+            worker_id: worker_id.clone(),
+        };
+        match client.heartbeat(request).await {
+            Ok(_) => {
+                let _ = contact.send(Instant::now());
+            }
+            Err(status) => return status,
+        }
+    }
 }
 
 /// Acknowledges drained tasks, so their new owners can start (hand-off).

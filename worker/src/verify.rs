@@ -22,6 +22,7 @@ use datafusion::prelude::SessionContext;
 use deltalake::kernel::Action;
 use serde::Serialize;
 
+use crate::history;
 use crate::tables::{self, TableStore};
 use crate::{Result, WorkerError};
 
@@ -68,42 +69,25 @@ impl Report {
 /// Verifies table `name` under `tables`.
 pub async fn verify(tables: &TableStore, name: &str) -> Result<Report> {
     let table = tables.open(name).await?;
-    let delta = |e| WorkerError::delta(name, e);
     let latest = tables::version(&table);
-    let log_store = table.log_store();
     let store = table.object_store();
     let mut report = Report {
         table: name.to_string(),
         last_version: latest,
         ..Default::default()
     };
-    // Find the first version still kept (older ones may have been cleaned up).
-    let mut first = 0;
-    while first <= latest
-        && log_store
-            .read_commit_entry(first as u64)
-            .await
-            .map_err(delta)?
-            .is_none()
-    {
-        first += 1;
-    }
-    report.first_version = first;
+    let log = history::read_log(&table, name).await?;
+    report.first_version = log.first().map_or(latest + 1, |(version, _)| *version);
     let mut added: BTreeSet<String> = BTreeSet::new();
     let mut live: BTreeSet<String> = BTreeSet::new();
-    for version in first..=latest {
-        let Some(bytes) = log_store
-            .read_commit_entry(version as u64)
-            .await
-            .map_err(delta)?
-        else {
+    for (version, actions) in log {
+        let Some(actions) = actions else {
             report.find(
                 "log_gap",
                 format!("commit {version} is missing from the log"),
             );
             continue;
         };
-        let actions = deltalake::logstore::get_actions(version as u64, &bytes).map_err(delta)?;
         for action in actions {
             match action {
                 Action::Txn(txn) => {

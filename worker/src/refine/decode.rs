@@ -18,11 +18,24 @@ pub struct Rejection {
     pub reason: String,
 }
 
+/// One declared field, compiled once: its JSON name, its dotted path (for reasons and
+/// rescued keys), and either its output column or, for a flattened struct, its children.
+#[derive(Debug, Clone)]
+struct Slot {
+    name: String,
+    path: String,
+    ty: FieldType,
+    /// Output column of a leaf (or of a struct that is not flattened).
+    column: usize,
+    /// Children of a flattened struct (then `column` is unused).
+    children: Vec<Slot>,
+}
+
 /// Decodes payloads against a declared schema.
 #[derive(Debug, Clone)]
 pub struct JsonDecoder {
-    schema: SchemaSpec,
-    flatten: bool,
+    slots: Vec<Slot>,
+    columns: Vec<String>,
 }
 
 fn describe(value: &Value) -> String {
@@ -43,18 +56,75 @@ fn describe(value: &Value) -> String {
     }
 }
 
+fn compile(
+    schema: &SchemaSpec,
+    flatten: bool,
+    path: &str,
+    prefix: &str,
+    columns: &mut Vec<String>,
+) -> Vec<Slot> {
+    let mut slots = Vec::with_capacity(schema.fields.len());
+    for (name, ty) in &schema.fields {
+        let field_path = if path.is_empty() {
+            name.clone()
+        } else {
+            format!("{path}.{name}")
+        };
+        let column = if prefix.is_empty() {
+            name.clone()
+        } else {
+            format!("{prefix}_{name}")
+        };
+        let slot = match ty {
+            FieldType::Struct(inner) if flatten => Slot {
+                name: name.clone(),
+                children: compile(inner, flatten, &field_path, &column, columns),
+                path: field_path,
+                ty: ty.clone(),
+                column: usize::MAX,
+            },
+            _ => {
+                columns.push(column);
+                Slot {
+                    name: name.clone(),
+                    path: field_path,
+                    ty: ty.clone(),
+                    column: columns.len() - 1,
+                    children: Vec::new(),
+                }
+            }
+        };
+        slots.push(slot);
+    }
+    slots
+}
+
 impl JsonDecoder {
     /// A decoder for `schema`, flattening nested structs if `flatten`.
     pub fn new(schema: SchemaSpec, flatten: bool) -> Self {
-        Self { schema, flatten }
+        let mut columns = Vec::new();
+        let slots = compile(&schema, flatten, "", "", &mut columns);
+        Self { slots, columns }
     }
 
-    /// Decodes one payload into the output row (column name -> JSON value ready for
-    /// arrow-json) plus the rescued fields, if any.
+    /// The output columns, in the order [`Self::decode_row`] fills them.
+    pub fn columns(&self) -> &[String] {
+        &self.columns
+    }
+
+    /// Decodes one payload into the output row (column name -> JSON value) plus the
+    /// rescued fields, if any.
     pub fn decode(
         &self,
         payload: &[u8],
     ) -> Result<(Map<String, Value>, Option<String>), Rejection> {
+        let (values, rescued) = self.decode_row(payload)?;
+        Ok((self.columns.iter().cloned().zip(values).collect(), rescued))
+    }
+
+    /// Decodes one payload into one value per output column (checked against its declared
+    /// type; timestamps as epoch µs, dates as days) plus the rescued fields, if any.
+    pub fn decode_row(&self, payload: &[u8]) -> Result<(Vec<Value>, Option<String>), Rejection> {
         let value: Value = serde_json::from_slice(payload).map_err(|e| Rejection {
             rule: "_parse",
             reason: format!("invalid JSON: {e}"),
@@ -65,58 +135,45 @@ impl JsonDecoder {
                 reason: format!("expected a JSON object, got {}", describe(&value)),
             });
         };
-        let mut out = Map::new();
+        let mut out = vec![Value::Null; self.columns.len()];
         let mut rescued = Map::new();
-        self.walk(&self.schema, object, "", "", &mut out, &mut rescued)?;
+        walk(&self.slots, object, "", &mut out, &mut rescued)?;
         let rescued = (!rescued.is_empty()).then(|| Value::Object(rescued).to_string());
         Ok((out, rescued))
     }
+}
 
-    fn walk(
-        &self,
-        schema: &SchemaSpec,
-        mut object: Map<String, Value>,
-        path: &str,
-        column_prefix: &str,
-        out: &mut Map<String, Value>,
-        rescued: &mut Map<String, Value>,
-    ) -> Result<(), Rejection> {
-        for (name, ty) in &schema.fields {
-            let field_path = if path.is_empty() {
-                name.clone()
-            } else {
-                format!("{path}.{name}")
-            };
-            let column = if column_prefix.is_empty() {
-                name.clone()
-            } else {
-                format!("{column_prefix}_{name}")
-            };
-            let value = object.remove(name).unwrap_or(Value::Null);
-            match (ty, value) {
-                (FieldType::Struct(inner), Value::Object(child)) if self.flatten => {
-                    self.walk(inner, child, &field_path, &column, out, rescued)?;
-                }
-                (FieldType::Struct(inner), Value::Null) if self.flatten => {
-                    // A missing struct means all its flattened columns are null.
-                    self.walk(inner, Map::new(), &field_path, &column, out, rescued)?;
-                }
-                (ty, value) => {
-                    let checked = check(ty, value, &field_path, rescued)?;
-                    out.insert(column, checked);
-                }
+/// Moves each declared field of `object` into its column, checked; what is left over is
+/// rescued under its path.
+fn walk(
+    slots: &[Slot],
+    mut object: Map<String, Value>,
+    path: &str,
+    out: &mut [Value],
+    rescued: &mut Map<String, Value>,
+) -> Result<(), Rejection> {
+    for slot in slots {
+        let value = object.remove(&slot.name).unwrap_or(Value::Null);
+        if !slot.children.is_empty() {
+            match value {
+                Value::Object(child) => walk(&slot.children, child, &slot.path, out, rescued)?,
+                // A missing struct means all its flattened columns are null.
+                Value::Null => {}
+                other => return Err(mismatch(&slot.path, "object", &other)),
             }
+        } else {
+            out[slot.column] = check(&slot.ty, value, &slot.path, rescued)?;
         }
-        for (name, value) in object {
-            let field_path = if path.is_empty() {
-                name
-            } else {
-                format!("{path}.{name}")
-            };
-            rescued.insert(field_path, value);
-        }
-        Ok(())
     }
+    for (name, value) in object {
+        let field_path = if path.is_empty() {
+            name
+        } else {
+            format!("{path}.{name}")
+        };
+        rescued.insert(field_path, value);
+    }
+    Ok(())
 }
 
 fn mismatch(path: &str, expected: &str, value: &Value) -> Rejection {

@@ -4,8 +4,16 @@
 //!
 //! The lookup runs against the snapshot the next commit will be built on; the refine task
 //! is the table's only writer, and a racing owner is rejected by the txn conflict check.
+//!
+//! A [`KeyCache`] keeps the table's keys (with their event time) in memory between the
+//! task's own commits, so a batch is checked without scanning the table. It describes
+//! exactly one table version: it is loaded from the table (the keys whose event time is at
+//! or after a horizon), advanced only by the task's own commit landing as the next
+//! version, and dropped on anything else (a foreign commit, a compaction, an unknown
+//! outcome). A batch reaching before the horizon, or a key whose cached time falls outside
+//! the window while the key exists, goes to the table as before.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -55,19 +63,112 @@ fn row_keys(batch: &RecordBatch, keys: &[String]) -> Result<Vec<Option<String>>>
         .collect())
 }
 
-/// Removes rows whose key repeats within the batch or already exists in `table`.
-/// Returns the remaining rows and how many were removed.
+/// Most keys a [`KeyCache`] holds; beyond it, keys older than two windows are evicted
+/// (and without a window the table is scanned per batch instead).
+const CACHE_MAX_KEYS: usize = 4_000_000;
+
+/// The keys of one silver table version, with their (latest) event time in µs.
+#[derive(Debug, Default)]
+pub struct KeyCache {
+    version: Option<i64>,
+    keys: HashMap<String, i64>,
+    /// Every key whose event time is at or after this is in `keys`.
+    horizon: i64,
+}
+
+impl KeyCache {
+    /// Forgets everything (the table changed in a way the task did not make).
+    pub fn invalidate(&mut self) {
+        self.version = None;
+        self.keys.clear();
+    }
+
+    /// The task's own commit landed as `version` with `added` keys; the cache follows it
+    /// if it described the version before, and is dropped otherwise.
+    pub fn committed(&mut self, version: i64, added: Vec<(String, i64)>, window: Option<Duration>) {
+        if self.version != Some(version - 1) {
+            self.invalidate();
+            return;
+        }
+        self.version = Some(version);
+        for (key, ts) in added {
+            let slot = self.keys.entry(key).or_insert(ts);
+            *slot = (*slot).max(ts);
+        }
+        if self.keys.len() > CACHE_MAX_KEYS {
+            match window {
+                Some(window) => {
+                    let newest = self.keys.values().copied().max().unwrap_or(i64::MIN);
+                    let keep_from = newest.saturating_sub(2 * window.as_micros() as i64);
+                    self.keys.retain(|_, ts| *ts >= keep_from);
+                    self.horizon = self.horizon.max(keep_from);
+                }
+                None => self.invalidate(),
+            }
+        }
+    }
+}
+
+/// What dedupe removed and the keys (with event time) of the rows it kept.
+pub struct Deduped {
+    /// Rows kept.
+    pub kept: RecordBatch,
+    /// Rows removed.
+    pub removed: usize,
+    /// Keys of the kept rows, for [`KeyCache::committed`].
+    pub keys: Vec<(String, i64)>,
+}
+
+/// Event times of `batch`'s rows in µs (0 without a window column).
+fn event_times(batch: &RecordBatch, window: Option<(&str, Duration)>) -> Vec<i64> {
+    let ts = window.and_then(|(column, _)| {
+        batch
+            .column_by_name(column)?
+            .as_any()
+            .downcast_ref::<TimestampMicrosecondArray>()
+            .cloned()
+    });
+    (0..batch.num_rows())
+        .map(|i| {
+            ts.as_ref()
+                .filter(|t| t.is_valid(i))
+                .map_or(0, |t| t.value(i))
+        })
+        .collect()
+}
+
+/// Removes rows whose key repeats within the batch or already exists in `table`, using
+/// (and loading, if needed) `cache`.
 pub async fn dedupe(
     batch: RecordBatch,
     keys: &[String],
     window: Option<(&str, Duration)>,
     table: &DeltaTable,
-) -> Result<(RecordBatch, usize)> {
+    cache: &mut KeyCache,
+) -> Result<Deduped> {
     if batch.num_rows() == 0 {
-        return Ok((batch, 0));
+        return Ok(Deduped {
+            kept: batch,
+            removed: 0,
+            keys: Vec::new(),
+        });
     }
     let row_keys = row_keys(&batch, keys)?;
-    let existing = existing_keys(&batch, keys, window, table).await?;
+    let times = event_times(&batch, window);
+    // The event-time range a matching row may have: the batch's, padded by the window.
+    let (lo, hi) = match window {
+        Some((_, within)) => {
+            let pad = within.as_micros() as i64;
+            let lo = times.iter().copied().min().unwrap_or(0);
+            let hi = times.iter().copied().max().unwrap_or(0);
+            (lo.saturating_sub(pad), hi.saturating_add(pad))
+        }
+        None => (i64::MIN, i64::MAX),
+    };
+    let existing = match cached(cache, table, &row_keys, lo, hi, window, keys).await? {
+        Some(existing) => existing,
+        None => existing_keys(&batch, keys, window, table).await?,
+    };
     let mut seen = HashSet::with_capacity(row_keys.len());
     let keep: BooleanArray = row_keys
         .iter()
@@ -78,9 +179,93 @@ pub async fn dedupe(
             )
         })
         .collect();
+    let kept_keys = row_keys
+        .into_iter()
+        .zip(times)
+        .zip(keep.iter())
+        .filter_map(|((key, ts), keep)| Some((key?, ts)).filter(|_| keep == Some(true)))
+        .collect();
     let kept = filter_record_batch(&batch, &keep)?;
     let removed = batch.num_rows() - kept.num_rows();
-    Ok((kept, removed))
+    Ok(Deduped {
+        kept,
+        removed,
+        keys: kept_keys,
+    })
+}
+
+/// The batch's keys that exist in the table, answered from the cache (loading it first if
+/// it does not describe the table's version or does not reach back to `lo`); `None` when
+/// the table must be asked instead.
+async fn cached(
+    cache: &mut KeyCache,
+    table: &DeltaTable,
+    row_keys: &[Option<String>],
+    lo: i64,
+    hi: i64,
+    window: Option<(&str, Duration)>,
+    keys: &[String],
+) -> Result<Option<HashSet<String>>> {
+    let version = crate::tables::version(table);
+    if cache.version != Some(version) || cache.horizon > lo {
+        if window.is_none() && crate::tables::row_count(table) as usize > CACHE_MAX_KEYS {
+            cache.invalidate();
+            return Ok(None);
+        }
+        load(cache, table, version, lo, window, keys).await?;
+    }
+    let mut existing = HashSet::new();
+    for key in row_keys.iter().flatten() {
+        match cache.keys.get(key) {
+            None => {}
+            Some(ts) if (lo..=hi).contains(ts) => {
+                existing.insert(key.clone());
+            }
+            // The key exists, but its cached (latest) time is outside the window: an
+            // earlier row of it may be inside. Only the table can tell.
+            Some(_) => return Ok(None),
+        }
+    }
+    Ok(Some(existing))
+}
+
+/// Fills `cache` with the keys of `table` whose event time is at or after `from`.
+async fn load(
+    cache: &mut KeyCache,
+    table: &DeltaTable,
+    version: i64,
+    from: i64,
+    window: Option<(&str, Duration)>,
+    keys: &[String],
+) -> Result<()> {
+    cache.invalidate();
+    if crate::tables::row_count(table) > 0 {
+        let ctx = SessionContext::new();
+        table
+            .update_datafusion_session(&ctx.state())
+            .map_err(|e| crate::WorkerError::delta("dedupe", e))?;
+        let mut rows = ctx.read_table(table.table_provider().await?)?;
+        let mut columns: Vec<_> = keys.iter().map(|k| col(k.as_str())).collect();
+        if let Some((ts_column, _)) = window {
+            rows = rows.filter(col(ts_column).gt_eq(lit(ScalarValue::TimestampMicrosecond(
+                Some(from),
+                Some("UTC".into()),
+            ))))?;
+            columns.push(col(ts_column));
+        }
+        for batch in rows.select(columns)?.collect().await? {
+            let times = event_times(&batch, window);
+            for (key, ts) in row_keys(&batch, keys)?.into_iter().zip(times) {
+                if let Some(key) = key {
+                    let slot = cache.keys.entry(key).or_insert(ts);
+                    *slot = (*slot).max(ts);
+                }
+            }
+        }
+    }
+    cache.version = Some(version);
+    cache.horizon = if window.is_some() { from } else { i64::MIN };
+    Ok(())
 }
 
 async fn existing_keys(

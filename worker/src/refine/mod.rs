@@ -6,9 +6,12 @@
 //! consumed)` (invariant 2). If the process dies between the two commits, the replay finds
 //! the quarantine txn already present and skips that commit (invariant 3).
 
+mod columns;
 pub mod decode;
 pub mod dedupe;
 pub mod expectations;
+
+pub use dedupe::KeyCache;
 
 use std::sync::Arc;
 
@@ -30,6 +33,9 @@ use smelter_common::spec::{OnViolation, TableSpec};
 use self::decode::JsonDecoder;
 use self::expectations::CompiledExpectation;
 use crate::{Result, WorkerError, schemas};
+
+/// Rows decoded to JSON values at a time (see [`Refiner::refine`]).
+const DECODE_SLICE: usize = 8_192;
 
 /// Hidden column that ties a decoded row back to its bronze row while filtering.
 const ROW: &str = "__row";
@@ -145,6 +151,8 @@ pub struct Refined {
     pub warned: Vec<(String, usize)>,
     /// Time spent looking for duplicates, in milliseconds.
     pub dedupe_ms: u64,
+    /// Dedupe keys (with event time) of the silver rows, for the task's [`KeyCache`].
+    pub new_keys: Vec<(String, i64)>,
 }
 
 /// Turns bronze rows into silver rows for one silver table.
@@ -191,14 +199,52 @@ impl Refiner {
         fields.push(Field::new(ROW, DataType::UInt32, false));
         let work_schema = Arc::new(Schema::new(fields));
         let expectations = expectations::compile(table, origin, &spec.expectations, &work_schema)?;
+        let decoder = JsonDecoder::new(parse.schema, spec.flatten);
+        // The decoder fills the silver schema's leading columns, in the same order.
+        let leading: Vec<&String> = work_schema.fields().iter().map(|f| f.name()).collect();
+        if leading.len() < decoder.columns().len() + 6
+            || decoder.columns().iter().zip(&leading).any(|(a, b)| a != *b)
+            || leading[decoder.columns().len()] != "_rescued_data"
+        {
+            return Err(WorkerError::Arrow(arrow::error::ArrowError::SchemaError(
+                format!("{table}: decoded columns do not lead the silver schema"),
+            )));
+        }
         Ok(Self {
             table: table.to_string(),
             spec: spec.clone(),
-            decoder: JsonDecoder::new(parse.schema, spec.flatten),
+            decoder,
             silver_schema,
             work_schema,
             expectations,
         })
+    }
+
+    /// The work batch: decoded columns built directly, the bronze metadata columns taken
+    /// from the input rows that decoded, and [`ROW`] pointing back at them.
+    fn decoded_batch(
+        &self,
+        input: &RecordBatch,
+        decoded: Vec<Vec<Value>>,
+        kept: Vec<u32>,
+    ) -> Result<RecordBatch> {
+        if kept.is_empty() {
+            return Ok(RecordBatch::new_empty(self.work_schema.clone()));
+        }
+        let fields = self.work_schema.fields();
+        let declared = self.decoder.columns().len() + 1;
+        let mut arrays = columns::to_arrays(&fields[..declared], decoded)?;
+        let rows = UInt32Array::from(kept);
+        for name in ["topic", "partition", "offset", "ingested_at"] {
+            let source = input.column_by_name(name).ok_or_else(|| {
+                WorkerError::Arrow(arrow::error::ArrowError::SchemaError(format!(
+                    "bronze column `{name}` missing"
+                )))
+            })?;
+            arrays.push(arrow::compute::take(source.as_ref(), &rows, None)?);
+        }
+        arrays.push(Arc::new(rows));
+        Ok(RecordBatch::try_new(self.work_schema.clone(), arrays)?)
     }
 
     /// The silver table's schema.
@@ -206,8 +252,14 @@ impl Refiner {
         &self.silver_schema
     }
 
-    /// Decodes, validates and dedupes `rows`; `silver` is the snapshot dedupe checks against.
-    pub async fn refine(&self, rows: &BronzeRows, silver: &DeltaTable) -> Result<Refined> {
+    /// Decodes, validates and dedupes `rows`; `silver` is the snapshot dedupe checks
+    /// against, `cache` its keys as far as the task knows them.
+    pub async fn refine(
+        &self,
+        rows: &BronzeRows,
+        silver: &DeltaTable,
+        cache: &mut KeyCache,
+    ) -> Result<Refined> {
         let input = if rows.batches.is_empty() {
             RecordBatch::new_empty(Arc::new(Schema::empty()))
         } else {
@@ -215,56 +267,47 @@ impl Refiner {
         };
         let n = input.num_rows();
         let mut quarantined: Vec<Quarantined> = Vec::new();
-        let mut decoded = Vec::with_capacity(n);
+        // Decoded in slices: JSON values are large, so only one slice's worth is alive at a
+        // time; each becomes compact Arrow columns at once.
+        let mut slices = Vec::new();
         if n > 0 {
-            let topic = column::<StringArray>(&input, "topic")?;
-            let partition = column::<Int32Array>(&input, "partition")?;
-            let offset = column::<Int64Array>(&input, "offset")?;
             let payload = column::<BinaryArray>(&input, "payload")?;
             let error = column::<StringArray>(&input, "error")?;
-            let ingested = column::<TimestampMicrosecondArray>(&input, "ingested_at")?;
-            for row in 0..n {
-                if error.is_valid(row) || payload.is_null(row) {
-                    let reason = if error.is_valid(row) {
-                        error.value(row).to_string()
-                    } else {
-                        "record has no payload".into()
-                    };
-                    quarantined.push(Quarantined {
-                        rule: "_ingest".into(),
-                        reason,
-                        row,
-                    });
-                    continue;
-                }
-                match self.decoder.decode(payload.value(row)) {
-                    Ok((mut fields, rescued)) => {
-                        fields.insert(
-                            "_rescued_data".into(),
-                            rescued.map_or(Value::Null, Value::String),
-                        );
-                        fields.insert("_topic".into(), Value::String(topic.value(row).to_string()));
-                        fields.insert("_partition".into(), Value::from(partition.value(row)));
-                        fields.insert("_offset".into(), Value::from(offset.value(row)));
-                        fields.insert("_ingested_at".into(), Value::from(ingested.value(row)));
-                        fields.insert(ROW.into(), Value::from(row as u32));
-                        decoded.push(fields);
+            for start in (0..n).step_by(DECODE_SLICE) {
+                // Per decoded row: its declared columns and `_rescued_data`; the bronze row.
+                let mut decoded: Vec<Vec<Value>> = Vec::with_capacity(DECODE_SLICE);
+                let mut kept: Vec<u32> = Vec::with_capacity(DECODE_SLICE);
+                for row in start..n.min(start + DECODE_SLICE) {
+                    if error.is_valid(row) || payload.is_null(row) {
+                        let reason = if error.is_valid(row) {
+                            error.value(row).to_string()
+                        } else {
+                            "record has no payload".into()
+                        };
+                        quarantined.push(Quarantined {
+                            rule: "_ingest".into(),
+                            reason,
+                            row,
+                        });
+                        continue;
                     }
-                    Err(rejection) => quarantined.push(Quarantined {
-                        rule: rejection.rule.into(),
-                        reason: rejection.reason,
-                        row,
-                    }),
+                    match self.decoder.decode_row(payload.value(row)) {
+                        Ok((mut values, rescued)) => {
+                            values.push(rescued.map_or(Value::Null, Value::String));
+                            decoded.push(values);
+                            kept.push(row as u32);
+                        }
+                        Err(rejection) => quarantined.push(Quarantined {
+                            rule: rejection.rule.into(),
+                            reason: rejection.reason,
+                            row,
+                        }),
+                    }
                 }
+                slices.push(self.decoded_batch(&input, decoded, kept)?);
             }
         }
-        let mut decoder = arrow::json::ReaderBuilder::new(self.work_schema.clone())
-            .with_batch_size(decoded.len().max(1))
-            .build_decoder()?;
-        decoder.serialize(&decoded)?;
-        let mut batch = decoder
-            .flush()?
-            .unwrap_or_else(|| RecordBatch::new_empty(self.work_schema.clone()));
+        let mut batch = concat_batches(&self.work_schema, &slices)?;
 
         let mut dropped = 0;
         let mut warned = Vec::new();
@@ -309,6 +352,7 @@ impl Refiner {
         }
 
         let mut deduplicated = 0;
+        let mut new_keys = Vec::new();
         let dedupe_started = std::time::Instant::now();
         if let Some(dedupe) = &self.spec.dedupe {
             let by = dedupe.by.clone().or_else(|| {
@@ -321,15 +365,17 @@ impl Refiner {
                     .map(|f| f.name().clone())
             });
             let window = dedupe.within.zip(by);
-            let (kept, removed) = dedupe::dedupe(
+            let deduped = dedupe::dedupe(
                 batch,
                 &dedupe.keys,
                 window.as_ref().map(|(d, c)| (c.as_str(), *d)),
                 silver,
+                cache,
             )
             .await?;
-            batch = kept;
-            deduplicated = removed;
+            batch = deduped.kept;
+            deduplicated = deduped.removed;
+            new_keys = deduped.keys;
         }
         let silver_batch =
             batch.project(&(0..self.silver_schema.fields().len()).collect::<Vec<_>>())?;
@@ -344,6 +390,7 @@ impl Refiner {
             deduplicated,
             warned,
             dedupe_ms,
+            new_keys,
         })
     }
 }

@@ -77,7 +77,7 @@ async fn refine(spec_text: &str, lines: &[&str]) -> Result<super::Refined, Worke
         .await
         .unwrap();
     Refiner::new("silver.rows", table, "t.yaml")?
-        .refine(&records(lines), &silver)
+        .refine(&records(lines), &silver, &mut Default::default())
         .await
 }
 
@@ -141,5 +141,69 @@ async fn fail_stops_the_batch_naming_the_rule_and_position() {
     assert!(
         !err.is_retryable(),
         "a failed expectation must stop the task, not loop"
+    );
+}
+
+/// Dedupe against rows already committed: answered from the key cache while it follows
+/// the task's own commits, and from the table once a foreign commit invalidated it — the
+/// same answer both ways.
+#[tokio::test]
+async fn dedupe_against_the_table_with_and_without_the_key_cache() {
+    use crate::tables::{CommitOutcome, WriteMode, commit};
+
+    let spec = PipelineSpec::parse(SPEC, "t.yaml").unwrap();
+    let table = &spec.tables["silver.rows"];
+    let dir = tempfile::tempdir().unwrap();
+    let store = TableStore::new(dir.path()).unwrap();
+    let env = Default::default();
+    let mut silver = store
+        .open_or_create("silver.rows", &schemas::silver(table), &[], &env)
+        .await
+        .unwrap();
+    let refiner = Refiner::new("silver.rows", table, "t.yaml").unwrap();
+    let mut cache = super::KeyCache::default();
+    let mut round = async |lines: &[&str], cache: &mut super::KeyCache| {
+        let mut refined = refiner
+            .refine(&records(lines), &silver, cache)
+            .await
+            .unwrap();
+        let kept = strings(&refined.silver, "id");
+        let keys = std::mem::take(&mut refined.new_keys);
+        let outcome = commit(
+            &mut silver,
+            "silver.rows",
+            vec![refined.silver],
+            WriteMode::Append,
+            &[],
+            vec![],
+            &env,
+        )
+        .await
+        .unwrap();
+        let CommitOutcome::Committed { version } = outcome else {
+            panic!("committed");
+        };
+        cache.committed(version, keys, None);
+        kept
+    };
+    assert_eq!(
+        round(&[r#"{"id":"a","n":1}"#, r#"{"id":"b","n":2}"#], &mut cache).await,
+        ["a", "b"]
+    );
+    // From the cache: it followed the commit above.
+    assert_eq!(
+        round(&[r#"{"id":"a","n":1}"#, r#"{"id":"c","n":3}"#], &mut cache).await,
+        ["c"]
+    );
+    // A fresh cache (a restarted task) loads the table's keys first.
+    let mut fresh = super::KeyCache::default();
+    assert_eq!(
+        round(&[r#"{"id":"b","n":2}"#, r#"{"id":"d","n":4}"#], &mut fresh).await,
+        ["d"]
+    );
+    // The first cache missed that commit: it must not answer from stale keys.
+    assert_eq!(
+        round(&[r#"{"id":"d","n":4}"#, r#"{"id":"e","n":5}"#], &mut cache).await,
+        ["e"]
     );
 }

@@ -8,6 +8,7 @@ use smelter_proto::TaskState;
 use tokio_util::sync::CancellationToken;
 
 use super::{Progress, TaskEnv, downstream_app_id};
+use crate::refine::KeyCache;
 use crate::refine::{self, Refiner};
 use crate::tables::{self, CommitOutcome, TxnUpdate, WriteMode};
 use crate::{Result, WorkerError, schemas};
@@ -53,6 +54,8 @@ impl RefineTask {
         });
         progress.set_state(TaskState::Running);
         let mut bronze = None;
+        let mut keys = KeyCache::default();
+        let window = spec.dedupe.as_ref().and_then(|d| d.within);
         loop {
             if cancel.is_cancelled() {
                 progress.set_state(TaskState::Stopped);
@@ -91,7 +94,8 @@ impl RefineTask {
                 .update_state()
                 .await
                 .map_err(|e| WorkerError::delta(&self.table, e))?;
-            let refined = refiner.refine(&rows, &silver).await?;
+            let mut refined = refiner.refine(&rows, &silver, &mut keys).await?;
+            let new_keys = std::mem::take(&mut refined.new_keys);
             let refine_ms = started.elapsed().as_millis() as u64 - read_ms;
             let quarantined = refined.quarantine.num_rows() as u64;
             if quarantined > 0 && quarantined_to.is_none_or(|q| q < to) {
@@ -109,6 +113,7 @@ impl RefineTask {
                 {
                     CommitOutcome::Committed { .. } => quarantined_to = Some(to),
                     CommitOutcome::AlreadyCommitted => {
+                        keys.invalidate();
                         (consumed, quarantined_to) = self
                             .reload(&silver, &app_id, &quarantine, &quarantine_app_id)
                             .await?;
@@ -130,6 +135,7 @@ impl RefineTask {
             .await?
             {
                 CommitOutcome::Committed { version } => {
+                    keys.committed(version, new_keys, window);
                     progress.committed(version, good, tables::row_count(&silver));
                     progress.update(|r| {
                         r.rows_quarantined += quarantined;
@@ -144,6 +150,7 @@ impl RefineTask {
                     consumed = Some(to);
                 }
                 CommitOutcome::AlreadyCommitted => {
+                    keys.invalidate();
                     (consumed, quarantined_to) = self
                         .reload(&silver, &app_id, &quarantine, &quarantine_app_id)
                         .await?;

