@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use smelter_tests::kafka::{create_topic, produce_in_background, unique_topic, wait_caught_up};
 use smelter_tests::oracle::check_pipeline;
-use smelter_tests::processes::{ProcessCluster, tasks, worker_id};
+use smelter_tests::processes::{ProcessCluster, quick_settings, tasks, worker_id};
 use smelter_tests::services::{Etcd, Tansu};
 use smelter_worker::tables::{self, TableStore};
 use tokio::time::Instant;
@@ -69,16 +69,14 @@ async fn cluster_rebalances_and_fails_over_exactly_once() {
     let mut cluster = ProcessCluster::start(
         2,
         &etcd.endpoint,
-        &[
-            ("SMELTER__COORDINATOR__LEASE_TTL_MS", ttl.as_str()),
-            ("SMELTER__COORDINATOR__HEARTBEAT_INTERVAL_MS", "500"),
-            ("SMELTER__COORDINATOR__DISCOVERY_INTERVAL_MS", "1000"),
-            ("SMELTER__COORDINATOR__HANDOFF_TIMEOUT_MS", "5000"),
-            ("SMELTER__WORKER__BATCH_MAX_WAIT_MS", "300"),
-            ("SMELTER__WORKER__BATCH_MAX_RECORDS", "10000"),
-            ("SMELTER__WORKER__POLL_INTERVAL_MS", "100"),
-            ("SMELTER__WORKER__GOLD_MIN_INTERVAL_MS", "500"),
-        ],
+        &quick_settings(
+            &ttl,
+            "500",
+            &[
+                ("SMELTER__COORDINATOR__HANDOFF_TIMEOUT_MS", "5000"),
+                ("SMELTER__WORKER__BATCH_MAX_RECORDS", "10000"),
+            ],
+        ),
     );
     for _ in 0..3 {
         cluster.add_worker();

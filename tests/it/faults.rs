@@ -13,7 +13,7 @@ use smelter_tests::kafka::{
     EventProducer, create_topic, demo_events, produce_in_background, unique_topic, wait_caught_up,
 };
 use smelter_tests::oracle::{check_pipeline, generator_truth};
-use smelter_tests::processes::{ProcessCluster, smelter_up, wait_exit};
+use smelter_tests::processes::{ProcessCluster, quick_settings, smelter_up, wait_exit};
 use smelter_tests::services::{Etcd, Moto, Tansu};
 use smelter_worker::tables::TableStore;
 use tokio::time::Instant;
@@ -63,15 +63,17 @@ async fn pause_lock_holders(s3: Option<&Moto>) {
     let topic = unique_topic("pause");
     create_topic(&tansu.brokers, &topic, 4).await.unwrap();
     let lock_ttl = LOCK_TTL.as_millis().to_string();
-    let mut settings = vec![
-        ("SMELTER__COORDINATOR__LEASE_TTL_MS", "5000"),
-        ("SMELTER__COORDINATOR__HEARTBEAT_INTERVAL_MS", "500"),
-        ("SMELTER__COORDINATOR__DISCOVERY_INTERVAL_MS", "1000"),
-        ("SMELTER__WORKER__COMMIT_LOCK_TTL_MS", lock_ttl.as_str()),
-        ("SMELTER__WORKER__BATCH_MAX_WAIT_MS", "200"),
-        ("SMELTER__WORKER__POLL_INTERVAL_MS", "50"),
-        ("SMELTER__WORKER__GOLD_MIN_INTERVAL_MS", "200"),
-    ];
+    // Commits as often as possible: the pauses need log writes to catch.
+    let mut settings = quick_settings(
+        "5000",
+        "500",
+        &[
+            ("SMELTER__WORKER__COMMIT_LOCK_TTL_MS", lock_ttl.as_str()),
+            ("SMELTER__WORKER__BATCH_MAX_WAIT_MS", "200"),
+            ("SMELTER__WORKER__POLL_INTERVAL_MS", "50"),
+            ("SMELTER__WORKER__GOLD_MIN_INTERVAL_MS", "200"),
+        ],
+    );
     if let Some(moto) = s3 {
         settings.extend(s3_settings(moto));
     }
@@ -262,17 +264,15 @@ async fn killing_a_random_worker_every_five_seconds_loses_nothing() {
         .await
         .unwrap();
     let s3 = fault_storage().await;
-    let mut settings = vec![
-        ("SMELTER__COORDINATOR__LEASE_TTL_MS", "2000"),
-        ("SMELTER__COORDINATOR__HEARTBEAT_INTERVAL_MS", "400"),
-        ("SMELTER__COORDINATOR__DISCOVERY_INTERVAL_MS", "1000"),
-        ("SMELTER__COORDINATOR__HANDOFF_TIMEOUT_MS", "3000"),
-        ("SMELTER__WORKER__COMMIT_LOCK_TTL_MS", "2000"),
-        ("SMELTER__WORKER__BATCH_MAX_WAIT_MS", "300"),
-        ("SMELTER__WORKER__BATCH_MAX_RECORDS", "10000"),
-        ("SMELTER__WORKER__POLL_INTERVAL_MS", "100"),
-        ("SMELTER__WORKER__GOLD_MIN_INTERVAL_MS", "500"),
-    ];
+    let mut settings = quick_settings(
+        "2000",
+        "400",
+        &[
+            ("SMELTER__COORDINATOR__HANDOFF_TIMEOUT_MS", "3000"),
+            ("SMELTER__WORKER__COMMIT_LOCK_TTL_MS", "2000"),
+            ("SMELTER__WORKER__BATCH_MAX_RECORDS", "10000"),
+        ],
+    );
     settings.extend(s3.as_ref().map(s3_settings).unwrap_or_default());
     let mut cluster = ProcessCluster::start(1, &etcd.endpoint, &settings);
     for _ in 0..3 {
@@ -339,15 +339,11 @@ async fn an_etcd_restart_mid_stream_recovers_by_itself() {
     let topic = unique_topic("etcd-restart");
     create_topic(&tansu.brokers, &topic, 4).await.unwrap();
     let s3 = fault_storage().await;
-    let mut settings = vec![
-        ("SMELTER__COORDINATOR__LEASE_TTL_MS", "2000"),
-        ("SMELTER__COORDINATOR__HEARTBEAT_INTERVAL_MS", "400"),
-        ("SMELTER__COORDINATOR__DISCOVERY_INTERVAL_MS", "1000"),
-        ("SMELTER__WORKER__COMMIT_LOCK_TTL_MS", "2000"),
-        ("SMELTER__WORKER__BATCH_MAX_WAIT_MS", "300"),
-        ("SMELTER__WORKER__POLL_INTERVAL_MS", "100"),
-        ("SMELTER__WORKER__GOLD_MIN_INTERVAL_MS", "500"),
-    ];
+    let mut settings = quick_settings(
+        "2000",
+        "400",
+        &[("SMELTER__WORKER__COMMIT_LOCK_TTL_MS", "2000")],
+    );
     settings.extend(s3.as_ref().map(s3_settings).unwrap_or_default());
     let mut cluster = ProcessCluster::start(2, &etcd.endpoint, &settings);
     cluster.add_worker();
@@ -414,18 +410,7 @@ async fn a_broker_restart_mid_stream_recovers_by_itself() {
     };
     let topic = unique_topic("broker-restart");
     create_topic(&tansu.brokers, &topic, 4).await.unwrap();
-    let mut cluster = ProcessCluster::start(
-        1,
-        &etcd.endpoint,
-        &[
-            ("SMELTER__COORDINATOR__LEASE_TTL_MS", "3000"),
-            ("SMELTER__COORDINATOR__HEARTBEAT_INTERVAL_MS", "500"),
-            ("SMELTER__COORDINATOR__DISCOVERY_INTERVAL_MS", "1000"),
-            ("SMELTER__WORKER__BATCH_MAX_WAIT_MS", "300"),
-            ("SMELTER__WORKER__POLL_INTERVAL_MS", "100"),
-            ("SMELTER__WORKER__GOLD_MIN_INTERVAL_MS", "500"),
-        ],
-    );
+    let mut cluster = ProcessCluster::start(1, &etcd.endpoint, &quick_settings("3000", "500", &[]));
     cluster.add_worker();
     cluster.add_worker();
     let (spec, tables) = cluster

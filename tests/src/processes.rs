@@ -251,6 +251,26 @@ impl ProcessCluster {
     }
 }
 
+/// Settings for cluster tests: lease `lease_ms` with a heartbeat every `heartbeat_ms`,
+/// partition discovery every second, small batches, short polls and gold refreshed every
+/// half second, so faults land on work in progress. `extra` comes last and overrides.
+pub fn quick_settings<'a>(
+    lease_ms: &'a str,
+    heartbeat_ms: &'a str,
+    extra: &[(&'a str, &'a str)],
+) -> Vec<(&'a str, &'a str)> {
+    let mut settings = vec![
+        ("SMELTER__COORDINATOR__LEASE_TTL_MS", lease_ms),
+        ("SMELTER__COORDINATOR__HEARTBEAT_INTERVAL_MS", heartbeat_ms),
+        ("SMELTER__COORDINATOR__DISCOVERY_INTERVAL_MS", "1000"),
+        ("SMELTER__WORKER__BATCH_MAX_WAIT_MS", "300"),
+        ("SMELTER__WORKER__POLL_INTERVAL_MS", "100"),
+        ("SMELTER__WORKER__GOLD_MIN_INTERVAL_MS", "500"),
+    ];
+    settings.extend_from_slice(extra);
+    settings
+}
+
 /// The id of worker `index` (by its hostname) in a status document.
 pub fn worker_id(status: &serde_json::Value, index: usize) -> Option<String> {
     let hostname = format!("worker-{index}");
