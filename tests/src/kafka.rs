@@ -196,33 +196,20 @@ pub async fn wait_caught_up(
     last: &BTreeMap<i32, i64>,
     timeout: Duration,
 ) -> TestResult<()> {
+    use smelter_worker::tasks::drained::{bronze_behind, downstream_caught_up};
     let deadline = tokio::time::Instant::now() + timeout;
     let mut behind = String::new();
     while tokio::time::Instant::now() < deadline {
-        if tables.exists("bronze.events").await {
-            let bronze = tables
-                .open("bronze.events")
+        let missing = bronze_behind(tables, spec, topic, last)
+            .await
+            .map_err(|e| e.to_string())?;
+        behind = missing.join(", ");
+        if missing.is_empty()
+            && downstream_caught_up(tables, spec)
                 .await
-                .map_err(|e| e.to_string())?;
-            let mut missing = Vec::new();
-            for (partition, offset) in last {
-                let app_id =
-                    smelter_worker::tasks::ingest::app_id(&spec.pipeline, topic, *partition);
-                let at = smelter_worker::tables::txn_version(&bronze, &app_id)
-                    .await
-                    .map_err(|e| e.to_string())?;
-                if at != Some(*offset) {
-                    missing.push(format!("{partition}: {at:?} of {offset}"));
-                }
-            }
-            behind = missing.join(", ");
-            if missing.is_empty()
-                && smelter_worker::tasks::drained::downstream_caught_up(tables, spec)
-                    .await
-                    .map_err(|e| e.to_string())?
-            {
-                return Ok(());
-            }
+                .map_err(|e| e.to_string())?
+        {
+            return Ok(());
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
     }

@@ -5,7 +5,7 @@
 //! (the producer's own CPU is not the pipeline's). Produce times are the records' Kafka
 //! CreateTime, which bronze keeps in its `timestamp` column.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -17,9 +17,9 @@ use rdkafka::admin::{AdminClient as KafkaAdmin, AdminOptions, NewTopic, TopicRep
 use rdkafka::client::{ClientContext, DefaultClientContext};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
-use smelter_common::spec::{Layer, PipelineSpec, SourceSpec};
+use smelter_common::spec::{PipelineSpec, SourceSpec};
 use smelter_worker::source::generator::Clickstream;
-use smelter_worker::tables::{self, TableStore};
+use smelter_worker::tables::TableStore;
 
 use super::latency::ProduceTimes;
 use super::measure::{cpu_seconds, peak_rss_bytes};
@@ -175,8 +175,8 @@ fn produce(brokers: &str, topic: &str, options: &BenchOptions) -> Result<()> {
     Ok(())
 }
 
-/// The last offset of every partition of `topic`.
-fn last_offsets(brokers: &str, topic: &str, partitions: u32) -> Result<Vec<(i32, i64)>> {
+/// The last offset of every partition of `topic` (-1 for an empty one).
+fn last_offsets(brokers: &str, topic: &str, partitions: u32) -> Result<BTreeMap<i32, i64>> {
     let consumer: BaseConsumer = rdkafka::ClientConfig::new()
         .set("bootstrap.servers", brokers)
         .set("log_level", "3")
@@ -196,21 +196,11 @@ async fn caught_up(
     tables: &TableStore,
     spec: &PipelineSpec,
     topic: &str,
-    last: &[(i32, i64)],
+    last: &BTreeMap<i32, i64>,
 ) -> Result<bool> {
-    for (name, _) in spec.tables_in(Layer::Bronze) {
-        if !tables.exists(name).await {
-            return Ok(false);
-        }
-        let bronze = tables.open(name).await?;
-        for (partition, offset) in last {
-            let app = smelter_worker::tasks::ingest::app_id(&spec.pipeline, topic, *partition);
-            if *offset >= 0 && tables::txn_version(&bronze, &app).await? < Some(*offset) {
-                return Ok(false);
-            }
-        }
-    }
-    Ok(smelter_worker::tasks::drained::downstream_caught_up(tables, spec).await?)
+    use smelter_worker::tasks::drained::{bronze_behind, downstream_caught_up};
+    Ok(bronze_behind(tables, spec, topic, last).await?.is_empty()
+        && downstream_caught_up(tables, spec).await?)
 }
 
 /// Kafka CreateTime of every bronze record, milliseconds, per partition in offset order.

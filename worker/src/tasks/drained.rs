@@ -99,3 +99,35 @@ fn files_expected(dir: &str, suffix: &str) -> Result<Vec<(String, i32, i64)>> {
     }
     Ok(out)
 }
+
+/// For an unbounded source whose producer knows what it wrote: the partitions of `topic`
+/// that some bronze table does not hold up to `last[partition]` yet, as
+/// `"<partition>: <txn version> of <last>"`. Empty when bronze has all of it. A table
+/// that does not exist yet holds nothing.
+pub async fn bronze_behind(
+    tables: &TableStore,
+    spec: &PipelineSpec,
+    topic: &str,
+    last: &std::collections::BTreeMap<i32, i64>,
+) -> Result<Vec<String>> {
+    let mut behind = Vec::new();
+    for (name, _) in spec.tables_in(Layer::Bronze) {
+        let bronze = if tables.exists(name).await {
+            Some(tables.open(name).await?)
+        } else {
+            None
+        };
+        for (&partition, &offset) in last.iter().filter(|(_, o)| **o >= 0) {
+            let at = match &bronze {
+                Some(table) => {
+                    tables::txn_version(table, &app_id(&spec.pipeline, topic, partition)).await?
+                }
+                None => None,
+            };
+            if at.is_none_or(|v| v < offset) {
+                behind.push(format!("{partition}: {at:?} of {offset}"));
+            }
+        }
+    }
+    Ok(behind)
+}
