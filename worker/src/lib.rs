@@ -5,13 +5,17 @@
 //! * [`tables`]: table locations and the Delta commit protocol (design.md §5);
 //! * [`source`]: the source interface with the generator and files implementations;
 //! * [`refine`]: decoding, expectations and dedupe;
+//! * [`gold`]: gold query results, folded incrementally from new upstream files;
+//! * [`changes`]: the data files a range of versions added;
 //! * [`query`] and [`serve`]: read-only SQL and the Flight SQL service;
 //! * [`runtime`]: registration, heartbeats, assignment reconciliation.
 //!
 //! A worker keeps nothing that matters across restarts: positions live in the Delta log.
 
+pub mod changes;
 pub mod error;
 pub mod failpoint;
+pub mod gold;
 pub mod history;
 pub mod lock;
 pub mod query;

@@ -13,6 +13,7 @@ pub mod expectations;
 
 pub use dedupe::KeyCache;
 
+use std::collections::HashSet;
 use std::sync::Arc;
 
 use arrow::array::{
@@ -22,17 +23,13 @@ use arrow::array::{
 };
 use arrow::compute::{concat_batches, filter_record_batch, not};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
-use datafusion::object_store::ObjectStoreExt;
 use deltalake::DeltaTable;
-use deltalake::kernel::Action;
-use deltalake::parquet::arrow::ProjectionMask;
-use deltalake::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use serde_json::Value;
 use smelter_common::spec::{OnViolation, TableSpec};
 
 use self::decode::JsonDecoder;
 use self::expectations::CompiledExpectation;
-use crate::{Result, WorkerError, schemas};
+use crate::{Result, WorkerError, changes, schemas};
 
 /// Rows decoded to JSON values at a time (see [`Refiner::refine`]).
 const DECODE_SLICE: usize = 8_192;
@@ -80,58 +77,10 @@ pub async fn read_versions(
     from: i64,
     to: i64,
 ) -> Result<BronzeRows> {
-    let log_store = bronze.log_store();
-    let store = bronze.object_store();
+    let columns: HashSet<String> = BRONZE_INPUT.iter().map(|c| c.to_string()).collect();
     let mut batches = Vec::new();
-    for version in from..=to {
-        let Some(bytes) = log_store
-            .read_commit_entry(version as u64)
-            .await
-            .map_err(|e| WorkerError::delta(name, e))?
-        else {
-            return Err(WorkerError::delta(
-                name,
-                deltalake::DeltaTableError::Generic(format!(
-                    "commit {version} is missing from the log"
-                )),
-            ));
-        };
-        let actions = deltalake::logstore::get_actions(version as u64, &bytes)
-            .map_err(|e| WorkerError::delta(name, e))?;
-        for action in actions {
-            let Action::Add(add) = action else { continue };
-            if !add.data_change {
-                continue;
-            }
-            let path = deltalake::Path::from_url_path(&add.path).map_err(|e| {
-                WorkerError::delta(
-                    name,
-                    deltalake::DeltaTableError::Generic(format!("bad path {}: {e}", add.path)),
-                )
-            })?;
-            let data = store
-                .get(&path)
-                .await
-                .map_err(|e| WorkerError::delta(name, e.into()))?
-                .bytes()
-                .await
-                .map_err(|e| WorkerError::delta(name, e.into()))?;
-            let builder = ParquetRecordBatchReaderBuilder::try_new(data)
-                .map_err(|e| WorkerError::delta(name, e.into()))?;
-            let schema = builder.parquet_schema();
-            let indices: Vec<usize> = (0..schema.num_columns())
-                .filter(|&i| BRONZE_INPUT.contains(&schema.column(i).name()))
-                .collect();
-            let mask = ProjectionMask::leaves(schema, indices);
-            let reader = builder
-                .with_projection(mask)
-                .with_batch_size(16 * 1024)
-                .build()
-                .map_err(|e| WorkerError::delta(name, e.into()))?;
-            for batch in reader {
-                batches.push(batch?);
-            }
-        }
+    for file in changes::range(bronze, name, from, to).await?.added {
+        batches.extend(changes::read(bronze, name, &file, Some(&columns)).await?);
     }
     Ok(BronzeRows { batches })
 }

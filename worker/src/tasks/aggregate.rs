@@ -1,11 +1,12 @@
 //! The aggregate task: keeps a gold table equal to its SQL over the silver table.
 //!
-//! Each refresh runs the SQL over one silver snapshot and replaces the gold table's rows in
-//! one commit carrying `txn(appId = "<gold>/<silver>", version = silver version read)`
-//! (invariant 2). A refresh costs time proportional to silver's size, so refreshes are
-//! spaced by at least `gold_min_interval_ms` and by at least [`BUSY_FACTOR`] times the last
-//! refresh's duration: gold never takes more than about a fifth of a core per table, and
-//! is never more than one interval plus one query behind silver.
+//! Each refresh computes the SQL's result at one silver version ([`crate::gold`]: folded
+//! from the new silver files when the query allows it, recomputed in full otherwise) and
+//! replaces the gold table's rows in one commit carrying `txn(appId = "<gold>/<silver>",
+//! version = silver version read)` (invariant 2). Refreshes are spaced by at least
+//! `gold_min_interval_ms` and by at least [`BUSY_FACTOR`] times the last refresh's
+//! duration: gold never takes more than about a fifth of a core per table, and is never
+//! more than one interval plus one refresh behind silver.
 
 use std::time::Duration;
 
@@ -14,6 +15,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::{Progress, TaskEnv, downstream_app_id};
+use crate::gold::Refresher;
 use crate::query::QueryEngine;
 use crate::tables::{self, CommitOutcome, TxnUpdate, WriteMode};
 use crate::{Result, WorkerError, schemas};
@@ -56,6 +58,7 @@ impl AggregateTask {
             .open_or_create(&self.table, &schema, &spec.partition_by, &env.commits)
             .await?;
         let mut consumed = tables::txn_version(&gold, &app_id).await?;
+        let mut refresher = Refresher::new(engine, &sql, &spec.from);
         let mut last_refresh: Option<Instant> = None;
         let mut interval = min_interval;
         progress.update(|r| r.table_rows = tables::row_count(&gold));
@@ -84,8 +87,7 @@ impl AggregateTask {
             progress.set_state(TaskState::Running);
             last_refresh = Some(Instant::now());
             let refresh_started = std::time::Instant::now();
-            let frame = engine.plan(&sql, Some((&spec.from, latest))).await?;
-            let batches = frame.collect().await?;
+            let batches = refresher.refresh(&silver).await?;
             let mut batches = batches
                 .iter()
                 .map(|b| schemas::to_delta(b, &schema))
@@ -112,7 +114,7 @@ impl AggregateTask {
                     progress.update(|r| r.lag = 0);
                     let took = refresh_started.elapsed();
                     interval = min_interval.max(took * BUSY_FACTOR);
-                    tracing::debug!(table = %self.table, version, silver_version = latest, rows, elapsed_ms = took.as_millis() as u64, next_in_ms = interval.as_millis() as u64, "gold refresh");
+                    tracing::debug!(table = %self.table, version, silver_version = latest, rows, incremental = refresher.incremental(), elapsed_ms = took.as_millis() as u64, next_in_ms = interval.as_millis() as u64, "gold refresh");
                     consumed = Some(latest);
                 }
                 CommitOutcome::AlreadyCommitted => {

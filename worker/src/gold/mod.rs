@@ -1,0 +1,241 @@
+//! Gold refreshes: the gold query's result at an upstream version, maintained incrementally
+//! where the query allows it (design.md §6).
+//!
+//! An incremental refresh reads only the data files the upstream versions since the last
+//! refresh added, folds their partial aggregates into per-group state kept in memory
+//! ([`state`]), and finishes the query from that state ([`plan`]). Its cost follows the new
+//! rows and the number of groups, not the upstream table's size. The state is built from the
+//! whole upstream snapshot when the task starts, and again whenever the upstream does more
+//! than append (a delete, restore or merge: [`changes::Range::rewritten`]); compaction adds
+//! nothing and changes nothing. Queries that cannot be split are recomputed in full on every
+//! refresh, as before. Either way the result is the query's result over exactly one upstream
+//! version, so the aggregate task's txn (invariant 2) keeps its meaning.
+
+pub mod plan;
+pub mod state;
+#[cfg(test)]
+mod tests;
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use arrow::array::RecordBatch;
+use datafusion::datasource::MemTable;
+use datafusion::logical_expr::LogicalPlan;
+use datafusion::prelude::SessionContext;
+use deltalake::DeltaTable;
+
+use self::plan::GoldPlan;
+use self::state::GroupState;
+use crate::changes::{self, DataFile};
+use crate::query::QueryEngine;
+use crate::{Result, tables};
+
+/// Upstream rows folded into the state at a time.
+const FOLD_ROWS: usize = 256 * 1024;
+
+/// A gold query's result kept current from its upstream table's new files.
+pub struct IncrementalGold {
+    plan: GoldPlan,
+    state: GroupState,
+    ctx: SessionContext,
+    upstream: String,
+    columns: HashSet<String>,
+    /// The upstream version the state reflects.
+    version: i64,
+}
+
+impl IncrementalGold {
+    /// The state of `sql` over `upstream` as loaded, or why the query cannot be maintained
+    /// incrementally.
+    pub async fn build(
+        engine: &QueryEngine,
+        sql: &str,
+        name: &str,
+        upstream: &DeltaTable,
+    ) -> Result<std::result::Result<Self, String>> {
+        let version = tables::version(upstream);
+        let frame = engine.plan(sql, Some((name, version.max(0)))).await?;
+        let plan = match GoldPlan::analyze(frame.logical_plan(), name) {
+            Ok(plan) => plan,
+            Err(reason) => return Ok(Err(reason)),
+        };
+        let empty = Arc::new(MemTable::try_new(
+            plan.input_schema().clone(),
+            vec![vec![]],
+        )?);
+        let partial = plan.partial(empty)?;
+        let state = GroupState::new(
+            partial.schema().as_arrow(),
+            plan.groups(),
+            plan.distinct_sets(),
+        )?;
+        let mut gold = Self {
+            columns: plan
+                .input_schema()
+                .fields()
+                .iter()
+                .map(|f| f.name().clone())
+                .collect(),
+            plan,
+            state,
+            ctx: engine.session(None).await?,
+            upstream: name.to_string(),
+            version,
+        };
+        let files = if version < 0 {
+            Vec::new()
+        } else {
+            changes::snapshot(upstream, name)?
+        };
+        let started = std::time::Instant::now();
+        gold.fold(upstream, files).await?;
+        tracing::info!(upstream = %name, version, groups = gold.state.len(), distinct_values = gold.state.distinct_values(), elapsed_ms = started.elapsed().as_millis() as u64, "gold state built");
+        Ok(Ok(gold))
+    }
+
+    /// The upstream version the state reflects.
+    pub fn version(&self) -> i64 {
+        self.version
+    }
+
+    /// Folds in what `upstream`'s versions since the state's added. `false` when they did
+    /// more than append: the state no longer applies and must be built again.
+    pub async fn advance(&mut self, upstream: &DeltaTable) -> Result<bool> {
+        let latest = tables::version(upstream);
+        if latest <= self.version {
+            return Ok(true);
+        }
+        let range = changes::range(upstream, &self.upstream, self.version + 1, latest).await?;
+        if range.rewritten {
+            return Ok(false);
+        }
+        self.fold(upstream, range.added).await?;
+        self.version = latest;
+        Ok(true)
+    }
+
+    /// The query's result at [`Self::version`].
+    pub async fn result(&self) -> Result<Vec<RecordBatch>> {
+        let (schema, rows) = self.state.finished()?;
+        let table = Arc::new(MemTable::try_new(schema, vec![rows])?);
+        self.collect(self.plan.finish(table)?).await
+    }
+
+    async fn collect(&self, plan: LogicalPlan) -> Result<Vec<RecordBatch>> {
+        Ok(self.ctx.execute_logical_plan(plan).await?.collect().await?)
+    }
+
+    async fn fold(&mut self, upstream: &DeltaTable, files: Vec<DataFile>) -> Result<()> {
+        let schema = self.plan.input_schema().clone();
+        let mut batches = Vec::new();
+        let mut rows = 0;
+        for file in &files {
+            for batch in changes::read(upstream, &self.upstream, file, Some(&self.columns)).await? {
+                rows += batch.num_rows();
+                batches.push(changes::conform(&batch, file, &schema)?);
+            }
+            if rows >= FOLD_ROWS {
+                self.fold_rows(std::mem::take(&mut batches)).await?;
+                rows = 0;
+            }
+        }
+        // A query without GROUP BY has its one group even over no rows.
+        if !batches.is_empty() || self.state.is_empty() {
+            self.fold_rows(batches).await?;
+        }
+        Ok(())
+    }
+
+    async fn fold_rows(&mut self, batches: Vec<RecordBatch>) -> Result<()> {
+        let rows = Arc::new(MemTable::try_new(
+            self.plan.input_schema().clone(),
+            vec![batches],
+        )?);
+        let partial = self.collect(self.plan.partial(rows.clone())?).await?;
+        let merge = !self.state.is_empty();
+        self.state.extend(partial)?;
+        for k in 0..self.plan.distinct_sets() {
+            let pairs = self
+                .collect(self.plan.distinct_pairs(k, rows.clone())?)
+                .await?;
+            self.state.add_distinct(k, &pairs)?;
+        }
+        if merge {
+            let table = Arc::new(MemTable::try_new(
+                self.state.schema().clone(),
+                vec![self.state.rows().to_vec()],
+            )?);
+            let merged = self
+                .collect(self.plan.merge(table, self.state.schema())?)
+                .await?;
+            self.state.replace(merged)?;
+        }
+        Ok(())
+    }
+}
+
+/// How a gold task computes its query.
+enum Strategy {
+    /// Not decided yet, or the state must be built again.
+    Build,
+    Incremental(Box<IncrementalGold>),
+    /// The query cannot be split: recomputed over the whole upstream each time.
+    Full,
+}
+
+/// Computes a gold query's result at the upstream's loaded version, incrementally when the
+/// query allows it.
+pub struct Refresher {
+    engine: QueryEngine,
+    sql: String,
+    upstream: String,
+    strategy: Strategy,
+}
+
+impl Refresher {
+    /// A refresher for `sql` over the table named `upstream`.
+    pub fn new(engine: QueryEngine, sql: &str, upstream: &str) -> Self {
+        Self {
+            engine,
+            sql: sql.to_string(),
+            upstream: upstream.to_string(),
+            strategy: Strategy::Build,
+        }
+    }
+
+    /// Whether refreshes fold new rows into state (after the first refresh).
+    pub fn incremental(&self) -> bool {
+        matches!(self.strategy, Strategy::Incremental(_))
+    }
+
+    /// The query's result over `upstream` at its loaded version.
+    pub async fn refresh(&mut self, upstream: &DeltaTable) -> Result<Vec<RecordBatch>> {
+        if let Strategy::Incremental(gold) = &mut self.strategy {
+            if gold.advance(upstream).await? {
+                return gold.result().await;
+            }
+            tracing::info!(upstream = %self.upstream, from = gold.version(), "upstream rewritten; rebuilding gold state");
+            self.strategy = Strategy::Build;
+        }
+        if let Strategy::Build = self.strategy {
+            match IncrementalGold::build(&self.engine, &self.sql, &self.upstream, upstream).await? {
+                Ok(gold) => {
+                    let result = gold.result().await?;
+                    self.strategy = Strategy::Incremental(Box::new(gold));
+                    return Ok(result);
+                }
+                Err(reason) => {
+                    tracing::info!(upstream = %self.upstream, %reason, "gold query recomputed in full on every refresh");
+                    self.strategy = Strategy::Full;
+                }
+            }
+        }
+        let version = tables::version(upstream);
+        let frame = self
+            .engine
+            .plan(&self.sql, Some((&self.upstream, version)))
+            .await?;
+        Ok(frame.collect().await?)
+    }
+}
