@@ -135,7 +135,8 @@ pub struct WorkerConfig {
     /// Most upstream versions a refine task folds into one commit (each bronze version holds
     /// up to `batch_max_records` rows, and a pass holds its rows in memory).
     pub refine_max_versions: u64,
-    /// Least time between two recomputations of one gold table.
+    /// Least time between two refreshes of one gold table (each refresh is a gold version;
+    /// an incremental refresh costs about the new silver rows plus the table's groups).
     pub gold_min_interval_ms: u64,
     /// Lease TTL of a held table commit lock (kept alive while held; a paused holder
     /// loses it after this long and is fenced by its successor's epoch).
@@ -155,7 +156,7 @@ impl Default for WorkerConfig {
             batch_max_wait_ms: 1_000,
             poll_interval_ms: 250,
             refine_max_versions: 8,
-            gold_min_interval_ms: 1_000,
+            gold_min_interval_ms: 500,
             commit_lock_ttl_ms: 5_000,
             failpoint: None,
         }

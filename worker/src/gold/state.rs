@@ -13,10 +13,13 @@ use arrow::row::{RowConverter, SortField};
 
 use crate::Result;
 
+/// Values in Arrow's row format.
+type Rows = HashSet<Box<[u8]>, ahash::RandomState>;
+
 /// The values of `x` seen per group, for one `count(DISTINCT x)`.
 #[derive(Default)]
 struct DistinctSet {
-    groups: HashMap<Box<[u8]>, HashSet<Box<[u8]>>>,
+    groups: HashMap<Box<[u8]>, Rows, ahash::RandomState>,
     values: Option<RowConverter>,
 }
 

@@ -124,7 +124,41 @@ impl JsonDecoder {
 
     /// Decodes one payload into one value per output column (checked against its declared
     /// type; timestamps as epoch µs, dates as days) plus the rescued fields, if any.
+    ///
+    /// Objects are walked as they are parsed ([`Fields`]): declared fields go straight to
+    /// their column, and no map is built for the record or its flattened structs.
     pub fn decode_row(&self, payload: &[u8]) -> Result<(Vec<Value>, Option<String>), Rejection> {
+        let first = payload.iter().find(|b| !b.is_ascii_whitespace());
+        if first != Some(&b'{') {
+            // Not an object (or not JSON): the slow path words the rejection.
+            return self.decode_value(payload);
+        }
+        let mut out = vec![Value::Null; self.columns.len()];
+        let mut rescued = Map::new();
+        let mut rejection = None;
+        let mut parser = serde_json::Deserializer::from_slice(payload);
+        let fields = Fields {
+            slots: &self.slots,
+            path: "",
+            out: &mut out,
+            rescued: &mut rescued,
+            rejection: &mut rejection,
+        };
+        serde::de::DeserializeSeed::deserialize(fields, &mut parser)
+            .and_then(|()| parser.end())
+            .map_err(|e| Rejection {
+                rule: "_parse",
+                reason: format!("invalid JSON: {e}"),
+            })?;
+        if let Some(rejection) = rejection {
+            return Err(rejection);
+        }
+        let rescued = (!rescued.is_empty()).then(|| Value::Object(rescued).to_string());
+        Ok((out, rescued))
+    }
+
+    /// [`Self::decode_row`] through a parsed [`Value`] tree.
+    fn decode_value(&self, payload: &[u8]) -> Result<(Vec<Value>, Option<String>), Rejection> {
         let value: Value = serde_json::from_slice(payload).map_err(|e| Rejection {
             rule: "_parse",
             reason: format!("invalid JSON: {e}"),
@@ -140,6 +174,116 @@ impl JsonDecoder {
         walk(&self.slots, object, "", &mut out, &mut rescued)?;
         let rescued = (!rescued.is_empty()).then(|| Value::Object(rescued).to_string());
         Ok((out, rescued))
+    }
+}
+
+/// The fields of one JSON object (the record, or a flattened struct) as the parser meets
+/// them. The first rejection is kept and the rest of the record is still parsed, so a
+/// record that is also malformed further on is rejected as malformed, as a whole parse
+/// would.
+struct Fields<'a> {
+    slots: &'a [Slot],
+    path: &'a str,
+    out: &'a mut [Value],
+    rescued: &'a mut Map<String, Value>,
+    rejection: &'a mut Option<Rejection>,
+}
+
+impl<'de> serde::de::DeserializeSeed<'de> for Fields<'_> {
+    type Value = ();
+
+    fn deserialize<D: serde::Deserializer<'de>>(self, parser: D) -> Result<(), D::Error> {
+        parser.deserialize_any(self)
+    }
+}
+
+impl Fields<'_> {
+    /// A flattened struct that is not an object: rejected, naming what it was.
+    fn mismatch(self, value: Value) {
+        if self.rejection.is_none() {
+            let path = self.path.to_string();
+            *self.rejection = Some(mismatch(&path, "object", &value));
+        }
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for Fields<'_> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a JSON object")
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
+            if self.rejection.is_some() {
+                map.next_value::<serde::de::IgnoredAny>()?;
+                continue;
+            }
+            let Some(slot) = self.slots.iter().find(|s| s.name == *key) else {
+                let value: Value = map.next_value()?;
+                let path = if self.path.is_empty() {
+                    key.into_owned()
+                } else {
+                    format!("{}.{key}", self.path)
+                };
+                self.rescued.insert(path, value);
+                continue;
+            };
+            if slot.children.is_empty() {
+                let value: Value = map.next_value()?;
+                match check(&slot.ty, value, &slot.path, self.rescued) {
+                    Ok(value) => self.out[slot.column] = value,
+                    Err(rejection) => *self.rejection = Some(rejection),
+                }
+            } else {
+                map.next_value_seed(Fields {
+                    slots: &slot.children,
+                    path: &slot.path,
+                    out: &mut *self.out,
+                    rescued: &mut *self.rescued,
+                    rejection: &mut *self.rejection,
+                })?;
+            }
+        }
+        Ok(())
+    }
+
+    // A missing or null struct means all its flattened columns are null.
+    fn visit_unit<E>(self) -> Result<(), E> {
+        Ok(())
+    }
+
+    fn visit_bool<E>(self, v: bool) -> Result<(), E> {
+        self.mismatch(Value::from(v));
+        Ok(())
+    }
+
+    fn visit_i64<E>(self, v: i64) -> Result<(), E> {
+        self.mismatch(Value::from(v));
+        Ok(())
+    }
+
+    fn visit_u64<E>(self, v: u64) -> Result<(), E> {
+        self.mismatch(Value::from(v));
+        Ok(())
+    }
+
+    fn visit_f64<E>(self, v: f64) -> Result<(), E> {
+        self.mismatch(Value::from(v));
+        Ok(())
+    }
+
+    fn visit_str<E>(self, v: &str) -> Result<(), E> {
+        self.mismatch(Value::from(v));
+        Ok(())
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, seq: A) -> Result<(), A::Error> {
+        use serde::Deserialize;
+        let value = Value::deserialize(serde::de::value::SeqAccessDeserializer::new(seq))?;
+        self.mismatch(value);
+        Ok(())
     }
 }
 
@@ -280,6 +424,38 @@ mod tests {
         assert_eq!(row["tags"], serde_json::json!(["x"]));
         let rescued: Value = serde_json::from_str(&rescued.unwrap()).unwrap();
         assert_eq!(rescued, serde_json::json!({"user.vip": true, "extra": 1}));
+    }
+
+    #[test]
+    fn streaming_and_tree_decoding_agree() {
+        let decoder = decoder();
+        let payloads = [
+            r#"{"id":"a","ts":"2026-11-01T00:00:01Z","n":3,"user":{"id":"u","score":1.5,"vip":true},"tags":["x"],"extra":{"k":[1,{"z":null}]}}"#,
+            r#"  {"id":"a"}"#,
+            r#"{"id":"a","user":null}"#,
+            r#"{"id":"a","user":5}"#,
+            r#"{"id":"a","user":[1,{"b":2}]}"#,
+            r#"{"id":"a","user":"x"}"#,
+            r#"{"id":"a","user":true}"#,
+            r#"{"id":"a","user":-2.5}"#,
+            r#"{"id":"esc"aped","user":{"score":2}}"#,
+            r#"{"id":7,"n":}"#,
+            r#"{"id":7,"n":1}"#,
+            r#"{"id":"a","n":1.5}"#,
+            r#"{"id":"a"} x"#,
+            r#"{"id":"a","id":"b"}"#,
+            r#"{}"#,
+            r#"{"#,
+            r#"[1]"#,
+            r#""#,
+        ];
+        for payload in payloads {
+            assert_eq!(
+                decoder.decode_row(payload.as_bytes()),
+                decoder.decode_value(payload.as_bytes()),
+                "{payload}"
+            );
+        }
     }
 
     #[test]

@@ -71,7 +71,7 @@ const CACHE_MAX_KEYS: usize = 4_000_000;
 #[derive(Debug, Default)]
 pub struct KeyCache {
     version: Option<i64>,
-    keys: HashMap<String, i64>,
+    keys: HashMap<String, i64, ahash::RandomState>,
     /// Every key whose event time is at or after this is in `keys`.
     horizon: i64,
 }
@@ -169,7 +169,7 @@ pub async fn dedupe(
         Some(existing) => existing,
         None => existing_keys(&batch, keys, window, table).await?,
     };
-    let mut seen = HashSet::with_capacity(row_keys.len());
+    let mut seen = HashSet::with_capacity_and_hasher(row_keys.len(), ahash::RandomState::new());
     let keep: BooleanArray = row_keys
         .iter()
         .map(|key| {
