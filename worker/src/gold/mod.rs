@@ -34,6 +34,11 @@ use crate::{Result, tables};
 /// Upstream rows folded into the state at a time.
 const FOLD_ROWS: usize = 256 * 1024;
 
+/// Most values a task keeps in its `count(DISTINCT ..)` sets (about 50 bytes each) before
+/// it falls back to recomputing the query in full: the sets grow with the history of the
+/// upstream, and a worker's memory must not.
+pub const MAX_DISTINCT_VALUES: usize = 4_000_000;
+
 /// A gold query's result kept current from its upstream table's new files.
 pub struct IncrementalGold {
     plan: GoldPlan,
@@ -191,6 +196,7 @@ pub struct Refresher {
     sql: String,
     upstream: String,
     strategy: Strategy,
+    max_distinct_values: usize,
 }
 
 impl Refresher {
@@ -201,7 +207,26 @@ impl Refresher {
             sql: sql.to_string(),
             upstream: upstream.to_string(),
             strategy: Strategy::Build,
+            max_distinct_values: MAX_DISTINCT_VALUES,
         }
+    }
+
+    /// The same with another bound on the values kept for `count(DISTINCT ..)`.
+    pub fn with_max_distinct_values(mut self, values: usize) -> Self {
+        self.max_distinct_values = values;
+        self
+    }
+
+    /// Gives up the state when its distinct sets outgrow the bound: from then on the query
+    /// is recomputed in full.
+    fn bounded(&mut self, gold: Box<IncrementalGold>) -> Option<Box<IncrementalGold>> {
+        let values = gold.state.distinct_values();
+        if values <= self.max_distinct_values {
+            return Some(gold);
+        }
+        tracing::warn!(upstream = %self.upstream, values, limit = self.max_distinct_values, "count(DISTINCT) state too large; gold query recomputed in full from now on");
+        self.strategy = Strategy::Full;
+        None
     }
 
     /// Whether refreshes fold new rows into state (after the first refresh).
@@ -211,19 +236,30 @@ impl Refresher {
 
     /// The query's result over `upstream` at its loaded version.
     pub async fn refresh(&mut self, upstream: &DeltaTable) -> Result<Vec<RecordBatch>> {
-        if let Strategy::Incremental(gold) = &mut self.strategy {
-            if gold.advance(upstream).await? {
-                return gold.result().await;
+        // The state is taken out while it advances: if folding fails halfway, it is built
+        // again rather than folded twice.
+        match std::mem::replace(&mut self.strategy, Strategy::Build) {
+            Strategy::Incremental(mut gold) => {
+                if gold.advance(upstream).await? {
+                    if let Some(gold) = self.bounded(gold) {
+                        let result = gold.result().await?;
+                        self.strategy = Strategy::Incremental(gold);
+                        return Ok(result);
+                    }
+                } else {
+                    tracing::info!(upstream = %self.upstream, from = gold.version(), "upstream rewritten; rebuilding gold state");
+                }
             }
-            tracing::info!(upstream = %self.upstream, from = gold.version(), "upstream rewritten; rebuilding gold state");
-            self.strategy = Strategy::Build;
+            other => self.strategy = other,
         }
         if let Strategy::Build = self.strategy {
             match IncrementalGold::build(&self.engine, &self.sql, &self.upstream, upstream).await? {
                 Ok(gold) => {
-                    let result = gold.result().await?;
-                    self.strategy = Strategy::Incremental(Box::new(gold));
-                    return Ok(result);
+                    if let Some(gold) = self.bounded(Box::new(gold)) {
+                        let result = gold.result().await?;
+                        self.strategy = Strategy::Incremental(gold);
+                        return Ok(result);
+                    }
                 }
                 Err(reason) => {
                     tracing::info!(upstream = %self.upstream, %reason, "gold query recomputed in full on every refresh");

@@ -185,3 +185,47 @@ async fn incremental_results_equal_full_recomputation() {
         );
     }
 }
+
+#[tokio::test]
+async fn outgrown_distinct_sets_fall_back_to_full_recomputation() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = TableStore::new(dir.path()).unwrap();
+    let env = Default::default();
+    let mut silver = store
+        .open_or_create(SILVER, &schema(), &[], &env)
+        .await
+        .unwrap();
+    let engine = QueryEngine::new(store.clone(), Default::default());
+    let sql = INCREMENTAL[0];
+    let mut roomy = Refresher::new(engine.clone(), sql, SILVER).with_max_distinct_values(1_000);
+    let mut tight = Refresher::new(engine.clone(), sql, SILVER).with_max_distinct_values(40);
+    for round in 0..3 {
+        let outcome = tables::commit(
+            &mut silver,
+            SILVER,
+            vec![rows(round * 30, 30)],
+            WriteMode::Append,
+            &[],
+            vec![],
+            &env,
+        )
+        .await
+        .unwrap();
+        assert!(matches!(outcome, CommitOutcome::Committed { .. }));
+        silver.update_state().await.unwrap();
+        let version = tables::version(&silver);
+        let expected = render(
+            &engine
+                .plan(sql, Some((SILVER, version)))
+                .await
+                .unwrap()
+                .collect()
+                .await
+                .unwrap(),
+        );
+        assert_eq!(render(&roomy.refresh(&silver).await.unwrap()), expected);
+        assert_eq!(render(&tight.refresh(&silver).await.unwrap()), expected);
+        assert!(roomy.incremental(), "round {round}: within its bound");
+    }
+    assert!(!tight.incremental(), "40 distinct values exceeded");
+}
