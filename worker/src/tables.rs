@@ -674,3 +674,29 @@ impl TableStore {
 fn split(table: &str) -> (&str, &str) {
     table.split_once('.').unwrap_or(("default", table))
 }
+
+/// Tests: commits `batch` without txn actions or a lock, and returns the new version.
+#[cfg(test)]
+pub async fn commit_for_test(
+    table: &mut DeltaTable,
+    name: &str,
+    batch: RecordBatch,
+    mode: WriteMode,
+    partition_by: &[String],
+) -> i64 {
+    let outcome = commit(
+        table,
+        name,
+        vec![batch],
+        mode,
+        partition_by,
+        vec![],
+        &CommitEnv::default(),
+    )
+    .await
+    .unwrap();
+    let CommitOutcome::Committed { version } = outcome else {
+        panic!("{name}: expected a commit, got {outcome:?}");
+    };
+    version
+}

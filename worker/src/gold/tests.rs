@@ -11,7 +11,7 @@ use arrow::util::display::{ArrayFormatter, FormatOptions};
 
 use super::Refresher;
 use crate::query::QueryEngine;
-use crate::tables::{self, CommitOutcome, TableStore, WriteMode};
+use crate::tables::{self, TableStore, WriteMode, commit_for_test};
 
 const SILVER: &str = "silver.events";
 
@@ -140,20 +140,6 @@ async fn incremental_results_equal_full_recomputation() {
         .chain(FULL)
         .map(|sql| Refresher::new(engine.clone(), sql, SILVER))
         .collect();
-    let commit = async |silver: &mut deltalake::DeltaTable, batch, mode| {
-        let outcome = tables::commit(
-            silver,
-            SILVER,
-            vec![batch],
-            mode,
-            &partition_by,
-            vec![],
-            &env,
-        )
-        .await
-        .unwrap();
-        assert!(matches!(outcome, CommitOutcome::Committed { .. }));
-    };
     let mut first = 0;
     // Appends, one compaction (adds nothing), more appends, then a rewrite.
     for step in 0..7 {
@@ -161,9 +147,19 @@ async fn incremental_results_equal_full_recomputation() {
             3 => {
                 tables::compact(&mut silver, SILVER).await.unwrap();
             }
-            5 => commit(&mut silver, rows(1000, 40), WriteMode::Overwrite).await,
+            5 => {
+                commit_for_test(
+                    &mut silver,
+                    SILVER,
+                    rows(1000, 40),
+                    WriteMode::Overwrite,
+                    &partition_by,
+                )
+                .await;
+            }
             _ => {
-                commit(&mut silver, rows(first, 25 + step * 10), WriteMode::Append).await;
+                let batch = rows(first, 25 + step * 10);
+                commit_for_test(&mut silver, SILVER, batch, WriteMode::Append, &partition_by).await;
                 first += 25 + step * 10;
             }
         }
@@ -200,18 +196,8 @@ async fn outgrown_distinct_sets_fall_back_to_full_recomputation() {
     let mut roomy = Refresher::new(engine.clone(), sql, SILVER).with_max_distinct_values(1_000);
     let mut tight = Refresher::new(engine.clone(), sql, SILVER).with_max_distinct_values(40);
     for round in 0..3 {
-        let outcome = tables::commit(
-            &mut silver,
-            SILVER,
-            vec![rows(round * 30, 30)],
-            WriteMode::Append,
-            &[],
-            vec![],
-            &env,
-        )
-        .await
-        .unwrap();
-        assert!(matches!(outcome, CommitOutcome::Committed { .. }));
+        let batch = rows(round * 30, 30);
+        commit_for_test(&mut silver, SILVER, batch, WriteMode::Append, &[]).await;
         silver.update_state().await.unwrap();
         let version = tables::version(&silver);
         let expected = render(

@@ -149,7 +149,7 @@ async fn fail_stops_the_batch_naming_the_rule_and_position() {
 /// same answer both ways.
 #[tokio::test]
 async fn dedupe_against_the_table_with_and_without_the_key_cache() {
-    use crate::tables::{CommitOutcome, WriteMode, commit};
+    use crate::tables::{WriteMode, commit_for_test};
 
     let spec = PipelineSpec::parse(SPEC, "t.yaml").unwrap();
     let table = &spec.tables["silver.rows"];
@@ -169,20 +169,14 @@ async fn dedupe_against_the_table_with_and_without_the_key_cache() {
             .unwrap();
         let kept = strings(&refined.silver, "id");
         let keys = std::mem::take(&mut refined.new_keys);
-        let outcome = commit(
+        let version = commit_for_test(
             &mut silver,
             "silver.rows",
-            vec![refined.silver],
+            refined.silver,
             WriteMode::Append,
             &[],
-            vec![],
-            &env,
         )
-        .await
-        .unwrap();
-        let CommitOutcome::Committed { version } = outcome else {
-            panic!("committed");
-        };
+        .await;
         cache.committed(version, keys, None);
         kept
     };
