@@ -27,10 +27,11 @@ use deltalake::kernel::engine::arrow_conversion::TryFromArrow;
 use deltalake::kernel::transaction::{CommitBuilder, CommitProperties};
 use deltalake::kernel::{Action, Add, StructType, Transaction};
 use deltalake::protocol::{DeltaOperation, SaveMode};
+use deltalake::table::config::TablePropertiesExt as _;
 use deltalake::writer::{DeltaWriter, RecordBatchWriter};
 use deltalake::{DeltaTable, DeltaTableBuilder, DeltaTableError};
 use futures::StreamExt;
-use object_store::ObjectStore;
+use object_store::{ObjectStore, ObjectStoreExt};
 use object_store::path::Path as ObjectPath;
 use url::Url;
 
@@ -370,6 +371,41 @@ pub fn version(table: &DeltaTable) -> i64 {
     table.version().map_or(-1, |v| v as i64)
 }
 
+/// The latest version in `table`'s log, at least `known`, found by probing for the commit
+/// files after `known` one by one. Nothing is loaded: a follower that only needs to know
+/// whether its upstream moved (and then reads the new commit entries itself, see
+/// [`crate::changes::range`]) polls with a `HEAD` per poll instead of a snapshot update,
+/// which lists the log and replays the new actions over every file of the table.
+pub async fn latest_version(table: &DeltaTable, name: &str, known: i64) -> Result<i64> {
+    let log_store = table.log_store();
+    let store = log_store.object_store(None);
+    let mut latest = known;
+    loop {
+        let next = log_store
+            .log_path()
+            .clone()
+            .join(format!("{:020}.json", latest + 1));
+        match store.head(&next).await {
+            Ok(_) => latest += 1,
+            Err(object_store::Error::NotFound { .. }) => return Ok(latest),
+            Err(e) => return Err(WorkerError::delta(name, e.into())),
+        }
+    }
+}
+
+/// Brings `table`'s snapshot up to the latest version, skipping the snapshot update (a log
+/// listing and a replay) when a probe finds no new commit; returns the version.
+pub async fn refresh(table: &mut DeltaTable, name: &str) -> Result<i64> {
+    let loaded = version(table);
+    if latest_version(table, name, loaded).await? > loaded {
+        table
+            .update_state()
+            .await
+            .map_err(|e| WorkerError::delta(name, e))?;
+    }
+    Ok(version(table))
+}
+
 /// Rows in the table's current snapshot (from the add actions' statistics).
 pub fn row_count(table: &DeltaTable) -> u64 {
     match table.snapshot() {
@@ -499,10 +535,7 @@ async fn commit_once(
     epoch: Option<i64>,
     failpoints: &Failpoints,
 ) -> Result<CommitOutcome> {
-    table
-        .update_state()
-        .await
-        .map_err(|e| WorkerError::delta(name, e))?;
+    refresh(table, name).await?;
     if !positions_unchanged(table, txns).await? {
         return Ok(CommitOutcome::AlreadyCommitted);
     }
@@ -518,7 +551,19 @@ async fn commit_once(
         let epoch = lock_revision.max(latest.map_or(0, |e| e + 1));
         actions.push(Transaction::new(EPOCH_APP_ID, epoch));
     }
-    let properties = CommitProperties::default().with_application_transactions(actions);
+    // Expired log entries are cleaned up only by the commits that write a checkpoint (the
+    // only ones after which there is anything to clean): the cleanup lists the whole log.
+    let cleanup = {
+        let config = table
+            .snapshot()
+            .map_err(|e| WorkerError::delta(name, e))?
+            .table_config();
+        config.enable_expired_log_cleanup()
+            && (version(table) + 1) as u64 % config.checkpoint_interval().get() == 0
+    };
+    let properties = CommitProperties::default()
+        .with_application_transactions(actions)
+        .with_cleanup_expired_logs(Some(cleanup));
     let partition_by = payload.partition_by;
     match payload.files {
         Some(files) => {
@@ -535,10 +580,8 @@ async fn commit_once(
             failpoints.hit("commit.after_log");
             let committed = committed.map_err(|e| WorkerError::delta(name, e))?;
             let version = committed.version() as i64;
-            table
-                .update_state()
-                .await
-                .map_err(|e| WorkerError::delta(name, e))?;
+            // The commit already carried the snapshot forward to its own version.
+            table.state = Some(committed.snapshot());
             Ok(CommitOutcome::Committed { version })
         }
         None => {

@@ -104,10 +104,10 @@ impl IncrementalGold {
         self.version
     }
 
-    /// Folds in what `upstream`'s versions since the state's added. `false` when they did
-    /// more than append: the state no longer applies and must be built again.
-    pub async fn advance(&mut self, upstream: &DeltaTable) -> Result<bool> {
-        let latest = tables::version(upstream);
+    /// Folds in what `upstream`'s versions after the state's, up to `latest`, added (read
+    /// from their commit entries: `upstream`'s loaded snapshot does not matter). `false`
+    /// when they did more than append: the state no longer applies and must be built again.
+    pub async fn advance(&mut self, upstream: &DeltaTable, latest: i64) -> Result<bool> {
         if latest <= self.version {
             return Ok(true);
         }
@@ -234,13 +234,19 @@ impl Refresher {
         matches!(self.strategy, Strategy::Incremental(_))
     }
 
-    /// The query's result over `upstream` at its loaded version.
-    pub async fn refresh(&mut self, upstream: &DeltaTable) -> Result<Vec<RecordBatch>> {
+    /// The query's result over `upstream` at `version`. `upstream`'s snapshot is brought
+    /// to that version only when the whole table must be read (building the state, or a
+    /// query recomputed in full); an incremental refresh reads the new commit entries alone.
+    pub async fn refresh(
+        &mut self,
+        upstream: &mut DeltaTable,
+        version: i64,
+    ) -> Result<Vec<RecordBatch>> {
         // The state is taken out while it advances: if folding fails halfway, it is built
         // again rather than folded twice.
         match std::mem::replace(&mut self.strategy, Strategy::Build) {
             Strategy::Incremental(mut gold) => {
-                if gold.advance(upstream).await? {
+                if gold.advance(upstream, version).await? {
                     if let Some(gold) = self.bounded(gold) {
                         let result = gold.result().await?;
                         self.strategy = Strategy::Incremental(gold);
@@ -253,6 +259,12 @@ impl Refresher {
             other => self.strategy = other,
         }
         if let Strategy::Build = self.strategy {
+            if tables::version(upstream) != version {
+                upstream
+                    .load_version(version.max(0) as u64)
+                    .await
+                    .map_err(|e| crate::WorkerError::delta(&self.upstream, e))?;
+            }
             match IncrementalGold::build(&self.engine, &self.sql, &self.upstream, upstream).await? {
                 Ok(gold) => {
                     if let Some(gold) = self.bounded(Box::new(gold)) {
@@ -267,7 +279,6 @@ impl Refresher {
                 }
             }
         }
-        let version = tables::version(upstream);
         let frame = self
             .engine
             .plan(&self.sql, Some((&self.upstream, version)))

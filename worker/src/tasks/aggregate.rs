@@ -18,7 +18,7 @@ use super::{Progress, TaskEnv, downstream_app_id};
 use crate::gold::Refresher;
 use crate::query::QueryEngine;
 use crate::tables::{self, CommitOutcome, TxnUpdate, WriteMode};
-use crate::{Result, WorkerError, schemas};
+use crate::{Result, schemas};
 
 /// Least ratio of idle time to refresh time.
 pub const BUSY_FACTOR: u32 = 4;
@@ -59,6 +59,7 @@ impl AggregateTask {
             .await?;
         let mut consumed = tables::txn_version(&gold, &app_id).await?;
         let mut refresher = Refresher::new(engine, &sql, &spec.from);
+        let mut known = tables::version(&silver);
         let mut last_refresh: Option<Instant> = None;
         let mut interval = min_interval;
         progress.update(|r| r.table_rows = tables::row_count(&gold));
@@ -67,11 +68,9 @@ impl AggregateTask {
                 progress.set_state(TaskState::Stopped);
                 return Ok(());
             }
-            silver
-                .update_state()
-                .await
-                .map_err(|e| WorkerError::delta(&spec.from, e))?;
-            let latest = tables::version(&silver);
+            // Probed, not loaded: the refresher reads the new commit entries itself.
+            known = tables::latest_version(&silver, &spec.from, known).await?;
+            let latest = known;
             let done = consumed.unwrap_or(-1);
             progress.update(|r| r.lag = latest - done);
             let throttled = last_refresh.is_some_and(|t| t.elapsed() < interval);
@@ -87,7 +86,7 @@ impl AggregateTask {
             progress.set_state(TaskState::Running);
             last_refresh = Some(Instant::now());
             let refresh_started = std::time::Instant::now();
-            let batches = refresher.refresh(&silver).await?;
+            let batches = refresher.refresh(&mut silver, latest).await?;
             let mut batches = batches
                 .iter()
                 .map(|b| schemas::to_delta(b, &schema))

@@ -11,7 +11,7 @@ use super::{Progress, TaskEnv, downstream_app_id};
 use crate::refine::KeyCache;
 use crate::refine::{self, Refiner};
 use crate::tables::{self, CommitOutcome, TxnUpdate, WriteMode};
-use crate::{Result, WorkerError, schemas};
+use crate::{Result, schemas};
 
 /// Keeps one silver table (and its quarantine) current with its bronze table.
 pub struct RefineTask {
@@ -53,7 +53,9 @@ impl RefineTask {
             r.table_version = tables::version(&silver);
         });
         progress.set_state(TaskState::Running);
-        let mut bronze = None;
+        // The bronze table is only followed, never read as a snapshot: new versions are
+        // found by probing its log, and their files are read from the commit entries.
+        let mut bronze: Option<(DeltaTable, i64)> = None;
         let mut keys = KeyCache::default();
         let window = spec.dedupe.as_ref().and_then(|d| d.within);
         loop {
@@ -62,17 +64,16 @@ impl RefineTask {
                 return Ok(());
             }
             if bronze.is_none() && env.tables.exists(&spec.from).await {
-                bronze = Some(env.tables.open(&spec.from).await?);
+                let table = env.tables.open(&spec.from).await?;
+                let loaded = tables::version(&table);
+                bronze = Some((table, loaded));
             }
-            let Some(upstream) = bronze.as_mut() else {
+            let Some((upstream, known)) = bronze.as_mut() else {
                 tokio::select! { _ = cancel.cancelled() => {}, _ = tokio::time::sleep(poll) => {} }
                 continue;
             };
-            upstream
-                .update_state()
-                .await
-                .map_err(|e| WorkerError::delta(&spec.from, e))?;
-            let latest = tables::version(upstream);
+            *known = tables::latest_version(upstream, &spec.from, *known).await?;
+            let latest = *known;
             let done = consumed.unwrap_or(-1);
             progress.update(|r| r.lag = latest - done);
             if latest <= done {
@@ -90,10 +91,7 @@ impl RefineTask {
             let started = std::time::Instant::now();
             let rows = refine::read_versions(upstream, &spec.from, done + 1, to).await?;
             let read_ms = started.elapsed().as_millis() as u64;
-            silver
-                .update_state()
-                .await
-                .map_err(|e| WorkerError::delta(&self.table, e))?;
+            tables::refresh(&mut silver, &self.table).await?;
             let mut refined = refiner.refine(&rows, &silver, &mut keys).await?;
             let new_keys = std::mem::take(&mut refined.new_keys);
             let refine_ms = started.elapsed().as_millis() as u64 - read_ms;
