@@ -15,6 +15,7 @@
 pub mod changes;
 pub mod error;
 pub mod failpoint;
+pub mod functions;
 pub mod gold;
 pub mod history;
 pub mod lock;

@@ -98,6 +98,7 @@ impl QueryEngine {
             .with_memory_limit(self.limits.memory_limit_mb * 1024 * 1024, 1.0)
             .build_arc()?;
         let ctx = SessionContext::new_with_config_rt(config, runtime);
+        crate::functions::register(&ctx);
         let catalog = ctx
             .catalog("datafusion")
             .ok_or_else(|| DataFusionError::Internal("default catalog missing".into()))?;

@@ -31,8 +31,8 @@ use deltalake::table::config::TablePropertiesExt as _;
 use deltalake::writer::{DeltaWriter, RecordBatchWriter};
 use deltalake::{DeltaTable, DeltaTableBuilder, DeltaTableError};
 use futures::StreamExt;
-use object_store::{ObjectStore, ObjectStoreExt};
 use object_store::path::Path as ObjectPath;
+use object_store::{ObjectStore, ObjectStoreExt};
 use url::Url;
 
 use crate::failpoint::Failpoints;
@@ -559,7 +559,7 @@ async fn commit_once(
             .map_err(|e| WorkerError::delta(name, e))?
             .table_config();
         config.enable_expired_log_cleanup()
-            && (version(table) + 1) as u64 % config.checkpoint_interval().get() == 0
+            && ((version(table) + 1) as u64).is_multiple_of(config.checkpoint_interval().get())
     };
     let properties = CommitProperties::default()
         .with_application_transactions(actions)

@@ -373,7 +373,9 @@ fn chrono_now_us() -> i64 {
 }
 
 async fn group_by(flat: &SchemaRef, rows: Vec<RecordBatch>, gold: &[&TableSpec]) -> Result<()> {
+    // The same functions as the pipeline's sessions.
     let ctx = SessionContext::new();
+    smelter_worker::functions::register(&ctx);
     let layer = Arc::new(MemorySchemaProvider::new());
     let table = MemTable::try_new(flat.clone(), vec![rows])?;
     layer.register_table("events".into(), Arc::new(table))?;

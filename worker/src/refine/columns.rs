@@ -1,9 +1,9 @@
-//! Decoded rows (one JSON value per column, already checked against the declared types by
+//! Decoded rows (one [`Cell`] per column, already checked against the declared types by
 //! the decoder) into Arrow columns, appended straight into a builder per column.
 //!
-//! arrow-json's serde path would re-encode every value through its tape first; here each
-//! checked value is appended as it is. Columns of nested types (structs when not flattened,
-//! lists) still go through arrow-json, which knows their shapes.
+//! Text is copied once, from the payload into the builder. Columns of nested types
+//! (structs when not flattened, lists) still go through arrow-json, which knows their
+//! shapes.
 
 use std::sync::Arc;
 
@@ -15,6 +15,7 @@ use arrow::datatypes::{DataType, Field, FieldRef, Schema, TimeUnit};
 use arrow::error::ArrowError;
 use serde_json::{Map, Value};
 
+use super::decode::Cell;
 use crate::Result;
 
 /// A builder for one column.
@@ -31,9 +32,9 @@ enum Column {
     Nested(Field, Vec<Map<String, Value>>),
 }
 
-fn mistyped(field: &Field, value: &Value) -> ArrowError {
+fn mistyped(field: &Field, cell: &Cell) -> ArrowError {
     ArrowError::JsonError(format!(
-        "column {}: {value} is not a {}",
+        "column {}: {cell:?} is not a {}",
         field.name(),
         field.data_type()
     ))
@@ -56,39 +57,34 @@ impl Column {
         }
     }
 
-    fn append(&mut self, field: &Field, value: Value) -> Result<(), ArrowError> {
-        let int = |v: &Value| v.as_i64().ok_or_else(|| mistyped(field, v));
-        match (self, value) {
-            (Column::Nested(_, values), value) => {
+    fn append(&mut self, field: &Field, cell: Cell) -> Result<(), ArrowError> {
+        let small = |v: i64, cell: &Cell| i32::try_from(v).map_err(|_| mistyped(field, cell));
+        match (self, cell) {
+            (Column::Nested(_, values), cell) => {
                 let mut row = Map::with_capacity(1);
-                row.insert(field.name().clone(), value);
+                row.insert(field.name().clone(), cell.into_value());
                 values.push(row);
             }
-            (Column::Utf8(b), Value::Null) => b.append_null(),
-            (Column::Int64(b), Value::Null) => b.append_null(),
-            (Column::Int32(b), Value::Null) => b.append_null(),
-            (Column::UInt32(b), Value::Null) => b.append_null(),
-            (Column::Float64(b), Value::Null) => b.append_null(),
-            (Column::Boolean(b), Value::Null) => b.append_null(),
-            (Column::Timestamp(b, _), Value::Null) => b.append_null(),
-            (Column::Date32(b), Value::Null) => b.append_null(),
-            (Column::Utf8(b), Value::String(s)) => b.append_value(s),
-            (Column::Int64(b), v) => b.append_value(int(&v)?),
-            (Column::Int32(b), v) => {
-                b.append_value(i32::try_from(int(&v)?).map_err(|_| mistyped(field, &v))?)
+            (Column::Utf8(b), Cell::Null) => b.append_null(),
+            (Column::Int64(b), Cell::Null) => b.append_null(),
+            (Column::Int32(b), Cell::Null) => b.append_null(),
+            (Column::UInt32(b), Cell::Null) => b.append_null(),
+            (Column::Float64(b), Cell::Null) => b.append_null(),
+            (Column::Boolean(b), Cell::Null) => b.append_null(),
+            (Column::Timestamp(b, _), Cell::Null) => b.append_null(),
+            (Column::Date32(b), Cell::Null) => b.append_null(),
+            (Column::Utf8(b), Cell::Text(s)) => b.append_value(s),
+            (Column::Int64(b), Cell::Long(v)) => b.append_value(v),
+            (Column::Timestamp(b, _), Cell::Long(v)) => b.append_value(v),
+            (Column::Int32(b), cell @ Cell::Long(v)) => b.append_value(small(v, &cell)?),
+            (Column::Date32(b), cell @ Cell::Long(v)) => b.append_value(small(v, &cell)?),
+            (Column::UInt32(b), cell @ Cell::Long(v)) => {
+                b.append_value(u32::try_from(v).map_err(|_| mistyped(field, &cell))?)
             }
-            (Column::UInt32(b), v) => {
-                b.append_value(u32::try_from(int(&v)?).map_err(|_| mistyped(field, &v))?)
-            }
-            (Column::Float64(b), v) => {
-                b.append_value(v.as_f64().ok_or_else(|| mistyped(field, &v))?)
-            }
-            (Column::Boolean(b), Value::Bool(x)) => b.append_value(x),
-            (Column::Timestamp(b, _), v) => b.append_value(int(&v)?),
-            (Column::Date32(b), v) => {
-                b.append_value(i32::try_from(int(&v)?).map_err(|_| mistyped(field, &v))?)
-            }
-            (_, v) => return Err(mistyped(field, &v)),
+            (Column::Float64(b), Cell::Double(v)) => b.append_value(v),
+            (Column::Float64(b), Cell::Long(v)) => b.append_value(v as f64),
+            (Column::Boolean(b), Cell::Bool(v)) => b.append_value(v),
+            (_, cell) => return Err(mistyped(field, &cell)),
         }
         Ok(())
     }
@@ -118,16 +114,34 @@ impl Column {
     }
 }
 
-/// One array per field of `fields` from positional rows (`rows[i][j]` is row `i`'s value
-/// of field `j`).
-pub fn to_arrays(fields: &[FieldRef], rows: Vec<Vec<Value>>) -> Result<Vec<ArrayRef>> {
-    let mut columns: Vec<Column> = fields.iter().map(|f| Column::new(f, rows.len())).collect();
-    for row in rows {
-        for ((field, column), value) in fields.iter().zip(&mut columns).zip(row) {
-            column.append(field, value)?;
+/// Builders for `fields`, filled one row of cells at a time.
+pub struct Columns<'f> {
+    fields: &'f [FieldRef],
+    columns: Vec<Column>,
+}
+
+impl<'f> Columns<'f> {
+    /// Empty builders for about `rows` rows of `fields`.
+    pub fn new(fields: &'f [FieldRef], rows: usize) -> Self {
+        Self {
+            fields,
+            columns: fields.iter().map(|f| Column::new(f, rows)).collect(),
         }
     }
-    columns.into_iter().map(Column::finish).collect()
+
+    /// Appends one row (`row[j]` is the value of field `j`), leaving `row` empty.
+    pub fn push(&mut self, row: &mut Vec<Cell>) -> Result<()> {
+        for ((field, column), cell) in self.fields.iter().zip(&mut self.columns).zip(row.drain(..))
+        {
+            column.append(field, cell)?;
+        }
+        Ok(())
+    }
+
+    /// One array per field.
+    pub fn finish(self) -> Result<Vec<ArrayRef>> {
+        self.columns.into_iter().map(Column::finish).collect()
+    }
 }
 
 #[cfg(test)]
@@ -150,13 +164,20 @@ mod tests {
                 true,
             ),
         ]));
-        let row = |json: &str| -> Vec<Value> {
+        let row = |json: &str| -> Vec<Cell<'static>> {
             let object: Map<String, Value> = serde_json::from_str(json).unwrap();
             schema
                 .fields()
                 .iter()
-                .map(|f| object.get(f.name()).cloned().unwrap_or(Value::Null))
+                .map(|f| Cell::from_value(object.get(f.name()).cloned().unwrap_or(Value::Null)))
                 .collect()
+        };
+        let to_arrays = |fields: &[FieldRef], rows: Vec<Vec<Cell>>| -> Result<Vec<ArrayRef>> {
+            let mut columns = Columns::new(fields, rows.len());
+            for mut row in rows {
+                columns.push(&mut row)?;
+            }
+            columns.finish()
         };
         let rows = vec![
             row(r#"{"s":"a","n":1,"f":2,"t":5,"tags":["x","y"]}"#),

@@ -3,8 +3,10 @@
 //!
 //! Declared fields are type-checked (`field user.id: expected string, got number 7`);
 //! fields not declared are kept verbatim in `_rescued_data` (a JSON object keyed by path);
-//! nested structs are flattened to `parent_child` columns when the spec asks for it. The
-//! checked rows are then turned into Arrow by arrow-json against the silver schema.
+//! nested structs are flattened to `parent_child` columns when the spec asks for it. Each
+//! checked row is a [`Cell`] per column, appended to Arrow builders by `columns.rs`.
+
+use std::borrow::Cow;
 
 use serde_json::{Map, Value};
 use smelter_common::spec::{FieldType, Primitive, SchemaSpec};
@@ -99,6 +101,53 @@ fn compile(
     slots
 }
 
+/// One declared column's value in a decoded row, already checked against its type.
+/// Text borrows from the payload unless it had escapes; timestamps are epoch microseconds
+/// and dates days since the epoch, both as [`Cell::Long`].
+#[derive(Debug, Clone, PartialEq)]
+pub enum Cell<'a> {
+    /// Missing or `null`.
+    Null,
+    /// A string.
+    Text(Cow<'a, str>),
+    /// A long, a timestamp (µs) or a date (days).
+    Long(i64),
+    /// A double.
+    Double(f64),
+    /// A boolean.
+    Bool(bool),
+    /// A struct that is not flattened, or a list: built by arrow-json, which knows shapes.
+    Nested(Value),
+}
+
+impl Cell<'_> {
+    /// The cell as a JSON value.
+    pub fn into_value(self) -> Value {
+        match self {
+            Cell::Null => Value::Null,
+            Cell::Text(text) => Value::String(text.into_owned()),
+            Cell::Long(v) => Value::from(v),
+            Cell::Double(v) => Value::from(v),
+            Cell::Bool(v) => Value::Bool(v),
+            Cell::Nested(value) => value,
+        }
+    }
+
+    /// A checked JSON value (as [`JsonDecoder::decode_value`] makes them) as a cell.
+    pub fn from_value(value: Value) -> Cell<'static> {
+        match value {
+            Value::Null => Cell::Null,
+            Value::Bool(v) => Cell::Bool(v),
+            Value::String(text) => Cell::Text(Cow::Owned(text)),
+            Value::Number(n) => match n.as_i64() {
+                Some(v) => Cell::Long(v),
+                None => Cell::Double(n.as_f64().unwrap_or(f64::NAN)),
+            },
+            nested => Cell::Nested(nested),
+        }
+    }
+}
+
 impl JsonDecoder {
     /// A decoder for `schema`, flattening nested structs if `flatten`.
     pub fn new(schema: SchemaSpec, flatten: bool) -> Self {
@@ -107,7 +156,7 @@ impl JsonDecoder {
         Self { slots, columns }
     }
 
-    /// The output columns, in the order [`Self::decode_row`] fills them.
+    /// The output columns, in the order [`Self::decode_cells`] fills them.
     pub fn columns(&self) -> &[String] {
         &self.columns
     }
@@ -122,25 +171,38 @@ impl JsonDecoder {
         Ok((self.columns.iter().cloned().zip(values).collect(), rescued))
     }
 
-    /// Decodes one payload into one value per output column (checked against its declared
-    /// type; timestamps as epoch µs, dates as days) plus the rescued fields, if any.
-    ///
-    /// Objects are walked as they are parsed ([`Fields`]): declared fields go straight to
-    /// their column, and no map is built for the record or its flattened structs.
+    /// [`Self::decode_cells`] as one JSON value per output column.
     pub fn decode_row(&self, payload: &[u8]) -> Result<(Vec<Value>, Option<String>), Rejection> {
+        let mut cells = Vec::new();
+        let rescued = self.decode_cells(payload, &mut cells)?;
+        Ok((cells.into_iter().map(Cell::into_value).collect(), rescued))
+    }
+
+    /// Decodes one payload into `cells`, one per output column (checked against its
+    /// declared type), and returns the rescued fields, if any. `cells` is cleared first, so
+    /// one vector serves every row of a batch.
+    ///
+    /// Objects are walked as they are parsed ([`Fields`]): each declared leaf is checked
+    /// and stored as it is met, borrowing its text from the payload, and no map is built
+    /// for the record or its flattened structs.
+    pub fn decode_cells<'de>(
+        &self,
+        payload: &'de [u8],
+        cells: &mut Vec<Cell<'de>>,
+    ) -> Result<Option<String>, Rejection> {
         let first = payload.iter().find(|b| !b.is_ascii_whitespace());
         if first != Some(&b'{') {
-            // Not an object (or not JSON): the slow path words the rejection.
-            return self.decode_value(payload);
+            return Err(not_an_object(payload));
         }
-        let mut out = vec![Value::Null; self.columns.len()];
+        cells.clear();
+        cells.resize(self.columns.len(), Cell::Null);
         let mut rescued = Map::new();
         let mut rejection = None;
         let mut parser = serde_json::Deserializer::from_slice(payload);
         let fields = Fields {
             slots: &self.slots,
             path: "",
-            out: &mut out,
+            out: cells,
             rescued: &mut rescued,
             rejection: &mut rejection,
         };
@@ -153,12 +215,12 @@ impl JsonDecoder {
         if let Some(rejection) = rejection {
             return Err(rejection);
         }
-        let rescued = (!rescued.is_empty()).then(|| Value::Object(rescued).to_string());
-        Ok((out, rescued))
+        Ok((!rescued.is_empty()).then(|| Value::Object(rescued).to_string()))
     }
 
-    /// [`Self::decode_row`] through a parsed [`Value`] tree.
-    fn decode_value(&self, payload: &[u8]) -> Result<(Vec<Value>, Option<String>), Rejection> {
+    /// What [`Self::decode_row`] does, through a parsed [`Value`] tree: the reference the
+    /// streaming path is tested against.
+    pub fn decode_value(&self, payload: &[u8]) -> Result<(Vec<Value>, Option<String>), Rejection> {
         let value: Value = serde_json::from_slice(payload).map_err(|e| Rejection {
             rule: "_parse",
             reason: format!("invalid JSON: {e}"),
@@ -177,19 +239,33 @@ impl JsonDecoder {
     }
 }
 
+/// Why a payload that does not start with `{` is rejected, in the tree path's words.
+fn not_an_object(payload: &[u8]) -> Rejection {
+    match serde_json::from_slice::<Value>(payload) {
+        Err(e) => Rejection {
+            rule: "_parse",
+            reason: format!("invalid JSON: {e}"),
+        },
+        Ok(value) => Rejection {
+            rule: "_parse",
+            reason: format!("expected a JSON object, got {}", describe(&value)),
+        },
+    }
+}
+
 /// The fields of one JSON object (the record, or a flattened struct) as the parser meets
 /// them. The first rejection is kept and the rest of the record is still parsed, so a
 /// record that is also malformed further on is rejected as malformed, as a whole parse
 /// would.
-struct Fields<'a> {
+struct Fields<'a, 'de> {
     slots: &'a [Slot],
     path: &'a str,
-    out: &'a mut [Value],
+    out: &'a mut [Cell<'de>],
     rescued: &'a mut Map<String, Value>,
     rejection: &'a mut Option<Rejection>,
 }
 
-impl<'de> serde::de::DeserializeSeed<'de> for Fields<'_> {
+impl<'de> serde::de::DeserializeSeed<'de> for Fields<'_, 'de> {
     type Value = ();
 
     fn deserialize<D: serde::Deserializer<'de>>(self, parser: D) -> Result<(), D::Error> {
@@ -197,17 +273,16 @@ impl<'de> serde::de::DeserializeSeed<'de> for Fields<'_> {
     }
 }
 
-impl Fields<'_> {
+impl Fields<'_, '_> {
     /// A flattened struct that is not an object: rejected, naming what it was.
     fn mismatch(self, value: Value) {
         if self.rejection.is_none() {
-            let path = self.path.to_string();
-            *self.rejection = Some(mismatch(&path, "object", &value));
+            *self.rejection = Some(mismatch(self.path, "object", &value));
         }
     }
 }
 
-impl<'de> serde::de::Visitor<'de> for Fields<'_> {
+impl<'de> serde::de::Visitor<'de> for Fields<'_, 'de> {
     type Value = ();
 
     fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
@@ -215,7 +290,7 @@ impl<'de> serde::de::Visitor<'de> for Fields<'_> {
     }
 
     fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
-        while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
+        while let Some(key) = map.next_key::<Cow<'de, str>>()? {
             if self.rejection.is_some() {
                 map.next_value::<serde::de::IgnoredAny>()?;
                 continue;
@@ -230,13 +305,7 @@ impl<'de> serde::de::Visitor<'de> for Fields<'_> {
                 self.rescued.insert(path, value);
                 continue;
             };
-            if slot.children.is_empty() {
-                let value: Value = map.next_value()?;
-                match check(&slot.ty, value, &slot.path, self.rescued) {
-                    Ok(value) => self.out[slot.column] = value,
-                    Err(rejection) => *self.rejection = Some(rejection),
-                }
-            } else {
+            if !slot.children.is_empty() {
                 map.next_value_seed(Fields {
                     slots: &slot.children,
                     path: &slot.path,
@@ -244,6 +313,24 @@ impl<'de> serde::de::Visitor<'de> for Fields<'_> {
                     rescued: &mut *self.rescued,
                     rejection: &mut *self.rejection,
                 })?;
+                continue;
+            }
+            let checked = match &slot.ty {
+                FieldType::Primitive(ty) => map.next_value_seed(Leaf {
+                    ty: *ty,
+                    path: &slot.path,
+                })?,
+                nested => {
+                    let value: Value = map.next_value()?;
+                    check(nested, value, &slot.path, self.rescued).map(|v| match v {
+                        Value::Null => Cell::Null,
+                        v => Cell::Nested(v),
+                    })
+                }
+            };
+            match checked {
+                Ok(cell) => self.out[slot.column] = cell,
+                Err(rejection) => *self.rejection = Some(rejection),
             }
         }
         Ok(())
@@ -280,10 +367,129 @@ impl<'de> serde::de::Visitor<'de> for Fields<'_> {
     }
 
     fn visit_seq<A: serde::de::SeqAccess<'de>>(self, seq: A) -> Result<(), A::Error> {
-        use serde::Deserialize;
-        let value = Value::deserialize(serde::de::value::SeqAccessDeserializer::new(seq))?;
-        self.mismatch(value);
+        self.mismatch(seq_value(seq)?);
         Ok(())
+    }
+}
+
+fn seq_value<'de, A: serde::de::SeqAccess<'de>>(seq: A) -> Result<Value, A::Error> {
+    use serde::Deserialize;
+    Value::deserialize(serde::de::value::SeqAccessDeserializer::new(seq))
+}
+
+fn map_value<'de, A: serde::de::MapAccess<'de>>(map: A) -> Result<Value, A::Error> {
+    use serde::Deserialize;
+    Value::deserialize(serde::de::value::MapAccessDeserializer::new(map))
+}
+
+/// One declared primitive field as the parser meets it: checked and converted on the
+/// spot (see [`check_primitive`], which the tree path uses and whose words it keeps).
+/// A wrong type is not a parse error: the value is consumed and the rejection returned.
+struct Leaf<'a> {
+    ty: Primitive,
+    path: &'a str,
+}
+
+type Checked<'de> = Result<Cell<'de>, Rejection>;
+
+impl Leaf<'_> {
+    fn mismatch<'de>(&self, value: Value) -> Checked<'de> {
+        Err(mismatch(self.path, self.ty.name(), &value))
+    }
+
+    fn text<'de>(&self, text: Cow<'de, str>) -> Checked<'de> {
+        match self.ty {
+            Primitive::String => Ok(Cell::Text(text)),
+            Primitive::Timestamp => parse_timestamp(&text).map(Cell::Long).ok_or_else(|| {
+                mismatch(
+                    self.path,
+                    "an RFC 3339 timestamp",
+                    &Value::String(text.into_owned()),
+                )
+            }),
+            Primitive::Date => parse_date(&text).map(Cell::Long).ok_or_else(|| {
+                mismatch(
+                    self.path,
+                    "a YYYY-MM-DD date",
+                    &Value::String(text.into_owned()),
+                )
+            }),
+            _ => self.mismatch(Value::String(text.into_owned())),
+        }
+    }
+}
+
+impl<'de> serde::de::DeserializeSeed<'de> for Leaf<'_> {
+    type Value = Checked<'de>;
+
+    fn deserialize<D: serde::Deserializer<'de>>(self, parser: D) -> Result<Checked<'de>, D::Error> {
+        parser.deserialize_any(self)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for Leaf<'_> {
+    type Value = Checked<'de>;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a JSON value")
+    }
+
+    fn visit_unit<E>(self) -> Result<Checked<'de>, E> {
+        Ok(Ok(Cell::Null))
+    }
+
+    fn visit_bool<E>(self, v: bool) -> Result<Checked<'de>, E> {
+        Ok(match self.ty {
+            Primitive::Boolean => Ok(Cell::Bool(v)),
+            _ => self.mismatch(Value::from(v)),
+        })
+    }
+
+    fn visit_i64<E>(self, v: i64) -> Result<Checked<'de>, E> {
+        Ok(match self.ty {
+            Primitive::Long => Ok(Cell::Long(v)),
+            Primitive::Double => Ok(Cell::Double(v as f64)),
+            // Epoch milliseconds.
+            Primitive::Timestamp => Ok(Cell::Long(v.saturating_mul(1000))),
+            _ => self.mismatch(Value::from(v)),
+        })
+    }
+
+    fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<Checked<'de>, E> {
+        match i64::try_from(v) {
+            Ok(v) => self.visit_i64(v),
+            Err(_) => Ok(match self.ty {
+                Primitive::Double => Ok(Cell::Double(v as f64)),
+                _ => self.mismatch(Value::from(v)),
+            }),
+        }
+    }
+
+    fn visit_f64<E>(self, v: f64) -> Result<Checked<'de>, E> {
+        Ok(match self.ty {
+            Primitive::Double => Ok(Cell::Double(v)),
+            _ => self.mismatch(Value::from(v)),
+        })
+    }
+
+    fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Checked<'de>, E> {
+        Ok(self.text(Cow::Borrowed(v)))
+    }
+
+    fn visit_str<E>(self, v: &str) -> Result<Checked<'de>, E> {
+        Ok(self.text(Cow::Owned(v.to_owned())))
+    }
+
+    fn visit_string<E>(self, v: String) -> Result<Checked<'de>, E> {
+        Ok(self.text(Cow::Owned(v)))
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, seq: A) -> Result<Checked<'de>, A::Error> {
+        Ok(self.mismatch(seq_value(seq)?))
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<Checked<'de>, A::Error> {
+        Ok(self.mismatch(map_value(map)?))
     }
 }
 
@@ -386,11 +592,18 @@ fn check_primitive(p: Primitive, value: Value, path: &str) -> Result<Value, Reje
         (Primitive::Timestamp, Value::Number(n)) if n.is_i64() => {
             Ok(Value::from(n.as_i64().unwrap_or(0).saturating_mul(1000)))
         }
-        (Primitive::Date, Value::String(s)) => chrono::NaiveDate::parse_from_str(s, "%Y-%m-%d")
-            .map(|d| Value::from((d - chrono::NaiveDate::default()).num_days()))
-            .map_err(|_| mismatch(path, "a YYYY-MM-DD date", &value)),
+        (Primitive::Date, Value::String(s)) => parse_date(s)
+            .map(Value::from)
+            .ok_or_else(|| mismatch(path, "a YYYY-MM-DD date", &value)),
         _ => Err(mismatch(path, p.name(), &value)),
     }
+}
+
+/// `YYYY-MM-DD` to days since the epoch.
+fn parse_date(text: &str) -> Option<i64> {
+    chrono::NaiveDate::parse_from_str(text, "%Y-%m-%d")
+        .ok()
+        .map(|d| (d - chrono::NaiveDate::default()).num_days())
 }
 
 /// RFC 3339, or `YYYY-MM-DD HH:MM:SS[.f]` taken as UTC, to epoch microseconds.
@@ -408,7 +621,7 @@ mod tests {
     use super::*;
 
     fn decoder() -> JsonDecoder {
-        let yaml = "id: string\nts: timestamp\nn: long\nuser: { id: string, score: double }\ntags: [string]\n";
+        let yaml = "id: string\nts: timestamp\nn: long\nuser: { id: string, score: double }\ntags: [string]\nday: date\nok: boolean\n";
         JsonDecoder::new(serde_yaml::from_str(yaml).unwrap(), true)
     }
 
@@ -442,6 +655,19 @@ mod tests {
             r#"{"id":7,"n":}"#,
             r#"{"id":7,"n":1}"#,
             r#"{"id":"a","n":1.5}"#,
+            r#"{"id":"a","n":18446744073709551615}"#,
+            r#"{"id":"a","n":-3,"ts":1700000000000,"user":{"score":-1}}"#,
+            r#"{"id":"a","ts":1.5}"#,
+            r#"{"id":"a","ts":"2026-11-01 10:00:00.5","user":{"score":1e3}}"#,
+            r#"{"id":"a","ts":true}"#,
+            r#"{"id":{"x":1}}"#,
+            r#"{"id":[1,2],"n":null,"tags":null}"#,
+            r#"{"id":"\u00e9t\u00e9","tags":["x",7]}"#,
+            r#"{"id":null,"user":{"id":null,"score":null}}"#,
+            r#"{"day":"2026-11-01","ok":false}"#,
+            r#"{"day":"2026-13-01"}"#,
+            r#"{"day":5}"#,
+            r#"{"ok":"yes"}"#,
             r#"{"id":"a"} x"#,
             r#"{"id":"a","id":"b"}"#,
             r#"{}"#,
@@ -449,12 +675,27 @@ mod tests {
             r#"[1]"#,
             r#""#,
         ];
+        // The tree path keeps a double column's `2` as an integer; its column builder
+        // stores both as the same double.
+        let same = |a: &Cell, b: &Cell| match (a, b) {
+            (Cell::Double(x), Cell::Long(y)) | (Cell::Long(y), Cell::Double(x)) => *x == *y as f64,
+            _ => a == b,
+        };
+        let mut cells = Vec::new();
         for payload in payloads {
-            assert_eq!(
-                decoder.decode_row(payload.as_bytes()),
-                decoder.decode_value(payload.as_bytes()),
-                "{payload}"
-            );
+            let streamed = decoder.decode_cells(payload.as_bytes(), &mut cells);
+            let tree = decoder.decode_value(payload.as_bytes());
+            match (streamed, tree) {
+                (Ok(rescued), Ok((values, tree_rescued))) => {
+                    assert_eq!(rescued, tree_rescued, "{payload}");
+                    let values: Vec<Cell> = values.into_iter().map(Cell::from_value).collect();
+                    assert_eq!(cells.len(), values.len(), "{payload}");
+                    for (a, b) in cells.iter().zip(&values) {
+                        assert!(same(a, b), "{payload}: {a:?} != {b:?}");
+                    }
+                }
+                (streamed, tree) => assert_eq!(streamed.err(), tree.err(), "{payload}"),
+            }
         }
     }
 

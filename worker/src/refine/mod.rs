@@ -24,14 +24,14 @@ use arrow::array::{
 use arrow::compute::{concat_batches, filter_record_batch, not};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use deltalake::DeltaTable;
-use serde_json::Value;
 use smelter_common::spec::{OnViolation, TableSpec};
 
-use self::decode::JsonDecoder;
+use self::columns::Columns;
+use self::decode::{Cell, JsonDecoder};
 use self::expectations::CompiledExpectation;
 use crate::{Result, WorkerError, changes, schemas};
 
-/// Rows decoded to JSON values at a time (see [`Refiner::refine`]).
+/// Rows decoded into one set of column builders at a time (see [`Refiner::refine`]).
 const DECODE_SLICE: usize = 8_192;
 
 /// Hidden column that ties a decoded row back to its bronze row while filtering.
@@ -174,15 +174,13 @@ impl Refiner {
     fn decoded_batch(
         &self,
         input: &RecordBatch,
-        decoded: Vec<Vec<Value>>,
+        decoded: Columns,
         kept: Vec<u32>,
     ) -> Result<RecordBatch> {
         if kept.is_empty() {
             return Ok(RecordBatch::new_empty(self.work_schema.clone()));
         }
-        let fields = self.work_schema.fields();
-        let declared = self.decoder.columns().len() + 1;
-        let mut arrays = columns::to_arrays(&fields[..declared], decoded)?;
+        let mut arrays = decoded.finish()?;
         let rows = UInt32Array::from(kept);
         for name in ["topic", "partition", "offset", "ingested_at"] {
             let source = input.column_by_name(name).ok_or_else(|| {
@@ -216,15 +214,17 @@ impl Refiner {
         };
         let n = input.num_rows();
         let mut quarantined: Vec<Quarantined> = Vec::new();
-        // Decoded in slices: JSON values are large, so only one slice's worth is alive at a
-        // time; each becomes compact Arrow columns at once.
+        // Decoded in slices of rows, each built into Arrow columns at once.
         let mut slices = Vec::new();
         if n > 0 {
             let payload = column::<BinaryArray>(&input, "payload")?;
             let error = column::<StringArray>(&input, "error")?;
+            // The declared columns and `_rescued_data`.
+            let declared = &self.work_schema.fields()[..self.decoder.columns().len() + 1];
+            let mut cells = Vec::with_capacity(declared.len());
             for start in (0..n).step_by(DECODE_SLICE) {
-                // Per decoded row: its declared columns and `_rescued_data`; the bronze row.
-                let mut decoded: Vec<Vec<Value>> = Vec::with_capacity(DECODE_SLICE);
+                let mut decoded = Columns::new(declared, DECODE_SLICE);
+                // The bronze row of each decoded row.
                 let mut kept: Vec<u32> = Vec::with_capacity(DECODE_SLICE);
                 for row in start..n.min(start + DECODE_SLICE) {
                     if error.is_valid(row) || payload.is_null(row) {
@@ -240,10 +240,10 @@ impl Refiner {
                         });
                         continue;
                     }
-                    match self.decoder.decode_row(payload.value(row)) {
-                        Ok((mut values, rescued)) => {
-                            values.push(rescued.map_or(Value::Null, Value::String));
-                            decoded.push(values);
+                    match self.decoder.decode_cells(payload.value(row), &mut cells) {
+                        Ok(rescued) => {
+                            cells.push(rescued.map_or(Cell::Null, |r| Cell::Text(r.into())));
+                            decoded.push(&mut cells)?;
                             kept.push(row as u32);
                         }
                         Err(rejection) => quarantined.push(Quarantined {
