@@ -130,7 +130,8 @@ pub struct WorkerConfig {
     pub batch_max_bytes: usize,
     /// ...or when this much time has passed since its first record.
     pub batch_max_wait_ms: u64,
-    /// How often downstream tasks look for new upstream versions.
+    /// How often downstream tasks look for new upstream versions. A look is one `HEAD` of
+    /// the next commit file (on S3: one request per task per interval).
     pub poll_interval_ms: u64,
     /// Most upstream versions a refine task folds into one commit (each bronze version holds
     /// up to `batch_max_records` rows, and a pass holds its rows in memory).
@@ -154,7 +155,7 @@ impl Default for WorkerConfig {
             batch_max_records: 50_000,
             batch_max_bytes: 32 * 1024 * 1024,
             batch_max_wait_ms: 1_000,
-            poll_interval_ms: 250,
+            poll_interval_ms: 100,
             refine_max_versions: 8,
             gold_min_interval_ms: 500,
             commit_lock_ttl_ms: 5_000,

@@ -174,7 +174,8 @@ pub struct BenchReport {
     pub cluster: Option<EndToEnd>,
 }
 
-/// Waits until `done` says so, checking every 100 ms, for at most `timeout`.
+/// Waits until `done` says so, checking every 250 ms, for at most `timeout`. A check loads
+/// tables in the measured process, so it is not made more often than the figures need.
 pub async fn wait_for<F, Fut, E>(what: &str, timeout: Duration, mut done: F) -> Result<Duration>
 where
     F: FnMut() -> Fut,
@@ -192,7 +193,7 @@ where
                 timeout.as_secs()
             )));
         }
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        tokio::time::sleep(Duration::from_millis(250)).await;
     }
 }
 

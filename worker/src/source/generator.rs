@@ -189,7 +189,7 @@ impl Clickstream {
         let _ = write!(
             json,
             r#"{{"event_id":"{event_id}","event_type":"{event_type}","ts":"{}","session_id":"s-{user}-{session}","user":{{"#,
-            ts.format("%Y-%m-%dT%H:%M:%S%.3fZ")
+            ts.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
         );
         if kind != EventKind::MissingUser {
             let _ = write!(json, r#""id":"u-{user:05}","#);
@@ -322,11 +322,13 @@ impl SourceReader for GeneratorReader {
             if !out.is_empty() || self.finished() || now >= deadline {
                 return Ok(out);
             }
-            // Sleep until roughly one more event per partition is due, or the deadline.
+            // Sleep until roughly one more event per partition is due (at least a few
+            // milliseconds: waking for every event costs more than the events), or the
+            // deadline.
             let step = self
                 .per_partition_rate
                 .map_or(Duration::from_millis(10), |r| {
-                    Duration::from_secs_f64((1.0 / r).min(0.05))
+                    Duration::from_secs_f64((1.0 / r).clamp(0.005, 0.05))
                 });
             tokio::time::sleep_until((now + step).min(deadline)).await;
         }
