@@ -743,3 +743,44 @@ pub async fn commit_for_test(
     };
     version
 }
+
+#[cfg(test)]
+mod tests {
+    use arrow::array::Int64Array;
+    use arrow::datatypes::{DataType, Field, Schema};
+
+    use super::*;
+
+    #[tokio::test]
+    async fn followers_probe_and_commits_carry_their_snapshot() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = TableStore::new(dir.path()).unwrap();
+        let schema = Arc::new(Schema::new(vec![Field::new("n", DataType::Int64, true)]));
+        let mut writer = store
+            .open_or_create("silver.t", &schema, &[], &CommitEnv::default())
+            .await
+            .unwrap();
+        let mut follower = store.open("silver.t").await.unwrap();
+        let start = version(&follower);
+        let batch = |n: i64| {
+            RecordBatch::try_new(schema.clone(), vec![Arc::new(Int64Array::from(vec![n]))]).unwrap()
+        };
+        for n in 0..3 {
+            let committed =
+                commit_for_test(&mut writer, "silver.t", batch(n), WriteMode::Append, &[]).await;
+            // The writer's snapshot is the commit's, without a reload.
+            assert_eq!(version(&writer), committed);
+            assert_eq!(row_count(&writer), n as u64 + 1);
+        }
+        // The follower sees the new versions by probing; its snapshot stays where it was.
+        assert_eq!(
+            latest_version(&follower, "silver.t", start).await.unwrap(),
+            start + 3
+        );
+        assert_eq!(version(&follower), start);
+        // A refresh loads them, and a second one finds nothing new.
+        assert_eq!(refresh(&mut follower, "silver.t").await.unwrap(), start + 3);
+        assert_eq!(row_count(&follower), 3);
+        assert_eq!(refresh(&mut follower, "silver.t").await.unwrap(), start + 3);
+    }
+}
