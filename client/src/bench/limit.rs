@@ -2,7 +2,8 @@
 //! bookkeeping (no commits, no dedupe, no quarantine, no coordination), measured in the
 //! same run as the pipeline.
 //!
-//! Stages, each timed in CPU-seconds of this process while nothing else runs in it:
+//! Stages, each timed in CPU-seconds of this process while nothing else runs in it, each run
+//! [`REPEATS`] times over each chunk of events, the least counting:
 //! * `generate` — make the events (the in-process pipeline's source does the same);
 //! * `kafka_consume` — for the cluster run, consume its topic to nothing with the
 //!   pipeline's client settings;
@@ -42,6 +43,11 @@ use crate::{ClientError, Result};
 
 /// Events per chunk: every stage runs chunk by chunk, so memory stays bounded at 10M.
 const CHUNK: usize = 250_000;
+
+/// Runs of each stage over each chunk; the least CPU counts. The limit is what the hardware
+/// can do, and on a shared machine other load only ever adds to a run: one run per stage
+/// let the limit move by half between benchmark runs.
+const REPEATS: usize = 3;
 
 /// One bare stage.
 #[derive(Debug, Clone, Default, Serialize)]
@@ -162,7 +168,7 @@ pub async fn measure(
         if wanted.is_empty() {
             break;
         }
-        let (cpu, chunk) = timed(|| {
+        let (cpu, chunk) = least(|| {
             Ok(wanted
                 .iter()
                 .map(|&(p, o)| (p, o, clickstream.event(p, o)))
@@ -173,21 +179,25 @@ pub async fn measure(
             .iter()
             .map(|(_, _, e)| e.payload.len() as u64)
             .sum::<u64>();
-        let (cpu, bytes) = timed(|| bronze_encode(&topic, &chunk))?;
+        let (cpu, bytes) = least(|| bronze_encode(&topic, &chunk))?;
         totals[1].cpu_seconds += cpu;
         totals[1].bytes += bytes;
-        let (cpu, decoded) = timed(|| json_decode(&nested, &chunk))?;
+        let (cpu, decoded) = least(|| json_decode(&nested, &chunk))?;
         totals[2].cpu_seconds += cpu;
-        let (cpu, (bytes, flattened)) = timed(|| silver_encode(&flat, &topic, &chunk, &decoded))?;
+        let (cpu, (bytes, flattened)) = least(|| silver_encode(&flat, &topic, &chunk, &decoded))?;
         totals[3].cpu_seconds += cpu;
         totals[3].bytes += bytes;
         silver_rows.push(flattened);
     }
-    let started = cpu_seconds(None).unwrap_or(0.0);
-    group_by(&flat, silver_rows, &gold).await?;
+    let mut gold_cpu = f64::INFINITY;
+    for _ in 0..REPEATS {
+        let started = cpu_seconds(None).unwrap_or(0.0);
+        group_by(&flat, silver_rows.clone(), &gold).await?;
+        gold_cpu = gold_cpu.min(cpu_seconds(None).unwrap_or(0.0) - started);
+    }
     totals.push(Stage {
         name: "gold_group_by".into(),
-        cpu_seconds: cpu_seconds(None).unwrap_or(0.0) - started,
+        cpu_seconds: gold_cpu,
         ..Stage::default()
     });
     totals.extend(consumed);
@@ -205,6 +215,19 @@ pub async fn measure(
         limit.kafka_events_per_cpu_second = Some(limit.of(&with("kafka_consume")));
     }
     Ok(limit)
+}
+
+/// Runs `f` [`REPEATS`] times and returns the least CPU-seconds one run took, with that
+/// run's output.
+fn least<T>(mut f: impl FnMut() -> Result<T>) -> Result<(f64, T)> {
+    let (mut cpu, mut out) = timed(&mut f)?;
+    for _ in 1..REPEATS {
+        let (again, output) = timed(&mut f)?;
+        if again < cpu {
+            (cpu, out) = (again, output);
+        }
+    }
+    Ok((cpu, out))
 }
 
 /// Runs `f` and returns the CPU-seconds this process spent meanwhile.
