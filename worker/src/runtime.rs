@@ -9,6 +9,13 @@
 //!                                     └──► status reports every second, tagged (worker, generation)
 //! ```
 //!
+//! Each task is driven on a blocking-pool thread of its own (`Handle::block_on`), not on
+//! the runtime's few worker threads: a refine pass decoding a backlog or a gold refresh
+//! runs for long stretches without an `.await`, and on the worker threads it would delay
+//! other tasks' starts (a failover then exceeds its bound), the status reports, and the
+//! heartbeats and lock-lease renewals that keep this worker's claims alive. The OS shares
+//! the cores among the task threads; the control plane stays responsive.
+//!
 //! Stopping a task cancels its token; the task commits its in-flight batch and returns.
 //! Tasks outlive control-plane sessions, so a coordinator failover does not pause data;
 //! only after [`ORPHAN_TTLS`] lease TTLs without any coordinator does the worker stop them
@@ -27,6 +34,7 @@ use smelter_proto::{
     TaskKind, TaskState, TaskStatusReport, WatchAssignmentsRequest, WorkerContext,
 };
 use tokio::net::TcpListener;
+use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -96,6 +104,8 @@ struct WorkerState {
     lease_ttl: Duration,
     last_contact: Instant,
     units: BTreeMap<UnitKey, Unit>,
+    /// Woken by any task's change of state: reported at once, not at the next tick.
+    changed: Arc<Notify>,
 }
 
 impl WorkerState {
@@ -176,6 +186,7 @@ pub async fn run(
         lease_ttl: config.coordinator.lease_ttl(),
         last_contact: Instant::now(),
         units: BTreeMap::new(),
+        changed: Arc::default(),
     };
     let mut backoff = Duration::from_millis(100);
     let mut turn = 0usize;
@@ -293,11 +304,12 @@ async fn session(
                 });
             }
             _ = report.tick() => report_status(&mut client, &worker_id, state.generation, &state.units).await,
+            _ = state.changed.notified() => report_status(&mut client, &worker_id, state.generation, &state.units).await,
             update = stream.message() => match update {
                 Ok(Some(update)) => {
                     state.generation = update.generation;
                     state.last_contact = Instant::now();
-                    let released = reconcile(&mut state.units, update, config, tables, commits).await;
+                    let released = reconcile(&mut state.units, &state.changed, update, config, tables, commits).await;
                     report_released(&mut client, &worker_id, state.generation, released).await;
                 }
                 Ok(None) => break Err(WorkerError::Control(tonic::Status::unavailable("assignment stream closed"))),
@@ -405,6 +417,7 @@ async fn report_status(
 /// what is new. Returns the ids of tasks no longer assigned, now drained.
 async fn reconcile(
     units: &mut BTreeMap<UnitKey, Unit>,
+    changed: &Arc<Notify>,
     update: AssignmentUpdate,
     config: &SmelterConfig,
     tables: &TableStore,
@@ -503,15 +516,19 @@ async fn reconcile(
             pipeline: Arc::clone(pipeline),
             commits: commits.clone(),
         };
-        let progress = Progress::default();
+        let progress = Progress::notifying(Arc::clone(changed));
         let cancel = CancellationToken::new();
-        let handle = tokio::spawn(supervise(
+        // Each task runs on a thread of its own (see the module docs): its CPU-heavy
+        // stretches cannot hold up another task's start, the heartbeats, the reports or
+        // the lock lease renewals, which run on the runtime's worker threads.
+        let task = supervise(
             key.clone(),
             partitions.clone(),
             env,
             progress.clone(),
             cancel.clone(),
-        ));
+        );
+        let handle = spawn_on_own_thread(task);
         tracing::info!(
             ?key,
             ?partitions,
@@ -538,6 +555,28 @@ async fn reconcile(
         );
     }
     released
+}
+
+/// Drives `task` on a blocking-pool thread of its own (see the module docs). Like a spawned
+/// task, it is dropped when the runtime shuts down: a task on the runtime holds `keep`,
+/// and shutdown drops that task (before it stops the timers and I/O the future uses).
+fn spawn_on_own_thread(task: impl Future<Output = ()> + Send + 'static) -> JoinHandle<()> {
+    let runtime = tokio::runtime::Handle::current();
+    let (keep, shutdown) = tokio::sync::oneshot::channel::<()>();
+    let alive = tokio::spawn(async move {
+        let _keep = keep;
+        std::future::pending::<()>().await
+    });
+    tokio::task::spawn_blocking(move || {
+        runtime.block_on(async move {
+            tokio::select! {
+                biased;
+                _ = shutdown => {}
+                _ = task => {}
+            }
+        });
+        alive.abort();
+    })
 }
 
 /// Runs a task, restarting it with backoff after retryable errors.

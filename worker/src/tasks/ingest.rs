@@ -24,7 +24,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::{Progress, TaskEnv};
 use crate::source::{self, CommittedPositions, SourceRecord};
-use crate::tables::{self, CommitOutcome, TableStore, TxnUpdate, WriteMode};
+use crate::tables::{self, CommitOutcome, TxnUpdate, WriteMode};
 use crate::{Result, WorkerError, schemas};
 
 /// Largest payload kept in bronze; larger records land with an error flag instead.
@@ -38,11 +38,14 @@ pub fn app_id(pipeline: &str, topic: &str, partition: i32) -> String {
 /// Committed positions read from the bronze table's txn actions. Every answer is
 /// remembered: it is the `previous` version of that partition's first commit, the value
 /// the compare-and-set in [`tables::commit`] checks.
+///
+/// It starts from the snapshot the task has just loaded and brings it up to date only when
+/// a probe finds a newer commit: a task start (after a rebalance, on every worker that got
+/// a partition) costs one table load, not one per partition.
 struct TablePositions {
     pipeline: String,
     name: String,
-    tables: TableStore,
-    table: Mutex<Option<DeltaTable>>,
+    table: Mutex<DeltaTable>,
     answers: std::sync::Mutex<HashMap<(String, i32), Option<i64>>>,
 }
 
@@ -80,16 +83,9 @@ impl TablePositions {
 #[async_trait]
 impl CommittedPositions for TablePositions {
     async fn committed(&self, topic: &str, partition: i32) -> Result<Option<i64>> {
-        let mut guard = self.table.lock().await;
-        let table = match guard.as_mut() {
-            Some(t) => t,
-            None => guard.insert(self.tables.open(&self.name).await?),
-        };
-        table
-            .update_state()
-            .await
-            .map_err(|e| WorkerError::delta(&self.name, e))?;
-        let answer = tables::txn_version(table, &app_id(&self.pipeline, topic, partition)).await?;
+        let mut table = self.table.lock().await;
+        tables::refresh(&mut table, &self.name).await?;
+        let answer = tables::txn_version(&table, &app_id(&self.pipeline, topic, partition)).await?;
         self.answers
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -126,6 +122,7 @@ impl IngestTask {
                 source_name: self.source.clone(),
                 message: "not declared in the pipeline".into(),
             })?;
+        let started = Instant::now();
         let mut table = env
             .tables
             .open_or_create(
@@ -135,11 +132,11 @@ impl IngestTask {
                 &env.commits,
             )
             .await?;
+        let opened = started.elapsed();
         let positions = Arc::new(TablePositions {
             pipeline: env.pipeline.pipeline.clone(),
             name: self.table.clone(),
-            tables: env.tables.clone(),
-            table: Mutex::new(None),
+            table: Mutex::new(table.clone()),
             answers: Default::default(),
         });
         // Last offset this task committed per (topic, partition), while the reader lives.
@@ -160,6 +157,13 @@ impl IngestTask {
             });
         }
         progress.set_state(TaskState::Running);
+        tracing::info!(
+            table = %self.table,
+            partitions = ?self.partitions,
+            open_ms = opened.as_millis() as u64,
+            start_ms = started.elapsed().as_millis() as u64,
+            "ingest running"
+        );
         let max_wait = Duration::from_millis(env.config.batch_max_wait_ms);
         loop {
             // Fill one batch: by count, bytes or time, whichever comes first.

@@ -10,11 +10,13 @@ pub mod drained;
 pub mod ingest;
 pub mod refine;
 
+use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
 use smelter_common::config::WorkerConfig;
 use smelter_common::spec::{PipelineSpec, TableSpec};
 use smelter_proto::{TaskState, TaskStatusReport};
+use tokio::sync::Notify;
 
 use crate::tables::TableStore;
 
@@ -59,26 +61,41 @@ pub struct PartitionProgress {
 
 /// Progress of one task, shared between the task and the status reporter. Ingest tasks
 /// also keep figures per partition, reported under each partition's task id.
+///
+/// A change of state (starting, running, backoff, ...; not running <-> idle) wakes `changed`, so the reporter
+/// sends it at once instead of at its next tick: after a rebalance the coordinator (and
+/// `smelter status`) sees moved tasks running as soon as they are.
 #[derive(Clone, Default)]
-pub struct Progress(
-    Arc<
-        Mutex<(
-            TaskStatusReport,
-            std::collections::BTreeMap<i32, PartitionProgress>,
-        )>,
-    >,
-);
+pub struct Progress {
+    report: Arc<Mutex<(TaskStatusReport, BTreeMap<i32, PartitionProgress>)>>,
+    changed: Arc<Notify>,
+}
 
 impl Progress {
+    /// Progress whose state changes wake `changed`.
+    pub fn notifying(changed: Arc<Notify>) -> Self {
+        Self {
+            report: Arc::default(),
+            changed,
+        }
+    }
+
     /// Applies `f` to the report.
     pub fn update(&self, f: impl FnOnce(&mut TaskStatusReport)) {
-        let mut guard = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let mut guard = self.report.lock().unwrap_or_else(|e| e.into_inner());
+        let before = guard.0.state();
         f(&mut guard.0);
+        let after = guard.0.state();
+        // Running <-> idle flips with every poll that finds nothing; the tick reports those.
+        let busy_or_idle = |s| matches!(s, TaskState::Running | TaskState::Idle);
+        if after != before && !(busy_or_idle(before) && busy_or_idle(after)) {
+            self.changed.notify_one();
+        }
     }
 
     /// Applies `f` to one partition's figures.
     pub fn update_partition(&self, partition: i32, f: impl FnOnce(&mut PartitionProgress)) {
-        let mut guard = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let mut guard = self.report.lock().unwrap_or_else(|e| e.into_inner());
         let entry = guard.1.entry(partition).or_insert(PartitionProgress {
             committed_offset: -1,
             ..Default::default()
@@ -109,7 +126,7 @@ impl Progress {
     /// A copy of the current report; with `partition`, that partition's figures replace the
     /// task-wide rows, lag and offset.
     pub fn snapshot(&self, partition: Option<i32>) -> TaskStatusReport {
-        let guard = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let guard = self.report.lock().unwrap_or_else(|e| e.into_inner());
         let mut report = guard.0.clone();
         report.committed_offset = -1;
         if let Some(p) = partition.and_then(|p| guard.1.get(&p)) {
@@ -124,4 +141,42 @@ impl Progress {
 /// The app id of a downstream task's txn actions: `"<table>/<upstream table>"`.
 pub fn downstream_app_id(table: &str, upstream: &str) -> String {
     format!("{table}/{upstream}")
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    async fn woken(changed: &Notify) -> bool {
+        tokio::time::timeout(Duration::from_millis(50), changed.notified())
+            .await
+            .is_ok()
+    }
+
+    #[tokio::test]
+    async fn state_changes_wake_the_reporter_but_busy_idle_flips_do_not() {
+        let changed = Arc::new(Notify::new());
+        let progress = Progress::notifying(Arc::clone(&changed));
+        progress.set_state(TaskState::Starting);
+        assert!(woken(&changed).await, "unspecified -> starting");
+        progress.set_state(TaskState::Running);
+        assert!(woken(&changed).await, "starting -> running");
+        progress.set_state(TaskState::Idle);
+        progress.set_state(TaskState::Running);
+        progress.committed(3, 10, 10);
+        assert!(
+            !woken(&changed).await,
+            "running <-> idle and commits wait for the tick"
+        );
+        progress.update(|r| {
+            r.state = TaskState::Backoff as i32;
+            r.error = "broker down".into();
+        });
+        assert!(woken(&changed).await, "running -> backoff");
+        progress.set_state(TaskState::Backoff);
+        assert!(!woken(&changed).await, "no change, no wake");
+        assert_eq!(progress.snapshot(None).error, "broker down");
+    }
 }
