@@ -6,7 +6,8 @@
 //!       │                                     with the same id; tasks keep running meanwhile)
 //!       └──► WatchAssignments ──► reconcile: stop (drain) removed tasks, report them RELEASED,
 //!                                     │        start new ones
-//!                                     └──► status reports every second, tagged (worker, generation)
+//!                                     └──► status reports every second and on each change of
+//!                                          a task's state, tagged (worker, generation)
 //! ```
 //!
 //! Each task is driven on a blocking-pool thread of its own (`Handle::block_on`), not on
@@ -559,7 +560,9 @@ async fn reconcile(
 
 /// Drives `task` on a blocking-pool thread of its own (see the module docs). Like a spawned
 /// task, it is dropped when the runtime shuts down: a task on the runtime holds `keep`,
-/// and shutdown drops that task (before it stops the timers and I/O the future uses).
+/// and shutdown drops the runtime's tasks before it stops the timers and I/O the future
+/// uses. (A task in the middle of a poll at that moment can still meet a stopped timer and
+/// panic on its own thread; the worker itself always drains its tasks before it returns.)
 fn spawn_on_own_thread(task: impl Future<Output = ()> + Send + 'static) -> JoinHandle<()> {
     let runtime = tokio::runtime::Handle::current();
     let (keep, shutdown) = tokio::sync::oneshot::channel::<()>();

@@ -62,9 +62,10 @@ pub struct PartitionProgress {
 /// Progress of one task, shared between the task and the status reporter. Ingest tasks
 /// also keep figures per partition, reported under each partition's task id.
 ///
-/// A change of state (starting, running, backoff, ...; not running <-> idle) wakes `changed`, so the reporter
-/// sends it at once instead of at its next tick: after a rebalance the coordinator (and
-/// `smelter status`) sees moved tasks running as soon as they are.
+/// A change of state (starting, running, backoff, ...; not running <-> idle) wakes
+/// `changed`, so the reporter sends it at once instead of at its next tick: after a
+/// rebalance the coordinator (and `smelter status`) sees moved tasks running as soon as
+/// they are.
 #[derive(Clone, Default)]
 pub struct Progress {
     report: Arc<Mutex<(TaskStatusReport, BTreeMap<i32, PartitionProgress>)>>,
