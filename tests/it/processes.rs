@@ -139,10 +139,8 @@ async fn survive_kills(etcd: Option<&Etcd>) {
 
     let spec = smelter_common::spec::PipelineSpec::parse(&text, "pipeline.yaml").unwrap();
     let deadline = Instant::now() + Duration::from_secs(120);
-    while !smelter_worker::tasks::drained::pipeline_drained(&tables, &spec)
-        .await
-        .unwrap()
-    {
+    let mut drain = smelter_worker::tasks::drained::DrainWatch::new(tables.clone(), spec.clone());
+    while !drain.drained().await.unwrap() {
         assert!(
             Instant::now() < deadline,
             "the surviving worker did not finish the pipeline"

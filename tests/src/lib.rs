@@ -143,11 +143,10 @@ impl TestCluster {
     /// Waits until the pipeline has processed all bounded input through gold.
     pub async fn wait_drained(&self, timeout: Duration) -> TestResult<()> {
         let deadline = Instant::now() + timeout;
+        let mut drain =
+            smelter_worker::tasks::drained::DrainWatch::new(self.tables.clone(), self.spec.clone());
         loop {
-            if smelter_worker::tasks::drained::pipeline_drained(&self.tables, &self.spec)
-                .await
-                .map_err(|e| e.to_string())?
-            {
+            if drain.drained().await.map_err(|e| e.to_string())? {
                 return Ok(());
             }
             if Instant::now() > deadline {

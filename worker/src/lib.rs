@@ -28,6 +28,7 @@ pub mod source;
 pub mod storage;
 pub mod tables;
 pub mod tasks;
+pub mod txns;
 pub mod validate;
 pub mod verify;
 

@@ -37,6 +37,7 @@ use url::Url;
 
 use crate::failpoint::Failpoints;
 use crate::lock::{CommitArbiter, EPOCH_APP_ID};
+use crate::txns::TxnCache;
 use crate::{Result, WorkerError};
 
 /// Maps `layer.name` table names to storage locations under one root: a local directory,
@@ -430,6 +431,8 @@ pub struct CommitEnv {
     pub arbiter: Option<CommitArbiter>,
     /// Crash hooks (unarmed by default).
     pub failpoints: Failpoints,
+    /// The txn versions commits check, followed from the log (see [`crate::txns`]).
+    pub txns: TxnCache,
 }
 
 /// Commits `batches` with the given txn actions, following the protocol in the module docs.
@@ -465,7 +468,7 @@ pub async fn commit(
             files: files.as_deref(),
             partition_by,
         };
-        let result = commit_once(table, name, &payload, &txns, epoch, &env.failpoints).await;
+        let result = commit_once(table, name, &payload, &txns, epoch, env).await;
         if let (Some(arbiter), Some(lock)) = (arbiter, lock) {
             arbiter.release(lock).await;
         }
@@ -533,11 +536,22 @@ async fn commit_once(
     payload: &Payload<'_>,
     txns: &[TxnUpdate],
     epoch: Option<i64>,
-    failpoints: &Failpoints,
+    env: &CommitEnv,
 ) -> Result<CommitOutcome> {
+    let failpoints = &env.failpoints;
     refresh(table, name).await?;
-    if !positions_unchanged(table, txns).await? {
-        return Ok(CommitOutcome::AlreadyCommitted);
+    // The positions, and the latest epoch when this commit carries one, at the refreshed
+    // version.
+    let mut app_ids: Vec<&str> = txns.iter().map(|t| t.app_id.as_str()).collect();
+    if epoch.is_some() {
+        app_ids.push(EPOCH_APP_ID);
+    }
+    let current = env.txns.versions(table, name, &app_ids).await?;
+    for (txn, current) in txns.iter().zip(&current) {
+        if *current != txn.previous {
+            tracing::debug!(app_id = %txn.app_id, ?current, previous = ?txn.previous, "txn position moved");
+            return Ok(CommitOutcome::AlreadyCommitted);
+        }
     }
     let mut actions: Vec<Transaction> = txns
         .iter()
@@ -547,10 +561,14 @@ async fn commit_once(
         // Above the lock's revision and above every epoch already in the table: epochs
         // strictly increase in log order even if the store's revisions started over
         // (a restarted in-process store, a rebuilt etcd).
-        let latest = txn_version(table, EPOCH_APP_ID).await?;
+        let latest = current[txns.len()];
         let epoch = lock_revision.max(latest.map_or(0, |e| e + 1));
         actions.push(Transaction::new(EPOCH_APP_ID, epoch));
     }
+    let written: Vec<(String, i64)> = actions
+        .iter()
+        .map(|t| (t.app_id.clone(), t.version))
+        .collect();
     // Expired log entries are cleaned up only by the commits that write a checkpoint (the
     // only ones after which there is anything to clean): the cleanup lists the whole log.
     let cleanup = {
@@ -582,10 +600,12 @@ async fn commit_once(
             let version = committed.version() as i64;
             // The commit already carried the snapshot forward to its own version.
             table.state = Some(committed.snapshot());
+            env.txns.committed(name, version, &written);
             Ok(CommitOutcome::Committed { version })
         }
         None => {
             // Overwrites (gold) replace every file, so they are written under the lock.
+            let written_txns = written;
             let written = table
                 .clone()
                 .write(payload.batches.to_vec())
@@ -597,6 +617,7 @@ async fn commit_once(
             let written = written.map_err(|e| WorkerError::delta(name, e))?;
             let version = self::version(&written);
             *table = written;
+            env.txns.committed(name, version, &written_txns);
             Ok(CommitOutcome::Committed { version })
         }
     }
@@ -643,17 +664,6 @@ pub async fn compact(table: &mut DeltaTable, name: &str) -> Result<Compaction> {
         files_removed: metrics.num_files_removed,
         files_added: metrics.num_files_added,
     })
-}
-
-async fn positions_unchanged(table: &DeltaTable, txns: &[TxnUpdate]) -> Result<bool> {
-    for txn in txns {
-        let current = txn_version(table, &txn.app_id).await?;
-        if current != txn.previous {
-            tracing::debug!(app_id = %txn.app_id, ?current, previous = ?txn.previous, "txn position moved");
-            return Ok(false);
-        }
-    }
-    Ok(true)
 }
 
 fn is_permanent(error: &DeltaTableError) -> bool {

@@ -2,7 +2,8 @@
 //! the in-memory coordination store, local tables) on the seeded generator.
 //!
 //! The process's own CPU counter and peak memory are the pipeline's: nothing else runs in
-//! it meanwhile (the limit is measured after, and the peak is rewound before each run).
+//! it meanwhile but the check for the end, a probe per table every 250 ms (the limit is
+//! measured after, and the peak is rewound before each run).
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -11,7 +12,7 @@ use std::time::Instant;
 use smelter_common::config::SmelterConfig;
 use smelter_common::spec::PipelineSpec;
 use smelter_worker::tables::TableStore;
-use smelter_worker::tasks::drained::pipeline_drained;
+use smelter_worker::tasks::drained::DrainWatch;
 
 use super::latency::ProduceTimes;
 use super::measure::{cpu_seconds, peak_rss_bytes, reset_peak};
@@ -56,9 +57,12 @@ pub async fn end_to_end(config: &SmelterConfig, options: &BenchOptions) -> Resul
     let start_ms = now_ms();
     let started = Instant::now();
     let spec = apply(&cluster, &text).await?;
-    wait_for("the in-process pipeline draining", options.timeout, || {
-        pipeline_drained(&tables, &spec)
-    })
+    let mut drain = DrainWatch::new(tables.clone(), spec.clone());
+    wait_for(
+        "the in-process pipeline draining",
+        options.timeout,
+        async || drain.drained().await,
+    )
     .await?;
     let mut run = EndToEnd {
         events: options.events,
@@ -105,10 +109,11 @@ pub async fn layer_by_layer(
             let text = only_layers(&text, upto)?;
             let cpu_before = cpu_seconds(None).unwrap_or(0.0);
             let spec = apply(&cluster, &text).await?;
+            let mut drain = DrainWatch::new(tables.clone(), spec);
             let wall = wait_for(
                 &format!("the {layer} layer draining"),
                 options.timeout,
-                || pipeline_drained(&tables, &spec),
+                async || drain.drained().await,
             )
             .await?;
             let cpu = cpu_seconds(None).unwrap_or(0.0) - cpu_before;

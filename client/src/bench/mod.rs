@@ -174,12 +174,12 @@ pub struct BenchReport {
     pub cluster: Option<EndToEnd>,
 }
 
-/// Waits until `done` says so, checking every 250 ms, for at most `timeout`. A check loads
-/// tables in the measured process, so it is not made more often than the figures need.
-pub async fn wait_for<F, Fut, E>(what: &str, timeout: Duration, mut done: F) -> Result<Duration>
+/// Waits until `done` says so, checking every 250 ms, for at most `timeout`. In process, a
+/// check runs in the measured process: it must stay cheap (see
+/// [`smelter_worker::tasks::drained::DrainWatch`]).
+pub async fn wait_for<F, E>(what: &str, timeout: Duration, mut done: F) -> Result<Duration>
 where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = std::result::Result<bool, E>>,
+    F: AsyncFnMut() -> std::result::Result<bool, E>,
     ClientError: From<E>,
 {
     let started = Instant::now();

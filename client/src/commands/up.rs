@@ -79,6 +79,7 @@ async fn serve(
     let tables = smelter_worker::tables::TableStore::from_config(&config.storage)?;
     let mut view = ProgressView::new(std::io::stderr().is_terminal());
     let mut tick = tokio::time::interval(Duration::from_secs(1));
+    let mut drain = smelter_worker::tasks::drained::DrainWatch::new(tables, spec.clone());
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => return Ok(()),
@@ -88,11 +89,7 @@ async fn serve(
             Ok(status) => view.show(&status),
             Err(error) => tracing::warn!(%error, "cannot read status"),
         }
-        if args.exit_when_done
-            && smelter_worker::tasks::drained::pipeline_drained(&tables, spec)
-                .await
-                .map_err(ClientError::Worker)?
-        {
+        if args.exit_when_done && drain.drained().await.map_err(ClientError::Worker)? {
             tracing::info!("all sources processed through gold; exiting");
             return Ok(());
         }

@@ -322,13 +322,14 @@ impl SourceReader for GeneratorReader {
             if !out.is_empty() || self.finished() || now >= deadline {
                 return Ok(out);
             }
-            // Sleep until roughly one more event per partition is due (at least a few
-            // milliseconds: waking for every event costs more than the events), or the
+            // Sleep until roughly one more event per partition is due, but at least 20 ms
+            // (a wake-up, a poll and a batch extended each time cost more than the events
+            // at high rates; 20 ms is small against the one-second batches), or the
             // deadline.
             let step = self
                 .per_partition_rate
-                .map_or(Duration::from_millis(10), |r| {
-                    Duration::from_secs_f64((1.0 / r).clamp(0.005, 0.05))
+                .map_or(Duration::from_millis(20), |r| {
+                    Duration::from_secs_f64((1.0 / r).clamp(0.02, 0.05))
                 });
             tokio::time::sleep_until((now + step).min(deadline)).await;
         }
