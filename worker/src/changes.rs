@@ -48,23 +48,37 @@ fn generic(name: &str, message: String) -> WorkerError {
     WorkerError::delta(name, deltalake::DeltaTableError::Generic(message))
 }
 
+/// The actions of commit `version` of `table`, read from its commit entry; `None` when the
+/// entry is not in the log (never written, or cleaned up).
+pub async fn commit_actions(
+    table: &DeltaTable,
+    name: &str,
+    version: i64,
+) -> Result<Option<Vec<Action>>> {
+    let delta = |e| WorkerError::delta(name, e);
+    match table
+        .log_store()
+        .read_commit_entry(version as u64)
+        .await
+        .map_err(delta)?
+    {
+        Some(bytes) => Ok(Some(
+            deltalake::logstore::get_actions(version as u64, &bytes).map_err(delta)?,
+        )),
+        None => Ok(None),
+    }
+}
+
 /// The files versions `from..=to` of `table` added, read from the commit entries.
 pub async fn range(table: &DeltaTable, name: &str, from: i64, to: i64) -> Result<Range> {
-    let log_store = table.log_store();
     let mut range = Range::default();
     for version in from..=to {
-        let Some(bytes) = log_store
-            .read_commit_entry(version as u64)
-            .await
-            .map_err(|e| WorkerError::delta(name, e))?
-        else {
+        let Some(actions) = commit_actions(table, name, version).await? else {
             return Err(generic(
                 name,
                 format!("commit {version} is missing from the log"),
             ));
         };
-        let actions = deltalake::logstore::get_actions(version as u64, &bytes)
-            .map_err(|e| WorkerError::delta(name, e))?;
         for action in actions {
             match action {
                 Action::Add(add) if add.data_change => {

@@ -8,8 +8,8 @@
 use deltalake::DeltaTable;
 use deltalake::kernel::Action;
 
-use crate::tables;
 use crate::{Result, WorkerError};
+use crate::{changes, tables};
 
 /// The actions of one log version, or `None` where the version is missing from the log.
 pub type LogEntry = (i64, Option<Vec<Action>>);
@@ -32,17 +32,10 @@ pub async fn read_log(table: &DeltaTable, name: &str) -> Result<Vec<LogEntry>> {
     }
     let mut entries = Vec::with_capacity((latest - first + 1).max(0) as usize);
     for version in first..=latest {
-        let actions = match log_store
-            .read_commit_entry(version as u64)
-            .await
-            .map_err(delta)?
-        {
-            Some(bytes) => {
-                Some(deltalake::logstore::get_actions(version as u64, &bytes).map_err(delta)?)
-            }
-            None => None,
-        };
-        entries.push((version, actions));
+        entries.push((
+            version,
+            changes::commit_actions(table, name, version).await?,
+        ));
     }
     Ok(entries)
 }

@@ -21,6 +21,7 @@ use std::sync::{Arc, Mutex};
 use deltalake::DeltaTable;
 use deltalake::kernel::Action;
 
+use crate::changes;
 use crate::tables::{self, txn_version};
 use crate::{Result, WorkerError};
 
@@ -135,18 +136,11 @@ async fn txns_between(
     from: i64,
     to: i64,
 ) -> Result<Option<Vec<(String, i64)>>> {
-    let log_store = table.log_store();
     let mut found = Vec::new();
     for version in from..=to {
-        let Some(bytes) = log_store
-            .read_commit_entry(version as u64)
-            .await
-            .map_err(|e| WorkerError::delta(name, e))?
-        else {
+        let Some(actions) = changes::commit_actions(table, name, version).await? else {
             return Ok(None);
         };
-        let actions = deltalake::logstore::get_actions(version as u64, &bytes)
-            .map_err(|e| WorkerError::delta(name, e))?;
         found.extend(actions.into_iter().filter_map(|action| match action {
             Action::Txn(txn) => Some((txn.app_id, txn.version)),
             _ => None,
