@@ -754,30 +754,49 @@ pub async fn commit_for_test(
     version
 }
 
+/// Tests: a table `name` of one `n: Int64` column in a temporary directory, created with
+/// `env`; open it with [`Self::store`] for each writer or follower.
+#[cfg(test)]
+pub struct TestTable {
+    /// Kept for the table's lifetime.
+    pub dir: tempfile::TempDir,
+    /// The store holding it.
+    pub store: TableStore,
+    schema: SchemaRef,
+}
+
+#[cfg(test)]
+impl TestTable {
+    /// Creates the table.
+    pub async fn create(name: &str, env: &CommitEnv) -> Self {
+        use arrow::datatypes::{DataType, Field, Schema};
+        let dir = tempfile::tempdir().unwrap();
+        let store = TableStore::new(dir.path()).unwrap();
+        let schema = Arc::new(Schema::new(vec![Field::new("n", DataType::Int64, true)]));
+        store.open_or_create(name, &schema, &[], env).await.unwrap();
+        Self { dir, store, schema }
+    }
+
+    /// One row holding `n`.
+    pub fn batch(&self, n: i64) -> RecordBatch {
+        let column = Arc::new(arrow::array::Int64Array::from(vec![n]));
+        RecordBatch::try_new(self.schema.clone(), vec![column]).unwrap()
+    }
+}
+
 #[cfg(test)]
 mod tests {
-    use arrow::array::Int64Array;
-    use arrow::datatypes::{DataType, Field, Schema};
-
     use super::*;
 
     #[tokio::test]
     async fn followers_probe_and_commits_carry_their_snapshot() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = TableStore::new(dir.path()).unwrap();
-        let schema = Arc::new(Schema::new(vec![Field::new("n", DataType::Int64, true)]));
-        let mut writer = store
-            .open_or_create("silver.t", &schema, &[], &CommitEnv::default())
-            .await
-            .unwrap();
-        let mut follower = store.open("silver.t").await.unwrap();
+        let t = TestTable::create("silver.t", &CommitEnv::default()).await;
+        let mut writer = t.store.open("silver.t").await.unwrap();
+        let mut follower = t.store.open("silver.t").await.unwrap();
         let start = version(&follower);
-        let batch = |n: i64| {
-            RecordBatch::try_new(schema.clone(), vec![Arc::new(Int64Array::from(vec![n]))]).unwrap()
-        };
         for n in 0..3 {
             let committed =
-                commit_for_test(&mut writer, "silver.t", batch(n), WriteMode::Append, &[]).await;
+                commit_for_test(&mut writer, "silver.t", t.batch(n), WriteMode::Append, &[]).await;
             // The writer's snapshot is the commit's, without a reload.
             assert_eq!(version(&writer), committed);
             assert_eq!(row_count(&writer), n as u64 + 1);

@@ -151,34 +151,23 @@ async fn txns_between(
 
 #[cfg(test)]
 mod tests {
-    use arrow::array::{Int64Array, RecordBatch};
-    use arrow::datatypes::{DataType, Field, Schema};
-
     use super::*;
-    use crate::tables::{CommitEnv, CommitOutcome, TableStore, TxnUpdate, WriteMode, commit};
+    use crate::tables::{CommitEnv, CommitOutcome, TestTable, TxnUpdate, WriteMode, commit};
 
     /// Two writers of one table, each with its own cache (two workers): each sees the
     /// other's txns, and agrees with delta-rs's own replay at every version.
     #[tokio::test]
     async fn commits_see_foreign_txns_and_agree_with_log_replay() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = TableStore::new(dir.path()).unwrap();
-        let schema = Arc::new(Schema::new(vec![Field::new("n", DataType::Int64, true)]));
         let (env_a, env_b) = (CommitEnv::default(), CommitEnv::default());
-        let mut a = store
-            .open_or_create("bronze.t", &schema, &[], &env_a)
-            .await
-            .unwrap();
-        let mut b = store.open("bronze.t").await.unwrap();
-        let batch = |n: i64| {
-            RecordBatch::try_new(schema.clone(), vec![Arc::new(Int64Array::from(vec![n]))]).unwrap()
-        };
+        let t = TestTable::create("bronze.t", &env_a).await;
+        let mut a = t.store.open("bronze.t").await.unwrap();
+        let mut b = t.store.open("bronze.t").await.unwrap();
         let put = async |table: &mut DeltaTable, env: &CommitEnv, app: &str, from, to| {
             let txns = vec![TxnUpdate::new(app, from, to)];
             commit(
                 table,
                 "bronze.t",
-                vec![batch(to)],
+                vec![t.batch(to)],
                 WriteMode::Append,
                 &[],
                 txns,
