@@ -13,10 +13,12 @@
 //! A worker keeps nothing that matters across restarts: positions live in the Delta log.
 
 pub mod changes;
+pub mod commit;
 pub mod error;
 pub mod failpoint;
 pub mod functions;
 pub mod gold;
+pub mod heads;
 pub mod history;
 pub mod lock;
 pub mod query;
@@ -28,7 +30,6 @@ pub mod source;
 pub mod storage;
 pub mod tables;
 pub mod tasks;
-pub mod txns;
 pub mod validate;
 pub mod verify;
 

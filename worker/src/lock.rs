@@ -5,15 +5,17 @@
 //! revision is the holder's **epoch**, higher for every later holder. Every commit carries
 //! `txn(appId = "smelter/epoch", version = epoch)`, where the epoch is raised above the
 //! latest one in the refreshed snapshot if the store's revisions ever started over (an
-//! in-process store after a restart, a rebuilt etcd). Because every commit carries that
-//! same appId, delta-rs's conflict checker rejects any commit whose base is no longer the
-//! latest version: a writer paused past its lease (its lock taken over) either lands
-//! before its successor's first commit or not at all, never on a stale base, and epochs
-//! strictly increase in log order (`smelter verify` checks it). Data files are written
+//! in-process store after a restart, a rebuilt etcd). A commit under the lock is written as
+//! exactly the version after the head it read under the lock ([`crate::commit`]); if that
+//! version is taken, another holder wrote and the attempt fails (on delta-rs's own commit
+//! path the shared appId makes its conflict checker refuse the same). So a writer paused
+//! past its lease (its lock taken over) either lands before its successor's first commit
+//! or not at all, never on a stale base, and epochs strictly increase in log order
+//! (`smelter verify` checks it). Data files are written
 //! before the lock is taken; only the log write happens under it.
 //!
 //! Correctness never depends on the lock alone: the txn compare-and-set of
-//! [`crate::tables::commit`] decides what is already in the table. The lock turns racing
+//! [`crate::commit::commit`] decides what is already in the table. The lock turns racing
 //! commits (and their retries) into a queue, and fences stale writers.
 
 use std::sync::Arc;

@@ -173,7 +173,7 @@ pub async fn run(
     let commits = Arc::new(CommitEnv {
         arbiter,
         failpoints: Failpoints::parse(config.worker.failpoint.as_deref())?,
-        txns: Default::default(),
+        heads: Default::default(),
     });
 
     let endpoints = config.coordinator.endpoint_list();

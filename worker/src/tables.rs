@@ -1,44 +1,28 @@
-//! Where tables live and how they are opened, created and committed to.
-//!
-//! # The commit protocol (design.md §5)
-//!
-//! The Delta log is the only source of truth about what was written. Every commit made by
-//! a task carries Delta `txn` actions naming what it consumed:
-//!
-//! * ingest: `appId = "<pipeline>/<topic>/<partition>"`, `version` = last offset;
-//! * refine / aggregate: `appId = "<table>/<upstream table>"`, `version` = upstream Delta version.
-//!
-//! [`commit`] is a compare-and-set on those versions: each [`TxnUpdate`] names the version
-//! the writer *started from* (`previous`), and after refreshing the snapshot the commit goes
-//! ahead only if the table still holds exactly that. Anything else means this batch, or an
-//! overlapping one, is already in the table (invariant 3, strengthened: "my version or
-//! later" alone would let a batch 100..200 land after another owner committed 100..150).
-//! A racing commit carrying the same appId is rejected by delta-rs's conflict checker.
-//! When a write fails in a way that leaves its outcome unknown, the table is reloaded and
-//! the txn versions decide (invariant 5) — never a blind retry.
+//! Where tables live and how they are opened, created, followed and compacted. Commits
+//! go through [`crate::commit`].
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use arrow::datatypes::SchemaRef;
-use arrow::record_batch::RecordBatch;
+use deltalake::kernel::StructType;
 use deltalake::kernel::engine::arrow_conversion::TryFromArrow;
-use deltalake::kernel::transaction::{CommitBuilder, CommitProperties};
-use deltalake::kernel::{Action, Add, StructType, Transaction};
-use deltalake::protocol::{DeltaOperation, SaveMode};
-use deltalake::table::config::TablePropertiesExt as _;
-use deltalake::writer::{DeltaWriter, RecordBatchWriter};
+use deltalake::protocol::SaveMode;
 use deltalake::{DeltaTable, DeltaTableBuilder, DeltaTableError};
 use futures::StreamExt;
 use object_store::path::Path as ObjectPath;
 use object_store::{ObjectStore, ObjectStoreExt};
 use url::Url;
 
-use crate::failpoint::Failpoints;
-use crate::lock::{CommitArbiter, EPOCH_APP_ID};
-use crate::txns::TxnCache;
 use crate::{Result, WorkerError};
+
+/// How long a writer waits for another's commit lock.
+pub(crate) const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
+
+#[cfg(test)]
+pub use crate::commit::commit_for_test;
+pub use crate::commit::{CommitEnv, CommitOutcome, TxnUpdate, WriteMode, commit};
 
 /// Maps `layer.name` table names to storage locations under one root: a local directory,
 /// or an S3-compatible bucket (`s3://bucket/prefix`, see [`crate::storage`]).
@@ -312,51 +296,6 @@ impl TableStore {
     }
 }
 
-/// How a commit changes the table.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum WriteMode {
-    /// Add rows.
-    Append,
-    /// Replace all rows.
-    Overwrite,
-}
-
-/// What [`commit`] did.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum CommitOutcome {
-    /// The batch is now in the table at this version.
-    Committed {
-        /// Table version of the commit.
-        version: i64,
-    },
-    /// The table no longer holds the `previous` version of some txn: this batch or an
-    /// overlapping one is already in. Nothing was written; the caller must re-read its
-    /// positions from the table.
-    AlreadyCommitted,
-}
-
-/// One txn action of a commit, with the version it expects to replace.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TxnUpdate {
-    /// The application id.
-    pub app_id: String,
-    /// The version the table must hold now (`None`: no txn for this app id yet).
-    pub previous: Option<i64>,
-    /// The version this commit records.
-    pub version: i64,
-}
-
-impl TxnUpdate {
-    /// A txn moving `app_id` from `previous` to `version`.
-    pub fn new(app_id: impl Into<String>, previous: Option<i64>, version: i64) -> Self {
-        Self {
-            app_id: app_id.into(),
-            previous,
-            version,
-        }
-    }
-}
-
 /// The highest committed txn version of `app_id`, if any.
 pub async fn txn_version(table: &DeltaTable, app_id: &str) -> Result<Option<i64>> {
     let name = table_name(table);
@@ -423,206 +362,6 @@ fn table_name(table: &DeltaTable) -> String {
     table.table_url().to_string()
 }
 
-/// What commits need besides the table: the commit lock, when the coordination store is
-/// shared with the other writers, and the fault-test hooks.
-#[derive(Default)]
-pub struct CommitEnv {
-    /// Table commit locks (none: the txn compare-and-set alone decides).
-    pub arbiter: Option<CommitArbiter>,
-    /// Crash hooks (unarmed by default).
-    pub failpoints: Failpoints,
-    /// The txn versions commits check, followed from the log (see [`crate::txns`]).
-    pub txns: TxnCache,
-}
-
-/// Commits `batches` with the given txn actions, following the protocol in the module docs.
-/// With an arbiter, the log write happens under the table's commit lock and carries the
-/// lock's epoch (see [`crate::lock`]); appended data files are written before the lock.
-pub async fn commit(
-    table: &mut DeltaTable,
-    name: &str,
-    batches: Vec<RecordBatch>,
-    mode: WriteMode,
-    partition_by: &[String],
-    txns: Vec<TxnUpdate>,
-    env: &CommitEnv,
-) -> Result<CommitOutcome> {
-    let arbiter = env.arbiter.as_ref();
-    const ATTEMPTS: usize = 5;
-    // Appends: data files first, outside the lock. A failed or superseded attempt leaves
-    // them unreferenced (nothing reads them); a retry commits the same files.
-    let files = match mode {
-        WriteMode::Append => Some(write_files(table, name, &batches).await?),
-        WriteMode::Overwrite => None,
-    };
-    env.failpoints.hit("commit.after_files");
-    let mut last_error = None;
-    for attempt in 0..ATTEMPTS {
-        let lock = match arbiter {
-            Some(arbiter) => Some(arbiter.acquire(name, LOCK_WAIT).await?),
-            None => None,
-        };
-        let epoch = lock.as_ref().map(|l| l.epoch);
-        let payload = Payload {
-            batches: &batches,
-            files: files.as_deref(),
-            partition_by,
-        };
-        let result = commit_once(table, name, &payload, &txns, epoch, env).await;
-        if let (Some(arbiter), Some(lock)) = (arbiter, lock) {
-            arbiter.release(lock).await;
-        }
-        match result {
-            Ok(CommitOutcome::AlreadyCommitted) if attempt > 0 => {
-                // Whether an earlier attempt of ours landed or another writer got there
-                // first, the data is in; the caller re-reads its positions from the table.
-                tracing::info!(
-                    table = name,
-                    "txn found after a failed attempt; not writing again"
-                );
-                return Ok(CommitOutcome::AlreadyCommitted);
-            }
-            Ok(outcome) => return Ok(outcome),
-            Err(error) => {
-                // Outcome unknown (or lost a race, or fenced): the txn versions decide on
-                // the next pass.
-                tracing::warn!(table = name, attempt, error = %error, "commit failed; reloading to decide from txn versions");
-                if !error.is_retryable()
-                    || matches!(&error, WorkerError::Delta { source, .. } if is_permanent(source))
-                {
-                    return Err(error);
-                }
-                last_error = Some(error);
-            }
-        }
-    }
-    Err(last_error.unwrap_or_else(|| WorkerError::CommitConflict {
-        table: name.to_string(),
-        message: "gave up".into(),
-    }))
-}
-
-/// How long a writer waits for another's commit lock.
-const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
-
-/// Writes `batches` as data files of `table` (not yet referenced by its log).
-async fn write_files(table: &DeltaTable, name: &str, batches: &[RecordBatch]) -> Result<Vec<Add>> {
-    let mut writer =
-        RecordBatchWriter::for_table(table).map_err(|e| WorkerError::delta(name, e))?;
-    for batch in batches.iter().filter(|b| b.num_rows() > 0) {
-        writer
-            .write(batch.clone())
-            .await
-            .map_err(|e| WorkerError::delta(name, e))?;
-    }
-    writer
-        .flush()
-        .await
-        .map_err(|e| WorkerError::delta(name, e))
-}
-
-/// What one commit writes: appended files already in storage, or batches to overwrite with.
-struct Payload<'a> {
-    batches: &'a [RecordBatch],
-    /// Appends: the data files written before the lock. `None`: overwrite with `batches`.
-    files: Option<&'a [Add]>,
-    partition_by: &'a [String],
-}
-
-/// One attempt: refresh, check the txn positions and the epoch, write the log entry.
-async fn commit_once(
-    table: &mut DeltaTable,
-    name: &str,
-    payload: &Payload<'_>,
-    txns: &[TxnUpdate],
-    epoch: Option<i64>,
-    env: &CommitEnv,
-) -> Result<CommitOutcome> {
-    let failpoints = &env.failpoints;
-    refresh(table, name).await?;
-    // The positions, and the latest epoch when this commit carries one, at the refreshed
-    // version.
-    let mut app_ids: Vec<&str> = txns.iter().map(|t| t.app_id.as_str()).collect();
-    if epoch.is_some() {
-        app_ids.push(EPOCH_APP_ID);
-    }
-    let current = env.txns.versions(table, name, &app_ids).await?;
-    for (txn, current) in txns.iter().zip(&current) {
-        if *current != txn.previous {
-            tracing::debug!(app_id = %txn.app_id, ?current, previous = ?txn.previous, "txn position moved");
-            return Ok(CommitOutcome::AlreadyCommitted);
-        }
-    }
-    let mut actions: Vec<Transaction> = txns
-        .iter()
-        .map(|t| Transaction::new(&t.app_id, t.version))
-        .collect();
-    if let Some(lock_revision) = epoch {
-        // Above the lock's revision and above every epoch already in the table: epochs
-        // strictly increase in log order even if the store's revisions started over
-        // (a restarted in-process store, a rebuilt etcd).
-        let latest = current[txns.len()];
-        let epoch = lock_revision.max(latest.map_or(0, |e| e + 1));
-        actions.push(Transaction::new(EPOCH_APP_ID, epoch));
-    }
-    let written: Vec<(String, i64)> = actions
-        .iter()
-        .map(|t| (t.app_id.clone(), t.version))
-        .collect();
-    // Expired log entries are cleaned up only by the commits that write a checkpoint (the
-    // only ones after which there is anything to clean): the cleanup lists the whole log.
-    let cleanup = {
-        let config = table
-            .snapshot()
-            .map_err(|e| WorkerError::delta(name, e))?
-            .table_config();
-        config.enable_expired_log_cleanup()
-            && ((version(table) + 1) as u64).is_multiple_of(config.checkpoint_interval().get())
-    };
-    let properties = CommitProperties::default()
-        .with_application_transactions(actions)
-        .with_cleanup_expired_logs(Some(cleanup));
-    let partition_by = payload.partition_by;
-    match payload.files {
-        Some(files) => {
-            let snapshot = table.snapshot().map_err(|e| WorkerError::delta(name, e))?;
-            let operation = DeltaOperation::Write {
-                mode: SaveMode::Append,
-                partition_by: (!partition_by.is_empty()).then(|| partition_by.to_vec()),
-                predicate: None,
-            };
-            let committed = CommitBuilder::from(properties)
-                .with_actions(files.iter().cloned().map(Action::Add).collect())
-                .build(Some(snapshot), table.log_store(), operation)
-                .await;
-            failpoints.hit("commit.after_log");
-            let committed = committed.map_err(|e| WorkerError::delta(name, e))?;
-            let version = committed.version() as i64;
-            // The commit already carried the snapshot forward to its own version.
-            table.state = Some(committed.snapshot());
-            env.txns.committed(name, version, &written);
-            Ok(CommitOutcome::Committed { version })
-        }
-        None => {
-            // Overwrites (gold) replace every file, so they are written under the lock.
-            let written_txns = written;
-            let written = table
-                .clone()
-                .write(payload.batches.to_vec())
-                .with_save_mode(SaveMode::Overwrite)
-                .with_partition_columns(partition_by.to_vec())
-                .with_commit_properties(properties)
-                .await;
-            failpoints.hit("commit.after_log");
-            let written = written.map_err(|e| WorkerError::delta(name, e))?;
-            let version = self::version(&written);
-            *table = written;
-            env.txns.committed(name, version, &written_txns);
-            Ok(CommitOutcome::Committed { version })
-        }
-    }
-}
-
 /// What a compaction did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
 pub struct Compaction {
@@ -664,17 +403,6 @@ pub async fn compact(table: &mut DeltaTable, name: &str) -> Result<Compaction> {
         files_removed: metrics.num_files_removed,
         files_added: metrics.num_files_added,
     })
-}
-
-fn is_permanent(error: &DeltaTableError) -> bool {
-    matches!(
-        error,
-        DeltaTableError::SchemaMismatch { .. }
-            | DeltaTableError::Arrow { .. }
-            | DeltaTableError::InvalidData { .. }
-            | DeltaTableError::Generic(_)
-            | DeltaTableError::NotATable(_)
-    )
 }
 
 /// Convenience: the schema of a table's current snapshot as Arrow.
@@ -728,32 +456,6 @@ fn split(table: &str) -> (&str, &str) {
     table.split_once('.').unwrap_or(("default", table))
 }
 
-/// Tests: commits `batch` without txn actions or a lock, and returns the new version.
-#[cfg(test)]
-pub async fn commit_for_test(
-    table: &mut DeltaTable,
-    name: &str,
-    batch: RecordBatch,
-    mode: WriteMode,
-    partition_by: &[String],
-) -> i64 {
-    let outcome = commit(
-        table,
-        name,
-        vec![batch],
-        mode,
-        partition_by,
-        vec![],
-        &CommitEnv::default(),
-    )
-    .await
-    .unwrap();
-    let CommitOutcome::Committed { version } = outcome else {
-        panic!("{name}: expected a commit, got {outcome:?}");
-    };
-    version
-}
-
 /// Tests: a table `name` of one `n: Int64` column in a temporary directory, created with
 /// `env`; open it with [`Self::store`] for each writer or follower.
 #[cfg(test)]
@@ -778,38 +480,8 @@ impl TestTable {
     }
 
     /// One row holding `n`.
-    pub fn batch(&self, n: i64) -> RecordBatch {
+    pub fn batch(&self, n: i64) -> arrow::record_batch::RecordBatch {
         let column = Arc::new(arrow::array::Int64Array::from(vec![n]));
-        RecordBatch::try_new(self.schema.clone(), vec![column]).unwrap()
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[tokio::test]
-    async fn followers_probe_and_commits_carry_their_snapshot() {
-        let t = TestTable::create("silver.t", &CommitEnv::default()).await;
-        let mut writer = t.store.open("silver.t").await.unwrap();
-        let mut follower = t.store.open("silver.t").await.unwrap();
-        let start = version(&follower);
-        for n in 0..3 {
-            let committed =
-                commit_for_test(&mut writer, "silver.t", t.batch(n), WriteMode::Append, &[]).await;
-            // The writer's snapshot is the commit's, without a reload.
-            assert_eq!(version(&writer), committed);
-            assert_eq!(row_count(&writer), n as u64 + 1);
-        }
-        // The follower sees the new versions by probing; its snapshot stays where it was.
-        assert_eq!(
-            latest_version(&follower, "silver.t", start).await.unwrap(),
-            start + 3
-        );
-        assert_eq!(version(&follower), start);
-        // A refresh loads them, and a second one finds nothing new.
-        assert_eq!(refresh(&mut follower, "silver.t").await.unwrap(), start + 3);
-        assert_eq!(row_count(&follower), 3);
-        assert_eq!(refresh(&mut follower, "silver.t").await.unwrap(), start + 3);
+        arrow::record_batch::RecordBatch::try_new(self.schema.clone(), vec![column]).unwrap()
     }
 }

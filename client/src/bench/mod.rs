@@ -46,6 +46,8 @@ pub struct BenchOptions {
     pub work_dir: std::path::PathBuf,
     /// Give up on a run after this long.
     pub timeout: Duration,
+    /// Runs of each end-to-end pipeline (see [`least_cpu_of`]).
+    pub runs: u32,
 }
 
 /// Three queries a dashboard would run, over gold and silver.
@@ -132,6 +134,49 @@ pub struct EndToEnd {
     pub commits: BTreeMap<String, CommitShape>,
     /// Flight SQL query latency once everything is in.
     pub queries: Vec<QueryLatency>,
+    /// Every run of this pipeline, in order; the figures above are those of the run with
+    /// the least CPU.
+    pub runs: Vec<RunSummary>,
+}
+
+/// One of several runs of an end-to-end pipeline.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct RunSummary {
+    /// CPU-seconds of every Smelter process.
+    pub cpu_seconds: f64,
+    /// `events / cpu_seconds`.
+    pub events_per_cpu_second: f64,
+    /// Produce-to-gold latency, p99, milliseconds.
+    pub p99_ms: f64,
+}
+
+/// Runs an end-to-end pipeline `runs` times and keeps the run with the least CPU, the way
+/// the limit keeps each stage's least: on a shared machine other load only ever adds CPU
+/// time (cache and core contention do not show as steal), and single runs of one build
+/// moved by a quarter. Every run is listed in [`EndToEnd::runs`].
+pub async fn least_cpu_of<T>(
+    runs: u32,
+    mut one: impl AsyncFnMut() -> Result<(EndToEnd, T)>,
+) -> Result<(EndToEnd, T)> {
+    let mut best: Option<(EndToEnd, T)> = None;
+    let mut summaries = Vec::new();
+    for _ in 0..runs.max(1) {
+        let (run, extra) = one().await?;
+        summaries.push(RunSummary {
+            cpu_seconds: run.cpu_seconds,
+            events_per_cpu_second: run.events_per_cpu_second,
+            p99_ms: run.latency.p99_ms,
+        });
+        if best
+            .as_ref()
+            .is_none_or(|(b, _)| run.cpu_seconds < b.cpu_seconds)
+        {
+            best = Some((run, extra));
+        }
+    }
+    let (mut run, extra) = best.expect("at least one run");
+    run.runs = summaries;
+    Ok((run, extra))
 }
 
 /// One layer of the layer-by-layer run.

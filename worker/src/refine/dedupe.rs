@@ -2,8 +2,10 @@
 //! against rows already in the silver table, optionally only within an event-time window
 //! around the batch (`within: 1h`), which keeps the lookup to recent files.
 //!
-//! The lookup runs against the snapshot the next commit will be built on; the refine task
-//! is the table's only writer, and a racing owner is rejected by the txn conflict check.
+//! The lookup runs against the version the next commit will be built on ([`SilverAt`]);
+//! the refine task is the table's only writer, and a racing owner is rejected by the txn
+//! conflict check. The task's own commits do not update its loaded snapshot, so the table
+//! itself is brought up to that version only when it must be read.
 //!
 //! A [`KeyCache`] keeps the table's keys (with their event time) in memory between the
 //! task's own commits, so a batch is checked without scanning the table. It describes
@@ -109,6 +111,24 @@ impl KeyCache {
     }
 }
 
+/// The silver table as the next commit will see it.
+pub struct SilverAt<'a> {
+    /// The table; its loaded snapshot may trail `version`.
+    pub table: &'a mut DeltaTable,
+    /// Its `layer.name`.
+    pub name: &'a str,
+    /// The latest version: the one the next commit builds on.
+    pub version: i64,
+}
+
+impl SilverAt<'_> {
+    /// The table with its snapshot brought up to the latest version, to be read.
+    async fn current(&mut self) -> Result<&DeltaTable> {
+        self.version = crate::tables::refresh(self.table, self.name).await?;
+        Ok(self.table)
+    }
+}
+
 /// What dedupe removed and the keys (with event time) of the rows it kept.
 pub struct Deduped {
     /// Rows kept.
@@ -137,13 +157,13 @@ fn event_times(batch: &RecordBatch, window: Option<(&str, Duration)>) -> Vec<i64
         .collect()
 }
 
-/// Removes rows whose key repeats within the batch or already exists in `table`, using
+/// Removes rows whose key repeats within the batch or already exists in `silver`, using
 /// (and loading, if needed) `cache`.
 pub async fn dedupe(
     batch: RecordBatch,
     keys: &[String],
     window: Option<(&str, Duration)>,
-    table: &DeltaTable,
+    silver: &mut SilverAt<'_>,
     cache: &mut KeyCache,
 ) -> Result<Deduped> {
     if batch.num_rows() == 0 {
@@ -165,9 +185,9 @@ pub async fn dedupe(
         }
         None => (i64::MIN, i64::MAX),
     };
-    let existing = match cached(cache, table, &row_keys, lo, hi, window, keys).await? {
+    let existing = match cached(cache, silver, &row_keys, lo, hi, window, keys).await? {
         Some(existing) => existing,
-        None => existing_keys(&batch, keys, window, table).await?,
+        None => existing_keys(&batch, keys, window, silver.current().await?).await?,
     };
     let mut seen = HashSet::with_capacity_and_hasher(row_keys.len(), ahash::RandomState::new());
     let keep: BooleanArray = row_keys
@@ -199,19 +219,20 @@ pub async fn dedupe(
 /// the table must be asked instead.
 async fn cached(
     cache: &mut KeyCache,
-    table: &DeltaTable,
+    silver: &mut SilverAt<'_>,
     row_keys: &[Option<String>],
     lo: i64,
     hi: i64,
     window: Option<(&str, Duration)>,
     keys: &[String],
 ) -> Result<Option<HashSet<String>>> {
-    let version = crate::tables::version(table);
-    if cache.version != Some(version) || cache.horizon > lo {
+    if cache.version != Some(silver.version) || cache.horizon > lo {
+        let table = silver.current().await?;
         if window.is_none() && crate::tables::row_count(table) as usize > CACHE_MAX_KEYS {
             cache.invalidate();
             return Ok(None);
         }
+        let version = crate::tables::version(table);
         load(cache, table, version, lo, window, keys).await?;
     }
     let mut existing = HashSet::new();

@@ -11,7 +11,7 @@ pub mod decode;
 pub mod dedupe;
 pub mod expectations;
 
-pub use dedupe::KeyCache;
+pub use dedupe::{KeyCache, SilverAt};
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -199,12 +199,12 @@ impl Refiner {
         &self.silver_schema
     }
 
-    /// Decodes, validates and dedupes `rows`; `silver` is the snapshot dedupe checks
+    /// Decodes, validates and dedupes `rows`; `silver` is the table version dedupe checks
     /// against, `cache` its keys as far as the task knows them.
     pub async fn refine(
         &self,
         rows: &BronzeRows,
-        silver: &DeltaTable,
+        silver: &mut SilverAt<'_>,
         cache: &mut KeyCache,
     ) -> Result<Refined> {
         let input = if rows.batches.is_empty() {

@@ -67,7 +67,7 @@ async fn refine(spec_text: &str, lines: &[&str]) -> Result<super::Refined, Worke
     let table = &spec.tables["silver.rows"];
     let dir = tempfile::tempdir().unwrap();
     let store = TableStore::new(dir.path()).unwrap();
-    let silver = store
+    let mut silver = store
         .open_or_create(
             "silver.rows",
             &schemas::silver(table),
@@ -76,8 +76,14 @@ async fn refine(spec_text: &str, lines: &[&str]) -> Result<super::Refined, Worke
         )
         .await
         .unwrap();
+    let version = crate::tables::version(&silver);
+    let mut at = super::SilverAt {
+        table: &mut silver,
+        name: "silver.rows",
+        version,
+    };
     Refiner::new("silver.rows", table, "t.yaml")?
-        .refine(&records(lines), &silver, &mut Default::default())
+        .refine(&records(lines), &mut at, &mut Default::default())
         .await
 }
 
@@ -162,9 +168,17 @@ async fn dedupe_against_the_table_with_and_without_the_key_cache() {
         .unwrap();
     let refiner = Refiner::new("silver.rows", table, "t.yaml").unwrap();
     let mut cache = super::KeyCache::default();
+    // The writer's snapshot stays where it was loaded; the head follows the commits.
+    let heads = crate::heads::LogHeads::default();
     let mut round = async |lines: &[&str], cache: &mut super::KeyCache| {
+        let head = heads.head(&mut silver, "silver.rows").await.unwrap();
+        let mut at = super::SilverAt {
+            table: &mut silver,
+            name: "silver.rows",
+            version: head.version(),
+        };
         let mut refined = refiner
-            .refine(&records(lines), &silver, cache)
+            .refine(&records(lines), &mut at, cache)
             .await
             .unwrap();
         let kept = strings(&refined.silver, "id");

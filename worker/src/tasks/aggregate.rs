@@ -118,7 +118,8 @@ impl AggregateTask {
                     consumed = Some(latest);
                 }
                 CommitOutcome::AlreadyCommitted => {
-                    consumed = tables::txn_version(&gold, &app_id).await?;
+                    let heads = &env.commits.heads;
+                    consumed = heads.txns(&mut gold, &self.table, &[&app_id]).await?.1[0];
                 }
             }
         }

@@ -5,8 +5,9 @@
 //! A caller that asks again and again (a benchmark waiting for the end, `--exit-when-done`)
 //! keeps a [`DrainWatch`]: it loads each table once and afterwards probes it with one
 //! `HEAD` per check, answering from its last answer while no table moved, and follows the
-//! txn versions from the new commit entries ([`TxnCache`]). Loading every table on every
-//! check cost the measured process more than some of its layers.
+//! txn versions from the new commit entries ([`LogHeads`]), never updating a snapshot.
+//! Loading every table on every check cost the measured process more than some of its
+//! layers, and updating the snapshots of the tables that moved still cost a tenth of a core.
 
 use std::collections::HashMap;
 
@@ -16,9 +17,9 @@ use smelter_common::spec::{Layer, PipelineSpec, SourceSpec};
 use super::downstream_app_id;
 use super::ingest::app_id;
 use crate::Result;
+use crate::heads::LogHeads;
 use crate::source::generator::Clickstream;
 use crate::tables::{self, TableStore};
-use crate::txns::TxnCache;
 
 /// True when every bounded source is fully in bronze and every silver and gold table has
 /// consumed the latest version of its upstream. Unbounded generators are never drained.
@@ -33,7 +34,7 @@ pub struct DrainWatch {
     tables: TableStore,
     spec: PipelineSpec,
     loaded: HashMap<String, DeltaTable>,
-    txns: TxnCache,
+    heads: LogHeads,
     /// The table versions at the last evaluation (`None`: the table did not exist), and
     /// its answer.
     last: Option<(Vec<Option<i64>>, bool)>,
@@ -46,7 +47,7 @@ impl DrainWatch {
             tables,
             spec,
             loaded: HashMap::new(),
-            txns: TxnCache::default(),
+            heads: LogHeads::default(),
             last: None,
         }
     }
@@ -58,6 +59,11 @@ impl DrainWatch {
         for name in &names {
             versions.push(self.bring_forward(name).await?);
         }
+        let latest: HashMap<String, i64> = names
+            .iter()
+            .zip(&versions)
+            .filter_map(|(name, version)| Some((name.clone(), (*version)?)))
+            .collect();
         // A files source can grow without any table moving; generators cannot.
         let static_sources = !self
             .spec
@@ -70,28 +76,28 @@ impl DrainWatch {
         {
             return Ok(*answer);
         }
-        let answer = self.evaluate().await?;
+        let answer = self.evaluate(&latest).await?;
         self.last = Some((versions, answer));
         Ok(answer)
     }
 
     /// The table's latest version, loading it the first time it exists.
     async fn bring_forward(&mut self, name: &str) -> Result<Option<i64>> {
-        if let Some(table) = self.loaded.get_mut(name) {
-            return tables::refresh(table, name).await.map(Some);
+        if !self.loaded.contains_key(name) {
+            if !self.tables.exists(name).await {
+                return Ok(None);
+            }
+            let table = self.tables.open(name).await?;
+            self.loaded.insert(name.to_string(), table);
         }
-        if !self.tables.exists(name).await {
-            return Ok(None);
-        }
-        let table = self.tables.open(name).await?;
-        let version = tables::version(&table);
-        self.loaded.insert(name.to_string(), table);
-        Ok(Some(version))
+        let table = self.loaded.get_mut(name).expect("loaded above");
+        Ok(Some(self.heads.head(table, name).await?.version()))
     }
 
-    async fn evaluate(&self) -> Result<bool> {
+    /// The answer with every table at its `latest` version.
+    async fn evaluate(&mut self, latest: &HashMap<String, i64>) -> Result<bool> {
         for (name, table) in self.spec.tables_in(Layer::Bronze) {
-            let Some(bronze) = self.loaded.get(name) else {
+            let Some(bronze) = self.loaded.get_mut(name) else {
                 return Ok(false);
             };
             let Some(source) = self.spec.sources.get(&table.from) else {
@@ -120,7 +126,7 @@ impl DrainWatch {
                 .map(|(topic, partition, _)| app_id(&self.spec.pipeline, topic, *partition))
                 .collect();
             let app_ids: Vec<&str> = app_ids.iter().map(String::as_str).collect();
-            let at = self.txns.versions(bronze, name, &app_ids).await?;
+            let (_, at) = self.heads.txns(bronze, name, &app_ids).await?;
             if expected
                 .iter()
                 .zip(at)
@@ -131,13 +137,13 @@ impl DrainWatch {
         }
         for (name, table) in downstream(&self.spec) {
             let (Some(upstream), Some(target)) =
-                (self.loaded.get(&table.from), self.loaded.get(name))
+                (latest.get(&table.from), self.loaded.get_mut(name))
             else {
                 return Ok(false);
             };
             let app_id = downstream_app_id(name, &table.from);
-            let at = self.txns.versions(target, name, &[&app_id]).await?;
-            if at[0] != Some(tables::version(upstream)).filter(|v| *v >= 0) {
+            let (_, at) = self.heads.txns(target, name, &[&app_id]).await?;
+            if at[0] != Some(*upstream).filter(|v| *v >= 0) {
                 return Ok(false);
             }
         }

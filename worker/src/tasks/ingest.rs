@@ -214,7 +214,13 @@ impl IngestTask {
                                 p.committed_offset = p.committed_offset.max(last);
                             });
                         }
-                        progress.committed(version, buffer.len() as u64, tables::row_count(&table));
+                        let rows = env
+                            .commits
+                            .heads
+                            .head(&mut table, &self.table)
+                            .await?
+                            .rows();
+                        progress.committed(version, buffer.len() as u64, rows.unwrap_or_default());
                         tracing::debug!(table = %self.table, version, rows = buffer.len(), "bronze commit");
                     }
                     CommitOutcome::AlreadyCommitted => {

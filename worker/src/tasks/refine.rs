@@ -8,8 +8,7 @@ use smelter_proto::TaskState;
 use tokio_util::sync::CancellationToken;
 
 use super::{Progress, TaskEnv, downstream_app_id};
-use crate::refine::KeyCache;
-use crate::refine::{self, Refiner};
+use crate::refine::{self, KeyCache, Refiner, SilverAt};
 use crate::tables::{self, CommitOutcome, TxnUpdate, WriteMode};
 use crate::{Result, schemas};
 
@@ -48,6 +47,7 @@ impl RefineTask {
         let mut consumed = tables::txn_version(&silver, &app_id).await?;
         let mut quarantined_to = tables::txn_version(&quarantine, &quarantine_app_id).await?;
         let poll = Duration::from_millis(env.config.poll_interval_ms);
+        let heads = &env.commits.heads;
         progress.update(|r| {
             r.table_rows = tables::row_count(&silver);
             r.table_version = tables::version(&silver);
@@ -91,8 +91,13 @@ impl RefineTask {
             let started = std::time::Instant::now();
             let rows = refine::read_versions(upstream, &spec.from, done + 1, to).await?;
             let read_ms = started.elapsed().as_millis() as u64;
-            tables::refresh(&mut silver, &self.table).await?;
-            let mut refined = refiner.refine(&rows, &silver, &mut keys).await?;
+            let head = heads.head(&mut silver, &self.table).await?;
+            let mut at = SilverAt {
+                table: &mut silver,
+                name: &self.table,
+                version: head.version(),
+            };
+            let mut refined = refiner.refine(&rows, &mut at, &mut keys).await?;
             let new_keys = std::mem::take(&mut refined.new_keys);
             let refine_ms = started.elapsed().as_millis() as u64 - read_ms;
             let quarantined = refined.quarantine.num_rows() as u64;
@@ -113,7 +118,13 @@ impl RefineTask {
                     CommitOutcome::AlreadyCommitted => {
                         keys.invalidate();
                         (consumed, quarantined_to) = self
-                            .reload(&silver, &app_id, &quarantine, &quarantine_app_id)
+                            .reload(
+                                &env,
+                                &mut silver,
+                                &app_id,
+                                &mut quarantine,
+                                &quarantine_app_id,
+                            )
                             .await?;
                         continue;
                     }
@@ -134,7 +145,8 @@ impl RefineTask {
             {
                 CommitOutcome::Committed { version } => {
                     keys.committed(version, new_keys, window);
-                    progress.committed(version, good, tables::row_count(&silver));
+                    let rows = heads.head(&mut silver, &self.table).await?.rows();
+                    progress.committed(version, good, rows.unwrap_or_default());
                     progress.update(|r| {
                         r.rows_quarantined += quarantined;
                         r.rows_dropped += refined.dropped as u64;
@@ -150,7 +162,13 @@ impl RefineTask {
                 CommitOutcome::AlreadyCommitted => {
                     keys.invalidate();
                     (consumed, quarantined_to) = self
-                        .reload(&silver, &app_id, &quarantine, &quarantine_app_id)
+                        .reload(
+                            &env,
+                            &mut silver,
+                            &app_id,
+                            &mut quarantine,
+                            &quarantine_app_id,
+                        )
                         .await?;
                     tracing::info!(table = %self.table, ?consumed, "range already refined; resuming after the table's txn version");
                 }
@@ -158,16 +176,21 @@ impl RefineTask {
         }
     }
 
+    /// The positions of silver and its quarantine at their latest versions.
     async fn reload(
         &self,
-        silver: &DeltaTable,
+        env: &TaskEnv,
+        silver: &mut DeltaTable,
         app_id: &str,
-        quarantine: &DeltaTable,
+        quarantine: &mut DeltaTable,
         quarantine_app_id: &str,
     ) -> Result<(Option<i64>, Option<i64>)> {
-        Ok((
-            tables::txn_version(silver, app_id).await?,
-            tables::txn_version(quarantine, quarantine_app_id).await?,
-        ))
+        let heads = &env.commits.heads;
+        let (_, at) = heads.txns(silver, &self.table, &[app_id]).await?;
+        let quarantine_name = TableSpec::quarantine_name(&self.table);
+        let (_, quarantined) = heads
+            .txns(quarantine, &quarantine_name, &[quarantine_app_id])
+            .await?;
+        Ok((at[0], quarantined[0]))
     }
 }
