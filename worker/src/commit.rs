@@ -39,7 +39,9 @@
 
 use std::collections::HashMap;
 
+use arrow::compute::kernels::cmp::not_distinct;
 use arrow::record_batch::RecordBatch;
+use deltalake::kernel::scalars::ScalarExt;
 use deltalake::kernel::transaction::{
     CommitBuilder, CommitData, CommitProperties, TransactionError,
 };
@@ -49,6 +51,8 @@ use deltalake::protocol::{DeltaOperation, SaveMode};
 use deltalake::table::config::TablePropertiesExt as _;
 use deltalake::writer::{DeltaWriter, RecordBatchWriter};
 use deltalake::{DeltaTable, DeltaTableError};
+
+use indexmap::IndexMap;
 
 use crate::failpoint::Failpoints;
 use crate::heads::{Head, LogHeads};
@@ -180,16 +184,58 @@ pub async fn commit(
 async fn write_files(table: &DeltaTable, name: &str, batches: &[RecordBatch]) -> Result<Vec<Add>> {
     let mut writer =
         RecordBatchWriter::for_table(table).map_err(|e| WorkerError::delta(name, e))?;
+    let partition_by = table
+        .snapshot()
+        .map_err(|e| WorkerError::delta(name, e))?
+        .metadata()
+        .partition_columns()
+        .to_vec();
     for batch in batches.iter().filter(|b| b.num_rows() > 0) {
-        writer
-            .write(batch.clone())
-            .await
-            .map_err(|e| WorkerError::delta(name, e))?;
+        let written = match single_partition(batch, &partition_by)? {
+            Some(values) => writer
+                .write_partition(
+                    batch.clone(),
+                    &values,
+                    deltalake::writer::WriteMode::Default,
+                )
+                .await
+                .map(drop),
+            None => writer.write(batch.clone()).await,
+        };
+        written.map_err(|e| WorkerError::delta(name, e))?;
     }
     writer
         .flush()
         .await
         .map_err(|e| WorkerError::delta(name, e))
+}
+
+/// The partition values of `batch` when all its rows share them (the usual case: bronze
+/// rows of one day), so that the writer takes the batch as it is. delta-rs's own split
+/// sorts and copies every column of every batch.
+/// (Generic over the kernel's `Scalar`, which deltalake does not re-export.)
+fn single_partition<Scalar: ScalarExt>(
+    batch: &RecordBatch,
+    partition_by: &[String],
+) -> Result<Option<IndexMap<String, Scalar>>> {
+    if partition_by.is_empty() {
+        return Ok(None);
+    }
+    let mut values = IndexMap::with_capacity(partition_by.len());
+    for name in partition_by {
+        let Some(column) = batch.column_by_name(name) else {
+            return Ok(None);
+        };
+        let first = arrow::array::Scalar::new(column.slice(0, 1));
+        if not_distinct(column, &first)?.true_count() != column.len() {
+            return Ok(None);
+        }
+        let Some(value) = Scalar::from_array(column.as_ref(), 0) else {
+            return Ok(None);
+        };
+        values.insert(name.clone(), value);
+    }
+    Ok(Some(values))
 }
 
 /// What one commit writes.
@@ -226,10 +272,7 @@ async fn commit_once(
     epoch: Option<i64>,
     env: &CommitEnv,
 ) -> Result<CommitOutcome> {
-    let mut app_ids: Vec<&str> = txns.iter().map(|t| t.app_id.as_str()).collect();
-    if epoch.is_some() {
-        app_ids.push(EPOCH_APP_ID);
-    }
+    let app_ids = checked_app_ids(txns, epoch);
     for _ in 0..VERSION_RACES {
         let (head, current) = env.heads.txns(table, name, &app_ids).await?;
         if !head.metadata_as_of(version(table)) || !writes_lean(table, payload.mode) {
@@ -289,6 +332,15 @@ async fn commit_once(
         table: name.to_string(),
         message: format!("other writers took the next version {VERSION_RACES} times in a row"),
     })
+}
+
+/// The app ids whose positions a commit checks: its txns, then the epoch under a lock.
+fn checked_app_ids(txns: &[TxnUpdate], epoch: Option<i64>) -> Vec<&str> {
+    let mut app_ids: Vec<&str> = txns.iter().map(|t| t.app_id.as_str()).collect();
+    if epoch.is_some() {
+        app_ids.push(EPOCH_APP_ID);
+    }
+    app_ids
 }
 
 /// The commit's txn actions, or `None` when the table no longer holds a position the
@@ -383,10 +435,7 @@ async fn through_delta_rs(
     epoch: Option<i64>,
     env: &CommitEnv,
 ) -> Result<CommitOutcome> {
-    let mut app_ids: Vec<&str> = txns.iter().map(|t| t.app_id.as_str()).collect();
-    if epoch.is_some() {
-        app_ids.push(EPOCH_APP_ID);
-    }
+    let app_ids = checked_app_ids(txns, epoch);
     let mut current = Vec::with_capacity(app_ids.len());
     for app_id in app_ids {
         current.push(crate::tables::txn_version(table, app_id).await?);
@@ -483,6 +532,72 @@ mod tests {
             panic!("expected a commit, got {outcome:?}");
         };
         version
+    }
+
+    /// A batch of one partition is written as it is, a batch of several is split by
+    /// delta-rs: both land in the same partition directories, readable by their values.
+    #[tokio::test]
+    async fn batches_of_one_partition_land_where_split_batches_do() {
+        use arrow::array::{Date32Array, Int64Array};
+        use arrow::datatypes::{DataType, Field, Schema};
+        let env = CommitEnv::default();
+        let dir = tempfile::tempdir().unwrap();
+        let store = crate::tables::TableStore::new(dir.path()).unwrap();
+        let schema = std::sync::Arc::new(Schema::new(vec![
+            Field::new("n", DataType::Int64, true),
+            Field::new("day", DataType::Date32, true),
+        ]));
+        let by = ["day".to_string()];
+        let mut table = store
+            .open_or_create("bronze.t", &schema, &by, &env)
+            .await
+            .unwrap();
+        let batch = |n: Vec<i64>, days: Vec<i32>| {
+            let columns: Vec<arrow::array::ArrayRef> = vec![
+                std::sync::Arc::new(Int64Array::from(n)),
+                std::sync::Arc::new(Date32Array::from(days)),
+            ];
+            RecordBatch::try_new(schema.clone(), columns).unwrap()
+        };
+        // 20778 is 2026-11-21, 20779 the day after.
+        let one_day = batch(vec![1, 2, 3], vec![20778; 3]);
+        let two_days = batch(vec![4, 5], vec![20778, 20779]);
+        for b in [one_day, two_days] {
+            commit(
+                &mut table,
+                "bronze.t",
+                vec![b],
+                WriteMode::Append,
+                &by,
+                vec![],
+                &env,
+            )
+            .await
+            .unwrap();
+        }
+        let head = env.heads.head(&mut table, "bronze.t").await.unwrap();
+        let mut dirs: Vec<String> = head
+            .files()
+            .map(|f| f.path().split('/').next().unwrap().to_string())
+            .collect();
+        dirs.sort();
+        assert_eq!(dirs, ["day=2026-11-21", "day=2026-11-21", "day=2026-11-22"]);
+        refresh(&mut table, "bronze.t").await.unwrap();
+        let ctx = datafusion::prelude::SessionContext::new();
+        ctx.register_table("t", table.table_provider().await.unwrap())
+            .unwrap();
+        let rows = ctx
+            .sql("SELECT CAST(day AS VARCHAR) AS day, sum(n) AS n FROM t GROUP BY day ORDER BY day")
+            .await
+            .unwrap()
+            .collect()
+            .await
+            .unwrap();
+        let text = arrow::util::pretty::pretty_format_batches(&rows)
+            .unwrap()
+            .to_string();
+        assert!(text.contains("| 2026-11-21 | 10 |"), "{text}");
+        assert!(text.contains("| 2026-11-22 | 5  |"), "{text}");
     }
 
     #[tokio::test]

@@ -87,8 +87,23 @@ impl QueryEngine {
 
     /// A session with the three layers registered; `pinned` fixes one table at a version.
     pub async fn session(&self, pinned: Option<(&str, i64)>) -> Result<SessionContext> {
+        self.session_with(pinned, SessionConfig::new()).await
+    }
+
+    /// A session that plans every query as one partition: for the many small plans of an
+    /// incremental gold refresh, where splitting the input costs more than it saves.
+    pub async fn serial_session(&self) -> Result<SessionContext> {
+        self.session_with(None, SessionConfig::new().with_target_partitions(1))
+            .await
+    }
+
+    async fn session_with(
+        &self,
+        pinned: Option<(&str, i64)>,
+        config: SessionConfig,
+    ) -> Result<SessionContext> {
         let names = Arc::new(self.tables.list().await);
-        let mut config = SessionConfig::new().with_information_schema(true);
+        let mut config = config.with_information_schema(true);
         config
             .options_mut()
             .execution

@@ -84,7 +84,7 @@ impl IncrementalGold {
                 .collect(),
             plan,
             state,
-            ctx: engine.session(None).await?,
+            ctx: engine.serial_session().await?,
             upstream: name.to_string(),
             version,
         };

@@ -47,20 +47,37 @@ const BRONZE_INPUT: [&str; 6] = [
     "ingested_at",
 ];
 
-/// Rows read from bronze, in commit order.
+/// Rows read from bronze, in commit order, numbered across batches. The batches are kept
+/// as read: joining them would copy every payload once more.
 pub struct BronzeRows {
     batches: Vec<RecordBatch>,
+    /// The number of the first row of each batch.
+    starts: Vec<usize>,
 }
 
 impl BronzeRows {
     /// Rows given as bronze-shaped batches (tests, and callers that already hold them).
     pub fn from_batches(batches: Vec<RecordBatch>) -> Self {
-        Self { batches }
+        let starts = batches
+            .iter()
+            .scan(0, |next, b| {
+                let start = *next;
+                *next += b.num_rows();
+                Some(start)
+            })
+            .collect();
+        Self { batches, starts }
     }
 
     /// Number of rows.
     pub fn len(&self) -> usize {
         self.batches.iter().map(RecordBatch::num_rows).sum()
+    }
+
+    /// The batch holding row `row`, and the row's index in it.
+    fn at(&self, row: usize) -> (&RecordBatch, usize) {
+        let b = self.starts.partition_point(|&start| start <= row) - 1;
+        (&self.batches[b], row - self.starts[b])
     }
 
     /// Whether there are no rows.
@@ -82,7 +99,7 @@ pub async fn read_versions(
     for file in changes::range(bronze, name, from, to).await?.added {
         batches.extend(changes::read(bronze, name, &file, Some(&columns)).await?);
     }
-    Ok(BronzeRows { batches })
+    Ok(BronzeRows::from_batches(batches))
 }
 
 /// What one refine step produced.
@@ -170,10 +187,12 @@ impl Refiner {
     }
 
     /// The work batch: decoded columns built directly, the bronze metadata columns taken
-    /// from the input rows that decoded, and [`ROW`] pointing back at them.
+    /// from the rows of `input` that decoded (`kept`), and [`ROW`] pointing back at them
+    /// (`input` starts at row `base`).
     fn decoded_batch(
         &self,
         input: &RecordBatch,
+        base: usize,
         decoded: Columns,
         kept: Vec<u32>,
     ) -> Result<RecordBatch> {
@@ -190,7 +209,10 @@ impl Refiner {
             })?;
             arrays.push(arrow::compute::take(source.as_ref(), &rows, None)?);
         }
-        arrays.push(Arc::new(rows));
+        let base = base as u32;
+        arrays.push(Arc::new(UInt32Array::from_iter_values(
+            rows.values().iter().map(|r| base + r),
+        )));
         Ok(RecordBatch::try_new(self.work_schema.clone(), arrays)?)
     }
 
@@ -207,21 +229,19 @@ impl Refiner {
         silver: &mut SilverAt<'_>,
         cache: &mut KeyCache,
     ) -> Result<Refined> {
-        let input = if rows.batches.is_empty() {
-            RecordBatch::new_empty(Arc::new(Schema::empty()))
-        } else {
-            concat_batches(&rows.batches[0].schema(), &rows.batches)?
-        };
-        let n = input.num_rows();
         let mut quarantined: Vec<Quarantined> = Vec::new();
         // Decoded in slices of rows, each built into Arrow columns at once.
         let mut slices = Vec::new();
-        if n > 0 {
-            let payload = column::<BinaryArray>(&input, "payload")?;
-            let error = column::<StringArray>(&input, "error")?;
-            // The declared columns and `_rescued_data`.
-            let declared = &self.work_schema.fields()[..self.decoder.columns().len() + 1];
-            let mut cells = Vec::with_capacity(declared.len());
+        // The declared columns and `_rescued_data`.
+        let declared = &self.work_schema.fields()[..self.decoder.columns().len() + 1];
+        let mut cells = Vec::with_capacity(declared.len());
+        for (input, &base) in rows.batches.iter().zip(&rows.starts) {
+            let n = input.num_rows();
+            if n == 0 {
+                continue;
+            }
+            let payload = column::<BinaryArray>(input, "payload")?;
+            let error = column::<StringArray>(input, "error")?;
             for start in (0..n).step_by(DECODE_SLICE) {
                 let mut decoded = Columns::new(declared, DECODE_SLICE);
                 // The bronze row of each decoded row.
@@ -236,7 +256,7 @@ impl Refiner {
                         quarantined.push(Quarantined {
                             rule: "_ingest".into(),
                             reason,
-                            row,
+                            row: base + row,
                         });
                         continue;
                     }
@@ -249,11 +269,11 @@ impl Refiner {
                         Err(rejection) => quarantined.push(Quarantined {
                             rule: rejection.rule.into(),
                             reason: rejection.reason,
-                            row,
+                            row: base + row,
                         }),
                     }
                 }
-                slices.push(self.decoded_batch(&input, decoded, kept)?);
+                slices.push(self.decoded_batch(input, base, decoded, kept)?);
             }
         }
         let mut batch = concat_batches(&self.work_schema, &slices)?;
@@ -273,16 +293,16 @@ impl Refiner {
                     continue;
                 }
                 OnViolation::Fail => {
-                    let rows = column::<UInt32Array>(&batch, ROW)?;
+                    let bronze_rows = column::<UInt32Array>(&batch, ROW)?;
                     let first = (0..violations.len())
                         .find(|&i| violations.value(i))
-                        .map_or(0, |i| rows.value(i) as usize);
+                        .map_or(0, |i| bronze_rows.value(i) as usize);
                     return Err(WorkerError::ExpectationFailed {
                         table: self.table.clone(),
                         rule: rule.spec.name.clone(),
                         expr: rule.spec.expr.clone(),
                         count,
-                        position: position(&input, first)?,
+                        position: position(rows, first)?,
                     });
                 }
                 OnViolation::Drop => dropped += count,
@@ -334,7 +354,7 @@ impl Refiner {
         let dedupe_ms = dedupe_started.elapsed().as_millis() as u64;
         Ok(Refined {
             silver: silver_batch,
-            quarantine: quarantine_batch(&input, &quarantined)?,
+            quarantine: quarantine_batch(rows, &quarantined)?,
             dropped,
             deduplicated,
             warned,
@@ -344,7 +364,8 @@ impl Refiner {
     }
 }
 
-fn position(input: &RecordBatch, row: usize) -> Result<String> {
+fn position(rows: &BronzeRows, row: usize) -> Result<String> {
+    let (input, row) = rows.at(row);
     let topic = column::<StringArray>(input, "topic")?;
     let partition = column::<Int32Array>(input, "partition")?;
     let offset = column::<Int64Array>(input, "offset")?;
@@ -356,15 +377,10 @@ fn position(input: &RecordBatch, row: usize) -> Result<String> {
     ))
 }
 
-fn quarantine_batch(input: &RecordBatch, rows: &[Quarantined]) -> Result<RecordBatch> {
+fn quarantine_batch(input: &BronzeRows, rows: &[Quarantined]) -> Result<RecordBatch> {
     if rows.is_empty() {
         return Ok(RecordBatch::new_empty(schemas::quarantine()));
     }
-    let topic = column::<StringArray>(input, "topic")?;
-    let partition = column::<Int32Array>(input, "partition")?;
-    let offset = column::<Int64Array>(input, "offset")?;
-    let payload = column::<BinaryArray>(input, "payload")?;
-    let ingested = column::<TimestampMicrosecondArray>(input, "ingested_at")?;
     let now = chrono::Utc::now().timestamp_micros();
     let mut rule_b = StringBuilder::new();
     let mut reason_b = StringBuilder::new();
@@ -375,13 +391,19 @@ fn quarantine_batch(input: &RecordBatch, rows: &[Quarantined]) -> Result<RecordB
     let mut ingested_b = TimestampMicrosecondBuilder::new().with_timezone("UTC");
     let mut at_b = TimestampMicrosecondBuilder::new().with_timezone("UTC");
     for q in rows {
+        let (batch, row) = input.at(q.row);
+        let topic = column::<StringArray>(batch, "topic")?;
+        let partition = column::<Int32Array>(batch, "partition")?;
+        let offset = column::<Int64Array>(batch, "offset")?;
+        let payload = column::<BinaryArray>(batch, "payload")?;
+        let ingested = column::<TimestampMicrosecondArray>(batch, "ingested_at")?;
         rule_b.append_value(&q.rule);
         reason_b.append_value(&q.reason);
-        topic_b.append_value(topic.value(q.row));
-        partition_b.append_value(partition.value(q.row));
-        offset_b.append_value(offset.value(q.row));
-        payload_b.append_option(payload.is_valid(q.row).then(|| payload.value(q.row)));
-        ingested_b.append_value(ingested.value(q.row));
+        topic_b.append_value(topic.value(row));
+        partition_b.append_value(partition.value(row));
+        offset_b.append_value(offset.value(row));
+        payload_b.append_option(payload.is_valid(row).then(|| payload.value(row)));
+        ingested_b.append_value(ingested.value(row));
         at_b.append_value(now);
     }
     let columns: Vec<ArrayRef> = vec![

@@ -41,7 +41,12 @@ fn records(lines: &[&str]) -> BronzeRows {
             error: None,
         })
         .collect();
-    BronzeRows::from_batches(vec![bronze_batch("s", &records).unwrap()])
+    // Two rows per batch, as bronze rows arrive in several batches (one or more per file).
+    let batches = records
+        .chunks(2)
+        .map(|chunk| bronze_batch("s", chunk).unwrap())
+        .collect();
+    BronzeRows::from_batches(batches)
 }
 
 fn strings(batch: &arrow::record_batch::RecordBatch, column: &str) -> Vec<String> {
@@ -132,16 +137,19 @@ async fn each_action_does_what_it_says() {
 #[tokio::test]
 async fn fail_stops_the_batch_naming_the_rule_and_position() {
     let spec = SPEC.replace("on_violation: drop", "on_violation: fail");
-    let err = refine(&spec, &[r#"{"id":"a","n":1}"#, r#"{"id":"d","n":7}"#])
-        .await
-        .unwrap_err();
+    let lines = [
+        r#"{"id":"a","n":1}"#,
+        r#"{"id":"b","n":2}"#,
+        r#"{"id":"d","n":7}"#,
+    ];
+    let err = refine(&spec, &lines).await.unwrap_err();
     assert!(
         matches!(err, WorkerError::ExpectationFailed { .. }),
         "{err}"
     );
     let message = err.to_string();
     assert!(
-        message.contains("not_seven") && message.contains("f.ndjson/0@1"),
+        message.contains("not_seven") && message.contains("f.ndjson/0@2"),
         "{message}"
     );
     assert!(

@@ -118,13 +118,7 @@ impl RefineTask {
                     CommitOutcome::AlreadyCommitted => {
                         keys.invalidate();
                         (consumed, quarantined_to) = self
-                            .reload(
-                                &env,
-                                &mut silver,
-                                &app_id,
-                                &mut quarantine,
-                                &quarantine_app_id,
-                            )
+                            .reload(&env, &spec.from, &mut silver, &mut quarantine)
                             .await?;
                         continue;
                     }
@@ -162,13 +156,7 @@ impl RefineTask {
                 CommitOutcome::AlreadyCommitted => {
                     keys.invalidate();
                     (consumed, quarantined_to) = self
-                        .reload(
-                            &env,
-                            &mut silver,
-                            &app_id,
-                            &mut quarantine,
-                            &quarantine_app_id,
-                        )
+                        .reload(&env, &spec.from, &mut silver, &mut quarantine)
                         .await?;
                     tracing::info!(table = %self.table, ?consumed, "range already refined; resuming after the table's txn version");
                 }
@@ -176,20 +164,21 @@ impl RefineTask {
         }
     }
 
-    /// The positions of silver and its quarantine at their latest versions.
+    /// The positions in `from` of silver and its quarantine at their latest versions.
     async fn reload(
         &self,
         env: &TaskEnv,
+        from: &str,
         silver: &mut DeltaTable,
-        app_id: &str,
         quarantine: &mut DeltaTable,
-        quarantine_app_id: &str,
     ) -> Result<(Option<i64>, Option<i64>)> {
         let heads = &env.commits.heads;
-        let (_, at) = heads.txns(silver, &self.table, &[app_id]).await?;
+        let app_id = downstream_app_id(&self.table, from);
+        let (_, at) = heads.txns(silver, &self.table, &[&app_id]).await?;
         let quarantine_name = TableSpec::quarantine_name(&self.table);
+        let quarantine_app_id = downstream_app_id(&quarantine_name, from);
         let (_, quarantined) = heads
-            .txns(quarantine, &quarantine_name, &[quarantine_app_id])
+            .txns(quarantine, &quarantine_name, &[&quarantine_app_id])
             .await?;
         Ok((at[0], quarantined[0]))
     }
