@@ -11,6 +11,7 @@ use smelter_common::shutdown::{CancellationToken, cancel_on_signal};
 use smelter_common::telemetry::{LogFormat, init_logging};
 
 // Many threads allocating Arrow buffers contend on glibc's malloc; mimalloc does not.
+// (Built without transparent huge pages: see the workspace Cargo.toml.)
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

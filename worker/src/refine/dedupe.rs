@@ -15,7 +15,7 @@
 //! outcome). A batch reaching before the horizon, or a key whose cached time falls outside
 //! the window while the key exists, goes to the table as before.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -29,6 +29,7 @@ use datafusion::datasource::MemTable;
 use datafusion::prelude::{SessionContext, col, lit};
 use deltalake::DeltaTable;
 
+use super::key_times::KeyTimes;
 use crate::Result;
 
 const SEPARATOR: char = '\u{1f}';
@@ -73,7 +74,7 @@ const CACHE_MAX_KEYS: usize = 4_000_000;
 #[derive(Debug, Default)]
 pub struct KeyCache {
     version: Option<i64>,
-    keys: HashMap<String, i64, ahash::RandomState>,
+    keys: KeyTimes,
     /// Every key whose event time is at or after this is in `keys`.
     horizon: i64,
 }
@@ -94,15 +95,14 @@ impl KeyCache {
         }
         self.version = Some(version);
         for (key, ts) in added {
-            let slot = self.keys.entry(key).or_insert(ts);
-            *slot = (*slot).max(ts);
+            self.keys.insert_latest(key, ts);
         }
         if self.keys.len() > CACHE_MAX_KEYS {
             match window {
                 Some(window) => {
-                    let newest = self.keys.values().copied().max().unwrap_or(i64::MIN);
+                    let newest = self.keys.newest().unwrap_or(i64::MIN);
                     let keep_from = newest.saturating_sub(2 * window.as_micros() as i64);
-                    self.keys.retain(|_, ts| *ts >= keep_from);
+                    self.keys.retain(|ts| ts >= keep_from);
                     self.horizon = self.horizon.max(keep_from);
                 }
                 None => self.invalidate(),
@@ -189,16 +189,19 @@ pub async fn dedupe(
         Some(existing) => existing,
         None => existing_keys(&batch, keys, window, silver.current().await?).await?,
     };
-    let mut seen = HashSet::with_capacity_and_hasher(row_keys.len(), ahash::RandomState::new());
-    let keep: BooleanArray = row_keys
-        .iter()
-        .map(|key| {
-            Some(
-                key.as_ref()
-                    .is_none_or(|k| !existing.contains(k) && seen.insert(k.clone())),
-            )
-        })
-        .collect();
+    let keep: BooleanArray = {
+        let mut seen: HashSet<&str, _> =
+            HashSet::with_capacity_and_hasher(row_keys.len(), ahash::RandomState::new());
+        row_keys
+            .iter()
+            .map(|key| {
+                Some(
+                    key.as_deref()
+                        .is_none_or(|k| !existing.contains(k) && seen.insert(k)),
+                )
+            })
+            .collect()
+    };
     let kept_keys = row_keys
         .into_iter()
         .zip(times)
@@ -239,7 +242,7 @@ async fn cached(
     for key in row_keys.iter().flatten() {
         match cache.keys.get(key) {
             None => {}
-            Some(ts) if (lo..=hi).contains(ts) => {
+            Some(ts) if (lo..=hi).contains(&ts) => {
                 existing.insert(key.clone());
             }
             // The key exists, but its cached (latest) time is outside the window: an
@@ -278,8 +281,7 @@ async fn load(
             let times = event_times(&batch, window);
             for (key, ts) in row_keys(&batch, keys)?.into_iter().zip(times) {
                 if let Some(key) = key {
-                    let slot = cache.keys.entry(key).or_insert(ts);
-                    *slot = (*slot).max(ts);
+                    cache.keys.insert_latest(key, ts);
                 }
             }
         }

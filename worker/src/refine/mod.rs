@@ -10,6 +10,7 @@ mod columns;
 pub mod decode;
 pub mod dedupe;
 pub mod expectations;
+mod key_times;
 
 pub use dedupe::{KeyCache, SilverAt};
 
