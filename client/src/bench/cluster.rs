@@ -55,14 +55,35 @@ fn free_port() -> Result<u16> {
         .port())
 }
 
-/// The child processes, killed when dropped.
+/// The child processes, stopped when dropped.
 struct Processes(Vec<(String, Child)>);
 
+/// How long a child may take to stop after SIGTERM before it is killed.
+const STOP_GRACE: Duration = Duration::from_secs(10);
+
 impl Drop for Processes {
+    /// Each child is asked to stop (SIGTERM) and killed only if it does not: a killed
+    /// coordinator keeps its leadership (and its workers their registrations) in etcd until
+    /// the leases expire, and the next run's coordinator would wait that long, then take
+    /// over the last run's pipeline until the new one is applied. Workers go first: a
+    /// worker outliving its coordinator only logs reconnect attempts.
     fn drop(&mut self) {
-        // Workers first: a worker outliving its coordinator only logs reconnect attempts.
-        for (_, child) in self.0.iter_mut().rev() {
-            let _ = child.kill();
+        for (name, child) in self.0.iter_mut().rev() {
+            let asked = Command::new("kill")
+                .args(["-TERM", &child.id().to_string()])
+                .status()
+                .is_ok_and(|status| status.success());
+            let deadline = Instant::now() + STOP_GRACE;
+            while asked && Instant::now() < deadline {
+                match child.try_wait() {
+                    Ok(None) => std::thread::sleep(Duration::from_millis(50)),
+                    _ => break,
+                }
+            }
+            if !matches!(child.try_wait(), Ok(Some(_))) {
+                tracing::warn!(process = %name, "did not stop on SIGTERM; killing it");
+                let _ = child.kill();
+            }
             let _ = child.wait();
         }
     }
