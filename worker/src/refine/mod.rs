@@ -217,6 +217,41 @@ impl Refiner {
         Ok(RecordBatch::try_new(self.work_schema.clone(), arrays)?)
     }
 
+    /// Decodes one payload into a row of `decoded` (its cells staged in `cells`), or says
+    /// why it does not decode.
+    fn decode_into<'p>(
+        &self,
+        payload: &'p [u8],
+        cells: &mut Vec<Cell<'p>>,
+        decoded: &mut Columns,
+    ) -> Result<std::result::Result<(), decode::Rejection>> {
+        match self.decoder.decode_cells(payload, cells) {
+            Ok(rescued) => {
+                cells.push(rescued.map_or(Cell::Null, |r| Cell::Text(r.into())));
+                decoded.push(cells)?;
+                Ok(Ok(()))
+            }
+            Err(rejection) => Ok(Err(rejection)),
+        }
+    }
+
+    /// The decoding alone, as refine does it: the declared columns and `_rescued_data` of
+    /// the payloads that decode, the others left out. (The benchmark's limit measures it.)
+    pub fn decode_payloads<'p>(
+        &self,
+        payloads: impl IntoIterator<Item = &'p [u8]>,
+    ) -> Result<Vec<ArrayRef>> {
+        let declared = &self.work_schema.fields()[..self.decoder.columns().len() + 1];
+        let payloads = payloads.into_iter();
+        let mut decoded = Columns::new(declared, payloads.size_hint().0);
+        let mut cells = Vec::with_capacity(declared.len());
+        for payload in payloads {
+            // A payload that does not decode is left out, as the quarantine takes it.
+            let _ = self.decode_into(payload, &mut cells, &mut decoded)?;
+        }
+        decoded.finish()
+    }
+
     /// The silver table's schema.
     pub fn silver_schema(&self) -> &SchemaRef {
         &self.silver_schema
@@ -261,12 +296,8 @@ impl Refiner {
                         });
                         continue;
                     }
-                    match self.decoder.decode_cells(payload.value(row), &mut cells) {
-                        Ok(rescued) => {
-                            cells.push(rescued.map_or(Cell::Null, |r| Cell::Text(r.into())));
-                            decoded.push(&mut cells)?;
-                            kept.push(row as u32);
-                        }
+                    match self.decode_into(payload.value(row), &mut cells, &mut decoded)? {
+                        Ok(()) => kept.push(row as u32),
                         Err(rejection) => quarantined.push(Quarantined {
                             rule: rejection.rule.into(),
                             reason: rejection.reason,
