@@ -146,7 +146,14 @@ pub async fn commit(
             None => None,
         };
         let epoch = lock.as_ref().map(|l| l.epoch);
-        let result = commit_once(table, name, &payload, &txns, epoch, env).await;
+        let this_attempt = Attempt {
+            name,
+            payload: &payload,
+            txns: &txns,
+            epoch,
+            env,
+        };
+        let result = commit_once(table, this_attempt).await;
         if let (Some(arbiter), Some(lock)) = (arbiter, lock) {
             arbiter.release(lock).await;
         }
@@ -263,21 +270,31 @@ impl Payload<'_> {
 /// How often the log entry is attempted when other writers keep taking the next version.
 const VERSION_RACES: usize = 20;
 
-/// One attempt: find the head, check the txn positions and the epoch, write the log entry.
-async fn commit_once(
-    table: &mut DeltaTable,
-    name: &str,
-    payload: &Payload<'_>,
-    txns: &[TxnUpdate],
+/// What one attempt commits, and under which lock epoch.
+#[derive(Clone, Copy)]
+struct Attempt<'a> {
+    name: &'a str,
+    payload: &'a Payload<'a>,
+    txns: &'a [TxnUpdate],
     epoch: Option<i64>,
-    env: &CommitEnv,
-) -> Result<CommitOutcome> {
-    let app_ids = checked_app_ids(txns, epoch);
+    env: &'a CommitEnv,
+}
+
+/// One attempt: find the head, check the txn positions and the epoch, write the log entry.
+async fn commit_once(table: &mut DeltaTable, attempt: Attempt<'_>) -> Result<CommitOutcome> {
+    let Attempt {
+        name,
+        payload,
+        txns,
+        epoch,
+        env,
+    } = attempt;
+    let app_ids = attempt.app_ids();
     for _ in 0..VERSION_RACES {
         let (head, current) = env.heads.txns(table, name, &app_ids).await?;
         if !head.metadata_as_of(version(table)) || !writes_lean(table, payload.mode) {
             refresh(table, name).await?;
-            return through_delta_rs(table, name, payload, txns, epoch, env).await;
+            return through_delta_rs(table, attempt).await;
         }
         let Some(txn_actions) = txn_actions(txns, epoch, &current) else {
             return Ok(CommitOutcome::AlreadyCommitted);
@@ -334,13 +351,15 @@ async fn commit_once(
     })
 }
 
-/// The app ids whose positions a commit checks: its txns, then the epoch under a lock.
-fn checked_app_ids(txns: &[TxnUpdate], epoch: Option<i64>) -> Vec<&str> {
-    let mut app_ids: Vec<&str> = txns.iter().map(|t| t.app_id.as_str()).collect();
-    if epoch.is_some() {
-        app_ids.push(EPOCH_APP_ID);
+impl<'a> Attempt<'a> {
+    /// The app ids whose positions the commit checks: its txns, then the epoch under a lock.
+    fn app_ids(&self) -> Vec<&'a str> {
+        let mut app_ids: Vec<&str> = self.txns.iter().map(|t| t.app_id.as_str()).collect();
+        if self.epoch.is_some() {
+            app_ids.push(EPOCH_APP_ID);
+        }
+        app_ids
     }
-    app_ids
 }
 
 /// The commit's txn actions, or `None` when the table no longer holds a position the
@@ -427,20 +446,14 @@ async fn checkpoint_if_due(table: &mut DeltaTable, name: &str, committed: i64) {
 
 /// The commit through delta-rs, on a snapshot brought up to date: for what the lean path
 /// does not check itself (see the module docs).
-async fn through_delta_rs(
-    table: &mut DeltaTable,
-    name: &str,
-    payload: &Payload<'_>,
-    txns: &[TxnUpdate],
-    epoch: Option<i64>,
-    env: &CommitEnv,
-) -> Result<CommitOutcome> {
-    let app_ids = checked_app_ids(txns, epoch);
+async fn through_delta_rs(table: &mut DeltaTable, attempt: Attempt<'_>) -> Result<CommitOutcome> {
+    let (name, payload) = (attempt.name, attempt.payload);
+    let app_ids = attempt.app_ids();
     let mut current = Vec::with_capacity(app_ids.len());
     for app_id in app_ids {
         current.push(crate::tables::txn_version(table, app_id).await?);
     }
-    let Some(txn_actions) = txn_actions(txns, epoch, &current) else {
+    let Some(txn_actions) = txn_actions(attempt.txns, attempt.epoch, &current) else {
         return Ok(CommitOutcome::AlreadyCommitted);
     };
     let mut actions: Vec<Action> = payload.files.iter().cloned().map(Action::Add).collect();
@@ -468,7 +481,7 @@ async fn through_delta_rs(
         .with_actions(actions)
         .build(Some(snapshot), table.log_store(), payload.operation())
         .await;
-    env.failpoints.hit("commit.after_log");
+    attempt.env.failpoints.hit("commit.after_log");
     let committed = committed.map_err(|e| WorkerError::delta(name, e))?;
     let version = committed.version() as i64;
     // The commit carried the snapshot forward to its own version.
