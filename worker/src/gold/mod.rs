@@ -10,8 +10,12 @@
 //! nothing and changes nothing. Queries that cannot be split are recomputed in full on every
 //! refresh, as before. Either way the result is the query's result over exactly one upstream
 //! version, so the aggregate task's txn (invariant 2) keeps its meaning.
+//!
+//! The plans a fold runs (partial aggregate, distinct pairs, state merge) are planned once,
+//! when the state is built, over [`slot`]s that hand them the rows of each fold.
 
 pub mod plan;
+pub mod slot;
 pub mod state;
 #[cfg(test)]
 mod tests;
@@ -26,6 +30,7 @@ use datafusion::prelude::SessionContext;
 use deltalake::DeltaTable;
 
 use self::plan::GoldPlan;
+use self::slot::{Prepared, Slot};
 use self::state::GroupState;
 use crate::changes::{self, DataFile};
 use crate::query::QueryEngine;
@@ -39,9 +44,41 @@ const FOLD_ROWS: usize = 256 * 1024;
 /// upstream, and a worker's memory must not.
 pub const MAX_DISTINCT_VALUES: usize = 4_000_000;
 
+/// The plans a fold runs, planned once over two slots: the new upstream rows, and the
+/// state rows to merge.
+struct FoldPlans {
+    rows: Arc<Slot>,
+    partial: Prepared,
+    distinct_pairs: Vec<Prepared>,
+    state: Arc<Slot>,
+    merge: Prepared,
+}
+
+impl FoldPlans {
+    async fn new(plan: &GoldPlan, ctx: &SessionContext) -> Result<Self> {
+        let rows = Slot::new(plan.input_schema().clone());
+        let partial = Prepared::new(ctx, plan.partial(rows.table()?)?).await?;
+        let mut distinct_pairs = Vec::new();
+        for k in 0..plan.distinct_sets() {
+            distinct_pairs.push(Prepared::new(ctx, plan.distinct_pairs(k, rows.table()?)?).await?);
+        }
+        let state_schema = GroupState::schema_of(&partial.schema());
+        let state = Slot::new(state_schema.clone());
+        let merge = Prepared::new(ctx, plan.merge(state.table()?, &state_schema)?).await?;
+        Ok(Self {
+            rows,
+            partial,
+            distinct_pairs,
+            state,
+            merge,
+        })
+    }
+}
+
 /// A gold query's result kept current from its upstream table's new files.
 pub struct IncrementalGold {
     plan: GoldPlan,
+    fold: FoldPlans,
     state: GroupState,
     ctx: SessionContext,
     upstream: String,
@@ -65,16 +102,9 @@ impl IncrementalGold {
             Ok(plan) => plan,
             Err(reason) => return Ok(Err(reason)),
         };
-        let empty = Arc::new(MemTable::try_new(
-            plan.input_schema().clone(),
-            vec![vec![]],
-        )?);
-        let partial = plan.partial(empty)?;
-        let state = GroupState::new(
-            partial.schema().as_arrow(),
-            plan.groups(),
-            plan.distinct_sets(),
-        )?;
+        let ctx = engine.serial_session().await?;
+        let fold = FoldPlans::new(&plan, &ctx).await?;
+        let state = GroupState::new(&fold.partial.schema(), plan.groups(), plan.distinct_sets())?;
         let mut gold = Self {
             columns: plan
                 .input_schema()
@@ -83,8 +113,9 @@ impl IncrementalGold {
                 .map(|f| f.name().clone())
                 .collect(),
             plan,
+            fold,
             state,
-            ctx: engine.serial_session().await?,
+            ctx,
             upstream: name.to_string(),
             version,
         };
@@ -153,28 +184,21 @@ impl IncrementalGold {
     }
 
     async fn fold_rows(&mut self, batches: Vec<RecordBatch>) -> Result<()> {
-        let rows = Arc::new(MemTable::try_new(
-            self.plan.input_schema().clone(),
-            vec![batches],
-        )?);
-        let partial = self.collect(self.plan.partial(rows.clone())?).await?;
+        let plans = &self.fold;
+        plans.rows.fill(batches);
+        let partial = plans.partial.run(&self.ctx).await?;
         let merge = !self.state.is_empty();
         self.state.extend(partial)?;
-        for k in 0..self.plan.distinct_sets() {
-            let pairs = self
-                .collect(self.plan.distinct_pairs(k, rows.clone())?)
-                .await?;
+        for (k, distinct_pairs) in plans.distinct_pairs.iter().enumerate() {
+            let pairs = distinct_pairs.run(&self.ctx).await?;
             self.state.add_distinct(k, &pairs)?;
         }
+        plans.rows.fill(Vec::new());
         if merge {
-            let table = Arc::new(MemTable::try_new(
-                self.state.schema().clone(),
-                vec![self.state.rows().to_vec()],
-            )?);
-            let merged = self
-                .collect(self.plan.merge(table, self.state.schema())?)
-                .await?;
-            self.state.replace(merged)?;
+            plans.state.fill(self.state.rows().to_vec());
+            let merged = plans.merge.run(&self.ctx).await;
+            plans.state.fill(Vec::new());
+            self.state.replace(merged?)?;
         }
         Ok(())
     }

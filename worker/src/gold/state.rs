@@ -68,19 +68,26 @@ impl GroupState {
     /// Empty state with columns shaped like `partial` (the output of a partial plan) and
     /// `distinct_sets` sets.
     pub fn new(partial: &Schema, groups: usize, distinct_sets: usize) -> Result<Self> {
-        let fields: Vec<Arc<Field>> = partial
-            .fields()
-            .iter()
-            .map(|f| Arc::new(f.as_ref().clone().with_nullable(true)))
-            .collect();
-        let keys = GroupKeys::new(&fields[..groups])?;
+        let schema = Self::schema_of(partial);
+        let keys = GroupKeys::new(&schema.fields()[..groups])?;
         Ok(Self {
-            schema: Arc::new(Schema::new(fields)),
+            schema,
             groups,
             rows: Vec::new(),
             keys,
             distinct: (0..distinct_sets).map(|_| DistinctSet::default()).collect(),
         })
+    }
+
+    /// The schema of the state of a partial plan with output `partial`: the same columns,
+    /// all nullable.
+    pub fn schema_of(partial: &Schema) -> SchemaRef {
+        let fields: Vec<Arc<Field>> = partial
+            .fields()
+            .iter()
+            .map(|f| Arc::new(f.as_ref().clone().with_nullable(true)))
+            .collect();
+        Arc::new(Schema::new(fields))
     }
 
     /// The schema of [`Self::rows`].
