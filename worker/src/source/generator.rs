@@ -235,6 +235,10 @@ struct PartitionCursor {
     end: Option<i64>,
 }
 
+/// The pacing step: a paced reader hands out events in slices of about this much time, and
+/// sleeps this long when none are due (small against the one-second batches).
+const TICK: Duration = Duration::from_millis(20);
+
 /// Emits generated events for the owned partitions, paced to the configured rate.
 pub struct GeneratorReader {
     events: Clickstream,
@@ -279,6 +283,59 @@ impl GeneratorReader {
         })
     }
 
+    /// Whether a poll at `now` should generate rather than wait: a tick's worth of events
+    /// (or `max_records`) is due, or every partition has all of its remaining events due.
+    /// Handing out whatever is due at each call would hand out one or two events at a
+    /// time to a caller that polls in a loop, paying a clock read, a batch extension and
+    /// a cancellation check per event.
+    fn worth_generating(&self, now: Instant, max_records: usize) -> bool {
+        let Some(rate) = self.per_partition_rate else {
+            return true;
+        };
+        let tick = ((rate * self.cursors.len() as f64 * TICK.as_secs_f64()) as usize)
+            .clamp(1, max_records.max(1));
+        let mut due = 0usize;
+        let mut all_due = true;
+        for c in &self.cursors {
+            let available = self.available(c, now);
+            due += (available - c.next).max(0) as usize;
+            all_due &= c.end.is_some_and(|end| available >= end);
+        }
+        due >= tick || (all_due && due > 0)
+    }
+
+    /// Up to `max_records` of the events due at `now`, taking partitions in turn.
+    fn generate(&mut self, now: Instant, max_records: usize) -> Vec<SourceRecord> {
+        let due: i64 = self
+            .cursors
+            .iter()
+            .map(|c| (self.available(c, now) - c.next).max(0))
+            .sum();
+        let mut out = Vec::with_capacity((due as usize).min(max_records));
+        let n = self.cursors.len();
+        for i in 0..n {
+            let idx = (self.turn + i) % n;
+            let available = self.available(&self.cursors[idx], now);
+            let cursor = &mut self.cursors[idx];
+            while cursor.next < available && out.len() < max_records {
+                let event = self.events.event(cursor.partition, cursor.next);
+                out.push(SourceRecord {
+                    topic: Arc::clone(&self.topic),
+                    partition: cursor.partition,
+                    offset: cursor.next,
+                    key: Some(event.event_id),
+                    timestamp_us: Some(event.ts_us),
+                    headers: None,
+                    payload: Some(event.payload),
+                    error: None,
+                });
+                cursor.next += 1;
+            }
+        }
+        self.turn = self.turn.wrapping_add(1);
+        out
+    }
+
     /// How far partition `c` may have progressed by now.
     fn available(&self, c: &PartitionCursor, now: Instant) -> i64 {
         let paced = match self.per_partition_rate {
@@ -297,41 +354,14 @@ impl SourceReader for GeneratorReader {
         let deadline = Instant::now() + max_wait;
         loop {
             let now = Instant::now();
-            let mut out = Vec::new();
-            let n = self.cursors.len();
-            for i in 0..n {
-                let idx = (self.turn + i) % n;
-                let available = self.available(&self.cursors[idx], now);
-                let cursor = &mut self.cursors[idx];
-                while cursor.next < available && out.len() < max_records {
-                    let event = self.events.event(cursor.partition, cursor.next);
-                    out.push(SourceRecord {
-                        topic: Arc::clone(&self.topic),
-                        partition: cursor.partition,
-                        offset: cursor.next,
-                        key: Some(event.event_id),
-                        timestamp_us: Some(event.ts_us),
-                        headers: None,
-                        payload: Some(event.payload),
-                        error: None,
-                    });
-                    cursor.next += 1;
-                }
+            if self.finished() {
+                return Ok(Vec::new());
             }
-            self.turn = self.turn.wrapping_add(1);
-            if !out.is_empty() || self.finished() || now >= deadline {
-                return Ok(out);
+            if self.worth_generating(now, max_records) || now >= deadline {
+                return Ok(self.generate(now, max_records));
             }
-            // Sleep until roughly one more event per partition is due, but at least 20 ms
-            // (a wake-up, a poll and a batch extended each time cost more than the events
-            // at high rates; 20 ms is small against the one-second batches), or the
-            // deadline.
-            let step = self
-                .per_partition_rate
-                .map_or(Duration::from_millis(20), |r| {
-                    Duration::from_secs_f64((1.0 / r).clamp(0.02, 0.05))
-                });
-            tokio::time::sleep_until((now + step).min(deadline)).await;
+            // Sleep until one more tick's worth of events is due, or the deadline.
+            tokio::time::sleep_until((now + TICK).min(deadline)).await;
         }
     }
 
@@ -390,6 +420,48 @@ mod tests {
             .sum::<usize>()
             / 1000;
         assert!((300..450).contains(&avg), "average payload {avg} bytes");
+    }
+
+    struct NothingCommitted;
+
+    #[async_trait]
+    impl CommittedPositions for NothingCommitted {
+        async fn committed(&self, _topic: &str, _partition: i32) -> Result<Option<i64>> {
+            Ok(None)
+        }
+    }
+
+    /// A paced reader polled in a tight loop hands out slices of its schedule, not the one
+    /// or two events that fall due while the previous ones render.
+    #[tokio::test]
+    async fn paced_polls_hand_out_slices() {
+        let spec = GeneratorSpec {
+            partitions: 1,
+            rate: Some(100_000),
+            count: Some(20_000),
+            ..GeneratorSpec::default()
+        };
+        let mut reader = GeneratorReader::open("events", &spec, &[0], &NothingCommitted)
+            .await
+            .unwrap();
+        let tick = (100_000.0 * TICK.as_secs_f64()) as usize;
+        let mut slices = Vec::new();
+        let mut next = 0;
+        while !reader.finished() {
+            let records = reader
+                .poll(1_000_000, Duration::from_secs(5))
+                .await
+                .unwrap();
+            for r in &records {
+                assert_eq!(r.offset, next, "offsets in order, none skipped");
+                next += 1;
+            }
+            slices.push(records.len());
+        }
+        assert_eq!(next, 20_000);
+        let (last, full) = slices.split_last().unwrap();
+        assert!(full.iter().all(|&n| n >= tick), "slices {slices:?}");
+        assert!(*last > 0);
     }
 
     #[test]

@@ -49,8 +49,10 @@ pub trait CommittedPositions: Send + Sync {
 /// Reads the partitions of one source that this worker owns.
 #[async_trait]
 pub trait SourceReader: Send {
-    /// The next records, at most `max_records`, waiting at most `max_wait` for the first
-    /// one. An empty result means nothing is available right now.
+    /// The next records, at most `max_records`, waiting at most `max_wait`. A reader may
+    /// wait for more than the first record (Kafka fills up to `max_records`; a paced
+    /// generator hands out slices of its schedule). An empty result means nothing is
+    /// available right now.
     async fn poll(&mut self, max_records: usize, max_wait: Duration) -> Result<Vec<SourceRecord>>;
 
     /// Records available but not yet returned, per owned partition, where the source can tell.

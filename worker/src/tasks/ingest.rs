@@ -199,16 +199,19 @@ impl IngestTask {
                 match outcome {
                     CommitOutcome::Committed { version } => {
                         env.commits.failpoints.hit("ingest.after_commit");
-                        let mut per_partition: BTreeMap<i32, (u64, i64)> = BTreeMap::new();
+                        // Rows and last offset per (topic, partition) of the batch.
+                        let mut per_partition: BTreeMap<(&str, i32), (u64, i64)> = BTreeMap::new();
                         for r in &buffer {
-                            let last = committed
-                                .entry((r.topic.to_string(), r.partition))
-                                .or_insert(r.offset);
-                            *last = (*last).max(r.offset);
-                            let entry = per_partition.entry(r.partition).or_insert((0, r.offset));
+                            let entry = per_partition
+                                .entry((&r.topic, r.partition))
+                                .or_insert((0, r.offset));
                             *entry = (entry.0 + 1, entry.1.max(r.offset));
                         }
-                        for (partition, (rows, last)) in per_partition {
+                        for ((topic, partition), (rows, last)) in per_partition {
+                            let position = committed
+                                .entry((topic.to_string(), partition))
+                                .or_insert(last);
+                            *position = (*position).max(last);
                             progress.update_partition(partition, |p| {
                                 p.rows += rows;
                                 p.committed_offset = p.committed_offset.max(last);
