@@ -34,6 +34,15 @@ fn check_run(run: &serde_json::Value, events: u64, processes: &[&str]) {
         run["latency"]["p99_ms"].as_f64().unwrap(),
     );
     assert!(0.0 <= p50 && p50 <= p99, "p50 {p50}, p99 {p99}");
+    // Each event reached bronze, then silver, then gold: so do the percentiles.
+    let stage = |name: &str, q: &str| run["latency"]["stages"][name][q].as_f64().unwrap();
+    for (q, gold) in [("p50_ms", p50), ("p99_ms", p99)] {
+        let (bronze, silver) = (stage("bronze", q), stage("silver", q));
+        assert!(
+            0.0 <= bronze && bronze <= silver && silver <= gold,
+            "{q}: bronze {bronze}, silver {silver}, gold {gold}"
+        );
+    }
     assert!(run["cpu_seconds"].as_f64().unwrap() > 0.0);
     assert!(run["fraction_of_limit"].as_f64().unwrap() > 0.0);
     for process in processes {

@@ -22,7 +22,7 @@ use smelter_worker::source::generator::Clickstream;
 use smelter_worker::tables::TableStore;
 
 use super::latency::ProduceTimes;
-use super::measure::{cpu_seconds, peak_rss_bytes};
+use super::measure::{cpu_seconds, peak_rss_bytes, steal_seconds};
 use super::{BenchOptions, EndToEnd, finish_run, wait_for};
 use crate::sdk::AdminClient;
 use crate::workload::{demo_events, kafka_demo};
@@ -312,6 +312,7 @@ pub async fn run(options: &BenchOptions, services: &Services) -> Result<(EndToEn
     let tables = TableStore::new(dir.join("tables"))?;
 
     let started = Instant::now();
+    let steal_before = steal_seconds();
     let producing = {
         let (brokers, topic, options) = (services.brokers.clone(), topic.clone(), options.clone());
         tokio::task::spawn_blocking(move || produce(&brokers, &topic, &options))
@@ -328,6 +329,7 @@ pub async fn run(options: &BenchOptions, services: &Services) -> Result<(EndToEn
         events: options.events,
         rate: options.rate,
         wall_seconds: started.elapsed().as_secs_f64(),
+        steal_seconds: steal_seconds() - steal_before,
         ..EndToEnd::default()
     };
     for (name, child) in &processes.0 {

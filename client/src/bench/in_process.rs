@@ -15,7 +15,7 @@ use smelter_worker::tables::TableStore;
 use smelter_worker::tasks::drained::DrainWatch;
 
 use super::latency::ProduceTimes;
-use super::measure::{cpu_seconds, peak_rss_bytes, reset_peak};
+use super::measure::{cpu_seconds, peak_rss_bytes, reset_peak, steal_seconds};
 use super::{BenchOptions, EndToEnd, LayerFigures, finish_run, now_ms, wait_for};
 use crate::Result;
 use crate::local::LocalCluster;
@@ -53,6 +53,7 @@ pub async fn end_to_end(config: &SmelterConfig, options: &BenchOptions) -> Resul
     let text = bounded_demo(options.events, options.partitions, Some(options.rate));
     reset_peak();
     let cpu_before = cpu_seconds(None).unwrap_or(0.0);
+    let steal_before = steal_seconds();
     let (cluster, tables) = start(config, &dir, options.workers).await?;
     let start_ms = now_ms();
     let started = Instant::now();
@@ -69,6 +70,7 @@ pub async fn end_to_end(config: &SmelterConfig, options: &BenchOptions) -> Resul
         rate: options.rate,
         wall_seconds: started.elapsed().as_secs_f64(),
         cpu_seconds: cpu_seconds(None).unwrap_or(0.0) - cpu_before,
+        steal_seconds: steal_seconds() - steal_before,
         ..EndToEnd::default()
     };
     run.process_cpu_seconds

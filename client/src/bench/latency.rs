@@ -44,6 +44,27 @@ pub struct Latency {
     pub p99_ms: f64,
     /// Worst.
     pub max_ms: f64,
+    /// Where the time goes: the same events' latency until their bronze commit, and until
+    /// the first silver commit that consumed it (gold is the figures above).
+    pub stages: BTreeMap<String, Percentiles>,
+}
+
+/// Median and 99th percentile of one stage, in milliseconds.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Percentiles {
+    /// Median.
+    pub p50_ms: f64,
+    /// 99th percentile.
+    pub p99_ms: f64,
+}
+
+/// The `q` quantile of sorted `samples` (nearest rank), 0 when there are none.
+fn quantile(samples: &[f64], q: f64) -> f64 {
+    if samples.is_empty() {
+        return 0.0;
+    }
+    let i = ((samples.len() as f64 * q).ceil() as usize).clamp(1, samples.len()) - 1;
+    samples[i]
 }
 
 /// How one table was committed.
@@ -134,6 +155,8 @@ fn first_covering(steps: &[Step], upstream: i64) -> Option<Step> {
 /// Produce-to-gold latency of every event bronze holds.
 pub fn latency(histories: &Histories, spec: &PipelineSpec, produced: &ProduceTimes) -> Latency {
     let mut samples: Vec<f64> = Vec::new();
+    let mut in_bronze: Vec<f64> = Vec::new();
+    let mut in_silver: Vec<f64> = Vec::new();
     let mut not_visible = 0u64;
     for (bronze_name, _) in spec.tables_in(Layer::Bronze) {
         let Some(bronze) = histories.tables.get(bronze_name) else {
@@ -164,16 +187,18 @@ pub fn latency(histories: &Histories, spec: &PipelineSpec, produced: &ProduceTim
                 Some((silver, golds))
             })
             .collect();
-        // When the last gold table caught up with bronze version `v`: the first silver
-        // commit that consumed it, then per gold table the first refresh from that silver
-        // version or a later one.
-        let visible_at = |v: i64| -> Option<i64> {
-            let mut latest: Option<i64> = None;
+        // When the last silver table consumed bronze version `v` (the first silver commit
+        // that did), and when the last gold table caught up with it: per gold table, the
+        // first refresh from that silver version or a later one.
+        let visible_at = |v: i64| -> Option<(i64, i64)> {
+            let mut latest: Option<(i64, i64)> = None;
             for (silver, golds) in &chains {
                 let consumed = first_covering(silver, v)?;
                 for gold in golds {
                     let at = first_covering(gold, consumed.version)?.at_ms;
-                    latest = Some(latest.map_or(at, |l| l.max(at)));
+                    latest = Some(latest.map_or((consumed.at_ms, at), |(s, g)| {
+                        (s.max(consumed.at_ms), g.max(at))
+                    }));
                 }
             }
             latest
@@ -200,28 +225,40 @@ pub fn latency(histories: &Histories, spec: &PipelineSpec, produced: &ProduceTim
             let seen = visible_at(commit.version);
             for (partition, first, last) in fresh {
                 for offset in first..=last {
-                    match (seen, produce_ms(produced, partition, offset)) {
-                        (Some(seen), Some(at)) => samples.push((seen as f64 - at).max(0.0)),
+                    match (
+                        seen,
+                        produce_ms(produced, partition, offset),
+                        commit.timestamp_ms,
+                    ) {
+                        (Some((silver, gold)), Some(at), Some(bronze)) => {
+                            let since = |t: i64| (t as f64 - at).max(0.0);
+                            in_bronze.push(since(bronze));
+                            in_silver.push(since(silver));
+                            samples.push(since(gold));
+                        }
                         _ => not_visible += 1,
                     }
                 }
             }
         }
     }
+    let mut stages = BTreeMap::new();
+    for (stage, mut times) in [("bronze", in_bronze), ("silver", in_silver)] {
+        times.sort_by(f64::total_cmp);
+        let figures = Percentiles {
+            p50_ms: quantile(&times, 0.50),
+            p99_ms: quantile(&times, 0.99),
+        };
+        stages.insert(stage.to_string(), figures);
+    }
     samples.sort_by(f64::total_cmp);
-    let pick = |q: f64| -> f64 {
-        if samples.is_empty() {
-            return 0.0;
-        }
-        let i = ((samples.len() as f64 * q).ceil() as usize).clamp(1, samples.len()) - 1;
-        samples[i]
-    };
     Latency {
         events: samples.len() as u64,
         not_visible,
-        p50_ms: pick(0.50),
-        p99_ms: pick(0.99),
+        p50_ms: quantile(&samples, 0.50),
+        p99_ms: quantile(&samples, 0.99),
         max_ms: samples.last().copied().unwrap_or(0.0),
+        stages,
     }
 }
 

@@ -42,6 +42,21 @@ pub fn cpu_seconds(pid: Option<u32>) -> Option<f64> {
     Some((utime + stime) / ticks_per_second())
 }
 
+/// CPU-seconds the hypervisor has given to other guests while this machine's CPUs wanted to
+/// run ("steal", all CPUs together, since boot); 0 where `/proc/stat` does not say. Steal
+/// goes with contention for the host's cores and caches, which inflates the CPU-seconds
+/// every run measures: runs are comparable when their steal is.
+pub fn steal_seconds() -> f64 {
+    std::fs::read_to_string("/proc/stat")
+        .ok()
+        .and_then(|stat| {
+            let line = stat.lines().find(|l| l.starts_with("cpu "))?;
+            // user nice system idle iowait irq softirq steal
+            line.split_whitespace().nth(8)?.parse::<f64>().ok()
+        })
+        .map_or(0.0, |ticks| ticks / ticks_per_second())
+}
+
 /// CPU-seconds the calling thread has run, to the nanosecond.
 pub fn thread_cpu_seconds() -> f64 {
     std::fs::read_to_string("/proc/thread-self/schedstat")
@@ -77,6 +92,7 @@ mod tests {
         assert!(x != 1);
         assert!(thread_cpu_seconds() > before);
         assert!(cpu_seconds(None).is_some());
+        assert!(steal_seconds() >= 0.0);
         assert!(peak_rss_bytes(None).unwrap() > 1 << 20);
         assert!(cpu_seconds(Some(u32::MAX)).is_none());
     }

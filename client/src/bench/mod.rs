@@ -128,6 +128,8 @@ pub struct EndToEnd {
     pub peak_rss_bytes: BTreeMap<String, u64>,
     /// CPU-seconds per process.
     pub process_cpu_seconds: BTreeMap<String, f64>,
+    /// Steal time of the whole machine during the run (see [`measure::steal_seconds`]).
+    pub steal_seconds: f64,
     /// Produce-to-gold latency.
     pub latency: Latency,
     /// Data commits per table.
@@ -148,6 +150,8 @@ pub struct RunSummary {
     pub events_per_cpu_second: f64,
     /// Produce-to-gold latency, p99, milliseconds.
     pub p99_ms: f64,
+    /// Steal time of the whole machine during the run.
+    pub steal_seconds: f64,
 }
 
 /// Runs an end-to-end pipeline `runs` times and keeps the run with the least CPU, the way
@@ -166,6 +170,7 @@ pub async fn least_cpu_of<T>(
             cpu_seconds: run.cpu_seconds,
             events_per_cpu_second: run.events_per_cpu_second,
             p99_ms: run.latency.p99_ms,
+            steal_seconds: run.steal_seconds,
         });
         if best
             .as_ref()

@@ -184,10 +184,31 @@ fn run_lines(name: &str, run: &EndToEnd, out: &mut String) {
             .iter()
             .map(|r| format!("{:.1}", r.cpu_seconds))
             .collect();
+        let steal: Vec<String> = run
+            .runs
+            .iter()
+            .map(|r| format!("{:.1}", r.steal_seconds))
+            .collect();
         let _ = writeln!(
             out,
-            "  runs: {} CPU-s (the least is reported)",
-            cpus.join(", ")
+            "  runs: {} CPU-s (the least is reported); the machine's steal {} s",
+            cpus.join(", "),
+            steal.join(", ")
+        );
+    }
+    let stages: Vec<String> = run
+        .latency
+        .stages
+        .iter()
+        .map(|(stage, p)| format!("{stage} {:.0} / {:.0} ms", p.p50_ms, p.p99_ms))
+        .collect();
+    if !stages.is_empty() {
+        let _ = writeln!(
+            out,
+            "  latency p50 / p99 until committed in {}, gold {:.0} / {:.0} ms",
+            stages.join(", "),
+            run.latency.p50_ms,
+            run.latency.p99_ms
         );
     }
     for (process, bytes) in &run.peak_rss_bytes {
