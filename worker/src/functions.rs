@@ -326,34 +326,40 @@ mod tests {
         out.into_array(array.len()).unwrap()
     }
 
-    #[test]
-    fn same_results_as_datafusion() {
-        let builtin = datafusion::functions::datetime::date_trunc();
-        let ours = ScalarUDF::new_from_impl(UtcDateTrunc {
-            builtin: builtin.clone(),
-        });
-        // Around the epoch (negative values floor downwards), a leap day, nulls.
+    /// The same instants in each time unit, in zone `tz`: around the epoch (negative
+    /// values floor downwards), either side of midnight before a leap day, nulls.
+    fn instants(tz: Option<&str>) -> Vec<ArrayRef> {
         let seconds: Vec<Option<i64>> = vec![
             Some(-90_061),
+            Some(-86_400),
             Some(-1),
             Some(0),
             Some(1),
             None,
             Some(1_709_164_799),
             Some(1_709_251_199),
+            Some(1_709_251_200),
             Some(1_795_212_345),
         ];
         let scaled = |k: i64| -> Vec<Option<i64>> {
             seconds.iter().map(|s| s.map(|s| s * k + k / 3)).collect()
         };
+        vec![
+            Arc::new(TimestampSecondArray::from(scaled(1)).with_timezone_opt(tz)),
+            Arc::new(TimestampMillisecondArray::from(scaled(1_000)).with_timezone_opt(tz)),
+            Arc::new(TimestampMicrosecondArray::from(scaled(1_000_000)).with_timezone_opt(tz)),
+            Arc::new(TimestampNanosecondArray::from(scaled(1_000_000_000)).with_timezone_opt(tz)),
+        ]
+    }
+
+    #[test]
+    fn same_results_as_datafusion() {
+        let builtin = datafusion::functions::datetime::date_trunc();
+        let ours = ScalarUDF::new_from_impl(UtcDateTrunc {
+            builtin: builtin.clone(),
+        });
         for tz in ["UTC", "+00:00", "Europe/Berlin"] {
-            let arrays: Vec<ArrayRef> = vec![
-                Arc::new(TimestampSecondArray::from(scaled(1)).with_timezone(tz)),
-                Arc::new(TimestampMillisecondArray::from(scaled(1_000)).with_timezone(tz)),
-                Arc::new(TimestampMicrosecondArray::from(scaled(1_000_000)).with_timezone(tz)),
-                Arc::new(TimestampNanosecondArray::from(scaled(1_000_000_000)).with_timezone(tz)),
-            ];
-            for array in arrays {
+            for array in instants(Some(tz)) {
                 for granularity in ["hour", "DAY", "minute", "month"] {
                     assert_eq!(
                         call(&ours, granularity, array.clone()).as_ref(),
@@ -390,45 +396,8 @@ mod tests {
 
     #[test]
     fn utc_dates_equal_arrows_cast() {
-        // Around the epoch (negative values floor downwards), a leap day, nulls.
-        let seconds: Vec<Option<i64>> = vec![
-            Some(-90_061),
-            Some(-86_400),
-            Some(-1),
-            Some(0),
-            None,
-            Some(1_709_164_799),
-            Some(1_709_251_200),
-            Some(1_795_212_345),
-        ];
-        let scaled = |k: i64| -> Vec<Option<i64>> {
-            seconds.iter().map(|s| s.map(|s| s * k + k / 3)).collect()
-        };
         for tz in [None, Some("UTC"), Some("+00:00")] {
-            let with = |a: ArrayRef| -> ArrayRef {
-                match tz {
-                    Some(tz) => arrow::compute::cast(
-                        &a,
-                        &match a.data_type() {
-                            DataType::Timestamp(unit, _) => {
-                                DataType::Timestamp(*unit, Some(tz.into()))
-                            }
-                            other => other.clone(),
-                        },
-                    )
-                    .unwrap(),
-                    None => a,
-                }
-            };
-            let arrays: Vec<ArrayRef> = vec![
-                with(Arc::new(TimestampSecondArray::from(scaled(1)))),
-                with(Arc::new(TimestampMillisecondArray::from(scaled(1_000)))),
-                with(Arc::new(TimestampMicrosecondArray::from(scaled(1_000_000)))),
-                with(Arc::new(TimestampNanosecondArray::from(scaled(
-                    1_000_000_000,
-                )))),
-            ];
-            for array in arrays {
+            for array in instants(tz) {
                 let expected = arrow::compute::cast(&array, &DataType::Date32).unwrap();
                 assert_eq!(
                     utc_date(array.clone()).unwrap().as_ref(),
