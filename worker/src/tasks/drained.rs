@@ -59,11 +59,6 @@ impl DrainWatch {
         for name in &names {
             versions.push(self.bring_forward(name).await?);
         }
-        let latest: HashMap<String, i64> = names
-            .iter()
-            .zip(&versions)
-            .filter_map(|(name, version)| Some((name.clone(), (*version)?)))
-            .collect();
         // A files source can grow without any table moving; generators cannot.
         let static_sources = !self
             .spec
@@ -76,7 +71,7 @@ impl DrainWatch {
         {
             return Ok(*answer);
         }
-        let answer = self.evaluate(&latest).await?;
+        let answer = self.evaluate().await?;
         self.last = Some((versions, answer));
         Ok(answer)
     }
@@ -94,8 +89,14 @@ impl DrainWatch {
         Ok(Some(self.heads.head(table, name).await?.version()))
     }
 
-    /// The answer with every table at its `latest` version.
-    async fn evaluate(&mut self, latest: &HashMap<String, i64>) -> Result<bool> {
+    /// The answer now. Tables keep moving while it is computed, so each downstream table's
+    /// txn is read before its upstream's version, silver before gold: both only grow, so
+    /// when they are equal the table had consumed its upstream's latest version at the
+    /// moment its txn was read, and upstream of it everything had already been checked.
+    /// (Comparing against versions read at the start of the check answered "drained" when
+    /// silver moved after its version was read but before its txns were: gold was then
+    /// compared with the older silver version.)
+    async fn evaluate(&mut self) -> Result<bool> {
         for (name, table) in self.spec.tables_in(Layer::Bronze) {
             let Some(bronze) = self.loaded.get_mut(name) else {
                 return Ok(false);
@@ -136,14 +137,16 @@ impl DrainWatch {
             }
         }
         for (name, table) in downstream(&self.spec) {
-            let (Some(upstream), Some(target)) =
-                (latest.get(&table.from), self.loaded.get_mut(name))
-            else {
+            let Some(target) = self.loaded.get_mut(name) else {
                 return Ok(false);
             };
             let app_id = downstream_app_id(name, &table.from);
             let (_, at) = self.heads.txns(target, name, &[&app_id]).await?;
-            if at[0] != Some(*upstream).filter(|v| *v >= 0) {
+            let Some(upstream) = self.loaded.get_mut(&table.from) else {
+                return Ok(false);
+            };
+            let upstream = self.heads.head(upstream, &table.from).await?.version();
+            if at[0] != Some(upstream).filter(|v| *v >= 0) {
                 return Ok(false);
             }
         }
@@ -151,16 +154,12 @@ impl DrainWatch {
     }
 }
 
-/// The silver and gold tables of `spec`.
+/// The silver and gold tables of `spec`, every silver table before any gold table.
 fn downstream(
     spec: &PipelineSpec,
 ) -> impl Iterator<Item = (&String, &smelter_common::spec::TableSpec)> {
-    spec.tables.iter().filter(|(n, _)| {
-        matches!(
-            smelter_common::spec::table_layer(n),
-            Some(Layer::Silver | Layer::Gold)
-        )
-    })
+    spec.tables_in(Layer::Silver)
+        .chain(spec.tables_in(Layer::Gold))
 }
 
 /// Whether `target` (named `name`) has consumed `upstream` (named `from`) as loaded.
@@ -182,8 +181,9 @@ pub async fn downstream_caught_up(tables: &TableStore, spec: &PipelineSpec) -> R
         if !tables.exists(name).await || !tables.exists(&table.from).await {
             return Ok(false);
         }
-        let upstream = tables.open(&table.from).await?;
+        // The target first: see `DrainWatch::evaluate` for why the order matters.
         let target = tables.open(name).await?;
+        let upstream = tables.open(&table.from).await?;
         if !consumed_latest(&target, name, &table.from, &upstream).await? {
             return Ok(false);
         }
