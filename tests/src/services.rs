@@ -54,25 +54,30 @@ impl Etcd {
     /// Starts etcd and waits until it answers, or `None` if etcd is not installed (and not required).
     pub async fn start() -> Option<Etcd> {
         binary("etcd")?;
-        let dir = tempfile::tempdir().expect("temp dir");
-        let (client, peer) = (free_port(), free_port());
-        let endpoint = format!("http://127.0.0.1:{client}");
-        let child = Self::spawn(dir.path(), &endpoint, peer);
-        let etcd = Etcd {
-            child,
-            dir,
-            peer,
-            endpoint,
-        };
-        etcd.wait_ready().await;
-        Some(etcd)
+        for attempt in 1..=LAUNCH_ATTEMPTS {
+            let dir = tempfile::tempdir().expect("temp dir");
+            let (client, peer) = (free_port(), free_port());
+            let endpoint = format!("http://127.0.0.1:{client}");
+            let child = Self::spawn(dir.path(), &endpoint, peer);
+            let mut etcd = Etcd {
+                child,
+                dir,
+                peer,
+                endpoint,
+            };
+            match etcd.wait_ready().await {
+                Ok(()) => return Some(etcd),
+                Err(why) => retry_or_panic("etcd", &etcd.endpoint, attempt, why),
+            }
+        }
+        unreachable!("the last attempt panics")
     }
 
     fn spawn(dir: &std::path::Path, endpoint: &str, peer: u16) -> Child {
         let peer_url = format!("http://127.0.0.1:{peer}");
         Command::new(binary("etcd").expect("etcd"))
             .args(["--name", "smelter-test", "--data-dir"])
-            .arg(dir)
+            .arg(dir.join("data"))
             .args([
                 "--listen-client-urls",
                 endpoint,
@@ -83,28 +88,22 @@ impl Etcd {
             .args(["--initial-advertise-peer-urls", &peer_url])
             .args(["--initial-cluster", &format!("smelter-test={peer_url}")])
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(log_file(dir))
             .spawn()
             .expect("spawn etcd")
     }
 
-    async fn wait_ready(&self) {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            if let Ok(store) = EtcdStore::connect(std::slice::from_ref(&self.endpoint)).await
-                && smelter_common::store::CoordinationStore::get(&store, "/ready-probe")
+    async fn wait_ready(&mut self) -> Result<(), NotReady> {
+        let endpoint = self.endpoint.clone();
+        until_ready(&mut self.child, self.dir.path(), || async {
+            match EtcdStore::connect(std::slice::from_ref(&endpoint)).await {
+                Ok(store) => smelter_common::store::CoordinationStore::get(&store, "/ready-probe")
                     .await
-                    .is_ok()
-            {
-                return;
+                    .is_ok(),
+                Err(_) => false,
             }
-            assert!(
-                Instant::now() < deadline,
-                "etcd did not become ready at {}",
-                self.endpoint
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        })
+        .await
     }
 
     /// SIGKILLs etcd, keeps it down for `down`, then starts it again on the same data
@@ -114,7 +113,9 @@ impl Etcd {
         let _ = self.child.wait();
         tokio::time::sleep(down).await;
         self.child = Self::spawn(self.dir.path(), &self.endpoint, self.peer);
-        self.wait_ready().await;
+        if let Err(why) = self.wait_ready().await {
+            panic!("etcd did not come back at {}: {why}", self.endpoint);
+        }
     }
 }
 
@@ -129,6 +130,8 @@ impl Drop for Etcd {
 pub struct Tansu {
     child: Child,
     port: u16,
+    /// Holds the broker's log.
+    dir: tempfile::TempDir,
     /// The S3 endpoint of durable storage, if any.
     s3: Option<String>,
     /// Bootstrap servers, `127.0.0.1:<port>`.
@@ -149,7 +152,7 @@ impl Tansu {
         Self::launch(Some(s3.endpoint.clone())).await
     }
 
-    fn spawn(port: u16, s3: Option<&str>) -> Child {
+    fn spawn(dir: &std::path::Path, port: u16, s3: Option<&str>) -> Child {
         let url = format!("tcp://127.0.0.1:{port}");
         let mut command = Command::new(binary("tansu").expect("tansu"));
         command
@@ -157,7 +160,7 @@ impl Tansu {
             .args(["--advertised-listener-url", &url])
             .env("RUST_LOG", "error")
             .stdout(Stdio::null())
-            .stderr(Stdio::null());
+            .stderr(log_file(dir));
         match s3 {
             None => command.args(["--storage-engine", "memory://tansu/"]),
             Some(endpoint) => command
@@ -173,15 +176,22 @@ impl Tansu {
 
     async fn launch(s3: Option<String>) -> Option<Tansu> {
         binary("tansu")?;
-        let port = free_port();
-        let tansu = Tansu {
-            child: Self::spawn(port, s3.as_deref()),
-            port,
-            s3,
-            brokers: format!("127.0.0.1:{port}"),
-        };
-        tansu.wait_ready().await;
-        Some(tansu)
+        for attempt in 1..=LAUNCH_ATTEMPTS {
+            let dir = tempfile::tempdir().expect("temp dir");
+            let port = free_port();
+            let mut tansu = Tansu {
+                child: Self::spawn(dir.path(), port, s3.as_deref()),
+                port,
+                dir,
+                s3: s3.clone(),
+                brokers: format!("127.0.0.1:{port}"),
+            };
+            match tansu.wait_ready().await {
+                Ok(()) => return Some(tansu),
+                Err(why) => retry_or_panic("tansu", &tansu.brokers, attempt, why),
+            }
+        }
+        unreachable!("the last attempt panics")
     }
 
     /// SIGKILLs the broker, keeps it down for `down`, then starts it on the same port and
@@ -190,24 +200,21 @@ impl Tansu {
         let _ = self.child.kill();
         let _ = self.child.wait();
         tokio::time::sleep(down).await;
-        self.child = Self::spawn(self.port, self.s3.as_deref());
-        self.wait_ready().await;
+        self.child = Self::spawn(self.dir.path(), self.port, self.s3.as_deref());
+        if let Err(why) = self.wait_ready().await {
+            panic!("tansu did not come back at {}: {why}", self.brokers);
+        }
     }
 
-    async fn wait_ready(&self) {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while crate::kafka::admin(&self.brokers)
-            .inner()
-            .fetch_metadata(None, Duration::from_secs(1))
-            .is_err()
-        {
-            assert!(
-                Instant::now() < deadline,
-                "tansu did not become ready at {}",
-                self.brokers
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+    async fn wait_ready(&mut self) -> Result<(), NotReady> {
+        let brokers = self.brokers.clone();
+        until_ready(&mut self.child, self.dir.path(), || async {
+            crate::kafka::admin(&brokers)
+                .inner()
+                .fetch_metadata(None, Duration::from_secs(1))
+                .is_ok()
+        })
+        .await
     }
 }
 
@@ -221,6 +228,8 @@ impl Drop for Tansu {
 /// moto's S3-compatible server (in memory), with conditional puts (`If-None-Match`).
 pub struct Moto {
     child: Child,
+    /// Holds the server's log.
+    dir: tempfile::TempDir,
     /// `http://127.0.0.1:<port>`.
     pub endpoint: String,
 }
@@ -230,48 +239,40 @@ impl Moto {
     /// (and not required).
     pub async fn start() -> Option<Moto> {
         let binary = binary("moto_server")?;
-        let port = free_port();
-        let child = Command::new(binary)
-            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn moto_server");
-        let moto = Moto {
-            child,
-            endpoint: format!("http://127.0.0.1:{port}"),
-        };
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while moto.request("GET", "/").is_none() {
-            assert!(Instant::now() < deadline, "moto did not become ready");
-            tokio::time::sleep(Duration::from_millis(100)).await;
+        for attempt in 1..=LAUNCH_ATTEMPTS {
+            let dir = tempfile::tempdir().expect("temp dir");
+            let port = free_port();
+            let child = Command::new(&binary)
+                .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+                .stdout(Stdio::null())
+                .stderr(log_file(dir.path()))
+                .spawn()
+                .expect("spawn moto_server");
+            let mut moto = Moto {
+                child,
+                dir,
+                endpoint: format!("http://127.0.0.1:{port}"),
+            };
+            let endpoint = moto.endpoint.clone();
+            let ready = until_ready(&mut moto.child, moto.dir.path(), || async {
+                request(&endpoint, "GET", "/").is_some()
+            })
+            .await;
+            match ready {
+                Ok(()) => return Some(moto),
+                Err(why) => retry_or_panic("moto", &moto.endpoint, attempt, why),
+            }
         }
-        Some(moto)
+        unreachable!("the last attempt panics")
     }
 
     /// Creates a bucket (moto accepts unsigned requests).
     pub fn create_bucket(&self, bucket: &str) {
-        let status = self.request("PUT", &format!("/{bucket}"));
+        let status = request(&self.endpoint, "PUT", &format!("/{bucket}"));
         assert!(
             status.is_some_and(|s| s < 300),
             "create bucket {bucket}: HTTP {status:?}"
         );
-    }
-
-    /// One bodiless HTTP/1.1 request; the status code, if the server answered.
-    fn request(&self, method: &str, path: &str) -> Option<u16> {
-        use std::io::{Read, Write};
-        let address = self.endpoint.trim_start_matches("http://");
-        let mut stream = std::net::TcpStream::connect(address).ok()?;
-        stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-        write!(
-            stream,
-            "{method} {path} HTTP/1.1\r\nHost: {address}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
-        )
-        .ok()?;
-        let mut head = [0u8; 12];
-        stream.read_exact(&mut head).ok()?;
-        std::str::from_utf8(&head[9..12]).ok()?.parse().ok()
     }
 }
 
@@ -279,5 +280,88 @@ impl Drop for Moto {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// One bodiless HTTP/1.1 request to `endpoint`; the status code, if the server answered.
+fn request(endpoint: &str, method: &str, path: &str) -> Option<u16> {
+    use std::io::{Read, Write};
+    let address = endpoint.trim_start_matches("http://");
+    let mut stream = std::net::TcpStream::connect(address).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(
+        stream,
+        "{method} {path} HTTP/1.1\r\nHost: {address}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut head = [0u8; 12];
+    stream.read_exact(&mut head).ok()?;
+    std::str::from_utf8(&head[9..12]).ok()?.parse().ok()
+}
+
+/// How many times a service is started on fresh ports before a test gives up. A port is
+/// chosen free and then bound by the service a moment later; another test's process can
+/// take it in between, and the service exits.
+const LAUNCH_ATTEMPTS: u32 = 3;
+
+/// Why a started service is not answering.
+#[derive(Debug)]
+enum NotReady {
+    /// The process ended; the tail of its log.
+    Exited(std::process::ExitStatus, String),
+    /// Still running but not answering after 30 s.
+    Silent,
+}
+
+impl std::fmt::Display for NotReady {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            NotReady::Exited(status, log) => write!(f, "exited ({status}); its log ends:\n{log}"),
+            NotReady::Silent => write!(f, "not answering after 30 s"),
+        }
+    }
+}
+
+/// The log file a service in `dir` writes its stderr to.
+fn log_file(dir: &std::path::Path) -> std::fs::File {
+    std::fs::File::create(dir.join("service.log")).expect("service log")
+}
+
+/// Polls `ready` every 100 ms until it answers, the process exits, or 30 s pass.
+async fn until_ready<F, Fut>(
+    child: &mut Child,
+    dir: &std::path::Path,
+    mut ready: F,
+) -> Result<(), NotReady>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if ready().await {
+            return Ok(());
+        }
+        if let Ok(Some(status)) = child.try_wait() {
+            let log = std::fs::read_to_string(dir.join("service.log")).unwrap_or_default();
+            let tail: Vec<&str> = log.lines().rev().take(5).collect();
+            let tail = tail.into_iter().rev().collect::<Vec<_>>().join("\n");
+            return Err(NotReady::Exited(status, tail));
+        }
+        if Instant::now() >= deadline {
+            return Err(NotReady::Silent);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Goes on to the next launch attempt when the service exited (its port was likely taken
+/// between choosing and binding it), and panics on the last attempt or when it hangs.
+fn retry_or_panic(service: &str, address: &str, attempt: u32, why: NotReady) {
+    match why {
+        NotReady::Exited(..) if attempt < LAUNCH_ATTEMPTS => {
+            eprintln!("{service} at {address} {why}\nstarting it again on fresh ports");
+        }
+        why => panic!("{service} did not become ready at {address}: {why}"),
     }
 }
