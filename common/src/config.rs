@@ -128,7 +128,10 @@ pub struct WorkerConfig {
     pub batch_max_records: usize,
     /// ...or this many payload bytes...
     pub batch_max_bytes: usize,
-    /// ...or when this much time has passed since its first record.
+    /// ...or at the next multiple of this many milliseconds since the Unix epoch (at
+    /// least a quarter of it after the batch opened): every worker closes its batches on
+    /// the same grid, so their bronze commits land together and downstream takes them in
+    /// one pass.
     pub batch_max_wait_ms: u64,
     /// How often downstream tasks look for new upstream versions. A look is one `HEAD` of
     /// the next commit file (on S3: one request per task per interval).

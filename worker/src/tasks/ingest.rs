@@ -169,10 +169,11 @@ impl IngestTask {
             // Fill one batch: by count, bytes or time, whichever comes first.
             let mut buffer: Vec<SourceRecord> = Vec::new();
             let mut bytes = 0usize;
-            let started = Instant::now();
+            let closes =
+                Instant::now() + until_batch_closes(std::time::SystemTime::now(), max_wait);
             while buffer.len() < env.config.batch_max_records && bytes < env.config.batch_max_bytes
             {
-                let remaining = max_wait.saturating_sub(started.elapsed());
+                let remaining = closes.saturating_duration_since(Instant::now());
                 if remaining.is_zero() || (reader.finished() && buffer.is_empty()) {
                     break;
                 }
@@ -302,6 +303,29 @@ impl IngestTask {
     }
 }
 
+/// How long the batch opened at `now` stays open: until the next multiple of `interval`
+/// since the Unix epoch that is at least a quarter interval away.
+///
+/// Every ingest task closes its batches on this one grid, whichever worker runs it and
+/// whenever it started, so the bronze commits of one interval land together and a single
+/// refine pass (and gold refresh) takes them all. Batches timed from their own start
+/// drift apart by each commit's duration, and every bronze commit then costs a silver
+/// commit and a round of gold refreshes of its own. Worker clocks agree to well within an
+/// interval (NTP), which is all the grid needs; a batch is never longer than 1.25
+/// intervals.
+pub fn until_batch_closes(now: std::time::SystemTime, interval: Duration) -> Duration {
+    let interval_ns = interval.as_nanos().max(1);
+    let since_epoch = now
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_nanos();
+    let mut left = interval_ns - since_epoch % interval_ns;
+    if left < interval_ns / 4 {
+        left += interval_ns;
+    }
+    Duration::from_nanos(u64::try_from(left).unwrap_or(u64::MAX))
+}
+
 /// Builds the bronze rows of `records`.
 pub fn bronze_batch(source: &str, records: &[SourceRecord]) -> Result<RecordBatch> {
     let now = chrono::Utc::now();
@@ -352,4 +376,41 @@ pub fn bronze_batch(source: &str, records: &[SourceRecord]) -> Result<RecordBatc
         Arc::new(date.finish()),
     ];
     Ok(RecordBatch::try_new(schemas::bronze(), columns)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+    use super::until_batch_closes;
+
+    #[test]
+    fn batches_opened_apart_close_together_on_the_grid() {
+        let second = Duration::from_secs(1);
+        let tick = UNIX_EPOCH + Duration::from_secs(1_790_000_000);
+        let close = |opened: SystemTime| opened + until_batch_closes(opened, second);
+        // Two workers opening batches 0.3 s and 0.7 s into an interval close them at the
+        // same instant: the next whole second.
+        let next = tick + second;
+        assert_eq!(close(tick + Duration::from_millis(300)), next);
+        assert_eq!(close(tick + Duration::from_millis(700)), next);
+        // A batch opened on a grid point stays open one whole interval.
+        assert_eq!(close(tick), next);
+        // One opened too close to the next point (a commit ran late) takes the one after.
+        assert_eq!(close(tick + Duration::from_millis(800)), next + second);
+        // Never shorter than a quarter nor longer than 1.25 intervals, at any phase.
+        for ms in (0..1000).step_by(7) {
+            let left = until_batch_closes(tick + Duration::from_millis(ms), second);
+            assert!(
+                left >= second / 4 && left <= second * 5 / 4,
+                "{ms} ms: {left:?}"
+            );
+        }
+        // Intervals that do not divide a second keep their own grid.
+        let odd = Duration::from_millis(300);
+        let opened = tick + Duration::from_millis(100);
+        let closes = opened + until_batch_closes(opened, odd);
+        let since = closes.duration_since(UNIX_EPOCH).unwrap().as_millis();
+        assert_eq!(since % 300, 0);
+    }
 }
