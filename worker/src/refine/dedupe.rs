@@ -22,7 +22,7 @@ use std::time::Duration;
 use arrow::array::{
     Array, ArrayRef, BooleanArray, RecordBatch, StringArray, TimestampMicrosecondArray,
 };
-use arrow::compute::{cast, filter_record_batch, max, min};
+use arrow::compute::{cast, max, min};
 use arrow::datatypes::{DataType, Field, Schema};
 use datafusion::common::{JoinType, ScalarValue};
 use datafusion::datasource::MemTable;
@@ -51,7 +51,12 @@ fn row_keys(batch: &RecordBatch, keys: &[String]) -> Result<Vec<Option<String>>>
         .collect();
     Ok((0..batch.num_rows())
         .map(|row| {
-            let mut key = String::new();
+            let mut key = String::with_capacity(
+                strings
+                    .iter()
+                    .map(|s| s.value_length(row) as usize + 1)
+                    .sum(),
+            );
             for (i, s) in strings.iter().enumerate() {
                 if s.is_null(row) {
                     return None;
@@ -129,10 +134,10 @@ impl SilverAt<'_> {
     }
 }
 
-/// What dedupe removed and the keys (with event time) of the rows it kept.
+/// Which rows dedupe keeps, and the keys (with event time) of those rows.
 pub struct Deduped {
-    /// Rows kept.
-    pub kept: RecordBatch,
+    /// One value per row of the batch: whether it is kept.
+    pub keep: BooleanArray,
     /// Rows removed.
     pub removed: usize,
     /// Keys of the kept rows, for [`KeyCache::committed`].
@@ -157,8 +162,8 @@ fn event_times(batch: &RecordBatch, window: Option<(&str, Duration)>) -> Vec<i64
         .collect()
 }
 
-/// Removes rows whose key repeats within the batch or already exists in `silver`, using
-/// (and loading, if needed) `cache`.
+/// Marks the rows whose key repeats within the batch or already exists in `silver` (the
+/// batch needs only the key and window columns), using (and loading, if needed) `cache`.
 pub async fn dedupe(
     batch: RecordBatch,
     keys: &[String],
@@ -168,7 +173,7 @@ pub async fn dedupe(
 ) -> Result<Deduped> {
     if batch.num_rows() == 0 {
         return Ok(Deduped {
-            kept: batch,
+            keep: BooleanArray::from(Vec::<bool>::new()),
             removed: 0,
             keys: Vec::new(),
         });
@@ -208,10 +213,9 @@ pub async fn dedupe(
         .zip(keep.iter())
         .filter_map(|((key, ts), keep)| Some((key?, ts)).filter(|_| keep == Some(true)))
         .collect();
-    let kept = filter_record_batch(&batch, &keep)?;
-    let removed = batch.num_rows() - kept.num_rows();
+    let removed = keep.len() - keep.true_count();
     Ok(Deduped {
-        kept,
+        keep,
         removed,
         keys: kept_keys,
     })

@@ -18,11 +18,12 @@ use std::collections::HashSet;
 use std::sync::Arc;
 
 use arrow::array::{
-    Array, ArrayRef, BinaryArray, BinaryBuilder, Int32Array, Int32Builder, Int64Array,
-    Int64Builder, RecordBatch, StringArray, StringBuilder, TimestampMicrosecondArray,
+    Array, ArrayRef, BinaryArray, BinaryBuilder, BooleanArray, Int32Array, Int32Builder,
+    Int64Array, Int64Builder, RecordBatch, StringArray, StringBuilder, TimestampMicrosecondArray,
     TimestampMicrosecondBuilder, UInt32Array,
 };
-use arrow::compute::{concat_batches, filter_record_batch, not};
+use arrow::compute::kernels::boolean::and_not;
+use arrow::compute::{concat_batches, filter_record_batch};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use deltalake::DeltaTable;
 use smelter_common::spec::{OnViolation, TableSpec};
@@ -106,8 +107,8 @@ pub async fn read_versions(
 /// What one refine step produced.
 #[derive(Debug)]
 pub struct Refined {
-    /// Rows for silver.
-    pub silver: RecordBatch,
+    /// Rows for silver, in bronze order (at least one batch, which may be empty).
+    pub silver: Vec<RecordBatch>,
     /// Rows for the quarantine table.
     pub quarantine: RecordBatch,
     /// Rows removed by `drop` expectations.
@@ -308,15 +309,34 @@ impl Refiner {
                 slices.push(self.decoded_batch(input, base, decoded, kept)?);
             }
         }
-        let mut batch = concat_batches(&self.work_schema, &slices)?;
-
+        // Expectations and dedupe only mark rows in `keep`, one mask per slice; the rows
+        // are copied once, at the end, into silver's batches.
+        slices.retain(|slice| slice.num_rows() > 0);
+        let mut keep: Vec<BooleanArray> = slices
+            .iter()
+            .map(|slice| BooleanArray::from(vec![true; slice.num_rows()]))
+            .collect();
         let mut dropped = 0;
         let mut warned = Vec::new();
         for rule in &self.expectations {
-            let violations = rule.violations(&batch)?;
-            let count = violations.true_count();
+            let violations = slices
+                .iter()
+                .zip(&keep)
+                .map(|(slice, kept)| rule.violations_among(slice, kept))
+                .collect::<Result<Vec<_>>>()?;
+            let count: usize = violations.iter().map(BooleanArray::true_count).sum();
             if count == 0 {
                 continue;
+            }
+            // Bronze rows of the violating rows, in order.
+            let mut violating = Vec::with_capacity(count);
+            for (slice, violations) in slices.iter().zip(&violations) {
+                let rows = column::<UInt32Array>(slice, ROW)?;
+                violating.extend(
+                    (0..violations.len())
+                        .filter(|&i| violations.value(i))
+                        .map(|i| rows.value(i) as usize),
+                );
             }
             match rule.action() {
                 OnViolation::Warn => {
@@ -325,31 +345,26 @@ impl Refiner {
                     continue;
                 }
                 OnViolation::Fail => {
-                    let bronze_rows = column::<UInt32Array>(&batch, ROW)?;
-                    let first = (0..violations.len())
-                        .find(|&i| violations.value(i))
-                        .map_or(0, |i| bronze_rows.value(i) as usize);
                     return Err(WorkerError::ExpectationFailed {
                         table: self.table.clone(),
                         rule: rule.spec.name.clone(),
                         expr: rule.spec.expr.clone(),
                         count,
-                        position: position(rows, first)?,
+                        position: position(rows, violating[0])?,
                     });
                 }
                 OnViolation::Drop => dropped += count,
                 OnViolation::Quarantine => {
-                    let rows = column::<UInt32Array>(&batch, ROW)?;
-                    for i in (0..violations.len()).filter(|&i| violations.value(i)) {
-                        quarantined.push(Quarantined {
-                            rule: rule.spec.name.clone(),
-                            reason: format!("violates `{}`", rule.spec.expr),
-                            row: rows.value(i) as usize,
-                        });
-                    }
+                    quarantined.extend(violating.into_iter().map(|row| Quarantined {
+                        rule: rule.spec.name.clone(),
+                        reason: format!("violates `{}`", rule.spec.expr),
+                        row,
+                    }));
                 }
             }
-            batch = filter_record_batch(&batch, &not(&violations)?)?;
+            for (kept, violations) in keep.iter_mut().zip(&violations) {
+                *kept = and_not(kept, violations)?;
+            }
         }
 
         let mut deduplicated = 0;
@@ -366,26 +381,43 @@ impl Refiner {
                     .map(|f| f.name().clone())
             });
             let window = dedupe.within.zip(by);
+            let mut columns = dedupe.keys.clone();
+            columns.extend(window.as_ref().map(|(_, c)| c.clone()));
+            let narrow = kept_columns(&self.work_schema, &slices, &keep, &columns)?;
             let deduped = dedupe::dedupe(
-                batch,
+                narrow,
                 &dedupe.keys,
                 window.as_ref().map(|(d, c)| (c.as_str(), *d)),
                 silver,
                 cache,
             )
             .await?;
-            batch = deduped.kept;
+            keep = narrowed(&keep, &deduped.keep);
             deduplicated = deduped.removed;
             new_keys = deduped.keys;
         }
-        let silver_batch =
-            batch.project(&(0..self.silver_schema.fields().len()).collect::<Vec<_>>())?;
-        let silver_batch =
-            RecordBatch::try_new(self.silver_schema.clone(), silver_batch.columns().to_vec())?;
+        let silver_columns: Vec<usize> = (0..self.silver_schema.fields().len()).collect();
+        let mut silver_batches = Vec::with_capacity(slices.len());
+        for (slice, kept) in slices.iter().zip(&keep) {
+            let rows = if kept.true_count() == kept.len() {
+                slice.project(&silver_columns)?
+            } else {
+                filter_record_batch(&slice.project(&silver_columns)?, kept)?
+            };
+            if rows.num_rows() > 0 {
+                silver_batches.push(RecordBatch::try_new(
+                    self.silver_schema.clone(),
+                    rows.columns().to_vec(),
+                )?);
+            }
+        }
+        if silver_batches.is_empty() {
+            silver_batches.push(RecordBatch::new_empty(self.silver_schema.clone()));
+        }
         quarantined.sort_by_key(|q| q.row);
         let dedupe_ms = dedupe_started.elapsed().as_millis() as u64;
         Ok(Refined {
-            silver: silver_batch,
+            silver: silver_batches,
             quarantine: quarantine_batch(rows, &quarantined)?,
             dropped,
             deduplicated,
@@ -394,6 +426,41 @@ impl Refiner {
             new_keys,
         })
     }
+}
+
+/// The rows of `slices` still in `keep`, as one batch of the named columns only (what
+/// dedupe reads), in order.
+fn kept_columns(
+    schema: &SchemaRef,
+    slices: &[RecordBatch],
+    keep: &[BooleanArray],
+    columns: &[String],
+) -> Result<RecordBatch> {
+    let indices = columns
+        .iter()
+        .map(|c| schema.index_of(c))
+        .collect::<std::result::Result<Vec<_>, _>>()?;
+    let narrow = Arc::new(schema.project(&indices)?);
+    let parts = slices
+        .iter()
+        .zip(keep)
+        .map(|(slice, kept)| Ok(filter_record_batch(&slice.project(&indices)?, kept)?))
+        .collect::<Result<Vec<_>>>()?;
+    Ok(concat_batches(&narrow, &parts)?)
+}
+
+/// `keep` with its kept rows narrowed to those `still` keeps (one value per kept row, in
+/// order).
+fn narrowed(keep: &[BooleanArray], still: &BooleanArray) -> Vec<BooleanArray> {
+    let mut still = still.values().iter();
+    keep.iter()
+        .map(|kept| {
+            kept.values()
+                .iter()
+                .map(|k| Some(k && still.next().unwrap_or(false)))
+                .collect()
+        })
+        .collect()
 }
 
 fn position(rows: &BronzeRows, row: usize) -> Result<String> {

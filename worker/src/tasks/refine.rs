@@ -124,12 +124,12 @@ impl RefineTask {
                     }
                 }
             }
-            let good = refined.silver.num_rows() as u64;
+            let good = refined.silver.iter().map(|b| b.num_rows() as u64).sum();
             let txns = vec![TxnUpdate::new(&app_id, consumed, to)];
             match tables::commit(
                 &mut silver,
                 &self.table,
-                vec![refined.silver],
+                refined.silver,
                 WriteMode::Append,
                 &spec.partition_by,
                 txns,
