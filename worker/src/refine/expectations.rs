@@ -85,7 +85,15 @@ impl CompiledExpectation {
                     "expectation is not boolean".into(),
                 ))
             })?;
-        Ok(result.iter().map(|v| Some(v == Some(false))).collect())
+        // FALSE violates; NULL passes.
+        let violated = !result.values();
+        Ok(BooleanArray::new(
+            match result.nulls() {
+                Some(nulls) => &violated & nulls.inner(),
+                None => violated,
+            },
+            None,
+        ))
     }
 
     /// The rows of `batch` still in `kept` that violate the rule.

@@ -18,10 +18,11 @@ use std::collections::HashSet;
 use std::sync::Arc;
 
 use arrow::array::{
-    Array, ArrayRef, BinaryArray, BinaryBuilder, BooleanArray, Int32Array, Int32Builder,
-    Int64Array, Int64Builder, RecordBatch, StringArray, StringBuilder, TimestampMicrosecondArray,
-    TimestampMicrosecondBuilder, UInt32Array,
+    Array, ArrayRef, BinaryArray, BinaryBuilder, BooleanArray, BooleanBufferBuilder, Int32Array,
+    Int32Builder, Int64Array, Int64Builder, RecordBatch, StringArray, StringBuilder,
+    TimestampMicrosecondArray, TimestampMicrosecondBuilder, UInt32Array,
 };
+use arrow::buffer::BooleanBuffer;
 use arrow::compute::kernels::boolean::and_not;
 use arrow::compute::{concat_batches, filter_record_batch};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
@@ -314,7 +315,7 @@ impl Refiner {
         slices.retain(|slice| slice.num_rows() > 0);
         let mut keep: Vec<BooleanArray> = slices
             .iter()
-            .map(|slice| BooleanArray::from(vec![true; slice.num_rows()]))
+            .map(|slice| BooleanArray::new(BooleanBuffer::new_set(slice.num_rows()), None))
             .collect();
         let mut dropped = 0;
         let mut warned = Vec::new();
@@ -455,10 +456,14 @@ fn narrowed(keep: &[BooleanArray], still: &BooleanArray) -> Vec<BooleanArray> {
     let mut still = still.values().iter();
     keep.iter()
         .map(|kept| {
-            kept.values()
-                .iter()
-                .map(|k| Some(k && still.next().unwrap_or(false)))
-                .collect()
+            let mut narrowed = BooleanBufferBuilder::new(kept.len());
+            narrowed.append_n(kept.len(), false);
+            for row in kept.values().set_indices() {
+                if still.next().unwrap_or(false) {
+                    narrowed.set_bit(row, true);
+                }
+            }
+            BooleanArray::new(narrowed.finish(), None)
         })
         .collect()
 }

@@ -108,18 +108,19 @@ async fn each_action_does_what_it_says() {
             r#"{"id":"d","n":7}"#,
             r#"{"id":"a","n":1}"#,
             r#"{"id":"e","n":2,"x":true}"#,
+            r#"{"id":"f"}"#,
         ],
     )
     .await
     .unwrap();
     assert_eq!(
         strings(&silver_rows(&refined), "id"),
-        vec!["a", "b", "e"],
-        "warned b kept, c quarantined, d dropped, second a deduped"
+        vec!["a", "b", "e", "f"],
+        "warned b kept, c quarantined, d dropped, second a deduped, f (every rule NULL) kept"
     );
     assert_eq!(
         strings(&silver_rows(&refined), "_rescued_data"),
-        vec!["NULL", "NULL", r#"{"x":true}"#]
+        vec!["NULL", "NULL", r#"{"x":true}"#, "NULL"]
     );
     assert_eq!(refined.warned, vec![("small".to_string(), 1)]);
     assert_eq!((refined.dropped, refined.deduplicated), (1, 1));
@@ -246,11 +247,16 @@ async fn a_rule_does_not_see_rows_an_earlier_rule_took_out() {
             r#"{"id":"c","n":20}"#,
             r#"{"id":"d","n":7}"#,
             r#"{"id":"e","n":2}"#,
+            r#"{"id":"f"}"#,
         ],
     )
     .await
     .unwrap();
-    assert_eq!(strings(&silver_rows(&refined), "id"), vec!["a", "e"]);
+    assert_eq!(
+        strings(&silver_rows(&refined), "id"),
+        vec!["a", "e", "f"],
+        "f: NULL passes every rule"
+    );
     assert_eq!(
         strings(&refined.quarantine, "rule"),
         vec!["small", "not_negative"],
