@@ -100,7 +100,7 @@ impl KeyCache {
         }
         self.version = Some(version);
         for (key, ts) in added {
-            self.keys.insert_latest(key, ts);
+            self.keys.insert_latest(&key, ts);
         }
         if self.keys.len() > CACHE_MAX_KEYS {
             match window {
@@ -285,7 +285,7 @@ async fn load(
             let times = event_times(&batch, window);
             for (key, ts) in row_keys(&batch, keys)?.into_iter().zip(times) {
                 if let Some(key) = key {
-                    cache.keys.insert_latest(key, ts);
+                    cache.keys.insert_latest(&key, ts);
                 }
             }
         }

@@ -1,135 +1,155 @@
-//! The dedupe cache's map: each key with its latest event time, filed under its hash.
+//! The dedupe cache's map: each key with its latest event time.
 //!
-//! The cache grows to millions of keys. A map keyed by the key text rehashes every text
-//! on each growth, and a lookup reads the text of each key it meets: a cache miss per key
-//! touched. Here the map holds the 64-bit hash inline, so growing and probing read the
-//! hash alone, and a text is compared only when the hashes match. Keys whose hashes
-//! collide share a slot: the comparison, not the hash, decides whether a key is present,
-//! so a collision never merges two keys.
+//! The cache grows to millions of keys, and each growth of a map moves every entry into
+//! freshly allocated memory, which the kernel hands out page by page (a fault and a
+//! zeroing per 4 KiB). A map holding `(String, i64)` per bucket made those faults most of
+//! the cache's cost. Here the keys' text lives in an arena of large chunks that never
+//! move, the entries (time, place in the arena) in one vector, and the hash table holds
+//! 8 bytes per key: the entry's index and 32 bits of its hash. A growth moves those 8
+//! bytes and rehashes from them, without reading an entry or a key.
+//!
+//! Keys whose hashes collide are separate entries: lookups compare the text, so a
+//! collision never merges two keys.
 
-use std::collections::HashMap;
-use std::collections::hash_map::Entry;
-use std::hash::{BuildHasherDefault, Hasher};
+use hashbrown::HashTable;
+
+/// Bytes per arena chunk; a longer key gets a chunk of its own.
+const CHUNK_BYTES: usize = 1 << 20;
 
 /// Keys with the latest event time (µs) seen for each.
 #[derive(Debug, Default)]
 pub struct KeyTimes {
     hasher: ahash::RandomState,
-    slots: HashMap<u64, Slot, BuildHasherDefault<HashIsKey>>,
-    len: usize,
+    /// Where each key's entry is, filed by the key's hash.
+    index: HashTable<Slot>,
+    entries: Vec<Entry>,
+    /// The keys' text; chunks are filled and never grown, so text never moves.
+    chunks: Vec<String>,
 }
 
-#[derive(Debug)]
-enum Slot {
-    One(Box<str>, i64),
-    /// Keys whose hashes collide.
-    Many(Vec<(Box<str>, i64)>),
+/// One key in the hash table.
+#[derive(Debug, Clone, Copy)]
+struct Slot {
+    /// Into `entries`.
+    entry: u32,
+    /// 32 bits of the key's hash, which are all the table files it by (see [`spread`]).
+    hash: u32,
+}
+
+/// The 64-bit hash the table files a 32-bit hash under: hashbrown takes the bucket from
+/// the low bits and a tag from the top 7, so both halves carry the hash.
+fn spread(hash: u32) -> u64 {
+    u64::from(hash) << 32 | u64::from(hash)
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Entry {
+    ts: i64,
+    chunk: u32,
+    start: u32,
+    len: u32,
 }
 
 impl KeyTimes {
     /// Number of keys.
     pub fn len(&self) -> usize {
-        self.len
+        self.entries.len()
     }
 
     /// Forgets every key.
     pub fn clear(&mut self) {
-        self.slots.clear();
-        self.len = 0;
+        self.index.clear();
+        self.entries.clear();
+        self.chunks.clear();
     }
 
     /// The event time kept for `key`.
     pub fn get(&self, key: &str) -> Option<i64> {
-        self.get_hashed(self.hasher.hash_one(key), key)
+        self.get_hashed(self.hash(key), key)
     }
 
     /// Records `key` at `ts`, keeping the later time when the key is already there.
-    pub fn insert_latest(&mut self, key: String, ts: i64) {
-        self.insert_hashed(self.hasher.hash_one(key.as_str()), key, ts);
+    pub fn insert_latest(&mut self, key: &str, ts: i64) {
+        self.insert_hashed(self.hash(key), key, ts);
     }
 
-    fn get_hashed(&self, hash: u64, key: &str) -> Option<i64> {
-        match self.slots.get(&hash)? {
-            Slot::One(k, ts) => (**k == *key).then_some(*ts),
-            Slot::Many(keys) => keys.iter().find(|(k, _)| **k == *key).map(|(_, ts)| *ts),
-        }
+    fn hash(&self, key: &str) -> u32 {
+        (self.hasher.hash_one(key) >> 32) as u32
     }
 
-    fn insert_hashed(&mut self, hash: u64, key: String, ts: i64) {
-        let slot = match self.slots.entry(hash) {
-            Entry::Vacant(vacant) => {
-                vacant.insert(Slot::One(key.into_boxed_str(), ts));
-                self.len += 1;
-                return;
-            }
-            Entry::Occupied(occupied) => occupied.into_mut(),
+    fn text(&self, entry: &Entry) -> &str {
+        let start = entry.start as usize;
+        &self.chunks[entry.chunk as usize][start..start + entry.len as usize]
+    }
+
+    fn get_hashed(&self, hash: u32, key: &str) -> Option<i64> {
+        let found = self.index.find(spread(hash), |slot| {
+            slot.hash == hash && self.text(&self.entries[slot.entry as usize]) == key
+        })?;
+        Some(self.entries[found.entry as usize].ts)
+    }
+
+    fn insert_hashed(&mut self, hash: u32, key: &str, ts: i64) {
+        let Self {
+            index,
+            entries,
+            chunks,
+            ..
+        } = self;
+        let text = |entry: &Entry| {
+            let start = entry.start as usize;
+            &chunks[entry.chunk as usize][start..start + entry.len as usize]
         };
-        if let Slot::One(k, kept) = slot {
-            if **k == *key {
-                *kept = (*kept).max(ts);
-                return;
-            }
-            let first = (std::mem::take(k), *kept);
-            *slot = Slot::Many(vec![first]);
+        let found = index.find(spread(hash), |slot| {
+            slot.hash == hash && text(&entries[slot.entry as usize]) == key
+        });
+        if let Some(slot) = found {
+            let kept = &mut entries[slot.entry as usize].ts;
+            *kept = (*kept).max(ts);
+            return;
         }
-        let Slot::Many(keys) = slot else {
-            unreachable!("a colliding slot was just made a list");
-        };
-        match keys.iter_mut().find(|(k, _)| **k == *key) {
-            Some((_, kept)) => *kept = (*kept).max(ts),
-            None => {
-                keys.push((key.into_boxed_str(), ts));
-                self.len += 1;
-            }
+        let (chunk, start) = Self::place(chunks, key);
+        let entry = u32::try_from(entries.len()).expect("fewer than 2^32 keys");
+        entries.push(Entry {
+            ts,
+            chunk,
+            start,
+            len: key.len() as u32,
+        });
+        index.insert_unique(spread(hash), Slot { entry, hash }, |slot| spread(slot.hash));
+    }
+
+    /// Copies `key` into the arena; its chunk and offset.
+    fn place(chunks: &mut Vec<String>, key: &str) -> (u32, u32) {
+        let fits = chunks
+            .last()
+            .is_some_and(|c| c.capacity() - c.len() >= key.len());
+        if !fits {
+            chunks.push(String::with_capacity(CHUNK_BYTES.max(key.len())));
         }
+        let last = chunks.len() - 1;
+        let chunk = &mut chunks[last];
+        let start = chunk.len() as u32;
+        chunk.push_str(key);
+        (last as u32, start)
     }
 
     /// The latest event time of any key.
     pub fn newest(&self) -> Option<i64> {
-        self.times().max()
+        self.entries.iter().map(|e| e.ts).max()
     }
 
-    /// Keeps the keys whose time satisfies `keep`.
+    /// Keeps the keys whose time satisfies `keep` (rebuilding the map: this runs when the
+    /// cache is full, not per batch).
     pub fn retain(&mut self, keep: impl Fn(i64) -> bool) {
-        self.slots.retain(|_, slot| match slot {
-            Slot::One(_, ts) => keep(*ts),
-            Slot::Many(keys) => {
-                keys.retain(|(_, ts)| keep(*ts));
-                !keys.is_empty()
+        let old = std::mem::take(self);
+        self.hasher = old.hasher.clone();
+        for slot in old.index.iter() {
+            let entry = &old.entries[slot.entry as usize];
+            if keep(entry.ts) {
+                self.insert_hashed(slot.hash, old.text(entry), entry.ts);
             }
-        });
-        self.len = self.times().count();
-    }
-
-    fn times(&self) -> impl Iterator<Item = i64> + '_ {
-        self.slots.values().flat_map(|slot| {
-            let (one, many) = match slot {
-                Slot::One(_, ts) => (Some(*ts), &[][..]),
-                Slot::Many(keys) => (None, keys.as_slice()),
-            };
-            one.into_iter().chain(many.iter().map(|(_, ts)| *ts))
-        })
-    }
-}
-
-/// The hasher of a map whose keys are already hashes.
-#[derive(Debug, Default)]
-struct HashIsKey(u64);
-
-impl Hasher for HashIsKey {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-
-    fn write(&mut self, bytes: &[u8]) {
-        // Only `write_u64` is used for `u64` keys; any other input is folded in.
-        for &b in bytes {
-            self.0 = self.0.rotate_left(8) ^ u64::from(b);
         }
-    }
-
-    fn write_u64(&mut self, hash: u64) {
-        self.0 = hash;
     }
 }
 
@@ -142,7 +162,7 @@ mod tests {
     fn colliding_keys_stay_apart() {
         let mut keys = KeyTimes::default();
         for (key, ts) in [("a", 5), ("b", 7), ("a", 3), ("c", 1)] {
-            keys.insert_hashed(42, key.to_string(), ts);
+            keys.insert_hashed(42, key, ts);
         }
         assert_eq!(keys.len(), 3);
         assert_eq!(keys.get_hashed(42, "a"), Some(5));
@@ -158,10 +178,10 @@ mod tests {
     fn keys_keep_their_latest_time() {
         let mut keys = KeyTimes::default();
         for n in 0..10_000 {
-            keys.insert_latest(format!("k{n}"), n);
+            keys.insert_latest(&format!("k{n}"), n);
         }
-        keys.insert_latest("k5".into(), 1);
-        keys.insert_latest("k6".into(), 60_000);
+        keys.insert_latest("k5", 1);
+        keys.insert_latest("k6", 60_000);
         assert_eq!(keys.len(), 10_000);
         assert_eq!(keys.get("k5"), Some(5));
         assert_eq!(keys.get("k6"), Some(60_000));
