@@ -142,6 +142,9 @@ pub struct WorkerConfig {
     /// Least time between two refreshes of one gold table (each refresh is a gold version;
     /// an incremental refresh costs about the new silver rows plus the table's groups).
     pub gold_min_interval_ms: u64,
+    /// Memory for the rows of data files this worker committed lately, which tasks
+    /// downstream on the same worker then read without going to storage (0: none).
+    pub recent_files_mb: u64,
     /// Lease TTL of a held table commit lock (kept alive while held; a paused holder
     /// loses it after this long and is fenced by its successor's epoch).
     pub commit_lock_ttl_ms: u64,
@@ -161,6 +164,7 @@ impl Default for WorkerConfig {
             poll_interval_ms: 100,
             refine_max_versions: 8,
             gold_min_interval_ms: 500,
+            recent_files_mb: 256,
             commit_lock_ttl_ms: 5_000,
             failpoint: None,
         }

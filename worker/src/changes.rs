@@ -19,6 +19,7 @@ use deltalake::kernel::Action;
 use deltalake::parquet::arrow::ProjectionMask;
 use deltalake::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 
+use crate::recent_files::RecentFiles;
 use crate::{Result, WorkerError};
 
 /// Rows decoded from Parquet per batch.
@@ -122,13 +123,18 @@ pub fn snapshot(table: &DeltaTable, name: &str) -> Result<Vec<DataFile>> {
 }
 
 /// The rows of `file`, with only the columns whose top-level names are in `columns` (all
-/// of them when `None`), as the file stores them.
+/// of them when `None`), as the file stores them: from `recent` if this worker committed
+/// the file lately, else from storage.
 pub async fn read(
     table: &DeltaTable,
     name: &str,
     file: &DataFile,
     columns: Option<&HashSet<String>>,
+    recent: &RecentFiles,
 ) -> Result<Vec<RecordBatch>> {
+    if let Some(rows) = recent.get(table.table_url().as_str(), &file.path, columns) {
+        return Ok(rows);
+    }
     let path = deltalake::Path::from_url_path(&file.path)
         .map_err(|e| generic(name, format!("bad path {}: {e}", file.path)))?;
     let data = table

@@ -38,6 +38,7 @@
 //! and the commit goes through delta-rs's own commit path and conflict checker instead.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use arrow::compute::kernels::cmp::not_distinct;
 use arrow::record_batch::RecordBatch;
@@ -57,6 +58,7 @@ use indexmap::IndexMap;
 use crate::failpoint::Failpoints;
 use crate::heads::{Head, LogHeads};
 use crate::lock::{CommitArbiter, EPOCH_APP_ID};
+use crate::recent_files::RecentFiles;
 use crate::tables::{LOCK_WAIT, refresh, version};
 use crate::{Result, WorkerError};
 
@@ -116,6 +118,8 @@ pub struct CommitEnv {
     pub failpoints: Failpoints,
     /// The tables' heads: latest versions, txn versions and files (see [`crate::heads`]).
     pub heads: LogHeads,
+    /// The rows of the files this worker committed lately (see [`crate::recent_files`]).
+    pub recent: RecentFiles,
 }
 
 /// Commits `batches` with the given txn actions, following the protocol in the module docs.
@@ -132,7 +136,11 @@ pub async fn commit(
 ) -> Result<CommitOutcome> {
     let arbiter = env.arbiter.as_ref();
     const ATTEMPTS: usize = 5;
-    let files = write_files(table, name, &batches).await?;
+    let Written {
+        files,
+        file_schema,
+        partition_columns,
+    } = write_files(table, name, &batches).await?;
     env.failpoints.hit("commit.after_files");
     let payload = Payload {
         files: &files,
@@ -167,7 +175,18 @@ pub async fn commit(
                 );
                 return Ok(CommitOutcome::AlreadyCommitted);
             }
-            Ok(outcome) => return Ok(outcome),
+            Ok(outcome) => {
+                if let (CommitOutcome::Committed { .. }, [file]) = (&outcome, files.as_slice()) {
+                    env.recent.keep(
+                        table.table_url().as_str(),
+                        &file.path,
+                        &file_schema,
+                        &partition_columns,
+                        &batches,
+                    );
+                }
+                return Ok(outcome);
+            }
             Err(error) => {
                 // Outcome unknown (or lost a race, or fenced): the txn versions decide on
                 // the next pass.
@@ -187,8 +206,16 @@ pub async fn commit(
     }))
 }
 
+/// Data files written for one commit.
+struct Written {
+    files: Vec<Add>,
+    /// The schema the files were encoded with (the table's, less partition columns).
+    file_schema: arrow::datatypes::SchemaRef,
+    partition_columns: Vec<String>,
+}
+
 /// Writes `batches` as data files of `table` (not yet referenced by its log).
-async fn write_files(table: &DeltaTable, name: &str, batches: &[RecordBatch]) -> Result<Vec<Add>> {
+async fn write_files(table: &DeltaTable, name: &str, batches: &[RecordBatch]) -> Result<Written> {
     let mut writer =
         RecordBatchWriter::for_table(table).map_err(|e| WorkerError::delta(name, e))?;
     let partition_by = table
@@ -197,6 +224,11 @@ async fn write_files(table: &DeltaTable, name: &str, batches: &[RecordBatch]) ->
         .metadata()
         .partition_columns()
         .to_vec();
+    let table_schema = writer.arrow_schema();
+    let file_fields: Vec<usize> = (0..table_schema.fields().len())
+        .filter(|&i| !partition_by.contains(table_schema.field(i).name()))
+        .collect();
+    let file_schema = Arc::new(table_schema.project(&file_fields)?);
     for batch in batches.iter().filter(|b| b.num_rows() > 0) {
         let written = match single_partition(batch, &partition_by)? {
             Some(values) => writer
@@ -211,10 +243,15 @@ async fn write_files(table: &DeltaTable, name: &str, batches: &[RecordBatch]) ->
         };
         written.map_err(|e| WorkerError::delta(name, e))?;
     }
-    writer
+    let files = writer
         .flush()
         .await
-        .map_err(|e| WorkerError::delta(name, e))
+        .map_err(|e| WorkerError::delta(name, e))?;
+    Ok(Written {
+        files,
+        file_schema,
+        partition_columns: partition_by,
+    })
 }
 
 /// The partition values of `batch` when all its rows share them (the usual case: bronze

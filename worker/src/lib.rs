@@ -22,6 +22,7 @@ pub mod heads;
 pub mod history;
 pub mod lock;
 pub mod query;
+pub mod recent_files;
 pub mod refine;
 pub mod runtime;
 pub mod schemas;

@@ -45,6 +45,7 @@ use tonic::transport::{Channel, Endpoint, Server};
 use crate::failpoint::Failpoints;
 use crate::lock::CommitArbiter;
 use crate::query::QueryEngine;
+use crate::recent_files::RecentFiles;
 use crate::serve::flight::FlightSqlServer;
 use crate::tables::{CommitEnv, TableStore};
 use crate::tasks::aggregate::AggregateTask;
@@ -174,6 +175,7 @@ pub async fn run(
         arbiter,
         failpoints: Failpoints::parse(config.worker.failpoint.as_deref())?,
         heads: Default::default(),
+        recent: RecentFiles::new(config.worker.recent_files_mb as usize * 1024 * 1024),
     });
 
     let endpoints = config.coordinator.endpoint_list();

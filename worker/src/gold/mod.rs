@@ -34,6 +34,7 @@ use self::slot::{Prepared, Slot};
 use self::state::GroupState;
 use crate::changes::{self, DataFile};
 use crate::query::QueryEngine;
+use crate::recent_files::RecentFiles;
 use crate::{Result, tables};
 
 /// Upstream rows folded into the state at a time.
@@ -85,6 +86,7 @@ pub struct IncrementalGold {
     columns: HashSet<String>,
     /// The upstream version the state reflects.
     version: i64,
+    recent: RecentFiles,
 }
 
 impl IncrementalGold {
@@ -95,6 +97,7 @@ impl IncrementalGold {
         sql: &str,
         name: &str,
         upstream: &DeltaTable,
+        recent: &RecentFiles,
     ) -> Result<std::result::Result<Self, String>> {
         let version = tables::version(upstream);
         let frame = engine.plan(sql, Some((name, version.max(0)))).await?;
@@ -118,6 +121,7 @@ impl IncrementalGold {
             ctx,
             upstream: name.to_string(),
             version,
+            recent: recent.clone(),
         };
         let files = if version < 0 {
             Vec::new()
@@ -167,7 +171,15 @@ impl IncrementalGold {
         let mut batches = Vec::new();
         let mut rows = 0;
         for file in &files {
-            for batch in changes::read(upstream, &self.upstream, file, Some(&self.columns)).await? {
+            for batch in changes::read(
+                upstream,
+                &self.upstream,
+                file,
+                Some(&self.columns),
+                &self.recent,
+            )
+            .await?
+            {
                 rows += batch.num_rows();
                 batches.push(changes::conform(&batch, file, &schema)?);
             }
@@ -221,6 +233,7 @@ pub struct Refresher {
     upstream: String,
     strategy: Strategy,
     max_distinct_values: usize,
+    recent: RecentFiles,
 }
 
 impl Refresher {
@@ -232,7 +245,14 @@ impl Refresher {
             upstream: upstream.to_string(),
             strategy: Strategy::Build,
             max_distinct_values: MAX_DISTINCT_VALUES,
+            recent: RecentFiles::default(),
         }
+    }
+
+    /// The same reading the upstream's files from `recent` when they are there.
+    pub fn with_recent_files(mut self, recent: RecentFiles) -> Self {
+        self.recent = recent;
+        self
     }
 
     /// The same with another bound on the values kept for `count(DISTINCT ..)`.
@@ -289,7 +309,15 @@ impl Refresher {
                     .await
                     .map_err(|e| crate::WorkerError::delta(&self.upstream, e))?;
             }
-            match IncrementalGold::build(&self.engine, &self.sql, &self.upstream, upstream).await? {
+            match IncrementalGold::build(
+                &self.engine,
+                &self.sql,
+                &self.upstream,
+                upstream,
+                &self.recent,
+            )
+            .await?
+            {
                 Ok(gold) => {
                     if let Some(gold) = self.bounded(Box::new(gold)) {
                         let result = gold.result().await?;

@@ -32,6 +32,7 @@ use smelter_common::spec::{OnViolation, TableSpec};
 use self::columns::Columns;
 use self::decode::{Cell, JsonDecoder};
 use self::expectations::CompiledExpectation;
+use crate::recent_files::RecentFiles;
 use crate::{Result, WorkerError, changes, schemas};
 
 /// Rows decoded into one set of column builders at a time (see [`Refiner::refine`]).
@@ -96,11 +97,12 @@ pub async fn read_versions(
     name: &str,
     from: i64,
     to: i64,
+    recent: &RecentFiles,
 ) -> Result<BronzeRows> {
     let columns: HashSet<String> = BRONZE_INPUT.iter().map(|c| c.to_string()).collect();
     let mut batches = Vec::new();
     for file in changes::range(bronze, name, from, to).await?.added {
-        batches.extend(changes::read(bronze, name, &file, Some(&columns)).await?);
+        batches.extend(changes::read(bronze, name, &file, Some(&columns), recent).await?);
     }
     Ok(BronzeRows::from_batches(batches))
 }

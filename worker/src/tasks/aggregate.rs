@@ -59,7 +59,8 @@ impl AggregateTask {
             .open_or_create(&self.table, &schema, &spec.partition_by, &env.commits)
             .await?;
         let mut consumed = tables::txn_version(&gold, &app_id).await?;
-        let mut refresher = Refresher::new(engine, &sql, &spec.from);
+        let mut refresher =
+            Refresher::new(engine, &sql, &spec.from).with_recent_files(env.commits.recent.clone());
         let mut known = tables::version(&silver);
         let mut last_refresh: Option<Instant> = None;
         let mut interval = min_interval;

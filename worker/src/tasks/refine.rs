@@ -89,7 +89,9 @@ impl RefineTask {
                 _ => latest.min(done + env.config.refine_max_versions as i64),
             };
             let started = std::time::Instant::now();
-            let rows = refine::read_versions(upstream, &spec.from, done + 1, to).await?;
+            let rows =
+                refine::read_versions(upstream, &spec.from, done + 1, to, &env.commits.recent)
+                    .await?;
             let read_ms = started.elapsed().as_millis() as u64;
             let head = heads.head(&mut silver, &self.table).await?;
             let mut at = SilverAt {
