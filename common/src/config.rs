@@ -164,7 +164,7 @@ impl Default for WorkerConfig {
             poll_interval_ms: 100,
             refine_max_versions: 8,
             gold_min_interval_ms: 500,
-            recent_files_mb: 256,
+            recent_files_mb: 64,
             commit_lock_ttl_ms: 5_000,
             failpoint: None,
         }
