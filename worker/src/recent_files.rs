@@ -149,7 +149,7 @@ mod tests {
     use super::RecentFiles;
     use crate::changes;
     use crate::source::SourceRecord;
-    use crate::tables::{CommitEnv, TableStore, WriteMode, commit};
+    use crate::tables::{CommitEnv, CommitOutcome, TableStore, WriteMode, commit};
     use crate::tasks::ingest::bronze_batch;
 
     fn records(from: i64, n: i64) -> Vec<SourceRecord> {
@@ -165,6 +165,24 @@ mod tests {
                 error: (offset % 7 == 0).then(|| "too large".to_string()),
             })
             .collect()
+    }
+
+    /// Appends `batches` to `bronze.events` in one commit; the files it added.
+    async fn append(
+        table: &mut deltalake::DeltaTable,
+        env: &CommitEnv,
+        by: &[String],
+        batches: Vec<RecordBatch>,
+    ) -> Vec<changes::DataFile> {
+        let name = "bronze.events";
+        let outcome = commit(table, name, batches, WriteMode::Append, by, vec![], env).await;
+        let Ok(CommitOutcome::Committed { version }) = outcome else {
+            panic!("not committed: {outcome:?}");
+        };
+        changes::range(table, name, version, version)
+            .await
+            .unwrap()
+            .added
     }
 
     /// Rows read from memory are the rows read from the file: same schema, same values,
@@ -187,21 +205,7 @@ mod tests {
             bronze_batch("s", &records(0, 300)).unwrap(),
             bronze_batch("s", &records(300, 200)).unwrap(),
         ];
-        commit(
-            &mut table,
-            "bronze.events",
-            batches,
-            WriteMode::Append,
-            &by,
-            vec![],
-            &env,
-        )
-        .await
-        .unwrap();
-        let added = changes::range(&table, "bronze.events", 1, 1)
-            .await
-            .unwrap()
-            .added;
+        let added = append(&mut table, &env, &by, batches).await;
         assert_eq!(added.len(), 1);
         let file = &added[0];
         let projection: HashSet<String> = ["offset", "payload", "error"]
@@ -238,21 +242,7 @@ mod tests {
             (0..10).map(|i| 20_000 + i % 2),
         ));
         let two_days = RecordBatch::try_new(two_days.schema(), columns).unwrap();
-        commit(
-            &mut table,
-            "bronze.events",
-            vec![two_days],
-            WriteMode::Append,
-            &by,
-            vec![],
-            &env,
-        )
-        .await
-        .unwrap();
-        let added = changes::range(&table, "bronze.events", 2, 2)
-            .await
-            .unwrap()
-            .added;
+        let added = append(&mut table, &env, &by, vec![two_days]).await;
         assert_eq!(added.len(), 2);
         let hits = env.recent.hits();
         for file in &added {
