@@ -70,6 +70,8 @@ impl LocalCluster {
         let workers_shutdown = CancellationToken::new();
         let mut handles = Vec::new();
         let mut flight_endpoints = Vec::new();
+        // One cache of recently committed files: refine reads what any worker's ingest wrote.
+        let recent = smelter_worker::recent_files::RecentFiles::from_config(&config.worker);
         for i in 0..workers.max(1) {
             let flight_address = if i == 0 {
                 config.worker.flight_listen.clone()
@@ -86,6 +88,7 @@ impl LocalCluster {
                 config.clone(),
                 listener,
                 Some(store.clone()),
+                recent.clone(),
                 workers_shutdown.clone(),
             )));
         }

@@ -143,7 +143,8 @@ pub struct WorkerConfig {
     /// an incremental refresh costs about the new silver rows plus the table's groups).
     pub gold_min_interval_ms: u64,
     /// Memory for the rows of data files this worker committed lately, which tasks
-    /// downstream on the same worker then read without going to storage (0: none).
+    /// downstream on the same worker then read without going to storage (0: none). The
+    /// workers of one process (`smelter up`) share one budget.
     pub recent_files_mb: u64,
     /// Lease TTL of a held table commit lock (kept alive while held; a paused holder
     /// loses it after this long and is fenced by its successor's epoch).

@@ -13,6 +13,9 @@
 //! Other commits are not kept, and a file that is not here is read from storage. Entries
 //! are dropped oldest first once their Arrow size passes the budget; a reader a few
 //! seconds behind finds its files gone and reads them as before.
+//!
+//! Workers in one process (`smelter up`) share one cache, so refine finds the bronze
+//! files every worker's ingest wrote, and the budget is the process's.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -20,6 +23,7 @@ use std::sync::{Arc, Mutex};
 
 use arrow::array::RecordBatch;
 use arrow::datatypes::SchemaRef;
+use smelter_common::config::WorkerConfig;
 
 /// The rows of recently committed data files, by table and file.
 #[derive(Debug, Clone, Default)]
@@ -55,6 +59,13 @@ impl RecentFiles {
                 ..Default::default()
             }),
         }
+    }
+
+    /// The budget `worker.recent_files_mb` sets.
+    pub fn from_config(config: &WorkerConfig) -> Self {
+        Self::new(
+            usize::try_from(config.recent_files_mb.saturating_mul(1 << 20)).unwrap_or(usize::MAX),
+        )
     }
 
     /// How many reads were answered from memory.
@@ -281,5 +292,36 @@ mod tests {
         let other = batch.project(&[0, 1]).unwrap();
         recent.keep("file:///t", "d", &schema, &[], &[other]);
         assert!(recent.get("file:///t", "d", None).is_none());
+    }
+
+    /// The workers of one process hold clones of one cache: a file one of them kept is
+    /// there for the others, and they spend one budget.
+    #[test]
+    fn clones_share_files_and_budget() {
+        let batch = bronze_batch("s", &records(0, 100)).unwrap();
+        let schema = batch.schema();
+        let config = smelter_common::config::WorkerConfig {
+            recent_files_mb: 1,
+            ..Default::default()
+        };
+        let ingest_side = RecentFiles::from_config(&config);
+        let refine_side = ingest_side.clone();
+        ingest_side.keep("file:///t", "a", &schema, &[], std::slice::from_ref(&batch));
+        assert!(refine_side.get("file:///t", "a", None).is_some());
+        assert_eq!(ingest_side.hits(), 1);
+        // 1 MB holds this batch a few times over, not a hundred times.
+        let size = batch.get_array_memory_size();
+        assert!(size * 4 < 1 << 20 && size * 100 > 1 << 20, "{size} bytes");
+        for i in 0..100 {
+            refine_side.keep(
+                "file:///t",
+                &format!("b{i}"),
+                &schema,
+                &[],
+                std::slice::from_ref(&batch),
+            );
+        }
+        assert!(ingest_side.get("file:///t", "a", None).is_none());
+        assert!(ingest_side.get("file:///t", "b99", None).is_some());
     }
 }

@@ -124,10 +124,13 @@ impl WorkerState {
 /// `store` is the coordination store shared with every other writer of the tables (etcd
 /// in cluster mode, the in-process store under `smelter up`): commits then go through the
 /// table commit locks. Without one, commits rely on the txn compare-and-set alone.
+/// `recent` keeps the rows of the files the worker commits for the tasks downstream
+/// ([`RecentFiles::from_config`]); workers in one process share one.
 pub async fn run(
     config: SmelterConfig,
     flight_listener: TcpListener,
     store: Option<Arc<dyn CoordinationStore>>,
+    recent: RecentFiles,
     shutdown: CancellationToken,
 ) -> Result<()> {
     let tables = TableStore::from_config(&config.storage)?;
@@ -175,7 +178,7 @@ pub async fn run(
         arbiter,
         failpoints: Failpoints::parse(config.worker.failpoint.as_deref())?,
         heads: Default::default(),
-        recent: RecentFiles::new(config.worker.recent_files_mb as usize * 1024 * 1024),
+        recent,
     });
 
     let endpoints = config.coordinator.endpoint_list();

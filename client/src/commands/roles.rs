@@ -43,6 +43,7 @@ pub async fn worker(config: SmelterConfig, shutdown: CancellationToken) -> Resul
         )),
     };
     let listener = bind(&config.worker.flight_listen).await?;
-    smelter_worker::run(config, listener, store, shutdown).await?;
+    let recent = smelter_worker::recent_files::RecentFiles::from_config(&config.worker);
+    smelter_worker::run(config, listener, store, recent, shutdown).await?;
     Ok(())
 }
