@@ -216,8 +216,9 @@ struct Written {
 
 /// Writes `batches` as data files of `table` (not yet referenced by its log).
 async fn write_files(table: &DeltaTable, name: &str, batches: &[RecordBatch]) -> Result<Written> {
-    let mut writer =
-        RecordBatchWriter::for_table(table).map_err(|e| WorkerError::delta(name, e))?;
+    let mut writer = RecordBatchWriter::for_table(table)
+        .map_err(|e| WorkerError::delta(name, e))?
+        .with_writer_properties(crate::file_format::writer_properties());
     let partition_by = table
         .snapshot()
         .map_err(|e| WorkerError::delta(name, e))?

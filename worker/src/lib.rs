@@ -16,6 +16,7 @@ pub mod changes;
 pub mod commit;
 pub mod error;
 pub mod failpoint;
+pub mod file_format;
 pub mod functions;
 pub mod gold;
 pub mod heads;

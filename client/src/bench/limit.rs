@@ -30,8 +30,6 @@ use arrow::datatypes::{Field, Schema, SchemaRef};
 use datafusion::catalog::{MemorySchemaProvider, SchemaProvider};
 use datafusion::datasource::MemTable;
 use datafusion::parquet::arrow::ArrowWriter;
-use datafusion::parquet::basic::Compression;
-use datafusion::parquet::file::properties::WriterProperties;
 use datafusion::prelude::SessionContext;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::{Message, Offset, TopicPartitionList};
@@ -310,9 +308,7 @@ fn records(topic: &Arc<str>, chunk: &[(i32, i64, GeneratedEvent)]) -> Vec<Source
 }
 
 fn parquet(batch: &RecordBatch) -> Result<u64> {
-    let properties = WriterProperties::builder()
-        .set_compression(Compression::SNAPPY)
-        .build();
+    let properties = smelter_worker::file_format::writer_properties();
     let mut out = Vec::new();
     let mut writer = ArrowWriter::try_new(&mut out, batch.schema(), Some(properties))
         .map_err(|e| bench_error(format!("parquet: {e}")))?;

@@ -1,0 +1,157 @@
+//! How Smelter encodes its data files: plain Parquet with Snappy, as delta-rs writes by
+//! default, with smaller dictionary and data pages.
+//!
+//! * **Dictionary pages of at most 128 KiB.** Parquet dictionary-encodes every column
+//!   until its dictionary passes this size, then falls back to plain encoding for the
+//!   rest of the column chunk. Unique columns (a bronze payload, an event id) never
+//!   repeat a value, so every value interned before the fallback is work and bytes
+//!   spent on nothing; at the 1 MiB default that was every event id of a bronze file and
+//!   thousands of payloads. Columns of few values (an event type, a country, thousands
+//!   of users) still fit.
+//! * **Data pages of at most 256 KiB.** The writer assembles each page in fresh buffers
+//!   (levels and values, then the compressed copy). At the 1 MiB default those are above
+//!   the allocator's largest size class, each a mapping of its own that is returned and
+//!   faulted in again, page by page, at the next commit; the smaller pages come from
+//!   size classes whose memory is reused.
+//!
+//! The bench's limit (`smelter bench`) encodes with these properties too, so the limit
+//! and the pipeline pay for the same files.
+
+use deltalake::parquet::basic::Compression;
+use deltalake::parquet::file::properties::WriterProperties;
+
+/// Largest dictionary page before a column chunk falls back to plain encoding.
+pub const DICTIONARY_PAGE_BYTES: usize = 128 * 1024;
+
+/// Largest data page.
+pub const DATA_PAGE_BYTES: usize = 256 * 1024;
+
+/// The properties every data file of a table is written with.
+pub fn writer_properties() -> WriterProperties {
+    WriterProperties::builder()
+        .set_created_by(format!("smelter {}", env!("CARGO_PKG_VERSION")))
+        .set_compression(Compression::SNAPPY)
+        .set_dictionary_page_size_limit(DICTIONARY_PAGE_BYTES)
+        .set_data_page_size_limit(DATA_PAGE_BYTES)
+        .build()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use deltalake::parquet::basic::{Encoding, PageType};
+    use deltalake::parquet::file::reader::{FileReader, SerializedFileReader};
+    use object_store::ObjectStoreExt as _;
+
+    use super::{DATA_PAGE_BYTES, DICTIONARY_PAGE_BYTES};
+    use crate::changes;
+    use crate::source::SourceRecord;
+    use crate::tables::{CommitEnv, CommitOutcome, TableStore, WriteMode, commit};
+    use crate::tasks::ingest::bronze_batch;
+
+    /// A committed bronze file: its unique columns fell back to plain encoding after a
+    /// dictionary of at most [`DICTIONARY_PAGE_BYTES`], its repeated ones stayed
+    /// dictionary-encoded, and no data page is larger than [`DATA_PAGE_BYTES`].
+    #[tokio::test]
+    async fn committed_files_use_small_dictionaries_and_pages() {
+        let env = CommitEnv::default();
+        let dir = tempfile::tempdir().unwrap();
+        let store = TableStore::new(dir.path()).unwrap();
+        let by = ["ingest_date".to_string()];
+        let name = "bronze.events";
+        let mut table = store
+            .open_or_create(name, &crate::schemas::bronze(), &by, &env)
+            .await
+            .unwrap();
+        let records: Vec<SourceRecord> = (0..8_000)
+            .map(|offset| SourceRecord {
+                topic: Arc::from("events"),
+                partition: 0,
+                offset,
+                key: Some(format!("{offset:040}")),
+                timestamp_us: Some(1_790_000_000_000_000 + offset),
+                headers: None,
+                payload: Some(format!(r#"{{"n":{offset},"pad":"{:>280}"}}"#, offset).into_bytes()),
+                error: None,
+            })
+            .collect();
+        let batch = bronze_batch("events", &records).unwrap();
+        let outcome = commit(
+            &mut table,
+            name,
+            vec![batch],
+            WriteMode::Append,
+            &by,
+            vec![],
+            &env,
+        )
+        .await
+        .unwrap();
+        let CommitOutcome::Committed { version } = outcome else {
+            panic!("not committed: {outcome:?}");
+        };
+        let added = changes::range(&table, name, version, version)
+            .await
+            .unwrap()
+            .added;
+        let path = deltalake::Path::from_url_path(&added[0].path).unwrap();
+        let bytes = table
+            .object_store()
+            .get(&path)
+            .await
+            .unwrap()
+            .bytes()
+            .await
+            .unwrap();
+        let reader = SerializedFileReader::new(bytes).unwrap();
+        let metadata = reader.metadata().file_metadata();
+        assert!(metadata.created_by().unwrap().starts_with("smelter "));
+        let columns = metadata.schema_descr();
+        let index = |name: &str| {
+            (0..columns.num_columns())
+                .find(|&i| columns.column(i).name() == name)
+                .unwrap()
+        };
+        let row_group = reader.get_row_group(0).unwrap();
+        let pages = |column: usize| {
+            let mut pages = Vec::new();
+            let mut reader = row_group.get_column_page_reader(column).unwrap();
+            while let Some(page) = reader.get_next_page().unwrap() {
+                pages.push((page.page_type(), page.encoding(), page.buffer().len()));
+            }
+            pages
+        };
+        for column in ["key", "payload"] {
+            let pages = pages(index(column));
+            let (kind, _, dictionary) = pages[0];
+            assert_eq!(kind, PageType::DICTIONARY_PAGE, "{column}");
+            // Checked after each small run of values: it may pass the limit by a few.
+            let slack = DICTIONARY_PAGE_BYTES / 16;
+            assert!(
+                dictionary <= DICTIONARY_PAGE_BYTES + slack,
+                "{column}: {dictionary}"
+            );
+            assert!(
+                pages
+                    .iter()
+                    .any(|(_, encoding, _)| *encoding == Encoding::PLAIN),
+                "{column} falls back to plain: {pages:?}"
+            );
+        }
+        let topic = pages(index("topic"));
+        assert!(
+            topic[1..]
+                .iter()
+                .all(|(_, encoding, _)| *encoding == Encoding::RLE_DICTIONARY),
+            "{topic:?}"
+        );
+        // About 2.4 MB of payloads: ten pages or so, each within the limit (the buffers
+        // are decompressed; Snappy can only add a little).
+        let payload = pages(index("payload"));
+        assert!(payload.len() >= 9, "{} pages", payload.len());
+        for (_, _, size) in &payload {
+            assert!(*size <= DATA_PAGE_BYTES + DATA_PAGE_BYTES / 16, "{size}");
+        }
+    }
+}
