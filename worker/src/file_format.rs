@@ -47,7 +47,7 @@ mod tests {
     use super::{DATA_PAGE_BYTES, DICTIONARY_PAGE_BYTES};
     use crate::changes;
     use crate::source::SourceRecord;
-    use crate::tables::{CommitEnv, CommitOutcome, TableStore, WriteMode, commit};
+    use crate::tables::{CommitEnv, TableStore, WriteMode, commit_for_test};
     use crate::tasks::ingest::bronze_batch;
 
     /// A committed bronze file: its unique columns fell back to plain encoding after a
@@ -77,20 +77,7 @@ mod tests {
             })
             .collect();
         let batch = bronze_batch("events", &records).unwrap();
-        let outcome = commit(
-            &mut table,
-            name,
-            vec![batch],
-            WriteMode::Append,
-            &by,
-            vec![],
-            &env,
-        )
-        .await
-        .unwrap();
-        let CommitOutcome::Committed { version } = outcome else {
-            panic!("not committed: {outcome:?}");
-        };
+        let version = commit_for_test(&mut table, name, batch, WriteMode::Append, &by).await;
         let added = changes::range(&table, name, version, version)
             .await
             .unwrap()
