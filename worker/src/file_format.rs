@@ -14,8 +14,9 @@
 //!   faulted in again, page by page, at the next commit; the smaller pages come from
 //!   size classes whose memory is reused.
 //!
-//! The bench's limit (`smelter bench`) encodes with these properties too, so the limit
-//! and the pipeline pay for the same files.
+//! Commits and compaction (`smelter compact`) write with these properties, and so does
+//! the bench's limit (`smelter bench`), so the limit and the pipeline pay for the same
+//! files.
 
 use deltalake::parquet::basic::Compression;
 use deltalake::parquet::file::properties::WriterProperties;
@@ -44,27 +45,31 @@ mod tests {
     use deltalake::parquet::file::reader::{FileReader, SerializedFileReader};
     use object_store::ObjectStoreExt as _;
 
+    use bytes::Bytes;
+    use deltalake::DeltaTable;
+
     use super::{DATA_PAGE_BYTES, DICTIONARY_PAGE_BYTES};
     use crate::changes;
     use crate::source::SourceRecord;
-    use crate::tables::{CommitEnv, TableStore, WriteMode, commit_for_test};
+    use crate::tables::{CommitEnv, TableStore, WriteMode, commit_for_test, compact};
     use crate::tasks::ingest::bronze_batch;
 
-    /// A committed bronze file: its unique columns fell back to plain encoding after a
-    /// dictionary of at most [`DICTIONARY_PAGE_BYTES`], its repeated ones stayed
-    /// dictionary-encoded, and no data page is larger than [`DATA_PAGE_BYTES`].
-    #[tokio::test]
-    async fn committed_files_use_small_dictionaries_and_pages() {
-        let env = CommitEnv::default();
-        let dir = tempfile::tempdir().unwrap();
+    const NAME: &str = "bronze.events";
+
+    /// An empty bronze table (partitioned by `ingest_date`) in a temporary directory.
+    async fn bronze(dir: &tempfile::TempDir) -> DeltaTable {
         let store = TableStore::new(dir.path()).unwrap();
         let by = ["ingest_date".to_string()];
-        let name = "bronze.events";
-        let mut table = store
-            .open_or_create(name, &crate::schemas::bronze(), &by, &env)
+        store
+            .open_or_create(NAME, &crate::schemas::bronze(), &by, &CommitEnv::default())
             .await
-            .unwrap();
-        let records: Vec<SourceRecord> = (0..8_000)
+            .unwrap()
+    }
+
+    /// Appends records `from..from + n`, with 40-byte keys and 300-byte payloads, all
+    /// distinct, in one commit; the table version it made.
+    async fn append(table: &mut DeltaTable, from: i64, n: i64) -> i64 {
+        let records: Vec<SourceRecord> = (from..from + n)
             .map(|offset| SourceRecord {
                 topic: Arc::from("events"),
                 partition: 0,
@@ -77,12 +82,23 @@ mod tests {
             })
             .collect();
         let batch = bronze_batch("events", &records).unwrap();
-        let version = commit_for_test(&mut table, name, batch, WriteMode::Append, &by).await;
-        let added = changes::range(&table, name, version, version)
+        let by = ["ingest_date".to_string()];
+        commit_for_test(table, NAME, batch, WriteMode::Append, &by).await
+    }
+
+    /// The one data file `version` added, opened as Parquet.
+    async fn added_file(table: &DeltaTable, version: i64) -> SerializedFileReader<Bytes> {
+        let added = changes::range(table, NAME, version, version)
             .await
             .unwrap()
             .added;
-        let path = deltalake::Path::from_url_path(&added[0].path).unwrap();
+        assert_eq!(added.len(), 1, "{added:?}");
+        open(table, &added[0].path).await
+    }
+
+    /// The data file at `path` (as the log names it), opened as Parquet.
+    async fn open(table: &DeltaTable, path: &str) -> SerializedFileReader<Bytes> {
+        let path = deltalake::Path::from_url_path(path).unwrap();
         let bytes = table
             .object_store()
             .get(&path)
@@ -91,7 +107,18 @@ mod tests {
             .bytes()
             .await
             .unwrap();
-        let reader = SerializedFileReader::new(bytes).unwrap();
+        SerializedFileReader::new(bytes).unwrap()
+    }
+
+    /// A committed bronze file: its unique columns fell back to plain encoding after a
+    /// dictionary of at most [`DICTIONARY_PAGE_BYTES`], its repeated ones stayed
+    /// dictionary-encoded, and no data page is larger than [`DATA_PAGE_BYTES`].
+    #[tokio::test]
+    async fn committed_files_use_small_dictionaries_and_pages() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut table = bronze(&dir).await;
+        let version = append(&mut table, 0, 8_000).await;
+        let reader = added_file(&table, version).await;
         let metadata = reader.metadata().file_metadata();
         assert!(metadata.created_by().unwrap().starts_with("smelter "));
         let columns = metadata.schema_descr();
@@ -133,12 +160,31 @@ mod tests {
                 .all(|(_, encoding, _)| *encoding == Encoding::RLE_DICTIONARY),
             "{topic:?}"
         );
-        // About 2.4 MB of payloads: ten pages or so, each within the limit (the buffers
-        // are decompressed; Snappy can only add a little).
+        // About 2.4 MB of payloads: ten pages or so, each within the limit as decoded
+        // (checked between small runs of values, so it may pass by a few).
         let payload = pages(index("payload"));
         assert!(payload.len() >= 9, "{} pages", payload.len());
         for (_, _, size) in &payload {
             assert!(*size <= DATA_PAGE_BYTES + DATA_PAGE_BYTES / 16, "{size}");
         }
+    }
+
+    /// Compaction writes its files the same way.
+    #[tokio::test]
+    async fn compacted_files_are_written_the_same_way() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut table = bronze(&dir).await;
+        for from in [0, 100, 200] {
+            append(&mut table, from, 100).await;
+        }
+        let compaction = compact(&mut table, NAME).await.unwrap();
+        assert_eq!(compaction.files_removed, 3);
+        // A compaction adds no data (`dataChange = false`): its file is the table's one.
+        table.update_state().await.unwrap();
+        let files = changes::snapshot(&table, NAME).unwrap();
+        assert_eq!(files.len(), 1, "{files:?}");
+        let reader = open(&table, &files[0].path).await;
+        let created_by = reader.metadata().file_metadata().created_by().unwrap();
+        assert!(created_by.starts_with("smelter "), "{created_by}");
     }
 }

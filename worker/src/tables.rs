@@ -394,6 +394,7 @@ pub async fn compact(table: &mut DeltaTable, name: &str) -> Result<Compaction> {
     let (compacted, metrics) = table
         .clone()
         .optimize()
+        .with_writer_properties(crate::file_format::writer_properties())
         .await
         .map_err(|e| WorkerError::delta(name, e))?;
     let after = self::version(&compacted);
