@@ -6,7 +6,7 @@
 source "$(dirname "$0")/env.sh"
 cd "$ROOT"
 
-# Real services the suites start by themselves (testing.md). Here they are installed, so a
+# Real services the suites start by themselves (docs/testing.md). Here they are installed, so a
 # missing one fails the run instead of skipping.
 source "$ROOT/scripts/services.sh"
 export SMELTER_REQUIRE_SERVICES="${SMELTER_REQUIRE_SERVICES:-1}"

@@ -57,6 +57,15 @@ pub enum Error {
         /// What went wrong.
         message: String,
     },
+    /// A value could not be encoded or decoded (a stored record, a message); retrying the
+    /// same value cannot help.
+    #[error("cannot encode {what}: {message}")]
+    Encoding {
+        /// What was being encoded.
+        what: String,
+        /// The serializer's message.
+        message: String,
+    },
     /// The coordination store could not be reached or failed; the operation may be retried.
     #[error("coordination store unavailable: {message}")]
     StoreUnavailable {

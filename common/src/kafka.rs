@@ -2,8 +2,9 @@
 //! discovery, so both speak to a source's brokers the same way.
 //!
 //! Consumers never join a consumer group and never commit offsets: partitions are assigned
-//! by the coordinator and positions come from the bronze table's txn versions (design.md
-//! §5.1). The `group.id` librdkafka insists on is informational only.
+//! by the coordinator and positions come from the bronze table's txn versions
+//! (docs/exactly-once.md, invariant 1). The `group.id` librdkafka insists on is
+//! informational only.
 
 use std::sync::Mutex;
 use std::time::{Duration, Instant};

@@ -1,4 +1,4 @@
-//! Leader election among coordinator replicas (design.md §4).
+//! Leader election among coordinator replicas (docs/architecture.md, "Control plane").
 //!
 //! Every replica campaigns for one key, [`keys::leader`], bound to its own lease. The one
 //! whose create-if-absent lands leads; its [`Guard`] (the key's create revision) is then
@@ -119,7 +119,14 @@ pub async fn hold(
             _ = lost.cancelled() => return,
             _ = tick.tick() => {}
         }
-        match store.keep_alive(leadership.lease).await {
+        // A renewal that hangs counts as failed once it has taken a third of the TTL.
+        let renewal = tokio::time::timeout(ttl / 3, store.keep_alive(leadership.lease)).await;
+        let renewal = renewal.unwrap_or_else(|_| {
+            Err(smelter_common::Error::StoreUnavailable {
+                message: "leader lease renewal timed out".into(),
+            })
+        });
+        match renewal {
             Ok(()) => last_renewal = Instant::now(),
             Err(smelter_common::Error::LeaseNotFound { .. }) => {
                 tracing::error!("leader lease expired; stepping down");

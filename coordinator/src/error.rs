@@ -42,12 +42,14 @@ pub enum CoordinatorError {
 impl From<CoordinatorError> for tonic::Status {
     fn from(error: CoordinatorError) -> Self {
         let message = error.to_string();
-        match error {
+        match &error {
             CoordinatorError::Common(
                 smelter_common::Error::Spec { .. } | smelter_common::Error::Config { .. },
             ) => tonic::Status::invalid_argument(message),
             CoordinatorError::Common(e) if e.is_retryable() => tonic::Status::unavailable(message),
-            CoordinatorError::NotLeader { .. } => tonic::Status::unavailable(message),
+            CoordinatorError::NotLeader { leader } => {
+                smelter_proto::not_leader_status(&message, leader)
+            }
             CoordinatorError::Common(_)
             | CoordinatorError::Transport(_)
             | CoordinatorError::Internal(_) => tonic::Status::internal(message),

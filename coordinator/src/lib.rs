@@ -2,7 +2,7 @@
 //! pipeline specs.
 //!
 //! The coordinator never touches data. It decides *who should* run each task; the Delta
-//! log decides *what was* written (design.md §5). It is deliberately free of DataFusion
+//! log decides *what was* written (docs/exactly-once.md). It is deliberately free of DataFusion
 //! and Delta so it stays small and quick to test.
 //!
 //! [`run`] serves the `Control` gRPC service on a listener the caller bound (port 0 in
@@ -10,7 +10,6 @@
 //! leader runs the [`actor::Actor`], and followers answer `UNAVAILABLE` naming the leader.
 
 pub mod actor;
-pub mod assign;
 pub mod discovery;
 pub mod election;
 pub mod error;
@@ -112,8 +111,18 @@ pub async fn run(
             tracing::warn!("lost leadership; campaigning again");
         }
     }
-    server
-        .await
-        .map_err(|e| CoordinatorError::Internal(e.to_string()))??;
+    // Graceful shutdown waits for open calls to finish; a client that stopped reading its
+    // assignment stream never lets its call finish. Give them a lease TTL, then go.
+    let mut server = server;
+    match tokio::time::timeout(ttl, &mut server).await {
+        Ok(served) => served.map_err(|e| CoordinatorError::Internal(e.to_string()))??,
+        Err(_) => {
+            tracing::warn!(
+                grace_ms = ttl.as_millis() as u64,
+                "open calls did not finish in time; closing them"
+            );
+            server.abort();
+        }
+    }
     Ok(())
 }

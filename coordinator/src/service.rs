@@ -2,8 +2,11 @@
 //! On a follower replica there is no actor: every call answers `UNAVAILABLE` naming the
 //! leader, and clients move on to the next endpoint they know.
 
+use std::pin::Pin;
+
+use futures::{Stream, StreamExt};
 use tokio::sync::{mpsc, oneshot, watch};
-use tokio_stream::wrappers::ReceiverStream;
+use tokio_stream::wrappers::WatchStream;
 use tonic::{Request, Response, Status};
 
 use smelter_proto::{
@@ -104,22 +107,25 @@ impl Control for ControlService {
         ))
     }
 
-    type WatchAssignmentsStream = ReceiverStream<Result<AssignmentUpdate, Status>>;
+    type WatchAssignmentsStream =
+        Pin<Box<dyn Stream<Item = Result<AssignmentUpdate, Status>> + Send + 'static>>;
 
+    /// The worker's latest assignment, then each newer one. The stream reads the value the
+    /// actor replaces (level-triggered): a worker that reads slowly skips to the latest
+    /// assignment, and one that does not read at all holds up nothing. The stream ends
+    /// when the actor forgets the worker or stops leading.
     async fn watch_assignments(
         &self,
         request: Request<WatchAssignmentsRequest>,
     ) -> Result<Response<Self::WatchAssignmentsStream>, Status> {
         let worker_id = request.into_inner().worker_id;
         require("worker_id", &worker_id)?;
-        let (sender, receiver) = mpsc::channel(16);
-        self.call(|reply| Command::Watch {
-            worker_id,
-            sender,
-            reply,
-        })
-        .await??;
-        Ok(Response::new(ReceiverStream::new(receiver)))
+        let assignment = self
+            .call(|reply| Command::Watch { worker_id, reply })
+            .await??;
+        Ok(Response::new(Box::pin(
+            WatchStream::new(assignment).map(Ok),
+        )))
     }
 
     async fn report_task_status(

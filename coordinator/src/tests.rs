@@ -11,6 +11,8 @@ use smelter_common::config::CoordinatorConfig;
 use smelter_common::store::{CoordinationStore, Expect, MemoryStore, keys};
 use smelter_proto::{AssignmentUpdate, ClusterStatus, TaskState, TaskStatusReport, WorkerContext};
 use tokio::sync::{mpsc, oneshot};
+
+use crate::actor::AssignmentWatch;
 use tokio_util::sync::CancellationToken;
 
 use crate::actor::{Actor, Command};
@@ -80,13 +82,7 @@ impl Leader {
     }
 
     /// Registers a worker and opens its assignment stream.
-    async fn join(
-        &self,
-        name: &str,
-    ) -> (
-        String,
-        mpsc::Receiver<Result<AssignmentUpdate, tonic::Status>>,
-    ) {
+    async fn join(&self, name: &str) -> (String, AssignmentWatch) {
         let registered = self
             .call(|reply| Command::Register {
                 flight_endpoint: format!("{name}:1"),
@@ -97,27 +93,20 @@ impl Leader {
             })
             .await
             .unwrap();
-        let (sender, updates) = mpsc::channel(64);
-        self.call(|reply| Command::Watch {
-            worker_id: registered.worker_id.clone(),
-            sender,
-            reply,
-        })
-        .await
-        .unwrap();
+        let updates = self
+            .call(|reply| Command::Watch {
+                worker_id: registered.worker_id.clone(),
+                reply,
+            })
+            .await
+            .unwrap();
         (registered.worker_id, updates)
     }
 }
 
-/// The latest update waiting on a stream.
-fn latest(
-    updates: &mut mpsc::Receiver<Result<AssignmentUpdate, tonic::Status>>,
-) -> AssignmentUpdate {
-    let mut last = None;
-    while let Ok(update) = updates.try_recv() {
-        last = Some(update.unwrap());
-    }
-    last.expect("an update was pushed")
+/// The latest assignment published to a worker.
+fn latest(updates: &mut AssignmentWatch) -> AssignmentUpdate {
+    updates.borrow_and_update().clone()
 }
 
 fn ids(update: &AssignmentUpdate) -> Vec<String> {
@@ -299,4 +288,130 @@ async fn a_deposed_leader_stops_and_writes_nothing() {
         .expect("the actor stops once deposed")
         .unwrap();
     assert!(leader.stopped.is_cancelled(), "and tells its owner");
+}
+
+/// A worker that opens its assignment stream and never reads it holds up nobody: while
+/// dozens of large assignments are published, the leader goes on serving, and another
+/// worker that stops heartbeating still loses its lease on time. Before, the actor awaited
+/// a bounded send into each stream; once the unread stream's window and buffer filled,
+/// the actor stopped — applies hung and no lease expired.
+#[tokio::test]
+async fn a_worker_that_never_reads_its_stream_delays_no_one() {
+    use smelter_proto::{
+        ApplyPipelineRequest, ClusterStatusRequest, ControlClient, HeartbeatRequest,
+        RegisterWorkerRequest, WatchAssignmentsRequest,
+    };
+    use tokio::time::Instant;
+
+    let store: Arc<dyn CoordinationStore> = Arc::new(MemoryStore::new());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let endpoint = format!("http://{}", listener.local_addr().unwrap());
+    let config = CoordinatorConfig {
+        lease_ttl_ms: 2_000,
+        heartbeat_interval_ms: 300,
+        ..Default::default()
+    };
+    let shutdown = CancellationToken::new();
+    let server = tokio::spawn(crate::run(config, store, listener, shutdown.clone()));
+    // Each client its own connection: the stuck stream's flow control is its own.
+    let connect = || ControlClient::connect(endpoint.clone());
+    let mut admin = connect().await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while admin
+        .get_cluster_status(ClusterStatusRequest {})
+        .await
+        .is_err()
+    {
+        assert!(Instant::now() < deadline, "no leader");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let register = |name: &str| RegisterWorkerRequest {
+        flight_endpoint: format!("{name}:1"),
+        hostname: name.into(),
+        ..Default::default()
+    };
+    let mut stuck = connect().await.unwrap();
+    let stuck_id = stuck
+        .register_worker(register("stuck"))
+        .await
+        .unwrap()
+        .into_inner()
+        .worker_id;
+    let _never_read = stuck
+        .watch_assignments(WatchAssignmentsRequest {
+            worker_id: stuck_id.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    // The stuck worker stays alive: only its stream is stuck.
+    let heartbeats = tokio::spawn(async move {
+        loop {
+            let request = HeartbeatRequest {
+                worker_id: stuck_id.clone(),
+            };
+            if stuck.heartbeat(request).await.is_err() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+    });
+    let mut quitter = connect().await.unwrap();
+    let quitter_id = quitter
+        .register_worker(register("quitter"))
+        .await
+        .unwrap()
+        .into_inner()
+        .worker_id;
+    // Every apply publishes the whole spec to each worker: 40 x 200 KB is far past what
+    // the unread stream's HTTP/2 window and any buffer hold.
+    let big = DEMO.replace(
+        "description: Raw clickstream records with their source position, exactly once.",
+        &format!("description: \"{}\"", "x".repeat(200_000)),
+    );
+    assert_ne!(big, DEMO);
+    let applied = tokio::time::timeout(Duration::from_secs(60), async {
+        for _ in 0..40 {
+            admin
+                .apply_pipeline(ApplyPipelineRequest {
+                    spec_yaml: big.clone(),
+                    origin: "big.yaml".into(),
+                })
+                .await
+                .unwrap();
+        }
+    })
+    .await;
+    assert!(applied.is_ok(), "the leader stopped serving applies");
+    // The quitter never heartbeated: its 2 s lease ends, and the leader must notice.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let status = admin
+            .get_cluster_status(ClusterStatusRequest {})
+            .await
+            .unwrap()
+            .into_inner();
+        let ids: Vec<&str> = status
+            .workers
+            .iter()
+            .map(|w| w.worker_id.as_str())
+            .collect();
+        if !ids.contains(&quitter_id.as_str()) {
+            assert_eq!(ids.len(), 1, "the stuck worker is still a member: {ids:?}");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the quitter's lease never expired: {ids:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    heartbeats.abort();
+    // Shutting down does not wait on the unread stream beyond a lease TTL either.
+    shutdown.cancel();
+    tokio::time::timeout(Duration::from_secs(10), server)
+        .await
+        .expect("the coordinator stops despite the unread stream")
+        .unwrap()
+        .unwrap();
 }

@@ -8,11 +8,12 @@
 use std::collections::BTreeSet;
 use std::time::Duration;
 
+use smelter_lake::log;
 use smelter_tests::kafka::{create_topic, produce_in_background, unique_topic, wait_caught_up};
 use smelter_tests::oracle::check_pipeline;
-use smelter_tests::processes::{ProcessCluster, quick_settings, tasks, worker_id};
+use smelter_tests::processes::{self, apply_kafka_demo, quick_settings, tasks, worker_id};
 use smelter_tests::services::{Etcd, Tansu};
-use smelter_worker::tables::{self, TableStore};
+use smelter_tests::{bronze_rows, wait_bronze_rows};
 use tokio::time::Instant;
 
 const PARTITIONS: i32 = 12;
@@ -20,27 +21,6 @@ const PARTITIONS: i32 = 12;
 const ROUNDS: i64 = 40;
 const PER_ROUND: i64 = 417; // 12 × 417 × 40 = 200,160 events
 const LEASE_TTL: Duration = Duration::from_millis(3_000);
-
-async fn bronze_rows(tables: &TableStore) -> u64 {
-    if !tables.exists("bronze.events").await {
-        return 0;
-    }
-    match tables.open("bronze.events").await {
-        Ok(table) => tables::row_count(&table),
-        Err(_) => 0,
-    }
-}
-
-async fn bronze_rows_at_least(tables: &TableStore, rows: u64, timeout: Duration) {
-    let deadline = Instant::now() + timeout;
-    while bronze_rows(tables).await < rows {
-        assert!(
-            Instant::now() < deadline,
-            "bronze never reached {rows} rows"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
 
 fn ingest_owners(status: &serde_json::Value) -> Vec<(i64, String, String)> {
     tasks(status)
@@ -66,7 +46,7 @@ async fn cluster_rebalances_and_fails_over_exactly_once() {
         .await
         .unwrap();
     let ttl = LEASE_TTL.as_millis().to_string();
-    let mut cluster = ProcessCluster::start(
+    let mut cluster = processes::start(
         2,
         &etcd.endpoint,
         &quick_settings(
@@ -79,10 +59,9 @@ async fn cluster_rebalances_and_fails_over_exactly_once() {
         ),
     );
     for _ in 0..3 {
-        cluster.add_worker();
+        cluster.add_worker().unwrap();
     }
-    let (spec, tables) = cluster
-        .apply_kafka_demo(&tansu.brokers, &topic)
+    let (spec, tables) = apply_kafka_demo(&cluster, &tansu.brokers, &topic)
         .await
         .unwrap();
 
@@ -119,8 +98,10 @@ async fn cluster_rebalances_and_fails_over_exactly_once() {
     );
 
     // A fourth worker joins mid-stream: partitions are handed off to it within 10 s.
-    bronze_rows_at_least(&tables, 20_000, Duration::from_secs(120)).await;
-    let joiner = cluster.add_worker();
+    wait_bronze_rows(&tables, 20_000, Duration::from_secs(120))
+        .await
+        .unwrap();
+    let joiner = cluster.add_worker().unwrap();
     let (_, took) = cluster
         .wait_status(
             "the new worker owns partitions",
@@ -141,7 +122,7 @@ async fn cluster_rebalances_and_fails_over_exactly_once() {
     eprintln!("a joining worker ran its first partitions after {took:?}");
 
     // SIGKILL worker 0 mid-stream: its partitions resume elsewhere within TTL + 5 s.
-    let status = cluster.status().unwrap();
+    let status = cluster.status().await.unwrap();
     let victim = worker_id(&status, 0).unwrap();
     let orphaned: Vec<i64> = ingest_owners(&status)
         .into_iter()
@@ -149,7 +130,7 @@ async fn cluster_rebalances_and_fails_over_exactly_once() {
         .map(|(p, _, _)| p)
         .collect();
     assert!(!orphaned.is_empty(), "worker 0 owned partitions: {status}");
-    cluster.kill_worker(0);
+    cluster.kill_worker(0).unwrap();
     let (_, took) = cluster
         .wait_status(
             "the killed worker's partitions run elsewhere",
@@ -170,13 +151,13 @@ async fn cluster_rebalances_and_fails_over_exactly_once() {
 
     // SIGKILL the leading coordinator: the other replica leads within TTL + 5 s, and the
     // workers keep ingesting meanwhile.
-    let before = cluster.status().unwrap();
+    let before = cluster.status().await.unwrap();
     let old_leader = before["leader_endpoint"].as_str().unwrap().to_string();
     let leader_index = (0..2)
         .find(|i| cluster.coordinator_endpoint(*i) == old_leader)
         .expect("the leader is one of the replicas");
     let rows_before = bronze_rows(&tables).await;
-    cluster.kill_coordinator(leader_index);
+    cluster.kill_coordinator(leader_index).unwrap();
     // `smelter status` issued right away waits out the election instead of failing.
     let endpoints = cluster.endpoints();
     let asked = Instant::now();
@@ -241,7 +222,7 @@ async fn cluster_rebalances_and_fails_over_exactly_once() {
         )
         .await
         .unwrap();
-    cluster.restart_coordinator(leader_index);
+    cluster.restart_coordinator(leader_index).unwrap();
 
     // Everything acknowledged lands exactly once, through gold.
     let producer = producer.await.unwrap();
@@ -260,14 +241,14 @@ async fn cluster_rebalances_and_fails_over_exactly_once() {
 
     // Restart every worker (SIGTERM drains), then start three new ones: positions come
     // from the Delta log, so nothing is ingested again.
-    let bronze_version = tables::version(&tables.open("bronze.events").await.unwrap());
+    let bronze_version = log::version(&tables.open("bronze.events").await.unwrap());
     for i in 0..cluster.workers.len() {
         if cluster.workers[i].is_some() {
             let exit = cluster.stop_worker(i).await.unwrap();
             assert!(exit.success(), "a worker exits 0 after draining: {exit}");
         }
     }
-    let fresh: Vec<usize> = (0..3).map(|_| cluster.add_worker()).collect();
+    let fresh: Vec<usize> = (0..3).map(|_| cluster.add_worker().unwrap()).collect();
     let last = producer.last_offsets();
     cluster
         .wait_status(
@@ -291,7 +272,7 @@ async fn cluster_rebalances_and_fails_over_exactly_once() {
     let window = Instant::now() + Duration::from_secs(2);
     while Instant::now() < window {
         assert_eq!(
-            tables::version(&tables.open("bronze.events").await.unwrap()),
+            log::version(&tables.open("bronze.events").await.unwrap()),
             bronze_version,
             "restarted workers committed nothing new to bronze"
         );

@@ -1,31 +1,27 @@
-//! Faults against the commit protocol (design.md §5), always judged by the exactly-once
+//! Faults against the commit protocol (docs/exactly-once.md), always judged by the exactly-once
 //! oracle and the verifier: the commit-lock holder paused past its lease (real etcd, a real
 //! broker, worker processes), and process crashes injected at each step of a commit.
 
 use std::collections::BTreeSet;
-use std::process::Command;
 use std::time::Duration;
 
 use smelter_common::spec::PipelineSpec;
 use smelter_common::store::{CoordinationStore, EtcdStore, keys};
-use smelter_tests::bounded_demo;
+use smelter_harness::wait_until_every;
+use smelter_lake::TableStore;
 use smelter_tests::kafka::{
     EventProducer, create_topic, demo_events, produce_in_background, unique_topic, wait_caught_up,
 };
 use smelter_tests::oracle::{check_pipeline, generator_truth};
-use smelter_tests::processes::{ProcessCluster, quick_settings, smelter_up, wait_exit};
+use smelter_tests::processes::{self, apply_kafka_demo, quick_settings, smelter_up, wait_exit};
 use smelter_tests::services::{Etcd, Moto, Tansu};
-use smelter_worker::tables::TableStore;
+use smelter_tests::{bounded_demo, wait_bronze_rows};
 use tokio::time::Instant;
 
 const LOCK_TTL: Duration = Duration::from_millis(1_000);
 
 fn signal(pid: u32, name: &str) {
-    let status = Command::new("kill")
-        .args([&format!("-{name}"), &pid.to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success(), "kill -{name} {pid}");
+    processes::signal(pid, name).unwrap();
 }
 
 /// The pid in a lock holder record (`<host> pid <pid> flight <addr>`).
@@ -77,11 +73,10 @@ async fn pause_lock_holders(s3: Option<&Moto>) {
     if let Some(moto) = s3 {
         settings.extend(s3_settings(moto));
     }
-    let mut cluster = ProcessCluster::start(1, &etcd.endpoint, &settings);
-    cluster.add_worker();
-    cluster.add_worker();
-    let (spec, tables) = cluster
-        .apply_kafka_demo(&tansu.brokers, &topic)
+    let mut cluster = processes::start(1, &etcd.endpoint, &settings);
+    cluster.add_worker().unwrap();
+    cluster.add_worker().unwrap();
+    let (spec, tables) = apply_kafka_demo(&cluster, &tansu.brokers, &topic)
         .await
         .unwrap();
 
@@ -103,20 +98,18 @@ async fn pause_lock_holders(s3: Option<&Moto>) {
     let mut tables_paused = BTreeSet::new();
     for cycle in 0..20 {
         // Catch a holder: the lock key exists only while a log write is under way.
-        let deadline = Instant::now() + Duration::from_secs(20);
-        let (key, pid) = loop {
-            let held = store.list(&lock_prefix).await.unwrap();
-            if let Some(kv) = held.first()
-                && let Some(pid) = holder_pid(&kv.value)
-            {
-                break (kv.key.clone(), pid);
-            }
-            assert!(
-                Instant::now() < deadline,
-                "no commit lock was taken for 20 s"
-            );
-            tokio::time::sleep(Duration::from_millis(1)).await;
-        };
+        let (key, pid) = wait_until_every(
+            Duration::from_millis(1),
+            Duration::from_secs(20),
+            "a commit lock to be taken",
+            async || {
+                let held = store.list(&lock_prefix).await.unwrap();
+                let kv = held.first()?;
+                Some((kv.key.clone(), holder_pid(&kv.value)?))
+            },
+        )
+        .await
+        .unwrap();
         signal(pid, "STOP");
         eprintln!("cycle {cycle}: paused pid {pid} holding {key}");
         if store.get(&key).await.unwrap().is_some() {
@@ -126,19 +119,20 @@ async fn pause_lock_holders(s3: Option<&Moto>) {
         // Keep it stopped until its lease has run out: the key it created is gone (or was
         // re-created by a successor, with a new revision).
         if let Some(held) = store.get(&key).await.unwrap() {
-            let deadline = Instant::now() + LOCK_TTL * 10;
-            while store
-                .get(&key)
-                .await
-                .unwrap()
-                .is_some_and(|kv| kv.create_revision == held.create_revision)
-            {
-                assert!(
-                    Instant::now() < deadline,
-                    "a paused holder's lock never expired"
-                );
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
+            wait_until_every(
+                Duration::from_millis(50),
+                LOCK_TTL * 10,
+                "a paused holder's lock to expire",
+                async || {
+                    store
+                        .get(&key)
+                        .await
+                        .unwrap()
+                        .is_none_or(|kv| kv.create_revision != held.create_revision)
+                },
+            )
+            .await
+            .unwrap();
         }
         signal(pid, "CONT");
     }
@@ -274,12 +268,11 @@ async fn killing_a_random_worker_every_five_seconds_loses_nothing() {
         ],
     );
     settings.extend(s3.as_ref().map(s3_settings).unwrap_or_default());
-    let mut cluster = ProcessCluster::start(1, &etcd.endpoint, &settings);
+    let mut cluster = processes::start(1, &etcd.endpoint, &settings);
     for _ in 0..3 {
-        cluster.add_worker();
+        cluster.add_worker().unwrap();
     }
-    let (spec, tables) = cluster
-        .apply_kafka_demo(&tansu.brokers, &topic)
+    let (spec, tables) = apply_kafka_demo(&cluster, &tansu.brokers, &topic)
         .await
         .unwrap();
 
@@ -306,8 +299,8 @@ async fn killing_a_random_worker_every_five_seconds_loses_nothing() {
             .wrapping_mul(6364136223846793005)
             .wrapping_add(1442695040888963407);
         let victim = alive[(pick >> 33) as usize % alive.len()];
-        cluster.kill_worker(victim);
-        cluster.add_worker();
+        cluster.kill_worker(victim).unwrap();
+        cluster.add_worker().unwrap();
         kills += 1;
     }
     let producer = producer.await.unwrap();
@@ -345,11 +338,10 @@ async fn an_etcd_restart_mid_stream_recovers_by_itself() {
         &[("SMELTER__WORKER__COMMIT_LOCK_TTL_MS", "2000")],
     );
     settings.extend(s3.as_ref().map(s3_settings).unwrap_or_default());
-    let mut cluster = ProcessCluster::start(2, &etcd.endpoint, &settings);
-    cluster.add_worker();
-    cluster.add_worker();
-    let (spec, tables) = cluster
-        .apply_kafka_demo(&tansu.brokers, &topic)
+    let mut cluster = processes::start(2, &etcd.endpoint, &settings);
+    cluster.add_worker().unwrap();
+    cluster.add_worker().unwrap();
+    let (spec, tables) = apply_kafka_demo(&cluster, &tansu.brokers, &topic)
         .await
         .unwrap();
 
@@ -362,13 +354,9 @@ async fn an_etcd_restart_mid_stream_recovers_by_itself() {
         Duration::from_millis(500),
     );
     // Mid-stream: once bronze holds some of it.
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !tables.exists("bronze.events").await
-        || smelter_worker::tables::row_count(&tables.open("bronze.events").await.unwrap()) < 4_000
-    {
-        assert!(Instant::now() < deadline, "bronze never reached 4,000 rows");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_bronze_rows(&tables, 4_000, Duration::from_secs(60))
+        .await
+        .unwrap();
     etcd.restart(Duration::from_secs(5)).await;
 
     let producer = producer.await.unwrap();
@@ -410,11 +398,10 @@ async fn a_broker_restart_mid_stream_recovers_by_itself() {
     };
     let topic = unique_topic("broker-restart");
     create_topic(&tansu.brokers, &topic, 4).await.unwrap();
-    let mut cluster = ProcessCluster::start(1, &etcd.endpoint, &quick_settings("3000", "500", &[]));
-    cluster.add_worker();
-    cluster.add_worker();
-    let (spec, tables) = cluster
-        .apply_kafka_demo(&tansu.brokers, &topic)
+    let mut cluster = processes::start(1, &etcd.endpoint, &quick_settings("3000", "500", &[]));
+    cluster.add_worker().unwrap();
+    cluster.add_worker().unwrap();
+    let (spec, tables) = apply_kafka_demo(&cluster, &tansu.brokers, &topic)
         .await
         .unwrap();
 

@@ -7,7 +7,7 @@ use std::time::Duration;
 use smelter_tests::TestCluster;
 use smelter_tests::oracle::{check_log, exact, positions, sql};
 
-async fn bronze_positions(tables: &smelter_worker::tables::TableStore) -> Vec<(String, i32, i64)> {
+async fn bronze_positions(tables: &smelter_lake::TableStore) -> Vec<(String, i32, i64)> {
     positions(
         &sql(
             tables,
@@ -181,7 +181,7 @@ async fn applying_a_changed_spec_restarts_its_tasks() {
         "expr: \"amount > 0\"",
         "expr: \"amount > 0 AND amount < 10\"",
     );
-    let mut admin = smelter_client::sdk::AdminClient::connect(&cluster.coordinator_endpoint())
+    let mut admin = smelter_sdk::AdminClient::connect(&cluster.coordinator_endpoint())
         .await
         .unwrap();
     let applied = admin.apply(&stricter, "orders.yaml").await.unwrap();

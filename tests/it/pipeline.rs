@@ -60,9 +60,7 @@ async fn clickstream_is_exact_through_every_layer() {
 
     // Every layer over Flight SQL, through both workers.
     for endpoint in cluster.flight_endpoints() {
-        let mut client = smelter_client::sdk::QueryClient::connect(&endpoint)
-            .await
-            .unwrap();
+        let mut client = smelter_sdk::QueryClient::connect(&endpoint).await.unwrap();
         assert_eq!(
             count(
                 &client

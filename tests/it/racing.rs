@@ -10,10 +10,13 @@ use std::time::Duration;
 use arrow::array::{Int64Array, RecordBatch, StringArray};
 use arrow::datatypes::{DataType, Field, Schema};
 use smelter_common::store::{CoordinationStore, EtcdStore};
+use smelter_lake::compact::compact;
+use smelter_lake::lock::CommitArbiter;
+use smelter_lake::{
+    AppId, CommitEnv, CommitOutcome, LogKind, TableStore, TxnUpdate, WriteMode, log,
+};
 use smelter_tests::oracle::{rows, sql, verified};
 use smelter_tests::services::Etcd;
-use smelter_worker::lock::{CommitArbiter, EPOCH_APP_ID};
-use smelter_worker::tables::{self, CommitEnv, CommitOutcome, TableStore, TxnUpdate, WriteMode};
 use tokio::time::Instant;
 
 const WRITERS: usize = 8;
@@ -73,11 +76,11 @@ async fn eight_writers_racing_on_one_table_lose_nothing() {
                 ..Default::default()
             };
             let mut table = tables.open(TABLE).await.unwrap();
-            let app_id = format!("race/w{writer}");
+            let app_id = AppId::source("race", "writers", writer as i32);
             let mut seq = 0i64;
             while Instant::now() < until {
                 let previous = (seq > 0).then_some(seq - 1);
-                let outcome = tables::commit(
+                let outcome = smelter_lake::commit(
                     &mut table,
                     TABLE,
                     vec![batch(&schema, writer, seq)],
@@ -103,16 +106,16 @@ async fn eight_writers_racing_on_one_table_lose_nothing() {
         tokio::spawn(async move {
             let mut table = tables.open(TABLE).await.unwrap();
             let mut compactions = 0;
-            let mut compacted_at = tables::version(&table);
+            let mut compacted_at = log::version(&table);
             while Instant::now() < until {
                 // Compact whenever the appends have added another 16 versions (small files).
                 table.update_state().await.unwrap();
-                if tables::version(&table) < compacted_at + 16 {
+                if log::version(&table) < compacted_at + 16 {
                     tokio::time::sleep(Duration::from_millis(50)).await;
                     continue;
                 }
-                compacted_at = tables::version(&table);
-                match tables::compact(&mut table, TABLE).await {
+                compacted_at = log::version(&table);
+                match compact(&mut table, TABLE, LogKind::PutIfAbsent).await {
                     Ok(done) if done.version.is_some() => compactions += 1,
                     Ok(_) => {}
                     // Losing a race to another compaction or append is fine; nothing landed.
@@ -144,20 +147,20 @@ async fn eight_writers_racing_on_one_table_lose_nothing() {
     verified(&tables, TABLE).await.unwrap();
     let table = tables.open(TABLE).await.unwrap();
     assert_eq!(
-        tables::version(&table),
+        log::version(&table),
         total + compactions,
         "one version per append or compaction after the create"
     );
     for (writer, count) in commits.iter().enumerate() {
         assert_eq!(
-            tables::txn_version(&table, &format!("race/w{writer}"))
+            log::txn_version(&table, &AppId::source("race", "writers", writer as i32))
                 .await
                 .unwrap(),
             Some(count - 1)
         );
     }
     assert!(
-        tables::txn_version(&table, EPOCH_APP_ID)
+        log::txn_version(&table, &AppId::Epoch)
             .await
             .unwrap()
             .is_some(),

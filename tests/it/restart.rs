@@ -5,11 +5,11 @@
 use std::process::Command;
 use std::time::Duration;
 
+use smelter_harness::wait_until;
+use smelter_lake::TableStore;
 use smelter_tests::oracle::{check_pipeline, generator_truth};
 use smelter_tests::processes::{smelter_up, wait_exit};
-use smelter_tests::{bounded_demo, smelter_binary};
-use smelter_worker::tables::TableStore;
-use tokio::time::Instant;
+use smelter_tests::{bounded_demo, bronze_rows, smelter_binary};
 
 fn up(data: &std::path::Path, pipeline: &std::path::Path, extra: &[&str]) -> std::process::Child {
     smelter_up(data, pipeline, extra, &[])
@@ -26,26 +26,22 @@ async fn sigkill_mid_stream_then_restart_is_exact() {
     let tables = TableStore::new(data.join("tables")).unwrap();
 
     let mut first = up(&data, &pipeline, &[]);
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let rows = if tables.exists("silver.events").await {
-            smelter_worker::tables::row_count(&tables.open("bronze.events").await.unwrap())
-        } else {
-            0
-        };
-        if rows >= 8_000 {
-            break;
-        }
-        assert!(Instant::now() < deadline, "bronze never reached 8000 rows");
-        assert!(
-            first.try_wait().unwrap().is_none(),
-            "smelter up exited early"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_until(
+        Duration::from_secs(60),
+        "bronze reaching 8,000 rows",
+        async || {
+            assert!(
+                first.try_wait().unwrap().is_none(),
+                "smelter up exited early"
+            );
+            bronze_rows(&tables).await >= 8_000
+        },
+    )
+    .await
+    .unwrap();
     first.kill().unwrap(); // SIGKILL: no draining, no clean shutdown
     first.wait().unwrap();
-    let at_kill = smelter_worker::tables::row_count(&tables.open("bronze.events").await.unwrap());
+    let at_kill = smelter_lake::log::row_count(&tables.open("bronze.events").await.unwrap());
     assert!(
         at_kill < 40_000,
         "the kill must land mid-stream (bronze had {at_kill})"

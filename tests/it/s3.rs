@@ -7,10 +7,10 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use smelter_common::config::SmelterConfig;
+use smelter_lake::storage::{probe, s3_store};
 use smelter_tests::oracle::{check_pipeline, generator_truth};
 use smelter_tests::services::Moto;
 use smelter_tests::{TestCluster, bounded_demo};
-use smelter_worker::storage::{probe, s3_store};
 
 fn on_moto(moto: &Moto, config: &mut SmelterConfig) {
     config.storage.root = "s3://lake/tables".into();
@@ -90,7 +90,7 @@ async fn stores_without_put_if_absent_run_only_with_commit_arbitration() {
         on_moto(&moto, &mut config);
         config.storage.s3_conditional_put = false;
         config.storage.commit_arbitration = arbitration;
-        smelter_worker::tables::TableStore::from_config(&config.storage).unwrap()
+        smelter_lake::TableStore::from_config(&config.storage).unwrap()
     };
     let refused = store(false).check_commit_safety(true).await.unwrap_err();
     assert!(

@@ -1,5 +1,5 @@
 //! Kafka helpers for the suites: topic administration and a producer of clickstream
-//! events whose acknowledged positions become the oracle's ground truth G (testing.md).
+//! events whose acknowledged positions become the oracle's ground truth G (docs/testing.md).
 //!
 //! The events are the generator's: generator partition `p`, offset `o` goes to Kafka
 //! partition `p` as its `o`-th record, so the event function tells which records are
@@ -172,7 +172,7 @@ pub fn produce_in_background(
     })
 }
 
-pub use smelter_client::workload::{demo_events, kafka_demo};
+pub use smelter_cli::workload::{demo_events, kafka_demo};
 
 /// A topic name no other test uses.
 pub fn unique_topic(prefix: &str) -> String {
@@ -190,30 +190,36 @@ fn uuid_like() -> String {
 /// Waits until bronze holds every partition of `topic` up to `last` (txn versions), then
 /// until silver and gold have consumed the latest bronze.
 pub async fn wait_caught_up(
-    tables: &smelter_worker::tables::TableStore,
+    tables: &smelter_lake::TableStore,
     spec: &smelter_common::spec::PipelineSpec,
     topic: &str,
     last: &BTreeMap<i32, i64>,
     timeout: Duration,
 ) -> TestResult<()> {
     use smelter_worker::tasks::drained::{bronze_behind, downstream_caught_up};
-    let deadline = tokio::time::Instant::now() + timeout;
-    let mut behind = String::new();
-    while tokio::time::Instant::now() < deadline {
-        let missing = bronze_behind(tables, spec, topic, last)
-            .await
-            .map_err(|e| e.to_string())?;
-        behind = missing.join(", ");
-        if missing.is_empty()
-            && downstream_caught_up(tables, spec)
+    smelter_harness::wait_until_every(
+        Duration::from_millis(250),
+        timeout,
+        "the pipeline catching up",
+        async || {
+            let missing = bronze_behind(tables, spec, topic, last)
+                .await
+                .map_err(|e| e.to_string())?;
+            if !missing.is_empty() {
+                return Err(format!(
+                    "bronze partitions behind: [{}]",
+                    missing.join(", ")
+                ));
+            }
+            if downstream_caught_up(tables, spec)
                 .await
                 .map_err(|e| e.to_string())?
-        {
-            return Ok(());
-        }
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
-    Err(format!(
-        "pipeline not caught up within {timeout:?}; bronze partitions behind: [{behind}]"
-    ))
+            {
+                Ok(())
+            } else {
+                Err("silver or gold behind bronze".into())
+            }
+        },
+    )
+    .await
 }

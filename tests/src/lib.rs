@@ -3,7 +3,7 @@
 //! [`TestCluster`] starts the same code `smelter up` runs — a coordinator and N workers
 //! over loopback gRPC — on free ports with its own temp directory, so suites run in
 //! parallel. [`oracle`] checks the tables against ground truth computed independently of
-//! the pipeline (testing.md, "The exactly-once oracle").
+//! the pipeline (docs/testing.md, "The oracle").
 
 pub mod kafka;
 pub mod oracle;
@@ -14,12 +14,12 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use arrow::record_batch::RecordBatch;
-use smelter_client::local::LocalCluster;
-use smelter_client::sdk::{AdminClient, QueryClient};
+use smelter_cli::local::LocalCluster;
 use smelter_common::config::SmelterConfig;
 use smelter_common::spec::PipelineSpec;
-use smelter_worker::tables::TableStore;
-use tokio::time::Instant;
+use smelter_harness::wait_until;
+use smelter_lake::TableStore;
+use smelter_sdk::{AdminClient, QueryClient};
 
 /// Result type of harness helpers: failures are test failures with a message.
 pub type TestResult<T> = Result<T, String>;
@@ -29,7 +29,7 @@ pub const DEMO: &str = include_str!("../../examples/clickstream.yaml");
 
 /// The demo pipeline with a bounded, unpaced generator: `count` events over `partitions`.
 pub fn bounded_demo(count: u64, partitions: u32) -> String {
-    smelter_client::workload::bounded_demo(count, partitions, None)
+    smelter_cli::workload::bounded_demo(count, partitions, None)
 }
 
 /// Installs test logging once (quiet unless RUST_LOG is set).
@@ -142,47 +142,27 @@ impl TestCluster {
 
     /// Waits until the pipeline has processed all bounded input through gold.
     pub async fn wait_drained(&self, timeout: Duration) -> TestResult<()> {
-        let deadline = Instant::now() + timeout;
         let mut drain =
             smelter_worker::tasks::drained::DrainWatch::new(self.tables.clone(), self.spec.clone());
-        loop {
-            if drain.drained().await.map_err(|e| e.to_string())? {
-                return Ok(());
-            }
-            if Instant::now() > deadline {
-                let status = match AdminClient::connect(&self.coordinator_endpoint()).await {
-                    Ok(mut admin) => admin
-                        .status()
-                        .await
-                        .map(|s| smelter_client::commands::admin::status_json(&s).to_string())
-                        .unwrap_or_default(),
-                    Err(e) => e.to_string(),
-                };
-                return Err(format!(
-                    "pipeline not drained after {timeout:?}; status: {status}"
-                ));
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
-
-    /// Waits for `predicate` over the cluster to hold.
-    pub async fn wait_for<F, Fut>(
-        &self,
-        timeout: Duration,
-        what: &str,
-        mut predicate: F,
-    ) -> TestResult<()>
-    where
-        F: FnMut() -> Fut,
-        Fut: std::future::Future<Output = bool>,
-    {
-        let deadline = Instant::now() + timeout;
-        while !predicate().await {
-            if Instant::now() > deadline {
-                return Err(format!("timed out after {timeout:?} waiting for {what}"));
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
+        let drained = wait_until(timeout, "the pipeline draining", async || {
+            drain
+                .drained()
+                .await
+                .map_err(|e| e.to_string())?
+                .then_some(())
+                .ok_or_else(String::new)
+        })
+        .await;
+        if let Err(why) = drained {
+            let status = match AdminClient::connect(&self.coordinator_endpoint()).await {
+                Ok(mut admin) => admin
+                    .status()
+                    .await
+                    .map(|s| smelter_sdk::status_json(&s).to_string())
+                    .unwrap_or_default(),
+                Err(e) => e.to_string(),
+            };
+            return Err(format!("{why}; status: {status}"));
         }
         Ok(())
     }
@@ -195,16 +175,20 @@ impl TestCluster {
         sql: &str,
         expected: &[&str],
     ) -> TestResult<()> {
-        let tables = self.tables.clone();
-        self.wait_for(timeout, &format!("`{sql}` to return {expected:?}"), || {
-            let tables = tables.clone();
-            async move {
-                oracle::sql(&tables, sql)
+        wait_until(
+            timeout,
+            &format!("`{sql}` to return {expected:?}"),
+            async || {
+                let rows = oracle::sql(&self.tables, sql)
                     .await
-                    .and_then(|b| oracle::rows(&b))
-                    .is_ok_and(|rows| rows == expected)
-            }
-        })
+                    .and_then(|b| oracle::rows(&b))?;
+                if rows == expected {
+                    Ok(())
+                } else {
+                    Err(format!("{rows:?}"))
+                }
+            },
+        )
         .await
     }
 
@@ -223,6 +207,34 @@ impl TestCluster {
     }
 }
 
+/// Rows in `bronze.events` under `tables` (0 before it exists or while it cannot be read).
+pub async fn bronze_rows(tables: &TableStore) -> u64 {
+    if !tables.exists("bronze.events").await {
+        return 0;
+    }
+    match tables.open("bronze.events").await {
+        Ok(table) => smelter_lake::log::row_count(&table),
+        Err(_) => 0,
+    }
+}
+
+/// Waits until `bronze.events` holds at least `rows` rows.
+pub async fn wait_bronze_rows(tables: &TableStore, rows: u64, timeout: Duration) -> TestResult<()> {
+    wait_until(
+        timeout,
+        &format!("bronze reaching {rows} rows"),
+        async || {
+            let now = bronze_rows(tables).await;
+            if now >= rows {
+                Ok(())
+            } else {
+                Err(format!("{now} rows"))
+            }
+        },
+    )
+    .await
+}
+
 /// Path of the `smelter` binary built next to this test binary.
 pub fn smelter_binary() -> PathBuf {
     let exe = std::env::current_exe().unwrap_or_default();
@@ -235,7 +247,7 @@ pub fn smelter_binary() -> PathBuf {
     let binary = dir.join("smelter");
     assert!(
         binary.exists(),
-        "{} is missing: run `cargo build -p smelter-client` first (the README test command does)",
+        "{} is missing: run `cargo build -p smelter-cli` first (the README test command does)",
         binary.display()
     );
     binary

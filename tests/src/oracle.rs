@@ -1,4 +1,4 @@
-//! The exactly-once oracle (testing.md): ground truth computed from the generator's pure
+//! The exactly-once oracle (docs/testing.md): ground truth computed from the generator's pure
 //! event function, compared with what the tables hold, plus independent recomputation of
 //! gold and a replay of each `_delta_log`.
 
@@ -12,8 +12,8 @@ use datafusion::catalog::MemorySchemaProvider;
 use datafusion::common::TableReference;
 use datafusion::prelude::SessionContext;
 use smelter_common::spec::{Layer, PipelineSpec, SourceSpec};
+use smelter_lake::TableStore;
 use smelter_worker::source::generator::{Clickstream, EventKind, GeneratedEvent};
-use smelter_worker::tables::TableStore;
 
 use crate::TestResult;
 
@@ -367,7 +367,7 @@ pub async fn check_pipeline(
 
 /// The product's own verifier (`smelter verify`) must find `table` clean too.
 pub async fn verified(tables: &TableStore, table: &str) -> TestResult<()> {
-    let report = smelter_worker::verify::verify(tables, table)
+    let report = smelter_lake::verify::verify(tables, table)
         .await
         .map_err(|e| format!("verify {table}: {e}"))?;
     if report.is_clean() {

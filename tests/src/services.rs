@@ -1,13 +1,12 @@
 //! Real services started by the harness on free loopback ports, in temp dirs, stopped on
-//! drop (testing.md). A missing binary is a test failure when `SMELTER_REQUIRE_SERVICES=1`
+//! drop (docs/testing.md). A missing binary is a test failure when `SMELTER_REQUIRE_SERVICES=1`
 //! (CI), and a loud skip otherwise.
 
-use std::net::TcpListener;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use smelter_common::store::EtcdStore;
-use tokio::time::Instant;
+use smelter_harness::wait_until;
 
 /// Whether missing services must fail the run.
 pub fn services_required() -> bool {
@@ -34,11 +33,8 @@ pub fn binary(name: &str) -> Option<std::path::PathBuf> {
 }
 
 /// A loopback port that was free a moment ago.
-pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
+fn free_port() -> u16 {
+    smelter_harness::free_port().expect("a free port")
 }
 
 /// A single-node etcd.
@@ -327,7 +323,7 @@ fn log_file(dir: &std::path::Path) -> std::fs::File {
     std::fs::File::create(dir.join("service.log")).expect("service log")
 }
 
-/// Polls `ready` every 100 ms until it answers, the process exits, or 30 s pass.
+/// Polls `ready` until it answers, the process exits, or 30 s pass.
 async fn until_ready<F, Fut>(
     child: &mut Child,
     dir: &std::path::Path,
@@ -337,21 +333,28 @@ where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = bool>,
 {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        if ready().await {
-            return Ok(());
-        }
-        if let Ok(Some(status)) = child.try_wait() {
+    let mut exited = None;
+    let answered = wait_until(
+        Duration::from_secs(30),
+        "the service answering",
+        async || {
+            if ready().await {
+                return true;
+            }
+            exited = child.try_wait().ok().flatten();
+            exited.is_some()
+        },
+    )
+    .await;
+    match (answered, exited) {
+        (_, Some(status)) => {
             let log = std::fs::read_to_string(dir.join("service.log")).unwrap_or_default();
             let tail: Vec<&str> = log.lines().rev().take(5).collect();
             let tail = tail.into_iter().rev().collect::<Vec<_>>().join("\n");
-            return Err(NotReady::Exited(status, tail));
+            Err(NotReady::Exited(status, tail))
         }
-        if Instant::now() >= deadline {
-            return Err(NotReady::Silent);
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        (Ok(()), None) => Ok(()),
+        (Err(_), None) => Err(NotReady::Silent),
     }
 }
 

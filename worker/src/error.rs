@@ -1,34 +1,15 @@
-//! The one error type of the worker crate.
+//! The one error type of the worker crate, with an explicit retry class per variant.
 
-/// Errors raised by worker tasks, the commit protocol and the query service.
+use smelter_lake::LakeError;
+pub use smelter_lake::Retry;
+use smelter_lake::error::{arrow_retry, io_retry, query_retry};
+
+/// Errors raised by worker tasks and the query service.
 #[derive(Debug, thiserror::Error)]
 pub enum WorkerError {
-    /// Delta Lake read, write or commit failure.
-    #[error("delta table {table}: {source}")]
-    Delta {
-        /// `layer.name` of the table.
-        table: String,
-        /// The delta-rs error.
-        #[source]
-        source: Box<deltalake::DeltaTableError>,
-    },
-    /// Another writer committed the same application transaction first; reload and decide
-    /// from the table's txn versions.
-    #[error("commit to {table} conflicted with a concurrent writer: {message}")]
-    CommitConflict {
-        /// `layer.name` of the table.
-        table: String,
-        /// What delta-rs reported.
-        message: String,
-    },
-    /// The table storage (an object store) is unusable or refused a request.
-    #[error("storage {location}: {message}")]
-    Storage {
-        /// The storage location.
-        location: String,
-        /// What went wrong.
-        message: String,
-    },
+    /// The Delta layer failed: opening, committing or reading a table.
+    #[error(transparent)]
+    Lake(#[from] LakeError),
     /// Query planning or execution failed (bad SQL, unknown table, resource limit).
     #[error("query failed: {0}")]
     Query(#[from] datafusion::error::DataFusionError),
@@ -61,12 +42,21 @@ pub enum WorkerError {
         /// What is wrong.
         message: String,
     },
-    /// A source could not be read.
+    /// A source could not be read now (brokers unreachable, a file unreadable); retried.
     #[error("source {source_name}: {message}")]
     Source {
         /// Source name.
         source_name: String,
         /// What went wrong.
+        message: String,
+    },
+    /// A source is set up in a way that cannot work (a bad start time, a reader that broke
+    /// its contract); the task stops.
+    #[error("source {source_name}: {message}")]
+    SourceInvalid {
+        /// Source name.
+        source_name: String,
+        /// What is wrong.
         message: String,
     },
     /// Local I/O failed.
@@ -77,6 +67,12 @@ pub enum WorkerError {
         /// The I/O error.
         #[source]
         source: std::io::Error,
+    },
+    /// A task panicked; its unit reports it failed with this message and starts it again.
+    #[error("task panicked: {message}")]
+    Panicked {
+        /// The panic's message.
+        message: String,
     },
     /// The coordinator rejected or did not answer a control-plane call.
     #[error("control plane: {0}")]
@@ -90,37 +86,88 @@ pub enum WorkerError {
 }
 
 impl WorkerError {
-    /// Wraps a delta-rs error, classifying commit conflicts so callers can branch on them.
+    /// Wraps a delta-rs error of `table`.
     pub fn delta(table: &str, source: deltalake::DeltaTableError) -> WorkerError {
-        use deltalake::DeltaTableError as E;
-        use deltalake::kernel::transaction::TransactionError as T;
-        match &source {
-            E::Transaction {
-                source: T::CommitConflict(_) | T::VersionAlreadyExists(_) | T::MaxCommitAttempts(_),
-            } => WorkerError::CommitConflict {
-                table: table.to_string(),
-                message: source.to_string(),
-            },
-            E::VersionAlreadyExists(_) => WorkerError::CommitConflict {
-                table: table.to_string(),
-                message: source.to_string(),
-            },
-            _ => WorkerError::Delta {
-                table: table.to_string(),
-                source: Box::new(source),
-            },
+        WorkerError::Lake(LakeError::delta(table, source))
+    }
+
+    /// What a task should do about this error: back off and retry, re-read and retry, or
+    /// stop in `failed` with the message.
+    pub fn retry(&self) -> Retry {
+        match self {
+            WorkerError::Lake(error) => error.retry(),
+            WorkerError::Query(error) => query_retry(error),
+            WorkerError::Arrow(error) => arrow_retry(error),
+            WorkerError::ExpectationFailed { .. } => Retry::Permanent,
+            WorkerError::InvalidSpec { .. } => Retry::Permanent,
+            WorkerError::Source { .. } => Retry::Transient,
+            WorkerError::SourceInvalid { .. } => Retry::Permanent,
+            WorkerError::Io { source, .. } => io_retry(source),
+            // A panic is a bug, but often one of a particular input or moment: the unit
+            // reports it and tries again under backoff, as for a transient failure.
+            WorkerError::Panicked { .. } => Retry::Transient,
+            WorkerError::Control(_) | WorkerError::Transport(_) => Retry::Transient,
+            WorkerError::Common(error) if error.is_retryable() => Retry::Transient,
+            WorkerError::Common(_) => Retry::Permanent,
         }
     }
 
     /// Whether the task should back off and retry rather than stop.
     pub fn is_retryable(&self) -> bool {
-        match self {
-            WorkerError::ExpectationFailed { .. } | WorkerError::InvalidSpec { .. } => false,
-            WorkerError::Common(e) => e.is_retryable(),
-            _ => true,
-        }
+        self.retry() != Retry::Permanent
     }
 }
 
 /// Result alias for this crate.
 pub type Result<T, E = WorkerError> = std::result::Result<T, E>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Errors about data, plans and specs stop a task; trouble reaching things retries.
+    /// Before, every variant not listed retried (`_ => true`): an Arrow or DataFusion
+    /// error in a task retried forever.
+    #[test]
+    fn classes_are_explicit() {
+        let permanent = [
+            WorkerError::Arrow(arrow::error::ArrowError::SchemaError("x".into())),
+            WorkerError::Query(datafusion::error::DataFusionError::Plan("x".into())),
+            WorkerError::Query(datafusion::error::DataFusionError::ResourcesExhausted(
+                "x".into(),
+            )),
+            WorkerError::SourceInvalid {
+                source_name: "s".into(),
+                message: "bad start".into(),
+            },
+            WorkerError::delta(
+                "silver.t",
+                deltalake::DeltaTableError::SchemaMismatch { msg: "x".into() },
+            ),
+        ];
+        for error in permanent {
+            assert_eq!(error.retry(), Retry::Permanent, "{error}");
+        }
+        let transient = [
+            WorkerError::Source {
+                source_name: "s".into(),
+                message: "brokers unreachable".into(),
+            },
+            WorkerError::Control(tonic::Status::unavailable("no leader")),
+            WorkerError::Panicked {
+                message: "index out of bounds".into(),
+            },
+            WorkerError::Common(smelter_common::Error::StoreUnavailable {
+                message: "etcd".into(),
+            }),
+        ];
+        for error in transient {
+            assert_eq!(error.retry(), Retry::Transient, "{error}");
+        }
+        let conflict = WorkerError::Lake(LakeError::CommitConflict {
+            table: "silver.t".into(),
+            message: "version taken".into(),
+        });
+        assert_eq!(conflict.retry(), Retry::Conflict);
+    }
+}

@@ -1,4 +1,4 @@
-//! The declarative pipeline spec (design.md §2): sources, and bronze/silver/gold tables
+//! The declarative pipeline spec (README, "Pipelines"): sources, and bronze/silver/gold tables
 //! with their rules.
 //!
 //! [`PipelineSpec::parse`] is the only way in: it deserializes the YAML (naming the field

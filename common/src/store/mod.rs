@@ -48,7 +48,7 @@ pub enum Expect {
 
 /// Proof of holding a key (a leadership or lock key): the key and the revision that created
 /// it. A guarded write lands only while that very key still exists — a successor who
-/// re-created it has another create revision — so a deposed leader cannot write (design.md §4).
+/// re-created it has another create revision — so a deposed leader cannot write (docs/architecture.md, "Control plane").
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Guard {
     /// The held key.

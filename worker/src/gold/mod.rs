@@ -1,5 +1,5 @@
 //! Gold refreshes: the gold query's result at an upstream version, maintained incrementally
-//! where the query allows it (design.md §6).
+//! where the query allows it (docs/architecture.md, "Data path").
 //!
 //! An incremental refresh reads only the data files the upstream versions since the last
 //! refresh added, folds their partial aggregates into per-group state kept in memory
@@ -32,10 +32,11 @@ use deltalake::DeltaTable;
 use self::plan::GoldPlan;
 use self::slot::{Prepared, Slot};
 use self::state::GroupState;
-use crate::changes::{self, DataFile};
-use crate::query::QueryEngine;
-use crate::recent_files::RecentFiles;
-use crate::{Result, tables};
+use crate::Result;
+use crate::serve::query::QueryEngine;
+use smelter_lake::changes::{self, DataFile};
+use smelter_lake::log;
+use smelter_lake::recent_files::RecentFiles;
 
 /// Upstream rows folded into the state at a time.
 const FOLD_ROWS: usize = 256 * 1024;
@@ -99,7 +100,7 @@ impl IncrementalGold {
         upstream: &DeltaTable,
         recent: &RecentFiles,
     ) -> Result<std::result::Result<Self, String>> {
-        let version = tables::version(upstream);
+        let version = log::version(upstream);
         let frame = engine.plan(sql, Some((name, version.max(0)))).await?;
         let plan = match GoldPlan::analyze(frame.logical_plan(), name) {
             Ok(plan) => plan,
@@ -303,7 +304,7 @@ impl Refresher {
             other => self.strategy = other,
         }
         if let Strategy::Build = self.strategy {
-            if tables::version(upstream) != version {
+            if log::version(upstream) != version {
                 upstream
                     .load_version(version.max(0) as u64)
                     .await

@@ -10,8 +10,9 @@ use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use arrow::util::display::{ArrayFormatter, FormatOptions};
 
 use super::Refresher;
-use crate::query::QueryEngine;
-use crate::tables::{self, TableStore, WriteMode, commit_for_test};
+use crate::serve::query::QueryEngine;
+use smelter_lake::testing::commit_for_test;
+use smelter_lake::{LogKind, TableStore, WriteMode, log};
 
 const SILVER: &str = "silver.events";
 
@@ -62,8 +63,19 @@ fn schema() -> SchemaRef {
     ]))
 }
 
+/// Event time of row 0: twelve days before the test runs, on the hour. The rows span under
+/// eleven days (row `i` is `i` quarter-hours later), so a trailing window on `now()` such
+/// as the last 30 days holds all of them whatever the date, and the boundary is days away
+/// from any row while a query runs.
+fn first_event_micros() -> i64 {
+    const HOUR: i64 = 3_600_000_000;
+    let now = chrono::Utc::now().timestamp_micros();
+    now - now.rem_euclid(HOUR) - 12 * 24 * HOUR
+}
+
 /// `n` rows numbered from `first`, with nulls sprinkled in; `region` is the partition.
 fn rows(first: i64, n: i64) -> RecordBatch {
+    let start = first_event_micros();
     let ids = first..first + n;
     let types = ["view", "click", "add_to_cart", "purchase"];
     let columns: Vec<ArrayRef> = vec![
@@ -76,7 +88,7 @@ fn rows(first: i64, n: i64) -> RecordBatch {
         )),
         Arc::new(
             TimestampMicrosecondArray::from_iter_values(
-                ids.clone().map(|i| 1_793_491_200_000_000 + i * 900_000_000),
+                ids.clone().map(|i| start + i * 900_000_000),
             )
             .with_timezone("UTC"),
         ),
@@ -151,7 +163,9 @@ async fn incremental_results_equal_full_recomputation() {
     for step in 0..7 {
         match step {
             3 => {
-                tables::compact(&mut silver, SILVER).await.unwrap();
+                smelter_lake::compact::compact(&mut silver, SILVER, LogKind::PutIfAbsent)
+                    .await
+                    .unwrap();
             }
             5 => {
                 commit_for_test(
@@ -170,7 +184,7 @@ async fn incremental_results_equal_full_recomputation() {
             }
         }
         silver.update_state().await.unwrap();
-        let version = tables::version(&silver);
+        let version = log::version(&silver);
         for (refresher, sql) in refreshers.iter_mut().zip(INCREMENTAL.iter().chain(FULL)) {
             let got = render(&refresher.refresh(&mut follower, version).await.unwrap());
             let frame = engine.plan(sql, Some((SILVER, version))).await.unwrap();
@@ -205,7 +219,7 @@ async fn outgrown_distinct_sets_fall_back_to_full_recomputation() {
         let batch = rows(round * 30, 30);
         commit_for_test(&mut silver, SILVER, batch, WriteMode::Append, &[]).await;
         silver.update_state().await.unwrap();
-        let version = tables::version(&silver);
+        let version = log::version(&silver);
         let expected = render(
             &engine
                 .plan(sql, Some((SILVER, version)))

@@ -157,7 +157,7 @@ mod tests {
             Field::new("s", DataType::Utf8, true),
             Field::new("n", DataType::Int64, true),
             Field::new("f", DataType::Float64, true),
-            Field::new("t", crate::schemas::timestamp_type(), true),
+            Field::new("t", crate::tasks::schemas::timestamp_type(), true),
             Field::new(
                 "tags",
                 DataType::List(Arc::new(Field::new("element", DataType::Utf8, true))),
@@ -205,7 +205,7 @@ mod tests {
         );
         assert_eq!(
             batch.column(3).data_type(),
-            &crate::schemas::timestamp_type()
+            &crate::tasks::schemas::timestamp_type()
         );
         assert_eq!(batch.column(4).as_list::<i32>().value(0).len(), 2);
         assert!(batch.column(4).is_null(1));

@@ -129,7 +129,7 @@ pub struct SilverAt<'a> {
 impl SilverAt<'_> {
     /// The table with its snapshot brought up to the latest version, to be read.
     async fn current(&mut self) -> Result<&DeltaTable> {
-        self.version = crate::tables::refresh(self.table, self.name).await?;
+        self.version = smelter_lake::log::refresh(self.table, self.name).await?;
         Ok(self.table)
     }
 }
@@ -235,11 +235,11 @@ async fn cached(
 ) -> Result<Option<HashSet<String>>> {
     if cache.version != Some(silver.version) || cache.horizon > lo {
         let table = silver.current().await?;
-        if window.is_none() && crate::tables::row_count(table) as usize > CACHE_MAX_KEYS {
+        if window.is_none() && smelter_lake::log::row_count(table) as usize > CACHE_MAX_KEYS {
             cache.invalidate();
             return Ok(None);
         }
-        let version = crate::tables::version(table);
+        let version = smelter_lake::log::version(table);
         load(cache, table, version, lo, window, keys).await?;
     }
     let mut existing = HashSet::new();
@@ -267,7 +267,7 @@ async fn load(
     keys: &[String],
 ) -> Result<()> {
     cache.invalidate();
-    if crate::tables::row_count(table) > 0 {
+    if smelter_lake::log::row_count(table) > 0 {
         let ctx = SessionContext::new();
         table
             .update_datafusion_session(&ctx.state())
@@ -301,7 +301,7 @@ async fn existing_keys(
     window: Option<(&str, Duration)>,
     table: &DeltaTable,
 ) -> Result<HashSet<String>> {
-    if crate::tables::row_count(table) == 0 {
+    if smelter_lake::log::row_count(table) == 0 {
         return Ok(HashSet::new());
     }
     let ctx = SessionContext::new();

@@ -32,8 +32,10 @@ use smelter_common::spec::{OnViolation, TableSpec};
 use self::columns::Columns;
 use self::decode::{Cell, JsonDecoder};
 use self::expectations::CompiledExpectation;
-use crate::recent_files::RecentFiles;
-use crate::{Result, WorkerError, changes, schemas};
+use crate::tasks::schemas;
+use crate::{Result, WorkerError};
+use smelter_lake::changes;
+use smelter_lake::recent_files::RecentFiles;
 
 /// Rows decoded into one set of column builders at a time (see [`Refiner::refine`]).
 const DECODE_SLICE: usize = 8_192;

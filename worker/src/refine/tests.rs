@@ -6,10 +6,11 @@ use arrow::array::{Array, AsArray};
 use smelter_common::spec::PipelineSpec;
 
 use super::{BronzeRows, Refiner};
+use crate::WorkerError;
 use crate::source::SourceRecord;
-use crate::tables::TableStore;
 use crate::tasks::ingest::bronze_batch;
-use crate::{WorkerError, schemas};
+use crate::tasks::schemas;
+use smelter_lake::TableStore;
 
 const SPEC: &str = r#"
 pipeline: t
@@ -86,7 +87,7 @@ async fn refine(spec_text: &str, lines: &[&str]) -> Result<super::Refined, Worke
         )
         .await
         .unwrap();
-    let version = crate::tables::version(&silver);
+    let version = smelter_lake::log::version(&silver);
     let mut at = super::SilverAt {
         table: &mut silver,
         name: "silver.rows",
@@ -169,7 +170,8 @@ async fn fail_stops_the_batch_naming_the_rule_and_position() {
 /// same answer both ways.
 #[tokio::test]
 async fn dedupe_against_the_table_with_and_without_the_key_cache() {
-    use crate::tables::{WriteMode, commit_for_test};
+    use smelter_lake::WriteMode;
+    use smelter_lake::testing::commit_for_test;
 
     let spec = PipelineSpec::parse(SPEC, "t.yaml").unwrap();
     let table = &spec.tables["silver.rows"];
@@ -183,7 +185,7 @@ async fn dedupe_against_the_table_with_and_without_the_key_cache() {
     let refiner = Refiner::new("silver.rows", table, "t.yaml").unwrap();
     let mut cache = super::KeyCache::default();
     // The writer's snapshot stays where it was loaded; the head follows the commits.
-    let heads = crate::heads::LogHeads::default();
+    let heads = smelter_lake::heads::LogHeads::default();
     let mut round = async |lines: &[&str], cache: &mut super::KeyCache| {
         let head = heads.head(&mut silver, "silver.rows").await.unwrap();
         let mut at = super::SilverAt {

@@ -29,7 +29,7 @@ use tokio::time::Instant;
 use tonic::{Request, Response, Status};
 
 use crate::WorkerError;
-use crate::query::QueryEngine;
+use crate::serve::query::QueryEngine;
 
 type DoGetStream =
     Pin<Box<dyn Stream<Item = Result<arrow_flight::FlightData, Status>> + Send + 'static>>;

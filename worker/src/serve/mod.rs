@@ -1,3 +1,6 @@
-//! What a worker serves to clients.
+//! What a worker serves: read-only SQL over the tables ([`query`], with Smelter's own SQL
+//! [`functions`]), used by gold refreshes and by the Flight SQL service ([`flight`]).
 
 pub mod flight;
+pub mod functions;
+pub mod query;

@@ -84,11 +84,12 @@ fn mix(mut z: u64) -> u64 {
 impl Clickstream {
     /// The event function for `spec` (which must have passed spec validation).
     pub fn new(spec: &GeneratorSpec) -> Result<Self> {
-        let start =
-            chrono::DateTime::parse_from_rfc3339(&spec.start).map_err(|e| WorkerError::Source {
+        let start = chrono::DateTime::parse_from_rfc3339(&spec.start).map_err(|e| {
+            WorkerError::SourceInvalid {
                 source_name: "generator".into(),
                 message: format!("start `{}`: {e}", spec.start),
-            })?;
+            }
+        })?;
         Ok(Self {
             spec: spec.clone(),
             start_us: start.timestamp_micros(),

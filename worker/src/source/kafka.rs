@@ -1,6 +1,6 @@
 //! The Kafka source: librdkafka (bundled) with manual `assign` of the partitions this
 //! worker owns. No consumer group, no offset commits: each partition starts at its bronze
-//! txn version + 1 (design.md §5.1), or at the beginning when bronze holds none of it.
+//! txn version + 1 (docs/exactly-once.md, invariant 1), or at the beginning when bronze holds none of it.
 //!
 //! A broker that cannot be reached is an error the task's supervisor retries with
 //! backoff (the task shows `backoff` with the broker's message in `smelter status`); the

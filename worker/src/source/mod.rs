@@ -1,7 +1,7 @@
 //! Sources: anything that yields records at a (topic, partition, offset) position.
 //!
 //! A reader never decides where to start by itself: it asks [`CommittedPositions`], which
-//! answers from the bronze table's Delta `txn` actions (design.md §5.1). That is what makes
+//! answers from the bronze table's Delta `txn` actions (docs/exactly-once.md, invariant 1). That is what makes
 //! restarts, hand-offs and crashes exactly-once for every source kind: the generator (a
 //! pure function of seed, partition and offset), the files source (each file is a
 //! one-partition topic named after the file), and Kafka (cluster mode).

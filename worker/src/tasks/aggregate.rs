@@ -14,11 +14,12 @@ use smelter_proto::TaskState;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::{Progress, TaskEnv, downstream_app_id};
+use super::{Progress, TaskEnv};
+use crate::Result;
 use crate::gold::Refresher;
-use crate::query::QueryEngine;
-use crate::tables::{self, CommitOutcome, TxnUpdate, WriteMode};
-use crate::{Result, schemas};
+use crate::serve::query::QueryEngine;
+use crate::tasks::schemas;
+use smelter_lake::{AppId, CommitOutcome, TxnUpdate, WriteMode, log};
 
 /// Least ratio of idle time to refresh time. (2 was tried: gold refreshed a little sooner
 /// under load, but on an overloaded machine the extra refreshes delayed other tasks.)
@@ -40,7 +41,7 @@ impl AggregateTask {
     ) -> Result<()> {
         let spec = env.table_spec(&self.table)?;
         let sql = spec.sql.clone().unwrap_or_default();
-        let app_id = downstream_app_id(&self.table, &spec.from);
+        let app_id = AppId::upstream(&self.table, &spec.from);
         let poll = Duration::from_millis(env.config.poll_interval_ms);
         let min_interval = Duration::from_millis(env.config.gold_min_interval_ms);
         let engine = QueryEngine::new(env.tables.clone(), Default::default());
@@ -51,27 +52,27 @@ impl AggregateTask {
         }
         let mut silver = env.tables.open(&spec.from).await?;
         let planned = engine
-            .plan(&sql, Some((&spec.from, tables::version(&silver).max(0))))
+            .plan(&sql, Some((&spec.from, log::version(&silver).max(0))))
             .await?;
         let schema = schemas::delta_schema(planned.schema().as_arrow());
         let mut gold = env
             .tables
             .open_or_create(&self.table, &schema, &spec.partition_by, &env.commits)
             .await?;
-        let mut consumed = tables::txn_version(&gold, &app_id).await?;
+        let mut consumed = log::txn_version(&gold, &app_id).await?;
         let mut refresher =
             Refresher::new(engine, &sql, &spec.from).with_recent_files(env.commits.recent.clone());
-        let mut known = tables::version(&silver);
+        let mut known = log::version(&silver);
         let mut last_refresh: Option<Instant> = None;
         let mut interval = min_interval;
-        progress.update(|r| r.table_rows = tables::row_count(&gold));
+        progress.update(|r| r.table_rows = log::row_count(&gold));
         loop {
             if cancel.is_cancelled() {
                 progress.set_state(TaskState::Stopped);
                 return Ok(());
             }
             // Probed, not loaded: the refresher reads the new commit entries itself.
-            known = tables::latest_version(&silver, &spec.from, known).await?;
+            known = log::latest_version(&silver, &spec.from, known).await?;
             let latest = known;
             let done = consumed.unwrap_or(-1);
             progress.update(|r| r.lag = latest - done);
@@ -99,7 +100,7 @@ impl AggregateTask {
             }
             let rows: u64 = batches.iter().map(|b| b.num_rows() as u64).sum();
             let txns = vec![TxnUpdate::new(&app_id, consumed, latest)];
-            match tables::commit(
+            match smelter_lake::commit(
                 &mut gold,
                 &self.table,
                 batches,
@@ -120,7 +121,10 @@ impl AggregateTask {
                 }
                 CommitOutcome::AlreadyCommitted => {
                     let heads = &env.commits.heads;
-                    consumed = heads.txns(&mut gold, &self.table, &[&app_id]).await?.1[0];
+                    consumed = heads
+                        .txns(&mut gold, &self.table, std::slice::from_ref(&app_id))
+                        .await?
+                        .1[0];
                 }
             }
         }

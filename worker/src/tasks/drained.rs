@@ -14,12 +14,10 @@ use std::collections::HashMap;
 use deltalake::DeltaTable;
 use smelter_common::spec::{Layer, PipelineSpec, SourceSpec};
 
-use super::downstream_app_id;
-use super::ingest::app_id;
 use crate::Result;
-use crate::heads::LogHeads;
 use crate::source::generator::Clickstream;
-use crate::tables::{self, TableStore};
+use smelter_lake::heads::LogHeads;
+use smelter_lake::{AppId, TableStore, log};
 
 /// True when every bounded source is fully in bronze and every silver and gold table has
 /// consumed the latest version of its upstream. Unbounded generators are never drained.
@@ -122,11 +120,10 @@ impl DrainWatch {
                 // Unbounded: callers that know what was produced check bronze themselves.
                 SourceSpec::Kafka(_) => return Ok(false),
             };
-            let app_ids: Vec<String> = expected
+            let app_ids: Vec<AppId> = expected
                 .iter()
-                .map(|(topic, partition, _)| app_id(&self.spec.pipeline, topic, *partition))
+                .map(|(topic, partition, _)| AppId::source(&self.spec.pipeline, topic, *partition))
                 .collect();
-            let app_ids: Vec<&str> = app_ids.iter().map(String::as_str).collect();
             let (_, at) = self.heads.txns(bronze, name, &app_ids).await?;
             if expected
                 .iter()
@@ -140,8 +137,8 @@ impl DrainWatch {
             let Some(target) = self.loaded.get_mut(name) else {
                 return Ok(false);
             };
-            let app_id = downstream_app_id(name, &table.from);
-            let (_, at) = self.heads.txns(target, name, &[&app_id]).await?;
+            let app_id = AppId::upstream(name, &table.from);
+            let (_, at) = self.heads.txns(target, name, &[app_id]).await?;
             let Some(upstream) = self.loaded.get_mut(&table.from) else {
                 return Ok(false);
             };
@@ -170,8 +167,8 @@ async fn consumed_latest(
     upstream: &DeltaTable,
 ) -> Result<bool> {
     Ok(
-        tables::txn_version(target, &downstream_app_id(name, from)).await?
-            == Some(tables::version(upstream)).filter(|v| *v >= 0),
+        log::txn_version(target, &AppId::upstream(name, from)).await?
+            == Some(log::version(upstream)).filter(|v| *v >= 0),
     )
 }
 
@@ -239,7 +236,8 @@ pub async fn bronze_behind(
         for (&partition, &offset) in last.iter().filter(|(_, o)| **o >= 0) {
             let at = match &bronze {
                 Some(table) => {
-                    tables::txn_version(table, &app_id(&spec.pipeline, topic, partition)).await?
+                    log::txn_version(table, &AppId::source(&spec.pipeline, topic, partition))
+                        .await?
                 }
                 None => None,
             };

@@ -24,20 +24,16 @@ use tokio_util::sync::CancellationToken;
 
 use super::{Progress, TaskEnv};
 use crate::source::{self, CommittedPositions, SourceRecord};
-use crate::tables::{self, CommitOutcome, TxnUpdate, WriteMode};
-use crate::{Result, WorkerError, schemas};
+use crate::tasks::schemas;
+use crate::{Result, WorkerError};
+use smelter_lake::{AppId, CommitOutcome, TxnUpdate, WriteMode, log};
 
 /// Largest payload kept in bronze; larger records land with an error flag instead.
 pub const MAX_RECORD_BYTES: usize = 1024 * 1024;
 
-/// The bronze txn app id of one source partition.
-pub fn app_id(pipeline: &str, topic: &str, partition: i32) -> String {
-    format!("{pipeline}/{topic}/{partition}")
-}
-
 /// Committed positions read from the bronze table's txn actions. Every answer is
 /// remembered: it is the `previous` version of that partition's first commit, the value
-/// the compare-and-set in [`tables::commit`] checks.
+/// the compare-and-set in [`smelter_lake::commit`] checks.
 ///
 /// It starts from the snapshot the task has just loaded and brings it up to date only when
 /// a probe finds a newer commit: a task start (after a rebalance, on every worker that got
@@ -84,8 +80,9 @@ impl TablePositions {
 impl CommittedPositions for TablePositions {
     async fn committed(&self, topic: &str, partition: i32) -> Result<Option<i64>> {
         let mut table = self.table.lock().await;
-        tables::refresh(&mut table, &self.name).await?;
-        let answer = tables::txn_version(&table, &app_id(&self.pipeline, topic, partition)).await?;
+        log::refresh(&mut table, &self.name).await?;
+        let app_id = AppId::source(&self.pipeline, topic, partition);
+        let answer = log::txn_version(&table, &app_id).await?;
         self.answers
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -118,7 +115,7 @@ impl IngestTask {
             .sources
             .get(&self.source)
             .cloned()
-            .ok_or_else(|| WorkerError::Source {
+            .ok_or_else(|| WorkerError::SourceInvalid {
                 source_name: self.source.clone(),
                 message: "not declared in the pipeline".into(),
             })?;
@@ -278,19 +275,19 @@ impl IngestTask {
             // answer when the reader opened it.
             let previous = match committed.get(&(topic.to_string(), partition)) {
                 Some(&mine) => Some(mine),
-                None => positions.answered(topic, partition).ok_or_else(|| WorkerError::Source {
+                None => positions.answered(topic, partition).ok_or_else(|| WorkerError::SourceInvalid {
                     source_name: self.source.clone(),
                     message: format!("reader emitted {topic}/{partition} without asking for its start position"),
                 })?,
             };
             txns.push(TxnUpdate::new(
-                app_id(&env.pipeline.pipeline, topic, partition),
+                &AppId::source(&env.pipeline.pipeline, topic, partition),
                 previous,
                 offset,
             ));
         }
         let spec = env.table_spec(&self.table)?;
-        tables::commit(
+        smelter_lake::commit(
             table,
             &self.table,
             vec![batch],
@@ -300,6 +297,7 @@ impl IngestTask {
             &env.commits,
         )
         .await
+        .map_err(Into::into)
     }
 }
 

@@ -9,6 +9,8 @@ pub mod aggregate;
 pub mod drained;
 pub mod ingest;
 pub mod refine;
+pub mod schemas;
+pub mod validate;
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -18,7 +20,7 @@ use smelter_common::spec::{PipelineSpec, TableSpec};
 use smelter_proto::{TaskState, TaskStatusReport};
 use tokio::sync::Notify;
 
-use crate::tables::TableStore;
+use smelter_lake::TableStore;
 
 /// What every task needs from its worker.
 #[derive(Clone)]
@@ -30,7 +32,7 @@ pub struct TaskEnv {
     /// The pipeline the task belongs to.
     pub pipeline: Arc<PipelineSpec>,
     /// Commit locks and crash hooks, shared by the worker's tasks.
-    pub commits: Arc<crate::tables::CommitEnv>,
+    pub commits: Arc<smelter_lake::CommitEnv>,
 }
 
 impl TaskEnv {
@@ -137,11 +139,6 @@ impl Progress {
         }
         report
     }
-}
-
-/// The app id of a downstream task's txn actions: `"<table>/<upstream table>"`.
-pub fn downstream_app_id(table: &str, upstream: &str) -> String {
-    format!("{table}/{upstream}")
 }
 
 #[cfg(test)]

@@ -7,10 +7,11 @@ use smelter_common::spec::TableSpec;
 use smelter_proto::TaskState;
 use tokio_util::sync::CancellationToken;
 
-use super::{Progress, TaskEnv, downstream_app_id};
+use super::{Progress, TaskEnv};
+use crate::Result;
 use crate::refine::{self, KeyCache, Refiner, SilverAt};
-use crate::tables::{self, CommitOutcome, TxnUpdate, WriteMode};
-use crate::{Result, schemas};
+use crate::tasks::schemas;
+use smelter_lake::{AppId, CommitOutcome, TxnUpdate, WriteMode, log};
 
 /// Keeps one silver table (and its quarantine) current with its bronze table.
 pub struct RefineTask {
@@ -42,15 +43,15 @@ impl RefineTask {
             .tables
             .open_or_create(&quarantine_name, &schemas::quarantine(), &[], &env.commits)
             .await?;
-        let app_id = downstream_app_id(&self.table, &spec.from);
-        let quarantine_app_id = downstream_app_id(&quarantine_name, &spec.from);
-        let mut consumed = tables::txn_version(&silver, &app_id).await?;
-        let mut quarantined_to = tables::txn_version(&quarantine, &quarantine_app_id).await?;
+        let app_id = AppId::upstream(&self.table, &spec.from);
+        let quarantine_app_id = AppId::upstream(&quarantine_name, &spec.from);
+        let mut consumed = log::txn_version(&silver, &app_id).await?;
+        let mut quarantined_to = log::txn_version(&quarantine, &quarantine_app_id).await?;
         let poll = Duration::from_millis(env.config.poll_interval_ms);
         let heads = &env.commits.heads;
         progress.update(|r| {
-            r.table_rows = tables::row_count(&silver);
-            r.table_version = tables::version(&silver);
+            r.table_rows = log::row_count(&silver);
+            r.table_version = log::version(&silver);
         });
         progress.set_state(TaskState::Running);
         // The bronze table is only followed, never read as a snapshot: new versions are
@@ -65,14 +66,14 @@ impl RefineTask {
             }
             if bronze.is_none() && env.tables.exists(&spec.from).await {
                 let table = env.tables.open(&spec.from).await?;
-                let loaded = tables::version(&table);
+                let loaded = log::version(&table);
                 bronze = Some((table, loaded));
             }
             let Some((upstream, known)) = bronze.as_mut() else {
                 tokio::select! { _ = cancel.cancelled() => {}, _ = tokio::time::sleep(poll) => {} }
                 continue;
             };
-            *known = tables::latest_version(upstream, &spec.from, *known).await?;
+            *known = log::latest_version(upstream, &spec.from, *known).await?;
             let latest = *known;
             let done = consumed.unwrap_or(-1);
             progress.update(|r| r.lag = latest - done);
@@ -105,7 +106,7 @@ impl RefineTask {
             let quarantined = refined.quarantine.num_rows() as u64;
             if quarantined > 0 && quarantined_to.is_none_or(|q| q < to) {
                 let txns = vec![TxnUpdate::new(&quarantine_app_id, quarantined_to, to)];
-                match tables::commit(
+                match smelter_lake::commit(
                     &mut quarantine,
                     &quarantine_name,
                     vec![refined.quarantine],
@@ -128,7 +129,7 @@ impl RefineTask {
             }
             let good = refined.silver.iter().map(|b| b.num_rows() as u64).sum();
             let txns = vec![TxnUpdate::new(&app_id, consumed, to)];
-            match tables::commit(
+            match smelter_lake::commit(
                 &mut silver,
                 &self.table,
                 refined.silver,
@@ -175,12 +176,12 @@ impl RefineTask {
         quarantine: &mut DeltaTable,
     ) -> Result<(Option<i64>, Option<i64>)> {
         let heads = &env.commits.heads;
-        let app_id = downstream_app_id(&self.table, from);
-        let (_, at) = heads.txns(silver, &self.table, &[&app_id]).await?;
+        let app_id = AppId::upstream(&self.table, from);
+        let (_, at) = heads.txns(silver, &self.table, &[app_id]).await?;
         let quarantine_name = TableSpec::quarantine_name(&self.table);
-        let quarantine_app_id = downstream_app_id(&quarantine_name, from);
+        let quarantine_app_id = AppId::upstream(&quarantine_name, from);
         let (_, quarantined) = heads
-            .txns(quarantine, &quarantine_name, &[&quarantine_app_id])
+            .txns(quarantine, &quarantine_name, &[quarantine_app_id])
             .await?;
         Ok((at[0], quarantined[0]))
     }

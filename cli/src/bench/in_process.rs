@@ -1,0 +1,155 @@
+//! The in-process runs: `smelter up`'s cluster (coordinator and workers in this process,
+//! the in-memory coordination store, local tables) on the seeded generator.
+//!
+//! The process's own CPU counter and peak memory are the pipeline's: nothing else runs in
+//! it meanwhile but the check for the end, a probe per table every 250 ms (the limit is
+//! measured after, and the peak is rewound before each run).
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::Instant;
+
+use smelter_common::config::SmelterConfig;
+use smelter_common::spec::PipelineSpec;
+use smelter_lake::TableStore;
+use smelter_worker::tasks::drained::DrainWatch;
+
+use super::latency::ProduceTimes;
+use super::measure::{cpu_seconds, peak_rss_bytes, reset_peak, steal_seconds};
+use super::{BenchOptions, EndToEnd, LayerFigures, finish_run, now_ms, wait_for};
+use crate::Result;
+use crate::local::LocalCluster;
+use crate::workload::{bounded_demo, only_layers};
+use smelter_sdk::AdminClient;
+
+async fn start(
+    config: &SmelterConfig,
+    dir: &Path,
+    workers: u16,
+) -> Result<(LocalCluster, TableStore)> {
+    let mut config = config.clone();
+    config.storage.root = dir.join("tables");
+    config.coordinator.listen = "127.0.0.1:0".into();
+    config.worker.flight_listen = "127.0.0.1:0".into();
+    let tables = TableStore::new(&config.storage.root)?;
+    let cluster = LocalCluster::start(config, usize::from(workers)).await?;
+    Ok((cluster, tables))
+}
+
+async fn apply(cluster: &LocalCluster, text: &str) -> Result<PipelineSpec> {
+    let spec = crate::commands::load_pipeline(text, "bench.yaml").await?;
+    AdminClient::connect(&cluster.coordinator_endpoint)
+        .await?
+        .apply(text, "bench.yaml")
+        .await?;
+    Ok(spec)
+}
+
+/// The end-to-end run at `options.rate`.
+pub async fn end_to_end(config: &SmelterConfig, options: &BenchOptions) -> Result<EndToEnd> {
+    let dir = options
+        .work_dir
+        .join(format!("in-process-{}", uuid::Uuid::new_v4()));
+    let text = bounded_demo(options.events, options.partitions, Some(options.rate));
+    reset_peak();
+    let cpu_before = cpu_seconds(None).unwrap_or(0.0);
+    let steal_before = steal_seconds();
+    let (cluster, tables) = start(config, &dir, options.workers).await?;
+    let start_ms = now_ms();
+    let started = Instant::now();
+    let spec = apply(&cluster, &text).await?;
+    let mut drain = DrainWatch::new(tables.clone(), spec.clone());
+    wait_for(
+        "the in-process pipeline draining",
+        options.timeout,
+        async || drain.drained().await,
+    )
+    .await?;
+    let mut run = EndToEnd {
+        events: options.events,
+        rate: options.rate,
+        wall_seconds: started.elapsed().as_secs_f64(),
+        cpu_seconds: cpu_seconds(None).unwrap_or(0.0) - cpu_before,
+        steal_seconds: steal_seconds() - steal_before,
+        ..EndToEnd::default()
+    };
+    run.process_cpu_seconds
+        .insert("smelter up".into(), run.cpu_seconds);
+    run.peak_rss_bytes
+        .insert("smelter up".into(), peak_rss_bytes(None).unwrap_or(0));
+    let produced = ProduceTimes::Paced {
+        start_ms,
+        per_partition_per_ms: options.rate as f64 / f64::from(options.partitions.max(1)) / 1000.0,
+    };
+    let flight = cluster.flight_endpoints[0].clone();
+    let finished = finish_run(&mut run, &tables, &spec, &produced, &flight).await;
+    cluster.shutdown().await?;
+    finished?;
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(run)
+}
+
+/// The unpaced run, one layer at a time: bronze alone, then silver on top of it, then gold.
+/// Returns the figures per layer (limit fields left for the caller) and the bronze bytes.
+pub async fn layer_by_layer(
+    config: &SmelterConfig,
+    options: &BenchOptions,
+) -> Result<(BTreeMap<String, LayerFigures>, u64)> {
+    let dir = options
+        .work_dir
+        .join(format!("layers-{}", uuid::Uuid::new_v4()));
+    let text = bounded_demo(options.events, options.partitions, None);
+    let (cluster, tables) = start(config, &dir, options.workers).await?;
+    let mut layers = BTreeMap::new();
+    let mut outcome = Ok(());
+    for (layer, upto) in [
+        ("bronze", &["bronze"][..]),
+        ("silver", &["bronze", "silver"][..]),
+        ("gold", &["bronze", "silver", "gold"][..]),
+    ] {
+        let step = async {
+            let text = only_layers(&text, upto)?;
+            let cpu_before = cpu_seconds(None).unwrap_or(0.0);
+            let spec = apply(&cluster, &text).await?;
+            let mut drain = DrainWatch::new(tables.clone(), spec);
+            let wall = wait_for(
+                &format!("the {layer} layer draining"),
+                options.timeout,
+                async || drain.drained().await,
+            )
+            .await?;
+            let cpu = cpu_seconds(None).unwrap_or(0.0) - cpu_before;
+            Ok::<_, crate::CliError>(LayerFigures {
+                cpu_seconds: cpu,
+                wall_seconds: wall.as_secs_f64(),
+                events_per_cpu_second: super::limit::rate(options.events, cpu),
+                ..LayerFigures::default()
+            })
+        };
+        match step.await {
+            Ok(figures) => {
+                tracing::info!(layer, cpu_seconds = figures.cpu_seconds, "layer done");
+                layers.insert(layer.to_string(), figures);
+            }
+            Err(error) => {
+                outcome = Err(error);
+                break;
+            }
+        }
+    }
+    let bronze_bytes = match &outcome {
+        Ok(()) => {
+            let table = tables.open("bronze.events").await?;
+            smelter_lake::history::commits(&table, "bronze.events")
+                .await?
+                .iter()
+                .map(|c| c.bytes_added)
+                .sum()
+        }
+        Err(_) => 0,
+    };
+    cluster.shutdown().await?;
+    outcome?;
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok((layers, bronze_bytes))
+}

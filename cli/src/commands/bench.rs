@@ -1,0 +1,292 @@
+//! `smelter bench`: runs the benchmark and prints (and optionally writes) its result.
+
+use std::io::IsTerminal;
+use std::time::Duration;
+
+use smelter_common::config::SmelterConfig;
+
+use crate::bench::limit::{self, LimitSource};
+use crate::bench::{BenchOptions, BenchReport, EndToEnd, cluster, in_process, least_cpu_of};
+use crate::cli::BenchArgs;
+use crate::output::Format;
+use crate::workload::{bounded_demo, demo_events};
+use crate::{CliError, Result};
+
+fn say(message: &str) {
+    if std::io::stderr().is_terminal() {
+        eprintln!("bench: {message}");
+    }
+    tracing::info!("{message}");
+}
+
+/// Runs `smelter bench`.
+pub async fn run(config: SmelterConfig, args: BenchArgs) -> Result<()> {
+    let options = BenchOptions {
+        events: args.events.max(1),
+        rate: args.rate.max(1),
+        partitions: args.partitions,
+        workers: args.workers,
+        work_dir: args.work_dir.clone().unwrap_or_else(std::env::temp_dir),
+        timeout: Duration::from_secs(args.timeout_secs),
+        runs: args.runs,
+    };
+    let mut report = BenchReport {
+        version: env!("CARGO_PKG_VERSION").to_string(),
+        date: chrono_like_now(),
+        build: if cfg!(debug_assertions) {
+            "debug"
+        } else {
+            "release"
+        }
+        .into(),
+        cores: std::thread::available_parallelism().map_or(1, usize::from),
+        workload: serde_json::json!({
+            "events": options.events,
+            "rate": options.rate,
+            "partitions": options.partitions,
+            "workers": options.workers,
+            "generator": demo_events(options.partitions),
+        }),
+        ..BenchReport::default()
+    };
+    if !args.cluster_only {
+        say(&format!(
+            "in process, end to end: {} events at {}/s",
+            options.events, options.rate
+        ));
+        let (run, ()) = least_cpu_of(options.runs, async || {
+            Ok((in_process::end_to_end(&config, &options).await?, ()))
+        })
+        .await?;
+        report.in_process = Some(run);
+        say("in process, layer by layer, unpaced");
+        let (layers, bronze_bytes) = in_process::layer_by_layer(&config, &options).await?;
+        report.layers = layers;
+        if let Some(bronze) = report.layers.get("bronze") {
+            report.bronze_mb_per_second = bronze_bytes as f64 / 1e6 / bronze.wall_seconds.max(1e-9);
+        }
+    }
+    let mut kafka = None;
+    if let (Some(brokers), Some(etcd)) = (&args.brokers, &args.etcd) {
+        say(&format!(
+            "cluster on {brokers}: {} events at {}/s",
+            options.events, options.rate
+        ));
+        let services = cluster::Services {
+            brokers: brokers.clone(),
+            etcd: etcd.clone(),
+        };
+        let (run, spec) = least_cpu_of(options.runs, async || {
+            cluster::run(&options, &services).await
+        })
+        .await?;
+        report.cluster = Some(run);
+        kafka = cluster::kafka_source(&spec).cloned();
+    }
+    say("the limit: the same events through the bare stages");
+    let text = bounded_demo(options.events, options.partitions, None);
+    let spec = crate::commands::load_pipeline(&text, "bench.yaml").await?;
+    let source = match &kafka {
+        Some(k) => LimitSource::Kafka(k),
+        None => LimitSource::Generator,
+    };
+    report.limit = limit::measure(
+        &spec,
+        &demo_events(options.partitions),
+        options.events,
+        source,
+    )
+    .await?;
+    fill_fractions(&mut report);
+
+    let json = serde_json::to_string_pretty(&report)
+        .map_err(|e| CliError::Bench(format!("result: {e}")))?;
+    if let Some(path) = &args.out {
+        std::fs::write(path, format!("{json}\n")).map_err(|source| CliError::Io {
+            context: format!("write {}", path.display()),
+            source,
+        })?;
+    }
+    match args.output {
+        Format::Json => println!("{json}"),
+        _ => print!("{}", summary(&report)),
+    }
+    Ok(())
+}
+
+fn fill_fractions(report: &mut BenchReport) {
+    let limit = &report.limit;
+    let fraction = |value: f64, of: f64| if of > 0.0 { value / of } else { 0.0 };
+    if let Some(run) = &mut report.in_process {
+        run.fraction_of_limit = fraction(run.events_per_cpu_second, limit.events_per_cpu_second);
+    }
+    if let Some(run) = &mut report.cluster {
+        let of = limit
+            .kafka_events_per_cpu_second
+            .unwrap_or(limit.events_per_cpu_second);
+        run.fraction_of_limit = fraction(run.events_per_cpu_second, of);
+    }
+    for (layer, figures) in &mut report.layers {
+        let stages: &[&str] = match layer.as_str() {
+            "bronze" => &["generate", "bronze_encode"],
+            "silver" => &["json_decode", "silver_encode"],
+            _ => &["gold_group_by"],
+        };
+        figures.limit_events_per_cpu_second = limit.of(stages);
+        figures.fraction_of_limit = fraction(
+            figures.events_per_cpu_second,
+            figures.limit_events_per_cpu_second,
+        );
+    }
+}
+
+fn chrono_like_now() -> String {
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let days = (secs / 86_400) as i64;
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    let rem = secs % 86_400;
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        rem / 60 % 60,
+        rem % 60
+    )
+}
+
+fn run_lines(name: &str, run: &EndToEnd, out: &mut String) {
+    use std::fmt::Write as _;
+    let _ = writeln!(
+        out,
+        "{name}: {} events at {}/s in {:.1} s; {:.0} events/CPU-s ({:.0}% of the limit); \
+         latency p50 {:.0} ms, p99 {:.0} ms",
+        run.events,
+        run.rate,
+        run.wall_seconds,
+        run.events_per_cpu_second,
+        run.fraction_of_limit * 100.0,
+        run.latency.p50_ms,
+        run.latency.p99_ms,
+    );
+    if run.runs.len() > 1 {
+        let cpus: Vec<String> = run
+            .runs
+            .iter()
+            .map(|r| format!("{:.1}", r.cpu_seconds))
+            .collect();
+        let steal: Vec<String> = run
+            .runs
+            .iter()
+            .map(|r| format!("{:.1}", r.steal_seconds))
+            .collect();
+        let _ = writeln!(
+            out,
+            "  runs: {} CPU-s (the least is reported); the machine's steal {} s",
+            cpus.join(", "),
+            steal.join(", ")
+        );
+    }
+    let stages: Vec<String> = run
+        .latency
+        .stages
+        .iter()
+        .map(|(stage, p)| format!("{stage} {:.0} / {:.0} ms", p.p50_ms, p.p99_ms))
+        .collect();
+    if !stages.is_empty() {
+        let _ = writeln!(
+            out,
+            "  latency p50 / p99 until committed in {}, gold {:.0} / {:.0} ms",
+            stages.join(", "),
+            run.latency.p50_ms,
+            run.latency.p99_ms
+        );
+    }
+    for (process, bytes) in &run.peak_rss_bytes {
+        let cpu = run.process_cpu_seconds.get(process).copied().unwrap_or(0.0);
+        let _ = writeln!(
+            out,
+            "  {process}: {cpu:.1} CPU-s, peak RSS {:.0} MiB",
+            *bytes as f64 / 1048576.0
+        );
+    }
+    for (table, shape) in &run.commits {
+        let _ = writeln!(
+            out,
+            "  {table}: {} commits, {:.1} files and {:.0} KiB per commit",
+            shape.commits,
+            shape.files_per_commit,
+            shape.bytes_per_commit / 1024.0
+        );
+    }
+    for query in &run.queries {
+        let _ = writeln!(
+            out,
+            "  query {}: {} rows, p50 {:.1} ms, max {:.1} ms",
+            query.name, query.rows, query.p50_ms, query.max_ms
+        );
+    }
+}
+
+fn summary(report: &BenchReport) -> String {
+    use std::fmt::Write as _;
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "smelter bench {} ({} build, {} cores)",
+        report.date, report.build, report.cores
+    );
+    let _ = writeln!(
+        out,
+        "limit: {:.0} events/CPU-s (generator source){}",
+        report.limit.events_per_cpu_second,
+        report
+            .limit
+            .kafka_events_per_cpu_second
+            .map_or(String::new(), |k| format!(", {k:.0} (Kafka source)"))
+    );
+    for stage in &report.limit.stages {
+        let counted = ["generate", "kafka_consume"].contains(&stage.name.as_str())
+            || limit::REFINING.contains(&stage.name.as_str());
+        let _ = writeln!(
+            out,
+            "  {}: {:.2} CPU-s, {:.0} events/CPU-s{}",
+            stage.name,
+            stage.cpu_seconds,
+            stage.events_per_cpu_second,
+            if counted {
+                ""
+            } else {
+                " (for comparison, not counted)"
+            }
+        );
+    }
+    if let Some(run) = &report.in_process {
+        run_lines("in process", run, &mut out);
+    }
+    for (layer, figures) in &report.layers {
+        let _ = writeln!(
+            out,
+            "  layer {layer}: {:.2} CPU-s, {:.0} events/CPU-s ({:.0}% of its stages)",
+            figures.cpu_seconds,
+            figures.events_per_cpu_second,
+            figures.fraction_of_limit * 100.0
+        );
+    }
+    if report.bronze_mb_per_second > 0.0 {
+        let _ = writeln!(out, "  bronze: {:.1} MB/s", report.bronze_mb_per_second);
+    }
+    if let Some(run) = &report.cluster {
+        run_lines("cluster", run, &mut out);
+    }
+    out
+}

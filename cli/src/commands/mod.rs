@@ -1,0 +1,51 @@
+//! One module per CLI verb; each returns a `Result` the binary turns into an exit code.
+
+pub mod admin;
+pub mod bench;
+pub mod compact;
+pub mod roles;
+pub mod up;
+pub mod verify;
+
+use std::path::Path;
+
+use smelter_common::spec::PipelineSpec;
+
+use crate::Result;
+
+/// The demo pipeline, embedded so `smelter up --demo` works from any directory.
+pub const DEMO_PIPELINE: &str = include_str!("../../../examples/clickstream.yaml");
+
+/// Parses and fully validates a pipeline (schema, expectations, gold SQL).
+pub async fn load_pipeline(text: &str, origin: &str) -> Result<PipelineSpec> {
+    let spec = PipelineSpec::parse(text, origin)?;
+    smelter_worker::tasks::validate::validate_pipeline(&spec, origin).await?;
+    Ok(spec)
+}
+
+/// The tables of a data directory given on the command line (`DIR/tables`, as `smelter up`
+/// lays it out), or of the configured storage (local or S3); and the names asked for, or all.
+pub async fn local_tables(
+    config: &smelter_common::config::SmelterConfig,
+    data_dir: Option<&Path>,
+    names: Vec<String>,
+) -> Result<(smelter_lake::TableStore, Vec<String>)> {
+    let tables = match data_dir {
+        Some(dir) => smelter_lake::TableStore::new(dir.join("tables"))?,
+        None => smelter_lake::TableStore::from_config(&config.storage)?,
+    };
+    let names = if names.is_empty() {
+        tables.list().await
+    } else {
+        names
+    };
+    Ok((tables, names))
+}
+
+/// Reads a pipeline file.
+pub fn read_file(path: &Path) -> Result<String> {
+    std::fs::read_to_string(path).map_err(|source| crate::CliError::Io {
+        context: format!("read {}", path.display()),
+        source,
+    })
+}

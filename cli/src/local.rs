@@ -1,0 +1,128 @@
+//! A whole cluster in one process: the coordinator with the in-memory store and N workers,
+//! talking over loopback gRPC exactly as separate processes would. Used by `smelter up`
+//! and by the in-process test harness.
+
+use std::sync::Arc;
+
+use smelter_common::config::SmelterConfig;
+use smelter_common::store::{CoordinationStore, MemoryStore};
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::{CliError, Result};
+
+/// A running in-process cluster.
+pub struct LocalCluster {
+    /// URL of the coordinator's gRPC service.
+    pub coordinator_endpoint: String,
+    /// `host:port` of each worker's Flight SQL service.
+    pub flight_endpoints: Vec<String>,
+    workers_shutdown: CancellationToken,
+    coordinator_shutdown: CancellationToken,
+    workers: Vec<JoinHandle<smelter_worker::Result<()>>>,
+    coordinator: JoinHandle<smelter_coordinator::Result<()>>,
+}
+
+async fn bind(address: &str) -> Result<TcpListener> {
+    TcpListener::bind(address)
+        .await
+        .map_err(|source| CliError::Io {
+            context: format!("bind {address}"),
+            source,
+        })
+}
+
+/// The coordinator serves gRPC before its (uncontested, in-memory) election is won; callers
+/// get a cluster that accepts `apply` at once.
+async fn wait_until_leading(endpoint: &str) -> Result<()> {
+    smelter_harness::wait_until(std::time::Duration::from_secs(30), "a leader", async || {
+        smelter_sdk::AdminClient::connect(endpoint).await.map(drop)
+    })
+    .await
+    .map_err(|message| {
+        CliError::Sdk(smelter_sdk::SdkError::Unreachable {
+            endpoint: endpoint.to_string(),
+            message,
+        })
+    })
+}
+
+impl LocalCluster {
+    /// Starts the coordinator on `config.coordinator.listen` and `workers` workers (at least
+    /// one); the
+    /// first worker serves Flight SQL on `config.worker.flight_listen`, the others on free
+    /// loopback ports.
+    pub async fn start(mut config: SmelterConfig, workers: usize) -> Result<LocalCluster> {
+        let listener = bind(&config.coordinator.listen).await?;
+        let address = listener.local_addr().map_err(|source| CliError::Io {
+            context: "coordinator address".into(),
+            source,
+        })?;
+        config.coordinator.endpoint = format!("http://{address}");
+        let coordinator_shutdown = CancellationToken::new();
+        // One store for the coordinator and every worker's commit locks.
+        let store: Arc<dyn CoordinationStore> = Arc::new(MemoryStore::new());
+        let coordinator = tokio::spawn(smelter_coordinator::run(
+            config.coordinator.clone(),
+            store.clone(),
+            listener,
+            coordinator_shutdown.clone(),
+        ));
+        let workers_shutdown = CancellationToken::new();
+        let mut handles = Vec::new();
+        let mut flight_endpoints = Vec::new();
+        // One cache of recently committed files: refine reads what any worker's ingest wrote.
+        let recent = smelter_lake::recent_files::RecentFiles::from_config(&config.worker);
+        for i in 0..workers.max(1) {
+            let flight_address = if i == 0 {
+                config.worker.flight_listen.clone()
+            } else {
+                "127.0.0.1:0".to_string()
+            };
+            let listener = bind(&flight_address).await?;
+            let local = listener.local_addr().map_err(|source| CliError::Io {
+                context: "flight address".into(),
+                source,
+            })?;
+            flight_endpoints.push(local.to_string());
+            handles.push(tokio::spawn(smelter_worker::run(
+                config.clone(),
+                listener,
+                Some(store.clone()),
+                recent.clone(),
+                workers_shutdown.clone(),
+            )));
+        }
+        wait_until_leading(&config.coordinator.endpoint).await?;
+        Ok(LocalCluster {
+            coordinator_endpoint: config.coordinator.endpoint.clone(),
+            flight_endpoints,
+            workers_shutdown,
+            coordinator_shutdown,
+            workers: handles,
+            coordinator,
+        })
+    }
+
+    /// Drains the workers (in-flight batches are committed, leases released), then stops
+    /// the coordinator.
+    pub async fn shutdown(self) -> Result<()> {
+        self.workers_shutdown.cancel();
+        let mut first_error = None;
+        for handle in self.workers {
+            match handle.await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => first_error = first_error.or(Some(CliError::Worker(e))),
+                Err(e) => tracing::error!(error = %e, "worker task panicked"),
+            }
+        }
+        self.coordinator_shutdown.cancel();
+        match self.coordinator.await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => first_error = first_error.or(Some(CliError::Coordinator(e))),
+            Err(e) => tracing::error!(error = %e, "coordinator task panicked"),
+        }
+        first_error.map_or(Ok(()), Err)
+    }
+}

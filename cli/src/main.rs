@@ -1,0 +1,79 @@
+//! The `smelter` binary: parses arguments, loads configuration, dispatches, and maps errors
+//! to exit codes (2: invalid input, 1: failure).
+
+use std::io::IsTerminal;
+
+use clap::Parser;
+use smelter_cli::cli::{Cli, Command};
+use smelter_cli::{CliError, commands};
+use smelter_common::config::SmelterConfig;
+use smelter_common::shutdown::{CancellationToken, cancel_on_signal};
+use smelter_common::telemetry::{LogFormat, init_logging};
+
+// Many threads allocating Arrow buffers contend on glibc's malloc; mimalloc does not.
+// (Built without transparent huge pages: see the workspace Cargo.toml.)
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+fn main() {
+    let cli = Cli::parse();
+    // On a terminal `smelter up` draws live progress; info lines would tear it apart.
+    let interactive_up =
+        matches!(cli.command, Command::Up(_)) && std::io::stderr().is_terminal() && !cli.log_json;
+    // The benchmark's result is its output; its in-process cluster's info lines are noise.
+    let quiet = interactive_up || matches!(cli.command, Command::Bench(_));
+    let level = if quiet && cli.log_level == "info" {
+        "warn"
+    } else {
+        cli.log_level.as_str()
+    };
+    init_logging(
+        if cli.log_json {
+            LogFormat::Json
+        } else {
+            LogFormat::Text
+        },
+        level,
+    );
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("error: cannot start the async runtime: {error}");
+            std::process::exit(1);
+        }
+    };
+    if let Err(error) = runtime.block_on(run(cli)) {
+        eprintln!("error: {error}");
+        std::process::exit(error.exit_code());
+    }
+}
+
+async fn run(cli: Cli) -> Result<(), CliError> {
+    let config = SmelterConfig::load(cli.config.as_deref(), std::env::vars())?;
+    let shutdown = CancellationToken::new();
+    match cli.command {
+        Command::Up(args) => {
+            cancel_on_signal(shutdown.clone());
+            commands::up::run(config, args, shutdown).await
+        }
+        Command::Coordinator => {
+            cancel_on_signal(shutdown.clone());
+            commands::roles::coordinator(config, shutdown).await
+        }
+        Command::Worker => {
+            cancel_on_signal(shutdown.clone());
+            commands::roles::worker(config, shutdown).await
+        }
+        Command::Query(args) => commands::admin::query(args).await,
+        Command::Tables(args) => commands::admin::tables(args).await,
+        Command::Status(args) => commands::admin::status(args).await,
+        Command::Validate(args) => commands::admin::validate(args).await,
+        Command::Apply(args) => commands::admin::apply(args).await,
+        Command::Verify(args) => commands::verify::run(config, args).await,
+        Command::Compact(args) => commands::compact::run(config, args).await,
+        Command::Bench(args) => commands::bench::run(config, args).await,
+    }
+}

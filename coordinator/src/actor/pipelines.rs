@@ -1,0 +1,121 @@
+//! Pipelines: applying a spec (stored, then turned into tasks), and the Kafka partitions
+//! discovery finds for their sources.
+
+use std::collections::BTreeMap;
+
+use smelter_common::spec::{PipelineSpec, SourceSpec};
+use smelter_common::store::keys;
+use smelter_proto::{ApplyPipelineResponse, PipelineDefinition};
+
+use super::Actor;
+use super::persist::{StoredPipeline, encode};
+use super::tasks::pipeline_tasks;
+use crate::Result;
+use crate::discovery::KafkaSource;
+
+impl Actor {
+    /// Makes `definition` the pipeline's current spec and its tasks the pipeline's tasks;
+    /// returns how many tasks it has.
+    pub(super) fn install(&mut self, definition: PipelineDefinition) -> Result<usize> {
+        let spec = PipelineSpec::parse(&definition.spec_yaml, &definition.origin)?;
+        self.tasks.retain(|_, t| t.pipeline != spec.pipeline);
+        let kafka: BTreeMap<String, u32> = self
+            .partitions
+            .iter()
+            .filter(|((p, _), _)| *p == spec.pipeline)
+            .map(|((_, source), count)| (source.clone(), *count))
+            .collect();
+        let tasks = pipeline_tasks(&spec, &kafka);
+        let count = tasks.len();
+        for task in tasks {
+            self.tasks.insert(task.task_id.clone(), task);
+        }
+        self.pipelines.insert(spec.pipeline.clone(), definition);
+        Ok(count)
+    }
+
+    /// Declares or changes a pipeline: stored first, then installed, then placed.
+    pub(super) async fn apply(
+        &mut self,
+        spec_yaml: String,
+        origin: String,
+    ) -> Result<ApplyPipelineResponse> {
+        let spec = PipelineSpec::parse(&spec_yaml, &origin)?;
+        let revision = self
+            .pipelines
+            .get(&spec.pipeline)
+            .map_or(1, |p| p.revision + 1);
+        let stored = StoredPipeline {
+            name: spec.pipeline.clone(),
+            spec_yaml,
+            origin,
+            revision,
+        };
+        let value = encode(&stored)?;
+        self.put(&keys::pipeline(&spec.pipeline), value, None)
+            .await?;
+        let tasks = self.install(stored.into())?;
+        tracing::info!(pipeline = %spec.pipeline, revision, tasks, "pipeline applied");
+        if spec
+            .sources
+            .values()
+            .any(|s| matches!(s, SourceSpec::Kafka(_)))
+        {
+            self.discover.notify_one();
+        }
+        // A changed spec restarts the pipeline's tasks so they pick it up: bump the generation
+        // even if placement is unchanged.
+        self.rebalance().await;
+        self.bump().await;
+        Ok(ApplyPipelineResponse {
+            pipeline: spec.pipeline,
+            revision,
+            tasks: tasks as u32,
+        })
+    }
+
+    /// The Kafka sources of every pipeline.
+    pub(super) fn kafka_sources(&self) -> Vec<KafkaSource> {
+        let mut out = Vec::new();
+        for definition in self.pipelines.values() {
+            let Ok(spec) = PipelineSpec::parse(&definition.spec_yaml, &definition.origin) else {
+                continue;
+            };
+            for (name, source) in &spec.sources {
+                if let SourceSpec::Kafka(kafka) = source {
+                    out.push((spec.pipeline.clone(), name.clone(), kafka.clone()));
+                }
+            }
+        }
+        out
+    }
+
+    /// Discovery found `count` partitions: more than known gives new ingest tasks.
+    pub(super) async fn partitions_found(&mut self, pipeline: String, source: String, count: u32) {
+        let key = (pipeline.clone(), source.clone());
+        let known = self.partitions.get(&key).copied().unwrap_or(0);
+        // Kafka partitions are only ever added; a smaller answer is a broker's hiccup.
+        if count <= known {
+            return;
+        }
+        tracing::info!(%pipeline, %source, from = known, to = count, "kafka partitions discovered");
+        if let Err(error) = self
+            .put(
+                &keys::partitions(&pipeline, &source),
+                count.to_string().into_bytes(),
+                None,
+            )
+            .await
+        {
+            tracing::warn!(%error, "cannot persist partition count; retrying next round");
+            return;
+        }
+        self.partitions.insert(key, count);
+        if let Some(definition) = self.pipelines.get(&pipeline).cloned()
+            && let Err(error) = self.install(definition)
+        {
+            tracing::error!(%pipeline, %error, "cannot reinstall pipeline");
+        }
+        self.rebalance().await;
+    }
+}

@@ -1,0 +1,55 @@
+//! From a pipeline spec to the tasks it needs: one ingest task per source partition, one
+//! refine task per silver table, one aggregate task per gold table.
+
+use std::collections::BTreeMap;
+
+use smelter_common::spec::{Layer, PipelineSpec};
+use smelter_proto::{TaskAssignment, TaskKind};
+
+/// The tasks `spec` needs. `kafka_partitions` gives the discovered partition count of each
+/// Kafka source (none yet: no ingest tasks for it yet).
+pub fn pipeline_tasks(
+    spec: &PipelineSpec,
+    kafka_partitions: &BTreeMap<String, u32>,
+) -> Vec<TaskAssignment> {
+    let mut tasks = Vec::new();
+    for (name, table) in spec.tables_in(Layer::Bronze) {
+        let partitions = spec.sources.get(&table.from).map_or(0, |s| {
+            s.partitions()
+                .unwrap_or_else(|| kafka_partitions.get(&table.from).copied().unwrap_or(0))
+        });
+        for partition in 0..partitions as i32 {
+            tasks.push(task(
+                TaskKind::Ingest,
+                &spec.pipeline,
+                name,
+                &table.from,
+                partition,
+            ));
+        }
+    }
+    for (name, _) in spec.tables_in(Layer::Silver) {
+        tasks.push(task(TaskKind::Refine, &spec.pipeline, name, "", 0));
+    }
+    for (name, _) in spec.tables_in(Layer::Gold) {
+        tasks.push(task(TaskKind::Aggregate, &spec.pipeline, name, "", 0));
+    }
+    tasks
+}
+
+fn task(
+    kind: TaskKind,
+    pipeline: &str,
+    table: &str,
+    source: &str,
+    partition: i32,
+) -> TaskAssignment {
+    TaskAssignment {
+        task_id: TaskAssignment::make_id(kind, pipeline, table, source, partition),
+        kind: kind as i32,
+        pipeline: pipeline.to_string(),
+        table: table.to_string(),
+        source: source.to_string(),
+        partition,
+    }
+}

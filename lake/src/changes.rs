@@ -1,0 +1,197 @@
+//! What a table holds or gained, as data files: the files a range of versions added, or
+//! every file of a snapshot, read with only the columns a task needs.
+//!
+//! Downstream tasks read these instead of rescanning their upstream table (refine reads
+//! bronze's new files, incremental gold reads silver's). Files added without `dataChange`
+//! (compaction) are skipped: their rows were already there. A range that also removed rows
+//! with `dataChange` (delete, restore, merge), changed the metadata or the protocol, or
+//! added files with deletion vectors is marked [`Range::rewritten`]: its added files alone
+//! do not say what the table now holds, and a reader that folds additions must start over.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+
+use arrow::array::{ArrayRef, RecordBatch, RecordBatchOptions, StringArray, new_null_array};
+use arrow::datatypes::SchemaRef;
+use datafusion::object_store::ObjectStoreExt;
+use deltalake::DeltaTable;
+use deltalake::kernel::Action;
+use deltalake::parquet::arrow::ProjectionMask;
+use deltalake::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+
+use crate::recent_files::RecentFiles;
+use crate::{LakeError, Result};
+
+/// Rows decoded from Parquet per batch.
+const READ_BATCH_ROWS: usize = 16 * 1024;
+
+/// One data file of a table.
+#[derive(Debug, Clone)]
+pub struct DataFile {
+    /// Path relative to the table root, as the log writes it (URL-encoded).
+    pub path: String,
+    /// Partition column values, as the log writes them.
+    pub partition_values: HashMap<String, Option<String>>,
+    /// Rows in the file, when the log's statistics say.
+    pub rows: Option<u64>,
+}
+
+/// The data files versions `from..=to` added.
+#[derive(Debug, Default)]
+pub struct Range {
+    /// Files added with `dataChange`, in commit order.
+    pub added: Vec<DataFile>,
+    /// Whether the range did more than append (see the module docs).
+    pub rewritten: bool,
+}
+
+/// The actions of commit `version` of `table`, read from its commit entry; `None` when the
+/// entry is not in the log (never written, or cleaned up).
+pub async fn commit_actions(
+    table: &DeltaTable,
+    name: &str,
+    version: i64,
+) -> Result<Option<Vec<Action>>> {
+    let delta = |e| LakeError::delta(name, e);
+    match table
+        .log_store()
+        .read_commit_entry(version as u64)
+        .await
+        .map_err(delta)?
+    {
+        Some(bytes) => Ok(Some(
+            deltalake::logstore::get_actions(version as u64, &bytes).map_err(delta)?,
+        )),
+        None => Ok(None),
+    }
+}
+
+/// The files versions `from..=to` of `table` added, read from the commit entries.
+pub async fn range(table: &DeltaTable, name: &str, from: i64, to: i64) -> Result<Range> {
+    let mut range = Range::default();
+    for version in from..=to {
+        let Some(actions) = commit_actions(table, name, version).await? else {
+            return Err(LakeError::generic(
+                name,
+                format!("commit {version} is missing from the log"),
+            ));
+        };
+        for action in actions {
+            match action {
+                Action::Add(add) if add.data_change => {
+                    range.rewritten |= add.deletion_vector.is_some();
+                    range.added.push(DataFile {
+                        rows: None,
+                        path: add.path,
+                        partition_values: add.partition_values.into_iter().collect(),
+                    });
+                }
+                Action::Remove(remove) if remove.data_change => range.rewritten = true,
+                Action::Metadata(_) | Action::Protocol(_) => range.rewritten = true,
+                _ => {}
+            }
+        }
+    }
+    Ok(range)
+}
+
+/// Every data file of the table's loaded snapshot. Fails on files with deletion vectors,
+/// whose rows cannot be read from the file alone.
+pub fn snapshot(table: &DeltaTable, name: &str) -> Result<Vec<DataFile>> {
+    let snapshot = table.snapshot().map_err(|e| LakeError::delta(name, e))?;
+    snapshot
+        .log_data()
+        .iter()
+        .map(|file| {
+            if file.deletion_vector_descriptor().is_some() {
+                return Err(LakeError::generic(
+                    name,
+                    format!("{} has a deletion vector", file.path()),
+                ));
+            }
+            Ok(DataFile {
+                path: file.path().into_owned(),
+                partition_values: file.partition_values_map(),
+                rows: file.num_records().map(|n| n as u64),
+            })
+        })
+        .collect()
+}
+
+/// The rows of `file`, with only the columns whose top-level names are in `columns` (all
+/// of them when `None`), as the file stores them: from `recent` if this worker committed
+/// the file lately, else from storage.
+pub async fn read(
+    table: &DeltaTable,
+    name: &str,
+    file: &DataFile,
+    columns: Option<&HashSet<String>>,
+    recent: &RecentFiles,
+) -> Result<Vec<RecordBatch>> {
+    if let Some(rows) = recent.get(table.table_url().as_str(), &file.path, columns) {
+        return Ok(rows);
+    }
+    let path = deltalake::Path::from_url_path(&file.path)
+        .map_err(|e| LakeError::generic(name, format!("bad path {}: {e}", file.path)))?;
+    let data = table
+        .object_store()
+        .get(&path)
+        .await
+        .map_err(|e| LakeError::delta(name, e.into()))?
+        .bytes()
+        .await
+        .map_err(|e| LakeError::delta(name, e.into()))?;
+    let builder = ParquetRecordBatchReaderBuilder::try_new(data)
+        .map_err(|e| LakeError::delta(name, e.into()))?;
+    let builder = match columns {
+        Some(columns) => {
+            let roots: Vec<usize> = builder
+                .schema()
+                .fields()
+                .iter()
+                .enumerate()
+                .filter(|(_, f)| columns.contains(f.name()))
+                .map(|(i, _)| i)
+                .collect();
+            let mask = ProjectionMask::roots(builder.parquet_schema(), roots);
+            builder.with_projection(mask)
+        }
+        None => builder,
+    };
+    let reader = builder
+        .with_batch_size(READ_BATCH_ROWS)
+        .build()
+        .map_err(|e| LakeError::delta(name, e.into()))?;
+    Ok(reader.collect::<std::result::Result<Vec<_>, _>>()?)
+}
+
+/// `batch` (rows of `file`) shaped as `schema`: columns matched by name and cast to the
+/// schema's types, partition columns filled from the file's partition values, and columns
+/// the file lacks (added to the table after it was written) null.
+pub fn conform(batch: &RecordBatch, file: &DataFile, schema: &SchemaRef) -> Result<RecordBatch> {
+    let rows = batch.num_rows();
+    let columns = schema
+        .fields()
+        .iter()
+        .map(|field| {
+            let column: ArrayRef = match batch.column_by_name(field.name()) {
+                Some(column) => column.clone(),
+                None => match file.partition_values.get(field.name()) {
+                    Some(value) => Arc::new(StringArray::from(vec![value.as_deref(); rows])),
+                    None => new_null_array(field.data_type(), rows),
+                },
+            };
+            if column.data_type() == field.data_type() {
+                Ok(column)
+            } else {
+                Ok(arrow::compute::cast(&column, field.data_type())?)
+            }
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let options = RecordBatchOptions::new().with_row_count(Some(rows));
+    Ok(RecordBatch::try_new_with_options(
+        schema.clone(),
+        columns,
+        &options,
+    )?)
+}

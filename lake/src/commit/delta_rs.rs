@@ -1,0 +1,56 @@
+//! The commit through delta-rs's own commit path and conflict checker, on a snapshot
+//! brought up to date: for what the lean path does not check itself.
+
+use deltalake::DeltaTable;
+use deltalake::kernel::Action;
+use deltalake::kernel::transaction::{CommitBuilder, CommitProperties};
+use deltalake::table::config::TablePropertiesExt as _;
+
+use super::{Attempt, CommitOutcome, WriteMode};
+use crate::log::{txn_version, version};
+use crate::{LakeError, Result};
+
+/// The commit through delta-rs, on a snapshot brought up to date: for what the lean path
+/// does not check itself (see the module docs).
+pub(super) async fn commit(table: &mut DeltaTable, attempt: Attempt<'_>) -> Result<CommitOutcome> {
+    let (name, payload) = (attempt.name, attempt.payload);
+    let app_ids = attempt.app_ids();
+    let mut current = Vec::with_capacity(app_ids.len());
+    for app_id in &app_ids {
+        current.push(txn_version(table, app_id).await?);
+    }
+    let Some(txn_actions) = super::lean::txn_actions(attempt.txns, attempt.epoch, &current) else {
+        return Ok(CommitOutcome::AlreadyCommitted);
+    };
+    let mut actions: Vec<Action> = payload.files.iter().cloned().map(Action::Add).collect();
+    if payload.mode == WriteMode::Overwrite {
+        let snapshot = table.snapshot().map_err(|e| LakeError::delta(name, e))?;
+        actions.extend(
+            snapshot
+                .log_data()
+                .iter()
+                .map(|file| Action::Remove(file.remove_action(true))),
+        );
+    }
+    let snapshot = table.snapshot().map_err(|e| LakeError::delta(name, e))?;
+    // Expired log entries are cleaned up only by the commits that write a checkpoint (the
+    // only ones after which there is anything to clean): the cleanup lists the whole log.
+    let cleanup = {
+        let config = snapshot.table_config();
+        config.enable_expired_log_cleanup()
+            && ((version(table) + 1) as u64).is_multiple_of(config.checkpoint_interval().get())
+    };
+    let properties = CommitProperties::default()
+        .with_application_transactions(txn_actions)
+        .with_cleanup_expired_logs(Some(cleanup));
+    let committed = CommitBuilder::from(properties)
+        .with_actions(actions)
+        .build(Some(snapshot), table.log_store(), payload.operation())
+        .await;
+    attempt.env.failpoints.hit("commit.after_log");
+    let committed = committed.map_err(|e| LakeError::delta(name, e))?;
+    let version = committed.version() as i64;
+    // The commit carried the snapshot forward to its own version.
+    table.state = Some(committed.snapshot());
+    Ok(CommitOutcome::Committed { version })
+}

@@ -1,0 +1,194 @@
+//! The lean commit path: the log entry written as exactly the version after the head this
+//! writer followed, with put-if-absent (see the module docs of [`crate::commit`]).
+
+use std::collections::HashMap;
+
+use deltalake::kernel::transaction::{CommitData, TransactionError};
+use deltalake::kernel::{Action, Transaction};
+use deltalake::logstore::CommitOrBytes;
+use deltalake::table::config::TablePropertiesExt as _;
+use deltalake::{DeltaTable, DeltaTableError};
+
+use super::{Attempt, CommitOutcome, Payload, TxnUpdate, WriteMode};
+use crate::app_id::AppId;
+use crate::heads::Head;
+use crate::log::{refresh, version};
+use crate::{LakeError, Result};
+
+/// How often the log entry is attempted when other writers keep taking the next version.
+const VERSION_RACES: usize = 20;
+
+/// One attempt: find the head, check the txn positions and the epoch, write the log entry.
+pub(super) async fn commit_once(
+    table: &mut DeltaTable,
+    attempt: Attempt<'_>,
+) -> Result<CommitOutcome> {
+    let Attempt {
+        name,
+        payload,
+        txns,
+        epoch,
+        env,
+    } = attempt;
+    let app_ids = attempt.app_ids();
+    for _ in 0..VERSION_RACES {
+        let (head, current) = env.heads.txns(table, name, &app_ids).await?;
+        if !head.metadata_as_of(version(table))
+            || CommitPath::choose(table, payload.mode) == CommitPath::DeltaRs
+        {
+            refresh(table, name).await?;
+            return super::delta_rs::commit(table, attempt).await;
+        }
+        let Some(txn_actions) = txn_actions(txns, epoch, &current) else {
+            return Ok(CommitOutcome::AlreadyCommitted);
+        };
+        let data = CommitData::new(
+            actions(payload, &head),
+            payload.operation(),
+            HashMap::new(),
+            txn_actions,
+        );
+        let bytes = data
+            .get_bytes()
+            .map_err(|e| LakeError::delta(name, e.into()))?;
+        let next = head.version() + 1;
+        let written = table
+            .log_store()
+            .write_commit_entry(
+                next as u64,
+                CommitOrBytes::LogBytes(bytes),
+                uuid::Uuid::new_v4(),
+            )
+            .await;
+        env.failpoints.hit("commit.after_log");
+        match written {
+            Ok(()) => {
+                env.heads.committed(name, next, &data.actions);
+                checkpoint_if_due(table, name, next).await;
+                return Ok(CommitOutcome::Committed { version: next });
+            }
+            Err(TransactionError::VersionAlreadyExists(_)) if epoch.is_some() => {
+                // Under the commit lock nobody else writes the log: another holder did, so
+                // this writer's lock lapsed (paused past its lease). The attempt fails; the
+                // next one takes the lock again and decides from the txn versions.
+                return Err(LakeError::CommitConflict {
+                    table: name.to_string(),
+                    message: format!(
+                        "version {next} was written by another holder of the commit lock"
+                    ),
+                });
+            }
+            Err(TransactionError::VersionAlreadyExists(_)) => {
+                tracing::debug!(
+                    table = name,
+                    version = next,
+                    "another writer took the version; reading its commit"
+                );
+            }
+            Err(e) => return Err(LakeError::delta(name, e.into())),
+        }
+    }
+    Err(LakeError::CommitConflict {
+        table: name.to_string(),
+        message: format!("other writers took the next version {VERSION_RACES} times in a row"),
+    })
+}
+
+/// The commit's txn actions, or `None` when the table no longer holds a position the
+/// commit started from. `current` holds the positions at the head, then the latest epoch
+/// when the commit carries one.
+pub(super) fn txn_actions(
+    txns: &[TxnUpdate],
+    epoch: Option<i64>,
+    current: &[Option<i64>],
+) -> Option<Vec<Transaction>> {
+    for (txn, current) in txns.iter().zip(current) {
+        if *current != txn.previous {
+            tracing::debug!(app_id = %txn.app_id, ?current, previous = ?txn.previous, "txn position moved");
+            return None;
+        }
+    }
+    let mut actions: Vec<Transaction> = txns
+        .iter()
+        .map(|t| Transaction::new(t.app_id.to_string(), t.version))
+        .collect();
+    if let Some(lock_revision) = epoch {
+        // Above the lock's revision and above every epoch already in the table: epochs
+        // strictly increase in log order even if the store's revisions started over
+        // (a restarted in-process store, a rebuilt etcd).
+        let latest = current[txns.len()];
+        let epoch = lock_revision.max(latest.map_or(0, |e| e + 1));
+        actions.push(Transaction::new(AppId::Epoch.to_string(), epoch));
+    }
+    Some(actions)
+}
+
+/// The data actions: the new files, and for an overwrite the removal of every file the
+/// table holds at `head`.
+fn actions(payload: &Payload<'_>, head: &Head) -> Vec<Action> {
+    let mut actions: Vec<Action> = payload.files.iter().cloned().map(Action::Add).collect();
+    if payload.mode == WriteMode::Overwrite {
+        let now = chrono::Utc::now().timestamp_millis();
+        actions.extend(head.files().map(|f| Action::Remove(f.remove(now))));
+    }
+    actions
+}
+
+/// Which code writes a commit's log entry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CommitPath {
+    /// This crate, from the head it followed (see the module docs of [`crate::commit`]).
+    Lean,
+    /// delta-rs's commit path and conflict checker, on a refreshed snapshot: for what the
+    /// lean path does not check itself.
+    DeltaRs,
+}
+
+impl CommitPath {
+    /// The path for a commit of `mode` to `table` as loaded: the lean one unless the
+    /// protocol asks for features it does not write (reader version above 1, writer
+    /// version above 2) or an append-only table would be overwritten.
+    pub fn choose(table: &DeltaTable, mode: WriteMode) -> CommitPath {
+        let Ok(snapshot) = table.snapshot() else {
+            return CommitPath::DeltaRs;
+        };
+        let protocol = snapshot.protocol();
+        let lean = protocol.min_reader_version() == 1
+            && protocol.min_writer_version() <= 2
+            && !(mode == WriteMode::Overwrite && snapshot.table_config().append_only());
+        if lean {
+            CommitPath::Lean
+        } else {
+            CommitPath::DeltaRs
+        }
+    }
+}
+
+/// Every `checkpointInterval` versions, a checkpoint (and, where enabled, the cleanup of
+/// expired log entries, which lists the whole log). The commit has landed either way: a
+/// failure here is logged, and the next due version tries again.
+async fn checkpoint_if_due(table: &mut DeltaTable, name: &str, committed: i64) {
+    let Ok(snapshot) = table.snapshot() else {
+        return;
+    };
+    let config = snapshot.table_config();
+    if !((committed + 1) as u64).is_multiple_of(config.checkpoint_interval().get()) {
+        return;
+    }
+    let cleanup = config.enable_expired_log_cleanup();
+    let result = async {
+        table.load_version(committed as u64).await?;
+        deltalake::checkpoints::create_checkpoint(table, None).await?;
+        if cleanup {
+            deltalake::checkpoints::cleanup_metadata(table, None).await?;
+        }
+        Ok::<_, DeltaTableError>(())
+    }
+    .await;
+    match result {
+        Ok(()) => tracing::info!(table = name, version = committed, "checkpoint written"),
+        Err(error) => {
+            tracing::warn!(table = name, version = committed, %error, "checkpoint failed")
+        }
+    }
+}

@@ -1,0 +1,44 @@
+//! Smelter's Delta layer: everything that reads or writes a table's log, and nothing that
+//! runs a pipeline. The worker's tasks, `smelter verify`, `smelter compact`, the benchmark
+//! and the tests all use it directly.
+//!
+//! * [`location`]: where tables live ([`TableStore`]: local directory or S3 bucket) and how
+//!   the store makes a log write atomic ([`LogKind`]); [`storage`] and [`arbitrated`] are
+//!   the object-store and log-store plumbing behind it;
+//! * [`commit`]: the commit protocol — data files, then one log entry carrying the txn
+//!   actions that make it exactly-once — with [`app_id`] (the only spelling of those txns),
+//!   [`lock`] (the etcd commit lock and writer epochs) and [`heads`] (what a writer knows
+//!   of each table's log without reloading snapshots);
+//! * [`log`], [`changes`] and [`history`]: reading positions, the files a range of versions
+//!   added, and the commits themselves;
+//! * [`file_format`]: how data files are encoded; [`recent_files`]: rows of files this
+//!   process committed moments ago, for the readers downstream;
+//! * [`verify`] and [`compact`]: the checks behind `smelter verify` and maintenance
+//!   commits; [`failpoint`]: crash hooks for the fault suite.
+//!
+//! The invariants this crate keeps are listed, with the tests that break them, in
+//! `docs/exactly-once.md`.
+
+pub mod app_id;
+pub mod arbitrated;
+pub mod changes;
+pub mod commit;
+pub mod compact;
+pub mod error;
+pub mod failpoint;
+pub mod file_format;
+pub mod heads;
+pub mod history;
+pub mod location;
+pub mod lock;
+pub mod log;
+pub mod recent_files;
+pub mod storage;
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;
+pub mod verify;
+
+pub use app_id::AppId;
+pub use commit::{CommitEnv, CommitOutcome, TxnUpdate, WriteMode, commit};
+pub use error::{LakeError, Result, Retry};
+pub use location::{LogKind, TableStore};

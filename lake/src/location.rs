@@ -1,0 +1,348 @@
+//! Where tables live and how they are opened and created: [`TableStore`] maps `layer.name`
+//! table names to storage locations under one root, a local directory or an S3-compatible
+//! bucket (`s3://bucket/prefix`, see [`crate::storage`]), and says how that store makes a
+//! log write atomic ([`LogKind`]).
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use arrow::datatypes::SchemaRef;
+use deltalake::kernel::StructType;
+use deltalake::kernel::engine::arrow_conversion::TryFromArrow;
+use deltalake::protocol::SaveMode;
+use deltalake::{DeltaTable, DeltaTableBuilder};
+use futures::StreamExt;
+use object_store::ObjectStore;
+use object_store::path::Path as ObjectPath;
+use url::Url;
+
+use crate::commit::CommitEnv;
+use crate::lock::LOCK_WAIT;
+use crate::{LakeError, Result};
+
+/// How a store makes a Delta log write atomic.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogKind {
+    /// The store refuses a second create of one key (local disk, S3 with conditional
+    /// writes): a log entry is written with put-if-absent.
+    PutIfAbsent,
+    /// The store lacks put-if-absent; every log write happens under the etcd commit lock
+    /// (`storage.commit_arbitration`, see [`crate::storage::ArbitratedLogStore`]).
+    Arbitrated,
+}
+
+/// Maps `layer.name` table names to storage locations under one root.
+#[derive(Debug, Clone)]
+pub struct TableStore {
+    root: PathBuf,
+    remote: Option<Remote>,
+}
+
+#[derive(Clone)]
+struct Remote {
+    base: Url,
+    options: HashMap<String, String>,
+    store: Arc<dyn ObjectStore>,
+    prefix: ObjectPath,
+}
+
+impl std::fmt::Debug for Remote {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Remote")
+            .field("base", &self.base.as_str())
+            .finish()
+    }
+}
+
+impl TableStore {
+    /// Tables live under `root`: a local directory (created if missing) or `s3://bucket/prefix`
+    /// (store settings from the `AWS_*` environment).
+    pub fn new(root: impl Into<PathBuf>) -> Result<Self> {
+        Self::with_options(root, HashMap::new())
+    }
+
+    /// Tables under the configured `storage.root`, with its S3 settings.
+    pub fn from_config(config: &smelter_common::config::StorageConfig) -> Result<Self> {
+        Self::with_options(config.root.clone(), config.s3_options())
+    }
+
+    fn with_options(root: impl Into<PathBuf>, options: HashMap<String, String>) -> Result<Self> {
+        let root = root.into();
+        if let Some(text) = root.to_str().filter(|t| t.starts_with("s3://")) {
+            crate::storage::register_s3();
+            let location = format!("{}/", text.trim_end_matches('/'));
+            let unusable = |message: String| LakeError::Unsupported {
+                location: location.clone(),
+                message,
+            };
+            let base = Url::parse(&location).map_err(|e| unusable(e.to_string()))?;
+            let store = crate::storage::s3_store(&base, &options)?;
+            let prefix =
+                ObjectPath::from_url_path(base.path()).map_err(|e| unusable(e.to_string()))?;
+            return Ok(Self {
+                root,
+                remote: Some(Remote {
+                    base,
+                    options,
+                    store,
+                    prefix,
+                }),
+            });
+        }
+        std::fs::create_dir_all(&root).map_err(|source| LakeError::Io {
+            context: format!("create {}", root.display()),
+            source,
+        })?;
+        let root = root.canonicalize().map_err(|source| LakeError::Io {
+            context: format!("resolve {}", root.display()),
+            source,
+        })?;
+        Ok(Self { root, remote: None })
+    }
+
+    /// How this store's log writes are made atomic.
+    pub fn log_kind(&self) -> LogKind {
+        let arbitrated = self.remote.as_ref().is_some_and(|r| {
+            r.options
+                .get(crate::storage::ARBITRATED_OPTION)
+                .is_some_and(|v| v == "true")
+        });
+        if arbitrated {
+            LogKind::Arbitrated
+        } else {
+            LogKind::PutIfAbsent
+        }
+    }
+
+    /// Whether log writes are arbitrated by the commit locks (`storage.commit_arbitration`).
+    pub fn arbitrated(&self) -> bool {
+        self.log_kind() == LogKind::Arbitrated
+    }
+
+    /// A store that cannot put-if-absent could let two writers both "create" one log
+    /// version (docs/exactly-once.md). Such a store is refused, unless commits are
+    /// arbitrated by the etcd commit locks (`storage.commit_arbitration`) and this process
+    /// has them (`has_locks`). Local directories always can put-if-absent.
+    pub async fn check_commit_safety(&self, has_locks: bool) -> Result<()> {
+        let Some(remote) = &self.remote else {
+            return Ok(());
+        };
+        let refuse = |message: &str| LakeError::Unsupported {
+            location: remote.base.to_string(),
+            message: message.to_string(),
+        };
+        if self.arbitrated() {
+            return if has_locks {
+                tracing::warn!(location = %remote.base, "commits arbitrated by the etcd commit locks, not by the store");
+                Ok(())
+            } else {
+                Err(refuse(
+                    "storage.commit_arbitration needs a shared coordination store (etcd) for \
+                     its commit locks, and this process has none",
+                ))
+            };
+        }
+        if crate::storage::probe(remote.store.as_ref(), &remote.prefix).await? {
+            Ok(())
+        } else {
+            Err(refuse(
+                "the store does not refuse a second create of one key (no put-if-absent / \
+                 conditional write), so Delta commits could overwrite each other; Smelter \
+                 will not run on it unless storage.commit_arbitration = true (etcd commit locks)",
+            ))
+        }
+    }
+
+    /// Whether tables live in a local directory (not an object store).
+    pub fn is_local(&self) -> bool {
+        self.remote.is_none()
+    }
+
+    /// The root as configured (a directory, or the `s3://` location).
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// Directory of a local table: `silver.events` -> `<root>/silver/events`.
+    pub fn path(&self, table: &str) -> PathBuf {
+        let (layer, name) = split(table);
+        self.root.join(layer).join(name)
+    }
+
+    /// URL of a table's location.
+    pub fn url(&self, table: &str) -> Result<Url> {
+        if let Some(remote) = &self.remote {
+            let (layer, name) = split(table);
+            return remote.base.join(&format!("{layer}/{name}/")).map_err(|e| {
+                LakeError::Unsupported {
+                    location: remote.base.to_string(),
+                    message: format!("table {table}: {e}"),
+                }
+            });
+        }
+        let path = self.path(table);
+        std::fs::create_dir_all(&path).map_err(|source| LakeError::Io {
+            context: format!("create {}", path.display()),
+            source,
+        })?;
+        Url::from_directory_path(&path).map_err(|()| LakeError::Io {
+            context: format!("table path {}", path.display()),
+            source: std::io::Error::new(std::io::ErrorKind::InvalidInput, "not absolute"),
+        })
+    }
+
+    fn storage_options(&self) -> HashMap<String, String> {
+        self.remote
+            .as_ref()
+            .map(|r| r.options.clone())
+            .unwrap_or_default()
+    }
+
+    /// Whether the table has a Delta log yet.
+    pub async fn exists(&self, table: &str) -> bool {
+        let Some(remote) = &self.remote else {
+            return self.path(table).join("_delta_log").is_dir();
+        };
+        let (layer, name) = split(table);
+        let log = remote
+            .prefix
+            .clone()
+            .join(layer)
+            .join(name)
+            .join("_delta_log");
+        // A commit file, not just anything (an in-flight commit's temporary file).
+        let mut entries = remote.store.list(Some(&log));
+        while let Some(Ok(entry)) = entries.next().await {
+            if entry.location.filename().is_some_and(|f| {
+                !f.starts_with('_') && (f.ends_with(".json") || f.ends_with(".parquet"))
+            }) {
+                return true;
+            }
+        }
+        false
+    }
+
+    /// Opens the latest version of an existing table.
+    pub async fn open(&self, table: &str) -> Result<DeltaTable> {
+        let url = self.url(table)?;
+        let builder = DeltaTableBuilder::from_url(url)
+            .map_err(|e| LakeError::delta(table, e))?
+            .with_storage_options(self.storage_options());
+        builder.load().await.map_err(|e| LakeError::delta(table, e))
+    }
+
+    /// Opens one version of an existing table.
+    pub async fn open_version(&self, table: &str, version: i64) -> Result<DeltaTable> {
+        let url = self.url(table)?;
+        let builder = DeltaTableBuilder::from_url(url)
+            .map_err(|e| LakeError::delta(table, e))?
+            .with_storage_options(self.storage_options());
+        builder
+            .with_version(version.max(0) as u64)
+            .load()
+            .await
+            .map_err(|e| LakeError::delta(table, e))
+    }
+
+    /// Opens the table, creating it empty with `schema` if it does not exist. Concurrent
+    /// creators race on version 0; the loser simply opens what the winner made.
+    pub async fn open_or_create(
+        &self,
+        table: &str,
+        schema: &SchemaRef,
+        partition_by: &[String],
+        commits: &CommitEnv,
+    ) -> Result<DeltaTable> {
+        if self.exists(table).await {
+            return self.open(table).await;
+        }
+        // On an arbitrated store, version 0 is a log write like any other: under the lock.
+        let lock = match (&commits.arbiter, self.log_kind()) {
+            (Some(arbiter), LogKind::Arbitrated) => Some(arbiter.acquire(table, LOCK_WAIT).await?),
+            (None, LogKind::Arbitrated) => {
+                return Err(LakeError::Unsupported {
+                    location: table.to_string(),
+                    message: "an arbitrated store needs the commit locks to create a table".into(),
+                });
+            }
+            (_, LogKind::PutIfAbsent) => None,
+        };
+        let result = self.create(table, schema, partition_by).await;
+        if let (Some(arbiter), Some(lock)) = (&commits.arbiter, lock) {
+            arbiter.release(lock).await;
+        }
+        result
+    }
+
+    async fn create(
+        &self,
+        table: &str,
+        schema: &SchemaRef,
+        partition_by: &[String],
+    ) -> Result<DeltaTable> {
+        if self.exists(table).await {
+            return self.open(table).await;
+        }
+        let delta_schema = StructType::try_from_arrow(schema.as_ref()).map_err(|e| {
+            LakeError::generic(table, format!("schema not representable in Delta: {e}"))
+        })?;
+        let created = deltalake::operations::create::CreateBuilder::new()
+            .with_location(self.url(table)?.to_string())
+            .with_storage_options(self.storage_options())
+            .with_table_name(table)
+            .with_columns(delta_schema.fields().cloned())
+            .with_partition_columns(partition_by.to_vec())
+            .with_save_mode(SaveMode::Ignore)
+            .await;
+        match created {
+            Ok(t) => Ok(t),
+            Err(e) => {
+                tracing::debug!(table, error = %e, "create lost a race; opening");
+                self.open(table).await
+            }
+        }
+    }
+
+    /// Every table under the root (`<layer>/<name>` with a `_delta_log`), as sorted
+    /// `layer.name` names.
+    pub async fn list(&self) -> Vec<String> {
+        let mut names = Vec::new();
+        for layer in ["bronze", "silver", "gold"] {
+            let candidates: Vec<String> = match &self.remote {
+                None => std::fs::read_dir(self.root.join(layer))
+                    .map(|entries| {
+                        entries
+                            .flatten()
+                            .map(|e| e.file_name().to_string_lossy().into_owned())
+                            .collect()
+                    })
+                    .unwrap_or_default(),
+                Some(remote) => remote
+                    .store
+                    .list_with_delimiter(Some(&remote.prefix.clone().join(layer)))
+                    .await
+                    .map(|listing| {
+                        listing
+                            .common_prefixes
+                            .iter()
+                            .filter_map(|p| p.filename().map(str::to_string))
+                            .collect()
+                    })
+                    .unwrap_or_default(),
+            };
+            for name in candidates {
+                let table = format!("{layer}.{name}");
+                if self.exists(&table).await {
+                    names.push(table);
+                }
+            }
+        }
+        names.sort();
+        names
+    }
+}
+
+fn split(table: &str) -> (&str, &str) {
+    table.split_once('.').unwrap_or(("default", table))
+}

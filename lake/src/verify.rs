@@ -1,0 +1,225 @@
+//! The table verifier behind `smelter verify`: replays a table's `_delta_log` commit by
+//! commit and checks what the commit protocol (docs/exactly-once.md) promises, independently of
+//! the writers' own bookkeeping:
+//!
+//! * log versions are contiguous from the first one kept;
+//! * per txn appId (source partition, upstream table, writer epoch) versions strictly
+//!   increase: each version is committed once, and never after a later one;
+//! * no data file is added twice;
+//! * every file the log still references exists in storage;
+//! * bronze tables with source positions: per (topic, partition) the offsets are contiguous,
+//!   each present once, and the partition's txn version is its largest offset.
+//!
+//! Each violation is a [`Finding`] naming the version or partition; a clean table has none.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use arrow::array::AsArray;
+use arrow::datatypes::{Int32Type, Int64Type};
+use datafusion::object_store::ObjectStoreExt;
+use datafusion::object_store::path::Path as ObjectPath;
+use datafusion::prelude::SessionContext;
+use deltalake::kernel::Action;
+use serde::Serialize;
+
+use crate::app_id::AppId;
+use crate::history;
+use crate::location::TableStore;
+use crate::log;
+use crate::{LakeError, Result};
+
+/// One broken promise.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Finding {
+    /// Which check: `log_gap`, `txn_regressed`, `txn_repeated`, `file_added_twice`, `file_missing`,
+    /// `offset_gap`, `offset_duplicate`, `txn_offset_mismatch`.
+    pub check: &'static str,
+    /// Where and what.
+    pub message: String,
+}
+
+/// What the verifier saw and found.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Report {
+    /// `layer.name`.
+    pub table: String,
+    /// First and last log versions replayed.
+    pub first_version: i64,
+    /// Latest version.
+    pub last_version: i64,
+    /// Distinct txn appIds and their latest versions.
+    pub txns: BTreeMap<String, i64>,
+    /// Data files the log references now.
+    pub live_files: usize,
+    /// Bronze only: (topic/partition) -> (first offset, last offset, rows).
+    pub partitions: BTreeMap<String, (i64, i64, i64)>,
+    /// Every violation; empty means clean.
+    pub findings: Vec<Finding>,
+}
+
+impl Report {
+    /// True when nothing was found.
+    pub fn is_clean(&self) -> bool {
+        self.findings.is_empty()
+    }
+
+    fn find(&mut self, check: &'static str, message: String) {
+        self.findings.push(Finding { check, message });
+    }
+}
+
+/// Verifies table `name` under `tables`.
+pub async fn verify(tables: &TableStore, name: &str) -> Result<Report> {
+    let table = tables.open(name).await?;
+    let latest = log::version(&table);
+    let store = table.object_store();
+    let mut report = Report {
+        table: name.to_string(),
+        last_version: latest,
+        ..Default::default()
+    };
+    let log = history::read_log(&table, name).await?;
+    report.first_version = log.first().map_or(latest + 1, |(version, _)| *version);
+    let mut added: BTreeSet<String> = BTreeSet::new();
+    let mut live: BTreeSet<String> = BTreeSet::new();
+    for (version, actions) in log {
+        let Some(actions) = actions else {
+            report.find(
+                "log_gap",
+                format!("commit {version} is missing from the log"),
+            );
+            continue;
+        };
+        for action in actions {
+            match action {
+                Action::Txn(txn) => {
+                    if let Some(&previous) = report.txns.get(&txn.app_id) {
+                        if txn.version < previous {
+                            report.find(
+                                "txn_regressed",
+                                format!(
+                                    "v{version}: txn {} went back from {previous} to {}",
+                                    txn.app_id, txn.version
+                                ),
+                            );
+                        } else if txn.version == previous {
+                            report.find(
+                                "txn_repeated",
+                                format!(
+                                    "v{version}: txn {} version {previous} committed again",
+                                    txn.app_id
+                                ),
+                            );
+                        }
+                    }
+                    report.txns.insert(txn.app_id.clone(), txn.version);
+                }
+                Action::Add(add) => {
+                    if !added.insert(add.path.clone()) {
+                        report.find(
+                            "file_added_twice",
+                            format!("v{version}: {} was added before", add.path),
+                        );
+                    }
+                    live.insert(add.path);
+                }
+                Action::Remove(remove) => {
+                    live.remove(&remove.path);
+                }
+                _ => {}
+            }
+        }
+    }
+    report.live_files = live.len();
+    for path in &live {
+        let location =
+            ObjectPath::from_url_path(path).map_err(|e| LakeError::generic(name, e.to_string()))?;
+        if store.head(&location).await.is_err() {
+            report.find(
+                "file_missing",
+                format!("{path} is referenced but not in storage"),
+            );
+        }
+    }
+    let has_positions = log::arrow_schema(&table, name).is_ok_and(|schema| {
+        ["topic", "partition", "offset"]
+            .iter()
+            .all(|c| schema.field_with_name(c).is_ok())
+    });
+    if name.starts_with("bronze.") && has_positions {
+        check_offsets(&table, name, &mut report).await?;
+    }
+    Ok(report)
+}
+
+/// Bronze: per (topic, partition), offsets contiguous and unique, and the partition's txn
+/// version equal to its largest offset.
+async fn check_offsets(
+    table: &deltalake::DeltaTable,
+    name: &str,
+    report: &mut Report,
+) -> Result<()> {
+    let ctx = SessionContext::new();
+    table
+        .update_datafusion_session(&ctx.state())
+        .map_err(|e| LakeError::delta(name, e))?;
+    let provider = table.table_provider().await?;
+    ctx.register_table("bronze", provider)?;
+    let batches = ctx
+        .sql(
+            "SELECT topic, \"partition\", min(\"offset\"), max(\"offset\"), count(*), \
+             count(DISTINCT \"offset\") FROM bronze GROUP BY topic, \"partition\"",
+        )
+        .await?
+        .collect()
+        .await?;
+    for batch in batches {
+        let topic = arrow::compute::cast(batch.column(0), &arrow::datatypes::DataType::Utf8)?;
+        let topic = topic.as_string::<i32>();
+        let partition = batch.column(1).as_primitive::<Int32Type>();
+        let (min, max) = (
+            batch.column(2).as_primitive::<Int64Type>(),
+            batch.column(3).as_primitive::<Int64Type>(),
+        );
+        let (rows, distinct) = (
+            batch.column(4).as_primitive::<Int64Type>(),
+            batch.column(5).as_primitive::<Int64Type>(),
+        );
+        for i in 0..batch.num_rows() {
+            let key = format!("{}/{}", topic.value(i), partition.value(i));
+            let (first, last, n, unique) =
+                (min.value(i), max.value(i), rows.value(i), distinct.value(i));
+            report.partitions.insert(key.clone(), (first, last, n));
+            if unique != n {
+                report.find(
+                    "offset_duplicate",
+                    format!("{key}: {} offsets appear more than once", n - unique),
+                );
+            }
+            if unique != last - first + 1 {
+                report.find(
+                    "offset_gap",
+                    format!(
+                        "{key}: {} of the offsets {first}..={last} are missing",
+                        last - first + 1 - unique
+                    ),
+                );
+            }
+            let txn = report
+                .txns
+                .iter()
+                .find(|(app, _)| {
+                    matches!(AppId::parse(app), Some(AppId::Source { topic: t, partition: p, .. })
+                        if t == topic.value(i) && p == partition.value(i))
+                })
+                .map(|(_, v)| *v);
+            if txn != Some(last) {
+                report.find(
+                    "txn_offset_mismatch",
+                    format!("{key}: txn version {txn:?} but the last offset is {last}"),
+                );
+            }
+        }
+    }
+    Ok(())
+}

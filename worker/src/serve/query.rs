@@ -1,0 +1,137 @@
+//! Read-only SQL over the Delta tables, shared by gold refreshes and Flight SQL.
+//!
+//! Each layer (`bronze`, `silver`, `gold`) is a schema whose tables are opened lazily, when
+//! a query names them, at their latest version (or a pinned one), so a query reads only
+//! what it references and always sees committed data only. DDL, DML and other statements
+//! are refused by the planner's `SQLOptions`; each session has a memory limit.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use datafusion::catalog::{SchemaProvider, TableProvider};
+use datafusion::error::DataFusionError;
+use datafusion::execution::runtime_env::RuntimeEnvBuilder;
+use datafusion::prelude::{DataFrame, SessionConfig, SessionContext};
+use smelter_common::config::QueryConfig;
+
+use crate::Result;
+use smelter_lake::TableStore;
+
+/// Plans SQL over the tables of one storage root.
+#[derive(Clone)]
+pub struct QueryEngine {
+    tables: TableStore,
+    limits: QueryConfig,
+}
+
+/// The SQL statements clients may run: queries only.
+pub fn read_only() -> datafusion::execution::context::SQLOptions {
+    datafusion::execution::context::SQLOptions::new()
+        .with_allow_ddl(false)
+        .with_allow_dml(false)
+        .with_allow_statements(false)
+}
+
+/// One layer of tables, opened on first use by a query.
+#[derive(Debug)]
+struct LayerSchema {
+    layer: &'static str,
+    tables: TableStore,
+    /// Every table that existed when the query's session was made (`layer.name`).
+    names: Arc<Vec<String>>,
+    pinned: Option<(String, i64)>,
+}
+
+#[async_trait]
+impl SchemaProvider for LayerSchema {
+    fn table_names(&self) -> Vec<String> {
+        let prefix = format!("{}.", self.layer);
+        self.names
+            .iter()
+            .filter_map(|n| n.strip_prefix(&prefix).map(str::to_string))
+            .collect()
+    }
+
+    async fn table(&self, name: &str) -> Result<Option<Arc<dyn TableProvider>>, DataFusionError> {
+        let full = format!("{}.{name}", self.layer);
+        if !self.names.contains(&full) {
+            return Ok(None);
+        }
+        let table = match &self.pinned {
+            Some((pinned, version)) if *pinned == full => {
+                self.tables.open_version(&full, *version).await
+            }
+            _ => self.tables.open(&full).await,
+        }
+        .map_err(|e| DataFusionError::External(Box::new(e)))?;
+        // Local tables use DataFusion's built-in file store; remote stores register theirs
+        // with the session when they are added.
+        Ok(Some(table.table_provider().await?))
+    }
+
+    fn table_exist(&self, name: &str) -> bool {
+        self.names.contains(&format!("{}.{name}", self.layer))
+    }
+}
+
+impl QueryEngine {
+    /// An engine over `tables` with per-query `limits`.
+    pub fn new(tables: TableStore, limits: QueryConfig) -> Self {
+        Self { tables, limits }
+    }
+
+    /// The limits applied to each query.
+    pub fn limits(&self) -> &QueryConfig {
+        &self.limits
+    }
+
+    /// A session with the three layers registered; `pinned` fixes one table at a version.
+    pub async fn session(&self, pinned: Option<(&str, i64)>) -> Result<SessionContext> {
+        self.session_with(pinned, SessionConfig::new()).await
+    }
+
+    /// A session that plans every query as one partition: for the many small plans of an
+    /// incremental gold refresh, where splitting the input costs more than it saves.
+    pub async fn serial_session(&self) -> Result<SessionContext> {
+        self.session_with(None, SessionConfig::new().with_target_partitions(1))
+            .await
+    }
+
+    async fn session_with(
+        &self,
+        pinned: Option<(&str, i64)>,
+        config: SessionConfig,
+    ) -> Result<SessionContext> {
+        let names = Arc::new(self.tables.list().await);
+        let mut config = config.with_information_schema(true);
+        config
+            .options_mut()
+            .execution
+            .parquet
+            .schema_force_view_types = false;
+        let runtime = RuntimeEnvBuilder::new()
+            .with_memory_limit(self.limits.memory_limit_mb * 1024 * 1024, 1.0)
+            .build_arc()?;
+        let ctx = SessionContext::new_with_config_rt(config, runtime);
+        crate::serve::functions::register(&ctx);
+        let catalog = ctx
+            .catalog("datafusion")
+            .ok_or_else(|| DataFusionError::Internal("default catalog missing".into()))?;
+        for layer in ["bronze", "silver", "gold"] {
+            let schema = LayerSchema {
+                layer,
+                tables: self.tables.clone(),
+                names: names.clone(),
+                pinned: pinned.map(|(n, v)| (n.to_string(), v)),
+            };
+            catalog.register_schema(layer, Arc::new(schema))?;
+        }
+        Ok(ctx)
+    }
+
+    /// Plans a read-only query.
+    pub async fn plan(&self, sql: &str, pinned: Option<(&str, i64)>) -> Result<DataFrame> {
+        let ctx = self.session(pinned).await?;
+        Ok(ctx.sql_with_options(sql, read_only()).await?)
+    }
+}
