@@ -6,7 +6,7 @@
 source "$(dirname "$0")/env.sh"
 cd "$ROOT"
 source "$ROOT/scripts/services.sh"
-cargo build -q --release -p smelter-client --bin smelter
+cargo build -q --release -p smelter-cli --bin smelter
 BIN="$CARGO_TARGET_DIR/release/smelter"
 
 WORK="$(mktemp -d)"

@@ -3,7 +3,7 @@
 # directory (tables go to ./smelter-data). Extra arguments are passed on, e.g.
 # `scripts/demo.sh --workers 3 --data-dir /tmp/lake`.
 source "$(dirname "$0")/env.sh"
-cargo build -q --manifest-path "$ROOT/Cargo.toml" -p smelter-client --bin smelter
+cargo build -q --manifest-path "$ROOT/Cargo.toml" -p smelter-cli --bin smelter
 BIN="$CARGO_TARGET_DIR/debug/smelter"
 # Put `smelter` on the PATH for the other shell (cargo's bin dir is on it for Rust users).
 if [ -d "$HOME/.cargo/bin" ]; then

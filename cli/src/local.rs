@@ -24,7 +24,8 @@ pub struct LocalCluster {
     coordinator: JoinHandle<smelter_coordinator::Result<()>>,
 }
 
-async fn bind(address: &str) -> Result<TcpListener> {
+/// Binds `address`, saying which on failure.
+pub(crate) async fn bind(address: &str) -> Result<TcpListener> {
     TcpListener::bind(address)
         .await
         .map_err(|source| CliError::Io {

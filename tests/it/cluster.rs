@@ -9,9 +9,11 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use smelter_lake::log;
-use smelter_tests::kafka::{create_topic, produce_in_background, unique_topic, wait_caught_up};
+use smelter_tests::kafka::{
+    caught_up_and_exact, create_topic, produce_in_background, unique_topic,
+};
 use smelter_tests::oracle::check_pipeline;
-use smelter_tests::processes::{self, apply_kafka_demo, quick_settings, tasks, worker_id};
+use smelter_tests::processes::{kafka_cluster, quick_settings, tasks, worker_id};
 use smelter_tests::services::{Etcd, Tansu};
 use smelter_tests::{bronze_rows, wait_bronze_rows};
 use tokio::time::Instant;
@@ -46,24 +48,16 @@ async fn cluster_rebalances_and_fails_over_exactly_once() {
         .await
         .unwrap();
     let ttl = LEASE_TTL.as_millis().to_string();
-    let mut cluster = processes::start(
-        2,
-        &etcd.endpoint,
-        &quick_settings(
-            &ttl,
-            "500",
-            &[
-                ("SMELTER__COORDINATOR__HANDOFF_TIMEOUT_MS", "5000"),
-                ("SMELTER__WORKER__BATCH_MAX_RECORDS", "10000"),
-            ],
-        ),
+    let settings = quick_settings(
+        &ttl,
+        "500",
+        &[
+            ("SMELTER__COORDINATOR__HANDOFF_TIMEOUT_MS", "5000"),
+            ("SMELTER__WORKER__BATCH_MAX_RECORDS", "10000"),
+        ],
     );
-    for _ in 0..3 {
-        cluster.add_worker().unwrap();
-    }
-    let (spec, tables) = apply_kafka_demo(&cluster, &tansu.brokers, &topic)
-        .await
-        .unwrap();
+    let (mut cluster, spec, tables) =
+        kafka_cluster(2, 3, &etcd.endpoint, &tansu.brokers, &topic, &settings).await;
 
     // Every partition gets a task, spread evenly over the three workers.
     let (status, _) = cluster
@@ -228,16 +222,9 @@ async fn cluster_rebalances_and_fails_over_exactly_once() {
     let producer = producer.await.unwrap();
     let truth = producer.truth();
     assert!(truth.bronze.len() >= 200_000);
-    wait_caught_up(
-        &tables,
-        &spec,
-        &topic,
-        &producer.last_offsets(),
-        Duration::from_secs(240),
-    )
-    .await
-    .unwrap();
-    check_pipeline(&tables, &spec, &truth).await.unwrap();
+    caught_up_and_exact(&tables, &spec, &topic, &producer, Duration::from_secs(240))
+        .await
+        .unwrap();
 
     // Restart every worker (SIGTERM drains), then start three new ones: positions come
     // from the Delta log, so nothing is ingested again.

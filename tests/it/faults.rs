@@ -10,10 +10,11 @@ use smelter_common::store::{CoordinationStore, EtcdStore, keys};
 use smelter_harness::wait_until_every;
 use smelter_lake::TableStore;
 use smelter_tests::kafka::{
-    EventProducer, create_topic, demo_events, produce_in_background, unique_topic, wait_caught_up,
+    EventProducer, caught_up_and_exact, create_topic, demo_events, produce_in_background,
+    unique_topic, wait_caught_up,
 };
 use smelter_tests::oracle::{check_pipeline, generator_truth};
-use smelter_tests::processes::{self, apply_kafka_demo, quick_settings, smelter_up, wait_exit};
+use smelter_tests::processes::{self, kafka_cluster, quick_settings, smelter_up, wait_exit};
 use smelter_tests::services::{Etcd, Moto, Tansu};
 use smelter_tests::{bounded_demo, wait_bronze_rows};
 use tokio::time::Instant;
@@ -73,12 +74,8 @@ async fn pause_lock_holders(s3: Option<&Moto>) {
     if let Some(moto) = s3 {
         settings.extend(s3_settings(moto));
     }
-    let mut cluster = processes::start(1, &etcd.endpoint, &settings);
-    cluster.add_worker().unwrap();
-    cluster.add_worker().unwrap();
-    let (spec, tables) = apply_kafka_demo(&cluster, &tansu.brokers, &topic)
-        .await
-        .unwrap();
+    let (_cluster, spec, tables) =
+        kafka_cluster(1, 2, &etcd.endpoint, &tansu.brokers, &topic, &settings).await;
 
     // About a minute of traffic: the pauses need commits to catch.
     let producer = produce_in_background(
@@ -145,17 +142,8 @@ async fn pause_lock_holders(s3: Option<&Moto>) {
     );
 
     let producer = producer.await.unwrap();
-    wait_caught_up(
-        &tables,
-        &spec,
-        &topic,
-        &producer.last_offsets(),
-        Duration::from_secs(180),
-    )
-    .await
-    .unwrap();
     // Exact tables; the verifier inside also checks that `smelter/epoch` strictly increases.
-    check_pipeline(&tables, &spec, &producer.truth())
+    caught_up_and_exact(&tables, &spec, &topic, &producer, Duration::from_secs(180))
         .await
         .unwrap();
 }
@@ -268,13 +256,8 @@ async fn killing_a_random_worker_every_five_seconds_loses_nothing() {
         ],
     );
     settings.extend(s3.as_ref().map(s3_settings).unwrap_or_default());
-    let mut cluster = processes::start(1, &etcd.endpoint, &settings);
-    for _ in 0..3 {
-        cluster.add_worker().unwrap();
-    }
-    let (spec, tables) = apply_kafka_demo(&cluster, &tansu.brokers, &topic)
-        .await
-        .unwrap();
+    let (mut cluster, spec, tables) =
+        kafka_cluster(1, 3, &etcd.endpoint, &tansu.brokers, &topic, &settings).await;
 
     // The rounds spread over the minute of kills.
     let producer = produce_in_background(
@@ -309,16 +292,9 @@ async fn killing_a_random_worker_every_five_seconds_loses_nothing() {
         "{kills} workers SIGKILLed while {} events were acknowledged",
         truth.bronze.len()
     );
-    wait_caught_up(
-        &tables,
-        &spec,
-        &topic,
-        &producer.last_offsets(),
-        Duration::from_secs(300),
-    )
-    .await
-    .unwrap();
-    check_pipeline(&tables, &spec, &truth).await.unwrap();
+    caught_up_and_exact(&tables, &spec, &topic, &producer, Duration::from_secs(300))
+        .await
+        .unwrap();
 }
 
 /// etcd is SIGKILLed mid-stream and comes back 5 s later (longer than every lease TTL):
@@ -338,12 +314,8 @@ async fn an_etcd_restart_mid_stream_recovers_by_itself() {
         &[("SMELTER__WORKER__COMMIT_LOCK_TTL_MS", "2000")],
     );
     settings.extend(s3.as_ref().map(s3_settings).unwrap_or_default());
-    let mut cluster = processes::start(2, &etcd.endpoint, &settings);
-    cluster.add_worker().unwrap();
-    cluster.add_worker().unwrap();
-    let (spec, tables) = apply_kafka_demo(&cluster, &tansu.brokers, &topic)
-        .await
-        .unwrap();
+    let (cluster, spec, tables) =
+        kafka_cluster(2, 2, &etcd.endpoint, &tansu.brokers, &topic, &settings).await;
 
     let producer = produce_in_background(
         &tansu.brokers,
@@ -360,16 +332,7 @@ async fn an_etcd_restart_mid_stream_recovers_by_itself() {
     etcd.restart(Duration::from_secs(5)).await;
 
     let producer = producer.await.unwrap();
-    wait_caught_up(
-        &tables,
-        &spec,
-        &topic,
-        &producer.last_offsets(),
-        Duration::from_secs(180),
-    )
-    .await
-    .unwrap();
-    check_pipeline(&tables, &spec, &producer.truth())
+    caught_up_and_exact(&tables, &spec, &topic, &producer, Duration::from_secs(180))
         .await
         .unwrap();
     cluster
@@ -398,12 +361,9 @@ async fn a_broker_restart_mid_stream_recovers_by_itself() {
     };
     let topic = unique_topic("broker-restart");
     create_topic(&tansu.brokers, &topic, 4).await.unwrap();
-    let mut cluster = processes::start(1, &etcd.endpoint, &quick_settings("3000", "500", &[]));
-    cluster.add_worker().unwrap();
-    cluster.add_worker().unwrap();
-    let (spec, tables) = apply_kafka_demo(&cluster, &tansu.brokers, &topic)
-        .await
-        .unwrap();
+    let settings = quick_settings("3000", "500", &[]);
+    let (_cluster, spec, tables) =
+        kafka_cluster(1, 2, &etcd.endpoint, &tansu.brokers, &topic, &settings).await;
 
     let mut producer = EventProducer::new(&tansu.brokers, &topic, &demo_events(4)).unwrap();
     for _ in 0..10 {
@@ -418,16 +378,7 @@ async fn a_broker_restart_mid_stream_recovers_by_itself() {
     for _ in 0..10 {
         producer.produce(&[0, 1, 2, 3], 250).await.unwrap();
     }
-    wait_caught_up(
-        &tables,
-        &spec,
-        &topic,
-        &producer.last_offsets(),
-        Duration::from_secs(120),
-    )
-    .await
-    .unwrap();
-    check_pipeline(&tables, &spec, &producer.truth())
+    caught_up_and_exact(&tables, &spec, &topic, &producer, Duration::from_secs(120))
         .await
         .unwrap();
 }

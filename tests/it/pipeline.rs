@@ -99,14 +99,11 @@ async fn clickstream_is_exact_through_every_layer() {
     assert_eq!(count(&users), count(&all_users));
 
     // `smelter compact` rewrites bronze's many small files; every layer stays exact.
-    let files_before = cluster
-        .tables
-        .open("bronze.events")
-        .await
-        .unwrap()
-        .get_file_uris()
-        .unwrap()
-        .count();
+    let files = async || {
+        let table = cluster.tables.open("bronze.events").await.unwrap();
+        table.get_file_uris().unwrap().count()
+    };
+    let files_before = files().await;
     let out = std::process::Command::new(smelter_tests::smelter_binary())
         .args(["compact", "bronze.events", "--output", "json", "--data-dir"])
         .arg(cluster.dir())
@@ -122,14 +119,7 @@ async fn clickstream_is_exact_through_every_layer() {
         report[0]["compaction"]["files_removed"].as_u64().unwrap() > 1,
         "{report}"
     );
-    let files_after = cluster
-        .tables
-        .open("bronze.events")
-        .await
-        .unwrap()
-        .get_file_uris()
-        .unwrap()
-        .count();
+    let files_after = files().await;
     assert!(
         files_after < files_before,
         "{files_before} -> {files_after} files"

@@ -8,7 +8,6 @@ use std::time::Duration;
 
 use smelter_common::config::SmelterConfig;
 use smelter_lake::storage::{probe, s3_store};
-use smelter_tests::oracle::{check_pipeline, generator_truth};
 use smelter_tests::services::Moto;
 use smelter_tests::{TestCluster, bounded_demo};
 
@@ -39,13 +38,7 @@ async fn the_pipeline_runs_exactly_once_on_s3() {
         !cluster.dir().join("tables").exists(),
         "nothing was written to the local disk"
     );
-    check_pipeline(
-        &cluster.tables,
-        &cluster.spec,
-        &generator_truth(&cluster.spec),
-    )
-    .await
-    .unwrap();
+    cluster.check_generated().await.unwrap();
     // And served over Flight SQL from the bucket.
     let rows = smelter_tests::oracle::rows(
         &cluster
@@ -118,11 +111,5 @@ async fn stores_without_put_if_absent_run_only_with_commit_arbitration() {
         .wait_drained(Duration::from_secs(180))
         .await
         .unwrap();
-    check_pipeline(
-        &cluster.tables,
-        &cluster.spec,
-        &generator_truth(&cluster.spec),
-    )
-    .await
-    .unwrap();
+    cluster.check_generated().await.unwrap();
 }

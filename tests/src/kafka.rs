@@ -223,3 +223,16 @@ pub async fn wait_caught_up(
     )
     .await
 }
+
+/// Waits until the pipeline has consumed everything `producer` had acknowledged, then
+/// checks every table against it with the oracle (the verifier included).
+pub async fn caught_up_and_exact(
+    tables: &smelter_lake::TableStore,
+    spec: &smelter_common::spec::PipelineSpec,
+    topic: &str,
+    producer: &EventProducer,
+    timeout: Duration,
+) -> TestResult<()> {
+    wait_caught_up(tables, spec, topic, &producer.last_offsets(), timeout).await?;
+    crate::oracle::check_pipeline(tables, spec, &producer.truth()).await
+}

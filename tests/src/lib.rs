@@ -192,6 +192,16 @@ impl TestCluster {
         .await
     }
 
+    /// Checks every table against the truth of the pipeline's generator (the oracle).
+    pub async fn check_generated(&self) -> TestResult<()> {
+        oracle::check_pipeline(
+            &self.tables,
+            &self.spec,
+            &oracle::generator_truth(&self.spec),
+        )
+        .await
+    }
+
     /// Stops the cluster (draining workers) but keeps the directory.
     pub async fn stop(&mut self) -> TestResult<()> {
         if let Some(cluster) = self.cluster.take() {

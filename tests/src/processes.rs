@@ -52,6 +52,31 @@ pub async fn apply_kafka_demo(
     Ok((spec, tables))
 }
 
+/// A process cluster running the Kafka demo on `topic`: `coordinators` replicas and
+/// `workers` workers on etcd at `etcd_endpoint` with `settings`; returns it with the
+/// pipeline's spec and tables.
+pub async fn kafka_cluster(
+    coordinators: usize,
+    workers: usize,
+    etcd_endpoint: &str,
+    brokers: &str,
+    topic: &str,
+    settings: &[(&str, &str)],
+) -> (
+    ProcessCluster,
+    smelter_common::spec::PipelineSpec,
+    smelter_lake::TableStore,
+) {
+    let mut cluster = start(coordinators, etcd_endpoint, settings);
+    for _ in 0..workers {
+        cluster.add_worker().expect("start a worker");
+    }
+    let (spec, tables) = apply_kafka_demo(&cluster, brokers, topic)
+        .await
+        .expect("apply the Kafka demo");
+    (cluster, spec, tables)
+}
+
 /// Settings for cluster tests: lease `lease_ms` with a heartbeat every `heartbeat_ms`,
 /// partition discovery every second, small batches, short polls and gold refreshed every
 /// half second, so faults land on work in progress. `extra` comes last and overrides.

@@ -4,19 +4,10 @@ use std::sync::Arc;
 
 use smelter_common::config::{SmelterConfig, StoreKind};
 use smelter_common::store::{CoordinationStore, EtcdStore, MemoryStore};
-use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::{CliError, Result};
-
-async fn bind(address: &str) -> Result<TcpListener> {
-    TcpListener::bind(address)
-        .await
-        .map_err(|source| CliError::Io {
-            context: format!("bind {address}"),
-            source,
-        })
-}
+use crate::Result;
+use crate::local::bind;
 
 /// Runs the coordinator until shutdown, on the configured coordination store. With etcd,
 /// applied pipelines survive a coordinator restart; workers re-register by themselves.

@@ -1,0 +1,131 @@
+//! Checking parsed values against the declared schema: nested objects walked slot by
+//! slot, primitives converted (timestamps from RFC 3339 or epoch millis, dates), and a
+//! mismatch reported with its path and what was found.
+
+use serde_json::{Map, Value};
+use smelter_common::spec::{FieldType, Primitive};
+
+use super::{Rejection, Slot, describe};
+
+/// Moves each declared field of `object` into its column, checked; what is left over is
+/// rescued under its path.
+pub(super) fn walk(
+    slots: &[Slot],
+    mut object: Map<String, Value>,
+    path: &str,
+    out: &mut [Value],
+    rescued: &mut Map<String, Value>,
+) -> Result<(), Rejection> {
+    for slot in slots {
+        let value = object.remove(&slot.name).unwrap_or(Value::Null);
+        if !slot.children.is_empty() {
+            match value {
+                Value::Object(child) => walk(&slot.children, child, &slot.path, out, rescued)?,
+                // A missing struct means all its flattened columns are null.
+                Value::Null => {}
+                other => return Err(mismatch(&slot.path, "object", &other)),
+            }
+        } else {
+            out[slot.column] = check(&slot.ty, value, &slot.path, rescued)?;
+        }
+    }
+    for (name, value) in object {
+        let field_path = if path.is_empty() {
+            name
+        } else {
+            format!("{path}.{name}")
+        };
+        rescued.insert(field_path, value);
+    }
+    Ok(())
+}
+
+pub(super) fn mismatch(path: &str, expected: &str, value: &Value) -> Rejection {
+    Rejection {
+        rule: "_schema",
+        reason: format!(
+            "field `{path}`: expected {expected}, got {}",
+            describe(value)
+        ),
+    }
+}
+
+/// Checks one value against its declared type, converting timestamps to epoch
+/// microseconds and dates to days, which is what arrow-json reads fastest and unambiguously.
+pub(super) fn check(
+    ty: &FieldType,
+    value: Value,
+    path: &str,
+    rescued: &mut Map<String, Value>,
+) -> Result<Value, Rejection> {
+    if value.is_null() {
+        return Ok(Value::Null);
+    }
+    match ty {
+        FieldType::Primitive(p) => check_primitive(*p, value, path),
+        FieldType::Struct(inner) => {
+            let Value::Object(mut object) = value else {
+                return Err(mismatch(path, "object", &value));
+            };
+            let mut out = Map::new();
+            for (name, child_ty) in &inner.fields {
+                let child = object.remove(name).unwrap_or(Value::Null);
+                out.insert(
+                    name.clone(),
+                    check(child_ty, child, &format!("{path}.{name}"), rescued)?,
+                );
+            }
+            for (name, extra) in object {
+                rescued.insert(format!("{path}.{name}"), extra);
+            }
+            Ok(Value::Object(out))
+        }
+        FieldType::List(inner) => {
+            let Value::Array(items) = value else {
+                return Err(mismatch(path, "array", &value));
+            };
+            items
+                .into_iter()
+                .enumerate()
+                .map(|(i, item)| check(inner, item, &format!("{path}[{i}]"), rescued))
+                .collect::<Result<Vec<_>, _>>()
+                .map(Value::Array)
+        }
+    }
+}
+
+pub(super) fn check_primitive(p: Primitive, value: Value, path: &str) -> Result<Value, Rejection> {
+    match (p, &value) {
+        (Primitive::String, Value::String(_)) => Ok(value),
+        (Primitive::Long, Value::Number(n)) if n.is_i64() => Ok(value),
+        (Primitive::Double, Value::Number(_)) => Ok(value),
+        (Primitive::Boolean, Value::Bool(_)) => Ok(value),
+        (Primitive::Timestamp, Value::String(s)) => parse_timestamp(s)
+            .map(Value::from)
+            .ok_or_else(|| mismatch(path, "an RFC 3339 timestamp", &value)),
+        (Primitive::Timestamp, Value::Number(n)) if n.is_i64() => {
+            Ok(Value::from(n.as_i64().unwrap_or(0).saturating_mul(1000)))
+        }
+        (Primitive::Date, Value::String(s)) => parse_date(s)
+            .map(Value::from)
+            .ok_or_else(|| mismatch(path, "a YYYY-MM-DD date", &value)),
+        _ => Err(mismatch(path, p.name(), &value)),
+    }
+}
+
+/// `YYYY-MM-DD` to days since the epoch.
+pub(super) fn parse_date(text: &str) -> Option<i64> {
+    chrono::NaiveDate::parse_from_str(text, "%Y-%m-%d")
+        .ok()
+        .map(|d| (d - chrono::NaiveDate::default()).num_days())
+}
+
+/// RFC 3339, or `YYYY-MM-DD HH:MM:SS[.f]` taken as UTC, to epoch microseconds.
+pub(super) fn parse_timestamp(text: &str) -> Option<i64> {
+    if let Ok(ts) = chrono::DateTime::parse_from_rfc3339(text) {
+        return Some(ts.timestamp_micros());
+    }
+    chrono::NaiveDateTime::parse_from_str(text, "%Y-%m-%d %H:%M:%S%.f")
+        .ok()
+        .map(|t| t.and_utc().timestamp_micros())
+}

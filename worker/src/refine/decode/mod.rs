@@ -1,0 +1,263 @@
+//! JSON payload -> typed silver row, one record at a time, so that a bad record becomes a
+//! quarantine row with a precise reason instead of failing its whole batch.
+//!
+//! Declared fields are type-checked (`field user.id: expected string, got number 7`);
+//! fields not declared are kept verbatim in `_rescued_data` (a JSON object keyed by path);
+//! nested structs are flattened to `parent_child` columns when the spec asks for it. Each
+//! checked row is a [`Cell`] per column, appended to Arrow builders by `columns.rs`.
+
+mod check;
+mod visit;
+
+use std::borrow::Cow;
+
+use serde_json::{Map, Value};
+use smelter_common::spec::{FieldType, SchemaSpec};
+
+use check::walk;
+use visit::Fields;
+
+/// Why a payload could not become a row: the quarantine rule and reason.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rejection {
+    /// `_parse` (not JSON / not an object) or `_schema` (a declared field has the wrong type).
+    pub rule: &'static str,
+    /// Human-readable reason naming the field.
+    pub reason: String,
+}
+
+/// One declared field, compiled once: its JSON name, its dotted path (for reasons and
+/// rescued keys), and either its output column or, for a flattened struct, its children.
+#[derive(Debug, Clone)]
+pub(super) struct Slot {
+    pub(super) name: String,
+    pub(super) path: String,
+    pub(super) ty: FieldType,
+    /// Output column of a leaf (or of a struct that is not flattened).
+    pub(super) column: usize,
+    /// Children of a flattened struct (then `column` is unused).
+    pub(super) children: Vec<Slot>,
+}
+
+/// Decodes payloads against a declared schema.
+#[derive(Debug, Clone)]
+pub struct JsonDecoder {
+    slots: Vec<Slot>,
+    columns: Vec<String>,
+}
+
+pub(super) fn describe(value: &Value) -> String {
+    let text = value.to_string();
+    let short: String = text.chars().take(40).collect();
+    let kind = match value {
+        Value::Null => "null",
+        Value::Bool(_) => "boolean",
+        Value::Number(_) => "number",
+        Value::String(_) => "string",
+        Value::Array(_) => "array",
+        Value::Object(_) => "object",
+    };
+    if short.len() < text.len() {
+        format!("{kind} {short}…")
+    } else {
+        format!("{kind} {short}")
+    }
+}
+
+pub(super) fn compile(
+    schema: &SchemaSpec,
+    flatten: bool,
+    path: &str,
+    prefix: &str,
+    columns: &mut Vec<String>,
+) -> Vec<Slot> {
+    let mut slots = Vec::with_capacity(schema.fields.len());
+    for (name, ty) in &schema.fields {
+        let field_path = if path.is_empty() {
+            name.clone()
+        } else {
+            format!("{path}.{name}")
+        };
+        let column = if prefix.is_empty() {
+            name.clone()
+        } else {
+            format!("{prefix}_{name}")
+        };
+        let slot = match ty {
+            FieldType::Struct(inner) if flatten => Slot {
+                name: name.clone(),
+                children: compile(inner, flatten, &field_path, &column, columns),
+                path: field_path,
+                ty: ty.clone(),
+                column: usize::MAX,
+            },
+            _ => {
+                columns.push(column);
+                Slot {
+                    name: name.clone(),
+                    path: field_path,
+                    ty: ty.clone(),
+                    column: columns.len() - 1,
+                    children: Vec::new(),
+                }
+            }
+        };
+        slots.push(slot);
+    }
+    slots
+}
+
+/// One declared column's value in a decoded row, already checked against its type.
+/// Text borrows from the payload unless it had escapes; timestamps are epoch microseconds
+/// and dates days since the epoch, both as [`Cell::Long`].
+#[derive(Debug, Clone, PartialEq)]
+pub enum Cell<'a> {
+    /// Missing or `null`.
+    Null,
+    /// A string.
+    Text(Cow<'a, str>),
+    /// A long, a timestamp (µs) or a date (days).
+    Long(i64),
+    /// A double.
+    Double(f64),
+    /// A boolean.
+    Bool(bool),
+    /// A struct that is not flattened, or a list: built by arrow-json, which knows shapes.
+    Nested(Value),
+}
+
+impl Cell<'_> {
+    /// The cell as a JSON value.
+    pub fn into_value(self) -> Value {
+        match self {
+            Cell::Null => Value::Null,
+            Cell::Text(text) => Value::String(text.into_owned()),
+            Cell::Long(v) => Value::from(v),
+            Cell::Double(v) => Value::from(v),
+            Cell::Bool(v) => Value::Bool(v),
+            Cell::Nested(value) => value,
+        }
+    }
+
+    /// A checked JSON value (as [`JsonDecoder::decode_value`] makes them) as a cell.
+    pub fn from_value(value: Value) -> Cell<'static> {
+        match value {
+            Value::Null => Cell::Null,
+            Value::Bool(v) => Cell::Bool(v),
+            Value::String(text) => Cell::Text(Cow::Owned(text)),
+            Value::Number(n) => match n.as_i64() {
+                Some(v) => Cell::Long(v),
+                None => Cell::Double(n.as_f64().unwrap_or(f64::NAN)),
+            },
+            nested => Cell::Nested(nested),
+        }
+    }
+}
+
+impl JsonDecoder {
+    /// A decoder for `schema`, flattening nested structs if `flatten`.
+    pub fn new(schema: SchemaSpec, flatten: bool) -> Self {
+        let mut columns = Vec::new();
+        let slots = compile(&schema, flatten, "", "", &mut columns);
+        Self { slots, columns }
+    }
+
+    /// The output columns, in the order [`Self::decode_cells`] fills them.
+    pub fn columns(&self) -> &[String] {
+        &self.columns
+    }
+
+    /// Decodes one payload into the output row (column name -> JSON value) plus the
+    /// rescued fields, if any.
+    pub fn decode(
+        &self,
+        payload: &[u8],
+    ) -> Result<(Map<String, Value>, Option<String>), Rejection> {
+        let (values, rescued) = self.decode_row(payload)?;
+        Ok((self.columns.iter().cloned().zip(values).collect(), rescued))
+    }
+
+    /// [`Self::decode_cells`] as one JSON value per output column.
+    pub fn decode_row(&self, payload: &[u8]) -> Result<(Vec<Value>, Option<String>), Rejection> {
+        let mut cells = Vec::new();
+        let rescued = self.decode_cells(payload, &mut cells)?;
+        Ok((cells.into_iter().map(Cell::into_value).collect(), rescued))
+    }
+
+    /// Decodes one payload into `cells`, one per output column (checked against its
+    /// declared type), and returns the rescued fields, if any. `cells` is cleared first, so
+    /// one vector serves every row of a batch.
+    ///
+    /// Objects are walked as they are parsed ([`Fields`]): each declared leaf is checked
+    /// and stored as it is met, borrowing its text from the payload, and no map is built
+    /// for the record or its flattened structs.
+    pub fn decode_cells<'de>(
+        &self,
+        payload: &'de [u8],
+        cells: &mut Vec<Cell<'de>>,
+    ) -> Result<Option<String>, Rejection> {
+        let first = payload.iter().find(|b| !b.is_ascii_whitespace());
+        if first != Some(&b'{') {
+            return Err(not_an_object(payload));
+        }
+        cells.clear();
+        cells.resize(self.columns.len(), Cell::Null);
+        let mut rescued = Map::new();
+        let mut rejection = None;
+        let mut parser = serde_json::Deserializer::from_slice(payload);
+        let fields = Fields {
+            slots: &self.slots,
+            path: "",
+            out: cells,
+            rescued: &mut rescued,
+            rejection: &mut rejection,
+        };
+        serde::de::DeserializeSeed::deserialize(fields, &mut parser)
+            .and_then(|()| parser.end())
+            .map_err(|e| Rejection {
+                rule: "_parse",
+                reason: format!("invalid JSON: {e}"),
+            })?;
+        if let Some(rejection) = rejection {
+            return Err(rejection);
+        }
+        Ok((!rescued.is_empty()).then(|| Value::Object(rescued).to_string()))
+    }
+
+    /// What [`Self::decode_row`] does, through a parsed [`Value`] tree: the reference the
+    /// streaming path is tested against.
+    pub fn decode_value(&self, payload: &[u8]) -> Result<(Vec<Value>, Option<String>), Rejection> {
+        let value: Value = serde_json::from_slice(payload).map_err(|e| Rejection {
+            rule: "_parse",
+            reason: format!("invalid JSON: {e}"),
+        })?;
+        let Value::Object(object) = value else {
+            return Err(Rejection {
+                rule: "_parse",
+                reason: format!("expected a JSON object, got {}", describe(&value)),
+            });
+        };
+        let mut out = vec![Value::Null; self.columns.len()];
+        let mut rescued = Map::new();
+        walk(&self.slots, object, "", &mut out, &mut rescued)?;
+        let rescued = (!rescued.is_empty()).then(|| Value::Object(rescued).to_string());
+        Ok((out, rescued))
+    }
+}
+
+/// Why a payload that does not start with `{` is rejected, in the tree path's words.
+fn not_an_object(payload: &[u8]) -> Rejection {
+    match serde_json::from_slice::<Value>(payload) {
+        Err(e) => Rejection {
+            rule: "_parse",
+            reason: format!("invalid JSON: {e}"),
+        },
+        Ok(value) => Rejection {
+            rule: "_parse",
+            reason: format!("expected a JSON object, got {}", describe(&value)),
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,115 @@
+//! The decoder against JSON as producers write it: nested, missing, wrong and extra fields.
+
+use super::*;
+
+fn decoder() -> JsonDecoder {
+    let yaml = "id: string\nts: timestamp\nn: long\nuser: { id: string, score: double }\ntags: [string]\nday: date\nok: boolean\n";
+    JsonDecoder::new(serde_yaml::from_str(yaml).unwrap(), true)
+}
+
+#[test]
+fn decodes_flattens_and_rescues() {
+    let (row, rescued) = decoder()
+        .decode(br#"{"id":"a","ts":"2026-11-01T00:00:01Z","n":3,"user":{"id":"u","score":1.5,"vip":true},"tags":["x"],"extra":1}"#)
+        .unwrap();
+    assert_eq!(row["id"], "a");
+    assert_eq!(row["ts"], 1_793_491_201_000_000i64);
+    assert_eq!(row["user_id"], "u");
+    assert_eq!(row["user_score"], 1.5);
+    assert_eq!(row["tags"], serde_json::json!(["x"]));
+    let rescued: Value = serde_json::from_str(&rescued.unwrap()).unwrap();
+    assert_eq!(rescued, serde_json::json!({"user.vip": true, "extra": 1}));
+}
+
+#[test]
+fn streaming_and_tree_decoding_agree() {
+    let decoder = decoder();
+    let payloads = [
+        r#"{"id":"a","ts":"2026-11-01T00:00:01Z","n":3,"user":{"id":"u","score":1.5,"vip":true},"tags":["x"],"extra":{"k":[1,{"z":null}]}}"#,
+        r#"  {"id":"a"}"#,
+        r#"{"id":"a","user":null}"#,
+        r#"{"id":"a","user":5}"#,
+        r#"{"id":"a","user":[1,{"b":2}]}"#,
+        r#"{"id":"a","user":"x"}"#,
+        r#"{"id":"a","user":true}"#,
+        r#"{"id":"a","user":-2.5}"#,
+        r#"{"id":"esc"aped","user":{"score":2}}"#,
+        r#"{"id":7,"n":}"#,
+        r#"{"id":7,"n":1}"#,
+        r#"{"id":"a","n":1.5}"#,
+        r#"{"id":"a","n":18446744073709551615}"#,
+        r#"{"id":"a","n":-3,"ts":1700000000000,"user":{"score":-1}}"#,
+        r#"{"id":"a","ts":1.5}"#,
+        r#"{"id":"a","ts":"2026-11-01 10:00:00.5","user":{"score":1e3}}"#,
+        r#"{"id":"a","ts":true}"#,
+        r#"{"id":{"x":1}}"#,
+        r#"{"id":[1,2],"n":null,"tags":null}"#,
+        r#"{"id":"\u00e9t\u00e9","tags":["x",7]}"#,
+        r#"{"id":null,"user":{"id":null,"score":null}}"#,
+        r#"{"day":"2026-11-01","ok":false}"#,
+        r#"{"day":"2026-13-01"}"#,
+        r#"{"day":5}"#,
+        r#"{"ok":"yes"}"#,
+        r#"{"id":"a"} x"#,
+        r#"{"id":"a","id":"b"}"#,
+        r#"{}"#,
+        r#"{"#,
+        r#"[1]"#,
+        r#""#,
+    ];
+    // The tree path keeps a double column's `2` as an integer; its column builder
+    // stores both as the same double.
+    let same = |a: &Cell, b: &Cell| match (a, b) {
+        (Cell::Double(x), Cell::Long(y)) | (Cell::Long(y), Cell::Double(x)) => *x == *y as f64,
+        _ => a == b,
+    };
+    let mut cells = Vec::new();
+    for payload in payloads {
+        let streamed = decoder.decode_cells(payload.as_bytes(), &mut cells);
+        let tree = decoder.decode_value(payload.as_bytes());
+        match (streamed, tree) {
+            (Ok(rescued), Ok((values, tree_rescued))) => {
+                assert_eq!(rescued, tree_rescued, "{payload}");
+                let values: Vec<Cell> = values.into_iter().map(Cell::from_value).collect();
+                assert_eq!(cells.len(), values.len(), "{payload}");
+                for (a, b) in cells.iter().zip(&values) {
+                    assert!(same(a, b), "{payload}: {a:?} != {b:?}");
+                }
+            }
+            (streamed, tree) => assert_eq!(streamed.err(), tree.err(), "{payload}"),
+        }
+    }
+}
+
+#[test]
+fn missing_struct_gives_null_columns() {
+    let (row, rescued) = decoder().decode(br#"{"id":"a"}"#).unwrap();
+    assert!(row["user_id"].is_null() && row["ts"].is_null());
+    assert!(rescued.is_none());
+}
+
+#[test]
+fn rejections_name_rule_and_field() {
+    let err = decoder()
+        .decode(br#"{"id":"a","user":{"id":7}}"#)
+        .unwrap_err();
+    assert_eq!(err.rule, "_schema");
+    assert!(
+        err.reason
+            .contains("`user.id`: expected string, got number 7"),
+        "{}",
+        err.reason
+    );
+    let err = decoder()
+        .decode(br#"{"id":"a","ts":"yesterday"}"#)
+        .unwrap_err();
+    assert!(err.reason.contains("`ts`"), "{}", err.reason);
+    let err = decoder().decode(br#"{"id":"a","#).unwrap_err();
+    assert_eq!(err.rule, "_parse");
+    let err = decoder().decode(b"[1,2]").unwrap_err();
+    assert!(
+        err.reason.contains("expected a JSON object"),
+        "{}",
+        err.reason
+    );
+}

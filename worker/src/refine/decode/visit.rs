@@ -1,0 +1,251 @@
+//! Declared fields checked while the payload is parsed: serde visitors that walk a JSON
+//! object once, type-check each declared leaf into its [`Cell`] and keep the rest for
+//! `_rescued_data`, without building a `Value` for what they can check in place.
+
+use std::borrow::Cow;
+
+use serde_json::{Map, Value};
+use smelter_common::spec::{FieldType, Primitive};
+
+use super::check::{check, mismatch, parse_date, parse_timestamp};
+use super::{Cell, Rejection, Slot};
+
+/// The fields of one JSON object (the record, or a flattened struct) as the parser meets
+/// them. The first rejection is kept and the rest of the record is still parsed, so a
+/// record that is also malformed further on is rejected as malformed, as a whole parse
+/// would.
+pub(super) struct Fields<'a, 'de> {
+    pub(super) slots: &'a [Slot],
+    pub(super) path: &'a str,
+    pub(super) out: &'a mut [Cell<'de>],
+    pub(super) rescued: &'a mut Map<String, Value>,
+    pub(super) rejection: &'a mut Option<Rejection>,
+}
+
+impl<'de> serde::de::DeserializeSeed<'de> for Fields<'_, 'de> {
+    type Value = ();
+
+    fn deserialize<D: serde::Deserializer<'de>>(self, parser: D) -> Result<(), D::Error> {
+        parser.deserialize_any(self)
+    }
+}
+
+impl Fields<'_, '_> {
+    /// A flattened struct that is not an object: rejected, naming what it was.
+    fn mismatch(self, value: Value) {
+        if self.rejection.is_none() {
+            *self.rejection = Some(mismatch(self.path, "object", &value));
+        }
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for Fields<'_, 'de> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a JSON object")
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        while let Some(key) = map.next_key::<Cow<'de, str>>()? {
+            if self.rejection.is_some() {
+                map.next_value::<serde::de::IgnoredAny>()?;
+                continue;
+            }
+            let Some(slot) = self.slots.iter().find(|s| s.name == *key) else {
+                let value: Value = map.next_value()?;
+                let path = if self.path.is_empty() {
+                    key.into_owned()
+                } else {
+                    format!("{}.{key}", self.path)
+                };
+                self.rescued.insert(path, value);
+                continue;
+            };
+            if !slot.children.is_empty() {
+                map.next_value_seed(Fields {
+                    slots: &slot.children,
+                    path: &slot.path,
+                    out: &mut *self.out,
+                    rescued: &mut *self.rescued,
+                    rejection: &mut *self.rejection,
+                })?;
+                continue;
+            }
+            let checked = match &slot.ty {
+                FieldType::Primitive(ty) => map.next_value_seed(Leaf {
+                    ty: *ty,
+                    path: &slot.path,
+                })?,
+                nested => {
+                    let value: Value = map.next_value()?;
+                    check(nested, value, &slot.path, self.rescued).map(|v| match v {
+                        Value::Null => Cell::Null,
+                        v => Cell::Nested(v),
+                    })
+                }
+            };
+            match checked {
+                Ok(cell) => self.out[slot.column] = cell,
+                Err(rejection) => *self.rejection = Some(rejection),
+            }
+        }
+        Ok(())
+    }
+
+    // A missing or null struct means all its flattened columns are null.
+    fn visit_unit<E>(self) -> Result<(), E> {
+        Ok(())
+    }
+
+    fn visit_bool<E>(self, v: bool) -> Result<(), E> {
+        self.mismatch(Value::from(v));
+        Ok(())
+    }
+
+    fn visit_i64<E>(self, v: i64) -> Result<(), E> {
+        self.mismatch(Value::from(v));
+        Ok(())
+    }
+
+    fn visit_u64<E>(self, v: u64) -> Result<(), E> {
+        self.mismatch(Value::from(v));
+        Ok(())
+    }
+
+    fn visit_f64<E>(self, v: f64) -> Result<(), E> {
+        self.mismatch(Value::from(v));
+        Ok(())
+    }
+
+    fn visit_str<E>(self, v: &str) -> Result<(), E> {
+        self.mismatch(Value::from(v));
+        Ok(())
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, seq: A) -> Result<(), A::Error> {
+        self.mismatch(seq_value(seq)?);
+        Ok(())
+    }
+}
+
+pub(super) fn seq_value<'de, A: serde::de::SeqAccess<'de>>(seq: A) -> Result<Value, A::Error> {
+    use serde::Deserialize;
+    Value::deserialize(serde::de::value::SeqAccessDeserializer::new(seq))
+}
+
+pub(super) fn map_value<'de, A: serde::de::MapAccess<'de>>(map: A) -> Result<Value, A::Error> {
+    use serde::Deserialize;
+    Value::deserialize(serde::de::value::MapAccessDeserializer::new(map))
+}
+
+/// One declared primitive field as the parser meets it: checked and converted on the
+/// spot (see [`check_primitive`], which the tree path uses and whose words it keeps).
+/// A wrong type is not a parse error: the value is consumed and the rejection returned.
+pub(super) struct Leaf<'a> {
+    pub(super) ty: Primitive,
+    pub(super) path: &'a str,
+}
+
+type Checked<'de> = Result<Cell<'de>, Rejection>;
+
+impl Leaf<'_> {
+    fn mismatch<'de>(&self, value: Value) -> Checked<'de> {
+        Err(mismatch(self.path, self.ty.name(), &value))
+    }
+
+    fn text<'de>(&self, text: Cow<'de, str>) -> Checked<'de> {
+        match self.ty {
+            Primitive::String => Ok(Cell::Text(text)),
+            Primitive::Timestamp => parse_timestamp(&text).map(Cell::Long).ok_or_else(|| {
+                mismatch(
+                    self.path,
+                    "an RFC 3339 timestamp",
+                    &Value::String(text.into_owned()),
+                )
+            }),
+            Primitive::Date => parse_date(&text).map(Cell::Long).ok_or_else(|| {
+                mismatch(
+                    self.path,
+                    "a YYYY-MM-DD date",
+                    &Value::String(text.into_owned()),
+                )
+            }),
+            _ => self.mismatch(Value::String(text.into_owned())),
+        }
+    }
+}
+
+impl<'de> serde::de::DeserializeSeed<'de> for Leaf<'_> {
+    type Value = Checked<'de>;
+
+    fn deserialize<D: serde::Deserializer<'de>>(self, parser: D) -> Result<Checked<'de>, D::Error> {
+        parser.deserialize_any(self)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for Leaf<'_> {
+    type Value = Checked<'de>;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a JSON value")
+    }
+
+    fn visit_unit<E>(self) -> Result<Checked<'de>, E> {
+        Ok(Ok(Cell::Null))
+    }
+
+    fn visit_bool<E>(self, v: bool) -> Result<Checked<'de>, E> {
+        Ok(match self.ty {
+            Primitive::Boolean => Ok(Cell::Bool(v)),
+            _ => self.mismatch(Value::from(v)),
+        })
+    }
+
+    fn visit_i64<E>(self, v: i64) -> Result<Checked<'de>, E> {
+        Ok(match self.ty {
+            Primitive::Long => Ok(Cell::Long(v)),
+            Primitive::Double => Ok(Cell::Double(v as f64)),
+            // Epoch milliseconds.
+            Primitive::Timestamp => Ok(Cell::Long(v.saturating_mul(1000))),
+            _ => self.mismatch(Value::from(v)),
+        })
+    }
+
+    fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<Checked<'de>, E> {
+        match i64::try_from(v) {
+            Ok(v) => self.visit_i64(v),
+            Err(_) => Ok(match self.ty {
+                Primitive::Double => Ok(Cell::Double(v as f64)),
+                _ => self.mismatch(Value::from(v)),
+            }),
+        }
+    }
+
+    fn visit_f64<E>(self, v: f64) -> Result<Checked<'de>, E> {
+        Ok(match self.ty {
+            Primitive::Double => Ok(Cell::Double(v)),
+            _ => self.mismatch(Value::from(v)),
+        })
+    }
+
+    fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Checked<'de>, E> {
+        Ok(self.text(Cow::Borrowed(v)))
+    }
+
+    fn visit_str<E>(self, v: &str) -> Result<Checked<'de>, E> {
+        Ok(self.text(Cow::Owned(v.to_owned())))
+    }
+
+    fn visit_string<E>(self, v: String) -> Result<Checked<'de>, E> {
+        Ok(self.text(Cow::Owned(v)))
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, seq: A) -> Result<Checked<'de>, A::Error> {
+        Ok(self.mismatch(seq_value(seq)?))
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<Checked<'de>, A::Error> {
+        Ok(self.mismatch(map_value(map)?))
+    }
+}
