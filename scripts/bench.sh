@@ -28,6 +28,6 @@ done
 
 OUT="${SMELTER_BENCH_OUT:-$ROOT/bench/result.json}"
 mkdir -p "$(dirname "$OUT")"
-"$BIN" bench --brokers "127.0.0.1:$KAFKA_PORT" --etcd "http://127.0.0.1:$ETCD_PORT" \
+"$BIN" bench --brokers "127.0.0.1:$KAFKA_PORT" --etcd "http://127.0.0.1:$ETCD_PORT" --etcd-pid "$ETCD_PID" \
   --work-dir "$WORK" --out "$OUT" "$@"
 echo "result: $OUT"

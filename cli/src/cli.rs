@@ -179,6 +179,9 @@ pub struct BenchArgs {
     /// etcd client URLs for the cluster run, comma-separated.
     #[arg(long, requires = "brokers")]
     pub etcd: Option<String>,
+    /// Process id of that etcd, when it runs on this machine: its CPU is reported.
+    #[arg(long, requires = "etcd")]
+    pub etcd_pid: Option<u32>,
     /// Run the cluster only (skip the in-process runs).
     #[arg(long, requires = "brokers")]
     pub cluster_only: bool,

@@ -1,18 +1,18 @@
 //! The log store of tables on object stores without put-if-absent
-//! (`storage.commit_arbitration = true`): "is this version taken?" followed by a plain write,
-//! made safe only by every writer holding the table's etcd commit lock for its log write.
+//! (`storage.commit_arbitration = true`). It reads like any log store, and refuses to
+//! write: on such a store a version may be written only through a claim in etcd
+//! ([`crate::claims`]), which the commit path makes under the commit lock. A write that
+//! reaches this store came through delta-rs's own commit path, which knows nothing of
+//! claims, and is refused rather than allowed to race.
 
 use std::sync::Arc;
 
 use deltalake::DeltaResult;
 use deltalake::logstore::LogStore;
-use object_store::path::Path as ObjectPath;
 use object_store::{ObjectStore, ObjectStoreExt};
 
-/// A log store for object stores without put-if-absent, whose commits are arbitrated by
-/// the table commit locks in etcd instead (`storage.commit_arbitration = true`): every
-/// writer of such a table holds the lock for its log write, so "is this version taken?"
-/// followed by a plain write cannot race. Used only when configured, and the worker
+/// A log store for object stores without put-if-absent, whose versions are written only
+/// through claims in etcd (see the module docs). Used only when configured, and the worker
 /// refuses to run it without a shared coordination store.
 pub struct ArbitratedLogStore {
     inner: Arc<dyn LogStore>,
@@ -22,10 +22,6 @@ impl ArbitratedLogStore {
     /// Arbitrated writes over `inner`'s object store.
     pub fn new(inner: Arc<dyn LogStore>) -> Self {
         Self { inner }
-    }
-
-    fn target(version: deltalake::kernel::Version) -> ObjectPath {
-        deltalake::logstore::commit_uri_from_version(Some(version))
     }
 }
 
@@ -45,26 +41,19 @@ impl LogStore for ArbitratedLogStore {
     async fn write_commit_entry(
         &self,
         version: deltalake::kernel::Version,
-        commit_or_bytes: deltalake::logstore::CommitOrBytes,
+        _commit_or_bytes: deltalake::logstore::CommitOrBytes,
         _operation_id: uuid::Uuid,
     ) -> Result<(), deltalake::kernel::transaction::TransactionError> {
-        use deltalake::kernel::transaction::TransactionError;
-        use deltalake::logstore::CommitOrBytes;
-        let store = self.inner.object_store(None);
-        let target = Self::target(version);
-        if store.head(&target).await.is_ok() {
-            return Err(TransactionError::VersionAlreadyExists(version));
-        }
-        match commit_or_bytes {
-            CommitOrBytes::TmpCommit(tmp) => {
-                store.copy(&tmp, &target).await?;
-                let _ = store.delete(&tmp).await;
-            }
-            CommitOrBytes::LogBytes(bytes) => {
-                store.put(&target, bytes.into()).await?;
-            }
-        }
-        Ok(())
+        Err(
+            deltalake::kernel::transaction::TransactionError::LogStoreError {
+                msg: format!(
+                    "version {version}: on a store without put-if-absent only Smelter's commit \
+                     path writes the log (through a claim in etcd); this operation would write \
+                     it unfenced and is not supported there"
+                ),
+                source: "write refused by the arbitrated log store".into(),
+            },
+        )
     }
 
     async fn abort_commit_entry(

@@ -5,6 +5,8 @@
 //!
 //! The hooks, in commit order:
 //! * `commit.after_files`: data files are in storage, the log entry is not written;
+//! * `commit.after_claim`: (arbitrated stores) the version is claimed in etcd, its log
+//!   entry not yet written;
 //! * `commit.after_log`: the log entry is written, its result not yet handled;
 //! * `ingest.after_commit`: a bronze batch is committed, progress not yet reported.
 
@@ -15,6 +17,7 @@ use crate::{LakeError, Result};
 /// Every hook name, for validation.
 pub const NAMES: &[&str] = &[
     "commit.after_files",
+    "commit.after_claim",
     "commit.after_log",
     "ingest.after_commit",
 ];

@@ -4,7 +4,8 @@
 //!
 //! * [`location`]: where tables live ([`TableStore`]: local directory or S3 bucket) and how
 //!   the store makes a log write atomic ([`LogKind`]); [`storage`] and [`arbitrated`] are
-//!   the object-store and log-store plumbing behind it;
+//!   the object-store and log-store plumbing behind it, and [`claims`] how a log write
+//!   is fenced on a store without put-if-absent;
 //! * [`commit`]: the commit protocol — data files, then one log entry carrying the txn
 //!   actions that make it exactly-once — with [`app_id`] (the only spelling of those txns),
 //!   [`lock`] (the etcd commit lock and writer epochs) and [`heads`] (what a writer knows
@@ -22,6 +23,7 @@
 pub mod app_id;
 pub mod arbitrated;
 pub mod changes;
+pub mod claims;
 pub mod commit;
 pub mod compact;
 pub mod error;

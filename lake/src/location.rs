@@ -22,13 +22,14 @@ use crate::lock::LOCK_WAIT;
 use crate::{LakeError, Result};
 
 /// How a store makes a Delta log write atomic.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub enum LogKind {
     /// The store refuses a second create of one key (local disk, S3 with conditional
     /// writes): a log entry is written with put-if-absent.
+    #[default]
     PutIfAbsent,
-    /// The store lacks put-if-absent; every log write happens under the etcd commit lock
-    /// (`storage.commit_arbitration`, see [`crate::storage::ArbitratedLogStore`]).
+    /// The store lacks put-if-absent; every log write happens under the etcd commit lock,
+    /// through a claim on its version (`storage.commit_arbitration`, see [`crate::claims`]).
     Arbitrated,
 }
 
@@ -257,22 +258,94 @@ impl TableStore {
         if self.exists(table).await {
             return self.open(table).await;
         }
-        // On an arbitrated store, version 0 is a log write like any other: under the lock.
-        let lock = match (&commits.arbiter, self.log_kind()) {
-            (Some(arbiter), LogKind::Arbitrated) => Some(arbiter.acquire(table, LOCK_WAIT).await?),
-            (None, LogKind::Arbitrated) => {
-                return Err(LakeError::Unsupported {
-                    location: table.to_string(),
-                    message: "an arbitrated store needs the commit locks to create a table".into(),
-                });
+        match (&commits.arbiter, self.log_kind()) {
+            (_, LogKind::PutIfAbsent) => self.create(table, schema, partition_by).await,
+            // On an arbitrated store, version 0 is a log write like any other: under the
+            // lock, through a claim.
+            (Some(arbiter), LogKind::Arbitrated) => {
+                let lock = arbiter.acquire(table, LOCK_WAIT).await?;
+                let created = self
+                    .create_claimed(table, schema, partition_by, arbiter, &lock, commits)
+                    .await;
+                arbiter.release(lock).await;
+                created
             }
-            (_, LogKind::PutIfAbsent) => None,
-        };
-        let result = self.create(table, schema, partition_by).await;
-        if let (Some(arbiter), Some(lock)) = (&commits.arbiter, lock) {
-            arbiter.release(lock).await;
+            (None, LogKind::Arbitrated) => Err(LakeError::Unsupported {
+                location: table.to_string(),
+                message: "an arbitrated store needs the commit locks to create a table".into(),
+            }),
         }
-        result
+    }
+
+    /// Creates `table` on an arbitrated store: version 0 written through a claim.
+    async fn create_claimed(
+        &self,
+        table: &str,
+        schema: &SchemaRef,
+        partition_by: &[String],
+        arbiter: &crate::lock::CommitArbiter,
+        lock: &crate::lock::HeldLock,
+        commits: &CommitEnv,
+    ) -> Result<DeltaTable> {
+        use deltalake::kernel::transaction::CommitData;
+        use deltalake::kernel::{Action, MetadataExt as _, Protocol, new_metadata};
+        use deltalake::protocol::DeltaOperation;
+
+        let url = self.url(table)?;
+        let handle = DeltaTableBuilder::from_url(url.clone())
+            .map_err(|e| LakeError::delta(table, e))?
+            .with_storage_options(self.storage_options())
+            .build()
+            .map_err(|e| LakeError::delta(table, e))?;
+        let objects = handle.log_store().object_store(None);
+        let claims = crate::claims::Claims {
+            store: arbiter.store(),
+            guard: lock.guard(),
+            table,
+            objects: objects.as_ref(),
+            failpoints: &commits.failpoints,
+        };
+        claims.complete_pending().await?;
+        if self.exists(table).await {
+            return self.open(table).await;
+        }
+        let delta = |e: deltalake::DeltaTableError| LakeError::delta(table, e);
+        let delta_schema = StructType::try_from_arrow(schema.as_ref()).map_err(|e| {
+            LakeError::generic(table, format!("schema not representable in Delta: {e}"))
+        })?;
+        let metadata = new_metadata(
+            &delta_schema,
+            partition_by.iter(),
+            std::iter::empty::<(String, String)>(),
+        )
+        .and_then(|m| m.with_name(table.to_string()))
+        .map_err(|e| LakeError::generic(table, format!("table metadata: {e}")))?;
+        let protocol: Protocol = serde_json::from_value(serde_json::json!({
+            "minReaderVersion": 1,
+            "minWriterVersion": 2
+        }))
+        .map_err(|e| LakeError::generic(table, format!("protocol: {e}")))?;
+        let operation = DeltaOperation::Create {
+            mode: SaveMode::ErrorIfExists,
+            location: url.clone(),
+            protocol: protocol.clone(),
+            metadata: metadata.clone(),
+        };
+        let data = CommitData::new(
+            vec![Action::Protocol(protocol), Action::Metadata(metadata)],
+            operation,
+            HashMap::new(),
+            vec![],
+        );
+        let bytes = data.get_bytes().map_err(|e| delta(e.into()))?;
+        match claims.write(0, bytes).await? {
+            None | Some(crate::claims::Refused::Taken) => self.open(table).await,
+            Some(crate::claims::Refused::LockLost) => Err(LakeError::CommitConflict {
+                table: table.to_string(),
+                message: "the commit lock lapsed before the table's first version was claimed"
+                    .into(),
+            }),
+        }
     }
 
     async fn create(

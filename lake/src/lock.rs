@@ -53,10 +53,22 @@ pub struct HeldLock {
     _keeper: AbortOnDropHandle<()>,
 }
 
+impl HeldLock {
+    /// Proof of holding the lock: writes guarded by it land only while it is held.
+    pub fn guard(&self) -> &Guard {
+        &self.guard
+    }
+}
+
 impl CommitArbiter {
     /// Locks on `store`, each bound to a lease of `ttl` kept alive while held.
     pub fn new(store: Arc<dyn CoordinationStore>, ttl: Duration, holder: String) -> Self {
         Self { store, ttl, holder }
+    }
+
+    /// The coordination store the locks live in.
+    pub fn store(&self) -> &dyn CoordinationStore {
+        self.store.as_ref()
     }
 
     /// Takes the lock of `table`, waiting at most `wait` for the current holder.

@@ -4,8 +4,13 @@
 
 use std::process::Command;
 
+use std::time::Duration;
+
+use smelter_cli::bench::check::{check_run as check_tables, generator_of};
+use smelter_lake::testing::commit_for_test;
+use smelter_lake::{WriteMode, changes};
 use smelter_tests::services::{Etcd, Tansu};
-use smelter_tests::smelter_binary;
+use smelter_tests::{TestCluster, bounded_demo, smelter_binary};
 
 fn bench(args: &[&str]) -> serde_json::Value {
     let dir = tempfile::tempdir().unwrap();
@@ -60,6 +65,18 @@ fn check_run(run: &serde_json::Value, events: u64, processes: &[&str]) {
     let queries = run["queries"].as_array().unwrap();
     assert_eq!(queries.len(), 3);
     assert!(queries.iter().all(|q| q["rows"].as_u64().unwrap() > 0));
+    // The run checked its own tables against the events.
+    let checked = &run["checked"];
+    assert_eq!(checked["bronze"], events, "{checked}");
+    let (silver, quarantine) = (
+        checked["silver"].as_u64().unwrap(),
+        checked["quarantine"].as_u64().unwrap(),
+    );
+    assert!(
+        silver > 0 && quarantine > 0 && silver + quarantine <= events,
+        "{checked}"
+    );
+    assert_eq!(checked["gold_events"], silver);
 }
 
 #[test]
@@ -156,6 +173,8 @@ async fn bench_runs_as_a_cluster_on_a_broker() {
             &tansu.brokers,
             "--etcd",
             &etcd.endpoint,
+            "--etcd-pid",
+            &etcd.pid().to_string(),
             "--events",
             "8000",
             "--rate",
@@ -172,10 +191,58 @@ async fn bench_runs_as_a_cluster_on_a_broker() {
         &["coordinator", "worker-0", "worker-1"],
     );
     assert!(report["in_process"].is_null());
+    let etcd_cpu = report["cluster"]["etcd_cpu_seconds"].as_f64().unwrap();
+    assert!(etcd_cpu > 0.0, "etcd's CPU during the run: {etcd_cpu}");
     assert!(
         report["limit"]["kafka_events_per_cpu_second"]
             .as_f64()
             .unwrap()
             > 0.0
+    );
+}
+
+/// The benchmark's own check passes on a run's tables as the pipeline left them, and fails
+/// — naming the layer — once a row is doubled behind the pipeline's back: a run that lost
+/// or doubled rows reports no figure.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_bench_check_fails_a_run_with_a_doubled_row() {
+    let events = 3_000;
+    let cluster = TestCluster::start(2, &bounded_demo(events, 2))
+        .await
+        .unwrap();
+    cluster
+        .wait_drained(Duration::from_secs(120))
+        .await
+        .unwrap();
+    let generator = generator_of(&cluster.spec, &smelter_cli::workload::demo_events(1));
+    let counts = check_tables(&cluster.tables, &generator, events)
+        .await
+        .unwrap();
+    assert_eq!(counts.bronze, events);
+    // One silver row committed again, as a buggy writer would.
+    let mut silver = cluster.tables.open("silver.events").await.unwrap();
+    let files = changes::snapshot(&silver, "silver.events").unwrap();
+    let rows = changes::read(
+        &silver,
+        "silver.events",
+        &files[0],
+        None,
+        &Default::default(),
+    )
+    .await
+    .unwrap();
+    let row = rows[0].slice(0, 1);
+    commit_for_test(&mut silver, "silver.events", row, WriteMode::Append, &[]).await;
+    let refused = check_tables(&cluster.tables, &generator, events)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        refused.contains(&format!(
+            "silver: {} rows, expected {}",
+            counts.silver + 1,
+            counts.silver
+        )),
+        "{refused}"
     );
 }

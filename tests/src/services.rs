@@ -1,6 +1,8 @@
 //! Real services started by the harness on free loopback ports, in temp dirs, stopped on
-//! drop (docs/testing.md). A missing binary is a test failure when `SMELTER_REQUIRE_SERVICES=1`
-//! (CI), and a loud skip otherwise.
+//! drop (docs/testing.md). A missing binary is a test failure when
+//! `SMELTER_REQUIRE_SERVICES=1` or `CI=true`, and a loud skip otherwise: the test says so on
+//! its output and appends its name to the file `SMELTER_SKIP_LOG` names, which
+//! `scripts/test.sh` reads back into its summary (cargo counts a skipped test as passed).
 
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
@@ -8,9 +10,45 @@ use std::time::Duration;
 use smelter_common::store::EtcdStore;
 use smelter_harness::wait_until;
 
-/// Whether missing services must fail the run.
+/// Whether missing services must fail the run: always in CI.
 pub fn services_required() -> bool {
-    std::env::var("SMELTER_REQUIRE_SERVICES").is_ok_and(|v| v == "1")
+    required_by(|name| std::env::var(name).ok())
+}
+
+/// [`services_required`], reading variables through `var`.
+fn required_by(var: impl Fn(&str) -> Option<String>) -> bool {
+    var("SMELTER_REQUIRE_SERVICES").is_some_and(|v| v == "1")
+        || var("CI").is_some_and(|v| v == "true")
+}
+
+/// Records that the running test skips because `service` is missing: on stderr, and as a
+/// line `<test>: <service>` in the file `SMELTER_SKIP_LOG` names, if any.
+fn record_skip(service: &str) {
+    record_skip_to(
+        service,
+        std::env::var_os("SMELTER_SKIP_LOG").map(std::path::PathBuf::from),
+    );
+}
+
+fn record_skip_to(service: &str, log: Option<std::path::PathBuf>) {
+    let test = std::thread::current()
+        .name()
+        .unwrap_or("a test")
+        .to_string();
+    eprintln!(
+        "\n*** SKIPPED: {test}: `{service}` is not installed; run scripts/test.sh to install it ***\n"
+    );
+    if let Some(path) = log {
+        use std::io::Write;
+        let appended = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .and_then(|mut file| writeln!(file, "{test}: {service}"));
+        if let Err(error) = appended {
+            eprintln!("cannot record the skip in {}: {error}", path.display());
+        }
+    }
 }
 
 /// Finds `name` on the PATH, or reports why a test cannot run.
@@ -22,11 +60,9 @@ pub fn binary(name: &str) -> Option<std::path::PathBuf> {
     });
     match (&found, services_required()) {
         (None, true) => panic!(
-            "`{name}` is required (SMELTER_REQUIRE_SERVICES=1) but not on PATH; scripts/test.sh installs it"
+            "`{name}` is required (SMELTER_REQUIRE_SERVICES=1 or CI=true) but not on PATH; scripts/test.sh installs it"
         ),
-        (None, false) => eprintln!(
-            "\n*** SKIPPED: `{name}` is not installed; run scripts/test.sh to install it ***\n"
-        ),
+        (None, false) => record_skip(name),
         _ => {}
     }
     found
@@ -100,6 +136,11 @@ impl Etcd {
             }
         })
         .await
+    }
+
+    /// etcd's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     /// SIGKILLs etcd, keeps it down for `down`, then starts it again on the same data
@@ -366,5 +407,43 @@ fn retry_or_panic(service: &str, address: &str, attempt: u32, why: NotReady) {
             eprintln!("{service} at {address} {why}\nstarting it again on fresh ports");
         }
         why => panic!("{service} did not become ready at {address}: {why}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A skip leaves the test's name in the skip log, for the run's summary.
+    #[test]
+    fn a_skip_is_recorded_with_the_test_name() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let log = dir.path().join("skipped.log");
+        record_skip_to("etcd", Some(log.clone()));
+        record_skip_to("tansu", Some(log.clone()));
+        let text = std::fs::read_to_string(&log).expect("the skip log");
+        let test = "services::tests::a_skip_is_recorded_with_the_test_name";
+        assert_eq!(text, format!("{test}: etcd\n{test}: tansu\n"));
+    }
+
+    /// CI never skips, whatever `SMELTER_REQUIRE_SERVICES` says.
+    #[test]
+    fn ci_requires_every_service() {
+        let vars = |pairs: &'static [(&'static str, &'static str)]| {
+            move |name: &str| {
+                pairs
+                    .iter()
+                    .find(|(k, _)| *k == name)
+                    .map(|(_, v)| v.to_string())
+            }
+        };
+        assert!(required_by(vars(&[("CI", "true")])));
+        assert!(required_by(vars(&[
+            ("CI", "true"),
+            ("SMELTER_REQUIRE_SERVICES", "0")
+        ])));
+        assert!(required_by(vars(&[("SMELTER_REQUIRE_SERVICES", "1")])));
+        assert!(!required_by(vars(&[])));
+        assert!(!required_by(vars(&[("SMELTER_REQUIRE_SERVICES", "0")])));
     }
 }

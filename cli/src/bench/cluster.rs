@@ -34,6 +34,8 @@ pub struct Services {
     pub brokers: String,
     /// etcd client URLs, comma-separated.
     pub etcd: String,
+    /// etcd's process id, when it runs on this machine: its CPU is reported per run.
+    pub etcd_pid: Option<u32>,
 }
 
 fn bench_error(message: impl Into<String>) -> CliError {
@@ -230,6 +232,7 @@ pub async fn run(options: &BenchOptions, services: &Services) -> Result<(EndToEn
 
     let started = Instant::now();
     let steal_before = steal_seconds();
+    let etcd_before = services.etcd_pid.and_then(|pid| cpu_seconds(Some(pid)));
     let producing = {
         let (brokers, topic, options) = (services.brokers.clone(), topic.clone(), options.clone());
         tokio::task::spawn_blocking(move || produce(&brokers, &topic, &options))
@@ -247,6 +250,9 @@ pub async fn run(options: &BenchOptions, services: &Services) -> Result<(EndToEn
         rate: options.rate,
         wall_seconds: started.elapsed().as_secs_f64(),
         steal_seconds: steal_seconds() - steal_before,
+        etcd_cpu_seconds: services
+            .etcd_pid
+            .and_then(|pid| Some(cpu_seconds(Some(pid))? - etcd_before?)),
         ..EndToEnd::default()
     };
     for (name, pid) in processes.pids() {

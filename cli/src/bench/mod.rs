@@ -12,7 +12,10 @@
 //! * [`cluster`]: coordinator and workers as separate processes on etcd, fed through a
 //!   Kafka topic by a paced producer; CPU and peak memory per process.
 //! * [`limit`]: the bare stages. [`latency`]: produce-to-gold latency from the Delta logs.
+//! * [`check`]: every run's tables against what its events must give; a run that lost or
+//!   doubled rows fails instead of reporting a figure.
 
+pub mod check;
 pub mod cluster;
 pub mod in_process;
 pub mod latency;
@@ -136,6 +139,10 @@ pub struct EndToEnd {
     pub commits: BTreeMap<String, CommitShape>,
     /// Flight SQL query latency once everything is in.
     pub queries: Vec<QueryLatency>,
+    /// The rows each layer held, checked against the events (see [`check`]).
+    pub checked: check::Counts,
+    /// CPU-seconds etcd spent during the run (cluster runs, when its pid is known).
+    pub etcd_cpu_seconds: Option<f64>,
     /// Every run of this pipeline, in order; the figures above are those of the run with
     /// the least CPU.
     pub runs: Vec<RunSummary>,
@@ -262,6 +269,8 @@ pub async fn finish_run(
     produced: &latency::ProduceTimes,
     flight: &str,
 ) -> Result<()> {
+    let generator = check::generator_of(spec, &crate::workload::demo_events(1));
+    run.checked = check::check_run(tables, &generator, run.events).await?;
     let histories = latency::Histories::read(tables, spec).await?;
     run.latency = latency::latency(&histories, spec, produced);
     run.commits = histories.shapes();

@@ -75,6 +75,7 @@ pub async fn run(config: SmelterConfig, args: BenchArgs) -> Result<()> {
         let services = cluster::Services {
             brokers: brokers.clone(),
             etcd: etcd.clone(),
+            etcd_pid: args.etcd_pid,
         };
         let (run, spec) = least_cpu_of(options.runs, async || {
             cluster::run(&options, &services).await

@@ -156,6 +156,22 @@ pub async fn check_store(store: &dyn CoordinationStore, prefix: &str) {
         .put_guarded(&guard, &key("guarded"), b"1".to_vec(), None)
         .await
         .expect("guarded put while leading");
+    // A guarded create lands once, while the guard holds.
+    assert!(
+        store
+            .create_guarded(&guard, &key("claim"), b"first".to_vec())
+            .await
+            .expect("guarded create")
+            .is_some()
+    );
+    assert_eq!(
+        store
+            .create_guarded(&guard, &key("claim"), b"second".to_vec())
+            .await
+            .expect("guarded create of an existing key"),
+        None,
+        "an existing key is not created again"
+    );
     store.delete(&leader).await.expect("resign");
     let successor = store
         .put_if(&leader, Expect::Absent, b"b".to_vec(), None)
@@ -173,6 +189,29 @@ pub async fn check_store(store: &dyn CoordinationStore, prefix: &str) {
         store.delete_guarded(&guard, &key("guarded")).await,
         Err(Error::GuardLost { .. })
     ));
+    // A lost guard refuses a create, whether or not the key exists.
+    assert!(matches!(
+        store
+            .create_guarded(&guard, &key("claim-2"), b"x".to_vec())
+            .await,
+        Err(Error::GuardLost { .. })
+    ));
+    assert!(matches!(
+        store
+            .create_guarded(&guard, &key("claim"), b"x".to_vec())
+            .await,
+        Err(Error::GuardLost { .. })
+    ));
+    assert!(store.get(&key("claim-2")).await.expect("get").is_none());
+    assert_eq!(
+        store
+            .get(&key("claim"))
+            .await
+            .expect("get")
+            .expect("kept")
+            .value,
+        b"first".to_vec()
+    );
     let kept = store
         .get(&key("guarded"))
         .await

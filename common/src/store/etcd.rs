@@ -9,7 +9,7 @@
 use std::time::Duration;
 
 use async_trait::async_trait;
-use etcd_client::{Client, Compare, CompareOp, GetOptions, PutOptions, Txn, TxnOp};
+use etcd_client::{Client, Compare, CompareOp, GetOptions, PutOptions, Txn, TxnOp, TxnOpResponse};
 
 use super::{CoordinationStore, Expect, Guard, KeyValue, LeaseId};
 use crate::{Error, Result};
@@ -217,6 +217,42 @@ impl CoordinationStore for EtcdStore {
             lease,
         )
         .await
+    }
+
+    async fn create_guarded(
+        &self,
+        guard: &Guard,
+        key: &str,
+        value: Vec<u8>,
+    ) -> Result<Option<i64>> {
+        // Both compares in one txn; when it fails, the guard key read in the same txn tells
+        // which one did.
+        let txn = Txn::new()
+            .when([
+                Compare::create_revision(guard.key.as_str(), CompareOp::Equal, guard.revision),
+                Compare::create_revision(key, CompareOp::Equal, 0),
+            ])
+            .and_then([TxnOp::put(key, value, None)])
+            .or_else([TxnOp::get(guard.key.as_str(), None)]);
+        let response = self.client.clone().txn(txn).await.map_err(unavailable)?;
+        if response.succeeded() {
+            return Ok(Some(response.header().map_or(0, |h| h.revision())));
+        }
+        let guard_held = response.op_responses().iter().any(|op| match op {
+            TxnOpResponse::Get(get) => get
+                .kvs()
+                .first()
+                .is_some_and(|kv| kv.create_revision() == guard.revision),
+            _ => false,
+        });
+        if guard_held {
+            Ok(None)
+        } else {
+            Err(Error::GuardLost {
+                key: guard.key.clone(),
+                revision: guard.revision,
+            })
+        }
     }
 
     async fn delete_guarded(&self, guard: &Guard, key: &str) -> Result<()> {

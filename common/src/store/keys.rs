@@ -75,6 +75,17 @@ pub fn commit_lock(table: &str) -> String {
     format!("{ROOT}locks/{table}")
 }
 
+/// Prefix of one table's version claims (stores without put-if-absent).
+pub fn commit_claims(table: &str) -> String {
+    format!("{ROOT}commits/{table}/")
+}
+
+/// Key of the claim on one version of a table's log; zero-padded so claims list in
+/// version order.
+pub fn commit_claim(table: &str, version: i64) -> String {
+    format!("{}{version:020}", commit_claims(table))
+}
+
 /// The last path segment of a key (worker id, pipeline name).
 pub fn leaf(key: &str) -> &str {
     key.rsplit('/').next().unwrap_or(key)

@@ -192,6 +192,21 @@ impl CoordinationStore for MemoryStore {
         })
     }
 
+    async fn create_guarded(
+        &self,
+        guard: &Guard,
+        key: &str,
+        value: Vec<u8>,
+    ) -> Result<Option<i64>> {
+        self.with(|s| {
+            s.check(guard)?;
+            if s.keys.contains_key(key) {
+                return Ok(None);
+            }
+            s.write(key, value, None).map(Some)
+        })
+    }
+
     async fn delete_guarded(&self, guard: &Guard, key: &str) -> Result<()> {
         self.with(|s| {
             s.check(guard)?;

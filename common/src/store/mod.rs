@@ -92,4 +92,9 @@ pub trait CoordinationStore: Send + Sync + 'static {
     ) -> Result<i64>;
     /// [`delete`](Self::delete), but only while `guard` holds; `Error::GuardLost` otherwise.
     async fn delete_guarded(&self, guard: &Guard, key: &str) -> Result<()>;
+    /// Creates `key` only if it does not exist, and only while `guard` holds, in one atomic
+    /// step: the new revision, `None` if the key exists (guard held, nothing written), or
+    /// `Error::GuardLost` if the guard is gone (nothing written).
+    async fn create_guarded(&self, guard: &Guard, key: &str, value: Vec<u8>)
+    -> Result<Option<i64>>;
 }

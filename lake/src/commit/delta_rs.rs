@@ -7,6 +7,7 @@ use deltalake::kernel::transaction::{CommitBuilder, CommitProperties};
 use deltalake::table::config::TablePropertiesExt as _;
 
 use super::{Attempt, CommitOutcome, WriteMode};
+use crate::location::LogKind;
 use crate::log::{txn_version, version};
 use crate::{LakeError, Result};
 
@@ -14,12 +15,23 @@ use crate::{LakeError, Result};
 /// does not check itself (see the module docs).
 pub(super) async fn commit(table: &mut DeltaTable, attempt: Attempt<'_>) -> Result<CommitOutcome> {
     let (name, payload) = (attempt.name, attempt.payload);
+    if attempt.env.log == LogKind::Arbitrated {
+        // delta-rs writes the log without a claim; see `crate::claims`.
+        return Err(LakeError::Unsupported {
+            location: name.to_string(),
+            message: "this commit needs delta-rs's own commit path (a metadata or protocol \
+                      change, or table features beyond writer version 2), which cannot fence \
+                      its log write on a store without put-if-absent"
+                .into(),
+        });
+    }
     let app_ids = attempt.app_ids();
     let mut current = Vec::with_capacity(app_ids.len());
     for app_id in &app_ids {
         current.push(txn_version(table, app_id).await?);
     }
-    let Some(txn_actions) = super::lean::txn_actions(attempt.txns, attempt.epoch, &current) else {
+    let Some(txn_actions) = super::lean::txn_actions(attempt.txns, attempt.epoch(), &current)
+    else {
         return Ok(CommitOutcome::AlreadyCommitted);
     };
     let mut actions: Vec<Action> = payload.files.iter().cloned().map(Action::Add).collect();

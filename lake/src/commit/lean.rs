@@ -1,5 +1,6 @@
 //! The lean commit path: the log entry written as exactly the version after the head this
-//! writer followed, with put-if-absent (see the module docs of [`crate::commit`]).
+//! writer followed — with put-if-absent, or on an arbitrated store through a claim on the
+//! version ([`crate::claims`]) — see the module docs of [`crate::commit`].
 
 use std::collections::HashMap;
 
@@ -11,7 +12,9 @@ use deltalake::{DeltaTable, DeltaTableError};
 
 use super::{Attempt, CommitOutcome, Payload, TxnUpdate, WriteMode};
 use crate::app_id::AppId;
+use crate::claims::{Claims, Refused};
 use crate::heads::Head;
+use crate::location::LogKind;
 use crate::log::{refresh, version};
 use crate::{LakeError, Result};
 
@@ -27,9 +30,33 @@ pub(super) async fn commit_once(
         name,
         payload,
         txns,
-        epoch,
+        lock,
         env,
     } = attempt;
+    let epoch = attempt.epoch();
+    let objects = table.log_store().object_store(None);
+    let claims = match (env.log, lock, &env.arbiter) {
+        (LogKind::PutIfAbsent, _, _) => None,
+        (LogKind::Arbitrated, Some(lock), Some(arbiter)) => Some(Claims {
+            store: arbiter.store(),
+            guard: lock.guard(),
+            table: name,
+            objects: objects.as_ref(),
+            failpoints: &env.failpoints,
+        }),
+        (LogKind::Arbitrated, _, _) => {
+            return Err(LakeError::Unsupported {
+                location: name.to_string(),
+                message: "a store without put-if-absent is written only under the commit \
+                          locks, and this writer has none"
+                    .into(),
+            });
+        }
+    };
+    if let Some(claims) = &claims {
+        // Versions other holders claimed but did not write come first (see `claims`).
+        claims.complete_pending().await?;
+    }
     let app_ids = attempt.app_ids();
     for _ in 0..VERSION_RACES {
         let (head, current) = env.heads.txns(table, name, &app_ids).await?;
@@ -52,22 +79,34 @@ pub(super) async fn commit_once(
             .get_bytes()
             .map_err(|e| LakeError::delta(name, e.into()))?;
         let next = head.version() + 1;
-        let written = table
-            .log_store()
-            .write_commit_entry(
-                next as u64,
-                CommitOrBytes::LogBytes(bytes),
-                uuid::Uuid::new_v4(),
-            )
-            .await;
+        let written = match &claims {
+            Some(claims) => match claims.write(next, bytes).await? {
+                None => Written::Landed,
+                Some(Refused::Taken) => Written::Taken,
+                Some(Refused::LockLost) => Written::LockLost,
+            },
+            None => match table
+                .log_store()
+                .write_commit_entry(
+                    next as u64,
+                    CommitOrBytes::LogBytes(bytes),
+                    uuid::Uuid::new_v4(),
+                )
+                .await
+            {
+                Ok(()) => Written::Landed,
+                Err(TransactionError::VersionAlreadyExists(_)) => Written::Taken,
+                Err(e) => Written::Failed(LakeError::delta(name, e.into())),
+            },
+        };
         env.failpoints.hit("commit.after_log");
         match written {
-            Ok(()) => {
+            Written::Landed => {
                 env.heads.committed(name, next, &data.actions);
                 checkpoint_if_due(table, name, next).await;
                 return Ok(CommitOutcome::Committed { version: next });
             }
-            Err(TransactionError::VersionAlreadyExists(_)) if epoch.is_some() => {
+            Written::Taken if epoch.is_some() => {
                 // Under the commit lock nobody else writes the log: another holder did, so
                 // this writer's lock lapsed (paused past its lease). The attempt fails; the
                 // next one takes the lock again and decides from the txn versions.
@@ -78,20 +117,40 @@ pub(super) async fn commit_once(
                     ),
                 });
             }
-            Err(TransactionError::VersionAlreadyExists(_)) => {
+            Written::LockLost => {
+                return Err(LakeError::CommitConflict {
+                    table: name.to_string(),
+                    message: format!(
+                        "the commit lock lapsed before version {next} was claimed; nothing written"
+                    ),
+                });
+            }
+            Written::Taken => {
                 tracing::debug!(
                     table = name,
                     version = next,
                     "another writer took the version; reading its commit"
                 );
             }
-            Err(e) => return Err(LakeError::delta(name, e.into())),
+            Written::Failed(error) => return Err(error),
         }
     }
     Err(LakeError::CommitConflict {
         table: name.to_string(),
         message: format!("other writers took the next version {VERSION_RACES} times in a row"),
     })
+}
+
+/// What became of one log write.
+enum Written {
+    /// The entry is the version.
+    Landed,
+    /// Another writer has the version.
+    Taken,
+    /// This writer's commit lock lapsed before it claimed the version (arbitrated stores).
+    LockLost,
+    /// The write failed; its outcome is unknown.
+    Failed(LakeError),
 }
 
 /// The commit's txn actions, or `None` when the table no longer holds a position the

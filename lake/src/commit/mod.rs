@@ -57,7 +57,8 @@ use crate::app_id::AppId;
 use crate::error::Retry;
 use crate::failpoint::Failpoints;
 use crate::heads::LogHeads;
-use crate::lock::{CommitArbiter, LOCK_WAIT};
+use crate::location::LogKind;
+use crate::lock::{CommitArbiter, HeldLock, LOCK_WAIT};
 use crate::recent_files::RecentFiles;
 use crate::{LakeError, Result};
 
@@ -121,6 +122,10 @@ pub struct CommitEnv {
     pub heads: LogHeads,
     /// The rows of the files this worker committed lately (see [`crate::recent_files`]).
     pub recent: RecentFiles,
+    /// How the tables' store makes a log write atomic (the [`TableStore`](crate::TableStore)'s
+    /// [`log_kind`](crate::TableStore::log_kind)): on an arbitrated store every version is
+    /// written through a claim (see [`crate::claims`]).
+    pub log: LogKind,
 }
 
 /// How often a commit is attempted after failures that may pass (conflicts, lapsed locks,
@@ -159,12 +164,11 @@ pub async fn commit(
             Some(arbiter) => Some(arbiter.acquire(name, LOCK_WAIT).await?),
             None => None,
         };
-        let epoch = lock.as_ref().map(|l| l.epoch);
         let this_attempt = Attempt {
             name,
             payload: &payload,
             txns: &txns,
-            epoch,
+            lock: lock.as_ref(),
             env,
         };
         let result = lean::commit_once(table, this_attempt).await;
@@ -232,21 +236,26 @@ impl Payload<'_> {
     }
 }
 
-/// What one attempt commits, and under which lock epoch.
+/// What one attempt commits, and under which lock.
 #[derive(Clone, Copy)]
 struct Attempt<'a> {
     name: &'a str,
     payload: &'a Payload<'a>,
     txns: &'a [TxnUpdate],
-    epoch: Option<i64>,
+    lock: Option<&'a HeldLock>,
     env: &'a CommitEnv,
 }
 
 impl Attempt<'_> {
+    /// The epoch of the held lock, if any.
+    fn epoch(&self) -> Option<i64> {
+        self.lock.map(|l| l.epoch)
+    }
+
     /// The app ids whose positions the commit checks: its txns, then the epoch under a lock.
     fn app_ids(&self) -> Vec<AppId> {
         let mut app_ids: Vec<AppId> = self.txns.iter().map(|t| t.app_id.clone()).collect();
-        if self.epoch.is_some() {
+        if self.lock.is_some() {
             app_ids.push(AppId::Epoch);
         }
         app_ids

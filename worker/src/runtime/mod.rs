@@ -134,6 +134,7 @@ pub async fn run(
         failpoints: Failpoints::parse(config.worker.failpoint.as_deref())?,
         heads: Default::default(),
         recent,
+        log: tables.log_kind(),
     });
 
     let endpoints = config.coordinator.endpoint_list();
