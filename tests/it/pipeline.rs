@@ -77,7 +77,7 @@ async fn clickstream_is_exact_through_every_layer() {
                     .await
                     .unwrap()
             ),
-            truth.silver_ids.len() as i64
+            truth.silver.len() as i64
         );
         let gold = client
             .query("SELECT sum(events) FROM gold.hourly_metrics")
@@ -85,7 +85,7 @@ async fn clickstream_is_exact_through_every_layer() {
             .unwrap();
         assert_eq!(
             count(&gold),
-            truth.silver_ids.len() as i64,
+            truth.silver.len() as i64,
             "hourly events add up to silver rows"
         );
     }

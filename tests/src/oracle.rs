@@ -1,6 +1,12 @@
 //! The exactly-once oracle (docs/testing.md): ground truth computed from the generator's pure
 //! event function, compared with what the tables hold, plus independent recomputation of
 //! gold and a replay of each `_delta_log`.
+//!
+//! Nothing here shares code with the pipeline's refine or gold: the expected silver row of
+//! each valid event is decoded from its payload with `serde_json` (nested objects
+//! flattened by hand, the timestamp parsed by `chrono`), every column of every silver row
+//! is compared with it, and gold is recomputed with plain DataFusion over those expected
+//! rows — not over the silver table under test.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
@@ -20,13 +26,79 @@ use crate::TestResult;
 /// A source position.
 pub type Position = (String, i32, i64);
 
+/// The demo's text columns in silver and where each comes from in the payload.
+const TEXT_COLUMNS: [(&str, &[&str]); 10] = [
+    ("event_id", &["event_id"]),
+    ("event_type", &["event_type"]),
+    ("session_id", &["session_id"]),
+    ("user_id", &["user", "id"]),
+    ("user_country", &["user", "country"]),
+    ("user_device", &["user", "device"]),
+    ("page_url", &["page", "url"]),
+    ("page_referrer", &["page", "referrer"]),
+    ("product_id", &["product", "id"]),
+    ("product_category", &["product", "category"]),
+];
+
+/// One silver row as the oracle expects it, decoded from the event's payload.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ExpectedRow {
+    /// Where the event was first delivered (a later duplicate keeps nothing of its own).
+    pub position: Position,
+    /// The [`TEXT_COLUMNS`], in order.
+    pub text: Vec<Option<String>>,
+    /// `ts`, microseconds since the epoch.
+    pub ts_us: Option<i64>,
+    /// `product_price`.
+    pub price: Option<f64>,
+    /// `quantity`.
+    pub quantity: Option<i64>,
+}
+
+impl ExpectedRow {
+    /// Decodes a valid event's payload the way the demo's silver schema declares it.
+    pub fn decode(position: Position, payload: &[u8]) -> Result<Self, String> {
+        let value: serde_json::Value =
+            serde_json::from_slice(payload).map_err(|e| format!("{position:?}: not JSON: {e}"))?;
+        let at = |path: &[&str]| {
+            path.iter()
+                .try_fold(&value, |v, key| v.get(key))
+                .filter(|v| !v.is_null())
+        };
+        let text = TEXT_COLUMNS
+            .iter()
+            .map(|(_, path)| at(path).and_then(|v| v.as_str()).map(str::to_string))
+            .collect();
+        let ts_us = at(&["ts"])
+            .and_then(|v| v.as_str())
+            .map(|t| {
+                chrono::DateTime::parse_from_rfc3339(t)
+                    .map(|t| t.timestamp_micros())
+                    .map_err(|e| format!("{position:?}: ts {t}: {e}"))
+            })
+            .transpose()?;
+        Ok(Self {
+            position,
+            text,
+            ts_us,
+            price: at(&["product", "price"]).and_then(|v| v.as_f64()),
+            quantity: at(&["quantity"]).and_then(|v| v.as_i64()),
+        })
+    }
+
+    /// The row's `event_id`.
+    pub fn event_id(&self) -> &str {
+        self.text[0].as_deref().unwrap_or_default()
+    }
+}
+
 /// What the tables must hold, derived from the sources alone.
 #[derive(Debug, Default)]
 pub struct Truth {
     /// Every record the sources produced (G).
     pub bronze: BTreeSet<Position>,
-    /// `event_id`s that must be in silver, once each.
-    pub silver_ids: BTreeSet<String>,
+    /// The rows silver must hold, by `event_id`, once each.
+    pub silver: BTreeMap<String, ExpectedRow>,
     /// Records that must be quarantined, with their rule (G_bad).
     pub quarantine: BTreeMap<Position, String>,
     /// Generated duplicates (must not add silver rows).
@@ -40,7 +112,14 @@ impl Truth {
         self.bronze.insert(position.clone());
         match event.kind {
             EventKind::Valid => {
-                self.silver_ids.insert(event.event_id);
+                let row = ExpectedRow::decode(position, &event.payload)
+                    .expect("a valid event's payload decodes");
+                assert_eq!(
+                    row.event_id(),
+                    event.event_id,
+                    "the payload names its event"
+                );
+                self.silver.insert(event.event_id, row);
             }
             EventKind::Duplicate { .. } => self.duplicates += 1,
             EventKind::Malformed => {
@@ -108,6 +187,13 @@ pub async fn sql(tables: &TableStore, sql: &str) -> TestResult<Vec<RecordBatch>>
         .map_err(|e| format!("{sql}: {e}"))
 }
 
+/// The values of a text column (any string encoding), NULLs as `None`.
+pub fn optional_strings(column: &arrow::array::ArrayRef) -> Vec<Option<String>> {
+    let column = arrow::compute::cast(column, &DataType::Utf8).expect("text column");
+    let column = column.as_string::<i32>();
+    column.iter().map(|v| v.map(str::to_string)).collect()
+}
+
 /// The values of a text column (any string encoding) as owned strings.
 pub fn strings(column: &arrow::array::ArrayRef) -> Vec<String> {
     let column = arrow::compute::cast(column, &DataType::Utf8).expect("text column");
@@ -170,28 +256,77 @@ pub async fn check_bronze(tables: &TableStore, table: &str, truth: &Truth) -> Te
     exact(table, found, &truth.bronze)
 }
 
-/// Silver holds each valid event once, and nothing else; quarantine holds exactly G_bad
-/// with rule and reason.
+/// Silver holds each valid event once, every column equal to the value its payload gives,
+/// and nothing else; quarantine holds exactly G_bad with rule and reason.
 pub async fn check_silver(tables: &TableStore, silver: &str, truth: &Truth) -> TestResult<()> {
-    let batches = sql(tables, &format!("SELECT event_id FROM {silver}")).await?;
-    let mut ids = Vec::new();
+    let columns: Vec<&str> = TEXT_COLUMNS.iter().map(|(c, _)| *c).collect();
+    let batches = sql(
+        tables,
+        &format!(
+            "SELECT {}, CAST(ts AS BIGINT), product_price, quantity, _topic, _partition, \
+             _offset, _rescued_data FROM {silver}",
+            columns.join(", ")
+        ),
+    )
+    .await?;
+    let mut seen: BTreeSet<String> = BTreeSet::new();
+    let mut problems: Vec<String> = Vec::new();
+    let mut rows = 0usize;
+    let n = TEXT_COLUMNS.len();
     for batch in &batches {
-        ids.extend(strings(batch.column(0)));
+        let text: Vec<Vec<Option<String>>> =
+            (0..n).map(|i| optional_strings(batch.column(i))).collect();
+        let ts = batch.column(n).as_primitive::<Int64Type>();
+        let price = batch.column(n + 1).as_primitive::<Float64Type>();
+        let quantity = batch.column(n + 2).as_primitive::<Int64Type>();
+        let topic = strings(batch.column(n + 3));
+        let partition = batch.column(n + 4).as_primitive::<Int32Type>();
+        let offset = batch.column(n + 5).as_primitive::<Int64Type>();
+        let rescued = optional_strings(batch.column(n + 6));
+        for row in 0..batch.num_rows() {
+            rows += 1;
+            let found = ExpectedRow {
+                position: (topic[row].clone(), partition.value(row), offset.value(row)),
+                text: text.iter().map(|c| c[row].clone()).collect(),
+                ts_us: ts.is_valid(row).then(|| ts.value(row)),
+                price: price.is_valid(row).then(|| price.value(row)),
+                quantity: quantity.is_valid(row).then(|| quantity.value(row)),
+            };
+            let id = found.event_id().to_string();
+            if !seen.insert(id.clone()) {
+                problems.push(format!("{id} more than once"));
+                continue;
+            }
+            match truth.silver.get(&id) {
+                None => problems.push(format!("{id} is not a valid event: {found:?}")),
+                Some(expected) if *expected != found => {
+                    problems.push(format!("{id}: found {found:?}, expected {expected:?}"))
+                }
+                Some(_) => {}
+            }
+            if let Some(extra) = &rescued[row] {
+                problems.push(format!("{id}: unexpected _rescued_data {extra}"));
+            }
+        }
     }
-    let unique: BTreeSet<String> = ids.iter().cloned().collect();
-    if unique.len() != ids.len() {
-        return Err(format!(
-            "{silver}: {} duplicate event_id rows",
-            ids.len() - unique.len()
+    let missing: Vec<&String> = truth
+        .silver
+        .keys()
+        .filter(|id| !seen.contains(*id))
+        .collect();
+    if !missing.is_empty() {
+        problems.push(format!(
+            "{} valid events missing, e.g. {:?}",
+            missing.len(),
+            &missing[..missing.len().min(5)]
         ));
     }
-    if unique != truth.silver_ids {
-        let missing: Vec<_> = truth.silver_ids.difference(&unique).take(5).collect();
-        let extra: Vec<_> = unique.difference(&truth.silver_ids).take(5).collect();
+    if !problems.is_empty() {
         return Err(format!(
-            "{silver}: {} ids vs {} expected; missing {missing:?}; extra {extra:?}",
-            unique.len(),
-            truth.silver_ids.len()
+            "{silver}: {rows} rows, {} expected; {} problems, e.g. {:?}",
+            truth.silver.len(),
+            problems.len(),
+            &problems[..problems.len().min(5)]
         ));
     }
     let quarantine = format!("{silver}_quarantine");
@@ -267,10 +402,18 @@ pub fn rows(batches: &[RecordBatch]) -> TestResult<Vec<String>> {
     Ok(out)
 }
 
-/// Every gold table equals its SQL recomputed here, directly over the silver table.
-pub async fn check_gold(tables: &TableStore, spec: &PipelineSpec) -> TestResult<()> {
+/// Every gold table equals its SQL recomputed here with plain DataFusion over the rows
+/// silver must hold (the oracle's, not the silver table under test).
+pub async fn check_gold(tables: &TableStore, spec: &PipelineSpec, truth: &Truth) -> TestResult<()> {
+    let expected_silver = expected_silver(truth)?;
     for (name, table) in spec.tables_in(Layer::Gold) {
-        let expected = rows(&sql(tables, table.sql.as_deref().unwrap_or_default()).await?)?;
+        let recomputed = over_expected_silver(
+            &table.from,
+            expected_silver.clone(),
+            table.sql.as_deref().unwrap_or_default(),
+        )
+        .await?;
+        let expected = rows(&recomputed)?;
         let actual = rows(&sql(tables, &format!("SELECT * FROM {name}")).await?)?;
         if expected.is_empty() {
             return Err(format!(
@@ -291,6 +434,79 @@ pub async fn check_gold(tables: &TableStore, spec: &PipelineSpec) -> TestResult<
         }
     }
     Ok(())
+}
+
+/// The oracle's silver rows as one Arrow batch with the demo's silver columns.
+fn expected_silver(truth: &Truth) -> TestResult<RecordBatch> {
+    use arrow::array::{
+        ArrayRef, Float64Array, Int32Array, Int64Array, StringArray, TimestampMicrosecondArray,
+    };
+    use arrow::datatypes::{Field, Schema, TimeUnit};
+    let rows: Vec<&ExpectedRow> = truth.silver.values().collect();
+    let mut fields: Vec<Field> = TEXT_COLUMNS
+        .iter()
+        .map(|(c, _)| Field::new(*c, DataType::Utf8, true))
+        .collect();
+    let mut columns: Vec<ArrayRef> = (0..TEXT_COLUMNS.len())
+        .map(|i| {
+            Arc::new(StringArray::from_iter(
+                rows.iter().map(|r| r.text[i].as_deref()),
+            )) as ArrayRef
+        })
+        .collect();
+    fields.push(Field::new(
+        "ts",
+        DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())),
+        true,
+    ));
+    columns.push(Arc::new(
+        TimestampMicrosecondArray::from_iter(rows.iter().map(|r| r.ts_us)).with_timezone("UTC"),
+    ));
+    fields.push(Field::new("product_price", DataType::Float64, true));
+    columns.push(Arc::new(Float64Array::from_iter(
+        rows.iter().map(|r| r.price),
+    )));
+    fields.push(Field::new("quantity", DataType::Int64, true));
+    columns.push(Arc::new(Int64Array::from_iter(
+        rows.iter().map(|r| r.quantity),
+    )));
+    fields.push(Field::new("_topic", DataType::Utf8, false));
+    columns.push(Arc::new(StringArray::from_iter_values(
+        rows.iter().map(|r| r.position.0.as_str()),
+    )));
+    fields.push(Field::new("_partition", DataType::Int32, false));
+    columns.push(Arc::new(Int32Array::from_iter_values(
+        rows.iter().map(|r| r.position.1),
+    )));
+    fields.push(Field::new("_offset", DataType::Int64, false));
+    columns.push(Arc::new(Int64Array::from_iter_values(
+        rows.iter().map(|r| r.position.2),
+    )));
+    RecordBatch::try_new(Arc::new(Schema::new(fields)), columns).map_err(|e| e.to_string())
+}
+
+/// Runs `sql` with plain DataFusion, `silver` (a `layer.name`) being `rows`.
+async fn over_expected_silver(
+    silver: &str,
+    rows: RecordBatch,
+    sql: &str,
+) -> TestResult<Vec<RecordBatch>> {
+    let ctx = SessionContext::new();
+    let catalog = ctx.catalog("datafusion").ok_or("no default catalog")?;
+    let (layer, short) = silver.split_once('.').ok_or("bad table name")?;
+    catalog
+        .register_schema(layer, Arc::new(MemorySchemaProvider::new()))
+        .map_err(|e| e.to_string())?;
+    let table = datafusion::datasource::MemTable::try_new(rows.schema(), vec![vec![rows]])
+        .map_err(|e| e.to_string())?;
+    ctx.register_table(TableReference::partial(layer, short), Arc::new(table))
+        .map_err(|e| e.to_string())?;
+    ctx.sql(sql)
+        .await
+        .map_err(|e| format!("{sql}: {e}"))?
+        .collect()
+        .await
+        .map_err(|e| format!("{sql}: {e}"))
 }
 
 /// Replays a table's `_delta_log`: every txn app id's versions never decrease, and no data
@@ -354,7 +570,7 @@ pub async fn check_pipeline(
 ) -> TestResult<()> {
     check_bronze(tables, "bronze.events", truth).await?;
     check_silver(tables, "silver.events", truth).await?;
-    check_gold(tables, spec).await?;
+    check_gold(tables, spec, truth).await?;
     for table in tables.list().await {
         if tables.is_local() {
             // The raw-file replay reads local directories; the verifier reads any store.

@@ -15,6 +15,8 @@
 //! when the state is built, over [`slot`]s that hand them the rows of each fold.
 
 pub mod plan;
+#[cfg(test)]
+mod properties;
 pub mod slot;
 pub mod state;
 #[cfg(test)]
@@ -88,6 +90,8 @@ pub struct IncrementalGold {
     /// The upstream version the state reflects.
     version: i64,
     recent: RecentFiles,
+    /// Upstream rows the last fold read (a build's: the whole snapshot).
+    last_folded: u64,
 }
 
 impl IncrementalGold {
@@ -123,6 +127,7 @@ impl IncrementalGold {
             upstream: name.to_string(),
             version,
             recent: recent.clone(),
+            last_folded: 0,
         };
         let files = if version < 0 {
             Vec::new()
@@ -171,6 +176,7 @@ impl IncrementalGold {
         let schema = self.plan.input_schema().clone();
         let mut batches = Vec::new();
         let mut rows = 0;
+        self.last_folded = 0;
         for file in &files {
             for batch in changes::read(
                 upstream,
@@ -182,6 +188,7 @@ impl IncrementalGold {
             .await?
             {
                 rows += batch.num_rows();
+                self.last_folded += batch.num_rows() as u64;
                 batches.push(changes::conform(&batch, file, &schema)?);
             }
             if rows >= FOLD_ROWS {
@@ -217,6 +224,26 @@ impl IncrementalGold {
     }
 }
 
+/// What one refresh did, for reports and tests.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum RefreshKind {
+    /// No refresh yet.
+    #[default]
+    None,
+    /// The new upstream rows were folded into the state: this many.
+    Folded {
+        /// Upstream rows read.
+        rows: u64,
+    },
+    /// The state was built from the whole upstream snapshot: this many rows.
+    Built {
+        /// Upstream rows read.
+        rows: u64,
+    },
+    /// The query was recomputed over the whole upstream.
+    Recomputed,
+}
+
 /// How a gold task computes its query.
 enum Strategy {
     /// Not decided yet, or the state must be built again.
@@ -235,6 +262,7 @@ pub struct Refresher {
     strategy: Strategy,
     max_distinct_values: usize,
     recent: RecentFiles,
+    last: RefreshKind,
 }
 
 impl Refresher {
@@ -247,7 +275,13 @@ impl Refresher {
             strategy: Strategy::Build,
             max_distinct_values: MAX_DISTINCT_VALUES,
             recent: RecentFiles::default(),
+            last: RefreshKind::None,
         }
+    }
+
+    /// What the last refresh did.
+    pub fn last_refresh(&self) -> RefreshKind {
+        self.last
     }
 
     /// The same reading the upstream's files from `recent` when they are there.
@@ -291,7 +325,15 @@ impl Refresher {
         // again rather than folded twice.
         match std::mem::replace(&mut self.strategy, Strategy::Build) {
             Strategy::Incremental(mut gold) => {
+                let advanced_from = gold.version();
                 if gold.advance(upstream, version).await? {
+                    self.last = RefreshKind::Folded {
+                        rows: if version > advanced_from {
+                            gold.last_folded
+                        } else {
+                            0
+                        },
+                    };
                     if let Some(gold) = self.bounded(gold) {
                         let result = gold.result().await?;
                         self.strategy = Strategy::Incremental(gold);
@@ -320,6 +362,9 @@ impl Refresher {
             .await?
             {
                 Ok(gold) => {
+                    self.last = RefreshKind::Built {
+                        rows: gold.last_folded,
+                    };
                     if let Some(gold) = self.bounded(Box::new(gold)) {
                         let result = gold.result().await?;
                         self.strategy = Strategy::Incremental(gold);
@@ -336,6 +381,7 @@ impl Refresher {
             .engine
             .plan(&self.sql, Some((&self.upstream, version)))
             .await?;
+        self.last = RefreshKind::Recomputed;
         Ok(frame.collect().await?)
     }
 }

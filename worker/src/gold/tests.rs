@@ -14,10 +14,10 @@ use crate::serve::query::QueryEngine;
 use smelter_lake::testing::commit_for_test;
 use smelter_lake::{LogKind, TableStore, WriteMode, log};
 
-const SILVER: &str = "silver.events";
+pub(super) const SILVER: &str = "silver.events";
 
 /// Queries that fold incrementally.
-const INCREMENTAL: &[&str] = &[
+pub(super) const INCREMENTAL: &[&str] = &[
     "SELECT date_trunc('hour', ts) AS hour, event_type, count(*) AS events, \
        count(DISTINCT user_id) AS users, \
        sum(CASE WHEN event_type = 'purchase' THEN price * quantity ELSE 0 END) AS revenue \
@@ -48,7 +48,7 @@ const FULL: &[&str] = &[
      JOIN silver.events b ON a.user_id = b.user_id GROUP BY a.user_id",
 ];
 
-fn schema() -> SchemaRef {
+pub(super) fn schema() -> SchemaRef {
     Arc::new(Schema::new(vec![
         Field::new("user_id", DataType::Utf8, true),
         Field::new("event_type", DataType::Utf8, true),
@@ -106,7 +106,7 @@ fn rows(first: i64, n: i64) -> RecordBatch {
 }
 
 /// Rows as sorted strings, floats to 6 decimals.
-fn render(batches: &[RecordBatch]) -> Vec<String> {
+pub(super) fn render(batches: &[RecordBatch]) -> Vec<String> {
     let options = FormatOptions::default().with_null("NULL");
     let mut out = Vec::new();
     for batch in batches {

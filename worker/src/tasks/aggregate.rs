@@ -116,7 +116,7 @@ impl AggregateTask {
                     progress.update(|r| r.lag = 0);
                     let took = refresh_started.elapsed();
                     interval = min_interval.max(took * BUSY_FACTOR);
-                    tracing::debug!(table = %self.table, version, silver_version = latest, rows, incremental = refresher.incremental(), elapsed_ms = took.as_millis() as u64, next_in_ms = interval.as_millis() as u64, "gold refresh");
+                    tracing::debug!(table = %self.table, version, silver_version = latest, rows, how = ?refresher.last_refresh(), elapsed_ms = took.as_millis() as u64, next_in_ms = interval.as_millis() as u64, "gold refresh");
                     consumed = Some(latest);
                 }
                 CommitOutcome::AlreadyCommitted => {
