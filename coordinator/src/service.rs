@@ -99,11 +99,15 @@ impl Control for ControlService {
         &self,
         request: Request<HeartbeatRequest>,
     ) -> Result<Response<HeartbeatResponse>, Status> {
-        let worker_id = request.into_inner().worker_id;
-        require("worker_id", &worker_id)?;
+        let request = request.into_inner();
+        require("worker_id", &request.worker_id)?;
         Ok(Response::new(
-            self.call(|reply| Command::Heartbeat { worker_id, reply })
-                .await??,
+            self.call(|reply| Command::Heartbeat {
+                worker_id: request.worker_id,
+                commits_fenced: request.commits_fenced,
+                reply,
+            })
+            .await??,
         ))
     }
 

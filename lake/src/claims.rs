@@ -148,7 +148,9 @@ impl Claims<'_> {
             Err(smelter_common::Error::GuardLost { .. }) => return Ok(Some(Refused::LockLost)),
             Err(error) => return Err(error.into()),
         }
-        self.failpoints.hit("commit.after_claim");
+        self.failpoints.hit("commit.after_claim", || {
+            format!("table={} version={version}", self.table)
+        });
         self.objects
             .put(&log_path(version), PutPayload::from_bytes(bytes))
             .await

@@ -61,8 +61,10 @@ impl Failpoints {
         })
     }
 
-    /// Aborts the process if `name` is armed and this is its n-th hit.
-    pub fn hit(&self, name: &str) {
+    /// Aborts the process if `name` is armed and this is its n-th hit, logging `detail()`
+    /// (what the process leaves behind: the table, its version or files) first, so a test
+    /// can check the state it finds is that one.
+    pub fn hit(&self, name: &str, detail: impl FnOnce() -> String) {
         if let Some((armed, at)) = &self.armed
             && armed == name
             && self.hits.fetch_add(1, Ordering::AcqRel) + 1 == *at
@@ -70,6 +72,7 @@ impl Failpoints {
             tracing::error!(
                 failpoint = name,
                 hit = at,
+                detail = %detail(),
                 "failpoint reached: aborting the process"
             );
             std::process::abort();
@@ -101,6 +104,6 @@ mod tests {
         // Unarmed names never fire.
         Failpoints::parse(Some("commit.after_log:1"))
             .unwrap()
-            .hit("commit.after_files");
+            .hit("commit.after_files", String::new);
     }
 }

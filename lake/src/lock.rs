@@ -41,6 +41,8 @@ pub struct CommitArbiter {
     ttl: Duration,
     /// Who holds a lock, as stored in its key (worker identity and pid, for operators).
     holder: String,
+    /// Commit attempts refused because their lock had lapsed (see [`Self::fenced`]).
+    fenced: std::sync::atomic::AtomicU64,
 }
 
 /// A held commit lock; release it with [`CommitArbiter::release`]. Dropping it stops the
@@ -63,7 +65,25 @@ impl HeldLock {
 impl CommitArbiter {
     /// Locks on `store`, each bound to a lease of `ttl` kept alive while held.
     pub fn new(store: Arc<dyn CoordinationStore>, ttl: Duration, holder: String) -> Self {
-        Self { store, ttl, holder }
+        Self {
+            store,
+            ttl,
+            holder,
+            fenced: Default::default(),
+        }
+    }
+
+    /// How many commit attempts under these locks were refused because the lock had
+    /// lapsed while the writer held it — a successor took the table meanwhile, and the
+    /// writer decided again from the log. Each is a fence doing its job.
+    pub fn fenced(&self) -> u64 {
+        self.fenced.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Counts one refused attempt (see [`Self::fenced`]).
+    pub fn count_fenced(&self) {
+        self.fenced
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// The coordination store the locks live in.

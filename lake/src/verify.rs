@@ -223,3 +223,42 @@ async fn check_offsets(
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::TestTable;
+    use crate::{AppId, CommitEnv, CommitOutcome, TxnUpdate, WriteMode, commit};
+
+    /// The verifier's epoch check can fail: a log whose writer epoch goes back (a stale
+    /// holder landing after its successor) is reported, a clean one is not.
+    #[tokio::test]
+    async fn an_epoch_that_goes_back_is_reported() {
+        let env = CommitEnv::default();
+        let t = TestTable::create("silver.t", &env).await;
+        let mut table = t.store.open("silver.t").await.unwrap();
+        let mut put = async |previous: Option<i64>, epoch: i64| {
+            let txns = vec![TxnUpdate::new(&AppId::Epoch, previous, epoch)];
+            let outcome = commit(
+                &mut table,
+                "silver.t",
+                vec![t.batch(epoch)],
+                WriteMode::Append,
+                &[],
+                txns,
+                &env,
+            )
+            .await
+            .unwrap();
+            assert!(matches!(outcome, CommitOutcome::Committed { .. }));
+        };
+        put(None, 5).await;
+        put(Some(5), 7).await;
+        assert!(verify(&t.store, "silver.t").await.unwrap().is_clean());
+        put(Some(7), 6).await;
+        let report = verify(&t.store, "silver.t").await.unwrap();
+        let checks: Vec<&str> = report.findings.iter().map(|f| f.check).collect();
+        assert_eq!(checks, ["txn_regressed"], "{:?}", report.findings);
+        assert!(report.findings[0].message.contains("smelter/epoch"));
+    }
+}

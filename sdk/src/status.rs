@@ -11,6 +11,7 @@ pub fn status_json(status: &ClusterStatus) -> serde_json::Value {
         "workers": status.workers.iter().map(|w| serde_json::json!({
             "worker_id": w.worker_id, "flight_endpoint": w.flight_endpoint, "hostname": w.hostname,
             "tasks": w.tasks, "lease_expires_in_ms": w.lease_expires_in_ms,
+            "commits_fenced": w.commits_fenced,
         })).collect::<Vec<_>>(),
         "tasks": status.tasks.iter().map(|t| {
             let task = t.task.clone().unwrap_or_default();

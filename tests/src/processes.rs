@@ -116,6 +116,24 @@ pub fn tasks(status: &serde_json::Value) -> Vec<serde_json::Value> {
 /// `smelter up --workers 2 --data-dir DATA --pipeline PIPELINE [extra]` on free ports, with
 /// extra environment variables (`SMELTER__*` settings).
 pub fn smelter_up(data: &Path, pipeline: &Path, extra: &[&str], env: &[(&str, &str)]) -> Child {
+    up(data, pipeline, extra, env, Stdio::inherit())
+}
+
+/// [`smelter_up`] with its log (stderr, as JSON lines) in the file `log`.
+pub fn smelter_up_logging(
+    data: &Path,
+    pipeline: &Path,
+    extra: &[&str],
+    env: &[(&str, &str)],
+    log: &Path,
+) -> Child {
+    let file = std::fs::File::create(log).expect("a log file");
+    let mut args = vec!["--log-json"];
+    args.extend_from_slice(extra);
+    up(data, pipeline, &args, env, Stdio::from(file))
+}
+
+fn up(data: &Path, pipeline: &Path, extra: &[&str], env: &[(&str, &str)], stderr: Stdio) -> Child {
     let mut command = Command::new(smelter_binary());
     command
         .args([
@@ -135,7 +153,7 @@ pub fn smelter_up(data: &Path, pipeline: &Path, extra: &[&str], env: &[(&str, &s
         .env("RUST_LOG", "warn,deltalake_core=error")
         .stdin(Stdio::null())
         .stdout(Stdio::null())
-        .stderr(Stdio::inherit());
+        .stderr(stderr);
     for (key, value) in env {
         command.env(key, value);
     }

@@ -144,11 +144,13 @@ impl Etcd {
     }
 
     /// SIGKILLs etcd, keeps it down for `down`, then starts it again on the same data
-    /// directory and ports, and waits until it answers.
+    /// directory and ports, and waits until it answers. Panics unless the kill landed on a
+    /// running etcd and its port was closed meanwhile.
     pub async fn restart(&mut self, down: Duration) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        kill_for_real(&mut self.child, "etcd");
+        assert_refused(&self.endpoint, "etcd");
         tokio::time::sleep(down).await;
+        assert_refused(&self.endpoint, "etcd");
         self.child = Self::spawn(self.dir.path(), &self.endpoint, self.peer);
         if let Err(why) = self.wait_ready().await {
             panic!("etcd did not come back at {}: {why}", self.endpoint);
@@ -232,11 +234,13 @@ impl Tansu {
     }
 
     /// SIGKILLs the broker, keeps it down for `down`, then starts it on the same port and
-    /// storage and waits until it answers.
+    /// storage and waits until it answers. Panics unless the kill landed on a running
+    /// broker and its port was closed meanwhile.
     pub async fn restart(&mut self, down: Duration) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        kill_for_real(&mut self.child, "tansu");
+        assert_refused(&self.brokers, "tansu");
         tokio::time::sleep(down).await;
+        assert_refused(&self.brokers, "tansu");
         self.child = Self::spawn(self.dir.path(), self.port, self.s3.as_deref());
         if let Err(why) = self.wait_ready().await {
             panic!("tansu did not come back at {}: {why}", self.brokers);
@@ -334,6 +338,26 @@ fn request(endpoint: &str, method: &str, path: &str) -> Option<u16> {
     let mut head = [0u8; 12];
     stream.read_exact(&mut head).ok()?;
     std::str::from_utf8(&head[9..12]).ok()?.parse().ok()
+}
+
+/// SIGKILLs `child`, which must still be running, and reaps it.
+fn kill_for_real(child: &mut Child, service: &str) {
+    assert!(
+        child.try_wait().expect("process state").is_none(),
+        "{service} was already gone before the kill"
+    );
+    child.kill().expect("SIGKILL");
+    let status = child.wait().expect("reap");
+    assert!(!status.success(), "{service} ended by the kill ({status})");
+}
+
+/// Panics unless nothing accepts connections at `address` (`host:port`, or a URL).
+fn assert_refused(address: &str, service: &str) {
+    let address = address.trim_start_matches("http://");
+    assert!(
+        std::net::TcpStream::connect(address).is_err(),
+        "{service} at {address} still accepts connections while it should be down"
+    );
 }
 
 /// How many times a service is started on fresh ports before a test gives up. A port is

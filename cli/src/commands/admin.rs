@@ -80,8 +80,8 @@ fn status_text(status: &ClusterStatus) -> String {
     );
     for w in &status.workers {
         out.push_str(&format!(
-            "  {}  flight {}  {} task(s)  lease {} ms\n",
-            w.worker_id, w.flight_endpoint, w.tasks, w.lease_expires_in_ms
+            "  {}  flight {}  {} task(s)  lease {} ms  fenced commits {}\n",
+            w.worker_id, w.flight_endpoint, w.tasks, w.lease_expires_in_ms, w.commits_fenced
         ));
     }
     out.push_str("\ntasks\n");

@@ -28,6 +28,7 @@ pub enum Command {
     /// A worker renews its lease.
     Heartbeat {
         worker_id: String,
+        commits_fenced: u64,
         reply: oneshot::Sender<Result<HeartbeatResponse>>,
     },
     /// A worker opens its assignment stream: the answer follows its latest assignment.

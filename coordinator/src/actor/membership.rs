@@ -71,6 +71,7 @@ impl Actor {
                 flight_endpoint,
                 hostname,
                 last_heartbeat: Instant::now(),
+                commits_fenced: 0,
                 assignment,
                 delivered: running,
             },
@@ -86,7 +87,11 @@ impl Actor {
     }
 
     /// Renews a worker's lease (with a deadline: a slow store must not hold up the actor).
-    pub(super) async fn heartbeat(&mut self, worker_id: &str) -> Result<HeartbeatResponse> {
+    pub(super) async fn heartbeat(
+        &mut self,
+        worker_id: &str,
+        commits_fenced: u64,
+    ) -> Result<HeartbeatResponse> {
         let lease = self
             .workers
             .get(worker_id)
@@ -101,6 +106,7 @@ impl Actor {
             Ok(()) => {
                 if let Some(entry) = self.workers.get_mut(worker_id) {
                     entry.last_heartbeat = Instant::now();
+                    entry.commits_fenced = commits_fenced;
                 }
                 Ok(HeartbeatResponse {
                     generation: self.generation,

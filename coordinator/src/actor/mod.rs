@@ -52,6 +52,8 @@ struct WorkerEntry {
     flight_endpoint: String,
     hostname: String,
     last_heartbeat: Instant,
+    /// The worker's fenced commit attempts, as of its last heartbeat.
+    commits_fenced: u64,
     /// Its latest assignment; its streams follow it. Dropped with the entry, which ends
     /// them.
     assignment: watch::Sender<AssignmentUpdate>,
@@ -136,6 +138,7 @@ impl Actor {
                     flight_endpoint: worker.record.flight_endpoint,
                     hostname: worker.record.hostname,
                     last_heartbeat: Instant::now(),
+                    commits_fenced: 0,
                     assignment,
                     delivered,
                 },
@@ -199,8 +202,12 @@ impl Actor {
                     .await;
                 let _ = reply.send(answer);
             }
-            Command::Heartbeat { worker_id, reply } => {
-                let _ = reply.send(self.heartbeat(&worker_id).await);
+            Command::Heartbeat {
+                worker_id,
+                commits_fenced,
+                reply,
+            } => {
+                let _ = reply.send(self.heartbeat(&worker_id, commits_fenced).await);
             }
             Command::Watch { worker_id, reply } => {
                 let _ = reply.send(self.watch(&worker_id));

@@ -18,6 +18,7 @@ impl Actor {
                 tasks: self.owners.values().filter(|o| *o == id).count() as u32,
                 lease_expires_in_ms: ttl - w.last_heartbeat.elapsed().as_millis() as i64,
                 hostname: w.hostname.clone(),
+                commits_fenced: w.commits_fenced,
             })
             .collect();
         let tasks = self

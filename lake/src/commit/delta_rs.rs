@@ -59,7 +59,9 @@ pub(super) async fn commit(table: &mut DeltaTable, attempt: Attempt<'_>) -> Resu
         .with_actions(actions)
         .build(Some(snapshot), table.log_store(), payload.operation())
         .await;
-    attempt.env.failpoints.hit("commit.after_log");
+    attempt.env.failpoints.hit("commit.after_log", || {
+        format!("table={name} (delta-rs path)")
+    });
     let committed = committed.map_err(|e| LakeError::delta(name, e))?;
     let version = committed.version() as i64;
     // The commit carried the snapshot forward to its own version.

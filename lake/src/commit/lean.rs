@@ -99,7 +99,9 @@ pub(super) async fn commit_once(
                 Err(e) => Written::Failed(LakeError::delta(name, e.into())),
             },
         };
-        env.failpoints.hit("commit.after_log");
+        env.failpoints.hit("commit.after_log", || {
+            format!("table={name} version={next}")
+        });
         match written {
             Written::Landed => {
                 env.heads.committed(name, next, &data.actions);
@@ -110,6 +112,7 @@ pub(super) async fn commit_once(
                 // Under the commit lock nobody else writes the log: another holder did, so
                 // this writer's lock lapsed (paused past its lease). The attempt fails; the
                 // next one takes the lock again and decides from the txn versions.
+                count_fenced(env);
                 return Err(LakeError::CommitConflict {
                     table: name.to_string(),
                     message: format!(
@@ -118,6 +121,7 @@ pub(super) async fn commit_once(
                 });
             }
             Written::LockLost => {
+                count_fenced(env);
                 return Err(LakeError::CommitConflict {
                     table: name.to_string(),
                     message: format!(
@@ -139,6 +143,13 @@ pub(super) async fn commit_once(
         table: name.to_string(),
         message: format!("other writers took the next version {VERSION_RACES} times in a row"),
     })
+}
+
+/// Counts an attempt its lapsed lock fenced off.
+fn count_fenced(env: &super::CommitEnv) {
+    if let Some(arbiter) = &env.arbiter {
+        arbiter.count_fenced();
+    }
 }
 
 /// What became of one log write.

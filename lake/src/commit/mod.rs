@@ -150,7 +150,10 @@ pub async fn commit(
         file_schema,
         partition_columns,
     } = files::write_files(table, name, &batches).await?;
-    env.failpoints.hit("commit.after_files");
+    env.failpoints.hit("commit.after_files", || {
+        let paths: Vec<&str> = files.iter().map(|f| f.path.as_str()).collect();
+        format!("table={name} files={}", paths.join(","))
+    });
     let payload = Payload {
         files: &files,
         mode,

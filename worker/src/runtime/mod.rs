@@ -274,6 +274,7 @@ async fn follow(
         worker_id.clone(),
         Duration::from_millis(registered.heartbeat_interval_ms.max(100)),
         state.lease_ttl,
+        commits.clone(),
         contact_tx,
     )));
     let mut report = tokio::time::interval(Duration::from_secs(1));
@@ -317,12 +318,14 @@ async fn follow(
 }
 
 /// Sends a heartbeat every `every` until one fails or goes unanswered for a lease TTL;
-/// publishes each success in `contact` and returns the failure.
+/// publishes each success in `contact` and returns the failure. Each heartbeat carries the
+/// worker's count of fenced commit attempts, for `smelter status`.
 async fn keep_alive(
     mut client: ControlClient<Channel>,
     worker_id: String,
     every: Duration,
     ttl: Duration,
+    commits: Arc<CommitEnv>,
     contact: tokio::sync::watch::Sender<Instant>,
 ) -> tonic::Status {
     let mut tick = tokio::time::interval(every);
@@ -330,6 +333,7 @@ async fn keep_alive(
         tick.tick().await;
         let mut request = tonic::Request::new(HeartbeatRequest {
             worker_id: worker_id.clone(),
+            commits_fenced: commits.arbiter.as_ref().map_or(0, |a| a.fenced()),
         });
         request.set_timeout(ttl);
         match client.heartbeat(request).await {

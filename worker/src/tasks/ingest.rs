@@ -196,7 +196,9 @@ impl IngestTask {
                     .await?;
                 match outcome {
                     CommitOutcome::Committed { version } => {
-                        env.commits.failpoints.hit("ingest.after_commit");
+                        env.commits.failpoints.hit("ingest.after_commit", || {
+                            format!("table={} version={version}", self.table)
+                        });
                         // Rows and last offset per (topic, partition) of the batch.
                         let mut per_partition: BTreeMap<(&str, i32), (u64, i64)> = BTreeMap::new();
                         for r in &buffer {
