@@ -46,7 +46,7 @@ pub enum CliError {
 
 impl From<tonic::Status> for CliError {
     fn from(status: tonic::Status) -> Self {
-        CliError::Sdk(smelter_sdk::SdkError::Rejected(status))
+        CliError::Sdk(smelter_sdk::SdkError::from(status))
     }
 }
 

@@ -36,9 +36,11 @@ pub(crate) async fn bind(address: &str) -> Result<TcpListener> {
 
 /// The coordinator serves gRPC before its (uncontested, in-memory) election is won; callers
 /// get a cluster that accepts `apply` at once.
-async fn wait_until_leading(endpoint: &str) -> Result<()> {
+async fn wait_until_leading(endpoint: &str, credentials: &smelter_sdk::Credentials) -> Result<()> {
     smelter_harness::wait_until(std::time::Duration::from_secs(30), "a leader", async || {
-        smelter_sdk::AdminClient::connect(endpoint).await.map(drop)
+        smelter_sdk::AdminClient::connect_with(endpoint, credentials)
+            .await
+            .map(drop)
     })
     .await
     .map_err(|message| {
@@ -55,17 +57,26 @@ impl LocalCluster {
     /// first worker serves Flight SQL on `config.worker.flight_listen`, the others on free
     /// loopback ports.
     pub async fn start(mut config: SmelterConfig, workers: usize) -> Result<LocalCluster> {
+        if config.security.requires_tokens() && config.security.token.is_none() {
+            return Err(CliError::Common(smelter_common::Error::Config {
+                source_name: "security.token".into(),
+                message: "calls need tokens here, so the workers need one too: set an admin \
+                          token (SMELTER__SECURITY__TOKEN)"
+                    .into(),
+            }));
+        }
         let listener = bind(&config.coordinator.listen).await?;
         let address = listener.local_addr().map_err(|source| CliError::Io {
             context: "coordinator address".into(),
             source,
         })?;
-        config.coordinator.endpoint = format!("http://{address}");
+        config.coordinator.endpoint = format!("{}://{address}", config.security.scheme());
         let coordinator_shutdown = CancellationToken::new();
         // One store for the coordinator and every worker's commit locks.
         let store: Arc<dyn CoordinationStore> = Arc::new(MemoryStore::new());
         let coordinator = tokio::spawn(smelter_coordinator::run(
             config.coordinator.clone(),
+            config.security.clone(),
             store.clone(),
             listener,
             coordinator_shutdown.clone(),
@@ -95,7 +106,8 @@ impl LocalCluster {
                 workers_shutdown.clone(),
             )));
         }
-        wait_until_leading(&config.coordinator.endpoint).await?;
+        let credentials = crate::commands::credentials(&config.security)?;
+        wait_until_leading(&config.coordinator.endpoint, &credentials).await?;
         Ok(LocalCluster {
             coordinator_endpoint: config.coordinator.endpoint.clone(),
             flight_endpoints,

@@ -67,11 +67,11 @@ async fn run(cli: Cli) -> Result<(), CliError> {
             cancel_on_signal(shutdown.clone());
             commands::roles::worker(config, shutdown).await
         }
-        Command::Query(args) => commands::admin::query(args).await,
-        Command::Tables(args) => commands::admin::tables(args).await,
-        Command::Status(args) => commands::admin::status(args).await,
+        Command::Query(args) => commands::admin::query(&config, args).await,
+        Command::Tables(args) => commands::admin::tables(&config, args).await,
+        Command::Status(args) => commands::admin::status(&config, args).await,
         Command::Validate(args) => commands::admin::validate(args).await,
-        Command::Apply(args) => commands::admin::apply(args).await,
+        Command::Apply(args) => commands::admin::apply(&config, args).await,
         Command::Verify(args) => commands::verify::run(config, args).await,
         Command::Compact(args) => commands::compact::run(config, args).await,
         Command::Bench(args) => commands::bench::run(config, args).await,

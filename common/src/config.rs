@@ -26,6 +26,8 @@ pub struct SmelterConfig {
     pub storage: StorageConfig,
     /// Limits on client queries.
     pub query: QueryConfig,
+    /// TLS and access control.
+    pub security: crate::security::SecurityConfig,
 }
 
 /// Coordinator settings.
@@ -252,6 +254,10 @@ pub struct QueryConfig {
     pub timeout_ms: u64,
     /// Memory a single query may use, in MiB.
     pub memory_limit_mb: usize,
+    /// Memory all client queries of one worker may use together, in MiB; a query that
+    /// would pass it fails with `RESOURCE_EXHAUSTED` (the pipeline's own work is not
+    /// counted).
+    pub worker_memory_limit_mb: usize,
 }
 
 impl Default for QueryConfig {
@@ -260,6 +266,7 @@ impl Default for QueryConfig {
             max_rows: 1_000_000,
             timeout_ms: 60_000,
             memory_limit_mb: 1024,
+            worker_memory_limit_mb: 2048,
         }
     }
 }

@@ -7,6 +7,7 @@
 pub mod config;
 pub mod error;
 pub mod kafka;
+pub mod security;
 pub mod shutdown;
 pub mod spec;
 pub mod store;

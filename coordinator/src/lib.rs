@@ -21,6 +21,7 @@ mod tests;
 use std::sync::Arc;
 
 use smelter_common::config::CoordinatorConfig;
+use smelter_common::security::{Authenticator, SecurityConfig, tls};
 use smelter_common::store::CoordinationStore;
 use smelter_proto::ControlServer;
 use tokio::net::TcpListener;
@@ -34,26 +35,43 @@ use crate::election::LeaderRecord;
 use crate::service::Role;
 
 /// Serves the control plane on `listener` until `shutdown`: campaigns, leads while elected,
-/// and campaigns again after losing leadership.
+/// and campaigns again after losing leadership. `security` sets the listener's TLS (mTLS
+/// when a CA is configured: every worker and CLI presents a certificate it signed) and
+/// the tokens every call must carry.
 pub async fn run(
     config: CoordinatorConfig,
+    security: SecurityConfig,
     store: Arc<dyn CoordinationStore>,
     listener: TcpListener,
     shutdown: CancellationToken,
 ) -> Result<()> {
     let address = listener.local_addr().ok();
+    let scheme = security.scheme();
     let me = LeaderRecord {
         id: uuid::Uuid::new_v4().to_string(),
         endpoint: config.advertise.clone().unwrap_or_else(|| {
-            address.map_or_else(|| config.endpoint.clone(), |a| format!("http://{a}"))
+            address.map_or_else(|| config.endpoint.clone(), |a| format!("{scheme}://{a}"))
         }),
     };
+    let auth = Authenticator::from_config(&security)?;
+    let mut builder = tonic::transport::Server::builder();
+    if let Some(tls) = tls::server(&security, true)? {
+        builder = builder.tls_config(tls)?;
+    }
     let (role, roles) = watch::channel(Role::Follower { leader: None });
-    tracing::info!(address = ?address, coordinator_id = %me.id, "coordinator serving gRPC");
+    tracing::info!(
+        address = ?address,
+        coordinator_id = %me.id,
+        tls = security.serves_tls(),
+        tokens = auth.requires_tokens(),
+        "coordinator serving gRPC"
+    );
     let server_shutdown = shutdown.clone();
+    let control =
+        ControlServer::with_interceptor(service::ControlService::new(roles), auth.interceptor());
     let server = tokio::spawn(async move {
-        tonic::transport::Server::builder()
-            .add_service(ControlServer::new(service::ControlService::new(roles)))
+        builder
+            .add_service(control)
             .serve_with_incoming_shutdown(
                 TcpIncoming::from(listener).with_nodelay(Some(true)),
                 server_shutdown.cancelled_owned(),

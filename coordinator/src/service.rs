@@ -16,6 +16,9 @@ use smelter_proto::{
     TaskStatusReport, WatchAssignmentsRequest,
 };
 
+use smelter_common::security::Role as Access;
+use smelter_common::security::auth::principal;
+
 use crate::CoordinatorError;
 use crate::actor::Command;
 use crate::election::LeaderRecord;
@@ -67,6 +70,11 @@ impl ControlService {
     }
 }
 
+/// `PERMISSION_DENIED` unless the caller has `role` (the interceptor admitted it already).
+fn allow<T>(request: &Request<T>, role: Access, action: &str) -> Result<(), Status> {
+    principal(request)?.require(role, action)
+}
+
 fn require(field: &str, value: &str) -> Result<(), Status> {
     if value.trim().is_empty() {
         Err(Status::invalid_argument(format!("`{field}` is required")))
@@ -81,6 +89,7 @@ impl Control for ControlService {
         &self,
         request: Request<RegisterWorkerRequest>,
     ) -> Result<Response<RegisterWorkerResponse>, Status> {
+        allow(&request, Access::Admin, "registering a worker")?;
         let request = request.into_inner();
         require("flight_endpoint", &request.flight_endpoint)?;
         let answer = self
@@ -99,6 +108,7 @@ impl Control for ControlService {
         &self,
         request: Request<HeartbeatRequest>,
     ) -> Result<Response<HeartbeatResponse>, Status> {
+        allow(&request, Access::Admin, "a worker heartbeat")?;
         let request = request.into_inner();
         require("worker_id", &request.worker_id)?;
         Ok(Response::new(
@@ -122,6 +132,7 @@ impl Control for ControlService {
         &self,
         request: Request<WatchAssignmentsRequest>,
     ) -> Result<Response<Self::WatchAssignmentsStream>, Status> {
+        allow(&request, Access::Admin, "watching assignments")?;
         let worker_id = request.into_inner().worker_id;
         require("worker_id", &worker_id)?;
         let assignment = self
@@ -136,6 +147,7 @@ impl Control for ControlService {
         &self,
         request: Request<TaskStatusReport>,
     ) -> Result<Response<TaskStatusAck>, Status> {
+        allow(&request, Access::Admin, "reporting task status")?;
         let report = request.into_inner();
         if report.context.is_none() {
             return Err(Status::invalid_argument(
@@ -151,6 +163,7 @@ impl Control for ControlService {
         &self,
         request: Request<DeregisterRequest>,
     ) -> Result<Response<DeregisterResponse>, Status> {
+        allow(&request, Access::Admin, "deregistering a worker")?;
         let worker_id = request.into_inner().worker_id;
         require("worker_id", &worker_id)?;
         self.call(|reply| Command::Deregister { worker_id, reply })
@@ -162,6 +175,7 @@ impl Control for ControlService {
         &self,
         request: Request<ApplyPipelineRequest>,
     ) -> Result<Response<ApplyPipelineResponse>, Status> {
+        allow(&request, Access::Operator, "applying a pipeline")?;
         let request = request.into_inner();
         require("spec_yaml", &request.spec_yaml)?;
         let origin = if request.origin.is_empty() {
@@ -181,8 +195,9 @@ impl Control for ControlService {
 
     async fn get_cluster_status(
         &self,
-        _request: Request<ClusterStatusRequest>,
+        request: Request<ClusterStatusRequest>,
     ) -> Result<Response<ClusterStatus>, Status> {
+        allow(&request, Access::Reader, "reading the cluster status")?;
         Ok(Response::new(
             self.call(|reply| Command::Status { reply }).await?,
         ))

@@ -312,7 +312,13 @@ async fn a_worker_that_never_reads_its_stream_delays_no_one() {
         ..Default::default()
     };
     let shutdown = CancellationToken::new();
-    let server = tokio::spawn(crate::run(config, store, listener, shutdown.clone()));
+    let server = tokio::spawn(crate::run(
+        config,
+        Default::default(),
+        store,
+        listener,
+        shutdown.clone(),
+    ));
     // Each client its own connection: the stuck stream's flow control is its own.
     let connect = || ControlClient::connect(endpoint.clone());
     let mut admin = connect().await.unwrap();

@@ -3,14 +3,15 @@
 use smelter_proto::{
     ApplyPipelineRequest, ApplyPipelineResponse, ClusterStatus, ClusterStatusRequest, ControlClient,
 };
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
 
-use crate::connect::channel;
+use crate::connect::{Bearer, Credentials, channel};
 use crate::{Result, SdkError};
 
 /// The coordinator's admin API.
 pub struct AdminClient {
-    inner: ControlClient<Channel>,
+    inner: ControlClient<InterceptedService<Channel, Bearer>>,
 }
 
 /// How long [`AdminClient::connect`] waits for an election under way.
@@ -23,6 +24,12 @@ impl AdminClient {
     /// election is under way (some replica answers as a follower but none leads) it keeps
     /// asking for up to [`ELECTION_WAIT`]; unreachable endpoints alone fail at once.
     pub async fn connect(endpoints: &str) -> Result<Self> {
+        Self::connect_with(endpoints, &Credentials::default()).await
+    }
+
+    /// [`AdminClient::connect`] with TLS and a token.
+    pub async fn connect_with(endpoints: &str, credentials: &Credentials) -> Result<Self> {
+        let bearer = Bearer::new(credentials)?;
         let deadline = tokio::time::Instant::now() + ELECTION_WAIT;
         loop {
             let mut last_error = None;
@@ -33,7 +40,10 @@ impl AdminClient {
                 .filter(|e| !e.is_empty())
             {
                 let attempt = async {
-                    let mut inner = ControlClient::new(channel(endpoint).await?);
+                    let mut inner = ControlClient::with_interceptor(
+                        channel(endpoint, credentials).await?,
+                        bearer.clone(),
+                    );
                     inner.get_cluster_status(ClusterStatusRequest {}).await?;
                     Ok::<_, SdkError>(Self { inner })
                 };

@@ -14,14 +14,32 @@ pub enum SdkError {
         /// Why it failed.
         message: String,
     },
+    /// The connection failed under a call: refused certificates, a reset, a closed port.
+    /// The message carries the chain of causes (the TLS alert, the I/O error).
+    #[error("transport: {0}")]
+    Transport(String),
     /// A Flight stream failed mid-way.
     #[error("flight: {0}")]
     Flight(#[from] arrow_flight::error::FlightError),
 }
 
 impl From<tonic::Status> for SdkError {
+    /// A status the server sent is a rejection; one tonic made from a failed connection
+    /// (code `UNKNOWN` with a transport error under it) is a [`SdkError::Transport`] that
+    /// says why.
     fn from(status: tonic::Status) -> Self {
-        SdkError::Rejected(status)
+        let Some(source) =
+            std::error::Error::source(&status).filter(|_| status.code() == tonic::Code::Unknown)
+        else {
+            return SdkError::Rejected(status);
+        };
+        let mut message = status.message().to_string();
+        let mut cause = Some(source);
+        while let Some(error) = cause {
+            message = format!("{message}: {error}");
+            cause = error.source();
+        }
+        SdkError::Transport(message)
     }
 }
 

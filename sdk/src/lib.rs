@@ -16,6 +16,7 @@ mod query;
 mod status;
 
 pub use admin::{AdminClient, ELECTION_WAIT};
+pub use connect::{Credentials, TlsOptions};
 pub use error::{Result, SdkError};
 pub use query::QueryClient;
 pub use status::status_json;

@@ -5,7 +5,7 @@ use arrow_flight::sql::client::FlightSqlServiceClient;
 use futures::TryStreamExt;
 use tonic::transport::Channel;
 
-use crate::connect::channel;
+use crate::connect::{Credentials, channel};
 use crate::{Result, SdkError};
 
 /// A Flight SQL connection to one worker.
@@ -16,9 +16,16 @@ pub struct QueryClient {
 impl QueryClient {
     /// Connects to a Flight SQL endpoint (`host:port` or a URL).
     pub async fn connect(endpoint: &str) -> Result<Self> {
-        Ok(Self {
-            inner: FlightSqlServiceClient::new(channel(endpoint).await?),
-        })
+        Self::connect_with(endpoint, &Credentials::default()).await
+    }
+
+    /// [`QueryClient::connect`] with TLS and a token.
+    pub async fn connect_with(endpoint: &str, credentials: &Credentials) -> Result<Self> {
+        let mut inner = FlightSqlServiceClient::new(channel(endpoint, credentials).await?);
+        if let Some(token) = &credentials.token {
+            inner.set_token(token.clone());
+        }
+        Ok(Self { inner })
     }
 
     /// Runs `sql` and collects every result batch.
@@ -48,7 +55,7 @@ impl QueryClient {
 /// Surfaces the server's status (with its message) rather than a wrapped transport error.
 fn flight_status(error: arrow_flight::error::FlightError) -> SdkError {
     match error {
-        arrow_flight::error::FlightError::Tonic(status) => SdkError::Rejected(*status),
+        arrow_flight::error::FlightError::Tonic(status) => SdkError::from(*status),
         other => SdkError::Flight(other),
     }
 }

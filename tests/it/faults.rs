@@ -15,8 +15,8 @@ use smelter_tests::kafka::{
 };
 use smelter_tests::oracle::{check_pipeline, generator_truth};
 use smelter_tests::processes::{
-    self, kafka_cluster, quick_settings, smelter_up, smelter_up_logging, tasks, wait_exit,
-    worker_id,
+    self, holder_pid, kafka_cluster, quick_settings, s3_settings, smelter_up, smelter_up_logging,
+    successor_commit, table_version, tasks, wait_exit, worker_id,
 };
 use smelter_tests::services::{Etcd, Moto, Tansu};
 use smelter_tests::{bounded_demo, wait_bronze_rows};
@@ -26,22 +26,6 @@ const LOCK_TTL: Duration = Duration::from_millis(1_000);
 
 fn signal(pid: u32, name: &str) {
     processes::signal(pid, name).unwrap();
-}
-
-/// The latest version of `bronze.events` (-1 before it exists).
-async fn bronze_version(tables: &TableStore) -> i64 {
-    match tables.open("bronze.events").await {
-        Ok(table) => smelter_lake::log::version(&table),
-        Err(_) => -1,
-    }
-}
-
-/// The pid in a lock holder record (`<host> pid <pid> flight <addr>`).
-fn holder_pid(value: &[u8]) -> Option<u32> {
-    let text = String::from_utf8_lossy(value);
-    let mut words = text.split_whitespace();
-    words.find(|w| *w == "pid")?;
-    words.next()?.parse().ok()
 }
 
 /// SIGSTOPs whoever holds a table commit lock — mid-commit, since the lock is held only
@@ -96,7 +80,7 @@ async fn pause_lock_holders(s3: Option<&Moto>, arbitrated: bool) {
         ],
     );
     if let Some(moto) = s3 {
-        settings.extend(s3_settings(moto));
+        settings.extend(s3_settings(&moto.endpoint));
     }
     if arbitrated {
         settings.extend([
@@ -167,7 +151,8 @@ async fn pause_lock_holders(s3: Option<&Moto>, arbitrated: bool) {
         eprintln!("cycle {cycle}: paused pid {pid} holding {key} (try {attempts})");
         paused_holding += 1;
         tables_paused.insert(keys::leaf(&key).to_string());
-        let bronze_before = (key == bronze_lock).then_some(bronze_version(&tables).await);
+        let bronze_before =
+            (key == bronze_lock).then_some(table_version(&tables, "bronze.events").await);
         // Keep it stopped until its lease has run out: the key it created is gone (or was
         // re-created by a successor, with a new revision).
         wait_until_every(
@@ -184,20 +169,26 @@ async fn pause_lock_holders(s3: Option<&Moto>, arbitrated: bool) {
         )
         .await
         .unwrap();
-        // Bronze has writers on both workers: a successor commits while this one sleeps.
+        // Bronze has writers on both workers: a successor commits while this one sleeps
+        // (the first versions after the pause may still be the sleeper's own).
         if let Some(before) = bronze_before {
+            let paused = held.create_revision;
             let successor = wait_until_every(
                 Duration::from_millis(20),
                 Duration::from_secs(10),
                 "a successor's bronze commit during the pause",
-                async || {
-                    let now = bronze_version(&tables).await;
-                    (now > before).then_some(now)
-                },
+                async || successor_commit(&tables, "bronze.events", before, paused).await,
             )
             .await
             .unwrap();
-            bronze_pauses.push((held.create_revision, successor));
+            if successor > before + 1 {
+                eprintln!(
+                    "  v{}..v{} were the paused holder's own",
+                    before + 1,
+                    successor - 1
+                );
+            }
+            bronze_pauses.push((paused, successor));
         }
         signal(pid, "CONT");
     }
@@ -261,18 +252,6 @@ async fn fault_storage() -> Option<Moto> {
         .expect("SMELTER_FAULT_STORAGE=s3 needs moto");
     moto.create_bucket("lake");
     Some(moto)
-}
-
-/// Worker settings that put every table under `s3://lake/tables` on `moto`.
-fn s3_settings(moto: &Moto) -> Vec<(&'static str, &str)> {
-    vec![
-        ("SMELTER__STORAGE__ROOT", "s3://lake/tables"),
-        ("SMELTER__STORAGE__S3_ENDPOINT", moto.endpoint.as_str()),
-        ("SMELTER__STORAGE__S3_REGION", "us-east-1"),
-        ("SMELTER__STORAGE__S3_ALLOW_HTTP", "true"),
-        ("SMELTER__STORAGE__S3_ACCESS_KEY_ID", "smelter"),
-        ("SMELTER__STORAGE__S3_SECRET_ACCESS_KEY", "smelter"),
-    ]
 }
 
 /// Runs a 20,000-event pipeline in `smelter up` with `failpoint` armed, so the process
@@ -430,7 +409,11 @@ async fn killing_a_random_worker_every_five_seconds_loses_nothing() {
             ("SMELTER__WORKER__BATCH_MAX_RECORDS", "10000"),
         ],
     );
-    settings.extend(s3.as_ref().map(s3_settings).unwrap_or_default());
+    settings.extend(
+        s3.as_ref()
+            .map(|m| s3_settings(&m.endpoint))
+            .unwrap_or_default(),
+    );
     let (mut cluster, spec, tables) =
         kafka_cluster(1, 3, &etcd.endpoint, &tansu.brokers, &topic, &settings).await;
 
@@ -523,7 +506,11 @@ async fn an_etcd_restart_mid_stream_recovers_by_itself() {
         "400",
         &[("SMELTER__WORKER__COMMIT_LOCK_TTL_MS", "2000")],
     );
-    settings.extend(s3.as_ref().map(s3_settings).unwrap_or_default());
+    settings.extend(
+        s3.as_ref()
+            .map(|m| s3_settings(&m.endpoint))
+            .unwrap_or_default(),
+    );
     let (cluster, spec, tables) =
         kafka_cluster(2, 2, &etcd.endpoint, &tansu.brokers, &topic, &settings).await;
 

@@ -172,6 +172,34 @@ pub fn produce_in_background(
     })
 }
 
+/// Produces in the background until `stop` is cancelled: a round of `per_round` events to
+/// each of `partitions` partitions every `every`, for faults whose number of cycles is not
+/// known in advance; the producer (with its acknowledgements) is the task's result.
+pub fn produce_until(
+    brokers: &str,
+    topic: &str,
+    partitions: i32,
+    per_round: i64,
+    every: Duration,
+    stop: tokio_util::sync::CancellationToken,
+) -> tokio::task::JoinHandle<EventProducer> {
+    let (brokers, topic) = (brokers.to_string(), topic.to_string());
+    tokio::spawn(async move {
+        let mut producer = EventProducer::new(&brokers, &topic, &demo_events(partitions as u32))
+            .expect("producer");
+        let all: Vec<i32> = (0..partitions).collect();
+        let mut tick = tokio::time::interval(every);
+        while !stop.is_cancelled() {
+            producer
+                .produce(&all, per_round)
+                .await
+                .expect("every record acknowledged");
+            tokio::select! { _ = tick.tick() => {}, _ = stop.cancelled() => {} }
+        }
+        producer
+    })
+}
+
 pub use smelter_cli::workload::{demo_events, kafka_demo};
 
 /// A topic name no other test uses.

@@ -5,9 +5,11 @@
 //! parallel. [`oracle`] checks the tables against ground truth computed independently of
 //! the pipeline (docs/testing.md, "The oracle").
 
+pub mod certs;
 pub mod kafka;
 pub mod oracle;
 pub mod processes;
+pub mod proxy;
 pub mod services;
 
 use std::path::{Path, PathBuf};
@@ -95,7 +97,9 @@ impl TestCluster {
         let cluster = LocalCluster::start(self.config.clone(), workers)
             .await
             .map_err(|e| e.to_string())?;
-        let mut admin = AdminClient::connect(&cluster.coordinator_endpoint)
+        let credentials =
+            smelter_cli::commands::credentials(&self.config.security).map_err(|e| e.to_string())?;
+        let mut admin = AdminClient::connect_with(&cluster.coordinator_endpoint, &credentials)
             .await
             .map_err(|e| e.to_string())?;
         admin
@@ -134,10 +138,15 @@ impl TestCluster {
             .first()
             .cloned()
             .ok_or("cluster not running")?;
-        let mut client = QueryClient::connect(&endpoint)
+        let mut client = QueryClient::connect_with(&endpoint, &self.credentials()?)
             .await
             .map_err(|e| e.to_string())?;
         client.query(sql).await.map_err(|e| e.to_string())
+    }
+
+    /// What a client with this cluster's configuration presents (CA, certificate, token).
+    pub fn credentials(&self) -> TestResult<smelter_sdk::Credentials> {
+        smelter_cli::commands::credentials(&self.config.security).map_err(|e| e.to_string())
     }
 
     /// Waits until the pipeline has processed all bounded input through gold.
@@ -154,14 +163,16 @@ impl TestCluster {
         })
         .await;
         if let Err(why) = drained {
-            let status = match AdminClient::connect(&self.coordinator_endpoint()).await {
-                Ok(mut admin) => admin
-                    .status()
-                    .await
-                    .map(|s| smelter_sdk::status_json(&s).to_string())
-                    .unwrap_or_default(),
-                Err(e) => e.to_string(),
-            };
+            let credentials = self.credentials()?;
+            let status =
+                match AdminClient::connect_with(&self.coordinator_endpoint(), &credentials).await {
+                    Ok(mut admin) => admin
+                        .status()
+                        .await
+                        .map(|s| smelter_sdk::status_json(&s).to_string())
+                        .unwrap_or_default(),
+                    Err(e) => e.to_string(),
+                };
             return Err(format!("{why}; status: {status}"));
         }
         Ok(())

@@ -159,3 +159,63 @@ fn up(data: &Path, pipeline: &Path, extra: &[&str], env: &[(&str, &str)], stderr
     }
     command.spawn().expect("spawn smelter up")
 }
+
+/// The pid in a commit-lock holder record (`<host> pid <pid> flight <addr>`).
+pub fn holder_pid(value: &[u8]) -> Option<u32> {
+    let text = String::from_utf8_lossy(value);
+    let mut words = text.split_whitespace();
+    words.find(|w| *w == "pid")?;
+    words.next()?.parse().ok()
+}
+
+/// Settings that put every table under `s3://lake/tables` on the S3-compatible store at
+/// `endpoint` (moto, with its fixed credentials).
+pub fn s3_settings(endpoint: &str) -> Vec<(&'static str, &str)> {
+    vec![
+        ("SMELTER__STORAGE__ROOT", "s3://lake/tables"),
+        ("SMELTER__STORAGE__S3_ENDPOINT", endpoint),
+        ("SMELTER__STORAGE__S3_REGION", "us-east-1"),
+        ("SMELTER__STORAGE__S3_ALLOW_HTTP", "true"),
+        ("SMELTER__STORAGE__S3_ACCESS_KEY_ID", "smelter"),
+        ("SMELTER__STORAGE__S3_SECRET_ACCESS_KEY", "smelter"),
+    ]
+}
+
+/// The latest version of `table` (-1 before it exists).
+/// The first version of `table` after `after` that was not written under `epoch` (the
+/// `smelter/epoch` txn): a successor's commit. Versions between carry `epoch` themselves:
+/// a log write in flight when its writer was stopped, or a version it claimed that a
+/// successor completed for it (arbitrated stores); those were decided under its lock.
+/// `None` until there is such a version.
+pub async fn successor_commit(
+    tables: &smelter_lake::TableStore,
+    table: &str,
+    after: i64,
+    epoch: i64,
+) -> Option<i64> {
+    let log = tables.open(table).await.ok()?;
+    let latest = smelter_lake::log::version(&log);
+    for version in after + 1..=latest {
+        let actions = smelter_lake::changes::commit_actions(&log, table, version)
+            .await
+            .ok()??;
+        let written_under = actions.iter().find_map(|action| match action {
+            deltalake::kernel::Action::Txn(txn) if txn.app_id == smelter_lake::app_id::EPOCH => {
+                Some(txn.version)
+            }
+            _ => None,
+        });
+        if written_under != Some(epoch) {
+            return Some(version);
+        }
+    }
+    None
+}
+
+/// A table's latest version (-1 while it does not exist or cannot be read).
+pub async fn table_version(tables: &smelter_lake::TableStore, table: &str) -> i64 {
+    match tables.open(table).await {
+        Ok(table) => smelter_lake::log::version(&table),
+        Err(_) => -1,
+    }
+}

@@ -4,6 +4,7 @@
 //! its output and appends its name to the file `SMELTER_SKIP_LOG` names, which
 //! `scripts/test.sh` reads back into its summary (cargo counts a skipped test as passed).
 
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
@@ -78,23 +79,54 @@ pub struct Etcd {
     child: Child,
     dir: tempfile::TempDir,
     peer: u16,
-    /// Client URL, `http://127.0.0.1:<port>`.
+    /// Server certificate, key and the CA its clients' certificates must chain to.
+    tls: Option<[PathBuf; 3]>,
+    /// Client URL, `http://127.0.0.1:<port>` (`https://` over TLS).
     pub endpoint: String,
 }
 
 impl Etcd {
     /// Starts etcd and waits until it answers, or `None` if etcd is not installed (and not required).
     pub async fn start() -> Option<Etcd> {
+        Self::launch(None).await
+    }
+
+    /// Starts etcd serving TLS only, with `certs`' localhost certificate, and requiring
+    /// client certificates signed by `certs`' CA.
+    pub async fn start_tls(certs: &crate::certs::Certs) -> Option<Etcd> {
+        Self::launch(Some([
+            certs.cert.clone(),
+            certs.key.clone(),
+            certs.ca.clone(),
+        ]))
+        .await
+    }
+
+    /// The TLS options a client with `certs`' certificate dials this etcd with.
+    pub fn client_tls(certs: &crate::certs::Certs) -> etcd_client::TlsOptions {
+        etcd_client::TlsOptions::new()
+            .ca_certificate(etcd_client::Certificate::from_pem(
+                crate::certs::Certs::read(&certs.ca),
+            ))
+            .identity(etcd_client::Identity::from_pem(
+                crate::certs::Certs::read(&certs.cert),
+                crate::certs::Certs::read(&certs.key),
+            ))
+    }
+
+    async fn launch(tls: Option<[PathBuf; 3]>) -> Option<Etcd> {
         binary("etcd")?;
         for attempt in 1..=LAUNCH_ATTEMPTS {
             let dir = tempfile::tempdir().expect("temp dir");
             let (client, peer) = (free_port(), free_port());
-            let endpoint = format!("http://127.0.0.1:{client}");
-            let child = Self::spawn(dir.path(), &endpoint, peer);
+            let scheme = if tls.is_some() { "https" } else { "http" };
+            let endpoint = format!("{scheme}://127.0.0.1:{client}");
+            let child = Self::spawn(dir.path(), &endpoint, peer, tls.as_ref());
             let mut etcd = Etcd {
                 child,
                 dir,
                 peer,
+                tls: tls.clone(),
                 endpoint,
             };
             match etcd.wait_ready().await {
@@ -105,9 +137,25 @@ impl Etcd {
         unreachable!("the last attempt panics")
     }
 
-    fn spawn(dir: &std::path::Path, endpoint: &str, peer: u16) -> Child {
+    fn spawn(
+        dir: &std::path::Path,
+        endpoint: &str,
+        peer: u16,
+        tls: Option<&[PathBuf; 3]>,
+    ) -> Child {
         let peer_url = format!("http://127.0.0.1:{peer}");
-        Command::new(binary("etcd").expect("etcd"))
+        let mut command = Command::new(binary("etcd").expect("etcd"));
+        if let Some([cert, key, ca]) = tls {
+            command
+                .arg("--cert-file")
+                .arg(cert)
+                .arg("--key-file")
+                .arg(key)
+                .arg("--trusted-ca-file")
+                .arg(ca)
+                .arg("--client-cert-auth");
+        }
+        command
             .args(["--name", "smelter-test", "--data-dir"])
             .arg(dir.join("data"))
             .args([
@@ -127,8 +175,18 @@ impl Etcd {
 
     async fn wait_ready(&mut self) -> Result<(), NotReady> {
         let endpoint = self.endpoint.clone();
+        let tls = self.tls.as_ref().map(|[cert, key, ca]| {
+            etcd_client::TlsOptions::new()
+                .ca_certificate(etcd_client::Certificate::from_pem(
+                    std::fs::read(ca).expect("CA file"),
+                ))
+                .identity(etcd_client::Identity::from_pem(
+                    std::fs::read(cert).expect("certificate file"),
+                    std::fs::read(key).expect("key file"),
+                ))
+        });
         until_ready(&mut self.child, self.dir.path(), || async {
-            match EtcdStore::connect(std::slice::from_ref(&endpoint)).await {
+            match EtcdStore::connect_with(std::slice::from_ref(&endpoint), tls.clone()).await {
                 Ok(store) => smelter_common::store::CoordinationStore::get(&store, "/ready-probe")
                     .await
                     .is_ok(),
@@ -151,7 +209,12 @@ impl Etcd {
         assert_refused(&self.endpoint, "etcd");
         tokio::time::sleep(down).await;
         assert_refused(&self.endpoint, "etcd");
-        self.child = Self::spawn(self.dir.path(), &self.endpoint, self.peer);
+        self.child = Self::spawn(
+            self.dir.path(),
+            &self.endpoint,
+            self.peer,
+            self.tls.as_ref(),
+        );
         if let Err(why) = self.wait_ready().await {
             panic!("etcd did not come back at {}: {why}", self.endpoint);
         }

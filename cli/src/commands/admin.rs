@@ -3,7 +3,9 @@
 use smelter_proto::ClusterStatus;
 use smelter_sdk::status_json;
 
-use super::{load_pipeline, read_file};
+use smelter_common::config::SmelterConfig;
+
+use super::{credentials, load_pipeline, read_file};
 use crate::Result;
 use crate::cli::{ApplyArgs, QueryArgs, StatusArgs, TablesArgs, ValidateArgs};
 use crate::output::{Format, render_batches};
@@ -11,18 +13,20 @@ use crate::progress::by_table;
 use smelter_sdk::{AdminClient, QueryClient};
 
 /// `smelter query`.
-pub async fn query(args: QueryArgs) -> Result<()> {
-    let mut client = QueryClient::connect(&args.endpoint).await?;
+pub async fn query(config: &SmelterConfig, args: QueryArgs) -> Result<()> {
+    let mut client =
+        QueryClient::connect_with(&args.endpoint, &credentials(&config.security)?).await?;
     let batches = client.query(&args.sql).await?;
     println!("{}", render_batches(&batches, args.output)?);
     Ok(())
 }
 
 /// `smelter tables`.
-pub async fn tables(args: TablesArgs) -> Result<()> {
+pub async fn tables(config: &SmelterConfig, args: TablesArgs) -> Result<()> {
     let sql = "SELECT table_schema AS layer, table_name AS name FROM information_schema.tables \
                WHERE table_schema IN ('bronze', 'silver', 'gold') ORDER BY 1, 2";
-    let mut client = QueryClient::connect(&args.endpoint).await?;
+    let mut client =
+        QueryClient::connect_with(&args.endpoint, &credentials(&config.security)?).await?;
     println!(
         "{}",
         render_batches(&client.query(sql).await?, args.output)?
@@ -45,11 +49,11 @@ pub async fn validate(args: ValidateArgs) -> Result<()> {
 }
 
 /// `smelter apply`.
-pub async fn apply(args: ApplyArgs) -> Result<()> {
+pub async fn apply(config: &SmelterConfig, args: ApplyArgs) -> Result<()> {
     let text = read_file(&args.file)?;
     let origin = args.file.display().to_string();
     load_pipeline(&text, &origin).await?;
-    let applied = AdminClient::connect(&args.coordinator)
+    let applied = AdminClient::connect_with(&args.coordinator, &credentials(&config.security)?)
         .await?
         .apply(&text, &origin)
         .await?;
@@ -61,8 +65,8 @@ pub async fn apply(args: ApplyArgs) -> Result<()> {
 }
 
 /// `smelter status`.
-pub async fn status(args: StatusArgs) -> Result<()> {
-    let status = AdminClient::connect(&args.coordinator)
+pub async fn status(config: &SmelterConfig, args: StatusArgs) -> Result<()> {
+    let status = AdminClient::connect_with(&args.coordinator, &credentials(&config.security)?)
         .await?
         .status()
         .await?;

@@ -42,6 +42,34 @@ pub async fn local_tables(
     Ok((tables, names))
 }
 
+/// The credentials this process presents to a cluster: the `[security]` section's CA,
+/// certificate and token.
+pub fn credentials(
+    security: &smelter_common::security::SecurityConfig,
+) -> Result<smelter_sdk::Credentials> {
+    let read = |path: &Path| {
+        std::fs::read(path).map_err(|source| crate::CliError::Io {
+            context: format!("read {}", path.display()),
+            source,
+        })
+    };
+    let tls = match &security.tls_ca {
+        None => None,
+        Some(ca) => Some(smelter_sdk::TlsOptions {
+            ca_pem: read(ca)?,
+            identity: match (&security.tls_cert, &security.tls_key) {
+                (Some(cert), Some(key)) => Some((read(cert)?, read(key)?)),
+                _ => None,
+            },
+            domain: security.tls_domain.clone(),
+        }),
+    };
+    Ok(smelter_sdk::Credentials {
+        tls,
+        token: security.token.as_ref().map(|t| t.expose().to_string()),
+    })
+}
+
 /// Reads a pipeline file.
 pub fn read_file(path: &Path) -> Result<String> {
     std::fs::read_to_string(path).map_err(|source| crate::CliError::Io {

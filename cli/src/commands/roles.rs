@@ -3,6 +3,7 @@
 use std::sync::Arc;
 
 use smelter_common::config::{SmelterConfig, StoreKind};
+use smelter_common::security::tls;
 use smelter_common::store::{CoordinationStore, EtcdStore, MemoryStore};
 use tokio_util::sync::CancellationToken;
 
@@ -14,12 +15,23 @@ use crate::local::bind;
 pub async fn coordinator(config: SmelterConfig, shutdown: CancellationToken) -> Result<()> {
     let store: Arc<dyn CoordinationStore> = match config.coordinator.store {
         StoreKind::Memory => Arc::new(MemoryStore::new()),
-        StoreKind::Etcd => {
-            Arc::new(EtcdStore::connect(&config.coordinator.etcd_endpoint_list()).await?)
-        }
+        StoreKind::Etcd => Arc::new(
+            EtcdStore::connect_with(
+                &config.coordinator.etcd_endpoint_list(),
+                tls::etcd(&config.security)?,
+            )
+            .await?,
+        ),
     };
     let listener = bind(&config.coordinator.listen).await?;
-    smelter_coordinator::run(config.coordinator, store, listener, shutdown).await?;
+    smelter_coordinator::run(
+        config.coordinator,
+        config.security,
+        store,
+        listener,
+        shutdown,
+    )
+    .await?;
     Ok(())
 }
 
@@ -30,7 +42,11 @@ pub async fn worker(config: SmelterConfig, shutdown: CancellationToken) -> Resul
     let store: Option<Arc<dyn CoordinationStore>> = match config.coordinator.store {
         StoreKind::Memory => None,
         StoreKind::Etcd => Some(Arc::new(
-            EtcdStore::connect(&config.coordinator.etcd_endpoint_list()).await?,
+            EtcdStore::connect_with(
+                &config.coordinator.etcd_endpoint_list(),
+                tls::etcd(&config.security)?,
+            )
+            .await?,
         )),
     };
     let listener = bind(&config.worker.flight_listen).await?;

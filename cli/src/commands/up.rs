@@ -51,7 +51,8 @@ async fn serve(
     args: &UpArgs,
     shutdown: &CancellationToken,
 ) -> Result<()> {
-    let mut admin = AdminClient::connect(&cluster.coordinator_endpoint).await?;
+    let credentials = super::credentials(&config.security)?;
+    let mut admin = AdminClient::connect_with(&cluster.coordinator_endpoint, &credentials).await?;
     let applied = admin.apply(text, origin).await?;
     tracing::info!(
         pipeline = %applied.pipeline,

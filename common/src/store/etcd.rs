@@ -47,9 +47,21 @@ fn convert(kv: &etcd_client::KeyValue) -> KeyValue {
 impl EtcdStore {
     /// Connects to the etcd cluster at `endpoints` (`http://host:port`).
     pub async fn connect(endpoints: &[String]) -> Result<Self> {
-        let options = etcd_client::ConnectOptions::new()
+        Self::connect_with(endpoints, None).await
+    }
+
+    /// Connects over TLS when `tls` is given (`https://` endpoints, the etcd CA, and a
+    /// client certificate when etcd requires one).
+    pub async fn connect_with(
+        endpoints: &[String],
+        tls: Option<etcd_client::TlsOptions>,
+    ) -> Result<Self> {
+        let mut options = etcd_client::ConnectOptions::new()
             .with_connect_timeout(Duration::from_secs(5))
             .with_timeout(Duration::from_secs(10));
+        if let Some(tls) = tls {
+            options = options.with_tls(tls);
+        }
         let client = Client::connect(endpoints, Some(options))
             .await
             .map_err(unavailable)?;

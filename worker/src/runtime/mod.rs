@@ -27,6 +27,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use smelter_common::config::SmelterConfig;
+use smelter_common::security::auth::Bearer;
+use smelter_common::security::{Authenticator, tls};
 use smelter_common::store::CoordinationStore;
 use smelter_lake::failpoint::Failpoints;
 use smelter_lake::lock::CommitArbiter;
@@ -41,14 +43,18 @@ use tokio::sync::Notify;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::AbortOnDropHandle;
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::server::TcpIncoming;
-use tonic::transport::{Channel, Endpoint, Server};
+use tonic::transport::{Channel, Server};
 use tracing::Instrument;
 
 use crate::serve::flight::FlightSqlServer;
 use crate::serve::query::QueryEngine;
 use crate::{Result, WorkerError};
 use units::{Unit, UnitKey, reconcile, stop_all};
+
+/// The control-plane client: every call carries this worker's bearer token.
+type Control = ControlClient<InterceptedService<Channel, Bearer>>;
 
 /// Lease TTLs without any coordinator after which a worker stops its tasks.
 pub const ORPHAN_TTLS: u32 = 3;
@@ -102,13 +108,18 @@ pub async fn run(
         .advertise_flight
         .clone()
         .unwrap_or_else(|| flight_addr.to_string());
-    let engine = QueryEngine::new(tables.clone(), config.query.clone());
-    let flight = FlightSqlServer::new(engine)?.into_service();
+    let engine = QueryEngine::for_clients(tables.clone(), config.query.clone());
+    let auth = Authenticator::from_config(&config.security)?;
+    let flight = FlightSqlServer::new(engine)?.into_service(&auth);
+    let mut server = Server::builder();
+    if let Some(tls) = tls::server(&config.security, config.security.flight_client_certs)? {
+        server = server.tls_config(tls)?;
+    }
     let flight_shutdown = shutdown.clone();
     let flight_task = AbortOnDropHandle::new(tokio::spawn(async move {
         // Small responses must not wait for Nagle's algorithm (40 ms per round trip).
         let incoming = TcpIncoming::from(flight_listener).with_nodelay(Some(true));
-        if let Err(error) = Server::builder()
+        if let Err(error) = server
             .add_service(flight)
             .serve_with_incoming_shutdown(incoming, flight_shutdown.cancelled_owned())
             .await
@@ -116,7 +127,12 @@ pub async fn run(
             tracing::error!(%error, "flight server stopped");
         }
     }));
-    tracing::info!(flight = %advertised, "worker serving Flight SQL");
+    tracing::info!(
+        flight = %advertised,
+        tls = config.security.serves_tls(),
+        tokens = auth.requires_tokens(),
+        "worker serving Flight SQL"
+    );
     let arbiter = store.map(|store| {
         let holder = format!(
             "{} pid {} flight {advertised}",
@@ -195,17 +211,17 @@ pub async fn run(
     Ok(())
 }
 
-async fn connect(endpoint: &str) -> Result<ControlClient<Channel>> {
-    let channel = Endpoint::from_shared(endpoint.to_string())
-        .map_err(|e| {
-            WorkerError::Control(tonic::Status::invalid_argument(format!(
-                "bad coordinator endpoint {endpoint}: {e}"
-            )))
-        })?
+/// A client of the coordinator at `endpoint`, over TLS with this worker's certificate when
+/// configured, presenting its token.
+async fn connect(endpoint: &str, config: &SmelterConfig) -> Result<Control> {
+    let channel = tls::endpoint(endpoint, &config.security)?
         .connect_timeout(Duration::from_secs(3))
         .connect()
         .await?;
-    Ok(ControlClient::new(channel))
+    Ok(ControlClient::with_interceptor(
+        channel,
+        Bearer::from_config(&config.security)?,
+    ))
 }
 
 /// One registration: lasts until shutdown (Ok) or until the lease, the stream or the
@@ -219,7 +235,7 @@ async fn session(
     endpoint: &str,
     state: &mut WorkerState,
 ) -> Result<()> {
-    let mut client = connect(endpoint).await?;
+    let mut client = connect(endpoint, config).await?;
     let hostname = std::env::var("HOSTNAME").unwrap_or_default();
     let registered = client
         .register_worker(RegisterWorkerRequest {
@@ -251,7 +267,7 @@ async fn follow(
     shutdown: &CancellationToken,
     endpoint: &str,
     state: &mut WorkerState,
-    mut client: ControlClient<Channel>,
+    mut client: Control,
     registered: smelter_proto::RegisterWorkerResponse,
 ) -> Result<()> {
     let worker_id = state.worker_id.clone();
@@ -321,7 +337,7 @@ async fn follow(
 /// publishes each success in `contact` and returns the failure. Each heartbeat carries the
 /// worker's count of fenced commit attempts, for `smelter status`.
 async fn keep_alive(
-    mut client: ControlClient<Channel>,
+    mut client: Control,
     worker_id: String,
     every: Duration,
     ttl: Duration,
@@ -347,7 +363,7 @@ async fn keep_alive(
 
 /// Acknowledges drained tasks, so their new owners can start (hand-off).
 async fn report_released(
-    client: &mut ControlClient<Channel>,
+    client: &mut Control,
     worker_id: &str,
     generation: u64,
     task_ids: Vec<String>,
@@ -369,7 +385,7 @@ async fn report_released(
 }
 
 async fn report_status(
-    client: &mut ControlClient<Channel>,
+    client: &mut Control,
     worker_id: &str,
     generation: u64,
     units: &BTreeMap<UnitKey, Unit>,

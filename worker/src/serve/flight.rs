@@ -6,6 +6,18 @@
 //! result. Prepared statements are supported without parameters (ADBC prepares every
 //! query); the handle is the SQL text. Results past `max_rows` or `timeout_ms` end with
 //! an error rather than being silently cut.
+//!
+//! Every call passes the authenticator's interceptor first ([`FlightSqlServer::into_service`]);
+//! each query is planned for its caller, so tables outside its grants answer
+//! `PERMISSION_DENIED`. `Handshake` takes Basic credentials (the password is the token)
+//! and answers with the bearer token clients then send, as ADBC's `username`/`password`
+//! options expect.
+//!
+//! Limits hold whatever the query or the client does ([`run_query`]): the query runs on a
+//! task of its own that hands batches to the response through a channel of two; it is
+//! cancelled (and its memory freed) when the deadline passes — also in the middle of
+//! computing one batch, or while a client that stopped reading leaves the channel full —
+//! and when the client goes away.
 
 use std::pin::Pin;
 use std::time::Duration;
@@ -21,15 +33,21 @@ use arrow_flight::sql::{
     ActionCreatePreparedStatementResult, Any, CommandGetSqlInfo, CommandPreparedStatementQuery,
     CommandStatementQuery, ProstMessageExt, SqlInfo, TicketStatementQuery,
 };
-use arrow_flight::{FlightDescriptor, FlightEndpoint, FlightInfo, IpcMessage, SchemaAsIpc, Ticket};
+use arrow_flight::{
+    FlightDescriptor, FlightEndpoint, FlightInfo, HandshakeRequest, HandshakeResponse, IpcMessage,
+    SchemaAsIpc, Ticket,
+};
 use futures::{Stream, TryStreamExt};
 use prost::Message;
+use smelter_common::security::Principal;
+use smelter_common::security::auth::{AuthInterceptor, Authenticator, presented_token, principal};
 use smelter_proto::QueryTicket;
 use tokio::time::Instant;
-use tonic::{Request, Response, Status};
+use tonic::service::interceptor::InterceptedService;
+use tonic::{Request, Response, Status, Streaming};
 
 use crate::WorkerError;
-use crate::serve::query::QueryEngine;
+use crate::serve::query::{Forbidden, QueryEngine};
 
 type DoGetStream =
     Pin<Box<dyn Stream<Item = Result<arrow_flight::FlightData, Status>> + Send + 'static>>;
@@ -41,6 +59,9 @@ pub struct FlightSqlServer {
 }
 
 fn status(error: WorkerError) -> Status {
+    if let Some(forbidden) = Forbidden::find(&error) {
+        return Status::permission_denied(forbidden.to_string());
+    }
     match error {
         WorkerError::Query(e) => {
             let e = e.find_root().to_string();
@@ -73,19 +94,31 @@ impl FlightSqlServer {
         Ok(Self { engine, sql_info })
     }
 
-    /// The tonic service to mount.
-    pub fn into_service(self) -> FlightServiceServer<Self> {
-        FlightServiceServer::new(self).max_decoding_message_size(64 * 1024 * 1024)
+    /// The tonic service to mount, behind `auth`'s interceptor: the only way to get one.
+    pub fn into_service(
+        self,
+        auth: &std::sync::Arc<Authenticator>,
+    ) -> InterceptedService<FlightServiceServer<Self>, AuthInterceptor> {
+        InterceptedService::new(
+            FlightServiceServer::new(self).max_decoding_message_size(64 * 1024 * 1024),
+            auth.interceptor(),
+        )
     }
 
     async fn flight_info(
         &self,
         sql: &str,
-        descriptor: FlightDescriptor,
+        request: Request<FlightDescriptor>,
     ) -> Result<FlightInfo, Status> {
+        let caller = principal(&request)?.clone();
+        let descriptor = request.into_inner();
         let query_id = uuid::Uuid::new_v4().to_string();
-        let frame = self.engine.plan(sql, None).await.map_err(status)?;
-        tracing::info!(%query_id, sql, "query planned");
+        let timeout = Duration::from_millis(self.engine.limits().timeout_ms);
+        let frame = tokio::time::timeout(timeout, self.engine.plan_for(sql, &caller))
+            .await
+            .map_err(|_| Status::deadline_exceeded(format!("planning ran past {timeout:?}")))?
+            .map_err(status)?;
+        tracing::info!(%query_id, sql, caller = %caller.name, "query planned");
         let ticket = QueryTicket {
             sql: sql.to_string(),
             query_id,
@@ -102,9 +135,98 @@ impl FlightSqlServer {
     }
 }
 
+/// Runs a query's `stream` on a task of its own, handing its batches over through a
+/// channel of two: ends with an error past `max_rows`, and with `timed_out` once
+/// `deadline` passes — whether the query is computing a batch or waiting for a client that
+/// stopped reading. Either way the task ends there, dropping the query and its memory. The
+/// task is aborted if the returned stream is dropped (the client went away).
+fn run_query(
+    mut stream: datafusion::physical_plan::SendableRecordBatchStream,
+    max_rows: usize,
+    deadline: Instant,
+    timed_out: Status,
+) -> impl Stream<Item = Result<arrow::record_batch::RecordBatch, Status>> + Send + 'static {
+    use futures::StreamExt;
+    let (sender, receiver) = tokio::sync::mpsc::channel(2);
+    let task = tokio::spawn(async move {
+        let mut rows = 0usize;
+        loop {
+            let next = tokio::select! {
+                next = stream.next() => next,
+                _ = tokio::time::sleep_until(deadline) => {
+                    let _ = sender.try_send(Err(timed_out));
+                    return;
+                }
+            };
+            let item = match next {
+                None => return,
+                Some(Ok(batch)) => {
+                    rows += batch.num_rows();
+                    if rows > max_rows {
+                        Err(Status::resource_exhausted(format!(
+                            "result exceeds the limit of {max_rows} rows; add a LIMIT or \
+                             narrow the query"
+                        )))
+                    } else {
+                        Ok(batch)
+                    }
+                }
+                Some(Err(error)) => Err(status(error.into())),
+            };
+            let last = item.is_err();
+            tokio::select! {
+                sent = sender.send(item) => if sent.is_err() || last { return },
+                // The client stopped reading: give up the query rather than hold it.
+                _ = tokio::time::sleep_until(deadline) => {
+                    let _ = sender.try_send(Err(timed_out));
+                    return;
+                }
+            }
+        }
+    });
+    let task = tokio_util::task::AbortOnDropHandle::new(task);
+    tokio_stream::wrappers::ReceiverStream::new(receiver).map(move |item| {
+        let _owned = &task;
+        item
+    })
+}
+
 #[tonic::async_trait]
 impl FlightSqlService for FlightSqlServer {
     type FlightService = FlightSqlServer;
+
+    /// The interceptor has checked the credentials already; hand back the token as the
+    /// bearer for the calls that follow.
+    async fn do_handshake(
+        &self,
+        request: Request<Streaming<HandshakeRequest>>,
+    ) -> Result<
+        Response<Pin<Box<dyn Stream<Item = Result<HandshakeResponse, Status>> + Send>>>,
+        Status,
+    > {
+        let caller = principal(&request)?;
+        tracing::debug!(caller = %caller.name, "handshake");
+        let token = presented_token(request.metadata());
+        let payload = token
+            .as_ref()
+            .map(|t| prost::bytes::Bytes::copy_from_slice(t.expose().as_bytes()))
+            .unwrap_or_default();
+        let reply = HandshakeResponse {
+            protocol_version: 0,
+            payload,
+        };
+        let mut response: Response<
+            Pin<Box<dyn Stream<Item = Result<HandshakeResponse, Status>> + Send>>,
+        > = Response::new(Box::pin(futures::stream::once(async { Ok(reply) })));
+        if let Some(token) = token {
+            let mut value = format!("Bearer {}", token.expose())
+                .parse::<tonic::metadata::MetadataValue<_>>()
+                .map_err(|_| Status::unauthenticated("unreadable token"))?;
+            value.set_sensitive(true);
+            response.metadata_mut().insert("authorization", value);
+        }
+        Ok(response)
+    }
 
     async fn get_flight_info_statement(
         &self,
@@ -112,7 +234,7 @@ impl FlightSqlService for FlightSqlServer {
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
         Ok(Response::new(
-            self.flight_info(&query.query, request.into_inner()).await?,
+            self.flight_info(&query.query, request).await?,
         ))
     }
 
@@ -123,48 +245,35 @@ impl FlightSqlService for FlightSqlServer {
     ) -> Result<Response<FlightInfo>, Status> {
         let sql = String::from_utf8(cmd.prepared_statement_handle.to_vec())
             .map_err(|_| Status::invalid_argument("bad prepared statement handle"))?;
-        Ok(Response::new(
-            self.flight_info(&sql, request.into_inner()).await?,
-        ))
+        Ok(Response::new(self.flight_info(&sql, request).await?))
     }
 
     async fn do_get_statement(
         &self,
         ticket: TicketStatementQuery,
-        _request: Request<Ticket>,
+        request: Request<Ticket>,
     ) -> Result<Response<DoGetStream>, Status> {
+        let caller: Principal = principal(&request)?.clone();
         let ticket = QueryTicket::decode(ticket.statement_handle)
             .map_err(|e| Status::invalid_argument(format!("bad ticket: {e}")))?;
-        let frame = self.engine.plan(&ticket.sql, None).await.map_err(status)?;
-        let schema = std::sync::Arc::new(frame.schema().as_arrow().clone());
-        let stream = frame.execute_stream().await.map_err(|e| status(e.into()))?;
         let limits = self.engine.limits().clone();
         let deadline = Instant::now() + Duration::from_millis(limits.timeout_ms);
-        let mut rows = 0usize;
-        let query_id = ticket.query_id;
-        let batches = stream
-            .map_err(|e| FlightError::ExternalError(Box::new(e)))
-            .and_then(move |batch| {
-                rows += batch.num_rows();
-                let result = if rows > limits.max_rows {
-                    Err(FlightError::Tonic(Box::new(Status::resource_exhausted(
-                        format!(
-                            "result exceeds the limit of {} rows; add a LIMIT or narrow the query",
-                            limits.max_rows
-                        ),
-                    ))))
-                } else if Instant::now() > deadline {
-                    Err(FlightError::Tonic(Box::new(Status::deadline_exceeded(
-                        format!("query {query_id} ran past {} ms", limits.timeout_ms),
-                    ))))
-                } else {
-                    Ok(batch)
-                };
-                futures::future::ready(result)
-            });
+        let timed_out = || {
+            Status::deadline_exceeded(format!(
+                "query {} ran past {} ms",
+                ticket.query_id, limits.timeout_ms
+            ))
+        };
+        let planned = tokio::time::timeout_at(deadline, self.engine.plan_for(&ticket.sql, &caller))
+            .await
+            .map_err(|_| timed_out())?;
+        let frame = planned.map_err(status)?;
+        let schema = std::sync::Arc::new(frame.schema().as_arrow().clone());
+        let stream = frame.execute_stream().await.map_err(|e| status(e.into()))?;
+        let batches = run_query(stream, limits.max_rows, deadline, timed_out());
         let flight = FlightDataEncoderBuilder::new()
             .with_schema(schema)
-            .build(batches)
+            .build(batches.map_err(|status| FlightError::Tonic(Box::new(status))))
             .map_err(Status::from);
         Ok(Response::new(Box::pin(flight)))
     }
@@ -183,9 +292,14 @@ impl FlightSqlService for FlightSqlServer {
     async fn do_action_create_prepared_statement(
         &self,
         query: ActionCreatePreparedStatementRequest,
-        _request: Request<arrow_flight::Action>,
+        request: Request<arrow_flight::Action>,
     ) -> Result<ActionCreatePreparedStatementResult, Status> {
-        let frame = self.engine.plan(&query.query, None).await.map_err(status)?;
+        let caller = principal(&request)?;
+        let frame = self
+            .engine
+            .plan_for(&query.query, caller)
+            .await
+            .map_err(status)?;
         let schema = frame.schema().as_arrow().clone();
         let options = IpcWriteOptions::default();
         let message = SchemaAsIpc::new(&schema, &options);

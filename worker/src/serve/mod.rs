@@ -3,4 +3,8 @@
 
 pub mod flight;
 pub mod functions;
+pub mod memory;
 pub mod query;
+
+#[cfg(test)]
+mod tests;

@@ -4,6 +4,10 @@
 //! a query names them, at their latest version (or a pinned one), so a query reads only
 //! what it references and always sees committed data only. DDL, DML and other statements
 //! are refused by the planner's `SQLOptions`; each session has a memory limit.
+//!
+//! A client's query is planned for its caller ([`QueryEngine::plan_for`]): tables outside
+//! the caller's grants are not listed, and naming one (anywhere: a join, a subquery, a CTE)
+//! fails planning with [`Forbidden`], which Flight SQL answers with `PERMISSION_DENIED`.
 
 use std::sync::Arc;
 
@@ -13,7 +17,9 @@ use datafusion::error::DataFusionError;
 use datafusion::execution::runtime_env::RuntimeEnvBuilder;
 use datafusion::prelude::{DataFrame, SessionConfig, SessionContext};
 use smelter_common::config::QueryConfig;
+use smelter_common::security::Principal;
 
+use super::memory::WorkerMemory;
 use crate::Result;
 use smelter_lake::TableStore;
 
@@ -22,6 +28,8 @@ use smelter_lake::TableStore;
 pub struct QueryEngine {
     tables: TableStore,
     limits: QueryConfig,
+    /// Client engines: the memory all their queries share (see [`super::memory`]).
+    clients: Option<WorkerMemory>,
 }
 
 /// The SQL statements clients may run: queries only.
@@ -32,6 +40,30 @@ pub fn read_only() -> datafusion::execution::context::SQLOptions {
         .with_allow_statements(false)
 }
 
+/// A query named a table its caller may not read.
+#[derive(Debug, thiserror::Error)]
+#[error("{caller} may not read {table}")]
+pub struct Forbidden {
+    /// The table (`layer.name`).
+    pub table: String,
+    /// Who asked.
+    pub caller: String,
+}
+
+impl Forbidden {
+    /// The `Forbidden` somewhere in `error`'s chain of sources.
+    pub fn find<'a>(error: &'a (dyn std::error::Error + 'static)) -> Option<&'a Forbidden> {
+        let mut current = Some(error);
+        while let Some(error) = current {
+            if let Some(forbidden) = error.downcast_ref::<Forbidden>() {
+                return Some(forbidden);
+            }
+            current = error.source();
+        }
+        None
+    }
+}
+
 /// One layer of tables, opened on first use by a query.
 #[derive(Debug)]
 struct LayerSchema {
@@ -40,6 +72,14 @@ struct LayerSchema {
     /// Every table that existed when the query's session was made (`layer.name`).
     names: Arc<Vec<String>>,
     pinned: Option<(String, i64)>,
+    /// The client the session plans for (`None`: the pipeline itself, which reads all).
+    caller: Option<Arc<Principal>>,
+}
+
+impl LayerSchema {
+    fn may_read(&self, full: &str) -> bool {
+        self.caller.as_ref().is_none_or(|c| c.may_read(full))
+    }
 }
 
 #[async_trait]
@@ -48,6 +88,7 @@ impl SchemaProvider for LayerSchema {
         let prefix = format!("{}.", self.layer);
         self.names
             .iter()
+            .filter(|n| self.may_read(n))
             .filter_map(|n| n.strip_prefix(&prefix).map(str::to_string))
             .collect()
     }
@@ -56,6 +97,12 @@ impl SchemaProvider for LayerSchema {
         let full = format!("{}.{name}", self.layer);
         if !self.names.contains(&full) {
             return Ok(None);
+        }
+        if let Some(caller) = self.caller.as_ref().filter(|c| !c.may_read(&full)) {
+            return Err(DataFusionError::External(Box::new(Forbidden {
+                table: full,
+                caller: caller.name.clone(),
+            })));
         }
         let table = match &self.pinned {
             Some((pinned, version)) if *pinned == full => {
@@ -75,9 +122,29 @@ impl SchemaProvider for LayerSchema {
 }
 
 impl QueryEngine {
-    /// An engine over `tables` with per-query `limits`.
+    /// An engine over `tables` with per-query `limits` (for the pipeline's own queries).
     pub fn new(tables: TableStore, limits: QueryConfig) -> Self {
-        Self { tables, limits }
+        Self {
+            tables,
+            limits,
+            clients: None,
+        }
+    }
+
+    /// An engine for client queries: each within `limits.memory_limit_mb`, and all of them
+    /// together within `limits.worker_memory_limit_mb`.
+    pub fn for_clients(tables: TableStore, limits: QueryConfig) -> Self {
+        let shared = WorkerMemory::new(limits.worker_memory_limit_mb << 20);
+        Self {
+            tables,
+            limits,
+            clients: Some(shared),
+        }
+    }
+
+    /// Bytes the client queries hold now (0 for the pipeline's engines).
+    pub fn client_memory(&self) -> usize {
+        self.clients.as_ref().map_or(0, WorkerMemory::reserved)
     }
 
     /// The limits applied to each query.
@@ -87,13 +154,13 @@ impl QueryEngine {
 
     /// A session with the three layers registered; `pinned` fixes one table at a version.
     pub async fn session(&self, pinned: Option<(&str, i64)>) -> Result<SessionContext> {
-        self.session_with(pinned, SessionConfig::new()).await
+        self.session_with(pinned, SessionConfig::new(), None).await
     }
 
     /// A session that plans every query as one partition: for the many small plans of an
     /// incremental gold refresh, where splitting the input costs more than it saves.
     pub async fn serial_session(&self) -> Result<SessionContext> {
-        self.session_with(None, SessionConfig::new().with_target_partitions(1))
+        self.session_with(None, SessionConfig::new().with_target_partitions(1), None)
             .await
     }
 
@@ -101,6 +168,7 @@ impl QueryEngine {
         &self,
         pinned: Option<(&str, i64)>,
         config: SessionConfig,
+        caller: Option<Arc<Principal>>,
     ) -> Result<SessionContext> {
         let names = Arc::new(self.tables.list().await);
         let mut config = config.with_information_schema(true);
@@ -109,9 +177,12 @@ impl QueryEngine {
             .execution
             .parquet
             .schema_force_view_types = false;
-        let runtime = RuntimeEnvBuilder::new()
-            .with_memory_limit(self.limits.memory_limit_mb * 1024 * 1024, 1.0)
-            .build_arc()?;
+        let per_query = self.limits.memory_limit_mb << 20;
+        let runtime = match &self.clients {
+            Some(shared) => RuntimeEnvBuilder::new().with_memory_pool(shared.query(per_query)),
+            None => RuntimeEnvBuilder::new().with_memory_limit(per_query, 1.0),
+        }
+        .build_arc()?;
         let ctx = SessionContext::new_with_config_rt(config, runtime);
         crate::serve::functions::register(&ctx);
         let catalog = ctx
@@ -123,6 +194,7 @@ impl QueryEngine {
                 tables: self.tables.clone(),
                 names: names.clone(),
                 pinned: pinned.map(|(n, v)| (n.to_string(), v)),
+                caller: caller.clone(),
             };
             catalog.register_schema(layer, Arc::new(schema))?;
         }
@@ -132,6 +204,14 @@ impl QueryEngine {
     /// Plans a read-only query.
     pub async fn plan(&self, sql: &str, pinned: Option<(&str, i64)>) -> Result<DataFrame> {
         let ctx = self.session(pinned).await?;
+        Ok(ctx.sql_with_options(sql, read_only()).await?)
+    }
+
+    /// Plans a read-only query for `caller`: only the tables it is granted exist for it.
+    pub async fn plan_for(&self, sql: &str, caller: &Principal) -> Result<DataFrame> {
+        let ctx = self
+            .session_with(None, SessionConfig::new(), Some(Arc::new(caller.clone())))
+            .await?;
         Ok(ctx.sql_with_options(sql, read_only()).await?)
     }
 }

@@ -237,6 +237,9 @@ impl JsonDecoder {
                 reason: format!("expected a JSON object, got {}", describe(&value)),
             });
         };
+        if let Some(path) = visit::first_duplicate(&self.slots, payload) {
+            return Err(visit::duplicate(&path));
+        }
         let mut out = vec![Value::Null; self.columns.len()];
         let mut rescued = Map::new();
         walk(&self.slots, object, "", &mut out, &mut rescued)?;

@@ -113,3 +113,37 @@ fn rejections_name_rule_and_field() {
         err.reason
     );
 }
+
+/// A declared field twice in one object is rejected by both paths (a parsed map would
+/// keep the last; the streaming decoder would judge the first): JSON leaves it to the
+/// reader which one counts. Undeclared duplicates are rescued, the last one kept.
+#[test]
+fn a_declared_field_twice_is_rejected_by_both_paths() {
+    let decoder = decoder();
+    for payload in [
+        &br#"{"id":"c","ts":"c","ts":"2026-11-01 10:00:00.5"}"#[..],
+        br#"{"id":"c","ts":"2026-11-01T00:00:00Z","ts":"2026-11-01T00:00:00Z"}"#,
+        br#"{"id":"c","user":{"id":"a","id":"b"}}"#,
+        br#"{"id":"c","user":{"id":"a"},"user":{"score":1}}"#,
+    ] {
+        let streamed = decoder.decode_row(payload).unwrap_err();
+        let tree = decoder.decode_value(payload).unwrap_err();
+        assert_eq!(streamed, tree, "{}", String::from_utf8_lossy(payload));
+        assert_eq!(streamed.rule, "_parse");
+        assert!(
+            streamed.reason.contains("appears more than once"),
+            "{}",
+            streamed.reason
+        );
+    }
+    let (_, rescued) = decoder.decode_row(br#"{"id":"c","x":1,"x":2}"#).unwrap();
+    assert_eq!(rescued.as_deref(), Some(r#"{"x":2}"#));
+    assert_eq!(
+        decoder
+            .decode_value(br#"{"id":"c","x":1,"x":2}"#)
+            .unwrap()
+            .1
+            .as_deref(),
+        Some(r#"{"x":2}"#)
+    );
+}

@@ -47,12 +47,25 @@ impl<'de> serde::de::Visitor<'de> for Fields<'_, 'de> {
     }
 
     fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        let mut seen = Seen::new(self.slots.len());
         while let Some(key) = map.next_key::<Cow<'de, str>>()? {
+            let declared = self.slots.iter().position(|s| s.name == *key);
+            // A duplicate outranks a wrong type: the record is malformed, as a whole
+            // parse would find it.
+            if let Some(index) = declared
+                && !seen.insert(index)
+            {
+                if self.rejection.as_ref().is_none_or(|r| r.rule != "_parse") {
+                    *self.rejection = Some(duplicate(&self.slots[index].path));
+                }
+                map.next_value::<serde::de::IgnoredAny>()?;
+                continue;
+            }
             if self.rejection.is_some() {
                 map.next_value::<serde::de::IgnoredAny>()?;
                 continue;
             }
-            let Some(slot) = self.slots.iter().find(|s| s.name == *key) else {
+            let Some(index) = declared else {
                 let value: Value = map.next_value()?;
                 let path = if self.path.is_empty() {
                     key.into_owned()
@@ -62,6 +75,7 @@ impl<'de> serde::de::Visitor<'de> for Fields<'_, 'de> {
                 self.rescued.insert(path, value);
                 continue;
             };
+            let slot = &self.slots[index];
             if !slot.children.is_empty() {
                 map.next_value_seed(Fields {
                     slots: &slot.children,
@@ -247,5 +261,136 @@ impl<'de> serde::de::Visitor<'de> for Leaf<'_> {
 
     fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<Checked<'de>, A::Error> {
         Ok(self.mismatch(map_value(map)?))
+    }
+}
+
+/// A declared field met twice in one object: which value it holds is anyone's guess (JSON
+/// leaves it to the reader), so the record is rejected rather than one of them picked.
+pub(super) fn duplicate(path: &str) -> Rejection {
+    Rejection {
+        rule: "_parse",
+        reason: format!("field `{path}` appears more than once"),
+    }
+}
+
+/// The declared fields of one object met so far, by slot index.
+enum Seen {
+    Few(u64),
+    Many(Vec<bool>),
+}
+
+impl Seen {
+    fn new(slots: usize) -> Self {
+        if slots <= 64 {
+            Seen::Few(0)
+        } else {
+            Seen::Many(vec![false; slots])
+        }
+    }
+
+    /// Marks `index` seen; false if it already was.
+    fn insert(&mut self, index: usize) -> bool {
+        match self {
+            Seen::Few(bits) => {
+                let bit = 1u64 << index;
+                let fresh = *bits & bit == 0;
+                *bits |= bit;
+                fresh
+            }
+            Seen::Many(seen) => !std::mem::replace(&mut seen[index], true),
+        }
+    }
+}
+
+/// The path of the first declared field that appears twice in one object of `payload`
+/// (for the tree path, which a parsed map would hide it from); `None` if none does or the
+/// payload does not parse.
+pub(super) fn first_duplicate(slots: &[Slot], payload: &[u8]) -> Option<String> {
+    use serde::de::DeserializeSeed;
+    let mut found = None;
+    let mut parser = serde_json::Deserializer::from_slice(payload);
+    Duplicates {
+        slots,
+        found: &mut found,
+    }
+    .deserialize(&mut parser)
+    .ok()?;
+    found
+}
+
+/// Walks one object's keys, recursing into declared structs, for [`first_duplicate`].
+struct Duplicates<'a> {
+    slots: &'a [Slot],
+    found: &'a mut Option<String>,
+}
+
+impl<'de> serde::de::DeserializeSeed<'de> for Duplicates<'_> {
+    type Value = ();
+
+    fn deserialize<D: serde::Deserializer<'de>>(self, parser: D) -> Result<(), D::Error> {
+        parser.deserialize_any(self)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for Duplicates<'_> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("any JSON value")
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        let mut seen = Seen::new(self.slots.len());
+        while let Some(key) = map.next_key::<Cow<'de, str>>()? {
+            match self.slots.iter().position(|s| s.name == *key) {
+                Some(index) if self.found.is_none() => {
+                    let slot = &self.slots[index];
+                    if !seen.insert(index) {
+                        *self.found = Some(slot.path.clone());
+                    }
+                    if slot.children.is_empty() {
+                        map.next_value::<serde::de::IgnoredAny>()?;
+                    } else {
+                        map.next_value_seed(Duplicates {
+                            slots: &slot.children,
+                            found: &mut *self.found,
+                        })?;
+                    }
+                }
+                _ => {
+                    map.next_value::<serde::de::IgnoredAny>()?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        while seq.next_element::<serde::de::IgnoredAny>()?.is_some() {}
+        Ok(())
+    }
+
+    fn visit_bool<E>(self, _: bool) -> Result<(), E> {
+        Ok(())
+    }
+
+    fn visit_i64<E>(self, _: i64) -> Result<(), E> {
+        Ok(())
+    }
+
+    fn visit_u64<E>(self, _: u64) -> Result<(), E> {
+        Ok(())
+    }
+
+    fn visit_f64<E>(self, _: f64) -> Result<(), E> {
+        Ok(())
+    }
+
+    fn visit_str<E>(self, _: &str) -> Result<(), E> {
+        Ok(())
+    }
+
+    fn visit_unit<E>(self) -> Result<(), E> {
+        Ok(())
     }
 }

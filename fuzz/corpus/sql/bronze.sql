@@ -1,0 +1,1 @@
+SELECT "partition", max("offset"), CAST(payload AS VARCHAR) FROM bronze.events WHERE error IS NULL GROUP BY 1, 3

@@ -1,0 +1,1 @@
+INSERT INTO silver.events SELECT * FROM silver.events
