@@ -44,6 +44,8 @@ pub enum Command {
     Verify(VerifyArgs),
     /// Rewrite tables' small files into larger ones (safe while the pipeline runs).
     Compact(CompactArgs),
+    /// A table's commits, newest first: what each did and what it consumed.
+    History(HistoryArgs),
     /// Measure throughput, latency and memory against the limit of the bare stages.
     Bench(BenchArgs),
     /// Run the coordinator role.
@@ -135,6 +137,23 @@ pub struct ApplyArgs {
 pub struct VerifyArgs {
     /// Tables to check (`bronze.events` ...); all tables when none are named.
     pub tables: Vec<String>,
+    /// Data directory as given to `smelter up` (tables in DIR/tables); defaults to
+    /// `storage.root` of the configuration.
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+    /// Output format (`table` or `json`).
+    #[arg(long, short, value_enum, default_value_t = Format::Table)]
+    pub output: Format,
+}
+
+/// `smelter history`.
+#[derive(Debug, clap::Args)]
+pub struct HistoryArgs {
+    /// The table (`silver.events` ...).
+    pub table: String,
+    /// Show at most this many versions (the newest).
+    #[arg(long)]
+    pub limit: Option<usize>,
     /// Data directory as given to `smelter up` (tables in DIR/tables); defaults to
     /// `storage.root` of the configuration.
     #[arg(long)]

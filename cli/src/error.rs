@@ -30,6 +30,9 @@ pub enum CliError {
     /// A query engine error outside a worker (the benchmark's limit stages).
     #[error("query engine: {0}")]
     Query(#[from] datafusion::error::DataFusionError),
+    /// A command's arguments name something that is not there (a table, a version).
+    #[error("{0}")]
+    InvalidArgument(String),
     /// The benchmark could not run.
     #[error("bench: {0}")]
     Bench(String),
@@ -59,6 +62,7 @@ impl CliError {
                 smelter_common::Error::Spec { .. } | smelter_common::Error::Config { .. },
             ) => 2,
             CliError::Worker(smelter_worker::WorkerError::InvalidSpec { .. }) => 2,
+            CliError::InvalidArgument(_) => 2,
             _ => 1,
         }
     }

@@ -8,6 +8,7 @@
 use deltalake::DeltaTable;
 use deltalake::kernel::Action;
 
+use crate::app_id::AppId;
 use crate::{LakeError, Result};
 use crate::{changes, log};
 
@@ -84,4 +85,175 @@ pub async fn commits(table: &DeltaTable, name: &str) -> Result<Vec<Commit>> {
             Some(commit)
         })
         .collect())
+}
+
+/// One version as `smelter history` and `table_history(...)` show it: what the commit
+/// did and what it consumed, read from its actions alone.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct Entry {
+    /// Log version.
+    pub version: i64,
+    /// The writer's commit time (commitInfo), milliseconds since the epoch.
+    pub timestamp_ms: Option<i64>,
+    /// What it was, in Smelter's words: `ingest`, `refine`, `aggregate`, `compact`,
+    /// `restore`, `delete`, `vacuum`, `create`, `overwrite`, or Delta's operation name
+    /// for commits Smelter did not make.
+    pub operation: String,
+    /// Delta's operation name (`WRITE`, `OPTIMIZE`, ...).
+    pub delta_operation: Option<String>,
+    /// Rows in the data files it added (from their statistics).
+    pub rows_added: u64,
+    /// Data files added (data changes and rewrites alike).
+    pub files_added: usize,
+    /// Data files removed.
+    pub files_removed: usize,
+    /// Bytes added.
+    pub bytes_added: u64,
+    /// What it consumed: each txn but the epoch, as `appId=version` (source offsets for
+    /// ingest, upstream versions for refine and aggregate).
+    pub consumed: Vec<String>,
+    /// The commit lock's epoch it was written under, if any.
+    pub epoch: Option<i64>,
+    /// Who wrote it (host, process id, Flight address), where the writer said.
+    pub writer: Option<String>,
+}
+
+/// Smelter's name for a commit with these txns and Delta operation.
+fn operation_kind(txns: &[(String, i64)], delta: Option<&str>, overwrite: bool) -> String {
+    let apps: Vec<AppId> = txns.iter().filter_map(|(a, _)| AppId::parse(a)).collect();
+    if apps.iter().any(|a| matches!(a, AppId::Source { .. })) {
+        return "ingest".into();
+    }
+    if let Some(table) = apps.iter().find_map(|a| match a {
+        AppId::Upstream { table, .. } => Some(table),
+        _ => None,
+    }) {
+        return if table.starts_with("gold.") {
+            "aggregate".into()
+        } else {
+            "refine".into()
+        };
+    }
+    match delta.unwrap_or_default() {
+        "OPTIMIZE" => "compact".into(),
+        "RESTORE" => "restore".into(),
+        "DELETE" => "delete".into(),
+        "VACUUM START" | "VACUUM END" => "vacuum".into(),
+        "CREATE TABLE" => "create".into(),
+        "WRITE" if overwrite => "overwrite".into(),
+        "" => "unknown".into(),
+        other => other.to_ascii_lowercase(),
+    }
+}
+
+/// Rows recorded in an add action's statistics.
+fn rows_in(stats: Option<&str>) -> u64 {
+    stats
+        .and_then(|s| serde_json::from_str::<serde_json::Value>(s).ok())
+        .and_then(|v| v.get("numRecords").and_then(serde_json::Value::as_u64))
+        .unwrap_or(0)
+}
+
+/// The entries of every kept version of `table`, newest first, at most `limit` of them.
+pub async fn entries(table: &DeltaTable, name: &str, limit: Option<usize>) -> Result<Vec<Entry>> {
+    let latest = log::version(table);
+    let limit = limit.unwrap_or(usize::MAX);
+    let mut out = Vec::new();
+    let mut version = latest;
+    while version >= 0 && out.len() < limit {
+        // Older versions may have been cleaned up: the history ends at the first gap.
+        let Some(actions) = changes::commit_actions(table, name, version).await? else {
+            break;
+        };
+        out.push(entry(version, actions));
+        version -= 1;
+    }
+    Ok(out)
+}
+
+fn entry(version: i64, actions: Vec<Action>) -> Entry {
+    let mut entry = Entry {
+        version,
+        timestamp_ms: None,
+        operation: String::new(),
+        delta_operation: None,
+        rows_added: 0,
+        files_added: 0,
+        files_removed: 0,
+        bytes_added: 0,
+        consumed: Vec::new(),
+        epoch: None,
+        writer: None,
+    };
+    let mut txns = Vec::new();
+    let mut overwrite = false;
+    for action in actions {
+        match action {
+            Action::CommitInfo(info) => {
+                entry.timestamp_ms = info.timestamp;
+                entry.writer = info
+                    .info
+                    .get(crate::commit::WRITER_KEY)
+                    .and_then(|w| w.as_str())
+                    .map(str::to_string);
+                overwrite = info
+                    .operation_parameters
+                    .as_ref()
+                    .and_then(|p| p.get("mode"))
+                    .is_some_and(|m| m.as_str() == Some("Overwrite"));
+                entry.delta_operation = info.operation;
+            }
+            Action::Txn(txn) if txn.app_id == crate::app_id::EPOCH => {
+                entry.epoch = Some(txn.version);
+            }
+            Action::Txn(txn) => txns.push((txn.app_id, txn.version)),
+            Action::Add(add) => {
+                entry.files_added += 1;
+                entry.bytes_added += add.size.max(0) as u64;
+                entry.rows_added += rows_in(add.stats.as_deref());
+            }
+            Action::Remove(_) => entry.files_removed += 1,
+            _ => {}
+        }
+    }
+    entry.operation = operation_kind(&txns, entry.delta_operation.as_deref(), overwrite);
+    entry.consumed = txns.iter().map(|(a, v)| format!("{a}={v}")).collect();
+    entry
+}
+
+/// The oldest version whose commit is still in the log (time travel cannot go further).
+pub async fn oldest_version(table: &DeltaTable, name: &str) -> Result<i64> {
+    let latest = log::version(table);
+    let log_store = table.log_store();
+    let mut first = 0;
+    while first < latest
+        && log_store
+            .read_commit_entry(first as u64)
+            .await
+            .map_err(|e| LakeError::delta(name, e))?
+            .is_none()
+    {
+        first += 1;
+    }
+    Ok(first)
+}
+
+/// The latest version committed at or before `at_ms` (commitInfo time), or `None` if the
+/// oldest kept version is later.
+pub async fn version_at(table: &DeltaTable, name: &str, at_ms: i64) -> Result<Option<i64>> {
+    let mut version = log::version(table);
+    while version >= 0 {
+        let Some(actions) = changes::commit_actions(table, name, version).await? else {
+            return Ok(None);
+        };
+        let time = actions.iter().find_map(|a| match a {
+            Action::CommitInfo(info) => info.timestamp,
+            _ => None,
+        });
+        if time.is_some_and(|t| t <= at_ms) {
+            return Ok(Some(version));
+        }
+        version -= 1;
+    }
+    Ok(None)
 }

@@ -63,6 +63,12 @@ impl HeldLock {
 }
 
 impl CommitArbiter {
+    /// Who takes the locks (host, process, Flight address), as stored in the lock keys and
+    /// in each commit's `commitInfo` (`smelter.writer`).
+    pub fn holder(&self) -> &str {
+        &self.holder
+    }
+
     /// Locks on `store`, each bound to a lease of `ttl` kept alive while held.
     pub fn new(store: Arc<dyn CoordinationStore>, ttl: Duration, holder: String) -> Self {
         Self {

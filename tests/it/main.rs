@@ -18,3 +18,4 @@ mod racing;
 mod restart;
 mod s3;
 mod security;
+mod time_travel;

@@ -71,13 +71,14 @@ async fn every_listener_speaks_tls_and_the_coordinator_refuses_clients_without_i
     assert!(coordinator.starts_with("https://"), "{coordinator}");
     let flight = cluster.flight_endpoints()[0].clone();
 
-    // The worker registered through mTLS, and a client with a certificate is served.
-    let trusted = with_tls(tls_options(&certs.ca, Some((&certs.cert, &certs.key))));
-    assert_eq!(status(&coordinator, &trusted).await.unwrap(), 1);
+    // The worker registered through mTLS and ran the pipeline, and a client with a
+    // certificate is served.
     cluster
         .wait_drained(Duration::from_secs(120))
         .await
         .unwrap();
+    let trusted = with_tls(tls_options(&certs.ca, Some((&certs.cert, &certs.key))));
+    assert_eq!(status(&coordinator, &trusted).await.unwrap(), 1);
 
     // Without a client certificate, with one from another CA, in plain text, or trusting
     // another CA: refused.

@@ -126,3 +126,43 @@ def test_gold_matches_between_readers(cluster):
     for d, f in zip(via_delta, via_flight):
         assert (d["day"], d["events"], d["users"], d["sessions"], d["purchases"]) == f[:5]
         assert abs(d["revenue"] - f[5]) < 1e-6
+
+
+def adbc_table(uri: str, sql: str):
+    with flight_sql.connect(uri, autocommit=True) as conn, conn.cursor() as cur:
+        cur.execute(sql)
+        return cur.fetch_arrow_table()
+
+
+def same_rows(left, right) -> bool:
+    columns = sorted(set(left.column_names) & set(right.column_names))
+    assert columns == sorted(left.column_names), (left.column_names, right.column_names)
+
+    def rows(table):
+        return sorted(map(repr, zip(*[table.column(c).to_pylist() for c in columns])))
+
+    return left.num_rows == right.num_rows and rows(left) == rows(right)
+
+
+@pytest.mark.parametrize("table", ["bronze.events", "silver.events", "gold.hourly_metrics"])
+def test_time_travel_reads_what_deltalake_reads_at_that_version(cluster, table):
+    latest = delta(cluster, table).version()
+    assert latest >= 2
+    layer, name = table.split(".")
+    path = str(cluster["tables"] / layer / name)
+    history = {h["version"]: h["timestamp"] for h in DeltaTable(path).history()}
+    for version in sorted({1, latest // 2, latest}):
+        expected = DeltaTable(path, version=version).to_pyarrow_table()
+        got = adbc_table(cluster["uri"], f"SELECT * FROM {table} VERSION AS OF {version}")
+        assert same_rows(got, expected), f"{table} v{version}"
+        # By time: the commit's own timestamp, in milliseconds since the epoch.
+        at = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(history[version] // 1000))
+        at += f".{history[version] % 1000:03d}Z"
+        later = max(v for v, t in history.items() if t == history[version])
+        got = adbc_table(cluster["uri"], f"SELECT * FROM {table} TIMESTAMP AS OF '{at}'")
+        assert same_rows(got, DeltaTable(path, version=later).to_pyarrow_table()), at
+
+
+def test_time_travel_refuses_versions_it_does_not_have(cluster):
+    with pytest.raises(Exception, match="its versions are 0 to"):
+        adbc_rows(cluster["uri"], "SELECT * FROM silver.events VERSION AS OF 999999")

@@ -3,6 +3,7 @@
 pub mod admin;
 pub mod bench;
 pub mod compact;
+pub mod history;
 pub mod roles;
 pub mod up;
 pub mod verify;

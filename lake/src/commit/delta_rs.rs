@@ -53,6 +53,7 @@ pub(super) async fn commit(table: &mut DeltaTable, attempt: Attempt<'_>) -> Resu
             && ((version(table) + 1) as u64).is_multiple_of(config.checkpoint_interval().get())
     };
     let properties = CommitProperties::default()
+        .with_metadata(attempt.app_metadata())
         .with_application_transactions(txn_actions)
         .with_cleanup_expired_logs(Some(cleanup));
     let committed = CommitBuilder::from(properties)

@@ -2,8 +2,6 @@
 //! writer followed — with put-if-absent, or on an arbitrated store through a claim on the
 //! version ([`crate::claims`]) — see the module docs of [`crate::commit`].
 
-use std::collections::HashMap;
-
 use deltalake::kernel::transaction::{CommitData, TransactionError};
 use deltalake::kernel::{Action, Transaction};
 use deltalake::logstore::CommitOrBytes;
@@ -72,7 +70,7 @@ pub(super) async fn commit_once(
         let data = CommitData::new(
             actions(payload, &head),
             payload.operation(),
-            HashMap::new(),
+            attempt.app_metadata(),
             txn_actions,
         );
         let bytes = data

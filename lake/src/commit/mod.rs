@@ -249,7 +249,20 @@ struct Attempt<'a> {
     env: &'a CommitEnv,
 }
 
+/// The `commitInfo` key naming the writer of a commit.
+pub const WRITER_KEY: &str = "smelter.writer";
+
 impl Attempt<'_> {
+    /// What the commit's `commitInfo` says besides Delta's fields: its writer, if known.
+    fn app_metadata(&self) -> std::collections::HashMap<String, serde_json::Value> {
+        self.env
+            .arbiter
+            .as_ref()
+            .map(|a| (WRITER_KEY.to_string(), serde_json::Value::from(a.holder())))
+            .into_iter()
+            .collect()
+    }
+
     /// The epoch of the held lock, if any.
     fn epoch(&self) -> Option<i64> {
         self.lock.map(|l| l.epoch)

@@ -1,10 +1,13 @@
 //! What a worker serves: read-only SQL over the tables ([`query`], with Smelter's own SQL
-//! [`functions`]), used by gold refreshes and by the Flight SQL service ([`flight`]).
+//! [`functions`], [`time_travel`] and the [`history`] table function), used by gold
+//! refreshes and by the Flight SQL service ([`flight`]).
 
 pub mod flight;
 pub mod functions;
+pub mod history;
 pub mod memory;
 pub mod query;
+pub mod time_travel;
 
 #[cfg(test)]
 mod tests;

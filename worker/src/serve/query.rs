@@ -20,6 +20,7 @@ use smelter_common::config::QueryConfig;
 use smelter_common::security::Principal;
 
 use super::memory::WorkerMemory;
+use super::time_travel;
 use crate::Result;
 use smelter_lake::TableStore;
 
@@ -94,6 +95,11 @@ impl SchemaProvider for LayerSchema {
     }
 
     async fn table(&self, name: &str) -> Result<Option<Arc<dyn TableProvider>>, DataFusionError> {
+        // `name@vN`: the table at version N (a resolved `VERSION AS OF`).
+        let (name, travel) = match time_travel::pinned(name) {
+            Some((base, version)) => (base, Some(version)),
+            None => (name, None),
+        };
         let full = format!("{}.{name}", self.layer);
         if !self.names.contains(&full) {
             return Ok(None);
@@ -104,8 +110,9 @@ impl SchemaProvider for LayerSchema {
                 caller: caller.name.clone(),
             })));
         }
-        let table = match &self.pinned {
-            Some((pinned, version)) if *pinned == full => {
+        let table = match (&self.pinned, travel) {
+            (_, Some(version)) => self.tables.open_version(&full, version).await,
+            (Some((pinned, version)), None) if *pinned == full => {
                 self.tables.open_version(&full, *version).await
             }
             _ => self.tables.open(&full).await,
@@ -117,6 +124,7 @@ impl SchemaProvider for LayerSchema {
     }
 
     fn table_exist(&self, name: &str) -> bool {
+        let name = time_travel::pinned(name).map_or(name, |(base, _)| base);
         self.names.contains(&format!("{}.{name}", self.layer))
     }
 }
@@ -185,6 +193,14 @@ impl QueryEngine {
         .build_arc()?;
         let ctx = SessionContext::new_with_config_rt(config, runtime);
         crate::serve::functions::register(&ctx);
+        ctx.register_udtf(
+            "table_history",
+            Arc::new(super::history::HistoryFunction {
+                tables: self.tables.clone(),
+                names: names.clone(),
+                caller: caller.clone(),
+            }),
+        );
         let catalog = ctx
             .catalog("datafusion")
             .ok_or_else(|| DataFusionError::Internal("default catalog missing".into()))?;
@@ -204,7 +220,8 @@ impl QueryEngine {
     /// Plans a read-only query.
     pub async fn plan(&self, sql: &str, pinned: Option<(&str, i64)>) -> Result<DataFrame> {
         let ctx = self.session(pinned).await?;
-        Ok(ctx.sql_with_options(sql, read_only()).await?)
+        let sql = time_travel::rewrite(sql, &self.tables).await?;
+        Ok(ctx.sql_with_options(&sql, read_only()).await?)
     }
 
     /// Plans a read-only query for `caller`: only the tables it is granted exist for it.
@@ -212,6 +229,7 @@ impl QueryEngine {
         let ctx = self
             .session_with(None, SessionConfig::new(), Some(Arc::new(caller.clone())))
             .await?;
-        Ok(ctx.sql_with_options(sql, read_only()).await?)
+        let sql = time_travel::rewrite(sql, &self.tables).await?;
+        Ok(ctx.sql_with_options(&sql, read_only()).await?)
     }
 }
