@@ -25,12 +25,11 @@ pub enum SdkError {
 
 impl From<tonic::Status> for SdkError {
     /// A status the server sent is a rejection; one tonic made from a failed connection
-    /// (code `UNKNOWN` with a transport error under it) is a [`SdkError::Transport`] that
-    /// says why.
+    /// (code `UNKNOWN` or `CANCELLED` with a transport error under it) is a
+    /// [`SdkError::Transport`] that says why.
     fn from(status: tonic::Status) -> Self {
-        let Some(source) =
-            std::error::Error::source(&status).filter(|_| status.code() == tonic::Code::Unknown)
-        else {
+        let transport = matches!(status.code(), tonic::Code::Unknown | tonic::Code::Cancelled);
+        let Some(source) = std::error::Error::source(&status).filter(|_| transport) else {
             return SdkError::Rejected(status);
         };
         let mut message = status.message().to_string();

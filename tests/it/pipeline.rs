@@ -104,17 +104,7 @@ async fn clickstream_is_exact_through_every_layer() {
         table.get_file_uris().unwrap().count()
     };
     let files_before = files().await;
-    let out = std::process::Command::new(smelter_tests::smelter_binary())
-        .args(["compact", "bronze.events", "--output", "json", "--data-dir"])
-        .arg(cluster.dir())
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let report = smelter_tests::smelter_json(&["compact", "bronze.events"], cluster.dir());
     assert!(
         report[0]["compaction"]["files_removed"].as_u64().unwrap() > 1,
         "{report}"

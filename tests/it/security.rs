@@ -105,7 +105,12 @@ async fn every_listener_speaks_tls_and_the_coordinator_refuses_clients_without_i
     for (what, credentials) in &refusals {
         let error = status(&coordinator, credentials).await.unwrap_err();
         eprintln!("coordinator, {what}: {error}");
-        assert_eq!(code(&error), Code::Unavailable, "{what}: {error}");
+        // Refused by the transport (a closed connection may also surface as CANCELLED),
+        // never answered by the service.
+        assert!(
+            matches!(code(&error), Code::Unavailable | Code::Cancelled),
+            "{what}: {error}"
+        );
         // The server's alert (CertificateRequired, UnknownCA) races the closed
         // connection; a client that cannot verify the server says so itself.
         if what.starts_with("a server") {

@@ -9,7 +9,7 @@ use std::time::Duration;
 use arrow::array::AsArray;
 use arrow::datatypes::Int64Type;
 use smelter_sdk::QueryClient;
-use smelter_tests::{TestCluster, bounded_demo, smelter_binary};
+use smelter_tests::{TestCluster, bounded_demo, smelter_binary, smelter_json};
 
 fn single_i64(batches: &[arrow::record_batch::RecordBatch]) -> i64 {
     batches
@@ -155,25 +155,7 @@ async fn queries_read_any_kept_version_and_history_says_what_each_commit_did() {
 
     // The binary reads the log itself: no cluster needed.
     let root = cluster.dir();
-    let out = Command::new(smelter_binary())
-        .args([
-            "history",
-            "silver.events",
-            "--limit",
-            "3",
-            "--output",
-            "json",
-        ])
-        .arg("--data-dir")
-        .arg(root)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let printed: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let printed = smelter_json(&["history", "silver.events", "--limit", "3"], root);
     let printed = printed.as_array().unwrap();
     assert_eq!(printed.len(), 3);
     assert_eq!(printed[0]["version"], latest);

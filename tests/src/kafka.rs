@@ -9,6 +9,8 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use tokio_util::sync::CancellationToken;
+
 use rdkafka::ClientConfig;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
@@ -155,21 +157,12 @@ pub fn produce_in_background(
     per_round: i64,
     every: Duration,
 ) -> tokio::task::JoinHandle<EventProducer> {
-    let (brokers, topic) = (brokers.to_string(), topic.to_string());
-    tokio::spawn(async move {
-        let mut producer = EventProducer::new(&brokers, &topic, &demo_events(partitions as u32))
-            .expect("producer");
-        let all: Vec<i32> = (0..partitions).collect();
-        let started = tokio::time::Instant::now();
-        for round in 0..rounds {
-            producer
-                .produce(&all, per_round)
-                .await
-                .expect("every record acknowledged");
-            tokio::time::sleep_until(started + every * (round as u32 + 1)).await;
-        }
-        producer
-    })
+    let pace = Pace {
+        partitions,
+        per_round,
+        every,
+    };
+    produce(brokers, topic, pace, Some(rounds), CancellationToken::new())
 }
 
 /// Produces in the background until `stop` is cancelled: a round of `per_round` events to
@@ -181,20 +174,48 @@ pub fn produce_until(
     partitions: i32,
     per_round: i64,
     every: Duration,
-    stop: tokio_util::sync::CancellationToken,
+    stop: CancellationToken,
+) -> tokio::task::JoinHandle<EventProducer> {
+    let pace = Pace {
+        partitions,
+        per_round,
+        every,
+    };
+    produce(brokers, topic, pace, None, stop)
+}
+
+/// How a background producer paces its rounds.
+struct Pace {
+    partitions: i32,
+    per_round: i64,
+    every: Duration,
+}
+
+fn produce(
+    brokers: &str,
+    topic: &str,
+    pace: Pace,
+    rounds: Option<i64>,
+    stop: CancellationToken,
 ) -> tokio::task::JoinHandle<EventProducer> {
     let (brokers, topic) = (brokers.to_string(), topic.to_string());
     tokio::spawn(async move {
-        let mut producer = EventProducer::new(&brokers, &topic, &demo_events(partitions as u32))
-            .expect("producer");
-        let all: Vec<i32> = (0..partitions).collect();
-        let mut tick = tokio::time::interval(every);
-        while !stop.is_cancelled() {
+        let mut producer =
+            EventProducer::new(&brokers, &topic, &demo_events(pace.partitions as u32))
+                .expect("producer");
+        let all: Vec<i32> = (0..pace.partitions).collect();
+        let started = tokio::time::Instant::now();
+        let mut round: u32 = 0;
+        while rounds.is_none_or(|r| i64::from(round) < r) && !stop.is_cancelled() {
             producer
-                .produce(&all, per_round)
+                .produce(&all, pace.per_round)
                 .await
                 .expect("every record acknowledged");
-            tokio::select! { _ = tick.tick() => {}, _ = stop.cancelled() => {} }
+            round += 1;
+            tokio::select! {
+                _ = tokio::time::sleep_until(started + pace.every * round) => {}
+                _ = stop.cancelled() => {}
+            }
         }
         producer
     })

@@ -256,6 +256,24 @@ pub async fn wait_bronze_rows(tables: &TableStore, rows: u64, timeout: Duration)
     .await
 }
 
+/// Runs the `smelter` binary with `args` on the tables of `data_dir` (`--data-dir`), for
+/// the verbs that read storage directly; panics unless it succeeds, and returns what it
+/// printed as JSON (`--output json` is added).
+pub fn smelter_json(args: &[&str], data_dir: &Path) -> serde_json::Value {
+    let out = std::process::Command::new(smelter_binary())
+        .args(args)
+        .args(["--output", "json", "--data-dir"])
+        .arg(data_dir)
+        .output()
+        .expect("run smelter");
+    assert!(
+        out.status.success(),
+        "smelter {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("smelter printed JSON")
+}
+
 /// Path of the `smelter` binary built next to this test binary.
 pub fn smelter_binary() -> PathBuf {
     let exe = std::env::current_exe().unwrap_or_default();

@@ -102,18 +102,6 @@ impl Etcd {
         .await
     }
 
-    /// The TLS options a client with `certs`' certificate dials this etcd with.
-    pub fn client_tls(certs: &crate::certs::Certs) -> etcd_client::TlsOptions {
-        etcd_client::TlsOptions::new()
-            .ca_certificate(etcd_client::Certificate::from_pem(
-                crate::certs::Certs::read(&certs.ca),
-            ))
-            .identity(etcd_client::Identity::from_pem(
-                crate::certs::Certs::read(&certs.cert),
-                crate::certs::Certs::read(&certs.key),
-            ))
-    }
-
     async fn launch(tls: Option<[PathBuf; 3]>) -> Option<Etcd> {
         binary("etcd")?;
         for attempt in 1..=LAUNCH_ATTEMPTS {
@@ -175,15 +163,12 @@ impl Etcd {
 
     async fn wait_ready(&mut self) -> Result<(), NotReady> {
         let endpoint = self.endpoint.clone();
+        // The server's own certificate serves as the probe's client certificate.
         let tls = self.tls.as_ref().map(|[cert, key, ca]| {
+            let read = |path: &PathBuf| std::fs::read(path).expect("a PEM file of the test CA");
             etcd_client::TlsOptions::new()
-                .ca_certificate(etcd_client::Certificate::from_pem(
-                    std::fs::read(ca).expect("CA file"),
-                ))
-                .identity(etcd_client::Identity::from_pem(
-                    std::fs::read(cert).expect("certificate file"),
-                    std::fs::read(key).expect("key file"),
-                ))
+                .ca_certificate(etcd_client::Certificate::from_pem(read(ca)))
+                .identity(etcd_client::Identity::from_pem(read(cert), read(key)))
         });
         until_ready(&mut self.child, self.dir.path(), || async {
             match EtcdStore::connect_with(std::slice::from_ref(&endpoint), tls.clone()).await {
