@@ -31,7 +31,9 @@ cargo clippy -q --workspace --all-targets -- -D warnings
 
 echo "== deploy manifests (kustomize render, strict schema validation)"
 command -v kubectl >/dev/null 2>&1 || { echo "kubectl is required to render deploy/k8s" >&2; exit 1; }
-kubectl kustomize deploy/k8s | "$VENV/bin/kubernetes-validate" --strict --quiet -
+for dir in deploy/k8s deploy/k8s-secure; do
+  kubectl kustomize "$dir" | "$VENV/bin/kubernetes-validate" --strict --quiet -
+done
 
 echo "== build"
 cargo build -q --workspace --bins --tests

@@ -6,7 +6,7 @@ use serde::Deserialize;
 use smelter_common::config::{SmelterConfig, StoreKind};
 
 fn manifest(name: &str) -> Vec<serde_yaml::Value> {
-    let path = format!("{}/../deploy/k8s/{name}", env!("CARGO_MANIFEST_DIR"));
+    let path = format!("{}/../deploy/{name}", env!("CARGO_MANIFEST_DIR"));
     let text = std::fs::read_to_string(&path).unwrap();
     serde_yaml::Deserializer::from_str(&text)
         .map(|doc| serde_yaml::Value::deserialize(doc).unwrap())
@@ -30,9 +30,9 @@ fn container_env(doc: &serde_yaml::Value) -> Vec<(String, String)> {
     out
 }
 
-#[test]
-fn manifests_configure_smelter_with_valid_settings() {
-    let config_map: Vec<(String, String)> = manifest("configmap.yaml")[0]["data"]
+/// The data of a ConfigMap manifest.
+fn config_map(name: &str) -> Vec<(String, String)> {
+    manifest(name)[0]["data"]
         .as_mapping()
         .unwrap()
         .iter()
@@ -42,14 +42,50 @@ fn manifests_configure_smelter_with_valid_settings() {
                 v.as_str().unwrap().to_string(),
             )
         })
-        .collect();
+        .collect()
+}
+
+/// The `SMELTER__*` variables of the workload in `file`.
+fn workload_env(file: &str) -> Vec<(String, String)> {
+    let workload = manifest(file)
+        .into_iter()
+        .find(|d| d["kind"] == "StatefulSet" || d["kind"] == "Deployment")
+        .unwrap();
+    container_env(&workload)
+}
+
+#[test]
+fn the_secure_overlay_turns_on_tls_and_tokens_with_valid_settings() {
+    // Later entries win, as the overlay's patches do over the base.
+    for role in ["coordinator.yaml", "worker.yaml"] {
+        let mut env = config_map("k8s/configmap.yaml");
+        env.extend(config_map("k8s-secure/configmap.yaml"));
+        env.extend(workload_env(&format!("k8s/{role}")));
+        env.extend(workload_env(&format!("k8s-secure/{role}")));
+        let config = SmelterConfig::load(None, env)
+            .unwrap_or_else(|e| panic!("{role}: settings rejected: {e}"));
+        assert!(config.security.serves_tls() && config.security.tls_ca.is_some());
+        assert!(config.security.requires_tokens());
+        assert!(
+            config
+                .coordinator
+                .endpoint_list()
+                .iter()
+                .all(|e| e.starts_with("https://")),
+            "{role}"
+        );
+        if let Some(advertise) = &config.coordinator.advertise {
+            assert!(advertise.starts_with("https://"), "{role}: {advertise}");
+        }
+    }
+}
+
+#[test]
+fn manifests_configure_smelter_with_valid_settings() {
+    let config_map = config_map("k8s/configmap.yaml");
     for file in ["coordinator.yaml", "worker.yaml"] {
-        let workload = manifest(file)
-            .into_iter()
-            .find(|d| d["kind"] == "StatefulSet" || d["kind"] == "Deployment")
-            .unwrap();
         let mut env = config_map.clone();
-        env.extend(container_env(&workload));
+        env.extend(workload_env(&format!("k8s/{file}")));
         let config = SmelterConfig::load(None, env)
             .unwrap_or_else(|e| panic!("{file}: settings rejected: {e}"));
         assert_eq!(config.coordinator.store, StoreKind::Etcd);
