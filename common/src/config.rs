@@ -36,6 +36,8 @@ pub struct SmelterConfig {
 pub struct CoordinatorConfig {
     /// Address the gRPC control service binds.
     pub listen: String,
+    /// Address the HTTP surface binds (`/health`, `/ready`, `/metrics`); unset: none.
+    pub http_listen: Option<String>,
     /// URLs workers and the CLI dial to reach the coordinator, comma-separated: every
     /// replica, in any order (they find the leader among them).
     pub endpoint: String,
@@ -71,6 +73,7 @@ impl Default for CoordinatorConfig {
     fn default() -> Self {
         Self {
             listen: "127.0.0.1:7070".into(),
+            http_listen: None,
             endpoint: "http://127.0.0.1:7070".into(),
             lease_ttl_ms: 10_000,
             heartbeat_interval_ms: 2_000,

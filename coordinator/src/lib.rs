@@ -13,6 +13,7 @@ pub mod actor;
 pub mod discovery;
 pub mod election;
 pub mod error;
+pub mod http;
 pub mod service;
 
 #[cfg(test)]
@@ -37,12 +38,14 @@ use crate::service::Role;
 /// Serves the control plane on `listener` until `shutdown`: campaigns, leads while elected,
 /// and campaigns again after losing leadership. `security` sets the listener's TLS (mTLS
 /// when a CA is configured: every worker and CLI presents a certificate it signed) and
-/// the tokens every call must carry.
+/// the tokens every call must carry. `http`, when given, serves the HTTP surface
+/// ([`http`]: health, readiness, metrics) with the same TLS.
 pub async fn run(
     config: CoordinatorConfig,
     security: SecurityConfig,
     store: Arc<dyn CoordinationStore>,
     listener: TcpListener,
+    http: Option<TcpListener>,
     shutdown: CancellationToken,
 ) -> Result<()> {
     let address = listener.local_addr().ok();
@@ -66,6 +69,17 @@ pub async fn run(
         tokens = auth.requires_tokens(),
         "coordinator serving gRPC"
     );
+    let http_tls = tls::http_server(&security)?;
+    let _http = http.map(|listener| {
+        tracing::info!(address = ?listener.local_addr().ok(), "coordinator serving HTTP");
+        tokio_util::task::AbortOnDropHandle::new(tokio::spawn(http::serve(
+            listener,
+            http_tls,
+            roles.clone(),
+            auth.clone(),
+            shutdown.clone(),
+        )))
+    });
     let server_shutdown = shutdown.clone();
     let control =
         ControlServer::with_interceptor(service::ControlService::new(roles), auth.interceptor());

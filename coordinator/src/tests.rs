@@ -317,6 +317,7 @@ async fn a_worker_that_never_reads_its_stream_delays_no_one() {
         Default::default(),
         store,
         listener,
+        None,
         shutdown.clone(),
     ));
     // Each client its own connection: the stuck stream's flow control is its own.

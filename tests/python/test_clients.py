@@ -4,10 +4,14 @@ same rows.
 
 The `smelter` binary path comes from SMELTER_BIN (scripts/test.sh sets it)."""
 
+import json
 import os
+import shutil
 import socket
 import subprocess
 import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import adbc_driver_flightsql.dbapi as flight_sql
@@ -59,8 +63,9 @@ def cluster(tmp_path_factory):
         timeout=300,
     )
     # Second run: serve the finished tables (and prove a restart ingests nothing new).
-    port = free_port()
-    server = subprocess.Popen(smelter("up", *common, "--flight-addr", f"127.0.0.1:{port}"))
+    port, http_port = free_port(), free_port()
+    server = subprocess.Popen(smelter("up", *common, "--flight-addr", f"127.0.0.1:{port}",
+                                      "--http-addr", f"127.0.0.1:{http_port}"))
     uri = f"grpc://127.0.0.1:{port}"
     deadline = time.monotonic() + 60
     while True:
@@ -74,7 +79,7 @@ def cluster(tmp_path_factory):
                 server.kill()
                 raise
             time.sleep(0.2)
-    yield {"uri": uri, "tables": data / "tables"}
+    yield {"uri": uri, "tables": data / "tables", "http": f"http://127.0.0.1:{http_port}"}
     server.terminate()
     assert server.wait(timeout=60) == 0, "smelter up must exit cleanly on SIGTERM"
 
@@ -166,3 +171,56 @@ def test_time_travel_reads_what_deltalake_reads_at_that_version(cluster, table):
 def test_time_travel_refuses_versions_it_does_not_have(cluster):
     with pytest.raises(Exception, match="its versions are 0 to"):
         adbc_rows(cluster["uri"], "SELECT * FROM silver.events VERSION AS OF 999999")
+
+
+def http_get(url: str, headers: dict | None = None, context=None) -> tuple[int, str]:
+    request = urllib.request.Request(url, headers=headers or {})
+    try:
+        with urllib.request.urlopen(request, timeout=10, context=context) as response:
+            return response.status, response.read().decode()
+    except urllib.error.HTTPError as error:
+        return error.code, error.read().decode()
+
+
+def samples(text: str, name: str) -> dict[str, float]:
+    """The samples of one metric: labels text -> value."""
+    out = {}
+    for line in text.splitlines():
+        if line.startswith(name + "{") or line.startswith(name + " "):
+            labels, _, value = line[len(name):].rpartition(" ")
+            out[labels] = float(value)
+    return out
+
+
+def promtool() -> str | None:
+    found = shutil.which("promtool")
+    if found is None and os.environ.get("SMELTER_REQUIRE_SERVICES") == "1":
+        pytest.fail("promtool is required (Debian package prometheus)")
+    return found
+
+
+def test_http_health_readiness_and_errors(cluster):
+    status, body = http_get(cluster["http"] + "/health")
+    assert status == 200 and json.loads(body)["status"] == "ok"
+    status, body = http_get(cluster["http"] + "/ready")
+    assert status == 200 and json.loads(body)["leader"], body
+    status, body = http_get(cluster["http"] + "/nope")
+    assert status == 404 and "no such endpoint" in json.loads(body)["error"]
+
+
+def test_metrics_are_valid_prometheus_text_that_match_the_tables(cluster):
+    status, text = http_get(cluster["http"] + "/metrics")
+    assert status == 200, text
+    tool = promtool()
+    if tool is None:
+        pytest.skip("promtool not installed")
+    check = subprocess.run([tool, "check", "metrics"], input=text, capture_output=True, text=True)
+    assert check.returncode == 0, check.stdout + check.stderr
+    assert samples(text, "smelter_coordinator_leader") == {"": 1.0}
+    assert samples(text, "smelter_workers")[""] >= 1
+    # Every task of the pipeline: four ingest partitions, refine, three gold tables.
+    states = samples(text, "smelter_task_state")
+    assert len(states) == 8, states
+    assert all('state="idle"' in k or 'state="running"' in k for k in states), states
+    lag = samples(text, "smelter_task_lag")
+    assert lag and all(v == 0 for v in lag.values()), lag

@@ -6,8 +6,10 @@ with a reader token; and no secret in anything the process printed.
 Certificates come from a throwaway CA made with `openssl` for the run."""
 
 import os
+import ssl
 import subprocess
 import time
+import urllib.error
 from pathlib import Path
 
 import adbc_driver_flightsql.dbapi as flight_sql
@@ -15,7 +17,7 @@ import pytest
 from adbc_driver_flightsql import DatabaseOptions
 from adbc_driver_manager import AdbcStatusCode
 
-from test_clients import bounded_pipeline, free_port, smelter
+from test_clients import EVENTS, bounded_pipeline, free_port, http_get, samples, smelter
 
 WORKER_TOKEN = "wk-5e1d8c2a7b9f3e4d"
 OPERATOR_TOKEN = "op-8a3f6c1e9d2b7a5c"
@@ -67,17 +69,19 @@ def secured(tmp_path_factory):
         f"  - {{ name: ana, token: {READER_TOKEN}, role: reader, tables: ['gold.*'] }}\n")
     pipeline = work / "pipeline.yaml"
     bounded_pipeline(pipeline)
-    flight_port, coordinator_port = free_port(), free_port()
+    flight_port, coordinator_port, http_port = free_port(), free_port(), free_port()
     log = work / "smelter.log"
     with open(log, "w") as out:
         server = subprocess.Popen(
             smelter("up", "--pipeline", str(pipeline), "--data-dir", str(work / "data"),
                     "--coordinator-addr", f"127.0.0.1:{coordinator_port}",
-                    "--flight-addr", f"127.0.0.1:{flight_port}"),
+                    "--flight-addr", f"127.0.0.1:{flight_port}",
+                    "--http-addr", f"127.0.0.1:{http_port}"),
             env=security_env(certs, tokens, WORKER_TOKEN), stdout=out, stderr=subprocess.STDOUT)
     ctx = {
         "uri": f"grpc+tls://127.0.0.1:{flight_port}",
         "coordinator": f"127.0.0.1:{coordinator_port}",
+        "http": f"127.0.0.1:{http_port}",
         "certs": certs,
         "tokens": tokens,
         "pipeline": pipeline,
@@ -164,6 +168,36 @@ def test_an_untrusted_server_certificate_is_refused(secured):
     assert "certificate" in str(error).lower(), error
 
 
+def test_http_is_tls_only_and_metrics_need_a_token(secured):
+    context = ssl.create_default_context(cafile=str(secured["certs"]["ca"]))
+    base = "https://" + secured["http"]
+    # Probes need no token.
+    assert http_get(base + "/health", context=context)[0] == 200
+    assert http_get(base + "/ready", context=context)[0] == 200
+    status, body = http_get(base + "/metrics", context=context)
+    assert status == 401 and "missing credentials" in body, body
+    status, body = http_get(base + "/metrics", {"Authorization": "Bearer not-a-token"}, context)
+    assert status == 401 and "not-a-token" not in body, body
+    # The ingest tasks' counters add up to the generator's count once it is all in (before
+    # test_cli_roles applies the pipeline again, which restarts the tasks and their counts).
+    deadline = time.monotonic() + 60
+    while True:
+        status, text = http_get(base + "/metrics", {"Authorization": f"Bearer {READER_TOKEN}"},
+                                context)
+        assert status == 200, text
+        ingested = sum(v for k, v in samples(text, "smelter_task_rows_committed_total").items()
+                       if 'kind="ingest"' in k)
+        if ingested == EVENTS or time.monotonic() > deadline:
+            break
+        time.sleep(0.3)
+    assert ingested == EVENTS, text
+    # Plain HTTP to the TLS listener, or a client that does not trust the CA: refused.
+    with pytest.raises(Exception):
+        http_get("http://" + secured["http"] + "/health")
+    with pytest.raises(urllib.error.URLError, match="CERTIFICATE_VERIFY_FAILED"):
+        http_get(base + "/health", context=ssl.create_default_context())
+
+
 def cli(secured, token, *args):
     env = security_env(secured["certs"], secured["tokens"], token)
     return subprocess.run(smelter(*args), env=env, capture_output=True, text=True, timeout=60)
@@ -181,3 +215,4 @@ def test_cli_roles(secured):
     apply = cli(secured, OPERATOR_TOKEN, "apply", str(secured["pipeline"]),
                 "--coordinator", secured["coordinator"])
     assert apply.returncode == 0, apply.stderr
+

@@ -24,11 +24,16 @@ pub async fn coordinator(config: SmelterConfig, shutdown: CancellationToken) -> 
         ),
     };
     let listener = bind(&config.coordinator.listen).await?;
+    let http = match &config.coordinator.http_listen {
+        Some(address) => Some(bind(address).await?),
+        None => None,
+    };
     smelter_coordinator::run(
         config.coordinator,
         config.security,
         store,
         listener,
+        http,
         shutdown,
     )
     .await?;

@@ -35,6 +35,9 @@ pub async fn run(
     if let Some(address) = &args.coordinator_addr {
         config.coordinator.listen = address.clone();
     }
+    if let Some(address) = &args.http_addr {
+        config.coordinator.http_listen = Some(address.clone());
+    }
     let cluster = LocalCluster::start(config.clone(), usize::from(args.workers)).await?;
     let result = serve(&cluster, &text, &origin, &spec, &config, &args, &shutdown).await;
     tracing::info!("shutting down: committing in-flight batches");
@@ -58,6 +61,7 @@ async fn serve(
         pipeline = %applied.pipeline,
         tasks = applied.tasks,
         coordinator = %cluster.coordinator_endpoint,
+        http = cluster.http_endpoint.as_deref().unwrap_or("off"),
         flight = %cluster.flight_endpoints[0],
         data = %config.storage.root.display(),
         "smelter is up"

@@ -65,6 +65,32 @@ pub fn server(security: &SecurityConfig, client_certs: bool) -> Result<Option<Se
     Ok(Some(config))
 }
 
+/// The TLS of the HTTP listener (same certificate as gRPC, no client certificates: probes
+/// cannot present one), or `None` for plain HTTP.
+pub fn http_server(
+    security: &SecurityConfig,
+) -> Result<Option<std::sync::Arc<rustls::ServerConfig>>> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let (Some(cert), Some(key)) = (&security.tls_cert, &security.tls_key) else {
+        return Ok(None);
+    };
+    let certs = CertificateDer::pem_file_iter(cert)
+        .and_then(|certs| certs.collect::<std::result::Result<Vec<_>, _>>())
+        .map_err(|e| bad("tls_cert", format!("{}: {e}", cert.display())))?;
+    let key = PrivateKeyDer::from_pem_file(key)
+        .map_err(|e| bad("tls_key", format!("{}: {e}", key.display())))?;
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| bad("tls_cert", e.to_string()))?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .map_err(|e| bad("tls_cert", e.to_string()))?;
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(Some(std::sync::Arc::new(config)))
+}
+
 /// A client endpoint for `address` (`host:port` or a URL): `https` with the configured CA,
 /// client certificate and domain when TLS is configured, plain `http` otherwise.
 pub fn endpoint(address: &str, security: &SecurityConfig) -> Result<Endpoint> {

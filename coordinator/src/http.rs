@@ -1,0 +1,355 @@
+//! The operator's HTTP surface of a coordinator replica, on `coordinator.http_listen`:
+//!
+//! * `GET /health`: the process answers (liveness).
+//! * `GET /ready`: a leader is known, this replica or another (readiness); 503 otherwise.
+//! * `GET /metrics`: Prometheus text. The leader reports every task's counters (rows in,
+//!   quarantined, dropped, deduplicated), lag, table version and rows, last commit time,
+//!   state, and every worker's tasks and fenced commits; followers report that they follow.
+//!
+//! Every replica serves it. With `security.tls_cert` the listener speaks TLS only, with the
+//! same certificate as gRPC (no client certificates: probes cannot present one); with
+//! tokens configured, `/metrics` needs a bearer token (any role), and `/health` and
+//! `/ready` stay open for the kubelet. Errors are JSON with a message.
+
+use std::fmt::Write as _;
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use smelter_common::security::Authenticator;
+use smelter_proto::ClusterStatus;
+use tokio::net::TcpListener;
+use tokio::sync::{oneshot, watch};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use crate::actor::Command;
+use crate::service::Role;
+
+/// What the handlers read.
+#[derive(Clone)]
+struct Shared {
+    role: watch::Receiver<Role>,
+    auth: Arc<Authenticator>,
+}
+
+fn error(status: StatusCode, message: impl Into<String>) -> Response {
+    let body = serde_json::json!({ "error": message.into() }).to_string();
+    (status, [(header::CONTENT_TYPE, "application/json")], body).into_response()
+}
+
+async fn health() -> Response {
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        r#"{"status":"ok"}"#,
+    )
+        .into_response()
+}
+
+async fn ready(State(shared): State<Shared>) -> Response {
+    let leader = match &*shared.role.borrow() {
+        Role::Leader(_) => Some("this replica".to_string()),
+        Role::Follower { leader } => leader.as_ref().map(|l| l.endpoint.clone()),
+    };
+    match leader {
+        Some(leader) => (
+            [(header::CONTENT_TYPE, "application/json")],
+            serde_json::json!({ "status": "ready", "leader": leader }).to_string(),
+        )
+            .into_response(),
+        None => error(StatusCode::SERVICE_UNAVAILABLE, "no leader known yet"),
+    }
+}
+
+async fn metrics(State(shared): State<Shared>, headers: HeaderMap) -> Response {
+    let metadata = tonic::metadata::MetadataMap::from_headers(headers);
+    if let Err(status) = shared.auth.authenticate(&metadata) {
+        return error(StatusCode::UNAUTHORIZED, status.message());
+    }
+    let commands = match &*shared.role.borrow() {
+        Role::Leader(commands) => Some(commands.clone()),
+        Role::Follower { .. } => None,
+    };
+    let status = match commands {
+        None => None,
+        Some(commands) => {
+            let (reply, answer) = oneshot::channel();
+            if commands.send(Command::Status { reply }).await.is_err() {
+                return error(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "the leader is stepping down",
+                );
+            }
+            match answer.await {
+                Ok(status) => Some(status),
+                Err(_) => {
+                    return error(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "the leader is stepping down",
+                    );
+                }
+            }
+        }
+    };
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        render(status.as_ref()),
+    )
+        .into_response()
+}
+
+/// A label value with `\`, `"` and newlines escaped.
+fn label(value: &str) -> String {
+    value
+        .replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+/// One metric family: its help, type and samples.
+struct Family<'a> {
+    name: &'a str,
+    help: &'a str,
+    kind: &'a str,
+    samples: Vec<(String, f64)>,
+}
+
+impl Family<'_> {
+    fn write(&self, out: &mut String) {
+        let _ = writeln!(out, "# HELP {} {}", self.name, self.help);
+        let _ = writeln!(out, "# TYPE {} {}", self.name, self.kind);
+        for (labels, value) in &self.samples {
+            let _ = writeln!(out, "{}{labels} {value}", self.name);
+        }
+    }
+}
+
+/// The Prometheus text for a status (`None`: this replica follows).
+pub fn render(status: Option<&ClusterStatus>) -> String {
+    let mut out = String::new();
+    let leads = status.is_some();
+    Family {
+        name: "smelter_coordinator_leader",
+        help: "Whether this coordinator replica leads (1) or follows (0).",
+        kind: "gauge",
+        samples: vec![(String::new(), if leads { 1.0 } else { 0.0 })],
+    }
+    .write(&mut out);
+    let Some(status) = status else {
+        return out;
+    };
+    Family {
+        name: "smelter_generation",
+        help: "Assignment generation: raised by every change of placement.",
+        kind: "gauge",
+        samples: vec![(String::new(), status.generation as f64)],
+    }
+    .write(&mut out);
+    Family {
+        name: "smelter_workers",
+        help: "Workers holding a live lease.",
+        kind: "gauge",
+        samples: vec![(String::new(), status.workers.len() as f64)],
+    }
+    .write(&mut out);
+    let worker =
+        |w: &smelter_proto::WorkerStatus| format!("{{worker=\"{}\"}}", label(&w.worker_id));
+    Family {
+        name: "smelter_worker_tasks",
+        help: "Tasks assigned to each worker.",
+        kind: "gauge",
+        samples: status
+            .workers
+            .iter()
+            .map(|w| (worker(w), f64::from(w.tasks)))
+            .collect(),
+    }
+    .write(&mut out);
+    Family {
+        name: "smelter_worker_commits_fenced_total",
+        help: "Commit attempts of each worker refused because its commit lock had lapsed.",
+        kind: "counter",
+        samples: status
+            .workers
+            .iter()
+            .map(|w| (worker(w), w.commits_fenced as f64))
+            .collect(),
+    }
+    .write(&mut out);
+
+    let tasks: Vec<(String, smelter_proto::TaskStatusReport)> = status
+        .tasks
+        .iter()
+        .map(|t| {
+            let task = t.task.clone().unwrap_or_default();
+            let labels = format!(
+                "{{task=\"{}\",kind=\"{}\",table=\"{}\",worker=\"{}\"}}",
+                label(&task.task_id),
+                task.kind()
+                    .as_str_name()
+                    .trim_start_matches("TASK_KIND_")
+                    .to_ascii_lowercase(),
+                label(&task.table),
+                label(&t.worker_id)
+            );
+            (labels, t.report.clone().unwrap_or_default())
+        })
+        .collect();
+    let per_task = |f: fn(&smelter_proto::TaskStatusReport) -> f64| -> Vec<(String, f64)> {
+        tasks.iter().map(|(l, r)| (l.clone(), f(r))).collect()
+    };
+    for (name, help, kind, value) in [
+        (
+            "smelter_task_rows_committed_total",
+            "Rows each task committed since it started.",
+            "counter",
+            (|r| r.rows_committed as f64) as fn(&smelter_proto::TaskStatusReport) -> f64,
+        ),
+        (
+            "smelter_task_rows_quarantined_total",
+            "Rows each task sent to quarantine since it started.",
+            "counter",
+            |r| r.rows_quarantined as f64,
+        ),
+        (
+            "smelter_task_rows_dropped_total",
+            "Rows each task dropped by expectations since it started.",
+            "counter",
+            |r| r.rows_dropped as f64,
+        ),
+        (
+            "smelter_task_rows_deduplicated_total",
+            "Rows each task removed as duplicates since it started.",
+            "counter",
+            |r| r.rows_deduplicated as f64,
+        ),
+        (
+            "smelter_task_lag",
+            "Work not yet done: source records (ingest) or upstream versions (refine, aggregate).",
+            "gauge",
+            |r| r.lag as f64,
+        ),
+        (
+            "smelter_task_table_version",
+            "Latest version of the target table the task committed or saw.",
+            "gauge",
+            |r| r.table_version as f64,
+        ),
+        (
+            "smelter_task_table_rows",
+            "Rows in the target table at that version.",
+            "gauge",
+            |r| r.table_rows as f64,
+        ),
+        (
+            "smelter_task_last_commit_timestamp_seconds",
+            "Time of the task's last successful commit (0: none yet).",
+            "gauge",
+            |r| r.last_commit_unix_ms as f64 / 1000.0,
+        ),
+    ] {
+        Family {
+            name,
+            help,
+            kind,
+            samples: per_task(value),
+        }
+        .write(&mut out);
+    }
+    Family {
+        name: "smelter_task_state",
+        help: "Each task's reported state (starting, running, idle, backoff, failed, ...), as a label.",
+        kind: "gauge",
+        samples: tasks
+            .iter()
+            .map(|(labels, report)| {
+                let labels = format!(
+                    "{},state=\"{}\"}}",
+                    labels.trim_end_matches('}'),
+                    report.state().label()
+                );
+                (labels, 1.0)
+            })
+            .collect(),
+    }
+    .write(&mut out);
+    out
+}
+
+/// Serves the HTTP surface on `listener` until `shutdown`; over TLS with `tls`.
+pub async fn serve(
+    listener: TcpListener,
+    tls: Option<Arc<rustls::ServerConfig>>,
+    role: watch::Receiver<Role>,
+    auth: Arc<Authenticator>,
+    shutdown: CancellationToken,
+) {
+    let router = Router::new()
+        .route("/health", get(health))
+        .route("/ready", get(ready))
+        .route("/metrics", get(metrics))
+        .fallback(|| async { error(StatusCode::NOT_FOUND, "no such endpoint") })
+        .with_state(Shared { role, auth });
+    let Some(tls) = tls else {
+        let served = axum::serve(listener, router)
+            .with_graceful_shutdown(shutdown.cancelled_owned())
+            .await;
+        if let Err(error) = served {
+            tracing::error!(%error, "HTTP server stopped");
+        }
+        return;
+    };
+    let acceptor = tokio_rustls::TlsAcceptor::from(tls);
+    // Each connection is a task of this set: dropped (aborted) with the server.
+    let mut connections = JoinSet::new();
+    loop {
+        let (stream, peer) = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            Some(_) = connections.join_next(), if !connections.is_empty() => continue,
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(error) => {
+                    tracing::warn!(%error, "HTTP accept failed");
+                    continue;
+                }
+            },
+        };
+        let (acceptor, router) = (acceptor.clone(), router.clone());
+        connections.spawn(async move {
+            let stream = match tokio::time::timeout(
+                std::time::Duration::from_secs(10),
+                acceptor.accept(stream),
+            )
+            .await
+            {
+                Ok(Ok(stream)) => stream,
+                Ok(Err(error)) => {
+                    tracing::debug!(%error, %peer, "TLS handshake refused");
+                    return;
+                }
+                Err(_) => return,
+            };
+            let service = hyper_util::service::TowerToHyperService::new(router);
+            let _ =
+                hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new())
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                    .await;
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn labels_are_escaped_and_followers_say_so() {
+        assert_eq!(label("a\"b\\c\nd"), "a\\\"b\\\\c\\nd");
+        let text = render(None);
+        assert!(text.contains("smelter_coordinator_leader 0"), "{text}");
+        assert!(!text.contains("smelter_task_"), "{text}");
+    }
+}
