@@ -5,6 +5,11 @@
 //! * `GET /metrics`: Prometheus text. The leader reports every task's counters (rows in,
 //!   quarantined, dropped, deduplicated), lag, table version and rows, last commit time,
 //!   state, and every worker's tasks and fenced commits; followers report that they follow.
+//! * `POST /query` `{"sql": "...", "limit": 1000}`: the rows as JSON, or as an Arrow IPC
+//!   stream with `Accept: application/vnd.apache.arrow.stream`. The leader hands the SQL to
+//!   a worker over Flight SQL with the caller's token, so the worker's read-only rules,
+//!   limits and grants apply as to any client; its refusals keep their meaning (400 bad
+//!   SQL, 401, 403, 408 past the time limit, 413 past the row limit).
 //!
 //! Every replica serves it. With `security.tls_cert` the listener speaks TLS only, with the
 //! same certificate as gRPC (no client certificates: probes cannot present one); with
@@ -34,6 +39,206 @@ use crate::service::Role;
 struct Shared {
     role: watch::Receiver<Role>,
     auth: Arc<Authenticator>,
+    /// TLS toward the workers' Flight SQL (their CA), for `/query`.
+    flight_tls: Option<smelter_sdk::TlsOptions>,
+    /// Turns over the workers `/query` goes to.
+    turn: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+/// The body of `POST /query`.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct QueryRequest {
+    sql: String,
+    #[serde(default = "default_limit")]
+    limit: usize,
+}
+
+fn default_limit() -> usize {
+    1_000
+}
+
+/// The leader's status, or the response to give instead.
+async fn leader_status(shared: &Shared) -> Result<Option<ClusterStatus>, Response> {
+    let commands = match &*shared.role.borrow() {
+        Role::Leader(commands) => Some(commands.clone()),
+        Role::Follower { .. } => None,
+    };
+    let Some(commands) = commands else {
+        return Ok(None);
+    };
+    let (reply, answer) = oneshot::channel();
+    if commands.send(Command::Status { reply }).await.is_err() {
+        return Err(error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the leader is stepping down",
+        ));
+    }
+    answer.await.map(Some).map_err(|_| {
+        error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the leader is stepping down",
+        )
+    })
+}
+
+/// The HTTP status that carries a Flight SQL refusal.
+fn http_status(code: tonic::Code) -> StatusCode {
+    match code {
+        tonic::Code::InvalidArgument => StatusCode::BAD_REQUEST,
+        tonic::Code::Unauthenticated => StatusCode::UNAUTHORIZED,
+        tonic::Code::PermissionDenied => StatusCode::FORBIDDEN,
+        tonic::Code::NotFound => StatusCode::NOT_FOUND,
+        tonic::Code::DeadlineExceeded => StatusCode::REQUEST_TIMEOUT,
+        tonic::Code::ResourceExhausted => StatusCode::PAYLOAD_TOO_LARGE,
+        tonic::Code::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+        _ => StatusCode::BAD_GATEWAY,
+    }
+}
+
+async fn query(
+    State(shared): State<Shared>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Response {
+    let arrow = headers
+        .get(header::ACCEPT)
+        .and_then(|a| a.to_str().ok())
+        .is_some_and(|a| a.contains("application/vnd.apache.arrow.stream"));
+    let metadata = tonic::metadata::MetadataMap::from_headers(headers);
+    if let Err(status) = shared.auth.authenticate(&metadata) {
+        return error(StatusCode::UNAUTHORIZED, status.message());
+    }
+    let request: QueryRequest = match serde_json::from_slice(&body) {
+        Ok(request) => request,
+        Err(e) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                format!("the body must be {{\"sql\": \"...\", \"limit\": N}}: {e}"),
+            );
+        }
+    };
+    let status = match leader_status(&shared).await {
+        Ok(Some(status)) => status,
+        Ok(None) => {
+            let leader = match &*shared.role.borrow() {
+                Role::Follower { leader } => leader.as_ref().map(|l| l.endpoint.clone()),
+                Role::Leader(_) => None,
+            };
+            return error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!(
+                    "this replica does not lead; ask the leader ({})",
+                    leader.unwrap_or_else(|| "being elected".into())
+                ),
+            );
+        }
+        Err(response) => return response,
+    };
+    let endpoints: Vec<&str> = status
+        .workers
+        .iter()
+        .map(|w| w.flight_endpoint.as_str())
+        .filter(|e| !e.is_empty())
+        .collect();
+    if endpoints.is_empty() {
+        return error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "no worker to run the query",
+        );
+    }
+    let turn = shared
+        .turn
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let endpoint = endpoints[turn % endpoints.len()];
+    let credentials = smelter_sdk::Credentials {
+        tls: shared.flight_tls.clone(),
+        token: smelter_common::security::auth::presented_token(&metadata)
+            .map(|t| t.expose().to_string()),
+    };
+    let batches = async {
+        smelter_sdk::QueryClient::connect_with(endpoint, &credentials)
+            .await?
+            .query(&request.sql)
+            .await
+    };
+    let batches = match batches.await {
+        Ok(batches) => batches,
+        Err(smelter_sdk::SdkError::Rejected(status)) => {
+            return error(http_status(status.code()), status.message());
+        }
+        Err(other) => return error(StatusCode::BAD_GATEWAY, other.to_string()),
+    };
+    match rows(batches, request.limit, arrow) {
+        Ok(response) => response,
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
+}
+
+/// At most `limit` rows of `batches`, as JSON or an Arrow IPC stream.
+fn rows(
+    batches: Vec<arrow::record_batch::RecordBatch>,
+    limit: usize,
+    ipc: bool,
+) -> Result<Response, arrow::error::ArrowError> {
+    let total: usize = batches.iter().map(|b| b.num_rows()).sum();
+    let mut left = limit;
+    let mut kept = Vec::new();
+    for batch in batches {
+        if left == 0 {
+            break;
+        }
+        let take = batch.num_rows().min(left);
+        left -= take;
+        kept.push(batch.slice(0, take));
+    }
+    if ipc {
+        let Some(schema) = kept.first().map(|b| b.schema()) else {
+            return Ok(StatusCode::NO_CONTENT.into_response());
+        };
+        let mut writer = arrow::ipc::writer::StreamWriter::try_new(Vec::new(), &schema)?;
+        for batch in &kept {
+            writer.write(batch)?;
+        }
+        writer.finish()?;
+        return Ok((
+            [(header::CONTENT_TYPE, "application/vnd.apache.arrow.stream")],
+            writer.into_inner()?,
+        )
+            .into_response());
+    }
+    let columns: Vec<String> = kept
+        .first()
+        .map(|b| {
+            b.schema()
+                .fields()
+                .iter()
+                .map(|f| f.name().clone())
+                .collect()
+        })
+        .unwrap_or_default();
+    let mut writer = arrow::json::ArrayWriter::new(Vec::new());
+    for batch in &kept {
+        writer.write(batch)?;
+    }
+    writer.finish()?;
+    let bytes = writer.into_inner();
+    let rows: serde_json::Value = if bytes.is_empty() {
+        serde_json::Value::Array(Vec::new())
+    } else {
+        serde_json::from_slice(&bytes)
+            .map_err(|e| arrow::error::ArrowError::JsonError(e.to_string()))?
+    };
+    let body = serde_json::json!({
+        "columns": columns,
+        "rows": rows,
+        "truncated": total > limit,
+    });
+    Ok((
+        [(header::CONTENT_TYPE, "application/json")],
+        body.to_string(),
+    )
+        .into_response())
 }
 
 fn error(status: StatusCode, message: impl Into<String>) -> Response {
@@ -69,30 +274,9 @@ async fn metrics(State(shared): State<Shared>, headers: HeaderMap) -> Response {
     if let Err(status) = shared.auth.authenticate(&metadata) {
         return error(StatusCode::UNAUTHORIZED, status.message());
     }
-    let commands = match &*shared.role.borrow() {
-        Role::Leader(commands) => Some(commands.clone()),
-        Role::Follower { .. } => None,
-    };
-    let status = match commands {
-        None => None,
-        Some(commands) => {
-            let (reply, answer) = oneshot::channel();
-            if commands.send(Command::Status { reply }).await.is_err() {
-                return error(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "the leader is stepping down",
-                );
-            }
-            match answer.await {
-                Ok(status) => Some(status),
-                Err(_) => {
-                    return error(
-                        StatusCode::SERVICE_UNAVAILABLE,
-                        "the leader is stepping down",
-                    );
-                }
-            }
-        }
+    let status = match leader_status(&shared).await {
+        Ok(status) => status,
+        Err(response) => return response,
     };
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
@@ -280,19 +464,28 @@ pub fn render(status: Option<&ClusterStatus>) -> String {
 }
 
 /// Serves the HTTP surface on `listener` until `shutdown`; over TLS with `tls`.
+/// `flight_tls`: how `/query` dials the workers' Flight SQL.
 pub async fn serve(
     listener: TcpListener,
     tls: Option<Arc<rustls::ServerConfig>>,
+    flight_tls: Option<smelter_sdk::TlsOptions>,
     role: watch::Receiver<Role>,
     auth: Arc<Authenticator>,
     shutdown: CancellationToken,
 ) {
+    let shared = Shared {
+        role,
+        auth,
+        flight_tls,
+        turn: Arc::default(),
+    };
     let router = Router::new()
         .route("/health", get(health))
         .route("/ready", get(ready))
         .route("/metrics", get(metrics))
+        .route("/query", axum::routing::post(query))
         .fallback(|| async { error(StatusCode::NOT_FOUND, "no such endpoint") })
-        .with_state(Shared { role, auth });
+        .with_state(shared);
     let Some(tls) = tls else {
         let served = axum::serve(listener, router)
             .with_graceful_shutdown(shutdown.cancelled_owned())

@@ -35,6 +35,29 @@ pub use error::{CoordinatorError, Result};
 use crate::election::LeaderRecord;
 use crate::service::Role;
 
+/// How the coordinator dials the workers' Flight SQL (HTTP `/query`): their CA, and its
+/// own certificate where they require client certificates.
+fn flight_tls(security: &SecurityConfig) -> Result<Option<smelter_sdk::TlsOptions>> {
+    let read = |path: &std::path::Path| {
+        std::fs::read(path).map_err(|source| smelter_common::Error::Io {
+            path: path.to_path_buf(),
+            source,
+        })
+    };
+    let Some(ca) = &security.tls_ca else {
+        return Ok(None);
+    };
+    let identity = match (&security.tls_cert, &security.tls_key) {
+        (Some(cert), Some(key)) => Some((read(cert)?, read(key)?)),
+        _ => None,
+    };
+    Ok(Some(smelter_sdk::TlsOptions {
+        ca_pem: read(ca)?,
+        identity,
+        domain: security.tls_domain.clone(),
+    }))
+}
+
 /// Serves the control plane on `listener` until `shutdown`: campaigns, leads while elected,
 /// and campaigns again after losing leadership. `security` sets the listener's TLS (mTLS
 /// when a CA is configured: every worker and CLI presents a certificate it signed) and
@@ -70,11 +93,13 @@ pub async fn run(
         "coordinator serving gRPC"
     );
     let http_tls = tls::http_server(&security)?;
+    let flight_tls = flight_tls(&security)?;
     let _http = http.map(|listener| {
         tracing::info!(address = ?listener.local_addr().ok(), "coordinator serving HTTP");
         tokio_util::task::AbortOnDropHandle::new(tokio::spawn(http::serve(
             listener,
             http_tls,
+            flight_tls,
             roles.clone(),
             auth.clone(),
             shutdown.clone(),

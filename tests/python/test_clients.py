@@ -173,13 +173,20 @@ def test_time_travel_refuses_versions_it_does_not_have(cluster):
         adbc_rows(cluster["uri"], "SELECT * FROM silver.events VERSION AS OF 999999")
 
 
-def http_get(url: str, headers: dict | None = None, context=None) -> tuple[int, str]:
-    request = urllib.request.Request(url, headers=headers or {})
+def http_get(url: str, headers: dict | None = None, context=None, body=None,
+             raw=False) -> tuple[int, str]:
+    request = urllib.request.Request(url, headers=headers or {}, data=body)
     try:
-        with urllib.request.urlopen(request, timeout=10, context=context) as response:
-            return response.status, response.read().decode()
+        with urllib.request.urlopen(request, timeout=30, context=context) as response:
+            data = response.read()
+            return response.status, data if raw else data.decode()
     except urllib.error.HTTPError as error:
         return error.code, error.read().decode()
+
+
+def http_query(base: str, payload: dict, headers: dict | None = None, context=None, raw=False):
+    headers = {"Content-Type": "application/json", **(headers or {})}
+    return http_get(base + "/query", headers, context, json.dumps(payload).encode(), raw)
 
 
 def samples(text: str, name: str) -> dict[str, float]:
@@ -224,3 +231,30 @@ def test_metrics_are_valid_prometheus_text_that_match_the_tables(cluster):
     assert all('state="idle"' in k or 'state="running"' in k for k in states), states
     lag = samples(text, "smelter_task_lag")
     assert lag and all(v == 0 for v in lag.values()), lag
+
+
+def test_http_query_returns_rows_as_json_or_arrow(cluster):
+    sql = "SELECT hour, events FROM gold.hourly_metrics ORDER BY hour"
+    expected = adbc_table(cluster["uri"], sql)
+    status, body = http_query(cluster["http"], {"sql": sql, "limit": 100000})
+    assert status == 200, body
+    answer = json.loads(body)
+    assert answer["columns"] == ["hour", "events"] and not answer["truncated"]
+    assert [r["events"] for r in answer["rows"]] == expected.column("events").to_pylist()
+    status, body = http_query(cluster["http"], {"sql": sql, "limit": 2})
+    answer = json.loads(body)
+    assert len(answer["rows"]) == 2 and answer["truncated"] == (expected.num_rows > 2)
+    status, data = http_query(cluster["http"], {"sql": sql, "limit": 100000},
+                              {"Accept": "application/vnd.apache.arrow.stream"}, raw=True)
+    assert status == 200
+    import pyarrow.ipc
+    table = pyarrow.ipc.open_stream(data).read_all()
+    assert table.column("events").to_pylist() == expected.column("events").to_pylist()
+    # Bad requests: JSON errors with the status that fits.
+    status, body = http_query(cluster["http"], {"sql": "SELECT * FROM gold.nope"})
+    assert status == 400 and "nope" in json.loads(body)["error"], body
+    status, body = http_query(cluster["http"], {"sql": "DROP TABLE gold.hourly_metrics"})
+    assert status == 400, body
+    status, body = http_get(cluster["http"] + "/query", {"Content-Type": "application/json"},
+                            body=b"not json")
+    assert status == 400 and "the body must be" in json.loads(body)["error"], body

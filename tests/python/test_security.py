@@ -5,6 +5,7 @@ with a reader token; and no secret in anything the process printed.
 
 Certificates come from a throwaway CA made with `openssl` for the run."""
 
+import json
 import os
 import ssl
 import subprocess
@@ -17,7 +18,8 @@ import pytest
 from adbc_driver_flightsql import DatabaseOptions
 from adbc_driver_manager import AdbcStatusCode
 
-from test_clients import EVENTS, bounded_pipeline, free_port, http_get, samples, smelter
+from test_clients import (EVENTS, bounded_pipeline, free_port, http_get, http_query, samples,
+                          smelter)
 
 WORKER_TOKEN = "wk-5e1d8c2a7b9f3e4d"
 OPERATOR_TOKEN = "op-8a3f6c1e9d2b7a5c"
@@ -191,6 +193,15 @@ def test_http_is_tls_only_and_metrics_need_a_token(secured):
             break
         time.sleep(0.3)
     assert ingested == EVENTS, text
+    # /query runs with the caller's token: its grants hold.
+    reader = {"Authorization": f"Bearer {READER_TOKEN}"}
+    status, body = http_query(base, {"sql": "SELECT count(*) AS n FROM gold.daily_summary"},
+                              reader, context)
+    assert status == 200 and json.loads(body)["rows"][0]["n"] > 0, body
+    status, body = http_query(base, {"sql": "SELECT count(*) FROM silver.events"}, reader, context)
+    assert status == 403 and "ana may not read silver.events" in body, body
+    status, body = http_query(base, {"sql": "SELECT 1"}, None, context)
+    assert status == 401, body
     # Plain HTTP to the TLS listener, or a client that does not trust the CA: refused.
     with pytest.raises(Exception):
         http_get("http://" + secured["http"] + "/health")
