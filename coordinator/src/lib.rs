@@ -10,6 +10,7 @@
 //! leader runs the [`actor::Actor`], and followers answer `UNAVAILABLE` naming the leader.
 
 pub mod actor;
+pub mod catalog;
 pub mod discovery;
 pub mod election;
 pub mod error;

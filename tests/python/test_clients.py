@@ -258,3 +258,38 @@ def test_http_query_returns_rows_as_json_or_arrow(cluster):
     status, body = http_get(cluster["http"] + "/query", {"Content-Type": "application/json"},
                             body=b"not json")
     assert status == 400 and "the body must be" in json.loads(body)["error"], body
+
+
+def http_json(url: str, headers: dict | None = None, context=None):
+    status, body = http_get(url, headers, context)
+    return status, json.loads(body)
+
+
+def test_catalog_tables_and_lineage_come_from_the_pipeline(cluster):
+    status, answer = http_json(cluster["http"] + "/tables")
+    assert status == 200, answer
+    tables = {t["name"]: t for t in answer["tables"]}
+    assert set(tables) == set(TABLES)
+    hourly = tables["gold.hourly_metrics"]
+    assert (hourly["owner"], hourly["tags"], hourly["operation"]) == ("analytics", ["kpi"], "aggregate")
+    assert hourly["from"] == ["silver.events"] and hourly["tasks"], hourly
+    assert tables["bronze.events"]["description"].startswith("Raw clickstream records")
+    assert tables["silver.events_quarantine"]["operation"] == "quarantine"
+    status, answer = http_json(cluster["http"] + "/tables?layer=gold")
+    assert sorted(t["name"] for t in answer["tables"]) == sorted(t for t in TABLES if t.startswith("gold."))
+    status, answer = http_json(cluster["http"] + "/tables?layer=platinum")
+    assert status == 400 and "layer must be" in answer["error"]
+    status, answer = http_json(cluster["http"] + "/tables/silver.events")
+    assert status == 200 and answer["operation"] == "refine" and answer["from"] == ["bronze.events"]
+    status, answer = http_json(cluster["http"] + "/tables/gold.nope")
+    assert status == 404 and "gold.nope" in answer["error"]
+    status, answer = http_json(cluster["http"] + "/catalog")
+    assert [p["name"] for p in answer["pipelines"]] == ["clickstream"]
+    assert answer["pipelines"][0]["sources"] == {"events": "generator"}
+    assert "gold.hourly_metrics" in answer["owners"]["analytics"]
+    status, answer = http_json(cluster["http"] + "/catalog/lineage/silver.events")
+    assert status == 200, answer
+    edges = lambda key: {(e["from"], e["to"], e["operation"]) for e in answer[key]}
+    assert edges("upstream") == {("events", "bronze.events", "ingest"),
+                                 ("bronze.events", "silver.events", "refine")}
+    assert {("silver.events", t, "aggregate") for t in TABLES if t.startswith("gold.")} == edges("downstream")

@@ -202,6 +202,13 @@ def test_http_is_tls_only_and_metrics_need_a_token(secured):
     assert status == 403 and "ana may not read silver.events" in body, body
     status, body = http_query(base, {"sql": "SELECT 1"}, None, context)
     assert status == 401, body
+    # The catalog within the reader's grants.
+    status, body = http_get(base + "/tables", reader, context)
+    names = {t["name"] for t in json.loads(body)["tables"]}
+    assert status == 200 and names and all(n.startswith("gold.") for n in names), body
+    status, body = http_get(base + "/tables/silver.events", reader, context)
+    assert status == 403, body
+    assert http_get(base + "/tables", None, context)[0] == 401
     # Plain HTTP to the TLS listener, or a client that does not trust the CA: refused.
     with pytest.raises(Exception):
         http_get("http://" + secured["http"] + "/health")

@@ -5,6 +5,10 @@
 //! * `GET /metrics`: Prometheus text. The leader reports every task's counters (rows in,
 //!   quarantined, dropped, deduplicated), lag, table version and rows, last commit time,
 //!   state, and every worker's tasks and fenced commits; followers report that they follow.
+//! * `GET /tables[?layer=...]`, `GET /tables/{name}`, `GET /catalog`,
+//!   `GET /catalog/lineage/{table}`: the applied pipelines' tables with owner, tags,
+//!   description, upstreams and the writing tasks' latest figures ([`crate::catalog`]),
+//!   within the caller's grants.
 //! * `POST /query` `{"sql": "...", "limit": 1000}`: the rows as JSON, or as an Arrow IPC
 //!   stream with `Accept: application/vnd.apache.arrow.stream`. The leader hands the SQL to
 //!   a worker over Flight SQL with the caller's token, so the worker's read-only rules,
@@ -33,6 +37,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::actor::Command;
 use crate::service::Role;
+
+mod catalog;
 
 /// What the handlers read.
 #[derive(Clone)]
@@ -484,6 +490,10 @@ pub async fn serve(
         .route("/ready", get(ready))
         .route("/metrics", get(metrics))
         .route("/query", axum::routing::post(query))
+        .route("/tables", get(catalog::tables))
+        .route("/tables/{name}", get(catalog::table))
+        .route("/catalog", get(catalog::catalog))
+        .route("/catalog/lineage/{table}", get(catalog::lineage))
         .fallback(|| async { error(StatusCode::NOT_FOUND, "no such endpoint") })
         .with_state(shared);
     let Some(tls) = tls else {

@@ -1,0 +1,280 @@
+//! The catalog the HTTP surface serves (`/tables`, `/catalog`, `/catalog/lineage/...`),
+//! built from what the leader knows: the applied pipeline specs (tables, their upstreams,
+//! owners, tags, descriptions) and the tasks' latest reports (version, rows, last commit,
+//! lag, quality counters). Nothing here reads the Delta logs: the coordinator has no Delta
+//! dependency by design, so figures are those the writing tasks reported (counters since
+//! the task started).
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde::Serialize;
+use smelter_common::spec::{Layer, PipelineSpec, SourceSpec, TableSpec};
+use smelter_proto::ClusterStatus;
+
+/// One table as `/tables` shows it.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct TableEntry {
+    /// `layer.name`.
+    pub name: String,
+    /// `bronze`, `silver` or `gold`.
+    pub layer: String,
+    /// The pipeline that writes it.
+    pub pipeline: String,
+    /// What it is made from: a source (bronze) or tables.
+    pub from: Vec<String>,
+    /// How: `ingest`, `refine`, `quarantine` or `aggregate`.
+    pub operation: String,
+    /// Catalog fields of the spec.
+    pub owner: Option<String>,
+    /// Free-form tags.
+    pub tags: Vec<String>,
+    /// What it holds.
+    pub description: Option<String>,
+    /// Partition columns.
+    pub partition_by: Vec<String>,
+    /// The tasks that write it, and the workers running them.
+    pub tasks: Vec<TaskRef>,
+    /// Latest version a writing task committed or saw.
+    pub version: Option<i64>,
+    /// Rows at that version, as reported.
+    pub rows: Option<u64>,
+    /// Unix millis of the last commit a writing task reported.
+    pub last_commit_unix_ms: Option<i64>,
+    /// Work not yet done by its writers (source records, upstream versions).
+    pub lag: i64,
+    /// Quality counters of its writers since they started.
+    pub quality: Quality,
+}
+
+/// A writing task.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct TaskRef {
+    /// Task id.
+    pub task_id: String,
+    /// The worker running it (empty while unassigned).
+    pub worker_id: String,
+    /// Its state.
+    pub state: String,
+}
+
+/// Rows that did not reach the table as they came.
+#[derive(Debug, Clone, Default, Serialize, PartialEq)]
+pub struct Quality {
+    /// Sent to quarantine.
+    pub quarantined: u64,
+    /// Dropped by expectations.
+    pub dropped: u64,
+    /// Removed as duplicates.
+    pub deduplicated: u64,
+}
+
+/// One edge of the lineage graph.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Edge {
+    /// Upstream (a source name or a table).
+    pub from: String,
+    /// Downstream table.
+    pub to: String,
+    /// `ingest`, `refine`, `quarantine` or `aggregate`.
+    pub operation: String,
+}
+
+/// The catalog of every applied pipeline.
+#[derive(Debug, Default)]
+pub struct Catalog {
+    /// Tables by name.
+    pub tables: BTreeMap<String, TableEntry>,
+    /// Pipelines: name, revision, sources (name -> kind), tables.
+    pub pipelines: Vec<serde_json::Value>,
+}
+
+/// The layer of a table name (`silver.events` -> silver).
+fn layer_of(name: &str) -> Option<Layer> {
+    name.split_once('.')
+        .and_then(|(layer, _)| Layer::parse(layer))
+}
+
+fn source_kind(source: &SourceSpec) -> &'static str {
+    match source {
+        SourceSpec::Generator(_) => "generator",
+        SourceSpec::Files(_) => "files",
+        SourceSpec::Kafka(_) => "kafka",
+    }
+}
+
+fn entry(pipeline: &str, name: &str, spec: &TableSpec, operation: &str) -> TableEntry {
+    TableEntry {
+        name: name.to_string(),
+        layer: layer_of(name).map_or("", Layer::as_str).to_string(),
+        pipeline: pipeline.to_string(),
+        from: vec![spec.from.clone()],
+        operation: operation.to_string(),
+        owner: spec.owner.clone(),
+        tags: spec.tags.clone(),
+        description: spec.description.clone(),
+        partition_by: spec.partition_by.clone(),
+        tasks: Vec::new(),
+        version: None,
+        rows: None,
+        last_commit_unix_ms: None,
+        lag: 0,
+        quality: Quality::default(),
+    }
+}
+
+impl Catalog {
+    /// The catalog of `status`'s pipelines, with its tasks' reports.
+    pub fn build(status: &ClusterStatus) -> Catalog {
+        let mut catalog = Catalog::default();
+        for definition in &status.pipelines {
+            let Ok(spec) = PipelineSpec::parse(&definition.spec_yaml, &definition.origin) else {
+                continue;
+            };
+            for (name, table) in &spec.tables {
+                let operation = match layer_of(name) {
+                    Some(Layer::Bronze) => "ingest",
+                    Some(Layer::Silver) => "refine",
+                    _ => "aggregate",
+                };
+                catalog
+                    .tables
+                    .insert(name.clone(), entry(&spec.pipeline, name, table, operation));
+                if operation == "refine" {
+                    let quarantine = TableSpec::quarantine_name(name);
+                    let mut side = entry(&spec.pipeline, &quarantine, table, "quarantine");
+                    side.description =
+                        Some(format!("Records of {} that failed a rule.", table.from));
+                    catalog.tables.insert(quarantine, side);
+                }
+            }
+            catalog.pipelines.push(serde_json::json!({
+                "name": spec.pipeline,
+                "revision": definition.revision,
+                "origin": definition.origin,
+                "sources": spec.sources.iter()
+                    .map(|(n, s)| (n.clone(), serde_json::Value::from(source_kind(s))))
+                    .collect::<serde_json::Map<_, _>>(),
+                "tables": spec.tables.keys().collect::<Vec<_>>(),
+            }));
+        }
+        for task in &status.tasks {
+            let assignment = task.task.clone().unwrap_or_default();
+            let report = task.report.clone().unwrap_or_default();
+            let mut written = vec![assignment.table.clone()];
+            if layer_of(&assignment.table) == Some(Layer::Silver) {
+                written.push(TableSpec::quarantine_name(&assignment.table));
+            }
+            for (i, name) in written.iter().enumerate() {
+                let Some(entry) = catalog.tables.get_mut(name) else {
+                    continue;
+                };
+                entry.tasks.push(TaskRef {
+                    task_id: assignment.task_id.clone(),
+                    worker_id: task.worker_id.clone(),
+                    state: report.state().label().to_string(),
+                });
+                if i > 0 {
+                    // The quarantine side: the refine task reports its main table.
+                    continue;
+                }
+                if report.table_version >= 0 && report.last_commit_unix_ms > 0 {
+                    entry.version = entry.version.max(Some(report.table_version));
+                    entry.rows = entry.rows.max(Some(report.table_rows));
+                }
+                if report.last_commit_unix_ms > 0 {
+                    entry.last_commit_unix_ms = entry
+                        .last_commit_unix_ms
+                        .max(Some(report.last_commit_unix_ms));
+                }
+                entry.lag += report.lag.max(0);
+                entry.quality.quarantined += report.rows_quarantined;
+                entry.quality.dropped += report.rows_dropped;
+                entry.quality.deduplicated += report.rows_deduplicated;
+            }
+        }
+        catalog
+    }
+
+    /// Every edge between sources and tables.
+    pub fn edges(&self) -> Vec<Edge> {
+        let mut edges: Vec<Edge> = self
+            .tables
+            .values()
+            .flat_map(|t| {
+                t.from.iter().map(|from| Edge {
+                    from: from.clone(),
+                    to: t.name.clone(),
+                    operation: t.operation.clone(),
+                })
+            })
+            .collect();
+        edges.sort();
+        edges
+    }
+
+    /// The edges upstream of `table` (down to its sources) and downstream of it.
+    pub fn lineage(&self, table: &str) -> (Vec<Edge>, Vec<Edge>) {
+        let edges = self.edges();
+        let closure = |start: &str, up: bool| {
+            let mut seen = BTreeSet::from([start.to_string()]);
+            let mut frontier = vec![start.to_string()];
+            let mut out = Vec::new();
+            while let Some(node) = frontier.pop() {
+                for edge in &edges {
+                    let (here, next) = if up {
+                        (&edge.to, &edge.from)
+                    } else {
+                        (&edge.from, &edge.to)
+                    };
+                    if *here == node {
+                        out.push(edge.clone());
+                        if seen.insert(next.clone()) {
+                            frontier.push(next.clone());
+                        }
+                    }
+                }
+            }
+            out.sort();
+            out.dedup();
+            out
+        };
+        (closure(table, true), closure(table, false))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lineage_follows_the_specs_both_ways() {
+        let status = ClusterStatus {
+            pipelines: vec![smelter_proto::PipelineDefinition {
+                name: "clickstream".into(),
+                spec_yaml: include_str!("../../examples/clickstream.yaml").into(),
+                origin: "clickstream.yaml".into(),
+                revision: 1,
+            }],
+            ..Default::default()
+        };
+        let catalog = Catalog::build(&status);
+        assert!(catalog.tables.contains_key("silver.events_quarantine"));
+        let hourly = &catalog.tables["gold.hourly_metrics"];
+        assert_eq!(hourly.owner.as_deref(), Some("analytics"));
+        let (up, down) = catalog.lineage("silver.events");
+        let names = |edges: &[Edge]| -> Vec<String> {
+            edges
+                .iter()
+                .map(|e| format!("{}->{} {}", e.from, e.to, e.operation))
+                .collect()
+        };
+        assert_eq!(
+            names(&up),
+            vec![
+                "bronze.events->silver.events refine",
+                "events->bronze.events ingest"
+            ]
+        );
+        assert!(names(&down).contains(&"silver.events->gold.hourly_metrics aggregate".into()));
+    }
+}
