@@ -151,12 +151,14 @@ def same_rows(left, right) -> bool:
 
 @pytest.mark.parametrize("table", ["bronze.events", "silver.events", "gold.hourly_metrics"])
 def test_time_travel_reads_what_deltalake_reads_at_that_version(cluster, table):
+    # The unpaced run commits each layer a few times, as its batches happen to close: at
+    # least the table's creation and one batch (tests/it/time_travel.rs paces for more).
     latest = delta(cluster, table).version()
-    assert latest >= 2
+    assert latest >= 1
     layer, name = table.split(".")
     path = str(cluster["tables"] / layer / name)
     history = {h["version"]: h["timestamp"] for h in DeltaTable(path).history()}
-    for version in sorted({1, latest // 2, latest}):
+    for version in sorted({0, 1, latest // 2, latest}):
         expected = DeltaTable(path, version=version).to_pyarrow_table()
         got = adbc_table(cluster["uri"], f"SELECT * FROM {table} VERSION AS OF {version}")
         assert same_rows(got, expected), f"{table} v{version}"
