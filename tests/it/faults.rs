@@ -475,6 +475,8 @@ async fn killing_a_random_worker_every_five_seconds_loses_nothing() {
             .await
             .unwrap();
         failovers.push(killed.elapsed());
+        // The fault schedule, not a wait for readiness (the failover above was awaited by
+        // polling): one kill every 5 s, as the README states.
         tokio::time::sleep(Duration::from_secs(5).saturating_sub(round.elapsed())).await;
     }
     assert_eq!(kills, KILLS);
@@ -593,6 +595,7 @@ async fn a_broker_restart_mid_stream_recovers_by_itself() {
         for _ in 0..10 {
             producer.produce(&[0, 1, 2, 3], 250).await.unwrap();
             let _ = round_done.send(());
+            // Traffic pacing: rounds keep coming through the outage.
             tokio::time::sleep(Duration::from_millis(300)).await;
         }
         producer

@@ -45,6 +45,28 @@ def bounded_pipeline(path: Path) -> None:
     path.write_text(demo)
 
 
+def wait_until(what: str, condition, timeout: float, stop=lambda: None):
+    """Asks `condition` every 0.2 s until it returns something truthy (returned), and fails
+    naming `what` and the last answer or error once `timeout` seconds pass, or at once when
+    `stop()` returns something other than None (a server that exited)."""
+    deadline = time.monotonic() + timeout
+    last = None
+    while True:
+        try:
+            value = condition()
+            if value:
+                return value
+            last = value
+        except Exception as error:  # the condition's failure is the reason to report
+            last = error
+        stopped = stop()
+        if stopped is not None:
+            pytest.fail(f"{what}: gave up ({stopped}); last: {last!r}")
+        if time.monotonic() > deadline:
+            pytest.fail(f"{what}: not within {timeout} s; last: {last!r}")
+        time.sleep(0.2)
+
+
 def smelter(*args: str) -> list[str]:
     return [os.environ.get("SMELTER_BIN", "smelter"), *args]
 
@@ -67,18 +89,16 @@ def cluster(tmp_path_factory):
     server = subprocess.Popen(smelter("up", *common, "--flight-addr", f"127.0.0.1:{port}",
                                       "--http-addr", f"127.0.0.1:{http_port}"))
     uri = f"grpc://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            with flight_sql.connect(uri, autocommit=True) as conn, conn.cursor() as cur:
-                cur.execute("SELECT 1")
-                cur.fetchall()
-            break
-        except Exception:
-            if time.monotonic() > deadline or server.poll() is not None:
-                server.kill()
-                raise
-            time.sleep(0.2)
+    def serving():
+        with flight_sql.connect(uri, autocommit=True) as conn, conn.cursor() as cur:
+            cur.execute("SELECT 1")
+            return cur.fetchall()
+
+    try:
+        wait_until("smelter up serving Flight SQL", serving, 60, stop=server.poll)
+    except BaseException:
+        server.kill()
+        raise
     yield {"uri": uri, "tables": data / "tables", "http": f"http://127.0.0.1:{http_port}"}
     server.terminate()
     assert server.wait(timeout=60) == 0, "smelter up must exit cleanly on SIGTERM"

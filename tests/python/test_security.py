@@ -9,7 +9,6 @@ import json
 import os
 import ssl
 import subprocess
-import time
 import urllib.error
 from pathlib import Path
 
@@ -19,7 +18,7 @@ from adbc_driver_flightsql import DatabaseOptions
 from adbc_driver_manager import AdbcStatusCode
 
 from test_clients import (EVENTS, bounded_pipeline, free_port, http_get, http_query, samples,
-                          smelter)
+                          smelter, wait_until)
 
 WORKER_TOKEN = "wk-5e1d8c2a7b9f3e4d"
 OPERATOR_TOKEN = "op-8a3f6c1e9d2b7a5c"
@@ -89,18 +88,16 @@ def secured(tmp_path_factory):
         "pipeline": pipeline,
         "log": log,
     }
-    deadline = time.monotonic() + 120
-    while True:
-        try:
-            rows = query(ctx, "SELECT count(*) FROM gold.hourly_metrics", bearer=OPERATOR_TOKEN)
-            if rows[0][0] > 0:
-                break
-        except Exception:
-            if time.monotonic() > deadline or server.poll() is not None:
-                server.kill()
-                print(log.read_text()[-4000:])
-                raise
-        time.sleep(0.3)
+    def gold_rows():
+        return query(ctx, "SELECT count(*) FROM gold.hourly_metrics", bearer=OPERATOR_TOKEN)[0][0]
+
+    try:
+        wait_until("the secured pipeline reaching gold", gold_rows, 120,
+                   stop=lambda: None if server.poll() is None else f"exit {server.poll()}")
+    except BaseException:
+        server.kill()
+        print(log.read_text()[-4000:])
+        raise
     yield ctx
     server.terminate()
     assert server.wait(timeout=60) == 0, "smelter up must exit cleanly on SIGTERM"
@@ -182,17 +179,14 @@ def test_http_is_tls_only_and_metrics_need_a_token(secured):
     assert status == 401 and "not-a-token" not in body, body
     # The ingest tasks' counters add up to the generator's count once it is all in (before
     # test_cli_roles applies the pipeline again, which restarts the tasks and their counts).
-    deadline = time.monotonic() + 60
-    while True:
+    def ingested():
         status, text = http_get(base + "/metrics", {"Authorization": f"Bearer {READER_TOKEN}"},
                                 context)
         assert status == 200, text
-        ingested = sum(v for k, v in samples(text, "smelter_task_rows_committed_total").items()
-                       if 'kind="ingest"' in k)
-        if ingested == EVENTS or time.monotonic() > deadline:
-            break
-        time.sleep(0.3)
-    assert ingested == EVENTS, text
+        return sum(v for k, v in samples(text, "smelter_task_rows_committed_total").items()
+                   if 'kind="ingest"' in k) == EVENTS
+
+    wait_until(f"the ingest tasks' rows_committed to add up to {EVENTS}", ingested, 60)
     # /query runs with the caller's token: its grants hold.
     reader = {"Authorization": f"Bearer {READER_TOKEN}"}
     status, body = http_query(base, {"sql": "SELECT count(*) AS n FROM gold.daily_summary"},
