@@ -3,6 +3,8 @@
 # the Python venv (client tests). Sourced after env.sh, not run.
 
 command -v etcd >/dev/null 2>&1 || apt_install etcd-server
+# openssl makes the throwaway CA of the TLS tests.
+command -v openssl >/dev/null 2>&1 || apt_install openssl
 # promtool checks the coordinator's /metrics text (the package's server is not started).
 command -v promtool >/dev/null 2>&1 || apt_install prometheus
 VENV="$CACHE/venv"
