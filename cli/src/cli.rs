@@ -46,6 +46,8 @@ pub enum Command {
     Compact(CompactArgs),
     /// A table's commits, newest first: what each did and what it consumed.
     History(HistoryArgs),
+    /// Delete the rows matching a predicate, in one commit (safe while the pipeline runs).
+    Delete(DeleteArgs),
     /// Measure throughput, latency and memory against the limit of the bare stages.
     Bench(BenchArgs),
     /// Run the coordinator role.
@@ -171,6 +173,27 @@ pub struct HistoryArgs {
 pub struct CompactArgs {
     /// Tables to compact; all tables when none are named.
     pub tables: Vec<String>,
+    /// Data directory as given to `smelter up` (tables in DIR/tables); defaults to
+    /// `storage.root` of the configuration.
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+    /// Output format (`table` or `json`).
+    #[arg(long, short, value_enum, default_value_t = Format::Table)]
+    pub output: Format,
+}
+
+/// `smelter delete`.
+#[derive(Debug, clap::Args)]
+pub struct DeleteArgs {
+    /// The table (`layer.name`).
+    pub table: String,
+    /// SQL predicate over the table's columns; matching rows are deleted.
+    #[arg(long = "where")]
+    pub predicate: String,
+    /// On a silver table, also delete the bronze and quarantine records the rows came from
+    /// (gold tables that read it rebuild on their next pass).
+    #[arg(long)]
+    pub cascade: bool,
     /// Data directory as given to `smelter up` (tables in DIR/tables); defaults to
     /// `storage.root` of the configuration.
     #[arg(long)]

@@ -74,6 +74,7 @@ async fn run(cli: Cli) -> Result<(), CliError> {
         Command::Apply(args) => commands::admin::apply(&config, args).await,
         Command::Verify(args) => commands::verify::run(config, args).await,
         Command::Compact(args) => commands::compact::run(config, args).await,
+        Command::Delete(args) => commands::delete::run(config, args).await,
         Command::History(args) => commands::history::run(config, args).await,
         Command::Bench(args) => commands::bench::run(config, args).await,
     }

@@ -125,8 +125,8 @@ async fn a_moved_task_starts_on_its_new_owner_only_after_the_old_one_released_it
     let all = ids(&latest(&mut a_updates));
     assert_eq!(
         all.len(),
-        8,
-        "4 partitions, 1 refine, 3 aggregates: {all:?}"
+        9,
+        "4 partitions, 1 refine, 3 aggregates, 1 maintenance: {all:?}"
     );
 
     let (b, mut b_updates) = leader.join("b").await;
@@ -199,7 +199,7 @@ async fn a_dead_owner_hands_off_at_once() {
         })
         .await
         .unwrap();
-    assert_eq!(ids(&latest(&mut b_updates)).len(), 8);
+    assert_eq!(ids(&latest(&mut b_updates)).len(), 9);
 }
 
 #[tokio::test]

@@ -7,6 +7,9 @@
 //! with `dataChange` (delete, restore, merge), changed the metadata or the protocol, or
 //! added files with deletion vectors is marked [`Range::rewritten`]: its added files alone
 //! do not say what the table now holds, and a reader that folds additions must start over.
+//! The files such a rewrite adds are not in [`Range::added`]: they hold rows the table had
+//! before (what a delete kept of a file, what a restore brings back), which a reader of
+//! new rows (refine) has already seen.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -76,9 +79,13 @@ pub async fn range(table: &DeltaTable, name: &str, from: i64, to: i64) -> Result
                 format!("commit {version} is missing from the log"),
             ));
         };
+        let rewrite = actions
+            .iter()
+            .any(|a| matches!(a, Action::Remove(remove) if remove.data_change));
+        range.rewritten |= rewrite;
         for action in actions {
             match action {
-                Action::Add(add) if add.data_change => {
+                Action::Add(add) if add.data_change && !rewrite => {
                     range.rewritten |= add.deletion_vector.is_some();
                     range.added.push(DataFile {
                         rows: None,
@@ -86,7 +93,6 @@ pub async fn range(table: &DeltaTable, name: &str, from: i64, to: i64) -> Result
                         partition_values: add.partition_values.into_iter().collect(),
                     });
                 }
-                Action::Remove(remove) if remove.data_change => range.rewritten = true,
                 Action::Metadata(_) | Action::Protocol(_) => range.rewritten = true,
                 _ => {}
             }

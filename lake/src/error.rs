@@ -36,6 +36,24 @@ pub enum LakeError {
         /// What happened.
         message: String,
     },
+    /// A rewrite (delete, compaction, restore) would remove a file the table no longer
+    /// holds: another rewrite took it first. Nothing was written; plan again from the log.
+    #[error("rewrite of {table} superseded: {path} is no longer in the table")]
+    Superseded {
+        /// `layer.name` of the table.
+        table: String,
+        /// The file that went away.
+        path: String,
+    },
+    /// A request about a table is wrong (a predicate naming an unknown column, a version
+    /// the table never had); the message says what.
+    #[error("{table}: {message}")]
+    Invalid {
+        /// `layer.name` of the table.
+        table: String,
+        /// What is wrong.
+        message: String,
+    },
     /// The object store failed a request that may succeed later.
     #[error("storage {location}: {message}")]
     Storage {
@@ -103,9 +121,9 @@ impl LakeError {
     /// What to do about this error.
     pub fn retry(&self) -> Retry {
         match self {
-            LakeError::CommitConflict { .. } => Retry::Conflict,
+            LakeError::CommitConflict { .. } | LakeError::Superseded { .. } => Retry::Conflict,
             LakeError::Storage { .. } => Retry::Transient,
-            LakeError::Unsupported { .. } => Retry::Permanent,
+            LakeError::Unsupported { .. } | LakeError::Invalid { .. } => Retry::Permanent,
             LakeError::Delta { source, .. } => delta_retry(source),
             LakeError::Query(error) => query_retry(error),
             LakeError::Arrow(error) => arrow_retry(error),

@@ -50,7 +50,7 @@ mod tests {
     use crate::changes;
     use crate::commit::{CommitEnv, WriteMode};
     use crate::compact::compact;
-    use crate::location::{LogKind, TableStore};
+    use crate::location::TableStore;
     use crate::testing::{DAY_COLUMN, commit_for_test, positions_batch, positions_schema};
 
     const NAME: &str = "bronze.events";
@@ -171,7 +171,7 @@ mod tests {
         for from in [0, 100, 200] {
             append(&mut table, from, 100).await;
         }
-        let compaction = compact(&mut table, NAME, LogKind::PutIfAbsent)
+        let compaction = compact(&mut table, NAME, Default::default(), &Default::default())
             .await
             .unwrap();
         assert_eq!(compaction.files_removed, 3);

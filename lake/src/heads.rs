@@ -46,6 +46,27 @@ impl LiveFile {
         &self.path
     }
 
+    /// The file's size in bytes.
+    pub fn size(&self) -> i64 {
+        self.size
+    }
+
+    /// Rows in the file, when its statistics say.
+    pub fn rows(&self) -> Option<u64> {
+        self.rows
+    }
+
+    /// Its partition values, as the log writes them.
+    pub fn partition_values(&self) -> &HashMap<String, Option<String>> {
+        &self.partition_values
+    }
+
+    /// Whether some of its rows are deleted by a deletion vector (its rows are not the
+    /// file's alone).
+    pub fn has_deletion_vector(&self) -> bool {
+        self.deletion_vector.is_some()
+    }
+
     fn from_add(add: &Add) -> Self {
         #[derive(serde::Deserialize)]
         struct NumRecords {
@@ -130,6 +151,11 @@ impl Head {
     /// The version this head describes.
     pub fn version(&self) -> i64 {
         self.version
+    }
+
+    /// The data file at `path`, if the table holds it.
+    pub fn file(&self, path: &str) -> Option<&LiveFile> {
+        self.files.get(path)
     }
 
     /// Rows in the table, when every file's statistics say.

@@ -14,8 +14,9 @@
 //!   added, and the commits themselves;
 //! * [`file_format`]: how data files are encoded; [`recent_files`]: rows of files this
 //!   process committed moments ago, for the readers downstream;
-//! * [`verify`] and [`compact`]: the checks behind `smelter verify` and maintenance
-//!   commits; [`failpoint`]: crash hooks for the fault suite.
+//! * [`verify`], [`compact`] and [`delete`]: the checks behind `smelter verify`, and the
+//!   rewrites behind maintenance and `smelter delete`; [`vacuum`]: deleting the files
+//!   rewrites took out, after the retention; [`failpoint`]: crash hooks for the fault suite.
 //!
 //! The invariants this crate keeps are listed, with the tests that break them, in
 //! `docs/exactly-once.md`.
@@ -26,6 +27,7 @@ pub mod changes;
 pub mod claims;
 pub mod commit;
 pub mod compact;
+pub mod delete;
 pub mod error;
 pub mod failpoint;
 pub mod file_format;
@@ -38,6 +40,7 @@ pub mod recent_files;
 pub mod storage;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
+pub mod vacuum;
 pub mod verify;
 
 pub use app_id::AppId;

@@ -8,7 +8,9 @@
 //! * no data file is added twice;
 //! * every file the log still references exists in storage;
 //! * bronze tables with source positions: per (topic, partition) the offsets are contiguous,
-//!   each present once, and the partition's txn version is its largest offset.
+//!   each present once, and the partition's txn version is its largest offset — offsets a
+//!   delete took out (recorded in its commit, [`DELETED_POSITIONS_KEY`]) counting as
+//!   accounted for.
 //!
 //! Each violation is a [`Finding`] naming the version or partition; a clean table has none.
 
@@ -23,6 +25,7 @@ use deltalake::kernel::Action;
 use serde::Serialize;
 
 use crate::app_id::AppId;
+use crate::commit::DELETED_POSITIONS_KEY;
 use crate::history;
 use crate::location::TableStore;
 use crate::log;
@@ -82,6 +85,7 @@ pub async fn verify(tables: &TableStore, name: &str) -> Result<Report> {
     report.first_version = log.first().map_or(latest + 1, |(version, _)| *version);
     let mut added: BTreeSet<String> = BTreeSet::new();
     let mut live: BTreeSet<String> = BTreeSet::new();
+    let mut deleted = Deleted::new();
     for (version, actions) in log {
         let Some(actions) = actions else {
             report.find(
@@ -126,6 +130,13 @@ pub async fn verify(tables: &TableStore, name: &str) -> Result<Report> {
                 Action::Remove(remove) => {
                     live.remove(&remove.path);
                 }
+                Action::CommitInfo(info) => {
+                    if let Some(runs) = info.info.get(DELETED_POSITIONS_KEY) {
+                        for (key, first, last) in crate::delete::deleted_runs(runs) {
+                            deleted.entry(key).or_default().push((first, last));
+                        }
+                    }
+                }
                 _ => {}
             }
         }
@@ -147,16 +158,20 @@ pub async fn verify(tables: &TableStore, name: &str) -> Result<Report> {
             .all(|c| schema.field_with_name(c).is_ok())
     });
     if name.starts_with("bronze.") && has_positions {
-        check_offsets(&table, name, &mut report).await?;
+        check_offsets(&table, name, &deleted, &mut report).await?;
     }
     Ok(report)
 }
 
+/// Offsets deletes took out, as runs per `topic/partition`.
+type Deleted = BTreeMap<String, Vec<(i64, i64)>>;
+
 /// Bronze: per (topic, partition), offsets contiguous and unique, and the partition's txn
-/// version equal to its largest offset.
+/// version equal to its largest offset; `deleted` offsets fill the gaps they left.
 async fn check_offsets(
     table: &deltalake::DeltaTable,
     name: &str,
+    deleted: &Deleted,
     report: &mut Report,
 ) -> Result<()> {
     let ctx = SessionContext::new();
@@ -187,8 +202,14 @@ async fn check_offsets(
         );
         for i in 0..batch.num_rows() {
             let key = format!("{}/{}", topic.value(i), partition.value(i));
-            let (first, last, n, unique) =
+            let (mut first, mut last, n, unique) =
                 (min.value(i), max.value(i), rows.value(i), distinct.value(i));
+            let mut accounted = unique;
+            for (from, to) in deleted.get(&key).into_iter().flatten() {
+                first = first.min(*from);
+                last = last.max(*to);
+                accounted += to - from + 1;
+            }
             report.partitions.insert(key.clone(), (first, last, n));
             if unique != n {
                 report.find(
@@ -196,12 +217,12 @@ async fn check_offsets(
                     format!("{key}: {} offsets appear more than once", n - unique),
                 );
             }
-            if unique != last - first + 1 {
+            if accounted != last - first + 1 {
                 report.find(
                     "offset_gap",
                     format!(
                         "{key}: {} of the offsets {first}..={last} are missing",
-                        last - first + 1 - unique
+                        last - first + 1 - accounted
                     ),
                 );
             }
@@ -260,5 +281,95 @@ mod tests {
         let checks: Vec<&str> = report.findings.iter().map(|f| f.check).collect();
         assert_eq!(checks, ["txn_regressed"], "{:?}", report.findings);
         assert!(report.findings[0].message.contains("smelter/epoch"));
+    }
+
+    /// Offsets a delete took out are accounted for (its commit records them), the last one
+    /// included; the same rows taken out by a rewrite that does not record them are gaps.
+    #[tokio::test]
+    async fn deleted_offsets_are_not_gaps_but_unrecorded_ones_are() {
+        use crate::commit::{Rewrite, rewrite};
+        use crate::delete::{SqlPredicate, delete};
+        use crate::testing::{DAY_COLUMN, positions_batch, positions_schema};
+
+        let env = CommitEnv::default();
+        let dir = tempfile::tempdir().unwrap();
+        let store = TableStore::new(dir.path()).unwrap();
+        let name = "bronze.t";
+        let mut table = store
+            .open_or_create(name, &positions_schema(), &[DAY_COLUMN.to_string()], &env)
+            .await
+            .unwrap();
+        let app = AppId::source("p", "t", 0);
+        let batch = positions_batch(
+            "t",
+            0,
+            0..10,
+            |o| o.to_string(),
+            |o| o.to_string(),
+            |_| None,
+        );
+        commit(
+            &mut table,
+            name,
+            vec![batch],
+            WriteMode::Append,
+            &[DAY_COLUMN.to_string()],
+            vec![TxnUpdate::new(&app, None, 9)],
+            &env,
+        )
+        .await
+        .unwrap();
+        assert!(verify(&store, name).await.unwrap().is_clean());
+
+        let schema = log::arrow_schema(&table, name).unwrap();
+        let predicate = SqlPredicate::new("\"offset\" IN (3, 4, 9)", &schema, name).unwrap();
+        let deleted = delete(&mut table, name, &predicate, &env).await.unwrap();
+        assert_eq!(deleted.rows_deleted, 3);
+        assert_eq!(deleted.positions.len(), 3);
+        let report = verify(&store, name).await.unwrap();
+        assert!(report.is_clean(), "{:?}", report.findings);
+
+        // Offset 5 vanishes in a rewrite that says nothing of it.
+        log::refresh(&mut table, name).await.unwrap();
+        let file = crate::changes::snapshot(&table, name).unwrap().remove(0);
+        let rows = crate::changes::read(&table, name, &file, None, &Default::default())
+            .await
+            .unwrap();
+        let kept: Vec<_> = rows
+            .iter()
+            .map(|b| {
+                let b = crate::changes::conform(b, &file, &schema).unwrap();
+                let offsets = b
+                    .column_by_name("offset")
+                    .unwrap()
+                    .as_primitive::<Int64Type>();
+                let keep: arrow::array::BooleanArray =
+                    offsets.iter().map(|o| Some(o != Some(5))).collect();
+                arrow::compute::filter_record_batch(&b, &keep).unwrap()
+            })
+            .collect();
+        rewrite(
+            &mut table,
+            name,
+            Rewrite {
+                removes: vec![file.path],
+                groups: vec![kept],
+                operation: deltalake::protocol::DeltaOperation::Delete { predicate: None },
+                data_change: true,
+                txns: Vec::new(),
+                metadata: Default::default(),
+            },
+            &env,
+        )
+        .await
+        .unwrap();
+        let report = verify(&store, name).await.unwrap();
+        let checks: Vec<&str> = report.findings.iter().map(|f| f.check).collect();
+        assert_eq!(checks, ["offset_gap"], "{:?}", report.findings);
+        assert!(
+            report.findings[0]
+                .message
+                .contains("1 of the offsets 0..=9")
+        );
     }
 }

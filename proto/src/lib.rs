@@ -31,6 +31,7 @@ impl TaskAssignment {
             TaskKind::Ingest => format!("{pipeline}/ingest/{source}/{partition}"),
             TaskKind::Refine => format!("{pipeline}/refine/{table}"),
             TaskKind::Aggregate => format!("{pipeline}/aggregate/{table}"),
+            TaskKind::Maintain => format!("{pipeline}/maintain"),
             TaskKind::Unspecified => format!("{pipeline}/unspecified/{table}"),
         }
     }
@@ -60,6 +61,7 @@ impl TaskKind {
             TaskKind::Ingest => "ingest",
             TaskKind::Refine => "refine",
             TaskKind::Aggregate => "aggregate",
+            TaskKind::Maintain => "maintain",
         }
     }
 }

@@ -18,4 +18,5 @@ mod racing;
 mod restart;
 mod s3;
 mod security;
+mod table_ops;
 mod time_travel;

@@ -1,8 +1,9 @@
 //! `smelter compact [TABLE...]`: rewrites small files into larger ones, one maintenance
-//! commit per table, safe while the pipeline runs (see `smelter_lake::compact`).
+//! commit per table under the commit lock, safe while the pipeline runs (see
+//! `smelter_lake::compact`).
 
 use smelter_common::config::SmelterConfig;
-use smelter_lake::compact::compact;
+use smelter_lake::compact::{CompactOptions, compact};
 
 use crate::Result;
 use crate::cli::CompactArgs;
@@ -12,10 +13,11 @@ use crate::output::Format;
 pub async fn run(config: SmelterConfig, args: CompactArgs) -> Result<()> {
     let (store, names) =
         super::local_tables(&config, args.data_dir.as_deref(), args.tables).await?;
+    let env = super::commit_env(&config, &store, "compact").await?;
     let mut results = Vec::with_capacity(names.len());
     for name in names {
         let mut table = store.open(&name).await?;
-        let compaction = compact(&mut table, &name, store.log_kind()).await?;
+        let compaction = compact(&mut table, &name, CompactOptions::default(), &env).await?;
         if args.output != Format::Json {
             println!(
                 "{name:<32} {} files -> {}{}",

@@ -3,6 +3,7 @@
 pub mod admin;
 pub mod bench;
 pub mod compact;
+pub mod delete;
 pub mod history;
 pub mod roles;
 pub mod up;
@@ -41,6 +42,42 @@ pub async fn local_tables(
         names
     };
     Ok((tables, names))
+}
+
+/// What this process's own commits (compaction, deletes) need: on a cluster that keeps its
+/// state in etcd, the tables' commit locks there, so that they queue with the workers'
+/// commits and carry an epoch; otherwise the txn compare-and-set alone, as for any writer
+/// of a store with put-if-absent. (On a store without it, commits need the locks.)
+pub async fn commit_env(
+    config: &smelter_common::config::SmelterConfig,
+    tables: &smelter_lake::TableStore,
+    verb: &str,
+) -> Result<smelter_lake::CommitEnv> {
+    use smelter_common::config::StoreKind;
+    let arbiter = match config.coordinator.store {
+        StoreKind::Memory => None,
+        StoreKind::Etcd => {
+            let store = smelter_common::store::EtcdStore::connect_with(
+                &config.coordinator.etcd_endpoint_list(),
+                smelter_common::security::tls::etcd(&config.security)?,
+            )
+            .await?;
+            Some(smelter_lake::lock::CommitArbiter::new(
+                std::sync::Arc::new(store),
+                std::time::Duration::from_millis(config.worker.commit_lock_ttl_ms),
+                format!(
+                    "{} pid {} smelter {verb}",
+                    std::env::var("HOSTNAME").unwrap_or_default(),
+                    std::process::id()
+                ),
+            ))
+        }
+    };
+    Ok(smelter_lake::CommitEnv {
+        arbiter,
+        log: tables.log_kind(),
+        ..Default::default()
+    })
 }
 
 /// The credentials this process presents to a cluster: the `[security]` section's CA,

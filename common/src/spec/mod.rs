@@ -103,6 +103,40 @@ pub struct TableSpec {
     /// Catalog: what the table holds.
     #[serde(default)]
     pub description: Option<String>,
+    /// Automatic compaction and vacuum of the table (on by default).
+    #[serde(default)]
+    pub maintenance: MaintenanceSpec,
+}
+
+/// How the pipeline's maintenance task keeps a table fast and its storage bounded.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct MaintenanceSpec {
+    /// `false` turns maintenance off for the table.
+    pub enabled: bool,
+    /// Files smaller than this are small; compaction packs them into files up to it.
+    pub target_file_mb: u64,
+    /// Compact once the table has this many small files (at least 2).
+    pub min_small_files: usize,
+    /// Delete the files rewrites took out once they have been out this long; time travel
+    /// reaches back at least this far.
+    #[serde(with = "duration")]
+    pub retention: Duration,
+    /// How often the table is looked at.
+    #[serde(with = "duration")]
+    pub every: Duration,
+}
+
+impl Default for MaintenanceSpec {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            target_file_mb: 128,
+            min_small_files: 16,
+            retention: Duration::from_secs(7 * 86_400),
+            every: Duration::from_secs(60),
+        }
+    }
 }
 
 /// Decoding of raw payloads.
@@ -242,6 +276,25 @@ pub fn parse_duration(text: &str) -> Option<Duration> {
         _ => return None,
     };
     Some(Duration::from_secs(secs))
+}
+
+mod duration {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(value: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&format!("{}ms", value.as_millis()))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        let text = String::deserialize(d)?;
+        super::parse_duration(&text).ok_or_else(|| {
+            serde::de::Error::custom(format!(
+                "invalid duration `{text}`: use a number and a unit (ms, s, m, h, d), e.g. `1h`"
+            ))
+        })
+    }
 }
 
 mod opt_duration {

@@ -160,11 +160,35 @@ pub(super) fn validate(spec: &PipelineSpec, text: &str, origin: &str) -> Result<
             Layer::Silver => validate_silver(&c, spec, name, table)?,
             Layer::Gold => validate_gold(&c, spec, name, table)?,
         }
+        validate_maintenance(&c, name, &table.maintenance)?;
     }
     for name in spec.sources.keys() {
         if !fed_sources.contains(name.as_str()) {
             return Err(c.fail(&["sources", name], "no bronze table reads this source"));
         }
+    }
+    Ok(())
+}
+
+fn validate_maintenance(c: &Checker, name: &str, m: &super::MaintenanceSpec) -> Result<()> {
+    let path = |field| ["tables", name, "maintenance", field];
+    if m.target_file_mb == 0 {
+        return Err(c.fail(
+            &path("target_file_mb"),
+            "the target file size must be at least 1 MB",
+        ));
+    }
+    if m.min_small_files < 2 {
+        return Err(c.fail(
+            &path("min_small_files"),
+            "compaction needs at least 2 small files to merge",
+        ));
+    }
+    if m.every.is_zero() {
+        return Err(c.fail(
+            &path("every"),
+            "the maintenance interval must be above zero",
+        ));
     }
     Ok(())
 }

@@ -1,5 +1,6 @@
 //! From a pipeline spec to the tasks it needs: one ingest task per source partition, one
-//! refine task per silver table, one aggregate task per gold table.
+//! refine task per silver table, one aggregate task per gold table, and one maintenance task
+//! for the pipeline's tables (compaction and vacuum, per each table's `maintenance`).
 
 use std::collections::BTreeMap;
 
@@ -33,6 +34,9 @@ pub fn pipeline_tasks(
     }
     for (name, _) in spec.tables_in(Layer::Gold) {
         tasks.push(task(TaskKind::Aggregate, &spec.pipeline, name, "", 0));
+    }
+    if spec.tables.values().any(|t| t.maintenance.enabled) {
+        tasks.push(task(TaskKind::Maintain, &spec.pipeline, "", "", 0));
     }
     tasks
 }

@@ -251,3 +251,149 @@ async fn a_lapsed_holder_claims_nothing() {
         "nothing reached storage"
     );
 }
+
+/// Rewrites on a store without put-if-absent: a compaction and a delete, each under the
+/// commit lock with an epoch, land among appends through claims like any commit; a delete
+/// planned before a compaction took its files is superseded and plans again. Before, a
+/// compaction wrote through delta-rs outside the lock and arbitrated stores refused it.
+#[tokio::test]
+async fn compaction_and_delete_land_on_an_arbitrated_store_under_the_lock() {
+    use crate::commit::{Rewrite, RewriteOutcome, rewrite};
+    use crate::compact::{CompactOptions, compact};
+    use crate::delete::{SqlPredicate, delete};
+
+    let store: Arc<dyn CoordinationStore> = Arc::new(MemoryStore::new());
+    let (writer, maintainer) = (env(&store, "writer"), env(&store, "maintainer"));
+    let t = TestTable::create("silver.t", &CommitEnv::default()).await;
+    let dir = t.store.path("silver.t");
+    let local: Arc<dyn ObjectStore> = Arc::new(LocalFileSystem::new_with_prefix(&dir).unwrap());
+    let mut w = arbitrated(&dir, local.clone()).await;
+    let mut m = arbitrated(&dir, local.clone()).await;
+    let app = AppId::source("p", "t", 0);
+    for n in 0..6 {
+        let previous = (n > 0).then_some(n - 1);
+        let outcome = commit(
+            &mut w,
+            "silver.t",
+            vec![t.batch(n)],
+            WriteMode::Append,
+            &[],
+            vec![TxnUpdate::new(&app, previous, n)],
+            &writer,
+        )
+        .await
+        .unwrap();
+        assert!(matches!(outcome, CommitOutcome::Committed { .. }));
+    }
+    let options = CompactOptions {
+        target_file_bytes: 1 << 20,
+        min_small_files: 2,
+    };
+    let compaction = compact(&mut m, "silver.t", options, &maintainer)
+        .await
+        .unwrap();
+    assert_eq!(compaction.files_removed, 6);
+    assert_eq!(compaction.files_added, 1);
+    assert_eq!(compaction.version, Some(7));
+
+    // A rewrite planned against the six small files, committed after the compaction took
+    // them: nothing is written.
+    let small_file = first_file_of_version(&m, 1).await;
+    let stale = rewrite(
+        &mut m,
+        "silver.t",
+        Rewrite {
+            removes: vec![small_file],
+            groups: Vec::new(),
+            operation: deltalake::protocol::DeltaOperation::Delete { predicate: None },
+            data_change: true,
+            txns: Vec::new(),
+            metadata: Default::default(),
+        },
+        &maintainer,
+    )
+    .await
+    .unwrap();
+    assert!(
+        matches!(stale, RewriteOutcome::Superseded { .. }),
+        "{stale:?}"
+    );
+
+    // An append after the compaction, then a delete of two rows (one in the compacted
+    // file, one in the new one), then another append: the txn chain goes on.
+    async fn append(
+        w: &mut DeltaTable,
+        batch: RecordBatch,
+        app: &AppId,
+        n: i64,
+        env: &CommitEnv,
+    ) -> CommitOutcome {
+        commit(
+            w,
+            "silver.t",
+            vec![batch],
+            WriteMode::Append,
+            &[],
+            vec![TxnUpdate::new(app, Some(n - 1), n)],
+            env,
+        )
+        .await
+        .unwrap()
+    }
+    assert!(matches!(
+        append(&mut w, t.batch(6), &app, 6, &writer).await,
+        CommitOutcome::Committed { version: 8 }
+    ));
+    let schema = log::arrow_schema(&m, "silver.t").unwrap();
+    let predicate = SqlPredicate::new("n = 2 OR n = 6", &schema, "silver.t").unwrap();
+    let deleted = delete(&mut m, "silver.t", &predicate, &maintainer)
+        .await
+        .unwrap();
+    assert_eq!(deleted.rows_deleted, 2);
+    assert_eq!(deleted.version, Some(9));
+    assert_eq!((deleted.files_removed, deleted.files_added), (2, 1));
+    assert!(matches!(
+        append(&mut w, t.batch(7), &app, 7, &writer).await,
+        CommitOutcome::Committed { version: 10 }
+    ));
+
+    let mut reader = t.store.open("silver.t").await.unwrap();
+    log::refresh(&mut reader, "silver.t").await.unwrap();
+    assert_eq!(log::row_count(&reader), 6, "8 appended, 2 deleted");
+    assert_eq!(log::txn_version(&reader, &app).await.unwrap(), Some(7));
+    // Every commit but the table's creation carries an epoch, in increasing order.
+    let mut epochs = Vec::new();
+    for version in 1..=10 {
+        let actions = crate::changes::commit_actions(&reader, "silver.t", version)
+            .await
+            .unwrap()
+            .unwrap();
+        let epoch = actions.iter().find_map(|a| match a {
+            deltalake::kernel::Action::Txn(t) if t.app_id == crate::app_id::EPOCH => {
+                Some(t.version)
+            }
+            _ => None,
+        });
+        epochs.push(epoch.unwrap_or_else(|| panic!("version {version} has no epoch")));
+    }
+    assert!(epochs.windows(2).all(|w| w[0] < w[1]), "{epochs:?}");
+    // Bad predicates are refused before anything is read.
+    for (sql, expected) in [("nope = 1", "nope"), ("n + 1", "not a condition")] {
+        let error = SqlPredicate::new(sql, &schema, "silver.t").err().unwrap();
+        assert!(error.to_string().contains(expected), "{sql}: {error}");
+    }
+}
+
+/// The path of the file version `version` added.
+async fn first_file_of_version(table: &DeltaTable, version: i64) -> String {
+    crate::changes::commit_actions(table, "silver.t", version)
+        .await
+        .unwrap()
+        .unwrap()
+        .into_iter()
+        .find_map(|a| match a {
+            deltalake::kernel::Action::Add(add) => Some(add.path),
+            _ => None,
+        })
+        .unwrap()
+}

@@ -44,6 +44,21 @@ pub(super) async fn commit(table: &mut DeltaTable, attempt: Attempt<'_>) -> Resu
                 .map(|file| Action::Remove(file.remove_action(true))),
         );
     }
+    if !payload.removes.is_empty() {
+        let snapshot = table.snapshot().map_err(|e| LakeError::delta(name, e))?;
+        let live: std::collections::HashMap<String, _> = snapshot
+            .log_data()
+            .iter()
+            .map(|file| (file.path().into_owned(), file))
+            .collect();
+        for path in payload.removes {
+            let file = live.get(path).ok_or_else(|| LakeError::Superseded {
+                table: name.to_string(),
+                path: path.clone(),
+            })?;
+            actions.push(Action::Remove(file.remove_action(payload.removes_data())));
+        }
+    }
     let snapshot = table.snapshot().map_err(|e| LakeError::delta(name, e))?;
     // Expired log entries are cleaned up only by the commits that write a checkpoint (the
     // only ones after which there is anything to clean): the cleanup lists the whole log.

@@ -68,7 +68,7 @@ pub(super) async fn commit_once(
             return Ok(CommitOutcome::AlreadyCommitted);
         };
         let data = CommitData::new(
-            actions(payload, &head),
+            actions(name, payload, &head)?,
             payload.operation(),
             attempt.app_metadata(),
             txn_actions,
@@ -191,15 +191,25 @@ pub(super) fn txn_actions(
     Some(actions)
 }
 
-/// The data actions: the new files, and for an overwrite the removal of every file the
-/// table holds at `head`.
-fn actions(payload: &Payload<'_>, head: &Head) -> Vec<Action> {
+/// The data actions: the new files, for an overwrite the removal of every file the table
+/// holds at `head`, and for a rewrite the removal of its files — each still in the table at
+/// `head`, or the rewrite is [`LakeError::Superseded`].
+fn actions(name: &str, payload: &Payload<'_>, head: &Head) -> Result<Vec<Action>> {
     let mut actions: Vec<Action> = payload.files.iter().cloned().map(Action::Add).collect();
+    let now = chrono::Utc::now().timestamp_millis();
     if payload.mode == WriteMode::Overwrite {
-        let now = chrono::Utc::now().timestamp_millis();
         actions.extend(head.files().map(|f| Action::Remove(f.remove(now))));
     }
-    actions
+    for path in payload.removes {
+        let file = head.file(path).ok_or_else(|| LakeError::Superseded {
+            table: name.to_string(),
+            path: path.clone(),
+        })?;
+        let mut remove = file.remove(now);
+        remove.data_change = payload.removes_data();
+        actions.push(Action::Remove(remove));
+    }
+    Ok(actions)
 }
 
 /// Which code writes a commit's log entry.

@@ -45,6 +45,7 @@
 mod delta_rs;
 mod files;
 mod lean;
+mod rewrite;
 #[cfg(test)]
 mod tests;
 
@@ -63,6 +64,7 @@ use crate::recent_files::RecentFiles;
 use crate::{LakeError, Result};
 
 pub use lean::CommitPath;
+pub use rewrite::{DELETED_POSITIONS_KEY, Rewrite, RewriteOutcome, rewrite};
 
 /// How a commit changes the table.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -144,7 +146,6 @@ pub async fn commit(
     txns: Vec<TxnUpdate>,
     env: &CommitEnv,
 ) -> Result<CommitOutcome> {
-    let arbiter = env.arbiter.as_ref();
     let files::Written {
         files,
         file_schema,
@@ -158,7 +159,34 @@ pub async fn commit(
         files: &files,
         mode,
         partition_by,
+        removes: &[],
+        operation: None,
+        metadata: None,
     };
+    let outcome = attempts(table, name, &payload, &txns, env).await?;
+    if let (CommitOutcome::Committed { .. }, [file]) = (&outcome, files.as_slice()) {
+        env.recent.keep(
+            table.table_url().as_str(),
+            &file.path,
+            &file_schema,
+            &partition_columns,
+            &batches,
+        );
+    }
+    Ok(outcome)
+}
+
+/// Writes the log entry of `payload`, attempt after attempt, each under the commit lock
+/// when there is an arbiter, until it lands, the txn versions show it is already in, or an
+/// error retrying cannot help (or [`ATTEMPTS`] ran out).
+async fn attempts(
+    table: &mut DeltaTable,
+    name: &str,
+    payload: &Payload<'_>,
+    txns: &[TxnUpdate],
+    env: &CommitEnv,
+) -> Result<CommitOutcome> {
+    let arbiter = env.arbiter.as_ref();
     let mut last_error = None;
     for attempt in 0..ATTEMPTS {
         // Held for the log write only; dropping it (this future dropped mid-way included)
@@ -169,8 +197,8 @@ pub async fn commit(
         };
         let this_attempt = Attempt {
             name,
-            payload: &payload,
-            txns: &txns,
+            payload,
+            txns,
             lock: lock.as_ref(),
             env,
         };
@@ -188,18 +216,9 @@ pub async fn commit(
                 );
                 return Ok(CommitOutcome::AlreadyCommitted);
             }
-            Ok(outcome) => {
-                if let (CommitOutcome::Committed { .. }, [file]) = (&outcome, files.as_slice()) {
-                    env.recent.keep(
-                        table.table_url().as_str(),
-                        &file.path,
-                        &file_schema,
-                        &partition_columns,
-                        &batches,
-                    );
-                }
-                return Ok(outcome);
-            }
+            Ok(outcome) => return Ok(outcome),
+            // A rewrite whose files another rewrite took: the caller plans again.
+            Err(error @ LakeError::Superseded { .. }) => return Err(error),
             Err(error) => {
                 // Outcome unknown (or lost a race, or fenced): the txn versions decide on
                 // the next pass.
@@ -224,10 +243,28 @@ struct Payload<'a> {
     /// Overwrites also remove every file the table holds.
     mode: WriteMode,
     partition_by: &'a [String],
+    /// Files a rewrite takes out (paths as the table's head holds them), and whether their
+    /// rows go (`dataChange`); each must still be in the table at the version the commit
+    /// follows, or the commit is [`LakeError::Superseded`].
+    removes: &'a [String],
+    /// The operation a rewrite records (appends and overwrites record a write).
+    operation: Option<(DeltaOperation, bool)>,
+    /// What a rewrite adds to the commit's `commitInfo`.
+    metadata: Option<&'a std::collections::HashMap<String, serde_json::Value>>,
 }
 
 impl Payload<'_> {
+    /// Whether the removed files' rows leave the table (not so for compaction).
+    fn removes_data(&self) -> bool {
+        self.operation
+            .as_ref()
+            .is_none_or(|(_, data_change)| *data_change)
+    }
+
     fn operation(&self) -> DeltaOperation {
+        if let Some((operation, _)) = &self.operation {
+            return operation.clone();
+        }
         DeltaOperation::Write {
             mode: match self.mode {
                 WriteMode::Append => SaveMode::Append,
@@ -255,12 +292,11 @@ pub const WRITER_KEY: &str = "smelter.writer";
 impl Attempt<'_> {
     /// What the commit's `commitInfo` says besides Delta's fields: its writer, if known.
     fn app_metadata(&self) -> std::collections::HashMap<String, serde_json::Value> {
-        self.env
-            .arbiter
-            .as_ref()
-            .map(|a| (WRITER_KEY.to_string(), serde_json::Value::from(a.holder())))
-            .into_iter()
-            .collect()
+        let mut metadata = self.payload.metadata.cloned().unwrap_or_default();
+        if let Some(arbiter) = &self.env.arbiter {
+            metadata.insert(WRITER_KEY.to_string(), arbiter.holder().into());
+        }
+        metadata
     }
 
     /// The epoch of the held lock, if any.

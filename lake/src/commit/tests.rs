@@ -4,7 +4,7 @@ use deltalake::DeltaTable;
 
 use super::*;
 use crate::compact::compact;
-use crate::location::{LogKind, TableStore};
+use crate::location::TableStore;
 use crate::log::{latest_version, refresh, row_count, version};
 use crate::testing::TestTable;
 
@@ -130,7 +130,7 @@ async fn overwrites_remove_what_other_writers_and_compaction_left() {
     }
     put(&mut b, &t, 3, WriteMode::Append, &env_b).await;
     let mut maintenance = t.store.open("silver.t").await.unwrap();
-    let compaction = compact(&mut maintenance, "silver.t", LogKind::PutIfAbsent)
+    let compaction = compact(&mut maintenance, "silver.t", Default::default(), &env_b)
         .await
         .unwrap();
     assert_eq!(compaction.files_removed, 4);

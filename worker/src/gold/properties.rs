@@ -12,7 +12,7 @@ use arrow::array::{
 use deltalake::DeltaTable;
 use proptest::prelude::*;
 use smelter_lake::testing::commit_for_test;
-use smelter_lake::{LogKind, TableStore, WriteMode, log};
+use smelter_lake::{TableStore, WriteMode, log};
 
 use super::tests::{INCREMENTAL, SILVER, render, schema};
 use super::{RefreshKind, Refresher};
@@ -125,9 +125,14 @@ async fn check(steps: Vec<Step>) -> Result<(), TestCaseError> {
                 Some(rows.len() as u64)
             }
             Step::Compact => {
-                smelter_lake::compact::compact(&mut silver, SILVER, LogKind::PutIfAbsent)
-                    .await
-                    .expect("compaction");
+                smelter_lake::compact::compact(
+                    &mut silver,
+                    SILVER,
+                    Default::default(),
+                    &Default::default(),
+                )
+                .await
+                .expect("compaction");
                 Some(0)
             }
             Step::Overwrite(rows) => {

@@ -12,7 +12,7 @@ use arrow::util::display::{ArrayFormatter, FormatOptions};
 use super::Refresher;
 use crate::serve::query::QueryEngine;
 use smelter_lake::testing::commit_for_test;
-use smelter_lake::{LogKind, TableStore, WriteMode, log};
+use smelter_lake::{TableStore, WriteMode, log};
 
 pub(super) const SILVER: &str = "silver.events";
 
@@ -163,9 +163,14 @@ async fn incremental_results_equal_full_recomputation() {
     for step in 0..7 {
         match step {
             3 => {
-                smelter_lake::compact::compact(&mut silver, SILVER, LogKind::PutIfAbsent)
-                    .await
-                    .unwrap();
+                smelter_lake::compact::compact(
+                    &mut silver,
+                    SILVER,
+                    Default::default(),
+                    &Default::default(),
+                )
+                .await
+                .unwrap();
             }
             5 => {
                 commit_for_test(

@@ -23,6 +23,7 @@ use tokio_util::sync::CancellationToken;
 use super::supervise::supervise;
 use crate::tasks::aggregate::AggregateTask;
 use crate::tasks::ingest::IngestTask;
+use crate::tasks::maintain::MaintainTask;
 use crate::tasks::refine::RefineTask;
 use crate::tasks::{Progress, TaskEnv};
 
@@ -43,6 +44,9 @@ pub(super) enum UnitKey {
         pipeline: String,
         table: String,
     },
+    Maintain {
+        pipeline: String,
+    },
 }
 
 impl UnitKey {
@@ -50,7 +54,8 @@ impl UnitKey {
         match self {
             UnitKey::Ingest { pipeline, .. }
             | UnitKey::Refine { pipeline, .. }
-            | UnitKey::Aggregate { pipeline, .. } => pipeline,
+            | UnitKey::Aggregate { pipeline, .. }
+            | UnitKey::Maintain { pipeline } => pipeline,
         }
     }
 }
@@ -111,6 +116,9 @@ pub(super) async fn reconcile(
             TaskKind::Aggregate => UnitKey::Aggregate {
                 pipeline: task.pipeline.clone(),
                 table: task.table.clone(),
+            },
+            TaskKind::Maintain => UnitKey::Maintain {
+                pipeline: task.pipeline.clone(),
             },
             TaskKind::Unspecified => continue,
         };
@@ -196,6 +204,7 @@ pub(super) async fn reconcile(
             UnitKey::Ingest { .. } => TaskKind::Ingest,
             UnitKey::Refine { .. } => TaskKind::Refine,
             UnitKey::Aggregate { .. } => TaskKind::Aggregate,
+            UnitKey::Maintain { .. } => TaskKind::Maintain,
         };
         units.insert(
             key,
@@ -278,6 +287,7 @@ async fn run_unit(
                 UnitKey::Aggregate { table, .. } => {
                     AggregateTask { table }.run(env, progress, cancel).await
                 }
+                UnitKey::Maintain { .. } => MaintainTask.run(env, progress, cancel).await,
             }
         }
     };

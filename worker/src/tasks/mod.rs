@@ -1,4 +1,5 @@
-//! The three kinds of pipeline task and what they share.
+//! The four kinds of pipeline task (ingest, refine, aggregate, maintain) and what they
+//! share.
 //!
 //! A task is a loop owned by one worker: it reads upstream from where the target table's
 //! txn versions say it stopped, commits, and repeats until cancelled. Tasks keep no state
@@ -8,6 +9,7 @@
 pub mod aggregate;
 pub mod drained;
 pub mod ingest;
+pub mod maintain;
 pub mod refine;
 pub mod schemas;
 pub mod validate;

@@ -1,0 +1,203 @@
+//! The maintenance task: one per pipeline, placed on a worker like the others. It looks at
+//! each of the pipeline's tables (and each silver table's quarantine) every
+//! `maintenance.every`, compacts it once it has `min_small_files` files smaller than
+//! `target_file_mb`, and vacuums the files rewrites took out more than `retention` ago —
+//! only those removed at or before the version every reader of the table has consumed
+//! (see `smelter_lake::vacuum`), so a lagging refine never finds its input gone.
+//!
+//! Why a task and not a timer in every writer: compaction reads and rewrites whole files,
+//! which would stall a streaming writer's next batch; as a task of its own it runs on its
+//! own thread, the coordinator places it (and moves it when its worker dies), and it is
+//! the only compactor of its pipeline's tables. Its commits take the same commit lock as
+//! the writers' (see `smelter_lake::compact`), so they queue with them — arbitrated stores
+//! included — and never conflict with an append. Checkpoints are written by the commit
+//! path itself, every `checkpointInterval` versions.
+
+use std::time::Duration;
+
+use deltalake::DeltaTable;
+use smelter_common::spec::{Layer, MaintenanceSpec, PipelineSpec, TableSpec, table_layer};
+use smelter_lake::compact::{CompactOptions, compact};
+use smelter_lake::vacuum::vacuum;
+use smelter_lake::{AppId, log};
+use smelter_proto::TaskState;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use super::{Progress, TaskEnv};
+use crate::Result;
+
+/// Keeps one pipeline's tables compacted and vacuumed.
+pub struct MaintainTask;
+
+/// One table under maintenance.
+struct Maintained {
+    name: String,
+    spec: MaintenanceSpec,
+    due: Instant,
+    table: Option<DeltaTable>,
+}
+
+impl MaintainTask {
+    /// Runs until cancelled.
+    pub async fn run(
+        self,
+        env: TaskEnv,
+        progress: Progress,
+        cancel: CancellationToken,
+    ) -> Result<()> {
+        progress.set_state(TaskState::Starting);
+        let mut tables = maintained(&env.pipeline);
+        progress.set_state(TaskState::Running);
+        let mut compacted_files = 0u64;
+        loop {
+            let now = Instant::now();
+            for entry in tables.iter_mut().filter(|t| t.due <= now) {
+                if cancel.is_cancelled() {
+                    break;
+                }
+                entry.due = now + entry.spec.every;
+                match maintain(&env, entry).await {
+                    Ok(Some((version, files))) => {
+                        compacted_files += files;
+                        progress.update(|r| {
+                            r.table_version = version;
+                            r.rows_committed = compacted_files;
+                            r.last_commit_unix_ms = chrono::Utc::now().timestamp_millis();
+                        });
+                    }
+                    Ok(None) => {}
+                    Err(error) if error.is_retryable() => {
+                        tracing::warn!(table = %entry.name, %error, "maintenance failed; trying again at the next interval");
+                    }
+                    Err(error) => return Err(error),
+                }
+            }
+            let next = tables
+                .iter()
+                .map(|t| t.due)
+                .min()
+                .unwrap_or_else(|| Instant::now() + Duration::from_secs(60));
+            tokio::select! {
+                _ = cancel.cancelled() => {
+                    progress.set_state(TaskState::Stopped);
+                    return Ok(());
+                }
+                _ = tokio::time::sleep_until(next) => {}
+            }
+        }
+    }
+}
+
+/// The tables to look after: every table whose maintenance is on, and each silver table's
+/// quarantine with its table's settings.
+fn maintained(pipeline: &PipelineSpec) -> Vec<Maintained> {
+    let now = Instant::now();
+    let mut out = Vec::new();
+    for (name, spec) in &pipeline.tables {
+        if !spec.maintenance.enabled {
+            continue;
+        }
+        let mut names = vec![name.clone()];
+        if table_layer(name) == Some(Layer::Silver) {
+            names.push(TableSpec::quarantine_name(name));
+        }
+        for name in names {
+            out.push(Maintained {
+                name,
+                spec: spec.maintenance.clone(),
+                // The first look comes one interval after the start: a worker that just
+                // took the task over need not rewrite anything in its first moments.
+                due: now + spec.maintenance.every,
+                table: None,
+            });
+        }
+    }
+    out
+}
+
+/// Compacts and vacuums one table if it exists; the compaction's version and the files it
+/// replaced, when it made one.
+async fn maintain(env: &TaskEnv, entry: &mut Maintained) -> Result<Option<(i64, u64)>> {
+    if entry.table.is_none() {
+        if !env.tables.exists(&entry.name).await {
+            return Ok(None);
+        }
+        entry.table = Some(env.tables.open(&entry.name).await?);
+    }
+    let table = entry.table.as_mut().expect("opened above");
+    let options = CompactOptions {
+        target_file_bytes: entry.spec.target_file_mb * 1024 * 1024,
+        min_small_files: entry.spec.min_small_files,
+    };
+    let compaction = compact(table, &entry.name, options, &env.commits).await?;
+    let vacuumed = match consumed_by_readers(env, &entry.name).await? {
+        Some(as_of) => {
+            vacuum(
+                table,
+                &entry.name,
+                entry.spec.retention,
+                as_of,
+                &env.commits,
+            )
+            .await?
+        }
+        None => Default::default(),
+    };
+    tracing::debug!(table = %entry.name, ?compaction, files_vacuumed = vacuumed.files_deleted, "maintenance pass");
+    Ok(compaction
+        .version
+        .map(|version| (version, compaction.files_removed)))
+}
+
+/// The version of `name` every table of the pipeline that reads it has consumed: `Some(None)`
+/// when nothing reads it (the latest, then), `None` while a reader has not started.
+async fn consumed_by_readers(env: &TaskEnv, name: &str) -> Result<Option<Option<i64>>> {
+    let mut least: Option<i64> = None;
+    for (reader, spec) in &env.pipeline.tables {
+        if spec.from != name || table_layer(reader) == Some(Layer::Bronze) {
+            continue;
+        }
+        if !env.tables.exists(reader).await {
+            return Ok(None);
+        }
+        let table = env.tables.open(reader).await?;
+        let Some(consumed) = log::txn_version(&table, &AppId::upstream(reader, name)).await? else {
+            return Ok(None);
+        };
+        least = Some(least.map_or(consumed, |l: i64| l.min(consumed)));
+    }
+    Ok(Some(least))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quarantines_follow_their_silver_table_and_disabled_tables_are_skipped() {
+        let spec = smelter_common::spec::PipelineSpec::parse(
+            r#"
+pipeline: p
+sources:
+  s: { generator: { events: 10 } }
+tables:
+  bronze.raw: { from: s, maintenance: { enabled: false } }
+  silver.events:
+    from: bronze.raw
+    parse: { format: json, schema: { id: string } }
+    maintenance: { min_small_files: 4, every: 5s }
+"#,
+            "p.yaml",
+        )
+        .unwrap();
+        let tables = maintained(&spec);
+        let names: Vec<&str> = tables.iter().map(|t| t.name.as_str()).collect();
+        assert_eq!(names, ["silver.events", "silver.events_quarantine"]);
+        assert!(
+            tables
+                .iter()
+                .all(|t| t.spec.min_small_files == 4 && t.spec.every == Duration::from_secs(5))
+        );
+    }
+}
