@@ -247,9 +247,10 @@ def test_metrics_are_valid_prometheus_text_that_match_the_tables(cluster):
     assert check.returncode == 0, check.stdout + check.stderr
     assert samples(text, "smelter_coordinator_leader") == {"": 1.0}
     assert samples(text, "smelter_workers")[""] >= 1
-    # Every task of the pipeline: four ingest partitions, refine, three gold tables.
+    # Every task of the pipeline: four ingest partitions, refine, three gold tables, and
+    # the pipeline's maintenance.
     states = samples(text, "smelter_task_state")
-    assert len(states) == 8, states
+    assert len(states) == 9, states
     assert all('state="idle"' in k or 'state="running"' in k for k in states), states
     lag = samples(text, "smelter_task_lag")
     assert lag and all(v == 0 for v in lag.values()), lag

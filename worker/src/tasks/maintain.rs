@@ -48,9 +48,9 @@ impl MaintainTask {
     ) -> Result<()> {
         progress.set_state(TaskState::Starting);
         let mut tables = maintained(&env.pipeline);
-        progress.set_state(TaskState::Running);
         let mut compacted_files = 0u64;
         loop {
+            progress.set_state(TaskState::Running);
             let now = Instant::now();
             for entry in tables.iter_mut().filter(|t| t.due <= now) {
                 if cancel.is_cancelled() {
@@ -78,6 +78,7 @@ impl MaintainTask {
                 .map(|t| t.due)
                 .min()
                 .unwrap_or_else(|| Instant::now() + Duration::from_secs(60));
+            progress.set_state(TaskState::Idle);
             tokio::select! {
                 _ = cancel.cancelled() => {
                     progress.set_state(TaskState::Stopped);
@@ -180,7 +181,7 @@ mod tests {
             r#"
 pipeline: p
 sources:
-  s: { generator: { events: 10 } }
+  s: { generator: { count: 10 } }
 tables:
   bronze.raw: { from: s, maintenance: { enabled: false } }
   silver.events:
