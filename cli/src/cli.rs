@@ -48,6 +48,13 @@ pub enum Command {
     History(HistoryArgs),
     /// Delete the rows matching a predicate, in one commit (safe while the pipeline runs).
     Delete(DeleteArgs),
+    /// Bring a table (and the layers it feeds) or a whole pipeline back to an earlier
+    /// version; the pipeline is paused meanwhile and reprocesses from there.
+    Restore(RestoreArgs),
+    /// Pause a pipeline: its tasks finish their batch and stop, staying placed.
+    Pause(PauseArgs),
+    /// Resume a paused pipeline.
+    Resume(PauseArgs),
     /// Measure throughput, latency and memory against the limit of the bare stages.
     Bench(BenchArgs),
     /// Run the coordinator role.
@@ -201,6 +208,48 @@ pub struct DeleteArgs {
     /// Output format (`table` or `json`).
     #[arg(long, short, value_enum, default_value_t = Format::Table)]
     pub output: Format,
+}
+
+/// `smelter restore`.
+#[derive(Debug, clap::Args)]
+#[command(group(clap::ArgGroup::new("what").required(true).args(["table", "pipeline"])))]
+#[command(group(clap::ArgGroup::new("when").required(true).args(["version", "timestamp"])))]
+pub struct RestoreArgs {
+    /// The table (`layer.name`) to bring back.
+    pub table: Option<String>,
+    /// Bring every table of this pipeline back to one consistent cut (with --timestamp).
+    #[arg(long, requires = "timestamp", conflicts_with = "version")]
+    pub pipeline: Option<String>,
+    /// The version to bring the table back to.
+    #[arg(long)]
+    pub version: Option<i64>,
+    /// The time to bring it back to (RFC 3339, `YYYY-MM-DD HH:MM:SS` or a date; UTC): the
+    /// latest version committed at or before it.
+    #[arg(long)]
+    pub timestamp: Option<String>,
+    /// Coordinator endpoints, comma-separated: the pipeline is paused there meanwhile.
+    #[arg(long, env = "SMELTER_COORDINATOR", default_value = "127.0.0.1:7070")]
+    pub coordinator: String,
+    /// Nothing runs the pipeline: restore the tables without pausing it.
+    #[arg(long)]
+    pub offline: bool,
+    /// Data directory as given to `smelter up` (tables in DIR/tables); defaults to
+    /// `storage.root` of the configuration.
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+    /// Output format (`table` or `json`).
+    #[arg(long, short, value_enum, default_value_t = Format::Table)]
+    pub output: Format,
+}
+
+/// `smelter pause` and `smelter resume`.
+#[derive(Debug, clap::Args)]
+pub struct PauseArgs {
+    /// The pipeline.
+    pub pipeline: String,
+    /// Coordinator endpoints, comma-separated.
+    #[arg(long, env = "SMELTER_COORDINATOR", default_value = "127.0.0.1:7070")]
+    pub coordinator: String,
 }
 
 /// `smelter bench`.

@@ -63,6 +63,7 @@ impl CliError {
             ) => 2,
             CliError::Worker(smelter_worker::WorkerError::InvalidSpec { .. }) => 2,
             CliError::InvalidArgument(_) => 2,
+            CliError::Lake(smelter_lake::LakeError::Invalid { .. }) => 2,
             _ => 1,
         }
     }

@@ -75,6 +75,9 @@ async fn run(cli: Cli) -> Result<(), CliError> {
         Command::Verify(args) => commands::verify::run(config, args).await,
         Command::Compact(args) => commands::compact::run(config, args).await,
         Command::Delete(args) => commands::delete::run(config, args).await,
+        Command::Restore(args) => commands::restore::run(config, args).await,
+        Command::Pause(args) => commands::restore::pause(&config, args, true).await,
+        Command::Resume(args) => commands::restore::pause(&config, args, false).await,
         Command::History(args) => commands::history::run(config, args).await,
         Command::Bench(args) => commands::bench::run(config, args).await,
     }

@@ -254,6 +254,7 @@ mod tests {
                 spec_yaml: include_str!("../../examples/clickstream.yaml").into(),
                 origin: "clickstream.yaml".into(),
                 revision: 1,
+                paused: false,
             }],
             ..Default::default()
         };

@@ -28,6 +28,9 @@ pub enum CoordinatorError {
         /// The leader's control-plane URL, or empty while an election is on.
         leader: String,
     },
+    /// A request names something that does not exist (a pipeline never applied).
+    #[error("{0}")]
+    NotFound(String),
     /// A bug: a task of the coordinator panicked.
     #[error("internal error: {0}")]
     Internal(String),
@@ -53,7 +56,9 @@ impl From<CoordinatorError> for tonic::Status {
             CoordinatorError::Common(_)
             | CoordinatorError::Transport(_)
             | CoordinatorError::Internal(_) => tonic::Status::internal(message),
-            CoordinatorError::UnknownWorker { .. } => tonic::Status::not_found(message),
+            CoordinatorError::UnknownWorker { .. } | CoordinatorError::NotFound(_) => {
+                tonic::Status::not_found(message)
+            }
             CoordinatorError::NotOwner { .. } => tonic::Status::failed_precondition(message),
             CoordinatorError::ShuttingDown => tonic::Status::unavailable(message),
         }

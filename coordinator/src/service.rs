@@ -193,6 +193,23 @@ impl Control for ControlService {
         ))
     }
 
+    async fn set_pipeline_paused(
+        &self,
+        request: Request<smelter_proto::SetPipelinePausedRequest>,
+    ) -> Result<Response<smelter_proto::SetPipelinePausedResponse>, Status> {
+        allow(&request, Access::Operator, "pausing or resuming a pipeline")?;
+        let request = request.into_inner();
+        require("pipeline", &request.pipeline)?;
+        Ok(Response::new(
+            self.call(|reply| Command::SetPaused {
+                pipeline: request.pipeline,
+                paused: request.paused,
+                reply,
+            })
+            .await??,
+        ))
+    }
+
     async fn get_cluster_status(
         &self,
         request: Request<ClusterStatusRequest>,

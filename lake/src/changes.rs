@@ -69,19 +69,100 @@ pub async fn commit_actions(
     }
 }
 
+/// The version a `RESTORE` commit brought its table back to.
+pub fn restored_to(actions: &[Action]) -> Option<i64> {
+    actions.iter().find_map(|action| match action {
+        Action::CommitInfo(info) if info.operation.as_deref() == Some("RESTORE") => {
+            let version = info.operation_parameters.as_ref()?.get("version")?;
+            Some(
+                version
+                    .as_i64()
+                    .or_else(|| version.as_str()?.parse().ok())
+                    .unwrap_or(-1),
+            )
+        }
+        _ => None,
+    })
+}
+
 /// The files versions `from..=to` of `table` added, read from the commit entries.
+///
+/// A restore in the range to a version c the reader had reached (c ≥ `from` - 1) undid
+/// the versions after c: they and the restore itself are skipped, and the reader goes on
+/// as if the table had gone from c straight to the versions after the restore — the same
+/// rows, without the undone ones. A restore to before the reader's position is a rewrite.
 pub async fn range(table: &DeltaTable, name: &str, from: i64, to: i64) -> Result<Range> {
+    range_skipping(table, name, from, to, &[]).await
+}
+
+/// The versions in `(after, latest]` a later restore in that span undid for a reader at
+/// `after`: `(c + 1, R)` for each restore at R to a version c ≥ `after`, inclusive. A
+/// reader that reads the span in several ranges passes them to [`range_skipping`]: a
+/// range that ends before the restore cannot see it. (Restores run while the pipeline's
+/// tasks are paused, so a task learns them when it starts.)
+pub async fn undone(
+    table: &DeltaTable,
+    name: &str,
+    after: i64,
+    latest: i64,
+) -> Result<Vec<(i64, i64)>> {
+    let mut out = Vec::new();
+    for version in (after + 1)..=latest {
+        let Some(actions) = commit_actions(table, name, version).await? else {
+            continue;
+        };
+        if let Some(restored) = restored_to(&actions)
+            && restored >= after
+        {
+            out.push((restored + 1, version));
+        }
+    }
+    Ok(out)
+}
+
+/// [`range`], also skipping the versions in `undone` (see [`undone`]).
+pub async fn range_skipping(
+    table: &DeltaTable,
+    name: &str,
+    from: i64,
+    to: i64,
+    undone: &[(i64, i64)],
+) -> Result<Range> {
     let mut range = Range::default();
+    let mut commits = Vec::with_capacity((to - from + 1).max(0) as usize);
     for version in from..=to {
+        if undone.iter().any(|(lo, hi)| (*lo..=*hi).contains(&version)) {
+            continue;
+        }
         let Some(actions) = commit_actions(table, name, version).await? else {
             return Err(LakeError::generic(
                 name,
                 format!("commit {version} is missing from the log"),
             ));
         };
-        let rewrite = actions
-            .iter()
-            .any(|a| matches!(a, Action::Remove(remove) if remove.data_change));
+        commits.push((version, actions));
+    }
+    let mut undone = HashSet::new();
+    for (version, actions) in commits.iter().rev() {
+        if undone.contains(version) {
+            continue;
+        }
+        if let Some(restored) = restored_to(actions)
+            && restored >= from - 1
+        {
+            undone.extend(restored + 1..=*version);
+        }
+    }
+    for (version, actions) in commits {
+        if undone.contains(&version) {
+            continue;
+        }
+        let rewrite = actions.iter().any(|a| match a {
+            Action::Remove(remove) => remove.data_change,
+            // A restore that only puts files back still rewinds the table.
+            Action::CommitInfo(info) => info.operation.as_deref() == Some("RESTORE"),
+            _ => false,
+        });
         range.rewritten |= rewrite;
         for action in actions {
             match action {

@@ -29,12 +29,14 @@ pub struct Compaction {
 }
 
 /// When and how to compact.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CompactOptions {
     /// Files smaller than this are small; bins are filled up to it.
     pub target_file_bytes: u64,
     /// Compact only when the table has at least this many small files (at least 2).
     pub min_small_files: usize,
+    /// Write each bin's rows in Z-order over these columns (see [`crate::zorder`]).
+    pub zorder_by: Vec<String>,
 }
 
 impl Default for CompactOptions {
@@ -42,6 +44,7 @@ impl Default for CompactOptions {
         Self {
             target_file_bytes: 128 * 1024 * 1024,
             min_small_files: 2,
+            zorder_by: Vec::new(),
         }
     }
 }
@@ -59,7 +62,8 @@ pub struct Plan {
 }
 
 /// Rewrites the table's small files into larger ones in one commit (see the module docs),
-/// when it has at least `options.min_small_files` of them.
+/// when it has at least `options.min_small_files` of them, in Z-order over
+/// `options.zorder_by` if given.
 pub async fn compact(
     table: &mut DeltaTable,
     name: &str,
@@ -68,7 +72,7 @@ pub async fn compact(
 ) -> Result<Compaction> {
     for _ in 0..PLANS {
         refresh(table, name).await?;
-        let plan = plan(table, name, options, env).await?;
+        let plan = plan(table, name, &options, env).await?;
         if plan.bins.is_empty() {
             return Ok(Compaction::default());
         }
@@ -83,7 +87,11 @@ pub async fn compact(
                 }
                 removes.push(file.path.clone());
             }
-            groups.push(rows);
+            if options.zorder_by.is_empty() {
+                groups.push(rows);
+            } else {
+                groups.push(vec![crate::zorder::sort(&rows, &options.zorder_by, name)?]);
+            }
         }
         let operation = DeltaOperation::Optimize {
             predicate: None,
@@ -96,6 +104,7 @@ pub async fn compact(
             Rewrite {
                 removes,
                 groups,
+                readds: Vec::new(),
                 operation,
                 data_change: false,
                 txns: Vec::new(),
@@ -141,7 +150,7 @@ pub async fn compact(
 pub async fn plan(
     table: &mut DeltaTable,
     name: &str,
-    options: CompactOptions,
+    options: &CompactOptions,
     env: &CommitEnv,
 ) -> Result<Plan> {
     let head = env.heads.head(table, name).await?;

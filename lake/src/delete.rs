@@ -245,6 +245,7 @@ pub async fn delete(
             Rewrite {
                 removes,
                 groups,
+                readds: Vec::new(),
                 operation: DeltaOperation::Delete {
                     predicate: Some(selector.describe()),
                 },

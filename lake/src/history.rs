@@ -120,6 +120,13 @@ pub struct Entry {
 
 /// Smelter's name for a commit with these txns and Delta operation.
 fn operation_kind(txns: &[(String, i64)], delta: Option<&str>, overwrite: bool) -> String {
+    // Rewrites first: a restore moves positions too, but it ingests or refines nothing.
+    match delta.unwrap_or_default() {
+        "OPTIMIZE" => return "compact".into(),
+        "RESTORE" => return "restore".into(),
+        "DELETE" => return "delete".into(),
+        _ => {}
+    }
     let apps: Vec<AppId> = txns.iter().filter_map(|(a, _)| AppId::parse(a)).collect();
     if apps.iter().any(|a| matches!(a, AppId::Source { .. })) {
         return "ingest".into();
@@ -256,4 +263,22 @@ pub async fn version_at(table: &DeltaTable, name: &str, at_ms: i64) -> Result<Op
         version -= 1;
     }
     Ok(None)
+}
+
+/// Milliseconds since the epoch of an RFC 3339 timestamp, a `YYYY-MM-DD HH:MM:SS[.f]`
+/// (UTC) or a date (its midnight, UTC).
+pub fn parse_timestamp(text: &str) -> Option<i64> {
+    use chrono::{NaiveDate, NaiveDateTime};
+    if let Ok(at) = chrono::DateTime::parse_from_rfc3339(text) {
+        return Some(at.timestamp_millis());
+    }
+    for format in ["%Y-%m-%d %H:%M:%S%.f", "%Y-%m-%dT%H:%M:%S%.f"] {
+        if let Ok(at) = NaiveDateTime::parse_from_str(text, format) {
+            return Some(at.and_utc().timestamp_millis());
+        }
+    }
+    NaiveDate::parse_from_str(text, "%Y-%m-%d")
+        .ok()
+        .and_then(|d| d.and_hms_opt(0, 0, 0))
+        .map(|at| at.and_utc().timestamp_millis())
 }

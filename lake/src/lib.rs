@@ -15,8 +15,8 @@
 //! * [`file_format`]: how data files are encoded; [`recent_files`]: rows of files this
 //!   process committed moments ago, for the readers downstream;
 //! * [`verify`], [`compact`] and [`delete`]: the checks behind `smelter verify`, and the
-//!   rewrites behind maintenance and `smelter delete`; [`vacuum`]: deleting the files
-//!   rewrites took out, after the retention; [`failpoint`]: crash hooks for the fault suite.
+//!   rewrites behind maintenance, `smelter delete` and [`restore`]; [`vacuum`]: deleting the files
+//!   rewrites took out, after the retention; [`zorder`]: the order compaction writes rows in; [`failpoint`]: crash hooks for the fault suite.
 //!
 //! The invariants this crate keeps are listed, with the tests that break them, in
 //! `docs/exactly-once.md`.
@@ -37,11 +37,13 @@ pub mod location;
 pub mod lock;
 pub mod log;
 pub mod recent_files;
+pub mod restore;
 pub mod storage;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
 pub mod vacuum;
 pub mod verify;
+pub mod zorder;
 
 pub use app_id::AppId;
 pub use commit::{CommitEnv, CommitOutcome, TxnUpdate, WriteMode, commit};

@@ -4,8 +4,9 @@
 //!
 //! * log versions are contiguous from the first one kept;
 //! * per txn appId (source partition, upstream table, writer epoch) versions strictly
-//!   increase: each version is committed once, and never after a later one;
-//! * no data file is added twice;
+//!   increase: each version is committed once, and never after a later one — except that
+//!   a `RESTORE` commit puts positions back (what follows it is checked from there);
+//! * no data file is added twice (a `RESTORE` puts back files the table held before);
 //! * every file the log still references exists in storage;
 //! * bronze tables with source positions: per (topic, partition) the offsets are contiguous,
 //!   each present once, and the partition's txn version is its largest offset — offsets a
@@ -94,8 +95,22 @@ pub async fn verify(tables: &TableStore, name: &str) -> Result<Report> {
             );
             continue;
         };
+        let restored_to = crate::changes::restored_to(&actions);
+        if let Some(to) = restored_to {
+            // Offsets deleted after the restored version are back in the table.
+            for runs in deleted.values_mut() {
+                runs.retain(|(at, _, _)| *at <= to);
+            }
+        }
         for action in actions {
             match action {
+                Action::Txn(txn) if restored_to.is_some() => {
+                    report.txns.insert(txn.app_id.clone(), txn.version);
+                }
+                Action::Add(add) if restored_to.is_some() && !live.contains(&add.path) => {
+                    added.insert(add.path.clone());
+                    live.insert(add.path);
+                }
                 Action::Txn(txn) => {
                     if let Some(&previous) = report.txns.get(&txn.app_id) {
                         if txn.version < previous {
@@ -133,7 +148,7 @@ pub async fn verify(tables: &TableStore, name: &str) -> Result<Report> {
                 Action::CommitInfo(info) => {
                     if let Some(runs) = info.info.get(DELETED_POSITIONS_KEY) {
                         for (key, first, last) in crate::delete::deleted_runs(runs) {
-                            deleted.entry(key).or_default().push((first, last));
+                            deleted.entry(key).or_default().push((version, first, last));
                         }
                     }
                 }
@@ -163,8 +178,8 @@ pub async fn verify(tables: &TableStore, name: &str) -> Result<Report> {
     Ok(report)
 }
 
-/// Offsets deletes took out, as runs per `topic/partition`.
-type Deleted = BTreeMap<String, Vec<(i64, i64)>>;
+/// Offsets deletes took out, as runs per `topic/partition`, with the version of the delete.
+type Deleted = BTreeMap<String, Vec<(i64, i64, i64)>>;
 
 /// Bronze: per (topic, partition), offsets contiguous and unique, and the partition's txn
 /// version equal to its largest offset; `deleted` offsets fill the gaps they left.
@@ -205,7 +220,7 @@ async fn check_offsets(
             let (mut first, mut last, n, unique) =
                 (min.value(i), max.value(i), rows.value(i), distinct.value(i));
             let mut accounted = unique;
-            for (from, to) in deleted.get(&key).into_iter().flatten() {
+            for (_, from, to) in deleted.get(&key).into_iter().flatten() {
                 first = first.min(*from);
                 last = last.max(*to);
                 accounted += to - from + 1;
@@ -354,6 +369,7 @@ mod tests {
             Rewrite {
                 removes: vec![file.path],
                 groups: vec![kept],
+                readds: Vec::new(),
                 operation: deltalake::protocol::DeltaOperation::Delete { predicate: None },
                 data_change: true,
                 txns: Vec::new(),

@@ -49,6 +49,7 @@ impl TaskState {
             TaskState::Failed => "failed",
             TaskState::Stopped => "stopped",
             TaskState::Released => "released",
+            TaskState::Paused => "paused",
         }
     }
 }

@@ -74,6 +74,63 @@ impl AdminClient {
             .into_inner())
     }
 
+    /// Pauses (`true`) or resumes a pipeline; see [`Self::wait_paused`].
+    pub async fn set_paused(
+        &mut self,
+        pipeline: &str,
+        paused: bool,
+    ) -> Result<smelter_proto::SetPipelinePausedResponse> {
+        let request = smelter_proto::SetPipelinePausedRequest {
+            pipeline: pipeline.to_string(),
+            paused,
+        };
+        Ok(self.inner.set_pipeline_paused(request).await?.into_inner())
+    }
+
+    /// Waits until every task of `pipeline` reports `PAUSED` under generation `generation`
+    /// or later: each worker has drained the task's in-flight batch and runs nothing of the
+    /// pipeline. Gives up after `timeout`, naming the tasks still running.
+    pub async fn wait_paused(
+        &mut self,
+        pipeline: &str,
+        generation: u64,
+        timeout: std::time::Duration,
+    ) -> Result<()> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let status = self.status().await?;
+            let running: Vec<String> = status
+                .tasks
+                .iter()
+                .filter(|t| t.task.as_ref().is_some_and(|a| a.pipeline == pipeline))
+                .filter(|t| {
+                    !t.report.as_ref().is_some_and(|r| {
+                        r.state() == smelter_proto::TaskState::Paused
+                            && r.context
+                                .as_ref()
+                                .is_some_and(|c| c.generation >= generation)
+                    })
+                })
+                .map(|t| {
+                    t.task
+                        .as_ref()
+                        .map(|a| a.task_id.clone())
+                        .unwrap_or_default()
+                })
+                .collect();
+            if running.is_empty() {
+                return Ok(());
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(crate::SdkError::Timeout(format!(
+                    "pipeline {pipeline} not paused after {timeout:?}: still running {}",
+                    running.join(", ")
+                )));
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+    }
+
     /// Declares or updates a pipeline.
     pub async fn apply(&mut self, spec_yaml: &str, origin: &str) -> Result<ApplyPipelineResponse> {
         let request = ApplyPipelineRequest {

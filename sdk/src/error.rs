@@ -18,6 +18,9 @@ pub enum SdkError {
     /// The message carries the chain of causes (the TLS alert, the I/O error).
     #[error("transport: {0}")]
     Transport(String),
+    /// A wait ran out of time; the message says for what.
+    #[error("{0}")]
+    Timeout(String),
     /// A Flight stream failed mid-way.
     #[error("flight: {0}")]
     Flight(#[from] arrow_flight::error::FlightError),

@@ -87,6 +87,15 @@ def test_compact_and_cascading_delete_leave_plain_delta_tables(tmp_path: Path):
     for layer in tables.iterdir():
         for table in layer.iterdir():
             DeltaTable(str(table)).to_pyarrow_table()
+    # Undo the delete on silver (nothing runs: --offline): the user's rows are back, in
+    # the files the delete had removed, and any reader sees the RESTORE.
+    restored = run_json("restore", "silver.events", "--version", str(before), "--offline",
+                        "--data-dir", str(data))
+    assert restored["tables"][0]["restored_to"] == before, restored
+    back = DeltaTable(silver_path)
+    assert back.history(1)[0]["operation"] == "RESTORE"
+    assert sum(1 for u in back.to_pyarrow_table()["user_id"].to_pylist() if u == user) == rows
+    assert back.to_pyarrow_table().num_rows == silver.num_rows
     # `smelter verify` accounts for the deleted offsets: clean, exit 0.
     verified = run_json("verify", "--data-dir", str(data))
     assert all(not r["findings"] for r in verified), verified

@@ -7,21 +7,14 @@
 //! table see a commit that removed rows and rebuild from it on their next pass; they are
 //! reported, not written here. Ingest positions are untouched: nothing is read again.
 
-use std::collections::BTreeSet;
-
 use smelter_common::config::SmelterConfig;
 use smelter_common::spec::{Layer, TableSpec, table_layer};
 use smelter_lake::delete::{AtPositions, Deletion, SqlPredicate, delete};
-use smelter_lake::history::entries;
 use smelter_lake::log::arrow_schema;
-use smelter_lake::{AppId, TableStore};
 
 use crate::cli::DeleteArgs;
 use crate::output::Format;
 use crate::{CliError, Result};
-
-/// Commits read to find which tables a table reads and which read it.
-const LINEAGE_COMMITS: usize = 200;
 
 /// Deletes, cascades when asked, and prints what was deleted per table.
 pub async fn run(config: SmelterConfig, args: DeleteArgs) -> Result<()> {
@@ -50,7 +43,13 @@ pub async fn run(config: SmelterConfig, args: DeleteArgs) -> Result<()> {
     let mut report = vec![(args.table.clone(), deleted.clone())];
     let mut rebuilt = Vec::new();
     if args.cascade {
-        let mut around: Vec<String> = upstreams(&tables, &args.table).await?;
+        let mut around: Vec<String> = super::lineage::upstreams(&tables, &args.table).await?;
+        if around.is_empty() {
+            return Err(CliError::InvalidArgument(format!(
+                "{} has no refine commit naming the bronze table it reads; nothing to cascade to",
+                args.table
+            )));
+        }
         around.push(TableSpec::quarantine_name(&args.table));
         for name in around {
             if !tables.exists(&name).await {
@@ -68,7 +67,7 @@ pub async fn run(config: SmelterConfig, args: DeleteArgs) -> Result<()> {
             };
             report.push((name, deletion));
         }
-        rebuilt = readers(&tables, &args.table).await?;
+        rebuilt = super::lineage::readers(&tables, &args.table).await?;
     }
     match args.output {
         Format::Json => {
@@ -99,48 +98,4 @@ pub async fn run(config: SmelterConfig, args: DeleteArgs) -> Result<()> {
         }
     }
     Ok(())
-}
-
-/// The tables `name`'s recent commits say it read (their upstream txns).
-async fn upstreams(tables: &TableStore, name: &str) -> Result<Vec<String>> {
-    let table = tables.open(name).await?;
-    let mut found = BTreeSet::new();
-    for entry in entries(&table, name, Some(LINEAGE_COMMITS)).await? {
-        for consumed in &entry.consumed {
-            let app_id = consumed
-                .split_once('=')
-                .map_or(consumed.as_str(), |(a, _)| a);
-            if let Some(AppId::Upstream { table, upstream }) = AppId::parse(app_id)
-                && table == name
-            {
-                found.insert(upstream);
-            }
-        }
-    }
-    if found.is_empty() {
-        return Err(CliError::InvalidArgument(format!(
-            "{name} has no refine commit naming the bronze table it reads; nothing to cascade to"
-        )));
-    }
-    Ok(found.into_iter().collect())
-}
-
-/// The tables whose recent commits say they read `name`.
-async fn readers(tables: &TableStore, name: &str) -> Result<Vec<String>> {
-    let mut found = Vec::new();
-    for other in tables.list().await {
-        if other == name {
-            continue;
-        }
-        let table = tables.open(&other).await?;
-        let reads = entries(&table, &other, Some(LINEAGE_COMMITS))
-            .await?
-            .iter()
-            .flat_map(|e| &e.consumed)
-            .any(|c| c.starts_with(&format!("{other}/{name}=")));
-        if reads {
-            found.push(other);
-        }
-    }
-    Ok(found)
 }

@@ -5,6 +5,8 @@ pub mod bench;
 pub mod compact;
 pub mod delete;
 pub mod history;
+pub mod lineage;
+pub mod restore;
 pub mod roles;
 pub mod up;
 pub mod verify;

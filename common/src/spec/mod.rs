@@ -125,6 +125,9 @@ pub struct MaintenanceSpec {
     /// How often the table is looked at.
     #[serde(with = "duration")]
     pub every: Duration,
+    /// Compaction writes rows in Z-order over these columns (1 to 4), so that files can be
+    /// skipped by their statistics when a query filters on any of them.
+    pub zorder_by: Vec<String>,
 }
 
 impl Default for MaintenanceSpec {
@@ -135,6 +138,7 @@ impl Default for MaintenanceSpec {
             min_small_files: 16,
             retention: Duration::from_secs(7 * 86_400),
             every: Duration::from_secs(60),
+            zorder_by: Vec::new(),
         }
     }
 }

@@ -184,6 +184,15 @@ fn validate_maintenance(c: &Checker, name: &str, m: &super::MaintenanceSpec) -> 
             "compaction needs at least 2 small files to merge",
         ));
     }
+    if m.zorder_by.len() > 4 {
+        return Err(c.fail(
+            &path("zorder_by"),
+            format!(
+                "Z-order interleaves 1 to 4 columns, not {}",
+                m.zorder_by.len()
+            ),
+        ));
+    }
     if m.every.is_zero() {
         return Err(c.fail(
             &path("every"),

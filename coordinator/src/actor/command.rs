@@ -52,6 +52,12 @@ pub enum Command {
         origin: String,
         reply: oneshot::Sender<Result<ApplyPipelineResponse>>,
     },
+    /// A pipeline is paused or resumed.
+    SetPaused {
+        pipeline: String,
+        paused: bool,
+        reply: oneshot::Sender<Result<smelter_proto::SetPipelinePausedResponse>>,
+    },
     /// Everything, for `smelter status`.
     Status {
         reply: oneshot::Sender<ClusterStatus>,

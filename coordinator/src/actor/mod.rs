@@ -225,6 +225,13 @@ impl Actor {
             } => {
                 let _ = reply.send(self.apply(spec_yaml, origin).await);
             }
+            Command::SetPaused {
+                pipeline,
+                paused,
+                reply,
+            } => {
+                let _ = reply.send(self.set_paused(pipeline, paused).await);
+            }
             Command::Status { reply } => {
                 let _ = reply.send(self.status());
             }

@@ -46,8 +46,11 @@ pub struct StoredPipeline {
     pub spec_yaml: String,
     /// Where the spec came from (file name).
     pub origin: String,
-    /// Increases with every apply.
+    /// Increases with every apply, pause and resume.
     pub revision: u64,
+    /// Paused pipelines' tasks do not run.
+    #[serde(default)]
+    pub paused: bool,
 }
 
 impl From<StoredPipeline> for PipelineDefinition {
@@ -57,6 +60,7 @@ impl From<StoredPipeline> for PipelineDefinition {
             spec_yaml: stored.spec_yaml,
             origin: stored.origin,
             revision: stored.revision,
+            paused: stored.paused,
         }
     }
 }

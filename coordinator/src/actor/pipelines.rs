@@ -45,11 +45,14 @@ impl Actor {
             .pipelines
             .get(&spec.pipeline)
             .map_or(1, |p| p.revision + 1);
+        // A paused pipeline stays paused through a new spec.
+        let paused = self.pipelines.get(&spec.pipeline).is_some_and(|p| p.paused);
         let stored = StoredPipeline {
             name: spec.pipeline.clone(),
             spec_yaml,
             origin,
             revision,
+            paused,
         };
         let value = encode(&stored)?;
         self.put(&keys::pipeline(&spec.pipeline), value, None)
@@ -71,6 +74,38 @@ impl Actor {
             pipeline: spec.pipeline,
             revision,
             tasks: tasks as u32,
+        })
+    }
+
+    /// Pauses or resumes a pipeline: stored first, then published with a new revision, so
+    /// that workers restart its units (a paused unit only holds its tasks and reports them
+    /// paused, after the running one drained).
+    pub(super) async fn set_paused(
+        &mut self,
+        pipeline: String,
+        paused: bool,
+    ) -> Result<smelter_proto::SetPipelinePausedResponse> {
+        let Some(current) = self.pipelines.get(&pipeline).cloned() else {
+            return Err(crate::CoordinatorError::NotFound(format!(
+                "no pipeline named {pipeline} (apply it first)"
+            )));
+        };
+        let stored = StoredPipeline {
+            name: current.name,
+            spec_yaml: current.spec_yaml,
+            origin: current.origin,
+            revision: current.revision + 1,
+            paused,
+        };
+        let revision = stored.revision;
+        self.put(&keys::pipeline(&pipeline), encode(&stored)?, None)
+            .await?;
+        self.install(stored.into())?;
+        tracing::info!(%pipeline, paused, revision, "pipeline paused state changed");
+        self.bump().await;
+        Ok(smelter_proto::SetPipelinePausedResponse {
+            revision,
+            generation: self.generation,
         })
     }
 

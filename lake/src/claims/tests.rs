@@ -288,6 +288,7 @@ async fn compaction_and_delete_land_on_an_arbitrated_store_under_the_lock() {
     let options = CompactOptions {
         target_file_bytes: 1 << 20,
         min_small_files: 2,
+        zorder_by: Vec::new(),
     };
     let compaction = compact(&mut m, "silver.t", options, &maintainer)
         .await
@@ -305,6 +306,7 @@ async fn compaction_and_delete_land_on_an_arbitrated_store_under_the_lock() {
         Rewrite {
             removes: vec![small_file],
             groups: Vec::new(),
+            readds: Vec::new(),
             operation: deltalake::protocol::DeltaOperation::Delete { predicate: None },
             data_change: true,
             txns: Vec::new(),

@@ -22,6 +22,8 @@ pub struct Rewrite {
     pub removes: Vec<String>,
     /// Rows of the files put in their place: each group is written as its own file(s).
     pub groups: Vec<Vec<RecordBatch>>,
+    /// Files the table held before, put back as they were (a restore).
+    pub readds: Vec<deltalake::kernel::Add>,
     /// The operation the log records.
     pub operation: DeltaOperation,
     /// Whether rows change (`false` for compaction: the same rows in other files, which
@@ -74,6 +76,10 @@ pub async fn rewrite(
     for add in &mut added {
         add.data_change = rewrite.data_change;
     }
+    added.extend(rewrite.readds.iter().cloned().map(|mut add| {
+        add.data_change = true;
+        add
+    }));
     env.failpoints.hit("rewrite.after_files", || {
         format!("table={name} files={}", added.len())
     });

@@ -92,18 +92,22 @@ impl BronzeRows {
     }
 }
 
-/// Reads the rows of the data files that versions `from..=to` of `bronze` added.
-/// Files added without `dataChange` (compaction) are skipped: their rows were seen before.
+/// Reads the rows of the data files that versions `from..=to` of `bronze` added, but for
+/// the versions a restore undid (`undone`, see [`changes::undone`]). Files added without
+/// `dataChange` (compaction) are skipped: their rows were seen before.
 pub async fn read_versions(
     bronze: &DeltaTable,
     name: &str,
-    from: i64,
-    to: i64,
+    (from, to): (i64, i64),
+    undone: &[(i64, i64)],
     recent: &RecentFiles,
 ) -> Result<BronzeRows> {
     let columns: HashSet<String> = BRONZE_INPUT.iter().map(|c| c.to_string()).collect();
     let mut batches = Vec::new();
-    for file in changes::range(bronze, name, from, to).await?.added {
+    for file in changes::range_skipping(bronze, name, from, to, undone)
+        .await?
+        .added
+    {
         batches.extend(changes::read(bronze, name, &file, Some(&columns), recent).await?);
     }
     Ok(BronzeRows::from_batches(batches))

@@ -90,6 +90,12 @@ pub(super) async fn reconcile(
         .map(|p| (p.name.clone(), p.revision))
         .collect();
     let mut pipelines: HashMap<String, Arc<PipelineSpec>> = HashMap::new();
+    let paused: std::collections::HashSet<&str> = update
+        .pipelines
+        .iter()
+        .filter(|p| p.paused)
+        .map(|p| p.name.as_str())
+        .collect();
     for definition in &update.pipelines {
         match PipelineSpec::parse(&definition.spec_yaml, &definition.origin) {
             Ok(spec) => {
@@ -191,6 +197,7 @@ pub(super) async fn reconcile(
             env,
             progress.clone(),
             cancel.clone(),
+            paused.contains(key.pipeline()),
         );
         let handle = spawn_on_own_thread(task);
         tracing::info!(
@@ -258,14 +265,22 @@ fn spawn_on_own_thread(task: impl Future<Output = ()> + Send + 'static) -> JoinH
     })
 }
 
-/// The supervised task of unit `key` (see [`supervise`]).
+/// The supervised task of unit `key` (see [`supervise`]). A unit of a paused pipeline
+/// runs nothing: it holds its tasks and reports them paused until it is stopped (the unit
+/// it replaced has drained by then: [`reconcile`] waits for stale units first).
 async fn run_unit(
     key: UnitKey,
     partitions: Vec<i32>,
     env: TaskEnv,
     progress: Progress,
     cancel: CancellationToken,
+    paused: bool,
 ) {
+    if paused {
+        progress.set_state(smelter_proto::TaskState::Paused);
+        cancel.cancelled().await;
+        return;
+    }
     let what = format!("{key:?}");
     let start = || {
         let (env, progress, cancel) = (env.clone(), progress.clone(), cancel.clone());

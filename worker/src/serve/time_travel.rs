@@ -131,24 +131,6 @@ fn clauses(sql: &str) -> Result<Vec<Clause>, DataFusionError> {
     Ok(found)
 }
 
-/// Milliseconds since the epoch of an RFC 3339 timestamp, a `YYYY-MM-DD HH:MM:SS[.f]`
-/// (UTC) or a date (its midnight, UTC).
-fn parse_timestamp(text: &str) -> Option<i64> {
-    use chrono::{NaiveDate, NaiveDateTime};
-    if let Ok(at) = chrono::DateTime::parse_from_rfc3339(text) {
-        return Some(at.timestamp_millis());
-    }
-    for format in ["%Y-%m-%d %H:%M:%S%.f", "%Y-%m-%dT%H:%M:%S%.f"] {
-        if let Ok(at) = NaiveDateTime::parse_from_str(text, format) {
-            return Some(at.and_utc().timestamp_millis());
-        }
-    }
-    NaiveDate::parse_from_str(text, "%Y-%m-%d")
-        .ok()
-        .and_then(|d| d.and_hms_opt(0, 0, 0))
-        .map(|at| at.and_utc().timestamp_millis())
-}
-
 /// The version `clause` names, checked against the versions the table's log holds.
 async fn resolve(tables: &TableStore, clause: &Clause) -> Result<i64, DataFusionError> {
     let full = format!("{}.{}", clause.layer, clause.name);
@@ -171,7 +153,7 @@ async fn resolve(tables: &TableStore, clause: &Clause) -> Result<i64, DataFusion
         ))),
         AsOf::Version(version) => Ok(*version),
         AsOf::Timestamp(text) => {
-            let at = parse_timestamp(text).ok_or_else(|| {
+            let at = smelter_lake::history::parse_timestamp(text).ok_or_else(|| {
                 plan_error(format!(
                     "TIMESTAMP AS OF '{text}': not a timestamp (try '2026-11-01T10:00:00Z')"
                 ))
@@ -252,13 +234,17 @@ mod tests {
             "2026-11-01 10:00:00",
             "2026-11-01T10:00:00.000",
         ] {
-            assert_eq!(parse_timestamp(text), Some(expected), "{text}");
+            assert_eq!(
+                smelter_lake::history::parse_timestamp(text),
+                Some(expected),
+                "{text}"
+            );
         }
         assert_eq!(
-            parse_timestamp("2026-11-01"),
+            smelter_lake::history::parse_timestamp("2026-11-01"),
             Some(expected - 10 * 3_600_000)
         );
-        assert_eq!(parse_timestamp("yesterday"), None);
+        assert_eq!(smelter_lake::history::parse_timestamp("yesterday"), None);
     }
 
     #[test]

@@ -52,6 +52,7 @@ impl MaintainTask {
         loop {
             progress.set_state(TaskState::Running);
             let now = Instant::now();
+            let mut failed = Vec::new();
             for entry in tables.iter_mut().filter(|t| t.due <= now) {
                 if cancel.is_cancelled() {
                     break;
@@ -67,10 +68,12 @@ impl MaintainTask {
                         });
                     }
                     Ok(None) => {}
-                    Err(error) if error.is_retryable() => {
+                    // One table's failure (a store hiccup, a zorder_by column the table
+                    // lacks) does not stop the others': reported, tried again next time.
+                    Err(error) => {
                         tracing::warn!(table = %entry.name, %error, "maintenance failed; trying again at the next interval");
+                        failed.push(format!("{}: {error}", entry.name));
                     }
-                    Err(error) => return Err(error),
                 }
             }
             let next = tables
@@ -78,7 +81,15 @@ impl MaintainTask {
                 .map(|t| t.due)
                 .min()
                 .unwrap_or_else(|| Instant::now() + Duration::from_secs(60));
-            progress.set_state(TaskState::Idle);
+            if failed.is_empty() {
+                progress.set_state(TaskState::Idle);
+            } else {
+                // Shown in `smelter status` until a pass succeeds.
+                progress.update(|r| {
+                    r.state = TaskState::Backoff as i32;
+                    r.error = failed.join("; ");
+                });
+            }
             tokio::select! {
                 _ = cancel.cancelled() => {
                     progress.set_state(TaskState::Stopped);
@@ -130,6 +141,12 @@ async fn maintain(env: &TaskEnv, entry: &mut Maintained) -> Result<Option<(i64, 
     let options = CompactOptions {
         target_file_bytes: entry.spec.target_file_mb * 1024 * 1024,
         min_small_files: entry.spec.min_small_files,
+        // A quarantine has its own columns: it is compacted in arrival order.
+        zorder_by: if entry.name.ends_with("_quarantine") {
+            Vec::new()
+        } else {
+            entry.spec.zorder_by.clone()
+        },
     };
     let compaction = compact(table, &entry.name, options, &env.commits).await?;
     let vacuumed = match consumed_by_readers(env, &entry.name).await? {

@@ -11,7 +11,7 @@ use super::{Progress, TaskEnv};
 use crate::Result;
 use crate::refine::{self, KeyCache, Refiner, SilverAt};
 use crate::tasks::schemas;
-use smelter_lake::{AppId, CommitOutcome, TxnUpdate, WriteMode, log};
+use smelter_lake::{AppId, CommitOutcome, TxnUpdate, WriteMode, changes, log};
 
 /// Keeps one silver table (and its quarantine) current with its bronze table.
 pub struct RefineTask {
@@ -57,6 +57,9 @@ impl RefineTask {
         // The bronze table is only followed, never read as a snapshot: new versions are
         // found by probing its log, and their files are read from the commit entries.
         let mut bronze: Option<(DeltaTable, i64)> = None;
+        // Bronze versions a restore undid after this task's position (read when bronze is
+        // opened and after every reload; restores happen while the task is not running).
+        let mut undone: Option<Vec<(i64, i64)>> = None;
         let mut keys = KeyCache::default();
         let window = spec.dedupe.as_ref().and_then(|d| d.within);
         loop {
@@ -76,6 +79,10 @@ impl RefineTask {
             *known = log::latest_version(upstream, &spec.from, *known).await?;
             let latest = *known;
             let done = consumed.unwrap_or(-1);
+            if undone.is_none() {
+                undone = Some(changes::undone(upstream, &spec.from, done, latest).await?);
+            }
+            let skip = undone.as_deref().unwrap_or_default();
             progress.update(|r| r.lag = latest - done);
             if latest <= done {
                 progress.set_state(TaskState::Idle);
@@ -90,9 +97,14 @@ impl RefineTask {
                 _ => latest.min(done + env.config.refine_max_versions as i64),
             };
             let started = std::time::Instant::now();
-            let rows =
-                refine::read_versions(upstream, &spec.from, done + 1, to, &env.commits.recent)
-                    .await?;
+            let rows = refine::read_versions(
+                upstream,
+                &spec.from,
+                (done + 1, to),
+                skip,
+                &env.commits.recent,
+            )
+            .await?;
             let read_ms = started.elapsed().as_millis() as u64;
             let head = heads.head(&mut silver, &self.table).await?;
             let mut at = SilverAt {
@@ -123,6 +135,7 @@ impl RefineTask {
                         (consumed, quarantined_to) = self
                             .reload(&env, &spec.from, &mut silver, &mut quarantine)
                             .await?;
+                        undone = None;
                         continue;
                     }
                 }
@@ -161,6 +174,7 @@ impl RefineTask {
                     (consumed, quarantined_to) = self
                         .reload(&env, &spec.from, &mut silver, &mut quarantine)
                         .await?;
+                    undone = None;
                     tracing::info!(table = %self.table, ?consumed, "range already refined; resuming after the table's txn version");
                 }
             }
