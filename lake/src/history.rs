@@ -116,6 +116,8 @@ pub struct Entry {
     pub epoch: Option<i64>,
     /// Who wrote it (host, process id, Flight address), where the writer said.
     pub writer: Option<String>,
+    /// What a refine pass did to its rows (see [`crate::commit::QUALITY_KEY`]).
+    pub quality: Option<serde_json::Value>,
 }
 
 /// Smelter's name for a commit with these txns and Delta operation.
@@ -191,6 +193,7 @@ fn entry(version: i64, actions: Vec<Action>) -> Entry {
         consumed: Vec::new(),
         epoch: None,
         writer: None,
+        quality: None,
     };
     let mut txns = Vec::new();
     let mut overwrite = false;
@@ -203,6 +206,7 @@ fn entry(version: i64, actions: Vec<Action>) -> Entry {
                     .get(crate::commit::WRITER_KEY)
                     .and_then(|w| w.as_str())
                     .map(str::to_string);
+                entry.quality = info.info.get(crate::commit::QUALITY_KEY).cloned();
                 overwrite = info
                     .operation_parameters
                     .as_ref()
@@ -281,4 +285,54 @@ pub fn parse_timestamp(text: &str) -> Option<i64> {
         .ok()
         .and_then(|d| d.and_hms_opt(0, 0, 0))
         .map(|at| at.and_utc().timestamp_millis())
+}
+
+/// Every txn position of `table` as of `version` (the epoch aside), from the kept log: what
+/// the table had consumed at that version — source offsets for bronze, upstream versions
+/// for silver and gold. An error names the versions there are when `version` is not one.
+pub async fn positions_at(
+    table: &DeltaTable,
+    name: &str,
+    version: i64,
+) -> Result<Vec<(AppId, i64)>> {
+    let log = read_log(table, name).await?;
+    let first = log.first().map_or(0, |(v, _)| *v);
+    let latest = log::version(table);
+    if version < first || version > latest {
+        return Err(LakeError::Invalid {
+            table: name.to_string(),
+            message: format!("no version {version}: the versions kept are {first} to {latest}"),
+        });
+    }
+    let mut positions: std::collections::BTreeMap<AppId, i64> = Default::default();
+    let mut seen: std::collections::BTreeSet<AppId> = Default::default();
+    for (at, actions) in &log {
+        for action in actions.iter().flatten() {
+            if let Action::Txn(txn) = action
+                && let Some(app_id) = AppId::parse(&txn.app_id)
+                && app_id != AppId::Epoch
+            {
+                seen.insert(app_id.clone());
+                if *at <= version {
+                    positions.insert(app_id, txn.version);
+                }
+            }
+        }
+    }
+    if first > 0 {
+        // Positions last moved before the first kept entry: from the snapshot there.
+        let mut before = table.clone();
+        before
+            .load_version(first as u64 - 1)
+            .await
+            .map_err(|e| LakeError::delta(name, e))?;
+        for app_id in seen {
+            if !positions.contains_key(&app_id)
+                && let Some(v) = log::txn_version(&before, &app_id).await?
+            {
+                positions.insert(app_id, v);
+            }
+        }
+    }
+    Ok(positions.into_iter().collect())
 }

@@ -46,6 +46,6 @@ pub mod verify;
 pub mod zorder;
 
 pub use app_id::AppId;
-pub use commit::{CommitEnv, CommitOutcome, TxnUpdate, WriteMode, commit};
+pub use commit::{CommitEnv, CommitOutcome, TxnUpdate, WriteMode, commit, commit_write};
 pub use error::{LakeError, Result, Retry};
 pub use location::{LogKind, TableStore};

@@ -4,6 +4,7 @@ same rows.
 
 The `smelter` binary path comes from SMELTER_BIN (scripts/test.sh sets it)."""
 
+import datetime
 import json
 import os
 import shutil
@@ -316,3 +317,77 @@ def test_catalog_tables_and_lineage_come_from_the_pipeline(cluster):
     assert edges("upstream") == {("events", "bronze.events", "ingest"),
                                  ("bronze.events", "silver.events", "refine")}
     assert {("silver.events", t, "aggregate") for t in TABLES if t.startswith("gold.")} == edges("downstream")
+
+
+def test_http_history_preview_and_quality(cluster):
+    base = cluster["http"]
+    # History: one row per version, as the Delta log has them.
+    status, answer = http_json(base + "/tables/silver.events/history?limit=10000")
+    assert status == 200, answer
+    versions = [row["version"] for row in answer["rows"]]
+    silver = delta(cluster, "silver.events")
+    assert versions == list(range(silver.version(), -1, -1))
+    assert "quality" in answer["columns"] and "consumed" in answer["columns"]
+    # Preview: the first rows, with the table's columns.
+    status, answer = http_json(base + "/tables/silver.events/preview?limit=5")
+    assert status == 200 and len(answer["rows"]) == 5, answer
+    assert answer["columns"] == silver.schema().to_arrow().names
+    status, answer = http_json(base + "/tables/silver.events/preview?limit=0")
+    assert status == 400 and "limit" in answer["error"]
+    status, answer = http_json(base + "/tables/gold.nope/history")
+    assert status == 404
+    # Quality: what each refine pass recorded in its commit; every bronze row is accounted
+    # for exactly once, and the sums match what the tables hold (read by deltalake).
+    status, answer = http_json(base + "/tables/silver.events/quality")
+    assert status == 200, answer
+    for commit in answer["commits"]:
+        q = commit["quality"]
+        assert q["rows_in"] == (q["rows_out"] + sum(q["quarantined"].values()) + q["dropped"]
+                                + q["deduplicated"]), commit
+    totals = answer["totals"]
+    assert totals["rows_in"] == delta(cluster, "bronze.events").to_pyarrow_table().num_rows
+    assert totals["rows_out"] == silver.to_pyarrow_table().num_rows
+    quarantine = delta(cluster, "silver.events_quarantine").to_pyarrow_table()
+    assert sum(totals["quarantined"].values()) == quarantine.num_rows
+    by_rule = {}
+    for rule in quarantine["rule"].to_pylist():
+        by_rule[rule] = by_rule.get(rule, 0) + 1
+    assert totals["quarantined"] == by_rule
+    assert totals["deduplicated"] > 0 and isinstance(totals["warned"], dict)
+    # Since the last refine commit's own time: only the commits from then on.
+    last = answer["commits"][-1]
+    at = datetime.datetime.fromtimestamp(last["at_ms"] / 1000, datetime.timezone.utc)
+    since = at.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    status, later = http_json(base + f"/tables/silver.events/quality?since={since}")
+    assert status == 200, later
+    assert [c["version"] for c in later["commits"]] == [
+        c["version"] for c in answer["commits"] if c["at_ms"] >= last["at_ms"]]
+    status, bad = http_json(base + "/tables/silver.events/quality?since=yesterday")
+    assert status == 400 and "RFC 3339" in bad["error"]
+
+
+def test_lineage_of_one_version_reaches_the_source_offsets(cluster):
+    base = cluster["http"]
+    gold = delta(cluster, "gold.hourly_metrics").version()
+    status, tree = http_json(base + f"/catalog/lineage/gold.hourly_metrics?version={gold}")
+    assert status == 200, tree
+    assert (tree["table"], tree["version"], tree["sources"]) == ("gold.hourly_metrics", gold, [])
+    [silver] = tree["upstream"]
+    assert silver["table"] == "silver.events"
+    # The finished pipeline's last gold version read silver's last refine, which read all of
+    # bronze, whose positions are every partition's last offset (as the deltalake reader
+    # finds them in the bronze rows).
+    history = delta(cluster, "silver.events").history()
+    refines = [h["version"] for h in history if h.get("operation") == "WRITE"]
+    assert silver["version"] == max(refines)
+    [bronze] = silver["upstream"]
+    assert bronze["table"] == "bronze.events"
+    rows = delta(cluster, "bronze.events").to_pyarrow_table(columns=["partition", "offset"]).to_pylist()
+    last = {}
+    for row in rows:
+        last[row["partition"]] = max(last.get(row["partition"], -1), row["offset"])
+    assert {s["partition"]: s["offset"] for s in bronze["sources"]} == last
+    status, answer = http_json(base + "/catalog/lineage/gold.hourly_metrics?version=many")
+    assert status == 400 and "version" in answer["error"]
+    status, answer = http_json(base + f"/catalog/lineage/gold.hourly_metrics?version={gold + 1000}")
+    assert status == 400 and "versions kept are" in answer["error"], answer

@@ -7,7 +7,7 @@ use axum::http::{HeaderMap, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use smelter_common::security::Principal;
 
-use super::{Shared, error, leader_status};
+use super::{Shared, error, leader_status, respond_rows, run_sql, wants_arrow};
 use crate::catalog::Catalog;
 
 fn json(value: serde_json::Value) -> Response {
@@ -132,6 +132,7 @@ pub(super) async fn lineage(
     Path(name): Path<String>,
     uri: Uri,
 ) -> Response {
+    let metadata = tonic::metadata::MetadataMap::from_headers(headers.clone());
     let (caller, catalog) = match open(&shared, headers).await {
         Ok(opened) => opened,
         Err(response) => return response,
@@ -139,12 +140,17 @@ pub(super) async fn lineage(
     if let Err((status, message)) = visible(&catalog, &caller, &name) {
         return error(status, message);
     }
-    if uri.query().unwrap_or_default().contains("version=") {
-        return error(
-            StatusCode::NOT_IMPLEMENTED,
-            "lineage of one version (the upstream versions and offsets it consumed) is not \
-             served yet: `smelter history` shows them per version",
-        );
+    if let Some(version) = param(&uri, "version") {
+        let Ok(version) = version.parse::<i64>() else {
+            return error(
+                StatusCode::BAD_REQUEST,
+                format!("version must be a table version, not {version:?}"),
+            );
+        };
+        return match version_lineage(&shared, &metadata, name, version, 0).await {
+            Ok(tree) => json(tree),
+            Err(response) => response,
+        };
     }
     let (upstream, downstream) = catalog.lineage(&name);
     json(serde_json::json!({
@@ -152,4 +158,232 @@ pub(super) async fn lineage(
         "upstream": upstream,
         "downstream": downstream,
     }))
+}
+
+/// The value of `key` in the query string, if given.
+fn param<'a>(uri: &'a Uri, key: &str) -> Option<&'a str> {
+    uri.query()
+        .unwrap_or_default()
+        .split('&')
+        .find_map(|pair| pair.strip_prefix(key)?.strip_prefix('='))
+}
+
+/// `?limit=N` within `1..=max`, `default` when absent; what is wrong otherwise (a 400).
+fn limit(uri: &Uri, default: usize, max: usize) -> Result<usize, String> {
+    match param(uri, "limit") {
+        None => Ok(default),
+        Some(text) => match text.parse::<usize>() {
+            Ok(n) if (1..=max).contains(&n) => Ok(n),
+            _ => Err(format!(
+                "limit must be a number from 1 to {max}, not {text:?}"
+            )),
+        },
+    }
+}
+
+/// The caller's view of table `name` checked, the SQL's rows as the response.
+async fn table_sql(
+    shared: &Shared,
+    headers: HeaderMap,
+    name: &str,
+    sql: String,
+    limit: usize,
+) -> Response {
+    let arrow = wants_arrow(&headers);
+    let metadata = tonic::metadata::MetadataMap::from_headers(headers.clone());
+    let (caller, catalog) = match open(shared, headers).await {
+        Ok(opened) => opened,
+        Err(response) => return response,
+    };
+    if let Err((status, message)) = visible(&catalog, &caller, name) {
+        return error(status, message);
+    }
+    match run_sql(shared, &metadata, &sql).await {
+        Ok(batches) => respond_rows(batches, limit, arrow),
+        Err(response) => response,
+    }
+}
+
+pub(super) async fn history(
+    State(shared): State<Shared>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+    uri: Uri,
+) -> Response {
+    let limit = match limit(&uri, 100, 10_000) {
+        Ok(limit) => limit,
+        Err(message) => return error(StatusCode::BAD_REQUEST, message),
+    };
+    // Table names are `layer.name` identifiers (the catalog checked it exists).
+    let sql = format!("SELECT * FROM table_history('{name}') ORDER BY version DESC");
+    table_sql(&shared, headers, &name, sql, limit).await
+}
+
+pub(super) async fn preview(
+    State(shared): State<Shared>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+    uri: Uri,
+) -> Response {
+    let limit = match limit(&uri, 10, 1_000) {
+        Ok(limit) => limit,
+        Err(message) => return error(StatusCode::BAD_REQUEST, message),
+    };
+    let sql = format!("SELECT * FROM {name} LIMIT {limit}");
+    table_sql(&shared, headers, &name, sql, limit).await
+}
+
+pub(super) async fn quality(
+    State(shared): State<Shared>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+    uri: Uri,
+) -> Response {
+    let since = param(&uri, "since").map(|s| s.replace("%3A", ":").replace("%2B", "+"));
+    let since_ms = match since.as_deref().map(chrono::DateTime::parse_from_rfc3339) {
+        None => None,
+        Some(Ok(at)) => Some(at.timestamp_millis()),
+        Some(Err(e)) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                format!("since must be an RFC 3339 time (2026-11-01T10:00:00Z): {e}"),
+            );
+        }
+    };
+    let metadata = tonic::metadata::MetadataMap::from_headers(headers.clone());
+    let (caller, catalog) = match open(&shared, headers).await {
+        Ok(opened) => opened,
+        Err(response) => return response,
+    };
+    if let Err((status, message)) = visible(&catalog, &caller, &name) {
+        return error(status, message);
+    }
+    let sql = format!(
+        "SELECT version, CAST(timestamp AS BIGINT) AS at_ms, quality FROM table_history('{name}') \
+         WHERE quality IS NOT NULL ORDER BY version"
+    );
+    let batches = match run_sql(&shared, &metadata, &sql).await {
+        Ok(batches) => batches,
+        Err(response) => return response,
+    };
+    match summarize(&batches, since_ms) {
+        Ok(mut body) => {
+            body["table"] = name.into();
+            body["since"] = since.into();
+            json(body)
+        }
+        Err(message) => error(StatusCode::BAD_GATEWAY, message),
+    }
+}
+
+/// The figures of every commit at or after `since_ms`, and their sums: rows in and out,
+/// dropped, deduplicated, and quarantined and warned per rule.
+fn summarize(
+    batches: &[arrow::record_batch::RecordBatch],
+    since_ms: Option<i64>,
+) -> Result<serde_json::Value, String> {
+    use arrow::array::{Array, AsArray};
+    use arrow::datatypes::Int64Type;
+    let mut commits = Vec::new();
+    let mut totals = serde_json::json!({
+        "rows_in": 0, "rows_out": 0, "dropped": 0, "deduplicated": 0,
+        "quarantined": {}, "warned": {},
+    });
+    let add = |total: &mut serde_json::Value, value: &serde_json::Value| {
+        let sum = total.as_u64().unwrap_or(0) + value.as_u64().unwrap_or(0);
+        *total = sum.into();
+    };
+    for batch in batches {
+        let versions = batch.column(0).as_primitive::<Int64Type>();
+        let at = batch.column(1).as_primitive::<Int64Type>();
+        let figures = batch.column(2).as_string::<i32>();
+        for row in 0..batch.num_rows() {
+            let at_ms = at.is_valid(row).then(|| at.value(row));
+            if since_ms.is_some_and(|since| at_ms.is_none_or(|t| t < since)) {
+                continue;
+            }
+            let quality: serde_json::Value = serde_json::from_str(figures.value(row))
+                .map_err(|e| format!("version {}: {e}", versions.value(row)))?;
+            for key in ["rows_in", "rows_out", "dropped", "deduplicated"] {
+                add(&mut totals[key], &quality[key]);
+            }
+            for kind in ["quarantined", "warned"] {
+                if let Some(rules) = quality[kind].as_object() {
+                    for (rule, n) in rules {
+                        add(&mut totals[kind][rule], n);
+                    }
+                }
+            }
+            commits.push(serde_json::json!({
+                "version": versions.value(row),
+                "at_ms": at_ms,
+                "quality": quality,
+            }));
+        }
+    }
+    Ok(serde_json::json!({ "totals": totals, "commits": commits }))
+}
+
+/// How far down a version's lineage is followed (gold, silver, bronze, and a margin).
+const LINEAGE_DEPTH: usize = 4;
+
+/// What version `version` of `name` was computed from: the source offsets it consumed
+/// (bronze) and, for each upstream table, the version it read and what that version was
+/// computed from in turn — down to the source offsets that fed a gold version.
+fn version_lineage<'a>(
+    shared: &'a Shared,
+    metadata: &'a tonic::metadata::MetadataMap,
+    name: String,
+    version: i64,
+    depth: usize,
+) -> futures::future::BoxFuture<'a, Result<serde_json::Value, Response>> {
+    Box::pin(async move {
+        use arrow::array::{Array, AsArray};
+        use arrow::datatypes::{Int32Type, Int64Type};
+        let sql = format!(
+            "SELECT kind, upstream, \"partition\", position FROM table_positions('{name}', {version}) \
+             ORDER BY upstream, \"partition\""
+        );
+        let batches = run_sql(shared, metadata, &sql).await?;
+        let mut sources = Vec::new();
+        let mut upstream = Vec::new();
+        for batch in &batches {
+            let kinds = batch.column(0).as_string::<i32>();
+            let names = batch.column(1).as_string::<i32>();
+            let partitions = batch.column(2).as_primitive::<Int32Type>();
+            let positions = batch.column(3).as_primitive::<Int64Type>();
+            for row in 0..batch.num_rows() {
+                let position = positions.value(row);
+                if kinds.value(row) == "source" {
+                    sources.push(serde_json::json!({
+                        "topic": names.value(row),
+                        "partition": partitions.is_valid(row).then(|| partitions.value(row)),
+                        "offset": position,
+                    }));
+                } else if position >= 0 && depth < LINEAGE_DEPTH {
+                    upstream.push(
+                        version_lineage(
+                            shared,
+                            metadata,
+                            names.value(row).to_string(),
+                            position,
+                            depth + 1,
+                        )
+                        .await?,
+                    );
+                } else {
+                    upstream.push(serde_json::json!({
+                        "table": names.value(row),
+                        "version": position,
+                    }));
+                }
+            }
+        }
+        Ok(serde_json::json!({
+            "table": name,
+            "version": version,
+            "sources": sources,
+            "upstream": upstream,
+        }))
+    })
 }

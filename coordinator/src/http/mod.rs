@@ -9,6 +9,10 @@
 //!   `GET /catalog/lineage/{table}`: the applied pipelines' tables with owner, tags,
 //!   description, upstreams and the writing tasks' latest figures ([`crate::catalog`]),
 //!   within the caller's grants.
+//! * `GET /tables/{name}/history[?limit=N]`, `GET /tables/{name}/preview[?limit=N]` and
+//!   `GET /tables/{name}/quality[?since=T]`: the table's commits, its first rows, and the
+//!   data-quality figures refine recorded in its commits (per rule, summed since T), read
+//!   by a worker like `POST /query`.
 //! * `POST /query` `{"sql": "...", "limit": 1000}`: the rows as JSON, or as an Arrow IPC
 //!   stream with `Accept: application/vnd.apache.arrow.stream`. The leader hands the SQL to
 //!   a worker over Flight SQL with the caller's token, so the worker's read-only rules,
@@ -107,10 +111,7 @@ async fn query(
     headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> Response {
-    let arrow = headers
-        .get(header::ACCEPT)
-        .and_then(|a| a.to_str().ok())
-        .is_some_and(|a| a.contains("application/vnd.apache.arrow.stream"));
+    let arrow = wants_arrow(&headers);
     let metadata = tonic::metadata::MetadataMap::from_headers(headers);
     if let Err(status) = shared.auth.authenticate(&metadata) {
         return error(StatusCode::UNAUTHORIZED, status.message());
@@ -124,22 +125,55 @@ async fn query(
             );
         }
     };
-    let status = match leader_status(&shared).await {
-        Ok(Some(status)) => status,
-        Ok(None) => {
+    match run_sql(&shared, &metadata, &request.sql).await {
+        Ok(batches) => respond_rows(batches, request.limit, arrow),
+        Err(response) => response,
+    }
+}
+
+/// Whether the client asked for an Arrow IPC stream.
+fn wants_arrow(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::ACCEPT)
+        .and_then(|a| a.to_str().ok())
+        .is_some_and(|a| a.contains("application/vnd.apache.arrow.stream"))
+}
+
+/// [`rows`], or a 500 saying why not.
+fn respond_rows(
+    batches: Vec<arrow::record_batch::RecordBatch>,
+    limit: usize,
+    arrow: bool,
+) -> Response {
+    match rows(batches, limit, arrow) {
+        Ok(response) => response,
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
+}
+
+/// Runs `sql` on a worker over Flight SQL with the caller's token (the caller is already
+/// authenticated): its rows, or the response to give instead (503 without a leader or a
+/// worker; the worker's refusals with their meaning).
+async fn run_sql(
+    shared: &Shared,
+    metadata: &tonic::metadata::MetadataMap,
+    sql: &str,
+) -> Result<Vec<arrow::record_batch::RecordBatch>, Response> {
+    let status = match leader_status(shared).await? {
+        Some(status) => status,
+        None => {
             let leader = match &*shared.role.borrow() {
                 Role::Follower { leader } => leader.as_ref().map(|l| l.endpoint.clone()),
                 Role::Leader(_) => None,
             };
-            return error(
+            return Err(error(
                 StatusCode::SERVICE_UNAVAILABLE,
                 format!(
                     "this replica does not lead; ask the leader ({})",
                     leader.unwrap_or_else(|| "being elected".into())
                 ),
-            );
+            ));
         }
-        Err(response) => return response,
     };
     let endpoints: Vec<&str> = status
         .workers
@@ -148,10 +182,10 @@ async fn query(
         .filter(|e| !e.is_empty())
         .collect();
     if endpoints.is_empty() {
-        return error(
+        return Err(error(
             StatusCode::SERVICE_UNAVAILABLE,
             "no worker to run the query",
-        );
+        ));
     }
     let turn = shared
         .turn
@@ -159,25 +193,21 @@ async fn query(
     let endpoint = endpoints[turn % endpoints.len()];
     let credentials = smelter_sdk::Credentials {
         tls: shared.flight_tls.clone(),
-        token: smelter_common::security::auth::presented_token(&metadata)
+        token: smelter_common::security::auth::presented_token(metadata)
             .map(|t| t.expose().to_string()),
     };
     let batches = async {
         smelter_sdk::QueryClient::connect_with(endpoint, &credentials)
             .await?
-            .query(&request.sql)
+            .query(sql)
             .await
     };
-    let batches = match batches.await {
-        Ok(batches) => batches,
+    match batches.await {
+        Ok(batches) => Ok(batches),
         Err(smelter_sdk::SdkError::Rejected(status)) => {
-            return error(http_status(status.code()), status.message());
+            Err(error(http_status(status.code()), status.message()))
         }
-        Err(other) => return error(StatusCode::BAD_GATEWAY, other.to_string()),
-    };
-    match rows(batches, request.limit, arrow) {
-        Ok(response) => response,
-        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+        Err(other) => Err(error(StatusCode::BAD_GATEWAY, other.to_string())),
     }
 }
 
@@ -492,6 +522,9 @@ pub async fn serve(
         .route("/query", axum::routing::post(query))
         .route("/tables", get(catalog::tables))
         .route("/tables/{name}", get(catalog::table))
+        .route("/tables/{name}/history", get(catalog::history))
+        .route("/tables/{name}/preview", get(catalog::preview))
+        .route("/tables/{name}/quality", get(catalog::quality))
         .route("/catalog", get(catalog::catalog))
         .route("/catalog/lineage/{table}", get(catalog::lineage))
         .fallback(|| async { error(StatusCode::NOT_FOUND, "no such endpoint") })

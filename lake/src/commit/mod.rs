@@ -146,6 +146,51 @@ pub async fn commit(
     txns: Vec<TxnUpdate>,
     env: &CommitEnv,
 ) -> Result<CommitOutcome> {
+    let metadata = std::collections::HashMap::new();
+    let write = Write {
+        batches,
+        mode,
+        partition_by,
+        txns,
+        metadata: &metadata,
+    };
+    commit_write(table, name, write, env).await
+}
+
+/// One commit's data and what it records, for [`commit_write`].
+pub struct Write<'a> {
+    /// The rows.
+    pub batches: Vec<RecordBatch>,
+    /// Append or overwrite.
+    pub mode: WriteMode,
+    /// The table's partition columns.
+    pub partition_by: &'a [String],
+    /// The txn positions it moves.
+    pub txns: Vec<TxnUpdate>,
+    /// Entries for the commit's `commitInfo` (refine records the pass's data quality
+    /// figures: [`QUALITY_KEY`]).
+    pub metadata: &'a std::collections::HashMap<String, serde_json::Value>,
+}
+
+/// The `commitInfo` key under which refine records what a pass did to its rows: rows read,
+/// written, quarantined and warned per rule, dropped, deduplicated. Kept in the log, the
+/// figures survive restarts and any reader of the table sees them.
+pub const QUALITY_KEY: &str = "smelter.quality";
+
+/// [`commit`], with entries for the commit's `commitInfo`.
+pub async fn commit_write(
+    table: &mut DeltaTable,
+    name: &str,
+    write: Write<'_>,
+    env: &CommitEnv,
+) -> Result<CommitOutcome> {
+    let Write {
+        batches,
+        mode,
+        partition_by,
+        txns,
+        metadata,
+    } = write;
     let files::Written {
         files,
         file_schema,
@@ -161,7 +206,7 @@ pub async fn commit(
         partition_by,
         removes: &[],
         operation: None,
-        metadata: None,
+        metadata: Some(metadata),
     };
     let outcome = attempts(table, name, &payload, &txns, env).await?;
     if let (CommitOutcome::Committed { .. }, [file]) = (&outcome, files.as_slice()) {

@@ -52,6 +52,7 @@ fn schema() -> SchemaRef {
         ),
         Field::new("epoch", DataType::Int64, true),
         Field::new("writer", DataType::Utf8, true),
+        Field::new("quality", DataType::Utf8, true),
     ]))
 }
 
@@ -127,6 +128,11 @@ fn batch(entries: &[Entry]) -> Result<RecordBatch> {
         Arc::new(Int64Array::from_iter(entries.iter().map(|e| e.epoch))),
         Arc::new(StringArray::from_iter(
             entries.iter().map(|e| e.writer.as_deref()),
+        )),
+        Arc::new(StringArray::from_iter(
+            entries
+                .iter()
+                .map(|e| e.quality.as_ref().map(|q| q.to_string())),
         )),
     ];
     Ok(RecordBatch::try_new(schema(), columns)?)

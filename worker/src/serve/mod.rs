@@ -6,6 +6,7 @@ pub mod flight;
 pub mod functions;
 pub mod history;
 pub mod memory;
+pub mod positions;
 pub mod query;
 pub mod time_travel;
 

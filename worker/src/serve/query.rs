@@ -201,6 +201,14 @@ impl QueryEngine {
                 caller: caller.clone(),
             }),
         );
+        ctx.register_udtf(
+            "table_positions",
+            Arc::new(super::positions::PositionsFunction {
+                tables: self.tables.clone(),
+                names: names.clone(),
+                caller: caller.clone(),
+            }),
+        );
         let catalog = ctx
             .catalog("datafusion")
             .ok_or_else(|| DataFusionError::Internal("default catalog missing".into()))?;

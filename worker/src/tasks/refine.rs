@@ -116,6 +116,9 @@ impl RefineTask {
             let new_keys = std::mem::take(&mut refined.new_keys);
             let refine_ms = started.elapsed().as_millis() as u64 - read_ms;
             let quarantined = refined.quarantine.num_rows() as u64;
+            let good: u64 = refined.silver.iter().map(|b| b.num_rows() as u64).sum();
+            let quality =
+                quality_figures(rows.len(), good, &rules_of(&refined.quarantine), &refined);
             if quarantined > 0 && quarantined_to.is_none_or(|q| q < to) {
                 let txns = vec![TxnUpdate::new(&quarantine_app_id, quarantined_to, to)];
                 match smelter_lake::commit(
@@ -140,19 +143,19 @@ impl RefineTask {
                     }
                 }
             }
-            let good = refined.silver.iter().map(|b| b.num_rows() as u64).sum();
             let txns = vec![TxnUpdate::new(&app_id, consumed, to)];
-            match smelter_lake::commit(
-                &mut silver,
-                &self.table,
-                refined.silver,
-                WriteMode::Append,
-                &spec.partition_by,
+            let metadata = std::collections::HashMap::from([(
+                smelter_lake::commit::QUALITY_KEY.to_string(),
+                quality,
+            )]);
+            let write = smelter_lake::commit::Write {
+                batches: refined.silver,
+                mode: WriteMode::Append,
+                partition_by: &spec.partition_by,
                 txns,
-                &env.commits,
-            )
-            .await?
-            {
+                metadata: &metadata,
+            };
+            match smelter_lake::commit_write(&mut silver, &self.table, write, &env.commits).await? {
                 CommitOutcome::Committed { version } => {
                     keys.committed(version, new_keys, window);
                     let rows = heads.head(&mut silver, &self.table).await?.rows();
@@ -199,4 +202,39 @@ impl RefineTask {
             .await?;
         Ok((at[0], quarantined[0]))
     }
+}
+
+/// Quarantined rows per rule (the quarantine batch's `rule` column).
+fn rules_of(quarantine: &arrow::array::RecordBatch) -> std::collections::BTreeMap<String, u64> {
+    use arrow::array::AsArray;
+    let mut out = std::collections::BTreeMap::new();
+    if let Some(rules) = quarantine.column_by_name("rule") {
+        for rule in rules.as_string::<i32>().iter().flatten() {
+            *out.entry(rule.to_string()).or_default() += 1;
+        }
+    }
+    out
+}
+
+/// What a refine pass did to its rows, as its silver commit records it
+/// ([`smelter_lake::commit::QUALITY_KEY`]).
+fn quality_figures(
+    rows_in: usize,
+    rows_out: u64,
+    quarantined: &std::collections::BTreeMap<String, u64>,
+    refined: &crate::refine::Refined,
+) -> serde_json::Value {
+    let warned: serde_json::Map<String, serde_json::Value> = refined
+        .warned
+        .iter()
+        .map(|(rule, n)| (rule.clone(), serde_json::Value::from(*n)))
+        .collect();
+    serde_json::json!({
+        "rows_in": rows_in,
+        "rows_out": rows_out,
+        "quarantined": quarantined,
+        "warned": warned,
+        "dropped": refined.dropped,
+        "deduplicated": refined.deduplicated,
+    })
 }
