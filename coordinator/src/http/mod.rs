@@ -1,5 +1,8 @@
 //! The operator's HTTP surface of a coordinator replica, on `coordinator.http_listen`:
 //!
+//! * `GET /` and `GET /status`: the status page — pipelines, and every table with its
+//!   version, rows, time since its last commit, lag, quality counters and the state of
+//!   its tasks, refreshed every two seconds by its script from `/catalog` and `/tables`.
 //! * `GET /health`: the process answers (liveness).
 //! * `GET /ready`: a leader is known, this replica or another (readiness); 503 otherwise.
 //! * `GET /metrics`: Prometheus text. The leader reports every task's counters (rows in,
@@ -282,6 +285,16 @@ fn error(status: StatusCode, message: impl Into<String>) -> Response {
     (status, [(header::CONTENT_TYPE, "application/json")], body).into_response()
 }
 
+/// The status page: static HTML whose script reads `/catalog` and `/tables` every two
+/// seconds (with the bearer token given as `#token=...`, where tokens are configured).
+async fn status_page() -> Response {
+    (
+        [(header::CONTENT_TYPE, "text/html; charset=utf-8")],
+        include_str!("status.html"),
+    )
+        .into_response()
+}
+
 async fn health() -> Response {
     (
         [(header::CONTENT_TYPE, "application/json")],
@@ -516,6 +529,8 @@ pub async fn serve(
         turn: Arc::default(),
     };
     let router = Router::new()
+        .route("/", get(status_page))
+        .route("/status", get(status_page))
         .route("/health", get(health))
         .route("/ready", get(ready))
         .route("/metrics", get(metrics))

@@ -65,7 +65,10 @@ impl AggregateTask {
         let mut known = log::version(&silver);
         let mut last_refresh: Option<Instant> = None;
         let mut interval = min_interval;
-        progress.update(|r| r.table_rows = log::row_count(&gold));
+        progress.update(|r| {
+            r.table_rows = log::row_count(&gold);
+            r.table_version = log::version(&gold);
+        });
         loop {
             if cancel.is_cancelled() {
                 progress.set_state(TaskState::Stopped);

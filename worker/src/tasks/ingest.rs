@@ -153,6 +153,7 @@ impl IngestTask {
                 p.committed_offset = p.committed_offset.max(offset)
             });
         }
+        progress.update(|r| r.table_version = log::version(&table));
         progress.set_state(TaskState::Running);
         tracing::info!(
             table = %self.table,
