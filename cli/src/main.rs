@@ -8,7 +8,7 @@ use smelter_cli::cli::{Cli, Command};
 use smelter_cli::{CliError, commands};
 use smelter_common::config::SmelterConfig;
 use smelter_common::shutdown::{CancellationToken, cancel_on_signal};
-use smelter_common::telemetry::{LogFormat, init_logging};
+use smelter_common::telemetry::{self, LogFormat};
 
 // Many threads allocating Arrow buffers contend on glibc's malloc; mimalloc does not.
 // (Built without transparent huge pages: see the workspace Cargo.toml.)
@@ -27,14 +27,21 @@ fn main() {
     } else {
         cli.log_level.as_str()
     };
-    init_logging(
-        if cli.log_json {
-            LogFormat::Json
-        } else {
-            LogFormat::Text
-        },
-        level,
-    );
+    let config = match SmelterConfig::load(cli.config.as_deref(), std::env::vars()) {
+        Ok(config) => config,
+        Err(error) => {
+            let error = CliError::from(error);
+            eprintln!("error: {error}");
+            std::process::exit(error.exit_code());
+        }
+    };
+    let format = if cli.log_json {
+        LogFormat::Json
+    } else {
+        LogFormat::Text
+    };
+    // Flushes the trace exporter when dropped, after the runtime has stopped.
+    let telemetry = telemetry::init(format, level, &config.telemetry);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -45,14 +52,16 @@ fn main() {
             std::process::exit(1);
         }
     };
-    if let Err(error) = runtime.block_on(run(cli)) {
+    let result = runtime.block_on(run(cli, config));
+    drop(runtime);
+    drop(telemetry);
+    if let Err(error) = result {
         eprintln!("error: {error}");
         std::process::exit(error.exit_code());
     }
 }
 
-async fn run(cli: Cli) -> Result<(), CliError> {
-    let config = SmelterConfig::load(cli.config.as_deref(), std::env::vars())?;
+async fn run(cli: Cli, config: SmelterConfig) -> Result<(), CliError> {
     let shutdown = CancellationToken::new();
     match cli.command {
         Command::Up(args) => {

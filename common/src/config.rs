@@ -28,6 +28,20 @@ pub struct SmelterConfig {
     pub query: QueryConfig,
     /// TLS and access control.
     pub security: crate::security::SecurityConfig,
+    /// Where traces go.
+    pub telemetry: TelemetryConfig,
+}
+
+/// OpenTelemetry traces: spans of commits, rewrites, refine passes and client queries,
+/// exported over OTLP/HTTP (JSON) to a collector.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct TelemetryConfig {
+    /// The collector's OTLP/HTTP base URL (`http://collector:4318`); spans are posted to
+    /// `/v1/traces` under it. Unset: `OTEL_EXPORTER_OTLP_ENDPOINT`, else no traces.
+    pub otlp_endpoint: Option<String>,
+    /// `service.name` of the spans (default `smelter`).
+    pub service_name: Option<String>,
 }
 
 /// Coordinator settings.

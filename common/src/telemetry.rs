@@ -1,8 +1,21 @@
-//! Logging setup: human-readable lines by default, JSON lines on request.
+//! Logging and tracing setup: human-readable lines by default, JSON lines on request, and
+//! OpenTelemetry spans exported over OTLP/HTTP when a collector is configured
+//! ([`crate::config::TelemetryConfig`]).
 //!
-//! Filtering follows `RUST_LOG` when set, otherwise the level given by the caller.
+//! Filtering follows `RUST_LOG` when set, otherwise the level given by the caller. Spans go
+//! to the collector through the same filter, so what a process logs at `info` is what it
+//! traces. The exporter batches on a thread of its own; [`Telemetry`] flushes it when the
+//! process ends (dropped at the end of `main`).
 
+use opentelemetry::trace::TracerProvider as _;
+use opentelemetry_otlp::{Protocol, WithExportConfig};
+use opentelemetry_sdk::Resource;
+use opentelemetry_sdk::trace::SdkTracerProvider;
 use tracing_subscriber::EnvFilter;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+
+use crate::config::TelemetryConfig;
 
 /// Output format of log lines.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -14,18 +27,40 @@ pub enum LogFormat {
     Json,
 }
 
-/// Installs the global tracing subscriber. Safe to call more than once (later calls are
-/// ignored), which keeps tests that start several components in one process simple.
-pub fn init_logging(format: LogFormat, default_level: &str) {
-    // Our crates at the requested level; dependencies (delta kernel, DataFusion, h2) only
-    // when something is wrong. delta-rs warns on routine events (a concurrent append it
-    // merged, a binary column without stats); our commit path logs the outcomes that matter.
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+/// What the process keeps while it runs: the span exporter, flushed and stopped on drop.
+#[derive(Default)]
+pub struct Telemetry {
+    provider: Option<SdkTracerProvider>,
+}
+
+impl Telemetry {
+    /// Whether spans are exported.
+    pub fn exports_traces(&self) -> bool {
+        self.provider.is_some()
+    }
+}
+
+impl Drop for Telemetry {
+    fn drop(&mut self) {
+        if let Some(provider) = self.provider.take()
+            && let Err(error) = provider.shutdown()
+        {
+            eprintln!("warning: traces not all exported: {error}");
+        }
+    }
+}
+
+/// The filter: our crates at `default_level`, dependencies only when something is wrong.
+fn filter(default_level: &str) -> EnvFilter {
+    // delta-rs warns on routine events (a concurrent append it merged, a binary column
+    // without stats); our commit path logs the outcomes that matter.
+    EnvFilter::try_from_default_env().unwrap_or_else(|_| {
         let ours = [
             "smelter",
             "smelter_client",
             "smelter_common",
             "smelter_coordinator",
+            "smelter_lake",
             "smelter_worker",
             "smelter_tests",
         ];
@@ -37,12 +72,75 @@ pub fn init_logging(format: LogFormat, default_level: &str) {
             "warn,deltalake_core=error,{}",
             directives.join(",")
         ))
+    })
+}
+
+/// Installs the global subscriber: log lines to stderr, and spans to the collector
+/// `config` (or `OTEL_EXPORTER_OTLP_ENDPOINT`) names. Keep the returned [`Telemetry`]
+/// until the process ends. A second call installs nothing (tests start several components
+/// in one process).
+pub fn init(format: LogFormat, default_level: &str, config: &TelemetryConfig) -> Telemetry {
+    let endpoint = config
+        .otlp_endpoint
+        .clone()
+        .or_else(|| std::env::var("OTEL_EXPORTER_OTLP_ENDPOINT").ok())
+        .filter(|e| !e.is_empty());
+    let provider = endpoint.and_then(|endpoint| {
+        let url = format!("{}/v1/traces", endpoint.trim_end_matches('/'));
+        let exporter = opentelemetry_otlp::SpanExporter::builder()
+            .with_http()
+            .with_protocol(Protocol::HttpJson)
+            .with_endpoint(url.clone())
+            .build();
+        match exporter {
+            Ok(exporter) => Some(
+                SdkTracerProvider::builder()
+                    .with_batch_exporter(exporter)
+                    .with_resource(
+                        Resource::builder()
+                            .with_service_name(
+                                config
+                                    .service_name
+                                    .clone()
+                                    .unwrap_or_else(|| "smelter".into()),
+                            )
+                            .build(),
+                    )
+                    .build(),
+            ),
+            Err(error) => {
+                eprintln!("warning: no traces: cannot export to {url}: {error}");
+                None
+            }
+        }
     });
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    let _ = match format {
-        LogFormat::Text => builder.try_init(),
-        LogFormat::Json => builder.json().flatten_event(true).try_init(),
+    install(format, default_level, provider)
+}
+
+/// Installs the subscriber, exporting spans through `provider` when there is one.
+fn install(
+    format: LogFormat,
+    default_level: &str,
+    provider: Option<SdkTracerProvider>,
+) -> Telemetry {
+    let traces = provider
+        .as_ref()
+        .map(|provider| tracing_opentelemetry::layer().with_tracer(provider.tracer("smelter")));
+    let lines = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    let registry = tracing_subscriber::registry()
+        .with(filter(default_level))
+        .with(traces);
+    let installed = match format {
+        LogFormat::Text => registry.with(lines).try_init(),
+        LogFormat::Json => registry.with(lines.json().flatten_event(true)).try_init(),
     };
+    Telemetry {
+        provider: if installed.is_ok() { provider } else { None },
+    }
+}
+
+/// Installs log lines only (no traces): see [`init`].
+pub fn init_logging(format: LogFormat, default_level: &str) {
+    // Nothing to flush without an exporter.
+    drop(install(format, default_level, None));
 }

@@ -54,6 +54,8 @@ use deltalake::DeltaTable;
 use deltalake::kernel::Add;
 use deltalake::protocol::{DeltaOperation, SaveMode};
 
+use tracing::Instrument as _;
+
 use crate::app_id::AppId;
 use crate::error::Retry;
 use crate::failpoint::Failpoints;
@@ -208,7 +210,28 @@ pub async fn commit_write(
         operation: None,
         metadata: Some(metadata),
     };
-    let outcome = attempts(table, name, &payload, &txns, env).await?;
+    // One span per commit, a root of its own trace: which table, how many files and rows,
+    // and the version it became (or that the txns showed it was already in).
+    let span = tracing::info_span!(
+        "commit",
+        table = name,
+        files = files.len(),
+        rows = batches.iter().map(|b| b.num_rows()).sum::<usize>(),
+        version = tracing::field::Empty,
+        outcome = tracing::field::Empty,
+    );
+    let outcome = attempts(table, name, &payload, &txns, env)
+        .instrument(span.clone())
+        .await?;
+    match &outcome {
+        CommitOutcome::Committed { version } => {
+            span.record("version", version);
+            span.record("outcome", "committed");
+        }
+        CommitOutcome::AlreadyCommitted => {
+            span.record("outcome", "already committed");
+        }
+    }
     if let (CommitOutcome::Committed { .. }, [file]) = (&outcome, files.as_slice()) {
         env.recent.keep(
             table.table_url().as_str(),

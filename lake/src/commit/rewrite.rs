@@ -12,6 +12,7 @@
 use arrow::record_batch::RecordBatch;
 use deltalake::DeltaTable;
 use deltalake::protocol::DeltaOperation;
+use tracing::Instrument as _;
 
 use super::{CommitEnv, CommitOutcome, Payload, TxnUpdate, WriteMode, attempts, files};
 use crate::{LakeError, Result};
@@ -91,7 +92,17 @@ pub async fn rewrite(
         operation: Some((rewrite.operation.clone(), rewrite.data_change)),
         metadata: Some(&rewrite.metadata),
     };
-    match attempts(table, name, &payload, &rewrite.txns, env).await {
+    let span = tracing::info_span!(
+        "rewrite",
+        table = name,
+        operation = rewrite.operation.name(),
+        files_removed = rewrite.removes.len(),
+        files_added = added.len(),
+    );
+    match attempts(table, name, &payload, &rewrite.txns, env)
+        .instrument(span)
+        .await
+    {
         Ok(CommitOutcome::Committed { version }) => Ok(RewriteOutcome::Committed {
             version,
             files_added: added.len(),

@@ -233,6 +233,7 @@ impl QueryEngine {
     }
 
     /// Plans a read-only query for `caller`: only the tables it is granted exist for it.
+    #[tracing::instrument(name = "plan_query", skip_all, fields(caller = %caller.name, sql_bytes = sql.len()))]
     pub async fn plan_for(&self, sql: &str, caller: &Principal) -> Result<DataFrame> {
         let ctx = self
             .session_with(None, SessionConfig::new(), Some(Arc::new(caller.clone())))

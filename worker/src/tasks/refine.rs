@@ -12,6 +12,7 @@ use crate::Result;
 use crate::refine::{self, KeyCache, Refiner, SilverAt};
 use crate::tasks::schemas;
 use smelter_lake::{AppId, CommitOutcome, TxnUpdate, WriteMode, changes, log};
+use tracing::Instrument as _;
 
 /// Keeps one silver table (and its quarantine) current with its bronze table.
 pub struct RefineTask {
@@ -97,6 +98,14 @@ impl RefineTask {
                 _ => latest.min(done + env.config.refine_max_versions as i64),
             };
             let started = std::time::Instant::now();
+            // One span per pass: the bronze versions read and the rows they held.
+            let span = tracing::info_span!(
+                "refine",
+                table = %self.table,
+                bronze_from = done + 1,
+                bronze_to = to,
+                rows = tracing::field::Empty,
+            );
             let rows = refine::read_versions(
                 upstream,
                 &spec.from,
@@ -104,7 +113,9 @@ impl RefineTask {
                 skip,
                 &env.commits.recent,
             )
+            .instrument(span.clone())
             .await?;
+            span.record("rows", rows.len());
             let read_ms = started.elapsed().as_millis() as u64;
             let head = heads.head(&mut silver, &self.table).await?;
             let mut at = SilverAt {
@@ -112,7 +123,10 @@ impl RefineTask {
                 name: &self.table,
                 version: head.version(),
             };
-            let mut refined = refiner.refine(&rows, &mut at, &mut keys).await?;
+            let mut refined = refiner
+                .refine(&rows, &mut at, &mut keys)
+                .instrument(span.clone())
+                .await?;
             let new_keys = std::mem::take(&mut refined.new_keys);
             let refine_ms = started.elapsed().as_millis() as u64 - read_ms;
             let quarantined = refined.quarantine.num_rows() as u64;
