@@ -46,6 +46,9 @@ pub enum Command {
     Compact(CompactArgs),
     /// A table's commits, newest first: what each did and what it consumed.
     History(HistoryArgs),
+    /// What automatic maintenance did to the tables (compactions, vacuums, failures).
+    #[command(subcommand)]
+    Maintenance(MaintenanceCommand),
     /// Delete the rows matching a predicate, in one commit (safe while the pipeline runs).
     Delete(DeleteArgs),
     /// Bring a table (and the layers it feeds) or a whole pipeline back to an earlier
@@ -148,6 +151,28 @@ pub struct ApplyArgs {
 #[derive(Debug, clap::Args)]
 pub struct VerifyArgs {
     /// Tables to check (`bronze.events` ...); all tables when none are named.
+    pub tables: Vec<String>,
+    /// Data directory as given to `smelter up` (tables in DIR/tables); defaults to
+    /// `storage.root` of the configuration.
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+    /// Output format (`table` or `json`).
+    #[arg(long, short, value_enum, default_value_t = Format::Table)]
+    pub output: Format,
+}
+
+/// `smelter maintenance ...`.
+#[derive(Debug, Subcommand)]
+pub enum MaintenanceCommand {
+    /// Per table: files now (small ones too), and what maintenance ran, when, and what it
+    /// saved — read from storage, no cluster needed.
+    Status(MaintenanceStatusArgs),
+}
+
+/// `smelter maintenance status`.
+#[derive(Debug, clap::Args)]
+pub struct MaintenanceStatusArgs {
+    /// Tables to show (default: every table under the root).
     pub tables: Vec<String>,
     /// Data directory as given to `smelter up` (tables in DIR/tables); defaults to
     /// `storage.root` of the configuration.

@@ -4,7 +4,7 @@
 use std::io::IsTerminal;
 
 use clap::Parser;
-use smelter_cli::cli::{Cli, Command};
+use smelter_cli::cli::{Cli, Command, MaintenanceCommand};
 use smelter_cli::{CliError, commands};
 use smelter_common::config::SmelterConfig;
 use smelter_common::shutdown::{CancellationToken, cancel_on_signal};
@@ -88,6 +88,9 @@ async fn run(cli: Cli, config: SmelterConfig) -> Result<(), CliError> {
         Command::Pause(args) => commands::restore::pause(&config, args, true).await,
         Command::Resume(args) => commands::restore::pause(&config, args, false).await,
         Command::History(args) => commands::history::run(config, args).await,
+        Command::Maintenance(MaintenanceCommand::Status(args)) => {
+            commands::maintenance::status(config, args).await
+        }
         Command::Bench(args) => commands::bench::run(config, args).await,
     }
 }

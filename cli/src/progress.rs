@@ -36,7 +36,14 @@ pub fn by_table(status: &ClusterStatus) -> BTreeMap<String, TableProgress> {
         let (Some(assignment), Some(report)) = (&task.task, &task.report) else {
             continue;
         };
-        let entry = out.entry(assignment.table.clone()).or_default();
+        // The maintenance task writes no table of its own: one line per pipeline, for its
+        // state and errors.
+        let key = if assignment.kind() == TaskKind::Maintain {
+            format!("({} maintenance)", assignment.pipeline)
+        } else {
+            assignment.table.clone()
+        };
+        let entry = out.entry(key).or_default();
         if assignment.kind() == TaskKind::Ingest {
             entry.rows = entry.rows.max(report.table_rows);
             entry.lag += report.lag.max(0);
@@ -152,6 +159,7 @@ impl ProgressView {
             self.last_log = Some(now);
             let summary: Vec<String> = tables
                 .iter()
+                .filter(|(t, _)| !t.starts_with('('))
                 .map(|(t, p)| format!("{t}={} (lag {})", p.rows, p.lag))
                 .collect();
             tracing::info!(

@@ -16,7 +16,8 @@
 //!   process committed moments ago, for the readers downstream;
 //! * [`verify`], [`compact`] and [`delete`]: the checks behind `smelter verify`, and the
 //!   rewrites behind maintenance, `smelter delete` and [`restore`]; [`vacuum`]: deleting the files
-//!   rewrites took out, after the retention; [`zorder`]: the order compaction writes rows in; [`failpoint`]: crash hooks for the fault suite.
+//!   rewrites took out, after the retention; [`maintenance_record`]: what maintenance did to
+//!   each table, kept beside its log; [`zorder`]: the order compaction writes rows in; [`failpoint`]: crash hooks for the fault suite.
 //!
 //! The invariants this crate keeps are listed, with the tests that break them, in
 //! `docs/exactly-once.md`.
@@ -36,6 +37,7 @@ pub mod history;
 pub mod location;
 pub mod lock;
 pub mod log;
+pub mod maintenance_record;
 pub mod recent_files;
 pub mod restore;
 pub mod storage;

@@ -32,6 +32,8 @@ use crate::{LakeError, Result};
 pub struct Vacuum {
     /// Files deleted from storage.
     pub files_deleted: u64,
+    /// Their bytes.
+    pub bytes_deleted: u64,
 }
 
 /// Deletes the files removed from `table` more than `retention` ago, at or before version
@@ -70,23 +72,34 @@ pub async fn vacuum(
         .map_err(|e| LakeError::delta(name, e))?;
     let store = table.object_store();
     let mut deleted = 0;
+    let mut bytes = 0;
     for path in &plan.files_deleted {
         if live.contains(path) {
             continue;
         }
         let path = deltalake::Path::parse(path)
             .map_err(|e| LakeError::generic(name, format!("bad path {path}: {e}")))?;
+        let size = match store.head(&path).await {
+            Ok(meta) => meta.size,
+            // Another vacuum got there first.
+            Err(deltalake::ObjectStoreError::NotFound { .. }) => continue,
+            Err(e) => return Err(LakeError::delta(name, e.into())),
+        };
         match store.delete(&path).await {
-            Ok(()) => deleted += 1,
+            Ok(()) => {
+                deleted += 1;
+                bytes += size;
+            }
             // Another vacuum got there first.
             Err(deltalake::ObjectStoreError::NotFound { .. }) => {}
             Err(e) => return Err(LakeError::delta(name, e.into())),
         }
     }
     if deleted > 0 {
-        tracing::info!(table = name, files = deleted, "vacuumed");
+        tracing::info!(table = name, files = deleted, bytes, "vacuumed");
     }
     Ok(Vacuum {
         files_deleted: deleted,
+        bytes_deleted: bytes,
     })
 }

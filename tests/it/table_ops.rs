@@ -193,6 +193,46 @@ async fn maintenance_compacts_behind_the_stream_and_delete_cascades_through_the_
             },
         )
         .await;
+        // `smelter maintenance status` reports what the log shows maintenance did: as
+        // many compactions, files in and out as the OPTIMIZE commits, and every file they
+        // replaced vacuumed (nothing else took files out of these tables). Polled: the
+        // record is stored after a pass ends, and maintenance goes on meanwhile.
+        poll(
+            &format!("{table}: maintenance status matches the log"),
+            Duration::from_secs(60),
+            async || {
+                let log = commits_of(&cluster, table, "OPTIMIZE").await;
+                let removed: usize = log.iter().map(|c| c.2.len()).sum();
+                let added: usize = log.iter().map(|c| c.1.len()).sum();
+                let status = smelter_json(&["maintenance", "status", table], cluster.dir());
+                let record = &status[0]["maintenance"];
+                let reported = (
+                    record["compactions"].as_u64(),
+                    record["files_compacted"].as_u64(),
+                    record["files_written"].as_u64(),
+                    record["files_vacuumed"].as_u64(),
+                );
+                let expected = (
+                    Some(log.len() as u64),
+                    Some(removed as u64),
+                    Some(added as u64),
+                    Some(removed as u64),
+                );
+                if status[0]["table"] != table || reported != expected {
+                    return Err(format!("reported {reported:?}, log {expected:?}: {status}"));
+                }
+                let last = &record["last_compaction"];
+                if last["version"].as_i64() != log.iter().map(|c| c.0).max()
+                    || record["bytes_vacuumed"].as_u64().unwrap_or(0) == 0
+                    || !record["last_error"].is_null()
+                    || record["passes"].as_u64() < Some(log.len() as u64)
+                {
+                    return Err(format!("record inconsistent: {status}"));
+                }
+                Ok(())
+            },
+        )
+        .await;
         let live =
             smelter_lake::changes::snapshot(&cluster.tables.open(table).await.unwrap(), table)
                 .unwrap();
@@ -296,6 +336,25 @@ async fn maintenance_compacts_behind_the_stream_and_delete_cascades_through_the_
     // files for new records (silver stayed exact above), and is drained again.
     cluster.wait_drained(Duration::from_secs(60)).await.unwrap();
 
+    // The human rendering lists every table, maintained or not.
+    let out = Command::new(smelter_binary())
+        .args(["maintenance", "status", "--data-dir"])
+        .arg(cluster.dir())
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for table in cluster.tables.list().await {
+        assert!(
+            text.lines().any(|l| l.starts_with(&format!("{table} "))),
+            "{table} missing from:\n{text}"
+        );
+    }
+
     // Bad requests: a clear message and exit 2, nothing deleted.
     for (args, expected) in [
         (
@@ -312,6 +371,10 @@ async fn maintenance_compacts_behind_the_stream_and_delete_cascades_through_the_
         ),
         (
             vec!["delete", "silver.nope", "--where", "true"],
+            "does not exist",
+        ),
+        (
+            vec!["maintenance", "status", "silver.nope"],
             "does not exist",
         ),
     ] {

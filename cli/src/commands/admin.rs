@@ -117,7 +117,11 @@ fn status_text(status: &ClusterStatus) -> String {
         ));
     }
     out.push_str("\ntables\n");
-    for (table, p) in by_table(status) {
+    // The tasks above show the maintenance task; it has no table of its own.
+    for (table, p) in by_table(status)
+        .into_iter()
+        .filter(|(t, _)| !t.starts_with('('))
+    {
         out.push_str(&format!(
             "  {:<32} rows {:>12}  quarantined {:>8}  duplicates {:>8}\n",
             table, p.rows, p.quarantined, p.deduplicated

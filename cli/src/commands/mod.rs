@@ -6,6 +6,7 @@ pub mod compact;
 pub mod delete;
 pub mod history;
 pub mod lineage;
+pub mod maintenance;
 pub mod restore;
 pub mod roles;
 pub mod up;

@@ -12,13 +12,18 @@
 //! the writers' (see `smelter_lake::compact`), so they queue with them — arbitrated stores
 //! included — and never conflict with an append. Checkpoints are written by the commit
 //! path itself, every `checkpointInterval` versions.
+//!
+//! After each pass over a table it updates the table's maintenance record
+//! (`smelter_lake::maintenance_record`): what ran, when, and what it saved, read back by
+//! `smelter maintenance status`.
 
 use std::time::Duration;
 
 use deltalake::DeltaTable;
 use smelter_common::spec::{Layer, MaintenanceSpec, PipelineSpec, TableSpec, table_layer};
-use smelter_lake::compact::{CompactOptions, compact};
-use smelter_lake::vacuum::vacuum;
+use smelter_lake::compact::{CompactOptions, Compaction, compact};
+use smelter_lake::maintenance_record::{self, MaintenanceRecord};
+use smelter_lake::vacuum::{Vacuum, vacuum};
 use smelter_lake::{AppId, log};
 use smelter_proto::TaskState;
 use tokio::time::Instant;
@@ -36,6 +41,8 @@ struct Maintained {
     spec: MaintenanceSpec,
     due: Instant,
     table: Option<DeltaTable>,
+    /// The table's maintenance record, read at the first pass that finds the table.
+    record: Option<MaintenanceRecord>,
 }
 
 impl MaintainTask {
@@ -58,14 +65,18 @@ impl MaintainTask {
                     break;
                 }
                 entry.due = now + entry.spec.every;
-                match maintain(&env, entry).await {
-                    Ok(Some((version, files))) => {
-                        compacted_files += files;
-                        progress.update(|r| {
-                            r.table_version = version;
-                            r.rows_committed = compacted_files;
-                            r.last_commit_unix_ms = chrono::Utc::now().timestamp_millis();
-                        });
+                let outcome = maintain(&env, entry).await;
+                record(entry, &outcome).await;
+                match outcome {
+                    Ok(Some((compaction, _))) => {
+                        if let Some(version) = compaction.version {
+                            compacted_files += compaction.files_removed;
+                            progress.update(|r| {
+                                r.table_version = version;
+                                r.rows_committed = compacted_files;
+                                r.last_commit_unix_ms = chrono::Utc::now().timestamp_millis();
+                            });
+                        }
                     }
                     Ok(None) => {}
                     // One table's failure (a store hiccup, a zorder_by column the table
@@ -122,15 +133,48 @@ fn maintained(pipeline: &PipelineSpec) -> Vec<Maintained> {
                 // took the task over need not rewrite anything in its first moments.
                 due: now + spec.maintenance.every,
                 table: None,
+                record: None,
             });
         }
     }
     out
 }
 
-/// Compacts and vacuums one table if it exists; the compaction's version and the files it
-/// replaced, when it made one.
-async fn maintain(env: &TaskEnv, entry: &mut Maintained) -> Result<Option<(i64, u64)>> {
+/// Adds one pass to the table's maintenance record and stores it (once the table exists).
+/// A record that cannot be read or stored is logged: it is a report, and the pass's work
+/// is in the log already.
+async fn record(entry: &mut Maintained, outcome: &Result<Option<(Compaction, Vacuum)>>) {
+    let Some(table) = entry.table.as_ref() else {
+        return;
+    };
+    let outcome = match outcome {
+        Ok(None) => return,
+        Ok(Some(done)) => Ok(done.clone()),
+        Err(error) => Err(error.to_string()),
+    };
+    if entry.record.is_none() {
+        match maintenance_record::read(table, &entry.name).await {
+            Ok(record) => entry.record = Some(record.unwrap_or_default()),
+            Err(error) => {
+                tracing::warn!(table = %entry.name, %error, "maintenance record unreadable; starting a new one");
+                entry.record = Some(MaintenanceRecord::default());
+            }
+        }
+    }
+    let record = entry.record.as_mut().expect("set above");
+    record.add_pass(
+        chrono::Utc::now().timestamp_millis(),
+        entry.spec.target_file_mb * 1024 * 1024,
+        outcome,
+    );
+    if let Err(error) = maintenance_record::write(table, &entry.name, record).await {
+        tracing::warn!(table = %entry.name, %error, "maintenance record not stored");
+    }
+}
+
+/// Compacts and vacuums one table if it exists (`None` if it does not yet): what the
+/// compaction and the vacuum did.
+async fn maintain(env: &TaskEnv, entry: &mut Maintained) -> Result<Option<(Compaction, Vacuum)>> {
     if entry.table.is_none() {
         if !env.tables.exists(&entry.name).await {
             return Ok(None);
@@ -163,9 +207,7 @@ async fn maintain(env: &TaskEnv, entry: &mut Maintained) -> Result<Option<(i64, 
         None => Default::default(),
     };
     tracing::debug!(table = %entry.name, ?compaction, files_vacuumed = vacuumed.files_deleted, "maintenance pass");
-    Ok(compaction
-        .version
-        .map(|version| (version, compaction.files_removed)))
+    Ok(Some((compaction, vacuumed)))
 }
 
 /// The version of `name` every table of the pipeline that reads it has consumed: `Some(None)`

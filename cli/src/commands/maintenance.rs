@@ -1,0 +1,128 @@
+//! `smelter maintenance status [TABLE...]`: what automatic maintenance did to each table —
+//! passes, compactions, vacuums, the last failure — from the record the maintenance task
+//! keeps beside each table's log (`smelter_lake::maintenance_record`), with the table's
+//! files as they stand now. Read from storage alone: no cluster needed.
+
+use serde::Serialize;
+use smelter_common::config::SmelterConfig;
+use smelter_lake::maintenance_record::{self, MaintenanceRecord};
+
+use crate::cli::MaintenanceStatusArgs;
+use crate::output::Format;
+use crate::{CliError, Result};
+
+/// Files counted small when no maintenance pass recorded the table's target.
+const DEFAULT_TARGET_BYTES: u64 = 128 * 1024 * 1024;
+
+/// One table's line.
+#[derive(Debug, Serialize)]
+struct TableStatus {
+    table: String,
+    version: i64,
+    /// Live data files now, how many are small, and their bytes.
+    files: u64,
+    small_files: u64,
+    bytes: u64,
+    /// `None`: no maintenance pass has run on the table.
+    maintenance: Option<MaintenanceRecord>,
+}
+
+/// Prints the maintenance status of the given tables (all tables when none are given).
+pub async fn status(config: SmelterConfig, args: MaintenanceStatusArgs) -> Result<()> {
+    let (tables, names) =
+        super::local_tables(&config, args.data_dir.as_deref(), args.tables.clone()).await?;
+    let env = smelter_lake::CommitEnv::default();
+    let mut out = Vec::with_capacity(names.len());
+    for name in names {
+        if !tables.exists(&name).await {
+            return Err(CliError::InvalidArgument(format!(
+                "table {name} does not exist under {}",
+                tables.root().display()
+            )));
+        }
+        let mut table = tables.open(&name).await?;
+        let record = maintenance_record::read(&table, &name).await?;
+        let target = record
+            .as_ref()
+            .map(|r| r.target_file_bytes)
+            .filter(|t| *t > 0)
+            .unwrap_or(DEFAULT_TARGET_BYTES);
+        let head = env.heads.head(&mut table, &name).await?;
+        let (mut files, mut small, mut bytes) = (0, 0, 0);
+        for file in head.files() {
+            let size = file.size() as u64;
+            files += 1;
+            bytes += size;
+            if size < target {
+                small += 1;
+            }
+        }
+        out.push(TableStatus {
+            table: name,
+            version: head.version(),
+            files,
+            small_files: small,
+            bytes,
+            maintenance: record,
+        });
+    }
+    match args.output {
+        Format::Json => println!("{}", serde_json::to_string_pretty(&out).unwrap_or_default()),
+        Format::Table | Format::Csv => print!("{}", render(&out)),
+    }
+    Ok(())
+}
+
+fn time(unix_ms: i64) -> String {
+    chrono::DateTime::from_timestamp_millis(unix_ms)
+        .map(|t| t.format("%Y-%m-%d %H:%M:%S").to_string())
+        .unwrap_or_default()
+}
+
+fn mb(bytes: u64) -> String {
+    format!("{:.1}", bytes as f64 / (1024.0 * 1024.0))
+}
+
+fn render(tables: &[TableStatus]) -> String {
+    let mut out = format!(
+        "{:<32} {:>7} {:>6} {:>6} {:>9}  {:<19} {:>6}  {:<28}  {:<24}  error\n",
+        "table",
+        "version",
+        "files",
+        "small",
+        "MB",
+        "last pass (UTC)",
+        "passes",
+        "compacted",
+        "vacuumed"
+    );
+    for t in tables {
+        let (last, passes, compacted, vacuumed, error) = match &t.maintenance {
+            None => ("never".to_string(), 0, String::new(), String::new(), ""),
+            Some(r) => (
+                time(r.last_pass_unix_ms),
+                r.passes,
+                format!(
+                    "{} files -> {} in {} commits",
+                    r.files_compacted, r.files_written, r.compactions
+                ),
+                format!("{} files, {} MB", r.files_vacuumed, mb(r.bytes_vacuumed)),
+                r.last_error.as_deref().unwrap_or(""),
+            ),
+        };
+        out.push_str(&format!(
+            "{:<32} {:>7} {:>6} {:>6} {:>9}  {:<19} {:>6}  {:<28}  {:<24}  {}\n",
+            t.table,
+            t.version,
+            t.files,
+            t.small_files,
+            mb(t.bytes),
+            last,
+            passes,
+            compacted,
+            vacuumed,
+            error
+        ));
+    }
+    out
+}
