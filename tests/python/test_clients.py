@@ -132,6 +132,43 @@ def test_adbc_counts_every_layer(cluster):
     assert events == silver[0]
 
 
+def delta_tables(root: Path) -> dict[tuple[str, str], list[str]]:
+    """Every Delta table under the root, with its columns, as the deltalake package reads them."""
+    found = {}
+    for layer in sorted(root.iterdir()):
+        for table in sorted(layer.iterdir()):
+            if (table / "_delta_log").is_dir():
+                found[(layer.name, table.name)] = sorted(f.name for f in DeltaTable(str(table)).schema().fields)
+    return found
+
+
+def test_adbc_get_objects_lists_every_table_with_its_columns(cluster):
+    expected = delta_tables(cluster["tables"])
+    assert len(expected) >= 6, expected
+    with flight_sql.connect(cluster["uri"], autocommit=True) as conn:
+        objects = conn.adbc_get_objects(depth="all").read_all().to_pylist()
+        assert [c["catalog_name"] for c in objects] == ["smelter"]
+        schemas = objects[0]["catalog_db_schemas"]
+        assert sorted(s["db_schema_name"] for s in schemas) == ["bronze", "gold", "silver"]
+        listed = {
+            (s["db_schema_name"], t["table_name"]): sorted(c["column_name"] for c in t["table_columns"])
+            for s in schemas
+            for t in s["db_schema_tables"] or []
+        }
+        assert listed == expected
+        assert {t["table_type"] for s in schemas for t in s["db_schema_tables"]} == {"TABLE"}
+        assert conn.adbc_get_table_types() == ["TABLE"]
+        # Filters are the client's: one layer, a name pattern.
+        gold = conn.adbc_get_objects(depth="tables", db_schema_filter="gold", table_name_filter="%metrics").read_all().to_pylist()
+        assert [(s["db_schema_name"], [t["table_name"] for t in s["db_schema_tables"]])
+                for s in gold[0]["catalog_db_schemas"]] == [("gold", ["hourly_metrics"])]
+        # A table's schema as the catalog gives it is the schema its rows come in.
+        schema = conn.adbc_get_table_schema("events", db_schema_filter="silver")
+        with conn.cursor() as cur:
+            cur.execute("SELECT * FROM silver.events LIMIT 1")
+            assert cur.fetch_arrow_table().schema.equals(schema)
+
+
 def test_adbc_reports_bad_sql(cluster):
     with pytest.raises(Exception, match="nope"):
         adbc_rows(cluster["uri"], "SELECT * FROM gold.nope")

@@ -153,6 +153,16 @@ def test_reader_reads_its_grants_only(secured):
         )
     }
     assert names and all(name.startswith("gold.") for name in names), names
+    # The Flight SQL catalog calls (ADBC's get_objects) list the same tables, no others.
+    with connect(secured, bearer=READER_TOKEN) as conn:
+        objects = conn.adbc_get_objects(depth="tables").read_all().to_pylist()
+    listed = {
+        f"{schema['db_schema_name']}.{table['table_name']}"
+        for catalog in objects
+        for schema in catalog["catalog_db_schemas"] or []
+        for table in schema["db_schema_tables"] or []
+    }
+    assert listed == names, (listed, names)
 
 
 def test_handshake_with_username_and_token(secured):

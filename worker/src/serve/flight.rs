@@ -7,6 +7,11 @@
 //! query); the handle is the SQL text. Results past `max_rows` or `timeout_ms` end with
 //! an error rather than being silently cut.
 //!
+//! The catalog calls BI tools and ADBC's `get_objects` use — `GetCatalogs` (one catalog,
+//! `smelter`), `GetDbSchemas` (the layers), `GetTables` (with Arrow schemas on request) and
+//! `GetTableTypes` — list only what the caller may read, with the filters the client
+//! gave applied by arrow-flight's builders.
+//!
 //! Every call passes the authenticator's interceptor first ([`FlightSqlServer::into_service`]);
 //! each query is planned for its caller, so tables outside its grants answer
 //! `PERMISSION_DENIED`. `Handshake` takes Basic credentials (the password is the token)
@@ -30,7 +35,8 @@ use arrow_flight::sql::metadata::{SqlInfoData, SqlInfoDataBuilder};
 use arrow_flight::sql::server::FlightSqlService;
 use arrow_flight::sql::{
     ActionClosePreparedStatementRequest, ActionCreatePreparedStatementRequest,
-    ActionCreatePreparedStatementResult, Any, CommandGetSqlInfo, CommandPreparedStatementQuery,
+    ActionCreatePreparedStatementResult, Any, CommandGetCatalogs, CommandGetDbSchemas,
+    CommandGetSqlInfo, CommandGetTableTypes, CommandGetTables, CommandPreparedStatementQuery,
     CommandStatementQuery, ProstMessageExt, SqlInfo, TicketStatementQuery,
 };
 use arrow_flight::{
@@ -47,7 +53,7 @@ use tonic::service::interceptor::InterceptedService;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::WorkerError;
-use crate::serve::query::{Forbidden, QueryEngine};
+use crate::serve::query::{CATALOG, Forbidden, LAYERS, QueryEngine};
 
 type DoGetStream =
     Pin<Box<dyn Stream<Item = Result<arrow_flight::FlightData, Status>> + Send + 'static>>;
@@ -134,6 +140,37 @@ impl FlightSqlServer {
             .map(|info| info.with_endpoint(endpoint).with_descriptor(descriptor))
     }
 }
+
+/// The `FlightInfo` of a catalog command: one endpoint whose ticket is the command itself,
+/// answered by the matching `do_get_*`.
+fn command_info(
+    command: Any,
+    schema: &arrow::datatypes::Schema,
+    descriptor: FlightDescriptor,
+) -> Result<Response<FlightInfo>, Status> {
+    let ticket = Ticket::new(command.encode_to_vec());
+    let info = FlightInfo::new()
+        .try_with_schema(schema)
+        .map_err(|e| Status::internal(e.to_string()))?
+        .with_endpoint(FlightEndpoint::new().with_ticket(ticket))
+        .with_descriptor(descriptor);
+    Ok(Response::new(info))
+}
+
+/// One batch as a `DoGet` answer.
+fn one_batch(
+    schema: arrow::datatypes::SchemaRef,
+    batch: Result<arrow::record_batch::RecordBatch, FlightError>,
+) -> Response<DoGetStream> {
+    let stream = FlightDataEncoderBuilder::new()
+        .with_schema(schema)
+        .build(futures::stream::once(async { batch }))
+        .map_err(Status::from);
+    Response::new(Box::pin(stream))
+}
+
+/// Every table is a plain table to a client.
+const TABLE_TYPE: &str = "TABLE";
 
 /// Runs a query's `stream` on a task of its own, handing its batches over through a
 /// channel of two: ends with an error past `max_rows`, and with `timed_out` once
@@ -348,6 +385,94 @@ impl FlightSqlService for FlightSqlServer {
             .build(futures::stream::once(async { batch }))
             .map_err(Status::from);
         Ok(Response::new(Box::pin(stream)))
+    }
+
+    async fn get_flight_info_catalogs(
+        &self,
+        query: CommandGetCatalogs,
+        request: Request<FlightDescriptor>,
+    ) -> Result<Response<FlightInfo>, Status> {
+        let schema = query.into_builder().schema();
+        command_info(query.as_any(), &schema, request.into_inner())
+    }
+
+    async fn do_get_catalogs(
+        &self,
+        query: CommandGetCatalogs,
+        _request: Request<Ticket>,
+    ) -> Result<Response<DoGetStream>, Status> {
+        let mut builder = query.into_builder();
+        builder.append(CATALOG);
+        let schema = builder.schema();
+        Ok(one_batch(schema, builder.build()))
+    }
+
+    async fn get_flight_info_schemas(
+        &self,
+        query: CommandGetDbSchemas,
+        request: Request<FlightDescriptor>,
+    ) -> Result<Response<FlightInfo>, Status> {
+        let schema = query.clone().into_builder().schema();
+        command_info(query.as_any(), &schema, request.into_inner())
+    }
+
+    async fn do_get_schemas(
+        &self,
+        query: CommandGetDbSchemas,
+        _request: Request<Ticket>,
+    ) -> Result<Response<DoGetStream>, Status> {
+        let mut builder = query.into_builder();
+        for layer in LAYERS {
+            builder.append(CATALOG, layer);
+        }
+        let schema = builder.schema();
+        Ok(one_batch(schema, builder.build()))
+    }
+
+    async fn get_flight_info_tables(
+        &self,
+        query: CommandGetTables,
+        request: Request<FlightDescriptor>,
+    ) -> Result<Response<FlightInfo>, Status> {
+        let schema = query.clone().into_builder().schema();
+        command_info(query.as_any(), &schema, request.into_inner())
+    }
+
+    async fn do_get_tables(
+        &self,
+        query: CommandGetTables,
+        request: Request<Ticket>,
+    ) -> Result<Response<DoGetStream>, Status> {
+        let caller = principal(&request)?.clone();
+        let tables = self.engine.tables_for(&caller).await.map_err(status)?;
+        let mut builder = query.into_builder();
+        for (layer, name, schema) in tables {
+            builder
+                .append(CATALOG, layer, name, TABLE_TYPE, &schema)
+                .map_err(|e| Status::internal(e.to_string()))?;
+        }
+        let schema = builder.schema();
+        Ok(one_batch(schema, builder.build()))
+    }
+
+    async fn get_flight_info_table_types(
+        &self,
+        query: CommandGetTableTypes,
+        request: Request<FlightDescriptor>,
+    ) -> Result<Response<FlightInfo>, Status> {
+        let schema = query.into_builder().schema();
+        command_info(query.as_any(), &schema, request.into_inner())
+    }
+
+    async fn do_get_table_types(
+        &self,
+        query: CommandGetTableTypes,
+        _request: Request<Ticket>,
+    ) -> Result<Response<DoGetStream>, Status> {
+        let mut builder = query.into_builder();
+        builder.append(TABLE_TYPE);
+        let schema = builder.schema();
+        Ok(one_batch(schema, builder.build()))
     }
 
     async fn register_sql_info(&self, _id: i32, _result: &SqlInfo) {}

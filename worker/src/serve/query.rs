@@ -33,6 +33,13 @@ pub struct QueryEngine {
     clients: Option<WorkerMemory>,
 }
 
+/// The catalog the layers are schemas of, as Flight SQL's catalog calls and
+/// `information_schema` name it (queries name tables `layer.table`).
+pub const CATALOG: &str = "smelter";
+
+/// The layers, as schemas of [`CATALOG`].
+pub const LAYERS: [&str; 3] = ["bronze", "silver", "gold"];
+
 /// The SQL statements clients may run: queries only.
 pub fn read_only() -> datafusion::execution::context::SQLOptions {
     datafusion::execution::context::SQLOptions::new()
@@ -179,7 +186,9 @@ impl QueryEngine {
         caller: Option<Arc<Principal>>,
     ) -> Result<SessionContext> {
         let names = Arc::new(self.tables.list().await);
-        let mut config = config.with_information_schema(true);
+        let mut config = config
+            .with_information_schema(true)
+            .with_default_catalog_and_schema(CATALOG, "public");
         config
             .options_mut()
             .execution
@@ -210,9 +219,9 @@ impl QueryEngine {
             }),
         );
         let catalog = ctx
-            .catalog("datafusion")
+            .catalog(CATALOG)
             .ok_or_else(|| DataFusionError::Internal("default catalog missing".into()))?;
-        for layer in ["bronze", "silver", "gold"] {
+        for layer in LAYERS {
             let schema = LayerSchema {
                 layer,
                 tables: self.tables.clone(),
@@ -230,6 +239,36 @@ impl QueryEngine {
         let ctx = self.session(pinned).await?;
         let sql = time_travel::rewrite(sql, &self.tables).await?;
         Ok(ctx.sql_with_options(&sql, read_only()).await?)
+    }
+
+    /// The tables `caller` may read, per layer (`(layer, table, schema)`, in name order),
+    /// at their latest versions: what Flight SQL's `GetTables` lists.
+    pub async fn tables_for(
+        &self,
+        caller: &Principal,
+    ) -> Result<Vec<(&'static str, String, arrow::datatypes::SchemaRef)>> {
+        let ctx = self
+            .session_with(None, SessionConfig::new(), Some(Arc::new(caller.clone())))
+            .await?;
+        let catalog = ctx
+            .catalog(CATALOG)
+            .ok_or_else(|| DataFusionError::Internal("default catalog missing".into()))?;
+        let mut out = Vec::new();
+        for layer in LAYERS {
+            let Some(schema) = catalog.schema(layer) else {
+                continue;
+            };
+            let mut names = schema.table_names();
+            names.sort();
+            for name in names {
+                // A table may vanish between the listing and the open (a test dropping
+                // its data directory): it is simply not listed.
+                if let Some(table) = schema.table(&name).await? {
+                    out.push((layer, name, table.schema()));
+                }
+            }
+        }
+        Ok(out)
     }
 
     /// Plans a read-only query for `caller`: only the tables it is granted exist for it.
