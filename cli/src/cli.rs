@@ -46,6 +46,8 @@ pub enum Command {
     Compact(CompactArgs),
     /// A table's commits, newest first: what each did and what it consumed.
     History(HistoryArgs),
+    /// A silver table's data-quality figures, summed over its refine commits.
+    Quality(QualityArgs),
     /// What automatic maintenance did to the tables (compactions, vacuums, failures).
     #[command(subcommand)]
     Maintenance(MaintenanceCommand),
@@ -152,6 +154,23 @@ pub struct ApplyArgs {
 pub struct VerifyArgs {
     /// Tables to check (`bronze.events` ...); all tables when none are named.
     pub tables: Vec<String>,
+    /// Data directory as given to `smelter up` (tables in DIR/tables); defaults to
+    /// `storage.root` of the configuration.
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+    /// Output format (`table` or `json`).
+    #[arg(long, short, value_enum, default_value_t = Format::Table)]
+    pub output: Format,
+}
+
+/// `smelter quality`.
+#[derive(Debug, clap::Args)]
+pub struct QualityArgs {
+    /// The silver table (`silver.events`).
+    pub table: String,
+    /// Only commits at or after this time (RFC 3339: `2026-11-01T10:00:00Z`).
+    #[arg(long)]
+    pub since: Option<String>,
     /// Data directory as given to `smelter up` (tables in DIR/tables); defaults to
     /// `storage.root` of the configuration.
     #[arg(long)]

@@ -88,6 +88,7 @@ async fn run(cli: Cli, config: SmelterConfig) -> Result<(), CliError> {
         Command::Pause(args) => commands::restore::pause(&config, args, true).await,
         Command::Resume(args) => commands::restore::pause(&config, args, false).await,
         Command::History(args) => commands::history::run(config, args).await,
+        Command::Quality(args) => commands::quality::run(config, args).await,
         Command::Maintenance(MaintenanceCommand::Status(args)) => {
             commands::maintenance::status(config, args).await
         }

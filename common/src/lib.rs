@@ -7,6 +7,7 @@
 pub mod config;
 pub mod error;
 pub mod kafka;
+pub mod quality;
 pub mod security;
 pub mod shutdown;
 pub mod spec;

@@ -401,6 +401,30 @@ def test_http_history_preview_and_quality(cluster):
         c["version"] for c in answer["commits"] if c["at_ms"] >= last["at_ms"]]
     status, bad = http_json(base + "/tables/silver.events/quality?since=yesterday")
     assert status == 400 and "RFC 3339" in bad["error"]
+    # Per column: nulls, least and greatest value, against the rows deltalake reads.
+    rows = silver.to_pyarrow_table()
+    columns = totals["columns"]
+    assert {"user_id", "event_type", "event_id"} <= set(columns), columns
+    assert not any(name.startswith("_") for name in columns)
+    for name, figures in columns.items():
+        assert figures["rows"] == rows.num_rows, (name, figures)
+        assert figures["nulls"] == rows[name].null_count, (name, figures)
+    user_ids = [u for u in rows["user_id"].to_pylist() if u is not None]
+    passes = [c["quality"]["columns"]["user_id"] for c in answer["commits"] if c["quality"]["rows_out"]]
+    assert min(p["min"] for p in passes if "min" in p) == min(user_ids)
+    assert max(p["max"] for p in passes if "max" in p) == max(user_ids)
+    # The CLI reads the same figures from the log, with no server.
+    cli = json.loads(subprocess.run(
+        smelter("quality", "silver.events", "--data-dir", str(cluster["tables"].parent), "--output", "json"),
+        check=True, capture_output=True, timeout=60).stdout)
+    assert cli["totals"] == totals
+    assert [c["version"] for c in cli["commits"]] == [c["version"] for c in answer["commits"]]
+    text = subprocess.run(smelter("quality", "silver.events", "--data-dir", str(cluster["tables"].parent)),
+                          check=True, capture_output=True, text=True, timeout=60).stdout
+    assert f"rows in {totals['rows_in']}, out {totals['rows_out']}" in text, text
+    bad = subprocess.run(smelter("quality", "silver.nope", "--data-dir", str(cluster["tables"].parent)),
+                         capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 2 and "does not exist" in bad.stderr, bad
 
 
 def test_lineage_of_one_version_reaches_the_source_offsets(cluster):

@@ -7,6 +7,7 @@ pub mod delete;
 pub mod history;
 pub mod lineage;
 pub mod maintenance;
+pub mod quality;
 pub mod restore;
 pub mod roles;
 pub mod up;

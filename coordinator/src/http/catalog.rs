@@ -276,23 +276,15 @@ pub(super) async fn quality(
     }
 }
 
-/// The figures of every commit at or after `since_ms`, and their sums: rows in and out,
-/// dropped, deduplicated, and quarantined and warned per rule.
+/// The figures of every commit at or after `since_ms`, and their sums (see
+/// [`smelter_common::quality`]).
 fn summarize(
     batches: &[arrow::record_batch::RecordBatch],
     since_ms: Option<i64>,
 ) -> Result<serde_json::Value, String> {
     use arrow::array::{Array, AsArray};
     use arrow::datatypes::Int64Type;
-    let mut commits = Vec::new();
-    let mut totals = serde_json::json!({
-        "rows_in": 0, "rows_out": 0, "dropped": 0, "deduplicated": 0,
-        "quarantined": {}, "warned": {},
-    });
-    let add = |total: &mut serde_json::Value, value: &serde_json::Value| {
-        let sum = total.as_u64().unwrap_or(0) + value.as_u64().unwrap_or(0);
-        *total = sum.into();
-    };
+    let mut summary = smelter_common::quality::QualitySummary::default();
     for batch in batches {
         let versions = batch.column(0).as_primitive::<Int64Type>();
         let at = batch.column(1).as_primitive::<Int64Type>();
@@ -304,24 +296,10 @@ fn summarize(
             }
             let quality: serde_json::Value = serde_json::from_str(figures.value(row))
                 .map_err(|e| format!("version {}: {e}", versions.value(row)))?;
-            for key in ["rows_in", "rows_out", "dropped", "deduplicated"] {
-                add(&mut totals[key], &quality[key]);
-            }
-            for kind in ["quarantined", "warned"] {
-                if let Some(rules) = quality[kind].as_object() {
-                    for (rule, n) in rules {
-                        add(&mut totals[kind][rule], n);
-                    }
-                }
-            }
-            commits.push(serde_json::json!({
-                "version": versions.value(row),
-                "at_ms": at_ms,
-                "quality": quality,
-            }));
+            summary.add(versions.value(row), at_ms, quality);
         }
     }
-    Ok(serde_json::json!({ "totals": totals, "commits": commits }))
+    Ok(summary.into_json())
 }
 
 /// How far down a version's lineage is followed (gold, silver, bronze, and a margin).

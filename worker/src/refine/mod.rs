@@ -11,6 +11,7 @@ pub mod decode;
 pub mod dedupe;
 pub mod expectations;
 mod key_times;
+pub mod quality;
 
 pub use dedupe::{KeyCache, SilverAt};
 

@@ -250,5 +250,6 @@ fn quality_figures(
         "warned": warned,
         "dropped": refined.dropped,
         "deduplicated": refined.deduplicated,
+        "columns": crate::refine::quality::column_figures(&refined.silver),
     })
 }
