@@ -144,3 +144,26 @@ pub fn init_logging(format: LogFormat, default_level: &str) {
     // Nothing to flush without an exporter.
     drop(install(format, default_level, None));
 }
+
+/// Makes `span` part of the trace a caller named in W3C Trace Context headers
+/// (`traceparent`, and `tracestate` if given), so that a client's trace shows what its
+/// request did here. Without a valid `traceparent` the span starts a trace of its own.
+pub fn continue_trace(span: &tracing::Span, traceparent: Option<&str>, tracestate: Option<&str>) {
+    use opentelemetry::propagation::TextMapPropagator;
+    use opentelemetry::trace::TraceContextExt;
+    use tracing_opentelemetry::OpenTelemetrySpanExt;
+
+    let Some(traceparent) = traceparent else {
+        return;
+    };
+    let mut headers = std::collections::HashMap::new();
+    headers.insert("traceparent".to_string(), traceparent.to_string());
+    if let Some(state) = tracestate {
+        headers.insert("tracestate".to_string(), state.to_string());
+    }
+    let context = opentelemetry_sdk::propagation::TraceContextPropagator::new().extract(&headers);
+    if context.span().span_context().is_valid() {
+        // Fails only when no OpenTelemetry layer is installed: nothing to join then.
+        let _ = span.set_parent(context);
+    }
+}

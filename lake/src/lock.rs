@@ -98,6 +98,7 @@ impl CommitArbiter {
     }
 
     /// Takes the lock of `table`, waiting at most `wait` for the current holder.
+    #[tracing::instrument(name = "lock_wait", skip(self, wait), level = "info")]
     pub async fn acquire(&self, table: &str, wait: Duration) -> Result<HeldLock> {
         let key = keys::commit_lock(table);
         let deadline = Instant::now() + wait;

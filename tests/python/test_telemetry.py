@@ -1,7 +1,8 @@
 """OpenTelemetry: `smelter up` with `[telemetry] otlp_endpoint` exports its spans over
 OTLP/HTTP (JSON) to a collector — here a real HTTP server that keeps what it receives. Every
 commit is a span naming its table, rows and version; the committed bronze rows in the spans
-add up to what the `deltalake` package reads from the table."""
+add up to what the `deltalake` package reads from the table; a refine pass's span holds its
+commits; a Flight SQL client's `traceparent` makes the query's spans part of its trace."""
 
 import json
 import threading
@@ -11,9 +12,14 @@ import subprocess
 
 from deltalake import DeltaTable
 
-from test_clients import ROOT, smelter
+import adbc_driver_flightsql.dbapi as flight_sql
+
+from test_clients import ROOT, free_port, smelter, wait_until
 
 EVENTS = 3000
+CLIENT_TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
+CLIENT_SPAN = "00f067aa0ba902b7"
+CLIENT_PARENT = f"00-{CLIENT_TRACE}-{CLIENT_SPAN}-01"
 
 
 class Collector(BaseHTTPRequestHandler):
@@ -54,12 +60,26 @@ def test_spans_reach_an_otlp_collector(tmp_path: Path):
             f'[telemetry]\notlp_endpoint = "http://127.0.0.1:{server.server_port}"\n'
         )
         data = tmp_path / "data"
-        subprocess.run(
-            smelter("--config", str(config), "up", "--pipeline", str(pipeline), "--data-dir",
-                    str(data), "--flight-addr", "127.0.0.1:0", "--coordinator-addr",
-                    "127.0.0.1:0", "--exit-when-done"),
-            check=True, timeout=300,
-        )
+        common = ["--config", str(config), "up", "--pipeline", str(pipeline), "--data-dir",
+                  str(data), "--coordinator-addr", "127.0.0.1:0"]
+        subprocess.run(smelter(*common, "--flight-addr", "127.0.0.1:0", "--exit-when-done"),
+                       check=True, timeout=300)
+        # Serve the tables and query them as a traced client would.
+        port = free_port()
+        serving = subprocess.Popen(smelter(*common, "--flight-addr", f"127.0.0.1:{port}"))
+        try:
+            options = {"adbc.flight.sql.rpc.call_header.traceparent": CLIENT_PARENT}
+
+            def query():
+                with flight_sql.connect(f"grpc://127.0.0.1:{port}", db_kwargs=options,
+                                        autocommit=True) as conn, conn.cursor() as cur:
+                    cur.execute("SELECT count(*) FROM silver.events")
+                    return cur.fetchall()
+
+            assert wait_until("a traced query answered", query, 60, stop=serving.poll)[0][0] > 0
+        finally:
+            serving.terminate()
+            assert serving.wait(timeout=60) == 0
     finally:
         server.shutdown()
     assert Collector.received, "no spans were exported"
@@ -83,3 +103,22 @@ def test_spans_reach_an_otlp_collector(tmp_path: Path):
     # Spans are real OTLP: ids and times on every one.
     assert all(len(s["traceId"]) == 32 and len(s["spanId"]) == 16 for s in spans)
     assert all(int(s["endTimeUnixNano"]) >= int(s["startTimeUnixNano"]) > 0 for s in spans)
+    # A refine pass is a span tree: its commits (silver, quarantine) are its children.
+    by_id = {s["spanId"]: s for s in spans}
+    children = [s for s in spans if s["name"] == "commit" and s.get("parentSpanId") in by_id
+                and by_id[s["parentSpanId"]]["name"] == "refine"]
+    assert children, "no commit span under a refine span"
+    for child in children:
+        parent = by_id[child["parentSpanId"]]
+        assert child["traceId"] == parent["traceId"]
+        assert attributes(child)["table"].startswith(attributes(parent)["table"])
+    # Gold refreshes too, with their commit inside.
+    refreshes = {s["spanId"] for s in spans if s["name"] == "gold_refresh"}
+    assert refreshes and any(s.get("parentSpanId") in refreshes for s in spans if s["name"] == "commit")
+    # The client's trace continues on the server: the query's spans carry its trace id,
+    # the first one with the client's span as parent, and planning nested under it.
+    queries = [s for s in spans if s["name"] == "flight_sql"]
+    assert queries and all(s["traceId"] == CLIENT_TRACE for s in queries), queries
+    assert all(s["parentSpanId"] == CLIENT_SPAN for s in queries)
+    ids = {s["spanId"] for s in queries}
+    assert any(s["name"] == "plan_query" and s.get("parentSpanId") in ids for s in spans)

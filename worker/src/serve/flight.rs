@@ -51,6 +51,7 @@ use smelter_proto::QueryTicket;
 use tokio::time::Instant;
 use tonic::service::interceptor::InterceptedService;
 use tonic::{Request, Response, Status, Streaming};
+use tracing::Instrument as _;
 
 use crate::WorkerError;
 use crate::serve::query::{CATALOG, Forbidden, LAYERS, QueryEngine};
@@ -117,10 +118,12 @@ impl FlightSqlServer {
         request: Request<FlightDescriptor>,
     ) -> Result<FlightInfo, Status> {
         let caller = principal(&request)?.clone();
-        let descriptor = request.into_inner();
         let query_id = uuid::Uuid::new_v4().to_string();
+        let span = query_span("flight_info", &query_id, &caller, request.metadata());
+        let descriptor = request.into_inner();
         let timeout = Duration::from_millis(self.engine.limits().timeout_ms);
-        let frame = tokio::time::timeout(timeout, self.engine.plan_for(sql, &caller))
+        let planning = self.engine.plan_for(sql, &caller).instrument(span);
+        let frame = tokio::time::timeout(timeout, planning)
             .await
             .map_err(|_| Status::deadline_exceeded(format!("planning ran past {timeout:?}")))?
             .map_err(status)?;
@@ -167,6 +170,21 @@ fn one_batch(
         .build(futures::stream::once(async { batch }))
         .map_err(Status::from);
     Response::new(Box::pin(stream))
+}
+
+/// The span of one Flight SQL call about a query, joined to the client's trace when it
+/// sent W3C Trace Context headers (`traceparent`; ADBC sets them with the
+/// `adbc.flight.sql.rpc.call_header.traceparent` option).
+fn query_span(
+    call: &'static str,
+    query_id: &str,
+    caller: &Principal,
+    metadata: &tonic::metadata::MetadataMap,
+) -> tracing::Span {
+    let span = tracing::info_span!("flight_sql", call, query_id, caller = %caller.name);
+    let header = |name: &str| metadata.get(name).and_then(|v| v.to_str().ok());
+    smelter_common::telemetry::continue_trace(&span, header("traceparent"), header("tracestate"));
+    span
 }
 
 /// Every table is a plain table to a client.
@@ -301,12 +319,21 @@ impl FlightSqlService for FlightSqlServer {
                 ticket.query_id, limits.timeout_ms
             ))
         };
-        let planned = tokio::time::timeout_at(deadline, self.engine.plan_for(&ticket.sql, &caller))
+        let span = query_span("do_get", &ticket.query_id, &caller, request.metadata());
+        let planning = self
+            .engine
+            .plan_for(&ticket.sql, &caller)
+            .instrument(span.clone());
+        let planned = tokio::time::timeout_at(deadline, planning)
             .await
             .map_err(|_| timed_out())?;
         let frame = planned.map_err(status)?;
         let schema = std::sync::Arc::new(frame.schema().as_arrow().clone());
-        let stream = frame.execute_stream().await.map_err(|e| status(e.into()))?;
+        let stream = frame
+            .execute_stream()
+            .instrument(span)
+            .await
+            .map_err(|e| status(e.into()))?;
         let batches = run_query(stream, limits.max_rows, deadline, timed_out());
         let flight = FlightDataEncoderBuilder::new()
             .with_schema(schema)

@@ -20,6 +20,7 @@ use crate::gold::Refresher;
 use crate::serve::query::QueryEngine;
 use crate::tasks::schemas;
 use smelter_lake::{AppId, CommitOutcome, TxnUpdate, WriteMode, log};
+use tracing::Instrument as _;
 
 /// Least ratio of idle time to refresh time. (2 was tried: gold refreshed a little sooner
 /// under load, but on an overloaded machine the extra refreshes delayed other tasks.)
@@ -92,7 +93,17 @@ impl AggregateTask {
             progress.set_state(TaskState::Running);
             last_refresh = Some(Instant::now());
             let refresh_started = std::time::Instant::now();
-            let batches = refresher.refresh(&mut silver, latest).await?;
+            // One span per refresh: the silver version computed from, its commit inside.
+            let span = tracing::info_span!(
+                "gold_refresh",
+                table = %self.table,
+                silver_version = latest,
+                rows = tracing::field::Empty,
+            );
+            let batches = refresher
+                .refresh(&mut silver, latest)
+                .instrument(span.clone())
+                .await?;
             let mut batches = batches
                 .iter()
                 .map(|b| schemas::to_delta(b, &schema))
@@ -102,6 +113,7 @@ impl AggregateTask {
                 batches.push(arrow::record_batch::RecordBatch::new_empty(schema.clone()));
             }
             let rows: u64 = batches.iter().map(|b| b.num_rows() as u64).sum();
+            span.record("rows", rows);
             let txns = vec![TxnUpdate::new(&app_id, consumed, latest)];
             match smelter_lake::commit(
                 &mut gold,
@@ -112,6 +124,7 @@ impl AggregateTask {
                 txns,
                 &env.commits,
             )
+            .instrument(span)
             .await?
             {
                 CommitOutcome::Committed { version } => {

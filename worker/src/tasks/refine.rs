@@ -144,6 +144,7 @@ impl RefineTask {
                     txns,
                     &env.commits,
                 )
+                .instrument(span.clone())
                 .await?
                 {
                     CommitOutcome::Committed { .. } => quarantined_to = Some(to),
@@ -169,7 +170,11 @@ impl RefineTask {
                 txns,
                 metadata: &metadata,
             };
-            match smelter_lake::commit_write(&mut silver, &self.table, write, &env.commits).await? {
+            let committed =
+                smelter_lake::commit_write(&mut silver, &self.table, write, &env.commits)
+                    .instrument(span.clone())
+                    .await?;
+            match committed {
                 CommitOutcome::Committed { version } => {
                     keys.committed(version, new_keys, window);
                     let rows = heads.head(&mut silver, &self.table).await?.rows();
