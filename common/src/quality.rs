@@ -15,6 +15,8 @@ const PER_RULE: [&str; 2] = ["quarantined", "warned"];
 pub struct QualitySummary {
     totals: Value,
     commits: Vec<Value>,
+    /// The table checks of the latest commit that evaluated them, and its version.
+    checks: Option<(i64, Value)>,
 }
 
 impl Default for QualitySummary {
@@ -25,6 +27,7 @@ impl Default for QualitySummary {
                 "quarantined": {}, "warned": {}, "columns": {},
             }),
             commits: Vec::new(),
+            checks: None,
         }
     }
 }
@@ -60,6 +63,9 @@ impl QualitySummary {
                 }
             }
         }
+        if let Some(checks) = quality.get("checks").filter(|c| c.is_array()) {
+            self.checks = Some((version, checks.clone()));
+        }
         self.commits.push(json!({
             "version": version,
             "at_ms": at_ms,
@@ -67,9 +73,13 @@ impl QualitySummary {
         }));
     }
 
-    /// `{"totals": {...}, "commits": [...]}`.
+    /// `{"totals": {...}, "commits": [...], "checks": {"version": v, "outcomes": [...]}}`
+    /// (`checks` null when no commit evaluated table checks).
     pub fn into_json(self) -> Value {
-        json!({ "totals": self.totals, "commits": self.commits })
+        let checks = self
+            .checks
+            .map(|(version, outcomes)| json!({ "version": version, "outcomes": outcomes }));
+        json!({ "totals": self.totals, "commits": self.commits, "checks": checks })
     }
 }
 
@@ -106,5 +116,13 @@ mod tests {
         );
         assert_eq!(out["commits"].as_array().unwrap().len(), 2);
         assert_eq!(out["commits"][1]["version"], 4);
+        assert!(out["checks"].is_null());
+
+        let mut summary = QualitySummary::default();
+        let failing = json!([{"check": "unique(id)", "ok": false, "violations": 2}]);
+        summary.add(5, None, json!({"rows_out": 1, "checks": failing}));
+        summary.add(6, None, json!({"rows_out": 0}));
+        let out = summary.into_json();
+        assert_eq!(out["checks"], json!({"version": 5, "outcomes": failing}));
     }
 }

@@ -44,6 +44,15 @@ pub struct TableEntry {
     pub lag: i64,
     /// Quality counters of its writers since they started.
     pub quality: Quality,
+    /// Table checks its writer's last pass failed (`check: detail`).
+    pub failed_checks: Vec<String>,
+    /// Time since the last commit a writing task reported, when one did.
+    pub freshness_ms: Option<i64>,
+    /// The spec's `checks.freshness_sla`.
+    pub freshness_sla_ms: Option<u64>,
+    /// Whether the table is past its freshness SLA (`None`: no SLA, or no commit reported
+    /// yet to measure from).
+    pub stale: Option<bool>,
 }
 
 /// A writing task.
@@ -119,12 +128,17 @@ fn entry(pipeline: &str, name: &str, spec: &TableSpec, operation: &str) -> Table
         last_commit_unix_ms: None,
         lag: 0,
         quality: Quality::default(),
+        failed_checks: Vec::new(),
+        freshness_ms: None,
+        freshness_sla_ms: spec.checks.freshness_sla.map(|sla| sla.as_millis() as u64),
+        stale: None,
     }
 }
 
 impl Catalog {
-    /// The catalog of `status`'s pipelines, with its tasks' reports.
-    pub fn build(status: &ClusterStatus) -> Catalog {
+    /// The catalog of `status`'s pipelines, with its tasks' reports; freshness measured at
+    /// `now_ms` (Unix millis).
+    pub fn build(status: &ClusterStatus, now_ms: i64) -> Catalog {
         let mut catalog = Catalog::default();
         for definition in &status.pipelines {
             let Ok(spec) = PipelineSpec::parse(&definition.spec_yaml, &definition.origin) else {
@@ -189,10 +203,20 @@ impl Catalog {
                         .max(Some(report.last_commit_unix_ms));
                 }
                 entry.lag += report.lag.max(0);
+                entry
+                    .failed_checks
+                    .extend(report.failed_checks.iter().cloned());
                 entry.quality.quarantined += report.rows_quarantined;
                 entry.quality.dropped += report.rows_dropped;
                 entry.quality.deduplicated += report.rows_deduplicated;
             }
+        }
+        for entry in catalog.tables.values_mut() {
+            entry.freshness_ms = entry.last_commit_unix_ms.map(|at| (now_ms - at).max(0));
+            entry.stale = entry
+                .freshness_sla_ms
+                .zip(entry.freshness_ms)
+                .map(|(sla, age)| age as u64 > sla);
         }
         catalog
     }
@@ -260,7 +284,7 @@ mod tests {
             }],
             ..Default::default()
         };
-        let catalog = Catalog::build(&status);
+        let catalog = Catalog::build(&status, 0);
         assert!(catalog.tables.contains_key("silver.events_quarantine"));
         let hourly = &catalog.tables["gold.hourly_metrics"];
         assert_eq!(hourly.owner.as_deref(), Some("analytics"));
@@ -279,5 +303,64 @@ mod tests {
             ]
         );
         assert!(names(&down).contains(&"silver.events->gold.hourly_metrics aggregate".into()));
+    }
+
+    #[test]
+    fn failing_checks_and_freshness_come_from_the_writers_reports() {
+        let task = |table: &str, last_commit: i64, failed: &[&str]| smelter_proto::TaskStatus {
+            task: Some(smelter_proto::TaskAssignment {
+                task_id: format!("clickstream/x/{table}"),
+                table: table.into(),
+                ..Default::default()
+            }),
+            worker_id: "w1".into(),
+            report: Some(smelter_proto::TaskStatusReport {
+                last_commit_unix_ms: last_commit,
+                table_version: 3,
+                failed_checks: failed.iter().map(|f| f.to_string()).collect(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let status = ClusterStatus {
+            pipelines: vec![smelter_proto::PipelineDefinition {
+                name: "clickstream".into(),
+                spec_yaml: include_str!("../../examples/clickstream.yaml").into(),
+                origin: "clickstream.yaml".into(),
+                revision: 1,
+                paused: false,
+            }],
+            tasks: vec![
+                task(
+                    "silver.events",
+                    1_000,
+                    &["range(quantity): 2 values outside [1, 100]"],
+                ),
+                task("gold.hourly_metrics", 1_000, &[]),
+            ],
+            ..Default::default()
+        };
+        // The demo gives silver a 5-minute SLA; gold has none.
+        let fresh = Catalog::build(&status, 1_000 + 299_000);
+        let silver = &fresh.tables["silver.events"];
+        assert_eq!(
+            silver.failed_checks,
+            ["range(quantity): 2 values outside [1, 100]"]
+        );
+        assert_eq!(
+            (silver.freshness_sla_ms, silver.freshness_ms, silver.stale),
+            (Some(300_000), Some(299_000), Some(false))
+        );
+        assert!(
+            fresh.tables["silver.events_quarantine"]
+                .failed_checks
+                .is_empty()
+        );
+        let gold = &fresh.tables["gold.hourly_metrics"];
+        assert_eq!((gold.freshness_ms, gold.stale), (Some(299_000), None));
+        let late = Catalog::build(&status, 1_000 + 300_001);
+        assert_eq!(late.tables["silver.events"].stale, Some(true));
+        // No commit reported yet: nothing to measure from.
+        assert_eq!(late.tables["bronze.events"].stale, None);
     }
 }

@@ -43,6 +43,9 @@ def bounded_pipeline(path: Path) -> None:
         "      rate: 2000            # events per second over all partitions\n",
         f"      rate: null\n      count: {EVENTS}\n",
     )
+    # A table check bound to fail: quantities above 2 exist (the oracle counts them).
+    assert "range: { quantity: { min: 1, max: 100 } }" in demo
+    demo = demo.replace("range: { quantity: { min: 1, max: 100 } }", "range: { quantity: { min: 1, max: 2 } }")
     path.write_text(demo)
 
 
@@ -413,6 +416,31 @@ def test_http_history_preview_and_quality(cluster):
     passes = [c["quality"]["columns"]["user_id"] for c in answer["commits"] if c["quality"]["rows_out"]]
     assert min(p["min"] for p in passes if "min" in p) == min(user_ids)
     assert max(p["max"] for p in passes if "max" in p) == max(user_ids)
+    # Table checks, as each pass recorded them: the failing range check counted exactly the
+    # rows outside it, the others passed; the latest outcomes are in the summary.
+    outside = sum(1 for q in rows["quantity"].to_pylist() if q is not None and not 1 <= q <= 2)
+    assert outside > 0
+    counted = 0
+    for commit in answer["commits"]:
+        outcomes = {o["check"]: o for o in commit["quality"]["checks"]}
+        assert set(outcomes) == {"unique(event_id)", "max_null_fraction(session_id)",
+                                 "max_null_fraction(user_id)", "range(quantity)"}, outcomes
+        counted += outcomes["range(quantity)"]["violations"]
+        assert all(o["ok"] for name, o in outcomes.items() if name != "range(quantity)"), outcomes
+    assert counted == outside
+    latest = answer["checks"]
+    assert latest["version"] == answer["commits"][-1]["version"]
+    failing = [o for o in latest["outcomes"] if not o["ok"]]
+    assert [o["check"] for o in failing] == ["range(quantity)"]
+    assert "outside [1, 2]" in failing[0]["detail"]
+    # Gold's checks see the whole table at each refresh.
+    status, gold = http_json(base + "/tables/gold.hourly_metrics/quality")
+    assert status == 200, gold
+    hourly = delta(cluster, "gold.hourly_metrics")
+    assert gold["checks"]["version"] == hourly.version()
+    assert all(o["ok"] for o in gold["checks"]["outcomes"]), gold["checks"]
+    keys = hourly.to_pyarrow_table().select(["hour", "event_type"]).to_pylist()
+    assert f"0 repeated keys among {len(keys)} rows" in [o["detail"] for o in gold["checks"]["outcomes"]]
     # The CLI reads the same figures from the log, with no server.
     cli = json.loads(subprocess.run(
         smelter("quality", "silver.events", "--data-dir", str(cluster["tables"].parent), "--output", "json"),
@@ -422,6 +450,7 @@ def test_http_history_preview_and_quality(cluster):
     text = subprocess.run(smelter("quality", "silver.events", "--data-dir", str(cluster["tables"].parent)),
                           check=True, capture_output=True, text=True, timeout=60).stdout
     assert f"rows in {totals['rows_in']}, out {totals['rows_out']}" in text, text
+    assert "FAIL range(quantity)" in " ".join(text.split()), text
     bad = subprocess.run(smelter("quality", "silver.nope", "--data-dir", str(cluster["tables"].parent)),
                          capture_output=True, text=True, timeout=60)
     assert bad.returncode == 2 and "does not exist" in bad.stderr, bad
@@ -486,8 +515,54 @@ def test_status_page_renders_every_table_in_a_headless_browser(cluster):
         name = table["name"]
         row = f'data-table="{name}" data-version="{version}"'
         assert row in html, (row, html[-3000:])
+        checks = f'data-table="{name}" data-version="{version}" data-rows="{"" if table["rows"] is None else table["rows"]}" data-checks="{len(table["failed_checks"])}"'
+        assert checks in html, (checks, html[-3000:])
         # A version the writers reported is the table's own (read by deltalake).
         if version != "":
             reported += 1
             assert version == delta(cluster, table["name"]).version(), table
     assert reported >= 3, answer
+
+
+def test_failing_checks_are_raised_while_the_pipeline_runs(tmp_path):
+    """A live run whose silver table breaks a check on every pass: the failure shows in
+    `smelter status`, `/tables/{name}` and `/metrics` (with promtool's approval), and the
+    gold table's SLA state is measured."""
+    pipeline = tmp_path / "pipeline.yaml"
+    demo = (ROOT / "examples" / "clickstream.yaml").read_text()
+    demo = demo.replace("range: { quantity: { min: 1, max: 100 } }", "range: { quantity: { max: 0 } }")
+    demo = demo.replace("    checks: { unique: [hour, event_type], range: { events: { min: 1 } } }\n",
+                        "    checks: { unique: [hour, event_type], freshness_sla: 1h }\n")
+    pipeline.write_text(demo)
+    coordinator, http_port = free_port(), free_port()
+    server = subprocess.Popen(smelter(
+        "up", "--pipeline", str(pipeline), "--data-dir", str(tmp_path / "data"),
+        "--coordinator-addr", f"127.0.0.1:{coordinator}", "--flight-addr", "127.0.0.1:0",
+        "--http-addr", f"127.0.0.1:{http_port}"))
+    base = f"http://127.0.0.1:{http_port}"
+    try:
+        def failing():
+            status, table = http_json(base + "/tables/silver.events")
+            return status == 200 and table["failed_checks"] and table
+        table = wait_until("silver's failing check reported", failing, 120, stop=server.poll)
+        assert [f.split(": ")[0] for f in table["failed_checks"]] == ["range(quantity)"], table
+        assert "outside [-inf, 0]" in table["failed_checks"][0]
+        assert table["freshness_sla_ms"] == 300_000
+        gold = wait_until("gold committed", lambda: (lambda s, t: t["stale"] is not None and t)(
+            *http_json(base + "/tables/gold.hourly_metrics")), 60, stop=server.poll)
+        assert gold["stale"] is False and gold["failed_checks"] == [], gold
+        status = subprocess.run(smelter("status", "--coordinator", f"127.0.0.1:{coordinator}"),
+                                check=True, capture_output=True, text=True, timeout=60).stdout
+        assert "check failing: range(quantity)" in status, status
+        code, metrics = http_get(base + "/metrics")
+        assert code == 200
+        metrics = metrics.decode() if isinstance(metrics, bytes) else metrics
+        assert 'smelter_table_checks_failing{table="silver.events",check="range(quantity)"} 1' in metrics
+        assert 'smelter_table_stale{table="gold.hourly_metrics"} 0' in metrics
+        tool = promtool()
+        if tool:
+            check = subprocess.run([tool, "check", "metrics"], input=metrics, capture_output=True, text=True)
+            assert check.returncode == 0, check.stdout + check.stderr
+    finally:
+        server.terminate()
+        assert server.wait(timeout=60) == 0

@@ -5,7 +5,8 @@
 //! * [`tasks`]: ingest (source -> bronze), refine (bronze -> silver + quarantine) and
 //!   aggregate (silver -> gold) loops, and the schemas of the tables they write;
 //! * [`source`]: the source interface with the generator, files and Kafka implementations;
-//! * [`refine`]: decoding, expectations and dedupe;
+//! * [`refine`]: decoding, expectations and dedupe; [`checks`]: the table checks evaluated
+//!   on what each pass commits;
 //! * [`gold`]: gold query results, folded incrementally from new upstream files;
 //! * [`serve`]: read-only SQL over the tables and the Flight SQL service.
 //!
@@ -13,6 +14,7 @@
 //! verification — is the `smelter-lake` crate. A worker keeps nothing that matters across
 //! restarts: positions live in the Delta log.
 
+pub mod checks;
 pub mod error;
 pub mod gold;
 pub mod refine;

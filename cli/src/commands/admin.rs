@@ -115,6 +115,9 @@ fn status_text(status: &ClusterStatus) -> String {
                 format!("  error: {}", report.error)
             }
         ));
+        for failed in &report.failed_checks {
+            out.push_str(&format!("      check failing: {failed}\n"));
+        }
     }
     out.push_str("\ntables\n");
     // The tasks above show the maintenance task; it has no table of its own.

@@ -1,6 +1,7 @@
 //! `smelter quality TABLE [--since T]`: the data-quality figures refine recorded in a
 //! silver table's commits (rows in and out, quarantined and warned per rule, dropped,
-//! deduplicated, nulls per column), summed — read from the Delta log, no cluster needed;
+//! deduplicated, nulls per column), summed, and the table checks of the latest commit that
+//! evaluated them (silver and gold) — read from the Delta log, no cluster needed;
 //! the same sums as `GET /tables/{name}/quality` ([`smelter_common::quality`]).
 
 use smelter_common::config::SmelterConfig;
@@ -54,26 +55,53 @@ pub async fn run(config: SmelterConfig, args: QualityArgs) -> Result<()> {
     out["since"] = args.since.clone().into();
     match args.output {
         Format::Json => println!("{}", serde_json::to_string_pretty(&out).unwrap_or_default()),
-        Format::Table | Format::Csv => print!("{}", render(&args.table, commits, &out["totals"])),
+        Format::Table | Format::Csv => print!(
+            "{}",
+            render(&args.table, commits, &out["totals"], &out["checks"])
+        ),
     }
     Ok(())
 }
 
-fn render(table: &str, commits: usize, totals: &serde_json::Value) -> String {
+fn render(
+    table: &str,
+    commits: usize,
+    totals: &serde_json::Value,
+    checks: &serde_json::Value,
+) -> String {
     let n = |v: &serde_json::Value| v.as_u64().unwrap_or(0);
-    let mut out = format!(
-        "{table}: {commits} refine commits\n  rows in {}, out {}, dropped {}, deduplicated {}\n",
-        n(&totals["rows_in"]),
-        n(&totals["rows_out"]),
-        n(&totals["dropped"]),
-        n(&totals["deduplicated"])
-    );
+    let mut out = format!("{table}: {commits} commits with quality figures\n");
+    // Gold commits record their checks only; silver's record what refine did to the rows.
+    if table.starts_with("silver.") {
+        out.push_str(&format!(
+            "  rows in {}, out {}, dropped {}, deduplicated {}\n",
+            n(&totals["rows_in"]),
+            n(&totals["rows_out"]),
+            n(&totals["dropped"]),
+            n(&totals["deduplicated"])
+        ));
+    }
     for kind in ["quarantined", "warned"] {
         if let Some(rules) = totals[kind].as_object().filter(|r| !r.is_empty()) {
             out.push_str(&format!("  {kind}:\n"));
             for (rule, count) in rules {
                 out.push_str(&format!("    {rule:<24} {:>10}\n", n(count)));
             }
+        }
+    }
+    if let Some(outcomes) = checks["outcomes"].as_array() {
+        out.push_str(&format!("  checks at version {}:\n", checks["version"]));
+        for outcome in outcomes {
+            out.push_str(&format!(
+                "    {:<4} {:<36} {}\n",
+                if outcome["ok"].as_bool() == Some(true) {
+                    "ok"
+                } else {
+                    "FAIL"
+                },
+                outcome["check"].as_str().unwrap_or_default(),
+                outcome["detail"].as_str().unwrap_or_default()
+            ));
         }
     }
     if let Some(columns) = totals["columns"].as_object().filter(|c| !c.is_empty()) {

@@ -106,6 +106,47 @@ pub struct TableSpec {
     /// Automatic compaction and vacuum of the table (on by default).
     #[serde(default)]
     pub maintenance: MaintenanceSpec,
+    /// Table-level data-quality checks (see [`ChecksSpec`]).
+    #[serde(default)]
+    pub checks: ChecksSpec,
+}
+
+/// Checks on what a table holds, beyond the per-record expectations: evaluated by the
+/// writing task on the rows each pass commits (silver: the pass's new rows; gold: the
+/// whole refreshed table), recorded with the commit, and raised as a visible status and a
+/// metric while failing. They never hold up the pipeline.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ChecksSpec {
+    /// The table is stale once its last commit is older than this.
+    #[serde(with = "opt_duration")]
+    pub freshness_sla: Option<Duration>,
+    /// Columns whose values together identify a row: no two rows may share them.
+    pub unique: Vec<String>,
+    /// Most nulls a column may hold, as a fraction of the rows (0 to 1).
+    pub max_null_fraction: std::collections::BTreeMap<String, f64>,
+    /// Bounds a numeric column's values must stay within (inclusive).
+    pub range: std::collections::BTreeMap<String, RangeSpec>,
+}
+
+impl ChecksSpec {
+    /// Whether any check on the rows is declared (`freshness_sla` is not one: the
+    /// coordinator watches it).
+    pub fn on_rows(&self) -> bool {
+        !self.unique.is_empty() || !self.max_null_fraction.is_empty() || !self.range.is_empty()
+    }
+}
+
+/// Inclusive bounds.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RangeSpec {
+    /// Least value allowed.
+    #[serde(default)]
+    pub min: Option<f64>,
+    /// Greatest value allowed.
+    #[serde(default)]
+    pub max: Option<f64>,
 }
 
 /// How the pipeline's maintenance task keeps a table fast and its storage bounded.

@@ -178,3 +178,42 @@ fn bad_kafka_sources_are_rejected_with_their_field() {
         assert!(message.contains(needle), "{message}");
     }
 }
+
+#[test]
+fn table_checks_parse_and_bad_ones_name_their_field() {
+    let spec = PipelineSpec::parse(DEMO, "clickstream.yaml").unwrap();
+    let checks = &spec.tables["silver.events"].checks;
+    assert_eq!(checks.unique, ["event_id"]);
+    assert_eq!(checks.freshness_sla, Some(Duration::from_secs(300)));
+    assert_eq!(checks.range["quantity"].max, Some(100.0));
+    assert!(checks.on_rows());
+    assert!(!spec.tables["bronze.events"].checks.on_rows());
+
+    let text = DEMO.replace("unique: [event_id]", "unique: [event_uuid]");
+    let (field, line, message) = spec_error(&text);
+    assert_eq!(field, "tables.silver.events.checks.unique");
+    assert!(
+        message.contains("event_uuid") && line.is_some(),
+        "{message}"
+    );
+    let text = DEMO.replace("user_id: 0.0,", "user_id: 1.5,");
+    let (field, _, message) = spec_error(&text);
+    assert_eq!(field, "tables.silver.events.checks.max_null_fraction");
+    assert!(message.contains("between 0 and 1"), "{message}");
+    let text = DEMO.replace("{ min: 1, max: 100 }", "{ min: 5, max: 1 }");
+    assert!(spec_error(&text).2.contains("min 5 is above max 1"));
+    let text = DEMO.replace("{ min: 1, max: 100 }", "{}");
+    assert_eq!(spec_error(&text).0, "tables.silver.events.checks.range");
+    let text = DEMO.replace("freshness_sla: 5m", "freshness_sla: 0s");
+    assert_eq!(
+        spec_error(&text).0,
+        "tables.silver.events.checks.freshness_sla"
+    );
+    let text = DEMO.replace(
+        "  bronze.events:\n    from: events\n",
+        "  bronze.events:\n    from: events\n    checks: { unique: [value] }\n",
+    );
+    let (field, _, message) = spec_error(&text);
+    assert_eq!(field, "tables.bronze.events.checks");
+    assert!(message.contains("only `freshness_sla`"), "{message}");
+}

@@ -161,10 +161,76 @@ pub(super) fn validate(spec: &PipelineSpec, text: &str, origin: &str) -> Result<
             Layer::Gold => validate_gold(&c, spec, name, table)?,
         }
         validate_maintenance(&c, name, &table.maintenance)?;
+        validate_checks(&c, name, layer, table)?;
     }
     for name in spec.sources.keys() {
         if !fed_sources.contains(name.as_str()) {
             return Err(c.fail(&["sources", name], "no bronze table reads this source"));
+        }
+    }
+    Ok(())
+}
+
+/// Checks name columns the table has (silver: its declared columns; gold's are known once
+/// its SQL is planned, so a missing one fails the check at run time, naming it), with
+/// bounds that can be met.
+fn validate_checks(c: &Checker, name: &str, layer: Layer, table: &TableSpec) -> Result<()> {
+    let checks = &table.checks;
+    let path = |field| ["tables", name, "checks", field];
+    if checks.freshness_sla.is_some_and(|sla| sla.is_zero()) {
+        return Err(c.fail(
+            &path("freshness_sla"),
+            "the freshness SLA must be above zero",
+        ));
+    }
+    if layer == Layer::Bronze && checks.on_rows() {
+        return Err(c.fail(
+            &["tables", name, "checks"],
+            "bronze tables hold raw records: only `freshness_sla` applies; check columns on \
+             silver or gold",
+        ));
+    }
+    let known: Option<HashSet<String>> = (layer == Layer::Silver)
+        .then(|| silver_columns(table).into_iter().map(|(n, _)| n).collect());
+    let columns = checks
+        .unique
+        .iter()
+        .map(|c| ("unique", c))
+        .chain(
+            checks
+                .max_null_fraction
+                .keys()
+                .map(|c| ("max_null_fraction", c)),
+        )
+        .chain(checks.range.keys().map(|c| ("range", c)));
+    for (field, column) in columns {
+        if known.as_ref().is_some_and(|k| !k.contains(column)) {
+            return Err(c.fail(&path(field), format!("unknown column `{column}`")));
+        }
+    }
+    for (column, fraction) in &checks.max_null_fraction {
+        if !(0.0..=1.0).contains(fraction) {
+            return Err(c.fail(
+                &path("max_null_fraction"),
+                format!("`{column}`: a fraction is between 0 and 1, not {fraction}"),
+            ));
+        }
+    }
+    for (column, range) in &checks.range {
+        match (range.min, range.max) {
+            (None, None) => {
+                return Err(c.fail(
+                    &path("range"),
+                    format!("`{column}`: give `min`, `max` or both"),
+                ));
+            }
+            (Some(min), Some(max)) if min > max => {
+                return Err(c.fail(
+                    &path("range"),
+                    format!("`{column}`: min {min} is above max {max}"),
+                ));
+            }
+            _ => {}
         }
     }
     Ok(())

@@ -26,7 +26,10 @@ async fn open(shared: &Shared, headers: HeaderMap) -> Result<(Principal, Catalog
         .authenticate(&metadata)
         .map_err(|status| error(StatusCode::UNAUTHORIZED, status.message()))?;
     match leader_status(shared).await? {
-        Some(status) => Ok((caller, Catalog::build(&status))),
+        Some(status) => Ok((
+            caller,
+            Catalog::build(&status, chrono::Utc::now().timestamp_millis()),
+        )),
         None => Err(error(
             StatusCode::SERVICE_UNAVAILABLE,
             "this replica does not lead; ask the leader",

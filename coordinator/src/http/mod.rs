@@ -329,7 +329,7 @@ async fn metrics(State(shared): State<Shared>, headers: HeaderMap) -> Response {
     };
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        render(status.as_ref()),
+        render(status.as_ref(), chrono::Utc::now().timestamp_millis()),
     )
         .into_response()
 }
@@ -360,8 +360,9 @@ impl Family<'_> {
     }
 }
 
-/// The Prometheus text for a status (`None`: this replica follows).
-pub fn render(status: Option<&ClusterStatus>) -> String {
+/// The Prometheus text for a status (`None`: this replica follows), with freshness
+/// measured at `now_ms` (Unix millis).
+pub fn render(status: Option<&ClusterStatus>, now_ms: i64) -> String {
     let mut out = String::new();
     let leads = status.is_some();
     Family {
@@ -509,7 +510,62 @@ pub fn render(status: Option<&ClusterStatus>) -> String {
             .collect(),
     }
     .write(&mut out);
+    tables(&mut out, &crate::catalog::Catalog::build(status, now_ms));
     out
+}
+
+/// Per-table families: freshness, SLA state and failing checks.
+fn tables(out: &mut String, catalog: &crate::catalog::Catalog) {
+    let table = |name: &str| format!("{{table=\"{}\"}}", label(name));
+    Family {
+        name: "smelter_table_seconds_since_commit",
+        help: "Time since the table's last commit, as its writers reported it.",
+        kind: "gauge",
+        samples: catalog
+            .tables
+            .values()
+            .filter_map(|t| {
+                t.freshness_ms
+                    .map(|ms| (table(&t.name), ms as f64 / 1000.0))
+            })
+            .collect(),
+    }
+    .write(out);
+    Family {
+        name: "smelter_table_stale",
+        help: "Whether the table is past its checks.freshness_sla (1) or within it (0).",
+        kind: "gauge",
+        samples: catalog
+            .tables
+            .values()
+            .filter_map(|t| {
+                t.stale
+                    .map(|stale| (table(&t.name), f64::from(u8::from(stale))))
+            })
+            .collect(),
+    }
+    .write(out);
+    Family {
+        name: "smelter_table_checks_failing",
+        help: "Table checks the writer's last pass failed, one sample per check.",
+        kind: "gauge",
+        samples: catalog
+            .tables
+            .values()
+            .flat_map(|t| {
+                t.failed_checks.iter().map(|failed| {
+                    let check = failed.split_once(": ").map_or(failed.as_str(), |(c, _)| c);
+                    let labels = format!(
+                        "{{table=\"{}\",check=\"{}\"}}",
+                        label(&t.name),
+                        label(check)
+                    );
+                    (labels, 1.0)
+                })
+            })
+            .collect(),
+    }
+    .write(out);
 }
 
 /// Serves the HTTP surface on `listener` until `shutdown`; over TLS with `tls`.
@@ -599,8 +655,43 @@ mod tests {
     #[test]
     fn labels_are_escaped_and_followers_say_so() {
         assert_eq!(label("a\"b\\c\nd"), "a\\\"b\\\\c\\nd");
-        let text = render(None);
+        let text = render(None, 0);
         assert!(text.contains("smelter_coordinator_leader 0"), "{text}");
         assert!(!text.contains("smelter_task_"), "{text}");
+    }
+
+    #[test]
+    fn failing_checks_and_stale_tables_are_samples() {
+        let status = ClusterStatus {
+            pipelines: vec![smelter_proto::PipelineDefinition {
+                name: "clickstream".into(),
+                spec_yaml: include_str!("../../../examples/clickstream.yaml").into(),
+                origin: "clickstream.yaml".into(),
+                revision: 1,
+                paused: false,
+            }],
+            tasks: vec![smelter_proto::TaskStatus {
+                task: Some(smelter_proto::TaskAssignment {
+                    task_id: "clickstream/refine/silver.events".into(),
+                    table: "silver.events".into(),
+                    ..Default::default()
+                }),
+                report: Some(smelter_proto::TaskStatusReport {
+                    last_commit_unix_ms: 1_000,
+                    failed_checks: vec!["unique(event_id): 2 repeated keys among 9 rows".into()],
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        let text = render(Some(&status), 1_000 + 301_000);
+        for sample in [
+            "smelter_table_seconds_since_commit{table=\"silver.events\"} 301",
+            "smelter_table_stale{table=\"silver.events\"} 1",
+            "smelter_table_checks_failing{table=\"silver.events\",check=\"unique(event_id)\"} 1",
+        ] {
+            assert!(text.contains(sample), "{sample} missing from:\n{text}");
+        }
     }
 }

@@ -114,22 +114,33 @@ impl AggregateTask {
             }
             let rows: u64 = batches.iter().map(|b| b.num_rows() as u64).sum();
             span.record("rows", rows);
+            // Checks see the whole table as this refresh leaves it: exact for gold.
+            let checks = crate::checks::evaluate(&spec.checks, &batches);
+            let mut metadata = std::collections::HashMap::new();
+            if spec.checks.on_rows() {
+                metadata.insert(
+                    smelter_lake::commit::QUALITY_KEY.to_string(),
+                    serde_json::json!({ "checks": checks }),
+                );
+            }
             let txns = vec![TxnUpdate::new(&app_id, consumed, latest)];
-            match smelter_lake::commit(
-                &mut gold,
-                &self.table,
+            let write = smelter_lake::commit::Write {
                 batches,
-                WriteMode::Overwrite,
-                &spec.partition_by,
+                mode: WriteMode::Overwrite,
+                partition_by: &spec.partition_by,
                 txns,
-                &env.commits,
-            )
-            .instrument(span)
-            .await?
+                metadata: &metadata,
+            };
+            match smelter_lake::commit_write(&mut gold, &self.table, write, &env.commits)
+                .instrument(span)
+                .await?
             {
                 CommitOutcome::Committed { version } => {
                     progress.committed(version, rows, rows);
-                    progress.update(|r| r.lag = 0);
+                    progress.update(|r| {
+                        r.lag = 0;
+                        r.failed_checks = super::refine::failing(&checks);
+                    });
                     let took = refresh_started.elapsed();
                     interval = min_interval.max(took * BUSY_FACTOR);
                     tracing::debug!(table = %self.table, version, silver_version = latest, rows, how = ?refresher.last_refresh(), elapsed_ms = took.as_millis() as u64, next_in_ms = interval.as_millis() as u64, "gold refresh");

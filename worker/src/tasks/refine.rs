@@ -131,8 +131,12 @@ impl RefineTask {
             let refine_ms = started.elapsed().as_millis() as u64 - read_ms;
             let quarantined = refined.quarantine.num_rows() as u64;
             let good: u64 = refined.silver.iter().map(|b| b.num_rows() as u64).sum();
-            let quality =
+            let mut quality =
                 quality_figures(rows.len(), good, &rules_of(&refined.quarantine), &refined);
+            let checks = crate::checks::evaluate(&spec.checks, &refined.silver);
+            if spec.checks.on_rows() {
+                quality["checks"] = serde_json::to_value(&checks).unwrap_or_default();
+            }
             if quarantined > 0 && quarantined_to.is_none_or(|q| q < to) {
                 let txns = vec![TxnUpdate::new(&quarantine_app_id, quarantined_to, to)];
                 match smelter_lake::commit(
@@ -184,6 +188,10 @@ impl RefineTask {
                         r.rows_dropped += refined.dropped as u64;
                         r.rows_deduplicated += refined.deduplicated as u64;
                         r.lag = latest - to;
+                        // A pass without rows says nothing new about the checks.
+                        if good > 0 {
+                            r.failed_checks = failing(&checks);
+                        }
                     });
                     tracing::debug!(
                         table = %self.table, version, bronze_from = done + 1, bronze_to = to, rows = good, quarantined,
@@ -233,6 +241,15 @@ fn rules_of(quarantine: &arrow::array::RecordBatch) -> std::collections::BTreeMa
         }
     }
     out
+}
+
+/// The failing checks of a pass, as a task reports them.
+pub(super) fn failing(checks: &[crate::checks::CheckOutcome]) -> Vec<String> {
+    checks
+        .iter()
+        .filter(|c| !c.ok)
+        .map(crate::checks::CheckOutcome::summary)
+        .collect()
 }
 
 /// What a refine pass did to its rows, as its silver commit records it
