@@ -495,12 +495,31 @@ async fn restores_keep_the_layers_one_cut_and_reprocess_exactly_once() {
         .await
         .unwrap();
 
-    // 2. Silver alone, to an early version: refined again from its bronze position then.
-    let early = (latest("silver.events").await / 3).max(1).to_string();
-    let report = restore(&cluster, &["silver.events", "--version", &early]);
+    // 2. Silver alone, to a version that had read bronze versions step 1 undid: silver
+    // then held records ingest has since read again, so the restore goes back further, to
+    // the latest version positioned outside the undone span, and refines on from there.
+    let handle = cluster.tables.open("silver.events").await.unwrap();
+    let app = smelter_lake::AppId::upstream("silver.events", "bronze.events");
+    let positions = smelter_lake::restore::txn_history(&handle, "silver.events", &app)
+        .await
+        .unwrap();
+    let (asked, _) = *positions
+        .iter()
+        .find(|(_, p)| p.is_some_and(|p| p > cut && p < restore_version))
+        .expect("silver read some of the versions step 1 undid");
+    let asked = asked.to_string();
+    let report = restore(&cluster, &["silver.events", "--version", &asked]);
+    let silver = step(&report, "silver.events");
+    assert!(silver["version"].is_i64(), "{report}");
+    let restored_to = silver["restored_to"].as_i64().unwrap();
+    let (_, position) = positions
+        .iter()
+        .find(|(v, _)| *v == restored_to)
+        .copied()
+        .unwrap();
     assert!(
-        step(&report, "silver.events")["version"].is_i64(),
-        "{report}"
+        restored_to < asked.parse().unwrap() && position.unwrap_or(-1) <= cut,
+        "restored to v{restored_to} at bronze {position:?}, cut {cut}: {report}"
     );
     step(&report, "silver.events_quarantine");
     assert_eq!(

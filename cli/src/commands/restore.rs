@@ -7,7 +7,10 @@
 //!   runs, as for any gold table.
 //! * **silver** to version N: silver and its quarantine go back to what they held having
 //!   consumed bronze up to c (the position silver had at N); refine consumes bronze again
-//!   from c, under the spec as it is now. Gold tables that read it rebuild.
+//!   from c, under the spec as it is now. Gold tables that read it rebuild. If c lies in
+//!   bronze versions a later bronze restore undid, silver at N holds records bronze has
+//!   since read again from the source: restoring N would let them in twice, so the restore
+//!   goes to the latest version before N positioned outside every undone span.
 //! * **bronze** to version N: the cut c is the latest bronze version ≤ N that every silver
 //!   table reading it had consumed *exactly* (a silver version consumed whole bronze
 //!   versions); bronze goes back to c — its source offsets with it, so ingest reads the
@@ -305,6 +308,47 @@ async fn version_consumed(
         .unwrap_or((0, -1)))
 }
 
+/// `silver`'s `version` (at bronze position `consumed`), or if that position lies in bronze
+/// versions a later bronze restore undid, the latest earlier version positioned outside
+/// every such span (version 0, the empty table, if none is), with its position.
+///
+/// A silver version positioned inside an undone span holds rows of the undone bronze
+/// versions, whose records ingest has since read again from the source into new bronze
+/// versions; refine, going on from that position, skips the undone versions and reads the
+/// new ones — the same records a second time.
+async fn clear_of_undone(
+    tables: &TableStore,
+    silver: &str,
+    bronze: &str,
+    version: i64,
+    consumed: i64,
+) -> Result<(i64, i64)> {
+    let handle = tables.open(bronze).await?;
+    let latest = smelter_lake::log::version(&handle);
+    // `(c + 1, R)`: the versions a restore at R to c undid. R itself holds what c held.
+    let spans = smelter_lake::changes::undone(&handle, bronze, -1, latest).await?;
+    let inside = |p: i64| spans.iter().any(|(lo, hi)| *lo <= p && p < *hi);
+    if !inside(consumed) {
+        return Ok((version, consumed));
+    }
+    let handle = tables.open(silver).await?;
+    let history = txn_history(&handle, silver, &AppId::upstream(silver, bronze)).await?;
+    let clear = history
+        .iter()
+        .rev()
+        .filter(|(v, _)| *v <= version)
+        .map(|(v, p)| (*v, p.unwrap_or(-1)))
+        .find(|(_, p)| !inside(*p))
+        .unwrap_or((0, -1));
+    tracing::info!(
+        table = silver,
+        asked = version,
+        restoring = clear.0,
+        "the version asked for read bronze versions a restore undid; restoring an earlier one"
+    );
+    Ok(clear)
+}
+
 /// Silver to `version`: silver and its quarantine back to bronze position c (silver's at
 /// `version`), both consuming bronze again from there.
 async fn restore_silver(
@@ -321,6 +365,7 @@ async fn restore_silver(
         )));
     };
     let consumed = position_at(tables, silver, bronze, version).await?;
+    let (version, consumed) = clear_of_undone(tables, silver, bronze, version, consumed).await?;
     steps.push(Step {
         table: silver.to_string(),
         restored: restore_table(tables, env, silver, version, BTreeMap::new()).await?,
