@@ -172,6 +172,24 @@ def test_adbc_get_objects_lists_every_table_with_its_columns(cluster):
             assert cur.fetch_arrow_table().schema.equals(schema)
 
 
+def test_adbc_binds_parameters_to_prepared_statements(cluster):
+    rows = delta(cluster, "silver.events").to_pyarrow_table().select(["event_type", "quantity"]).to_pylist()
+    sql = "SELECT count(*) FROM silver.events WHERE event_type = $1 AND quantity >= $2"
+    with flight_sql.connect(cluster["uri"], autocommit=True) as conn, conn.cursor() as cur:
+        for kind, least in [("purchase", 2), ("view", 1), ("nothing", 1)]:
+            cur.execute(sql, parameters=(kind, least))
+            expected = sum(1 for r in rows if r["event_type"] == kind and r["quantity"] is not None
+                           and r["quantity"] >= least)
+            assert cur.fetchall() == [(expected,)], (kind, least)
+        # The parameter schema names the placeholders with the types the plan expects.
+        schema = cur.adbc_prepare(sql)
+        assert schema is not None and schema.names == ["$1", "$2"], schema
+        # Values the plan cannot take, or too few of them, are refused with a reason.
+        with pytest.raises(Exception, match="(?i)param|placeholder|expected"):
+            cur.execute(sql, parameters=("purchase",))
+            cur.fetchall()
+
+
 def test_adbc_reports_bad_sql(cluster):
     with pytest.raises(Exception, match="nope"):
         adbc_rows(cluster["uri"], "SELECT * FROM gold.nope")

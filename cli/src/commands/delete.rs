@@ -20,13 +20,7 @@ use crate::{CliError, Result};
 pub async fn run(config: SmelterConfig, args: DeleteArgs) -> Result<()> {
     let (tables, _) =
         super::local_tables(&config, args.data_dir.as_deref(), vec![args.table.clone()]).await?;
-    if !tables.exists(&args.table).await {
-        return Err(CliError::InvalidArgument(format!(
-            "table {} does not exist under {}",
-            args.table,
-            tables.root().display()
-        )));
-    }
+    super::require_table(&tables, &args.table).await?;
     let layer = table_layer(&args.table);
     if args.cascade && layer != Some(Layer::Silver) {
         return Err(CliError::InvalidArgument(format!(

@@ -4,27 +4,15 @@
 use smelter_common::config::SmelterConfig;
 use smelter_lake::history::{Entry, entries};
 
+use crate::Result;
 use crate::cli::HistoryArgs;
 use crate::output::Format;
-use crate::{CliError, Result};
 
 /// Prints the history of one table.
 pub async fn run(config: SmelterConfig, args: HistoryArgs) -> Result<()> {
     let (tables, _) =
         super::local_tables(&config, args.data_dir.as_deref(), vec![args.table.clone()]).await?;
-    if !tables.exists(&args.table).await {
-        let known = tables.list().await;
-        return Err(CliError::InvalidArgument(format!(
-            "table {} does not exist under {} (tables: {})",
-            args.table,
-            tables.root().display(),
-            if known.is_empty() {
-                "none".to_string()
-            } else {
-                known.join(", ")
-            }
-        )));
-    }
+    super::require_table(&tables, &args.table).await?;
     let table = tables.open(&args.table).await?;
     let entries = entries(&table, &args.table, args.limit).await?;
     match args.output {

@@ -7,9 +7,9 @@ use serde::Serialize;
 use smelter_common::config::SmelterConfig;
 use smelter_lake::maintenance_record::{self, MaintenanceRecord};
 
+use crate::Result;
 use crate::cli::MaintenanceStatusArgs;
 use crate::output::Format;
-use crate::{CliError, Result};
 
 /// Files counted small when no maintenance pass recorded the table's target.
 const DEFAULT_TARGET_BYTES: u64 = 128 * 1024 * 1024;
@@ -34,12 +34,7 @@ pub async fn status(config: SmelterConfig, args: MaintenanceStatusArgs) -> Resul
     let env = smelter_lake::CommitEnv::default();
     let mut out = Vec::with_capacity(names.len());
     for name in names {
-        if !tables.exists(&name).await {
-            return Err(CliError::InvalidArgument(format!(
-                "table {name} does not exist under {}",
-                tables.root().display()
-            )));
-        }
+        super::require_table(&tables, &name).await?;
         let mut table = tables.open(&name).await?;
         let record = maintenance_record::read(&table, &name).await?;
         let target = record

@@ -29,6 +29,24 @@ pub async fn load_pipeline(text: &str, origin: &str) -> Result<PipelineSpec> {
     Ok(spec)
 }
 
+/// Fails with an invalid-argument error (exit 2) naming the root and the tables there
+/// unless `table` exists under `tables`.
+pub async fn require_table(tables: &smelter_lake::TableStore, table: &str) -> Result<()> {
+    if tables.exists(table).await {
+        return Ok(());
+    }
+    let known = tables.list().await;
+    Err(crate::CliError::InvalidArgument(format!(
+        "table {table} does not exist under {} (tables: {})",
+        tables.root().display(),
+        if known.is_empty() {
+            "none".to_string()
+        } else {
+            known.join(", ")
+        }
+    )))
+}
+
 /// The tables of a data directory given on the command line (`DIR/tables`, as `smelter up`
 /// lays it out), or of the configured storage (local or S3); and the names asked for, or all.
 pub async fn local_tables(

@@ -28,13 +28,7 @@ pub async fn run(config: SmelterConfig, args: QualityArgs) -> Result<()> {
     };
     let (tables, _) =
         super::local_tables(&config, args.data_dir.as_deref(), vec![args.table.clone()]).await?;
-    if !tables.exists(&args.table).await {
-        return Err(CliError::InvalidArgument(format!(
-            "table {} does not exist under {}",
-            args.table,
-            tables.root().display()
-        )));
-    }
+    super::require_table(&tables, &args.table).await?;
     let table = tables.open(&args.table).await?;
     let mut log = entries(&table, &args.table, None).await?;
     log.sort_by_key(|e| e.version);

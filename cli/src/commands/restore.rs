@@ -80,13 +80,8 @@ pub async fn run(config: SmelterConfig, args: RestoreArgs) -> Result<()> {
             })
         })
         .transpose()?;
-    if let Some(table) = &args.table
-        && !tables.exists(table).await
-    {
-        return Err(CliError::InvalidArgument(format!(
-            "table {table} does not exist under {}",
-            tables.root().display()
-        )));
+    if let Some(table) = &args.table {
+        super::require_table(&tables, table).await?;
     }
     // Pause the pipeline that writes the tables, unless nothing runs them.
     let mut paused = None;

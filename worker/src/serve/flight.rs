@@ -3,8 +3,10 @@
 //!
 //! `GetFlightInfo` plans the statement (so bad SQL fails there, with the planner's message)
 //! and returns a ticket carrying a `QueryTicket`; `DoGet` plans again and streams the
-//! result. Prepared statements are supported without parameters (ADBC prepares every
-//! query); the handle is the SQL text. Results past `max_rows` or `timeout_ms` end with
+//! result. Prepared statements (ADBC prepares every query) keep no state here: the handle
+//! is a `PreparedStatementHandle` the client holds — the SQL, and once it binds them with
+//! `DoPut`, one row of parameter values for the placeholders `$1`, `$2`, ... (the
+//! `parameter_schema` names them with the types the plan expects). Results past `max_rows` or `timeout_ms` end with
 //! an error rather than being silently cut.
 //!
 //! The catalog calls BI tools and ADBC's `get_objects` use — `GetCatalogs` (one catalog,
@@ -27,27 +29,31 @@
 use std::pin::Pin;
 use std::time::Duration;
 
-use arrow::ipc::writer::IpcWriteOptions;
+use arrow::ipc::reader::StreamReader;
+use arrow::ipc::writer::{IpcWriteOptions, StreamWriter};
+use arrow_flight::decode::FlightRecordBatchStream;
 use arrow_flight::encode::FlightDataEncoderBuilder;
 use arrow_flight::error::FlightError;
 use arrow_flight::flight_service_server::FlightServiceServer;
 use arrow_flight::sql::metadata::{SqlInfoData, SqlInfoDataBuilder};
-use arrow_flight::sql::server::FlightSqlService;
+use arrow_flight::sql::server::{FlightSqlService, PeekableFlightDataStream};
 use arrow_flight::sql::{
     ActionClosePreparedStatementRequest, ActionCreatePreparedStatementRequest,
     ActionCreatePreparedStatementResult, Any, CommandGetCatalogs, CommandGetDbSchemas,
     CommandGetSqlInfo, CommandGetTableTypes, CommandGetTables, CommandPreparedStatementQuery,
-    CommandStatementQuery, ProstMessageExt, SqlInfo, TicketStatementQuery,
+    CommandStatementQuery, DoPutPreparedStatementResult, ProstMessageExt, SqlInfo,
+    TicketStatementQuery,
 };
 use arrow_flight::{
     FlightDescriptor, FlightEndpoint, FlightInfo, HandshakeRequest, HandshakeResponse, IpcMessage,
     SchemaAsIpc, Ticket,
 };
+use datafusion::common::{ParamValues, ScalarValue};
 use futures::{Stream, TryStreamExt};
 use prost::Message;
 use smelter_common::security::Principal;
 use smelter_common::security::auth::{AuthInterceptor, Authenticator, presented_token, principal};
-use smelter_proto::QueryTicket;
+use smelter_proto::{PreparedStatementHandle, QueryTicket};
 use tokio::time::Instant;
 use tonic::service::interceptor::InterceptedService;
 use tonic::{Request, Response, Status, Streaming};
@@ -115,6 +121,7 @@ impl FlightSqlServer {
     async fn flight_info(
         &self,
         sql: &str,
+        parameters: Vec<u8>,
         request: Request<FlightDescriptor>,
     ) -> Result<FlightInfo, Status> {
         let caller = principal(&request)?.clone();
@@ -122,7 +129,10 @@ impl FlightSqlServer {
         let span = query_span("flight_info", &query_id, &caller, request.metadata());
         let descriptor = request.into_inner();
         let timeout = Duration::from_millis(self.engine.limits().timeout_ms);
-        let planning = self.engine.plan_for(sql, &caller).instrument(span);
+        let planning = self
+            .engine
+            .plan_with_params(sql, &caller, param_values(&parameters)?)
+            .instrument(span);
         let frame = tokio::time::timeout(timeout, planning)
             .await
             .map_err(|_| Status::deadline_exceeded(format!("planning ran past {timeout:?}")))?
@@ -131,6 +141,7 @@ impl FlightSqlServer {
         let ticket = QueryTicket {
             sql: sql.to_string(),
             query_id,
+            parameters,
         };
         let ticket = TicketStatementQuery {
             statement_handle: ticket.encode_to_vec().into(),
@@ -185,6 +196,58 @@ fn query_span(
     let header = |name: &str| metadata.get(name).and_then(|v| v.to_str().ok());
     smelter_common::telemetry::continue_trace(&span, header("traceparent"), header("tracestate"));
     span
+}
+
+/// The values of one row of parameters (an Arrow IPC stream; empty: none), in column order
+/// for the placeholders `$1`, `$2`, ...
+fn param_values(ipc: &[u8]) -> Result<Option<ParamValues>, Status> {
+    if ipc.is_empty() {
+        return Ok(None);
+    }
+    let bad =
+        |e: arrow::error::ArrowError| Status::invalid_argument(format!("bad parameters: {e}"));
+    let mut reader = StreamReader::try_new(std::io::Cursor::new(ipc), None).map_err(bad)?;
+    let batch = match reader.next() {
+        Some(batch) => batch.map_err(bad)?,
+        None => return Ok(None),
+    };
+    let values = batch
+        .columns()
+        .iter()
+        .map(|column| ScalarValue::try_from_array(column, 0))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| Status::invalid_argument(format!("bad parameter value: {e}")))?;
+    Ok(Some(values.into()))
+}
+
+/// The placeholders of a planned statement (`$1`, `$2`, ...) as fields of the types the
+/// plan expects (`Null` where it does not say), in order: the `parameter_schema` clients
+/// bind to.
+fn parameter_schema(
+    frame: &datafusion::prelude::DataFrame,
+) -> Result<arrow::datatypes::Schema, Status> {
+    let types = frame
+        .logical_plan()
+        .get_parameter_types()
+        .map_err(|e| Status::invalid_argument(e.to_string()))?;
+    let mut placeholders: Vec<(usize, String, arrow::datatypes::DataType)> = types
+        .into_iter()
+        .map(|(id, data_type)| {
+            let position = id.trim_start_matches('$').parse().unwrap_or(usize::MAX);
+            (
+                position,
+                id,
+                data_type.unwrap_or(arrow::datatypes::DataType::Null),
+            )
+        })
+        .collect();
+    placeholders.sort();
+    Ok(arrow::datatypes::Schema::new(
+        placeholders
+            .into_iter()
+            .map(|(_, id, data_type)| arrow::datatypes::Field::new(id, data_type, true))
+            .collect::<Vec<_>>(),
+    ))
 }
 
 /// Every table is a plain table to a client.
@@ -289,7 +352,8 @@ impl FlightSqlService for FlightSqlServer {
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
         Ok(Response::new(
-            self.flight_info(&query.query, request).await?,
+            self.flight_info(&query.query, Default::default(), request)
+                .await?,
         ))
     }
 
@@ -298,9 +362,12 @@ impl FlightSqlService for FlightSqlServer {
         cmd: CommandPreparedStatementQuery,
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
-        let sql = String::from_utf8(cmd.prepared_statement_handle.to_vec())
-            .map_err(|_| Status::invalid_argument("bad prepared statement handle"))?;
-        Ok(Response::new(self.flight_info(&sql, request).await?))
+        let handle = PreparedStatementHandle::decode(cmd.prepared_statement_handle)
+            .map_err(|e| Status::invalid_argument(format!("bad prepared statement handle: {e}")))?;
+        Ok(Response::new(
+            self.flight_info(&handle.sql, handle.parameters, request)
+                .await?,
+        ))
     }
 
     async fn do_get_statement(
@@ -322,7 +389,7 @@ impl FlightSqlService for FlightSqlServer {
         let span = query_span("do_get", &ticket.query_id, &caller, request.metadata());
         let planning = self
             .engine
-            .plan_for(&ticket.sql, &caller)
+            .plan_with_params(&ticket.sql, &caller, param_values(&ticket.parameters)?)
             .instrument(span.clone());
         let planned = tokio::time::timeout_at(deadline, planning)
             .await
@@ -370,10 +437,61 @@ impl FlightSqlService for FlightSqlServer {
         let IpcMessage(schema_bytes) = message
             .try_into()
             .map_err(|e: arrow::error::ArrowError| Status::internal(e.to_string()))?;
+        let parameters = parameter_schema(&frame)?;
+        let IpcMessage(parameter_schema) = SchemaAsIpc::new(&parameters, &options)
+            .try_into()
+            .map_err(|e: arrow::error::ArrowError| Status::internal(e.to_string()))?;
+        let handle = PreparedStatementHandle {
+            sql: query.query,
+            parameters: Default::default(),
+        };
         Ok(ActionCreatePreparedStatementResult {
-            prepared_statement_handle: query.query.into_bytes().into(),
+            prepared_statement_handle: handle.encode_to_vec().into(),
             dataset_schema: schema_bytes,
-            parameter_schema: Default::default(),
+            parameter_schema,
+        })
+    }
+
+    /// Binds parameter values to a prepared statement: the client sends one row, and gets
+    /// back a handle that carries the statement with its values (no state kept here).
+    async fn do_put_prepared_statement_query(
+        &self,
+        query: CommandPreparedStatementQuery,
+        request: Request<PeekableFlightDataStream>,
+    ) -> Result<DoPutPreparedStatementResult, Status> {
+        let mut handle = PreparedStatementHandle::decode(query.prepared_statement_handle)
+            .map_err(|e| Status::invalid_argument(format!("bad prepared statement handle: {e}")))?;
+        let batches: Vec<arrow::record_batch::RecordBatch> =
+            FlightRecordBatchStream::new_from_flight_data(
+                request
+                    .into_inner()
+                    .map_err(|e| FlightError::Tonic(Box::new(e))),
+            )
+            .try_collect()
+            .await
+            .map_err(|e| Status::invalid_argument(format!("unreadable parameters: {e}")))?;
+        let rows: usize = batches.iter().map(|b| b.num_rows()).sum();
+        if rows != 1 {
+            return Err(Status::invalid_argument(format!(
+                "bind exactly one row of parameter values to a query (got {rows})"
+            )));
+        }
+        let batch = batches
+            .into_iter()
+            .find(|b| b.num_rows() == 1)
+            .expect("one row among the batches");
+        let mut ipc = Vec::new();
+        {
+            let mut writer = StreamWriter::try_new(&mut ipc, &batch.schema())
+                .map_err(|e| Status::internal(e.to_string()))?;
+            writer
+                .write(&batch)
+                .and_then(|()| writer.finish())
+                .map_err(|e| Status::internal(e.to_string()))?;
+        }
+        handle.parameters = ipc;
+        Ok(DoPutPreparedStatementResult {
+            prepared_statement_handle: Some(handle.encode_to_vec().into()),
         })
     }
 

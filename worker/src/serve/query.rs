@@ -271,6 +271,21 @@ impl QueryEngine {
         Ok(out)
     }
 
+    /// [`plan_for`](Self::plan_for) with values bound to the query's placeholders (`$1`,
+    /// `$2`, ...), checked against the types the plan expects.
+    pub async fn plan_with_params(
+        &self,
+        sql: &str,
+        caller: &Principal,
+        params: Option<datafusion::common::ParamValues>,
+    ) -> Result<DataFrame> {
+        let frame = self.plan_for(sql, caller).await?;
+        Ok(match params {
+            Some(params) => frame.with_param_values(params)?,
+            None => frame,
+        })
+    }
+
     /// Plans a read-only query for `caller`: only the tables it is granted exist for it.
     #[tracing::instrument(name = "plan_query", skip_all, fields(caller = %caller.name, sql_bytes = sql.len()))]
     pub async fn plan_for(&self, sql: &str, caller: &Principal) -> Result<DataFrame> {
