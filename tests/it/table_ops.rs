@@ -11,7 +11,6 @@ use std::time::Duration;
 use deltalake::kernel::Action;
 use smelter_tests::oracle::{self, check_bronze, check_gold, check_silver, generator_truth};
 use smelter_tests::{TestCluster, bounded_demo, smelter_binary, smelter_json};
-use tokio::time::Instant;
 
 /// The demo, paced so every layer commits many small files, with maintenance on every
 /// table looking every 300 ms, compacting at 3 small files and vacuuming after 1 s.
@@ -98,19 +97,16 @@ async fn user_ids(cluster: &TestCluster, table: &str, path: &str) -> Option<Vec<
     )
 }
 
+/// Polls `check` until it passes (the harness's `wait_until`), failing the test with the
+/// last reason at the deadline.
 async fn poll<T>(
     what: &str,
     timeout: Duration,
-    mut check: impl AsyncFnMut() -> Result<T, String>,
+    check: impl AsyncFnMut() -> Result<T, String>,
 ) -> T {
-    let deadline = Instant::now() + timeout;
-    loop {
-        match check().await {
-            Ok(value) => return value,
-            Err(reason) if Instant::now() >= deadline => panic!("{what}: {reason}"),
-            Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
-        }
-    }
+    smelter_harness::wait_until(timeout, what, check)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -393,6 +389,17 @@ async fn maintenance_compacts_behind_the_stream_and_delete_cascades_through_the_
         .unwrap();
 }
 
+/// Waits for the pipeline to drain, then holds every layer to the oracle.
+async fn drained_and_exact(cluster: &TestCluster, truth: &oracle::Truth) {
+    cluster
+        .wait_drained(Duration::from_secs(180))
+        .await
+        .unwrap();
+    oracle::check_pipeline(&cluster.tables, &cluster.spec, truth)
+        .await
+        .unwrap();
+}
+
 /// Runs `smelter restore ARGS` against the cluster (paused meanwhile) and returns its JSON.
 fn restore(cluster: &TestCluster, args: &[&str]) -> serde_json::Value {
     let coordinator = cluster.coordinator_endpoint();
@@ -530,13 +537,7 @@ async fn restores_keep_the_layers_one_cut_and_reprocess_exactly_once() {
             "gold.user_segments"
         ])
     );
-    cluster
-        .wait_drained(Duration::from_secs(180))
-        .await
-        .unwrap();
-    oracle::check_pipeline(&cluster.tables, &cluster.spec, &truth)
-        .await
-        .unwrap();
+    drained_and_exact(&cluster, &truth).await;
 
     // 3. The whole pipeline back to the time of an early silver commit.
     let handle = cluster.tables.open("silver.events").await.unwrap();
@@ -555,13 +556,7 @@ async fn restores_keep_the_layers_one_cut_and_reprocess_exactly_once() {
     let report = restore(&cluster, &["--pipeline", "clickstream", "--timestamp", &at]);
     step(&report, "bronze.events");
     step(&report, "silver.events");
-    cluster
-        .wait_drained(Duration::from_secs(180))
-        .await
-        .unwrap();
-    oracle::check_pipeline(&cluster.tables, &cluster.spec, &truth)
-        .await
-        .unwrap();
+    drained_and_exact(&cluster, &truth).await;
 
     // The pipeline was paused and resumed three times, and runs.
     let status = smelter_sdk::AdminClient::connect(&cluster.coordinator_endpoint())

@@ -472,6 +472,9 @@ def test_http_history_preview_and_quality(cluster):
     bad = subprocess.run(smelter("quality", "silver.nope", "--data-dir", str(cluster["tables"].parent)),
                          capture_output=True, text=True, timeout=60)
     assert bad.returncode == 2 and "does not exist" in bad.stderr, bad
+    bad = subprocess.run(smelter("quality", "silver.events", "--since", "yesterday", "--data-dir",
+                                 str(cluster["tables"].parent)), capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 2 and "RFC 3339" in bad.stderr, bad
 
 
 def test_lineage_of_one_version_reaches_the_source_offsets(cluster):
