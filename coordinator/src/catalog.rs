@@ -30,6 +30,10 @@ pub struct TableEntry {
     pub tags: Vec<String>,
     /// What it holds.
     pub description: Option<String>,
+    /// What each column holds.
+    pub column_descriptions: std::collections::BTreeMap<String, String>,
+    /// The columns that identify a row (gold).
+    pub keys: Vec<String>,
     /// Partition columns.
     pub partition_by: Vec<String>,
     /// The tasks that write it, and the workers running them.
@@ -121,6 +125,8 @@ fn entry(pipeline: &str, name: &str, spec: &TableSpec, operation: &str) -> Table
         owner: spec.owner.clone(),
         tags: spec.tags.clone(),
         description: spec.description.clone(),
+        column_descriptions: spec.column_descriptions.clone(),
+        keys: spec.keys.clone(),
         partition_by: spec.partition_by.clone(),
         tasks: Vec::new(),
         version: None,
@@ -156,8 +162,9 @@ impl Catalog {
                 if operation == "refine" {
                     let quarantine = TableSpec::quarantine_name(name);
                     let mut side = entry(&spec.pipeline, &quarantine, table, "quarantine");
-                    side.description =
-                        Some(format!("Records of {} that failed a rule.", table.from));
+                    side.description = Some(TableSpec::quarantine_description(&table.from));
+                    side.column_descriptions.clear();
+                    side.keys.clear();
                     catalog.tables.insert(quarantine, side);
                 }
             }

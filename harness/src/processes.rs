@@ -75,6 +75,8 @@ pub struct ProcessCluster {
     dir: tempfile::TempDir,
     env: Vec<(String, String)>,
     coordinator_ports: Vec<u16>,
+    /// The replicas' HTTP ports (`coordinator.http_listen`).
+    http_ports: Vec<u16>,
     /// Coordinator replicas (`None` once killed).
     pub coordinators: Vec<Option<Child>>,
     /// Workers, in start order, with their names (`None` once killed or stopped).
@@ -86,6 +88,9 @@ impl ProcessCluster {
     pub fn start(spec: ClusterSpec) -> std::io::Result<Self> {
         let dir = tempfile::tempdir()?;
         let coordinator_ports = (0..spec.coordinators)
+            .map(|_| free_port())
+            .collect::<std::io::Result<Vec<u16>>>()?;
+        let http_ports = (0..spec.coordinators)
             .map(|_| free_port())
             .collect::<std::io::Result<Vec<u16>>>()?;
         let endpoints: Vec<String> = coordinator_ports
@@ -114,6 +119,7 @@ impl ProcessCluster {
             dir,
             env,
             coordinator_ports,
+            http_ports,
             coordinators: Vec::new(),
             workers: Vec::new(),
         };
@@ -156,6 +162,10 @@ impl ProcessCluster {
                     "SMELTER__COORDINATOR__ADVERTISE".into(),
                     format!("http://127.0.0.1:{port}"),
                 ),
+                (
+                    "SMELTER__COORDINATOR__HTTP_LISTEN".into(),
+                    format!("127.0.0.1:{}", self.http_ports[i]),
+                ),
             ],
         )
     }
@@ -177,6 +187,11 @@ impl ProcessCluster {
     /// The control-plane URL of replica `i`.
     pub fn coordinator_endpoint(&self, i: usize) -> String {
         format!("http://127.0.0.1:{}", self.coordinator_ports[i])
+    }
+
+    /// The HTTP surface (REST API, status page, metrics) of replica `i`.
+    pub fn http_endpoint(&self, i: usize) -> String {
+        format!("http://127.0.0.1:{}", self.http_ports[i])
     }
 
     /// Starts one more worker, with hostname `worker-<index>` and `extra` settings; returns

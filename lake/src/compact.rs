@@ -109,6 +109,7 @@ pub async fn compact(
                 data_change: false,
                 txns: Vec::new(),
                 metadata: Default::default(),
+                table_metadata: None,
             },
             env,
         )

@@ -252,6 +252,7 @@ pub async fn delete(
                 data_change: true,
                 txns: Vec::new(),
                 metadata,
+                table_metadata: None,
             },
             env,
         )

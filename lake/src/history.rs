@@ -96,7 +96,8 @@ pub struct Entry {
     /// The writer's commit time (commitInfo), milliseconds since the epoch.
     pub timestamp_ms: Option<i64>,
     /// What it was, in Smelter's words: `ingest`, `refine`, `aggregate`, `compact`,
-    /// `restore`, `delete`, `vacuum`, `create`, `overwrite`, or Delta's operation name
+    /// `restore`, `delete`, `vacuum`, `create`, `describe` (the catalog description,
+    /// [`crate::describe`]), `overwrite`, or Delta's operation name
     /// for commits Smelter did not make.
     pub operation: String,
     /// Delta's operation name (`WRITE`, `OPTIMIZE`, ...).
@@ -149,6 +150,7 @@ fn operation_kind(txns: &[(String, i64)], delta: Option<&str>, overwrite: bool) 
         "DELETE" => "delete".into(),
         "VACUUM START" | "VACUUM END" => "vacuum".into(),
         "CREATE TABLE" => "create".into(),
+        "SET TBLPROPERTIES" => "describe".into(),
         "WRITE" if overwrite => "overwrite".into(),
         "" => "unknown".into(),
         other => other.to_ascii_lowercase(),

@@ -29,6 +29,8 @@ pub mod claims;
 pub mod commit;
 pub mod compact;
 pub mod delete;
+pub mod describe;
+pub mod detail;
 pub mod error;
 pub mod failpoint;
 pub mod file_format;

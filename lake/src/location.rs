@@ -18,6 +18,7 @@ use object_store::path::Path as ObjectPath;
 use url::Url;
 
 use crate::commit::CommitEnv;
+use crate::describe::Description;
 use crate::lock::LOCK_WAIT;
 use crate::{LakeError, Result};
 
@@ -255,17 +256,38 @@ impl TableStore {
         partition_by: &[String],
         commits: &CommitEnv,
     ) -> Result<DeltaTable> {
+        let described = Description::default();
+        self.open_or_create_described(table, schema, partition_by, &described, commits)
+            .await
+    }
+
+    /// [`Self::open_or_create`], a new table born with the catalog description
+    /// `described` in its metadata (see [`crate::describe`]); an existing table is opened
+    /// as it is.
+    pub async fn open_or_create_described(
+        &self,
+        table: &str,
+        schema: &SchemaRef,
+        partition_by: &[String],
+        described: &Description,
+        commits: &CommitEnv,
+    ) -> Result<DeltaTable> {
         if self.exists(table).await {
             return self.open(table).await;
         }
+        let created = New {
+            schema,
+            partition_by,
+            described,
+        };
         match (&commits.arbiter, self.log_kind()) {
-            (_, LogKind::PutIfAbsent) => self.create(table, schema, partition_by).await,
+            (_, LogKind::PutIfAbsent) => self.create(table, created).await,
             // On an arbitrated store, version 0 is a log write like any other: under the
             // lock, through a claim.
             (Some(arbiter), LogKind::Arbitrated) => {
                 let lock = arbiter.acquire(table, LOCK_WAIT).await?;
                 let created = self
-                    .create_claimed(table, schema, partition_by, arbiter, &lock, commits)
+                    .create_claimed(table, created, arbiter, &lock, commits)
                     .await;
                 arbiter.release(lock).await;
                 created
@@ -281,8 +303,7 @@ impl TableStore {
     async fn create_claimed(
         &self,
         table: &str,
-        schema: &SchemaRef,
-        partition_by: &[String],
+        created: New<'_>,
         arbiter: &crate::lock::CommitArbiter,
         lock: &crate::lock::HeldLock,
         commits: &CommitEnv,
@@ -310,16 +331,20 @@ impl TableStore {
             return self.open(table).await;
         }
         let delta = |e: deltalake::DeltaTableError| LakeError::delta(table, e);
-        let delta_schema = StructType::try_from_arrow(schema.as_ref()).map_err(|e| {
+        let delta_schema = StructType::try_from_arrow(created.schema.as_ref()).map_err(|e| {
             LakeError::generic(table, format!("schema not representable in Delta: {e}"))
         })?;
-        let metadata = new_metadata(
+        let mut metadata = new_metadata(
             &delta_schema,
-            partition_by.iter(),
-            std::iter::empty::<(String, String)>(),
+            created.partition_by.iter(),
+            created.described.properties(),
         )
-        .and_then(|m| m.with_name(table.to_string()))
-        .map_err(|e| LakeError::generic(table, format!("table metadata: {e}")))?;
+        .and_then(|m| m.with_name(table.to_string()));
+        if let Some(text) = &created.described.description {
+            metadata = metadata.and_then(|m| m.with_description(text.clone()));
+        }
+        let metadata =
+            metadata.map_err(|e| LakeError::generic(table, format!("table metadata: {e}")))?;
         let protocol: Protocol = serde_json::from_value(serde_json::json!({
             "minReaderVersion": 1,
             "minWriterVersion": 2
@@ -348,32 +373,41 @@ impl TableStore {
         }
     }
 
-    async fn create(
-        &self,
-        table: &str,
-        schema: &SchemaRef,
-        partition_by: &[String],
-    ) -> Result<DeltaTable> {
+    async fn create(&self, table: &str, new: New<'_>) -> Result<DeltaTable> {
         if self.exists(table).await {
             return self.open(table).await;
         }
-        let delta_schema = StructType::try_from_arrow(schema.as_ref()).map_err(|e| {
+        let delta_schema = StructType::try_from_arrow(new.schema.as_ref()).map_err(|e| {
             LakeError::generic(table, format!("schema not representable in Delta: {e}"))
         })?;
-        let created = deltalake::operations::create::CreateBuilder::new()
+        let mut builder = deltalake::operations::create::CreateBuilder::new()
             .with_location(self.url(table)?.to_string())
             .with_storage_options(self.storage_options())
             .with_table_name(table)
             .with_columns(delta_schema.fields().cloned())
-            .with_partition_columns(partition_by.to_vec())
-            .with_save_mode(SaveMode::Ignore)
-            .await;
+            .with_partition_columns(new.partition_by.to_vec())
+            .with_configuration(
+                new.described
+                    .properties()
+                    .into_iter()
+                    .map(|(k, v)| (k, Some(v))),
+            )
+            // The catalog's `smelter.*` properties are not Delta's: kept, not parsed.
+            .with_raise_if_key_not_exists(false)
+            .with_save_mode(SaveMode::Ignore);
+        if let Some(text) = &new.described.description {
+            builder = builder.with_comment(text.clone());
+        }
+        let created = builder.await;
         match created {
             Ok(t) => Ok(t),
-            Err(e) => {
+            // Another creator won the race: open what it made. Nothing there: the
+            // failure was this creator's own, and it is the error to report.
+            Err(e) if self.exists(table).await => {
                 tracing::debug!(table, error = %e, "create lost a race; opening");
                 self.open(table).await
             }
+            Err(e) => Err(LakeError::delta(table, e)),
         }
     }
 
@@ -414,6 +448,14 @@ impl TableStore {
         names.sort();
         names
     }
+}
+
+/// What a new table is made with.
+#[derive(Clone, Copy)]
+struct New<'a> {
+    schema: &'a SchemaRef,
+    partition_by: &'a [String],
+    described: &'a Description,
 }
 
 fn split(table: &str) -> (&str, &str) {

@@ -168,6 +168,7 @@ pub async fn restore(
                 data_change: true,
                 txns,
                 metadata: Default::default(),
+                table_metadata: None,
             },
             env,
         )

@@ -374,6 +374,7 @@ mod tests {
                 data_change: true,
                 txns: Vec::new(),
                 metadata: Default::default(),
+                table_metadata: None,
             },
             &env,
         )

@@ -35,6 +35,46 @@ impl QueryClient {
             .execute(sql.to_string(), None)
             .await
             .map_err(flight_status)?;
+        self.fetch(info).await
+    }
+
+    /// The primary key of table `layer.table` (Flight SQL's GetPrimaryKeys): its columns
+    /// in key order, empty when it has none.
+    pub async fn primary_key(&mut self, layer: &str, table: &str) -> Result<Vec<String>> {
+        use arrow_array::Array as _;
+        use arrow_array::cast::AsArray as _;
+        let command = arrow_flight::sql::CommandGetPrimaryKeys {
+            catalog: None,
+            db_schema: Some(layer.to_string()),
+            table: table.to_string(),
+        };
+        let info = self
+            .inner
+            .get_primary_keys(command)
+            .await
+            .map_err(flight_status)?;
+        let mut keys = Vec::new();
+        for batch in self.fetch(info).await? {
+            let (Some(columns), Some(sequence)) = (
+                batch.column_by_name("column_name"),
+                batch.column_by_name("key_sequence"),
+            ) else {
+                continue;
+            };
+            let columns = columns.as_string::<i32>();
+            let sequence = sequence.as_primitive::<arrow_array::types::Int32Type>();
+            for row in 0..batch.num_rows() {
+                if columns.is_valid(row) {
+                    keys.push((sequence.value(row), columns.value(row).to_string()));
+                }
+            }
+        }
+        keys.sort();
+        Ok(keys.into_iter().map(|(_, column)| column).collect())
+    }
+
+    /// Every batch of every endpoint of `info`.
+    async fn fetch(&mut self, info: arrow_flight::FlightInfo) -> Result<Vec<RecordBatch>> {
         let mut batches = Vec::new();
         for endpoint in info.endpoint {
             let Some(ticket) = endpoint.ticket else {

@@ -4,6 +4,7 @@
 #![allow(clippy::unwrap_used)]
 
 mod bench;
+mod catalog_http;
 mod cli;
 mod cluster;
 mod deploy;

@@ -11,9 +11,6 @@ use crate::Result;
 use crate::cli::MaintenanceStatusArgs;
 use crate::output::Format;
 
-/// Files counted small when no maintenance pass recorded the table's target.
-const DEFAULT_TARGET_BYTES: u64 = 128 * 1024 * 1024;
-
 /// One table's line.
 #[derive(Debug, Serialize)]
 struct TableStatus {
@@ -31,33 +28,18 @@ struct TableStatus {
 pub async fn status(config: SmelterConfig, args: MaintenanceStatusArgs) -> Result<()> {
     let (tables, names) =
         super::local_tables(&config, args.data_dir.as_deref(), args.tables.clone()).await?;
-    let env = smelter_lake::CommitEnv::default();
     let mut out = Vec::with_capacity(names.len());
     for name in names {
         super::require_table(&tables, &name).await?;
         let mut table = tables.open(&name).await?;
         let record = maintenance_record::read(&table, &name).await?;
-        let target = record
-            .as_ref()
-            .map(|r| r.target_file_bytes)
-            .filter(|t| *t > 0)
-            .unwrap_or(DEFAULT_TARGET_BYTES);
-        let head = env.heads.head(&mut table, &name).await?;
-        let (mut files, mut small, mut bytes) = (0, 0, 0);
-        for file in head.files() {
-            let size = file.size() as u64;
-            files += 1;
-            bytes += size;
-            if size < target {
-                small += 1;
-            }
-        }
+        let detail = smelter_lake::detail::detail(&mut table, &name).await?;
         out.push(TableStatus {
             table: name,
-            version: head.version(),
-            files,
-            small_files: small,
-            bytes,
+            version: detail.version,
+            files: detail.files,
+            small_files: detail.small_files,
+            bytes: detail.bytes,
             maintenance: record,
         });
     }

@@ -103,6 +103,9 @@ pub struct TableSpec {
     /// Catalog: what the table holds.
     #[serde(default)]
     pub description: Option<String>,
+    /// Catalog: what each column holds, by column name.
+    #[serde(default)]
+    pub column_descriptions: std::collections::BTreeMap<String, String>,
     /// Automatic compaction and vacuum of the table (on by default).
     #[serde(default)]
     pub maintenance: MaintenanceSpec,
@@ -250,6 +253,11 @@ impl TableSpec {
     /// Name of the quarantine table of a silver table.
     pub fn quarantine_name(table: &str) -> String {
         format!("{table}_quarantine")
+    }
+
+    /// The catalog description of the quarantine of a silver table refined from `from`.
+    pub fn quarantine_description(from: &str) -> String {
+        format!("Records of {from} that failed a rule.")
     }
 }
 

@@ -7,7 +7,8 @@ use axum::http::{HeaderMap, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use smelter_common::security::Principal;
 
-use super::{Shared, error, leader_status, respond_rows, run_sql, wants_arrow};
+use super::relay::{Source, cluster_status};
+use super::{Shared, error, respond_rows, run_sql, wants_arrow};
 use crate::catalog::Catalog;
 
 fn json(value: serde_json::Value) -> Response {
@@ -18,23 +19,31 @@ fn json(value: serde_json::Value) -> Response {
         .into_response()
 }
 
-/// The caller and the catalog, or the response to give instead.
-async fn open(shared: &Shared, headers: HeaderMap) -> Result<(Principal, Catalog), Response> {
+/// The caller, the catalog and where its status came from (any replica answers: see
+/// [`super::relay`]), or the response to give instead.
+async fn open(
+    shared: &Shared,
+    headers: HeaderMap,
+) -> Result<(Principal, Catalog, Source), Response> {
     let metadata = tonic::metadata::MetadataMap::from_headers(headers);
     let caller = shared
         .auth
         .authenticate(&metadata)
         .map_err(|status| error(StatusCode::UNAUTHORIZED, status.message()))?;
-    match leader_status(shared).await? {
-        Some(status) => Ok((
-            caller,
-            Catalog::build(&status, chrono::Utc::now().timestamp_millis()),
-        )),
-        None => Err(error(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "this replica does not lead; ask the leader",
-        )),
-    }
+    let (status, source) = cluster_status(shared, &metadata).await?;
+    Ok((
+        caller,
+        Catalog::build(&status, chrono::Utc::now().timestamp_millis()),
+        source,
+    ))
+}
+
+/// `response` with the `x-smelter-status` header saying where the catalog came from.
+fn stamp(mut response: Response, source: Source) -> Response {
+    response
+        .headers_mut()
+        .insert("x-smelter-status", source.header());
+    response
 }
 
 /// The named table, or why not (404, 403).
@@ -59,7 +68,7 @@ fn visible<'a>(
 }
 
 pub(super) async fn tables(State(shared): State<Shared>, headers: HeaderMap, uri: Uri) -> Response {
-    let (caller, catalog) = match open(&shared, headers).await {
+    let (caller, catalog, source) = match open(&shared, headers).await {
         Ok(opened) => opened,
         Err(response) => return response,
     };
@@ -79,26 +88,78 @@ pub(super) async fn tables(State(shared): State<Shared>, headers: HeaderMap, uri
         .values()
         .filter(|t| layer.is_none_or(|l| t.layer == l) && caller.may_read(&t.name))
         .collect();
-    json(serde_json::json!({ "tables": tables }))
+    stamp(json(serde_json::json!({ "tables": tables })), source)
 }
 
+/// The pipeline's view of the table and, under `detail`, the table as its log has it
+/// (`table_detail`: schema, files, bytes, small files, rows, properties); `detail` is
+/// null, with `detail_error` saying why, while the table does not exist yet or no worker
+/// answers.
 pub(super) async fn table(
     State(shared): State<Shared>,
     headers: HeaderMap,
     Path(name): Path<String>,
 ) -> Response {
-    let (caller, catalog) = match open(&shared, headers).await {
+    let metadata = tonic::metadata::MetadataMap::from_headers(headers.clone());
+    let (caller, catalog, source) = match open(&shared, headers).await {
         Ok(opened) => opened,
         Err(response) => return response,
     };
-    match visible(&catalog, &caller, &name) {
-        Ok(entry) => json(serde_json::to_value(entry).unwrap_or_default()),
-        Err((status, message)) => error(status, message),
+    let entry = match visible(&catalog, &caller, &name) {
+        Ok(entry) => entry,
+        Err((status, message)) => return error(status, message),
+    };
+    let mut body = serde_json::to_value(entry).unwrap_or_default();
+    let sql = format!("SELECT * FROM table_detail('{name}')");
+    match run_sql(&shared, &metadata, &sql).await.map(|b| detail(&b)) {
+        Ok(Ok(detail)) => body["detail"] = detail,
+        Ok(Err(message)) => {
+            body["detail"] = serde_json::Value::Null;
+            body["detail_error"] = message.into();
+        }
+        Err(response) => {
+            body["detail"] = serde_json::Value::Null;
+            body["detail_error"] = response_message(response).await.into();
+        }
     }
+    stamp(json(body), source)
+}
+
+/// The one row of `table_detail`, with its JSON columns parsed.
+fn detail(batches: &[arrow::record_batch::RecordBatch]) -> Result<serde_json::Value, String> {
+    let mut writer = arrow::json::ArrayWriter::new(Vec::new());
+    for batch in batches {
+        writer.write(batch).map_err(|e| e.to_string())?;
+    }
+    writer.finish().map_err(|e| e.to_string())?;
+    let rows: serde_json::Value =
+        serde_json::from_slice(&writer.into_inner()).map_err(|e| e.to_string())?;
+    let mut row = rows
+        .get(0)
+        .cloned()
+        .ok_or_else(|| "table_detail returned no row".to_string())?;
+    for key in ["schema", "properties"] {
+        if let Some(text) = row[key].as_str() {
+            row[key] = serde_json::from_str(text).map_err(|e| format!("{key}: {e}"))?;
+        }
+    }
+    Ok(row)
+}
+
+/// The message of an error response made by [`error`].
+async fn response_message(response: Response) -> String {
+    let status = response.status();
+    let bytes = axum::body::to_bytes(response.into_body(), 64 * 1024)
+        .await
+        .unwrap_or_default();
+    serde_json::from_slice::<serde_json::Value>(&bytes)
+        .ok()
+        .and_then(|v| v["error"].as_str().map(str::to_string))
+        .unwrap_or_else(|| status.to_string())
 }
 
 pub(super) async fn catalog(State(shared): State<Shared>, headers: HeaderMap) -> Response {
-    let (caller, catalog) = match open(&shared, headers).await {
+    let (caller, catalog, source) = match open(&shared, headers).await {
         Ok(opened) => opened,
         Err(response) => return response,
     };
@@ -122,11 +183,14 @@ pub(super) async fn catalog(State(shared): State<Shared>, headers: HeaderMap) ->
             }
         }
     }
-    json(serde_json::json!({
-        "pipelines": catalog.pipelines,
-        "owners": owners,
-        "tags": tags,
-    }))
+    stamp(
+        json(serde_json::json!({
+            "pipelines": catalog.pipelines,
+            "owners": owners,
+            "tags": tags,
+        })),
+        source,
+    )
 }
 
 pub(super) async fn lineage(
@@ -136,7 +200,7 @@ pub(super) async fn lineage(
     uri: Uri,
 ) -> Response {
     let metadata = tonic::metadata::MetadataMap::from_headers(headers.clone());
-    let (caller, catalog) = match open(&shared, headers).await {
+    let (caller, catalog, source) = match open(&shared, headers).await {
         Ok(opened) => opened,
         Err(response) => return response,
     };
@@ -151,16 +215,19 @@ pub(super) async fn lineage(
             );
         };
         return match version_lineage(&shared, &metadata, name, version, 0).await {
-            Ok(tree) => json(tree),
+            Ok(tree) => stamp(json(tree), source),
             Err(response) => response,
         };
     }
     let (upstream, downstream) = catalog.lineage(&name);
-    json(serde_json::json!({
-        "table": name,
-        "upstream": upstream,
-        "downstream": downstream,
-    }))
+    stamp(
+        json(serde_json::json!({
+            "table": name,
+            "upstream": upstream,
+            "downstream": downstream,
+        })),
+        source,
+    )
 }
 
 /// The value of `key` in the query string, if given.
@@ -194,7 +261,7 @@ async fn table_sql(
 ) -> Response {
     let arrow = wants_arrow(&headers);
     let metadata = tonic::metadata::MetadataMap::from_headers(headers.clone());
-    let (caller, catalog) = match open(shared, headers).await {
+    let (caller, catalog, source) = match open(shared, headers).await {
         Ok(opened) => opened,
         Err(response) => return response,
     };
@@ -202,7 +269,7 @@ async fn table_sql(
         return error(status, message);
     }
     match run_sql(shared, &metadata, &sql).await {
-        Ok(batches) => respond_rows(batches, limit, arrow),
+        Ok(batches) => stamp(respond_rows(batches, limit, arrow), source),
         Err(response) => response,
     }
 }
@@ -254,7 +321,7 @@ pub(super) async fn quality(
         }
     };
     let metadata = tonic::metadata::MetadataMap::from_headers(headers.clone());
-    let (caller, catalog) = match open(&shared, headers).await {
+    let (caller, catalog, source) = match open(&shared, headers).await {
         Ok(opened) => opened,
         Err(response) => return response,
     };
@@ -273,7 +340,7 @@ pub(super) async fn quality(
         Ok(mut body) => {
             body["table"] = name.into();
             body["since"] = since.into();
-            json(body)
+            stamp(json(body), source)
         }
         Err(message) => error(StatusCode::BAD_GATEWAY, message),
     }

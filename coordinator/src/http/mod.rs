@@ -22,7 +22,9 @@
 //!   limits and grants apply as to any client; its refusals keep their meaning (400 bad
 //!   SQL, 401, 403, 408 past the time limit, 413 past the row limit).
 //!
-//! Every replica serves it. With `security.tls_cert` the listener speaks TLS only, with the
+//! Every replica serves it, and answers every read: a follower relays the leader's status,
+//! and while no leader answers (an election under way) it answers from the last status it
+//! saw, saying so in an `x-smelter-status` header ([`relay`]). With `security.tls_cert` the listener speaks TLS only, with the
 //! same certificate as gRPC (no client certificates: probes cannot present one); with
 //! tokens configured, `/metrics` needs a bearer token (any role), and `/health` and
 //! `/ready` stay open for the kubelet. Errors are JSON with a message.
@@ -46,16 +48,20 @@ use crate::actor::Command;
 use crate::service::Role;
 
 mod catalog;
+mod relay;
 
 /// What the handlers read.
 #[derive(Clone)]
 struct Shared {
     role: watch::Receiver<Role>,
     auth: Arc<Authenticator>,
-    /// TLS toward the workers' Flight SQL (their CA), for `/query`.
-    flight_tls: Option<smelter_sdk::TlsOptions>,
+    /// TLS toward the workers' Flight SQL (for `/query`) and the leader's gRPC (for a
+    /// follower's reads): the cluster's CA, and this replica's certificate.
+    cluster_tls: Option<smelter_sdk::TlsOptions>,
     /// Turns over the workers `/query` goes to.
     turn: Arc<std::sync::atomic::AtomicUsize>,
+    /// The last cluster status this replica saw (see [`relay`]).
+    last: relay::LastStatus,
 }
 
 /// The body of `POST /query`.
@@ -162,22 +168,7 @@ async fn run_sql(
     metadata: &tonic::metadata::MetadataMap,
     sql: &str,
 ) -> Result<Vec<arrow::record_batch::RecordBatch>, Response> {
-    let status = match leader_status(shared).await? {
-        Some(status) => status,
-        None => {
-            let leader = match &*shared.role.borrow() {
-                Role::Follower { leader } => leader.as_ref().map(|l| l.endpoint.clone()),
-                Role::Leader(_) => None,
-            };
-            return Err(error(
-                StatusCode::SERVICE_UNAVAILABLE,
-                format!(
-                    "this replica does not lead; ask the leader ({})",
-                    leader.unwrap_or_else(|| "being elected".into())
-                ),
-            ));
-        }
-    };
+    let (status, _) = relay::cluster_status(shared, metadata).await?;
     let endpoints: Vec<&str> = status
         .workers
         .iter()
@@ -195,7 +186,7 @@ async fn run_sql(
         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let endpoint = endpoints[turn % endpoints.len()];
     let credentials = smelter_sdk::Credentials {
-        tls: shared.flight_tls.clone(),
+        tls: shared.cluster_tls.clone(),
         token: smelter_common::security::auth::presented_token(metadata)
             .map(|t| t.expose().to_string()),
     };
@@ -569,7 +560,7 @@ fn tables(out: &mut String, catalog: &crate::catalog::Catalog) {
 }
 
 /// Serves the HTTP surface on `listener` until `shutdown`; over TLS with `tls`.
-/// `flight_tls`: how `/query` dials the workers' Flight SQL.
+/// `flight_tls`: how `/query` dials the workers' Flight SQL, and a follower the leader.
 pub async fn serve(
     listener: TcpListener,
     tls: Option<Arc<rustls::ServerConfig>>,
@@ -581,8 +572,9 @@ pub async fn serve(
     let shared = Shared {
         role,
         auth,
-        flight_tls,
+        cluster_tls: flight_tls,
         turn: Arc::default(),
+        last: relay::LastStatus::default(),
     };
     let router = Router::new()
         .route("/", get(status_page))

@@ -311,6 +311,7 @@ async fn compaction_and_delete_land_on_an_arbitrated_store_under_the_lock() {
             data_change: true,
             txns: Vec::new(),
             metadata: Default::default(),
+            table_metadata: None,
         },
         &maintainer,
     )

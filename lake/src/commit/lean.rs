@@ -58,9 +58,19 @@ pub(super) async fn commit_once(
     let app_ids = attempt.app_ids();
     for _ in 0..VERSION_RACES {
         let (head, current) = env.heads.txns(table, name, &app_ids).await?;
-        if !head.metadata_as_of(version(table))
-            || CommitPath::choose(table, payload.mode) == CommitPath::DeltaRs
-        {
+        if !head.metadata_as_of(version(table)) {
+            if payload.table_metadata.is_some() {
+                // Derived from metadata that is no longer the table's.
+                return Err(LakeError::Superseded {
+                    table: name.to_string(),
+                    path: "metaData".into(),
+                });
+            }
+            // A metadata change since this writer's snapshot: its files follow the loaded
+            // metadata, so the snapshot comes forward first; what it holds decides the path.
+            refresh(table, name).await?;
+        }
+        if CommitPath::choose(table, payload.mode) == CommitPath::DeltaRs {
             refresh(table, name).await?;
             return super::delta_rs::commit(table, attempt).await;
         }
@@ -196,6 +206,7 @@ pub(super) fn txn_actions(
 /// `head`, or the rewrite is [`LakeError::Superseded`].
 fn actions(name: &str, payload: &Payload<'_>, head: &Head) -> Result<Vec<Action>> {
     let mut actions: Vec<Action> = payload.files.iter().cloned().map(Action::Add).collect();
+    actions.extend(payload.table_metadata.cloned().map(Action::Metadata));
     let now = chrono::Utc::now().timestamp_millis();
     if payload.mode == WriteMode::Overwrite {
         actions.extend(head.files().map(|f| Action::Remove(f.remove(now))));

@@ -209,6 +209,7 @@ pub async fn commit_write(
         removes: &[],
         operation: None,
         metadata: Some(metadata),
+        table_metadata: None,
     };
     // One span per commit, a root of its own trace: which table, how many files and rows,
     // and the version it became (or that the txns showed it was already in).
@@ -319,6 +320,10 @@ struct Payload<'a> {
     operation: Option<(DeltaOperation, bool)>,
     /// What a rewrite adds to the commit's `commitInfo`.
     metadata: Option<&'a std::collections::HashMap<String, serde_json::Value>>,
+    /// The table's new metadata action (a description or properties changed), written
+    /// only after the metadata the caller derived it from: if another metadata change
+    /// landed since, the commit is [`LakeError::Superseded`] and the caller derives again.
+    table_metadata: Option<&'a deltalake::kernel::Metadata>,
 }
 
 impl Payload<'_> {

@@ -36,6 +36,10 @@ pub struct Rewrite {
     /// Entries for the commit's `commitInfo` (a delete records the source positions it
     /// took out of a table that has them: [`DELETED_POSITIONS_KEY`]).
     pub metadata: std::collections::HashMap<String, serde_json::Value>,
+    /// The table's new metadata action, if the rewrite changes it (see
+    /// [`crate::describe`]): derived from the metadata of the caller's snapshot, and
+    /// [`RewriteOutcome::Superseded`] if another change of metadata landed since.
+    pub table_metadata: Option<deltalake::kernel::Metadata>,
 }
 
 /// The `commitInfo` key under which a delete records the source positions it removed:
@@ -91,6 +95,7 @@ pub async fn rewrite(
         removes: &rewrite.removes,
         operation: Some((rewrite.operation.clone(), rewrite.data_change)),
         metadata: Some(&rewrite.metadata),
+        table_metadata: rewrite.table_metadata.as_ref(),
     };
     let span = tracing::info_span!(
         "rewrite",

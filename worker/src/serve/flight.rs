@@ -40,9 +40,9 @@ use arrow_flight::sql::server::{FlightSqlService, PeekableFlightDataStream};
 use arrow_flight::sql::{
     ActionClosePreparedStatementRequest, ActionCreatePreparedStatementRequest,
     ActionCreatePreparedStatementResult, Any, CommandGetCatalogs, CommandGetDbSchemas,
-    CommandGetSqlInfo, CommandGetTableTypes, CommandGetTables, CommandPreparedStatementQuery,
-    CommandStatementQuery, DoPutPreparedStatementResult, ProstMessageExt, SqlInfo,
-    TicketStatementQuery,
+    CommandGetPrimaryKeys, CommandGetSqlInfo, CommandGetTableTypes, CommandGetTables,
+    CommandPreparedStatementQuery, CommandStatementQuery, DoPutPreparedStatementResult,
+    ProstMessageExt, SqlInfo, TicketStatementQuery,
 };
 use arrow_flight::{
     FlightDescriptor, FlightEndpoint, FlightInfo, HandshakeRequest, HandshakeResponse, IpcMessage,
@@ -169,6 +169,51 @@ fn command_info(
         .with_endpoint(FlightEndpoint::new().with_ticket(ticket))
         .with_descriptor(descriptor);
     Ok(Response::new(info))
+}
+
+/// The columns of a GetPrimaryKeys answer, as the Flight SQL protocol defines them.
+fn primary_keys_schema() -> arrow::datatypes::Schema {
+    use arrow::datatypes::{DataType, Field};
+    arrow::datatypes::Schema::new(vec![
+        Field::new("catalog_name", DataType::Utf8, true),
+        Field::new("db_schema_name", DataType::Utf8, true),
+        Field::new("table_name", DataType::Utf8, false),
+        Field::new("column_name", DataType::Utf8, false),
+        Field::new("key_name", DataType::Utf8, true),
+        Field::new("key_sequence", DataType::Int32, false),
+    ])
+}
+
+/// One row per key column of each table, numbered from 1 in key order.
+fn primary_keys_batch(
+    schema: &arrow::datatypes::SchemaRef,
+    keys: &[(&str, String, Vec<String>)],
+) -> Result<arrow::record_batch::RecordBatch, arrow::error::ArrowError> {
+    use arrow::array::{ArrayRef, Int32Array, StringArray};
+    let rows: Vec<(&str, &str, &str, i32)> = keys
+        .iter()
+        .flat_map(|(layer, table, columns)| {
+            columns
+                .iter()
+                .zip(1..)
+                .map(move |(column, n)| (*layer, table.as_str(), column.as_str(), n))
+        })
+        .collect();
+    let strings =
+        |f: for<'r> fn(&'r (&str, &'r str, &'r str, i32)) -> Option<&'r str>| -> ArrayRef {
+            std::sync::Arc::new(rows.iter().map(f).collect::<StringArray>())
+        };
+    arrow::record_batch::RecordBatch::try_new(
+        schema.clone(),
+        vec![
+            strings(|_| Some(CATALOG)),
+            strings(|r| Some(r.0)),
+            strings(|r| Some(r.1)),
+            strings(|r| Some(r.2)),
+            strings(|_| Some("primary_key")),
+            std::sync::Arc::new(rows.iter().map(|r| r.3).collect::<Int32Array>()),
+        ],
+    )
 }
 
 /// One batch as a `DoGet` answer.
@@ -618,6 +663,34 @@ impl FlightSqlService for FlightSqlServer {
         builder.append(TABLE_TYPE);
         let schema = builder.schema();
         Ok(one_batch(schema, builder.build()))
+    }
+
+    async fn get_flight_info_primary_keys(
+        &self,
+        query: CommandGetPrimaryKeys,
+        request: Request<FlightDescriptor>,
+    ) -> Result<Response<FlightInfo>, Status> {
+        command_info(query.as_any(), &primary_keys_schema(), request.into_inner())
+    }
+
+    async fn do_get_primary_keys(
+        &self,
+        query: CommandGetPrimaryKeys,
+        request: Request<Ticket>,
+    ) -> Result<Response<DoGetStream>, Status> {
+        let caller = principal(&request)?.clone();
+        let schema = std::sync::Arc::new(primary_keys_schema());
+        if query.catalog.as_deref().is_some_and(|c| c != CATALOG) {
+            let empty = arrow::record_batch::RecordBatch::new_empty(schema.clone());
+            return Ok(one_batch(schema, Ok(empty)));
+        }
+        let keys = self
+            .engine
+            .primary_keys(&caller, query.db_schema.as_deref(), &query.table)
+            .await
+            .map_err(status)?;
+        let batch = primary_keys_batch(&schema, &keys).map_err(FlightError::from);
+        Ok(one_batch(schema, batch))
     }
 
     async fn register_sql_info(&self, _id: i32, _result: &SqlInfo) {}

@@ -67,22 +67,34 @@ impl TableFunctionImpl for HistoryFunction {
                 ));
             }
         };
-        if !self.names.contains(&name) {
-            return Err(DataFusionError::Plan(format!(
-                "table_history: table {name} does not exist"
-            )));
-        }
-        if let Some(caller) = self.caller.as_ref().filter(|c| !c.may_read(&name)) {
-            return Err(DataFusionError::External(Box::new(Forbidden {
-                table: name,
-                caller: caller.name.clone(),
-            })));
-        }
+        let name = readable("table_history", name, &self.names, self.caller.as_deref())?;
         Ok(Arc::new(HistoryTable {
             tables: self.tables.clone(),
             name,
         }))
     }
+}
+
+/// `name` if the table exists and `caller` may read it; the planning error `function`
+/// gives otherwise (shared by the table functions that take a table name).
+pub(super) fn readable(
+    function: &str,
+    name: String,
+    names: &[String],
+    caller: Option<&Principal>,
+) -> Result<String> {
+    if !names.contains(&name) {
+        return Err(DataFusionError::Plan(format!(
+            "{function}: table {name} does not exist"
+        )));
+    }
+    if let Some(caller) = caller.filter(|c| !c.may_read(&name)) {
+        return Err(DataFusionError::External(Box::new(Forbidden {
+            table: name,
+            caller: caller.name.clone(),
+        })));
+    }
+    Ok(name)
 }
 
 /// One table's history, read from its log when scanned.

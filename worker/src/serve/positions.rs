@@ -19,8 +19,6 @@ use datafusion::physical_plan::ExecutionPlan;
 use smelter_common::security::Principal;
 use smelter_lake::{AppId, TableStore};
 
-use super::query::Forbidden;
-
 /// The `table_positions` function of one session.
 #[derive(Debug)]
 pub struct PositionsFunction {
@@ -69,17 +67,8 @@ impl TableFunctionImpl for PositionsFunction {
             ),
             _ => return Err(usage()),
         };
-        if !self.names.contains(&name) {
-            return Err(DataFusionError::Plan(format!(
-                "table_positions: table {name} does not exist"
-            )));
-        }
-        if let Some(caller) = self.caller.as_ref().filter(|c| !c.may_read(&name)) {
-            return Err(DataFusionError::External(Box::new(Forbidden {
-                table: name,
-                caller: caller.name.clone(),
-            })));
-        }
+        let name =
+            super::history::readable("table_positions", name, &self.names, self.caller.as_deref())?;
         Ok(Arc::new(PositionsTable {
             tables: self.tables.clone(),
             name,

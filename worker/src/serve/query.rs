@@ -211,6 +211,14 @@ impl QueryEngine {
             }),
         );
         ctx.register_udtf(
+            "table_detail",
+            Arc::new(super::detail::DetailFunction {
+                tables: self.tables.clone(),
+                names: names.clone(),
+                caller: caller.clone(),
+            }),
+        );
+        ctx.register_udtf(
             "table_positions",
             Arc::new(super::positions::PositionsFunction {
                 tables: self.tables.clone(),
@@ -266,6 +274,38 @@ impl QueryEngine {
                 if let Some(table) = schema.table(&name).await? {
                     out.push((layer, name, table.schema()));
                 }
+            }
+        }
+        Ok(out)
+    }
+
+    /// The primary key of every table named `table` the caller may read (in layer
+    /// `schema`, when given): the columns its catalog description names
+    /// (`smelter_lake::describe::KEY_PROPERTY`, a gold table's `keys`), in order. Tables
+    /// without one are left out, as Flight SQL's GetPrimaryKeys expects.
+    pub async fn primary_keys(
+        &self,
+        caller: &Principal,
+        schema: Option<&str>,
+        table: &str,
+    ) -> Result<Vec<(&'static str, String, Vec<String>)>> {
+        let external = |e: smelter_lake::LakeError| DataFusionError::External(Box::new(e));
+        let mut out = Vec::new();
+        for layer in LAYERS
+            .into_iter()
+            .filter(|l| schema.is_none_or(|s| s == *l))
+        {
+            let name = format!("{layer}.{table}");
+            if !caller.may_read(&name) || !self.tables.exists(&name).await {
+                continue;
+            }
+            let mut opened = self.tables.open(&name).await.map_err(external)?;
+            let detail = smelter_lake::detail::detail(&mut opened, &name)
+                .await
+                .map_err(external)?;
+            let keys = detail.catalog().keys;
+            if !keys.is_empty() {
+                out.push((layer, table.to_string(), keys));
             }
         }
         Ok(out)

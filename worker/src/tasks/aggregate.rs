@@ -57,8 +57,7 @@ impl AggregateTask {
             .await?;
         let schema = schemas::delta_schema(planned.schema().as_arrow());
         let mut gold = env
-            .tables
-            .open_or_create(&self.table, &schema, &spec.partition_by, &env.commits)
+            .open_or_create(&self.table, &schema, &spec.partition_by)
             .await?;
         let mut consumed = log::txn_version(&gold, &app_id).await?;
         let mut refresher =

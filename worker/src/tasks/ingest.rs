@@ -121,13 +121,7 @@ impl IngestTask {
             })?;
         let started = Instant::now();
         let mut table = env
-            .tables
-            .open_or_create(
-                &self.table,
-                &schemas::bronze(),
-                &spec.partition_by,
-                &env.commits,
-            )
+            .open_or_create(&self.table, &schemas::bronze(), &spec.partition_by)
             .await?;
         let opened = started.elapsed();
         let positions = Arc::new(TablePositions {

@@ -13,6 +13,12 @@
 //! included — and never conflict with an append. Checkpoints are written by the commit
 //! path itself, every `checkpointInterval` versions.
 //!
+//! It also keeps each table's catalog description (owner, tags, description, column
+//! descriptions from the spec) in the table's Delta metadata (`smelter_lake::describe`).
+//! Tables are born with it (their writers create them so); the task brings existing tables
+//! up to a changed spec, checked as soon as it starts — it restarts with every change of
+//! the spec — and every few seconds for tables that do not exist yet.
+//!
 //! After each pass over a table it updates the table's maintenance record
 //! (`smelter_lake::maintenance_record`): what ran, when, and what it saved, read back by
 //! `smelter maintenance status`.
@@ -22,6 +28,7 @@ use std::time::Duration;
 use deltalake::DeltaTable;
 use smelter_common::spec::{Layer, MaintenanceSpec, PipelineSpec, TableSpec, table_layer};
 use smelter_lake::compact::{CompactOptions, Compaction, compact};
+use smelter_lake::describe::{Description, describe};
 use smelter_lake::maintenance_record::{self, MaintenanceRecord};
 use smelter_lake::vacuum::{Vacuum, vacuum};
 use smelter_lake::{AppId, log};
@@ -55,11 +62,13 @@ impl MaintainTask {
     ) -> Result<()> {
         progress.set_state(TaskState::Starting);
         let mut tables = maintained(&env.pipeline);
+        let mut undescribed = descriptions(&env);
         let mut compacted_files = 0u64;
         loop {
             progress.set_state(TaskState::Running);
-            let now = Instant::now();
             let mut failed = Vec::new();
+            undescribed = describe_pending(&env, undescribed, &mut failed).await;
+            let now = Instant::now();
             for entry in tables.iter_mut().filter(|t| t.due <= now) {
                 if cancel.is_cancelled() {
                     break;
@@ -90,6 +99,7 @@ impl MaintainTask {
             let next = tables
                 .iter()
                 .map(|t| t.due)
+                .chain((!undescribed.is_empty()).then(|| Instant::now() + DESCRIBE_AGAIN))
                 .min()
                 .unwrap_or_else(|| Instant::now() + Duration::from_secs(60));
             if failed.is_empty() {
@@ -138,6 +148,54 @@ fn maintained(pipeline: &PipelineSpec) -> Vec<Maintained> {
         }
     }
     out
+}
+
+/// How soon descriptions are tried again for tables that did not exist yet.
+const DESCRIBE_AGAIN: Duration = Duration::from_secs(2);
+
+/// Every table of the pipeline, and each silver table's quarantine, with its catalog
+/// description.
+fn descriptions(env: &TaskEnv) -> Vec<(String, Description)> {
+    let mut names: Vec<String> = Vec::new();
+    for name in env.pipeline.tables.keys() {
+        if table_layer(name) == Some(Layer::Silver) {
+            names.push(TableSpec::quarantine_name(name));
+        }
+        names.push(name.clone());
+    }
+    names
+        .into_iter()
+        .map(|name| {
+            let description = env.catalog_description(&name);
+            (name, description)
+        })
+        .collect()
+}
+
+/// Writes the descriptions of the tables that exist; returns those left to do (tables not
+/// created yet, and failures, which are added to `failed`).
+async fn describe_pending(
+    env: &TaskEnv,
+    pending: Vec<(String, Description)>,
+    failed: &mut Vec<String>,
+) -> Vec<(String, Description)> {
+    let mut left = Vec::new();
+    for (name, description) in pending {
+        if !env.tables.exists(&name).await {
+            left.push((name, description));
+            continue;
+        }
+        let described = async {
+            let mut table = env.tables.open(&name).await?;
+            describe(&mut table, &name, &description, &env.commits).await
+        };
+        if let Err(error) = described.await {
+            tracing::warn!(table = %name, %error, "catalog description not written; trying again");
+            failed.push(format!("{name}: {error}"));
+            left.push((name, description));
+        }
+    }
+    left
 }
 
 /// Adds one pass to the table's maintenance record and stores it (once the table exists).

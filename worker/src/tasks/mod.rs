@@ -23,6 +23,7 @@ use smelter_proto::{TaskState, TaskStatusReport};
 use tokio::sync::Notify;
 
 use smelter_lake::TableStore;
+use smelter_lake::describe::Description;
 
 /// What every task needs from its worker.
 #[derive(Clone)]
@@ -49,6 +50,49 @@ impl TaskEnv {
                 field: format!("tables.{table}"),
                 message: "assigned, but not declared in the pipeline".into(),
             })
+    }
+
+    /// What the catalog says of `table` (one of the pipeline's tables, or a silver
+    /// table's quarantine), as its Delta metadata keeps it (`smelter_lake::describe`).
+    pub fn catalog_description(&self, table: &str) -> Description {
+        if let Some(spec) = self.pipeline.tables.get(table) {
+            return Description {
+                owner: spec.owner.clone(),
+                tags: spec.tags.clone(),
+                description: spec.description.clone(),
+                columns: spec.column_descriptions.clone(),
+                keys: spec.keys.clone(),
+            };
+        }
+        let silver = self
+            .pipeline
+            .tables
+            .iter()
+            .find(|(name, _)| TableSpec::quarantine_name(name) == table);
+        match silver {
+            Some((_, spec)) => Description {
+                owner: spec.owner.clone(),
+                tags: spec.tags.clone(),
+                description: Some(TableSpec::quarantine_description(&spec.from)),
+                ..Description::default()
+            },
+            None => Description::default(),
+        }
+    }
+
+    /// Opens one of the pipeline's tables, creating it (with its catalog description)
+    /// if it does not exist yet.
+    pub async fn open_or_create(
+        &self,
+        table: &str,
+        schema: &arrow::datatypes::SchemaRef,
+        partition_by: &[String],
+    ) -> crate::Result<deltalake::DeltaTable> {
+        let described = self.catalog_description(table);
+        Ok(self
+            .tables
+            .open_or_create_described(table, schema, partition_by, &described, &self.commits)
+            .await?)
     }
 }
 

@@ -32,17 +32,10 @@ impl RefineTask {
         let refiner = Refiner::new(&self.table, &spec, &env.pipeline.pipeline)?;
         let quarantine_name = TableSpec::quarantine_name(&self.table);
         let mut silver = env
-            .tables
-            .open_or_create(
-                &self.table,
-                refiner.silver_schema(),
-                &spec.partition_by,
-                &env.commits,
-            )
+            .open_or_create(&self.table, refiner.silver_schema(), &spec.partition_by)
             .await?;
         let mut quarantine = env
-            .tables
-            .open_or_create(&quarantine_name, &schemas::quarantine(), &[], &env.commits)
+            .open_or_create(&quarantine_name, &schemas::quarantine(), &[])
             .await?;
         let app_id = AppId::upstream(&self.table, &spec.from);
         let quarantine_app_id = AppId::upstream(&quarantine_name, &spec.from);
@@ -134,7 +127,9 @@ impl RefineTask {
             let mut quality =
                 quality_figures(rows.len(), good, &rules_of(&refined.quarantine), &refined);
             let checks = crate::checks::evaluate(&spec.checks, &refined.silver);
-            if spec.checks.on_rows() {
+            // A pass without rows (a bronze version that added none: a compaction, a
+            // description) says nothing about the checks; the last outcomes stand.
+            if spec.checks.on_rows() && good > 0 {
                 quality["checks"] = serde_json::to_value(&checks).unwrap_or_default();
             }
             if quarantined > 0 && quarantined_to.is_none_or(|q| q < to) {

@@ -1,0 +1,248 @@
+//! A table's catalog entry kept in the table itself: what the spec says of it (owner, tags,
+//! description, column descriptions) written into its Delta metadata, so that it travels
+//! with the table and any Delta reader (Spark, the `deltalake` package, Unity) sees it:
+//!
+//! * the description in `metaData.description`;
+//! * the owner as table property [`OWNER_PROPERTY`], the tags as [`TAGS_PROPERTY`]
+//!   (comma-separated, in the spec's order), the columns that identify a row (a gold
+//!   table's `keys`) as [`KEY_PROPERTY`] (comma-separated, in order: what Flight SQL's
+//!   GetPrimaryKeys answers);
+//! * each column's description as property `smelter.column.<column>.comment`. Not as the
+//!   field's `comment` metadata, Spark's place for it: that would change the Arrow schema
+//!   the writers' batches are checked against, and every writer's batch would be refused.
+//!
+//! [`describe`] commits a metadata-only version (operation `SET TBLPROPERTIES`,
+//! `dataChange = false`) through the rewrite path — under the commit lock, arbitrated
+//! stores included — and only when something differs: on a table that already says it,
+//! it writes nothing. Properties it did not set (Delta's own `delta.*`, a user's) stay as
+//! they are. Writers whose snapshot predates the change bring it forward before their next
+//! commit (see [`crate::commit`]).
+
+use std::collections::{BTreeMap, HashMap};
+
+use deltalake::DeltaTable;
+use deltalake::kernel::{Metadata, MetadataExt as _};
+use deltalake::protocol::DeltaOperation;
+
+use crate::commit::{CommitEnv, Rewrite, RewriteOutcome, rewrite};
+use crate::log::refresh;
+use crate::{LakeError, Result};
+
+/// The table property holding the table's owner.
+pub const OWNER_PROPERTY: &str = "smelter.owner";
+/// The table property holding the table's tags, comma-separated.
+pub const TAGS_PROPERTY: &str = "smelter.tags";
+/// The table property holding the columns that identify a row, comma-separated.
+pub const KEY_PROPERTY: &str = "smelter.primaryKey";
+/// Prefix of the properties Smelter's catalog owns (set, changed and removed by
+/// [`describe`]).
+const CATALOG_PREFIX: &str = "smelter.";
+
+/// The property holding the description of `column`.
+pub fn column_property(column: &str) -> String {
+    format!("smelter.column.{column}.comment")
+}
+
+/// What the catalog says of a table.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Description {
+    /// Who owns it.
+    pub owner: Option<String>,
+    /// Free-form tags.
+    pub tags: Vec<String>,
+    /// What it holds.
+    pub description: Option<String>,
+    /// What each column holds, by column name.
+    pub columns: BTreeMap<String, String>,
+    /// The columns that identify a row, in order.
+    pub keys: Vec<String>,
+}
+
+impl Description {
+    /// The table properties this description sets.
+    pub fn properties(&self) -> BTreeMap<String, String> {
+        let mut out = BTreeMap::new();
+        if let Some(owner) = &self.owner {
+            out.insert(OWNER_PROPERTY.to_string(), owner.clone());
+        }
+        if !self.tags.is_empty() {
+            out.insert(TAGS_PROPERTY.to_string(), self.tags.join(","));
+        }
+        if !self.keys.is_empty() {
+            out.insert(KEY_PROPERTY.to_string(), self.keys.join(","));
+        }
+        for (column, comment) in &self.columns {
+            out.insert(column_property(column), comment.clone());
+        }
+        out
+    }
+
+    /// What `metadata` says, read back.
+    pub fn of(metadata: &Metadata) -> Self {
+        Self::from_properties(
+            metadata.description().map(str::to_string),
+            metadata.configuration(),
+        )
+    }
+
+    /// What a table with this description and these properties says.
+    pub fn from_properties<'a>(
+        description: Option<String>,
+        properties: impl IntoIterator<Item = (&'a String, &'a String)>,
+    ) -> Self {
+        let mut out = Self {
+            description,
+            ..Self::default()
+        };
+        for (key, value) in properties {
+            if key == OWNER_PROPERTY {
+                out.owner = Some(value.clone());
+            } else if key == TAGS_PROPERTY {
+                out.tags = value.split(',').map(str::to_string).collect();
+            } else if key == KEY_PROPERTY {
+                out.keys = value.split(',').map(str::to_string).collect();
+            } else if let Some(column) = key
+                .strip_prefix("smelter.column.")
+                .and_then(|k| k.strip_suffix(".comment"))
+            {
+                out.columns.insert(column.to_string(), value.clone());
+            }
+        }
+        out
+    }
+}
+
+/// How often a description is derived again when another metadata change lands under it.
+const PLANS: usize = 3;
+
+/// Writes `description` into the table's metadata if it says something else (see the
+/// module docs): the version written, or `None` when the table already said it.
+pub async fn describe(
+    table: &mut DeltaTable,
+    name: &str,
+    description: &Description,
+    env: &CommitEnv,
+) -> Result<Option<i64>> {
+    for _ in 0..PLANS {
+        refresh(table, name).await?;
+        let current = table
+            .snapshot()
+            .map_err(|e| LakeError::delta(name, e))?
+            .metadata()
+            .clone();
+        let Some((metadata, changed)) = described(&current, description)
+            .map_err(|e| LakeError::generic(name, format!("table metadata: {e}")))?
+        else {
+            return Ok(None);
+        };
+        let outcome = rewrite(
+            table,
+            name,
+            Rewrite {
+                removes: Vec::new(),
+                groups: Vec::new(),
+                readds: Vec::new(),
+                operation: DeltaOperation::SetTableProperties {
+                    properties: changed,
+                },
+                data_change: false,
+                txns: Vec::new(),
+                metadata: Default::default(),
+                table_metadata: Some(metadata),
+            },
+            env,
+        )
+        .await?;
+        match outcome {
+            RewriteOutcome::Committed { version, .. } => {
+                tracing::info!(table = name, version, "catalog description written");
+                return Ok(Some(version));
+            }
+            RewriteOutcome::Superseded { .. } => {
+                tracing::debug!(table = name, "metadata changed meanwhile; describing again");
+            }
+            RewriteOutcome::AlreadyCommitted => unreachable!("a description moves no txn"),
+        }
+    }
+    Err(LakeError::CommitConflict {
+        table: name.to_string(),
+        message: format!("the table's metadata changed under {PLANS} descriptions in a row"),
+    })
+}
+
+/// `current` saying `description`, with the properties that changed (a removed one as an
+/// empty value), or `None` if it says it already.
+fn described(
+    current: &Metadata,
+    description: &Description,
+) -> deltalake::DeltaResult<Option<(Metadata, HashMap<String, String>)>> {
+    let wanted = description.properties();
+    let config = current.configuration();
+    let mut changed = HashMap::new();
+    let mut metadata = current.clone();
+    for (key, _) in config
+        .iter()
+        .filter(|(k, _)| k.starts_with(CATALOG_PREFIX) && !wanted.contains_key(*k))
+    {
+        changed.insert(key.clone(), String::new());
+        metadata = metadata.remove_config_key(key)?;
+    }
+    for (key, value) in &wanted {
+        if config.get(key) != Some(value) {
+            changed.insert(key.clone(), value.clone());
+            metadata = metadata.add_config_key(key.clone(), value.clone())?;
+        }
+    }
+    let text = description.description.clone().unwrap_or_default();
+    if current.description().unwrap_or_default() != text {
+        changed.insert("description".into(), text.clone());
+        metadata = metadata.with_description(text)?;
+    }
+    Ok((!changed.is_empty()).then_some((metadata, changed)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use deltalake::kernel::{DataType, StructField, StructType};
+
+    fn metadata(config: &[(&str, &str)]) -> Metadata {
+        let schema = StructType::try_new([StructField::new("id", DataType::LONG, true)]).unwrap();
+        deltalake::kernel::new_metadata(&schema, Vec::<String>::new(), config.iter().copied())
+            .unwrap()
+    }
+
+    #[test]
+    fn a_description_round_trips_and_changes_only_what_differs() {
+        let wanted = Description {
+            owner: Some("growth-analytics".into()),
+            tags: vec!["pii".into(), "clickstream".into()],
+            description: Some("Parsed events".into()),
+            columns: BTreeMap::from([("id".into(), "The event's id".into())]),
+            keys: vec!["id".into()],
+        };
+        let current = metadata(&[
+            ("delta.checkpointInterval", "10"),
+            ("smelter.owner", "someone-else"),
+            (
+                "smelter.column.gone.comment",
+                "a column no longer described",
+            ),
+        ]);
+        let (updated, changed) = described(&current, &wanted).unwrap().unwrap();
+        assert_eq!(Description::of(&updated), wanted);
+        // Delta's own properties stay; the catalog's are set, changed or removed.
+        assert_eq!(
+            updated.configuration().get("delta.checkpointInterval"),
+            Some(&"10".to_string())
+        );
+        assert_eq!(changed["smelter.owner"], "growth-analytics");
+        assert_eq!(changed["smelter.column.gone.comment"], "");
+        assert_eq!(changed["description"], "Parsed events");
+        assert_eq!(updated.id(), current.id(), "the table keeps its id");
+        assert!(
+            described(&updated, &wanted).unwrap().is_none(),
+            "a table that says it already is left alone"
+        );
+    }
+}
