@@ -167,3 +167,24 @@ pub fn continue_trace(span: &tracing::Span, traceparent: Option<&str>, tracestat
         let _ = span.set_parent(context);
     }
 }
+
+/// The W3C Trace Context headers (`traceparent`, and `tracestate` when there is one) that
+/// make a call's spans on another process part of `span`'s trace: what a caller sends on a
+/// gRPC call it makes within `span`. Empty when spans are not exported (no OpenTelemetry
+/// layer, or a span filtered out).
+pub fn trace_headers(span: &tracing::Span) -> Vec<(String, String)> {
+    use opentelemetry::propagation::TextMapPropagator;
+    use opentelemetry::trace::TraceContextExt;
+    use tracing_opentelemetry::OpenTelemetrySpanExt;
+
+    let context = span.context();
+    if !context.span().span_context().is_valid() {
+        return Vec::new();
+    }
+    let mut headers = std::collections::HashMap::new();
+    opentelemetry_sdk::propagation::TraceContextPropagator::new()
+        .inject_context(&context, &mut headers);
+    let mut out: Vec<(String, String)> = headers.into_iter().collect();
+    out.sort();
+    out
+}

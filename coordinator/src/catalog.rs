@@ -99,6 +99,8 @@ pub struct Catalog {
     pub tables: BTreeMap<String, TableEntry>,
     /// Pipelines: name, revision, sources (name -> kind), tables.
     pub pipelines: Vec<serde_json::Value>,
+    /// Workers holding a live lease: id, hostname, Flight endpoint, tasks.
+    pub workers: Vec<serde_json::Value>,
 }
 
 /// The layer of a table name (`silver.events` -> silver).
@@ -225,6 +227,19 @@ impl Catalog {
                 .zip(entry.freshness_ms)
                 .map(|(sla, age)| age as u64 > sla);
         }
+        catalog.workers = status
+            .workers
+            .iter()
+            .map(|w| {
+                serde_json::json!({
+                    "worker_id": w.worker_id,
+                    "hostname": w.hostname,
+                    "flight_endpoint": w.flight_endpoint,
+                    "tasks": w.tasks,
+                    "lease_expires_in_ms": w.lease_expires_in_ms,
+                })
+            })
+            .collect();
         catalog
     }
 

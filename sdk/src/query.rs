@@ -28,6 +28,12 @@ impl QueryClient {
         Ok(Self { inner })
     }
 
+    /// Sends `key: value` with every call from now on (for example W3C Trace Context's
+    /// `traceparent`, so that the server's spans join the caller's trace).
+    pub fn set_header(&mut self, key: &str, value: &str) {
+        self.inner.set_header(key, value);
+    }
+
     /// Runs `sql` and collects every result batch.
     pub async fn query(&mut self, sql: &str) -> Result<Vec<RecordBatch>> {
         let info = self

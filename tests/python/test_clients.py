@@ -567,6 +567,13 @@ def test_status_page_renders_every_table_in_a_headless_browser(cluster):
     html = dom.stdout
     assert 'data-loaded="true"' in html, html[-3000:]
     assert 'data-pipeline="clickstream"' in html
+    # The lineage graph draws every edge of the catalog; the workers are listed.
+    status, catalog = http_json(cluster["http"] + "/catalog")
+    assert len(catalog["edges"]) >= 5
+    for edge in catalog["edges"]:
+        assert f'data-edge="{edge["from"]}-&gt;{edge["to"]}" data-operation="{edge["operation"]}"' in html, edge
+    assert 'data-node="events"' in html and 'data-node="gold.user_segments"' in html
+    assert catalog["workers"] and all(f'data-worker="{w["worker_id"]}"' in html for w in catalog["workers"])
     status, answer = http_json(cluster["http"] + "/tables")
     reported = 0
     for table in answer["tables"]:
@@ -581,6 +588,20 @@ def test_status_page_renders_every_table_in_a_headless_browser(cluster):
             reported += 1
             assert version == delta(cluster, table["name"]).version(), table
     assert reported >= 3, answer
+    # What a person sees, as a picture (docs/images/status-page.png is made this way:
+    # SMELTER_SCREENSHOT=docs/images/status-page.png).
+    picture = Path(os.environ.get("SMELTER_SCREENSHOT") or profile.parent / "status-page.png").absolute()
+    shot = subprocess.run(
+        [browser, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
+         "--no-first-run", "--disable-background-networking", "--disable-component-update",
+         "--disable-sync", f"--user-data-dir={profile}", "--virtual-time-budget=10000",
+         "--hide-scrollbars", "--window-size=1400,1000", f"--screenshot={picture}",
+         cluster["http"] + "/status"],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert shot.returncode == 0, shot.stderr[-2000:]
+    image = picture.read_bytes()
+    assert image[:8] == b"\x89PNG\r\n\x1a\n" and len(image) > 10_000, len(image)
 
 
 def test_failing_checks_are_raised_while_the_pipeline_runs(tmp_path):

@@ -2,13 +2,15 @@
 OTLP/HTTP (JSON) to a collector — here a real HTTP server that keeps what it receives. Every
 commit is a span naming its table, rows and version; the committed bronze rows in the spans
 add up to what the `deltalake` package reads from the table; a refine pass's span holds its
-commits; a Flight SQL client's `traceparent` makes the query's spans part of its trace."""
+commits; a Flight SQL client's `traceparent` makes the query's spans part of its trace, and an
+HTTP client's makes the coordinator's span and the worker's (over gRPC) part of its trace."""
 
 import json
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 import subprocess
+import urllib.request
 
 from deltalake import DeltaTable
 
@@ -20,6 +22,8 @@ EVENTS = 3000
 CLIENT_TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
 CLIENT_SPAN = "00f067aa0ba902b7"
 CLIENT_PARENT = f"00-{CLIENT_TRACE}-{CLIENT_SPAN}-01"
+HTTP_TRACE = "0af7651916cd43dd8448eb211c80319c"
+HTTP_SPAN = "b7ad6b7169203331"
 
 
 class Collector(BaseHTTPRequestHandler):
@@ -65,8 +69,9 @@ def test_spans_reach_an_otlp_collector(tmp_path: Path):
         subprocess.run(smelter(*common, "--flight-addr", "127.0.0.1:0", "--exit-when-done"),
                        check=True, timeout=300)
         # Serve the tables and query them as a traced client would.
-        port = free_port()
-        serving = subprocess.Popen(smelter(*common, "--flight-addr", f"127.0.0.1:{port}"))
+        port, http_port = free_port(), free_port()
+        serving = subprocess.Popen(smelter(*common, "--flight-addr", f"127.0.0.1:{port}",
+                                           "--http-addr", f"127.0.0.1:{http_port}"))
         try:
             options = {"adbc.flight.sql.rpc.call_header.traceparent": CLIENT_PARENT}
 
@@ -77,6 +82,18 @@ def test_spans_reach_an_otlp_collector(tmp_path: Path):
                     return cur.fetchall()
 
             assert wait_until("a traced query answered", query, 60, stop=serving.poll)[0][0] > 0
+
+            def http_query():
+                request = urllib.request.Request(
+                    f"http://127.0.0.1:{http_port}/query",
+                    data=json.dumps({"sql": "SELECT count(*) AS n FROM bronze.events"}).encode(),
+                    headers={"Content-Type": "application/json",
+                             "traceparent": f"00-{HTTP_TRACE}-{HTTP_SPAN}-01"})
+                with urllib.request.urlopen(request, timeout=30) as response:
+                    return json.loads(response.read())["rows"]
+
+            assert wait_until("a traced HTTP query answered", http_query, 60,
+                              stop=serving.poll) == [{"n": EVENTS}]
         finally:
             serving.terminate()
             assert serving.wait(timeout=60) == 0
@@ -117,8 +134,17 @@ def test_spans_reach_an_otlp_collector(tmp_path: Path):
     assert refreshes and any(s.get("parentSpanId") in refreshes for s in spans if s["name"] == "commit")
     # The client's trace continues on the server: the query's spans carry its trace id,
     # the first one with the client's span as parent, and planning nested under it.
-    queries = [s for s in spans if s["name"] == "flight_sql"]
+    queries = [s for s in spans if s["name"] == "flight_sql" and s["traceId"] != HTTP_TRACE]
     assert queries and all(s["traceId"] == CLIENT_TRACE for s in queries), queries
     assert all(s["parentSpanId"] == CLIENT_SPAN for s in queries)
     ids = {s["spanId"] for s in queries}
     assert any(s["name"] == "plan_query" and s.get("parentSpanId") in ids for s in spans)
+    # An HTTP caller's trace goes on through the coordinator to the worker: the
+    # coordinator's span joins it, and the worker's Flight SQL span (another gRPC call
+    # away) is its child.
+    handed = [s for s in spans if s["name"] == "http_sql"]
+    assert handed and all(s["traceId"] == HTTP_TRACE and s["parentSpanId"] == HTTP_SPAN
+                          for s in handed), handed
+    assert attributes(handed[-1])["sql"] == "SELECT count(*) AS n FROM bronze.events"
+    on_worker = [s for s in spans if s["name"] == "flight_sql" and s["traceId"] == HTTP_TRACE]
+    assert on_worker and {s["parentSpanId"] for s in on_worker} <= {s["spanId"] for s in handed}

@@ -188,6 +188,8 @@ pub(super) async fn catalog(State(shared): State<Shared>, headers: HeaderMap) ->
             "pipelines": catalog.pipelines,
             "owners": owners,
             "tags": tags,
+            "edges": catalog.edges(),
+            "workers": catalog.workers,
         })),
         source,
     )

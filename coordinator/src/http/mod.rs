@@ -43,6 +43,7 @@ use tokio::net::TcpListener;
 use tokio::sync::{oneshot, watch};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument as _;
 
 use crate::actor::Command;
 use crate::service::Role;
@@ -190,13 +191,21 @@ async fn run_sql(
         token: smelter_common::security::auth::presented_token(metadata)
             .map(|t| t.expose().to_string()),
     };
+    // One span per statement handed to a worker: part of the HTTP caller's trace when it
+    // sent `traceparent`, and carried to the worker's Flight SQL spans in the call's
+    // headers.
+    let span = tracing::info_span!("http_sql", %sql, worker = endpoint);
+    let header = |name: &str| metadata.get(name).and_then(|v| v.to_str().ok());
+    smelter_common::telemetry::continue_trace(&span, header("traceparent"), header("tracestate"));
+    let trace_headers = smelter_common::telemetry::trace_headers(&span);
     let batches = async {
-        smelter_sdk::QueryClient::connect_with(endpoint, &credentials)
-            .await?
-            .query(sql)
-            .await
+        let mut client = smelter_sdk::QueryClient::connect_with(endpoint, &credentials).await?;
+        for (key, value) in &trace_headers {
+            client.set_header(key, value);
+        }
+        client.query(sql).await
     };
-    match batches.await {
+    match batches.instrument(span).await {
         Ok(batches) => Ok(batches),
         Err(smelter_sdk::SdkError::Rejected(status)) => {
             Err(error(http_status(status.code()), status.message()))
