@@ -102,6 +102,18 @@ fn bench_runs_in_process_with_every_figure() {
     assert_eq!(runs.len(), 2);
     let least = runs.iter().copied().fold(f64::INFINITY, f64::min);
     assert_eq!(report["in_process"]["cpu_seconds"].as_f64().unwrap(), least);
+    // The REST API's figures, from answers the bench checked.
+    let rest = &report["in_process"]["rest"];
+    assert_eq!(rest["requests"], 40, "{rest}");
+    for field in ["table_p50_ms", "query_p50_ms", "cpu_ms_per_pair"] {
+        assert!(rest[field].as_f64().unwrap() > 0.0, "{field}: {rest}");
+    }
+    assert!(rest["table_p50_ms"].as_f64() <= rest["table_max_ms"].as_f64());
+    assert!(rest["query_rows"].as_u64().unwrap() > 0);
+    let share = rest["fraction_of_pipeline_cpu_at_1_per_second"]
+        .as_f64()
+        .unwrap();
+    assert!(share > 0.0 && share.is_finite(), "{rest}");
     for layer in ["bronze", "silver", "gold"] {
         let figures = &report["layers"][layer];
         assert!(

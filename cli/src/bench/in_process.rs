@@ -31,6 +31,7 @@ async fn start(
     config.storage.root = dir.join("tables");
     config.coordinator.listen = "127.0.0.1:0".into();
     config.worker.flight_listen = "127.0.0.1:0".into();
+    config.coordinator.http_listen = Some("127.0.0.1:0".into());
     let tables = TableStore::new(&config.storage.root)?;
     let cluster = LocalCluster::start(config, usize::from(workers)).await?;
     Ok((cluster, tables))
@@ -82,11 +83,24 @@ pub async fn end_to_end(config: &SmelterConfig, options: &BenchOptions) -> Resul
         per_partition_per_ms: options.rate as f64 / f64::from(options.partitions.max(1)) / 1000.0,
     };
     let flight = cluster.flight_endpoints[0].clone();
-    let finished = finish_run(&mut run, &tables, &spec, &produced, &flight).await;
+    let mut finished = finish_run(&mut run, &tables, &spec, &produced, &flight).await;
+    if let (Ok(()), Some(http)) = (&finished, &cluster.http_endpoint) {
+        finished = rest_figures(&mut run, http, &tables).await;
+    }
     cluster.shutdown().await?;
     finished?;
     let _ = std::fs::remove_dir_all(&dir);
     Ok(run)
+}
+
+/// The REST API's figures against the finished run's tables (see [`super::rest`]).
+async fn rest_figures(run: &mut EndToEnd, http: &str, tables: &TableStore) -> Result<()> {
+    let name = "gold.hourly_metrics";
+    let mut gold = tables.open(name).await?;
+    let gold_rows = smelter_lake::detail::detail(&mut gold, name).await?.rows as usize;
+    let per_second = run.cpu_seconds / run.wall_seconds.max(f64::EPSILON);
+    run.rest = Some(super::rest::measure(http, per_second, gold_rows).await?);
+    Ok(())
 }
 
 /// The unpaced run, one layer at a time: bronze alone, then silver on top of it, then gold.

@@ -14,6 +14,7 @@
 //! * [`limit`]: the bare stages. [`latency`]: produce-to-gold latency from the Delta logs.
 //! * [`check`]: every run's tables against what its events must give; a run that lost or
 //!   doubled rows fails instead of reporting a figure.
+//! * [`rest`]: the REST API's latency and CPU at the end of the in-process run.
 
 pub mod check;
 pub mod cluster;
@@ -21,6 +22,7 @@ pub mod in_process;
 pub mod latency;
 pub mod limit;
 pub mod measure;
+pub mod rest;
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -143,6 +145,8 @@ pub struct EndToEnd {
     pub checked: check::Counts,
     /// CPU-seconds etcd spent during the run (cluster runs, when its pid is known).
     pub etcd_cpu_seconds: Option<f64>,
+    /// The REST API's latency and CPU once everything is in (in-process runs).
+    pub rest: Option<rest::RestFigures>,
     /// Every run of this pipeline, in order; the figures above are those of the run with
     /// the least CPU.
     pub runs: Vec<RunSummary>,

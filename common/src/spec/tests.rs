@@ -217,3 +217,28 @@ fn table_checks_parse_and_bad_ones_name_their_field() {
     assert_eq!(field, "tables.bronze.events.checks");
     assert!(message.contains("only `freshness_sla`"), "{message}");
 }
+
+#[test]
+fn column_descriptions_name_columns_the_table_has() {
+    let text = DEMO.replace(
+        "      user_id: The signed-in user",
+        "      usr_id: The signed-in user",
+    );
+    let (field, _, message) = spec_error(&text);
+    assert_eq!(field, "tables.silver.events.column_descriptions.usr_id");
+    assert!(message.contains("unknown column `usr_id`"), "{message}");
+    let text = DEMO.replace(
+        "      event_id: The producer's id of the event; unique in this table.",
+        "      event_id: \"  \"",
+    );
+    assert_eq!(
+        spec_error(&text).0,
+        "tables.silver.events.column_descriptions.event_id"
+    );
+    // Metadata columns are the table's too.
+    let text = DEMO.replace(
+        "      event_id: The producer's id",
+        "      _offset: Where the record was in its source.\n      event_id: The producer's id",
+    );
+    PipelineSpec::parse(&text, "x.yaml").unwrap();
+}

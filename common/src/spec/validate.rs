@@ -162,10 +162,42 @@ pub(super) fn validate(spec: &PipelineSpec, text: &str, origin: &str) -> Result<
         }
         validate_maintenance(&c, name, &table.maintenance)?;
         validate_checks(&c, name, layer, table)?;
+        validate_column_descriptions(&c, name, layer, table)?;
     }
     for name in spec.sources.keys() {
         if !fed_sources.contains(name.as_str()) {
             return Err(c.fail(&["sources", name], "no bronze table reads this source"));
+        }
+    }
+    Ok(())
+}
+
+/// Column descriptions name columns the table has: bronze's fixed ones, silver's declared
+/// and metadata columns (gold's are known once its SQL is planned).
+fn validate_column_descriptions(
+    c: &Checker,
+    name: &str,
+    layer: Layer,
+    table: &TableSpec,
+) -> Result<()> {
+    let known: Option<HashSet<String>> = match layer {
+        Layer::Bronze => Some(BRONZE_COLUMNS.iter().map(|c| c.to_string()).collect()),
+        Layer::Silver => Some(
+            silver_columns(table)
+                .into_iter()
+                .map(|(n, _)| n)
+                .chain(SILVER_METADATA_COLUMNS.iter().map(|c| c.to_string()))
+                .collect(),
+        ),
+        Layer::Gold => None,
+    };
+    for (column, text) in &table.column_descriptions {
+        let path = ["tables", name, "column_descriptions", column.as_str()];
+        if known.as_ref().is_some_and(|k| !k.contains(column)) {
+            return Err(c.fail(&path, format!("unknown column `{column}`")));
+        }
+        if text.trim().is_empty() {
+            return Err(c.fail(&path, "a description says something"));
         }
     }
     Ok(())

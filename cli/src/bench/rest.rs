@@ -1,0 +1,134 @@
+//! The REST API's cost, measured at the end of the in-process end-to-end run, against the
+//! tables that run wrote: how long `GET /tables/{name}` (the catalog entry and the table's
+//! detail from its log) and `POST /query` (a dashboard's gold query, run by a worker over
+//! Flight SQL) take, and the CPU a pair of them costs — reported as the share of the
+//! pipeline's own CPU per second (from the same run) that serving one pair a second takes.
+//!
+//! The CPU counter is the bench process's, which also runs the HTTP client: the share is an
+//! upper bound. Every answer must be a 200 with the rows the tables hold; anything else
+//! fails the benchmark instead of giving a figure.
+
+use std::time::Instant;
+
+use serde::Serialize;
+
+use super::measure::cpu_seconds;
+use crate::{CliError, Result};
+
+/// Requests of each kind timed (after one unmeasured warm-up of each).
+const REQUESTS: usize = 40;
+
+/// The table whose entry is read.
+const TABLE: &str = "gold.hourly_metrics";
+
+/// The query posted.
+const QUERY: &str = "SELECT hour, event_type, events, users, revenue FROM gold.hourly_metrics \
+                     ORDER BY hour DESC, event_type LIMIT 96";
+
+/// The REST figures of one run.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct RestFigures {
+    /// Requests of each kind timed.
+    pub requests: usize,
+    /// `GET /tables/{name}`: median and slowest, milliseconds.
+    pub table_p50_ms: f64,
+    /// Slowest `GET /tables/{name}`, milliseconds.
+    pub table_max_ms: f64,
+    /// `POST /query`: median, milliseconds.
+    pub query_p50_ms: f64,
+    /// Slowest `POST /query`, milliseconds.
+    pub query_max_ms: f64,
+    /// Rows each query returned.
+    pub query_rows: usize,
+    /// CPU of one `GET /tables/{name}` and one `POST /query` (server and client),
+    /// milliseconds.
+    pub cpu_ms_per_pair: f64,
+    /// The pipeline's CPU per second of the run, CPU-seconds per second.
+    pub pipeline_cpu_per_second: f64,
+    /// `cpu_ms_per_pair / 1000 / pipeline_cpu_per_second`: what one pair a second costs,
+    /// as a share of the pipeline's CPU.
+    pub fraction_of_pipeline_cpu_at_1_per_second: f64,
+}
+
+fn failed(what: &str, message: impl std::fmt::Display) -> CliError {
+    CliError::Bench(format!("REST {what}: {message}"))
+}
+
+/// One request's JSON answer, failing on anything but a 200.
+async fn answer(request: reqwest::RequestBuilder, what: &str) -> Result<serde_json::Value> {
+    let response = request.send().await.map_err(|e| failed(what, e))?;
+    let status = response.status();
+    let body = response.bytes().await.map_err(|e| failed(what, e))?;
+    if !status.is_success() {
+        return Err(failed(
+            what,
+            format!("{status}: {}", String::from_utf8_lossy(&body)),
+        ));
+    }
+    serde_json::from_slice(&body).map_err(|e| failed(what, e))
+}
+
+fn median_and_max(mut times: Vec<f64>) -> (f64, f64) {
+    times.sort_by(f64::total_cmp);
+    (times[times.len() / 2], times[times.len() - 1])
+}
+
+/// Measures the REST API at `http` (see the module docs); `pipeline_cpu_per_second` is the
+/// run's CPU-seconds over its wall seconds; `gold_rows` the rows the hourly table holds.
+pub async fn measure(
+    http: &str,
+    pipeline_cpu_per_second: f64,
+    gold_rows: usize,
+) -> Result<RestFigures> {
+    let client = reqwest::Client::new();
+    let table = || client.get(format!("{http}/tables/{TABLE}"));
+    let query = || {
+        client
+            .post(format!("{http}/query"))
+            .header("Content-Type", "application/json")
+            .body(serde_json::json!({ "sql": QUERY, "limit": 1000 }).to_string())
+    };
+    answer(table(), "warm-up").await?;
+    answer(query(), "warm-up").await?;
+    let cpu_before = cpu_seconds(None).unwrap_or(0.0);
+    let (mut table_times, mut query_times) = (Vec::new(), Vec::new());
+    let mut query_rows = 0;
+    for _ in 0..REQUESTS {
+        let started = Instant::now();
+        let entry = answer(table(), "GET /tables/{name}").await?;
+        table_times.push(started.elapsed().as_secs_f64() * 1000.0);
+        if entry["detail"].is_null() {
+            return Err(failed("GET /tables/{name}", format!("no detail: {entry}")));
+        }
+        let started = Instant::now();
+        let rows = answer(query(), "POST /query").await?;
+        query_times.push(started.elapsed().as_secs_f64() * 1000.0);
+        query_rows = rows["rows"].as_array().map_or(0, Vec::len);
+    }
+    let cpu = cpu_seconds(None).unwrap_or(0.0) - cpu_before;
+    let expected = gold_rows.min(96);
+    if query_rows != expected {
+        return Err(failed(
+            "POST /query",
+            format!("{query_rows} rows, the table gives {expected}"),
+        ));
+    }
+    let (table_p50_ms, table_max_ms) = median_and_max(table_times);
+    let (query_p50_ms, query_max_ms) = median_and_max(query_times);
+    let cpu_ms_per_pair = cpu * 1000.0 / REQUESTS as f64;
+    Ok(RestFigures {
+        requests: REQUESTS,
+        table_p50_ms,
+        table_max_ms,
+        query_p50_ms,
+        query_max_ms,
+        query_rows,
+        cpu_ms_per_pair,
+        pipeline_cpu_per_second,
+        fraction_of_pipeline_cpu_at_1_per_second: if pipeline_cpu_per_second > 0.0 {
+            cpu_ms_per_pair / 1000.0 / pipeline_cpu_per_second
+        } else {
+            0.0
+        },
+    })
+}
