@@ -425,7 +425,8 @@ async fn every_replica_serves_the_rest_api_through_a_failover() {
     assert_eq!(relayed["detail"]["rows"], gold_rows, "{relayed}");
     assert!(relayed["detail"]["version"].as_i64() >= Some(gold_version));
 
-    // The spec's catalog fields are in the tables' own metadata: delta-rs reads them.
+    // The spec's catalog fields are in the tables' own metadata (they were created with
+    // them): delta-rs reads them.
     let described = smelter_harness::wait_until(
         Duration::from_secs(30),
         "silver's description in its Delta metadata",
@@ -484,7 +485,35 @@ async fn every_replica_serves_the_rest_api_through_a_failover() {
         Vec::<String>::new()
     );
 
-    // Writers carry on past the metadata versions, exactly once.
+    // A changed spec reaches the tables' metadata: the maintenance task writes a
+    // metadata-only version (`describe`), and the writers carry on past it exactly once.
+    let changed = smelter_tests::kafka::kafka_demo(&tansu.brokers, &topic)
+        .replace("owner: growth-analytics", "owner: growth-data");
+    cluster.apply(&changed, "pipeline.yaml").await.unwrap();
+    smelter_harness::wait_until(
+        Duration::from_secs(60),
+        "the new owner in silver's Delta metadata",
+        async || {
+            let table = tables
+                .open("silver.events")
+                .await
+                .map_err(|e| e.to_string())?;
+            let owner = table
+                .snapshot()
+                .map_err(|e| e.to_string())?
+                .metadata()
+                .configuration()
+                .get("smelter.owner")
+                .cloned();
+            if owner.as_deref() == Some("growth-data") {
+                Ok(())
+            } else {
+                Err(format!("owner {owner:?}"))
+            }
+        },
+    )
+    .await
+    .unwrap();
     producer
         .produce(&partitions, PER_PARTITION / 2)
         .await
@@ -503,6 +532,14 @@ async fn every_replica_serves_the_rest_api_through_a_failover() {
             .as_array()
             .is_some_and(|rows| rows.iter().any(|v| v["operation"] == "describe")),
         "the description is a version of its own: {history}"
+    );
+    let entry = get(&client, format!("{lead_url}/tables/silver.events"))
+        .await
+        .json();
+    assert_eq!(entry["owner"], "growth-data");
+    assert_eq!(
+        entry["detail"]["properties"]["smelter.owner"],
+        "growth-data"
     );
 }
 
