@@ -7,6 +7,9 @@
 //!   (comma-separated, in the spec's order), the columns that identify a row (a gold
 //!   table's `keys`) as [`KEY_PROPERTY`] (comma-separated, in order: what Flight SQL's
 //!   GetPrimaryKeys answers);
+//! * the history retention (`retention.history`) as Delta's own [`HISTORY_PROPERTY`], so
+//!   that the checkpoints' log cleanup keeps that much history (time travel refuses to go
+//!   further: `crate::history::oldest_available`);
 //! * each column's description as property `smelter.column.<column>.comment`. Not as the
 //!   field's `comment` metadata, Spark's place for it: that would change the Arrow schema
 //!   the writers' batches are checked against, and every writer's batch would be refused.
@@ -56,6 +59,37 @@ pub struct Description {
     pub columns: BTreeMap<String, String>,
     /// The columns that identify a row, in order.
     pub keys: Vec<String>,
+    /// How far back the table's history is kept: time travel reaches no further, and log
+    /// entries older than this are cleaned up at checkpoints (Delta's
+    /// [`HISTORY_PROPERTY`]).
+    pub history: Option<std::time::Duration>,
+}
+
+/// Delta's table property bounding how long log entries are kept.
+pub const HISTORY_PROPERTY: &str = "delta.logRetentionDuration";
+
+/// `duration` as a Delta interval (`interval 2592000 seconds`).
+pub fn interval(duration: std::time::Duration) -> String {
+    format!("interval {} seconds", duration.as_secs().max(1))
+}
+
+/// The duration of a Delta interval written by [`interval`] (or by hand, in any unit
+/// delta-rs reads).
+pub fn parse_interval(text: &str) -> Option<std::time::Duration> {
+    let mut words = text.split_whitespace();
+    if words.next()? != "interval" {
+        return None;
+    }
+    let n: u64 = words.next()?.parse().ok()?;
+    let seconds = match words.next()?.trim_end_matches('s') {
+        "second" => 1,
+        "minute" => 60,
+        "hour" => 3_600,
+        "day" => 86_400,
+        "week" => 7 * 86_400,
+        _ => return None,
+    };
+    Some(std::time::Duration::from_secs(n * seconds))
 }
 
 impl Description {
@@ -73,6 +107,9 @@ impl Description {
         }
         for (column, comment) in &self.columns {
             out.insert(column_property(column), comment.clone());
+        }
+        if let Some(history) = self.history {
+            out.insert(HISTORY_PROPERTY.to_string(), interval(history));
         }
         out
     }
@@ -101,6 +138,8 @@ impl Description {
                 out.tags = value.split(',').map(str::to_string).collect();
             } else if key == KEY_PROPERTY {
                 out.keys = value.split(',').map(str::to_string).collect();
+            } else if key == HISTORY_PROPERTY {
+                out.history = parse_interval(value);
             } else if let Some(column) = key
                 .strip_prefix("smelter.column.")
                 .and_then(|k| k.strip_suffix(".comment"))
@@ -220,6 +259,7 @@ mod tests {
             description: Some("Parsed events".into()),
             columns: BTreeMap::from([("id".into(), "The event's id".into())]),
             keys: vec!["id".into()],
+            history: Some(std::time::Duration::from_secs(30 * 86_400)),
         };
         let current = metadata(&[
             ("delta.checkpointInterval", "10"),

@@ -251,6 +251,66 @@ pub async fn oldest_version(table: &DeltaTable, name: &str) -> Result<i64> {
     Ok(first)
 }
 
+/// The oldest version time travel can read, and why no older one: the log no longer
+/// holds it, it is past the table's history retention, or a vacuum deleted files it needs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Oldest {
+    /// The version.
+    pub version: i64,
+    /// What bounds it, for an error message: `no longer in the log`, `beyond the table's
+    /// history retention (interval 2592000 seconds)`, `its files were vacuumed`.
+    pub because: String,
+}
+
+/// The oldest version of `table` time travel can read at `now_ms` (see [`Oldest`]): the
+/// latest of the oldest version in the log, the first version committed within the
+/// history retention (when the table declares one, `delta.logRetentionDuration`), and
+/// the first version whose files no vacuum has deleted (the maintenance record's
+/// `readable_from`).
+pub async fn oldest_available(table: &DeltaTable, name: &str, now_ms: i64) -> Result<Oldest> {
+    let mut oldest = Oldest {
+        version: oldest_version(table, name).await?,
+        because: "older versions are no longer in the log".into(),
+    };
+    let window = table.snapshot().ok().and_then(|s| {
+        s.metadata()
+            .configuration()
+            .get(crate::describe::HISTORY_PROPERTY)
+            .cloned()
+    });
+    if let Some((text, duration)) =
+        window.and_then(|t| crate::describe::parse_interval(&t).map(|d| (t, d)))
+    {
+        let cut = now_ms - duration.as_millis() as i64;
+        // The first version committed at or after the cut: the one before it was
+        // committed before the window began.
+        let first = match version_at(table, name, cut - 1).await? {
+            Some(before) => before + 1,
+            None => oldest.version,
+        };
+        let first = first.min(log::version(table));
+        if first > oldest.version {
+            oldest = Oldest {
+                version: first,
+                because: format!(
+                    "older versions are beyond the table's history retention ({text})"
+                ),
+            };
+        }
+    }
+    let record = crate::maintenance_record::read(table, name).await?;
+    if let Some(readable) = record
+        .and_then(|r| r.readable_from)
+        .filter(|v| *v > oldest.version)
+    {
+        oldest = Oldest {
+            version: readable,
+            because: "older versions' data files were vacuumed".into(),
+        };
+    }
+    Ok(oldest)
+}
+
 /// The latest version committed at or before `at_ms` (commitInfo time), or `None` if the
 /// oldest kept version is later.
 pub async fn version_at(table: &DeltaTable, name: &str, at_ms: i64) -> Result<Option<i64>> {

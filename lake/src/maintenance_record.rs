@@ -48,6 +48,13 @@ pub struct MaintenanceRecord {
     pub bytes_vacuumed: u64,
     /// The latest vacuum that deleted files.
     pub last_vacuum: Option<VacuumRun>,
+    /// The oldest version whose data files are all still there: vacuums deleted files
+    /// versions before it need (time travel refuses them, naming this one).
+    pub readable_from: Option<i64>,
+    /// Rows data retention deleted, all passes together.
+    pub rows_expired: u64,
+    /// The latest data-retention delete.
+    pub last_expiry: Option<ExpiryRun>,
     /// The latest pass's failure, cleared by a pass that succeeds.
     pub last_error: Option<String>,
 }
@@ -76,7 +83,26 @@ pub struct VacuumRun {
     pub bytes_deleted: u64,
 }
 
+/// One data-retention delete.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExpiryRun {
+    /// When (Unix ms).
+    pub unix_ms: i64,
+    /// The version of the delete.
+    pub version: i64,
+    /// Rows deleted: those older than `before_unix_ms` in the retention's column.
+    pub rows_deleted: u64,
+    /// The cut.
+    pub before_unix_ms: i64,
+}
+
 impl MaintenanceRecord {
+    /// Adds one data-retention delete.
+    pub fn add_expiry(&mut self, expiry: ExpiryRun) {
+        self.rows_expired += expiry.rows_deleted;
+        self.last_expiry = Some(expiry);
+    }
+
     /// Adds one pass: what it compacted and vacuumed, or why it failed.
     pub fn add_pass(
         &mut self,
@@ -101,6 +127,7 @@ impl MaintenanceRecord {
                         files_added: compaction.files_added,
                     });
                 }
+                self.readable_from = self.readable_from.max(vacuum.readable_from);
                 if vacuum.files_deleted > 0 {
                     self.files_vacuumed += vacuum.files_deleted;
                     self.bytes_vacuumed += vacuum.bytes_deleted;
@@ -162,6 +189,7 @@ mod tests {
         let vacuum = Vacuum {
             files_deleted: 5,
             bytes_deleted: 500,
+            readable_from: Some(12),
         };
         record.add_pass(2, 100, Ok((compaction, vacuum)));
         record.add_pass(3, 100, Ok((Compaction::default(), Vacuum::default())));
@@ -185,5 +213,18 @@ mod tests {
         assert_eq!((record.files_vacuumed, record.bytes_vacuumed), (5, 500));
         assert_eq!(record.last_vacuum.as_ref().map(|v| v.unix_ms), Some(2));
         assert_eq!(record.last_pass_unix_ms, 3);
+        assert_eq!(
+            record.readable_from,
+            Some(12),
+            "a later pass never lowers it"
+        );
+        record.add_expiry(ExpiryRun {
+            unix_ms: 4,
+            version: 13,
+            rows_deleted: 40,
+            before_unix_ms: 1,
+        });
+        assert_eq!(record.rows_expired, 40);
+        assert_eq!(record.last_expiry.as_ref().map(|e| e.version), Some(13));
     }
 }

@@ -7,7 +7,9 @@
 //! are unreferenced and harmless). No log entry is written: delta-rs's own vacuum records
 //! a start and an end commit through its commit path, which an arbitrated store cannot
 //! fence; deleting files needs no commit, and the log already records when each was
-//! removed. Time travel to a version older than the retention may then find its files gone.
+//! removed. What a vacuum deleted bounds time travel: it reports the oldest version that
+//! still has all its files ([`Vacuum::readable_from`]), which the maintenance record keeps
+//! and time travel refuses to go past (`crate::history::oldest_available`).
 //!
 //! Readers downstream read the files each version *added*, possibly long after it was
 //! committed: a refine task behind its bronze table still needs files a compaction has
@@ -34,6 +36,9 @@ pub struct Vacuum {
     pub files_deleted: u64,
     /// Their bytes.
     pub bytes_deleted: u64,
+    /// The oldest version that still has every file it needs: one past the latest version
+    /// that removed a deleted file (`None` when nothing was deleted).
+    pub readable_from: Option<i64>,
 }
 
 /// Deletes the files removed from `table` more than `retention` ago, at or before version
@@ -95,11 +100,45 @@ pub async fn vacuum(
             Err(e) => return Err(LakeError::delta(name, e.into())),
         }
     }
+    let mut readable_from = None;
     if deleted > 0 {
-        tracing::info!(table = name, files = deleted, bytes, "vacuumed");
+        readable_from = removed_by(table, name, &plan.files_deleted, &live).await?;
+        tracing::info!(
+            table = name,
+            files = deleted,
+            bytes,
+            ?readable_from,
+            "vacuumed"
+        );
     }
     Ok(Vacuum {
         files_deleted: deleted,
         bytes_deleted: bytes,
+        readable_from,
     })
+}
+
+/// The version time travel can read from once `deleted` are gone: the version that
+/// removed the last of them (a version at or after it no longer needs any).
+async fn removed_by(
+    table: &DeltaTable,
+    name: &str,
+    deleted: &[String],
+    live: &HashSet<String>,
+) -> Result<Option<i64>> {
+    let deleted: HashSet<&str> = deleted
+        .iter()
+        .map(String::as_str)
+        .filter(|p| !live.contains(*p))
+        .collect();
+    let mut last = None;
+    for (version, actions) in crate::history::read_log(table, name).await? {
+        let removes = actions.iter().flatten().any(|action| {
+            matches!(action, deltalake::kernel::Action::Remove(r) if deleted.contains(r.path.as_str()))
+        });
+        if removes {
+            last = Some(version);
+        }
+    }
+    Ok(last)
 }

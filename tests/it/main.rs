@@ -17,6 +17,7 @@ mod pipeline;
 mod processes;
 mod racing;
 mod restart;
+mod retention;
 mod s3;
 mod security;
 mod table_ops;

@@ -112,6 +112,42 @@ pub struct TableSpec {
     /// Table-level data-quality checks (see [`ChecksSpec`]).
     #[serde(default)]
     pub checks: ChecksSpec,
+    /// How long the table keeps its rows and its history (see [`RetentionSpec`]).
+    #[serde(default)]
+    pub retention: RetentionSpec,
+}
+
+/// How long a table keeps its rows and its history. Nothing is deleted unless declared:
+/// every field is off by default.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct RetentionSpec {
+    /// Rows whose [`column`](Self::column) is older than this are deleted by the
+    /// pipeline's maintenance task (a `DELETE` commit under the commit lock, as
+    /// `smelter delete` makes).
+    #[serde(with = "opt_duration")]
+    pub data: Option<Duration>,
+    /// The time column `data` is measured on; bronze tables default to `ingested_at`.
+    pub column: Option<String>,
+    /// Time travel reaches back this far and no further, and the log entries older than
+    /// this are cleaned up at checkpoints (`delta.logRetentionDuration`).
+    #[serde(with = "opt_duration")]
+    pub history: Option<Duration>,
+    /// Data files rewrites took out are deleted this long after (instead of
+    /// `maintenance.retention`).
+    #[serde(with = "opt_duration")]
+    pub vacuum_after: Option<Duration>,
+}
+
+impl RetentionSpec {
+    /// The column `data` is measured on, for a table of `layer`.
+    pub fn data_column(&self, layer: Layer) -> Option<&str> {
+        match (&self.column, layer) {
+            (Some(column), _) => Some(column),
+            (None, Layer::Bronze) => Some("ingested_at"),
+            (None, _) => None,
+        }
+    }
 }
 
 /// Checks on what a table holds, beyond the per-record expectations: evaluated by the

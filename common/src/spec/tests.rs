@@ -242,3 +242,44 @@ fn column_descriptions_name_columns_the_table_has() {
     );
     PipelineSpec::parse(&text, "x.yaml").unwrap();
 }
+
+#[test]
+fn retention_windows_and_columns_are_checked() {
+    let with = |retention: &str| {
+        DEMO.replace(
+            "    description: Parsed, validated, deduplicated events.\n",
+            &format!("    description: Parsed, validated, deduplicated events.\n    retention: {retention}\n"),
+        )
+    };
+    let spec = PipelineSpec::parse(
+        &with("{ data: 90d, column: ts, history: 30d, vacuum_after: 7d }"),
+        "x.yaml",
+    )
+    .unwrap();
+    let retention = &spec.tables["silver.events"].retention;
+    assert_eq!(retention.data, Some(Duration::from_secs(90 * 86_400)));
+    assert_eq!(retention.data_column(Layer::Silver), Some("ts"));
+    let (field, _, message) = spec_error(&with("{ data: 90d }"));
+    assert_eq!(field, "tables.silver.events.retention.column");
+    assert!(message.contains("time column"), "{message}");
+    let (field, _, message) = spec_error(&with("{ data: 90d, column: when }"));
+    assert_eq!(field, "tables.silver.events.retention.column");
+    assert!(message.contains("unknown column `when`"), "{message}");
+    assert_eq!(
+        spec_error(&with("{ history: 0s }")).0,
+        "tables.silver.events.retention.history"
+    );
+    assert_eq!(
+        spec_error(&with("{ column: ts }")).0,
+        "tables.silver.events.retention.column"
+    );
+    assert_eq!(
+        spec_error(&with("{ keep: 1d }")).0,
+        "tables.silver.events.retention.keep"
+    );
+    // Bronze measures on ingest time unless told otherwise.
+    assert_eq!(
+        RetentionSpec::default().data_column(Layer::Bronze),
+        Some("ingested_at")
+    );
+}

@@ -163,11 +163,58 @@ pub(super) fn validate(spec: &PipelineSpec, text: &str, origin: &str) -> Result<
         validate_maintenance(&c, name, &table.maintenance)?;
         validate_checks(&c, name, layer, table)?;
         validate_column_descriptions(&c, name, layer, table)?;
+        validate_retention(&c, name, layer, table)?;
     }
     for name in spec.sources.keys() {
         if !fed_sources.contains(name.as_str()) {
             return Err(c.fail(&["sources", name], "no bronze table reads this source"));
         }
+    }
+    Ok(())
+}
+
+/// Retention windows are above zero, and data retention names a time column the table has
+/// (silver and gold must name one; gold's is checked once its SQL is planned).
+fn validate_retention(c: &Checker, name: &str, layer: Layer, table: &TableSpec) -> Result<()> {
+    let retention = &table.retention;
+    let path = |field| ["tables", name, "retention", field];
+    for (field, window) in [
+        ("data", retention.data),
+        ("history", retention.history),
+        ("vacuum_after", retention.vacuum_after),
+    ] {
+        if window.is_some_and(|w| w.is_zero()) {
+            return Err(c.fail(&path(field), "a retention window must be above zero"));
+        }
+    }
+    if retention.data.is_none() {
+        if retention.column.is_some() {
+            return Err(c.fail(
+                &path("column"),
+                "`column` is what `data` is measured on: give `data` too",
+            ));
+        }
+        return Ok(());
+    }
+    let Some(column) = retention.data_column(layer) else {
+        return Err(c.fail(
+            &path("column"),
+            "data retention needs the time column it is measured on (`column: ts`)",
+        ));
+    };
+    let known: Option<Vec<String>> = match layer {
+        Layer::Bronze => Some(BRONZE_COLUMNS.iter().map(|c| c.to_string()).collect()),
+        Layer::Silver => Some(
+            silver_columns(table)
+                .into_iter()
+                .map(|(n, _)| n)
+                .chain(SILVER_METADATA_COLUMNS.iter().map(|c| c.to_string()))
+                .collect(),
+        ),
+        Layer::Gold => None,
+    };
+    if known.is_some_and(|k| !k.iter().any(|k| k == column)) {
+        return Err(c.fail(&path("column"), format!("unknown column `{column}`")));
     }
     Ok(())
 }

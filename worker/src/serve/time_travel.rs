@@ -6,8 +6,9 @@
 //! planning: each `layer.name <clause>` becomes the quoted identifier `layer."name@vN"`,
 //! which the layer's schema provider opens at version N. A timestamp becomes the latest
 //! version committed at or before it (by the commit's own time, `commitInfo.timestamp`).
-//! A version the log no longer holds, or one past the latest, is a planning error naming
-//! the versions there are. SQL without the clause is passed through untouched.
+//! A version that is no longer available (not in the log, beyond the table's history
+//! retention, or with files a vacuum deleted: `smelter_lake::history::oldest_available`),
+//! or one past the latest, is a planning error naming the oldest available. SQL without the clause is passed through untouched.
 
 use datafusion::error::DataFusionError;
 use datafusion::sql::sqlparser::dialect::GenericDialect;
@@ -140,17 +141,26 @@ async fn resolve(tables: &TableStore, clause: &Clause) -> Result<i64, DataFusion
     }
     let table = tables.open(&full).await.map_err(external)?;
     let latest = smelter_lake::log::version(&table);
-    let oldest = smelter_lake::history::oldest_version(&table, &full)
-        .await
-        .map_err(external)?;
+    let available = smelter_lake::history::oldest_available(
+        &table,
+        &full,
+        chrono::Utc::now().timestamp_millis(),
+    )
+    .await
+    .map_err(external)?;
+    let oldest = available.version;
+    let gone = |asked: String| {
+        plan_error(format!(
+            "{asked} of {full} is no longer available ({}): the oldest available is version \
+             {oldest} (the latest {latest})",
+            available.because
+        ))
+    };
     match &clause.as_of {
         AsOf::Version(version) if *version > latest => Err(plan_error(format!(
             "{full} has no version {version}: its versions are {oldest} to {latest}"
         ))),
-        AsOf::Version(version) if *version < oldest => Err(plan_error(format!(
-            "version {version} of {full} is no longer kept: the oldest is {oldest} \
-             (the latest {latest})"
-        ))),
+        AsOf::Version(version) if *version < oldest => Err(gone(format!("version {version}"))),
         AsOf::Version(version) => Ok(*version),
         AsOf::Timestamp(text) => {
             let at = smelter_lake::history::parse_timestamp(text).ok_or_else(|| {
@@ -158,15 +168,17 @@ async fn resolve(tables: &TableStore, clause: &Clause) -> Result<i64, DataFusion
                     "TIMESTAMP AS OF '{text}': not a timestamp (try '2026-11-01T10:00:00Z')"
                 ))
             })?;
-            smelter_lake::history::version_at(&table, &full, at)
+            match smelter_lake::history::version_at(&table, &full, at)
                 .await
                 .map_err(external)?
-                .ok_or_else(|| {
-                    plan_error(format!(
-                        "{full} has no version as of '{text}': its oldest kept version, \
-                         {oldest}, is later"
-                    ))
-                })
+            {
+                Some(version) if version >= oldest => Ok(version),
+                Some(version) => Err(gone(format!("version {version} (as of '{text}')"))),
+                None => Err(plan_error(format!(
+                    "{full} has no version as of '{text}': its oldest available version, \
+                     {oldest}, is later"
+                ))),
+            }
         }
     }
 }

@@ -19,6 +19,11 @@
 //! up to a changed spec, checked as soon as it starts — it restarts with every change of
 //! the spec — and every few seconds for tables that do not exist yet.
 //!
+//! Data retention (`retention.data`) deletes, at each pass, the rows older than the window
+//! in the table's time column — a `DELETE` commit like `smelter delete`'s, so downstream
+//! gold rebuilds without them and ingest never reads the positions again — and
+//! `retention.vacuum_after` sets how soon the files it took out are vacuumed.
+//!
 //! After each pass over a table it updates the table's maintenance record
 //! (`smelter_lake::maintenance_record`): what ran, when, and what it saved, read back by
 //! `smelter maintenance status`.
@@ -28,8 +33,9 @@ use std::time::Duration;
 use deltalake::DeltaTable;
 use smelter_common::spec::{Layer, MaintenanceSpec, PipelineSpec, TableSpec, table_layer};
 use smelter_lake::compact::{CompactOptions, Compaction, compact};
+use smelter_lake::delete::{SqlPredicate, delete};
 use smelter_lake::describe::{Description, describe};
-use smelter_lake::maintenance_record::{self, MaintenanceRecord};
+use smelter_lake::maintenance_record::{self, ExpiryRun, MaintenanceRecord};
 use smelter_lake::vacuum::{Vacuum, vacuum};
 use smelter_lake::{AppId, log};
 use smelter_proto::TaskState;
@@ -46,6 +52,10 @@ pub struct MaintainTask;
 struct Maintained {
     name: String,
     spec: MaintenanceSpec,
+    /// Data retention: rows older than this in that column are deleted.
+    expire: Option<(Duration, String)>,
+    /// The data-retention delete of the pass under way, for the record.
+    expired: Option<ExpiryRun>,
     due: Instant,
     table: Option<DeltaTable>,
     /// The table's maintenance record, read at the first pass that finds the table.
@@ -131,14 +141,30 @@ fn maintained(pipeline: &PipelineSpec) -> Vec<Maintained> {
         if !spec.maintenance.enabled {
             continue;
         }
+        let layer = table_layer(name);
         let mut names = vec![name.clone()];
-        if table_layer(name) == Some(Layer::Silver) {
+        if layer == Some(Layer::Silver) {
             names.push(TableSpec::quarantine_name(name));
         }
+        // Files rewrites took out go after `retention.vacuum_after` where given.
+        let mut maintenance = spec.maintenance.clone();
+        if let Some(after) = spec.retention.vacuum_after {
+            maintenance.retention = after;
+        }
         for name in names {
+            // Data retention applies to the table itself; a quarantine keeps its records
+            // (they wait for a fix and a replay).
+            let expire = spec
+                .retention
+                .data
+                .zip(layer.and_then(|l| spec.retention.data_column(l)))
+                .filter(|_| !name.ends_with("_quarantine"))
+                .map(|(window, column)| (window, column.to_string()));
             out.push(Maintained {
                 name,
-                spec: spec.maintenance.clone(),
+                spec: maintenance.clone(),
+                expire,
+                expired: None,
                 // The first look comes one interval after the start: a worker that just
                 // took the task over need not rewrite anything in its first moments.
                 due: now + spec.maintenance.every,
@@ -220,6 +246,9 @@ async fn record(entry: &mut Maintained, outcome: &Result<Option<(Compaction, Vac
         }
     }
     let record = entry.record.as_mut().expect("set above");
+    if let Some(expiry) = entry.expired.take() {
+        record.add_expiry(expiry);
+    }
     record.add_pass(
         chrono::Utc::now().timestamp_millis(),
         entry.spec.target_file_mb * 1024 * 1024,
@@ -240,6 +269,10 @@ async fn maintain(env: &TaskEnv, entry: &mut Maintained) -> Result<Option<(Compa
         entry.table = Some(env.tables.open(&entry.name).await?);
     }
     let table = entry.table.as_mut().expect("opened above");
+    if let Some((window, column)) = &entry.expire {
+        let cut_ms = chrono::Utc::now().timestamp_millis() - window.as_millis() as i64;
+        entry.expired = expire(env, table, &entry.name, column, cut_ms).await?;
+    }
     let options = CompactOptions {
         target_file_bytes: entry.spec.target_file_mb * 1024 * 1024,
         min_small_files: entry.spec.min_small_files,
@@ -266,6 +299,34 @@ async fn maintain(env: &TaskEnv, entry: &mut Maintained) -> Result<Option<(Compa
     };
     tracing::debug!(table = %entry.name, ?compaction, files_vacuumed = vacuumed.files_deleted, "maintenance pass");
     Ok(Some((compaction, vacuumed)))
+}
+
+/// Deletes the rows of `table` whose `column` is before `cut_ms` (data retention), in one
+/// `DELETE` commit under the commit lock as `smelter delete` makes: what it did, if any
+/// row was that old.
+async fn expire(
+    env: &TaskEnv,
+    table: &mut DeltaTable,
+    name: &str,
+    column: &str,
+    cut_ms: i64,
+) -> Result<Option<ExpiryRun>> {
+    let cut = chrono::DateTime::from_timestamp_millis(cut_ms)
+        .unwrap_or_default()
+        .to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+    let schema = log::arrow_schema(table, name)?;
+    let predicate = format!("\"{column}\" < CAST('{cut}' AS TIMESTAMP)");
+    let selector = SqlPredicate::new(&predicate, &schema, name)?;
+    let deleted = delete(table, name, &selector, &env.commits).await?;
+    if let Some(version) = deleted.version {
+        tracing::info!(table = name, version, rows = deleted.rows_deleted, %cut, "rows past data retention deleted");
+    }
+    Ok(deleted.version.map(|version| ExpiryRun {
+        unix_ms: chrono::Utc::now().timestamp_millis(),
+        version,
+        rows_deleted: deleted.rows_deleted,
+        before_unix_ms: cut_ms,
+    }))
 }
 
 /// The version of `name` every table of the pipeline that reads it has consumed: `Some(None)`

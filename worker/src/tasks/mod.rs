@@ -62,6 +62,7 @@ impl TaskEnv {
                 description: spec.description.clone(),
                 columns: spec.column_descriptions.clone(),
                 keys: spec.keys.clone(),
+                history: spec.retention.history,
             };
         }
         let silver = self
@@ -74,6 +75,7 @@ impl TaskEnv {
                 owner: spec.owner.clone(),
                 tags: spec.tags.clone(),
                 description: Some(TableSpec::quarantine_description(&spec.from)),
+                history: spec.retention.history,
                 ..Description::default()
             },
             None => Description::default(),
