@@ -115,6 +115,7 @@ impl Control for ControlService {
             self.call(|reply| Command::Heartbeat {
                 worker_id: request.worker_id,
                 commits_fenced: request.commits_fenced,
+                timings: request.timings,
                 reply,
             })
             .await??,

@@ -356,7 +356,7 @@ async fn a_worker_that_never_reads_its_stream_delays_no_one() {
         loop {
             let request = HeartbeatRequest {
                 worker_id: stuck_id.clone(),
-                commits_fenced: 0,
+                ..Default::default()
             };
             if stuck.heartbeat(request).await.is_err() {
                 return;

@@ -45,6 +45,7 @@ pub mod restore;
 pub mod storage;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
+pub mod timings;
 pub mod vacuum;
 pub mod verify;
 pub mod zorder;

@@ -105,15 +105,23 @@ fn bench_runs_in_process_with_every_figure() {
     // The REST API's figures, from answers the bench checked.
     let rest = &report["in_process"]["rest"];
     assert_eq!(rest["requests"], 40, "{rest}");
-    for field in ["table_p50_ms", "query_p50_ms", "cpu_ms_per_pair"] {
+    for field in [
+        "table_p50_ms",
+        "query_p50_ms",
+        "table_cpu_ms",
+        "query_cpu_ms",
+    ] {
         assert!(rest[field].as_f64().unwrap() > 0.0, "{field}: {rest}");
     }
     assert!(rest["table_p50_ms"].as_f64() <= rest["table_max_ms"].as_f64());
     assert!(rest["query_rows"].as_u64().unwrap() > 0);
-    let share = rest["fraction_of_pipeline_cpu_at_1_per_second"]
-        .as_f64()
-        .unwrap();
-    assert!(share > 0.0 && share.is_finite(), "{rest}");
+    for field in [
+        "table_fraction_at_1_per_second",
+        "query_fraction_at_1_per_second",
+    ] {
+        let share = rest[field].as_f64().unwrap();
+        assert!(share > 0.0 && share.is_finite(), "{field}: {rest}");
+    }
     for layer in ["bronze", "silver", "gold"] {
         let figures = &report["layers"][layer];
         assert!(

@@ -639,6 +639,15 @@ def test_failing_checks_are_raised_while_the_pipeline_runs(tmp_path):
         metrics = metrics.decode() if isinstance(metrics, bytes) else metrics
         assert 'smelter_table_checks_failing{table="silver.events",check="range(quantity)"} 1' in metrics
         assert 'smelter_table_stale{table="gold.hourly_metrics"} 0' in metrics
+        # Histograms: commits per worker and table, gold refreshes per task; each one's
+        # +Inf bucket holds all its observations.
+        for family, table in [("smelter_commit_duration_seconds", "silver.events"),
+                              ("smelter_gold_refresh_duration_seconds", "gold.hourly_metrics")]:
+            counts = samples(metrics, family + "_count")
+            assert any(f'table="{table}"' in k and v > 0 for k, v in counts.items()), (family, counts)
+            buckets = samples(metrics, family + "_bucket")
+            for labels, count in counts.items():
+                assert buckets[labels[:-1] + ',le="+Inf"}'] == count, (family, labels)
         tool = promtool()
         if tool:
             check = subprocess.run([tool, "check", "metrics"], input=metrics, capture_output=True, text=True)

@@ -22,6 +22,7 @@ pub mod runtime;
 pub mod serve;
 pub mod source;
 pub mod tasks;
+pub mod timings;
 
 pub use error::{Result, WorkerError};
 pub use runtime::run;

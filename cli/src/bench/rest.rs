@@ -1,8 +1,8 @@
 //! The REST API's cost, measured at the end of the in-process end-to-end run, against the
 //! tables that run wrote: how long `GET /tables/{name}` (the catalog entry and the table's
 //! detail from its log) and `POST /query` (a dashboard's gold query, run by a worker over
-//! Flight SQL) take, and the CPU a pair of them costs — reported as the share of the
-//! pipeline's own CPU per second (from the same run) that serving one pair a second takes.
+//! Flight SQL) take, and the CPU each costs — reported as the share of the pipeline's own
+//! CPU per second (from the same run) that serving one such request a second takes.
 //!
 //! The CPU counter is the bench process's, which also runs the HTTP client: the share is an
 //! upper bound. Every answer must be a 200 with the rows the tables hold; anything else
@@ -40,14 +40,17 @@ pub struct RestFigures {
     pub query_max_ms: f64,
     /// Rows each query returned.
     pub query_rows: usize,
-    /// CPU of one `GET /tables/{name}` and one `POST /query` (server and client),
-    /// milliseconds.
-    pub cpu_ms_per_pair: f64,
+    /// CPU of one `GET /tables/{name}` (server and client), milliseconds.
+    pub table_cpu_ms: f64,
+    /// CPU of one `POST /query` (server, worker and client), milliseconds.
+    pub query_cpu_ms: f64,
     /// The pipeline's CPU per second of the run, CPU-seconds per second.
     pub pipeline_cpu_per_second: f64,
-    /// `cpu_ms_per_pair / 1000 / pipeline_cpu_per_second`: what one pair a second costs,
-    /// as a share of the pipeline's CPU.
-    pub fraction_of_pipeline_cpu_at_1_per_second: f64,
+    /// `table_cpu_ms / 1000 / pipeline_cpu_per_second`: what one `GET /tables/{name}` a
+    /// second costs, as a share of the pipeline's CPU.
+    pub table_fraction_at_1_per_second: f64,
+    /// The same for one `POST /query` a second.
+    pub query_fraction_at_1_per_second: f64,
 }
 
 fn failed(what: &str, message: impl std::fmt::Display) -> CliError {
@@ -91,8 +94,7 @@ pub async fn measure(
     answer(table(), "warm-up").await?;
     answer(query(), "warm-up").await?;
     let cpu_before = cpu_seconds(None).unwrap_or(0.0);
-    let (mut table_times, mut query_times) = (Vec::new(), Vec::new());
-    let mut query_rows = 0;
+    let mut table_times = Vec::with_capacity(REQUESTS);
     for _ in 0..REQUESTS {
         let started = Instant::now();
         let entry = answer(table(), "GET /tables/{name}").await?;
@@ -100,12 +102,17 @@ pub async fn measure(
         if entry["detail"].is_null() {
             return Err(failed("GET /tables/{name}", format!("no detail: {entry}")));
         }
+    }
+    let cpu_between = cpu_seconds(None).unwrap_or(0.0);
+    let mut query_times = Vec::with_capacity(REQUESTS);
+    let mut query_rows = 0;
+    for _ in 0..REQUESTS {
         let started = Instant::now();
         let rows = answer(query(), "POST /query").await?;
         query_times.push(started.elapsed().as_secs_f64() * 1000.0);
         query_rows = rows["rows"].as_array().map_or(0, Vec::len);
     }
-    let cpu = cpu_seconds(None).unwrap_or(0.0) - cpu_before;
+    let cpu_after = cpu_seconds(None).unwrap_or(0.0);
     let expected = gold_rows.min(96);
     if query_rows != expected {
         return Err(failed(
@@ -115,7 +122,15 @@ pub async fn measure(
     }
     let (table_p50_ms, table_max_ms) = median_and_max(table_times);
     let (query_p50_ms, query_max_ms) = median_and_max(query_times);
-    let cpu_ms_per_pair = cpu * 1000.0 / REQUESTS as f64;
+    let table_cpu_ms = (cpu_between - cpu_before) * 1000.0 / REQUESTS as f64;
+    let query_cpu_ms = (cpu_after - cpu_between) * 1000.0 / REQUESTS as f64;
+    let share = |cpu_ms: f64| {
+        if pipeline_cpu_per_second > 0.0 {
+            cpu_ms / 1000.0 / pipeline_cpu_per_second
+        } else {
+            0.0
+        }
+    };
     Ok(RestFigures {
         requests: REQUESTS,
         table_p50_ms,
@@ -123,12 +138,10 @@ pub async fn measure(
         query_p50_ms,
         query_max_ms,
         query_rows,
-        cpu_ms_per_pair,
+        table_cpu_ms,
+        query_cpu_ms,
         pipeline_cpu_per_second,
-        fraction_of_pipeline_cpu_at_1_per_second: if pipeline_cpu_per_second > 0.0 {
-            cpu_ms_per_pair / 1000.0 / pipeline_cpu_per_second
-        } else {
-            0.0
-        },
+        table_fraction_at_1_per_second: share(table_cpu_ms),
+        query_fraction_at_1_per_second: share(query_cpu_ms),
     })
 }

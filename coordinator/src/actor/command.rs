@@ -29,6 +29,8 @@ pub enum Command {
     Heartbeat {
         worker_id: String,
         commits_fenced: u64,
+        /// Its commit histograms per table.
+        timings: Vec<smelter_proto::TableTimings>,
         reply: oneshot::Sender<Result<HeartbeatResponse>>,
     },
     /// A worker opens its assignment stream: the answer follows its latest assignment.

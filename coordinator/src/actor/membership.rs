@@ -72,6 +72,7 @@ impl Actor {
                 hostname,
                 last_heartbeat: Instant::now(),
                 commits_fenced: 0,
+                timings: Vec::new(),
                 assignment,
                 delivered: running,
             },
@@ -91,6 +92,7 @@ impl Actor {
         &mut self,
         worker_id: &str,
         commits_fenced: u64,
+        timings: Vec<smelter_proto::TableTimings>,
     ) -> Result<HeartbeatResponse> {
         let lease = self
             .workers
@@ -107,6 +109,7 @@ impl Actor {
                 if let Some(entry) = self.workers.get_mut(worker_id) {
                     entry.last_heartbeat = Instant::now();
                     entry.commits_fenced = commits_fenced;
+                    entry.timings = timings;
                 }
                 Ok(HeartbeatResponse {
                     generation: self.generation,

@@ -54,6 +54,8 @@ struct WorkerEntry {
     last_heartbeat: Instant,
     /// The worker's fenced commit attempts, as of its last heartbeat.
     commits_fenced: u64,
+    /// Its commit histograms per table, as of its last heartbeat.
+    timings: Vec<smelter_proto::TableTimings>,
     /// Its latest assignment; its streams follow it. Dropped with the entry, which ends
     /// them.
     assignment: watch::Sender<AssignmentUpdate>,
@@ -139,6 +141,7 @@ impl Actor {
                     hostname: worker.record.hostname,
                     last_heartbeat: Instant::now(),
                     commits_fenced: 0,
+                    timings: Vec::new(),
                     assignment,
                     delivered,
                 },
@@ -205,9 +208,10 @@ impl Actor {
             Command::Heartbeat {
                 worker_id,
                 commits_fenced,
+                timings,
                 reply,
             } => {
-                let _ = reply.send(self.heartbeat(&worker_id, commits_fenced).await);
+                let _ = reply.send(self.heartbeat(&worker_id, commits_fenced, timings).await);
             }
             Command::Watch { worker_id, reply } => {
                 let _ = reply.send(self.watch(&worker_id));

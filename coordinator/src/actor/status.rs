@@ -19,6 +19,7 @@ impl Actor {
                 lease_expires_in_ms: ttl - w.last_heartbeat.elapsed().as_millis() as i64,
                 hostname: w.hostname.clone(),
                 commits_fenced: w.commits_fenced,
+                timings: w.timings.clone(),
             })
             .collect();
         let tasks = self

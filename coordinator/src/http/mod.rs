@@ -7,7 +7,9 @@
 //! * `GET /ready`: a leader is known, this replica or another (readiness); 503 otherwise.
 //! * `GET /metrics`: Prometheus text. The leader reports every task's counters (rows in,
 //!   quarantined, dropped, deduplicated), lag, table version and rows, last commit time,
-//!   state, and every worker's tasks and fenced commits; followers report that they follow.
+//!   state, and every worker's tasks and fenced commits; histograms of commit durations
+//!   and commit-lock waits per worker and table, and of gold refreshes per task; followers
+//!   report that they follow.
 //! * `GET /tables[?layer=...]`, `GET /tables/{name}`, `GET /catalog`,
 //!   `GET /catalog/lineage/{table}`: the applied pipelines' tables with owner, tags,
 //!   description, upstreams and the writing tasks' latest figures ([`crate::catalog`]),
@@ -510,8 +512,88 @@ pub fn render(status: Option<&ClusterStatus>, now_ms: i64) -> String {
             .collect(),
     }
     .write(&mut out);
+    timings(&mut out, status);
     tables(&mut out, &crate::catalog::Catalog::build(status, now_ms));
     out
+}
+
+/// The samples of one histogram with `labels` (`key="value",...`): cumulative buckets,
+/// sum and count, each sample's name suffix first (`_bucket{...}`).
+fn histogram_samples(labels: &str, histogram: &smelter_proto::Histogram) -> Vec<(String, f64)> {
+    let mut out = Vec::with_capacity(histogram.bounds.len() + 3);
+    let mut cumulative = 0;
+    for (i, bound) in histogram.bounds.iter().enumerate() {
+        cumulative += histogram.counts.get(i).copied().unwrap_or(0);
+        out.push((
+            format!("_bucket{{{labels},le=\"{bound}\"}}"),
+            cumulative as f64,
+        ));
+    }
+    out.push((
+        format!("_bucket{{{labels},le=\"+Inf\"}}"),
+        histogram.count as f64,
+    ));
+    out.push((format!("_sum{{{labels}}}"), histogram.sum));
+    out.push((format!("_count{{{labels}}}"), histogram.count as f64));
+    out
+}
+
+/// Histograms: each worker's commit durations and commit-lock waits per table (from its
+/// heartbeats), and each gold task's refresh durations (from its reports).
+fn timings(out: &mut String, status: &ClusterStatus) {
+    let per_worker_table =
+        |pick: fn(&smelter_proto::TableTimings) -> Option<&smelter_proto::Histogram>| {
+            status
+                .workers
+                .iter()
+                .flat_map(|w| {
+                    w.timings.iter().filter_map(move |t| {
+                        let labels = format!(
+                            "worker=\"{}\",table=\"{}\"",
+                            label(&w.worker_id),
+                            label(&t.table)
+                        );
+                        pick(t).map(|h| histogram_samples(&labels, h))
+                    })
+                })
+                .flatten()
+                .collect::<Vec<_>>()
+        };
+    Family {
+        name: "smelter_commit_duration_seconds",
+        help: "Commits of each worker to each table, first attempt to outcome.",
+        kind: "histogram",
+        samples: per_worker_table(|t| t.commit_seconds.as_ref()),
+    }
+    .write(out);
+    Family {
+        name: "smelter_commit_lock_wait_seconds",
+        help: "Waits of each worker for each table's commit lock (stores shared through etcd).",
+        kind: "histogram",
+        samples: per_worker_table(|t| t.lock_wait_seconds.as_ref()),
+    }
+    .write(out);
+    Family {
+        name: "smelter_gold_refresh_duration_seconds",
+        help: "Refreshes of each gold table committed by its task: read, compute and commit.",
+        kind: "histogram",
+        samples: status
+            .tasks
+            .iter()
+            .filter_map(|t| {
+                let task = t.task.as_ref()?;
+                let refreshes = t.report.as_ref()?.refresh_seconds.as_ref()?;
+                let labels = format!(
+                    "task=\"{}\",table=\"{}\"",
+                    label(&task.task_id),
+                    label(&task.table)
+                );
+                Some(histogram_samples(&labels, refreshes))
+            })
+            .flatten()
+            .collect(),
+    }
+    .write(out);
 }
 
 /// Per-table families: freshness, SLA state and failing checks.
@@ -659,6 +741,43 @@ mod tests {
         let text = render(None, 0);
         assert!(text.contains("smelter_coordinator_leader 0"), "{text}");
         assert!(!text.contains("smelter_task_"), "{text}");
+    }
+
+    #[test]
+    fn histograms_are_cumulative_with_sum_and_count() {
+        let histogram = smelter_proto::Histogram {
+            bounds: vec![0.01, 0.1],
+            counts: vec![2, 1, 1],
+            sum: 3.5,
+            count: 4,
+        };
+        let status = ClusterStatus {
+            workers: vec![smelter_proto::WorkerStatus {
+                worker_id: "w1".into(),
+                timings: vec![smelter_proto::TableTimings {
+                    table: "bronze.events".into(),
+                    commit_seconds: Some(histogram.clone()),
+                    lock_wait_seconds: None,
+                }],
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        let text = render(Some(&status), 0);
+        for sample in [
+            "# TYPE smelter_commit_duration_seconds histogram",
+            "smelter_commit_duration_seconds_bucket{worker=\"w1\",table=\"bronze.events\",le=\"0.01\"} 2",
+            "smelter_commit_duration_seconds_bucket{worker=\"w1\",table=\"bronze.events\",le=\"0.1\"} 3",
+            "smelter_commit_duration_seconds_bucket{worker=\"w1\",table=\"bronze.events\",le=\"+Inf\"} 4",
+            "smelter_commit_duration_seconds_sum{worker=\"w1\",table=\"bronze.events\"} 3.5",
+            "smelter_commit_duration_seconds_count{worker=\"w1\",table=\"bronze.events\"} 4",
+        ] {
+            assert!(text.contains(sample), "{sample} missing from:\n{text}");
+        }
+        assert!(
+            !text.contains("smelter_commit_lock_wait_seconds_bucket"),
+            "{text}"
+        );
     }
 
     #[test]

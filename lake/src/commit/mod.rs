@@ -126,6 +126,8 @@ pub struct CommitEnv {
     pub heads: LogHeads,
     /// The rows of the files this worker committed lately (see [`crate::recent_files`]).
     pub recent: RecentFiles,
+    /// How long commits and commit-lock waits take, per table (see [`crate::timings`]).
+    pub timings: crate::timings::CommitTimings,
     /// How the tables' store makes a log write atomic (the [`TableStore`](crate::TableStore)'s
     /// [`log_kind`](crate::TableStore::log_kind)): on an arbitrated store every version is
     /// written through a claim (see [`crate::claims`]).
@@ -245,10 +247,26 @@ pub async fn commit_write(
     Ok(outcome)
 }
 
+/// [`attempt_until_decided`], timed into [`CommitEnv::timings`] when it decides.
+async fn attempts(
+    table: &mut DeltaTable,
+    name: &str,
+    payload: &Payload<'_>,
+    txns: &[TxnUpdate],
+    env: &CommitEnv,
+) -> Result<CommitOutcome> {
+    let started = std::time::Instant::now();
+    let outcome = attempt_until_decided(table, name, payload, txns, env).await;
+    if outcome.is_ok() {
+        env.timings.commit(name, started.elapsed());
+    }
+    outcome
+}
+
 /// Writes the log entry of `payload`, attempt after attempt, each under the commit lock
 /// when there is an arbiter, until it lands, the txn versions show it is already in, or an
 /// error retrying cannot help (or [`ATTEMPTS`] ran out).
-async fn attempts(
+async fn attempt_until_decided(
     table: &mut DeltaTable,
     name: &str,
     payload: &Payload<'_>,
@@ -261,7 +279,12 @@ async fn attempts(
         // Held for the log write only; dropping it (this future dropped mid-way included)
         // ends its keep-alive, so the lock lapses within its TTL at the latest.
         let lock = match arbiter {
-            Some(arbiter) => Some(arbiter.acquire(name, LOCK_WAIT).await?),
+            Some(arbiter) => {
+                let asked = std::time::Instant::now();
+                let lock = arbiter.acquire(name, LOCK_WAIT).await?;
+                env.timings.lock_wait(name, asked.elapsed());
+                Some(lock)
+            }
             None => None,
         };
         let this_attempt = Attempt {

@@ -151,6 +151,7 @@ pub async fn run(
         heads: Default::default(),
         recent,
         log: tables.log_kind(),
+        timings: Default::default(),
     });
 
     let endpoints = config.coordinator.endpoint_list();
@@ -350,6 +351,7 @@ async fn keep_alive(
         let mut request = tonic::Request::new(HeartbeatRequest {
             worker_id: worker_id.clone(),
             commits_fenced: commits.arbiter.as_ref().map_or(0, |a| a.fenced()),
+            timings: crate::timings::table_timings(&commits.timings),
         });
         request.set_timeout(ttl);
         match client.heartbeat(request).await {

@@ -65,6 +65,8 @@ impl AggregateTask {
         let mut known = log::version(&silver);
         let mut last_refresh: Option<Instant> = None;
         let mut interval = min_interval;
+        // How long the refreshes this task committed took, reported with its status.
+        let mut refreshes = smelter_lake::timings::Histogram::default();
         progress.update(|r| {
             r.table_rows = log::row_count(&gold);
             r.table_version = log::version(&gold);
@@ -135,12 +137,14 @@ impl AggregateTask {
                 .await?
             {
                 CommitOutcome::Committed { version } => {
+                    let took = refresh_started.elapsed();
+                    refreshes.observe(took);
                     progress.committed(version, rows, rows);
                     progress.update(|r| {
                         r.lag = 0;
                         r.failed_checks = super::refine::failing(&checks);
+                        r.refresh_seconds = Some(crate::timings::histogram(&refreshes));
                     });
-                    let took = refresh_started.elapsed();
                     interval = min_interval.max(took * BUSY_FACTOR);
                     tracing::debug!(table = %self.table, version, silver_version = latest, rows, how = ?refresher.last_refresh(), elapsed_ms = took.as_millis() as u64, next_in_ms = interval.as_millis() as u64, "gold refresh");
                     consumed = Some(latest);
