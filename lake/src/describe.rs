@@ -6,7 +6,8 @@
 //! * the owner as table property [`OWNER_PROPERTY`], the tags as [`TAGS_PROPERTY`]
 //!   (comma-separated, in the spec's order), the columns that identify a row (a gold
 //!   table's `keys`) as [`KEY_PROPERTY`] (comma-separated, in order: what Flight SQL's
-//!   GetPrimaryKeys answers);
+//!   GetPrimaryKeys answers), and a gold table's SQL as [`SQL_PROPERTY`] (what column
+//!   lineage is read from);
 //! * the history retention (`retention.history`) as Delta's own [`HISTORY_PROPERTY`], so
 //!   that the checkpoints' log cleanup keeps that much history (time travel refuses to go
 //!   further: `crate::history::oldest_available`);
@@ -37,6 +38,8 @@ pub const OWNER_PROPERTY: &str = "smelter.owner";
 pub const TAGS_PROPERTY: &str = "smelter.tags";
 /// The table property holding the columns that identify a row, comma-separated.
 pub const KEY_PROPERTY: &str = "smelter.primaryKey";
+/// The table property holding the SQL that defines a gold table.
+pub const SQL_PROPERTY: &str = "smelter.sql";
 /// Prefix of the properties Smelter's catalog owns (set, changed and removed by
 /// [`describe`]).
 const CATALOG_PREFIX: &str = "smelter.";
@@ -59,6 +62,8 @@ pub struct Description {
     pub columns: BTreeMap<String, String>,
     /// The columns that identify a row, in order.
     pub keys: Vec<String>,
+    /// The SQL that defines the table (gold), for column lineage.
+    pub sql: Option<String>,
     /// How far back the table's history is kept: time travel reaches no further, and log
     /// entries older than this are cleaned up at checkpoints (Delta's
     /// [`HISTORY_PROPERTY`]).
@@ -108,6 +113,9 @@ impl Description {
         for (column, comment) in &self.columns {
             out.insert(column_property(column), comment.clone());
         }
+        if let Some(sql) = &self.sql {
+            out.insert(SQL_PROPERTY.to_string(), sql.clone());
+        }
         if let Some(history) = self.history {
             out.insert(HISTORY_PROPERTY.to_string(), interval(history));
         }
@@ -138,6 +146,8 @@ impl Description {
                 out.tags = value.split(',').map(str::to_string).collect();
             } else if key == KEY_PROPERTY {
                 out.keys = value.split(',').map(str::to_string).collect();
+            } else if key == SQL_PROPERTY {
+                out.sql = Some(value.clone());
             } else if key == HISTORY_PROPERTY {
                 out.history = parse_interval(value);
             } else if let Some(column) = key
@@ -259,6 +269,7 @@ mod tests {
             description: Some("Parsed events".into()),
             columns: BTreeMap::from([("id".into(), "The event's id".into())]),
             keys: vec!["id".into()],
+            sql: Some("SELECT id FROM silver.t".into()),
             history: Some(std::time::Duration::from_secs(30 * 86_400)),
         };
         let current = metadata(&[

@@ -381,6 +381,16 @@ def test_catalog_tables_and_lineage_come_from_the_pipeline(cluster):
     assert edges("upstream") == {("events", "bronze.events", "ingest"),
                                  ("bronze.events", "silver.events", "refine")}
     assert {("silver.events", t, "aggregate") for t in TABLES if t.startswith("gold.")} == edges("downstream")
+    # Column lineage of a gold table, from its SQL's plan.
+    status, answer = http_json(cluster["http"] + "/catalog/lineage/gold.hourly_metrics")
+    assert status == 200, answer
+    columns = answer["columns"]
+    assert columns["hour"] == ["silver.events.ts"], columns
+    assert columns["event_type"] == ["silver.events.event_type"]
+    assert columns["events"] == [] and columns["users"] == ["silver.events.user_id"]
+    assert set(columns["revenue"]) == {"silver.events.event_type", "silver.events.product_price",
+                                       "silver.events.quantity"}, columns
+    assert delta(cluster, "gold.hourly_metrics").metadata().configuration["smelter.sql"].startswith("SELECT")
 
 
 def test_the_catalog_description_is_in_each_tables_delta_metadata(cluster):

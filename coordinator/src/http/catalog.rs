@@ -222,14 +222,43 @@ pub(super) async fn lineage(
         };
     }
     let (upstream, downstream) = catalog.lineage(&name);
-    stamp(
-        json(serde_json::json!({
-            "table": name,
-            "upstream": upstream,
-            "downstream": downstream,
-        })),
-        source,
-    )
+    let mut body = serde_json::json!({
+        "table": name,
+        "upstream": upstream,
+        "downstream": downstream,
+    });
+    // Gold: which upstream columns feed each column, from the table's SQL.
+    if name.starts_with("gold.") {
+        let sql = format!("SELECT * FROM column_lineage('{name}')");
+        match run_sql(&shared, &metadata, &sql).await {
+            Ok(batches) => body["columns"] = column_lineage(&batches),
+            Err(response) => body["columns_error"] = response_message(response).await.into(),
+        }
+    }
+    stamp(json(body), source)
+}
+
+/// `column_lineage` rows as `{column: ["silver.events.user_id", ...]}` (an empty list for
+/// a column computed from none).
+fn column_lineage(batches: &[arrow::record_batch::RecordBatch]) -> serde_json::Value {
+    use arrow::array::{Array, AsArray};
+    let mut out = serde_json::Map::new();
+    for batch in batches {
+        let columns = batch.column(0).as_string::<i32>();
+        let tables = batch.column(1).as_string::<i32>();
+        let upstream = batch.column(2).as_string::<i32>();
+        for row in 0..batch.num_rows() {
+            let list = out
+                .entry(columns.value(row).to_string())
+                .or_insert_with(|| serde_json::Value::Array(Vec::new()));
+            if tables.is_valid(row)
+                && let Some(list) = list.as_array_mut()
+            {
+                list.push(format!("{}.{}", tables.value(row), upstream.value(row)).into());
+            }
+        }
+    }
+    serde_json::Value::Object(out)
 }
 
 /// The value of `key` in the query string, if given.

@@ -1,7 +1,9 @@
 //! What a worker serves: read-only SQL over the tables ([`query`], with Smelter's own SQL
-//! [`functions`], [`time_travel`] and the table functions [`history`], [`positions`] and
-//! [`detail`]), used by gold refreshes and by the Flight SQL service ([`flight`]).
+//! [`functions`], [`time_travel`] and the table functions [`history`], [`positions`],
+//! [`detail`] and [`column_lineage`]), used by gold refreshes and by the Flight SQL service
+//! ([`flight`]).
 
+pub mod column_lineage;
 pub mod detail;
 pub mod flight;
 pub mod functions;

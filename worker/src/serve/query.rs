@@ -146,6 +146,11 @@ impl QueryEngine {
         }
     }
 
+    /// Where the engine's tables are.
+    pub fn tables(&self) -> &TableStore {
+        &self.tables
+    }
+
     /// An engine for client queries: each within `limits.memory_limit_mb`, and all of them
     /// together within `limits.worker_memory_limit_mb`.
     pub fn for_clients(tables: TableStore, limits: QueryConfig) -> Self {
@@ -206,6 +211,14 @@ impl QueryEngine {
             "table_history",
             Arc::new(super::history::HistoryFunction {
                 tables: self.tables.clone(),
+                names: names.clone(),
+                caller: caller.clone(),
+            }),
+        );
+        ctx.register_udtf(
+            "column_lineage",
+            Arc::new(super::column_lineage::ColumnLineageFunction {
+                engine: self.clone(),
                 names: names.clone(),
                 caller: caller.clone(),
             }),

@@ -62,6 +62,7 @@ impl TaskEnv {
                 description: spec.description.clone(),
                 columns: spec.column_descriptions.clone(),
                 keys: spec.keys.clone(),
+                sql: spec.sql.clone(),
                 history: spec.retention.history,
             };
         }
