@@ -431,15 +431,7 @@ async fn every_replica_serves_the_rest_api_through_a_failover() {
         Duration::from_secs(30),
         "silver's description in its Delta metadata",
         async || {
-            let table = tables
-                .open("silver.events")
-                .await
-                .map_err(|e| e.to_string())?;
-            let metadata = table
-                .snapshot()
-                .map_err(|e| e.to_string())?
-                .metadata()
-                .clone();
+            let metadata = silver_metadata(&tables).await?;
             let config = metadata.configuration().clone();
             if config.get("smelter.owner").map(String::as_str) == Some("growth-analytics") {
                 Ok((metadata.description().map(str::to_string), config))
@@ -494,14 +486,8 @@ async fn every_replica_serves_the_rest_api_through_a_failover() {
         Duration::from_secs(60),
         "the new owner in silver's Delta metadata",
         async || {
-            let table = tables
-                .open("silver.events")
-                .await
-                .map_err(|e| e.to_string())?;
-            let owner = table
-                .snapshot()
-                .map_err(|e| e.to_string())?
-                .metadata()
+            let owner = silver_metadata(&tables)
+                .await?
                 .configuration()
                 .get("smelter.owner")
                 .cloned();
@@ -541,6 +527,21 @@ async fn every_replica_serves_the_rest_api_through_a_failover() {
         entry["detail"]["properties"]["smelter.owner"],
         "growth-data"
     );
+}
+
+/// Silver's Delta metadata as its log has it now (read with delta-rs).
+async fn silver_metadata(
+    tables: &smelter_lake::TableStore,
+) -> Result<deltalake::kernel::Metadata, String> {
+    let table = tables
+        .open("silver.events")
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(table
+        .snapshot()
+        .map_err(|e| e.to_string())?
+        .metadata()
+        .clone())
 }
 
 /// Every source offset in a lineage tree, the highest per partition.

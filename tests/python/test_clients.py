@@ -649,14 +649,23 @@ def test_failing_checks_are_raised_while_the_pipeline_runs(tmp_path):
         metrics = metrics.decode() if isinstance(metrics, bytes) else metrics
         assert 'smelter_table_checks_failing{table="silver.events",check="range(quantity)"} 1' in metrics
         assert 'smelter_table_stale{table="gold.hourly_metrics"} 0' in metrics
-        # Histograms: commits per worker and table, gold refreshes per task; each one's
-        # +Inf bucket holds all its observations.
-        for family, table in [("smelter_commit_duration_seconds", "silver.events"),
-                              ("smelter_gold_refresh_duration_seconds", "gold.hourly_metrics")]:
-            counts = samples(metrics, family + "_count")
-            assert any(f'table="{table}"' in k and v > 0 for k, v in counts.items()), (family, counts)
+        # Histograms: commits per worker and table (they come with the workers' next
+        # heartbeats), gold refreshes per task; each one's +Inf bucket holds all its
+        # observations.
+        def observed():
+            text = http_get(base + "/metrics")[1]
+            text = text.decode() if isinstance(text, bytes) else text
+            for family, table in [("smelter_commit_duration_seconds", "silver.events"),
+                                  ("smelter_gold_refresh_duration_seconds", "gold.hourly_metrics")]:
+                counts = samples(text, family + "_count")
+                if not any(f'table="{table}"' in k and v > 0 for k, v in counts.items()):
+                    return None
+            return text
+
+        metrics = wait_until("commit and refresh histograms in /metrics", observed, 60, stop=server.poll)
+        for family in ["smelter_commit_duration_seconds", "smelter_gold_refresh_duration_seconds"]:
             buckets = samples(metrics, family + "_bucket")
-            for labels, count in counts.items():
+            for labels, count in samples(metrics, family + "_count").items():
                 assert buckets[labels[:-1] + ',le="+Inf"}'] == count, (family, labels)
         tool = promtool()
         if tool:

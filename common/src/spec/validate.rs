@@ -173,6 +173,22 @@ pub(super) fn validate(spec: &PipelineSpec, text: &str, origin: &str) -> Result<
     Ok(())
 }
 
+/// Every column a table of `layer` has: bronze's fixed ones, silver's declared and metadata
+/// columns; `None` for gold (known once its SQL is planned).
+fn known_columns(layer: Layer, table: &TableSpec) -> Option<HashSet<String>> {
+    match layer {
+        Layer::Bronze => Some(BRONZE_COLUMNS.iter().map(|c| c.to_string()).collect()),
+        Layer::Silver => Some(
+            silver_columns(table)
+                .into_iter()
+                .map(|(n, _)| n)
+                .chain(SILVER_METADATA_COLUMNS.iter().map(|c| c.to_string()))
+                .collect(),
+        ),
+        Layer::Gold => None,
+    }
+}
+
 /// Retention windows are above zero, and data retention names a time column the table has
 /// (silver and gold must name one; gold's is checked once its SQL is planned).
 fn validate_retention(c: &Checker, name: &str, layer: Layer, table: &TableSpec) -> Result<()> {
@@ -202,18 +218,7 @@ fn validate_retention(c: &Checker, name: &str, layer: Layer, table: &TableSpec) 
             "data retention needs the time column it is measured on (`column: ts`)",
         ));
     };
-    let known: Option<Vec<String>> = match layer {
-        Layer::Bronze => Some(BRONZE_COLUMNS.iter().map(|c| c.to_string()).collect()),
-        Layer::Silver => Some(
-            silver_columns(table)
-                .into_iter()
-                .map(|(n, _)| n)
-                .chain(SILVER_METADATA_COLUMNS.iter().map(|c| c.to_string()))
-                .collect(),
-        ),
-        Layer::Gold => None,
-    };
-    if known.is_some_and(|k| !k.iter().any(|k| k == column)) {
+    if known_columns(layer, table).is_some_and(|k| !k.contains(column)) {
         return Err(c.fail(&path("column"), format!("unknown column `{column}`")));
     }
     Ok(())
@@ -227,17 +232,7 @@ fn validate_column_descriptions(
     layer: Layer,
     table: &TableSpec,
 ) -> Result<()> {
-    let known: Option<HashSet<String>> = match layer {
-        Layer::Bronze => Some(BRONZE_COLUMNS.iter().map(|c| c.to_string()).collect()),
-        Layer::Silver => Some(
-            silver_columns(table)
-                .into_iter()
-                .map(|(n, _)| n)
-                .chain(SILVER_METADATA_COLUMNS.iter().map(|c| c.to_string()))
-                .collect(),
-        ),
-        Layer::Gold => None,
-    };
+    let known = known_columns(layer, table);
     for (column, text) in &table.column_descriptions {
         let path = ["tables", name, "column_descriptions", column.as_str()];
         if known.as_ref().is_some_and(|k| !k.contains(column)) {

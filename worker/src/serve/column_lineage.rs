@@ -14,15 +14,14 @@ use arrow::array::{ArrayRef, StringArray};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use arrow::record_batch::RecordBatch;
 use async_trait::async_trait;
-use datafusion::catalog::{MemTable, Session, TableFunctionArgs, TableFunctionImpl, TableProvider};
+use datafusion::catalog::{TableFunctionArgs, TableFunctionImpl, TableProvider};
 use datafusion::common::ScalarValue;
-use datafusion::datasource::TableType;
 use datafusion::error::{DataFusionError, Result};
 use datafusion::logical_expr::{Expr, LogicalPlan};
-use datafusion::physical_plan::ExecutionPlan;
 use smelter_common::security::Principal;
 
 use super::query::QueryEngine;
+use super::scanned::{ReadOnScan, Scanned};
 
 /// The `column_lineage` function of one session.
 pub struct ColumnLineageFunction {
@@ -55,10 +54,10 @@ impl TableFunctionImpl for ColumnLineageFunction {
         };
         let name =
             super::history::readable("column_lineage", name, &self.names, self.caller.as_deref())?;
-        Ok(Arc::new(LineageTable {
+        Ok(Arc::new(Scanned(LineageTable {
             engine: self.engine.clone(),
             name,
-        }))
+        })))
     }
 }
 
@@ -161,22 +160,12 @@ pub fn sources(plan: &LogicalPlan) -> Vec<BTreeSet<(String, String)>> {
 }
 
 #[async_trait]
-impl TableProvider for LineageTable {
+impl ReadOnScan for LineageTable {
     fn schema(&self) -> SchemaRef {
         schema()
     }
 
-    fn table_type(&self) -> TableType {
-        TableType::Temporary
-    }
-
-    async fn scan(
-        &self,
-        state: &dyn Session,
-        projection: Option<&Vec<usize>>,
-        filters: &[Expr],
-        limit: Option<usize>,
-    ) -> Result<Arc<dyn ExecutionPlan>> {
+    async fn read(&self) -> Result<RecordBatch> {
         let external = |e: smelter_lake::LakeError| DataFusionError::External(Box::new(e));
         let tables = self.engine.tables();
         let mut table = tables.open(&self.name).await.map_err(external)?;
@@ -214,15 +203,14 @@ impl TableProvider for LineageTable {
             Arc::new(StringArray::from(rows.2)),
         ];
         let batch = RecordBatch::try_new(schema(), columns)?;
-        MemTable::try_new(schema(), vec![vec![batch]])?
-            .scan(state, projection, filters, limit)
-            .await
+        Ok(batch)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use datafusion::catalog::MemTable;
     use datafusion::prelude::SessionContext;
 
     #[tokio::test]

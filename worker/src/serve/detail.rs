@@ -5,16 +5,15 @@
 
 use std::sync::Arc;
 
+use super::scanned::{ReadOnScan, Scanned};
 use arrow::array::{ArrayRef, Int64Array, ListBuilder, StringArray, StringBuilder, UInt64Array};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use arrow::record_batch::RecordBatch;
 use async_trait::async_trait;
-use datafusion::catalog::{MemTable, Session, TableFunctionArgs, TableFunctionImpl, TableProvider};
+use datafusion::catalog::{TableFunctionArgs, TableFunctionImpl, TableProvider};
 use datafusion::common::ScalarValue;
-use datafusion::datasource::TableType;
 use datafusion::error::{DataFusionError, Result};
 use datafusion::logical_expr::Expr;
-use datafusion::physical_plan::ExecutionPlan;
 use smelter_common::security::Principal;
 use smelter_lake::TableStore;
 use smelter_lake::detail::Detail;
@@ -62,10 +61,10 @@ impl TableFunctionImpl for DetailFunction {
         };
         let name =
             super::history::readable("table_detail", name, &self.names, self.caller.as_deref())?;
-        Ok(Arc::new(DetailTable {
+        Ok(Arc::new(Scanned(DetailTable {
             tables: self.tables.clone(),
             name,
-        }))
+        })))
     }
 }
 
@@ -105,29 +104,17 @@ fn json(value: &impl serde::Serialize) -> String {
 }
 
 #[async_trait]
-impl TableProvider for DetailTable {
+impl ReadOnScan for DetailTable {
     fn schema(&self) -> SchemaRef {
         schema()
     }
 
-    fn table_type(&self) -> TableType {
-        TableType::Temporary
-    }
-
-    async fn scan(
-        &self,
-        state: &dyn Session,
-        projection: Option<&Vec<usize>>,
-        filters: &[Expr],
-        limit: Option<usize>,
-    ) -> Result<Arc<dyn ExecutionPlan>> {
+    async fn read(&self) -> Result<RecordBatch> {
         let external = |e: smelter_lake::LakeError| DataFusionError::External(Box::new(e));
         let mut table = self.tables.open(&self.name).await.map_err(external)?;
         let detail = smelter_lake::detail::detail(&mut table, &self.name)
             .await
             .map_err(external)?;
-        MemTable::try_new(schema(), vec![vec![batch(&self.name, &detail)?]])?
-            .scan(state, projection, filters, limit)
-            .await
+        batch(&self.name, &detail)
     }
 }

@@ -8,17 +8,16 @@ use arrow::array::{ArrayRef, Int64Array, ListBuilder, StringArray, StringBuilder
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use arrow::record_batch::RecordBatch;
 use async_trait::async_trait;
-use datafusion::catalog::{MemTable, Session, TableFunctionArgs, TableFunctionImpl, TableProvider};
+use datafusion::catalog::{TableFunctionArgs, TableFunctionImpl, TableProvider};
 use datafusion::common::ScalarValue;
-use datafusion::datasource::TableType;
 use datafusion::error::{DataFusionError, Result};
 use datafusion::logical_expr::Expr;
-use datafusion::physical_plan::ExecutionPlan;
 use smelter_common::security::Principal;
 use smelter_lake::TableStore;
 use smelter_lake::history::Entry;
 
 use super::query::Forbidden;
+use super::scanned::{ReadOnScan, Scanned};
 
 /// The `table_history` function of one session.
 #[derive(Debug)]
@@ -68,10 +67,10 @@ impl TableFunctionImpl for HistoryFunction {
             }
         };
         let name = readable("table_history", name, &self.names, self.caller.as_deref())?;
-        Ok(Arc::new(HistoryTable {
+        Ok(Arc::new(Scanned(HistoryTable {
             tables: self.tables.clone(),
             name,
-        }))
+        })))
     }
 }
 
@@ -151,29 +150,17 @@ fn batch(entries: &[Entry]) -> Result<RecordBatch> {
 }
 
 #[async_trait]
-impl TableProvider for HistoryTable {
+impl ReadOnScan for HistoryTable {
     fn schema(&self) -> SchemaRef {
         schema()
     }
 
-    fn table_type(&self) -> TableType {
-        TableType::Temporary
-    }
-
-    async fn scan(
-        &self,
-        state: &dyn Session,
-        projection: Option<&Vec<usize>>,
-        filters: &[Expr],
-        limit: Option<usize>,
-    ) -> Result<Arc<dyn ExecutionPlan>> {
+    async fn read(&self) -> Result<RecordBatch> {
         let external = |e: smelter_lake::LakeError| DataFusionError::External(Box::new(e));
         let table = self.tables.open(&self.name).await.map_err(external)?;
         let entries = smelter_lake::history::entries(&table, &self.name, None)
             .await
             .map_err(external)?;
-        MemTable::try_new(schema(), vec![vec![batch(&entries)?]])?
-            .scan(state, projection, filters, limit)
-            .await
+        batch(&entries)
     }
 }

@@ -11,6 +11,7 @@ pub mod history;
 pub mod memory;
 pub mod positions;
 pub mod query;
+pub mod scanned;
 pub mod time_travel;
 
 #[cfg(test)]

@@ -6,16 +6,15 @@
 
 use std::sync::Arc;
 
+use super::scanned::{ReadOnScan, Scanned};
 use arrow::array::{ArrayRef, Int32Array, Int64Array, StringArray};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use arrow::record_batch::RecordBatch;
 use async_trait::async_trait;
-use datafusion::catalog::{MemTable, Session, TableFunctionArgs, TableFunctionImpl, TableProvider};
+use datafusion::catalog::{TableFunctionArgs, TableFunctionImpl, TableProvider};
 use datafusion::common::ScalarValue;
-use datafusion::datasource::TableType;
 use datafusion::error::{DataFusionError, Result};
 use datafusion::logical_expr::Expr;
-use datafusion::physical_plan::ExecutionPlan;
 use smelter_common::security::Principal;
 use smelter_lake::{AppId, TableStore};
 
@@ -69,11 +68,11 @@ impl TableFunctionImpl for PositionsFunction {
         };
         let name =
             super::history::readable("table_positions", name, &self.names, self.caller.as_deref())?;
-        Ok(Arc::new(PositionsTable {
+        Ok(Arc::new(Scanned(PositionsTable {
             tables: self.tables.clone(),
             name,
             version,
-        }))
+        })))
     }
 }
 
@@ -86,22 +85,12 @@ struct PositionsTable {
 }
 
 #[async_trait]
-impl TableProvider for PositionsTable {
+impl ReadOnScan for PositionsTable {
     fn schema(&self) -> SchemaRef {
         schema()
     }
 
-    fn table_type(&self) -> TableType {
-        TableType::Temporary
-    }
-
-    async fn scan(
-        &self,
-        state: &dyn Session,
-        projection: Option<&Vec<usize>>,
-        filters: &[Expr],
-        limit: Option<usize>,
-    ) -> Result<Arc<dyn ExecutionPlan>> {
+    async fn read(&self) -> Result<RecordBatch> {
         let plan_error = |e: smelter_lake::LakeError| match e {
             smelter_lake::LakeError::Invalid { .. } => DataFusionError::Plan(e.to_string()),
             other => DataFusionError::External(Box::new(other)),
@@ -139,8 +128,6 @@ impl TableProvider for PositionsTable {
             Arc::new(Int64Array::from(rows.4)),
         ];
         let batch = RecordBatch::try_new(schema(), columns)?;
-        MemTable::try_new(schema(), vec![vec![batch]])?
-            .scan(state, projection, filters, limit)
-            .await
+        Ok(batch)
     }
 }
