@@ -327,6 +327,10 @@ pub struct BenchArgs {
     /// the limit's stages: other load on a shared machine only ever adds CPU time).
     #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=20))]
     pub runs: u32,
+    /// Small commits written for the table-operations figures (snapshot open time with
+    /// and without checkpoints, compaction and vacuum per GB).
+    #[arg(long, default_value_t = 1_000, value_parser = clap::value_parser!(u64).range(2..=100_000))]
+    pub table_commits: u64,
     /// Where runs keep their tables (removed after each run); defaults to the temp dir.
     #[arg(long)]
     pub work_dir: Option<PathBuf>,

@@ -90,6 +90,8 @@ fn bench_runs_in_process_with_every_figure() {
         "2",
         "--runs",
         "2",
+        "--table-commits",
+        "120",
     ]);
     check_run(&report["in_process"], 20_000, &["smelter up"]);
     // Both runs are listed, and the figures are those of the one with the least CPU.
@@ -121,6 +123,20 @@ fn bench_runs_in_process_with_every_figure() {
     ] {
         let share = rest[field].as_f64().unwrap();
         assert!(share > 0.0 && share.is_finite(), "{field}: {rest}");
+    }
+    // Table operations: 120 commits, so a checkpoint (every 100) was written and deleted.
+    let ops = &report["table_ops"];
+    assert_eq!(ops["commits"], 120, "{ops}");
+    for field in ["open_ms_with_checkpoints", "open_ms_without_checkpoints"] {
+        assert!(ops[field].as_f64().unwrap() > 0.0, "{field}: {ops}");
+    }
+    for cost in ["compaction", "vacuum"] {
+        assert_eq!(ops[cost]["files"], 120, "{ops}");
+        assert!(ops[cost]["bytes"].as_u64().unwrap() > 0, "{ops}");
+        assert!(
+            ops[cost]["cpu_seconds_per_gb"].as_f64().unwrap() >= 0.0,
+            "{ops}"
+        );
     }
     for layer in ["bronze", "silver", "gold"] {
         let figures = &report["layers"][layer];

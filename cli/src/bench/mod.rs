@@ -15,6 +15,8 @@
 //! * [`check`]: every run's tables against what its events must give; a run that lost or
 //!   doubled rows fails instead of reporting a figure.
 //! * [`rest`]: the REST API's latency and CPU at the end of the in-process run.
+//! * [`table_ops`]: snapshot open time with and without checkpoints, and the CPU of
+//!   compaction and vacuum per GB.
 
 pub mod check;
 pub mod cluster;
@@ -23,6 +25,7 @@ pub mod latency;
 pub mod limit;
 pub mod measure;
 pub mod rest;
+pub mod table_ops;
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -233,6 +236,8 @@ pub struct BenchReport {
     pub bronze_mb_per_second: f64,
     /// As a cluster on a Kafka broker.
     pub cluster: Option<EndToEnd>,
+    /// Snapshot open times, compaction and vacuum costs (in-process runs).
+    pub table_ops: Option<table_ops::TableOps>,
 }
 
 /// Waits until `done` says so, checking every 250 ms, for at most `timeout`; how long it

@@ -65,6 +65,12 @@ pub async fn run(config: SmelterConfig, args: BenchArgs) -> Result<()> {
         if let Some(bronze) = report.layers.get("bronze") {
             report.bronze_mb_per_second = bronze_bytes as f64 / 1e6 / bronze.wall_seconds.max(1e-9);
         }
+        say(&format!(
+            "table operations: {} small commits, then compaction and vacuum",
+            args.table_commits
+        ));
+        report.table_ops =
+            Some(crate::bench::table_ops::measure(&options.work_dir, args.table_commits).await?);
     }
     let mut kafka = None;
     if let (Some(brokers), Some(etcd)) = (&args.brokers, &args.etcd) {
@@ -285,6 +291,17 @@ fn summary(report: &BenchReport) -> String {
     }
     if report.bronze_mb_per_second > 0.0 {
         let _ = writeln!(out, "  bronze: {:.1} MB/s", report.bronze_mb_per_second);
+    }
+    if let Some(ops) = &report.table_ops {
+        let _ = writeln!(
+            out,
+            "table operations after {} commits: snapshot open {:.1} ms with checkpoints, {:.1} ms without; compaction {:.1} CPU-s/GB, vacuum {:.2} CPU-s/GB",
+            ops.commits,
+            ops.open_ms_with_checkpoints,
+            ops.open_ms_without_checkpoints,
+            ops.compaction.cpu_seconds_per_gb,
+            ops.vacuum.cpu_seconds_per_gb
+        );
     }
     if let Some(run) = &report.cluster {
         run_lines("cluster", run, &mut out);
