@@ -294,16 +294,21 @@ impl Catalog {
 mod tests {
     use super::*;
 
+    /// The demo pipeline, as applied.
+    fn demo_pipeline() -> smelter_proto::PipelineDefinition {
+        smelter_proto::PipelineDefinition {
+            name: "clickstream".into(),
+            spec_yaml: include_str!("../../examples/clickstream.yaml").into(),
+            origin: "clickstream.yaml".into(),
+            revision: 1,
+            paused: false,
+        }
+    }
+
     #[test]
     fn lineage_follows_the_specs_both_ways() {
         let status = ClusterStatus {
-            pipelines: vec![smelter_proto::PipelineDefinition {
-                name: "clickstream".into(),
-                spec_yaml: include_str!("../../examples/clickstream.yaml").into(),
-                origin: "clickstream.yaml".into(),
-                revision: 1,
-                paused: false,
-            }],
+            pipelines: vec![demo_pipeline()],
             ..Default::default()
         };
         let catalog = Catalog::build(&status, 0);
@@ -345,13 +350,7 @@ mod tests {
             ..Default::default()
         };
         let status = ClusterStatus {
-            pipelines: vec![smelter_proto::PipelineDefinition {
-                name: "clickstream".into(),
-                spec_yaml: include_str!("../../examples/clickstream.yaml").into(),
-                origin: "clickstream.yaml".into(),
-                revision: 1,
-                paused: false,
-            }],
+            pipelines: vec![demo_pipeline()],
             tasks: vec![
                 task(
                     "silver.events",
