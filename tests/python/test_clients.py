@@ -310,8 +310,14 @@ def test_metrics_are_valid_prometheus_text_that_match_the_tables(cluster):
     # the pipeline's maintenance.
     states = samples(text, "smelter_task_state")
     assert len(states) == 9, states
-    busy = [k for k in states if 'state="idle"' not in k and 'state="running"' not in k]
-    assert not busy, busy
+    # Serving starts when Flight SQL answers; each task reports its state once its worker
+    # has started it (`assigned` until then), so poll until every one runs or idles.
+    def settled():
+        states = samples(http_get(cluster["http"] + "/metrics")[1], "smelter_task_state")
+        busy = [k for k in states if 'state="idle"' not in k and 'state="running"' not in k]
+        return states if len(states) == 9 and not busy else None
+
+    wait_until("every task running or idle", settled, 60)
     # Nothing left to do, once the versions the serving run writes itself (the tables'
     # catalog descriptions, compactions) have been read downstream.
     def caught_up():

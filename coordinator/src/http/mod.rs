@@ -416,7 +416,7 @@ pub fn render(status: Option<&ClusterStatus>, now_ms: i64) -> String {
     }
     .write(&mut out);
 
-    let tasks: Vec<(String, smelter_proto::TaskStatusReport)> = status
+    let tasks: Vec<(String, smelter_proto::TaskStatusReport, &str)> = status
         .tasks
         .iter()
         .map(|t| {
@@ -431,11 +431,13 @@ pub fn render(status: Option<&ClusterStatus>, now_ms: i64) -> String {
                 label(&task.table),
                 label(&t.worker_id)
             );
-            (labels, t.report.clone().unwrap_or_default())
+            // A task the leader placed but whose worker has not reported on it yet.
+            let state = t.report.as_ref().map_or("assigned", |r| r.state().label());
+            (labels, t.report.clone().unwrap_or_default(), state)
         })
         .collect();
     let per_task = |f: fn(&smelter_proto::TaskStatusReport) -> f64| -> Vec<(String, f64)> {
-        tasks.iter().map(|(l, r)| (l.clone(), f(r))).collect()
+        tasks.iter().map(|(l, r, _)| (l.clone(), f(r))).collect()
     };
     for (name, help, kind, value) in [
         (
@@ -497,16 +499,12 @@ pub fn render(status: Option<&ClusterStatus>, now_ms: i64) -> String {
     }
     Family {
         name: "smelter_task_state",
-        help: "Each task's reported state (starting, running, idle, backoff, failed, ...), as a label.",
+        help: "Each task's reported state (assigned: not reported yet, starting, running, idle, backoff, failed, ...), as a label.",
         kind: "gauge",
         samples: tasks
             .iter()
-            .map(|(labels, report)| {
-                let labels = format!(
-                    "{},state=\"{}\"}}",
-                    labels.trim_end_matches('}'),
-                    report.state().label()
-                );
+            .map(|(labels, _, state)| {
+                let labels = format!("{},state=\"{state}\"}}", labels.trim_end_matches('}'));
                 (labels, 1.0)
             })
             .collect(),
