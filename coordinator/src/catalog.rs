@@ -168,6 +168,14 @@ impl Catalog {
                     side.column_descriptions.clear();
                     side.keys.clear();
                     catalog.tables.insert(quarantine, side);
+                    if table.merge.is_some() {
+                        let tombstones = TableSpec::tombstones_name(name);
+                        let mut side = entry(&spec.pipeline, &tombstones, table, "merge");
+                        side.description = Some(TableSpec::tombstones_description(name));
+                        side.column_descriptions.clear();
+                        side.keys.clear();
+                        catalog.tables.insert(tombstones, side);
+                    }
                 }
             }
             catalog.pipelines.push(serde_json::json!({

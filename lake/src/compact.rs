@@ -105,6 +105,7 @@ pub async fn compact(
                 removes,
                 groups,
                 readds: Vec::new(),
+                changes: Vec::new(),
                 operation,
                 data_change: false,
                 txns: Vec::new(),

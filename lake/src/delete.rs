@@ -246,6 +246,7 @@ pub async fn delete(
                 removes,
                 groups,
                 readds: Vec::new(),
+                changes: Vec::new(),
                 operation: DeltaOperation::Delete {
                     predicate: Some(selector.describe()),
                 },

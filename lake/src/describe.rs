@@ -68,7 +68,14 @@ pub struct Description {
     /// entries older than this are cleaned up at checkpoints (Delta's
     /// [`HISTORY_PROPERTY`]).
     pub history: Option<std::time::Duration>,
+    /// Whether the table records Delta's change data feed. Set when the table is created
+    /// only ([`Self::created_properties`]): turning it on later needs a protocol upgrade,
+    /// which a description does not make.
+    pub change_data_feed: bool,
 }
+
+/// Delta's table property turning on the change data feed.
+pub const CHANGE_DATA_FEED_PROPERTY: &str = "delta.enableChangeDataFeed";
 
 /// Delta's table property bounding how long log entries are kept.
 pub const HISTORY_PROPERTY: &str = "delta.logRetentionDuration";
@@ -122,6 +129,16 @@ impl Description {
         out
     }
 
+    /// The properties a table with this description is created with: [`Self::properties`]
+    /// and the change data feed.
+    pub fn created_properties(&self) -> BTreeMap<String, String> {
+        let mut out = self.properties();
+        if self.change_data_feed {
+            out.insert(CHANGE_DATA_FEED_PROPERTY.to_string(), "true".to_string());
+        }
+        out
+    }
+
     /// What `metadata` says, read back.
     pub fn of(metadata: &Metadata) -> Self {
         Self::from_properties(
@@ -150,6 +167,8 @@ impl Description {
                 out.sql = Some(value.clone());
             } else if key == HISTORY_PROPERTY {
                 out.history = parse_interval(value);
+            } else if key == CHANGE_DATA_FEED_PROPERTY {
+                out.change_data_feed = value.eq_ignore_ascii_case("true");
             } else if let Some(column) = key
                 .strip_prefix("smelter.column.")
                 .and_then(|k| k.strip_suffix(".comment"))
@@ -191,6 +210,7 @@ pub async fn describe(
                 removes: Vec::new(),
                 groups: Vec::new(),
                 readds: Vec::new(),
+                changes: Vec::new(),
                 operation: DeltaOperation::SetTableProperties {
                     properties: changed,
                 },
@@ -271,6 +291,7 @@ mod tests {
             keys: vec!["id".into()],
             sql: Some("SELECT id FROM silver.t".into()),
             history: Some(std::time::Duration::from_secs(30 * 86_400)),
+            change_data_feed: false,
         };
         let current = metadata(&[
             ("delta.checkpointInterval", "10"),

@@ -14,6 +14,8 @@
 //!   added, and the commits themselves;
 //! * [`file_format`]: how data files are encoded; [`recent_files`]: rows of files this
 //!   process committed moments ago, for the readers downstream;
+//! * [`merge`]: applying a change stream by key (the current row per key, deletes, stale
+//!   changes ignored), with [`change_data`] writing Delta's change data feed;
 //! * [`verify`], [`compact`] and [`delete`]: the checks behind `smelter verify`, and the
 //!   rewrites behind maintenance, `smelter delete` and [`restore`]; [`vacuum`]: deleting the files
 //!   rewrites took out, after the retention; [`maintenance_record`]: what maintenance did to
@@ -24,6 +26,7 @@
 
 pub mod app_id;
 pub mod arbitrated;
+pub mod change_data;
 pub mod changes;
 pub mod claims;
 pub mod commit;
@@ -40,6 +43,7 @@ pub mod location;
 pub mod lock;
 pub mod log;
 pub mod maintenance_record;
+pub mod merge;
 pub mod recent_files;
 pub mod restore;
 pub mod storage;

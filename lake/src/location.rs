@@ -337,7 +337,7 @@ impl TableStore {
         let mut metadata = new_metadata(
             &delta_schema,
             created.partition_by.iter(),
-            created.described.properties(),
+            created.described.created_properties(),
         )
         .and_then(|m| m.with_name(table.to_string()));
         if let Some(text) = &created.described.description {
@@ -345,9 +345,15 @@ impl TableStore {
         }
         let metadata =
             metadata.map_err(|e| LakeError::generic(table, format!("table metadata: {e}")))?;
+        // Writer version 4 is the change data feed's (without table features).
+        let writer = if created.described.change_data_feed {
+            4
+        } else {
+            2
+        };
         let protocol: Protocol = serde_json::from_value(serde_json::json!({
             "minReaderVersion": 1,
-            "minWriterVersion": 2
+            "minWriterVersion": writer
         }))
         .map_err(|e| LakeError::generic(table, format!("protocol: {e}")))?;
         let operation = DeltaOperation::Create {
@@ -388,7 +394,7 @@ impl TableStore {
             .with_partition_columns(new.partition_by.to_vec())
             .with_configuration(
                 new.described
-                    .properties()
+                    .created_properties()
                     .into_iter()
                     .map(|(k, v)| (k, Some(v))),
             )

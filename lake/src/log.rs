@@ -78,3 +78,14 @@ pub fn arrow_schema(table: &DeltaTable, name: &str) -> Result<SchemaRef> {
     let schema = snapshot.snapshot().arrow_schema();
     Ok(Arc::clone(&schema))
 }
+
+/// A table property of the loaded snapshot (`None`: not set, or no snapshot).
+pub fn table_property(table: &DeltaTable, key: &str) -> Option<String> {
+    table
+        .snapshot()
+        .ok()?
+        .metadata()
+        .configuration()
+        .get(key)
+        .cloned()
+}

@@ -161,6 +161,7 @@ pub async fn restore(
                 removes,
                 groups: Vec::new(),
                 readds,
+                changes: Vec::new(),
                 operation: DeltaOperation::Restore {
                     version: Some(to as u64),
                     datetime: None,

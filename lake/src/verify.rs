@@ -370,6 +370,7 @@ mod tests {
                 removes: vec![file.path],
                 groups: vec![kept],
                 readds: Vec::new(),
+                changes: Vec::new(),
                 operation: deltalake::protocol::DeltaOperation::Delete { predicate: None },
                 data_change: true,
                 txns: Vec::new(),

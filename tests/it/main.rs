@@ -5,6 +5,7 @@
 
 mod bench;
 mod catalog_http;
+mod cdc;
 mod cli;
 mod cluster;
 mod deploy;

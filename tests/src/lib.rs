@@ -5,6 +5,7 @@
 //! parallel. [`oracle`] checks the tables against ground truth computed independently of
 //! the pipeline (docs/testing.md, "The oracle").
 
+pub mod cdc;
 pub mod certs;
 pub mod kafka;
 pub mod oracle;

@@ -115,6 +115,47 @@ pub struct TableSpec {
     /// How long the table keeps its rows and its history (see [`RetentionSpec`]).
     #[serde(default)]
     pub retention: RetentionSpec,
+    /// Silver: keep the current row per key instead of appending (see [`MergeSpec`]).
+    #[serde(default)]
+    pub merge: Option<MergeSpec>,
+    /// Write Delta's change data feed (`delta.enableChangeDataFeed`): merges record the
+    /// rows they insert, update (pre- and post-image) and delete.
+    #[serde(default)]
+    pub change_data_feed: bool,
+}
+
+/// How a silver table applies a change stream: one row per key, the change with the
+/// greatest `sequence_by` value winning, deletes removing the row.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct MergeSpec {
+    /// The columns that identify a row.
+    pub keys: Vec<String>,
+    /// The column that orders the changes of one key (a change with a smaller value than
+    /// the stored row's, or than the key's delete, is not applied).
+    pub sequence_by: String,
+    /// A SQL predicate over the change's columns marking deletes (Debezium envelopes:
+    /// `_op = 'd'` unless said otherwise).
+    #[serde(default)]
+    pub delete_when: Option<String>,
+    /// Slowly changing dimension type: 1 keeps the current row per key.
+    #[serde(default = "MergeSpec::default_scd")]
+    pub scd: u8,
+}
+
+impl MergeSpec {
+    fn default_scd() -> u8 {
+        1
+    }
+
+    /// The delete predicate, for a table parsed with `format`.
+    pub fn delete_predicate(&self, format: PayloadFormat) -> Option<String> {
+        match (&self.delete_when, format) {
+            (Some(predicate), _) => Some(predicate.clone()),
+            (None, PayloadFormat::Debezium) => Some("_op = 'd'".to_string()),
+            (None, PayloadFormat::Json) => None,
+        }
+    }
 }
 
 /// How long a table keeps its rows and its history. Nothing is deleted unless declared:
@@ -227,7 +268,7 @@ impl Default for MaintenanceSpec {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct ParseSpec {
-    /// Payload format; only `json` (one JSON object per record) today.
+    /// Payload format: `json` (one JSON object per record) or `debezium`.
     pub format: PayloadFormat,
     /// The declared schema. Fields present in a record but not declared go to `_rescued_data`.
     pub schema: SchemaSpec,
@@ -239,7 +280,17 @@ pub struct ParseSpec {
 pub enum PayloadFormat {
     /// One JSON object per record.
     Json,
+    /// A Debezium change event (JSON, with or without the `schema`/`payload` wrapper): the
+    /// row image is `after` (`before` for deletes); `op`, `ts_ms`, `source.lsn` and the
+    /// `source` block become the columns `_op`, `_ts_ms`, `_lsn` and `_source` (JSON text).
+    Debezium,
 }
+
+/// Columns a Debezium-parsed silver table adds after `_rescued_data`: the operation, the
+/// event time, the source's log position (`source.lsn`, PostgreSQL's; the usual
+/// `sequence_by`, since a delete's `before` image may hold the key columns only) and the
+/// whole `source` block as JSON text.
+pub const DEBEZIUM_COLUMNS: [&str; 4] = ["_op", "_ts_ms", "_lsn", "_source"];
 
 /// Duplicate removal on key columns.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -289,6 +340,29 @@ impl TableSpec {
     /// Name of the quarantine table of a silver table.
     pub fn quarantine_name(table: &str) -> String {
         format!("{table}_quarantine")
+    }
+
+    /// Name of the table where a merged silver table keeps the tombstones of its deleted
+    /// keys (see `smelter_lake::merge`).
+    pub fn tombstones_name(table: &str) -> String {
+        format!("{table}_tombstones")
+    }
+
+    /// The catalog description of a merged table's tombstones.
+    pub fn tombstones_description(table: &str) -> String {
+        format!(
+            "Keys deleted from {table}, with the sequence value of their delete: an older change is not applied."
+        )
+    }
+
+    /// The tables a silver table's refine task writes besides it: its quarantine, and the
+    /// tombstones of a merged table.
+    pub fn side_tables(&self, table: &str) -> Vec<String> {
+        let mut out = vec![Self::quarantine_name(table)];
+        if self.merge.is_some() {
+            out.push(Self::tombstones_name(table));
+        }
+        out
     }
 
     /// The catalog description of the quarantine of a silver table refined from `from`.

@@ -283,3 +283,85 @@ fn retention_windows_and_columns_are_checked() {
         Some("ingested_at")
     );
 }
+
+/// A change stream merged into silver, with `merge` set to `merge_yaml`.
+fn cdc_spec(merge_yaml: &str, extra: &str) -> String {
+    format!(
+        "pipeline: users\nsources:\n  cdc: {{ files: {{ path: /tmp/in }} }}\ntables:\n  bronze.cdc: {{ from: cdc }}\n  silver.users:\n    from: bronze.cdc\n    parse: {{ format: debezium, schema: {{ id: long, tier: string }} }}\n    merge: {merge_yaml}\n{extra}"
+    )
+}
+
+#[test]
+fn merges_parse_and_bad_ones_name_their_field() {
+    let spec = PipelineSpec::parse(
+        &cdc_spec(
+            "{ keys: [id], sequence_by: _lsn }",
+            "    change_data_feed: true\n",
+        ),
+        "p.yaml",
+    )
+    .unwrap();
+    let silver = &spec.tables["silver.users"];
+    let merge = silver.merge.as_ref().unwrap();
+    assert_eq!((merge.scd, silver.change_data_feed), (1, true));
+    assert_eq!(
+        merge.delete_predicate(PayloadFormat::Debezium).as_deref(),
+        Some("_op = 'd'"),
+        "Debezium deletes by default"
+    );
+    let columns: Vec<String> = validate::silver_columns(silver)
+        .into_iter()
+        .map(|(n, _)| n)
+        .collect();
+    assert!(columns.contains(&"_lsn".to_string()) && columns.contains(&"_op".to_string()));
+    for (merge, extra, field, needle) in [
+        (
+            "{ keys: [], sequence_by: _lsn }",
+            "",
+            "merge.keys",
+            "at least one",
+        ),
+        (
+            "{ keys: [uid], sequence_by: _lsn }",
+            "",
+            "merge.keys",
+            "unknown column `uid`",
+        ),
+        (
+            "{ keys: [id], sequence_by: ts }",
+            "",
+            "merge.sequence_by",
+            "unknown column `ts`",
+        ),
+        (
+            "{ keys: [id], sequence_by: _lsn, scd: 3 }",
+            "",
+            "merge.scd",
+            "SCD type 3",
+        ),
+        (
+            "{ keys: [id], sequence_by: _lsn }",
+            "    partition_by: [tier]\n",
+            "partition_by",
+            "not partitioned",
+        ),
+        (
+            "{ keys: [id], sequence_by: _lsn, delete_when: ' ' }",
+            "",
+            "merge.delete_when",
+            "empty",
+        ),
+    ] {
+        let (found, _, message) = spec_error(&cdc_spec(merge, extra));
+        assert_eq!(found, format!("tables.silver.users.{field}"), "{merge}");
+        assert!(message.contains(needle), "{merge}: {message}");
+    }
+    let gold = DEMO.replace(
+        "    sql: |\n      SELECT date_trunc('hour', ts)",
+        "    change_data_feed: true\n    sql: |\n      SELECT date_trunc('hour', ts)",
+    );
+    assert_ne!(gold, DEMO);
+    let (field, _, message) = spec_error(&gold);
+    assert!(field.ends_with("change_data_feed"), "{field}");
+    assert!(message.contains("does not apply to gold"), "{message}");
+}

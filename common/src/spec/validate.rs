@@ -5,7 +5,10 @@
 
 use std::collections::HashSet;
 
-use super::{FieldType, Layer, PipelineSpec, Primitive, SourceSpec, TableSpec, table_layer};
+use super::{
+    DEBEZIUM_COLUMNS, FieldType, Layer, PayloadFormat, PipelineSpec, Primitive, SourceSpec,
+    TableSpec, table_layer,
+};
 use crate::{Error, Result};
 
 /// Columns silver adds to every row, next to the declared ones.
@@ -452,6 +455,8 @@ fn forbid(
         ("expectations", !table.expectations.is_empty()),
         ("sql", table.sql.is_some()),
         ("keys", !table.keys.is_empty()),
+        ("merge", table.merge.is_some()),
+        ("change_data_feed", table.change_data_feed),
     ];
     for (field, is_set) in present {
         if is_set && !allowed.contains(&field) {
@@ -502,11 +507,17 @@ pub fn silver_columns(table: &TableSpec) -> Vec<(String, Option<FieldType>)> {
             );
         }
     }
-    out.extend(
-        SILVER_METADATA_COLUMNS
-            .iter()
-            .map(|n| (n.to_string(), None)),
-    );
+    let debezium = table
+        .parse
+        .as_ref()
+        .is_some_and(|p| p.format == PayloadFormat::Debezium);
+    for (i, column) in SILVER_METADATA_COLUMNS.iter().enumerate() {
+        out.push((column.to_string(), None));
+        if i == 0 && debezium {
+            // The envelope's columns follow `_rescued_data`.
+            out.extend(DEBEZIUM_COLUMNS.iter().map(|n| (n.to_string(), None)));
+        }
+    }
     out
 }
 
@@ -516,7 +527,14 @@ fn validate_silver(c: &Checker, spec: &PipelineSpec, name: &str, table: &TableSp
         name,
         Layer::Silver,
         table,
-        &["parse", "flatten", "dedupe", "expectations"],
+        &[
+            "parse",
+            "flatten",
+            "dedupe",
+            "expectations",
+            "merge",
+            "change_data_feed",
+        ],
     )?;
     match spec.tables.get(&table.from) {
         None => {
@@ -593,6 +611,9 @@ fn validate_silver(c: &Checker, spec: &PipelineSpec, name: &str, table: &TableSp
             }
         }
     }
+    if let Some(merge) = &table.merge {
+        validate_merge(c, name, table, merge, &columns)?;
+    }
     let mut rules = HashSet::new();
     for (i, rule) in table.expectations.iter().enumerate() {
         let index = i.to_string();
@@ -614,6 +635,66 @@ fn validate_silver(c: &Checker, spec: &PipelineSpec, name: &str, table: &TableSp
                 "empty expression",
             ));
         }
+    }
+    Ok(())
+}
+
+fn validate_merge(
+    c: &Checker,
+    name: &str,
+    table: &TableSpec,
+    merge: &super::MergeSpec,
+    columns: &[(String, Option<FieldType>)],
+) -> Result<()> {
+    let known = |column: &str| columns.iter().any(|(n, _)| n == column);
+    if merge.keys.is_empty() {
+        return Err(c.fail(
+            &["tables", name, "merge", "keys"],
+            "list at least one key column",
+        ));
+    }
+    for key in merge.keys.iter().chain([&merge.sequence_by]) {
+        if !known(key) {
+            let field = if *key == merge.sequence_by {
+                "sequence_by"
+            } else {
+                "keys"
+            };
+            return Err(c.fail(
+                &["tables", name, "merge", field],
+                format!("unknown column `{key}`; columns are {}", list(columns)),
+            ));
+        }
+    }
+    if let Some((column, _)) = columns.iter().find(|(n, t)| {
+        merge.keys.contains(n) && matches!(t, Some(FieldType::Struct(_) | FieldType::List(_)))
+    }) {
+        return Err(c.fail(
+            &["tables", name, "merge", "keys"],
+            format!("`{column}` is nested; keys are scalar columns"),
+        ));
+    }
+    if merge.scd != 1 {
+        return Err(c.fail(
+            &["tables", name, "merge", "scd"],
+            format!(
+                "SCD type {} is not supported; `scd: 1` keeps the current row per key",
+                merge.scd
+            ),
+        ));
+    }
+    if !table.partition_by.is_empty() {
+        return Err(c.fail(
+            &["tables", name, "partition_by"],
+            "merged tables are not partitioned (a merge rewrites the files that hold its keys)",
+        ));
+    }
+    if merge
+        .delete_when
+        .as_deref()
+        .is_some_and(|p| p.trim().is_empty())
+    {
+        return Err(c.fail(&["tables", name, "merge", "delete_when"], "empty predicate"));
     }
     Ok(())
 }

@@ -307,6 +307,7 @@ async fn compaction_and_delete_land_on_an_arbitrated_store_under_the_lock() {
             removes: vec![small_file],
             groups: Vec::new(),
             readds: Vec::new(),
+            changes: Vec::new(),
             operation: deltalake::protocol::DeltaOperation::Delete { predicate: None },
             data_change: true,
             txns: Vec::new(),

@@ -35,6 +35,7 @@ pub(super) async fn commit(table: &mut DeltaTable, attempt: Attempt<'_>) -> Resu
         return Ok(CommitOutcome::AlreadyCommitted);
     };
     let mut actions: Vec<Action> = payload.files.iter().cloned().map(Action::Add).collect();
+    actions.extend(payload.changes.iter().cloned().map(Action::Cdc));
     actions.extend(payload.table_metadata.cloned().map(Action::Metadata));
     if payload.mode == WriteMode::Overwrite {
         let snapshot = table.snapshot().map_err(|e| LakeError::delta(name, e))?;

@@ -206,6 +206,7 @@ pub(super) fn txn_actions(
 /// `head`, or the rewrite is [`LakeError::Superseded`].
 fn actions(name: &str, payload: &Payload<'_>, head: &Head) -> Result<Vec<Action>> {
     let mut actions: Vec<Action> = payload.files.iter().cloned().map(Action::Add).collect();
+    actions.extend(payload.changes.iter().cloned().map(Action::Cdc));
     actions.extend(payload.table_metadata.cloned().map(Action::Metadata));
     let now = chrono::Utc::now().timestamp_millis();
     if payload.mode == WriteMode::Overwrite {
@@ -242,8 +243,20 @@ impl CommitPath {
             return CommitPath::DeltaRs;
         };
         let protocol = snapshot.protocol();
+        // Writer version 3 adds check constraints and 4 generated columns and the change
+        // data feed. This path writes no constraints or generated columns' tables (the
+        // metadata has none), and the change data of merges comes in their payload.
+        let metadata = snapshot.metadata();
+        let constrained = metadata
+            .configuration()
+            .keys()
+            .any(|k| k.starts_with("delta.constraints."))
+            || metadata
+                .schema_string()
+                .contains("delta.generationExpression");
         let lean = protocol.min_reader_version() == 1
-            && protocol.min_writer_version() <= 2
+            && (protocol.min_writer_version() <= 2
+                || (protocol.min_writer_version() <= 4 && !constrained))
             && !(mode == WriteMode::Overwrite && snapshot.table_config().append_only());
         if lean {
             CommitPath::Lean

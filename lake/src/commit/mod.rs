@@ -208,6 +208,7 @@ pub async fn commit_write(
         files: &files,
         mode,
         partition_by,
+        changes: &[],
         removes: &[],
         operation: None,
         metadata: Some(metadata),
@@ -335,6 +336,8 @@ struct Payload<'a> {
     /// Overwrites also remove every file the table holds.
     mode: WriteMode,
     partition_by: &'a [String],
+    /// Change data files (`_change_data/`) of a merge on a table with the change data feed.
+    changes: &'a [deltalake::kernel::AddCDCFile],
     /// Files a rewrite takes out (paths as the table's head holds them), and whether their
     /// rows go (`dataChange`); each must still be in the table at the version the commit
     /// follows, or the commit is [`LakeError::Superseded`].

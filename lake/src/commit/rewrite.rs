@@ -25,6 +25,8 @@ pub struct Rewrite {
     pub groups: Vec<Vec<RecordBatch>>,
     /// Files the table held before, put back as they were (a restore).
     pub readds: Vec<deltalake::kernel::Add>,
+    /// Change data files written for the commit (see [`crate::change_data`]).
+    pub changes: Vec<deltalake::kernel::AddCDCFile>,
     /// The operation the log records.
     pub operation: DeltaOperation,
     /// Whether rows change (`false` for compaction: the same rows in other files, which
@@ -90,6 +92,7 @@ pub async fn rewrite(
     });
     let payload = Payload {
         files: &added,
+        changes: &rewrite.changes,
         mode: WriteMode::Append,
         partition_by: &[],
         removes: &rewrite.removes,

@@ -9,6 +9,7 @@
 mod columns;
 pub mod decode;
 pub mod dedupe;
+pub mod envelope;
 pub mod expectations;
 mod key_times;
 pub mod quality;
@@ -141,6 +142,8 @@ pub struct Refiner {
     silver_schema: SchemaRef,
     work_schema: SchemaRef,
     expectations: Vec<CompiledExpectation>,
+    /// Payloads are Debezium change events ([`envelope`]).
+    debezium: bool,
 }
 
 struct Quarantined {
@@ -195,6 +198,7 @@ impl Refiner {
             silver_schema,
             work_schema,
             expectations,
+            debezium: parse.format == smelter_common::spec::PayloadFormat::Debezium,
         })
     }
 
@@ -236,6 +240,9 @@ impl Refiner {
         cells: &mut Vec<Cell<'p>>,
         decoded: &mut Columns,
     ) -> Result<std::result::Result<(), decode::Rejection>> {
+        if self.debezium {
+            return self.decode_change(payload, decoded);
+        }
         match self.decoder.decode_cells(payload, cells) {
             Ok(rescued) => {
                 cells.push(rescued.map_or(Cell::Null, |r| Cell::Text(r.into())));
@@ -246,13 +253,50 @@ impl Refiner {
         }
     }
 
+    /// [`Self::decode_into`] for a Debezium change event: the row image decoded, then the
+    /// envelope's columns after `_rescued_data`.
+    fn decode_change(
+        &self,
+        payload: &[u8],
+        decoded: &mut Columns,
+    ) -> Result<std::result::Result<(), decode::Rejection>> {
+        let change = match envelope::unwrap(payload) {
+            Ok(change) => change,
+            Err(rejection) => return Ok(Err(rejection)),
+        };
+        let mut cells = Vec::with_capacity(self.decoded_width());
+        match self.decoder.decode_cells(&change.image, &mut cells) {
+            Ok(rescued) => {
+                cells.push(rescued.map_or(Cell::Null, |r| Cell::Text(r.into())));
+                cells.push(Cell::Text(change.op.into()));
+                cells.push(change.ts_ms.map_or(Cell::Null, Cell::Long));
+                cells.push(change.lsn.map_or(Cell::Null, Cell::Long));
+                cells.push(change.source.map_or(Cell::Null, |s| Cell::Text(s.into())));
+                decoded.push(&mut cells)?;
+                Ok(Ok(()))
+            }
+            Err(rejection) => Ok(Err(rejection)),
+        }
+    }
+
+    /// The columns decoding fills: the declared ones, `_rescued_data`, and for Debezium
+    /// change events the envelope's.
+    fn decoded_width(&self) -> usize {
+        let envelope = if self.debezium {
+            smelter_common::spec::DEBEZIUM_COLUMNS.len()
+        } else {
+            0
+        };
+        self.decoder.columns().len() + 1 + envelope
+    }
+
     /// The decoding alone, as refine does it: the declared columns and `_rescued_data` of
     /// the payloads that decode, the others left out. (The benchmark's limit measures it.)
     pub fn decode_payloads<'p>(
         &self,
         payloads: impl IntoIterator<Item = &'p [u8]>,
     ) -> Result<Vec<ArrayRef>> {
-        let declared = &self.work_schema.fields()[..self.decoder.columns().len() + 1];
+        let declared = &self.work_schema.fields()[..self.decoded_width()];
         let payloads = payloads.into_iter();
         let mut decoded = Columns::new(declared, payloads.size_hint().0);
         let mut cells = Vec::with_capacity(declared.len());
@@ -277,10 +321,12 @@ impl Refiner {
         cache: &mut KeyCache,
     ) -> Result<Refined> {
         let mut quarantined: Vec<Quarantined> = Vec::new();
+        // Kafka tombstones of a change stream, skipped (counted as dropped).
+        let mut tombstones = 0;
         // Decoded in slices of rows, each built into Arrow columns at once.
         let mut slices = Vec::new();
         // The declared columns and `_rescued_data`.
-        let declared = &self.work_schema.fields()[..self.decoder.columns().len() + 1];
+        let declared = &self.work_schema.fields()[..self.decoded_width()];
         let mut cells = Vec::with_capacity(declared.len());
         for (input, &base) in rows.batches.iter().zip(&rows.starts) {
             let n = input.num_rows();
@@ -294,6 +340,12 @@ impl Refiner {
                 // The bronze row of each decoded row.
                 let mut kept: Vec<u32> = Vec::with_capacity(DECODE_SLICE);
                 for row in start..n.min(start + DECODE_SLICE) {
+                    if self.debezium && payload.is_null(row) && error.is_null(row) {
+                        // A Kafka tombstone following a delete (for log compaction): the
+                        // delete itself came as the change before it.
+                        tombstones += 1;
+                        continue;
+                    }
                     if error.is_valid(row) || payload.is_null(row) {
                         let reason = if error.is_valid(row) {
                             error.value(row).to_string()
@@ -326,8 +378,36 @@ impl Refiner {
             .iter()
             .map(|slice| BooleanArray::new(BooleanBuffer::new_set(slice.num_rows()), None))
             .collect();
-        let mut dropped = 0;
+        let mut dropped = tombstones;
         let mut warned = Vec::new();
+        if let Some(merge) = &self.spec.merge {
+            // A change without its key or its sequence value cannot be merged.
+            for name in merge.keys.iter().chain([&merge.sequence_by]) {
+                let what = if *name == merge.sequence_by {
+                    "the sequence column"
+                } else {
+                    "the key column"
+                };
+                for (slice, kept) in slices.iter().zip(keep.iter_mut()) {
+                    let values = slice.column_by_name(name).ok_or_else(|| {
+                        WorkerError::Arrow(arrow::error::ArrowError::SchemaError(format!(
+                            "merge column `{name}` missing"
+                        )))
+                    })?;
+                    let violations = arrow::compute::and(&arrow::compute::is_null(values)?, kept)?;
+                    if violations.true_count() == 0 {
+                        continue;
+                    }
+                    let rows = column::<UInt32Array>(slice, ROW)?;
+                    quarantined.extend(violations.values().set_indices().map(|i| Quarantined {
+                        rule: "_merge".into(),
+                        reason: format!("{what} `{name}` is NULL"),
+                        row: rows.value(i) as usize,
+                    }));
+                    *kept = and_not(kept, &violations)?;
+                }
+            }
+        }
         for rule in &self.expectations {
             let violations = slices
                 .iter()

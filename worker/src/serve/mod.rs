@@ -12,6 +12,7 @@ pub mod memory;
 pub mod positions;
 pub mod query;
 pub mod scanned;
+pub mod table_changes;
 pub mod time_travel;
 
 #[cfg(test)]

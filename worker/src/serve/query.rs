@@ -102,6 +102,22 @@ impl SchemaProvider for LayerSchema {
     }
 
     async fn table(&self, name: &str) -> Result<Option<Arc<dyn TableProvider>>, DataFusionError> {
+        // `name@changes:F:T`: its change data feed (a resolved `table_changes`).
+        if let Some((base, from, to)) = super::table_changes::marked(name) {
+            let full = format!("{}.{base}", self.layer);
+            if let Some(caller) = self.caller.as_ref().filter(|c| !c.may_read(&full)) {
+                return Err(DataFusionError::External(Box::new(Forbidden {
+                    table: full,
+                    caller: caller.name.clone(),
+                })));
+            }
+            let table = self
+                .tables
+                .open(&full)
+                .await
+                .map_err(|e| DataFusionError::External(Box::new(e)))?;
+            return super::table_changes::provider(table, &full, from, to).map(Some);
+        }
         // `name@vN`: the table at version N (a resolved `VERSION AS OF`).
         let (name, travel) = match time_travel::pinned(name) {
             Some((base, version)) => (base, Some(version)),
@@ -132,6 +148,7 @@ impl SchemaProvider for LayerSchema {
 
     fn table_exist(&self, name: &str) -> bool {
         let name = time_travel::pinned(name).map_or(name, |(base, _)| base);
+        let name = super::table_changes::marked(name).map_or(name, |(base, _, _)| base);
         self.names.contains(&format!("{}.{name}", self.layer))
     }
 }
@@ -259,6 +276,7 @@ impl QueryEngine {
     pub async fn plan(&self, sql: &str, pinned: Option<(&str, i64)>) -> Result<DataFrame> {
         let ctx = self.session(pinned).await?;
         let sql = time_travel::rewrite(sql, &self.tables).await?;
+        let sql = super::table_changes::rewrite(&sql, &self.tables).await?;
         Ok(ctx.sql_with_options(&sql, read_only()).await?)
     }
 
@@ -346,6 +364,7 @@ impl QueryEngine {
             .session_with(None, SessionConfig::new(), Some(Arc::new(caller.clone())))
             .await?;
         let sql = time_travel::rewrite(sql, &self.tables).await?;
+        let sql = super::table_changes::rewrite(&sql, &self.tables).await?;
         Ok(ctx.sql_with_options(&sql, read_only()).await?)
     }
 }

@@ -47,7 +47,7 @@ struct Clause {
 }
 
 /// Byte offset of a 1-based line/column (columns count characters).
-fn offset(sql: &str, at: Location) -> usize {
+pub(super) fn byte_offset(sql: &str, at: Location) -> usize {
     let mut line = 1;
     let mut column = 1;
     for (index, ch) in sql.char_indices() {
@@ -123,7 +123,7 @@ fn clauses(sql: &str) -> Result<Vec<Clause>, DataFusionError> {
             continue;
         };
         found.push(Clause {
-            range: offset(sql, name.span.start)..offset(sql, value.span.end),
+            range: byte_offset(sql, name.span.start)..byte_offset(sql, value.span.end),
             layer: layer_name,
             name: name_word.value.to_ascii_lowercase(),
             as_of,

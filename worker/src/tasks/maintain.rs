@@ -31,7 +31,7 @@
 use std::time::Duration;
 
 use deltalake::DeltaTable;
-use smelter_common::spec::{Layer, MaintenanceSpec, PipelineSpec, TableSpec, table_layer};
+use smelter_common::spec::{Layer, MaintenanceSpec, PipelineSpec, table_layer};
 use smelter_lake::compact::{CompactOptions, Compaction, compact};
 use smelter_lake::delete::{SqlPredicate, delete};
 use smelter_lake::describe::{Description, describe};
@@ -144,7 +144,7 @@ fn maintained(pipeline: &PipelineSpec) -> Vec<Maintained> {
         let layer = table_layer(name);
         let mut names = vec![name.clone()];
         if layer == Some(Layer::Silver) {
-            names.push(TableSpec::quarantine_name(name));
+            names.extend(spec.side_tables(name));
         }
         // Files rewrites took out go after `retention.vacuum_after` where given.
         let mut maintenance = spec.maintenance.clone();
@@ -158,7 +158,7 @@ fn maintained(pipeline: &PipelineSpec) -> Vec<Maintained> {
                 .retention
                 .data
                 .zip(layer.and_then(|l| spec.retention.data_column(l)))
-                .filter(|_| !name.ends_with("_quarantine"))
+                .filter(|_| !name.ends_with("_quarantine") && !name.ends_with("_tombstones"))
                 .map(|(window, column)| (window, column.to_string()));
             out.push(Maintained {
                 name,
@@ -183,9 +183,9 @@ const DESCRIBE_AGAIN: Duration = Duration::from_secs(2);
 /// description.
 fn descriptions(env: &TaskEnv) -> Vec<(String, Description)> {
     let mut names: Vec<String> = Vec::new();
-    for name in env.pipeline.tables.keys() {
+    for (name, spec) in &env.pipeline.tables {
         if table_layer(name) == Some(Layer::Silver) {
-            names.push(TableSpec::quarantine_name(name));
+            names.extend(spec.side_tables(name));
         }
         names.push(name.clone());
     }

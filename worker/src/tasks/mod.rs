@@ -10,6 +10,7 @@ pub mod aggregate;
 pub mod drained;
 pub mod ingest;
 pub mod maintain;
+pub mod merge;
 pub mod refine;
 pub mod schemas;
 pub mod validate;
@@ -61,9 +62,13 @@ impl TaskEnv {
                 tags: spec.tags.clone(),
                 description: spec.description.clone(),
                 columns: spec.column_descriptions.clone(),
-                keys: spec.keys.clone(),
+                keys: match &spec.merge {
+                    Some(merge) => merge.keys.clone(),
+                    None => spec.keys.clone(),
+                },
                 sql: spec.sql.clone(),
                 history: spec.retention.history,
+                change_data_feed: spec.change_data_feed,
             };
         }
         let silver = self
@@ -79,7 +84,21 @@ impl TaskEnv {
                 history: spec.retention.history,
                 ..Description::default()
             },
-            None => Description::default(),
+            None => match self
+                .pipeline
+                .tables
+                .iter()
+                .find(|(name, _)| TableSpec::tombstones_name(name) == table)
+            {
+                Some((name, spec)) => Description {
+                    owner: spec.owner.clone(),
+                    tags: spec.tags.clone(),
+                    description: Some(TableSpec::tombstones_description(name)),
+                    history: spec.retention.history,
+                    ..Description::default()
+                },
+                None => Description::default(),
+            },
         }
     }
 

@@ -10,6 +10,7 @@ use tokio_util::sync::CancellationToken;
 use super::{Progress, TaskEnv};
 use crate::Result;
 use crate::refine::{self, KeyCache, Refiner, SilverAt};
+use crate::tasks::merge::{MergePass, Merger};
 use crate::tasks::schemas;
 use smelter_lake::{AppId, CommitOutcome, TxnUpdate, WriteMode, changes, log};
 use tracing::Instrument as _;
@@ -37,6 +38,21 @@ impl RefineTask {
         let mut quarantine = env
             .open_or_create(&quarantine_name, &schemas::quarantine(), &[])
             .await?;
+        // A merged table: the pass's rows are changes applied by key.
+        let mut merger = match &spec.merge {
+            Some(merge) => Some(
+                Merger::open(
+                    &env,
+                    &self.table,
+                    &spec,
+                    merge,
+                    &mut silver,
+                    refiner.silver_schema(),
+                )
+                .await?,
+            ),
+            None => None,
+        };
         let app_id = AppId::upstream(&self.table, &spec.from);
         let quarantine_app_id = AppId::upstream(&quarantine_name, &spec.from);
         let mut consumed = log::txn_version(&silver, &app_id).await?;
@@ -86,7 +102,9 @@ impl RefineTask {
             progress.set_state(TaskState::Running);
             // If the quarantine is ahead of silver (we died between the two commits), replay
             // exactly its range: same input, same output, and its commit is skipped.
-            let to = match quarantined_to {
+            // (So are the tombstones of a merged table.)
+            let ahead = quarantined_to.max(merger.as_ref().and_then(|m| m.tombstoned_to));
+            let to = match ahead {
                 Some(q) if q > done => q,
                 _ => latest.min(done + env.config.refine_max_versions as i64),
             };
@@ -152,6 +170,9 @@ impl RefineTask {
                         (consumed, quarantined_to) = self
                             .reload(&env, &spec.from, &mut silver, &mut quarantine)
                             .await?;
+                        if let Some(merger) = merger.as_mut() {
+                            merger.reload(&env, &mut silver).await?;
+                        }
                         undone = None;
                         continue;
                     }
@@ -162,17 +183,33 @@ impl RefineTask {
                 smelter_lake::commit::QUALITY_KEY.to_string(),
                 quality,
             )]);
-            let write = smelter_lake::commit::Write {
-                batches: refined.silver,
-                mode: WriteMode::Append,
-                partition_by: &spec.partition_by,
-                txns,
-                metadata: &metadata,
+            let committed = match merger.as_mut() {
+                Some(merger) => {
+                    let pass = MergePass {
+                        rows: refined.silver,
+                        txn: txns[0].clone(),
+                        metadata: &metadata,
+                    };
+                    let (outcome, counts) = merger
+                        .commit(&env, &mut silver, pass)
+                        .instrument(span.clone())
+                        .await?;
+                    tracing::debug!(table = %self.table, ?counts, "merged");
+                    outcome
+                }
+                None => {
+                    let write = smelter_lake::commit::Write {
+                        batches: refined.silver,
+                        mode: WriteMode::Append,
+                        partition_by: &spec.partition_by,
+                        txns,
+                        metadata: &metadata,
+                    };
+                    smelter_lake::commit_write(&mut silver, &self.table, write, &env.commits)
+                        .instrument(span.clone())
+                        .await?
+                }
             };
-            let committed =
-                smelter_lake::commit_write(&mut silver, &self.table, write, &env.commits)
-                    .instrument(span.clone())
-                    .await?;
             match committed {
                 CommitOutcome::Committed { version } => {
                     keys.committed(version, new_keys, window);
@@ -199,6 +236,9 @@ impl RefineTask {
                     (consumed, quarantined_to) = self
                         .reload(&env, &spec.from, &mut silver, &mut quarantine)
                         .await?;
+                    if let Some(merger) = merger.as_mut() {
+                        merger.reload(&env, &mut silver).await?;
+                    }
                     undone = None;
                     tracing::info!(table = %self.table, ?consumed, "range already refined; resuming after the table's txn version");
                 }

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use arrow::array::{Array, ArrayRef, RecordBatch};
 use arrow::compute::cast;
 use arrow::datatypes::{DataType, Field, Fields, Schema, SchemaRef, TimeUnit};
-use smelter_common::spec::{FieldType, Primitive, TableSpec};
+use smelter_common::spec::{FieldType, PayloadFormat, Primitive, TableSpec};
 
 use crate::Result;
 
@@ -91,6 +91,17 @@ pub fn silver(table: &TableSpec) -> SchemaRef {
         );
     }
     fields.push(Field::new("_rescued_data", DataType::Utf8, true));
+    if table
+        .parse
+        .as_ref()
+        .is_some_and(|p| p.format == PayloadFormat::Debezium)
+    {
+        // The change event's operation, time, log position and source block (see `refine::envelope`).
+        fields.push(Field::new("_op", DataType::Utf8, true));
+        fields.push(Field::new("_ts_ms", DataType::Int64, true));
+        fields.push(Field::new("_lsn", DataType::Int64, true));
+        fields.push(Field::new("_source", DataType::Utf8, true));
+    }
     fields.push(Field::new("_topic", DataType::Utf8, false));
     fields.push(Field::new("_partition", DataType::Int32, false));
     fields.push(Field::new("_offset", DataType::Int64, false));
