@@ -5,7 +5,8 @@
 //! SIGKILLed mid-stream. Then:
 //!
 //! * silver holds exactly the oracle's final row per key (late and repeated changes never
-//!   won, deleted keys never came back);
+//!   won, deleted keys never came back), and its SCD type 2 twin exactly the oracle's
+//!   history of every key (late changes landed in the middle of it);
 //! * gold equals the same aggregate over the oracle's final state;
 //! * the change data feed, read by delta-rs's own reader and replayed commit by commit,
 //!   rebuilds exactly the table — inserts, update pre/post-images and deletes agree;
@@ -45,6 +46,12 @@ tables:
       schema: {{ id: long, email: string, tier: string, updated_at: timestamp }}
     merge: {{ keys: [id], sequence_by: _lsn }}
     change_data_feed: true
+  silver.users_history:
+    from: bronze.users_cdc
+    parse:
+      format: debezium
+      schema: {{ id: long, email: string, tier: string, updated_at: timestamp }}
+    merge: {{ keys: [id], sequence_by: _lsn, scd: 2 }}
   gold.users_by_tier:
     from: silver.users
     sql: SELECT tier, count(*) AS users FROM silver.users GROUP BY tier
@@ -204,6 +211,56 @@ async fn debezium_changes_merge_exactly_through_a_killed_worker() {
         processes::table_version(&tables, "silver.users").await
     );
 
+    // The history table: exactly the oracle's versions of every key.
+    let batches = sql(
+        &tables,
+        "SELECT id, __start_at, __end_at, __current, tier FROM silver.users_history",
+    )
+    .await
+    .unwrap();
+    let mut versions = BTreeMap::new();
+    for batch in &batches {
+        let ids = batch.column(0).as_primitive::<Int64Type>();
+        let starts = batch.column(1).as_primitive::<Int64Type>();
+        let ends = batch.column(2).as_primitive::<Int64Type>();
+        let current = batch.column(3).as_boolean();
+        let tiers = optional_strings(batch.column(4));
+        for (i, tier) in tiers.into_iter().enumerate() {
+            let end = ends.is_valid(i).then(|| ends.value(i));
+            assert_eq!(
+                current.value(i),
+                end.is_none(),
+                "__current of key {}",
+                ids.value(i)
+            );
+            let previous = versions.insert(
+                (ids.value(i), starts.value(i)),
+                (end, tier.unwrap_or_default()),
+            );
+            assert!(
+                previous.is_none(),
+                "a version of key {} twice",
+                ids.value(i)
+            );
+        }
+    }
+    let history = stream.history();
+    let wrong: Vec<_> = history
+        .iter()
+        .filter(|(at, version)| versions.get(at) != Some(version))
+        .take(5)
+        .map(|(at, version)| (at, version, versions.get(at)))
+        .collect();
+    assert!(
+        wrong.is_empty(),
+        "the history differs from the oracle's: {wrong:?}"
+    );
+    assert_eq!(
+        versions.len(),
+        history.len(),
+        "the history holds versions the oracle has not"
+    );
+
     // Gold: the aggregate over the oracle's final state.
     let mut by_tier: BTreeMap<String, i64> = BTreeMap::new();
     for change in expected.values() {
@@ -274,6 +331,8 @@ async fn debezium_changes_merge_exactly_through_a_killed_worker() {
         "silver.users",
         "silver.users_quarantine",
         "silver.users_tombstones",
+        "silver.users_history",
+        "silver.users_history_tombstones",
         "gold.users_by_tier",
     ] {
         verified(&tables, table).await.unwrap();

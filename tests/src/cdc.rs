@@ -213,6 +213,25 @@ impl ChangeStream {
             .count()
     }
 
+    /// The oracle of SCD type 2: every version of every key — (key, start lsn) → (end lsn,
+    /// tier) — each change but a delete starting one, ending at the key's next change.
+    pub fn history(&self) -> BTreeMap<(i64, i64), (Option<i64>, String)> {
+        let mut by_key: BTreeMap<i64, Vec<&Change>> = BTreeMap::new();
+        for change in &self.changes {
+            by_key.entry(change.id).or_default().push(change);
+        }
+        let mut out = BTreeMap::new();
+        for (id, changes) in by_key {
+            for (i, change) in changes.iter().enumerate() {
+                if change.op != 'd' {
+                    let end = changes.get(i + 1).map(|next| next.lsn);
+                    out.insert((id, change.lsn), (end, change.tier.clone()));
+                }
+            }
+        }
+        out
+    }
+
     /// Keys whose last change is a delete.
     pub fn deleted_keys(&self) -> usize {
         let mut last: BTreeMap<i64, char> = BTreeMap::new();

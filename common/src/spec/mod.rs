@@ -138,7 +138,8 @@ pub struct MergeSpec {
     /// `_op = 'd'` unless said otherwise).
     #[serde(default)]
     pub delete_when: Option<String>,
-    /// Slowly changing dimension type: 1 keeps the current row per key.
+    /// Slowly changing dimension type: 1 keeps the current row per key, 2 every version
+    /// (`__start_at`, `__end_at`, `__current`).
     #[serde(default = "MergeSpec::default_scd")]
     pub scd: u8,
 }

@@ -20,6 +20,10 @@ pub const SILVER_METADATA_COLUMNS: [&str; 5] = [
     "_ingested_at",
 ];
 
+/// Columns a merged table of SCD type 2 adds after the others: when each version of a
+/// key started and ended (by its `sequence_by` value), and whether it is current.
+pub const HISTORY_COLUMNS: [&str; 3] = ["__start_at", "__end_at", "__current"];
+
 /// Columns of every bronze table.
 pub const BRONZE_COLUMNS: [&str; 11] = [
     "source",
@@ -518,6 +522,9 @@ pub fn silver_columns(table: &TableSpec) -> Vec<(String, Option<FieldType>)> {
             out.extend(DEBEZIUM_COLUMNS.iter().map(|n| (n.to_string(), None)));
         }
     }
+    if table.merge.as_ref().is_some_and(|m| m.scd == 2) {
+        out.extend(HISTORY_COLUMNS.iter().map(|n| (n.to_string(), None)));
+    }
     out
 }
 
@@ -674,11 +681,12 @@ fn validate_merge(
             format!("`{column}` is nested; keys are scalar columns"),
         ));
     }
-    if merge.scd != 1 {
+    if !matches!(merge.scd, 1 | 2) {
         return Err(c.fail(
             &["tables", name, "merge", "scd"],
             format!(
-                "SCD type {} is not supported; `scd: 1` keeps the current row per key",
+                "SCD type {} is not supported: `scd: 1` keeps the current row per key, \
+                 `scd: 2` every version",
                 merge.scd
             ),
         ));

@@ -39,6 +39,8 @@ pub struct Merger {
     /// The bronze version the tombstones table has consumed.
     pub tombstoned_to: Option<i64>,
     change_data_feed: bool,
+    /// Keep every version of a key (SCD type 2) rather than the current one.
+    history: bool,
 }
 
 /// One pass's merge, as the caller commits it.
@@ -98,6 +100,7 @@ impl Merger {
             tombstones_app_id,
             tombstoned_to: None,
             change_data_feed,
+            history: merge.scd == 2,
         };
         merger.reload(env, silver).await?;
         Ok(merger)
@@ -169,15 +172,27 @@ impl Merger {
             self.index
                 .sync(silver, &self.table, &live, &env.commits.recent)
                 .await?;
-            let plan = smelter_lake::merge::plan(
-                silver,
-                &self.table,
-                &self.index,
-                &changes,
-                &deletes,
-                &env.commits.recent,
-            )
-            .await?;
+            let plan = if self.history {
+                smelter_lake::merge::history::plan(
+                    silver,
+                    &self.table,
+                    &self.index,
+                    &changes,
+                    &deletes,
+                    &env.commits.recent,
+                )
+                .await?
+            } else {
+                smelter_lake::merge::plan(
+                    silver,
+                    &self.table,
+                    &self.index,
+                    &changes,
+                    &deletes,
+                    &env.commits.recent,
+                )
+                .await?
+            };
             if plan.tombstones.num_rows() > 0 && self.tombstoned_to.is_none_or(|t| t < to) {
                 let txns = vec![TxnUpdate::new(
                     &self.tombstones_app_id,

@@ -32,8 +32,16 @@ impl RefineTask {
         let spec = env.table_spec(&self.table)?;
         let refiner = Refiner::new(&self.table, &spec, &env.pipeline.pipeline)?;
         let quarantine_name = TableSpec::quarantine_name(&self.table);
+        // A history (SCD 2) table adds the validity of each version to the rows.
+        let table_schema = match &spec.merge {
+            Some(merge) if merge.scd == 2 => smelter_lake::merge::history::with_history_columns(
+                refiner.silver_schema(),
+                &merge.sequence_by,
+            )?,
+            _ => refiner.silver_schema().clone(),
+        };
         let mut silver = env
-            .open_or_create(&self.table, refiner.silver_schema(), &spec.partition_by)
+            .open_or_create(&self.table, &table_schema, &spec.partition_by)
             .await?;
         let mut quarantine = env
             .open_or_create(&quarantine_name, &schemas::quarantine(), &[])
@@ -41,15 +49,7 @@ impl RefineTask {
         // A merged table: the pass's rows are changes applied by key.
         let mut merger = match &spec.merge {
             Some(merge) => Some(
-                Merger::open(
-                    &env,
-                    &self.table,
-                    &spec,
-                    merge,
-                    &mut silver,
-                    refiner.silver_schema(),
-                )
-                .await?,
+                Merger::open(&env, &self.table, &spec, merge, &mut silver, &table_schema).await?,
             ),
             None => None,
         };

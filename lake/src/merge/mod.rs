@@ -17,6 +17,8 @@
 //! * replaying a pass after a crash gives the same table: a delete applies whenever the
 //!   stored row is older, whether or not its tombstone was committed before the crash.
 //!
+//! Type 2 keeps every version of each key instead ([`history`]).
+//!
 //! [`KeyIndex`] is what the writer knows of the table between passes — each key's sequence
 //! value and file — kept in step with the table's live files ([`KeyIndex::sync`]), so a
 //! pass reads only the files it rewrites.
@@ -35,6 +37,8 @@ use crate::change_data::{self, ChangeType};
 use crate::changes::{self, DataFile};
 use crate::recent_files::RecentFiles;
 use crate::{LakeError, Result};
+
+pub mod history;
 
 /// Bronze position columns a tombstone keeps, when the changes have them.
 const POSITION_COLUMNS: [&str; 3] = ["_topic", "_partition", "_offset"];
@@ -80,6 +84,8 @@ pub struct KeyIndex {
     rows: HashMap<Box<[u8]>, Stored>,
     files: HashMap<Arc<str>, Vec<Box<[u8]>>>,
     tombstones: HashMap<Box<[u8]>, Box<[u8]>>,
+    /// Every delete of each key (its sequence values), for the history of SCD type 2.
+    deletes: HashMap<Box<[u8]>, Vec<Box<[u8]>>>,
 }
 
 impl KeyIndex {
@@ -106,6 +112,7 @@ impl KeyIndex {
             rows: HashMap::new(),
             files: HashMap::new(),
             tombstones: HashMap::new(),
+            deletes: HashMap::new(),
         })
     }
 
@@ -213,6 +220,10 @@ impl KeyIndex {
         for i in 0..batch.num_rows() {
             let key: Box<[u8]> = keys.row(i).data().into();
             let sequence: Box<[u8]> = sequences.row(i).data().into();
+            let all = self.deletes.entry(key.clone()).or_default();
+            if !all.contains(&sequence) {
+                all.push(sequence.clone());
+            }
             match self.tombstones.get(&key) {
                 Some(known) if **known >= *sequence => {}
                 _ => {
