@@ -71,7 +71,8 @@ pub enum Command {
 /// `smelter up`.
 #[derive(Debug, clap::Args)]
 pub struct UpArgs {
-    /// Run the built-in clickstream demo (examples/clickstream.yaml).
+    /// Run the built-in demo (examples/shop.yaml: the clickstream, the users table's change
+    /// stream, and gold joining them).
     #[arg(long, conflicts_with = "pipeline")]
     pub demo: bool,
     /// Pipeline file to run.

@@ -122,7 +122,7 @@ fn entry(pipeline: &str, name: &str, spec: &TableSpec, operation: &str) -> Table
         name: name.to_string(),
         layer: layer_of(name).map_or("", Layer::as_str).to_string(),
         pipeline: pipeline.to_string(),
-        from: vec![spec.from.clone()],
+        from: spec.upstreams().cloned().collect(),
         operation: operation.to_string(),
         owner: spec.owner.clone(),
         tags: spec.tags.clone(),

@@ -7,7 +7,8 @@
 //! * silver holds exactly the oracle's final row per key (late and repeated changes never
 //!   won, deleted keys never came back), and its SCD type 2 twin exactly the oracle's
 //!   history of every key (late changes landed in the middle of it);
-//! * gold equals the same aggregate over the oracle's final state;
+//! * gold equals the same aggregate over the oracle's final state, and a gold table joining
+//!   the current rows with the history (`joins:`) the same join over the oracle's;
 //! * the change data feed, read by delta-rs's own reader and replayed commit by commit,
 //!   rebuilds exactly the table — inserts, update pre/post-images and deletes agree;
 //! * bad envelopes (no `op`, a NULL key, a log position of the wrong type) are each
@@ -55,6 +56,13 @@ tables:
   gold.users_by_tier:
     from: silver.users
     sql: SELECT tier, count(*) AS users FROM silver.users GROUP BY tier
+  gold.versions_by_tier:
+    from: silver.users
+    joins: [silver.users_history]
+    sql: |
+      SELECT u.tier, count(*) AS versions
+      FROM silver.users u JOIN silver.users_history h ON u.id = h.id
+      GROUP BY u.tier
 "#
     )
 }
@@ -282,6 +290,29 @@ async fn debezium_changes_merge_exactly_through_a_killed_worker() {
         "gold differs from the aggregate of the oracle"
     );
 
+    // The join of both: each current user's versions, by its current tier.
+    let mut versions_by_tier: BTreeMap<String, i64> = BTreeMap::new();
+    for (id, _) in history.keys() {
+        if let Some(current) = expected.get(id) {
+            *versions_by_tier.entry(current.tier.clone()).or_default() += 1;
+        }
+    }
+    let batches = sql(&tables, "SELECT tier, versions FROM gold.versions_by_tier")
+        .await
+        .unwrap();
+    let mut joined = BTreeMap::new();
+    for batch in &batches {
+        let tiers = optional_strings(batch.column(0));
+        let counts = batch.column(1).as_primitive::<Int64Type>();
+        for (tier, count) in tiers.into_iter().zip(counts.values()) {
+            joined.insert(tier.unwrap_or_default(), *count);
+        }
+    }
+    assert_eq!(
+        joined, versions_by_tier,
+        "the joining gold table differs from the oracle"
+    );
+
     // The change data feed, read by delta-rs and replayed, rebuilds the table.
     let replayed = replay_change_feed(&tables).await;
     let table_now: BTreeMap<i64, String> = found
@@ -334,6 +365,7 @@ async fn debezium_changes_merge_exactly_through_a_killed_worker() {
         "silver.users_history",
         "silver.users_history_tombstones",
         "gold.users_by_tier",
+        "gold.versions_by_tier",
     ] {
         verified(&tables, table).await.unwrap();
     }

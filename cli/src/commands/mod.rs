@@ -19,8 +19,12 @@ use smelter_common::spec::PipelineSpec;
 
 use crate::Result;
 
-/// The demo pipeline, embedded so `smelter up --demo` works from any directory.
+/// The clickstream pipeline: the benchmarks' and tests' workload.
 pub const DEMO_PIPELINE: &str = include_str!("../../../examples/clickstream.yaml");
+
+/// The demo `smelter up --demo` runs (the clickstream, the users table's change stream
+/// merged into silver, and gold joining them), embedded so it works from any directory.
+pub const SHOP_DEMO: &str = include_str!("../../../examples/shop.yaml");
 
 /// Parses and fully validates a pipeline (schema, expectations, gold SQL).
 pub async fn load_pipeline(text: &str, origin: &str) -> Result<PipelineSpec> {

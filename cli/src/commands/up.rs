@@ -6,7 +6,7 @@ use std::time::Duration;
 use smelter_common::config::SmelterConfig;
 use tokio_util::sync::CancellationToken;
 
-use super::{DEMO_PIPELINE, load_pipeline, read_file};
+use super::{SHOP_DEMO, load_pipeline, read_file};
 use crate::cli::UpArgs;
 use crate::local::LocalCluster;
 use crate::progress::ProgressView;
@@ -21,10 +21,7 @@ pub async fn run(
 ) -> Result<()> {
     let (text, origin) = match (&args.pipeline, args.demo) {
         (Some(path), _) => (read_file(path)?, path.display().to_string()),
-        (None, _) => (
-            DEMO_PIPELINE.to_string(),
-            "examples/clickstream.yaml".to_string(),
-        ),
+        (None, _) => (SHOP_DEMO.to_string(), "examples/shop.yaml".to_string()),
     };
     // Reject a bad spec before anything starts.
     let spec = load_pipeline(&text, &origin).await?;

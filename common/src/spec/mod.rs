@@ -17,7 +17,9 @@ use indexmap::IndexMap;
 use serde::{Deserialize, Serialize};
 
 pub use schema::{FieldType, Primitive, SchemaSpec};
-pub use source::{FilesSpec, GeneratorSpec, KafkaSpec, RESERVED_KAFKA_PROPERTIES, SourceSpec};
+pub use source::{
+    FilesSpec, GeneratorKind, GeneratorSpec, KafkaSpec, RESERVED_KAFKA_PROPERTIES, SourceSpec,
+};
 
 use crate::{Error, Result};
 
@@ -91,6 +93,11 @@ pub struct TableSpec {
     /// Gold: the SQL that defines the table, over `layer.table` names.
     #[serde(default)]
     pub sql: Option<String>,
+    /// Gold: the tables the SQL reads besides `from` (the dimensions it joins). A refresh
+    /// follows every one of them, reads each at one version, and records a txn for each
+    /// upstream that moved.
+    #[serde(default)]
+    pub joins: Vec<String>,
     /// Gold: the columns that identify a row.
     #[serde(default)]
     pub keys: Vec<String>,
@@ -341,6 +348,11 @@ impl TableSpec {
     /// Name of the quarantine table of a silver table.
     pub fn quarantine_name(table: &str) -> String {
         format!("{table}_quarantine")
+    }
+
+    /// The tables (or source) a table reads: its `from`, then its `joins`.
+    pub fn upstreams(&self) -> impl Iterator<Item = &String> {
+        std::iter::once(&self.from).chain(&self.joins)
     }
 
     /// Name of the table where a merged silver table keeps the tombstones of its deleted

@@ -104,6 +104,22 @@ pub struct GeneratorSpec {
     pub step_ms: u64,
     /// Topic name recorded in bronze; defaults to the source name.
     pub topic: Option<String>,
+    /// What the generator produces.
+    pub kind: GeneratorKind,
+}
+
+/// What a generator produces.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum GeneratorKind {
+    /// A web shop's clickstream events (JSON).
+    #[default]
+    Clickstream,
+    /// Debezium change events of the shop's `users` table (key `user_id`, ordered by
+    /// `source.lsn`): a snapshot read of every user, then updates, deletes and creates;
+    /// `late_rate` of them carry an older log position (delivered late, up to 6,000
+    /// positions), `duplicate_rate` repeat an earlier event, `invalid_rate` are truncated.
+    UsersCdc,
 }
 
 impl Default for GeneratorSpec {
@@ -120,6 +136,7 @@ impl Default for GeneratorSpec {
             start: "2026-11-01T00:00:00Z".into(),
             step_ms: 200,
             topic: None,
+            kind: GeneratorKind::Clickstream,
         }
     }
 }

@@ -365,3 +365,37 @@ fn merges_parse_and_bad_ones_name_their_field() {
     assert!(field.ends_with("change_data_feed"), "{field}");
     assert!(message.contains("does not apply to gold"), "{message}");
 }
+
+#[test]
+fn joins_name_declared_tables_the_sql_reads() {
+    let shop = include_str!("../../../examples/shop.yaml");
+    let spec = PipelineSpec::parse(shop, "shop.yaml").unwrap();
+    let gold = &spec.tables["gold.revenue_by_tier"];
+    let upstreams: Vec<&String> = gold.upstreams().collect();
+    assert_eq!(upstreams, ["silver.events", "silver.users"]);
+    let joins = "    joins: [silver.users]\n";
+    for (from, to, needle) in [
+        (
+            joins,
+            "    joins: [silver.nope]\n",
+            "unknown table `silver.nope`",
+        ),
+        (joins, "    joins: [bronze.users_cdc]\n", "is bronze"),
+        (joins, "    joins: [silver.events]\n", "`from` or itself"),
+        (
+            joins,
+            "    joins: [silver.users_history]\n",
+            "does not read `silver.users_history`",
+        ),
+        (joins, "", "neither its `from` nor in its `joins`"),
+    ] {
+        let text = shop.replace(from, to);
+        assert_ne!(text, shop);
+        let (field, _, message) = spec_error(&text);
+        assert!(
+            field.starts_with("tables.gold.revenue_by_tier."),
+            "{to}: {field}"
+        );
+        assert!(message.contains(needle), "{to}: {message}");
+    }
+}

@@ -460,6 +460,7 @@ fn forbid(
         ("sql", table.sql.is_some()),
         ("keys", !table.keys.is_empty()),
         ("merge", table.merge.is_some()),
+        ("joins", !table.joins.is_empty()),
         ("change_data_feed", table.change_data_feed),
     ];
     for (field, is_set) in present {
@@ -708,7 +709,7 @@ fn validate_merge(
 }
 
 fn validate_gold(c: &Checker, spec: &PipelineSpec, name: &str, table: &TableSpec) -> Result<()> {
-    forbid(c, name, Layer::Gold, table, &["sql", "keys"])?;
+    forbid(c, name, Layer::Gold, table, &["sql", "keys", "joins"])?;
     match spec.tables.get(&table.from) {
         None => {
             return Err(c.fail(
@@ -740,7 +741,53 @@ fn validate_gold(c: &Checker, spec: &PipelineSpec, name: &str, table: &TableSpec
         }
         Some(_) => {}
     }
+    let sql = table.sql.as_deref().unwrap_or_default();
+    for (i, joined) in table.joins.iter().enumerate() {
+        let index = i.to_string();
+        let path = ["tables", name, "joins", index.as_str()];
+        match spec.tables.get(joined) {
+            None => return Err(c.fail(&path, format!("unknown table `{joined}`"))),
+            Some(_) if joined == &table.from || joined == name => {
+                return Err(c.fail(&path, format!("`{joined}` is the table's `from` or itself")));
+            }
+            Some(_) if table_layer(joined) == Some(Layer::Bronze) => {
+                return Err(c.fail(
+                    &path,
+                    format!("gold tables read silver or gold tables; `{joined}` is bronze"),
+                ));
+            }
+            Some(_) if !reads(sql, joined) => {
+                return Err(c.fail(&path, format!("the SQL does not read `{joined}`")));
+            }
+            Some(_) => {}
+        }
+    }
+    // Every declared table the SQL reads is followed: a refresh reads each at the version
+    // its txn records.
+    for other in spec.tables.keys() {
+        if other != &table.from
+            && other != name
+            && !table.joins.contains(other)
+            && reads(sql, other)
+        {
+            return Err(c.fail(
+                &["tables", name, "sql"],
+                format!("the SQL reads `{other}`, which is neither its `from` nor in its `joins`"),
+            ));
+        }
+    }
     Ok(())
+}
+
+/// Whether `sql` names `table` (`layer.name`, not as the prefix of a longer name).
+fn reads(sql: &str, table: &str) -> bool {
+    let lower = sql.to_ascii_lowercase();
+    lower.match_indices(table).any(|(at, _)| {
+        let before = lower[..at].chars().next_back();
+        let after = lower[at + table.len()..].chars().next();
+        let word = |c: Option<char>| c.is_some_and(|c| c.is_ascii_alphanumeric() || c == '_');
+        !word(before) && !word(after)
+    })
 }
 
 fn list(columns: &[(String, Option<FieldType>)]) -> String {

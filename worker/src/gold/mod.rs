@@ -263,6 +263,8 @@ pub struct Refresher {
     max_distinct_values: usize,
     recent: RecentFiles,
     last: RefreshKind,
+    /// The other tables the query joins, each at the version this refresh reads.
+    joined: Vec<(String, i64)>,
 }
 
 impl Refresher {
@@ -276,7 +278,19 @@ impl Refresher {
             max_distinct_values: MAX_DISTINCT_VALUES,
             recent: RecentFiles::default(),
             last: RefreshKind::None,
+            joined: Vec::new(),
         }
+    }
+
+    /// The versions of the joined tables the next refresh reads. A query that joins other
+    /// tables is recomputed in full: its state would have to follow every one of them.
+    pub fn join_at(&mut self, joined: Vec<(String, i64)>) {
+        if !joined.is_empty() && !matches!(self.strategy, Strategy::Full) {
+            let tables: Vec<&str> = joined.iter().map(|(t, _)| t.as_str()).collect();
+            tracing::info!(upstream = %self.upstream, joins = ?tables, "gold query joins other tables; recomputed in full on every refresh");
+            self.strategy = Strategy::Full;
+        }
+        self.joined = joined;
     }
 
     /// What the last refresh did.
@@ -377,10 +391,9 @@ impl Refresher {
                 }
             }
         }
-        let frame = self
-            .engine
-            .plan(&self.sql, Some((&self.upstream, version)))
-            .await?;
+        let mut pinned = vec![(self.upstream.as_str(), version)];
+        pinned.extend(self.joined.iter().map(|(t, v)| (t.as_str(), *v)));
+        let frame = self.engine.plan_at(&self.sql, &pinned).await?;
         self.last = RefreshKind::Recomputed;
         Ok(frame.collect().await?)
     }

@@ -79,7 +79,8 @@ struct LayerSchema {
     tables: TableStore,
     /// Every table that existed when the query's session was made (`layer.name`).
     names: Arc<Vec<String>>,
-    pinned: Option<(String, i64)>,
+    /// Tables fixed at a version (`layer.name`, version).
+    pinned: Vec<(String, i64)>,
     /// The client the session plans for (`None`: the pipeline itself, which reads all).
     caller: Option<Arc<Principal>>,
 }
@@ -133,12 +134,14 @@ impl SchemaProvider for LayerSchema {
                 caller: caller.name.clone(),
             })));
         }
-        let table = match (&self.pinned, travel) {
-            (_, Some(version)) => self.tables.open_version(&full, version).await,
-            (Some((pinned, version)), None) if *pinned == full => {
-                self.tables.open_version(&full, *version).await
-            }
-            _ => self.tables.open(&full).await,
+        let pinned = self
+            .pinned
+            .iter()
+            .find(|(n, _)| *n == full)
+            .map(|(_, v)| *v);
+        let table = match travel.or(pinned) {
+            Some(version) => self.tables.open_version(&full, version).await,
+            None => self.tables.open(&full).await,
         }
         .map_err(|e| DataFusionError::External(Box::new(e)))?;
         // Local tables use DataFusion's built-in file store; remote stores register theirs
@@ -191,19 +194,20 @@ impl QueryEngine {
 
     /// A session with the three layers registered; `pinned` fixes one table at a version.
     pub async fn session(&self, pinned: Option<(&str, i64)>) -> Result<SessionContext> {
-        self.session_with(pinned, SessionConfig::new(), None).await
+        let pinned: Vec<(&str, i64)> = pinned.into_iter().collect();
+        self.session_with(&pinned, SessionConfig::new(), None).await
     }
 
     /// A session that plans every query as one partition: for the many small plans of an
     /// incremental gold refresh, where splitting the input costs more than it saves.
     pub async fn serial_session(&self) -> Result<SessionContext> {
-        self.session_with(None, SessionConfig::new().with_target_partitions(1), None)
+        self.session_with(&[], SessionConfig::new().with_target_partitions(1), None)
             .await
     }
 
     async fn session_with(
         &self,
-        pinned: Option<(&str, i64)>,
+        pinned: &[(&str, i64)],
         config: SessionConfig,
         caller: Option<Arc<Principal>>,
     ) -> Result<SessionContext> {
@@ -264,7 +268,7 @@ impl QueryEngine {
                 layer,
                 tables: self.tables.clone(),
                 names: names.clone(),
-                pinned: pinned.map(|(n, v)| (n.to_string(), v)),
+                pinned: pinned.iter().map(|(n, v)| (n.to_string(), *v)).collect(),
                 caller: caller.clone(),
             };
             catalog.register_schema(layer, Arc::new(schema))?;
@@ -274,7 +278,16 @@ impl QueryEngine {
 
     /// Plans a read-only query.
     pub async fn plan(&self, sql: &str, pinned: Option<(&str, i64)>) -> Result<DataFrame> {
-        let ctx = self.session(pinned).await?;
+        let pinned: Vec<(&str, i64)> = pinned.into_iter().collect();
+        self.plan_at(sql, &pinned).await
+    }
+
+    /// Plans a read-only query with each of `pinned`'s tables at its version (a gold query
+    /// over several upstreams reads each at the version its txn records).
+    pub async fn plan_at(&self, sql: &str, pinned: &[(&str, i64)]) -> Result<DataFrame> {
+        let ctx = self
+            .session_with(pinned, SessionConfig::new(), None)
+            .await?;
         let sql = time_travel::rewrite(sql, &self.tables).await?;
         let sql = super::table_changes::rewrite(&sql, &self.tables).await?;
         Ok(ctx.sql_with_options(&sql, read_only()).await?)
@@ -287,7 +300,7 @@ impl QueryEngine {
         caller: &Principal,
     ) -> Result<Vec<(&'static str, String, arrow::datatypes::SchemaRef)>> {
         let ctx = self
-            .session_with(None, SessionConfig::new(), Some(Arc::new(caller.clone())))
+            .session_with(&[], SessionConfig::new(), Some(Arc::new(caller.clone())))
             .await?;
         let catalog = ctx
             .catalog(CATALOG)
@@ -361,7 +374,7 @@ impl QueryEngine {
     #[tracing::instrument(name = "plan_query", skip_all, fields(caller = %caller.name, sql_bytes = sql.len()))]
     pub async fn plan_for(&self, sql: &str, caller: &Principal) -> Result<DataFrame> {
         let ctx = self
-            .session_with(None, SessionConfig::new(), Some(Arc::new(caller.clone())))
+            .session_with(&[], SessionConfig::new(), Some(Arc::new(caller.clone())))
             .await?;
         let sql = time_travel::rewrite(sql, &self.tables).await?;
         let sql = super::table_changes::rewrite(&sql, &self.tables).await?;

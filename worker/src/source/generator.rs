@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use smelter_common::spec::GeneratorSpec;
+use smelter_common::spec::{GeneratorKind, GeneratorSpec};
 use tokio::time::Instant;
 
 use super::{CommittedPositions, SourceReader, SourceRecord};
@@ -159,6 +159,14 @@ impl Clickstream {
 
     fn render(&self, partition: i32, offset: i64, kind: EventKind) -> (String, Vec<u8>, i64) {
         let r = |salt: u64| self.rand(partition, offset, salt);
+        if self.spec.kind == GeneratorKind::UsersCdc {
+            // Invalid changes are truncated JSON: a change has no "missing user" or price.
+            let kind = match kind {
+                EventKind::MissingUser | EventKind::BadPrice => EventKind::Malformed,
+                other => other,
+            };
+            return super::users_cdc::render(&self.spec, self.start_us, partition, offset, kind, r);
+        }
         let mut ts_us = self.start_us + offset * self.spec.step_ms as i64 * 1_000;
         if self.unit(partition, offset, 4) < self.spec.late_rate {
             ts_us -= (r(5) % 7_200_000_000) as i64; // up to two hours late

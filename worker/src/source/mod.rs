@@ -9,6 +9,7 @@
 mod files;
 pub mod generator;
 mod kafka;
+mod users_cdc;
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -1,5 +1,8 @@
 //! The aggregate task: keeps a gold table equal to its SQL over the silver table.
 //!
+//! A query that joins other tables (`joins:`) follows each of them too: a refresh reads
+//! every upstream at one version and records a txn for each that moved.
+//!
 //! Each refresh computes the SQL's result at one silver version ([`crate::gold`]: folded
 //! from the new silver files when the query allows it, recomputed in full otherwise) and
 //! replaces the gold table's rows in one commit carrying `txn(appId = "<gold>/<silver>",
@@ -51,6 +54,23 @@ impl AggregateTask {
         while !env.tables.exists(&spec.from).await {
             tokio::select! { _ = cancel.cancelled() => return Ok(()), _ = tokio::time::sleep(poll) => {} }
         }
+        // The tables the query joins: followed like `from`, one txn each.
+        while let Some(missing) = first_missing(&env, &spec.joins).await {
+            tracing::debug!(table = %self.table, missing, "waiting for a joined table");
+            tokio::select! { _ = cancel.cancelled() => return Ok(()), _ = tokio::time::sleep(poll) => {} }
+        }
+        let mut joined = Vec::with_capacity(spec.joins.len());
+        for name in &spec.joins {
+            let table = env.tables.open(name).await?;
+            let version = log::version(&table);
+            joined.push(Joined {
+                app_id: AppId::upstream(&self.table, name),
+                name: name.clone(),
+                table,
+                known: version,
+                consumed: None,
+            });
+        }
         let mut silver = env.tables.open(&spec.from).await?;
         let planned = engine
             .plan(&sql, Some((&spec.from, log::version(&silver).max(0))))
@@ -60,6 +80,9 @@ impl AggregateTask {
             .open_or_create(&self.table, &schema, &spec.partition_by)
             .await?;
         let mut consumed = log::txn_version(&gold, &app_id).await?;
+        for join in &mut joined {
+            join.consumed = log::txn_version(&gold, &join.app_id).await?;
+        }
         let mut refresher =
             Refresher::new(engine, &sql, &spec.from).with_recent_files(env.commits.recent.clone());
         let mut known = log::version(&silver);
@@ -80,10 +103,16 @@ impl AggregateTask {
             known = log::latest_version(&silver, &spec.from, known).await?;
             let latest = known;
             let done = consumed.unwrap_or(-1);
-            progress.update(|r| r.lag = latest - done);
+            let mut joins_behind = 0;
+            for join in &mut joined {
+                join.known = log::latest_version(&join.table, &join.name, join.known).await?;
+                joins_behind += join.behind();
+            }
+            progress.update(|r| r.lag = latest - done + joins_behind);
             let throttled = last_refresh.is_some_and(|t| t.elapsed() < interval);
-            if latest <= done || throttled {
-                progress.set_state(if latest <= done {
+            let caught_up = latest <= done && joins_behind == 0;
+            if caught_up || throttled {
+                progress.set_state(if caught_up {
                     TaskState::Idle
                 } else {
                     TaskState::Running
@@ -101,6 +130,7 @@ impl AggregateTask {
                 silver_version = latest,
                 rows = tracing::field::Empty,
             );
+            refresher.join_at(joined.iter().map(|j| (j.name.clone(), j.known)).collect());
             let batches = refresher
                 .refresh(&mut silver, latest)
                 .instrument(span.clone())
@@ -124,7 +154,15 @@ impl AggregateTask {
                     serde_json::json!({ "checks": checks }),
                 );
             }
-            let txns = vec![TxnUpdate::new(&app_id, consumed, latest)];
+            // A txn for each upstream that moved (one that did not keeps its version: a
+            // txn version is written once).
+            let mut txns = Vec::new();
+            if latest > done {
+                txns.push(TxnUpdate::new(&app_id, consumed, latest));
+            }
+            for join in joined.iter().filter(|j| j.behind() > 0) {
+                txns.push(TxnUpdate::new(&join.app_id, join.consumed, join.known));
+            }
             let write = smelter_lake::commit::Write {
                 batches,
                 mode: WriteMode::Overwrite,
@@ -148,15 +186,49 @@ impl AggregateTask {
                     interval = min_interval.max(took * BUSY_FACTOR);
                     tracing::debug!(table = %self.table, version, silver_version = latest, rows, how = ?refresher.last_refresh(), elapsed_ms = took.as_millis() as u64, next_in_ms = interval.as_millis() as u64, "gold refresh");
                     consumed = Some(latest);
+                    for join in &mut joined {
+                        join.consumed = Some(join.known);
+                    }
                 }
                 CommitOutcome::AlreadyCommitted => {
                     let heads = &env.commits.heads;
-                    consumed = heads
-                        .txns(&mut gold, &self.table, std::slice::from_ref(&app_id))
-                        .await?
-                        .1[0];
+                    let mut app_ids = vec![app_id.clone()];
+                    app_ids.extend(joined.iter().map(|j| j.app_id.clone()));
+                    let (_, at) = heads.txns(&mut gold, &self.table, &app_ids).await?;
+                    consumed = at[0];
+                    for (join, at) in joined.iter_mut().zip(&at[1..]) {
+                        join.consumed = *at;
+                    }
                 }
             }
         }
     }
+}
+
+/// A table the gold query joins, followed like its `from`.
+struct Joined {
+    name: String,
+    app_id: AppId,
+    table: deltalake::DeltaTable,
+    /// Its latest version known.
+    known: i64,
+    /// The version the gold table's txn records for it.
+    consumed: Option<i64>,
+}
+
+impl Joined {
+    /// Versions the gold table has not read yet.
+    fn behind(&self) -> i64 {
+        (self.known - self.consumed.unwrap_or(-1)).max(0)
+    }
+}
+
+/// The first of `tables` that does not exist yet.
+async fn first_missing(env: &TaskEnv, tables: &[String]) -> Option<String> {
+    for name in tables {
+        if !env.tables.exists(name).await {
+            return Some(name.clone());
+        }
+    }
+    None
 }

@@ -134,17 +134,19 @@ impl DrainWatch {
             }
         }
         for (name, table) in downstream(&self.spec) {
-            let Some(target) = self.loaded.get_mut(name) else {
-                return Ok(false);
-            };
-            let app_id = AppId::upstream(name, &table.from);
-            let (_, at) = self.heads.txns(target, name, &[app_id]).await?;
-            let Some(upstream) = self.loaded.get_mut(&table.from) else {
-                return Ok(false);
-            };
-            let upstream = self.heads.head(upstream, &table.from).await?.version();
-            if at[0] != Some(upstream).filter(|v| *v >= 0) {
-                return Ok(false);
+            for from in table.upstreams() {
+                let Some(target) = self.loaded.get_mut(name) else {
+                    return Ok(false);
+                };
+                let app_id = AppId::upstream(name, from);
+                let (_, at) = self.heads.txns(target, name, &[app_id]).await?;
+                let Some(upstream) = self.loaded.get_mut(from) else {
+                    return Ok(false);
+                };
+                let upstream = self.heads.head(upstream, from).await?.version();
+                if at[0] != Some(upstream).filter(|v| *v >= 0) {
+                    return Ok(false);
+                }
             }
         }
         Ok(true)
@@ -175,14 +177,16 @@ async fn consumed_latest(
 /// True when every silver and gold table has consumed the latest version of its upstream.
 pub async fn downstream_caught_up(tables: &TableStore, spec: &PipelineSpec) -> Result<bool> {
     for (name, table) in downstream(spec) {
-        if !tables.exists(name).await || !tables.exists(&table.from).await {
-            return Ok(false);
-        }
-        // The target first: see `DrainWatch::evaluate` for why the order matters.
-        let target = tables.open(name).await?;
-        let upstream = tables.open(&table.from).await?;
-        if !consumed_latest(&target, name, &table.from, &upstream).await? {
-            return Ok(false);
+        for from in table.upstreams() {
+            if !tables.exists(name).await || !tables.exists(from).await {
+                return Ok(false);
+            }
+            // The target first: see `DrainWatch::evaluate` for why the order matters.
+            let target = tables.open(name).await?;
+            let upstream = tables.open(from).await?;
+            if !consumed_latest(&target, name, from, &upstream).await? {
+                return Ok(false);
+            }
         }
     }
     Ok(true)
