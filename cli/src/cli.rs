@@ -332,6 +332,16 @@ pub struct BenchArgs {
     /// and without checkpoints, compaction and vacuum per GB).
     #[arg(long, default_value_t = 1_000, value_parser = clap::value_parser!(u64).range(2..=100_000))]
     pub table_commits: u64,
+    /// Changes merged for the CDC figures (SCD 1 and 2 against appends and a bare delta-rs
+    /// MERGE of the same batches); 0 skips them.
+    #[arg(long, default_value_t = 1_000_000)]
+    pub cdc_changes: u64,
+    /// Distinct keys of those changes.
+    #[arg(long, default_value_t = 100_000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub cdc_keys: u64,
+    /// Changes per merge commit.
+    #[arg(long, default_value_t = 20_000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub cdc_batch: u64,
     /// Where runs keep their tables (removed after each run); defaults to the temp dir.
     #[arg(long)]
     pub work_dir: Option<PathBuf>,

@@ -92,6 +92,12 @@ fn bench_runs_in_process_with_every_figure() {
         "2",
         "--table-commits",
         "120",
+        "--cdc-changes",
+        "30000",
+        "--cdc-keys",
+        "3000",
+        "--cdc-batch",
+        "3000",
     ]);
     check_run(&report["in_process"], 20_000, &["smelter up"]);
     // Both runs are listed, and the figures are those of the one with the least CPU.
@@ -123,6 +129,27 @@ fn bench_runs_in_process_with_every_figure() {
     ] {
         let share = rest[field].as_f64().unwrap();
         assert!(share > 0.0 && share.is_finite(), "{field}: {rest}");
+    }
+    // Change data capture: every way of writing the batches, checked by the bench itself.
+    let cdc = &report["cdc"];
+    assert_eq!(cdc["changes"], 30_000, "{cdc}");
+    for run in ["scd1", "scd2", "append", "bare_delta_rs_merge"] {
+        assert_eq!(cdc[run]["commits"], 10, "{run}: {cdc}");
+        assert!(
+            cdc[run]["changes_per_cpu_second"].as_f64().unwrap() > 0.0,
+            "{run}: {cdc}"
+        );
+        assert!(cdc[run]["rows"].as_u64().unwrap() > 0, "{run}: {cdc}");
+    }
+    assert_eq!(cdc["append"]["rows"], 30_000, "{cdc}");
+    assert!(cdc["scd1"]["rows"].as_u64().unwrap() <= 3_000, "{cdc}");
+    for ratio in [
+        "scd1_to_bare_merge",
+        "scd2_to_bare_merge",
+        "merge_commit_to_append_commit",
+    ] {
+        let value = cdc[ratio].as_f64().unwrap();
+        assert!(value > 0.0 && value.is_finite(), "{ratio}: {cdc}");
     }
     // Table operations: 120 commits, so a checkpoint (every 100) was written and deleted.
     let ops = &report["table_ops"];

@@ -17,7 +17,10 @@
 //! * [`rest`]: the REST API's latency and CPU at the end of the in-process run.
 //! * [`table_ops`]: snapshot open time with and without checkpoints, and the CPU of
 //!   compaction and vacuum per GB.
+//! * [`cdc`]: merging a change stream (SCD 1 and 2) against appends and a bare delta-rs
+//!   `MERGE` of the same batches.
 
+pub mod cdc;
 pub mod check;
 pub mod cluster;
 pub mod in_process;
@@ -238,6 +241,8 @@ pub struct BenchReport {
     pub cluster: Option<EndToEnd>,
     /// Snapshot open times, compaction and vacuum costs (in-process runs).
     pub table_ops: Option<table_ops::TableOps>,
+    /// Merging a change stream (in-process runs, `--cdc-changes` above 0).
+    pub cdc: Option<cdc::CdcBench>,
 }
 
 /// Waits until `done` says so, checking every 250 ms, for at most `timeout`; how long it

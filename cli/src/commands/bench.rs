@@ -71,6 +71,21 @@ pub async fn run(config: SmelterConfig, args: BenchArgs) -> Result<()> {
         ));
         report.table_ops =
             Some(crate::bench::table_ops::measure(&options.work_dir, args.table_commits).await?);
+        if args.cdc_changes > 0 {
+            say(&format!(
+                "change data capture: {} changes over {} keys, {} per merge",
+                args.cdc_changes, args.cdc_keys, args.cdc_batch
+            ));
+            report.cdc = Some(
+                crate::bench::cdc::measure(
+                    &options.work_dir,
+                    args.cdc_changes,
+                    args.cdc_keys,
+                    args.cdc_batch,
+                )
+                .await?,
+            );
+        }
     }
     let mut kafka = None;
     if let (Some(brokers), Some(etcd)) = (&args.brokers, &args.etcd) {
@@ -301,6 +316,21 @@ fn summary(report: &BenchReport) -> String {
             ops.open_ms_without_checkpoints,
             ops.compaction.cpu_seconds_per_gb,
             ops.vacuum.cpu_seconds_per_gb
+        );
+    }
+    if let Some(cdc) = &report.cdc {
+        let _ = writeln!(
+            out,
+            "change data capture, {} changes over {} keys: SCD 1 {:.0} changes/CPU-s ({:.2}x a bare delta-rs MERGE at {:.0}), SCD 2 {:.0} ({:.2}x); a merge commit {:.1} CPU-ms, an append {:.1}",
+            cdc.changes,
+            cdc.keys,
+            cdc.scd1.changes_per_cpu_second,
+            cdc.scd1_to_bare_merge,
+            cdc.bare_delta_rs_merge.changes_per_cpu_second,
+            cdc.scd2.changes_per_cpu_second,
+            cdc.scd2_to_bare_merge,
+            cdc.scd1.cpu_ms_per_commit,
+            cdc.append.cpu_ms_per_commit
         );
     }
     if let Some(run) = &report.cluster {

@@ -19,9 +19,8 @@ use smelter_lake::changes::DataFile;
 use smelter_lake::commit::{Rewrite, RewriteOutcome};
 use smelter_lake::delete::{RowSelector, SqlPredicate};
 use smelter_lake::merge::{KeyIndex, MergeColumns, MergeCounts};
-use smelter_lake::{AppId, CommitOutcome, TxnUpdate, WriteMode, log};
+use smelter_lake::{AppId, CommitEnv, CommitOutcome, TxnUpdate, WriteMode, log};
 
-use super::TaskEnv;
 use crate::Result;
 
 /// How often a merge is planned again when a file it rewrites went away meanwhile (a
@@ -54,25 +53,25 @@ pub struct MergePass<'a> {
 }
 
 impl Merger {
-    /// Opens the tombstones and reads what silver and the tombstones hold per key.
-    pub async fn open(
-        env: &TaskEnv,
-        table: &str,
-        spec: &TableSpec,
+    /// The schema of the tombstones of a table of `silver_schema` merged by `merge`.
+    pub fn tombstone_schema(
         merge: &MergeSpec,
+        silver_schema: &arrow::datatypes::SchemaRef,
+    ) -> Result<arrow::datatypes::SchemaRef> {
+        Ok(KeyIndex::new(silver_schema, columns(merge))?.tombstone_schema(silver_schema)?)
+    }
+
+    /// Reads what silver and its `tombstones` table (opened by the caller, with
+    /// [`Self::tombstone_schema`]) hold per key.
+    pub async fn open(
+        commits: &CommitEnv,
+        tombstones: DeltaTable,
+        (table, spec, merge): (&str, &TableSpec, &MergeSpec),
         silver: &mut DeltaTable,
         silver_schema: &arrow::datatypes::SchemaRef,
     ) -> Result<Self> {
-        let columns = MergeColumns {
-            keys: merge.keys.clone(),
-            sequence: merge.sequence_by.clone(),
-        };
-        let index = KeyIndex::new(silver_schema, columns)?;
+        let index = KeyIndex::new(silver_schema, columns(merge))?;
         let tombstones_name = TableSpec::tombstones_name(table);
-        let tombstone_schema = index.tombstone_schema(silver_schema)?;
-        let tombstones = env
-            .open_or_create(&tombstones_name, &tombstone_schema, &[])
-            .await?;
         let format = spec
             .parse
             .as_ref()
@@ -102,13 +101,13 @@ impl Merger {
             change_data_feed,
             history: merge.scd == 2,
         };
-        merger.reload(env, silver).await?;
+        merger.reload(commits, silver).await?;
         Ok(merger)
     }
 
     /// Reads everything again from the tables (after a commit showed this task behind).
-    pub async fn reload(&mut self, env: &TaskEnv, silver: &mut DeltaTable) -> Result<()> {
-        let heads = &env.commits.heads;
+    pub async fn reload(&mut self, commits: &CommitEnv, silver: &mut DeltaTable) -> Result<()> {
+        let heads = &commits.heads;
         let (head, at) = heads
             .txns(
                 &mut self.tombstones,
@@ -127,7 +126,7 @@ impl Merger {
                 &self.tombstones_name,
                 &file,
                 None,
-                &env.commits.recent,
+                &commits.recent,
             )
             .await?
             {
@@ -135,9 +134,9 @@ impl Merger {
             }
         }
         self.index = fresh;
-        let live = live_files(env, silver, &self.table).await?;
+        let live = live_files(commits, silver, &self.table).await?;
         self.index
-            .sync(silver, &self.table, &live, &env.commits.recent)
+            .sync(silver, &self.table, &live, &commits.recent)
             .await?;
         tracing::info!(table = %self.table, keys = self.index.len(), tombstones = self.index.tombstones(), "merge index loaded");
         Ok(())
@@ -151,7 +150,7 @@ impl Merger {
     /// merge did comes back with the outcome (zero counts when it was already in).
     pub async fn commit(
         &mut self,
-        env: &TaskEnv,
+        commits: &CommitEnv,
         silver: &mut DeltaTable,
         pass: MergePass<'_>,
     ) -> Result<(CommitOutcome, MergeCounts)> {
@@ -168,9 +167,9 @@ impl Merger {
         };
         let to = pass.txn.version;
         for _ in 0..PLANS {
-            let live = live_files(env, silver, &self.table).await?;
+            let live = live_files(commits, silver, &self.table).await?;
             self.index
-                .sync(silver, &self.table, &live, &env.commits.recent)
+                .sync(silver, &self.table, &live, &commits.recent)
                 .await?;
             let plan = if self.history {
                 smelter_lake::merge::history::plan(
@@ -179,7 +178,7 @@ impl Merger {
                     &self.index,
                     &changes,
                     &deletes,
-                    &env.commits.recent,
+                    &commits.recent,
                 )
                 .await?
             } else {
@@ -189,7 +188,7 @@ impl Merger {
                     &self.index,
                     &changes,
                     &deletes,
-                    &env.commits.recent,
+                    &commits.recent,
                 )
                 .await?
             };
@@ -206,7 +205,7 @@ impl Merger {
                     WriteMode::Append,
                     &[],
                     txns,
-                    &env.commits,
+                    commits,
                 )
                 .await?
                 {
@@ -250,7 +249,7 @@ impl Merger {
                 metadata,
                 table_metadata: None,
             };
-            match smelter_lake::commit::rewrite(silver, &self.table, rewrite, &env.commits).await? {
+            match smelter_lake::commit::rewrite(silver, &self.table, rewrite, commits).await? {
                 RewriteOutcome::Committed { version, .. } => {
                     return Ok((CommitOutcome::Committed { version }, plan.counts));
                 }
@@ -270,11 +269,22 @@ impl Merger {
     }
 }
 
+fn columns(merge: &MergeSpec) -> MergeColumns {
+    MergeColumns {
+        keys: merge.keys.clone(),
+        sequence: merge.sequence_by.clone(),
+    }
+}
+
 /// The `commitInfo` key under which a merge records what it did ([`MergeCounts`]).
 pub const MERGE_KEY: &str = "smelter.merge";
 
-async fn live_files(env: &TaskEnv, table: &mut DeltaTable, name: &str) -> Result<Vec<DataFile>> {
-    let head = env.commits.heads.head(table, name).await?;
+async fn live_files(
+    commits: &CommitEnv,
+    table: &mut DeltaTable,
+    name: &str,
+) -> Result<Vec<DataFile>> {
+    let head = commits.heads.head(table, name).await?;
     Ok(head.files().map(data_file).collect())
 }
 

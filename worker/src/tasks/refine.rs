@@ -48,9 +48,26 @@ impl RefineTask {
             .await?;
         // A merged table: the pass's rows are changes applied by key.
         let mut merger = match &spec.merge {
-            Some(merge) => Some(
-                Merger::open(&env, &self.table, &spec, merge, &mut silver, &table_schema).await?,
-            ),
+            Some(merge) => {
+                let tombstones = env
+                    .open_or_create(
+                        &TableSpec::tombstones_name(&self.table),
+                        &Merger::tombstone_schema(merge, &table_schema)?,
+                        &[],
+                    )
+                    .await?;
+                let merging = (self.table.as_str(), &spec, merge);
+                Some(
+                    Merger::open(
+                        &env.commits,
+                        tombstones,
+                        merging,
+                        &mut silver,
+                        &table_schema,
+                    )
+                    .await?,
+                )
+            }
             None => None,
         };
         let app_id = AppId::upstream(&self.table, &spec.from);
@@ -171,7 +188,7 @@ impl RefineTask {
                             .reload(&env, &spec.from, &mut silver, &mut quarantine)
                             .await?;
                         if let Some(merger) = merger.as_mut() {
-                            merger.reload(&env, &mut silver).await?;
+                            merger.reload(&env.commits, &mut silver).await?;
                         }
                         undone = None;
                         continue;
@@ -191,7 +208,7 @@ impl RefineTask {
                         metadata: &metadata,
                     };
                     let (outcome, counts) = merger
-                        .commit(&env, &mut silver, pass)
+                        .commit(&env.commits, &mut silver, pass)
                         .instrument(span.clone())
                         .await?;
                     tracing::debug!(table = %self.table, ?counts, "merged");
@@ -237,7 +254,7 @@ impl RefineTask {
                         .reload(&env, &spec.from, &mut silver, &mut quarantine)
                         .await?;
                     if let Some(merger) = merger.as_mut() {
-                        merger.reload(&env, &mut silver).await?;
+                        merger.reload(&env.commits, &mut silver).await?;
                     }
                     undone = None;
                     tracing::info!(table = %self.table, ?consumed, "range already refined; resuming after the table's txn version");
