@@ -15,7 +15,9 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use arrow::array::{Array, ArrayRef, BooleanArray, RecordBatch, UInt32Array, new_null_array};
+use arrow::array::{
+    Array, ArrayRef, AsArray, BooleanArray, RecordBatch, UInt32Array, new_null_array,
+};
 use arrow::compute::{filter_record_batch, interleave_record_batch, take_record_batch};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use deltalake::DeltaTable;
@@ -92,13 +94,42 @@ pub async fn plan(
         };
         touched.entry(key).or_default().push((sequence, source));
     }
-    // The stored versions of the touched keys: every file holding one is rewritten.
-    let removes: Vec<Arc<str>> = index
-        .files
-        .iter()
-        .filter(|(_, held)| held.iter().any(|k| touched.contains_key(k)))
-        .map(|(file, _)| file.clone())
-        .collect();
+    // Where each touched key's history can change: from its version that holds the
+    // pass's earliest change on (None: from its first). Only the files holding those
+    // versions are rewritten — for changes in order, the file of the current version.
+    let mut anchors: HashMap<Box<[u8]>, Option<Box<[u8]>>> = HashMap::with_capacity(touched.len());
+    let mut files: std::collections::BTreeSet<Arc<str>> = std::collections::BTreeSet::new();
+    for (key, events) in &touched {
+        let earliest = events.iter().map(|(s, _)| s).min();
+        let versions = index.versions.as_ref().and_then(|v| v.get(key));
+        let anchor = match (versions, earliest) {
+            (Some(versions), Some(earliest)) => versions
+                .iter()
+                .map(|(start, _)| start)
+                .filter(|start| *start <= earliest)
+                .max()
+                .cloned(),
+            _ => None,
+        };
+        match versions {
+            Some(versions) => files.extend(
+                versions
+                    .iter()
+                    .filter(|(start, _)| anchor.as_ref().is_none_or(|a| start >= a))
+                    .map(|(_, file)| file.clone()),
+            ),
+            // No version index: every file holding the key.
+            None => files.extend(
+                index
+                    .files
+                    .iter()
+                    .filter(|(_, held)| held.iter().any(|k| k == key))
+                    .map(|(file, _)| file.clone()),
+            ),
+        }
+        anchors.insert(key.clone(), anchor);
+    }
+    let removes: Vec<Arc<str>> = files.into_iter().collect();
     let mut stored = Vec::new();
     let mut kept = Vec::new();
     // Per touched key: its stored versions' end values (None: current), by (batch, row).
@@ -122,17 +153,18 @@ pub async fn plan(
             let mut keep = Vec::with_capacity(batch.num_rows());
             for r in 0..batch.num_rows() {
                 let key = stored_keys.row(r).data();
-                match touched.get_mut(key) {
-                    Some(events) => {
-                        events.push((stored_sequences.row(r).data().into(), Source::Stored(b, r)));
-                        let end = end_column
-                            .is_valid(r)
-                            .then(|| end_values.row(r).data().into());
-                        ends.insert((b, r), end);
-                        keep.push(false);
-                    }
-                    None => keep.push(true),
+                let start = stored_sequences.row(r).data();
+                let affected = anchors
+                    .get(key)
+                    .is_some_and(|anchor| anchor.as_deref().is_none_or(|a| start >= a));
+                if let (true, Some(events)) = (affected, touched.get_mut(key)) {
+                    events.push((start.into(), Source::Stored(b, r)));
+                    let end = end_column
+                        .is_valid(r)
+                        .then(|| end_values.row(r).data().into());
+                    ends.insert((b, r), end);
                 }
+                keep.push(!affected);
             }
             kept.push(filter_record_batch(&batch, &BooleanArray::from(keep))?);
             stored.push(batch);
@@ -146,8 +178,11 @@ pub async fn plan(
     let mut inserts: Vec<usize> = Vec::new();
     let changes_at = stored.len();
     for (key, mut events) in touched {
+        let anchor = anchors.get(&key).cloned().flatten();
         for sequence in index.deletes.get(&key).into_iter().flatten() {
-            events.push((sequence.clone(), Source::Delete));
+            if anchor.as_ref().is_none_or(|a| sequence >= a) {
+                events.push((sequence.clone(), Source::Delete));
+            }
         }
         events.sort();
         let before = events.len();
@@ -212,11 +247,37 @@ pub async fn plan(
         take_record_batch(changes, &UInt32Array::from(tombstone_rows))?.project(&indices)?;
     Ok(MergePlan {
         removes: removes.iter().map(|f| f.to_string()).collect(),
-        rows,
+        groups: current_and_closed(&rows)?,
         changes: change_rows,
         tombstones,
         counts,
     })
+}
+
+/// `rows` in two groups, current versions and closed ones, written to files of their own:
+/// closed versions change only when a late change lands inside them, so their files are
+/// seldom rewritten again, while the current versions' files are on each pass that
+/// changes one of their keys.
+fn current_and_closed(rows: &[RecordBatch]) -> Result<Vec<Vec<RecordBatch>>> {
+    let (mut current, mut closed) = (Vec::new(), Vec::new());
+    for batch in rows.iter().filter(|b| b.num_rows() > 0) {
+        let flags = batch
+            .column_by_name(CURRENT)
+            .ok_or_else(|| LakeError::generic("merge", format!("`{CURRENT}` missing")))?
+            .as_boolean();
+        // NULL (a row written before the flag existed) counts as current.
+        let is_current = BooleanArray::from_iter(
+            (0..flags.len()).map(|i| Some(flags.is_null(i) || flags.value(i))),
+        );
+        let now = filter_record_batch(batch, &is_current)?;
+        let then = filter_record_batch(batch, &arrow::compute::not(&is_current)?)?;
+        current.extend((now.num_rows() > 0).then_some(now));
+        closed.extend((then.num_rows() > 0).then_some(then));
+    }
+    Ok([current, closed]
+        .into_iter()
+        .filter(|group| !group.is_empty())
+        .collect())
 }
 
 /// `batch` (versions) with its history columns set: `__start_at` its sequence value,

@@ -86,6 +86,8 @@ pub struct KeyIndex {
     tombstones: HashMap<Box<[u8]>, Box<[u8]>>,
     /// Every delete of each key (its sequence values), for the history of SCD type 2.
     deletes: HashMap<Box<[u8]>, Vec<Box<[u8]>>>,
+    /// History tables (SCD type 2): each key's versions, by start value, and their files.
+    versions: Option<HashMap<Box<[u8]>, Vec<(Box<[u8]>, Arc<str>)>>>,
 }
 
 impl KeyIndex {
@@ -113,7 +115,15 @@ impl KeyIndex {
             files: HashMap::new(),
             tombstones: HashMap::new(),
             deletes: HashMap::new(),
+            versions: None,
         })
+    }
+
+    /// The same keeping each key's versions and their files (a history table: a pass
+    /// rewrites only the files holding the versions its changes affect).
+    pub fn with_versions(mut self) -> Self {
+        self.versions = Some(HashMap::new());
+        self
     }
 
     /// The columns it goes by.
@@ -176,6 +186,9 @@ impl KeyIndex {
                 if self.rows.get(&key).is_some_and(|s| s.file == file) {
                     self.rows.remove(&key);
                 }
+                if let Some(versions) = self.versions.as_mut().and_then(|v| v.get_mut(&key)) {
+                    versions.retain(|(_, f)| *f != file);
+                }
             }
         }
         let wanted: HashSet<String> = self
@@ -196,6 +209,12 @@ impl KeyIndex {
                 for i in 0..batch.num_rows() {
                     let key: Box<[u8]> = keys.row(i).data().into();
                     let sequence: Box<[u8]> = sequences.row(i).data().into();
+                    if let Some(versions) = self.versions.as_mut() {
+                        versions
+                            .entry(key.clone())
+                            .or_default()
+                            .push((sequence.clone(), path.clone()));
+                    }
                     let newer = self.rows.get(&key).is_none_or(|s| *s.sequence <= *sequence);
                     if newer {
                         self.rows.insert(
@@ -272,8 +291,9 @@ pub struct MergeCounts {
 pub struct MergePlan {
     /// Files rewritten (each holds a changed key).
     pub removes: Vec<String>,
-    /// Their rows that stay, and the new and updated rows.
-    pub rows: Vec<RecordBatch>,
+    /// Their rows that stay, and the new and updated rows, in groups each written to
+    /// files of its own (a history table keeps closed versions apart from current ones).
+    pub groups: Vec<Vec<RecordBatch>>,
     /// The change data feed's rows, tagged with `_change_type`.
     pub changes: Vec<RecordBatch>,
     /// The deletes applied (see [`KeyIndex::tombstone_schema`]).
@@ -423,7 +443,7 @@ pub async fn plan(
     rows.retain(|b| b.num_rows() > 0);
     Ok(MergePlan {
         removes,
-        rows,
+        groups: if rows.is_empty() { Vec::new() } else { vec![rows] },
         changes: change_rows,
         tombstones,
         counts,

@@ -70,7 +70,10 @@ impl Merger {
         silver: &mut DeltaTable,
         silver_schema: &arrow::datatypes::SchemaRef,
     ) -> Result<Self> {
-        let index = KeyIndex::new(silver_schema, columns(merge))?;
+        let mut index = KeyIndex::new(silver_schema, columns(merge))?;
+        if merge.scd == 2 {
+            index = index.with_versions();
+        }
         let tombstones_name = TableSpec::tombstones_name(table);
         let format = spec
             .parse
@@ -119,6 +122,9 @@ impl Merger {
         let silver_schema = log::arrow_schema(silver, &self.table)?;
         let schema = self.index.tombstone_schema(&silver_schema)?;
         let mut fresh = KeyIndex::new(&silver_schema, self.columns())?;
+        if self.history {
+            fresh = fresh.with_versions();
+        }
         for file in head.files() {
             let file = data_file(file);
             for batch in smelter_lake::changes::read(
@@ -230,11 +236,7 @@ impl Merger {
             );
             let rewrite = Rewrite {
                 removes: plan.removes,
-                groups: if plan.rows.is_empty() {
-                    Vec::new()
-                } else {
-                    vec![plan.rows]
-                },
+                groups: plan.groups,
                 readds: Vec::new(),
                 changes: changes_file.into_iter().collect(),
                 operation: DeltaOperation::Merge {
