@@ -101,7 +101,10 @@ pub async fn plan(
     let mut files: std::collections::BTreeSet<Arc<str>> = std::collections::BTreeSet::new();
     for (key, events) in &touched {
         let earliest = events.iter().map(|(s, _)| s).min();
-        let versions = index.versions.as_ref().and_then(|v| v.get(key));
+        let versions = index
+            .versions
+            .as_ref()
+            .map(|v| v.get(key).map(Vec::as_slice).unwrap_or_default());
         let anchor = match (versions, earliest) {
             (Some(versions), Some(earliest)) => versions
                 .iter()
