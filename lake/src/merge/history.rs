@@ -257,10 +257,10 @@ pub async fn plan(
     })
 }
 
-/// `rows` in two groups, current versions and closed ones, written to files of their own:
-/// closed versions change only when a late change lands inside them, so their files are
-/// seldom rewritten again, while the current versions' files are on each pass that
-/// changes one of their keys.
+/// `rows` in groups written to files of their own: the current versions, then the closed
+/// ones in groups of at most [`CLOSED_FILE_ROWS`]. Closed versions change only when a late
+/// change lands inside them, so their files are seldom rewritten, while the current
+/// versions' files are on each pass that changes one of their keys.
 fn current_and_closed(rows: &[RecordBatch]) -> Result<Vec<Vec<RecordBatch>>> {
     let (mut current, mut closed) = (Vec::new(), Vec::new());
     for batch in rows.iter().filter(|b| b.num_rows() > 0) {
@@ -277,11 +277,27 @@ fn current_and_closed(rows: &[RecordBatch]) -> Result<Vec<Vec<RecordBatch>>> {
         current.extend((now.num_rows() > 0).then_some(now));
         closed.extend((then.num_rows() > 0).then_some(then));
     }
-    Ok([current, closed]
-        .into_iter()
-        .filter(|group| !group.is_empty())
-        .collect())
+    // Closed versions in files of a bounded size: a file a late change rewrites is written
+    // again at about its size, not merged with every other closed version into one file
+    // that each later pass would rewrite whole.
+    let mut groups = vec![current];
+    let mut rows = 0;
+    for batch in closed {
+        if groups.len() == 1 || rows + batch.num_rows() > CLOSED_FILE_ROWS {
+            groups.push(Vec::new());
+            rows = 0;
+        }
+        rows += batch.num_rows();
+        if let Some(group) = groups.last_mut() {
+            group.push(batch);
+        }
+    }
+    groups.retain(|group| !group.is_empty());
+    Ok(groups)
 }
+
+/// Most rows of closed versions written to one file.
+const CLOSED_FILE_ROWS: usize = 50_000;
 
 /// `batch` (versions) with its history columns set: `__start_at` its sequence value,
 /// `__end_at` from `ends` (row-encoded sequence values; None: NULL), `__current` where
