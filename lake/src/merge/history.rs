@@ -106,12 +106,7 @@ pub async fn plan(
             .as_ref()
             .map(|v| v.get(key).map(Vec::as_slice).unwrap_or_default());
         let anchor = match (versions, earliest) {
-            (Some(versions), Some(earliest)) => versions
-                .iter()
-                .map(|(start, _)| start)
-                .filter(|start| *start <= earliest)
-                .max()
-                .cloned(),
+            (Some(versions), Some(earliest)) => bound(versions, index.deletes.get(key), earliest),
             _ => None,
         };
         match versions {
@@ -257,8 +252,31 @@ pub async fn plan(
     })
 }
 
+/// Where a key's history can change when its earliest new change is `earliest`: from the
+/// start of the stored version that holds it — unless that version ended (at the next
+/// version or a delete) before it, when only what starts at `earliest` or later can. `None`:
+/// from the key's first version (the change is older than all of them).
+fn bound(
+    versions: &[super::Version],
+    deletes: Option<&Vec<Box<[u8]>>>,
+    earliest: &[u8],
+) -> Option<Box<[u8]>> {
+    let start = versions
+        .iter()
+        .map(|(start, _)| start)
+        .filter(|start| &***start <= earliest)
+        .max()?;
+    let next_start = versions.iter().map(|(s, _)| s).filter(|s| *s > start).min();
+    let next_delete = deletes.into_iter().flatten().filter(|d| *d > start).min();
+    let end = next_start.into_iter().chain(next_delete).min();
+    match end {
+        Some(end) if &**end <= earliest => Some(earliest.into()),
+        _ => Some(start.clone()),
+    }
+}
+
 /// `rows` in groups written to files of their own: the current versions, then the closed
-/// ones in groups of at most [`CLOSED_FILE_ROWS`]. Closed versions change only when a late
+/// ones by the order they closed, in groups of at most [`CLOSED_FILE_ROWS`]. Closed versions change only when a late
 /// change lands inside them, so their files are seldom rewritten, while the current
 /// versions' files are on each pass that changes one of their keys.
 fn current_and_closed(rows: &[RecordBatch]) -> Result<Vec<Vec<RecordBatch>>> {
@@ -277,19 +295,25 @@ fn current_and_closed(rows: &[RecordBatch]) -> Result<Vec<Vec<RecordBatch>>> {
         current.extend((now.num_rows() > 0).then_some(now));
         closed.extend((then.num_rows() > 0).then_some(then));
     }
-    // Closed versions in files of a bounded size: a file a late change rewrites is written
-    // again at about its size, not merged with every other closed version into one file
-    // that each later pass would rewrite whole.
+    // Closed versions in the order they closed, in files of a bounded size: a late change
+    // affects only versions that closed after it, which are in the last files; the files
+    // of versions closed long ago are not rewritten again.
     let mut groups = vec![current];
-    let mut rows = 0;
-    for batch in closed {
-        if groups.len() == 1 || rows + batch.num_rows() > CLOSED_FILE_ROWS {
-            groups.push(Vec::new());
-            rows = 0;
-        }
-        rows += batch.num_rows();
-        if let Some(group) = groups.last_mut() {
-            group.push(batch);
+    if let Some(first) = closed.first() {
+        let closed = arrow::compute::concat_batches(&first.schema(), &closed)?;
+        let order = arrow::compute::sort_to_indices(
+            closed
+                .column_by_name(END_AT)
+                .ok_or_else(|| LakeError::generic("merge", format!("`{END_AT}` missing")))?,
+            None,
+            None,
+        )?;
+        let closed = take_record_batch(&closed, &order)?;
+        let mut offset = 0;
+        while offset < closed.num_rows() {
+            let length = CLOSED_FILE_ROWS.min(closed.num_rows() - offset);
+            groups.push(vec![closed.slice(offset, length)]);
+            offset += length;
         }
     }
     groups.retain(|group| !group.is_empty());

@@ -75,6 +75,9 @@ struct Stored {
     file: Arc<str>,
 }
 
+/// A version of a key in a history table: its start value (row-encoded) and its file.
+type Version = (Box<[u8]>, Arc<str>);
+
 /// What the writer knows of a merged table: each key's sequence value and file, the keys
 /// of each live file, and the tombstones of deleted keys.
 pub struct KeyIndex {
@@ -87,7 +90,7 @@ pub struct KeyIndex {
     /// Every delete of each key (its sequence values), for the history of SCD type 2.
     deletes: HashMap<Box<[u8]>, Vec<Box<[u8]>>>,
     /// History tables (SCD type 2): each key's versions, by start value, and their files.
-    versions: Option<HashMap<Box<[u8]>, Vec<(Box<[u8]>, Arc<str>)>>>,
+    versions: Option<HashMap<Box<[u8]>, Vec<Version>>>,
 }
 
 impl KeyIndex {
@@ -443,7 +446,11 @@ pub async fn plan(
     rows.retain(|b| b.num_rows() > 0);
     Ok(MergePlan {
         removes,
-        groups: if rows.is_empty() { Vec::new() } else { vec![rows] },
+        groups: if rows.is_empty() {
+            Vec::new()
+        } else {
+            vec![rows]
+        },
         changes: change_rows,
         tombstones,
         counts,
