@@ -175,6 +175,12 @@ pub async fn delete(
         let mut deletion = Deletion::default();
         let mut removes = Vec::new();
         let mut groups = Vec::new();
+        // A table with the change data feed records the deleted rows themselves (without
+        // them, readers would see each rewritten file's rows deleted and inserted again).
+        let change_data_feed =
+            crate::log::table_property(table, crate::describe::CHANGE_DATA_FEED_PROPERTY)
+                .is_some_and(|v| v.eq_ignore_ascii_case("true"));
+        let mut deleted_rows = Vec::new();
         for file in head.files() {
             if file.has_deletion_vector() {
                 return Err(LakeError::Unsupported {
@@ -214,6 +220,12 @@ pub async fn delete(
                         &mut deletion.positions,
                     )?;
                 }
+                if change_data_feed {
+                    deleted_rows.push(crate::change_data::tagged(
+                        &filter_record_batch(&batch, &chosen)?,
+                        crate::change_data::ChangeType::Delete,
+                    )?);
+                }
                 let rest = filter_record_batch(&batch, &not(&chosen)?)?;
                 if rest.num_rows() > 0 {
                     kept.push(rest);
@@ -239,6 +251,7 @@ pub async fn delete(
                 position_runs(&deletion.positions),
             );
         }
+        let changes = crate::change_data::write(table, name, &deleted_rows).await?;
         let outcome = rewrite(
             table,
             name,
@@ -246,7 +259,7 @@ pub async fn delete(
                 removes,
                 groups,
                 readds: Vec::new(),
-                changes: Vec::new(),
+                changes: changes.into_iter().collect(),
                 operation: DeltaOperation::Delete {
                     predicate: Some(selector.describe()),
                 },

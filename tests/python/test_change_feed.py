@@ -3,7 +3,8 @@ Python `deltalake` package's `load_cdf`): Debezium change events land in a files
 three rounds (each a `smelter up --exit-when-done` run), with updates, a delete, a late
 update older than the stored row and a late change of a deleted key. Every round's commit
 must record exactly the inserts, update pre/post-images and deletes the round made, and the
-SCD type 2 twin must hold each key's versions."""
+SCD type 2 twin must hold each key's versions. A `smelter delete` on the table records the
+deleted row, and only it."""
 
 import json
 import subprocess
@@ -92,6 +93,18 @@ def test_the_change_feed_of_merges_reads_in_deltalake(tmp_path: Path):
         assert sorted(by_version[version]) == sorted(EXPECTED_FEED[round_number]), round_number
     current = sorted((r["id"], r["tier"]) for r in table.to_pyarrow_table().to_pylist())
     assert current == [(1, "pro"), (3, "enterprise"), (4, "plus")]
+    # A user-driven delete on the table records the deleted row in the feed, nothing else.
+    deleted = subprocess.run(
+        smelter("delete", "silver.users", "--where", "id = 4", "--data-dir", str(data),
+                "--output", "json"),
+        check=True, timeout=120, capture_output=True, text=True)
+    report = json.loads(deleted.stdout)
+    assert report, deleted.stdout
+    table = DeltaTable(silver)
+    latest = table.version()
+    feed = pa.table(table.load_cdf(starting_version=latest).read_all()).to_pylist()
+    assert [(r["_change_type"], r["id"], r["tier"]) for r in feed] == [("delete", 4, "plus")]
+    assert sorted(r["id"] for r in table.to_pyarrow_table().to_pylist()) == [1, 3]
     history = sorted(
         (r["id"], r["__start_at"], r["__end_at"], r["tier"])
         for r in DeltaTable(str(data / "tables" / "silver" / "users_history")).to_pyarrow_table().to_pylist()
