@@ -59,15 +59,11 @@ EXPECTED_FEED = {
 }
 
 
-def test_the_change_feed_of_merges_reads_in_deltalake(tmp_path: Path):
-    source = tmp_path / "in"
-    source.mkdir()
-    pipeline = tmp_path / "pipeline.yaml"
-    pipeline.write_text(PIPELINE.format(input=source))
-    data = tmp_path / "data"
-    silver = str(data / "tables" / "silver" / "users")
-    versions = []
-    for i, events in enumerate(ROUNDS):
+def run_rounds(pipeline: Path, data: Path, source: Path, rounds: list[list[str]],
+               after_each=lambda: None) -> None:
+    """Each round's events as one file placed atomically in `source`, then `smelter up
+    --exit-when-done` over the pipeline; `after_each` runs after every round."""
+    for i, events in enumerate(rounds):
         staged = source / f".round{i}.ndjson"
         staged.write_text("\n".join(events) + "\n")
         staged.rename(source / f"round{i}.ndjson")
@@ -77,7 +73,19 @@ def test_the_change_feed_of_merges_reads_in_deltalake(tmp_path: Path):
                     "--exit-when-done"),
             check=True, timeout=300,
         )
-        versions.append(DeltaTable(silver).version())
+        after_each()
+
+
+def test_the_change_feed_of_merges_reads_in_deltalake(tmp_path: Path):
+    source = tmp_path / "in"
+    source.mkdir()
+    pipeline = tmp_path / "pipeline.yaml"
+    pipeline.write_text(PIPELINE.format(input=source))
+    data = tmp_path / "data"
+    silver = str(data / "tables" / "silver" / "users")
+    versions = []
+    run_rounds(pipeline, data, source, ROUNDS,
+               after_each=lambda: versions.append(DeltaTable(silver).version()))
 
     table = DeltaTable(silver)
     assert table.protocol().min_writer_version == 4

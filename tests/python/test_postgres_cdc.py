@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 from deltalake import DeltaTable
 
+from test_change_feed import run_rounds
 from test_clients import free_port, smelter
 
 PG_BIN = Path("/usr/lib/postgresql/15/bin")
@@ -158,16 +159,7 @@ def test_changes_from_postgres_logical_decoding_merge_to_the_table(postgres, tmp
     pipeline = tmp_path / "pipeline.yaml"
     pipeline.write_text(PIPELINE.format(input=source))
     data = tmp_path / "data"
-    for i, batch in enumerate(rounds):
-        staged = source / f".changes{i}.ndjson"
-        staged.write_text("\n".join(batch) + "\n")
-        staged.rename(source / f"changes{i}.ndjson")
-        subprocess.run(
-            smelter("up", "--pipeline", str(pipeline), "--data-dir", str(data),
-                    "--flight-addr", "127.0.0.1:0", "--coordinator-addr", "127.0.0.1:0",
-                    "--exit-when-done"),
-            check=True, timeout=300,
-        )
+    run_rounds(pipeline, data, source, rounds)
 
     expected = sorted(
         tuple(int(v) if n in (0, 3) else v for n, v in enumerate(line.split("|")))

@@ -13,8 +13,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use rdkafka::ClientConfig;
-use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::producer::FutureRecord;
 use serde_json::{Value, json};
 
 use crate::TestResult;
@@ -249,16 +248,7 @@ pub async fn produce(
     topic: &str,
     records: &[(i32, String, Vec<u8>)],
 ) -> TestResult<BTreeMap<i32, i64>> {
-    let producer: FutureProducer = ClientConfig::new()
-        .set("bootstrap.servers", brokers)
-        .set("acks", "all")
-        .set("enable.idempotence", "false")
-        .set("max.in.flight.requests.per.connection", "1")
-        .set("linger.ms", "5")
-        .set("message.timeout.ms", "30000")
-        .set("log_level", "3")
-        .create()
-        .map_err(|e| format!("producer: {e}"))?;
+    let producer = crate::kafka::producer(brokers)?;
     let mut last = BTreeMap::new();
     for chunk in records.chunks(5_000) {
         let mut pending = Vec::with_capacity(chunk.len());

@@ -56,6 +56,21 @@ pub struct Ack {
     pub event: i64,
 }
 
+/// A producer that waits for every replica (`acks=all`) and keeps each partition's
+/// records in order (one request in flight).
+pub fn producer(brokers: &str) -> TestResult<FutureProducer> {
+    ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("acks", "all")
+        .set("enable.idempotence", "false")
+        .set("max.in.flight.requests.per.connection", "1")
+        .set("linger.ms", "5")
+        .set("message.timeout.ms", "30000")
+        .set("log_level", "3")
+        .create()
+        .map_err(|e| format!("producer: {e}"))
+}
+
 /// Produces clickstream events with `acks=all` and records each acknowledgement.
 pub struct EventProducer {
     producer: FutureProducer,
@@ -70,18 +85,8 @@ pub struct EventProducer {
 impl EventProducer {
     /// A producer of the events of `generator` into `topic`.
     pub fn new(brokers: &str, topic: &str, generator: &GeneratorSpec) -> TestResult<Self> {
-        let producer: FutureProducer = ClientConfig::new()
-            .set("bootstrap.servers", brokers)
-            .set("acks", "all")
-            .set("enable.idempotence", "false")
-            .set("max.in.flight.requests.per.connection", "1")
-            .set("linger.ms", "5")
-            .set("message.timeout.ms", "30000")
-            .set("log_level", "3")
-            .create()
-            .map_err(|e| format!("producer: {e}"))?;
         Ok(Self {
-            producer,
+            producer: producer(brokers)?,
             events: Clickstream::new(generator).map_err(|e| e.to_string())?,
             topic: topic.to_string(),
             next: BTreeMap::new(),

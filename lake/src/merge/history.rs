@@ -20,12 +20,10 @@ use arrow::array::{
 };
 use arrow::compute::{filter_record_batch, interleave_record_batch, take_record_batch};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
-use deltalake::DeltaTable;
 
-use super::{KeyIndex, MergeCounts, MergePlan};
+use super::{KeyIndex, MergeCounts, MergePlan, Pass};
 use crate::change_data::{self, ChangeType};
 use crate::changes::{self, DataFile};
-use crate::recent_files::RecentFiles;
 use crate::{LakeError, Result};
 
 /// The sequence value a version starts at.
@@ -61,16 +59,17 @@ enum Source {
 /// One event of a key's history: its sequence value (row-encoded) and where it comes from.
 type Event = (Box<[u8]>, Source);
 
-/// Plans the merge of `changes` (shaped as the table's schema, history columns NULL;
-/// `deletes` marks the deletes) into the history table `index` describes.
-pub async fn plan(
-    table: &DeltaTable,
-    name: &str,
-    index: &KeyIndex,
-    changes: &RecordBatch,
-    deletes: &BooleanArray,
-    recent: &RecentFiles,
-) -> Result<MergePlan> {
+/// Plans the merge of a pass (its changes shaped as the table's schema, history columns
+/// NULL) into the history table its index describes.
+pub(super) async fn plan(pass: Pass<'_>) -> Result<MergePlan> {
+    let Pass {
+        table,
+        name,
+        index,
+        changes,
+        deletes,
+        recent,
+    } = pass;
     let schema = changes.schema();
     let (keys, sequences) = index.encode(changes)?;
     let mut counts = MergeCounts::default();

@@ -313,16 +313,42 @@ enum Outcome {
     Delete,
 }
 
-/// Plans the merge of `changes` (rows shaped as the table's `schema`, in delivery order;
-/// `deletes` marks the deletes) into the table `index` describes.
-pub async fn plan(
-    table: &DeltaTable,
-    name: &str,
-    index: &KeyIndex,
-    changes: &RecordBatch,
-    deletes: &BooleanArray,
-    recent: &RecentFiles,
-) -> Result<MergePlan> {
+/// One pass to merge: the table as `index` describes it, and the changes.
+pub struct Pass<'a> {
+    /// The table.
+    pub table: &'a DeltaTable,
+    /// Its name.
+    pub name: &'a str,
+    /// What the writer knows of it (brought to its head by [`KeyIndex::sync`]).
+    pub index: &'a KeyIndex,
+    /// The changes, shaped as the table's schema, in delivery order.
+    pub changes: &'a RecordBatch,
+    /// Which of them are deletes.
+    pub deletes: &'a BooleanArray,
+    /// Rows of files this process wrote lately.
+    pub recent: &'a RecentFiles,
+}
+
+/// Plans the merge of a pass: the current row per key, or every version when the index
+/// keeps them ([`KeyIndex::with_versions`], SCD type 2, see [`history`]).
+pub async fn plan(pass: Pass<'_>) -> Result<MergePlan> {
+    if pass.index.versions.is_some() {
+        history::plan(pass).await
+    } else {
+        current(pass).await
+    }
+}
+
+/// [`plan`] for SCD type 1.
+async fn current(pass: Pass<'_>) -> Result<MergePlan> {
+    let Pass {
+        table,
+        name,
+        index,
+        changes,
+        deletes,
+        recent,
+    } = pass;
     let schema = changes.schema();
     let (keys, sequences) = index.encode(changes)?;
     let mut counts = MergeCounts::default();

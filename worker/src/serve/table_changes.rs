@@ -14,8 +14,7 @@ use std::sync::Arc;
 
 use datafusion::catalog::TableProvider;
 use datafusion::error::DataFusionError;
-use datafusion::sql::sqlparser::dialect::GenericDialect;
-use datafusion::sql::sqlparser::tokenizer::{Token, TokenWithSpan, Tokenizer};
+use datafusion::sql::sqlparser::tokenizer::Token;
 use smelter_lake::TableStore;
 
 /// The marker between a table's name and the versions of its changes.
@@ -41,12 +40,7 @@ struct Call {
 }
 
 fn calls(sql: &str) -> Result<Vec<Call>, DataFusionError> {
-    let tokens: Vec<TokenWithSpan> = Tokenizer::new(&GenericDialect {}, sql)
-        .tokenize_with_location()
-        .map_err(|e| DataFusionError::SQL(Box::new(e.into()), None))?
-        .into_iter()
-        .filter(|t| !matches!(t.token, Token::Whitespace(_)))
-        .collect();
+    let tokens = super::time_travel::tokens(sql)?;
     let usage = "table_changes takes a table name and one or two versions, as in \
                  table_changes('silver.users', 3) or table_changes('silver.users', 3, 7)";
     let mut found = Vec::new();

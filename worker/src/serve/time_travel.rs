@@ -75,13 +75,19 @@ fn keyword(token: &Token, expected: Keyword) -> bool {
     word(token).is_some_and(|w| w.quote_style.is_none() && w.keyword == expected)
 }
 
-fn clauses(sql: &str) -> Result<Vec<Clause>, DataFusionError> {
-    let tokens: Vec<TokenWithSpan> = Tokenizer::new(&GenericDialect {}, sql)
+/// The tokens of `sql` with their locations, whitespace left out (the rewrites before
+/// planning look for patterns of tokens).
+pub(super) fn tokens(sql: &str) -> Result<Vec<TokenWithSpan>, DataFusionError> {
+    Ok(Tokenizer::new(&GenericDialect {}, sql)
         .tokenize_with_location()
         .map_err(|e| DataFusionError::SQL(Box::new(e.into()), None))?
         .into_iter()
         .filter(|t| !matches!(t.token, Token::Whitespace(_)))
-        .collect();
+        .collect())
+}
+
+fn clauses(sql: &str) -> Result<Vec<Clause>, DataFusionError> {
+    let tokens = tokens(sql)?;
     let mut found = Vec::new();
     for window in tokens.windows(7) {
         let [layer, dot, name, kind, as_, of, value] = window else {

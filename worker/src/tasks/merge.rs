@@ -177,27 +177,15 @@ impl Merger {
             self.index
                 .sync(silver, &self.table, &live, &commits.recent)
                 .await?;
-            let plan = if self.history {
-                smelter_lake::merge::history::plan(
-                    silver,
-                    &self.table,
-                    &self.index,
-                    &changes,
-                    &deletes,
-                    &commits.recent,
-                )
-                .await?
-            } else {
-                smelter_lake::merge::plan(
-                    silver,
-                    &self.table,
-                    &self.index,
-                    &changes,
-                    &deletes,
-                    &commits.recent,
-                )
-                .await?
-            };
+            let plan = smelter_lake::merge::plan(smelter_lake::merge::Pass {
+                table: silver,
+                name: &self.table,
+                index: &self.index,
+                changes: &changes,
+                deletes: &deletes,
+                recent: &commits.recent,
+            })
+            .await?;
             if plan.tombstones.num_rows() > 0 && self.tombstoned_to.is_none_or(|t| t < to) {
                 let txns = vec![TxnUpdate::new(
                     &self.tombstones_app_id,
