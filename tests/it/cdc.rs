@@ -11,8 +11,9 @@
 //!   the current rows with the history (`joins:`) the same join over the oracle's;
 //! * the change data feed, read by delta-rs's own reader and replayed commit by commit,
 //!   rebuilds exactly the table — inserts, update pre/post-images and deletes agree;
-//! * bad envelopes (no `op`, a NULL key, a log position of the wrong type) are each
-//!   quarantined with their reason; a delete of a key never seen leaves a tombstone;
+//! * bad envelopes (no `op`, a NULL key, a log position of the wrong type, a row whose
+//!   `updated_at` is not a timestamp) are each quarantined with their reason; a delete of
+//!   a key never seen leaves a tombstone;
 //! * every table passes `smelter verify`.
 
 use std::collections::BTreeMap;
@@ -86,6 +87,12 @@ fn bad_events() -> Vec<(Vec<u8>, &'static str, &'static str)> {
                 .to_vec(),
             "_envelope",
             "`source.lsn` is \"0/16B3748\", not an integer",
+        ),
+        (
+            br#"{"op":"u","before":null,"after":{"id":4,"tier":"pro","updated_at":"yesterday"},"source":{"lsn":9}}"#
+                .to_vec(),
+            "_schema",
+            "field `updated_at`: expected an RFC 3339 timestamp, got string \"yesterday\"",
         ),
     ]
 }
