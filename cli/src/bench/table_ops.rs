@@ -159,8 +159,18 @@ async fn measure_in(dir: &Path, commits: u64) -> Result<TableOps> {
         )));
     }
 
-    // The replaced files were removed a moment ago: a zero retention takes them all.
-    tokio::time::sleep(Duration::from_millis(5)).await;
+    // A zero retention takes the files removed before now: wait until the clock has moved
+    // past the compaction's removal time (a millisecond at most).
+    let removed_at = chrono::Utc::now().timestamp_millis();
+    let deadline = Instant::now() + Duration::from_secs(1);
+    while chrono::Utc::now().timestamp_millis() <= removed_at {
+        if Instant::now() > deadline {
+            return Err(failed(
+                "the clock did not move past the compaction within 1 s",
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
     let cpu = cpu_seconds(None).unwrap_or(0.0);
     let started = Instant::now();
     let vacuumed =
