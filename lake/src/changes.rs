@@ -254,7 +254,7 @@ pub async fn read(
 
 /// `batch` (rows of `file`) shaped as `schema`: columns matched by name and cast to the
 /// schema's types, partition columns filled from the file's partition values, and columns
-/// the file lacks (added to the table after it was written) null.
+/// (or nested fields) the file lacks — added to the table after it was written — null.
 pub fn conform(batch: &RecordBatch, file: &DataFile, schema: &SchemaRef) -> Result<RecordBatch> {
     let rows = batch.num_rows();
     let columns = schema
@@ -268,11 +268,8 @@ pub fn conform(batch: &RecordBatch, file: &DataFile, schema: &SchemaRef) -> Resu
                     None => new_null_array(field.data_type(), rows),
                 },
             };
-            if column.data_type() == field.data_type() {
-                Ok(column)
-            } else {
-                Ok(arrow::compute::cast(&column, field.data_type())?)
-            }
+            // Nested fields the file lacks are null too, widened types cast up.
+            crate::evolve::conform_array(&column, field.data_type())
         })
         .collect::<Result<Vec<_>>>()?;
     let options = RecordBatchOptions::new().with_row_count(Some(rows));

@@ -5,6 +5,8 @@
 //!
 //! The hooks, in commit order:
 //! * `commit.after_files`: data files are in storage, the log entry is not written;
+//! * `commit.evolving`: the same, for a commit that evolves its table's schema (its rows,
+//!   and the table's files rewritten if a type widened; see [`crate::evolve`]);
 //! * `commit.after_claim`: (arbitrated stores) the version is claimed in etcd, its log
 //!   entry not yet written;
 //! * `commit.after_log`: the log entry is written, its result not yet handled;
@@ -17,6 +19,7 @@ use crate::{LakeError, Result};
 /// Every hook name, for validation.
 pub const NAMES: &[&str] = &[
     "commit.after_files",
+    "commit.evolving",
     "commit.after_claim",
     "commit.after_log",
     "ingest.after_commit",

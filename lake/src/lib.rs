@@ -14,6 +14,7 @@
 //!   added, and the commits themselves;
 //! * [`file_format`]: how data files are encoded; [`recent_files`]: rows of files this
 //!   process committed moments ago, for the readers downstream;
+//! * [`evolve`]: how rows of a wider schema evolve their table in their own commit;
 //! * [`merge`]: applying a change stream by key (the current row per key, deletes, stale
 //!   changes ignored), with [`change_data`] writing Delta's change data feed;
 //! * [`verify`], [`compact`] and [`delete`]: the checks behind `smelter verify`, and the
@@ -35,6 +36,7 @@ pub mod delete;
 pub mod describe;
 pub mod detail;
 pub mod error;
+pub mod evolve;
 pub mod failpoint;
 pub mod file_format;
 pub mod heads;

@@ -10,6 +10,7 @@ mod cli;
 mod cluster;
 mod deploy;
 mod etcd;
+mod evolution;
 mod faults;
 mod files;
 mod kafka;

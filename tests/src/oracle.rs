@@ -259,6 +259,22 @@ pub async fn check_bronze(tables: &TableStore, table: &str, truth: &Truth) -> Te
 /// Silver holds each valid event once, every column equal to the value its payload gives,
 /// and nothing else; quarantine holds exactly G_bad with rule and reason.
 pub async fn check_silver(tables: &TableStore, silver: &str, truth: &Truth) -> TestResult<()> {
+    check_silver_with(tables, silver, truth, &[])
+        .await
+        .map(drop)
+}
+
+/// [`check_silver`] for a table whose schema gained columns while it ran: a row of
+/// `added` (column, `_rescued_data` key) may hold the column null if its `_rescued_data`
+/// holds the expected value under the key instead (the row was refined before the column
+/// was declared: nothing lost). Returns how many rows held an added column that way.
+pub async fn check_silver_with(
+    tables: &TableStore,
+    silver: &str,
+    truth: &Truth,
+    added: &[(&str, &str)],
+) -> TestResult<usize> {
+    let mut rescued_rows = 0usize;
     let columns: Vec<&str> = TEXT_COLUMNS.iter().map(|(c, _)| *c).collect();
     let batches = sql(
         tables,
@@ -285,9 +301,26 @@ pub async fn check_silver(tables: &TableStore, silver: &str, truth: &Truth) -> T
         let rescued = optional_strings(batch.column(n + 6));
         for row in 0..batch.num_rows() {
             rows += 1;
+            let mut text: Vec<Option<String>> = text.iter().map(|c| c[row].clone()).collect();
+            let mut extra: Option<serde_json::Map<String, serde_json::Value>> = rescued[row]
+                .as_deref()
+                .map(|r| serde_json::from_str(r).unwrap_or_default());
+            let mut from_rescued = false;
+            for (column, key) in added {
+                let Some(i) = TEXT_COLUMNS.iter().position(|(c, _)| c == column) else {
+                    continue;
+                };
+                if text[i].is_none()
+                    && let Some(value) = extra.as_mut().and_then(|e| e.remove(*key))
+                {
+                    text[i] = value.as_str().map(str::to_string);
+                    from_rescued = true;
+                }
+            }
+            rescued_rows += usize::from(from_rescued);
             let found = ExpectedRow {
                 position: (topic[row].clone(), partition.value(row), offset.value(row)),
-                text: text.iter().map(|c| c[row].clone()).collect(),
+                text,
                 ts_us: ts.is_valid(row).then(|| ts.value(row)),
                 price: price.is_valid(row).then(|| price.value(row)),
                 quantity: quantity.is_valid(row).then(|| quantity.value(row)),
@@ -304,8 +337,8 @@ pub async fn check_silver(tables: &TableStore, silver: &str, truth: &Truth) -> T
                 }
                 Some(_) => {}
             }
-            if let Some(extra) = &rescued[row] {
-                problems.push(format!("{id}: unexpected _rescued_data {extra}"));
+            if let Some(extra) = extra.filter(|e| !e.is_empty()) {
+                problems.push(format!("{id}: unexpected _rescued_data {extra:?}"));
             }
         }
     }
@@ -357,7 +390,7 @@ pub async fn check_silver(tables: &TableStore, silver: &str, truth: &Truth) -> T
             }
         }
     }
-    Ok(())
+    Ok(rescued_rows)
 }
 
 /// Sorted text rows of a result, floats rounded so summation order does not matter.

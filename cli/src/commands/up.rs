@@ -26,6 +26,9 @@ pub async fn run(
     // Reject a bad spec before anything starts.
     let spec = load_pipeline(&text, &origin).await?;
     config.storage.root = args.data_dir.join("tables");
+    // The tables a previous run left must be able to take what this spec writes.
+    let tables = smelter_lake::TableStore::from_config(&config.storage)?;
+    smelter_worker::tasks::validate::check_existing_tables(&spec, &tables, &origin).await?;
     if let Some(address) = &args.flight_addr {
         config.worker.flight_listen = address.clone();
     }

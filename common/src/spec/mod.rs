@@ -7,6 +7,7 @@
 //! is rejected before anything runs. Checks that need a query planner (expectation
 //! expressions, gold SQL) are done by the worker crate on top of this.
 
+pub mod evolution;
 mod schema;
 mod source;
 pub mod validate;

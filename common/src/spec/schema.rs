@@ -18,9 +18,13 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 pub enum Primitive {
     /// UTF-8 text.
     String,
-    /// 64-bit signed integer (`long`, `bigint`, `int`, `integer`).
+    /// 32-bit signed integer (`int`, `integer`, `int32`); widens to `long`.
+    Int,
+    /// 64-bit signed integer (`long`, `bigint`, `int64`).
     Long,
-    /// 64-bit float (`double`, `float`).
+    /// 32-bit float (`float`, `float32`, `real`); widens to `double`.
+    Float,
+    /// 64-bit float (`double`, `float64`).
     Double,
     /// `boolean` / `bool`.
     Boolean,
@@ -34,8 +38,10 @@ impl Primitive {
     fn parse(name: &str) -> Option<Primitive> {
         Some(match name.trim().to_ascii_lowercase().as_str() {
             "string" | "str" | "text" => Primitive::String,
-            "long" | "bigint" | "int" | "integer" | "int64" => Primitive::Long,
-            "double" | "float" | "float64" => Primitive::Double,
+            "int" | "integer" | "int32" => Primitive::Int,
+            "long" | "bigint" | "int64" => Primitive::Long,
+            "float" | "float32" | "real" => Primitive::Float,
+            "double" | "float64" => Primitive::Double,
             "boolean" | "bool" => Primitive::Boolean,
             "timestamp" => Primitive::Timestamp,
             "date" => Primitive::Date,
@@ -47,7 +53,9 @@ impl Primitive {
     pub fn name(self) -> &'static str {
         match self {
             Primitive::String => "string",
+            Primitive::Int => "int",
             Primitive::Long => "long",
+            Primitive::Float => "float",
             Primitive::Double => "double",
             Primitive::Boolean => "boolean",
             Primitive::Timestamp => "timestamp",
@@ -78,7 +86,7 @@ impl FieldType {
     fn from_yaml(value: &serde_yaml::Value, path: &str) -> Result<FieldType, String> {
         match value {
             serde_yaml::Value::String(name) => Primitive::parse(name).map(FieldType::Primitive).ok_or_else(|| {
-                format!("{path}: unknown type `{name}` (expected string, long, double, boolean, timestamp, date, a mapping or a one-element list)")
+                format!("{path}: unknown type `{name}` (expected string, int, long, float, double, boolean, timestamp, date, a mapping or a one-element list)")
             }),
             serde_yaml::Value::Mapping(_) => SchemaSpec::from_yaml(value, path).map(FieldType::Struct),
             serde_yaml::Value::Sequence(items) if items.len() == 1 => {

@@ -3,6 +3,7 @@
 
 use std::collections::BTreeMap;
 
+use smelter_common::spec::evolution::check_change;
 use smelter_common::spec::{PipelineSpec, SourceSpec};
 use smelter_common::store::keys;
 use smelter_proto::{ApplyPipelineResponse, PipelineDefinition};
@@ -41,6 +42,13 @@ impl Actor {
         origin: String,
     ) -> Result<ApplyPipelineResponse> {
         let spec = PipelineSpec::parse(&spec_yaml, &origin)?;
+        // The tables the running spec made must be able to follow the new one (see
+        // `smelter_common::spec::evolution`): refused before anything is stored.
+        if let Some(current) = self.pipelines.get(&spec.pipeline)
+            && let Ok(running) = PipelineSpec::parse(&current.spec_yaml, &current.origin)
+        {
+            check_change(&running, &spec, &origin)?;
+        }
         let revision = self
             .pipelines
             .get(&spec.pipeline)

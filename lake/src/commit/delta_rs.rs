@@ -58,7 +58,7 @@ pub(super) async fn commit(table: &mut DeltaTable, attempt: Attempt<'_>) -> Resu
                 table: name.to_string(),
                 path: path.clone(),
             })?;
-            actions.push(Action::Remove(file.remove_action(payload.removes_data())));
+            actions.push(Action::Remove(file.remove_action(payload.removes_data)));
         }
     }
     let snapshot = table.snapshot().map_err(|e| LakeError::delta(name, e))?;

@@ -27,15 +27,38 @@ pub(super) async fn write_files(
     name: &str,
     batches: &[RecordBatch],
 ) -> Result<Written> {
-    let mut writer = RecordBatchWriter::for_table(table)
-        .map_err(|e| LakeError::delta(name, e))?
-        .with_writer_properties(crate::file_format::writer_properties());
+    write_files_as(table, name, batches, None).await
+}
+
+/// [`write_files`], encoded with `schema` instead of the table's when given: the schema
+/// an evolving commit gives the table (see [`crate::evolve`]).
+pub(super) async fn write_files_as(
+    table: &DeltaTable,
+    name: &str,
+    batches: &[RecordBatch],
+    schema: Option<&arrow::datatypes::SchemaRef>,
+) -> Result<Written> {
     let partition_by = table
         .snapshot()
         .map_err(|e| LakeError::delta(name, e))?
         .metadata()
         .partition_columns()
         .to_vec();
+    let writer = match schema {
+        None => RecordBatchWriter::for_table(table),
+        Some(schema) => {
+            let options = table.log_store().config().options().raw.clone();
+            RecordBatchWriter::try_new(
+                table.table_url().as_str(),
+                Arc::clone(schema),
+                Some(partition_by.clone()),
+                Some(options),
+            )
+        }
+    };
+    let mut writer = writer
+        .map_err(|e| LakeError::delta(name, e))?
+        .with_writer_properties(crate::file_format::writer_properties());
     let table_schema = writer.arrow_schema();
     let file_fields: Vec<usize> = (0..table_schema.fields().len())
         .filter(|&i| !partition_by.contains(table_schema.field(i).name()))

@@ -218,7 +218,7 @@ fn actions(name: &str, payload: &Payload<'_>, head: &Head) -> Result<Vec<Action>
             path: path.clone(),
         })?;
         let mut remove = file.remove(now);
-        remove.data_change = payload.removes_data();
+        remove.data_change = payload.removes_data;
         actions.push(Action::Remove(remove));
     }
     Ok(actions)

@@ -46,6 +46,7 @@ mod delta_rs;
 mod files;
 mod lean;
 mod rewrite;
+mod shape;
 #[cfg(test)]
 mod tests;
 
@@ -195,58 +196,109 @@ pub async fn commit_write(
         txns,
         metadata,
     } = write;
-    let files::Written {
-        files,
-        file_schema,
-        partition_columns,
-    } = files::write_files(table, name, &batches).await?;
-    env.failpoints.hit("commit.after_files", || {
-        let paths: Vec<&str> = files.iter().map(|f| f.path.as_str()).collect();
-        format!("table={name} files={}", paths.join(","))
-    });
-    let payload = Payload {
-        files: &files,
-        mode,
-        partition_by,
-        changes: &[],
-        removes: &[],
-        operation: None,
-        metadata: Some(metadata),
-        table_metadata: None,
-    };
-    // One span per commit, a root of its own trace: which table, how many files and rows,
-    // and the version it became (or that the txns showed it was already in).
-    let span = tracing::info_span!(
-        "commit",
-        table = name,
-        files = files.len(),
-        rows = batches.iter().map(|b| b.num_rows()).sum::<usize>(),
-        version = tracing::field::Empty,
-        outcome = tracing::field::Empty,
-    );
-    let outcome = attempts(table, name, &payload, &txns, env)
-        .instrument(span.clone())
-        .await?;
-    match &outcome {
-        CommitOutcome::Committed { version } => {
-            span.record("version", version);
-            span.record("outcome", "committed");
+    let rows: usize = batches.iter().map(|b| b.num_rows()).sum();
+    for _ in 0..PLANS {
+        // Rows shaped as the table, or the table's schema evolving with them (see
+        // `crate::evolve`): planned from the metadata this writer last saw.
+        let shaped = shape::shape(table, name, &batches, mode, env).await?;
+        let files::Written {
+            mut files,
+            file_schema,
+            partition_columns,
+        } = files::write_files_as(table, name, &shaped.batches, shaped.schema.as_ref()).await?;
+        let new_files = files.len();
+        for group in &shaped.rewritten {
+            let written = files::write_files_as(table, name, group, shaped.schema.as_ref()).await?;
+            files.extend(written.files.into_iter().map(|mut add| {
+                add.data_change = false;
+                add
+            }));
         }
-        CommitOutcome::AlreadyCommitted => {
-            span.record("outcome", "already committed");
+        let paths = || {
+            let paths: Vec<&str> = files.iter().map(|f| f.path.as_str()).collect();
+            format!("table={name} files={}", paths.join(","))
+        };
+        env.failpoints.hit("commit.after_files", paths);
+        if shaped.table_metadata.is_some() {
+            env.failpoints.hit("commit.evolving", paths);
         }
-    }
-    if let (CommitOutcome::Committed { .. }, [file]) = (&outcome, files.as_slice()) {
-        env.recent.keep(
-            table.table_url().as_str(),
-            &file.path,
-            &file_schema,
-            &partition_columns,
-            &batches,
+        let mut metadata = metadata.clone();
+        if let Some(summary) = &shaped.summary {
+            metadata.insert(EVOLVED_KEY.to_string(), summary.clone().into());
+        }
+        let payload = Payload {
+            files: &files,
+            mode,
+            partition_by,
+            changes: &[],
+            removes: &shaped.removes,
+            removes_data: false,
+            operation: None,
+            metadata: Some(&metadata),
+            table_metadata: shaped.table_metadata.as_ref(),
+        };
+        // One span per commit, a root of its own trace: which table, how many files and
+        // rows, and the version it became (or that the txns showed it was already in).
+        let span = tracing::info_span!(
+            "commit",
+            table = name,
+            files = files.len(),
+            rows,
+            version = tracing::field::Empty,
+            outcome = tracing::field::Empty,
         );
+        let outcome = match attempts(table, name, &payload, &txns, env)
+            .instrument(span.clone())
+            .await
+        {
+            Ok(outcome) => outcome,
+            // The schema change was planned from metadata (or files) another commit changed
+            // since: plan again from the table as it is now.
+            Err(LakeError::Superseded { path, .. }) if shaped.table_metadata.is_some() => {
+                tracing::info!(table = name, %path, "schema evolution superseded; planning again");
+                crate::log::refresh(table, name).await?;
+                continue;
+            }
+            Err(error) => return Err(error),
+        };
+        match &outcome {
+            CommitOutcome::Committed { version } => {
+                span.record("version", version);
+                span.record("outcome", "committed");
+                if let Some(summary) = &shaped.summary {
+                    tracing::info!(table = name, version, evolved = %summary, "table schema evolved");
+                    // The writer's snapshot follows the metadata it just wrote.
+                    crate::log::refresh(table, name).await?;
+                }
+            }
+            CommitOutcome::AlreadyCommitted => {
+                span.record("outcome", "already committed");
+            }
+        }
+        if let (CommitOutcome::Committed { .. }, 1) = (&outcome, new_files) {
+            env.recent.keep(
+                table.table_url().as_str(),
+                &files[0].path,
+                &file_schema,
+                &partition_columns,
+                &shaped.batches,
+            );
+        }
+        return Ok(outcome);
     }
-    Ok(outcome)
+    Err(LakeError::CommitConflict {
+        table: name.to_string(),
+        message: format!("other commits changed the table's schema {PLANS} times in a row"),
+    })
 }
+
+/// How often an evolving commit plans again after another commit changed the table's
+/// metadata or files under it.
+const PLANS: usize = 3;
+
+/// The `commitInfo` key under which a commit that evolved the table's schema says how
+/// (`added user.device; widened quantity int to long`).
+pub const EVOLVED_KEY: &str = "smelter.schemaEvolved";
 
 /// [`attempt_until_decided`], timed into [`CommitEnv::timings`] when it decides.
 async fn attempts(
@@ -338,10 +390,13 @@ struct Payload<'a> {
     partition_by: &'a [String],
     /// Change data files (`_change_data/`) of a merge on a table with the change data feed.
     changes: &'a [deltalake::kernel::AddCDCFile],
-    /// Files a rewrite takes out (paths as the table's head holds them), and whether their
-    /// rows go (`dataChange`); each must still be in the table at the version the commit
-    /// follows, or the commit is [`LakeError::Superseded`].
+    /// Files a rewrite takes out (paths as the table's head holds them); each must still
+    /// be in the table at the version the commit follows, or the commit is
+    /// [`LakeError::Superseded`].
     removes: &'a [String],
+    /// Whether the removed files' rows leave the table (`dataChange`; not so for a
+    /// compaction, or the rewrite of a schema change: the same rows in other files).
+    removes_data: bool,
     /// The operation a rewrite records (appends and overwrites record a write).
     operation: Option<(DeltaOperation, bool)>,
     /// What a rewrite adds to the commit's `commitInfo`.
@@ -353,13 +408,6 @@ struct Payload<'a> {
 }
 
 impl Payload<'_> {
-    /// Whether the removed files' rows leave the table (not so for compaction).
-    fn removes_data(&self) -> bool {
-        self.operation
-            .as_ref()
-            .is_none_or(|(_, data_change)| *data_change)
-    }
-
     fn operation(&self) -> DeltaOperation {
         if let Some((operation, _)) = &self.operation {
             return operation.clone();

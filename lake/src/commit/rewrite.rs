@@ -96,6 +96,7 @@ pub async fn rewrite(
         mode: WriteMode::Append,
         partition_by: &[],
         removes: &rewrite.removes,
+        removes_data: rewrite.data_change,
         operation: Some((rewrite.operation.clone(), rewrite.data_change)),
         metadata: Some(&rewrite.metadata),
         table_metadata: rewrite.table_metadata.as_ref(),

@@ -151,3 +151,182 @@ async fn overwrites_remove_what_other_writers_and_compaction_left() {
     let head_files: Vec<&str> = head.files().map(|f| f.path()).collect();
     assert_eq!(head_files, files);
 }
+
+/// Rows with a new nested field, a new column and a widened type evolve the table in the
+/// commit that carries them: one metadata change, the old files rewritten in the wider type
+/// (`dataChange = false`), the version before still reading as it was, and rows of a type
+/// the table cannot take refused with the column's name.
+#[tokio::test]
+async fn rows_of_a_wider_schema_evolve_the_table_in_their_commit() {
+    use arrow::array::{ArrayRef, AsArray, Int32Array, Int64Array, StringArray, StructArray};
+    use arrow::datatypes::{DataType, Field, Fields, Int64Type, Schema};
+    use std::sync::Arc;
+    let env = CommitEnv::default();
+    let dir = tempfile::tempdir().unwrap();
+    let store = TableStore::new(dir.path()).unwrap();
+    let user = |names: &[&str]| -> Fields {
+        names
+            .iter()
+            .map(|n| Field::new(*n, DataType::Utf8, true))
+            .collect::<Vec<_>>()
+            .into()
+    };
+    let v1 = Arc::new(Schema::new(vec![
+        Field::new("quantity", DataType::Int32, true),
+        Field::new("user", DataType::Struct(user(&["id"])), true),
+    ]));
+    let mut table = store
+        .open_or_create("silver.t", &v1, &[], &env)
+        .await
+        .unwrap();
+    let old = RecordBatch::try_new(
+        v1.clone(),
+        vec![
+            Arc::new(Int32Array::from(vec![1, 2])) as ArrayRef,
+            Arc::new(StructArray::new(
+                user(&["id"]),
+                vec![Arc::new(StringArray::from(vec!["a", "b"])) as ArrayRef],
+                None,
+            )),
+        ],
+    )
+    .unwrap();
+    async fn write(
+        table: &mut DeltaTable,
+        env: &CommitEnv,
+        batch: RecordBatch,
+        from: Option<i64>,
+        to: i64,
+    ) -> Result<CommitOutcome> {
+        let txn = TxnUpdate::new(&AppId::upstream("silver.t", "bronze.t"), from, to);
+        let batches = vec![batch];
+        commit(
+            table,
+            "silver.t",
+            batches,
+            WriteMode::Append,
+            &[],
+            vec![txn],
+            env,
+        )
+        .await
+    }
+    assert_eq!(
+        write(&mut table, &env, old, None, 1).await.unwrap(),
+        CommitOutcome::Committed { version: 1 }
+    );
+    let v2 = Arc::new(Schema::new(vec![
+        Field::new("quantity", DataType::Int64, true),
+        Field::new("user", DataType::Struct(user(&["id", "device"])), true),
+        Field::new("channel", DataType::Utf8, true),
+    ]));
+    let new = RecordBatch::try_new(
+        v2.clone(),
+        vec![
+            Arc::new(Int64Array::from(vec![3_000_000_000])) as ArrayRef,
+            Arc::new(StructArray::new(
+                user(&["id", "device"]),
+                vec![
+                    Arc::new(StringArray::from(vec!["c"])) as ArrayRef,
+                    Arc::new(StringArray::from(vec!["ios"])),
+                ],
+                None,
+            )),
+            Arc::new(StringArray::from(vec!["web"])),
+        ],
+    )
+    .unwrap();
+    assert_eq!(
+        write(&mut table, &env, new, Some(1), 2).await.unwrap(),
+        CommitOutcome::Committed { version: 2 }
+    );
+    // One commit: the metadata, the new rows, and the old file rewritten without data change.
+    let entry = std::fs::read_to_string(
+        dir.path()
+            .join("silver/t/_delta_log/00000000000000000002.json"),
+    )
+    .unwrap();
+    let actions: Vec<serde_json::Value> = entry
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let count = |kind: &str| actions.iter().filter(|a| a.get(kind).is_some()).count();
+    assert_eq!(
+        (count("metaData"), count("add"), count("remove")),
+        (1, 2, 1)
+    );
+    let unchanged = actions
+        .iter()
+        .filter_map(|a| a.get("add"))
+        .filter(|add| add["dataChange"] == false)
+        .count();
+    assert_eq!(unchanged, 1, "the rewritten file changes no data: {entry}");
+    let info = actions.iter().find_map(|a| a.get("commitInfo")).unwrap();
+    assert_eq!(
+        info[EVOLVED_KEY],
+        "added user.device, channel; widened quantity int to long"
+    );
+    let read = |table: DeltaTable, sql: &'static str| async move {
+        let ctx = datafusion::prelude::SessionContext::new();
+        ctx.register_table("t", table.table_provider().await.unwrap())
+            .unwrap();
+        ctx.sql(sql).await.unwrap().collect().await.unwrap()
+    };
+    let latest = store.open("silver.t").await.unwrap();
+    let rows = read(
+        latest,
+        "SELECT quantity, \"user\"['id'] AS id, \"user\"['device'] AS device, channel FROM t ORDER BY id",
+    )
+    .await;
+    let batch = arrow::compute::concat_batches(&rows[0].schema(), &rows).unwrap();
+    let quantity = batch.column(0).as_primitive::<Int64Type>();
+    assert_eq!(
+        quantity.values().to_vec(),
+        vec![1, 2, 3_000_000_000],
+        "old rows read in the wider type"
+    );
+    assert_eq!(batch.column(2).null_count(), 2);
+    let channel = arrow::compute::cast(batch.column(3), &DataType::Utf8).unwrap();
+    assert_eq!(channel.as_string::<i32>().value(2), "web");
+    // The version before reads as it was written.
+    let before = store.open_version("silver.t", 1).await.unwrap();
+    let schema = before.snapshot().unwrap().snapshot().arrow_schema();
+    assert_eq!(
+        schema.field_with_name("quantity").unwrap().data_type(),
+        &DataType::Int32
+    );
+    assert!(schema.field_with_name("channel").is_err());
+    assert_eq!(
+        read(before, "SELECT count(*) FROM t").await[0].num_rows(),
+        1
+    );
+    // Rows the table cannot take: refused, naming the column, nothing written.
+    let text = Arc::new(Schema::new(vec![Field::new(
+        "quantity",
+        DataType::Utf8,
+        true,
+    )]));
+    let bad = RecordBatch::try_new(
+        text,
+        vec![Arc::new(StringArray::from(vec!["x"])) as ArrayRef],
+    )
+    .unwrap();
+    let error = write(&mut table, &env, bad, Some(2), 3).await.unwrap_err();
+    assert_eq!(error.retry(), Retry::Permanent);
+    assert!(error.to_string().contains("column quantity"), "{error}");
+    assert_eq!(latest_version(&table, "silver.t", 2).await.unwrap(), 2);
+    // Rows without the added columns (an older writer's) are written with them null.
+    let narrow = RecordBatch::try_new(
+        Arc::new(Schema::new(vec![Field::new(
+            "quantity",
+            DataType::Int32,
+            true,
+        )])),
+        vec![Arc::new(Int32Array::from(vec![7])) as ArrayRef],
+    )
+    .unwrap();
+    assert_eq!(
+        write(&mut table, &env, narrow, Some(2), 3).await.unwrap(),
+        CommitOutcome::Committed { version: 3 }
+    );
+}

@@ -8,8 +8,8 @@
 use std::sync::Arc;
 
 use arrow::array::{
-    ArrayRef, BooleanBuilder, Date32Builder, Float64Builder, Int32Builder, Int64Builder,
-    RecordBatch, StringBuilder, TimestampMicrosecondBuilder, UInt32Builder,
+    ArrayRef, BooleanBuilder, Date32Builder, Float32Builder, Float64Builder, Int32Builder,
+    Int64Builder, RecordBatch, StringBuilder, TimestampMicrosecondBuilder, UInt32Builder,
 };
 use arrow::datatypes::{DataType, Field, FieldRef, Schema, TimeUnit};
 use arrow::error::ArrowError;
@@ -25,6 +25,7 @@ enum Column {
     Int32(Int32Builder),
     UInt32(UInt32Builder),
     Float64(Float64Builder),
+    Float32(Float32Builder),
     Boolean(BooleanBuilder),
     Timestamp(TimestampMicrosecondBuilder, Option<Arc<str>>),
     Date32(Date32Builder),
@@ -48,6 +49,7 @@ impl Column {
             DataType::Int32 => Column::Int32(Int32Builder::with_capacity(rows)),
             DataType::UInt32 => Column::UInt32(UInt32Builder::with_capacity(rows)),
             DataType::Float64 => Column::Float64(Float64Builder::with_capacity(rows)),
+            DataType::Float32 => Column::Float32(Float32Builder::with_capacity(rows)),
             DataType::Boolean => Column::Boolean(BooleanBuilder::with_capacity(rows)),
             DataType::Timestamp(TimeUnit::Microsecond, tz) => {
                 Column::Timestamp(TimestampMicrosecondBuilder::with_capacity(rows), tz.clone())
@@ -70,6 +72,7 @@ impl Column {
             (Column::Int32(b), Cell::Null) => b.append_null(),
             (Column::UInt32(b), Cell::Null) => b.append_null(),
             (Column::Float64(b), Cell::Null) => b.append_null(),
+            (Column::Float32(b), Cell::Null) => b.append_null(),
             (Column::Boolean(b), Cell::Null) => b.append_null(),
             (Column::Timestamp(b, _), Cell::Null) => b.append_null(),
             (Column::Date32(b), Cell::Null) => b.append_null(),
@@ -83,6 +86,8 @@ impl Column {
             }
             (Column::Float64(b), Cell::Double(v)) => b.append_value(v),
             (Column::Float64(b), Cell::Long(v)) => b.append_value(v as f64),
+            (Column::Float32(b), Cell::Double(v)) => b.append_value(v as f32),
+            (Column::Float32(b), Cell::Long(v)) => b.append_value(v as f32),
             (Column::Boolean(b), Cell::Bool(v)) => b.append_value(v),
             (_, cell) => return Err(mistyped(field, &cell)),
         }
@@ -96,6 +101,7 @@ impl Column {
             Column::Int32(mut b) => Arc::new(b.finish()),
             Column::UInt32(mut b) => Arc::new(b.finish()),
             Column::Float64(mut b) => Arc::new(b.finish()),
+            Column::Float32(mut b) => Arc::new(b.finish()),
             Column::Boolean(mut b) => Arc::new(b.finish()),
             Column::Timestamp(mut b, tz) => Arc::new(b.finish().with_timezone_opt(tz)),
             Column::Date32(mut b) => Arc::new(b.finish()),

@@ -51,7 +51,9 @@ fn arrow_type(ty: &FieldType) -> DataType {
     match ty {
         FieldType::Primitive(p) => match p {
             Primitive::String => DataType::Utf8,
+            Primitive::Int => DataType::Int32,
             Primitive::Long => DataType::Int64,
+            Primitive::Float => DataType::Float32,
             Primitive::Double => DataType::Float64,
             Primitive::Boolean => DataType::Boolean,
             Primitive::Timestamp => timestamp_type(),

@@ -74,6 +74,37 @@ pub async fn validate_pipeline(spec: &PipelineSpec, origin: &str) -> Result<()> 
     Ok(())
 }
 
+/// Checks that the silver tables `spec` declares and `tables` already holds can take the
+/// rows the spec makes: their schemas may grow with it (see `smelter_lake::evolve`), and a
+/// column whose type the table cannot take is refused here, naming it, before anything
+/// runs. (`smelter apply` on a cluster checks the new spec against the running one.)
+pub async fn check_existing_tables(
+    spec: &PipelineSpec,
+    tables: &smelter_lake::TableStore,
+    origin: &str,
+) -> Result<()> {
+    for (name, table) in spec.tables_in(Layer::Silver) {
+        if table.merge.is_some() || !tables.exists(name).await {
+            continue;
+        }
+        let existing = tables.open(name).await?;
+        let held = smelter_lake::log::arrow_schema(&existing, name)?;
+        let refiner = Refiner::new(name, table, origin)?;
+        if let Err(refused) = smelter_lake::evolve::plan(&held, refiner.silver_schema()) {
+            return Err(WorkerError::InvalidSpec {
+                origin: origin.to_string(),
+                field: format!("tables.{name}.parse.schema.{}", refused.column),
+                message: format!(
+                    "the table holds {}; {} (a table can gain columns and widen int to \
+                     long, float to double, date to timestamp)",
+                    name, refused.message
+                ),
+            });
+        }
+    }
+    Ok(())
+}
+
 fn register(ctx: &SessionContext, name: &str, schema: arrow::datatypes::SchemaRef) -> Result<()> {
     let (layer, short) = name.split_once('.').unwrap_or(("bronze", name));
     let table = MemTable::try_new(schema, vec![vec![]])?;

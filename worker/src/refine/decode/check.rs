@@ -98,7 +98,12 @@ pub(super) fn check_primitive(p: Primitive, value: Value, path: &str) -> Result<
     match (p, &value) {
         (Primitive::String, Value::String(_)) => Ok(value),
         (Primitive::Long, Value::Number(n)) if n.is_i64() => Ok(value),
-        (Primitive::Double, Value::Number(_)) => Ok(value),
+        (Primitive::Int, Value::Number(n))
+            if n.as_i64().is_some_and(|v| i32::try_from(v).is_ok()) =>
+        {
+            Ok(value)
+        }
+        (Primitive::Double | Primitive::Float, Value::Number(_)) => Ok(value),
         (Primitive::Boolean, Value::Bool(_)) => Ok(value),
         (Primitive::Timestamp, Value::String(s)) => parse_timestamp(s)
             .map(Value::from)

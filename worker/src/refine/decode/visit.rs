@@ -219,7 +219,8 @@ impl<'de> serde::de::Visitor<'de> for Leaf<'_> {
     fn visit_i64<E>(self, v: i64) -> Result<Checked<'de>, E> {
         Ok(match self.ty {
             Primitive::Long => Ok(Cell::Long(v)),
-            Primitive::Double => Ok(Cell::Double(v as f64)),
+            Primitive::Int if i32::try_from(v).is_ok() => Ok(Cell::Long(v)),
+            Primitive::Double | Primitive::Float => Ok(Cell::Double(v as f64)),
             // Epoch milliseconds.
             Primitive::Timestamp => Ok(Cell::Long(v.saturating_mul(1000))),
             _ => self.mismatch(Value::from(v)),
@@ -230,7 +231,7 @@ impl<'de> serde::de::Visitor<'de> for Leaf<'_> {
         match i64::try_from(v) {
             Ok(v) => self.visit_i64(v),
             Err(_) => Ok(match self.ty {
-                Primitive::Double => Ok(Cell::Double(v as f64)),
+                Primitive::Double | Primitive::Float => Ok(Cell::Double(v as f64)),
                 _ => self.mismatch(Value::from(v)),
             }),
         }
@@ -238,7 +239,7 @@ impl<'de> serde::de::Visitor<'de> for Leaf<'_> {
 
     fn visit_f64<E>(self, v: f64) -> Result<Checked<'de>, E> {
         Ok(match self.ty {
-            Primitive::Double => Ok(Cell::Double(v)),
+            Primitive::Double | Primitive::Float => Ok(Cell::Double(v)),
             _ => self.mismatch(Value::from(v)),
         })
     }
