@@ -57,6 +57,21 @@ async fn clickstream_is_exact_through_every_layer() {
         TableSpec::quarantine_name("silver.events"),
         "silver.events_quarantine"
     );
+    // Money is exact: the revenue gold sums is a decimal, as silver's price (the oracle
+    // above compared both digit for digit, silver in integer cents).
+    for (table, column) in [
+        ("gold.hourly_metrics", "revenue"),
+        ("gold.daily_summary", "revenue"),
+        ("gold.user_segments", "spend"),
+    ] {
+        let opened = cluster.tables.open(table).await.unwrap();
+        let schema = smelter_lake::log::arrow_schema(&opened, table).unwrap();
+        let ty = schema.field_with_name(column).unwrap().data_type().clone();
+        assert!(
+            matches!(ty, arrow::datatypes::DataType::Decimal128(_, 2)),
+            "{table}.{column} is {ty}"
+        );
+    }
 
     // Every layer over Flight SQL, through both workers.
     for endpoint in cluster.flight_endpoints() {

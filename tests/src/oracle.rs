@@ -12,7 +12,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 
 use arrow::array::{Array, AsArray, RecordBatch};
-use arrow::datatypes::{DataType, Float64Type, Int32Type, Int64Type};
+use arrow::datatypes::{DataType, Decimal128Type, Float64Type, Int32Type, Int64Type};
 use arrow::util::display::{ArrayFormatter, FormatOptions};
 use datafusion::catalog::MemorySchemaProvider;
 use datafusion::common::TableReference;
@@ -49,10 +49,27 @@ pub struct ExpectedRow {
     pub text: Vec<Option<String>>,
     /// `ts`, microseconds since the epoch.
     pub ts_us: Option<i64>,
-    /// `product_price`.
-    pub price: Option<f64>,
+    /// `product_price`, in integer cents (the column is `decimal(10,2)`).
+    pub price: Option<i64>,
     /// `quantity`.
     pub quantity: Option<i64>,
+}
+
+/// A JSON number's text with at most two decimals (`19.9`, `-5`, `12.34`) in integer
+/// cents, digit by digit: no float, and nothing shared with the decoder under test.
+fn cents(text: &str) -> Option<i64> {
+    let (negative, digits) = match text.strip_prefix('-') {
+        Some(rest) => (true, rest),
+        None => (false, text),
+    };
+    let (whole, fraction) = digits.split_once('.').unwrap_or((digits, ""));
+    if fraction.len() > 2 || whole.is_empty() {
+        return None;
+    }
+    let whole: i64 = whole.parse().ok()?;
+    let fraction: i64 = format!("{fraction:0<2}").parse().ok()?;
+    let value = whole * 100 + fraction;
+    Some(if negative { -value } else { value })
 }
 
 impl ExpectedRow {
@@ -77,11 +94,14 @@ impl ExpectedRow {
                     .map_err(|e| format!("{position:?}: ts {t}: {e}"))
             })
             .transpose()?;
+        let price = at(&["product", "price"])
+            .map(|v| cents(&v.to_string()).ok_or_else(|| format!("{position:?}: price {v}")))
+            .transpose()?;
         Ok(Self {
             position,
             text,
             ts_us,
-            price: at(&["product", "price"]).and_then(|v| v.as_f64()),
+            price,
             quantity: at(&["quantity"]).and_then(|v| v.as_i64()),
         })
     }
@@ -293,7 +313,13 @@ pub async fn check_silver_with(
         let text: Vec<Vec<Option<String>>> =
             (0..n).map(|i| optional_strings(batch.column(i))).collect();
         let ts = batch.column(n).as_primitive::<Int64Type>();
-        let price = batch.column(n + 1).as_primitive::<Float64Type>();
+        if batch.column(n + 1).data_type() != &DataType::Decimal128(10, 2) {
+            return Err(format!(
+                "{silver}: product_price is {}, not decimal(10,2)",
+                batch.column(n + 1).data_type()
+            ));
+        }
+        let price = batch.column(n + 1).as_primitive::<Decimal128Type>();
         let quantity = batch.column(n + 2).as_primitive::<Int64Type>();
         let topic = strings(batch.column(n + 3));
         let partition = batch.column(n + 4).as_primitive::<Int32Type>();
@@ -322,7 +348,7 @@ pub async fn check_silver_with(
                 position: (topic[row].clone(), partition.value(row), offset.value(row)),
                 text,
                 ts_us: ts.is_valid(row).then(|| ts.value(row)),
-                price: price.is_valid(row).then(|| price.value(row)),
+                price: price.is_valid(row).then(|| price.value(row) as i64),
                 quantity: quantity.is_valid(row).then(|| quantity.value(row)),
             };
             let id = found.event_id().to_string();
@@ -472,7 +498,7 @@ pub async fn check_gold(tables: &TableStore, spec: &PipelineSpec, truth: &Truth)
 /// The oracle's silver rows as one Arrow batch with the demo's silver columns.
 fn expected_silver(truth: &Truth) -> TestResult<RecordBatch> {
     use arrow::array::{
-        ArrayRef, Float64Array, Int32Array, Int64Array, StringArray, TimestampMicrosecondArray,
+        ArrayRef, Decimal128Array, Int32Array, Int64Array, StringArray, TimestampMicrosecondArray,
     };
     use arrow::datatypes::{Field, Schema, TimeUnit};
     let rows: Vec<&ExpectedRow> = truth.silver.values().collect();
@@ -495,10 +521,16 @@ fn expected_silver(truth: &Truth) -> TestResult<RecordBatch> {
     columns.push(Arc::new(
         TimestampMicrosecondArray::from_iter(rows.iter().map(|r| r.ts_us)).with_timezone("UTC"),
     ));
-    fields.push(Field::new("product_price", DataType::Float64, true));
-    columns.push(Arc::new(Float64Array::from_iter(
-        rows.iter().map(|r| r.price),
-    )));
+    fields.push(Field::new(
+        "product_price",
+        DataType::Decimal128(10, 2),
+        true,
+    ));
+    columns.push(Arc::new(
+        Decimal128Array::from_iter(rows.iter().map(|r| r.price.map(i128::from)))
+            .with_precision_and_scale(10, 2)
+            .map_err(|e| e.to_string())?,
+    ));
     fields.push(Field::new("quantity", DataType::Int64, true));
     columns.push(Arc::new(Int64Array::from_iter(
         rows.iter().map(|r| r.quantity),

@@ -5,7 +5,8 @@
 //! A silver table's declared columns may change as its Delta table can (the writer
 //! evolves the table in the commit of the first rows that need it, see the lake crate's
 //! `evolve` module): new columns and new nested fields, and the widenings `int` → `long`,
-//! `float` → `double`, `date` → `timestamp`. A column the new spec no longer declares
+//! `float` → `double`, `date` → `timestamp`, and a decimal to one with as many digits
+//! before and after the point or more. A column the new spec no longer declares
 //! stays in the table, null from then on — unless the table needs it: a dedupe key, a
 //! merge key or sequence, a partition column, a table check's column. Any other change of
 //! type (`long` → `string`, `long` → `int`, a struct become a scalar) is refused with the
@@ -152,17 +153,29 @@ fn compatible(old: &FieldType, new: &FieldType, path: &str) -> Result<(), String
 }
 
 fn widens(from: Primitive, to: Primitive) -> bool {
-    matches!(
-        (from, to),
-        (Primitive::Int, Primitive::Long)
-            | (Primitive::Float, Primitive::Double)
-            | (Primitive::Date, Primitive::Timestamp)
-    )
+    match (from, to) {
+        (
+            Primitive::Decimal {
+                precision: p1,
+                scale: s1,
+            },
+            Primitive::Decimal {
+                precision: p2,
+                scale: s2,
+            },
+        ) => s2 >= s1 && p2 - s2 >= p1 - s1,
+        _ => matches!(
+            (from, to),
+            (Primitive::Int, Primitive::Long)
+                | (Primitive::Float, Primitive::Double)
+                | (Primitive::Date, Primitive::Timestamp)
+        ),
+    }
 }
 
 fn describe(ty: &FieldType) -> String {
     match ty {
-        FieldType::Primitive(p) => p.name().to_string(),
+        FieldType::Primitive(p) => p.name(),
         FieldType::Struct(_) => "a struct".into(),
         FieldType::List(inner) => format!("a list of {}", describe(inner)),
     }

@@ -32,6 +32,15 @@ pub enum Primitive {
     Timestamp,
     /// `YYYY-MM-DD`.
     Date,
+    /// An exact decimal number, `decimal(precision, scale)` (`numeric(p, s)`): up to
+    /// `precision` digits, `scale` of them after the point; for money. Read from JSON
+    /// numbers and numeric strings without going through a float.
+    Decimal {
+        /// Total digits, 1 to 38.
+        precision: u8,
+        /// Digits after the point, 0 to `precision`.
+        scale: u8,
+    },
 }
 
 impl Primitive {
@@ -45,13 +54,28 @@ impl Primitive {
             "boolean" | "bool" => Primitive::Boolean,
             "timestamp" => Primitive::Timestamp,
             "date" => Primitive::Date,
-            _ => return None,
+            other => return Primitive::parse_decimal(other),
         })
     }
 
+    /// `decimal(p,s)` / `numeric(p, s)` with 1 ≤ p ≤ 38 and 0 ≤ s ≤ p.
+    fn parse_decimal(name: &str) -> Option<Primitive> {
+        let inner = name
+            .strip_prefix("decimal")
+            .or_else(|| name.strip_prefix("numeric"))?
+            .trim()
+            .strip_prefix('(')?
+            .strip_suffix(')')?;
+        let (p, s) = inner.split_once(',')?;
+        let precision: u8 = p.trim().parse().ok()?;
+        let scale: u8 = s.trim().parse().ok()?;
+        ((1..=38).contains(&precision) && scale <= precision)
+            .then_some(Primitive::Decimal { precision, scale })
+    }
+
     /// Canonical name.
-    pub fn name(self) -> &'static str {
-        match self {
+    pub fn name(self) -> String {
+        let name = match self {
             Primitive::String => "string",
             Primitive::Int => "int",
             Primitive::Long => "long",
@@ -60,7 +84,11 @@ impl Primitive {
             Primitive::Boolean => "boolean",
             Primitive::Timestamp => "timestamp",
             Primitive::Date => "date",
-        }
+            Primitive::Decimal { precision, scale } => {
+                return format!("decimal({precision},{scale})");
+            }
+        };
+        name.to_string()
     }
 }
 
@@ -86,7 +114,12 @@ impl FieldType {
     fn from_yaml(value: &serde_yaml::Value, path: &str) -> Result<FieldType, String> {
         match value {
             serde_yaml::Value::String(name) => Primitive::parse(name).map(FieldType::Primitive).ok_or_else(|| {
-                format!("{path}: unknown type `{name}` (expected string, int, long, float, double, boolean, timestamp, date, a mapping or a one-element list)")
+                let hint = if name.starts_with("decimal(") || name.starts_with("numeric(") {
+                    "; precision 1 to 38, scale 0 to the precision, and inside a `{ }` mapping quote it: \"decimal(10,2)\""
+                } else {
+                    ""
+                };
+                format!("{path}: unknown type `{name}` (expected string, int, long, float, double, decimal(p,s), boolean, timestamp, date, a mapping or a one-element list){hint}")
             }),
             serde_yaml::Value::Mapping(_) => SchemaSpec::from_yaml(value, path).map(FieldType::Struct),
             serde_yaml::Value::Sequence(items) if items.len() == 1 => {
@@ -99,7 +132,7 @@ impl FieldType {
 
     fn to_yaml(&self) -> serde_yaml::Value {
         match self {
-            FieldType::Primitive(p) => serde_yaml::Value::String(p.name().into()),
+            FieldType::Primitive(p) => serde_yaml::Value::String(p.name()),
             FieldType::Struct(s) => s.to_yaml(),
             FieldType::List(inner) => serde_yaml::Value::Sequence(vec![inner.to_yaml()]),
         }

@@ -92,6 +92,58 @@ fn semantic_errors_name_field() {
         message.contains("ts: unknown type `timestamptz`"),
         "{message}"
     );
+
+    // An unquoted decimal inside a `{ }` mapping is split at its comma: the error says so.
+    let text = DEMO.replace("\"decimal(10,2)\"", "decimal(10,2)");
+    let (_, _, message) = spec_error(&text);
+    assert!(
+        message.contains("unknown type `decimal(10`") && message.contains("quote it"),
+        "{message}"
+    );
+    for bad in [
+        "decimal(0,0)",
+        "decimal(39,2)",
+        "decimal(4,5)",
+        "decimal(10)",
+    ] {
+        let text = DEMO.replace("decimal(10,2)", bad);
+        let (_, _, message) = spec_error(&text);
+        assert!(message.contains("precision 1 to 38"), "{bad}: {message}");
+    }
+}
+
+#[test]
+fn decimals_parse_with_precision_and_scale() {
+    let spec = PipelineSpec::parse(DEMO, "demo.yaml").unwrap();
+    let parse = spec.tables["silver.events"].parse.as_ref().unwrap();
+    let FieldType::Struct(product) = &parse.schema.fields["product"] else {
+        panic!("product is a struct");
+    };
+    assert_eq!(
+        product.fields["price"],
+        FieldType::Primitive(Primitive::Decimal {
+            precision: 10,
+            scale: 2
+        })
+    );
+    let text = DEMO.replace("\"decimal(10,2)\"", "\"numeric( 12 , 4 )\"");
+    let spec = PipelineSpec::parse(&text, "demo.yaml").unwrap();
+    let FieldType::Struct(product) = &spec.tables["silver.events"]
+        .parse
+        .as_ref()
+        .unwrap()
+        .schema
+        .fields["product"]
+    else {
+        panic!("product is a struct");
+    };
+    assert_eq!(
+        product.fields["price"],
+        FieldType::Primitive(Primitive::Decimal {
+            precision: 12,
+            scale: 4
+        })
+    );
 }
 
 #[test]

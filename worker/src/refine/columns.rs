@@ -8,8 +8,9 @@
 use std::sync::Arc;
 
 use arrow::array::{
-    ArrayRef, BooleanBuilder, Date32Builder, Float32Builder, Float64Builder, Int32Builder,
-    Int64Builder, RecordBatch, StringBuilder, TimestampMicrosecondBuilder, UInt32Builder,
+    ArrayRef, BooleanBuilder, Date32Builder, Decimal128Builder, Float32Builder, Float64Builder,
+    Int32Builder, Int64Builder, RecordBatch, StringBuilder, TimestampMicrosecondBuilder,
+    UInt32Builder,
 };
 use arrow::datatypes::{DataType, Field, FieldRef, Schema, TimeUnit};
 use arrow::error::ArrowError;
@@ -29,6 +30,8 @@ enum Column {
     Boolean(BooleanBuilder),
     Timestamp(TimestampMicrosecondBuilder, Option<Arc<str>>),
     Date32(Date32Builder),
+    /// Exact decimals of this precision and scale, appended from their text.
+    Decimal(Decimal128Builder, u8, u8),
     /// Nested: the values, decoded by arrow-json at the end.
     Nested(Field, Vec<Map<String, Value>>),
 }
@@ -55,6 +58,13 @@ impl Column {
                 Column::Timestamp(TimestampMicrosecondBuilder::with_capacity(rows), tz.clone())
             }
             DataType::Date32 => Column::Date32(Date32Builder::with_capacity(rows)),
+            DataType::Decimal128(precision, scale) if *scale >= 0 => Column::Decimal(
+                Decimal128Builder::with_capacity(rows)
+                    .with_precision_and_scale(*precision, *scale)
+                    .unwrap_or_default(),
+                *precision,
+                *scale as u8,
+            ),
             _ => Column::Nested(field.clone(), Vec::with_capacity(rows)),
         }
     }
@@ -76,6 +86,13 @@ impl Column {
             (Column::Boolean(b), Cell::Null) => b.append_null(),
             (Column::Timestamp(b, _), Cell::Null) => b.append_null(),
             (Column::Date32(b), Cell::Null) => b.append_null(),
+            (Column::Decimal(b, _, _), Cell::Null) => b.append_null(),
+            (Column::Decimal(b, precision, scale), Cell::Text(text)) => {
+                match super::decode::parse_decimal(&text, *precision, *scale) {
+                    Some(value) => b.append_value(value),
+                    None => return Err(mistyped(field, &Cell::Text(text))),
+                }
+            }
             (Column::Utf8(b), Cell::Text(s)) => b.append_value(s),
             (Column::Int64(b), Cell::Long(v)) => b.append_value(v),
             (Column::Timestamp(b, _), Cell::Long(v)) => b.append_value(v),
@@ -105,6 +122,7 @@ impl Column {
             Column::Boolean(mut b) => Arc::new(b.finish()),
             Column::Timestamp(mut b, tz) => Arc::new(b.finish().with_timezone_opt(tz)),
             Column::Date32(mut b) => Arc::new(b.finish()),
+            Column::Decimal(mut b, _, _) => Arc::new(b.finish()),
             Column::Nested(field, values) => {
                 let schema = Arc::new(Schema::new(vec![field]));
                 let mut decoder = arrow::json::ReaderBuilder::new(schema.clone())

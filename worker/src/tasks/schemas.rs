@@ -58,6 +58,9 @@ fn arrow_type(ty: &FieldType) -> DataType {
             Primitive::Boolean => DataType::Boolean,
             Primitive::Timestamp => timestamp_type(),
             Primitive::Date => DataType::Date32,
+            Primitive::Decimal { precision, scale } => {
+                DataType::Decimal128(*precision, *scale as i8)
+            }
         },
         FieldType::Struct(inner) => DataType::Struct(Fields::from(
             inner

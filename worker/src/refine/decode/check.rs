@@ -114,8 +114,57 @@ pub(super) fn check_primitive(p: Primitive, value: Value, path: &str) -> Result<
         (Primitive::Date, Value::String(s)) => parse_date(s)
             .map(Value::from)
             .ok_or_else(|| mismatch(path, "a YYYY-MM-DD date", &value)),
-        _ => Err(mismatch(path, p.name(), &value)),
+        // Kept as its exact text: the column builder reads it without a float.
+        (Primitive::Decimal { precision, scale }, Value::Number(n)) => {
+            let text = n.to_string();
+            match parse_decimal(&text, precision, scale) {
+                Some(_) => Ok(Value::String(text)),
+                None => Err(mismatch(path, &p.name(), &value)),
+            }
+        }
+        (Primitive::Decimal { precision, scale }, Value::String(text)) => {
+            match parse_decimal(text, precision, scale) {
+                Some(_) => Ok(value),
+                None => Err(mismatch(path, &p.name(), &value)),
+            }
+        }
+        _ => Err(mismatch(path, &p.name(), &value)),
     }
+}
+
+/// A decimal's text (`-12.30`, `7`, `.5`) as its unscaled value at `scale`, if it has at
+/// most `precision - scale` digits before the point and no more than `scale` significant
+/// digits after it. Exponents are not read: JSON writers print plain digits for money,
+/// and this decoder's own floats print without one.
+pub fn parse_decimal(text: &str, precision: u8, scale: u8) -> Option<i128> {
+    let (negative, digits) = match text.as_bytes().first()? {
+        b'-' => (true, &text[1..]),
+        b'+' => (false, &text[1..]),
+        _ => (false, text),
+    };
+    let (whole, fraction) = digits.split_once('.').unwrap_or((digits, ""));
+    if (whole.is_empty() && fraction.is_empty())
+        || !whole
+            .bytes()
+            .chain(fraction.bytes())
+            .all(|b| b.is_ascii_digit())
+    {
+        return None;
+    }
+    let whole = whole.trim_start_matches('0');
+    let kept = fraction.trim_end_matches('0');
+    if whole.len() > usize::from(precision - scale) || kept.len() > usize::from(scale) {
+        return None;
+    }
+    let mut value: i128 = 0;
+    for b in whole.bytes() {
+        value = value * 10 + i128::from(b - b'0');
+    }
+    for i in 0..usize::from(scale) {
+        let digit = kept.as_bytes().get(i).map_or(0, |b| b - b'0');
+        value = value * 10 + i128::from(digit);
+    }
+    Some(if negative { -value } else { value })
 }
 
 /// `YYYY-MM-DD` to days since the epoch.

@@ -14,6 +14,7 @@ use std::borrow::Cow;
 use serde_json::{Map, Value};
 use smelter_common::spec::{FieldType, SchemaSpec};
 
+pub use check::parse_decimal;
 use check::walk;
 use visit::Fields;
 

@@ -147,3 +147,64 @@ fn a_declared_field_twice_is_rejected_by_both_paths() {
         Some(r#"{"x":2}"#)
     );
 }
+
+/// Money as exact decimals, ints and floats: read from numbers and numeric strings without
+/// a float in between, out-of-range values rejected with the type, both paths agreeing.
+#[test]
+fn decimals_ints_and_floats_are_checked_exactly() {
+    let yaml = "price: decimal(10,2)\nqty: int\nw: float\n";
+    let decoder = JsonDecoder::new(serde_yaml::from_str(yaml).unwrap(), true);
+    let accepted = [
+        (r#"{"price":19.99}"#, Some(1999)),
+        (r#"{"price":"19.99"}"#, Some(1999)),
+        (r#"{"price":-0.5}"#, Some(-50)),
+        (r#"{"price":7}"#, Some(700)),
+        (r#"{"price":1e3}"#, Some(100_000)),
+        (r#"{"price":12345678.90}"#, Some(1_234_567_890)),
+        (r#"{"price":null,"qty":2147483647,"w":1.5}"#, None),
+    ];
+    let mut cells = Vec::new();
+    for (payload, cents) in accepted {
+        decoder
+            .decode_cells(payload.as_bytes(), &mut cells)
+            .unwrap_or_else(|e| panic!("{payload}: {e:?}"));
+        let found = match &cells[0] {
+            Cell::Text(text) => parse_decimal(text, 10, 2),
+            Cell::Null => None,
+            other => panic!("{payload}: {other:?}"),
+        };
+        assert_eq!(found, cents, "{payload}");
+        let (tree, _) = decoder.decode_value(payload.as_bytes()).unwrap();
+        let tree = tree[0].as_str().and_then(|t| parse_decimal(t, 10, 2));
+        assert_eq!(tree, cents, "{payload}: the tree path");
+    }
+    for (payload, expected) in [
+        (
+            r#"{"price":19.999}"#,
+            "expected decimal(10,2), got number 19.999",
+        ),
+        (r#"{"price":123456789}"#, "expected decimal(10,2)"),
+        (r#"{"price":"12,5"}"#, "expected decimal(10,2)"),
+        (r#"{"price":"1e3"}"#, "expected decimal(10,2)"),
+        (r#"{"qty":3000000000}"#, "`qty`: expected int"),
+        (r#"{"qty":1.5}"#, "`qty`: expected int"),
+        (r#"{"w":"x"}"#, "`w`: expected float"),
+    ] {
+        let streamed = decoder
+            .decode_cells(payload.as_bytes(), &mut cells)
+            .unwrap_err();
+        assert!(
+            streamed.reason.contains(expected),
+            "{payload}: {}",
+            streamed.reason
+        );
+        let tree = decoder.decode_value(payload.as_bytes()).unwrap_err();
+        assert_eq!(tree, streamed, "{payload}");
+    }
+    assert_eq!(parse_decimal("-0012.300", 10, 3), Some(-12_300));
+    assert_eq!(parse_decimal(".5", 3, 1), Some(5));
+    assert_eq!(parse_decimal("99999999.99", 10, 2), Some(9_999_999_999));
+    assert_eq!(parse_decimal("", 10, 2), None);
+    assert_eq!(parse_decimal("-", 10, 2), None);
+    assert_eq!(parse_decimal(".", 10, 2), None);
+}

@@ -7,7 +7,7 @@ use std::borrow::Cow;
 use serde_json::{Map, Value};
 use smelter_common::spec::{FieldType, Primitive};
 
-use super::check::{check, mismatch, parse_date, parse_timestamp};
+use super::check::{check, mismatch, parse_date, parse_decimal, parse_timestamp};
 use super::{Cell, Rejection, Slot};
 
 /// The fields of one JSON object (the record, or a flattened struct) as the parser meets
@@ -165,11 +165,30 @@ type Checked<'de> = Result<Cell<'de>, Rejection>;
 
 impl Leaf<'_> {
     fn mismatch<'de>(&self, value: Value) -> Checked<'de> {
-        Err(mismatch(self.path, self.ty.name(), &value))
+        Err(mismatch(self.path, &self.ty.name(), &value))
+    }
+
+    /// A decimal from its text (a string, or a number's digits): kept as text, which the
+    /// column builder reads exactly.
+    fn decimal<'de>(
+        &self,
+        text: Cow<'de, str>,
+        precision: u8,
+        scale: u8,
+        value: Value,
+    ) -> Checked<'de> {
+        match parse_decimal(&text, precision, scale) {
+            Some(_) => Ok(Cell::Text(text)),
+            None => self.mismatch(value),
+        }
     }
 
     fn text<'de>(&self, text: Cow<'de, str>) -> Checked<'de> {
         match self.ty {
+            Primitive::Decimal { precision, scale } => {
+                let value = Value::String(text.to_string());
+                self.decimal(text, precision, scale, value)
+            }
             Primitive::String => Ok(Cell::Text(text)),
             Primitive::Timestamp => parse_timestamp(&text).map(Cell::Long).ok_or_else(|| {
                 mismatch(
@@ -223,6 +242,9 @@ impl<'de> serde::de::Visitor<'de> for Leaf<'_> {
             Primitive::Double | Primitive::Float => Ok(Cell::Double(v as f64)),
             // Epoch milliseconds.
             Primitive::Timestamp => Ok(Cell::Long(v.saturating_mul(1000))),
+            Primitive::Decimal { precision, scale } => {
+                self.decimal(Cow::Owned(v.to_string()), precision, scale, Value::from(v))
+            }
             _ => self.mismatch(Value::from(v)),
         })
     }
@@ -232,6 +254,9 @@ impl<'de> serde::de::Visitor<'de> for Leaf<'_> {
             Ok(v) => self.visit_i64(v),
             Err(_) => Ok(match self.ty {
                 Primitive::Double | Primitive::Float => Ok(Cell::Double(v as f64)),
+                Primitive::Decimal { precision, scale } => {
+                    self.decimal(Cow::Owned(v.to_string()), precision, scale, Value::from(v))
+                }
                 _ => self.mismatch(Value::from(v)),
             }),
         }
@@ -240,6 +265,11 @@ impl<'de> serde::de::Visitor<'de> for Leaf<'_> {
     fn visit_f64<E>(self, v: f64) -> Result<Checked<'de>, E> {
         Ok(match self.ty {
             Primitive::Double | Primitive::Float => Ok(Cell::Double(v)),
+            // The shortest text that reads back as this double: the digits the JSON had
+            // (`19.99`), not the float's binary expansion.
+            Primitive::Decimal { precision, scale } if v.is_finite() => {
+                self.decimal(Cow::Owned(v.to_string()), precision, scale, Value::from(v))
+            }
             _ => self.mismatch(Value::from(v)),
         })
     }
