@@ -53,6 +53,9 @@ pub enum Command {
     Maintenance(MaintenanceCommand),
     /// Delete the rows matching a predicate, in one commit (safe while the pipeline runs).
     Delete(DeleteArgs),
+    /// Refine a silver table's quarantined records again under the current spec: those
+    /// that now pass go to silver, the others stay quarantined with their new reason.
+    Replay(ReplayArgs),
     /// Bring a table (and the layers it feeds) or a whole pipeline back to an earlier
     /// version; the pipeline is paused meanwhile and reprocesses from there.
     Restore(RestoreArgs),
@@ -246,6 +249,29 @@ pub struct DeleteArgs {
     /// (gold tables that read it rebuild on their next pass).
     #[arg(long)]
     pub cascade: bool,
+    /// Data directory as given to `smelter up` (tables in DIR/tables); defaults to
+    /// `storage.root` of the configuration.
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+    /// Output format (`table` or `json`).
+    #[arg(long, short, value_enum, default_value_t = Format::Table)]
+    pub output: Format,
+}
+
+/// `smelter replay`.
+#[derive(Debug, clap::Args)]
+pub struct ReplayArgs {
+    /// The quarantine table (`silver.<name>_quarantine`).
+    pub table: String,
+    /// The pipeline file the cluster runs (its current spec refines the records).
+    #[arg(long)]
+    pub pipeline: PathBuf,
+    /// Only records quarantined by this rule.
+    #[arg(long)]
+    pub rule: Option<String>,
+    /// Only records matching this SQL predicate over the quarantine's columns.
+    #[arg(long = "where")]
+    pub predicate: Option<String>,
     /// Data directory as given to `smelter up` (tables in DIR/tables); defaults to
     /// `storage.root` of the configuration.
     #[arg(long)]

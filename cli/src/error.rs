@@ -62,6 +62,9 @@ impl CliError {
                 smelter_common::Error::Spec { .. } | smelter_common::Error::Config { .. },
             ) => 2,
             CliError::Worker(smelter_worker::WorkerError::InvalidSpec { .. }) => 2,
+            CliError::Worker(smelter_worker::WorkerError::Lake(
+                smelter_lake::LakeError::Invalid { .. },
+            )) => 2,
             CliError::InvalidArgument(_) => 2,
             CliError::Lake(smelter_lake::LakeError::Invalid { .. }) => 2,
             _ => 1,

@@ -8,6 +8,7 @@
 //! | `<pipeline>/<topic>/<partition>` | last source offset in the table | ingest (bronze) |
 //! | `<table>/<upstream table>` | upstream Delta version consumed | refine, aggregate |
 //! | `smelter/epoch` | the commit-lock epoch of the writer | every commit under a lock |
+//! | `smelter/replay/<quarantine table>` | the quarantine version replayed | a quarantine replay, in silver and in the quarantine |
 //!
 //! This module is the only place that spells or reads them.
 
@@ -35,7 +36,17 @@ pub enum AppId {
     },
     /// The writer epoch: the commit lock's revision (see [`crate::lock`]).
     Epoch,
+    /// A replay of a quarantine table's records into its silver table: in silver, the
+    /// quarantine version whose records were refined again; in the quarantine, the version
+    /// whose replayed records were taken out (the worker's `refine::replay`).
+    Replay {
+        /// The quarantine table (`layer.name_quarantine`).
+        quarantine: String,
+    },
 }
+
+/// The prefix of [`AppId::Replay`].
+const REPLAY_PREFIX: &str = "smelter/replay/";
 
 /// The spelling of [`AppId::Epoch`].
 pub const EPOCH: &str = "smelter/epoch";
@@ -63,6 +74,11 @@ impl AppId {
         if text == EPOCH {
             return Some(AppId::Epoch);
         }
+        if let Some(quarantine) = text.strip_prefix(REPLAY_PREFIX) {
+            return (!quarantine.is_empty() && !quarantine.contains('/')).then(|| AppId::Replay {
+                quarantine: quarantine.to_string(),
+            });
+        }
         let parts: Vec<&str> = text.split('/').collect();
         match parts.as_slice() {
             [pipeline, topic, partition] if !pipeline.is_empty() && !topic.is_empty() => {
@@ -86,6 +102,7 @@ impl fmt::Display for AppId {
             } => write!(f, "{pipeline}/{topic}/{partition}"),
             AppId::Upstream { table, upstream } => write!(f, "{table}/{upstream}"),
             AppId::Epoch => f.write_str(EPOCH),
+            AppId::Replay { quarantine } => write!(f, "{REPLAY_PREFIX}{quarantine}"),
         }
     }
 }
@@ -120,6 +137,12 @@ mod tests {
                 "silver.events_quarantine/bronze.events",
             ),
             (AppId::Epoch, "smelter/epoch"),
+            (
+                AppId::Replay {
+                    quarantine: "silver.events_quarantine".into(),
+                },
+                "smelter/replay/silver.events_quarantine",
+            ),
         ] {
             assert_eq!(app_id.to_string(), text);
             assert_eq!(AppId::parse(text), Some(app_id), "{text}");

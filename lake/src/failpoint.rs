@@ -10,7 +10,9 @@
 //! * `commit.after_claim`: (arbitrated stores) the version is claimed in etcd, its log
 //!   entry not yet written;
 //! * `commit.after_log`: the log entry is written, its result not yet handled;
-//! * `ingest.after_commit`: a bronze batch is committed, progress not yet reported.
+//! * `ingest.after_commit`: a bronze batch is committed, progress not yet reported;
+//! * `replay.after_silver`: a quarantine replay's silver commit landed, the quarantine not
+//!   yet marked (the worker's `refine::replay`).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -23,6 +25,7 @@ pub const NAMES: &[&str] = &[
     "commit.after_claim",
     "commit.after_log",
     "ingest.after_commit",
+    "replay.after_silver",
 ];
 
 /// The armed failpoint of one worker, if any.

@@ -134,6 +134,9 @@ fn operation_kind(txns: &[(String, i64)], delta: Option<&str>, overwrite: bool) 
     if apps.iter().any(|a| matches!(a, AppId::Source { .. })) {
         return "ingest".into();
     }
+    if apps.iter().any(|a| matches!(a, AppId::Replay { .. })) {
+        return "replay".into();
+    }
     if let Some(table) = apps.iter().find_map(|a| match a {
         AppId::Upstream { table, .. } => Some(table),
         _ => None,

@@ -18,6 +18,7 @@ mod partition;
 mod pipeline;
 mod processes;
 mod racing;
+mod replay;
 mod restart;
 mod retention;
 mod s3;

@@ -8,6 +8,7 @@ pub mod history;
 pub mod lineage;
 pub mod maintenance;
 pub mod quality;
+pub mod replay;
 pub mod restore;
 pub mod roles;
 pub mod up;
@@ -102,6 +103,8 @@ pub async fn commit_env(
     Ok(smelter_lake::CommitEnv {
         arbiter,
         log: tables.log_kind(),
+        // The crash hooks of the fault suite (`worker.failpoint`), unarmed by default.
+        failpoints: smelter_lake::failpoint::Failpoints::parse(config.worker.failpoint.as_deref())?,
         ..Default::default()
     })
 }

@@ -13,6 +13,7 @@ pub mod envelope;
 pub mod expectations;
 mod key_times;
 pub mod quality;
+pub mod replay;
 
 pub use dedupe::{KeyCache, SilverAt};
 

@@ -112,6 +112,7 @@ impl ReadOnScan for PositionsTable {
                     topic, partition, ..
                 } => ("source", topic.clone(), Some(*partition)),
                 AppId::Upstream { upstream, .. } => ("upstream", upstream.clone(), None),
+                AppId::Replay { quarantine } => ("replay", quarantine.clone(), None),
                 AppId::Epoch => continue,
             };
             rows.0.push(app_id.to_string());
