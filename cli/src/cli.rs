@@ -40,6 +40,8 @@ pub enum Command {
     Validate(ValidateArgs),
     /// Declare or update a pipeline on a running coordinator.
     Apply(ApplyArgs),
+    /// Read the first records of a source and print the schema they suggest, to pin.
+    Infer(InferArgs),
     /// Replay tables' Delta logs and check the exactly-once invariants (exit 1 on findings).
     Verify(VerifyArgs),
     /// Rewrite tables' small files into larger ones (safe while the pipeline runs).
@@ -141,6 +143,26 @@ pub struct TablesArgs {
 pub struct ValidateArgs {
     /// The pipeline file.
     pub file: PathBuf,
+}
+
+/// `smelter infer`.
+#[derive(Debug, clap::Args)]
+pub struct InferArgs {
+    /// The pipeline file declaring the source.
+    #[arg(long)]
+    pub pipeline: PathBuf,
+    /// The source to read (one of the pipeline's `sources`).
+    #[arg(long)]
+    pub source: String,
+    /// How many records to look at, at most.
+    #[arg(long, default_value_t = 1000)]
+    pub sample: usize,
+    /// Stop reading once the source has had nothing new for this many seconds.
+    #[arg(long, default_value_t = 5)]
+    pub idle_secs: u64,
+    /// Output format (`table`: the spec's YAML; `json`: the schema and what was seen).
+    #[arg(long, short, value_enum, default_value_t = Format::Table)]
+    pub output: Format,
 }
 
 /// `smelter apply`.

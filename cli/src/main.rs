@@ -81,6 +81,7 @@ async fn run(cli: Cli, config: SmelterConfig) -> Result<(), CliError> {
         Command::Status(args) => commands::admin::status(&config, args).await,
         Command::Validate(args) => commands::admin::validate(args).await,
         Command::Apply(args) => commands::admin::apply(&config, args).await,
+        Command::Infer(args) => commands::infer::run(args).await,
         Command::Verify(args) => commands::verify::run(config, args).await,
         Command::Compact(args) => commands::compact::run(config, args).await,
         Command::Delete(args) => commands::delete::run(config, args).await,

@@ -13,6 +13,7 @@ mod etcd;
 mod evolution;
 mod faults;
 mod files;
+mod infer;
 mod kafka;
 mod partition;
 mod pipeline;

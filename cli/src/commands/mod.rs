@@ -5,6 +5,7 @@ pub mod bench;
 pub mod compact;
 pub mod delete;
 pub mod history;
+pub mod infer;
 pub mod lineage;
 pub mod maintenance;
 pub mod quality;

@@ -11,6 +11,7 @@ pub mod decode;
 pub mod dedupe;
 pub mod envelope;
 pub mod expectations;
+pub mod infer;
 mod key_times;
 pub mod quality;
 pub mod replay;

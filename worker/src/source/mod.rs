@@ -9,6 +9,7 @@
 mod files;
 pub mod generator;
 mod kafka;
+pub mod sample;
 mod users_cdc;
 
 use std::sync::Arc;
