@@ -58,6 +58,9 @@ pub enum Command {
     /// Refine a silver table's quarantined records again under the current spec: those
     /// that now pass go to silver, the others stay quarantined with their new reason.
     Replay(ReplayArgs),
+    /// Move the values a silver table kept in `_rescued_data` into the columns the spec
+    /// declared since, in one commit.
+    Backfill(BackfillArgs),
     /// Bring a table (and the layers it feeds) or a whole pipeline back to an earlier
     /// version; the pipeline is paused meanwhile and reprocesses from there.
     Restore(RestoreArgs),
@@ -271,6 +274,26 @@ pub struct DeleteArgs {
     /// (gold tables that read it rebuild on their next pass).
     #[arg(long)]
     pub cascade: bool,
+    /// Data directory as given to `smelter up` (tables in DIR/tables); defaults to
+    /// `storage.root` of the configuration.
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+    /// Output format (`table` or `json`).
+    #[arg(long, short, value_enum, default_value_t = Format::Table)]
+    pub output: Format,
+}
+
+/// `smelter backfill`.
+#[derive(Debug, clap::Args)]
+pub struct BackfillArgs {
+    /// The silver table (`layer.name`).
+    pub table: String,
+    /// The pipeline file declaring the table (its columns are filled).
+    #[arg(long)]
+    pub pipeline: PathBuf,
+    /// Only these columns (repeatable); all declared columns by default.
+    #[arg(long = "column")]
+    pub columns: Vec<String>,
     /// Data directory as given to `smelter up` (tables in DIR/tables); defaults to
     /// `storage.root` of the configuration.
     #[arg(long)]

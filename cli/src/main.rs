@@ -86,6 +86,7 @@ async fn run(cli: Cli, config: SmelterConfig) -> Result<(), CliError> {
         Command::Compact(args) => commands::compact::run(config, args).await,
         Command::Delete(args) => commands::delete::run(config, args).await,
         Command::Replay(args) => commands::replay::run(config, args).await,
+        Command::Backfill(args) => commands::backfill::run(config, args).await,
         Command::Restore(args) => commands::restore::run(config, args).await,
         Command::Pause(args) => commands::restore::pause(&config, args, true).await,
         Command::Resume(args) => commands::restore::pause(&config, args, false).await,

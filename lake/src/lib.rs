@@ -14,7 +14,8 @@
 //!   added, and the commits themselves;
 //! * [`file_format`]: how data files are encoded; [`recent_files`]: rows of files this
 //!   process committed moments ago, for the readers downstream;
-//! * [`evolve`]: how rows of a wider schema evolve their table in their own commit;
+//! * [`evolve`]: how rows of a wider schema evolve their table in their own commit, and
+//!   [`backfill`]: moving rescued values into the columns declared since;
 //! * [`merge`]: applying a change stream by key (the current row per key, deletes, stale
 //!   changes ignored), with [`change_data`] writing Delta's change data feed;
 //! * [`verify`], [`compact`] and [`delete`]: the checks behind `smelter verify`, and the
@@ -27,6 +28,7 @@
 
 pub mod app_id;
 pub mod arbitrated;
+pub mod backfill;
 pub mod change_data;
 pub mod changes;
 pub mod claims;

@@ -1,6 +1,7 @@
 //! One module per CLI verb; each returns a `Result` the binary turns into an exit code.
 
 pub mod admin;
+pub mod backfill;
 pub mod bench;
 pub mod compact;
 pub mod delete;
