@@ -207,6 +207,34 @@ fn merge_type(
                 t.is_nullable() || r.is_nullable(),
             ))))
         }
+        // Maps of the same key and value types, whatever their entries are named.
+        (DataType::Map(t, _), DataType::Map(r, _)) => {
+            let (DataType::Struct(tk), DataType::Struct(rk)) = (t.data_type(), r.data_type())
+            else {
+                return Err(Incompatible {
+                    column: path.to_string(),
+                    message: "a map without key and value".into(),
+                });
+            };
+            let same = tk.len() == 2
+                && rk.len() == 2
+                && tk
+                    .iter()
+                    .zip(rk.iter())
+                    .all(|(a, b)| a.data_type() == b.data_type());
+            if same {
+                Ok(table.clone())
+            } else {
+                Err(Incompatible {
+                    column: path.to_string(),
+                    message: format!(
+                        "the table holds {} and the rows {}",
+                        name(table),
+                        name(rows)
+                    ),
+                })
+            }
+        }
         (t, r) if t == r => Ok(t.clone()),
         (t, r) if widens(t, r) => {
             change

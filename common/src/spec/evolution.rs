@@ -142,6 +142,7 @@ fn compatible(old: &FieldType, new: &FieldType, path: &str) -> Result<(), String
             Ok(())
         }
         (FieldType::List(a), FieldType::List(b)) => compatible(a, b, &format!("{path}[]")),
+        (FieldType::Map(a), FieldType::Map(b)) => compatible(a, b, &format!("{path}{{}}")),
         _ => Err(format!(
             "{path} changes from {} to {}, which is not a widening (a table's columns can \
              widen int to long, float to double and date to timestamp, and gain columns and \
@@ -178,6 +179,7 @@ fn describe(ty: &FieldType) -> String {
         FieldType::Primitive(p) => p.name(),
         FieldType::Struct(_) => "a struct".into(),
         FieldType::List(inner) => format!("a list of {}", describe(inner)),
+        FieldType::Map(inner) => format!("a map of {}", describe(inner)),
     }
 }
 

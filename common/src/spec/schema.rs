@@ -32,6 +32,8 @@ pub enum Primitive {
     Timestamp,
     /// `YYYY-MM-DD`.
     Date,
+    /// Bytes, written in JSON as base64 text (`binary`, `bytes`).
+    Binary,
     /// An exact decimal number, `decimal(precision, scale)` (`numeric(p, s)`): up to
     /// `precision` digits, `scale` of them after the point; for money. Read from JSON
     /// numbers and numeric strings without going through a float.
@@ -54,6 +56,7 @@ impl Primitive {
             "boolean" | "bool" => Primitive::Boolean,
             "timestamp" => Primitive::Timestamp,
             "date" => Primitive::Date,
+            "binary" | "bytes" => Primitive::Binary,
             other => return Primitive::parse_decimal(other),
         })
     }
@@ -84,6 +87,7 @@ impl Primitive {
             Primitive::Boolean => "boolean",
             Primitive::Timestamp => "timestamp",
             Primitive::Date => "date",
+            Primitive::Binary => "binary",
             Primitive::Decimal { precision, scale } => {
                 return format!("decimal({precision},{scale})");
             }
@@ -101,6 +105,9 @@ pub enum FieldType {
     Struct(SchemaSpec),
     /// A JSON array of one element type.
     List(Box<FieldType>),
+    /// A JSON object of any keys (strings) whose values all have one type:
+    /// `map(long)`, `map(string)`, `map(map(double))`.
+    Map(Box<FieldType>),
 }
 
 /// Ordered `name -> type` mapping.
@@ -113,13 +120,18 @@ pub struct SchemaSpec {
 impl FieldType {
     fn from_yaml(value: &serde_yaml::Value, path: &str) -> Result<FieldType, String> {
         match value {
+            serde_yaml::Value::String(name) if name.trim().starts_with("map(") && name.trim().ends_with(')') => {
+                let name = name.trim();
+                let inner = serde_yaml::Value::String(name[4..name.len() - 1].trim().to_string());
+                Ok(FieldType::Map(Box::new(FieldType::from_yaml(&inner, &format!("{path}{{}}"))?)))
+            }
             serde_yaml::Value::String(name) => Primitive::parse(name).map(FieldType::Primitive).ok_or_else(|| {
                 let hint = if name.starts_with("decimal(") || name.starts_with("numeric(") {
                     "; precision 1 to 38, scale 0 to the precision, and inside a `{ }` mapping quote it: \"decimal(10,2)\""
                 } else {
                     ""
                 };
-                format!("{path}: unknown type `{name}` (expected string, int, long, float, double, decimal(p,s), boolean, timestamp, date, a mapping or a one-element list){hint}")
+                format!("{path}: unknown type `{name}` (expected string, int, long, float, double, decimal(p,s), boolean, timestamp, date, binary, map(T), a mapping or a one-element list){hint}")
             }),
             serde_yaml::Value::Mapping(_) => SchemaSpec::from_yaml(value, path).map(FieldType::Struct),
             serde_yaml::Value::Sequence(items) if items.len() == 1 => {
@@ -135,6 +147,13 @@ impl FieldType {
             FieldType::Primitive(p) => serde_yaml::Value::String(p.name()),
             FieldType::Struct(s) => s.to_yaml(),
             FieldType::List(inner) => serde_yaml::Value::Sequence(vec![inner.to_yaml()]),
+            FieldType::Map(inner) => match inner.to_yaml() {
+                serde_yaml::Value::String(inner) => {
+                    serde_yaml::Value::String(format!("map({inner})"))
+                }
+                // Values of a nested type are not written with this syntax; parse refuses them.
+                other => other,
+            },
         }
     }
 }

@@ -451,3 +451,46 @@ fn joins_name_declared_tables_the_sql_reads() {
         assert!(message.contains(needle), "{to}: {message}");
     }
 }
+
+#[test]
+fn maps_and_binary_parse_and_print_back() {
+    let schema: SchemaSpec =
+        serde_yaml::from_str("counts: map(long)\nnested: \"map( map(string) )\"\nblob: bytes\n")
+            .unwrap();
+    assert_eq!(
+        schema.fields["counts"],
+        FieldType::Map(Box::new(FieldType::Primitive(Primitive::Long)))
+    );
+    assert_eq!(
+        schema.fields["nested"],
+        FieldType::Map(Box::new(FieldType::Map(Box::new(FieldType::Primitive(
+            Primitive::String
+        )))))
+    );
+    assert_eq!(
+        schema.fields["blob"],
+        FieldType::Primitive(Primitive::Binary)
+    );
+    assert_eq!(
+        serde_yaml::to_string(&schema).unwrap(),
+        "counts: map(long)\nnested: map(map(string))\nblob: binary\n"
+    );
+    let error = serde_yaml::from_str::<SchemaSpec>("m: map(nope)\n").unwrap_err();
+    assert!(
+        error.to_string().contains("m{}: unknown type `nope`"),
+        "{error}"
+    );
+}
+
+#[test]
+fn bytes_inside_a_nested_value_are_refused() {
+    let text = DEMO.replace("session_id: string", "session_id: [binary]");
+    let (field, _, message) = spec_error(&text);
+    assert_eq!(field, "tables.silver.events.parse.schema");
+    assert!(
+        message.contains("`session_id` holds `binary` inside a list"),
+        "{message}"
+    );
+    let text = DEMO.replace("session_id: string", "session_id: binary");
+    PipelineSpec::parse(&text, "p.yaml").unwrap();
+}

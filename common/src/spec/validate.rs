@@ -490,6 +490,15 @@ fn validate_bronze(c: &Checker, spec: &PipelineSpec, name: &str, table: &TableSp
     Ok(())
 }
 
+/// Whether `ty` holds bytes anywhere inside it.
+fn nested_binary(ty: &FieldType) -> bool {
+    match ty {
+        FieldType::Primitive(p) => *p == Primitive::Binary,
+        FieldType::Struct(inner) => inner.fields.values().any(nested_binary),
+        FieldType::List(inner) | FieldType::Map(inner) => nested_binary(inner),
+    }
+}
+
 /// Output columns of a silver table (declared, flattened if asked, plus metadata).
 pub fn silver_columns(table: &TableSpec) -> Vec<(String, Option<FieldType>)> {
     let mut out: Vec<(String, Option<FieldType>)> = Vec::new();
@@ -569,6 +578,22 @@ fn validate_silver(c: &Checker, spec: &PipelineSpec, name: &str, table: &TableSp
         ));
     }
     let columns = silver_columns(table);
+    // Bytes are decoded from base64 by the column builders; a nested value (a list, a map,
+    // a struct kept whole) is built by the JSON reader, which would take the text as bytes.
+    for (column, ty) in &columns {
+        if let Some(ty) = ty
+            && !matches!(ty, FieldType::Primitive(_))
+            && nested_binary(ty)
+        {
+            return Err(c.fail(
+                &["tables", name, "parse", "schema"],
+                format!(
+                    "`{column}` holds `binary` inside a list, a map or a struct that is not \
+                     flattened; bytes are supported as a column or a flattened field"
+                ),
+            ));
+        }
+    }
     let column_names: HashSet<&str> = columns.iter().map(|(n, _)| n.as_str()).collect();
     if column_names.len() != columns.len() {
         return Err(c.fail(
@@ -675,7 +700,11 @@ fn validate_merge(
         }
     }
     if let Some((column, _)) = columns.iter().find(|(n, t)| {
-        merge.keys.contains(n) && matches!(t, Some(FieldType::Struct(_) | FieldType::List(_)))
+        merge.keys.contains(n)
+            && matches!(
+                t,
+                Some(FieldType::Struct(_) | FieldType::List(_) | FieldType::Map(_))
+            )
     }) {
         return Err(c.fail(
             &["tables", name, "merge", "keys"],

@@ -8,9 +8,9 @@
 use std::sync::Arc;
 
 use arrow::array::{
-    ArrayRef, BooleanBuilder, Date32Builder, Decimal128Builder, Float32Builder, Float64Builder,
-    Int32Builder, Int64Builder, RecordBatch, StringBuilder, TimestampMicrosecondBuilder,
-    UInt32Builder,
+    ArrayRef, BinaryBuilder, BooleanBuilder, Date32Builder, Decimal128Builder, Float32Builder,
+    Float64Builder, Int32Builder, Int64Builder, RecordBatch, StringBuilder,
+    TimestampMicrosecondBuilder, UInt32Builder,
 };
 use arrow::datatypes::{DataType, Field, FieldRef, Schema, TimeUnit};
 use arrow::error::ArrowError;
@@ -30,6 +30,8 @@ enum Column {
     Boolean(BooleanBuilder),
     Timestamp(TimestampMicrosecondBuilder, Option<Arc<str>>),
     Date32(Date32Builder),
+    /// Bytes, appended from their base64 text.
+    Binary(BinaryBuilder),
     /// Exact decimals of this precision and scale, appended from their text.
     Decimal(Decimal128Builder, u8, u8),
     /// Nested: the values, decoded by arrow-json at the end.
@@ -58,6 +60,7 @@ impl Column {
                 Column::Timestamp(TimestampMicrosecondBuilder::with_capacity(rows), tz.clone())
             }
             DataType::Date32 => Column::Date32(Date32Builder::with_capacity(rows)),
+            DataType::Binary => Column::Binary(BinaryBuilder::with_capacity(rows, rows * 16)),
             DataType::Decimal128(precision, scale) if *scale >= 0 => Column::Decimal(
                 Decimal128Builder::with_capacity(rows)
                     .with_precision_and_scale(*precision, *scale)
@@ -87,6 +90,11 @@ impl Column {
             (Column::Timestamp(b, _), Cell::Null) => b.append_null(),
             (Column::Date32(b), Cell::Null) => b.append_null(),
             (Column::Decimal(b, _, _), Cell::Null) => b.append_null(),
+            (Column::Binary(b), Cell::Null) => b.append_null(),
+            (Column::Binary(b), Cell::Text(text)) => match super::decode::base64_bytes(&text) {
+                Some(bytes) => b.append_value(bytes),
+                None => return Err(mistyped(field, &Cell::Text(text))),
+            },
             (Column::Decimal(b, precision, scale), Cell::Text(text)) => {
                 match super::decode::parse_decimal(&text, *precision, *scale) {
                     Some(value) => b.append_value(value),
@@ -123,6 +131,7 @@ impl Column {
             Column::Timestamp(mut b, tz) => Arc::new(b.finish().with_timezone_opt(tz)),
             Column::Date32(mut b) => Arc::new(b.finish()),
             Column::Decimal(mut b, _, _) => Arc::new(b.finish()),
+            Column::Binary(mut b) => Arc::new(b.finish()),
             Column::Nested(field, values) => {
                 let schema = Arc::new(Schema::new(vec![field]));
                 let mut decoder = arrow::json::ReaderBuilder::new(schema.clone())

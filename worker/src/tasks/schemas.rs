@@ -58,6 +58,7 @@ fn arrow_type(ty: &FieldType) -> DataType {
             Primitive::Boolean => DataType::Boolean,
             Primitive::Timestamp => timestamp_type(),
             Primitive::Date => DataType::Date32,
+            Primitive::Binary => DataType::Binary,
             Primitive::Decimal { precision, scale } => {
                 DataType::Decimal128(*precision, *scale as i8)
             }
@@ -69,6 +70,18 @@ fn arrow_type(ty: &FieldType) -> DataType {
                 .map(|(n, t)| Field::new(n, arrow_type(t), true))
                 .collect::<Vec<_>>(),
         )),
+        // As Delta's readers spell a map (`key_value` entries of `key` and `value`).
+        FieldType::Map(inner) => DataType::Map(
+            Arc::new(Field::new(
+                "key_value",
+                DataType::Struct(Fields::from(vec![
+                    Field::new("key", DataType::Utf8, false),
+                    Field::new("value", arrow_type(inner), true),
+                ])),
+                false,
+            )),
+            false,
+        ),
         FieldType::List(inner) => {
             DataType::List(Arc::new(Field::new("element", arrow_type(inner), true)))
         }

@@ -80,6 +80,19 @@ pub(super) fn check(
             }
             Ok(Value::Object(out))
         }
+        FieldType::Map(inner) => {
+            let Value::Object(entries) = value else {
+                return Err(mismatch(path, "object", &value));
+            };
+            entries
+                .into_iter()
+                .map(|(key, item)| {
+                    let checked = check(inner, item, &format!("{path}.{key}"), rescued)?;
+                    Ok((key, checked))
+                })
+                .collect::<Result<Map<String, Value>, _>>()
+                .map(Value::Object)
+        }
         FieldType::List(inner) => {
             let Value::Array(items) = value else {
                 return Err(mismatch(path, "array", &value));
@@ -111,6 +124,10 @@ pub(super) fn check_primitive(p: Primitive, value: Value, path: &str) -> Result<
         (Primitive::Timestamp, Value::Number(n)) if n.is_i64() => {
             Ok(Value::from(n.as_i64().unwrap_or(0).saturating_mul(1000)))
         }
+        (Primitive::Binary, Value::String(s)) => match base64_bytes(s) {
+            Some(_) => Ok(value),
+            None => Err(mismatch(path, "base64 bytes", &value)),
+        },
         (Primitive::Date, Value::String(s)) => parse_date(s)
             .map(Value::from)
             .ok_or_else(|| mismatch(path, "a YYYY-MM-DD date", &value)),
@@ -165,6 +182,12 @@ pub fn parse_decimal(text: &str, precision: u8, scale: u8) -> Option<i128> {
         value = value * 10 + i128::from(digit);
     }
     Some(if negative { -value } else { value })
+}
+
+/// Base64 text (standard alphabet, padded) as its bytes.
+pub fn base64_bytes(text: &str) -> Option<Vec<u8>> {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD.decode(text).ok()
 }
 
 /// `YYYY-MM-DD` to days since the epoch.

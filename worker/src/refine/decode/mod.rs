@@ -14,8 +14,8 @@ use std::borrow::Cow;
 use serde_json::{Map, Value};
 use smelter_common::spec::{FieldType, SchemaSpec};
 
-pub use check::parse_decimal;
 use check::walk;
+pub use check::{base64_bytes, parse_decimal};
 use visit::Fields;
 
 /// Why a payload could not become a row: the quarantine rule and reason.

@@ -7,7 +7,7 @@ use std::borrow::Cow;
 use serde_json::{Map, Value};
 use smelter_common::spec::{FieldType, Primitive};
 
-use super::check::{check, mismatch, parse_date, parse_decimal, parse_timestamp};
+use super::check::{base64_bytes, check, mismatch, parse_date, parse_decimal, parse_timestamp};
 use super::{Cell, Rejection, Slot};
 
 /// The fields of one JSON object (the record, or a flattened struct) as the parser meets
@@ -197,6 +197,14 @@ impl Leaf<'_> {
                     &Value::String(text.into_owned()),
                 )
             }),
+            Primitive::Binary => match base64_bytes(&text) {
+                Some(_) => Ok(Cell::Text(text)),
+                None => Err(mismatch(
+                    self.path,
+                    "base64 bytes",
+                    &Value::String(text.into_owned()),
+                )),
+            },
             Primitive::Date => parse_date(&text).map(Cell::Long).ok_or_else(|| {
                 mismatch(
                     self.path,
