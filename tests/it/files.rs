@@ -207,3 +207,211 @@ async fn applying_a_changed_spec_restarts_its_tasks() {
         "a was refined under the old rule and stays"
     );
 }
+
+/// The formats users land: CSV (a `;` delimiter, quoted fields with separators, quotes and
+/// a newline, empty fields, a row with too few fields), NDJSON plain, gzip and zstd, and
+/// Parquet — each its own source, refined into silver. Every row arrives exactly once with
+/// its values typed as declared (CSV's text read into `long`, `decimal`, `boolean`,
+/// `timestamp`); the short CSV row lands in bronze flagged and is quarantined naming its
+/// row; bronze keeps each record's file and position. Expected values come from the rows
+/// the test wrote.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn csv_compressed_ndjson_and_parquet_files_refine_exactly() {
+    use std::io::Write as _;
+    use std::sync::Arc;
+    let dir = tempfile::tempdir().unwrap();
+    let (csv_dir, json_dir, parquet_dir) = (
+        dir.path().join("csv"),
+        dir.path().join("json"),
+        dir.path().join("parquet"),
+    );
+    for d in [&csv_dir, &json_dir, &parquet_dir] {
+        std::fs::create_dir_all(d).unwrap();
+    }
+    // CSV: 300 rows, then one short row.
+    let mut csv = String::from("id;qty;price;paid;at;note\n");
+    for i in 0..300 {
+        let note = if i % 50 == 0 {
+            "\"a; \"\"quoted\"\"\nnote\"".to_string()
+        } else {
+            String::new()
+        };
+        csv.push_str(&format!(
+            "c{i};{};{}.{:02};{};2026-11-01T10:00:{:02}Z;{note}\n",
+            i % 5,
+            i,
+            i % 100,
+            i % 2 == 0,
+            i % 60
+        ));
+    }
+    csv.push_str("short;1\n");
+    std::fs::write(csv_dir.join("orders.csv"), &csv).unwrap();
+    // NDJSON: 100 lines in each of a plain, a gzip and a zstd file.
+    let ndjson = |from: usize| -> Vec<u8> {
+        (from..from + 100)
+            .map(|i| format!("{{\"id\":\"j{i}\",\"qty\":{}}}\n", i % 7))
+            .collect::<String>()
+            .into_bytes()
+    };
+    std::fs::write(json_dir.join("a.ndjson"), ndjson(0)).unwrap();
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    gz.write_all(&ndjson(100)).unwrap();
+    std::fs::write(json_dir.join("b.ndjson.gz"), gz.finish().unwrap()).unwrap();
+    std::fs::write(
+        json_dir.join("c.ndjson.zst"),
+        zstd::encode_all(ndjson(200).as_slice(), 3).unwrap(),
+    )
+    .unwrap();
+    // Parquet: 250 rows.
+    let ids: Vec<String> = (0..250).map(|i| format!("p{i}")).collect();
+    let batch = arrow::record_batch::RecordBatch::try_from_iter(vec![
+        (
+            "id",
+            Arc::new(arrow::array::StringArray::from(ids)) as arrow::array::ArrayRef,
+        ),
+        (
+            "qty",
+            Arc::new(arrow::array::Int64Array::from_iter_values(0..250)) as arrow::array::ArrayRef,
+        ),
+    ])
+    .unwrap();
+    let mut file = Vec::new();
+    let mut writer =
+        deltalake::parquet::arrow::ArrowWriter::try_new(&mut file, batch.schema(), None).unwrap();
+    writer.write(&batch).unwrap();
+    writer.close().unwrap();
+    std::fs::write(parquet_dir.join("part-0.parquet"), file).unwrap();
+
+    let text = format!(
+        r#"
+pipeline: formats
+sources:
+  csv_orders: {{ files: {{ path: "{}", format: csv, csv: {{ delimiter: ";" }} }} }}
+  json_orders: {{ files: {{ path: "{}" }} }}
+  parquet_orders: {{ files: {{ path: "{}", format: parquet }} }}
+tables:
+  bronze.csv_orders: {{ from: csv_orders }}
+  bronze.json_orders: {{ from: json_orders }}
+  bronze.parquet_orders: {{ from: parquet_orders }}
+  silver.csv_orders:
+    from: bronze.csv_orders
+    parse: {{ format: csv, schema: {{ id: string, qty: long, price: "decimal(10,2)", paid: boolean, at: timestamp, note: string }} }}
+  silver.json_orders:
+    from: bronze.json_orders
+    parse: {{ format: json, schema: {{ id: string, qty: long }} }}
+  silver.parquet_orders:
+    from: bronze.parquet_orders
+    parse: {{ format: json, schema: {{ id: string, qty: long }} }}
+"#,
+        csv_dir.display(),
+        json_dir.display(),
+        parquet_dir.display()
+    );
+    let cluster = TestCluster::start(2, &text).await.unwrap();
+    cluster
+        .wait_drained(Duration::from_secs(120))
+        .await
+        .unwrap();
+    let tables = &cluster.tables;
+
+    let rows = oracle_rows(
+        tables,
+        "SELECT id, CAST(qty AS VARCHAR), CAST(price AS VARCHAR), CAST(paid AS VARCHAR), \
+         CAST(CAST(at AS BIGINT) AS VARCHAR), note FROM silver.csv_orders",
+    )
+    .await;
+    let expected: BTreeSet<Vec<String>> = (0..300)
+        .map(|i| {
+            vec![
+                format!("c{i}"),
+                (i % 5).to_string(),
+                format!("{i}.{:02}", i % 100),
+                (i % 2 == 0).to_string(),
+                (1_793_527_200_000_000i64 + (i % 60) as i64 * 1_000_000).to_string(),
+                if i % 50 == 0 {
+                    "a; \"quoted\"\nnote".to_string()
+                } else {
+                    "NULL".to_string()
+                },
+            ]
+        })
+        .collect();
+    assert_eq!(rows, expected, "every CSV row once, typed as declared");
+    let quarantined = oracle_rows(
+        tables,
+        "SELECT topic, CAST(\"offset\" AS VARCHAR), rule, reason FROM silver.csv_orders_quarantine",
+    )
+    .await;
+    assert_eq!(
+        quarantined,
+        BTreeSet::from([vec![
+            "orders.csv".to_string(),
+            "300".to_string(),
+            "_ingest".to_string(),
+            "row 300: 2 fields, the header names 6".to_string(),
+        ]]),
+    );
+    let json = oracle_rows(
+        tables,
+        "SELECT id, CAST(qty AS VARCHAR) FROM silver.json_orders",
+    )
+    .await;
+    let expected: BTreeSet<Vec<String>> = (0..300)
+        .map(|i| vec![format!("j{i}"), (i % 7).to_string()])
+        .collect();
+    assert_eq!(json, expected, "plain, gzip and zstd lines once each");
+    let files = oracle_rows(
+        tables,
+        "SELECT topic, CAST(count(*) AS VARCHAR), CAST(max(\"offset\") AS VARCHAR) FROM bronze.json_orders GROUP BY topic",
+    )
+    .await;
+    assert_eq!(
+        files,
+        ["a.ndjson", "b.ndjson.gz", "c.ndjson.zst"]
+            .iter()
+            .map(|f| vec![f.to_string(), "100".to_string(), "99".to_string()])
+            .collect::<BTreeSet<_>>(),
+        "bronze keeps each record's file and line"
+    );
+    let parquet = oracle_rows(
+        tables,
+        "SELECT id, CAST(qty AS VARCHAR) FROM silver.parquet_orders",
+    )
+    .await;
+    let expected: BTreeSet<Vec<String>> = (0..250)
+        .map(|i| vec![format!("p{i}"), i.to_string()])
+        .collect();
+    assert_eq!(parquet, expected, "every Parquet row once");
+    for table in tables.list().await {
+        check_log(tables, &table).unwrap();
+    }
+}
+
+/// The rows of `query` as text (NULL for null), as a set.
+async fn oracle_rows(tables: &smelter_lake::TableStore, query: &str) -> BTreeSet<Vec<String>> {
+    use arrow::array::{Array, AsArray};
+    let mut out = BTreeSet::new();
+    for batch in sql(tables, query).await.unwrap() {
+        let columns: Vec<arrow::array::ArrayRef> = batch
+            .columns()
+            .iter()
+            .map(|c| arrow::compute::cast(c, &arrow::datatypes::DataType::Utf8).unwrap())
+            .collect();
+        for row in 0..batch.num_rows() {
+            out.insert(
+                columns
+                    .iter()
+                    .map(|c| {
+                        if c.is_null(row) {
+                            "NULL".to_string()
+                        } else {
+                            c.as_string::<i32>().value(row).to_string()
+                        }
+                    })
+                    .collect(),
+            );
+        }
+    }
+    out
+}

@@ -19,7 +19,8 @@ use serde::{Deserialize, Serialize};
 
 pub use schema::{FieldType, Primitive, SchemaSpec};
 pub use source::{
-    FilesSpec, GeneratorKind, GeneratorSpec, KafkaSpec, RESERVED_KAFKA_PROPERTIES, SourceSpec,
+    CsvSpec, FileFormat, FilesSpec, GeneratorKind, GeneratorSpec, KafkaSpec,
+    RESERVED_KAFKA_PROPERTIES, SourceSpec,
 };
 
 use crate::{Error, Result};
@@ -162,7 +163,7 @@ impl MergeSpec {
         match (&self.delete_when, format) {
             (Some(predicate), _) => Some(predicate.clone()),
             (None, PayloadFormat::Debezium) => Some("_op = 'd'".to_string()),
-            (None, PayloadFormat::Json) => None,
+            (None, PayloadFormat::Json | PayloadFormat::Csv) => None,
         }
     }
 }
@@ -277,7 +278,8 @@ impl Default for MaintenanceSpec {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct ParseSpec {
-    /// Payload format: `json` (one JSON object per record) or `debezium`.
+    /// Payload format: `json` (one JSON object per record), `csv` (rows of CSV files) or
+    /// `debezium`.
     pub format: PayloadFormat,
     /// The declared schema. Fields present in a record but not declared go to `_rescued_data`.
     pub schema: SchemaSpec,
@@ -293,6 +295,10 @@ pub enum PayloadFormat {
     /// row image is `after` (`before` for deletes); `op`, `ts_ms`, `source.lsn` and the
     /// `source` block become the columns `_op`, `_ts_ms`, `_lsn` and `_source` (JSON text).
     Debezium,
+    /// A row of a CSV file, as the files source keeps it: a JSON object of the row's text
+    /// by column name (an empty field is null). Each value is read from its text into its
+    /// declared type (`3` into a `long`, `true` into a `boolean`, `12.50` into a decimal).
+    Csv,
 }
 
 /// Columns a Debezium-parsed silver table adds after `_rescued_data`: the operation, the

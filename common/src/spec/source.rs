@@ -148,13 +148,81 @@ pub struct FilesSpec {
     /// Directory to watch. Files appear there by atomic rename; names starting with `.` or
     /// ending in `.tmp` are ignored until renamed.
     pub path: String,
-    /// Only names with this suffix are read.
-    #[serde(default = "default_suffix")]
-    pub suffix: String,
+    /// What the files hold (`ndjson` by default, `csv`, `parquet`).
+    #[serde(default)]
+    pub format: FileFormat,
+    /// Only names with this suffix are read (`.ndjson`, `.csv` or `.parquet` by default,
+    /// after the format); each may also be compressed, `<suffix>.gz` or `<suffix>.zst`.
+    #[serde(default)]
+    pub suffix: Option<String>,
+    /// How CSV files are written (with `format: csv`).
+    #[serde(default)]
+    pub csv: CsvSpec,
 }
 
-fn default_suffix() -> String {
-    ".ndjson".into()
+impl FilesSpec {
+    /// The suffix of the names read (before a compression suffix).
+    pub fn suffix(&self) -> &str {
+        match (&self.suffix, self.format) {
+            (Some(suffix), _) => suffix,
+            (None, FileFormat::Ndjson) => ".ndjson",
+            (None, FileFormat::Csv) => ".csv",
+            (None, FileFormat::Parquet) => ".parquet",
+        }
+    }
+}
+
+/// What the files of a files source hold.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum FileFormat {
+    /// One JSON object per line; a record's offset is its line number.
+    #[default]
+    Ndjson,
+    /// Comma- (or `csv.delimiter`-) separated values with quoting; each row becomes a JSON
+    /// object of its text by column name (silver reads it with `parse: { format: csv }`);
+    /// a record's offset is its row number (0 = the first row after the header).
+    Csv,
+    /// Apache Parquet; each row becomes a JSON object of its typed values; a record's
+    /// offset is its row number in the file.
+    Parquet,
+}
+
+/// How the CSV files of a files source are written.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct CsvSpec {
+    /// Whether the first row names the columns (otherwise they are `c0`, `c1`, ...).
+    #[serde(default = "yes")]
+    pub header: bool,
+    /// The field separator.
+    #[serde(default = "comma")]
+    pub delimiter: char,
+    /// The quote character (a quoted field may hold separators, quotes doubled, newlines).
+    #[serde(default = "double_quote")]
+    pub quote: char,
+}
+
+impl Default for CsvSpec {
+    fn default() -> Self {
+        Self {
+            header: true,
+            delimiter: ',',
+            quote: '"',
+        }
+    }
+}
+
+fn yes() -> bool {
+    true
+}
+
+fn comma() -> char {
+    ','
+}
+
+fn double_quote() -> char {
+    '"'
 }
 
 /// Settings of a Kafka source.

@@ -182,7 +182,8 @@ impl Refiner {
         fields.push(Field::new(ROW, DataType::UInt32, false));
         let work_schema = Arc::new(Schema::new(fields));
         let expectations = expectations::compile(table, origin, &spec.expectations, &work_schema)?;
-        let decoder = JsonDecoder::new(parse.schema, spec.flatten);
+        let text_values = parse.format == smelter_common::spec::PayloadFormat::Csv;
+        let decoder = JsonDecoder::with_text_values(parse.schema, spec.flatten, text_values);
         // The decoder fills the silver schema's leading columns, in the same order.
         let leading: Vec<&String> = work_schema.fields().iter().map(|f| f.name()).collect();
         if leading.len() < decoder.columns().len() + 6

@@ -1,7 +1,8 @@
-//! The files source: a directory of NDJSON files, picked up as they arrive.
+//! The files source: a directory of NDJSON, CSV or Parquet files (plain, `.gz` or
+//! `.zst`), picked up as they arrive.
 //!
 //! Each file is a one-partition topic named after the file; a record's offset is its
-//! 0-based line number. A file is therefore ingested exactly once by the same txn
+//! index in the file (see [`super::file_records`]). A file is therefore ingested exactly once by the same txn
 //! mechanism as any partition: its bronze txn version is the last line committed.
 //! Writers must place files atomically (write elsewhere or under a `.tmp`/dot name, then
 //! rename); files are read in name order.
@@ -15,12 +16,13 @@ use async_trait::async_trait;
 use smelter_common::spec::FilesSpec;
 use tokio::time::Instant;
 
+use super::file_records::{FileRecord, file_records, is_blank, matches};
 use super::{CommittedPositions, SourceReader, SourceRecord};
 use crate::{Result, WorkerError};
 
 struct OpenFile {
     topic: Arc<str>,
-    lines: Vec<Vec<u8>>,
+    lines: Vec<FileRecord>,
     next: usize,
 }
 
@@ -28,7 +30,7 @@ struct OpenFile {
 pub struct FilesReader {
     name: String,
     dir: PathBuf,
-    suffix: String,
+    spec: FilesSpec,
     positions: Arc<dyn CommittedPositions>,
     done: HashSet<String>,
     current: Option<OpenFile>,
@@ -47,7 +49,7 @@ impl FilesReader {
         Self {
             name: name.to_string(),
             dir: PathBuf::from(&spec.path),
-            suffix: spec.suffix.clone(),
+            spec: spec.clone(),
             positions,
             done: HashSet::new(),
             current: None,
@@ -82,11 +84,7 @@ impl FilesReader {
                 .await
                 .map(|t| t.is_file())
                 .unwrap_or(false);
-            if is_file
-                && name.ends_with(&self.suffix)
-                && !name.starts_with('.')
-                && !self.done.contains(&name)
-            {
+            if is_file && matches(&name, &self.spec) && !self.done.contains(&name) {
                 names.push(name);
             }
         }
@@ -108,11 +106,7 @@ impl FilesReader {
             let bytes = tokio::fs::read(&path)
                 .await
                 .map_err(|e| self.error(format!("cannot read {}: {e}", path.display())))?;
-            let mut lines: Vec<Vec<u8>> =
-                bytes.split(|b| *b == b'\n').map(<[u8]>::to_vec).collect();
-            if lines.last().is_some_and(Vec::is_empty) {
-                lines.pop();
-            }
+            let lines = file_records(&name, bytes, &self.spec);
             if start >= lines.len() {
                 self.done.insert(name);
                 continue;
@@ -148,24 +142,23 @@ impl SourceReader for FilesReader {
             while file.next < file.lines.len() && out.len() < max_records {
                 let offset = file.next;
                 file.next += 1;
-                let mut line = std::mem::take(&mut file.lines[offset]);
-                if line.last() == Some(&b'\r') {
-                    line.pop();
-                }
-                if line.iter().all(u8::is_ascii_whitespace) {
+                let record = std::mem::replace(&mut file.lines[offset], Ok(Vec::new()));
+                if is_blank(&record) {
                     continue; // blank lines carry no record
                 }
-                let (payload, error) = if line.len() > self.max_record_bytes {
-                    (
+                let (payload, error) = match record {
+                    // Unreadable (a CSV row with the wrong field count, a broken file):
+                    // flagged in bronze, quarantined downstream.
+                    Err(reason) => (None, Some(reason)),
+                    Ok(line) if line.len() > self.max_record_bytes => (
                         None,
                         Some(format!(
                             "record of {} bytes exceeds the limit of {} bytes",
                             line.len(),
                             self.max_record_bytes
                         )),
-                    )
-                } else {
-                    (Some(line), None)
+                    ),
+                    Ok(line) => (Some(line), None),
                 };
                 out.push(SourceRecord {
                     topic: Arc::clone(&file.topic),

@@ -6,6 +6,7 @@
 //! pure function of seed, partition and offset), the files source (each file is a
 //! one-partition topic named after the file), and Kafka (cluster mode).
 
+pub mod file_records;
 mod files;
 pub mod generator;
 mod kafka;

@@ -116,7 +116,7 @@ impl DrainWatch {
                     }
                     out
                 }
-                SourceSpec::Files(f) => files_expected(&f.path, &f.suffix)?,
+                SourceSpec::Files(f) => files_expected(f)?,
                 // Unbounded: callers that know what was produced check bronze themselves.
                 SourceSpec::Kafka(_) => return Ok(false),
             };
@@ -192,28 +192,24 @@ pub async fn downstream_caught_up(tables: &TableStore, spec: &PipelineSpec) -> R
     Ok(true)
 }
 
-/// (file, 0, last non-blank line index) of every complete file in a files-source directory.
-fn files_expected(dir: &str, suffix: &str) -> Result<Vec<(String, i32, i64)>> {
+/// (file, 0, last record's offset) of every complete file in a files-source directory,
+/// read as the source reads it.
+fn files_expected(spec: &smelter_common::spec::FilesSpec) -> Result<Vec<(String, i32, i64)>> {
+    use crate::source::file_records::{file_records, last_offset, matches};
     let mut out = Vec::new();
-    let Ok(entries) = std::fs::read_dir(dir) else {
+    let Ok(entries) = std::fs::read_dir(&spec.path) else {
         return Ok(out);
     };
     for entry in entries.flatten() {
         let name = entry.file_name().to_string_lossy().into_owned();
-        if !name.ends_with(suffix) || name.starts_with('.') {
+        if !matches(&name, spec) {
             continue;
         }
         let bytes = std::fs::read(entry.path()).map_err(|source| crate::WorkerError::Io {
             context: format!("read {name}"),
             source,
         })?;
-        let last = bytes
-            .split(|b| *b == b'\n')
-            .enumerate()
-            .filter(|(_, l)| !l.iter().all(u8::is_ascii_whitespace))
-            .map(|(i, _)| i as i64)
-            .last();
-        if let Some(last) = last {
+        if let Some(last) = last_offset(&file_records(&name, bytes, spec)) {
             out.push((name, 0, last));
         }
     }

@@ -38,6 +38,8 @@ pub(super) struct Slot {
     pub(super) column: usize,
     /// Children of a flattened struct (then `column` is unused).
     pub(super) children: Vec<Slot>,
+    /// Whether the record's values are text to read into their types (CSV rows).
+    pub(super) text_values: bool,
 }
 
 /// Decodes payloads against a declared schema.
@@ -68,6 +70,7 @@ pub(super) fn describe(value: &Value) -> String {
 pub(super) fn compile(
     schema: &SchemaSpec,
     flatten: bool,
+    text_values: bool,
     path: &str,
     prefix: &str,
     columns: &mut Vec<String>,
@@ -87,10 +90,11 @@ pub(super) fn compile(
         let slot = match ty {
             FieldType::Struct(inner) if flatten => Slot {
                 name: name.clone(),
-                children: compile(inner, flatten, &field_path, &column, columns),
+                children: compile(inner, flatten, text_values, &field_path, &column, columns),
                 path: field_path,
                 ty: ty.clone(),
                 column: usize::MAX,
+                text_values,
             },
             _ => {
                 columns.push(column);
@@ -100,6 +104,7 @@ pub(super) fn compile(
                     ty: ty.clone(),
                     column: columns.len() - 1,
                     children: Vec::new(),
+                    text_values,
                 }
             }
         };
@@ -158,8 +163,14 @@ impl Cell<'_> {
 impl JsonDecoder {
     /// A decoder for `schema`, flattening nested structs if `flatten`.
     pub fn new(schema: SchemaSpec, flatten: bool) -> Self {
+        Self::with_text_values(schema, flatten, false)
+    }
+
+    /// [`Self::new`]; with `text_values`, every value is text read into its declared type
+    /// (`"3"` into a `long`, `"true"` into a `boolean`; CSV rows, `parse: { format: csv }`).
+    pub fn with_text_values(schema: SchemaSpec, flatten: bool, text_values: bool) -> Self {
         let mut columns = Vec::new();
-        let slots = compile(&schema, flatten, "", "", &mut columns);
+        let slots = compile(&schema, flatten, text_values, "", "", &mut columns);
         Self { slots, columns }
     }
 

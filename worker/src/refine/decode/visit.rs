@@ -90,6 +90,7 @@ impl<'de> serde::de::Visitor<'de> for Fields<'_, 'de> {
                 FieldType::Primitive(ty) => map.next_value_seed(Leaf {
                     ty: *ty,
                     path: &slot.path,
+                    text_values: slot.text_values,
                 })?,
                 nested => {
                     let value: Value = map.next_value()?;
@@ -159,6 +160,8 @@ pub(super) fn map_value<'de, A: serde::de::MapAccess<'de>>(map: A) -> Result<Val
 pub(super) struct Leaf<'a> {
     pub(super) ty: Primitive,
     pub(super) path: &'a str,
+    /// Text values read into the type (CSV rows).
+    pub(super) text_values: bool,
 }
 
 type Checked<'de> = Result<Cell<'de>, Rejection>;
@@ -184,6 +187,37 @@ impl Leaf<'_> {
     }
 
     fn text<'de>(&self, text: Cow<'de, str>) -> Checked<'de> {
+        if self.text_values {
+            let trimmed = text.trim();
+            let read = match self.ty {
+                Primitive::Long => trimmed.parse::<i64>().ok().map(Cell::Long),
+                Primitive::Int => trimmed
+                    .parse::<i32>()
+                    .ok()
+                    .map(|v| Cell::Long(i64::from(v))),
+                Primitive::Double | Primitive::Float => {
+                    trimmed.parse::<f64>().ok().map(Cell::Double)
+                }
+                Primitive::Boolean => match trimmed.to_ascii_lowercase().as_str() {
+                    "true" => Some(Cell::Bool(true)),
+                    "false" => Some(Cell::Bool(false)),
+                    _ => None,
+                },
+                _ => return self.typed_text(text),
+            };
+            return read.ok_or_else(|| {
+                mismatch(
+                    self.path,
+                    &self.ty.name(),
+                    &Value::String(text.into_owned()),
+                )
+            });
+        }
+        self.typed_text(text)
+    }
+
+    /// Text where the type takes text: strings, timestamps, dates, decimals, bytes.
+    fn typed_text<'de>(&self, text: Cow<'de, str>) -> Checked<'de> {
         match self.ty {
             Primitive::Decimal { precision, scale } => {
                 let value = Value::String(text.to_string());
