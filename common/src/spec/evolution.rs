@@ -36,25 +36,8 @@ pub fn check_change(old: &PipelineSpec, new: &PipelineSpec, origin: &str) -> Res
 
 type Refusal = (String, String);
 
-/// The declared columns of a silver table as the table holds them (flattened if it is).
-fn columns(table: &TableSpec) -> Vec<(String, FieldType)> {
-    let Some(parse) = &table.parse else {
-        return Vec::new();
-    };
-    if table.flatten {
-        parse.schema.flattened()
-    } else {
-        parse
-            .schema
-            .fields
-            .iter()
-            .map(|(n, t)| (n.clone(), t.clone()))
-            .collect()
-    }
-}
-
 fn check_table(name: &str, old: &TableSpec, new: &TableSpec) -> Result<(), Refusal> {
-    let (before, after) = (columns(old), columns(new));
+    let (before, after) = (old.declared_columns(), new.declared_columns());
     if old.merge != new.merge {
         if let (Some(o), Some(n)) = (&old.merge, &new.merge)
             && (o.keys != n.keys || o.sequence_by != n.sequence_by || o.scd != n.scd)

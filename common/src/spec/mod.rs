@@ -352,6 +352,24 @@ pub enum OnViolation {
 }
 
 impl TableSpec {
+    /// The declared columns of a silver table as its Delta table holds them: the parse
+    /// schema's leaves when it is flattened (`user_device`), its top-level fields otherwise.
+    pub fn declared_columns(&self) -> Vec<(String, FieldType)> {
+        let Some(parse) = &self.parse else {
+            return Vec::new();
+        };
+        if self.flatten {
+            parse.schema.flattened()
+        } else {
+            parse
+                .schema
+                .fields
+                .iter()
+                .map(|(n, t)| (n.clone(), t.clone()))
+                .collect()
+        }
+    }
+
     /// Name of the quarantine table of a silver table.
     pub fn quarantine_name(table: &str) -> String {
         format!("{table}_quarantine")

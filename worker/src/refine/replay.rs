@@ -303,18 +303,11 @@ async fn matching(
 /// The bronze columns the refiner reads, typed as bronze has them.
 fn bronze_input() -> SchemaRef {
     let bronze = schemas::bronze();
-    let fields: Vec<Field> = [
-        "topic",
-        "partition",
-        "offset",
-        "payload",
-        "error",
-        "ingested_at",
-    ]
-    .iter()
-    .filter_map(|name| bronze.field_with_name(name).ok().cloned())
-    .map(|f| f.with_nullable(true))
-    .collect();
+    let fields: Vec<Field> = super::BRONZE_INPUT
+        .iter()
+        .filter_map(|name| bronze.field_with_name(name).ok().cloned())
+        .map(|f| f.with_nullable(true))
+        .collect();
     Arc::new(Schema::new(fields))
 }
 

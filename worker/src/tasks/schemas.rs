@@ -91,17 +91,8 @@ fn arrow_type(ty: &FieldType) -> DataType {
 /// Schema of a silver table: declared columns (flattened if asked), then metadata columns.
 pub fn silver(table: &TableSpec) -> SchemaRef {
     let mut fields: Vec<Field> = Vec::new();
-    if let Some(parse) = &table.parse {
-        let declared: Vec<(String, FieldType)> = if table.flatten {
-            parse.schema.flattened()
-        } else {
-            parse
-                .schema
-                .fields
-                .iter()
-                .map(|(n, t)| (n.clone(), t.clone()))
-                .collect()
-        };
+    {
+        let declared = table.declared_columns();
         fields.extend(
             declared
                 .iter()
