@@ -239,7 +239,17 @@ async fn recorded_request(
             if let deltalake::kernel::Action::CommitInfo(info) = action
                 && let Some(recorded) = info.info.get(REPLAY_KEY)
             {
-                return Ok(serde_json::from_value(recorded.clone()).unwrap_or_default());
+                // Never a default: replaying another selection than the one silver got
+                // would take records out of the quarantine that silver never received.
+                return serde_json::from_value(recorded.clone()).map_err(|e| {
+                    WorkerError::Lake(smelter_lake::LakeError::Invalid {
+                        table: name.to_string(),
+                        message: format!(
+                            "version {v} records a replay this version cannot read ({e}); \
+                             the quarantine was left as it is"
+                        ),
+                    })
+                });
             }
         }
     }
