@@ -26,6 +26,16 @@ pub enum AppId {
         /// The partition.
         partition: i32,
     },
+    /// A source partition read to its end (a file of a files source): its txn version is
+    /// the offset of its last record, written in the commit that holds that record. A
+    /// reader skips such a file without opening it; a restore that goes back before it
+    /// sets it to -1 (not finished).
+    SourceEnd {
+        /// The pipeline.
+        pipeline: String,
+        /// The source's topic (a file's name).
+        topic: String,
+    },
     /// An upstream table read by a downstream table; its txn version is the upstream
     /// Delta version consumed.
     Upstream {
@@ -48,6 +58,9 @@ pub enum AppId {
 /// The prefix of [`AppId::Replay`].
 const REPLAY_PREFIX: &str = "smelter/replay/";
 
+/// The last part of [`AppId::SourceEnd`].
+const END: &str = "end";
+
 /// The spelling of [`AppId::Epoch`].
 pub const EPOCH: &str = "smelter/epoch";
 
@@ -58,6 +71,14 @@ impl AppId {
             pipeline: pipeline.to_string(),
             topic: topic.to_string(),
             partition,
+        }
+    }
+
+    /// The appId that marks `topic` (a file) as read to its end.
+    pub fn source_end(pipeline: &str, topic: &str) -> Self {
+        AppId::SourceEnd {
+            pipeline: pipeline.to_string(),
+            topic: topic.to_string(),
         }
     }
 
@@ -79,12 +100,20 @@ impl AppId {
                 quarantine: quarantine.to_string(),
             });
         }
-        let parts: Vec<&str> = text.split('/').collect();
-        match parts.as_slice() {
-            [pipeline, topic, partition] if !pipeline.is_empty() && !topic.is_empty() => {
-                Some(AppId::source(pipeline, topic, partition.parse().ok()?))
+        // `<pipeline>/<topic>/<partition|end>`: a topic may hold `/` (a file in a
+        // subdirectory), a pipeline name never does.
+        if let Some((pipeline, rest)) = text.split_once('/')
+            && let Some((topic, last)) = rest.rsplit_once('/')
+            && !pipeline.is_empty()
+            && !topic.is_empty()
+        {
+            if last == END {
+                return Some(AppId::source_end(pipeline, topic));
             }
-            [table, upstream] if table.contains('.') && upstream.contains('.') => {
+            return Some(AppId::source(pipeline, topic, last.parse().ok()?));
+        }
+        match text.split_once('/') {
+            Some((table, upstream)) if table.contains('.') && upstream.contains('.') => {
                 Some(AppId::upstream(table, upstream))
             }
             _ => None,
@@ -100,6 +129,7 @@ impl fmt::Display for AppId {
                 topic,
                 partition,
             } => write!(f, "{pipeline}/{topic}/{partition}"),
+            AppId::SourceEnd { pipeline, topic } => write!(f, "{pipeline}/{topic}/{END}"),
             AppId::Upstream { table, upstream } => write!(f, "{table}/{upstream}"),
             AppId::Epoch => f.write_str(EPOCH),
             AppId::Replay { quarantine } => write!(f, "{REPLAY_PREFIX}{quarantine}"),
@@ -136,6 +166,14 @@ mod tests {
                 AppId::upstream("silver.events_quarantine", "bronze.events"),
                 "silver.events_quarantine/bronze.events",
             ),
+            (
+                AppId::source("files", "2026/12/06/a.ndjson.gz", 0),
+                "files/2026/12/06/a.ndjson.gz/0",
+            ),
+            (
+                AppId::source_end("files", "2026/12/06/a.ndjson.gz"),
+                "files/2026/12/06/a.ndjson.gz/end",
+            ),
             (AppId::Epoch, "smelter/epoch"),
             (
                 AppId::Replay {
@@ -156,7 +194,7 @@ mod tests {
             "spark-streaming-query",
             "a/b",
             "p/t/x",
-            "p/t/1/2",
+            "p/t/",
             "/t/1",
             "silver.t/",
         ] {

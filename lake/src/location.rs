@@ -194,7 +194,9 @@ impl TableStore {
         })
     }
 
-    fn storage_options(&self) -> HashMap<String, String> {
+    /// The settings tables are opened with (S3 endpoint, region, credentials); empty
+    /// for a local root. A files source on `s3://` reaches its bucket with them.
+    pub fn storage_options(&self) -> HashMap<String, String> {
         self.remote
             .as_ref()
             .map(|r| r.options.clone())

@@ -415,3 +415,86 @@ async fn oracle_rows(tables: &smelter_lake::TableStore, query: &str) -> BTreeSet
     }
     out
 }
+
+/// A bronze restore to before some files were read puts their ends back (-1) with their
+/// positions: ingest reads those files again, each record once, and records their ends
+/// again; a file finished before the cut stays unopened.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_bronze_restore_reads_the_files_it_took_back_again_once() {
+    use smelter_lake::{AppId, log};
+    let landing = tempfile::tempdir().unwrap();
+    let lines = |file: &str, n: usize| -> String {
+        (0..n)
+            .map(|i| format!("{{\"order_id\":\"{file}-{i}\",\"amount\":{},\"customer\":{{\"id\":\"c{}\"}}}}\n", i + 1, i % 3))
+            .collect()
+    };
+    let spec = pipeline(landing.path());
+    let cluster = TestCluster::start(2, &spec).await.unwrap();
+    let mut versions = Vec::new();
+    for (file, n) in [("a.ndjson", 5), ("b.ndjson", 7), ("c.ndjson", 4)] {
+        std::fs::write(landing.path().join(file), lines(file, n)).unwrap();
+        cluster
+            .wait_for_rows(
+                Duration::from_secs(60),
+                &format!("SELECT count(*) FROM bronze.orders WHERE topic = '{file}'"),
+                &[&n.to_string()],
+            )
+            .await
+            .unwrap();
+        cluster.wait_drained(Duration::from_secs(60)).await.unwrap();
+        versions.push(
+            cluster
+                .tables
+                .open("bronze.orders")
+                .await
+                .unwrap()
+                .version()
+                .unwrap(),
+        );
+    }
+    let coordinator = cluster.coordinator_endpoint();
+    let cut = versions[0].to_string();
+    let report = smelter_tests::smelter_json(
+        &[
+            "restore",
+            "bronze.orders",
+            "--version",
+            &cut,
+            "--coordinator",
+            &coordinator,
+        ],
+        cluster.dir(),
+    );
+    let text = report.to_string();
+    for file in ["b.ndjson", "c.ndjson"] {
+        assert!(
+            text.contains(&format!("orders/{file}/end=")),
+            "{file}'s end not moved: {text}"
+        );
+    }
+    assert!(!text.contains("orders/a.ndjson/end="), "{text}");
+    cluster.wait_drained(Duration::from_secs(60)).await.unwrap();
+
+    let expected: BTreeSet<(String, i32, i64)> =
+        [("a.ndjson", 5), ("b.ndjson", 7), ("c.ndjson", 4)]
+            .iter()
+            .flat_map(|(f, n)| (0..*n).map(move |i| (f.to_string(), 0, i)))
+            .collect();
+    exact(
+        "bronze.orders after the restore",
+        bronze_positions(&cluster.tables).await,
+        &expected,
+    )
+    .unwrap();
+    let table = cluster.tables.open("bronze.orders").await.unwrap();
+    assert!(
+        table.version().unwrap() > versions[2] + 1,
+        "nothing was read again"
+    );
+    for (file, n) in [("a.ndjson", 5), ("b.ndjson", 7), ("c.ndjson", 4)] {
+        let end = log::txn_version(&table, &AppId::source_end("orders", file))
+            .await
+            .unwrap();
+        assert_eq!(end, Some(n - 1), "{file}");
+    }
+}

@@ -303,6 +303,7 @@ fn records(topic: &Arc<str>, chunk: &[(i32, i64, GeneratedEvent)]) -> Vec<Source
             headers: None,
             payload: Some(event.payload.clone()),
             error: None,
+            ends_topic: false,
         })
         .collect()
 }

@@ -8,6 +8,7 @@
 //! expressions, gold SQL) are done by the worker crate on top of this.
 
 pub mod evolution;
+mod files;
 mod schema;
 mod source;
 pub mod validate;
@@ -17,11 +18,9 @@ use std::time::Duration;
 use indexmap::IndexMap;
 use serde::{Deserialize, Serialize};
 
+pub use files::{CsvSpec, FileFormat, FileSelector, FilesSpec, uncompressed};
 pub use schema::{FieldType, Primitive, SchemaSpec};
-pub use source::{
-    CsvSpec, FileFormat, FilesSpec, GeneratorKind, GeneratorSpec, KafkaSpec,
-    RESERVED_KAFKA_PROPERTIES, SourceSpec,
-};
+pub use source::{GeneratorKind, GeneratorSpec, KafkaSpec, RESERVED_KAFKA_PROPERTIES, SourceSpec};
 
 use crate::{Error, Result};
 

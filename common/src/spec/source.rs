@@ -1,8 +1,10 @@
 //! Source declarations. A source is anything that yields records with a
-//! (topic, partition, offset) position: the built-in generator, a directory of NDJSON
-//! files, and (in cluster mode) Kafka.
+//! (topic, partition, offset) position: the built-in generator, files landing in a
+//! directory or an object-store prefix, and Kafka.
 
 use serde::{Deserialize, Serialize};
+
+use super::files::FilesSpec;
 
 /// One named source, written `{ generator: {...} }` or `{ files: {...} }`.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -10,7 +12,7 @@ use serde::{Deserialize, Serialize};
 pub enum SourceSpec {
     /// Seeded clickstream generator: deterministic by (seed, partition, offset).
     Generator(GeneratorSpec),
-    /// A directory of NDJSON files; each file is a one-partition topic named after the file.
+    /// Files landing in a directory or an object-store prefix (see [`FilesSpec`]).
     Files(FilesSpec),
     /// A Kafka topic (any Kafka-protocol broker); its partitions are discovered at run time.
     Kafka(KafkaSpec),
@@ -72,7 +74,7 @@ impl SourceSpec {
     pub fn partitions(&self) -> Option<u32> {
         match self {
             SourceSpec::Generator(g) => Some(g.partitions),
-            SourceSpec::Files(_) => Some(1),
+            SourceSpec::Files(f) => Some(f.partitions),
             SourceSpec::Kafka(_) => None,
         }
     }
@@ -139,90 +141,6 @@ impl Default for GeneratorSpec {
             kind: GeneratorKind::Clickstream,
         }
     }
-}
-
-/// Settings of the files source.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields)]
-pub struct FilesSpec {
-    /// Directory to watch. Files appear there by atomic rename; names starting with `.` or
-    /// ending in `.tmp` are ignored until renamed.
-    pub path: String,
-    /// What the files hold (`ndjson` by default, `csv`, `parquet`).
-    #[serde(default)]
-    pub format: FileFormat,
-    /// Only names with this suffix are read (`.ndjson`, `.csv` or `.parquet` by default,
-    /// after the format); each may also be compressed, `<suffix>.gz` or `<suffix>.zst`.
-    #[serde(default)]
-    pub suffix: Option<String>,
-    /// How CSV files are written (with `format: csv`).
-    #[serde(default)]
-    pub csv: CsvSpec,
-}
-
-impl FilesSpec {
-    /// The suffix of the names read (before a compression suffix).
-    pub fn suffix(&self) -> &str {
-        match (&self.suffix, self.format) {
-            (Some(suffix), _) => suffix,
-            (None, FileFormat::Ndjson) => ".ndjson",
-            (None, FileFormat::Csv) => ".csv",
-            (None, FileFormat::Parquet) => ".parquet",
-        }
-    }
-}
-
-/// What the files of a files source hold.
-#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "lowercase")]
-pub enum FileFormat {
-    /// One JSON object per line; a record's offset is its line number.
-    #[default]
-    Ndjson,
-    /// Comma- (or `csv.delimiter`-) separated values with quoting; each row becomes a JSON
-    /// object of its text by column name (silver reads it with `parse: { format: csv }`);
-    /// a record's offset is its row number (0 = the first row after the header).
-    Csv,
-    /// Apache Parquet; each row becomes a JSON object of its typed values; a record's
-    /// offset is its row number in the file.
-    Parquet,
-}
-
-/// How the CSV files of a files source are written.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
-#[serde(deny_unknown_fields)]
-pub struct CsvSpec {
-    /// Whether the first row names the columns (otherwise they are `c0`, `c1`, ...).
-    #[serde(default = "yes")]
-    pub header: bool,
-    /// The field separator.
-    #[serde(default = "comma")]
-    pub delimiter: char,
-    /// The quote character (a quoted field may hold separators, quotes doubled, newlines).
-    #[serde(default = "double_quote")]
-    pub quote: char,
-}
-
-impl Default for CsvSpec {
-    fn default() -> Self {
-        Self {
-            header: true,
-            delimiter: ',',
-            quote: '"',
-        }
-    }
-}
-
-fn yes() -> bool {
-    true
-}
-
-fn comma() -> char {
-    ','
-}
-
-fn double_quote() -> char {
-    '"'
 }
 
 /// Settings of a Kafka source.

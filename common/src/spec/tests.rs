@@ -494,3 +494,44 @@ fn bytes_inside_a_nested_value_are_refused() {
     let text = DEMO.replace("session_id: string", "session_id: binary");
     PipelineSpec::parse(&text, "p.yaml").unwrap();
 }
+
+#[test]
+fn files_sources_take_prefixes_patterns_and_partitions_and_bad_ones_name_their_field() {
+    let text = |files: &str| {
+        format!(
+            "pipeline: p\nsources:\n  landing:\n    files: {files}\ntables:\n  bronze.raw: {{ from: landing }}\n"
+        )
+    };
+    let spec = PipelineSpec::parse(
+        &text("{ path: \"s3://landing/events\", pattern: \"**/*.ndjson.gz\", partitions: 6 }"),
+        "p.yaml",
+    )
+    .unwrap();
+    assert_eq!(spec.sources["landing"].partitions(), Some(6));
+    for (files, field, needle) in [
+        (
+            "{ path: \"gs://b/x\" }",
+            "sources.landing.files.path",
+            "not a supported store",
+        ),
+        (
+            "{ path: /in, pattern: \"[a\" }",
+            "sources.landing.files.pattern",
+            "not a glob",
+        ),
+        (
+            "{ path: /in, partitions: 0 }",
+            "sources.landing.files.partitions",
+            "between 1 and 1024",
+        ),
+        (
+            "{ path: /in, full_listing_every: 0 }",
+            "sources.landing.files.full_listing_every",
+            "at least 1",
+        ),
+    ] {
+        let (found, _, message) = spec_error(&text(files));
+        assert_eq!(found, field, "{message}");
+        assert!(message.contains(needle), "{message}");
+    }
+}

@@ -397,8 +397,28 @@ fn validate_source(c: &Checker, name: &str, source: &SourceSpec) -> Result<()> {
             }
         }
         SourceSpec::Files(f) => {
+            let path = ["sources", name, "files"];
+            let at = |field: &'static str| [&path[..], &[field]].concat();
             if f.path.trim().is_empty() {
-                return Err(c.fail(&["sources", name, "files", "path"], "must name a directory"));
+                return Err(c.fail(&at("path"), "must name a directory or an s3:// prefix"));
+            }
+            if let Some((scheme, _)) = f.path.split_once("://")
+                && scheme != "s3"
+                && scheme != "file"
+            {
+                return Err(c.fail(
+                    &at("path"),
+                    format!("`{scheme}://` is not a supported store (a local directory, file:// or s3://)"),
+                ));
+            }
+            if let Err(message) = f.selector() {
+                return Err(c.fail(&at("pattern"), message));
+            }
+            if !(1..=1024).contains(&f.partitions) {
+                return Err(c.fail(&at("partitions"), "must be between 1 and 1024"));
+            }
+            if f.full_listing_every == 0 {
+                return Err(c.fail(&at("full_listing_every"), "must be at least 1"));
             }
         }
         SourceSpec::Kafka(k) => {

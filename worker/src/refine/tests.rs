@@ -40,6 +40,7 @@ fn records(lines: &[&str]) -> BronzeRows {
             headers: None,
             payload: Some(line.as_bytes().to_vec()),
             error: None,
+            ends_topic: false,
         })
         .collect();
     // Two rows per batch, as bronze rows arrive in several batches (one or more per file).

@@ -111,6 +111,7 @@ impl ReadOnScan for PositionsTable {
                 AppId::Source {
                     topic, partition, ..
                 } => ("source", topic.clone(), Some(*partition)),
+                AppId::SourceEnd { topic, .. } => ("source_end", topic.clone(), None),
                 AppId::Upstream { upstream, .. } => ("upstream", upstream.clone(), None),
                 AppId::Replay { quarantine } => ("replay", quarantine.clone(), None),
                 AppId::Epoch => continue,

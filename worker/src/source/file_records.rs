@@ -18,18 +18,6 @@ use smelter_common::spec::{FileFormat, FilesSpec};
 /// One record of a file: its payload, or why it could not be read.
 pub type FileRecord = Result<Vec<u8>, String>;
 
-/// Whether a directory entry named `name` is a file of `spec` (its suffix, possibly
-/// followed by a compression suffix; not hidden).
-pub fn matches(name: &str, spec: &FilesSpec) -> bool {
-    !name.starts_with('.') && uncompressed_name(name).ends_with(spec.suffix())
-}
-
-fn uncompressed_name(name: &str) -> &str {
-    name.strip_suffix(".gz")
-        .or_else(|| name.strip_suffix(".zst"))
-        .unwrap_or(name)
-}
-
 /// The records of the file `name` holding `bytes` (see the module docs). A file that cannot
 /// be read as a whole (a broken compression stream, a file that is not Parquet) is one
 /// record, at offset 0, with the error: flagged in bronze and quarantined, not skipped.
@@ -188,6 +176,10 @@ mod tests {
 
     fn spec(yaml: &str) -> FilesSpec {
         serde_yaml::from_str(yaml).unwrap()
+    }
+
+    fn matches(name: &str, spec: &FilesSpec) -> bool {
+        spec.selector().unwrap().selects(name)
     }
 
     fn texts(records: &[FileRecord]) -> Vec<String> {

@@ -1,22 +1,34 @@
-//! The files source: a directory of NDJSON, CSV or Parquet files (plain, `.gz` or
-//! `.zst`), picked up as they arrive.
+//! The files source: files landing in a directory or an object-store prefix (NDJSON, CSV
+//! or Parquet; plain, `.gz` or `.zst`), picked up as they arrive, Auto Loader style.
 //!
-//! Each file is a one-partition topic named after the file; a record's offset is its
-//! index in the file (see [`super::file_records`]). A file is therefore ingested exactly once by the same txn
-//! mechanism as any partition: its bronze txn version is the last line committed.
-//! Writers must place files atomically (write elsewhere or under a `.tmp`/dot name, then
-//! rename); files are read in name order.
+//! * **Exactly once per file.** A file is a one-partition topic named after its path
+//!   under the landing place; a record's offset is its index in the file (see
+//!   [`super::file_records`]). Its bronze txn (`<pipeline>/<file>/0`) is the last record
+//!   committed, so a file read in part resumes after it; the commit holding its last
+//!   record also writes `<pipeline>/<file>/end` ([`smelter_lake::AppId::SourceEnd`]), so a
+//!   finished file is never opened again, after a restart or a rebalance either.
+//! * **Partitions of work.** Files are spread over `partitions` by a hash of their name
+//!   ([`smelter_common::spec::FileSelector::partition`]); this reader reads the files of
+//!   the partitions it owns, so several workers read one prefix in parallel and no file
+//!   is read by two of them. Every record is still at partition 0 of its file's topic:
+//!   positions do not depend on the partition count.
+//! * **Listing with a cursor.** After a first full listing, the store is asked only for
+//!   names greater than the greatest name seen (S3's `start-after`), leaving out names
+//!   still in flight (`.tmp`, hidden: they are renamed, maybe to a smaller name); every
+//!   `full_listing_every` listings the whole path is listed again, for a file that landed
+//!   behind the cursor. Writers must place files atomically (write elsewhere or under a
+//!   `.tmp`/dot name, then rename; one PUT on S3).
 
-use std::collections::HashSet;
-use std::path::PathBuf;
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use smelter_common::spec::FilesSpec;
+use smelter_common::spec::{FileSelector, FilesSpec};
 use tokio::time::Instant;
 
-use super::file_records::{FileRecord, file_records, is_blank, matches};
+use super::file_records::{FileRecord, file_records, is_blank, last_offset};
+use super::landing::Landing;
 use super::{CommittedPositions, SourceReader, SourceRecord};
 use crate::{Result, WorkerError};
 
@@ -24,98 +36,150 @@ struct OpenFile {
     topic: Arc<str>,
     lines: Vec<FileRecord>,
     next: usize,
+    /// The offset of the file's last record (blank lines hold none).
+    last: Option<i64>,
 }
 
-/// Reads new files of one directory.
+/// What a reader has done, for tests and logs.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct FilesStats {
+    /// Listings made, and how many of them listed the whole path.
+    pub listings: u64,
+    /// Of which full.
+    pub full_listings: u64,
+    /// Names the listings returned, over all listings.
+    pub names_listed: u64,
+    /// Files opened and read.
+    pub files_read: u64,
+    /// Files skipped because bronze records them as read to their end.
+    pub files_finished: u64,
+}
+
+/// Reads the new files of the owned partitions of one files source.
 pub struct FilesReader {
     name: String,
-    dir: PathBuf,
     spec: FilesSpec,
+    selector: FileSelector,
+    owned: HashSet<i32>,
+    s3_options: HashMap<String, String>,
+    landing: Option<Landing>,
     positions: Arc<dyn CommittedPositions>,
-    done: HashSet<String>,
+    /// The greatest name listed so far, in-flight names aside: the next listing starts
+    /// after it.
+    cursor: Option<String>,
+    /// Selected names of owned partitions already queued, read or found finished.
+    known: HashSet<String>,
+    /// Names waiting to be read, in name order.
+    queue: BTreeSet<String>,
     current: Option<OpenFile>,
     max_record_bytes: usize,
-    pending_files: usize,
+    stats: FilesStats,
 }
 
 impl FilesReader {
-    /// A reader over `spec.path`.
+    /// A reader over the files of `partitions` of `spec`.
     pub fn new(
         name: &str,
         spec: &FilesSpec,
+        partitions: &[i32],
         positions: Arc<dyn CommittedPositions>,
+        s3_options: &HashMap<String, String>,
         max_record_bytes: usize,
-    ) -> Self {
-        Self {
+    ) -> Result<Self> {
+        let selector = spec
+            .selector()
+            .map_err(|message| WorkerError::SourceInvalid {
+                source_name: name.to_string(),
+                message,
+            })?;
+        Ok(Self {
             name: name.to_string(),
-            dir: PathBuf::from(&spec.path),
             spec: spec.clone(),
+            selector,
+            owned: partitions.iter().copied().collect(),
+            s3_options: s3_options.clone(),
+            landing: None,
             positions,
-            done: HashSet::new(),
+            cursor: None,
+            known: HashSet::new(),
+            queue: BTreeSet::new(),
             current: None,
             max_record_bytes,
-            pending_files: 0,
-        }
+            stats: FilesStats::default(),
+        })
     }
 
-    fn error(&self, message: String) -> WorkerError {
-        WorkerError::Source {
-            source_name: self.name.clone(),
-            message,
-        }
+    /// What this reader has done so far.
+    pub fn stats(&self) -> FilesStats {
+        self.stats
     }
 
-    /// Candidate file names not yet done, in name order.
-    async fn pending(&self) -> Result<Vec<String>> {
-        let mut names = Vec::new();
-        let mut entries = match tokio::fs::read_dir(&self.dir).await {
-            Ok(entries) => entries,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(names),
-            Err(e) => return Err(self.error(format!("cannot list {}: {e}", self.dir.display()))),
+    /// Lists new names and queues those of owned partitions that bronze does not record
+    /// as finished.
+    async fn discover(&mut self) -> Result<()> {
+        if self.landing.is_none() {
+            self.landing = Landing::open(&self.name, &self.spec.path, &self.s3_options)?;
+        }
+        let Some(landing) = &self.landing else {
+            return Ok(()); // a local directory that does not exist yet
         };
-        while let Some(entry) = entries
-            .next_entry()
-            .await
-            .map_err(|e| self.error(format!("cannot list {}: {e}", self.dir.display())))?
-        {
-            let name = entry.file_name().to_string_lossy().into_owned();
-            let is_file = entry
-                .file_type()
-                .await
-                .map(|t| t.is_file())
-                .unwrap_or(false);
-            if is_file && matches(&name, &self.spec) && !self.done.contains(&name) {
-                names.push(name);
+        let every = u64::from(self.spec.full_listing_every.max(1));
+        let full = self.cursor.is_none() || self.stats.listings.is_multiple_of(every);
+        let after = if full { None } else { self.cursor.as_deref() };
+        let names = landing.list(after).await?;
+        self.stats.listings += 1;
+        self.stats.full_listings += u64::from(full);
+        self.stats.names_listed += names.len() as u64;
+        for name in names {
+            if !FileSelector::in_flight(&name)
+                && self.cursor.as_deref().is_none_or(|c| name.as_str() > c)
+            {
+                self.cursor = Some(name.clone());
             }
+            if !self.selector.selects(&name) {
+                continue;
+            }
+            if self.known.contains(&name) || !self.owned.contains(&self.selector.partition(&name)) {
+                continue;
+            }
+            if self.positions.finished(&name).await?.is_some() {
+                self.stats.files_finished += 1;
+            } else {
+                self.queue.insert(name.clone());
+            }
+            self.known.insert(name);
         }
-        names.sort();
-        Ok(names)
+        Ok(())
     }
 
-    /// Opens the next file with unread lines, skipping files already fully committed.
+    /// Opens the next queued file with unread records.
     async fn advance(&mut self) -> Result<bool> {
-        let pending = self.pending().await?;
-        self.pending_files = pending.len();
-        for name in pending {
+        if self.queue.is_empty() {
+            self.discover().await?;
+        }
+        while let Some(name) = self.queue.pop_first() {
             let start = self
                 .positions
                 .committed(&name, 0)
                 .await?
-                .map_or(0, |last| last as usize + 1);
-            let path = self.dir.join(&name);
-            let bytes = tokio::fs::read(&path)
-                .await
-                .map_err(|e| self.error(format!("cannot read {}: {e}", path.display())))?;
+                // -1 after a restore went back before the file: from its start.
+                .map_or(0, |last| usize::try_from(last + 1).unwrap_or(0));
+            let Some(landing) = &self.landing else {
+                break;
+            };
+            let bytes = landing.read(&name).await?;
+            self.stats.files_read += 1;
             let lines = file_records(&name, bytes, &self.spec);
-            if start >= lines.len() {
-                self.done.insert(name);
-                continue;
+            let last = last_offset(&lines);
+            if start >= lines.len() || last.is_none_or(|last| start as i64 > last) {
+                continue; // everything in it is in bronze (or it holds nothing)
             }
             tracing::info!(source = %self.name, file = %name, lines = lines.len(), start, "reading file");
             self.current = Some(OpenFile {
                 topic: name.into(),
                 lines,
                 next: start,
+                last,
             });
             return Ok(true);
         }
@@ -169,10 +233,10 @@ impl SourceReader for FilesReader {
                     headers: None,
                     payload,
                     error,
+                    ends_topic: file.last == Some(offset as i64),
                 });
             }
             if file.next >= file.lines.len() {
-                self.done.insert(file.topic.to_string());
                 self.current = None;
             }
             if !out.is_empty() {
@@ -182,15 +246,236 @@ impl SourceReader for FilesReader {
     }
 
     fn lag(&self) -> Vec<(i32, i64)> {
-        // One partition: lines left in the current file plus one per waiting file.
-        let in_file = self
-            .current
-            .as_ref()
-            .map_or(0, |f| (f.lines.len() - f.next) as i64);
-        vec![(0, in_file + self.pending_files as i64)]
+        // Per owned partition: records left in the open file plus one per queued file.
+        let mut lag: HashMap<i32, i64> = self.owned.iter().map(|p| (*p, 0)).collect();
+        if let Some(file) = &self.current {
+            *lag.entry(self.selector.partition(&file.topic)).or_default() +=
+                (file.lines.len() - file.next) as i64;
+        }
+        for name in &self.queue {
+            *lag.entry(self.selector.partition(name)).or_default() += 1;
+        }
+        let mut lag: Vec<(i32, i64)> = lag.into_iter().collect();
+        lag.sort_unstable();
+        lag
     }
 
     fn finished(&self) -> bool {
         false
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+
+    /// Bronze as far as a reader can tell: the committed offset and the recorded end of
+    /// some files.
+    #[derive(Default)]
+    struct Bronze {
+        committed: BTreeMap<String, i64>,
+        ended: BTreeMap<String, i64>,
+    }
+
+    #[async_trait]
+    impl CommittedPositions for Bronze {
+        async fn committed(&self, topic: &str, partition: i32) -> Result<Option<i64>> {
+            assert_eq!(partition, 0, "every file is partition 0 of its topic");
+            Ok(self.committed.get(topic).copied())
+        }
+
+        async fn finished(&self, topic: &str) -> Result<Option<i64>> {
+            Ok(self.ended.get(topic).copied())
+        }
+    }
+
+    fn spec(dir: &std::path::Path, extra: &str) -> FilesSpec {
+        serde_yaml::from_str(&format!("{{ path: '{}', {extra} }}", dir.display())).unwrap()
+    }
+
+    fn write(dir: &std::path::Path, name: &str, lines: usize) {
+        let path = dir.join(name);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        let body: String = (0..lines).map(|i| format!("{{\"i\":{i}}}\n")).collect();
+        std::fs::write(path, body).unwrap();
+    }
+
+    /// Polls until a poll comes back empty; the records by topic.
+    async fn drain(reader: &mut FilesReader) -> BTreeMap<String, Vec<SourceRecord>> {
+        let mut out: BTreeMap<String, Vec<SourceRecord>> = BTreeMap::new();
+        loop {
+            let records = reader.poll(1_000, Duration::from_millis(50)).await.unwrap();
+            if records.is_empty() {
+                return out;
+            }
+            for r in records {
+                out.entry(r.topic.to_string()).or_default().push(r);
+            }
+        }
+    }
+
+    fn reader(spec: &FilesSpec, partitions: &[i32], bronze: Bronze) -> FilesReader {
+        FilesReader::new(
+            "landing",
+            spec,
+            partitions,
+            Arc::new(bronze),
+            &HashMap::new(),
+            1 << 20,
+        )
+        .unwrap()
+    }
+
+    #[tokio::test]
+    async fn partitions_split_the_files_and_later_listings_ask_only_for_new_names() {
+        let dir = tempfile::tempdir().unwrap();
+        for i in 0..200 {
+            write(dir.path(), &format!("f-{i:03}.ndjson"), 1 + i % 3);
+        }
+        write(dir.path(), ".hidden.ndjson", 1);
+        write(dir.path(), "a-0.ndjson.tmp", 1); // in flight
+        write(dir.path(), "a-sub/nested.ndjson", 1); // below the path: no pattern, not read
+        let spec = spec(dir.path(), "partitions: 2, full_listing_every: 1000");
+        let mut readers = [
+            reader(&spec, &[0], Bronze::default()),
+            reader(&spec, &[1], Bronze::default()),
+        ];
+        let mut seen: Vec<BTreeMap<String, Vec<SourceRecord>>> = Vec::new();
+        for r in readers.iter_mut() {
+            seen.push(drain(r).await);
+        }
+        let names =
+            |m: &BTreeMap<String, Vec<SourceRecord>>| m.keys().cloned().collect::<BTreeSet<_>>();
+        let (a, b) = (names(&seen[0]), names(&seen[1]));
+        assert!(a.is_disjoint(&b), "a file read by two partitions");
+        let all: BTreeSet<String> = (0..200).map(|i| format!("f-{i:03}.ndjson")).collect();
+        assert_eq!(a.union(&b).cloned().collect::<BTreeSet<_>>(), all);
+        assert!(
+            a.len() > 60 && b.len() > 60,
+            "spread {} / {}",
+            a.len(),
+            b.len()
+        );
+        for records in seen.iter().flat_map(|m| m.values()) {
+            let ends: Vec<bool> = records.iter().map(|r| r.ends_topic).collect();
+            let last = ends.len() - 1;
+            assert_eq!(ends, (0..=last).map(|i| i == last).collect::<Vec<_>>());
+        }
+
+        // Two new files with greater names: the next listing returns just them.
+        let before = readers[0].stats();
+        assert_eq!(before.full_listings, 1);
+        write(dir.path(), "f-200.ndjson", 2);
+        write(dir.path(), "f-201.ndjson", 2);
+        let mut new = BTreeSet::new();
+        for r in readers.iter_mut() {
+            new.extend(drain(r).await.into_keys());
+        }
+        assert_eq!(
+            new,
+            BTreeSet::from(["f-200.ndjson".to_string(), "f-201.ndjson".to_string()])
+        );
+        let after = readers[0].stats();
+        assert_eq!(after.full_listings, 1, "no full listing");
+        assert!(after.listings > before.listings);
+        assert_eq!(
+            after.names_listed - before.names_listed,
+            2,
+            "{before:?} -> {after:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_file_behind_the_cursor_is_found_by_the_next_full_listing() {
+        let dir = tempfile::tempdir().unwrap();
+        write(dir.path(), "b.ndjson", 1);
+        let mut reader = reader(
+            &spec(dir.path(), "full_listing_every: 3"),
+            &[0],
+            Bronze::default(),
+        );
+        assert_eq!(drain(&mut reader).await.len(), 1);
+        write(dir.path(), "a.ndjson", 1); // lands behind the cursor ("b.ndjson")
+        let mut found = BTreeMap::new();
+        while found.is_empty() {
+            found = drain(&mut reader).await;
+            assert!(
+                reader.stats().listings < 10,
+                "never found: {:?}",
+                reader.stats()
+            );
+        }
+        assert_eq!(found.into_keys().collect::<Vec<_>>(), vec!["a.ndjson"]);
+        assert_eq!(reader.stats().full_listings, 2, "{:?}", reader.stats());
+    }
+
+    #[tokio::test]
+    async fn finished_files_are_never_opened_and_partly_read_ones_resume() {
+        let dir = tempfile::tempdir().unwrap();
+        for name in ["a.ndjson", "b.ndjson", "c.ndjson"] {
+            write(dir.path(), name, 4);
+        }
+        write(dir.path(), "d.ndjson", 2);
+        // `d` was read, then a restore went back before it: position and end are -1.
+        let bronze = Bronze {
+            committed: BTreeMap::from([
+                ("a.ndjson".into(), 3),
+                ("b.ndjson".into(), 1),
+                ("d.ndjson".into(), -1),
+            ]),
+            ended: BTreeMap::from([("a.ndjson".into(), 3)]),
+        };
+        let mut reader = reader(&spec(dir.path(), "format: ndjson"), &[0], bronze);
+        let read = drain(&mut reader).await;
+        let offsets: BTreeMap<&str, Vec<i64>> = read
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.iter().map(|r| r.offset).collect()))
+            .collect();
+        assert_eq!(
+            offsets,
+            BTreeMap::from([
+                ("b.ndjson", vec![2, 3]),
+                ("c.ndjson", vec![0, 1, 2, 3]),
+                ("d.ndjson", vec![0, 1])
+            ])
+        );
+        let stats = reader.stats();
+        assert_eq!(
+            (stats.files_finished, stats.files_read),
+            (1, 3),
+            "{stats:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_pattern_reads_nested_names_and_the_last_record_ends_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        write(dir.path(), "2026/12/05/x.ndjson", 2);
+        write(dir.path(), "2026/12/06/y.ndjson", 1);
+        write(dir.path(), "2026/12/06/notes.txt", 1);
+        write(dir.path(), "top.ndjson", 1);
+        std::fs::write(dir.path().join("2026/12/06/blank-tail.ndjson"), "{}\n\n\n").unwrap();
+        let mut reader = reader(
+            &spec(dir.path(), "pattern: '2026/**/*.ndjson'"),
+            &[0],
+            Bronze::default(),
+        );
+        let read = drain(&mut reader).await;
+        assert_eq!(
+            read.keys().map(String::as_str).collect::<Vec<_>>(),
+            vec![
+                "2026/12/05/x.ndjson",
+                "2026/12/06/blank-tail.ndjson",
+                "2026/12/06/y.ndjson"
+            ]
+        );
+        let tail = &read["2026/12/06/blank-tail.ndjson"];
+        assert_eq!(tail.len(), 1);
+        assert!(
+            tail[0].ends_topic,
+            "the last record ends the file even before blank lines"
+        );
     }
 }

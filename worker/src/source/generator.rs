@@ -337,6 +337,7 @@ impl GeneratorReader {
                     headers: None,
                     payload: Some(event.payload),
                     error: None,
+                    ends_topic: false,
                 });
                 cursor.next += 1;
             }
@@ -436,6 +437,10 @@ mod tests {
     #[async_trait]
     impl CommittedPositions for NothingCommitted {
         async fn committed(&self, _topic: &str, _partition: i32) -> Result<Option<i64>> {
+            Ok(None)
+        }
+
+        async fn finished(&self, _topic: &str) -> Result<Option<i64>> {
             Ok(None)
         }
     }

@@ -133,6 +133,7 @@ impl KafkaReader {
             headers,
             payload,
             error,
+            ends_topic: false,
         }
     }
 

@@ -4,15 +4,17 @@
 //! answers from the bronze table's Delta `txn` actions (docs/exactly-once.md, invariant 1). That is what makes
 //! restarts, hand-offs and crashes exactly-once for every source kind: the generator (a
 //! pure function of seed, partition and offset), the files source (each file is a
-//! one-partition topic named after the file), and Kafka (cluster mode).
+//! one-partition topic named after the file, see [`files`]), and Kafka.
 
 pub mod file_records;
-mod files;
+pub mod files;
 pub mod generator;
 mod kafka;
+pub mod landing;
 pub mod sample;
 mod users_cdc;
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -40,6 +42,9 @@ pub struct SourceRecord {
     pub payload: Option<Vec<u8>>,
     /// Why the record is flagged (e.g. too large); such records still land in bronze.
     pub error: Option<String>,
+    /// No record follows this one in its topic (the last record of a file): the commit
+    /// that holds it also records the topic as finished ([`smelter_lake::AppId::SourceEnd`]).
+    pub ends_topic: bool,
 }
 
 /// Answers "what is the last offset of (topic, partition) already in bronze?".
@@ -47,6 +52,10 @@ pub struct SourceRecord {
 pub trait CommittedPositions: Send + Sync {
     /// The last committed offset, or `None` if nothing of it was committed.
     async fn committed(&self, topic: &str, partition: i32) -> Result<Option<i64>>;
+
+    /// For topics that end (the files of a files source): the offset of the last record of
+    /// `topic` if bronze records it as read to its end, `None` otherwise.
+    async fn finished(&self, topic: &str) -> Result<Option<i64>>;
 }
 
 /// Reads the partitions of one source that this worker owns.
@@ -65,13 +74,15 @@ pub trait SourceReader: Send {
     fn finished(&self) -> bool;
 }
 
-/// Opens a reader over `partitions` of `source`, starting after the committed positions.
+/// Opens a reader over `partitions` of `source`, starting after the committed positions;
+/// a files source on `s3://` is reached with `s3_options` (the storage section's).
 pub async fn open(
     pipeline: &str,
     name: &str,
     source: &SourceSpec,
     partitions: &[i32],
     positions: Arc<dyn CommittedPositions>,
+    s3_options: &HashMap<String, String>,
     max_record_bytes: usize,
 ) -> Result<Box<dyn SourceReader>> {
     match source {
@@ -81,9 +92,11 @@ pub async fn open(
         SourceSpec::Files(spec) => Ok(Box::new(files::FilesReader::new(
             name,
             spec,
+            partitions,
             positions,
+            s3_options,
             max_record_bytes,
-        ))),
+        )?)),
         SourceSpec::Kafka(spec) => Ok(Box::new(
             kafka::KafkaReader::open(
                 pipeline,

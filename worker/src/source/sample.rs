@@ -1,6 +1,7 @@
 //! The first records of a source, read without a pipeline: what `smelter infer` looks at.
 //! Nothing is committed and no position is taken: every partition is read from its start.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -16,6 +17,10 @@ struct FromTheStart;
 #[async_trait]
 impl CommittedPositions for FromTheStart {
     async fn committed(&self, _topic: &str, _partition: i32) -> Result<Option<i64>> {
+        Ok(None)
+    }
+
+    async fn finished(&self, _topic: &str) -> Result<Option<i64>> {
         Ok(None)
     }
 }
@@ -36,7 +41,7 @@ pub async fn sample(
             let n = smelter_common::kafka::partition_count(spec, pipeline, idle).await?;
             (0..n as i32).collect()
         }
-        SourceSpec::Files(_) => vec![0],
+        SourceSpec::Files(spec) => (0..spec.partitions as i32).collect(),
     };
     let mut reader = super::open(
         pipeline,
@@ -44,6 +49,7 @@ pub async fn sample(
         source,
         &partitions,
         Arc::new(FromTheStart),
+        &HashMap::new(), // a files source on S3: settings from the AWS_* environment
         usize::MAX,
     )
     .await?;

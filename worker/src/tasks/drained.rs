@@ -16,6 +16,7 @@ use smelter_common::spec::{Layer, PipelineSpec, SourceSpec};
 
 use crate::Result;
 use crate::source::generator::Clickstream;
+use crate::source::landing::Landing;
 use smelter_lake::heads::LogHeads;
 use smelter_lake::{AppId, TableStore, log};
 
@@ -116,7 +117,18 @@ impl DrainWatch {
                     }
                     out
                 }
-                SourceSpec::Files(f) => files_expected(f)?,
+                SourceSpec::Files(f) => {
+                    files_unfinished(
+                        &self.tables,
+                        &self.heads,
+                        bronze,
+                        name,
+                        &self.spec.pipeline,
+                        &table.from,
+                        f,
+                    )
+                    .await?
+                }
                 // Unbounded: callers that know what was produced check bronze themselves.
                 SourceSpec::Kafka(_) => return Ok(false),
             };
@@ -192,23 +204,45 @@ pub async fn downstream_caught_up(tables: &TableStore, spec: &PipelineSpec) -> R
     Ok(true)
 }
 
-/// (file, 0, last record's offset) of every complete file in a files-source directory,
-/// read as the source reads it.
-fn files_expected(spec: &smelter_common::spec::FilesSpec) -> Result<Vec<(String, i32, i64)>> {
-    use crate::source::file_records::{file_records, last_offset, matches};
-    let mut out = Vec::new();
-    let Ok(entries) = std::fs::read_dir(&spec.path) else {
-        return Ok(out);
+/// (file, 0, last record's offset) of every file of a files source that bronze does not
+/// record as read to its end ([`AppId::SourceEnd`]), read as the source reads it; finished
+/// files are not opened. A file that holds no record is not listed (nothing to wait for).
+async fn files_unfinished(
+    tables: &TableStore,
+    heads: &LogHeads,
+    bronze: &mut DeltaTable,
+    bronze_name: &str,
+    pipeline: &str,
+    source: &str,
+    spec: &smelter_common::spec::FilesSpec,
+) -> Result<Vec<(String, i32, i64)>> {
+    use crate::source::file_records::{file_records, last_offset};
+    let Some(landing) = Landing::open(source, &spec.path, &tables.storage_options())? else {
+        return Ok(Vec::new());
     };
-    for entry in entries.flatten() {
-        let name = entry.file_name().to_string_lossy().into_owned();
-        if !matches(&name, spec) {
+    let selector = spec
+        .selector()
+        .map_err(|message| crate::WorkerError::SourceInvalid {
+            source_name: source.to_string(),
+            message,
+        })?;
+    let names: Vec<String> = landing
+        .list(None)
+        .await?
+        .into_iter()
+        .filter(|n| selector.selects(n))
+        .collect();
+    let ends: Vec<AppId> = names
+        .iter()
+        .map(|n| AppId::source_end(pipeline, n))
+        .collect();
+    let (_, ended) = heads.txns(bronze, bronze_name, &ends).await?;
+    let mut out = Vec::new();
+    for (name, end) in names.into_iter().zip(ended) {
+        if end.is_some_and(|last| last >= 0) {
             continue;
         }
-        let bytes = std::fs::read(entry.path()).map_err(|source| crate::WorkerError::Io {
-            context: format!("read {name}"),
-            source,
-        })?;
+        let bytes = landing.read(&name).await?;
         if let Some(last) = last_offset(&file_records(&name, bytes, spec)) {
             out.push((name, 0, last));
         }

@@ -43,6 +43,9 @@ struct TablePositions {
     name: String,
     table: Mutex<DeltaTable>,
     answers: std::sync::Mutex<HashMap<(String, i32), Option<i64>>>,
+    /// Answers about topics' ends ([`AppId::SourceEnd`]), as the log has them (-1 after a
+    /// restore went back before the end).
+    ends: std::sync::Mutex<HashMap<String, Option<i64>>>,
 }
 
 impl TablePositions {
@@ -68,11 +71,20 @@ impl TablePositions {
         out
     }
 
+    fn answered_end(&self, topic: &str) -> Option<Option<i64>> {
+        self.ends
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(topic)
+            .copied()
+    }
+
     fn forget(&self) {
         self.answers
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .clear();
+        self.ends.lock().unwrap_or_else(|e| e.into_inner()).clear();
     }
 }
 
@@ -88,6 +100,18 @@ impl CommittedPositions for TablePositions {
             .unwrap_or_else(|e| e.into_inner())
             .insert((topic.to_string(), partition), answer);
         Ok(answer)
+    }
+
+    async fn finished(&self, topic: &str) -> Result<Option<i64>> {
+        let mut table = self.table.lock().await;
+        log::refresh(&mut table, &self.name).await?;
+        let app_id = AppId::source_end(&self.pipeline, topic);
+        let answer = log::txn_version(&table, &app_id).await?;
+        self.ends
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(topic.to_string(), answer);
+        Ok(answer.filter(|last| *last >= 0))
     }
 }
 
@@ -129,7 +153,9 @@ impl IngestTask {
             name: self.table.clone(),
             table: Mutex::new(table.clone()),
             answers: Default::default(),
+            ends: Default::default(),
         });
+        let s3_options = env.tables.storage_options();
         // Last offset this task committed per (topic, partition), while the reader lives.
         let mut committed: HashMap<(String, i32), i64> = HashMap::new();
         let mut reader = source::open(
@@ -138,6 +164,7 @@ impl IngestTask {
             &source_spec,
             &self.partitions,
             positions.clone(),
+            &s3_options,
             MAX_RECORD_BYTES,
         )
         .await?;
@@ -231,6 +258,7 @@ impl IngestTask {
                             &source_spec,
                             &self.partitions,
                             positions.clone(),
+                            &s3_options,
                             MAX_RECORD_BYTES,
                         )
                         .await?;
@@ -281,6 +309,25 @@ impl IngestTask {
                 &AppId::source(&env.pipeline.pipeline, topic, partition),
                 previous,
                 offset,
+            ));
+        }
+        for r in records.iter().filter(|r| r.ends_topic) {
+            // The topic's end, in the commit of its last record; asked about by the reader
+            // before it read the topic (`CommittedPositions::finished`).
+            let previous =
+                positions
+                    .answered_end(&r.topic)
+                    .ok_or_else(|| WorkerError::SourceInvalid {
+                        source_name: self.source.clone(),
+                        message: format!(
+                            "reader ended {} without asking whether it had ended before",
+                            r.topic
+                        ),
+                    })?;
+            txns.push(TxnUpdate::new(
+                &AppId::source_end(&env.pipeline.pipeline, &r.topic),
+                previous,
+                r.offset,
             ));
         }
         let spec = env.table_spec(&self.table)?;
