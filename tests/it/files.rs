@@ -216,7 +216,7 @@ async fn applying_a_changed_spec_restarts_its_tasks() {
 /// row; bronze keeps each record's file and position. Expected values come from the rows
 /// the test wrote.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn csv_compressed_ndjson_and_parquet_files_refine_exactly() {
+async fn csv_compressed_ndjson_parquet_and_avro_files_refine_exactly() {
     use std::io::Write as _;
     use std::sync::Arc;
     let dir = tempfile::tempdir().unwrap();
@@ -282,6 +282,46 @@ async fn csv_compressed_ndjson_and_parquet_files_refine_exactly() {
     writer.write(&batch).unwrap();
     writer.close().unwrap();
     std::fs::write(parquet_dir.join("part-0.parquet"), file).unwrap();
+    // Avro: 120 records with a nested record and an optional field, in two files.
+    let avro_dir = dir.path().join("avro");
+    std::fs::create_dir_all(&avro_dir).unwrap();
+    for (file, from) in [("a.avro", 0), ("b.avro", 60)] {
+        use arrow::array::{ArrayRef, Int64Array, StringArray, StructArray};
+        use arrow::datatypes::{DataType, Field};
+        let range = from..from + 60;
+        let customer = StructArray::from(vec![(
+            Arc::new(Field::new("id", DataType::Utf8, false)),
+            Arc::new(StringArray::from_iter_values(
+                range.clone().map(|i| format!("u{}", i % 9)),
+            )) as ArrayRef,
+        )]);
+        let batch = arrow::record_batch::RecordBatch::try_from_iter(vec![
+            (
+                "id",
+                Arc::new(StringArray::from_iter_values(
+                    range.clone().map(|i| format!("a{i}")),
+                )) as ArrayRef,
+            ),
+            (
+                "qty",
+                Arc::new(Int64Array::from_iter_values(range.clone().map(|i| i * 3))) as ArrayRef,
+            ),
+            ("customer", Arc::new(customer) as ArrayRef),
+            (
+                "coupon",
+                Arc::new(StringArray::from_iter(
+                    range.clone().map(|i| (i % 4 == 0).then(|| format!("k{i}"))),
+                )) as ArrayRef,
+            ),
+        ])
+        .unwrap();
+        let mut writer =
+            arrow_avro::writer::AvroWriter::new(Vec::new(), batch.schema().as_ref().clone())
+                .unwrap();
+        writer.write(&batch).unwrap();
+        writer.finish().unwrap();
+        std::fs::write(avro_dir.join(file), writer.into_inner()).unwrap();
+    }
 
     let text = format!(
         r#"
@@ -290,7 +330,9 @@ sources:
   csv_orders: {{ files: {{ path: "{}", format: csv, csv: {{ delimiter: ";" }} }} }}
   json_orders: {{ files: {{ path: "{}" }} }}
   parquet_orders: {{ files: {{ path: "{}", format: parquet }} }}
+  avro_orders: {{ files: {{ path: "{}", format: avro }} }}
 tables:
+  bronze.avro_orders: {{ from: avro_orders }}
   bronze.csv_orders: {{ from: csv_orders }}
   bronze.json_orders: {{ from: json_orders }}
   bronze.parquet_orders: {{ from: parquet_orders }}
@@ -303,10 +345,15 @@ tables:
   silver.parquet_orders:
     from: bronze.parquet_orders
     parse: {{ format: json, schema: {{ id: string, qty: long }} }}
+  silver.avro_orders:
+    from: bronze.avro_orders
+    parse: {{ format: json, schema: {{ id: string, qty: long, customer: {{ id: string }}, coupon: string }} }}
+    flatten: true
 "#,
         csv_dir.display(),
         json_dir.display(),
-        parquet_dir.display()
+        parquet_dir.display(),
+        avro_dir.display()
     );
     let cluster = TestCluster::start(2, &text).await.unwrap();
     cluster
@@ -383,6 +430,30 @@ tables:
         .map(|i| vec![format!("p{i}"), i.to_string()])
         .collect();
     assert_eq!(parquet, expected, "every Parquet row once");
+    let avro = oracle_rows(
+        tables,
+        "SELECT id, CAST(qty AS VARCHAR), customer_id, coupon, _topic FROM silver.avro_orders",
+    )
+    .await;
+    let expected: BTreeSet<Vec<String>> = (0..120)
+        .map(|i| {
+            vec![
+                format!("a{i}"),
+                (i * 3).to_string(),
+                format!("u{}", i % 9),
+                if i % 4 == 0 {
+                    format!("k{i}")
+                } else {
+                    "NULL".into()
+                },
+                if i < 60 { "a.avro" } else { "b.avro" }.to_string(),
+            ]
+        })
+        .collect();
+    assert_eq!(
+        avro, expected,
+        "every Avro record once, nested and optional fields typed"
+    );
     for table in tables.list().await {
         check_log(tables, &table).unwrap();
     }

@@ -21,10 +21,10 @@ pub struct FilesSpec {
     /// appear there by atomic rename (or a single PUT); names starting with `.` or ending
     /// in `.tmp` are ignored until renamed.
     pub path: String,
-    /// What the files hold (`ndjson` by default, `csv`, `parquet`).
+    /// What the files hold (`ndjson` by default, `csv`, `parquet`, `avro`).
     #[serde(default)]
     pub format: FileFormat,
-    /// Only names with this suffix are read (`.ndjson`, `.csv` or `.parquet` by default,
+    /// Only names with this suffix are read (`.ndjson`, `.csv`, `.parquet` or `.avro` by default,
     /// after the format, unless a `pattern` is given); each may also be compressed,
     /// `<suffix>.gz` or `<suffix>.zst`.
     #[serde(default)]
@@ -70,6 +70,7 @@ impl FilesSpec {
             (None, FileFormat::Ndjson) => ".ndjson",
             (None, FileFormat::Csv) => ".csv",
             (None, FileFormat::Parquet) => ".parquet",
+            (None, FileFormat::Avro) => ".avro",
         }
     }
 
@@ -183,6 +184,10 @@ pub enum FileFormat {
     /// Apache Parquet; each row becomes a JSON object of its typed values; a record's
     /// offset is its row number in the file.
     Parquet,
+    /// Apache Avro object container files, read with the schema their header embeds;
+    /// each record becomes a JSON object of its typed values; a record's offset is its
+    /// index in the file.
+    Avro,
 }
 
 /// How the CSV files of a files source are written.
