@@ -13,7 +13,9 @@
 //! writer reads nothing at all.
 //!
 //! Exactness: a [`Head`] starts from a loaded snapshot (its `base`): the snapshot's files,
-//! and the snapshot's answer for a txn app id the first time it is asked. Every later
+//! and, the first time an app id is asked about, the snapshot's txns — all of them, read at
+//! once ([`crate::txns`]), so that a files source asking about thousands of files pays one
+//! read. Every later
 //! commit entry is then applied in order: its `txn`s, its adds and removes, its metadata or
 //! protocol. So at its version a head holds what a snapshot loaded at that version would,
 //! for the things it tracks. A missing commit entry (log cleanup) or another table id (a
@@ -114,6 +116,9 @@ pub struct Head {
     /// The newest txn version of each app id asked about or seen since `base` (`None`: the
     /// app id has no txn in the table).
     txns: HashMap<String, Option<i64>>,
+    /// `txns` holds every app id of the table (read whole by [`crate::txns::all_txns`] and
+    /// carried forward): an id it lacks has no txn.
+    all_txns: bool,
     /// The table's data files, by path.
     files: HashMap<String, LiveFile>,
     /// The newest version after `base` whose commit changed the metadata or the protocol.
@@ -143,6 +148,7 @@ impl Head {
             base: log::version(table),
             version: log::version(table),
             txns: HashMap::new(),
+            all_txns: false,
             files,
             metadata_changed: None,
         })
@@ -224,22 +230,41 @@ impl LogHeads {
     ) -> Result<(Arc<Head>, Vec<Option<i64>>)> {
         let keys: Vec<String> = app_ids.iter().map(AppId::to_string).collect();
         let mut head = self.advanced(table, name).await?;
-        let unknown = keys.iter().any(|a| !head.txns.contains_key(a));
+        let unknown = !head.all_txns && keys.iter().any(|a| !head.txns.contains_key(a));
         if unknown && log::version(table) < head.base {
             // The snapshot's answer for an app id holds at the head only if no commit after
             // the snapshot is unread: start this head from the older snapshot instead.
             head = Head::loaded(table, name)?;
             self.read_forward(table, name, &mut head).await?;
         }
-        for (app_id, key) in app_ids.iter().zip(&keys) {
-            if !head.txns.contains_key(key) {
-                // Not in any commit after `base`: the loaded snapshot (at or after `base`,
-                // at or before the head) knows its newest txn.
-                let version = txn_version(table, app_id).await?;
-                head.txns.insert(key.clone(), version);
+        if unknown {
+            // Not in any commit after `base`: the loaded snapshot (at or after `base`, at
+            // or before the head) knows their newest txns. Read them all at once, so that
+            // the next id asked about (the next file of a files source) costs nothing.
+            match crate::txns::all_txns(table, name).await {
+                Ok(all) => {
+                    for (key, version) in all {
+                        // Ids seen in commits after the snapshot keep their newer value.
+                        head.txns.entry(key).or_insert(Some(version));
+                    }
+                    head.all_txns = true;
+                }
+                Err(error) => {
+                    // An unusual log (a checkpoint format not read here): ask for each id.
+                    tracing::warn!(table = name, %error, "reading all txns failed; asking one id at a time");
+                    for (app_id, key) in app_ids.iter().zip(&keys) {
+                        if !head.txns.contains_key(key) {
+                            let version = txn_version(table, app_id).await?;
+                            head.txns.insert(key.clone(), version);
+                        }
+                    }
+                }
             }
         }
-        let versions = keys.iter().map(|key| head.txns[key]).collect();
+        let versions = keys
+            .iter()
+            .map(|key| head.txns.get(key).copied().flatten())
+            .collect();
         Ok((self.store(name, head), versions))
     }
 

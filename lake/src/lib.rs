@@ -54,6 +54,7 @@ pub mod storage;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
 pub mod timings;
+pub mod txns;
 pub mod vacuum;
 pub mod verify;
 pub mod zorder;

@@ -15,6 +15,7 @@ mod faults;
 mod files;
 mod infer;
 mod kafka;
+mod landing;
 mod partition;
 mod pipeline;
 mod processes;

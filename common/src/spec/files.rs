@@ -38,8 +38,8 @@ pub struct FilesSpec {
     /// coordinator places the partitions on workers like any source's.
     #[serde(default = "one")]
     pub partitions: u32,
-    /// New files are found by listing after the greatest name seen, in-flight (`.tmp`,
-    /// hidden) names aside (files should land in name order, as time-stamped names do); every this many listings, the whole `path`
+    /// New files are found by listing after the greatest name read so far (files should
+    /// land in name order, as time-stamped names do); every this many listings, the whole `path`
     /// is listed again to catch a file that landed behind that cursor. 1 lists everything
     /// every time.
     #[serde(default = "twenty")]
@@ -137,8 +137,7 @@ impl FileSelector {
     }
 
     /// Whether `name` is a file still being written by the convention writers follow (a
-    /// hidden part, a `.tmp` name): it will be renamed, possibly to a smaller name, so a
-    /// listing cursor must not move past it.
+    /// hidden part, a `.tmp` name): it will be renamed, possibly to a smaller name.
     pub fn in_flight(name: &str) -> bool {
         name.ends_with(".tmp") || name.split('/').any(|part| part.starts_with('.'))
     }

@@ -292,19 +292,21 @@ mod tests {
         assert!(records("x.parquet", b"nope".to_vec(), &spec).is_err());
     }
 
+    /// An Avro `long` (and length): zigzag, then 7 bits per byte, low first.
+    fn long(out: &mut Vec<u8>, v: i64) {
+        let mut z = ((v << 1) ^ (v >> 63)) as u64;
+        while z >= 0x80 {
+            out.push((z as u8 & 0x7f) | 0x80);
+            z >>= 7;
+        }
+        out.push(z as u8);
+    }
+
     /// An Avro object container file written byte by byte from the specification (not
     /// by the reader's crate): `records` are already binary-encoded; `codec` is `null` or
     /// `deflate`.
     fn avro_file(schema: &str, codec: &str, records: &[Vec<u8>]) -> Vec<u8> {
         use std::io::Write as _;
-        fn long(out: &mut Vec<u8>, v: i64) {
-            let mut z = ((v << 1) ^ (v >> 63)) as u64;
-            while z >= 0x80 {
-                out.push((z as u8 & 0x7f) | 0x80);
-                z >>= 7;
-            }
-            out.push(z as u8);
-        }
         fn bytes(out: &mut Vec<u8>, b: &[u8]) {
             long(out, b.len() as i64);
             out.extend_from_slice(b);
@@ -344,14 +346,6 @@ mod tests {
         coupon: Option<&str>,
         tags: &[&str],
     ) -> Vec<u8> {
-        fn long(out: &mut Vec<u8>, v: i64) {
-            let mut z = ((v << 1) ^ (v >> 63)) as u64;
-            while z >= 0x80 {
-                out.push((z as u8 & 0x7f) | 0x80);
-                z >>= 7;
-            }
-            out.push(z as u8);
-        }
         fn string(out: &mut Vec<u8>, s: &str) {
             long(out, s.len() as i64);
             out.extend_from_slice(s.as_bytes());

@@ -13,17 +13,22 @@
 //!   is read by two of them. Every record is still at partition 0 of its file's topic:
 //!   positions do not depend on the partition count.
 //! * **Listing with a cursor.** After a first full listing, the store is asked only for
-//!   names greater than the greatest name seen (S3's `start-after`), leaving out names
-//!   still in flight (`.tmp`, hidden: they are renamed, maybe to a smaller name); every
+//!   names greater than the greatest selected name seen (S3's `start-after`; names still
+//!   in flight, `.tmp` or hidden, are not selected: they are renamed, maybe to a smaller
+//!   name, and other files do not move the cursor past this source's); every
 //!   `full_listing_every` listings the whole path is listed again, for a file that landed
 //!   behind the cursor. Writers must place files atomically (write elsewhere or under a
 //!   `.tmp`/dot name, then rename; one PUT on S3).
 
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use futures::StreamExt;
+use futures::stream::FuturesOrdered;
 use smelter_common::spec::{FileSelector, FilesSpec};
 use tokio::time::Instant;
 
@@ -64,17 +69,33 @@ pub struct FilesReader {
     s3_options: HashMap<String, String>,
     landing: Option<Landing>,
     positions: Arc<dyn CommittedPositions>,
-    /// The greatest name listed so far, in-flight names aside: the next listing starts
-    /// after it.
+    /// The greatest selected name listed so far: the next listing starts after it.
     cursor: Option<String>,
     /// Selected names of owned partitions already queued, read or found finished.
     known: HashSet<String>,
-    /// Names waiting to be read, in name order.
-    queue: BTreeSet<String>,
+    /// Names waiting to be read, in name order, with the last offset bronze held of each
+    /// when it was listed.
+    queue: BTreeMap<String, Option<i64>>,
+    /// Files being fetched, in name order.
+    reading: FuturesOrdered<Fetch>,
+    /// Listings in a row that found nothing, and when the next may run.
+    idle_listings: u32,
+    next_listing: Option<Instant>,
     current: Option<OpenFile>,
     max_record_bytes: usize,
     stats: FilesStats,
 }
+
+/// Files fetched at once by one reader.
+const READ_AHEAD: usize = 8;
+
+/// The pause after a listing that found nothing, doubling with each such listing up to
+/// [`LIST_IDLE_MAX`].
+const LIST_IDLE_MIN: Duration = Duration::from_millis(200);
+const LIST_IDLE_MAX: Duration = Duration::from_secs(5);
+
+/// A file being fetched: its name, the position bronze held of it, its bytes.
+type Fetch = Pin<Box<dyn Future<Output = (String, Option<i64>, Result<Vec<u8>>)> + Send>>;
 
 impl FilesReader {
     /// A reader over the files of `partitions` of `spec`.
@@ -102,7 +123,10 @@ impl FilesReader {
             positions,
             cursor: None,
             known: HashSet::new(),
-            queue: BTreeSet::new(),
+            queue: BTreeMap::new(),
+            reading: FuturesOrdered::new(),
+            idle_listings: 0,
+            next_listing: None,
             current: None,
             max_record_bytes,
             stats: FilesStats::default(),
@@ -115,13 +139,13 @@ impl FilesReader {
     }
 
     /// Lists new names and queues those of owned partitions that bronze does not record
-    /// as finished.
-    async fn discover(&mut self) -> Result<()> {
+    /// as finished; returns how many it queued.
+    async fn discover(&mut self) -> Result<usize> {
         if self.landing.is_none() {
             self.landing = Landing::open(&self.name, &self.spec.path, &self.s3_options)?;
         }
         let Some(landing) = &self.landing else {
-            return Ok(()); // a local directory that does not exist yet
+            return Ok(0); // a local directory that does not exist yet
         };
         let every = u64::from(self.spec.full_listing_every.max(1));
         let full = self.cursor.is_none() || self.stats.listings.is_multiple_of(every);
@@ -130,51 +154,78 @@ impl FilesReader {
         self.stats.listings += 1;
         self.stats.full_listings += u64::from(full);
         self.stats.names_listed += names.len() as u64;
+        let mut new = Vec::new();
         for name in names {
-            if !FileSelector::in_flight(&name)
-                && self.cursor.as_deref().is_none_or(|c| name.as_str() > c)
-            {
+            if !self.selector.selects(&name) {
+                continue; // in flight (renamed later, maybe below), or not this source's
+            }
+            if self.cursor.as_deref().is_none_or(|c| name.as_str() > c) {
                 self.cursor = Some(name.clone());
             }
-            if !self.selector.selects(&name) {
-                continue;
+            if !self.known.contains(&name) && self.owned.contains(&self.selector.partition(&name)) {
+                new.push(name);
             }
-            if self.known.contains(&name) || !self.owned.contains(&self.selector.partition(&name)) {
-                continue;
-            }
-            if self.positions.finished(&name).await?.is_some() {
+        }
+        if new.is_empty() {
+            return Ok(0);
+        }
+        let states = self.positions.topic_states(&new).await?;
+        let queued = self.queue.len();
+        for (name, state) in new.into_iter().zip(states) {
+            if state.ended.is_some() {
                 self.stats.files_finished += 1;
             } else {
-                self.queue.insert(name.clone());
+                self.queue.insert(name.clone(), state.committed);
             }
             self.known.insert(name);
         }
-        Ok(())
+        Ok(self.queue.len() - queued)
     }
 
-    /// Opens the next queued file with unread records.
+    /// Opens the next queued file with unread records. Up to [`READ_AHEAD`] files are
+    /// fetched at once (an object store answers each GET after a round trip); they are
+    /// opened in name order.
     async fn advance(&mut self) -> Result<bool> {
-        if self.queue.is_empty() {
-            self.discover().await?;
+        if self.queue.is_empty()
+            && self.reading.is_empty()
+            && self.next_listing.is_none_or(|at| Instant::now() >= at)
+        {
+            // Listings that find nothing back off (up to `LIST_IDLE_MAX` apart), so that
+            // idle readers do not keep a store busy listing a large prefix.
+            let found = self.discover().await?;
+            self.idle_listings = if found > 0 { 0 } else { self.idle_listings + 1 };
+            let wait = LIST_IDLE_MIN
+                .saturating_mul(1 << self.idle_listings.min(8))
+                .min(LIST_IDLE_MAX);
+            self.next_listing = (found == 0).then(|| Instant::now() + wait);
         }
-        while let Some(name) = self.queue.pop_first() {
-            let start = self
-                .positions
-                .committed(&name, 0)
-                .await?
-                // -1 after a restore went back before the file: from its start.
-                .map_or(0, |last| usize::try_from(last + 1).unwrap_or(0));
-            let Some(landing) = &self.landing else {
-                break;
+        loop {
+            while self.reading.len() < READ_AHEAD {
+                let (Some(landing), Some((name, committed))) =
+                    (self.landing.clone(), self.queue.pop_first())
+                else {
+                    break;
+                };
+                self.reading.push_back(Box::pin(async move {
+                    let bytes = landing.read(&name).await;
+                    (name, committed, bytes)
+                }));
+            }
+            let Some((name, committed, bytes)) = self.reading.next().await else {
+                return Ok(false);
             };
-            let bytes = landing.read(&name).await?;
+            let bytes = bytes?;
             self.stats.files_read += 1;
+            // Where bronze stood when the file was listed: if another reader has moved it
+            // since (a rebalance), the commit's compare-and-set refuses and the reader is
+            // opened again. -1 after a restore went back before the file: from its start.
+            let start = committed.map_or(0, |last| usize::try_from(last + 1).unwrap_or(0));
             let lines = file_records(&name, bytes, &self.spec);
             let last = last_offset(&lines);
             if start >= lines.len() || last.is_none_or(|last| start as i64 > last) {
                 continue; // everything in it is in bronze (or it holds nothing)
             }
-            tracing::info!(source = %self.name, file = %name, lines = lines.len(), start, "reading file");
+            tracing::debug!(source = %self.name, file = %name, lines = lines.len(), start, "reading file");
             self.current = Some(OpenFile {
                 topic: name.into(),
                 lines,
@@ -183,7 +234,6 @@ impl FilesReader {
             });
             return Ok(true);
         }
-        Ok(false)
     }
 }
 
@@ -252,8 +302,11 @@ impl SourceReader for FilesReader {
             *lag.entry(self.selector.partition(&file.topic)).or_default() +=
                 (file.lines.len() - file.next) as i64;
         }
-        for name in &self.queue {
+        for name in self.queue.keys() {
             *lag.entry(self.selector.partition(name)).or_default() += 1;
+        }
+        if let Some(first) = self.owned.iter().min() {
+            *lag.entry(*first).or_default() += self.reading.len() as i64; // being fetched
         }
         let mut lag: Vec<(i32, i64)> = lag.into_iter().collect();
         lag.sort_unstable();
@@ -267,9 +320,10 @@ impl SourceReader for FilesReader {
 
 #[cfg(test)]
 mod tests {
-    use std::collections::BTreeMap;
+    use std::collections::{BTreeMap, BTreeSet};
 
     use super::*;
+    use crate::source::TopicState;
 
     /// Bronze as far as a reader can tell: the committed offset and the recorded end of
     /// some files.
@@ -281,13 +335,18 @@ mod tests {
 
     #[async_trait]
     impl CommittedPositions for Bronze {
-        async fn committed(&self, topic: &str, partition: i32) -> Result<Option<i64>> {
-            assert_eq!(partition, 0, "every file is partition 0 of its topic");
-            Ok(self.committed.get(topic).copied())
+        async fn committed(&self, _topic: &str, _partition: i32) -> Result<Option<i64>> {
+            unreachable!("a files reader asks for its files' states, listing by listing")
         }
 
-        async fn finished(&self, topic: &str) -> Result<Option<i64>> {
-            Ok(self.ended.get(topic).copied())
+        async fn topic_states(&self, topics: &[String]) -> Result<Vec<TopicState>> {
+            Ok(topics
+                .iter()
+                .map(|t| TopicState {
+                    committed: self.committed.get(t).copied(),
+                    ended: self.ended.get(t).copied(),
+                })
+                .collect())
         }
     }
 
@@ -304,9 +363,18 @@ mod tests {
 
     /// Polls until a poll comes back empty; the records by topic.
     async fn drain(reader: &mut FilesReader) -> BTreeMap<String, Vec<SourceRecord>> {
+        drain_waiting(reader, Duration::from_millis(50)).await
+    }
+
+    /// [`drain`], each poll waiting up to `wait` (longer than a listing's idle pause, to
+    /// see files that land meanwhile).
+    async fn drain_waiting(
+        reader: &mut FilesReader,
+        wait: Duration,
+    ) -> BTreeMap<String, Vec<SourceRecord>> {
         let mut out: BTreeMap<String, Vec<SourceRecord>> = BTreeMap::new();
         loop {
-            let records = reader.poll(1_000, Duration::from_millis(50)).await.unwrap();
+            let records = reader.poll(1_000, wait).await.unwrap();
             if records.is_empty() {
                 return out;
             }
@@ -371,7 +439,8 @@ mod tests {
         write(dir.path(), "f-201.ndjson", 2);
         let mut new = BTreeSet::new();
         for r in readers.iter_mut() {
-            new.extend(drain(r).await.into_keys());
+            // Long enough to outlast the pause after the one idle listing of the drain.
+            new.extend(drain_waiting(r, Duration::from_secs(2)).await.into_keys());
         }
         assert_eq!(
             new,

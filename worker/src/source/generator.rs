@@ -393,6 +393,7 @@ impl SourceReader for GeneratorReader {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::source::TopicState;
 
     fn spec() -> GeneratorSpec {
         GeneratorSpec {
@@ -440,8 +441,8 @@ mod tests {
             Ok(None)
         }
 
-        async fn finished(&self, _topic: &str) -> Result<Option<i64>> {
-            Ok(None)
+        async fn topic_states(&self, topics: &[String]) -> Result<Vec<TopicState>> {
+            Ok(vec![TopicState::default(); topics.len()])
         }
     }
 

@@ -17,7 +17,8 @@ use object_store::{ObjectStore, ObjectStoreExt};
 
 use crate::{Result, WorkerError};
 
-/// A landing directory or prefix.
+/// A landing directory or prefix (cheap to clone: the store is shared).
+#[derive(Clone)]
 pub struct Landing {
     source: String,
     shown: String,

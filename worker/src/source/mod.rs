@@ -53,9 +53,18 @@ pub trait CommittedPositions: Send + Sync {
     /// The last committed offset, or `None` if nothing of it was committed.
     async fn committed(&self, topic: &str, partition: i32) -> Result<Option<i64>>;
 
-    /// For topics that end (the files of a files source): the offset of the last record of
-    /// `topic` if bronze records it as read to its end, `None` otherwise.
-    async fn finished(&self, topic: &str) -> Result<Option<i64>>;
+    /// For topics that end (the files of a files source, each at partition 0): where each
+    /// of `topics` stands. Asked for many at once: a listing may find thousands of files.
+    async fn topic_states(&self, topics: &[String]) -> Result<Vec<TopicState>>;
+}
+
+/// Where a topic that ends (a file) stands in bronze.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TopicState {
+    /// The last offset committed at partition 0 (-1 after a restore went back before it).
+    pub committed: Option<i64>,
+    /// The offset of its last record, if bronze records it as read to its end.
+    pub ended: Option<i64>,
 }
 
 /// Reads the partitions of one source that this worker owns.

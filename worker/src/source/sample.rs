@@ -8,7 +8,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use smelter_common::spec::SourceSpec;
 
-use super::{CommittedPositions, SourceRecord};
+use super::{CommittedPositions, SourceRecord, TopicState};
 use crate::Result;
 
 /// Positions of a source nothing was ingested from.
@@ -20,8 +20,8 @@ impl CommittedPositions for FromTheStart {
         Ok(None)
     }
 
-    async fn finished(&self, _topic: &str) -> Result<Option<i64>> {
-        Ok(None)
+    async fn topic_states(&self, topics: &[String]) -> Result<Vec<TopicState>> {
+        Ok(vec![TopicState::default(); topics.len()])
     }
 }
 

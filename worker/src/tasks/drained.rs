@@ -118,7 +118,7 @@ impl DrainWatch {
                     out
                 }
                 SourceSpec::Files(f) => {
-                    files_unfinished(
+                    let done = files_done(
                         &self.tables,
                         &self.heads,
                         bronze,
@@ -127,7 +127,11 @@ impl DrainWatch {
                         &table.from,
                         f,
                     )
-                    .await?
+                    .await?;
+                    if !done {
+                        return Ok(false);
+                    }
+                    Vec::new()
                 }
                 // Unbounded: callers that know what was produced check bronze themselves.
                 SourceSpec::Kafka(_) => return Ok(false),
@@ -204,10 +208,12 @@ pub async fn downstream_caught_up(tables: &TableStore, spec: &PipelineSpec) -> R
     Ok(true)
 }
 
-/// (file, 0, last record's offset) of every file of a files source that bronze does not
-/// record as read to its end ([`AppId::SourceEnd`]), read as the source reads it; finished
-/// files are not opened. A file that holds no record is not listed (nothing to wait for).
-async fn files_unfinished(
+/// Whether bronze holds every record of every file of a files source: each file is
+/// recorded as read to its end ([`AppId::SourceEnd`]), or holds no record, or (a file read
+/// before ends were recorded) its position is its last record. Only files without an end
+/// are opened, and the answer is "no" at the first one that is behind: a check while
+/// thousands of files wait reads one of them.
+async fn files_done(
     tables: &TableStore,
     heads: &LogHeads,
     bronze: &mut DeltaTable,
@@ -215,10 +221,10 @@ async fn files_unfinished(
     pipeline: &str,
     source: &str,
     spec: &smelter_common::spec::FilesSpec,
-) -> Result<Vec<(String, i32, i64)>> {
+) -> Result<bool> {
     use crate::source::file_records::{file_records, last_offset};
     let Some(landing) = Landing::open(source, &spec.path, &tables.storage_options())? else {
-        return Ok(Vec::new());
+        return Ok(true);
     };
     let selector = spec
         .selector()
@@ -237,17 +243,21 @@ async fn files_unfinished(
         .map(|n| AppId::source_end(pipeline, n))
         .collect();
     let (_, ended) = heads.txns(bronze, bronze_name, &ends).await?;
-    let mut out = Vec::new();
     for (name, end) in names.into_iter().zip(ended) {
         if end.is_some_and(|last| last >= 0) {
             continue;
         }
         let bytes = landing.read(&name).await?;
-        if let Some(last) = last_offset(&file_records(&name, bytes, spec)) {
-            out.push((name, 0, last));
+        let Some(last) = last_offset(&file_records(&name, bytes, spec)) else {
+            continue; // nothing in it
+        };
+        let app_id = AppId::source(pipeline, &name, 0);
+        let (_, at) = heads.txns(bronze, bronze_name, &[app_id]).await?;
+        if at[0] != Some(last) {
+            return Ok(false);
         }
     }
-    Ok(out)
+    Ok(true)
 }
 
 /// For an unbounded source whose producer knows what it wrote: the partitions of `topic`

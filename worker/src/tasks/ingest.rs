@@ -23,7 +23,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::{Progress, TaskEnv};
-use crate::source::{self, CommittedPositions, SourceRecord};
+use crate::source::{self, CommittedPositions, SourceRecord, TopicState};
 use crate::tasks::schemas;
 use crate::{Result, WorkerError};
 use smelter_lake::{AppId, CommitOutcome, TxnUpdate, WriteMode, log};
@@ -35,13 +35,15 @@ pub const MAX_RECORD_BYTES: usize = 1024 * 1024;
 /// remembered: it is the `previous` version of that partition's first commit, the value
 /// the compare-and-set in [`smelter_lake::commit`] checks.
 ///
-/// It starts from the snapshot the task has just loaded and brings it up to date only when
-/// a probe finds a newer commit: a task start (after a rebalance, on every worker that got
-/// a partition) costs one table load, not one per partition.
+/// It starts from the snapshot the task has just loaded and follows the log through the
+/// worker's [`smelter_lake::heads::LogHeads`]: a task start (after a rebalance, on every
+/// worker that got a partition) costs one table load and one read of every txn, not one
+/// log replay per partition or file.
 struct TablePositions {
     pipeline: String,
     name: String,
     table: Mutex<DeltaTable>,
+    commits: Arc<smelter_lake::CommitEnv>,
     answers: std::sync::Mutex<HashMap<(String, i32), Option<i64>>>,
     /// Answers about topics' ends ([`AppId::SourceEnd`]), as the log has them (-1 after a
     /// restore went back before the end).
@@ -71,6 +73,19 @@ impl TablePositions {
         out
     }
 
+    /// The txn versions of `app_ids` at the table's latest commit, from the worker's log
+    /// heads: after the first question, every txn of the table is known and later ones
+    /// (a files source asks twice per file) cost no log read.
+    async fn latest(&self, app_ids: &[AppId]) -> Result<Vec<Option<i64>>> {
+        let mut table = self.table.lock().await;
+        let (_, at) = self
+            .commits
+            .heads
+            .txns(&mut table, &self.name, app_ids)
+            .await?;
+        Ok(at)
+    }
+
     fn answered_end(&self, topic: &str) -> Option<Option<i64>> {
         self.ends
             .lock()
@@ -91,10 +106,9 @@ impl TablePositions {
 #[async_trait]
 impl CommittedPositions for TablePositions {
     async fn committed(&self, topic: &str, partition: i32) -> Result<Option<i64>> {
-        let mut table = self.table.lock().await;
-        log::refresh(&mut table, &self.name).await?;
-        let app_id = AppId::source(&self.pipeline, topic, partition);
-        let answer = log::txn_version(&table, &app_id).await?;
+        let answer = self
+            .latest(&[AppId::source(&self.pipeline, topic, partition)])
+            .await?[0];
         self.answers
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -102,16 +116,25 @@ impl CommittedPositions for TablePositions {
         Ok(answer)
     }
 
-    async fn finished(&self, topic: &str) -> Result<Option<i64>> {
-        let mut table = self.table.lock().await;
-        log::refresh(&mut table, &self.name).await?;
-        let app_id = AppId::source_end(&self.pipeline, topic);
-        let answer = log::txn_version(&table, &app_id).await?;
-        self.ends
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(topic.to_string(), answer);
-        Ok(answer.filter(|last| *last >= 0))
+    async fn topic_states(&self, topics: &[String]) -> Result<Vec<TopicState>> {
+        let mut app_ids = Vec::with_capacity(topics.len() * 2);
+        for topic in topics {
+            app_ids.push(AppId::source(&self.pipeline, topic, 0));
+            app_ids.push(AppId::source_end(&self.pipeline, topic));
+        }
+        let answers = self.latest(&app_ids).await?;
+        let mut committed = self.answers.lock().unwrap_or_else(|e| e.into_inner());
+        let mut ends = self.ends.lock().unwrap_or_else(|e| e.into_inner());
+        let mut states = Vec::with_capacity(topics.len());
+        for (topic, pair) in topics.iter().zip(answers.chunks(2)) {
+            committed.insert((topic.clone(), 0), pair[0]);
+            ends.insert(topic.clone(), pair[1]);
+            states.push(TopicState {
+                committed: pair[0],
+                ended: pair[1].filter(|last| *last >= 0),
+            });
+        }
+        Ok(states)
     }
 }
 
@@ -152,6 +175,7 @@ impl IngestTask {
             pipeline: env.pipeline.pipeline.clone(),
             name: self.table.clone(),
             table: Mutex::new(table.clone()),
+            commits: env.commits.clone(),
             answers: Default::default(),
             ends: Default::default(),
         });
@@ -313,7 +337,7 @@ impl IngestTask {
         }
         for r in records.iter().filter(|r| r.ends_topic) {
             // The topic's end, in the commit of its last record; asked about by the reader
-            // before it read the topic (`CommittedPositions::finished`).
+            // before it read the topic (`CommittedPositions::topic_states`).
             let previous =
                 positions
                     .answered_end(&r.topic)
