@@ -56,6 +56,9 @@ pub struct Commit {
     pub files_added: usize,
     /// Their bytes.
     pub bytes_added: u64,
+    /// Where the commit's time went, milliseconds per stage (see
+    /// [`crate::timings::STAGES_KEY`]); empty for commits that did not say.
+    pub stages: std::collections::BTreeMap<String, f64>,
 }
 
 /// The summaries of every kept version of `table`.
@@ -73,6 +76,9 @@ pub async fn commits(table: &DeltaTable, name: &str) -> Result<Vec<Commit>> {
                     Action::CommitInfo(info) => {
                         commit.timestamp_ms = info.timestamp;
                         commit.operation = info.operation;
+                        if let Some(stages) = info.info.get(crate::timings::STAGES_KEY) {
+                            commit.stages = crate::timings::stages_of(stages);
+                        }
                     }
                     Action::Txn(txn) => commit.txns.push((txn.app_id, txn.version)),
                     Action::Add(add) if add.data_change => {
@@ -119,6 +125,10 @@ pub struct Entry {
     pub writer: Option<String>,
     /// What a refine pass did to its rows (see [`crate::commit::QUALITY_KEY`]).
     pub quality: Option<serde_json::Value>,
+    /// Where the commit's time went, milliseconds per stage (see
+    /// [`crate::timings::STAGES_KEY`]).
+    #[serde(skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub stages: std::collections::BTreeMap<String, f64>,
 }
 
 /// Smelter's name for a commit with these txns and Delta operation.
@@ -199,6 +209,7 @@ fn entry(version: i64, actions: Vec<Action>) -> Entry {
         epoch: None,
         writer: None,
         quality: None,
+        stages: Default::default(),
     };
     let mut txns = Vec::new();
     let mut overwrite = false;
@@ -212,6 +223,9 @@ fn entry(version: i64, actions: Vec<Action>) -> Entry {
                     .and_then(|w| w.as_str())
                     .map(str::to_string);
                 entry.quality = info.info.get(crate::commit::QUALITY_KEY).cloned();
+                if let Some(stages) = info.info.get(crate::timings::STAGES_KEY) {
+                    entry.stages = crate::timings::stages_of(stages);
+                }
                 overwrite = info
                     .operation_parameters
                     .as_ref()

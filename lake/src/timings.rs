@@ -4,6 +4,12 @@
 //! them with each heartbeat and the coordinator serves them as Prometheus histograms
 //! (`smelter_commit_duration_seconds`, `smelter_commit_lock_wait_seconds`), so a scrape of
 //! the leader sees every worker's.
+//!
+//! Each data commit also says where its own time went, in its `commitInfo` under
+//! [`STAGES_KEY`]: the writer's stages before the commit (ingest's batch, refine's read and
+//! decode, gold's refresh) and the commit path's (data files written, commit lock waited
+//! for). The log keeps them with the versions they explain, so the latency of any event
+//! can be split into its parts after the fact (`smelter bench`, `smelter history`).
 
 use std::collections::BTreeMap;
 use std::sync::Mutex;
@@ -80,6 +86,41 @@ impl CommitTimings {
     }
 }
 
+/// The `commitInfo` key of a commit's stage timings: an object of milliseconds per stage,
+/// named `<stage>Ms` (`batchMs`, `readMs`, `refineMs`, `quarantineMs`, `refreshMs`,
+/// `writeMs`, `lockWaitMs`).
+pub const STAGES_KEY: &str = "smelter.timings";
+
+/// Adds `stages` to the stage timings in a commit's `commitInfo` entries (milliseconds to
+/// a tenth); an entry already there of the same stage is replaced.
+pub fn record_stages(
+    metadata: &mut std::collections::HashMap<String, serde_json::Value>,
+    stages: &[(&str, Duration)],
+) {
+    let entry = metadata
+        .entry(STAGES_KEY.to_string())
+        .or_insert_with(|| serde_json::Value::Object(Default::default()));
+    if !entry.is_object() {
+        *entry = serde_json::Value::Object(Default::default());
+    }
+    if let Some(object) = entry.as_object_mut() {
+        for (stage, took) in stages {
+            let ms = (took.as_secs_f64() * 10_000.0).round() / 10.0;
+            object.insert(format!("{stage}Ms"), ms.into());
+        }
+    }
+}
+
+/// The stage timings of a commit's `commitInfo` entry, milliseconds per stage name (the
+/// name without `Ms`); empty when it has none.
+pub fn stages_of(info: &serde_json::Value) -> std::collections::BTreeMap<String, f64> {
+    info.as_object()
+        .into_iter()
+        .flatten()
+        .filter_map(|(key, ms)| Some((key.strip_suffix("Ms")?.to_string(), ms.as_f64()?)))
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -103,5 +144,32 @@ mod tests {
         assert!((bronze.sum_seconds - 60.013).abs() < 1e-9);
         assert_eq!(all["silver.events"].lock_wait.counts[3], 1);
         assert_eq!(all["silver.events"].commit.count, 0);
+    }
+
+    #[test]
+    fn stages_are_recorded_in_tenths_of_a_millisecond_and_read_back() {
+        let mut metadata = std::collections::HashMap::new();
+        metadata.insert(
+            "smelter.quality".to_string(),
+            serde_json::json!({"rows_in": 3}),
+        );
+        record_stages(
+            &mut metadata,
+            &[
+                ("read", Duration::from_micros(12_345)),
+                ("refine", Duration::from_millis(7)),
+            ],
+        );
+        record_stages(&mut metadata, &[("write", Duration::from_micros(250))]);
+        let recorded = &metadata[STAGES_KEY];
+        assert_eq!(
+            recorded,
+            &serde_json::json!({"readMs": 12.3, "refineMs": 7.0, "writeMs": 0.3})
+        );
+        let read = stages_of(recorded);
+        assert_eq!(read.keys().collect::<Vec<_>>(), ["read", "refine", "write"]);
+        assert_eq!(read["read"], 12.3);
+        assert!(stages_of(&serde_json::json!("not an object")).is_empty());
+        assert_eq!(metadata.len(), 2, "other entries are left as they were");
     }
 }

@@ -48,6 +48,28 @@ fn check_run(run: &serde_json::Value, events: u64, processes: &[&str]) {
             "{q}: bronze {bronze}, silver {silver}, gold {gold}"
         );
     }
+    // Each stage's latency split into its parts: shares that sum to one, with the parts
+    // the commits recorded among them (in process there is no commit lock to wait for).
+    for (name, recorded) in [
+        ("bronze", &["write"][..]),
+        ("silver", &["read", "refine", "write"][..]),
+        ("gold", &["refresh", "write"][..]),
+    ] {
+        let breakdown = &run["latency"]["breakdown"][name];
+        assert!(
+            breakdown["mean_ms"].as_f64().unwrap() > 0.0,
+            "{name}: {breakdown}"
+        );
+        let shares = breakdown["shares"].as_object().unwrap();
+        let sum: f64 = shares.values().map(|v| v.as_f64().unwrap()).sum();
+        assert!((sum - 1.0).abs() < 1e-6, "{name}: shares sum to {sum}");
+        for part in recorded {
+            assert!(
+                shares[*part].as_f64().unwrap() > 0.0,
+                "{name}: no time recorded for {part}: {breakdown}"
+            );
+        }
+    }
     assert!(run["cpu_seconds"].as_f64().unwrap() > 0.0);
     assert!(run["fraction_of_limit"].as_f64().unwrap() > 0.0);
     for process in processes {
@@ -254,6 +276,11 @@ async fn bench_runs_as_a_cluster_on_a_broker() {
         &["coordinator", "worker-0", "worker-1"],
     );
     assert!(report["in_process"].is_null());
+    // On etcd every commit waits for its table's lock, and says so.
+    for stage in ["bronze", "silver", "gold"] {
+        let shares = &report["cluster"]["latency"]["breakdown"][stage]["shares"];
+        assert!(shares["lock"].is_f64(), "{stage}: {shares}");
+    }
     let etcd_cpu = report["cluster"]["etcd_cpu_seconds"].as_f64().unwrap();
     assert!(etcd_cpu > 0.0, "etcd's CPU during the run: {etcd_cpu}");
     assert!(

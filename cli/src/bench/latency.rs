@@ -47,7 +47,93 @@ pub struct Latency {
     /// Where the time goes: the same events' latency until their bronze commit, and until
     /// the first silver commit that consumed it (gold is the figures above).
     pub stages: BTreeMap<String, Percentiles>,
+    /// What each stage's part of the latency was spent on (`bronze`: produce to the
+    /// bronze commit; `silver`: from there to the silver commit; `gold`: from there to the
+    /// last gold table's commit), from the stage timings every commit records.
+    pub breakdown: BTreeMap<String, Breakdown>,
 }
+
+/// Where one stage's latency went, over every event.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Breakdown {
+    /// The stage's mean latency per event.
+    pub mean_ms: f64,
+    /// Each part's share of it (0 to 1, summing to 1): what the commits recorded
+    /// (`write`: data files; `lock`: the commit lock; `read`: reading upstream; `refine`:
+    /// decoding, validating, deduplicating; `quarantine`: the quarantine commit;
+    /// `refresh`: computing gold) and the rest, which no commit accounts for (`batch`: in
+    /// the source and waiting for the bronze batch to close; `wait`: until the task saw
+    /// the upstream version — polling, throttling, a pass still running, the upstream log
+    /// write).
+    pub shares: BTreeMap<String, f64>,
+}
+
+/// Sums of one stage's parts over events, for a [`Breakdown`].
+#[derive(Default)]
+struct StageSums {
+    events: f64,
+    total_ms: f64,
+    parts: BTreeMap<&'static str, f64>,
+}
+
+impl StageSums {
+    /// Adds `events` events that spent `total_ms` in the stage, of which the commit that
+    /// ended it recorded `stages`: its `recorded` parts count as recorded (scaled down if
+    /// they exceed the total: clocks of two writers), the rest goes to `rest`.
+    fn add(
+        &mut self,
+        events: f64,
+        total_ms: f64,
+        stages: &BTreeMap<String, f64>,
+        recorded: &[(&'static str, &str)],
+        rest: &'static str,
+    ) {
+        let total_ms = total_ms.max(0.0);
+        let known: Vec<(&'static str, f64)> = recorded
+            .iter()
+            .map(|(part, stage)| (*part, stages.get(*stage).copied().unwrap_or(0.0).max(0.0)))
+            .collect();
+        let sum: f64 = known.iter().map(|(_, ms)| ms).sum();
+        let scale = if sum > total_ms && sum > 0.0 {
+            total_ms / sum
+        } else {
+            1.0
+        };
+        for (part, ms) in known {
+            *self.parts.entry(part).or_default() += events * ms * scale;
+        }
+        *self.parts.entry(rest).or_default() += events * (total_ms - sum * scale).max(0.0);
+        self.events += events;
+        self.total_ms += events * total_ms;
+    }
+
+    fn breakdown(&self) -> Breakdown {
+        let total = self.total_ms.max(f64::MIN_POSITIVE);
+        Breakdown {
+            mean_ms: self.total_ms / self.events.max(1.0),
+            shares: self
+                .parts
+                .iter()
+                .map(|(part, ms)| (part.to_string(), ms / total))
+                .collect(),
+        }
+    }
+}
+
+/// The parts each stage's commits record, as (part, stage timing).
+const BRONZE_PARTS: [(&str, &str); 2] = [("write", "write"), ("lock", "lockWait")];
+const SILVER_PARTS: [(&str, &str); 5] = [
+    ("read", "read"),
+    ("refine", "refine"),
+    ("quarantine", "quarantine"),
+    ("write", "write"),
+    ("lock", "lockWait"),
+];
+const GOLD_PARTS: [(&str, &str); 3] = [
+    ("refresh", "refresh"),
+    ("write", "write"),
+    ("lock", "lockWait"),
+];
 
 /// Median and 99th percentile of one stage, in milliseconds.
 #[derive(Debug, Clone, Default, Serialize)]
@@ -122,17 +208,18 @@ impl Histories {
     }
 }
 
-/// A commit that advanced a txn appId: the upstream version it reached, its own version
-/// and its time.
+/// A commit that advanced a txn appId: the upstream version it reached, its own version,
+/// its time and its stage timings.
 #[derive(Debug, Clone, Copy)]
-struct Step {
+struct Step<'a> {
     reached: i64,
     version: i64,
     at_ms: i64,
+    stages: &'a BTreeMap<String, f64>,
 }
 
 /// The commits that carried txn `app_id`, in order (txn versions only grow).
-fn steps(commits: &[Commit], app_id: &AppId) -> Vec<Step> {
+fn steps<'a>(commits: &'a [Commit], app_id: &AppId) -> Vec<Step<'a>> {
     let app_id = app_id.to_string();
     commits
         .iter()
@@ -142,13 +229,14 @@ fn steps(commits: &[Commit], app_id: &AppId) -> Vec<Step> {
                 reached: *reached,
                 version: c.version,
                 at_ms: c.timestamp_ms?,
+                stages: &c.stages,
             })
         })
         .collect()
 }
 
 /// The first step that reached upstream version `upstream`.
-fn first_covering(steps: &[Step], upstream: i64) -> Option<Step> {
+fn first_covering<'a>(steps: &[Step<'a>], upstream: i64) -> Option<Step<'a>> {
     let i = steps.partition_point(|s| s.reached < upstream);
     steps.get(i).copied()
 }
@@ -159,13 +247,14 @@ pub fn latency(histories: &Histories, spec: &PipelineSpec, produced: &ProduceTim
     let mut in_bronze: Vec<f64> = Vec::new();
     let mut in_silver: Vec<f64> = Vec::new();
     let mut not_visible = 0u64;
+    let mut sums: [StageSums; 3] = Default::default();
     for (bronze_name, _) in spec.tables_in(Layer::Bronze) {
         let Some(bronze) = histories.tables.get(bronze_name) else {
             continue;
         };
         // The silver tables reading this bronze table, and the gold tables reading them.
         let app = AppId::upstream;
-        let chains: Vec<(Vec<Step>, Vec<Vec<Step>>)> = spec
+        let chains: Vec<(Vec<Step<'_>>, Vec<Vec<Step<'_>>>)> = spec
             .tables
             .iter()
             .filter(|(_, t)| t.from == *bronze_name)
@@ -190,16 +279,29 @@ pub fn latency(histories: &Histories, spec: &PipelineSpec, produced: &ProduceTim
             .collect();
         // When the last silver table consumed bronze version `v` (the first silver commit
         // that did), and when the last gold table caught up with it: per gold table, the
-        // first refresh from that silver version or a later one.
-        let visible_at = |v: i64| -> Option<(i64, i64)> {
-            let mut latest: Option<(i64, i64)> = None;
+        // first refresh from that silver version or a later one. The commits themselves
+        // come along for their stage timings.
+        let visible_at = |v: i64| -> Option<(Step<'_>, Step<'_>)> {
+            let mut latest: Option<(Step<'_>, Step<'_>)> = None;
             for (silver, golds) in &chains {
                 let consumed = first_covering(silver, v)?;
                 for gold in golds {
-                    let at = first_covering(gold, consumed.version)?.at_ms;
-                    latest = Some(latest.map_or((consumed.at_ms, at), |(s, g)| {
-                        (s.max(consumed.at_ms), g.max(at))
-                    }));
+                    let refreshed = first_covering(gold, consumed.version)?;
+                    latest = Some(match latest {
+                        None => (consumed, refreshed),
+                        Some((s, g)) => (
+                            if consumed.at_ms > s.at_ms {
+                                consumed
+                            } else {
+                                s
+                            },
+                            if refreshed.at_ms > g.at_ms {
+                                refreshed
+                            } else {
+                                g
+                            },
+                        ),
+                    });
                 }
             }
             latest
@@ -237,9 +339,13 @@ pub fn latency(histories: &Histories, spec: &PipelineSpec, produced: &ProduceTim
                     ) {
                         (Some((silver, gold)), Some(at), Some(bronze)) => {
                             let since = |t: i64| (t as f64 - at).max(0.0);
-                            in_bronze.push(since(bronze));
-                            in_silver.push(since(silver));
-                            samples.push(since(gold));
+                            let (b, s, g) = (since(bronze), since(silver.at_ms), since(gold.at_ms));
+                            in_bronze.push(b);
+                            in_silver.push(s);
+                            samples.push(g);
+                            sums[0].add(1.0, b, &commit.stages, &BRONZE_PARTS, "batch");
+                            sums[1].add(1.0, s - b, silver.stages, &SILVER_PARTS, "wait");
+                            sums[2].add(1.0, g - s, gold.stages, &GOLD_PARTS, "wait");
                         }
                         _ => not_visible += 1,
                     }
@@ -256,6 +362,11 @@ pub fn latency(histories: &Histories, spec: &PipelineSpec, produced: &ProduceTim
         };
         stages.insert(stage.to_string(), figures);
     }
+    let breakdown = ["bronze", "silver", "gold"]
+        .into_iter()
+        .zip(&sums)
+        .map(|(stage, sums)| (stage.to_string(), sums.breakdown()))
+        .collect();
     samples.sort_by(f64::total_cmp);
     Latency {
         events: samples.len() as u64,
@@ -264,6 +375,7 @@ pub fn latency(histories: &Histories, spec: &PipelineSpec, produced: &ProduceTim
         p99_ms: quantile(&samples, 0.99),
         max_ms: samples.last().copied().unwrap_or(0.0),
         stages,
+        breakdown,
     }
 }
 

@@ -233,6 +233,20 @@ fn run_lines(name: &str, run: &EndToEnd, out: &mut String) {
             run.latency.p99_ms
         );
     }
+    for (stage, breakdown) in &run.latency.breakdown {
+        let mut shares: Vec<(&String, &f64)> = breakdown.shares.iter().collect();
+        shares.sort_by(|a, b| b.1.total_cmp(a.1));
+        let parts: Vec<String> = shares
+            .iter()
+            .map(|(part, share)| format!("{part} {:.0}%", *share * 100.0))
+            .collect();
+        let _ = writeln!(
+            out,
+            "  {stage}: {:.0} ms on average, {}",
+            breakdown.mean_ms,
+            parts.join(", ")
+        );
+    }
     for (process, bytes) in &run.peak_rss_bytes {
         let cpu = run.process_cpu_seconds.get(process).copied().unwrap_or(0.0);
         let _ = writeln!(

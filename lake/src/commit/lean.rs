@@ -30,6 +30,7 @@ pub(super) async fn commit_once(
         txns,
         lock,
         env,
+        ..
     } = attempt;
     let epoch = attempt.epoch();
     let objects = table.log_store().object_store(None);

@@ -201,6 +201,7 @@ pub async fn commit_write(
         // Rows shaped as the table, or the table's schema evolving with them (see
         // `crate::evolve`): planned from the metadata this writer last saw.
         let shaped = shape::shape(table, name, &batches, mode, env).await?;
+        let writing = std::time::Instant::now();
         let files::Written {
             mut files,
             file_schema,
@@ -223,6 +224,7 @@ pub async fn commit_write(
             env.failpoints.hit("commit.evolving", paths);
         }
         let mut metadata = metadata.clone();
+        crate::timings::record_stages(&mut metadata, &[("write", writing.elapsed())]);
         if let Some(summary) = &shaped.summary {
             metadata.insert(EVOLVED_KEY.to_string(), summary.clone().into());
         }
@@ -328,6 +330,8 @@ async fn attempt_until_decided(
 ) -> Result<CommitOutcome> {
     let arbiter = env.arbiter.as_ref();
     let mut last_error = None;
+    // Time spent waiting for the commit lock over every attempt so far.
+    let mut lock_wait = std::time::Duration::ZERO;
     for attempt in 0..ATTEMPTS {
         // Held for the log write only; dropping it (this future dropped mid-way included)
         // ends its keep-alive, so the lock lapses within its TTL at the latest.
@@ -336,6 +340,7 @@ async fn attempt_until_decided(
                 let asked = std::time::Instant::now();
                 let lock = arbiter.acquire(name, LOCK_WAIT).await?;
                 env.timings.lock_wait(name, asked.elapsed());
+                lock_wait += asked.elapsed();
                 Some(lock)
             }
             None => None,
@@ -345,6 +350,7 @@ async fn attempt_until_decided(
             payload,
             txns,
             lock: lock.as_ref(),
+            lock_wait,
             env,
         };
         let result = lean::commit_once(table, this_attempt).await;
@@ -430,6 +436,8 @@ struct Attempt<'a> {
     payload: &'a Payload<'a>,
     txns: &'a [TxnUpdate],
     lock: Option<&'a HeldLock>,
+    /// How long this commit has waited for the lock, this attempt's wait included.
+    lock_wait: std::time::Duration,
     env: &'a CommitEnv,
 }
 
@@ -437,11 +445,13 @@ struct Attempt<'a> {
 pub const WRITER_KEY: &str = "smelter.writer";
 
 impl Attempt<'_> {
-    /// What the commit's `commitInfo` says besides Delta's fields: its writer, if known.
+    /// What the commit's `commitInfo` says besides Delta's fields: its writer, if known,
+    /// and how long it waited for the lock (with the writer's stage timings).
     fn app_metadata(&self) -> std::collections::HashMap<String, serde_json::Value> {
         let mut metadata = self.payload.metadata.cloned().unwrap_or_default();
         if let Some(arbiter) = &self.env.arbiter {
             metadata.insert(WRITER_KEY.to_string(), arbiter.holder().into());
+            crate::timings::record_stages(&mut metadata, &[("lockWait", self.lock_wait)]);
         }
         metadata
     }

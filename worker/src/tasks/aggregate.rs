@@ -148,6 +148,10 @@ impl AggregateTask {
             // Checks see the whole table as this refresh leaves it: exact for gold.
             let checks = crate::checks::evaluate(&spec.checks, &batches);
             let mut metadata = std::collections::HashMap::new();
+            smelter_lake::timings::record_stages(
+                &mut metadata,
+                &[("refresh", refresh_started.elapsed())],
+            );
             if spec.checks.on_rows() {
                 metadata.insert(
                     smelter_lake::commit::QUALITY_KEY.to_string(),

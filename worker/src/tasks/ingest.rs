@@ -26,6 +26,8 @@ use super::{Progress, TaskEnv};
 use crate::source::{self, CommittedPositions, SourceRecord, TopicState};
 use crate::tasks::schemas;
 use crate::{Result, WorkerError};
+use smelter_lake::commit::Write;
+use smelter_lake::timings::record_stages;
 use smelter_lake::{AppId, CommitOutcome, TxnUpdate, WriteMode, log};
 
 /// Largest payload kept in bronze; larger records land with an error flag instead.
@@ -212,6 +214,7 @@ impl IngestTask {
             // Fill one batch: by count, bytes or time, whichever comes first.
             let mut buffer: Vec<SourceRecord> = Vec::new();
             let mut bytes = 0usize;
+            let opened = Instant::now();
             let closes =
                 Instant::now() + until_batch_closes(std::time::SystemTime::now(), max_wait);
             while buffer.len() < env.config.batch_max_records && bytes < env.config.batch_max_bytes
@@ -237,8 +240,9 @@ impl IngestTask {
             }
             if !buffer.is_empty() {
                 // Committed even when cancelled: draining finishes the in-flight batch.
+                let batch = opened.elapsed();
                 let outcome = self
-                    .commit(&env, &mut table, &buffer, &committed, &positions)
+                    .commit(&env, &mut table, &buffer, &committed, &positions, batch)
                     .await?;
                 match outcome {
                     CommitOutcome::Committed { version } => {
@@ -311,6 +315,7 @@ impl IngestTask {
         records: &[SourceRecord],
         committed: &HashMap<(String, i32), i64>,
         positions: &TablePositions,
+        batch_open: Duration,
     ) -> Result<CommitOutcome> {
         let batch = bronze_batch(&self.source, records)?;
         let mut last: BTreeMap<(&str, i32), i64> = BTreeMap::new();
@@ -355,17 +360,18 @@ impl IngestTask {
             ));
         }
         let spec = env.table_spec(&self.table)?;
-        smelter_lake::commit(
-            table,
-            &self.table,
-            vec![batch],
-            WriteMode::Append,
-            &spec.partition_by,
+        let mut metadata = HashMap::new();
+        record_stages(&mut metadata, &[("batch", batch_open)]);
+        let write = Write {
+            batches: vec![batch],
+            mode: WriteMode::Append,
+            partition_by: &spec.partition_by,
             txns,
-            &env.commits,
-        )
-        .await
-        .map_err(Into::into)
+            metadata: &metadata,
+        };
+        smelter_lake::commit_write(table, &self.table, write, &env.commits)
+            .await
+            .map_err(Into::into)
     }
 }
 

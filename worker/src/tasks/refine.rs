@@ -144,7 +144,7 @@ impl RefineTask {
             .instrument(span.clone())
             .await?;
             span.record("rows", rows.len());
-            let read_ms = started.elapsed().as_millis() as u64;
+            let read = started.elapsed();
             let head = heads.head(&mut silver, &self.table).await?;
             let mut at = SilverAt {
                 table: &mut silver,
@@ -156,7 +156,7 @@ impl RefineTask {
                 .instrument(span.clone())
                 .await?;
             let new_keys = std::mem::take(&mut refined.new_keys);
-            let refine_ms = started.elapsed().as_millis() as u64 - read_ms;
+            let refine = started.elapsed().saturating_sub(read);
             let quarantined = refined.quarantine.num_rows() as u64;
             let good: u64 = refined.silver.iter().map(|b| b.num_rows() as u64).sum();
             let mut quality =
@@ -167,6 +167,7 @@ impl RefineTask {
             if spec.checks.on_rows() && good > 0 {
                 quality["checks"] = serde_json::to_value(&checks).unwrap_or_default();
             }
+            let quarantining = std::time::Instant::now();
             if quarantined > 0 && quarantined_to.is_none_or(|q| q < to) {
                 let txns = vec![TxnUpdate::new(&quarantine_app_id, quarantined_to, to)];
                 match smelter_lake::commit(
@@ -196,10 +197,18 @@ impl RefineTask {
                 }
             }
             let txns = vec![TxnUpdate::new(&app_id, consumed, to)];
-            let metadata = std::collections::HashMap::from([(
+            let mut metadata = std::collections::HashMap::from([(
                 smelter_lake::commit::QUALITY_KEY.to_string(),
                 quality,
             )]);
+            smelter_lake::timings::record_stages(
+                &mut metadata,
+                &[
+                    ("read", read),
+                    ("refine", refine),
+                    ("quarantine", quarantining.elapsed()),
+                ],
+            );
             let committed = match merger.as_mut() {
                 Some(merger) => {
                     let pass = MergePass {
@@ -244,7 +253,7 @@ impl RefineTask {
                     });
                     tracing::debug!(
                         table = %self.table, version, bronze_from = done + 1, bronze_to = to, rows = good, quarantined,
-                        read_ms, refine_ms, dedupe_ms = refined.dedupe_ms, total_ms = started.elapsed().as_millis() as u64, "silver commit"
+                        read_ms = read.as_millis() as u64, refine_ms = refine.as_millis() as u64, dedupe_ms = refined.dedupe_ms, total_ms = started.elapsed().as_millis() as u64, "silver commit"
                     );
                     consumed = Some(to);
                 }
