@@ -73,6 +73,11 @@ pub fn client_config(spec: &KafkaSpec, pipeline: &str) -> ClientConfig {
         .set("enable.partition.eof", "false")
         .set("socket.timeout.ms", "10000")
         .set("reconnect.backoff.max.ms", "2000")
+        // A fetch the broker holds for want of data returns within 100 ms (librdkafka's
+        // default is 500): bronze commits every `batch_max_wait_ms` (250 ms), and a record
+        // that arrives while a fetch is parked must not miss the batch it could be in.
+        // A spec may set it otherwise.
+        .set("fetch.wait.max.ms", "100")
         .set("log_level", "3");
     for (key, value) in &spec.properties {
         config.set(key, value);
@@ -120,4 +125,29 @@ pub async fn partition_count(spec: &KafkaSpec, pipeline: &str, timeout: Duration
             brokers: String::new(),
             message: format!("metadata lookup panicked: {e}"),
         })?
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(properties: &[(&str, &str)]) -> KafkaSpec {
+        KafkaSpec {
+            brokers: "127.0.0.1:9092".into(),
+            topic: "events".into(),
+            properties: properties
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn parked_fetches_return_within_a_batch_interval_unless_the_spec_says_otherwise() {
+        let config = client_config(&spec(&[]), "shop");
+        assert_eq!(config.get("fetch.wait.max.ms"), Some("100"));
+        assert_eq!(config.get("group.id"), Some("smelter-shop"));
+        let config = client_config(&spec(&[("fetch.wait.max.ms", "20")]), "shop");
+        assert_eq!(config.get("fetch.wait.max.ms"), Some("20"));
+    }
 }

@@ -56,6 +56,10 @@ pub struct Commit {
     pub files_added: usize,
     /// Their bytes.
     pub bytes_added: u64,
+    /// Data files added without a data change (a compaction's, a rewrite's).
+    pub files_rewritten: usize,
+    /// Data files removed.
+    pub files_removed: usize,
     /// Where the commit's time went, milliseconds per stage (see
     /// [`crate::timings::STAGES_KEY`]); empty for commits that did not say.
     pub stages: std::collections::BTreeMap<String, f64>,
@@ -85,6 +89,8 @@ pub async fn commits(table: &DeltaTable, name: &str) -> Result<Vec<Commit>> {
                         commit.files_added += 1;
                         commit.bytes_added += add.size.max(0) as u64;
                     }
+                    Action::Add(_) => commit.files_rewritten += 1,
+                    Action::Remove(_) => commit.files_removed += 1,
                     _ => {}
                 }
             }

@@ -166,6 +166,13 @@ async fn queries_read_any_kept_version_and_history_says_what_each_commit_did() {
         "{writer}"
     );
     assert!(printed[0]["epoch"].as_i64().is_some());
+    // Where the refine commit's time went, as it recorded it (milliseconds per stage).
+    let stages = &printed[0]["stages"];
+    for stage in ["read", "refine", "quarantine", "write", "lockWait"] {
+        let ms = stages[stage].as_f64();
+        assert!(ms.is_some_and(|ms| ms >= 0.0), "{stage}: {stages}");
+    }
+    assert!(stages["write"].as_f64().unwrap() > 0.0, "{stages}");
     let out = Command::new(smelter_binary())
         .args(["history", "silver.nope"])
         .arg("--data-dir")

@@ -164,19 +164,36 @@ pub struct CommitShape {
     pub bytes_per_commit: f64,
     /// All data bytes added.
     pub bytes: u64,
+    /// Compactions (commits that rewrote files without changing data).
+    pub compactions: u64,
+    /// Files the table held at its latest version.
+    pub files_at_end: u64,
+    /// The most files the table held at any version: what compaction kept it to.
+    pub most_files: u64,
 }
 
-/// Files and bytes per data commit.
+/// Files and bytes per data commit, and how many files the table held.
 pub fn shape(commits: &[Commit]) -> CommitShape {
     let data: Vec<&Commit> = commits.iter().filter(|c| c.files_added > 0).collect();
     let files: usize = data.iter().map(|c| c.files_added).sum();
     let bytes: u64 = data.iter().map(|c| c.bytes_added).sum();
     let n = data.len().max(1) as f64;
+    let (mut live, mut most) = (0i64, 0i64);
+    for commit in commits {
+        live += (commit.files_added + commit.files_rewritten) as i64 - commit.files_removed as i64;
+        most = most.max(live);
+    }
     CommitShape {
         commits: data.len() as u64,
         files_per_commit: files as f64 / n,
         bytes_per_commit: bytes as f64 / n,
         bytes,
+        compactions: commits
+            .iter()
+            .filter(|c| c.files_rewritten > 0 && c.files_added == 0)
+            .count() as u64,
+        files_at_end: live.max(0) as u64,
+        most_files: most.max(0) as u64,
     }
 }
 

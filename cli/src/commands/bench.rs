@@ -258,10 +258,14 @@ fn run_lines(name: &str, run: &EndToEnd, out: &mut String) {
     for (table, shape) in &run.commits {
         let _ = writeln!(
             out,
-            "  {table}: {} commits, {:.1} files and {:.0} KiB per commit",
+            "  {table}: {} commits, {:.1} files and {:.0} KiB per commit; {} files at the end, \
+             {} at most, {} compactions",
             shape.commits,
             shape.files_per_commit,
-            shape.bytes_per_commit / 1024.0
+            shape.bytes_per_commit / 1024.0,
+            shape.files_at_end,
+            shape.most_files,
+            shape.compactions
         );
     }
     for query in &run.queries {
