@@ -96,8 +96,10 @@ impl LocalCluster {
         let workers_shutdown = CancellationToken::new();
         let mut handles = Vec::new();
         let mut flight_endpoints = Vec::new();
-        // One cache of recently committed files: refine reads what any worker's ingest wrote.
-        let recent = smelter_lake::recent_files::RecentFiles::from_config(&config.worker);
+        // One cache of recently committed files (refine reads what any worker's ingest
+        // wrote) and one set of commit announcements (a task wakes when any worker
+        // commits its upstream).
+        let shared = smelter_worker::ProcessShared::from_config(&config.worker);
         for i in 0..workers.max(1) {
             let flight_address = if i == 0 {
                 config.worker.flight_listen.clone()
@@ -114,7 +116,7 @@ impl LocalCluster {
                 config.clone(),
                 listener,
                 Some(store.clone()),
-                recent.clone(),
+                shared.clone(),
                 workers_shutdown.clone(),
             )));
         }

@@ -50,6 +50,7 @@ pub mod maintenance_record;
 pub mod merge;
 pub mod recent_files;
 pub mod restore;
+pub mod signals;
 pub mod storage;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;

@@ -13,6 +13,7 @@ mod etcd;
 mod evolution;
 mod faults;
 mod files;
+mod freshness;
 mod infer;
 mod kafka;
 mod landing;

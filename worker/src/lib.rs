@@ -25,4 +25,4 @@ pub mod tasks;
 pub mod timings;
 
 pub use error::{Result, WorkerError};
-pub use runtime::run;
+pub use runtime::{ProcessShared, run};

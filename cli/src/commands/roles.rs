@@ -55,7 +55,7 @@ pub async fn worker(config: SmelterConfig, shutdown: CancellationToken) -> Resul
         )),
     };
     let listener = bind(&config.worker.flight_listen).await?;
-    let recent = smelter_lake::recent_files::RecentFiles::from_config(&config.worker);
-    smelter_worker::run(config, listener, store, recent, shutdown).await?;
+    let shared = smelter_worker::ProcessShared::from_config(&config.worker);
+    smelter_worker::run(config, listener, store, shared, shutdown).await?;
     Ok(())
 }

@@ -129,6 +129,9 @@ pub struct CommitEnv {
     pub recent: RecentFiles,
     /// How long commits and commit-lock waits take, per table (see [`crate::timings`]).
     pub timings: crate::timings::CommitTimings,
+    /// Announces each committed version to the tasks downstream in this process (see
+    /// [`crate::signals`]).
+    pub signals: crate::signals::CommitSignals,
     /// How the tables' store makes a log write atomic (the [`TableStore`](crate::TableStore)'s
     /// [`log_kind`](crate::TableStore::log_kind)): on an arbitrated store every version is
     /// written through a claim (see [`crate::claims`]).
@@ -267,6 +270,7 @@ pub async fn commit_write(
             CommitOutcome::Committed { version } => {
                 span.record("version", version);
                 span.record("outcome", "committed");
+                env.signals.announce(table.table_url().as_str(), *version);
                 if let Some(summary) = &shaped.summary {
                     tracing::info!(table = name, version, evolved = %summary, "table schema evolved");
                     // The writer's snapshot follows the metadata it just wrote.

@@ -33,6 +33,7 @@ use smelter_common::store::CoordinationStore;
 use smelter_lake::failpoint::Failpoints;
 use smelter_lake::lock::CommitArbiter;
 use smelter_lake::recent_files::RecentFiles;
+use smelter_lake::signals::CommitSignals;
 use smelter_lake::{CommitEnv, TableStore};
 use smelter_proto::{
     ControlClient, DeregisterRequest, HeartbeatRequest, RegisterWorkerRequest, TaskKind, TaskState,
@@ -80,18 +81,41 @@ impl WorkerState {
     }
 }
 
+/// What the workers of one process share (one worker per process in a cluster; every
+/// worker of `smelter up`): one budget of recently committed files, so that refine reads
+/// what any of them ingested from memory, and one set of commit announcements, so that a
+/// task wakes when any of them commits its upstream.
+#[derive(Debug, Clone, Default)]
+pub struct ProcessShared {
+    /// Rows of the files committed lately.
+    pub recent: RecentFiles,
+    /// Announcements of committed versions.
+    pub signals: CommitSignals,
+}
+
+impl ProcessShared {
+    /// The budget `worker.recent_files_mb` sets, and no announcement yet.
+    pub fn from_config(config: &smelter_common::config::WorkerConfig) -> Self {
+        Self {
+            recent: RecentFiles::from_config(config),
+            signals: CommitSignals::default(),
+        }
+    }
+}
+
 /// Runs a worker until `shutdown` is cancelled. The Flight SQL service is served on
 /// `flight_listener` (bind it first; port 0 is fine).
 /// `store` is the coordination store shared with every other writer of the tables (etcd
 /// in cluster mode, the in-process store under `smelter up`): commits then go through the
 /// table commit locks. Without one, commits rely on the txn compare-and-set alone.
-/// `recent` keeps the rows of the files the worker commits for the tasks downstream
-/// ([`RecentFiles::from_config`]); workers in one process share one.
+/// `shared` is what the workers of one process share: the rows of the files they commit
+/// lately, for the tasks downstream ([`RecentFiles::from_config`]), and word of their
+/// commits ([`CommitSignals`]).
 pub async fn run(
     config: SmelterConfig,
     flight_listener: TcpListener,
     store: Option<Arc<dyn CoordinationStore>>,
-    recent: RecentFiles,
+    shared: ProcessShared,
     shutdown: CancellationToken,
 ) -> Result<()> {
     let tables = TableStore::from_config(&config.storage)?;
@@ -149,7 +173,8 @@ pub async fn run(
         arbiter,
         failpoints: Failpoints::parse(config.worker.failpoint.as_deref())?,
         heads: Default::default(),
-        recent,
+        recent: shared.recent,
+        signals: shared.signals,
         log: tables.log_kind(),
         timings: Default::default(),
     });

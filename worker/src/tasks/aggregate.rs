@@ -10,6 +10,10 @@
 //! `gold_min_interval_ms` and by at least [`BUSY_FACTOR`] times the last refresh's
 //! duration: gold never takes more than about a fifth of a core per table, and is never
 //! more than one interval plus one refresh behind silver.
+//!
+//! New silver versions are found by probing the log every `poll_interval_ms`, or at once
+//! when a worker of this process committed them (`smelter_lake::signals`); while a refresh
+//! is throttled the task sleeps until the interval is over instead of probing.
 
 use std::time::Duration;
 
@@ -50,9 +54,19 @@ impl AggregateTask {
         let min_interval = Duration::from_millis(env.config.gold_min_interval_ms);
         let engine = QueryEngine::new(env.tables.clone(), Default::default());
         progress.set_state(TaskState::Starting);
+        // Silver versions committed in this process wake a waiting task at once
+        // (`smelter_lake::signals`); others are found by the poll.
+        let mut announced = env
+            .commits
+            .signals
+            .subscribe(env.tables.url(&spec.from)?.as_str());
         // Wait for the silver table: the gold schema comes from planning over it.
         while !env.tables.exists(&spec.from).await {
-            tokio::select! { _ = cancel.cancelled() => return Ok(()), _ = tokio::time::sleep(poll) => {} }
+            tokio::select! {
+                _ = cancel.cancelled() => return Ok(()),
+                _ = tokio::time::sleep(poll) => {},
+                _ = announced.next() => {},
+            }
         }
         // The tables the query joins: followed like `from`, one txn each.
         while let Some(missing) = first_missing(&env, &spec.joins).await {
@@ -111,13 +125,21 @@ impl AggregateTask {
             progress.update(|r| r.lag = latest - done + joins_behind);
             let throttled = last_refresh.is_some_and(|t| t.elapsed() < interval);
             let caught_up = latest <= done && joins_behind == 0;
-            if caught_up || throttled {
-                progress.set_state(if caught_up {
-                    TaskState::Idle
-                } else {
-                    TaskState::Running
-                });
-                tokio::select! { _ = cancel.cancelled() => {}, _ = tokio::time::sleep(poll) => {} }
+            if caught_up {
+                progress.set_state(TaskState::Idle);
+                tokio::select! {
+                    _ = cancel.cancelled() => {},
+                    _ = tokio::time::sleep(poll) => {},
+                    _ = announced.next() => {},
+                }
+                continue;
+            }
+            if throttled {
+                // Nothing can be refreshed before the interval is over: no probe until then.
+                progress.set_state(TaskState::Running);
+                let left =
+                    last_refresh.map_or(Duration::ZERO, |t| interval.saturating_sub(t.elapsed()));
+                tokio::select! { _ = cancel.cancelled() => {}, _ = tokio::time::sleep(left) => {} }
                 continue;
             }
             progress.set_state(TaskState::Running);

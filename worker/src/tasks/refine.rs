@@ -84,6 +84,12 @@ impl RefineTask {
         // The bronze table is only followed, never read as a snapshot: new versions are
         // found by probing its log, and their files are read from the commit entries.
         let mut bronze: Option<(DeltaTable, i64)> = None;
+        // Its versions committed in this process are also announced: a caught-up task
+        // waits for the next poll or the next announcement (`smelter_lake::signals`).
+        let mut announced = env
+            .commits
+            .signals
+            .subscribe(env.tables.url(&spec.from)?.as_str());
         // Bronze versions a restore undid after this task's position (read when bronze is
         // opened and after every reload; restores happen while the task is not running).
         let mut undone: Option<Vec<(i64, i64)>> = None;
@@ -100,7 +106,11 @@ impl RefineTask {
                 bronze = Some((table, loaded));
             }
             let Some((upstream, known)) = bronze.as_mut() else {
-                tokio::select! { _ = cancel.cancelled() => {}, _ = tokio::time::sleep(poll) => {} }
+                tokio::select! {
+                    _ = cancel.cancelled() => {},
+                    _ = tokio::time::sleep(poll) => {},
+                    _ = announced.next() => {},
+                }
                 continue;
             };
             *known = log::latest_version(upstream, &spec.from, *known).await?;
@@ -113,7 +123,11 @@ impl RefineTask {
             progress.update(|r| r.lag = latest - done);
             if latest <= done {
                 progress.set_state(TaskState::Idle);
-                tokio::select! { _ = cancel.cancelled() => {}, _ = tokio::time::sleep(poll) => {} }
+                tokio::select! {
+                    _ = cancel.cancelled() => {},
+                    _ = tokio::time::sleep(poll) => {},
+                    _ = announced.next() => {},
+                }
                 continue;
             }
             progress.set_state(TaskState::Running);
