@@ -10,8 +10,10 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
 
 /// Announcements of committed versions, by table URL; cheap to clone, shared by every
 /// task (and, under `smelter up`, every worker) of a process.
@@ -58,12 +60,30 @@ impl Announcements {
             std::future::pending::<()>().await;
         }
     }
+
+    /// What a task that found nothing new does before it probes its upstream's log again:
+    /// waits for the next announcement, at most `poll`, and not past `cancel`. After an
+    /// announcement it waits `settle` more, for the commits that come with it: an
+    /// upstream with several writers (bronze: every ingest task closes its batch on the
+    /// same grid) commits them within milliseconds of each other, and a task woken by the
+    /// first alone would spend a pass (and a commit) on each.
+    pub async fn wait(&mut self, poll: Duration, settle: Duration, cancel: &CancellationToken) {
+        let announced = tokio::select! {
+            _ = cancel.cancelled() => false,
+            _ = tokio::time::sleep(poll) => false,
+            _ = self.next() => true,
+        };
+        if announced && !settle.is_zero() {
+            tokio::select! {
+                _ = cancel.cancelled() => {},
+                _ = tokio::time::sleep(settle) => {},
+            }
+        }
+    }
 }
 
 #[cfg(test)]
 mod tests {
-    use std::time::Duration;
-
     use super::*;
 
     async fn woken(announcements: &mut Announcements) -> bool {
@@ -98,5 +118,22 @@ mod tests {
         let clone = signals.clone();
         clone.announce("file:///data/bronze/events", 6);
         assert!(woken(&mut bronze).await, "clones share their announcements");
+    }
+
+    #[tokio::test]
+    async fn a_wait_ends_at_an_announcement_or_a_cancel_long_before_its_poll() {
+        let signals = CommitSignals::default();
+        let mut silver = signals.subscribe("s3://lake/silver/events");
+        let cancel = CancellationToken::new();
+        let poll = Duration::from_secs(3_600);
+        signals.announce("s3://lake/silver/events/", 1);
+        let settle = Duration::from_millis(20);
+        let waited =
+            tokio::time::timeout(Duration::from_secs(5), silver.wait(poll, settle, &cancel));
+        assert!(waited.await.is_ok(), "woken by the announcement");
+        cancel.cancel();
+        let waited =
+            tokio::time::timeout(Duration::from_secs(5), silver.wait(poll, settle, &cancel));
+        assert!(waited.await.is_ok(), "ended by the cancel");
     }
 }

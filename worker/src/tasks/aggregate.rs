@@ -62,10 +62,9 @@ impl AggregateTask {
             .subscribe(env.tables.url(&spec.from)?.as_str());
         // Wait for the silver table: the gold schema comes from planning over it.
         while !env.tables.exists(&spec.from).await {
-            tokio::select! {
-                _ = cancel.cancelled() => return Ok(()),
-                _ = tokio::time::sleep(poll) => {},
-                _ = announced.next() => {},
+            announced.wait(poll, Duration::ZERO, &cancel).await;
+            if cancel.is_cancelled() {
+                return Ok(());
             }
         }
         // The tables the query joins: followed like `from`, one txn each.
@@ -127,11 +126,7 @@ impl AggregateTask {
             let caught_up = latest <= done && joins_behind == 0;
             if caught_up {
                 progress.set_state(TaskState::Idle);
-                tokio::select! {
-                    _ = cancel.cancelled() => {},
-                    _ = tokio::time::sleep(poll) => {},
-                    _ = announced.next() => {},
-                }
+                announced.wait(poll, Duration::ZERO, &cancel).await;
                 continue;
             }
             if throttled {

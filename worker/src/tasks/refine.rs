@@ -15,6 +15,12 @@ use crate::tasks::schemas;
 use smelter_lake::{AppId, CommitOutcome, TxnUpdate, WriteMode, changes, log};
 use tracing::Instrument as _;
 
+/// How long a pass woken by a bronze commit waits for the other ingest tasks' commits of
+/// the same batch interval, so that one pass takes them all (see
+/// `smelter_lake::signals::Announcements::wait`): without it, refine made a pass and a
+/// silver commit per ingest task and used a fifth more CPU in the benchmark.
+const SETTLE: Duration = Duration::from_millis(25);
+
 /// Keeps one silver table (and its quarantine) current with its bronze table.
 pub struct RefineTask {
     /// The silver table.
@@ -106,11 +112,7 @@ impl RefineTask {
                 bronze = Some((table, loaded));
             }
             let Some((upstream, known)) = bronze.as_mut() else {
-                tokio::select! {
-                    _ = cancel.cancelled() => {},
-                    _ = tokio::time::sleep(poll) => {},
-                    _ = announced.next() => {},
-                }
+                announced.wait(poll, SETTLE, &cancel).await;
                 continue;
             };
             *known = log::latest_version(upstream, &spec.from, *known).await?;
@@ -123,11 +125,7 @@ impl RefineTask {
             progress.update(|r| r.lag = latest - done);
             if latest <= done {
                 progress.set_state(TaskState::Idle);
-                tokio::select! {
-                    _ = cancel.cancelled() => {},
-                    _ = tokio::time::sleep(poll) => {},
-                    _ = announced.next() => {},
-                }
+                announced.wait(poll, SETTLE, &cancel).await;
                 continue;
             }
             progress.set_state(TaskState::Running);
