@@ -100,6 +100,8 @@ impl LocalCluster {
         // wrote) and one set of commit announcements (a task wakes when any worker
         // commits its upstream).
         let shared = smelter_worker::ProcessShared::from_config(&config.worker);
+        // Sharing that memory, the workers have nothing to exchange over Flight.
+        config.worker.flight_exchange = false;
         for i in 0..workers.max(1) {
             let flight_address = if i == 0 {
                 config.worker.flight_listen.clone()

@@ -167,6 +167,18 @@ pub struct WorkerConfig {
     /// downstream on the same worker then read without going to storage (0: none). The
     /// workers of one process (`smelter up`) share one budget.
     pub recent_files_mb: u64,
+    /// Whether this worker offers the rows of the files it commits (those it keeps in
+    /// `recent_files_mb`) to the other workers over Flight, and takes theirs instead of
+    /// reading and decoding the files (the exchange; docs/architecture.md). A fetched
+    /// batch is used only if it matches the checksum its commit recorded. `smelter up`
+    /// turns it off: its workers share one memory.
+    pub flight_exchange: bool,
+    /// How long a downstream task waits for another worker's rows before it reads the
+    /// file instead.
+    pub exchange_timeout_ms: u64,
+    /// Fault tests only: this worker's answers to exchange fetches have one byte changed,
+    /// which the fetching workers must refuse (and read the file). Off in production.
+    pub exchange_forge: bool,
     /// Lease TTL of a held table commit lock (kept alive while held; a paused holder
     /// loses it after this long and is fenced by its successor's epoch).
     pub commit_lock_ttl_ms: u64,
@@ -187,6 +199,9 @@ impl Default for WorkerConfig {
             refine_max_versions: 8,
             gold_min_interval_ms: 250,
             recent_files_mb: 64,
+            flight_exchange: true,
+            exchange_timeout_ms: 1_000,
+            exchange_forge: false,
             commit_lock_ttl_ms: 5_000,
             failpoint: None,
         }

@@ -116,6 +116,7 @@ impl Control for ControlService {
                 worker_id: request.worker_id,
                 commits_fenced: request.commits_fenced,
                 timings: request.timings,
+                reads: request.reads,
                 reply,
             })
             .await??,

@@ -92,6 +92,7 @@ pub async fn backfill(
                 path: file.path().to_string(),
                 partition_values: file.partition_values().clone(),
                 rows: file.rows(),
+                offer: None,
             };
             let mut rows = Vec::new();
             let mut changed = false;

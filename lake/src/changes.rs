@@ -22,6 +22,7 @@ use deltalake::kernel::Action;
 use deltalake::parquet::arrow::ProjectionMask;
 use deltalake::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 
+use crate::exchange::Offer;
 use crate::recent_files::RecentFiles;
 use crate::{LakeError, Result};
 
@@ -29,7 +30,7 @@ use crate::{LakeError, Result};
 const READ_BATCH_ROWS: usize = 16 * 1024;
 
 /// One data file of a table.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct DataFile {
     /// Path relative to the table root, as the log writes it (URL-encoded).
     pub path: String,
@@ -37,6 +38,8 @@ pub struct DataFile {
     pub partition_values: HashMap<String, Option<String>>,
     /// Rows in the file, when the log's statistics say.
     pub rows: Option<u64>,
+    /// Where the worker that wrote the file offers its rows (see [`crate::exchange`]).
+    pub offer: Option<Offer>,
 }
 
 /// The data files versions `from..=to` added.
@@ -168,10 +171,16 @@ pub async fn range_skipping(
             match action {
                 Action::Add(add) if add.data_change && !rewrite => {
                     range.rewritten |= add.deletion_vector.is_some();
+                    let offer = Offer::from_tags(add.tags.as_ref());
+                    // An offer is taken only for as many rows as the log says the file has.
+                    let rows = offer
+                        .as_ref()
+                        .and_then(|_| num_records(add.stats.as_deref()));
                     range.added.push(DataFile {
-                        rows: None,
+                        rows,
                         path: add.path,
                         partition_values: add.partition_values.into_iter().collect(),
+                        offer,
                     });
                 }
                 Action::Metadata(_) | Action::Protocol(_) => range.rewritten = true,
@@ -180,6 +189,12 @@ pub async fn range_skipping(
         }
     }
     Ok(range)
+}
+
+/// `numRecords` of an add action's statistics.
+fn num_records(stats: Option<&str>) -> Option<u64> {
+    let stats: serde_json::Value = serde_json::from_str(stats?).ok()?;
+    stats.get("numRecords")?.as_u64()
 }
 
 /// Every data file of the table's loaded snapshot. Fails on files with deletion vectors,
@@ -200,6 +215,7 @@ pub fn snapshot(table: &DeltaTable, name: &str) -> Result<Vec<DataFile>> {
                 path: file.path().into_owned(),
                 partition_values: file.partition_values_map(),
                 rows: file.num_records().map(|n| n as u64),
+                offer: None,
             })
         })
         .collect()
@@ -207,7 +223,8 @@ pub fn snapshot(table: &DeltaTable, name: &str) -> Result<Vec<DataFile>> {
 
 /// The rows of `file`, with only the columns whose top-level names are in `columns` (all
 /// of them when `None`), as the file stores them: from `recent` if this worker committed
-/// the file lately, else from storage.
+/// the file lately, else from the worker that offers them if it answers in time with the
+/// rows the offer names (see [`crate::exchange`]), else from storage.
 pub async fn read(
     table: &DeltaTable,
     name: &str,
@@ -215,7 +232,15 @@ pub async fn read(
     columns: Option<&HashSet<String>>,
     recent: &RecentFiles,
 ) -> Result<Vec<RecordBatch>> {
-    if let Some(rows) = recent.get(table.table_url().as_str(), &file.path, columns) {
+    let table_uri = table.table_url().as_str();
+    if let Some(rows) = recent.get(table_uri, &file.path, columns) {
+        return Ok(rows);
+    }
+    if let Some(offer) = &file.offer
+        && let Some(rows) =
+            crate::exchange::take(recent, table_uri, &file.path, file.rows, offer).await
+        && let Some(rows) = crate::recent_files::project(&rows, columns)
+    {
         return Ok(rows);
     }
     let path = deltalake::Path::from_url_path(&file.path)
@@ -228,6 +253,8 @@ pub async fn read(
         .bytes()
         .await
         .map_err(|e| LakeError::delta(name, e.into()))?;
+    let decoding = std::time::Instant::now();
+    let size = data.len();
     let builder = ParquetRecordBatchReaderBuilder::try_new(data)
         .map_err(|e| LakeError::delta(name, e.into()))?;
     let builder = match columns {
@@ -249,7 +276,9 @@ pub async fn read(
         .with_batch_size(READ_BATCH_ROWS)
         .build()
         .map_err(|e| LakeError::delta(name, e.into()))?;
-    Ok(reader.collect::<std::result::Result<Vec<_>, _>>()?)
+    let rows = reader.collect::<std::result::Result<Vec<_>, _>>()?;
+    recent.counters().storage(size, decoding.elapsed());
+    Ok(rows)
 }
 
 /// `batch` (rows of `file`) shaped as `schema`: columns matched by name and cast to the

@@ -175,6 +175,7 @@ pub async fn plan(
             path: file.path().to_string(),
             partition_values: file.partition_values().clone(),
             rows: file.rows(),
+            offer: None,
         });
     }
     let mut plan = Plan {

@@ -195,6 +195,7 @@ pub async fn delete(
                 path: file.path().to_string(),
                 partition_values: file.partition_values().clone(),
                 rows: file.rows(),
+                offer: None,
             };
             let mut kept = Vec::new();
             let mut deleted = 0u64;

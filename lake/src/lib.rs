@@ -12,6 +12,7 @@
 //!   of each table's log without reloading snapshots);
 //! * [`log`], [`changes`] and [`history`]: reading positions, the files a range of versions
 //!   added, and the commits themselves;
+//! * [`exchange`]: the rows of a committed file offered to the other workers over Flight.
 //! * [`file_format`]: how data files are encoded; [`recent_files`]: rows of files this
 //!   process committed moments ago, for the readers downstream;
 //! * [`evolve`]: how rows of a wider schema evolve their table in their own commit, and
@@ -39,6 +40,7 @@ pub mod describe;
 pub mod detail;
 pub mod error;
 pub mod evolve;
+pub mod exchange;
 pub mod failpoint;
 pub mod file_format;
 pub mod heads;

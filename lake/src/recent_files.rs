@@ -15,27 +15,98 @@
 //! seconds behind finds its files gone and reads them as before.
 //!
 //! Workers in one process (`smelter up`) share one cache, so refine finds the bronze
-//! files every worker's ingest wrote, and the budget is the process's.
+//! files every worker's ingest wrote, and the budget is the process's. Workers in a
+//! cluster offer what they keep to the others over Flight ([`crate::exchange`]).
+//!
+//! The cache also counts where downstream reads found their rows ([`Reads`]): in memory,
+//! from another worker, or in storage (with the bytes read and the time spent decoding).
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use arrow::array::RecordBatch;
 use arrow::datatypes::SchemaRef;
+use serde::Serialize;
 use smelter_common::config::WorkerConfig;
+
+use crate::exchange::Exchange;
 
 /// The rows of recently committed data files, by table and file.
 #[derive(Debug, Clone, Default)]
 pub struct RecentFiles {
     inner: Arc<Shared>,
+    /// This worker's part in the exchange, if it takes part.
+    exchange: Option<Arc<Exchange>>,
 }
 
 #[derive(Debug, Default)]
 struct Shared {
     budget: usize,
     files: Mutex<Files>,
-    hits: AtomicU64,
+    counters: ReadCounters,
+}
+
+/// Where the reads of data files by downstream tasks found their rows, since start.
+#[derive(Debug, Default)]
+pub(crate) struct ReadCounters {
+    memory: AtomicU64,
+    served: AtomicU64,
+    exchanged: AtomicU64,
+    exchanged_bytes: AtomicU64,
+    rejected: AtomicU64,
+    failed: AtomicU64,
+    storage: AtomicU64,
+    storage_bytes: AtomicU64,
+    decode_micros: AtomicU64,
+}
+
+impl ReadCounters {
+    pub(crate) fn exchanged(&self, bytes: usize) {
+        self.exchanged.fetch_add(1, Ordering::Relaxed);
+        self.exchanged_bytes
+            .fetch_add(bytes as u64, Ordering::Relaxed);
+    }
+
+    pub(crate) fn rejected(&self) {
+        self.rejected.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn failed(&self) {
+        self.failed.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn storage(&self, bytes: usize, decoding: Duration) {
+        self.storage.fetch_add(1, Ordering::Relaxed);
+        self.storage_bytes
+            .fetch_add(bytes as u64, Ordering::Relaxed);
+        self.decode_micros
+            .fetch_add(decoding.as_micros() as u64, Ordering::Relaxed);
+    }
+}
+
+/// Counts of data file reads by where their rows came from (see [`RecentFiles::reads`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct Reads {
+    /// Answered from this process's memory.
+    pub memory: u64,
+    /// Files this worker sent to others over the exchange.
+    pub served: u64,
+    /// Answered by another worker over the exchange.
+    pub exchanged: u64,
+    /// Bytes received over the exchange.
+    pub exchanged_bytes: u64,
+    /// Exchanged rows refused: their checksum or row count was not the offer's.
+    pub rejected: u64,
+    /// Exchange fetches that failed or timed out.
+    pub failed: u64,
+    /// Read from storage (after a miss, a refusal or a failure, or without an offer).
+    pub storage: u64,
+    /// Bytes read from storage.
+    pub storage_bytes: u64,
+    /// Time spent decoding Parquet read from storage, in milliseconds.
+    pub decode_ms: u64,
 }
 
 #[derive(Debug, Default)]
@@ -58,6 +129,42 @@ impl RecentFiles {
                 budget,
                 ..Default::default()
             }),
+            exchange: None,
+        }
+    }
+
+    /// This cache, offering what it keeps to other workers and fetching what they offer
+    /// through `exchange` (clones share the files, budget and counters).
+    pub fn with_exchange(&self, exchange: Exchange) -> Self {
+        Self {
+            inner: self.inner.clone(),
+            exchange: Some(Arc::new(exchange)),
+        }
+    }
+
+    /// This worker's part in the exchange, if it takes part.
+    pub fn exchange(&self) -> Option<&Exchange> {
+        self.exchange.as_deref()
+    }
+
+    pub(crate) fn counters(&self) -> &ReadCounters {
+        &self.inner.counters
+    }
+
+    /// Where reads found their rows so far.
+    pub fn reads(&self) -> Reads {
+        let c = &self.inner.counters;
+        let load = |n: &AtomicU64| n.load(Ordering::Relaxed);
+        Reads {
+            memory: load(&c.memory),
+            served: load(&c.served),
+            exchanged: load(&c.exchanged),
+            exchanged_bytes: load(&c.exchanged_bytes),
+            rejected: load(&c.rejected),
+            failed: load(&c.failed),
+            storage: load(&c.storage),
+            storage_bytes: load(&c.storage_bytes),
+            decode_ms: load(&c.decode_micros) / 1000,
         }
     }
 
@@ -70,7 +177,7 @@ impl RecentFiles {
 
     /// How many reads were answered from memory.
     pub fn hits(&self) -> u64 {
-        self.inner.hits.load(Ordering::Relaxed)
+        self.inner.counters.memory.load(Ordering::Relaxed)
     }
 
     /// Keeps `batches` as the rows of the file at `path` (relative to the table, as its
@@ -84,26 +191,41 @@ impl RecentFiles {
         partition_by: &[String],
         batches: &[RecordBatch],
     ) {
+        if let Some(rows) = self.stored_rows(file_schema, partition_by, batches) {
+            self.keep_rows(table_uri, path, rows);
+        }
+    }
+
+    /// `batches` as the file the writer makes of them stores them (without the
+    /// `partition_by` columns), if each has `file_schema` then and this cache would keep
+    /// them (a budget, and room for them in it).
+    pub(crate) fn stored_rows(
+        &self,
+        file_schema: &SchemaRef,
+        partition_by: &[String],
+        batches: &[RecordBatch],
+    ) -> Option<Vec<RecordBatch>> {
         if self.inner.budget == 0 {
-            return;
+            return None;
         }
         let mut rows = Vec::with_capacity(batches.len());
         for batch in batches.iter().filter(|b| b.num_rows() > 0) {
             let columns: Vec<usize> = (0..batch.num_columns())
                 .filter(|&i| !partition_by.contains(batch.schema_ref().field(i).name()))
                 .collect();
-            let Ok(stored) = batch.project(&columns) else {
-                return;
-            };
+            let stored = batch.project(&columns).ok()?;
             if stored.schema_ref() != file_schema {
-                return;
+                return None;
             }
             rows.push(stored);
         }
         let size: usize = rows.iter().map(RecordBatch::get_array_memory_size).sum();
-        if size > self.inner.budget {
-            return;
-        }
+        (size <= self.inner.budget).then_some(rows)
+    }
+
+    /// Keeps `rows` ([`RecentFiles::stored_rows`]) as the rows of the file at `path`.
+    pub(crate) fn keep_rows(&self, table_uri: &str, path: &str, rows: Vec<RecordBatch>) {
+        let size: usize = rows.iter().map(RecordBatch::get_array_memory_size).sum();
         let key = key(table_uri, path);
         let mut files = self.inner.files.lock().unwrap_or_else(|e| e.into_inner());
         if files.rows.insert(key.clone(), Arc::new(rows)).is_some() {
@@ -128,25 +250,42 @@ impl RecentFiles {
         path: &str,
         columns: Option<&HashSet<String>>,
     ) -> Option<Vec<RecordBatch>> {
-        let rows = {
-            let files = self.inner.files.lock().unwrap_or_else(|e| e.into_inner());
-            files.rows.get(&key(table_uri, path))?.clone()
-        };
-        let projected = rows
-            .iter()
-            .map(|batch| match columns {
-                None => Some(batch.clone()),
-                Some(columns) => {
-                    let keep: Vec<usize> = (0..batch.num_columns())
-                        .filter(|&i| columns.contains(batch.schema_ref().field(i).name()))
-                        .collect();
-                    batch.project(&keep).ok()
-                }
-            })
-            .collect::<Option<Vec<_>>>()?;
-        self.inner.hits.fetch_add(1, Ordering::Relaxed);
+        let rows = self.lookup(table_uri, path)?;
+        let projected = project(&rows, columns)?;
+        self.inner.counters.memory.fetch_add(1, Ordering::Relaxed);
         Some(projected)
     }
+
+    /// The rows of the file at `path`, all columns, for another worker that asked for them
+    /// over the exchange (counted as served, not as a read).
+    pub fn serve(&self, table_uri: &str, path: &str) -> Option<Arc<Vec<RecordBatch>>> {
+        let rows = self.lookup(table_uri, path)?;
+        self.inner.counters.served.fetch_add(1, Ordering::Relaxed);
+        Some(rows)
+    }
+
+    fn lookup(&self, table_uri: &str, path: &str) -> Option<Arc<Vec<RecordBatch>>> {
+        let files = self.inner.files.lock().unwrap_or_else(|e| e.into_inner());
+        files.rows.get(&key(table_uri, path)).cloned()
+    }
+}
+
+/// `rows` with only the `columns` named (all when `None`).
+pub(crate) fn project(
+    rows: &[RecordBatch],
+    columns: Option<&HashSet<String>>,
+) -> Option<Vec<RecordBatch>> {
+    rows.iter()
+        .map(|batch| match columns {
+            None => Some(batch.clone()),
+            Some(columns) => {
+                let keep: Vec<usize> = (0..batch.num_columns())
+                    .filter(|&i| columns.contains(batch.schema_ref().field(i).name()))
+                    .collect();
+                batch.project(&keep).ok()
+            }
+        })
+        .collect()
 }
 
 #[cfg(test)]

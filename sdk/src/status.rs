@@ -12,6 +12,11 @@ pub fn status_json(status: &ClusterStatus) -> serde_json::Value {
             "worker_id": w.worker_id, "flight_endpoint": w.flight_endpoint, "hostname": w.hostname,
             "tasks": w.tasks, "lease_expires_in_ms": w.lease_expires_in_ms,
             "commits_fenced": w.commits_fenced,
+            "reads": w.reads.as_ref().map(|r| serde_json::json!({
+                "memory": r.memory, "exchanged": r.exchanged, "exchanged_bytes": r.exchanged_bytes,
+                "rejected": r.rejected, "failed": r.failed, "storage": r.storage,
+                "storage_bytes": r.storage_bytes, "decode_ms": r.decode_ms, "served": r.served,
+            })),
         })).collect::<Vec<_>>(),
         "tasks": status.tasks.iter().map(|t| {
             let task = t.task.clone().unwrap_or_default();

@@ -11,6 +11,7 @@ mod cluster;
 mod deploy;
 mod etcd;
 mod evolution;
+mod exchange;
 mod faults;
 mod files;
 mod freshness;

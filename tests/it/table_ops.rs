@@ -82,6 +82,7 @@ async fn user_ids(cluster: &TestCluster, table: &str, path: &str) -> Option<Vec<
         path: path.to_string(),
         partition_values: Default::default(),
         rows: None,
+        offer: None,
     };
     let handle = cluster.tables.open(table).await.unwrap();
     let columns = std::collections::HashSet::from(["user_id".to_string()]);

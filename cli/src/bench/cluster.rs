@@ -263,11 +263,44 @@ pub async fn run(options: &BenchOptions, services: &Services) -> Result<(EndToEn
         run.peak_rss_bytes
             .insert(name, peak_rss_bytes(Some(pid)).unwrap_or(0));
     }
+    run.file_reads = file_reads(&processes).await;
     let produced = produce_times(&tables).await?;
     finish_run(&mut run, &tables, &spec, &produced, &flight).await?;
     drop(processes);
     let _ = std::fs::remove_dir_all(&dir);
     Ok((run, spec))
+}
+
+/// The workers' file reads, summed, once their heartbeats report the whole run: the
+/// status is asked every heartbeat interval until two answers agree (at most 20 times).
+async fn file_reads(processes: &ProcessCluster) -> Option<smelter_lake::recent_files::Reads> {
+    let every = Duration::from_millis(
+        smelter_common::config::CoordinatorConfig::default().heartbeat_interval_ms + 200,
+    );
+    let mut last = None;
+    for _ in 0..20 {
+        let status = processes.status().await.ok()?;
+        let mut sum = smelter_lake::recent_files::Reads::default();
+        for worker in status["workers"].as_array().into_iter().flatten() {
+            let reads = &worker["reads"];
+            let n = |key: &str| reads[key].as_u64().unwrap_or(0);
+            sum.memory += n("memory");
+            sum.served += n("served");
+            sum.exchanged += n("exchanged");
+            sum.exchanged_bytes += n("exchanged_bytes");
+            sum.rejected += n("rejected");
+            sum.failed += n("failed");
+            sum.storage += n("storage");
+            sum.storage_bytes += n("storage_bytes");
+            sum.decode_ms += n("decode_ms");
+        }
+        if last == Some(sum) {
+            break;
+        }
+        last = Some(sum);
+        tokio::time::sleep(every).await;
+    }
+    last
 }
 
 /// The Kafka source of a pipeline run by [`run`].

@@ -153,6 +153,10 @@ pub struct EndToEnd {
     pub etcd_cpu_seconds: Option<f64>,
     /// The REST API's latency and CPU once everything is in (in-process runs).
     pub rest: Option<rest::RestFigures>,
+    /// Where the workers' downstream tasks found the rows of the files they read —
+    /// memory, another worker over the exchange, storage — with the bytes read from
+    /// storage and the time spent decoding them (cluster runs).
+    pub file_reads: Option<smelter_lake::recent_files::Reads>,
     /// Every run of this pipeline, in order; the figures above are those of the run with
     /// the least CPU.
     pub runs: Vec<RunSummary>,

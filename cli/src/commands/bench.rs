@@ -268,6 +268,21 @@ fn run_lines(name: &str, run: &EndToEnd, out: &mut String) {
             shape.compactions
         );
     }
+    if let Some(reads) = &run.file_reads {
+        let _ = writeln!(
+            out,
+            "  file reads: {} from memory, {} over the exchange ({:.1} MiB, {} refused, {} \
+             failed), {} from storage ({:.1} MiB, {} ms decoding)",
+            reads.memory,
+            reads.exchanged,
+            reads.exchanged_bytes as f64 / 1048576.0,
+            reads.rejected,
+            reads.failed,
+            reads.storage,
+            reads.storage_bytes as f64 / 1048576.0,
+            reads.decode_ms
+        );
+    }
     for query in &run.queries {
         let _ = writeln!(
             out,

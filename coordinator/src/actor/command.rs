@@ -31,6 +31,8 @@ pub enum Command {
         commits_fenced: u64,
         /// Its commit histograms per table.
         timings: Vec<smelter_proto::TableTimings>,
+        /// Where its reads of data files found their rows.
+        reads: Option<smelter_proto::FileReads>,
         reply: oneshot::Sender<Result<HeartbeatResponse>>,
     },
     /// A worker opens its assignment stream: the answer follows its latest assignment.

@@ -73,6 +73,7 @@ impl Actor {
                 last_heartbeat: Instant::now(),
                 commits_fenced: 0,
                 timings: Vec::new(),
+                reads: None,
                 assignment,
                 delivered: running,
             },
@@ -93,6 +94,7 @@ impl Actor {
         worker_id: &str,
         commits_fenced: u64,
         timings: Vec<smelter_proto::TableTimings>,
+        reads: Option<smelter_proto::FileReads>,
     ) -> Result<HeartbeatResponse> {
         let lease = self
             .workers
@@ -110,6 +112,7 @@ impl Actor {
                     entry.last_heartbeat = Instant::now();
                     entry.commits_fenced = commits_fenced;
                     entry.timings = timings;
+                    entry.reads = reads;
                 }
                 Ok(HeartbeatResponse {
                     generation: self.generation,

@@ -56,6 +56,8 @@ struct WorkerEntry {
     commits_fenced: u64,
     /// Its commit histograms per table, as of its last heartbeat.
     timings: Vec<smelter_proto::TableTimings>,
+    /// Where its reads of data files found their rows, as of its last heartbeat.
+    reads: Option<smelter_proto::FileReads>,
     /// Its latest assignment; its streams follow it. Dropped with the entry, which ends
     /// them.
     assignment: watch::Sender<AssignmentUpdate>,
@@ -142,6 +144,7 @@ impl Actor {
                     last_heartbeat: Instant::now(),
                     commits_fenced: 0,
                     timings: Vec::new(),
+                    reads: None,
                     assignment,
                     delivered,
                 },
@@ -209,9 +212,13 @@ impl Actor {
                 worker_id,
                 commits_fenced,
                 timings,
+                reads,
                 reply,
             } => {
-                let _ = reply.send(self.heartbeat(&worker_id, commits_fenced, timings).await);
+                let _ = reply.send(
+                    self.heartbeat(&worker_id, commits_fenced, timings, reads)
+                        .await,
+                );
             }
             Command::Watch { worker_id, reply } => {
                 let _ = reply.send(self.watch(&worker_id));

@@ -20,6 +20,7 @@ impl Actor {
                 hostname: w.hostname.clone(),
                 commits_fenced: w.commits_fenced,
                 timings: w.timings.clone(),
+                reads: w.reads,
             })
             .collect();
         let tasks = self

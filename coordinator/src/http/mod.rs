@@ -415,6 +415,7 @@ pub fn render(status: Option<&ClusterStatus>, now_ms: i64) -> String {
             .collect(),
     }
     .write(&mut out);
+    file_reads(&mut out, status);
 
     let tasks: Vec<(String, smelter_proto::TaskStatusReport, &str)> = status
         .tasks
@@ -517,6 +518,78 @@ pub fn render(status: Option<&ClusterStatus>, now_ms: i64) -> String {
 
 /// The samples of one histogram with `labels` (`key="value",...`): cumulative buckets,
 /// sum and count, each sample's name suffix first (`_bucket{...}`).
+/// Where each worker's reads of data files found their rows (memory, the exchange,
+/// storage), what the exchange refused, and the bytes read from storage.
+fn file_reads(out: &mut String, status: &ClusterStatus) {
+    let reads = |w: &smelter_proto::WorkerStatus| w.reads.unwrap_or_default();
+    let mut by_source = Vec::new();
+    for w in &status.workers {
+        let r = reads(w);
+        for (source, n) in [
+            ("memory", r.memory),
+            ("exchange", r.exchanged),
+            ("storage", r.storage),
+        ] {
+            let labels = format!("{{worker=\"{}\",source=\"{source}\"}}", label(&w.worker_id));
+            by_source.push((labels, n as f64));
+        }
+    }
+    Family {
+        name: "smelter_worker_file_reads_total",
+        help: "Reads of upstream data files by each worker's tasks, by where the rows came from.",
+        kind: "counter",
+        samples: by_source,
+    }
+    .write(out);
+    let per_worker = |f: fn(&smelter_proto::FileReads) -> u64| -> Vec<(String, f64)> {
+        status
+            .workers
+            .iter()
+            .map(|w| {
+                (
+                    format!("{{worker=\"{}\"}}", label(&w.worker_id)),
+                    f(&reads(w)) as f64,
+                )
+            })
+            .collect()
+    };
+    for (name, help, pick) in [
+        (
+            "smelter_worker_exchange_rejected_total",
+            "Rows fetched over the exchange and refused: not the checksum or row count the commit recorded.",
+            (|r| r.rejected) as fn(&smelter_proto::FileReads) -> u64,
+        ),
+        (
+            "smelter_worker_exchange_failed_total",
+            "Exchange fetches that failed or timed out (the file was read instead).",
+            |r| r.failed,
+        ),
+        (
+            "smelter_worker_exchange_served_total",
+            "Files each worker sent to other workers over the exchange.",
+            |r| r.served,
+        ),
+        (
+            "smelter_worker_exchange_received_bytes_total",
+            "Bytes each worker received over the exchange.",
+            |r| r.exchanged_bytes,
+        ),
+        (
+            "smelter_worker_storage_read_bytes_total",
+            "Bytes of data files each worker's tasks read from storage.",
+            |r| r.storage_bytes,
+        ),
+    ] {
+        Family {
+            name,
+            help,
+            kind: "counter",
+            samples: per_worker(pick),
+        }
+        .write(out);
+    }
+}
+
 fn histogram_samples(labels: &str, histogram: &smelter_proto::Histogram) -> Vec<(String, f64)> {
     let mut out = Vec::with_capacity(histogram.bounds.len() + 3);
     let mut cumulative = 0;

@@ -211,6 +211,19 @@ pub async fn commit_write(
             partition_columns,
         } = files::write_files_as(table, name, &shaped.batches, shaped.schema.as_ref()).await?;
         let new_files = files.len();
+        // The rows of a one-file commit, kept for the tasks downstream and offered to
+        // other workers in the file's add action (see `crate::exchange`).
+        let kept = match new_files {
+            1 => env
+                .recent
+                .stored_rows(&file_schema, &partition_columns, &shaped.batches),
+            _ => None,
+        };
+        if let Some(rows) = &kept
+            && let Some(offer) = crate::exchange::offer(&env.recent, &file_schema, rows)
+        {
+            files[0].tags = Some(offer.tags());
+        }
         for group in &shaped.rewritten {
             let written = files::write_files_as(table, name, group, shaped.schema.as_ref()).await?;
             files.extend(written.files.into_iter().map(|mut add| {
@@ -281,14 +294,9 @@ pub async fn commit_write(
                 span.record("outcome", "already committed");
             }
         }
-        if let (CommitOutcome::Committed { .. }, 1) = (&outcome, new_files) {
-            env.recent.keep(
-                table.table_url().as_str(),
-                &files[0].path,
-                &file_schema,
-                &partition_columns,
-                &shaped.batches,
-            );
+        if let (CommitOutcome::Committed { .. }, Some(rows)) = (&outcome, kept) {
+            env.recent
+                .keep_rows(table.table_url().as_str(), &files[0].path, rows);
         }
         return Ok(outcome);
     }

@@ -145,5 +145,6 @@ fn data_file(file: &crate::heads::LiveFile) -> DataFile {
         path: file.path().to_string(),
         partition_values: file.partition_values().clone(),
         rows: file.rows(),
+        offer: None,
     }
 }

@@ -136,6 +136,7 @@ pub(super) async fn plan(pass: Pass<'_>) -> Result<MergePlan> {
             path: file.to_string(),
             partition_values: HashMap::new(),
             rows: None,
+            offer: None,
         };
         for batch in changes::read(table, name, &data_file, None, recent).await? {
             let batch = changes::conform(&batch, &data_file, &schema)?;

@@ -417,6 +417,7 @@ async fn current(pass: Pass<'_>) -> Result<MergePlan> {
             path: file.to_string(),
             partition_values: HashMap::new(),
             rows: None,
+            offer: None,
         };
         for batch in changes::read(table, name, &data_file, None, recent).await? {
             let batch = changes::conform(&batch, &data_file, &schema)?;

@@ -49,6 +49,7 @@ use tonic::transport::server::TcpIncoming;
 use tonic::transport::{Channel, Server};
 use tracing::Instrument;
 
+use crate::serve::exchange::FlightFetch;
 use crate::serve::flight::FlightSqlServer;
 use crate::serve::query::QueryEngine;
 use crate::{Result, WorkerError};
@@ -134,7 +135,17 @@ pub async fn run(
         .unwrap_or_else(|| flight_addr.to_string());
     let engine = QueryEngine::for_clients(tables.clone(), config.query.clone());
     let auth = Authenticator::from_config(&config.security)?;
-    let flight = FlightSqlServer::new(engine)?.into_service(&auth);
+    // The exchange: this worker offers the rows it keeps at its Flight endpoint, and
+    // takes what the others offer (see `crate::serve::exchange`).
+    let recent = match FlightFetch::exchange(&config, &advertised)? {
+        Some(exchange) => shared.recent.with_exchange(exchange),
+        None => shared.recent.clone(),
+    };
+    let mut flight = FlightSqlServer::new(engine)?;
+    if recent.exchange().is_some() {
+        flight = flight.with_exchange(recent.clone(), config.worker.exchange_forge);
+    }
+    let flight = flight.into_service(&auth);
     let mut server = Server::builder();
     if let Some(tls) = tls::server(&config.security, config.security.flight_client_certs)? {
         server = server.tls_config(tls)?;
@@ -173,7 +184,7 @@ pub async fn run(
         arbiter,
         failpoints: Failpoints::parse(config.worker.failpoint.as_deref())?,
         heads: Default::default(),
-        recent: shared.recent,
+        recent,
         signals: shared.signals,
         log: tables.log_kind(),
         timings: Default::default(),
@@ -359,6 +370,22 @@ async fn follow(
     result
 }
 
+/// Where this worker's reads of data files found their rows, for its heartbeat.
+fn file_reads(recent: &RecentFiles) -> smelter_proto::FileReads {
+    let reads = recent.reads();
+    smelter_proto::FileReads {
+        memory: reads.memory,
+        exchanged: reads.exchanged,
+        exchanged_bytes: reads.exchanged_bytes,
+        rejected: reads.rejected,
+        failed: reads.failed,
+        storage: reads.storage,
+        storage_bytes: reads.storage_bytes,
+        decode_ms: reads.decode_ms,
+        served: reads.served,
+    }
+}
+
 /// Sends a heartbeat every `every` until one fails or goes unanswered for a lease TTL;
 /// publishes each success in `contact` and returns the failure. Each heartbeat carries the
 /// worker's count of fenced commit attempts, for `smelter status`.
@@ -377,6 +404,7 @@ async fn keep_alive(
             worker_id: worker_id.clone(),
             commits_fenced: commits.arbiter.as_ref().map_or(0, |a| a.fenced()),
             timings: crate::timings::table_timings(&commits.timings),
+            reads: Some(file_reads(&commits.recent)),
         });
         request.set_timeout(ttl);
         match client.heartbeat(request).await {

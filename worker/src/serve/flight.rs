@@ -69,6 +69,9 @@ type DoGetStream =
 pub struct FlightSqlServer {
     engine: QueryEngine,
     sql_info: SqlInfoData,
+    /// The files this worker offers to the others, and whether its answers are forged
+    /// (a fault-test hook; see [`crate::serve::exchange`]).
+    exchange: Option<(smelter_lake::recent_files::RecentFiles, bool)>,
 }
 
 fn status(error: WorkerError) -> Status {
@@ -104,7 +107,22 @@ impl FlightSqlServer {
                 e.to_string(),
             ))
         })?;
-        Ok(Self { engine, sql_info })
+        Ok(Self {
+            engine,
+            sql_info,
+            exchange: None,
+        })
+    }
+
+    /// This service, also answering other workers' exchange fetches from `recent` (with
+    /// every answer altered when `forge`, a fault-test hook).
+    pub fn with_exchange(
+        mut self,
+        recent: smelter_lake::recent_files::RecentFiles,
+        forge: bool,
+    ) -> Self {
+        self.exchange = Some((recent, forge));
+        self
     }
 
     /// The tonic service to mount, behind `auth`'s interceptor: the only way to get one.
@@ -456,9 +474,16 @@ impl FlightSqlService for FlightSqlServer {
 
     async fn do_get_fallback(
         &self,
-        _request: Request<Ticket>,
+        request: Request<Ticket>,
         message: Any,
     ) -> Result<Response<DoGetStream>, Status> {
+        if message.type_url == smelter_lake::exchange::TICKET_TYPE
+            && let Some((recent, forge)) = &self.exchange
+        {
+            let caller = principal(&request)?;
+            let data = crate::serve::exchange::serve(recent, caller, &message.value, *forge)?;
+            return Ok(Response::new(crate::serve::exchange::stream(data)));
+        }
         Err(Status::unimplemented(format!(
             "ticket type {} is not supported",
             message.type_url

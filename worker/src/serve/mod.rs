@@ -1,10 +1,11 @@
 //! What a worker serves: read-only SQL over the tables ([`query`], with Smelter's own SQL
 //! [`functions`], [`time_travel`] and the table functions [`history`], [`positions`],
 //! [`detail`] and [`column_lineage`]), used by gold refreshes and by the Flight SQL service
-//! ([`flight`]).
+//! ([`flight`]), which also answers the other workers' [`exchange`] fetches.
 
 pub mod column_lineage;
 pub mod detail;
+pub mod exchange;
 pub mod flight;
 pub mod functions;
 pub mod history;

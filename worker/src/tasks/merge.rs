@@ -283,13 +283,10 @@ fn data_file(file: &smelter_lake::heads::LiveFile) -> DataFile {
         path: file.path().to_string(),
         partition_values: file.partition_values().clone(),
         rows: file.rows(),
+        offer: None,
     }
 }
 
 fn no_file() -> DataFile {
-    DataFile {
-        path: String::new(),
-        partition_values: HashMap::new(),
-        rows: None,
-    }
+    DataFile::default()
 }
