@@ -101,7 +101,7 @@ impl LocalCluster {
         // commits its upstream).
         let shared = smelter_worker::ProcessShared::from_config(&config.worker);
         // Sharing that memory, the workers have nothing to exchange over Flight.
-        config.worker.flight_exchange = false;
+        config.worker.flight_exchange = Some(false);
         for i in 0..workers.max(1) {
             let flight_address = if i == 0 {
                 config.worker.flight_listen.clone()

@@ -170,9 +170,12 @@ pub struct WorkerConfig {
     /// Whether this worker offers the rows of the files it commits (those it keeps in
     /// `recent_files_mb`) to the other workers over Flight, and takes theirs instead of
     /// reading and decoding the files (the exchange; docs/architecture.md). A fetched
-    /// batch is used only if it matches the checksum its commit recorded. `smelter up`
-    /// turns it off: its workers share one memory.
-    pub flight_exchange: bool,
+    /// batch is used only if it matches the checksum its commit recorded. Unset: on when
+    /// the tables are on an object store (it saves a GET and a Parquet decode per file, at
+    /// the price of moving the rows uncompressed), off on a local or mounted directory,
+    /// where reading the file costs less CPU. `smelter up` turns it off: its workers share
+    /// one memory.
+    pub flight_exchange: Option<bool>,
     /// How long a downstream task waits for another worker's rows before it reads the
     /// file instead.
     pub exchange_timeout_ms: u64,
@@ -199,7 +202,7 @@ impl Default for WorkerConfig {
             refine_max_versions: 8,
             gold_min_interval_ms: 250,
             recent_files_mb: 64,
-            flight_exchange: true,
+            flight_exchange: None,
             exchange_timeout_ms: 1_000,
             exchange_forge: false,
             commit_lock_ttl_ms: 5_000,
@@ -249,6 +252,11 @@ impl Default for StorageConfig {
 }
 
 impl StorageConfig {
+    /// Whether the tables live on an object store (`s3://...`) rather than in a directory.
+    pub fn is_object_store(&self) -> bool {
+        self.root.to_string_lossy().contains("://")
+    }
+
     /// The S3 settings as object-store options (unset credentials come from `AWS_*` variables).
     pub fn s3_options(&self) -> std::collections::HashMap<String, String> {
         let mut options = std::collections::HashMap::new();
@@ -423,6 +431,25 @@ mod tests {
         assert_eq!(config.worker.flight_listen, "127.0.0.1:9");
         assert_eq!(config.query.max_rows, 7);
         assert_eq!(config.coordinator, CoordinatorConfig::default());
+    }
+
+    /// The exchange is unset by default (on for object stores, off in directories) and
+    /// takes `true`/`false` from the environment.
+    #[test]
+    fn the_exchange_follows_the_store_unless_set() {
+        let config = SmelterConfig::load(None, vec![]).unwrap();
+        assert_eq!(config.worker.flight_exchange, None);
+        assert!(!config.storage.is_object_store());
+        let s3 = SmelterConfig::load(
+            None,
+            vec![
+                ("SMELTER__STORAGE__ROOT".into(), "s3://lake/tables".into()),
+                ("SMELTER__WORKER__FLIGHT_EXCHANGE".into(), "false".into()),
+            ],
+        )
+        .unwrap();
+        assert!(s3.storage.is_object_store());
+        assert_eq!(s3.worker.flight_exchange, Some(false));
     }
 
     #[test]

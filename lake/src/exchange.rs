@@ -12,8 +12,8 @@
 //!   checksum of the rows encoded as Arrow IPC messages, [`encode`] and [`checksum`]). The
 //!   tags are part of the commit: no reader sees an offer the log does not hold.
 //! * **Serve.** The writer's Flight service answers a `DoGet` whose ticket names the table
-//!   and the file ([`Ticket`]) with the kept rows, encoded by [`encode`] again: the same
-//!   rows encode to the same bytes. A file no longer kept (the budget moved on) is
+//!   and the file ([`Ticket`]) with the messages it encoded for the checksum, kept with
+//!   the rows (within the same budget). A file no longer kept (the budget moved on) is
 //!   answered `NOT_FOUND`.
 //! * **Take.** A reader takes the rows only if the checksum of the bytes it received is
 //!   the offer's and the row count is the add action's `numRecords`; on any miss, error,
@@ -205,18 +205,21 @@ pub struct Exchange {
 }
 
 /// The offer for rows about to be committed as one file, when this worker exchanges and
-/// keeps them (`rows`: [`RecentFiles::stored_rows`]).
+/// keeps them (`rows`: [`RecentFiles::stored_rows`]), with the messages it will send.
 pub(crate) fn offer(
     recent: &RecentFiles,
     schema: &SchemaRef,
     rows: &[RecordBatch],
-) -> Option<Offer> {
+) -> Option<(Offer, Vec<Message>)> {
     let exchange = recent.exchange()?;
     match encode(schema, rows) {
-        Ok(messages) => Some(Offer {
-            endpoint: exchange.endpoint.clone(),
-            checksum: checksum(&messages),
-        }),
+        Ok(messages) => Some((
+            Offer {
+                endpoint: exchange.endpoint.clone(),
+                checksum: checksum(&messages),
+            },
+            messages,
+        )),
         Err(error) => {
             tracing::debug!(%error, "rows not offered");
             None
@@ -291,20 +294,13 @@ pub(crate) async fn take(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::testing::positions_batch;
+    use crate::testing::flagged_positions;
 
     fn rows() -> Vec<RecordBatch> {
-        let batch = |from: i64| {
-            positions_batch(
-                "events",
-                0,
-                from..from + 100,
-                |offset| format!("k{offset}"),
-                |offset| format!(r#"{{"n":{offset}}}"#),
-                |offset| (offset % 9 == 0).then(|| "bad".to_string()),
-            )
-        };
-        vec![batch(0), batch(100)]
+        vec![
+            flagged_positions(0, 0..100, 9),
+            flagged_positions(0, 100..200, 9),
+        ]
     }
 
     /// Rows round-trip through their messages; encoding is deterministic, and a changed

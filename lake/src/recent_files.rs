@@ -37,6 +37,8 @@ use crate::exchange::Exchange;
 #[derive(Debug, Clone, Default)]
 pub struct RecentFiles {
     inner: Arc<Shared>,
+    /// This worker's counts (clones count together; see [`RecentFiles::for_worker`]).
+    counters: Arc<ReadCounters>,
     /// This worker's part in the exchange, if it takes part.
     exchange: Option<Arc<Exchange>>,
 }
@@ -45,7 +47,6 @@ pub struct RecentFiles {
 struct Shared {
     budget: usize,
     files: Mutex<Files>,
-    counters: ReadCounters,
 }
 
 /// Where the reads of data files by downstream tasks found their rows, since start.
@@ -109,9 +110,19 @@ pub struct Reads {
     pub decode_ms: u64,
 }
 
+/// One file's rows, and the IPC messages it is offered as when this worker exchanges.
+#[derive(Debug)]
+pub struct Kept {
+    /// The rows, as the file stores them.
+    pub rows: Vec<RecordBatch>,
+    /// [`crate::exchange::encode`] of the rows, whose checksum the commit recorded: what
+    /// another worker is sent.
+    pub messages: Option<Vec<crate::exchange::Message>>,
+}
+
 #[derive(Debug, Default)]
 struct Files {
-    rows: HashMap<String, Arc<Vec<RecordBatch>>>,
+    rows: HashMap<String, Arc<Kept>>,
     /// Keys and sizes, oldest first.
     order: VecDeque<(String, usize)>,
     bytes: usize,
@@ -129,7 +140,18 @@ impl RecentFiles {
                 budget,
                 ..Default::default()
             }),
+            counters: Arc::default(),
             exchange: None,
+        }
+    }
+
+    /// This cache (its files and budget) with counts of its own, for one of the workers
+    /// that share it: each reports its own reads.
+    pub fn for_worker(&self) -> Self {
+        Self {
+            inner: self.inner.clone(),
+            counters: Arc::default(),
+            exchange: self.exchange.clone(),
         }
     }
 
@@ -138,6 +160,7 @@ impl RecentFiles {
     pub fn with_exchange(&self, exchange: Exchange) -> Self {
         Self {
             inner: self.inner.clone(),
+            counters: self.counters.clone(),
             exchange: Some(Arc::new(exchange)),
         }
     }
@@ -148,12 +171,12 @@ impl RecentFiles {
     }
 
     pub(crate) fn counters(&self) -> &ReadCounters {
-        &self.inner.counters
+        &self.counters
     }
 
     /// Where reads found their rows so far.
     pub fn reads(&self) -> Reads {
-        let c = &self.inner.counters;
+        let c = &self.counters;
         let load = |n: &AtomicU64| n.load(Ordering::Relaxed);
         Reads {
             memory: load(&c.memory),
@@ -177,7 +200,7 @@ impl RecentFiles {
 
     /// How many reads were answered from memory.
     pub fn hits(&self) -> u64 {
-        self.inner.counters.memory.load(Ordering::Relaxed)
+        self.counters.memory.load(Ordering::Relaxed)
     }
 
     /// Keeps `batches` as the rows of the file at `path` (relative to the table, as its
@@ -192,7 +215,7 @@ impl RecentFiles {
         batches: &[RecordBatch],
     ) {
         if let Some(rows) = self.stored_rows(file_schema, partition_by, batches) {
-            self.keep_rows(table_uri, path, rows);
+            self.keep_rows(table_uri, path, rows, None);
         }
     }
 
@@ -223,12 +246,31 @@ impl RecentFiles {
         (size <= self.inner.budget).then_some(rows)
     }
 
-    /// Keeps `rows` ([`RecentFiles::stored_rows`]) as the rows of the file at `path`.
-    pub(crate) fn keep_rows(&self, table_uri: &str, path: &str, rows: Vec<RecordBatch>) {
-        let size: usize = rows.iter().map(RecordBatch::get_array_memory_size).sum();
+    /// Keeps `rows` ([`RecentFiles::stored_rows`]) as the rows of the file at `path`, with
+    /// the `messages` they are offered as, if any.
+    pub(crate) fn keep_rows(
+        &self,
+        table_uri: &str,
+        path: &str,
+        rows: Vec<RecordBatch>,
+        messages: Option<Vec<crate::exchange::Message>>,
+    ) {
+        let size: usize = rows
+            .iter()
+            .map(RecordBatch::get_array_memory_size)
+            .sum::<usize>()
+            + messages
+                .iter()
+                .flatten()
+                .map(|m| m.header.len() + m.body.len())
+                .sum::<usize>();
         let key = key(table_uri, path);
         let mut files = self.inner.files.lock().unwrap_or_else(|e| e.into_inner());
-        if files.rows.insert(key.clone(), Arc::new(rows)).is_some() {
+        if files
+            .rows
+            .insert(key.clone(), Arc::new(Kept { rows, messages }))
+            .is_some()
+        {
             return;
         }
         files.order.push_back((key, size));
@@ -250,21 +292,21 @@ impl RecentFiles {
         path: &str,
         columns: Option<&HashSet<String>>,
     ) -> Option<Vec<RecordBatch>> {
-        let rows = self.lookup(table_uri, path)?;
-        let projected = project(&rows, columns)?;
-        self.inner.counters.memory.fetch_add(1, Ordering::Relaxed);
+        let kept = self.lookup(table_uri, path)?;
+        let projected = project(&kept.rows, columns)?;
+        self.counters.memory.fetch_add(1, Ordering::Relaxed);
         Some(projected)
     }
 
-    /// The rows of the file at `path`, all columns, for another worker that asked for them
-    /// over the exchange (counted as served, not as a read).
-    pub fn serve(&self, table_uri: &str, path: &str) -> Option<Arc<Vec<RecordBatch>>> {
-        let rows = self.lookup(table_uri, path)?;
-        self.inner.counters.served.fetch_add(1, Ordering::Relaxed);
-        Some(rows)
+    /// What is kept of the file at `path`, for another worker that asked for its rows over
+    /// the exchange (counted as served, not as a read).
+    pub fn serve(&self, table_uri: &str, path: &str) -> Option<Arc<Kept>> {
+        let kept = self.lookup(table_uri, path)?;
+        self.counters.served.fetch_add(1, Ordering::Relaxed);
+        Some(kept)
     }
 
-    fn lookup(&self, table_uri: &str, path: &str) -> Option<Arc<Vec<RecordBatch>>> {
+    fn lookup(&self, table_uri: &str, path: &str) -> Option<Arc<Kept>> {
         let files = self.inner.files.lock().unwrap_or_else(|e| e.into_inner());
         files.rows.get(&key(table_uri, path)).cloned()
     }
@@ -300,18 +342,11 @@ mod tests {
     use crate::changes;
     use crate::commit::{CommitEnv, CommitOutcome, WriteMode, commit};
     use crate::location::TableStore;
-    use crate::testing::{DAY_COLUMN, positions_batch, positions_schema};
+    use crate::testing::{DAY_COLUMN, flagged_positions, positions_schema};
 
     /// Offsets `from..from + n` of partition 1, every seventh flagged with an error.
     fn records(from: i64, n: i64) -> RecordBatch {
-        positions_batch(
-            "events",
-            1,
-            from..from + n,
-            |offset| format!("k{offset}"),
-            |offset| format!(r#"{{"n":{offset}}}"#),
-            |offset| (offset % 7 == 0).then(|| "too large".to_string()),
-        )
+        flagged_positions(1, from..from + n, 7)
     }
 
     /// Appends `batches` to `bronze.events` in one commit; the files it added.

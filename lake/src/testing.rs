@@ -111,3 +111,20 @@ pub fn positions_batch(
     ];
     RecordBatch::try_new(positions_schema(), columns).unwrap()
 }
+
+/// [`positions_batch`] of topic `events` with key `k<offset>`, payload `{"n":<offset>}`
+/// and every `flag_every`-th offset flagged with an error.
+pub fn flagged_positions(
+    partition: i32,
+    offsets: std::ops::Range<i64>,
+    flag_every: i64,
+) -> RecordBatch {
+    positions_batch(
+        "events",
+        partition,
+        offsets,
+        |offset| format!("k{offset}"),
+        |offset| format!(r#"{{"n":{offset}}}"#),
+        |offset| (offset % flag_every == 0).then(|| "flagged".to_string()),
+    )
+}

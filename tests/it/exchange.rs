@@ -11,6 +11,9 @@ use smelter_tests::kafka::{
 use smelter_tests::processes::{kafka_cluster, quick_settings};
 use smelter_tests::services::{Etcd, Tansu};
 
+/// The exchange switched on (on local disk it is off unless asked for).
+const EXCHANGE_ON: &[(&str, &str)] = &[("SMELTER__WORKER__FLIGHT_EXCHANGE", "true")];
+
 /// The workers' file reads, summed: `(exchanged, rejected, served, storage)`.
 fn reads(status: &serde_json::Value) -> (u64, u64, u64, u64) {
     let mut sum = (0, 0, 0, 0);
@@ -75,12 +78,15 @@ async fn exact_with(
     Some(found)
 }
 
-/// With the exchange on (the default), refine and gold take rows the other worker
-/// committed from it: some reads are answered over Flight, none refused.
+/// With the exchange on, refine and gold take rows the other worker committed from it:
+/// some reads are answered over Flight, none refused.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn workers_take_each_others_rows_over_flight() {
     let Some((exchanged, rejected, served, _)) =
-        exact_with(&[], |(exchanged, _, served, _)| exchanged > 0 && served > 0).await
+        exact_with(EXCHANGE_ON, |(exchanged, _, served, _)| {
+            exchanged > 0 && served > 0
+        })
+        .await
     else {
         return;
     };
@@ -97,7 +103,7 @@ async fn workers_take_each_others_rows_over_flight() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn forged_answers_are_refused_and_files_read() {
     let Some((exchanged, rejected, served, storage)) = exact_with(
-        &[("SMELTER__WORKER__EXCHANGE_FORGE", "true")],
+        &[EXCHANGE_ON[0], ("SMELTER__WORKER__EXCHANGE_FORGE", "true")],
         |(_, rejected, _, _)| rejected > 0,
     )
     .await
@@ -115,8 +121,8 @@ async fn forged_answers_are_refused_and_files_read() {
     );
 }
 
-/// `worker.flight_exchange = false`: nothing is offered or fetched; downstream reads what
-/// it does not hold in memory from storage.
+/// `worker.flight_exchange = false` (the default on local disk, as here): nothing is
+/// offered or fetched; downstream reads what it does not hold in memory from storage.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_exchange_switched_off_reads_files() {
     let Some((exchanged, rejected, served, storage)) = exact_with(

@@ -381,7 +381,9 @@ async fn crash_after_the_commit_before_the_status_report() {
 }
 
 /// SIGKILLs a random worker every 5 s for 60 s while events stream through a 12-partition
-/// topic (a replacement starts each time, so three workers run). Every layer must be exact.
+/// topic (a replacement starts each time, so three workers run), with the Flight exchange
+/// on: a killed worker's offers in the log point at nothing, and readers must fall back to
+/// the files. Every layer must be exact.
 /// `SMELTER_FAULT_EVENTS` sets the event count (the documented soak uses 500,000).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killing_a_random_worker_every_five_seconds_loses_nothing() {
@@ -407,6 +409,7 @@ async fn killing_a_random_worker_every_five_seconds_loses_nothing() {
             ("SMELTER__COORDINATOR__HANDOFF_TIMEOUT_MS", "3000"),
             ("SMELTER__WORKER__COMMIT_LOCK_TTL_MS", "2000"),
             ("SMELTER__WORKER__BATCH_MAX_RECORDS", "10000"),
+            ("SMELTER__WORKER__FLIGHT_EXCHANGE", "true"),
         ],
     );
     settings.extend(
@@ -488,6 +491,22 @@ async fn killing_a_random_worker_every_five_seconds_loses_nothing() {
         truth.bronze.len()
     );
     caught_up_and_exact(&tables, &spec, &topic, &producer, Duration::from_secs(300))
+        .await
+        .unwrap();
+    // The kills landed on workers that take each other's rows over the Flight exchange
+    // (switched on above): the survivors' reports show rows taken that way.
+    cluster
+        .wait_status(
+            "rows taken over the exchange",
+            Duration::from_secs(30),
+            |s| {
+                s["workers"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .any(|w| w["reads"]["exchanged"].as_u64() > Some(0))
+            },
+        )
         .await
         .unwrap();
 }

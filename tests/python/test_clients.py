@@ -325,6 +325,17 @@ def test_metrics_are_valid_prometheus_text_that_match_the_tables(cluster):
         return lag if lag and all(v == 0 for v in lag.values()) else None
 
     wait_until("every task caught up", caught_up, 60)
+    # Where the workers' reads of upstream files found their rows, per worker and source,
+    # once a heartbeat has reported them: under `smelter up` the workers share memory and
+    # nothing goes over the exchange (this serving run only follows tables already done).
+    def reads():
+        found = samples(http_get(cluster["http"] + "/metrics")[1], "smelter_worker_file_reads_total")
+        return found if found else None
+
+    found = wait_until("reads reported by heartbeats", reads, 60)
+    sources = {labels.split('source="')[1].split('"')[0] for labels in found}
+    assert sources == {"memory", "exchange", "storage"}, found
+    assert all(v == 0 for k, v in found.items() if 'source="exchange"' in k), found
 
 
 def test_http_query_returns_rows_as_json_or_arrow(cluster):

@@ -219,10 +219,12 @@ pub async fn commit_write(
                 .stored_rows(&file_schema, &partition_columns, &shaped.batches),
             _ => None,
         };
+        let mut messages = None;
         if let Some(rows) = &kept
-            && let Some(offer) = crate::exchange::offer(&env.recent, &file_schema, rows)
+            && let Some((offer, encoded)) = crate::exchange::offer(&env.recent, &file_schema, rows)
         {
             files[0].tags = Some(offer.tags());
+            messages = Some(encoded);
         }
         for group in &shaped.rewritten {
             let written = files::write_files_as(table, name, group, shaped.schema.as_ref()).await?;
@@ -296,7 +298,7 @@ pub async fn commit_write(
         }
         if let (CommitOutcome::Committed { .. }, Some(rows)) = (&outcome, kept) {
             env.recent
-                .keep_rows(table.table_url().as_str(), &files[0].path, rows);
+                .keep_rows(table.table_url().as_str(), &files[0].path, rows, messages);
         }
         return Ok(outcome);
     }

@@ -137,9 +137,11 @@ pub async fn run(
     let auth = Authenticator::from_config(&config.security)?;
     // The exchange: this worker offers the rows it keeps at its Flight endpoint, and
     // takes what the others offer (see `crate::serve::exchange`).
+    // Its own counts of where reads found their rows (the files are the process's).
+    let recent = shared.recent.for_worker();
     let recent = match FlightFetch::exchange(&config, &advertised)? {
-        Some(exchange) => shared.recent.with_exchange(exchange),
-        None => shared.recent.clone(),
+        Some(exchange) => recent.with_exchange(exchange),
+        None => recent,
     };
     let mut flight = FlightSqlServer::new(engine)?;
     if recent.exchange().is_some() {

@@ -25,6 +25,9 @@ use tonic::Status;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
 
+/// The HTTP/2 flow-control window of a fetch's stream, bytes.
+const WINDOW: u32 = 16 << 20;
+
 /// Largest message a fetch accepts (a file's batch; files are tens of MB at most).
 const MAX_MESSAGE: usize = 1 << 30;
 
@@ -47,12 +50,16 @@ impl FlightFetch {
     }
 
     /// This worker's part in the exchange, offering at `advertised`, when
-    /// `worker.flight_exchange` is on.
+    /// `worker.flight_exchange` is on (unset: when the tables are on an object store).
     pub fn exchange(
         config: &SmelterConfig,
         advertised: &str,
     ) -> smelter_common::Result<Option<Exchange>> {
-        if !config.worker.flight_exchange {
+        let on = config
+            .worker
+            .flight_exchange
+            .unwrap_or_else(|| config.storage.is_object_store());
+        if !on {
             return Ok(None);
         }
         Ok(Some(Exchange {
@@ -79,6 +86,10 @@ impl FlightFetch {
                     .map_err(|e| e.to_string())?
                     .connect_timeout(Duration::from_secs(1))
                     .tcp_nodelay(true)
+                    // A file is hundreds of KB to tens of MB: HTTP/2's default 64 KB
+                    // window would stop the sender for a window update every 64 KB.
+                    .initial_stream_window_size(WINDOW)
+                    .initial_connection_window_size(WINDOW * 2)
                     .connect()
                     .await
                     .map_err(|e| e.to_string())?;
@@ -142,15 +153,13 @@ pub fn serve(
 ) -> Result<Vec<FlightData>, Status> {
     caller.require(Role::Admin, "fetch exchanged rows")?;
     let ticket = Ticket::from_bytes(ticket).map_err(|e| Status::invalid_argument(e.to_string()))?;
-    let rows = recent
+    let kept = recent
         .serve(&ticket.table, &ticket.path)
         .ok_or_else(|| Status::not_found(format!("{} is not kept here", ticket.path)))?;
-    let schema = rows
-        .first()
-        .map(|batch| batch.schema())
-        .ok_or_else(|| Status::not_found(format!("{} kept no rows", ticket.path)))?;
-    let mut messages = smelter_lake::exchange::encode(&schema, &rows)
-        .map_err(|e| Status::internal(e.to_string()))?;
+    let mut messages = kept
+        .messages
+        .clone()
+        .ok_or_else(|| Status::not_found(format!("{} is not offered", ticket.path)))?;
     if forge && let Some(last) = messages.last_mut() {
         let mut body = last.body.to_vec();
         let middle = body.len() / 2;
@@ -188,7 +197,7 @@ mod tests {
     use smelter_lake::commit::{CommitOutcome, WriteMode, commit};
     use smelter_lake::exchange::Exchange;
     use smelter_lake::recent_files::{Reads, RecentFiles};
-    use smelter_lake::testing::{DAY_COLUMN, positions_batch, positions_schema};
+    use smelter_lake::testing::{DAY_COLUMN, flagged_positions, positions_schema};
     use smelter_lake::{CommitEnv, TableStore};
     use tokio_util::task::AbortOnDropHandle;
 
@@ -198,14 +207,7 @@ mod tests {
 
     /// Offsets `from..from + n` of partition 0, every fifth flagged with an error.
     fn records(from: i64, n: i64) -> RecordBatch {
-        positions_batch(
-            "events",
-            0,
-            from..from + n,
-            |offset| format!("k{offset}"),
-            |offset| format!(r#"{{"n":{offset},"pad":"{}"}}"#, "x".repeat(40)),
-            |offset| (offset % 5 == 0).then(|| "bad".to_string()),
-        )
+        flagged_positions(0, from..from + n, 5)
     }
 
     fn exchange(endpoint: &str) -> Exchange {

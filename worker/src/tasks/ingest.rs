@@ -214,7 +214,7 @@ impl IngestTask {
             // Fill one batch: by count, bytes or time, whichever comes first.
             let mut buffer: Vec<SourceRecord> = Vec::new();
             let mut bytes = 0usize;
-            let opened = Instant::now();
+            let batch_opened = Instant::now();
             let closes =
                 Instant::now() + until_batch_closes(std::time::SystemTime::now(), max_wait);
             while buffer.len() < env.config.batch_max_records && bytes < env.config.batch_max_bytes
@@ -240,7 +240,7 @@ impl IngestTask {
             }
             if !buffer.is_empty() {
                 // Committed even when cancelled: draining finishes the in-flight batch.
-                let batch = opened.elapsed();
+                let batch = batch_opened.elapsed();
                 let outcome = self
                     .commit(&env, &mut table, &buffer, &committed, &positions, batch)
                     .await?;
