@@ -395,6 +395,10 @@ pub struct BenchArgs {
     /// Run the cluster only (skip the in-process runs).
     #[arg(long, requires = "brokers")]
     pub cluster_only: bool,
+    /// An S3-compatible endpoint (moto, MinIO) for the cluster run's tables, in bucket
+    /// `smelter-bench` (created if missing); default: a local directory.
+    #[arg(long, requires = "brokers")]
+    pub s3_endpoint: Option<String>,
     /// Runs of each end-to-end pipeline; the one with the least CPU is reported (as for
     /// the limit's stages: other load on a shared machine only ever adds CPU time).
     #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=20))]

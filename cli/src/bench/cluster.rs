@@ -205,7 +205,24 @@ pub async fn run(options: &BenchOptions, services: &Services) -> Result<(EndToEn
     let flight = format!("127.0.0.1:{}", free_port().map_err(io("find a free port"))?);
     let binary = std::env::current_exe().map_err(io("locate the smelter binary"))?;
     let mut spec = ClusterSpec::new(binary, 1, Some(&services.etcd));
-    spec.root = Some(dir.join("tables").display().to_string());
+    let storage = match &options.s3_endpoint {
+        Some(endpoint) => {
+            let storage = s3_storage(endpoint, &id).await?;
+            spec = spec.with_settings(&[
+                ("SMELTER__STORAGE__S3_ENDPOINT", endpoint.as_str()),
+                ("SMELTER__STORAGE__S3_REGION", "us-east-1"),
+                ("SMELTER__STORAGE__S3_ALLOW_HTTP", "true"),
+                ("SMELTER__STORAGE__S3_ACCESS_KEY_ID", "smelter"),
+                ("SMELTER__STORAGE__S3_SECRET_ACCESS_KEY", "smelter"),
+            ]);
+            storage
+        }
+        None => smelter_common::config::StorageConfig {
+            root: dir.join("tables"),
+            ..Default::default()
+        },
+    };
+    spec.root = Some(storage.root.display().to_string());
     // Stopped with SIGTERM: see `StopPolicy::Terminate` (the next run shares this etcd).
     spec.stop = StopPolicy::Terminate { grace: STOP_GRACE };
     let mut processes = ProcessCluster::start(spec).map_err(io("start smelter coordinator"))?;
@@ -228,7 +245,7 @@ pub async fn run(options: &BenchOptions, services: &Services) -> Result<(EndToEn
         .apply(&text, "bench.yaml")
         .await
         .map_err(bench_error)?;
-    let tables = TableStore::new(dir.join("tables"))?;
+    let tables = TableStore::from_config(&storage)?;
 
     let started = Instant::now();
     let steal_before = steal_seconds();
@@ -264,11 +281,47 @@ pub async fn run(options: &BenchOptions, services: &Services) -> Result<(EndToEn
             .insert(name, peak_rss_bytes(Some(pid)).unwrap_or(0));
     }
     run.file_reads = file_reads(&processes).await;
+    run.store = Some(
+        options
+            .s3_endpoint
+            .clone()
+            .unwrap_or_else(|| "local".to_string()),
+    );
     let produced = produce_times(&tables).await?;
     finish_run(&mut run, &tables, &spec, &produced, &flight).await?;
     drop(processes);
     let _ = std::fs::remove_dir_all(&dir);
     Ok((run, spec))
+}
+
+/// Bucket of the cluster runs on an S3-compatible store.
+const BUCKET: &str = "smelter-bench";
+
+/// Storage for a cluster run's tables under `s3://smelter-bench/<id>` at `endpoint`,
+/// creating the bucket if missing (an unsigned `PUT`, which moto and MinIO in its default
+/// test mode accept; an existing bucket answers 409).
+async fn s3_storage(endpoint: &str, id: &str) -> Result<smelter_common::config::StorageConfig> {
+    let url = format!("{}/{BUCKET}", endpoint.trim_end_matches('/'));
+    let answer = reqwest::Client::new()
+        .put(&url)
+        .send()
+        .await
+        .map_err(|e| bench_error(format!("create bucket {url}: {e}")))?;
+    if !(answer.status().is_success() || answer.status() == reqwest::StatusCode::CONFLICT) {
+        return Err(bench_error(format!(
+            "create bucket {url}: HTTP {}",
+            answer.status()
+        )));
+    }
+    Ok(smelter_common::config::StorageConfig {
+        root: format!("s3://{BUCKET}/{id}").into(),
+        s3_endpoint: Some(endpoint.to_string()),
+        s3_region: Some("us-east-1".into()),
+        s3_allow_http: true,
+        s3_access_key_id: Some("smelter".into()),
+        s3_secret_access_key: Some("smelter".into()),
+        ..Default::default()
+    })
 }
 
 /// The workers' file reads, summed, once their heartbeats report the whole run: the

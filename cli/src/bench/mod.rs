@@ -59,6 +59,8 @@ pub struct BenchOptions {
     pub timeout: Duration,
     /// Runs of each end-to-end pipeline (see [`least_cpu_of`]).
     pub runs: u32,
+    /// An S3-compatible endpoint for the cluster run's tables (local disk when `None`).
+    pub s3_endpoint: Option<String>,
 }
 
 /// Three queries a dashboard would run, over gold and silver.
@@ -157,6 +159,8 @@ pub struct EndToEnd {
     /// memory, another worker over the exchange, storage — with the bytes read from
     /// storage and the time spent decoding them (cluster runs).
     pub file_reads: Option<smelter_lake::recent_files::Reads>,
+    /// Where the tables were: `local` or the S3 endpoint (cluster runs).
+    pub store: Option<String>,
     /// Every run of this pipeline, in order; the figures above are those of the run with
     /// the least CPU.
     pub runs: Vec<RunSummary>,

@@ -29,6 +29,7 @@ pub async fn run(config: SmelterConfig, args: BenchArgs) -> Result<()> {
         work_dir: args.work_dir.clone().unwrap_or_else(std::env::temp_dir),
         timeout: Duration::from_secs(args.timeout_secs),
         runs: args.runs,
+        s3_endpoint: args.s3_endpoint.clone(),
     };
     let mut report = BenchReport {
         version: env!("CARGO_PKG_VERSION").to_string(),
@@ -271,8 +272,9 @@ fn run_lines(name: &str, run: &EndToEnd, out: &mut String) {
     if let Some(reads) = &run.file_reads {
         let _ = writeln!(
             out,
-            "  file reads: {} from memory, {} over the exchange ({:.1} MiB, {} refused, {} \
+            "  file reads (tables on {}): {} from memory, {} over the exchange ({:.1} MiB, {} refused, {} \
              failed), {} from storage ({:.1} MiB, {} ms decoding)",
+            run.store.as_deref().unwrap_or("local"),
             reads.memory,
             reads.exchanged,
             reads.exchanged_bytes as f64 / 1048576.0,
