@@ -65,6 +65,18 @@ impl AdminClient {
         }
     }
 
+    /// A client of the replica at the other end of `channel` (already open, see
+    /// [`crate::Channels`]), calling with `token`; unlike [`AdminClient::connect`] it does
+    /// not check that the replica leads.
+    pub fn over(channel: Channel, token: Option<&str>) -> Result<Self> {
+        let credentials = Credentials {
+            tls: None,
+            token: token.map(str::to_string),
+        };
+        let inner = ControlClient::with_interceptor(channel, Bearer::new(&credentials)?);
+        Ok(Self { inner })
+    }
+
     /// Leader, workers, tasks and their progress.
     pub async fn status(&mut self) -> Result<ClusterStatus> {
         Ok(self

@@ -113,3 +113,70 @@ impl tonic::service::Interceptor for Bearer {
         Ok(request)
     }
 }
+
+/// Channels dialled once per endpoint and shared by every caller that reaches it: a tonic
+/// channel multiplexes calls over one HTTP/2 connection, so a server that relays many
+/// requests (the coordinator's HTTP API handing SQL to workers, a follower asking the
+/// leader) pays the connection (and TLS handshake) once, not per request. Tokens travel
+/// per call, never with the channel, so callers with different tokens share it.
+///
+/// A channel whose connection broke is dropped with [`Channels::forget`] by the caller that
+/// saw the transport error; the next caller dials again.
+#[derive(Clone, Default)]
+pub struct Channels {
+    credentials: Credentials,
+    open: std::sync::Arc<std::sync::Mutex<std::collections::HashMap<String, Channel>>>,
+}
+
+impl Channels {
+    /// Channels dialled with `tls` (the token of `Credentials` is not used: calls carry
+    /// their own).
+    pub fn new(tls: Option<TlsOptions>) -> Self {
+        Self {
+            credentials: Credentials { tls, token: None },
+            open: Default::default(),
+        }
+    }
+
+    /// The channel to `endpoint`, dialled now if there is none yet.
+    pub async fn get(&self, endpoint: &str) -> Result<Channel> {
+        if let Some(open) = self.lock().get(endpoint) {
+            return Ok(open.clone());
+        }
+        // Dialled without the lock held; of two callers racing, the first kept wins and
+        // the other's channel is dropped.
+        let dialled = channel(endpoint, &self.credentials).await?;
+        Ok(self
+            .lock()
+            .entry(endpoint.to_string())
+            .or_insert(dialled)
+            .clone())
+    }
+
+    /// Drops the channel to `endpoint` (its connection failed).
+    pub fn forget(&self, endpoint: &str) {
+        self.lock().remove(endpoint);
+    }
+
+    /// Drops the channels to endpoints `keep` refuses (servers that left).
+    pub fn retain(&self, keep: impl Fn(&str) -> bool) {
+        self.lock().retain(|endpoint, _| keep(endpoint));
+    }
+
+    /// How many channels are open.
+    pub fn len(&self) -> usize {
+        self.lock().len()
+    }
+
+    /// Whether no channel is open.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<String, Channel>> {
+        // The map holds no invariant a panicking holder could break.
+        self.open
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}

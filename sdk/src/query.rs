@@ -28,6 +28,16 @@ impl QueryClient {
         Ok(Self { inner })
     }
 
+    /// A client over a channel already open (see [`crate::Channels`]), calling with
+    /// `token`.
+    pub fn over(channel: Channel, token: Option<&str>) -> Self {
+        let mut inner = FlightSqlServiceClient::new(channel);
+        if let Some(token) = token {
+            inner.set_token(token.to_string());
+        }
+        Self { inner }
+    }
+
     /// Sends `key: value` with every call from now on (for example W3C Trace Context's
     /// `traceparent`, so that the server's spans join the caller's trace).
     pub fn set_header(&mut self, key: &str, value: &str) {

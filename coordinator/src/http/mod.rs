@@ -58,9 +58,12 @@ mod relay;
 struct Shared {
     role: watch::Receiver<Role>,
     auth: Arc<Authenticator>,
-    /// TLS toward the workers' Flight SQL (for `/query`) and the leader's gRPC (for a
-    /// follower's reads): the cluster's CA, and this replica's certificate.
-    cluster_tls: Option<smelter_sdk::TlsOptions>,
+    /// Connections to the workers' Flight SQL (for `/query`), dialled once per worker
+    /// with the cluster's TLS (its CA, this replica's certificate); each call carries its
+    /// caller's token.
+    workers: smelter_sdk::Channels,
+    /// The connection to the leader's gRPC (a follower's reads), likewise.
+    leader: smelter_sdk::Channels,
     /// Turns over the workers `/query` goes to.
     turn: Arc<std::sync::atomic::AtomicUsize>,
     /// The last cluster status this replica saw (see [`relay`]).
@@ -188,11 +191,10 @@ async fn run_sql(
         .turn
         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let endpoint = endpoints[turn % endpoints.len()];
-    let credentials = smelter_sdk::Credentials {
-        tls: shared.cluster_tls.clone(),
-        token: smelter_common::security::auth::presented_token(metadata)
-            .map(|t| t.expose().to_string()),
-    };
+    // Connections to workers that left are closed.
+    shared.workers.retain(|e| endpoints.contains(&e));
+    let token =
+        smelter_common::security::auth::presented_token(metadata).map(|t| t.expose().to_string());
     // One span per statement handed to a worker: part of the HTTP caller's trace when it
     // sent `traceparent`, and carried to the worker's Flight SQL spans in the call's
     // headers.
@@ -201,11 +203,24 @@ async fn run_sql(
     smelter_common::telemetry::continue_trace(&span, header("traceparent"), header("tracestate"));
     let trace_headers = smelter_common::telemetry::trace_headers(&span);
     let batches = async {
-        let mut client = smelter_sdk::QueryClient::connect_with(endpoint, &credentials).await?;
-        for (key, value) in &trace_headers {
-            client.set_header(key, value);
+        let mut redialled = false;
+        loop {
+            let channel = shared.workers.get(endpoint).await?;
+            let mut client = smelter_sdk::QueryClient::over(channel, token.as_deref());
+            for (key, value) in &trace_headers {
+                client.set_header(key, value);
+            }
+            match client.query(sql).await {
+                // A kept connection that broke (the worker restarted at the same address)
+                // is dialled again once; the statement is read-only, so asking twice is
+                // harmless.
+                Err(e) if !redialled && connection_failed(&e) => {
+                    shared.workers.forget(endpoint);
+                    redialled = true;
+                }
+                answer => return answer,
+            }
         }
-        client.query(sql).await
     };
     match batches.instrument(span).await {
         Ok(batches) => Ok(batches),
@@ -213,6 +228,17 @@ async fn run_sql(
             Err(error(http_status(status.code()), status.message()))
         }
         Err(other) => Err(error(StatusCode::BAD_GATEWAY, other.to_string())),
+    }
+}
+
+/// Whether `error` says the connection failed rather than the server refusing the call.
+fn connection_failed(error: &smelter_sdk::SdkError) -> bool {
+    match error {
+        smelter_sdk::SdkError::Rejected(status) => status.code() == tonic::Code::Unavailable,
+        smelter_sdk::SdkError::Unreachable { .. }
+        | smelter_sdk::SdkError::Transport(_)
+        | smelter_sdk::SdkError::Flight(_) => true,
+        smelter_sdk::SdkError::Timeout(_) => false,
     }
 }
 
@@ -734,7 +760,8 @@ pub async fn serve(
     let shared = Shared {
         role,
         auth,
-        cluster_tls: flight_tls,
+        workers: smelter_sdk::Channels::new(flight_tls.clone()),
+        leader: smelter_sdk::Channels::new(flight_tls),
         turn: Arc::default(),
         last: relay::LastStatus::default(),
     };

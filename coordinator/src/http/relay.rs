@@ -117,16 +117,26 @@ async fn relay(
     metadata: &tonic::metadata::MetadataMap,
     endpoint: &str,
 ) -> Result<ClusterStatus, RelayError> {
-    let credentials = smelter_sdk::Credentials {
-        tls: shared.cluster_tls.clone(),
-        token: smelter_common::security::auth::presented_token(metadata)
-            .map(|t| t.expose().to_string()),
-    };
+    let token =
+        smelter_common::security::auth::presented_token(metadata).map(|t| t.expose().to_string());
+    // The connection to the leader is kept while it leads.
+    shared.leader.retain(|e| e == endpoint);
     let asked = async {
-        smelter_sdk::AdminClient::connect_with(endpoint, &credentials)
-            .await?
-            .status()
-            .await
+        let mut redialled = false;
+        loop {
+            let channel = shared.leader.get(endpoint).await?;
+            let answer = smelter_sdk::AdminClient::over(channel, token.as_deref())?
+                .status()
+                .await;
+            match answer {
+                // A kept connection that broke is dialled again once.
+                Err(e) if !redialled && super::connection_failed(&e) => {
+                    shared.leader.forget(endpoint);
+                    redialled = true;
+                }
+                answer => return answer,
+            }
+        }
     };
     match tokio::time::timeout(RELAY_WAIT, asked).await {
         Ok(Ok(status)) => Ok(status),

@@ -72,6 +72,8 @@ pub struct FlightSqlServer {
     /// The files this worker offers to the others, and whether its answers are forged
     /// (a fault-test hook; see [`crate::serve::exchange`]).
     exchange: Option<(smelter_lake::recent_files::RecentFiles, bool)>,
+    /// Plans made for `GetFlightInfo`, taken by the `DoGet` that follows.
+    planned: super::planned::PlannedQueries,
 }
 
 fn status(error: WorkerError) -> Status {
@@ -111,6 +113,7 @@ impl FlightSqlServer {
             engine,
             sql_info,
             exchange: None,
+            planned: Default::default(),
         })
     }
 
@@ -158,7 +161,7 @@ impl FlightSqlServer {
         tracing::info!(%query_id, sql, caller = %caller.name, "query planned");
         let ticket = QueryTicket {
             sql: sql.to_string(),
-            query_id,
+            query_id: query_id.clone(),
             parameters,
         };
         let ticket = TicketStatementQuery {
@@ -166,10 +169,13 @@ impl FlightSqlServer {
         };
         let endpoint =
             FlightEndpoint::new().with_ticket(Ticket::new(ticket.as_any().encode_to_vec()));
-        FlightInfo::new()
+        let info = FlightInfo::new()
             .try_with_schema(frame.schema().as_arrow())
             .map_err(|e| Status::internal(e.to_string()))
-            .map(|info| info.with_endpoint(endpoint).with_descriptor(descriptor))
+            .map(|info| info.with_endpoint(endpoint).with_descriptor(descriptor))?;
+        self.planned
+            .keep(&query_id, &caller.name, frame, std::time::Instant::now());
+        Ok(info)
     }
 }
 
@@ -450,14 +456,23 @@ impl FlightSqlService for FlightSqlServer {
             ))
         };
         let span = query_span("do_get", &ticket.query_id, &caller, request.metadata());
-        let planning = self
-            .engine
-            .plan_with_params(&ticket.sql, &caller, param_values(&ticket.parameters)?)
-            .instrument(span.clone());
-        let planned = tokio::time::timeout_at(deadline, planning)
-            .await
-            .map_err(|_| timed_out())?;
-        let frame = planned.map_err(status)?;
+        let frame =
+            match self
+                .planned
+                .take(&ticket.query_id, &caller.name, std::time::Instant::now())
+            {
+                Some(frame) => frame,
+                None => {
+                    let planning = self
+                        .engine
+                        .plan_with_params(&ticket.sql, &caller, param_values(&ticket.parameters)?)
+                        .instrument(span.clone());
+                    let planned = tokio::time::timeout_at(deadline, planning)
+                        .await
+                        .map_err(|_| timed_out())?;
+                    planned.map_err(status)?
+                }
+            };
         let schema = std::sync::Arc::new(frame.schema().as_arrow().clone());
         let stream = frame
             .execute_stream()

@@ -1,7 +1,8 @@
 //! What a worker serves: read-only SQL over the tables ([`query`], with Smelter's own SQL
 //! [`functions`], [`time_travel`] and the table functions [`history`], [`positions`],
 //! [`detail`] and [`column_lineage`]), used by gold refreshes and by the Flight SQL service
-//! ([`flight`]), which also answers the other workers' [`exchange`] fetches.
+//! ([`flight`]), which also answers the other workers' [`exchange`] fetches and keeps the
+//! plan made for a statement's schema for the fetch of its rows ([`planned`]).
 
 pub mod column_lineage;
 pub mod detail;
@@ -10,6 +11,7 @@ pub mod flight;
 pub mod functions;
 pub mod history;
 pub mod memory;
+pub mod planned;
 pub mod positions;
 pub mod query;
 pub mod scanned;
