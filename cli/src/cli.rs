@@ -274,6 +274,17 @@ pub struct DeleteArgs {
     /// (gold tables that read it rebuild on their next pass).
     #[arg(long)]
     pub cascade: bool,
+    /// With `--cascade`: the pipeline file declaring the silver table. Bronze and
+    /// quarantine records are then found by what they say (each payload refined as silver
+    /// would, the predicate evaluated on it): re-sent copies, quarantined records and
+    /// records not yet refined go too. Without it, only the records at the deleted rows'
+    /// source positions.
+    #[arg(long, requires = "cascade")]
+    pub pipeline: Option<PathBuf>,
+    /// With `--pipeline`: how long to wait for refine to catch up with bronze (before
+    /// anything is deleted, and once more after bronze's delete).
+    #[arg(long, default_value_t = 120, requires = "pipeline")]
+    pub wait_secs: u64,
     /// Data directory as given to `smelter up` (tables in DIR/tables); defaults to
     /// `storage.root` of the configuration.
     #[arg(long)]

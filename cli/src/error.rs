@@ -33,6 +33,10 @@ pub enum CliError {
     /// A command's arguments name something that is not there (a table, a version).
     #[error("{0}")]
     InvalidArgument(String),
+    /// The command could not finish now (a pipeline it waited for did not catch up); the
+    /// message says what was done and how to finish.
+    #[error("{0}")]
+    Unfinished(String),
     /// The benchmark could not run.
     #[error("bench: {0}")]
     Bench(String),

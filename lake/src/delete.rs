@@ -127,11 +127,56 @@ impl RowSelector for AtPositions {
     }
 }
 
+/// Rows another selector picks that were ingested up to a cut: at most the given last
+/// offset of their source partition (a partition the cut does not name is not in it).
+pub struct UpToOffsets<'a> {
+    /// The selector narrowed.
+    pub inner: &'a dyn RowSelector,
+    /// The last offset in the cut of each (topic, partition).
+    pub last: std::collections::HashMap<(String, i32), i64>,
+    /// The table's topic, partition and offset columns.
+    pub columns: [&'static str; 3],
+}
+
+impl RowSelector for UpToOffsets<'_> {
+    fn select(&self, batch: &RecordBatch) -> Result<BooleanArray> {
+        let chosen = self.inner.select(batch)?;
+        let column = |name: &str| {
+            batch.column_by_name(name).ok_or_else(|| {
+                LakeError::Arrow(arrow::error::ArrowError::SchemaError(format!(
+                    "no column {name}"
+                )))
+            })
+        };
+        let [topic, partition, offset] = self.columns;
+        let topics = arrow::compute::cast(column(topic)?, &DataType::Utf8)?;
+        let topics = topics.as_string::<i32>();
+        let partitions = column(partition)?.as_primitive::<Int32Type>().clone();
+        let offsets = column(offset)?.as_primitive::<Int64Type>().clone();
+        Ok((0..batch.num_rows())
+            .map(|i| {
+                let in_cut = self
+                    .last
+                    .get(&(topics.value(i).to_string(), partitions.value(i)))
+                    .is_some_and(|last| offsets.value(i) <= *last);
+                Some(chosen.is_valid(i) && chosen.value(i) && in_cut)
+            })
+            .collect())
+    }
+
+    fn describe(&self) -> String {
+        format!("({}) ingested up to a cut", self.inner.describe())
+    }
+}
+
 /// What a delete did.
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
 pub struct Deletion {
     /// The table version of the delete, if anything matched.
     pub version: Option<i64>,
+    /// The table version whose rows it chose from: rows appended by commits that landed
+    /// between that and the delete's own version are not part of it.
+    pub read_version: Option<i64>,
     /// Rows deleted.
     pub rows_deleted: u64,
     /// Files taken out.
@@ -148,9 +193,9 @@ pub struct Deletion {
 const PLANS: usize = 5;
 
 /// The position columns of a bronze or quarantine table.
-const SOURCE_POSITION: [&str; 3] = ["topic", "partition", "offset"];
+pub const SOURCE_POSITION: [&str; 3] = ["topic", "partition", "offset"];
 /// The position columns of a silver table (where each row came from in its source).
-const ROW_ORIGIN: [&str; 3] = ["_topic", "_partition", "_offset"];
+pub const ROW_ORIGIN: [&str; 3] = ["_topic", "_partition", "_offset"];
 
 /// Deletes the rows `selector` picks from `table`, in one commit (see the module docs).
 /// The deleted rows' source positions are returned when the table has position columns
@@ -172,7 +217,10 @@ pub async fn delete(
             .into_iter()
             .find(|columns| has(*columns));
         let head = env.heads.head(table, name).await?;
-        let mut deletion = Deletion::default();
+        let mut deletion = Deletion {
+            read_version: Some(head.version()),
+            ..Deletion::default()
+        };
         let mut removes = Vec::new();
         let mut groups = Vec::new();
         // A table with the change data feed records the deleted rows themselves (without

@@ -13,6 +13,7 @@ pub mod envelope;
 pub mod expectations;
 pub mod infer;
 mod key_times;
+pub mod matching;
 pub mod quality;
 pub mod replay;
 
@@ -308,6 +309,40 @@ impl Refiner {
             let _ = self.decode_into(payload, &mut cells, &mut decoded)?;
         }
         decoded.finish()
+    }
+
+    /// The schema of what [`Self::decode_rows`] returns: the declared columns,
+    /// `_rescued_data` and, for change events, the envelope's.
+    pub fn decoded_schema(&self) -> SchemaRef {
+        let declared = &self.work_schema.fields()[..self.decoded_width()];
+        Arc::new(Schema::new(declared.to_vec()))
+    }
+
+    /// The payloads decoded as refine decodes them (see [`Self::decoded_schema`]), with
+    /// for each decoded row the index of its payload; missing payloads and those that do
+    /// not decode are left out. What `smelter delete --cascade` evaluates a silver
+    /// predicate on to find the records of the rows it deletes.
+    pub fn decode_rows<'p>(
+        &self,
+        payloads: impl IntoIterator<Item = Option<&'p [u8]>>,
+    ) -> Result<(RecordBatch, Vec<usize>)> {
+        let schema = self.decoded_schema();
+        let payloads = payloads.into_iter();
+        let mut decoded = Columns::new(schema.fields(), payloads.size_hint().0);
+        let mut cells = Vec::with_capacity(schema.fields().len());
+        let mut rows = Vec::new();
+        for (index, payload) in payloads.enumerate() {
+            let Some(payload) = payload else { continue };
+            if self.decode_into(payload, &mut cells, &mut decoded)?.is_ok() {
+                rows.push(index);
+            }
+        }
+        let columns = decoded.finish()?;
+        let options = arrow::array::RecordBatchOptions::new().with_row_count(Some(rows.len()));
+        Ok((
+            RecordBatch::try_new_with_options(schema, columns, &options)?,
+            rows,
+        ))
     }
 
     /// The silver table's schema.
