@@ -406,10 +406,22 @@ pub struct BenchArgs {
     /// Run the cluster only (skip the in-process runs).
     #[arg(long, requires = "brokers")]
     pub cluster_only: bool,
-    /// An S3-compatible endpoint (moto, MinIO) for the cluster run's tables, in bucket
-    /// `smelter-bench` (created if missing); default: a local directory.
-    #[arg(long, requires = "brokers")]
+    /// An S3-compatible endpoint (moto, MinIO) for the cluster run's tables (or the
+    /// soak's), in bucket `smelter-bench` (created if missing); default: a local directory.
+    #[arg(long)]
     pub s3_endpoint: Option<String>,
+    /// With `--s3-endpoint`: treat the store as one without put-if-absent (log writes
+    /// arbitrated through the commit locks).
+    #[arg(long, requires = "s3_endpoint")]
+    pub s3_no_conditional_put: bool,
+    /// Run only maintenance under load: the demo in process at `--rate` for this many
+    /// seconds with automatic compaction, checkpoints and vacuum, sampling every table
+    /// (files, snapshot open time, maintenance done, failed commit attempts).
+    #[arg(long, default_value_t = 0)]
+    pub soak_secs: u64,
+    /// Seconds between the soak's samples.
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..))]
+    pub soak_sample_secs: u64,
     /// Runs of each end-to-end pipeline; the one with the least CPU is reported (as for
     /// the limit's stages: other load on a shared machine only ever adds CPU time).
     #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=20))]

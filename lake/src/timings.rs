@@ -1,5 +1,6 @@
 //! How long one worker's commits take, per table: from a commit's first attempt to its
-//! outcome, and the part of it spent waiting for the table's commit lock. Histograms with
+//! outcome, and the part of it spent waiting for the table's commit lock; and how many
+//! attempts failed (`smelter_commit_failed_attempts_total`). Histograms with
 //! fixed bounds ([`BOUNDS_SECONDS`]), cumulative since the worker started: the worker sends
 //! them with each heartbeat and the coordinator serves them as Prometheus histograms
 //! (`smelter_commit_duration_seconds`, `smelter_commit_lock_wait_seconds`), so a scrape of
@@ -52,6 +53,8 @@ pub struct TableTimings {
     pub commit: Histogram,
     /// Waits for the commit lock (one per attempt that took it).
     pub lock_wait: Histogram,
+    /// Attempts that failed and were decided again from the log.
+    pub failed_attempts: u64,
 }
 
 /// The commit histograms of every table a worker commits to.
@@ -75,6 +78,11 @@ impl CommitTimings {
     /// An attempt waited `duration` for `table`'s commit lock.
     pub fn lock_wait(&self, table: &str, duration: Duration) {
         self.update(table, |t| t.lock_wait.observe(duration));
+    }
+
+    /// An attempt to commit to `table` failed (it is decided again from the log).
+    pub fn attempt_failed(&self, table: &str) {
+        self.update(table, |t| t.failed_attempts += 1);
     }
 
     /// Every table's histograms as they stand.

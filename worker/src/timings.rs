@@ -23,6 +23,7 @@ pub fn table_timings(timings: &CommitTimings) -> Vec<smelter_proto::TableTimings
             table,
             commit_seconds: Some(histogram(&t.commit)),
             lock_wait_seconds: Some(histogram(&t.lock_wait)),
+            failed_attempts: t.failed_attempts,
         })
         .collect()
 }

@@ -300,7 +300,10 @@ const BUCKET: &str = "smelter-bench";
 /// Storage for a cluster run's tables under `s3://smelter-bench/<id>` at `endpoint`,
 /// creating the bucket if missing (an unsigned `PUT`, which moto and MinIO in its default
 /// test mode accept; an existing bucket answers 409).
-async fn s3_storage(endpoint: &str, id: &str) -> Result<smelter_common::config::StorageConfig> {
+pub(super) async fn s3_storage(
+    endpoint: &str,
+    id: &str,
+) -> Result<smelter_common::config::StorageConfig> {
     let url = format!("{}/{BUCKET}", endpoint.trim_end_matches('/'));
     let answer = reqwest::Client::new()
         .put(&url)

@@ -28,6 +28,7 @@ pub mod latency;
 pub mod limit;
 pub mod measure;
 pub mod rest;
+pub mod soak;
 pub mod table_ops;
 
 use std::collections::BTreeMap;
@@ -251,6 +252,8 @@ pub struct BenchReport {
     pub table_ops: Option<table_ops::TableOps>,
     /// Merging a change stream (in-process runs, `--cdc-changes` above 0).
     pub cdc: Option<cdc::CdcBench>,
+    /// Maintenance under load (`--soak-secs`; then nothing else runs).
+    pub soak: Option<soak::SoakFigures>,
 }
 
 /// Waits until `done` says so, checking every 250 ms, for at most `timeout`; how long it

@@ -50,6 +50,24 @@ pub async fn run(config: SmelterConfig, args: BenchArgs) -> Result<()> {
         }),
         ..BenchReport::default()
     };
+    if args.s3_endpoint.is_some() && args.brokers.is_none() && args.soak_secs == 0 {
+        return Err(CliError::InvalidArgument(
+            "--s3-endpoint is for the cluster run (--brokers) or the soak (--soak-secs)".into(),
+        ));
+    }
+    if args.soak_secs > 0 {
+        say(&format!(
+            "maintenance under load: {} s at {}/s",
+            args.soak_secs, options.rate
+        ));
+        let soak = crate::bench::soak::SoakOptions {
+            seconds: args.soak_secs,
+            sample_every: args.soak_sample_secs,
+            no_conditional_put: args.s3_no_conditional_put,
+        };
+        report.soak = Some(crate::bench::soak::run(&config, &options, &soak).await?);
+        return write_report(&report, &args);
+    }
     if !args.cluster_only {
         say(&format!(
             "in process, end to end: {} events at {}/s",
@@ -121,8 +139,12 @@ pub async fn run(config: SmelterConfig, args: BenchArgs) -> Result<()> {
     )
     .await?;
     fill_fractions(&mut report);
+    write_report(&report, &args)
+}
 
-    let json = serde_json::to_string_pretty(&report)
+/// Writes the report where asked and prints it.
+fn write_report(report: &BenchReport, args: &BenchArgs) -> Result<()> {
+    let json = serde_json::to_string_pretty(report)
         .map_err(|e| CliError::Bench(format!("result: {e}")))?;
     if let Some(path) = &args.out {
         std::fs::write(path, format!("{json}\n")).map_err(|source| CliError::Io {
@@ -132,7 +154,7 @@ pub async fn run(config: SmelterConfig, args: BenchArgs) -> Result<()> {
     }
     match args.output {
         Format::Json => println!("{json}"),
-        _ => print!("{}", summary(&report)),
+        _ => print!("{}", summary(report)),
     }
     Ok(())
 }
@@ -302,6 +324,29 @@ fn summary(report: &BenchReport) -> String {
         "smelter bench {} ({} build, {} cores)",
         report.date, report.build, report.cores
     );
+    if let Some(soak) = &report.soak {
+        let _ = writeln!(
+            out,
+            "maintenance under load: {} events at {}/s on {}, {:.0} s, {:.1} CPU-s",
+            soak.events, soak.rate, soak.store, soak.wall_seconds, soak.cpu_seconds
+        );
+        for (table, files) in &soak.max_files {
+            let _ = writeln!(
+                out,
+                "  {table}: at most {files} files; snapshot open {:.0} ms at ~1 min, {:.0} ms at the end; {} failed commit attempts",
+                soak.open_ms_first_minute
+                    .get(table)
+                    .copied()
+                    .unwrap_or_default(),
+                soak.open_ms_last.get(table).copied().unwrap_or_default(),
+                soak.failed_commit_attempts
+                    .get(table)
+                    .copied()
+                    .unwrap_or_default()
+            );
+        }
+        return out;
+    }
     let _ = writeln!(
         out,
         "limit: {:.0} events/CPU-s (generator source){}",

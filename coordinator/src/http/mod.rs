@@ -671,6 +671,28 @@ fn timings(out: &mut String, status: &ClusterStatus) {
     }
     .write(out);
     Family {
+        name: "smelter_commit_failed_attempts_total",
+        help: "Commit attempts of each worker to each table that failed and were decided again from the log.",
+        kind: "counter",
+        samples: status
+            .workers
+            .iter()
+            .flat_map(|w| {
+                w.timings.iter().map(move |t| {
+                    (
+                        format!(
+                            "{{worker=\"{}\",table=\"{}\"}}",
+                            label(&w.worker_id),
+                            label(&t.table)
+                        ),
+                        t.failed_attempts as f64,
+                    )
+                })
+            })
+            .collect(),
+    }
+    .write(out);
+    Family {
         name: "smelter_gold_refresh_duration_seconds",
         help: "Refreshes of each gold table committed by its task: read, compute and commit.",
         kind: "histogram",
@@ -856,6 +878,7 @@ mod tests {
                     table: "bronze.events".into(),
                     commit_seconds: Some(histogram.clone()),
                     lock_wait_seconds: None,
+                    failed_attempts: 2,
                 }],
                 ..Default::default()
             }],
@@ -869,6 +892,8 @@ mod tests {
             "smelter_commit_duration_seconds_bucket{worker=\"w1\",table=\"bronze.events\",le=\"+Inf\"} 4",
             "smelter_commit_duration_seconds_sum{worker=\"w1\",table=\"bronze.events\"} 3.5",
             "smelter_commit_duration_seconds_count{worker=\"w1\",table=\"bronze.events\"} 4",
+            "# TYPE smelter_commit_failed_attempts_total counter",
+            "smelter_commit_failed_attempts_total{worker=\"w1\",table=\"bronze.events\"} 2",
         ] {
             assert!(text.contains(sample), "{sample} missing from:\n{text}");
         }

@@ -388,6 +388,7 @@ async fn attempt_until_decided(
                 // Outcome unknown (or lost a race, or fenced): the txn versions decide on
                 // the next pass.
                 tracing::warn!(table = name, attempt, error = %error, "commit failed; re-reading the log to decide from txn versions");
+                env.timings.attempt_failed(name);
                 if error.retry() == Retry::Permanent {
                     return Err(error);
                 }
