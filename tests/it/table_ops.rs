@@ -316,21 +316,7 @@ async fn maintenance_compacts_behind_the_stream_and_delete_cascades_through_the_
         .silver
         .retain(|_, r| r.text[3].as_deref() != Some(user.as_str()));
     truth.bronze.retain(|p| !gone.contains(p));
-    check_bronze(&cluster.tables, "bronze.events", &truth)
-        .await
-        .unwrap();
-    check_silver(&cluster.tables, "silver.events", &truth)
-        .await
-        .unwrap();
-    poll(
-        "gold rebuilt without the user",
-        Duration::from_secs(60),
-        async || check_gold(&cluster.tables, &cluster.spec, &truth).await,
-    )
-    .await;
-    for table in cluster.tables.list().await {
-        oracle::verified(&cluster.tables, &table).await.unwrap();
-    }
+    exact_after_a_delete(&cluster, &truth).await;
     // The pipeline goes on consuming: refine did not take the delete's rewritten bronze
     // files for new records (silver stayed exact above), and is drained again.
     cluster.wait_drained(Duration::from_secs(60)).await.unwrap();
@@ -390,6 +376,26 @@ async fn maintenance_compacts_behind_the_stream_and_delete_cascades_through_the_
     check_silver(&cluster.tables, "silver.events", &truth)
         .await
         .unwrap();
+}
+
+/// After a cascade: bronze and silver exact at once, gold once its tasks have rebuilt from
+/// the new silver version (its recomputation over the remaining silver), every log clean.
+async fn exact_after_a_delete(cluster: &TestCluster, truth: &oracle::Truth) {
+    check_bronze(&cluster.tables, "bronze.events", truth)
+        .await
+        .unwrap();
+    check_silver(&cluster.tables, "silver.events", truth)
+        .await
+        .unwrap();
+    poll(
+        "gold equal to its recomputation over the remaining silver",
+        Duration::from_secs(120),
+        async || check_gold(&cluster.tables, &cluster.spec, truth).await,
+    )
+    .await;
+    for table in cluster.tables.list().await {
+        oracle::verified(&cluster.tables, &table).await.unwrap();
+    }
 }
 
 /// Waits for the pipeline to drain, then holds every layer to the oracle.
@@ -836,19 +842,5 @@ async fn cascade_forgets_one_percent_of_users_while_the_generator_runs() {
         gone_count,
         "re-sent copies of deleted events taken as new rows"
     );
-    check_bronze(&cluster.tables, "bronze.events", &truth)
-        .await
-        .unwrap();
-    check_silver(&cluster.tables, "silver.events", &truth)
-        .await
-        .unwrap();
-    poll(
-        "gold equal to its recomputation over the remaining silver",
-        Duration::from_secs(120),
-        async || check_gold(&cluster.tables, &cluster.spec, &truth).await,
-    )
-    .await;
-    for table in cluster.tables.list().await {
-        oracle::verified(&cluster.tables, &table).await.unwrap();
-    }
+    exact_after_a_delete(&cluster, &truth).await;
 }
