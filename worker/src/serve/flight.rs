@@ -74,6 +74,8 @@ pub struct FlightSqlServer {
     exchange: Option<(smelter_lake::recent_files::RecentFiles, bool)>,
     /// Plans made for `GetFlightInfo`, taken by the `DoGet` that follows.
     planned: super::planned::PlannedQueries,
+    /// When the service started: the monotonic clock kept plans are aged on.
+    started: std::time::Instant,
 }
 
 fn status(error: WorkerError) -> Status {
@@ -114,6 +116,7 @@ impl FlightSqlServer {
             sql_info,
             exchange: None,
             planned: Default::default(),
+            started: std::time::Instant::now(),
         })
     }
 
@@ -174,7 +177,7 @@ impl FlightSqlServer {
             .map_err(|e| Status::internal(e.to_string()))
             .map(|info| info.with_endpoint(endpoint).with_descriptor(descriptor))?;
         self.planned
-            .keep(&query_id, &caller.name, frame, std::time::Instant::now());
+            .keep(&query_id, &caller.name, frame, self.started.elapsed());
         Ok(info)
     }
 }
@@ -456,23 +459,22 @@ impl FlightSqlService for FlightSqlServer {
             ))
         };
         let span = query_span("do_get", &ticket.query_id, &caller, request.metadata());
-        let frame =
-            match self
-                .planned
-                .take(&ticket.query_id, &caller.name, std::time::Instant::now())
-            {
-                Some(frame) => frame,
-                None => {
-                    let planning = self
-                        .engine
-                        .plan_with_params(&ticket.sql, &caller, param_values(&ticket.parameters)?)
-                        .instrument(span.clone());
-                    let planned = tokio::time::timeout_at(deadline, planning)
-                        .await
-                        .map_err(|_| timed_out())?;
-                    planned.map_err(status)?
-                }
-            };
+        let frame = match self
+            .planned
+            .take(&ticket.query_id, &caller.name, self.started.elapsed())
+        {
+            Some(frame) => frame,
+            None => {
+                let planning = self
+                    .engine
+                    .plan_with_params(&ticket.sql, &caller, param_values(&ticket.parameters)?)
+                    .instrument(span.clone());
+                let planned = tokio::time::timeout_at(deadline, planning)
+                    .await
+                    .map_err(|_| timed_out())?;
+                planned.map_err(status)?
+            }
+        };
         let schema = std::sync::Arc::new(frame.schema().as_arrow().clone());
         let stream = frame
             .execute_stream()

@@ -16,7 +16,7 @@
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use datafusion::prelude::DataFrame;
 
@@ -30,18 +30,20 @@ struct Kept {
     query_id: String,
     caller: String,
     plan: DataFrame,
-    at: Instant,
+    at: Duration,
 }
 
-/// The plans waiting for their `DoGet` (cheap to clone: shared).
+/// The plans waiting for their `DoGet` (cheap to clone: shared). Times are given by the
+/// caller as durations on one monotonic clock (the service's: time since it started), so
+/// the rules here are tested with times chosen, not read.
 #[derive(Clone, Default)]
 pub struct PlannedQueries(Arc<Mutex<VecDeque<Kept>>>);
 
 impl PlannedQueries {
     /// Keeps `plan`, made at `now` for `caller`'s query `query_id`.
-    pub fn keep(&self, query_id: &str, caller: &str, plan: DataFrame, now: Instant) {
+    pub fn keep(&self, query_id: &str, caller: &str, plan: DataFrame, now: Duration) {
         let mut kept = self.lock();
-        kept.retain(|k| now.saturating_duration_since(k.at) < MAX_AGE);
+        kept.retain(|k| now.saturating_sub(k.at) < MAX_AGE);
         while kept.len() >= KEPT {
             kept.pop_front();
         }
@@ -55,13 +57,13 @@ impl PlannedQueries {
 
     /// The plan kept for `caller`'s query `query_id`, if it is there and younger than
     /// [`MAX_AGE`] at `now`; it is gone afterwards.
-    pub fn take(&self, query_id: &str, caller: &str, now: Instant) -> Option<DataFrame> {
+    pub fn take(&self, query_id: &str, caller: &str, now: Duration) -> Option<DataFrame> {
         let mut kept = self.lock();
         let at = kept
             .iter()
             .position(|k| k.query_id == query_id && k.caller == caller)?;
         let found = kept.remove(at)?;
-        (now.saturating_duration_since(found.at) < MAX_AGE).then_some(found.plan)
+        (now.saturating_sub(found.at) < MAX_AGE).then_some(found.plan)
     }
 
     /// Plans held now.
@@ -91,9 +93,9 @@ mod tests {
             .expect("plans")
     }
 
-    /// A fixed origin: the tests move time by adding durations to it, never by waiting.
-    fn origin() -> Instant {
-        Instant::now()
+    /// The times the tests use: chosen, never read from a clock.
+    fn origin() -> Duration {
+        Duration::from_secs(1_000)
     }
 
     #[tokio::test]
