@@ -9,8 +9,13 @@
 //!   GetPrimaryKeys answers), and a gold table's SQL as [`SQL_PROPERTY`] (what column
 //!   lineage is read from);
 //! * the history retention (`retention.history`) as Delta's own [`HISTORY_PROPERTY`], so
-//!   that the checkpoints' log cleanup keeps that much history (time travel refuses to go
+//!   that maintenance's log cleanup keeps that much history (time travel refuses to go
 //!   further: `crate::history::oldest_available`);
+//! * how long checkpoints keep the tombstones of removed files, as Delta's own
+//!   [`TOMBSTONES_PROPERTY`]: twice the maintenance's vacuum delay where maintenance
+//!   runs (see [`tombstones_for`]). Delta's default is a week: with compaction every
+//!   few seconds, every checkpoint would carry a week of the small files it replaced, and
+//!   opening the table would grow slower with every pass;
 //! * each column's description as property `smelter.column.<column>.comment`. Not as the
 //!   field's `comment` metadata, Spark's place for it: that would change the Arrow schema
 //!   the writers' batches are checked against, and every writer's batch would be refused.
@@ -65,9 +70,12 @@ pub struct Description {
     /// The SQL that defines the table (gold), for column lineage.
     pub sql: Option<String>,
     /// How far back the table's history is kept: time travel reaches no further, and log
-    /// entries older than this are cleaned up at checkpoints (Delta's
+    /// entries older than this are cleaned up by maintenance (Delta's
     /// [`HISTORY_PROPERTY`]).
     pub history: Option<std::time::Duration>,
+    /// How long checkpoints keep the `remove` tombstones of files rewrites took out
+    /// (Delta's [`TOMBSTONES_PROPERTY`]; see [`tombstones_for`]).
+    pub tombstones: Option<std::time::Duration>,
     /// Whether the table records Delta's change data feed. Set when the table is created
     /// only ([`Self::created_properties`]): turning it on later needs a protocol upgrade,
     /// which a description does not make.
@@ -79,6 +87,20 @@ pub const CHANGE_DATA_FEED_PROPERTY: &str = "delta.enableChangeDataFeed";
 
 /// Delta's table property bounding how long log entries are kept.
 pub const HISTORY_PROPERTY: &str = "delta.logRetentionDuration";
+
+/// Delta's table property bounding how long checkpoints keep the tombstones of removed
+/// files (and the default retention of other engines' VACUUM).
+pub const TOMBSTONES_PROPERTY: &str = "delta.deletedFileRetentionDuration";
+
+/// How long tombstones are kept on a table whose files rewrites took out are vacuumed
+/// `vacuum_after` after: twice that. The vacuum finds the files it deletes by their
+/// tombstones (`crate::vacuum`), so a tombstone must outlive its file's vacuum delay by
+/// at least one maintenance pass; the second delay is that margin, generous for a pass
+/// that comes late. A file whose tombstone expired before any vacuum saw it stays in
+/// storage unreferenced — never deleted early, only not reclaimed.
+pub fn tombstones_for(vacuum_after: std::time::Duration) -> std::time::Duration {
+    vacuum_after.saturating_mul(2)
+}
 
 /// `duration` as a Delta interval (`interval 2592000 seconds`).
 pub fn interval(duration: std::time::Duration) -> String {
@@ -126,6 +148,9 @@ impl Description {
         if let Some(history) = self.history {
             out.insert(HISTORY_PROPERTY.to_string(), interval(history));
         }
+        if let Some(tombstones) = self.tombstones {
+            out.insert(TOMBSTONES_PROPERTY.to_string(), interval(tombstones));
+        }
         out
     }
 
@@ -167,6 +192,8 @@ impl Description {
                 out.sql = Some(value.clone());
             } else if key == HISTORY_PROPERTY {
                 out.history = parse_interval(value);
+            } else if key == TOMBSTONES_PROPERTY {
+                out.tombstones = parse_interval(value);
             } else if key == CHANGE_DATA_FEED_PROPERTY {
                 out.change_data_feed = value.eq_ignore_ascii_case("true");
             } else if let Some(column) = key
@@ -291,6 +318,7 @@ mod tests {
             keys: vec!["id".into()],
             sql: Some("SELECT id FROM silver.t".into()),
             history: Some(std::time::Duration::from_secs(30 * 86_400)),
+            tombstones: Some(tombstones_for(std::time::Duration::from_secs(30))),
             change_data_feed: false,
         };
         let current = metadata(&[
@@ -311,6 +339,10 @@ mod tests {
         assert_eq!(changed["smelter.owner"], "growth-analytics");
         assert_eq!(changed["smelter.column.gone.comment"], "");
         assert_eq!(changed["description"], "Parsed events");
+        assert_eq!(
+            changed[TOMBSTONES_PROPERTY], "interval 60 seconds",
+            "tombstones outlive the vacuum delay twice over"
+        );
         assert_eq!(updated.id(), current.id(), "the table keeps its id");
         assert!(
             described(&updated, &wanted).unwrap().is_none(),

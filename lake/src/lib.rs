@@ -11,7 +11,7 @@
 //!   [`lock`] (the etcd commit lock and writer epochs) and [`heads`] (what a writer knows
 //!   of each table's log without reloading snapshots);
 //! * [`log`], [`changes`] and [`history`]: reading positions, the files a range of versions
-//!   added, and the commits themselves;
+//!   added, and the commits themselves; [`log_size`]: what opening a table reads;
 //! * [`exchange`]: the rows of a committed file offered to the other workers over Flight.
 //! * [`file_format`]: how data files are encoded; [`recent_files`]: rows of files this
 //!   process committed moments ago, for the readers downstream;
@@ -21,7 +21,8 @@
 //!   changes ignored), with [`change_data`] writing Delta's change data feed;
 //! * [`verify`], [`compact`] and [`delete`]: the checks behind `smelter verify`, and the
 //!   rewrites behind maintenance, `smelter delete` and [`restore`]; [`vacuum`]: deleting the files
-//!   rewrites took out, after the retention; [`maintenance_record`]: what maintenance did to
+//!   rewrites took out, after the retention; [`log_cleanup`]: deleting log entries past
+//!   the history no reader still needs; [`maintenance_record`]: what maintenance did to
 //!   each table, kept beside its log; [`zorder`]: the order compaction writes rows in; [`failpoint`]: crash hooks for the fault suite.
 //!
 //! The invariants this crate keeps are listed, with the tests that break them, in
@@ -48,6 +49,8 @@ pub mod history;
 pub mod location;
 pub mod lock;
 pub mod log;
+pub mod log_cleanup;
+pub mod log_size;
 pub mod maintenance_record;
 pub mod merge;
 pub mod recent_files;

@@ -55,6 +55,9 @@ pub struct MaintenanceRecord {
     pub rows_expired: u64,
     /// The latest data-retention delete.
     pub last_expiry: Option<ExpiryRun>,
+    /// Log entries past the history retention deleted (`crate::log_cleanup`), all
+    /// passes together.
+    pub log_entries_deleted: u64,
     /// The latest pass's failure, cleared by a pass that succeeds.
     pub last_error: Option<String>,
 }

@@ -56,7 +56,7 @@ pub async fn all_txns(table: &DeltaTable, name: &str) -> Result<HashMap<String, 
 }
 
 /// The checkpoint `_last_checkpoint` names and its part count, if it is at or before
-/// `version` (a snapshot loaded before the latest checkpoint replays from the start).
+/// `version`; else the latest checkpoint at or before it (see [`checkpoint_at_or_before`]).
 async fn last_checkpoint(
     table: &DeltaTable,
     name: &str,
@@ -82,9 +82,50 @@ async fn last_checkpoint(
         return Ok(None);
     };
     if checkpoint > version {
-        return Ok(None);
+        // A snapshot loaded before the latest checkpoint: the latest one at or before it,
+        // found by listing (the log before it may have been cleaned up).
+        return checkpoint_at_or_before(table, name, version).await;
     }
     Ok(Some((checkpoint, hint["parts"].as_u64())))
+}
+
+/// The latest classic checkpoint of `table` at or before `version`, and its part count,
+/// from a listing of the log.
+async fn checkpoint_at_or_before(
+    table: &DeltaTable,
+    name: &str,
+    version: i64,
+) -> Result<Option<(i64, Option<u64>)>> {
+    use futures::TryStreamExt as _;
+    let log_store = table.log_store();
+    let store = log_store.object_store(None);
+    let entries: Vec<_> = store
+        .list(Some(log_store.log_path()))
+        .try_collect()
+        .await
+        .map_err(|e| LakeError::delta(name, e.into()))?;
+    let mut best: Option<(i64, Option<u64>)> = None;
+    for entry in entries {
+        let Some(file) = entry.location.filename() else {
+            continue;
+        };
+        let mut parts = file.split('.');
+        let (Some(v), Some("checkpoint")) = (parts.next(), parts.next()) else {
+            continue;
+        };
+        let Ok(v) = v.parse::<i64>() else { continue };
+        // `V.checkpoint.parquet` or `V.checkpoint.I.N.parquet`.
+        let rest: Vec<&str> = parts.collect();
+        let count = match rest.as_slice() {
+            ["parquet"] => None,
+            [_, n, "parquet"] => n.parse::<u64>().ok(),
+            _ => continue,
+        };
+        if v <= version && best.is_none_or(|(b, _)| v > b) {
+            best = Some((v, count));
+        }
+    }
+    Ok(best)
 }
 
 /// The file names of a classic checkpoint (single or multi-part).
@@ -228,5 +269,16 @@ mod tests {
                 assert_eq!(all.get(&id.to_string()).copied(), one, "{id} at {version}");
             }
         }
+        // The log before checkpoint 9 cleaned up (as maintenance does): a snapshot loaded
+        // before the latest checkpoint starts from checkpoint 9, not from version 0.
+        let mut at_15 = table.clone();
+        at_15.load_version(15).await.unwrap();
+        let before = all_txns(&at_15, "silver.t").await.unwrap();
+        let deleted = crate::log_cleanup::clean_up(&table, "silver.t", 15, i64::MAX / 2)
+            .await
+            .unwrap();
+        assert!(deleted > 0);
+        assert!(!log_dir.join(format!("{:020}.json", 0)).exists());
+        assert_eq!(all_txns(&at_15, "silver.t").await.unwrap(), before);
     }
 }

@@ -132,6 +132,24 @@ fn bench_runs_in_process_with_every_figure() {
     assert_eq!(runs.len(), 2);
     let least = runs.iter().copied().fold(f64::INFINITY, f64::min);
     assert_eq!(report["in_process"]["cpu_seconds"].as_f64().unwrap(), least);
+    // The same run with maintenance on, alternated with it and checked the same way, with
+    // what maintenance did and its cost against the run without.
+    let maintained = &report["in_process_maintained"];
+    check_run(maintained, 20_000, &["smelter up"]);
+    assert_eq!(maintained["runs"].as_array().unwrap().len(), 2);
+    let done = &maintained["maintenance"];
+    assert_eq!(done["every"], "2s", "{done}");
+    assert!(
+        done["files"]["bronze.events"].as_u64().unwrap() > 0,
+        "{done}"
+    );
+    assert!(done["compactions"].is_u64(), "{done}");
+    let overhead = report["maintenance_cpu_overhead"].as_f64().unwrap();
+    let expected = maintained["cpu_seconds"].as_f64().unwrap() / least - 1.0;
+    assert!(
+        (overhead - expected).abs() < 1e-9,
+        "{overhead} vs {expected}"
+    );
     // The REST API's figures, from answers the bench checked.
     let rest = &report["in_process"]["rest"];
     assert_eq!(rest["requests"], 40, "{rest}");

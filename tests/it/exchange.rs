@@ -64,9 +64,12 @@ async fn exact_with(
         Duration::from_millis(500),
     );
     let producer = producer.await.unwrap();
-    caught_up_and_exact(&tables, &spec, &topic, &producer, Duration::from_secs(120))
-        .await
-        .unwrap();
+    if let Err(e) =
+        caught_up_and_exact(&tables, &spec, &topic, &producer, Duration::from_secs(120)).await
+    {
+        // What each worker held and reported, for the diagnosis.
+        panic!("{e}\ncluster status: {:?}", cluster.status().await);
+    }
     let (status, _) = cluster
         .wait_status("the reads expected", Duration::from_secs(30), |s| {
             expected(reads(s))

@@ -1,7 +1,8 @@
 //! Retention while the pipeline runs: `retention.data` deletes silver's rows older than the
 //! window in its time column (a maintenance `DELETE`, gold rebuilt without them),
 //! `retention.vacuum_after` vacuums what that delete took out, and `retention.history`
-//! bounds time travel. Time travel past either bound is an error naming the oldest version
+//! bounds time travel; checkpoints keep the tombstones of removed files twice the vacuum
+//! delay (`delta.deletedFileRetentionDuration`) and no longer. Time travel past either bound is an error naming the oldest version
 //! available and why. The window is derived from the clock at the test's start, so that the
 //! cut falls inside the generated events whatever the date; the oracle (the generator's own
 //! events, filtered by the cut the maintenance record reports) decides what must be left.
@@ -269,4 +270,36 @@ async fn retention_expires_old_rows_and_bounds_time_travel() {
         ))
         .await
         .unwrap();
+
+    // Checkpoints drop the tombstones of removed files once they are twice the vacuum
+    // delay old: silver's (vacuumed after 1 s) after 2 s; gold's (maintenance's default
+    // week) are kept two weeks — both tables have had files removed (gold overwrites
+    // itself at every refresh).
+    let tombstones_kept = |table: &deltalake::DeltaTable| {
+        table
+            .snapshot()
+            .unwrap()
+            .metadata()
+            .configuration()
+            .get("delta.deletedFileRetentionDuration")
+            .cloned()
+    };
+    let gold = cluster.tables.open("gold.hourly_metrics").await.unwrap();
+    assert_eq!(
+        tombstones_kept(&gold).as_deref(),
+        Some("interval 1209600 seconds")
+    );
+    deltalake::checkpoints::create_checkpoint(&gold, None)
+        .await
+        .unwrap();
+    let log = smelter_lake::log_size::log_size(&gold, "gold.hourly_metrics")
+        .await
+        .unwrap();
+    assert!(log.checkpoint_tombstones > 0, "gold: {log:?}");
+    let silver = cluster.tables.open("silver.events").await.unwrap();
+    assert_eq!(
+        tombstones_kept(&silver).as_deref(),
+        Some("interval 2 seconds")
+    );
+    // (That checkpoints then drop them: `smelter_lake::log_size`'s tests.)
 }

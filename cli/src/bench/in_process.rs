@@ -1,5 +1,6 @@
 //! The in-process runs: `smelter up`'s cluster (coordinator and workers in this process,
-//! the in-memory coordination store, local tables) on the seeded generator.
+//! the in-memory coordination store, local tables) on the seeded generator — end to end
+//! with and without automatic maintenance, and layer by layer.
 //!
 //! The process's own CPU counter and peak memory are the pipeline's: nothing else runs in
 //! it meanwhile but the check for the end, a probe per table every 250 ms (the limit is
@@ -16,7 +17,7 @@ use smelter_worker::tasks::drained::DrainWatch;
 
 use super::latency::ProduceTimes;
 use super::measure::{cpu_seconds, peak_rss_bytes, reset_peak, steal_seconds};
-use super::{BenchOptions, EndToEnd, LayerFigures, finish_run, now_ms, wait_for};
+use super::{BenchOptions, EndToEnd, LayerFigures, MaintenanceDone, finish_run, now_ms, wait_for};
 use crate::Result;
 use crate::local::LocalCluster;
 use crate::workload::{bounded_demo, only_layers};
@@ -46,12 +47,28 @@ async fn apply(cluster: &LocalCluster, text: &str) -> Result<PipelineSpec> {
     Ok(spec)
 }
 
-/// The end-to-end run at `options.rate`.
-pub async fn end_to_end(config: &SmelterConfig, options: &BenchOptions) -> Result<EndToEnd> {
+/// How often maintenance looks at each table in the run with maintenance on: often
+/// enough that a run of a few tens of seconds compacts every streaming table several
+/// times, files replaced vacuumed [`MAINTAINED_RETENTION`] after.
+pub const MAINTAINED_EVERY: &str = "2s";
+/// See [`MAINTAINED_EVERY`].
+const MAINTAINED_RETENTION: &str = "5s";
+
+/// The end-to-end run at `options.rate`; with `maintained`, with automatic maintenance
+/// every [`MAINTAINED_EVERY`] (the demo's default looks once a minute, after these runs
+/// end), and what it did reported.
+pub async fn end_to_end(
+    config: &SmelterConfig,
+    options: &BenchOptions,
+    maintained: bool,
+) -> Result<EndToEnd> {
     let dir = options
         .work_dir
         .join(format!("in-process-{}", uuid::Uuid::new_v4()));
-    let text = bounded_demo(options.events, options.partitions, Some(options.rate));
+    let mut text = bounded_demo(options.events, options.partitions, Some(options.rate));
+    if maintained {
+        text = super::soak::with_maintenance(&text, MAINTAINED_EVERY, MAINTAINED_RETENTION, None)?;
+    }
     reset_peak();
     let cpu_before = cpu_seconds(None).unwrap_or(0.0);
     let steal_before = steal_seconds();
@@ -84,13 +101,38 @@ pub async fn end_to_end(config: &SmelterConfig, options: &BenchOptions) -> Resul
     };
     let flight = cluster.flight_endpoints[0].clone();
     let mut finished = finish_run(&mut run, &tables, &spec, &produced, &flight).await;
-    if let (Ok(()), Some(http)) = (&finished, &cluster.http_endpoint) {
+    if maintained {
+        if finished.is_ok() {
+            finished = maintenance_done(&tables)
+                .await
+                .map(|done| run.maintenance = Some(done));
+        }
+    } else if let (Ok(()), Some(http)) = (&finished, &cluster.http_endpoint) {
         finished = rest_figures(&mut run, http, &tables).await;
     }
     cluster.shutdown().await?;
     finished?;
     let _ = std::fs::remove_dir_all(&dir);
     Ok(run)
+}
+
+/// What maintenance did to the run's tables, summed from their maintenance records.
+async fn maintenance_done(tables: &TableStore) -> Result<MaintenanceDone> {
+    let mut done = MaintenanceDone {
+        every: MAINTAINED_EVERY.to_string(),
+        ..MaintenanceDone::default()
+    };
+    for name in tables.list().await {
+        let mut table = tables.open(&name).await?;
+        let detail = smelter_lake::detail::detail(&mut table, &name).await?;
+        done.files.insert(name.clone(), detail.files);
+        if let Some(record) = smelter_lake::maintenance_record::read(&table, &name).await? {
+            done.compactions += record.compactions;
+            done.files_compacted += record.files_compacted;
+            done.files_vacuumed += record.files_vacuumed;
+        }
+    }
+    Ok(done)
 }
 
 /// The REST API's figures against the finished run's tables (see [`super::rest`]).

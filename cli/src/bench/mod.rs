@@ -162,9 +162,27 @@ pub struct EndToEnd {
     pub file_reads: Option<smelter_lake::recent_files::Reads>,
     /// Where the tables were: `local` or the S3 endpoint (cluster runs).
     pub store: Option<String>,
+    /// What automatic maintenance did during the run (the in-process run with
+    /// maintenance on).
+    pub maintenance: Option<MaintenanceDone>,
     /// Every run of this pipeline, in order; the figures above are those of the run with
     /// the least CPU.
     pub runs: Vec<RunSummary>,
+}
+
+/// What maintenance did to a run's tables, from their maintenance records.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct MaintenanceDone {
+    /// How often it looked at each table.
+    pub every: String,
+    /// Compactions committed, over every table.
+    pub compactions: u64,
+    /// Files those compactions rewrote.
+    pub files_compacted: u64,
+    /// Files vacuums deleted.
+    pub files_vacuumed: u64,
+    /// Live data files per table at the end.
+    pub files: BTreeMap<String, u64>,
 }
 
 /// One of several runs of an end-to-end pipeline.
@@ -188,26 +206,69 @@ pub async fn least_cpu_of<T>(
     runs: u32,
     mut one: impl AsyncFnMut() -> Result<(EndToEnd, T)>,
 ) -> Result<(EndToEnd, T)> {
-    let mut best: Option<(EndToEnd, T)> = None;
-    let mut summaries = Vec::new();
+    let mut least = LeastCpu::default();
     for _ in 0..runs.max(1) {
         let (run, extra) = one().await?;
-        summaries.push(RunSummary {
+        least.offer(run, extra);
+    }
+    Ok(least.finish())
+}
+
+/// Two variants of an end-to-end pipeline run `runs` times each, alternating (first,
+/// second, first, …) so that both see the same machine; the run with the least CPU of
+/// each, as [`least_cpu_of`].
+pub async fn least_cpu_alternating(
+    runs: u32,
+    mut one: impl AsyncFnMut(usize) -> Result<EndToEnd>,
+) -> Result<(EndToEnd, EndToEnd)> {
+    let mut least = [LeastCpu::default(), LeastCpu::default()];
+    for _ in 0..runs.max(1) {
+        for (variant, least) in least.iter_mut().enumerate() {
+            least.offer(one(variant).await?, ());
+        }
+    }
+    let [first, second] = least;
+    Ok((first.finish().0, second.finish().0))
+}
+
+/// The run with the least CPU so far, and every run's summary.
+struct LeastCpu<T> {
+    best: Option<(EndToEnd, T)>,
+    summaries: Vec<RunSummary>,
+}
+
+impl<T> Default for LeastCpu<T> {
+    fn default() -> Self {
+        Self {
+            best: None,
+            summaries: Vec::new(),
+        }
+    }
+}
+
+impl<T> LeastCpu<T> {
+    fn offer(&mut self, run: EndToEnd, extra: T) {
+        self.summaries.push(RunSummary {
             cpu_seconds: run.cpu_seconds,
             events_per_cpu_second: run.events_per_cpu_second,
             p99_ms: run.latency.p99_ms,
             steal_seconds: run.steal_seconds,
         });
-        if best
+        if self
+            .best
             .as_ref()
             .is_none_or(|(b, _)| run.cpu_seconds < b.cpu_seconds)
         {
-            best = Some((run, extra));
+            self.best = Some((run, extra));
         }
     }
-    let (mut run, extra) = best.expect("at least one run");
-    run.runs = summaries;
-    Ok((run, extra))
+
+    /// The least; called after at least one run.
+    fn finish(self) -> (EndToEnd, T) {
+        let (mut run, extra) = self.best.expect("at least one run");
+        run.runs = self.summaries;
+        (run, extra)
+    }
 }
 
 /// One layer of the layer-by-layer run.
@@ -242,6 +303,11 @@ pub struct BenchReport {
     pub limit: Limit,
     /// In process: the end-to-end run.
     pub in_process: Option<EndToEnd>,
+    /// In process: the same run with automatic maintenance every few seconds (compaction,
+    /// checkpoints, vacuum), alternated with it.
+    pub in_process_maintained: Option<EndToEnd>,
+    /// Its CPU over the run without, less one: what maintenance costs the pipeline.
+    pub maintenance_cpu_overhead: Option<f64>,
     /// In process: layer by layer.
     pub layers: BTreeMap<String, LayerFigures>,
     /// Bronze bytes written per wall-second of the bronze layer alone, MB/s.

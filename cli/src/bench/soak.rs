@@ -1,9 +1,11 @@
 //! Maintenance under load (`smelter bench --soak-secs N`): the demo pipeline in process at
 //! `--rate` for N seconds with automatic maintenance on every table — compaction once 16
-//! small files gather, checkpoints by the commit path, vacuum of replaced files after 30 s
-//! — looking every [`MAINTENANCE_EVERY`]. Every `--soak-sample-secs` it samples each table:
-//! its live files (from its log), the time to open its latest snapshot from storage (what
-//! every reader and writer pays after a restart), and what maintenance has done so far
+//! small files gather, checkpoints by the commit path, vacuum of replaced files after 30 s,
+//! log entries older than [`HISTORY`] cleaned up — looking every [`MAINTENANCE_EVERY`].
+//! Every `--soak-sample-secs` it samples each table: its live files (from its log), the
+//! time to open its latest snapshot from storage (what every reader and writer pays after a
+//! restart), what that reads (log entries, the checkpoint's actions and tombstones:
+//! `smelter_lake::log_size`), and what maintenance has done so far
 //! (its record beside the log); and the workers' failed commit attempts per table (from
 //! their heartbeats: a pipeline writer that maintenance made retry shows there).
 //!
@@ -35,6 +37,13 @@ fn bench_error(message: impl Into<String>) -> CliError {
 /// How often maintenance looks at each table during the soak.
 pub const MAINTENANCE_EVERY: &str = "10s";
 
+/// History every table keeps during the soak: the log holds about this much of its
+/// commits (without it, Delta's 30 days: a log growing with every commit of the run).
+pub const HISTORY: &str = "2m";
+
+/// Opens per table and sample: the sample keeps the fastest.
+const OPENS: usize = 3;
+
 /// What the soak is asked to do.
 #[derive(Debug, Clone)]
 pub struct SoakOptions {
@@ -55,8 +64,15 @@ pub struct TableSample {
     pub files: u64,
     /// Of those, small ones.
     pub small_files: u64,
-    /// Time to open the latest snapshot from storage, milliseconds.
+    /// Time to open the latest snapshot from storage, milliseconds: the least of
+    /// [`OPENS`] opens in a row (the load of the pipeline around it only ever adds).
     pub open_ms: f64,
+    /// Objects under `_delta_log`.
+    pub log_entries: u64,
+    /// Actions in the latest checkpoint.
+    pub checkpoint_actions: u64,
+    /// Of those, `remove` tombstones.
+    pub checkpoint_tombstones: u64,
     /// Compactions maintenance committed so far.
     pub compactions: u64,
     /// Files its vacuums deleted so far.
@@ -95,10 +111,12 @@ pub struct SoakFigures {
     pub samples: Vec<Sample>,
     /// Per table: the most live files any sample saw.
     pub max_files: BTreeMap<String, u64>,
-    /// Per table: snapshot open time at the sample nearest one minute and at the last.
+    /// Per table: the median snapshot open time of the samples 30–90 s in.
     pub open_ms_first_minute: BTreeMap<String, f64>,
-    /// See `open_ms_first_minute`.
-    pub open_ms_last: BTreeMap<String, f64>,
+    /// The same over the source's last minute (the pipeline still under load).
+    pub open_ms_last_minute: BTreeMap<String, f64>,
+    /// Per table: the most tombstones a checkpoint carried.
+    pub max_checkpoint_tombstones: BTreeMap<String, u64>,
     /// Per table: failed commit attempts over the run.
     pub failed_commit_attempts: BTreeMap<String, u64>,
     /// The rows each layer held at the end, checked against the events.
@@ -114,11 +132,12 @@ pub async fn run(
     let id = uuid::Uuid::new_v4().to_string();
     let dir = options.work_dir.join(format!("soak-{id}"));
     let events = options.rate * soak.seconds;
-    let text = with_maintenance(&bounded_demo(
-        events,
-        options.partitions,
-        Some(options.rate),
-    ))?;
+    let text = with_maintenance(
+        &bounded_demo(events, options.partitions, Some(options.rate)),
+        MAINTENANCE_EVERY,
+        "30s",
+        Some(HISTORY),
+    )?;
     let mut config = config.clone();
     let mut store = "local".to_string();
     config.storage = match &options.s3_endpoint {
@@ -192,21 +211,34 @@ pub async fn run(
     ))
 }
 
-/// The demo with maintenance looking at every table every [`MAINTENANCE_EVERY`],
-/// compacting at 16 small files and vacuuming replaced files after 30 s.
-fn with_maintenance(text: &str) -> Result<String> {
+/// The demo with maintenance looking at every table `every` (a spec duration: `10s`),
+/// compacting at 16 small files and vacuuming replaced files `retention` after; with
+/// `history`, every table keeps that much history (log entries older are cleaned up).
+pub(super) fn with_maintenance(
+    text: &str,
+    every: &str,
+    retention: &str,
+    history: Option<&str>,
+) -> Result<String> {
     let mut spec: serde_yaml::Value =
         serde_yaml::from_str(text).map_err(|e| bench_error(format!("demo spec: {e}")))?;
     let tables = spec["tables"]
         .as_mapping_mut()
         .ok_or_else(|| bench_error("demo spec has no tables"))?;
     let maintenance: serde_yaml::Value = serde_yaml::from_str(&format!(
-        "{{ min_small_files: 16, every: {MAINTENANCE_EVERY}, retention: 30s }}"
+        "{{ min_small_files: 16, every: {every}, retention: {retention} }}"
     ))
     .map_err(|e| bench_error(format!("maintenance: {e}")))?;
+    let history: Option<serde_yaml::Value> = history
+        .map(|h| serde_yaml::from_str(&format!("{{ history: {h} }}")))
+        .transpose()
+        .map_err(|e| bench_error(format!("retention: {e}")))?;
     for (_, table) in tables.iter_mut() {
         if let Some(table) = table.as_mapping_mut() {
             table.insert("maintenance".into(), maintenance.clone());
+            if let Some(history) = &history {
+                table.insert("retention".into(), history.clone());
+            }
         }
     }
     serde_yaml::to_string(&spec).map_err(|e| bench_error(format!("demo spec: {e}")))
@@ -223,9 +255,18 @@ async fn sample(tables: &TableStore, admin: &mut AdminClient, started: Instant) 
     }
     let mut out = BTreeMap::new();
     for name in tables.list().await {
-        let opening = Instant::now();
-        let mut table = tables.open(&name).await?;
-        let open_ms = opening.elapsed().as_secs_f64() * 1000.0;
+        let mut open_ms = f64::MAX;
+        let mut table = None;
+        for _ in 0..OPENS {
+            let opening = Instant::now();
+            let opened = tables.open(&name).await?;
+            open_ms = open_ms.min(opening.elapsed().as_secs_f64() * 1000.0);
+            table = Some(opened);
+        }
+        let Some(mut table) = table else {
+            continue;
+        };
+        let log = smelter_lake::log_size::log_size(&table, &name).await?;
         let detail = smelter_lake::detail::detail(&mut table, &name).await?;
         let record = smelter_lake::maintenance_record::read(&table, &name)
             .await?
@@ -237,6 +278,9 @@ async fn sample(tables: &TableStore, admin: &mut AdminClient, started: Instant) 
                 files: detail.files,
                 small_files: detail.small_files,
                 open_ms,
+                log_entries: log.entries,
+                checkpoint_actions: log.checkpoint_actions,
+                checkpoint_tombstones: log.checkpoint_tombstones,
                 compactions: record.compactions,
                 files_vacuumed: record.files_vacuumed,
                 failed_commit_attempts: failed.get(&name).copied().unwrap_or(0),
@@ -255,7 +299,15 @@ fn brief(sample: Option<&Sample>) -> String {
         .map(|s| {
             s.tables
                 .iter()
-                .map(|(name, t)| format!("{name} {} files ({} ms)", t.files, t.open_ms.round()))
+                .map(|(name, t)| {
+                    format!(
+                        "{name} {} files, {} log entries, {} tombstones ({} ms)",
+                        t.files,
+                        t.log_entries,
+                        t.checkpoint_tombstones,
+                        t.open_ms.round()
+                    )
+                })
                 .collect::<Vec<_>>()
                 .join(", ")
         })
@@ -274,22 +326,16 @@ fn figures(
     checked: super::check::Counts,
 ) -> SoakFigures {
     let mut max_files: BTreeMap<String, u64> = BTreeMap::new();
+    let mut max_tombstones: BTreeMap<String, u64> = BTreeMap::new();
     for sample in &samples {
         for (name, table) in &sample.tables {
             let most = max_files.entry(name.clone()).or_default();
             *most = (*most).max(table.files);
+            let most = max_tombstones.entry(name.clone()).or_default();
+            *most = (*most).max(table.checkpoint_tombstones);
         }
     }
-    let per_table = |sample: Option<&Sample>, pick: fn(&TableSample) -> f64| {
-        sample
-            .map(|s| s.tables.iter().map(|(n, t)| (n.clone(), pick(t))).collect())
-            .unwrap_or_default()
-    };
-    let first_minute = samples.iter().min_by(|a, b| {
-        (a.at_seconds - 60.0)
-            .abs()
-            .total_cmp(&(b.at_seconds - 60.0).abs())
-    });
+    let end = soak.seconds as f64;
     let last = samples.last();
     SoakFigures {
         seconds: soak.seconds,
@@ -300,8 +346,9 @@ fn figures(
         cpu_seconds,
         peak_rss_bytes: peak_rss_bytes(None).unwrap_or(0),
         max_files,
-        open_ms_first_minute: per_table(first_minute, |t| t.open_ms),
-        open_ms_last: per_table(last, |t| t.open_ms),
+        open_ms_first_minute: median_open_ms(&samples, 30.0, 90.0),
+        open_ms_last_minute: median_open_ms(&samples, (end - 60.0).max(0.0), end),
+        max_checkpoint_tombstones: max_tombstones,
         failed_commit_attempts: last
             .map(|s| {
                 s.tables
@@ -313,4 +360,24 @@ fn figures(
         samples,
         checked,
     }
+}
+
+/// Per table, the median open time of the samples taken from `from` to `to` seconds in.
+fn median_open_ms(samples: &[Sample], from: f64, to: f64) -> BTreeMap<String, f64> {
+    let mut opens: BTreeMap<String, Vec<f64>> = BTreeMap::new();
+    for sample in samples
+        .iter()
+        .filter(|s| s.at_seconds >= from && s.at_seconds <= to)
+    {
+        for (name, table) in &sample.tables {
+            opens.entry(name.clone()).or_default().push(table.open_ms);
+        }
+    }
+    opens
+        .into_iter()
+        .map(|(name, mut ms)| {
+            ms.sort_by(f64::total_cmp);
+            (name, ms[ms.len() / 2])
+        })
+        .collect()
 }

@@ -141,6 +141,7 @@ async fn measure_in(dir: &Path, commits: u64) -> Result<TableOps> {
         target_file_bytes: 1 << 40,
         min_small_files: 2,
         zorder_by: Vec::new(),
+        tiered: false,
     };
     let cpu = cpu_seconds(None).unwrap_or(0.0);
     let started = Instant::now();

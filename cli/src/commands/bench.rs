@@ -6,7 +6,9 @@ use std::time::Duration;
 use smelter_common::config::SmelterConfig;
 
 use crate::bench::limit::{self, LimitSource};
-use crate::bench::{BenchOptions, BenchReport, EndToEnd, cluster, in_process, least_cpu_of};
+use crate::bench::{
+    BenchOptions, BenchReport, EndToEnd, cluster, in_process, least_cpu_alternating, least_cpu_of,
+};
 use crate::cli::BenchArgs;
 use crate::output::Format;
 use crate::workload::{bounded_demo, demo_events};
@@ -70,14 +72,17 @@ pub async fn run(config: SmelterConfig, args: BenchArgs) -> Result<()> {
     }
     if !args.cluster_only {
         say(&format!(
-            "in process, end to end: {} events at {}/s",
+            "in process, end to end: {} events at {}/s, alternately without and with maintenance",
             options.events, options.rate
         ));
-        let (run, ()) = least_cpu_of(options.runs, async || {
-            Ok((in_process::end_to_end(&config, &options).await?, ()))
+        let (run, maintained) = least_cpu_alternating(options.runs, async |variant| {
+            in_process::end_to_end(&config, &options, variant == 1).await
         })
         .await?;
+        report.maintenance_cpu_overhead =
+            Some(maintained.cpu_seconds / run.cpu_seconds.max(f64::EPSILON) - 1.0);
         report.in_process = Some(run);
+        report.in_process_maintained = Some(maintained);
         say("in process, layer by layer, unpaced");
         let (layers, bronze_bytes) = in_process::layer_by_layer(&config, &options).await?;
         report.layers = layers;
@@ -162,7 +167,10 @@ fn write_report(report: &BenchReport, args: &BenchArgs) -> Result<()> {
 fn fill_fractions(report: &mut BenchReport) {
     let limit = &report.limit;
     let fraction = |value: f64, of: f64| if of > 0.0 { value / of } else { 0.0 };
-    if let Some(run) = &mut report.in_process {
+    for run in [&mut report.in_process, &mut report.in_process_maintained]
+        .into_iter()
+        .flatten()
+    {
         run.fraction_of_limit = fraction(run.events_per_cpu_second, limit.events_per_cpu_second);
     }
     if let Some(run) = &mut report.cluster {
@@ -333,12 +341,19 @@ fn summary(report: &BenchReport) -> String {
         for (table, files) in &soak.max_files {
             let _ = writeln!(
                 out,
-                "  {table}: at most {files} files; snapshot open {:.0} ms at ~1 min, {:.0} ms at the end; {} failed commit attempts",
+                "  {table}: at most {files} files and {} checkpoint tombstones; snapshot open {:.0} ms in the first minute, {:.0} ms in the last; {} failed commit attempts",
+                soak.max_checkpoint_tombstones
+                    .get(table)
+                    .copied()
+                    .unwrap_or_default(),
                 soak.open_ms_first_minute
                     .get(table)
                     .copied()
                     .unwrap_or_default(),
-                soak.open_ms_last.get(table).copied().unwrap_or_default(),
+                soak.open_ms_last_minute
+                    .get(table)
+                    .copied()
+                    .unwrap_or_default(),
                 soak.failed_commit_attempts
                     .get(table)
                     .copied()
@@ -374,6 +389,23 @@ fn summary(report: &BenchReport) -> String {
     }
     if let Some(run) = &report.in_process {
         run_lines("in process", run, &mut out);
+    }
+    if let (Some(run), Some(overhead)) = (
+        &report.in_process_maintained,
+        report.maintenance_cpu_overhead,
+    ) {
+        run_lines("in process, maintenance on", run, &mut out);
+        if let Some(done) = &run.maintenance {
+            let _ = writeln!(
+                out,
+                "  maintenance every {}: {} compactions of {} files, {} files vacuumed; {:+.1}% CPU against the run without",
+                done.every,
+                done.compactions,
+                done.files_compacted,
+                done.files_vacuumed,
+                overhead * 100.0
+            );
+        }
     }
     for (layer, figures) in &report.layers {
         let _ = writeln!(

@@ -180,7 +180,8 @@ pub struct RetentionSpec {
     /// The time column `data` is measured on; bronze tables default to `ingested_at`.
     pub column: Option<String>,
     /// Time travel reaches back this far and no further, and the log entries older than
-    /// this are cleaned up at checkpoints (`delta.logRetentionDuration`).
+    /// this are cleaned up by maintenance, but none a downstream table has not read yet
+    /// (`delta.logRetentionDuration`).
     #[serde(with = "opt_duration")]
     pub history: Option<Duration>,
     /// Data files rewrites took out are deleted this long after (instead of
@@ -351,6 +352,17 @@ pub enum OnViolation {
 }
 
 impl TableSpec {
+    /// How long the files rewrites took out of the table stay before maintenance vacuums
+    /// them (`retention.vacuum_after`, else `maintenance.retention`), or `None` when the
+    /// table's maintenance is off (nothing vacuums it).
+    pub fn vacuum_after(&self) -> Option<Duration> {
+        self.maintenance.enabled.then(|| {
+            self.retention
+                .vacuum_after
+                .unwrap_or(self.maintenance.retention)
+        })
+    }
+
     /// The declared columns of a silver table as its Delta table holds them: the parse
     /// schema's leaves when it is flattened (`user_device`), its top-level fields otherwise.
     pub fn declared_columns(&self) -> Vec<(String, FieldType)> {

@@ -289,6 +289,7 @@ async fn compaction_and_delete_land_on_an_arbitrated_store_under_the_lock() {
         target_file_bytes: 1 << 20,
         min_small_files: 2,
         zorder_by: Vec::new(),
+        tiered: false,
     };
     let compaction = compact(&mut m, "silver.t", options, &maintainer)
         .await

@@ -4,11 +4,10 @@
 use deltalake::DeltaTable;
 use deltalake::kernel::Action;
 use deltalake::kernel::transaction::{CommitBuilder, CommitProperties};
-use deltalake::table::config::TablePropertiesExt as _;
 
 use super::{Attempt, CommitOutcome, WriteMode};
 use crate::location::LogKind;
-use crate::log::{txn_version, version};
+use crate::log::txn_version;
 use crate::{LakeError, Result};
 
 /// The commit through delta-rs, on a snapshot brought up to date: for what the lean path
@@ -62,17 +61,12 @@ pub(super) async fn commit(table: &mut DeltaTable, attempt: Attempt<'_>) -> Resu
         }
     }
     let snapshot = table.snapshot().map_err(|e| LakeError::delta(name, e))?;
-    // Expired log entries are cleaned up only by the commits that write a checkpoint (the
-    // only ones after which there is anything to clean): the cleanup lists the whole log.
-    let cleanup = {
-        let config = snapshot.table_config();
-        config.enable_expired_log_cleanup()
-            && ((version(table) + 1) as u64).is_multiple_of(config.checkpoint_interval().get())
-    };
+    // No cleanup of expired log entries by age: maintenance cleans up, sparing what a
+    // lagging reader still needs (`crate::log_cleanup`).
     let properties = CommitProperties::default()
         .with_metadata(attempt.app_metadata())
         .with_application_transactions(txn_actions)
-        .with_cleanup_expired_logs(Some(cleanup));
+        .with_cleanup_expired_logs(Some(false));
     let committed = CommitBuilder::from(properties)
         .with_actions(actions)
         .build(Some(snapshot), table.log_store(), payload.operation())

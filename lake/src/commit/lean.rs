@@ -2,11 +2,11 @@
 //! writer followed — with put-if-absent, or on an arbitrated store through a claim on the
 //! version ([`crate::claims`]) — see the module docs of [`crate::commit`].
 
+use deltalake::DeltaTable;
 use deltalake::kernel::transaction::{CommitData, TransactionError};
 use deltalake::kernel::{Action, Transaction};
 use deltalake::logstore::CommitOrBytes;
 use deltalake::table::config::TablePropertiesExt as _;
-use deltalake::{DeltaTable, DeltaTableError};
 
 use super::{Attempt, CommitOutcome, Payload, TxnUpdate, WriteMode};
 use crate::app_id::AppId;
@@ -267,9 +267,10 @@ impl CommitPath {
     }
 }
 
-/// Every `checkpointInterval` versions, a checkpoint (and, where enabled, the cleanup of
-/// expired log entries, which lists the whole log). The commit has landed either way: a
-/// failure here is logged, and the next due version tries again.
+/// Every `checkpointInterval` versions, a checkpoint. No cleanup of expired log entries:
+/// by age alone it could delete entries a lagging reader still needs; maintenance cleans
+/// up instead (`crate::log_cleanup`). The commit has landed either way: a failure here is
+/// logged, and the next due version tries again.
 async fn checkpoint_if_due(table: &mut DeltaTable, name: &str, committed: i64) {
     let Ok(snapshot) = table.snapshot() else {
         return;
@@ -278,14 +279,9 @@ async fn checkpoint_if_due(table: &mut DeltaTable, name: &str, committed: i64) {
     if !((committed + 1) as u64).is_multiple_of(config.checkpoint_interval().get()) {
         return;
     }
-    let cleanup = config.enable_expired_log_cleanup();
     let result = async {
         table.load_version(committed as u64).await?;
-        deltalake::checkpoints::create_checkpoint(table, None).await?;
-        if cleanup {
-            deltalake::checkpoints::cleanup_metadata(table, None).await?;
-        }
-        Ok::<_, DeltaTableError>(())
+        deltalake::checkpoints::create_checkpoint(table, None).await
     }
     .await;
     match result {

@@ -24,6 +24,10 @@
 //! gold rebuilds without them and ingest never reads the positions again — and
 //! `retention.vacuum_after` sets how soon the files it took out are vacuumed.
 //!
+//! The same pass cleans up the table's log: entries older than its history retention,
+//! but none after the version every reader has consumed (`smelter_lake::log_cleanup`;
+//! the writers' checkpoints do not clean up).
+//!
 //! After each pass over a table it updates the table's maintenance record
 //! (`smelter_lake::maintenance_record`): what ran, when, and what it saved, read back by
 //! `smelter maintenance status`.
@@ -37,7 +41,7 @@ use smelter_lake::delete::{SqlPredicate, delete};
 use smelter_lake::describe::{Description, describe};
 use smelter_lake::maintenance_record::{self, ExpiryRun, MaintenanceRecord};
 use smelter_lake::vacuum::{Vacuum, vacuum};
-use smelter_lake::{AppId, log};
+use smelter_lake::{AppId, log, log_cleanup};
 use smelter_proto::TaskState;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -56,6 +60,8 @@ struct Maintained {
     expire: Option<(Duration, String)>,
     /// The data-retention delete of the pass under way, for the record.
     expired: Option<ExpiryRun>,
+    /// Log entries the pass under way deleted, for the record.
+    log_cleaned: u64,
     due: Instant,
     table: Option<DeltaTable>,
     /// The table's maintenance record, read at the first pass that finds the table.
@@ -148,7 +154,7 @@ fn maintained(pipeline: &PipelineSpec) -> Vec<Maintained> {
         }
         // Files rewrites took out go after `retention.vacuum_after` where given.
         let mut maintenance = spec.maintenance.clone();
-        if let Some(after) = spec.retention.vacuum_after {
+        if let Some(after) = spec.vacuum_after() {
             maintenance.retention = after;
         }
         for name in names {
@@ -165,6 +171,7 @@ fn maintained(pipeline: &PipelineSpec) -> Vec<Maintained> {
                 spec: maintenance.clone(),
                 expire,
                 expired: None,
+                log_cleaned: 0,
                 // The first look comes one interval after the start: a worker that just
                 // took the task over need not rewrite anything in its first moments.
                 due: now + spec.maintenance.every,
@@ -249,6 +256,7 @@ async fn record(entry: &mut Maintained, outcome: &Result<Option<(Compaction, Vac
     if let Some(expiry) = entry.expired.take() {
         record.add_expiry(expiry);
     }
+    record.log_entries_deleted += std::mem::take(&mut entry.log_cleaned);
     record.add_pass(
         chrono::Utc::now().timestamp_millis(),
         entry.spec.target_file_mb * 1024 * 1024,
@@ -282,18 +290,26 @@ async fn maintain(env: &TaskEnv, entry: &mut Maintained) -> Result<Option<(Compa
         } else {
             entry.spec.zorder_by.clone()
         },
+        // Behind a stream: each pass packs fresh files, not the earlier passes' output.
+        tiered: true,
     };
     let compaction = compact(table, &entry.name, options, &env.commits).await?;
     let vacuumed = match consumed_by_readers(env, &entry.name).await? {
         Some(as_of) => {
-            vacuum(
+            let vacuumed = vacuum(
                 table,
                 &entry.name,
                 entry.spec.retention,
                 as_of,
                 &env.commits,
             )
-            .await?
+            .await?;
+            // The log past the history, up to what every reader has consumed.
+            let keep = as_of.unwrap_or_else(|| log::version(table));
+            let now_ms = chrono::Utc::now().timestamp_millis();
+            entry.log_cleaned +=
+                log_cleanup::clean_up(table, &entry.name, keep, now_ms).await? as u64;
+            vacuumed
         }
         None => Default::default(),
     };

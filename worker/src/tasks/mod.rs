@@ -24,7 +24,7 @@ use smelter_proto::{TaskState, TaskStatusReport};
 use tokio::sync::Notify;
 
 use smelter_lake::TableStore;
-use smelter_lake::describe::Description;
+use smelter_lake::describe::{Description, tombstones_for};
 
 /// What every task needs from its worker.
 #[derive(Clone)]
@@ -68,6 +68,7 @@ impl TaskEnv {
                 },
                 sql: spec.sql.clone(),
                 history: spec.retention.history,
+                tombstones: spec.vacuum_after().map(tombstones_for),
                 change_data_feed: spec.change_data_feed,
             };
         }
@@ -82,6 +83,7 @@ impl TaskEnv {
                 tags: spec.tags.clone(),
                 description: Some(TableSpec::quarantine_description(&spec.from)),
                 history: spec.retention.history,
+                tombstones: spec.vacuum_after().map(tombstones_for),
                 ..Description::default()
             },
             None => match self
@@ -95,6 +97,7 @@ impl TaskEnv {
                     tags: spec.tags.clone(),
                     description: Some(TableSpec::tombstones_description(name)),
                     history: spec.retention.history,
+                    tombstones: spec.vacuum_after().map(tombstones_for),
                     ..Description::default()
                 },
                 None => Description::default(),
