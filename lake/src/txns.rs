@@ -62,6 +62,21 @@ async fn last_checkpoint(
     name: &str,
     version: i64,
 ) -> Result<Option<(i64, Option<u64>)>> {
+    match latest_checkpoint(table, name).await? {
+        // A snapshot loaded before the latest checkpoint: the latest one at or before it,
+        // found by listing (the log before it may have been cleaned up).
+        Some((checkpoint, _)) if checkpoint > version => {
+            checkpoint_at_or_before(table, name, version).await
+        }
+        latest => Ok(latest),
+    }
+}
+
+/// The checkpoint `_last_checkpoint` names, and its part count (`None` if there is none).
+pub(crate) async fn latest_checkpoint(
+    table: &DeltaTable,
+    name: &str,
+) -> Result<Option<(i64, Option<u64>)>> {
     let log_store = table.log_store();
     let store = log_store.object_store(None);
     let path = log_store.log_path().clone().join("_last_checkpoint");
@@ -78,15 +93,9 @@ async fn last_checkpoint(
             table: name.to_string(),
             message: format!("_last_checkpoint is not JSON: {e}"),
         })?;
-    let Some(checkpoint) = hint["version"].as_i64() else {
-        return Ok(None);
-    };
-    if checkpoint > version {
-        // A snapshot loaded before the latest checkpoint: the latest one at or before it,
-        // found by listing (the log before it may have been cleaned up).
-        return checkpoint_at_or_before(table, name, version).await;
-    }
-    Ok(Some((checkpoint, hint["parts"].as_u64())))
+    Ok(hint["version"]
+        .as_i64()
+        .map(|checkpoint| (checkpoint, hint["parts"].as_u64())))
 }
 
 /// The latest classic checkpoint of `table` at or before `version`, and its part count,
@@ -129,7 +138,7 @@ async fn checkpoint_at_or_before(
 }
 
 /// The file names of a classic checkpoint (single or multi-part).
-fn checkpoint_files(version: i64, parts: Option<u64>) -> Vec<String> {
+pub(crate) fn checkpoint_files(version: i64, parts: Option<u64>) -> Vec<String> {
     match parts {
         Some(n) if n > 1 => (1..=n)
             .map(|i| format!("{version:020}.checkpoint.{i:010}.{n:010}.parquet"))
