@@ -380,14 +380,7 @@ fn the_soak_samples_every_table_while_maintenance_runs() {
     let samples = soak["samples"].as_array().unwrap();
     assert!(samples.len() >= 3, "{} samples", samples.len());
     let last = &samples[samples.len() - 1]["tables"];
-    for table in [
-        "bronze.events",
-        "silver.events",
-        "silver.events_quarantine",
-        "gold.hourly_metrics",
-        "gold.daily_summary",
-        "gold.user_segments",
-    ] {
+    for table in smelter_tests::DEMO_TABLES {
         let sample = &last[table];
         assert!(sample["version"].as_i64().unwrap() > 0, "{table}: {sample}");
         assert!(

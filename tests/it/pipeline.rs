@@ -40,14 +40,7 @@ async fn clickstream_is_exact_through_every_layer() {
         .await
         .unwrap();
     let names = cluster.tables.list().await;
-    for expected in [
-        "bronze.events",
-        "silver.events",
-        "silver.events_quarantine",
-        "gold.hourly_metrics",
-        "gold.daily_summary",
-        "gold.user_segments",
-    ] {
+    for expected in smelter_tests::DEMO_TABLES {
         assert!(
             names.contains(&expected.to_string()),
             "{expected} missing from {names:?}"

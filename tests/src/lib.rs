@@ -30,6 +30,16 @@ pub type TestResult<T> = Result<T, String>;
 /// The demo pipeline text.
 pub const DEMO: &str = include_str!("../../examples/clickstream.yaml");
 
+/// Every table the demo pipeline writes, its silver table's quarantine included.
+pub const DEMO_TABLES: [&str; 6] = [
+    "bronze.events",
+    "silver.events",
+    "silver.events_quarantine",
+    "gold.hourly_metrics",
+    "gold.daily_summary",
+    "gold.user_segments",
+];
+
 /// The demo pipeline with a bounded, unpaced generator: `count` events over `partitions`.
 pub fn bounded_demo(count: u64, partitions: u32) -> String {
     smelter_cli::workload::bounded_demo(count, partitions, None)
