@@ -118,6 +118,7 @@ pub async fn backfill(
             Rewrite {
                 removes,
                 groups,
+                copied: Vec::new(),
                 readds: Vec::new(),
                 changes: Vec::new(),
                 operation: DeltaOperation::Update {

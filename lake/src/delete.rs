@@ -307,6 +307,7 @@ pub async fn delete(
             Rewrite {
                 removes,
                 groups,
+                copied: Vec::new(),
                 readds: Vec::new(),
                 changes: changes.into_iter().collect(),
                 operation: DeltaOperation::Delete {

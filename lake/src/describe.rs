@@ -236,6 +236,7 @@ pub async fn describe(
             Rewrite {
                 removes: Vec::new(),
                 groups: Vec::new(),
+                copied: Vec::new(),
                 readds: Vec::new(),
                 changes: Vec::new(),
                 operation: DeltaOperation::SetTableProperties {

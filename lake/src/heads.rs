@@ -40,6 +40,7 @@ pub struct LiveFile {
     partition_values: HashMap<String, Option<String>>,
     deletion_vector: Option<DeletionVectorDescriptor>,
     rows: Option<u64>,
+    stats: Option<std::sync::Arc<str>>,
 }
 
 impl LiveFile {
@@ -56,6 +57,11 @@ impl LiveFile {
     /// Rows in the file, when its statistics say.
     pub fn rows(&self) -> Option<u64> {
         self.rows
+    }
+
+    /// Its statistics (`numRecords`, bounds, null counts), as the log writes them.
+    pub fn stats(&self) -> Option<&str> {
+        self.stats.as_deref()
     }
 
     /// Its partition values, as the log writes them.
@@ -85,6 +91,7 @@ impl LiveFile {
             partition_values: add.partition_values.clone(),
             deletion_vector: add.deletion_vector.clone(),
             rows,
+            stats: add.stats.as_deref().map(std::sync::Arc::from),
         }
     }
 
@@ -139,6 +146,7 @@ impl Head {
                     partition_values: file.partition_values_map(),
                     deletion_vector: file.deletion_vector_descriptor(),
                     rows: file.num_records().map(|n| n as u64),
+                    stats: file.stats().map(std::sync::Arc::from),
                 };
                 (live.path.clone(), live)
             })

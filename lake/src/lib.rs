@@ -20,7 +20,9 @@
 //! * [`merge`]: applying a change stream by key (the current row per key, deletes, stale
 //!   changes ignored), with [`change_data`] writing Delta's change data feed;
 //! * [`verify`], [`compact`] and [`delete`]: the checks behind `smelter verify`, and the
-//!   rewrites behind maintenance, `smelter delete` and [`restore`]; [`vacuum`]: deleting the files
+//!   rewrites behind maintenance, `smelter delete` and [`restore`]; [`concat`]:
+//!   compaction by copying row groups, with [`stats_merge`] deriving the new file's
+//!   statistics; [`vacuum`]: deleting the files
 //!   rewrites took out, after the retention; [`log_cleanup`]: deleting log entries past
 //!   the history no reader still needs; [`maintenance_record`]: what maintenance did to
 //!   each table, kept beside its log; [`zorder`]: the order compaction writes rows in; [`failpoint`]: crash hooks for the fault suite.
@@ -36,6 +38,7 @@ pub mod changes;
 pub mod claims;
 pub mod commit;
 pub mod compact;
+pub mod concat;
 pub mod delete;
 pub mod describe;
 pub mod detail;
@@ -56,6 +59,7 @@ pub mod merge;
 pub mod recent_files;
 pub mod restore;
 pub mod signals;
+pub mod stats_merge;
 pub mod storage;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;

@@ -160,6 +160,7 @@ pub async fn restore(
             Rewrite {
                 removes,
                 groups: Vec::new(),
+                copied: Vec::new(),
                 readds,
                 changes: Vec::new(),
                 operation: DeltaOperation::Restore {

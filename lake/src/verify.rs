@@ -369,6 +369,7 @@ mod tests {
             Rewrite {
                 removes: vec![file.path],
                 groups: vec![kept],
+                copied: Vec::new(),
                 readds: Vec::new(),
                 changes: Vec::new(),
                 operation: deltalake::protocol::DeltaOperation::Delete { predicate: None },

@@ -142,6 +142,7 @@ async fn measure_in(dir: &Path, commits: u64) -> Result<TableOps> {
         min_small_files: 2,
         zorder_by: Vec::new(),
         tiered: false,
+        copy_row_groups: None,
     };
     let cpu = cpu_seconds(None).unwrap_or(0.0);
     let started = Instant::now();

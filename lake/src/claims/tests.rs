@@ -290,6 +290,7 @@ async fn compaction_and_delete_land_on_an_arbitrated_store_under_the_lock() {
         min_small_files: 2,
         zorder_by: Vec::new(),
         tiered: false,
+        copy_row_groups: None,
     };
     let compaction = compact(&mut m, "silver.t", options, &maintainer)
         .await
@@ -307,6 +308,7 @@ async fn compaction_and_delete_land_on_an_arbitrated_store_under_the_lock() {
         Rewrite {
             removes: vec![small_file],
             groups: Vec::new(),
+            copied: Vec::new(),
             readds: Vec::new(),
             changes: Vec::new(),
             operation: deltalake::protocol::DeltaOperation::Delete { predicate: None },

@@ -23,6 +23,9 @@ pub struct Rewrite {
     pub removes: Vec<String>,
     /// Rows of the files put in their place: each group is written as its own file(s).
     pub groups: Vec<Vec<RecordBatch>>,
+    /// Files written already (a compaction's copied row groups, see [`crate::concat`]),
+    /// added with the rewrite's `dataChange`.
+    pub copied: Vec<deltalake::kernel::Add>,
     /// Files the table held before, put back as they were (a restore).
     pub readds: Vec<deltalake::kernel::Add>,
     /// Change data files written for the commit (see [`crate::change_data`]).
@@ -80,6 +83,7 @@ pub async fn rewrite(
         let written = files::write_files(table, name, group).await?;
         added.extend(written.files);
     }
+    added.extend(rewrite.copied.iter().cloned());
     for add in &mut added {
         add.data_change = rewrite.data_change;
     }

@@ -225,6 +225,7 @@ impl Merger {
             let rewrite = Rewrite {
                 removes: plan.removes,
                 groups: plan.groups,
+                copied: Vec::new(),
                 readds: Vec::new(),
                 changes: changes_file.into_iter().collect(),
                 operation: DeltaOperation::Merge {
