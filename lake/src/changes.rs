@@ -221,6 +221,20 @@ pub fn snapshot(table: &DeltaTable, name: &str) -> Result<Vec<DataFile>> {
         .collect()
 }
 
+/// The bytes of the data file at `path` (as the log writes it), read whole from storage.
+pub async fn file_bytes(table: &DeltaTable, name: &str, path: &str) -> Result<bytes::Bytes> {
+    let location = deltalake::Path::from_url_path(path)
+        .map_err(|e| LakeError::generic(name, format!("bad path {path}: {e}")))?;
+    table
+        .object_store()
+        .get(&location)
+        .await
+        .map_err(|e| LakeError::delta(name, e.into()))?
+        .bytes()
+        .await
+        .map_err(|e| LakeError::delta(name, e.into()))
+}
+
 /// The rows of `file`, with only the columns whose top-level names are in `columns` (all
 /// of them when `None`), as the file stores them: from `recent` if this worker committed
 /// the file lately, else from the worker that offers them if it answers in time with the
@@ -243,16 +257,7 @@ pub async fn read(
     {
         return Ok(rows);
     }
-    let path = deltalake::Path::from_url_path(&file.path)
-        .map_err(|e| LakeError::generic(name, format!("bad path {}: {e}", file.path)))?;
-    let data = table
-        .object_store()
-        .get(&path)
-        .await
-        .map_err(|e| LakeError::delta(name, e.into()))?
-        .bytes()
-        .await
-        .map_err(|e| LakeError::delta(name, e.into()))?;
+    let data = file_bytes(table, name, &file.path).await?;
     let decoding = std::time::Instant::now();
     let size = data.len();
     let builder = ParquetRecordBatchReaderBuilder::try_new(data)

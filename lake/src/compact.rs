@@ -354,7 +354,6 @@ mod copy_tests {
     use deltalake::parquet::file::metadata::{
         PageIndexPolicy, ParquetMetaData, ParquetMetaDataReader,
     };
-    use object_store::ObjectStoreExt as _;
 
     use super::*;
     use crate::commit::WriteMode;
@@ -390,13 +389,7 @@ mod copy_tests {
         let files: Vec<_> = snapshot.log_data().iter().collect();
         assert_eq!(files.len(), 1);
         let stats: serde_json::Value = serde_json::from_str(&files[0].stats().unwrap()).unwrap();
-        let path = deltalake::Path::from_url_path(files[0].path().as_ref()).unwrap();
-        let bytes = table
-            .object_store()
-            .get(&path)
-            .await
-            .unwrap()
-            .bytes()
+        let bytes = changes::file_bytes(&table, NAME, files[0].path().as_ref())
             .await
             .unwrap();
         let metadata = ParquetMetaDataReader::new()

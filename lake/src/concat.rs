@@ -63,15 +63,7 @@ pub async fn concat(
     let store = table.object_store();
     let mut inputs = Vec::with_capacity(bin.len());
     for file in bin {
-        let path = deltalake::Path::from_url_path(file.path())
-            .map_err(|e| LakeError::generic(name, format!("bad path {}: {e}", file.path())))?;
-        let bytes = store
-            .get(&path)
-            .await
-            .map_err(|e| LakeError::delta(name, e.into()))?
-            .bytes()
-            .await
-            .map_err(|e| LakeError::delta(name, e.into()))?;
+        let bytes = crate::changes::file_bytes(table, name, file.path()).await?;
         let metadata = ParquetMetaDataReader::new()
             .with_page_index_policy(PageIndexPolicy::Optional)
             .parse_and_finish(&bytes)

@@ -41,7 +41,6 @@ pub fn writer_properties() -> WriterProperties {
 mod tests {
     use deltalake::parquet::basic::{Encoding, PageType};
     use deltalake::parquet::file::reader::{FileReader, SerializedFileReader};
-    use object_store::ObjectStoreExt as _;
 
     use bytes::Bytes;
     use deltalake::DeltaTable;
@@ -92,15 +91,7 @@ mod tests {
 
     /// The data file at `path` (as the log names it), opened as Parquet.
     async fn open(table: &DeltaTable, path: &str) -> SerializedFileReader<Bytes> {
-        let path = deltalake::Path::from_url_path(path).unwrap();
-        let bytes = table
-            .object_store()
-            .get(&path)
-            .await
-            .unwrap()
-            .bytes()
-            .await
-            .unwrap();
+        let bytes = changes::file_bytes(table, NAME, path).await.unwrap();
         SerializedFileReader::new(bytes).unwrap()
     }
 
