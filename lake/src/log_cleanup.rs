@@ -27,8 +27,7 @@ pub async fn clean_up(table: &DeltaTable, name: &str, keep: i64, now_ms: i64) ->
     if keep < 0 {
         return Ok(0);
     }
-    let snapshot = table.snapshot().map_err(|e| LakeError::delta(name, e))?;
-    let retention = snapshot.table_config().log_retention_duration();
+    let retention = history_retention(table, name)?;
     let cutoff_ms = now_ms.saturating_sub(retention.as_millis().min(i64::MAX as u128) as i64);
     deltalake::checkpoints::cleanup_expired_logs_for(
         keep as u64,
@@ -38,6 +37,13 @@ pub async fn clean_up(table: &DeltaTable, name: &str, keep: i64, now_ms: i64) ->
     )
     .await
     .map_err(|e| LakeError::delta(name, e))
+}
+
+/// How long `table`'s log keeps entries (`delta.logRetentionDuration`, 30 days unless
+/// set), as its loaded snapshot says.
+pub fn history_retention(table: &DeltaTable, name: &str) -> Result<std::time::Duration> {
+    let snapshot = table.snapshot().map_err(|e| LakeError::delta(name, e))?;
+    Ok(snapshot.table_config().log_retention_duration())
 }
 
 #[cfg(test)]

@@ -326,6 +326,7 @@ mod tests {
             "silver.t",
             std::time::Duration::ZERO,
             None,
+            i64::MAX / 2,
             &env,
         )
         .await

@@ -24,12 +24,16 @@
 //! gold rebuilds without them and ingest never reads the positions again — and
 //! `retention.vacuum_after` sets how soon the files it took out are vacuumed.
 //!
-//! Vacuum also cleans up the table's log: entries older than its history retention,
+//! Maintenance also cleans up the table's log: entries older than its history retention,
 //! but none after the version every reader has consumed (`smelter_lake::log_cleanup`;
-//! the writers' checkpoints do not clean up). Both list the log, so they run every
-//! half retention rather than every pass (`cleanup_interval`); compaction reads only the
-//! commits since the last pass, and copies row groups where it can
-//! (`smelter_lake::concat`).
+//! the writers' checkpoints do not clean up).
+//!
+//! Cost: a pass reads only the commits since the last one. Compaction and vacuum follow
+//! the table's heads and its tombstones (`smelter_lake::vacuum::Tombstones`) from the
+//! commit entries, never a snapshot update (which lists the log), and compaction copies
+//! row groups where it can (`smelter_lake::concat`). Log cleanup has to list the log, and
+//! vacuum and log cleanup can delete nothing younger than their retention, so each runs
+//! every half of its retention rather than every pass (`cleanup_interval`).
 //!
 //! After each pass over a table it updates the table's maintenance record
 //! (`smelter_lake::maintenance_record`): what ran, when, and what it saved, read back by
@@ -44,7 +48,7 @@ use smelter_lake::concat::COPY_MIN_ROW_GROUP_BYTES;
 use smelter_lake::delete::{SqlPredicate, delete};
 use smelter_lake::describe::{Description, describe};
 use smelter_lake::maintenance_record::{self, ExpiryRun, MaintenanceRecord};
-use smelter_lake::vacuum::{Vacuum, vacuum};
+use smelter_lake::vacuum::{Tombstones, Vacuum};
 use smelter_lake::{AppId, log, log_cleanup};
 use smelter_proto::TaskState;
 use tokio::time::Instant;
@@ -67,8 +71,12 @@ struct Maintained {
     /// Log entries the pass under way deleted, for the record.
     log_cleaned: u64,
     due: Instant,
-    /// When vacuum and log cleanup next run (see [`cleanup_interval`]).
-    cleanup_due: Instant,
+    /// When vacuum next runs (see [`cleanup_interval`]).
+    vacuum_due: Instant,
+    /// When log cleanup next runs (see [`cleanup_interval`]).
+    log_cleanup_due: Instant,
+    /// The files the table's commits removed, followed from one vacuum to the next.
+    tombstones: Tombstones,
     table: Option<DeltaTable>,
     /// The tables that read this one, opened once: each pass reads only their commits
     /// since (through the worker's heads), not their whole log.
@@ -184,7 +192,9 @@ fn maintained(pipeline: &PipelineSpec) -> Vec<Maintained> {
                 // The first look comes one interval after the start: a worker that just
                 // took the task over need not rewrite anything in its first moments.
                 due: now + spec.maintenance.every,
-                cleanup_due: now,
+                vacuum_due: now,
+                log_cleanup_due: now,
+                tombstones: Tombstones::default(),
                 table: None,
                 readers: Default::default(),
                 record: None,
@@ -278,21 +288,23 @@ async fn record(entry: &mut Maintained, outcome: &Result<Option<(Compaction, Vac
     }
 }
 
-/// How often vacuum and log cleanup run on a table: every half retention, but not more
-/// often than the passes and at least every 10 minutes (or every pass, if rarer).
-/// Both list the table's log (a local directory lists each entry's metadata: 37,000 file
-/// metadata calls in a 20-s bench run with a pass every 2 s), while compaction reads only
-/// the commits since the last pass; and a file out for less than the retention is never
-/// deleted anyway, so looking for one more often than that buys nothing.
-fn cleanup_interval(spec: &MaintenanceSpec) -> Duration {
-    (spec.retention / 2).clamp(spec.every, spec.every.max(CLEANUP_AT_LEAST_EVERY))
+/// How often vacuum (with `retention`, the vacuum delay) or log cleanup (with the history
+/// retention) runs on a table: every half retention, but not more often than the passes
+/// (`every`) and at least every 10 minutes (or every pass, if rarer). A file out for less
+/// than the vacuum delay, or an entry younger than the history, is never deleted anyway,
+/// so looking more often buys nothing; and log cleanup lists the table's log (a local
+/// directory lists each entry's metadata), where compaction and vacuum read only the
+/// commits since the last pass.
+fn cleanup_interval(retention: Duration, every: Duration) -> Duration {
+    (retention / 2).clamp(every, every.max(CLEANUP_AT_LEAST_EVERY))
 }
 
-/// The longest time between two vacuums of a table (see [`cleanup_interval`]).
+/// The longest time between two vacuums, or two log cleanups, of a table (see
+/// [`cleanup_interval`]).
 const CLEANUP_AT_LEAST_EVERY: Duration = Duration::from_secs(600);
 
 /// Compacts one table if it exists (`None` if it does not yet), and vacuums it and cleans
-/// up its log when that is due at `now`: what the compaction and the vacuum did.
+/// up its log when each is due at `now`: what the compaction and the vacuum did.
 async fn maintain(
     env: &TaskEnv,
     entry: &mut Maintained,
@@ -324,29 +336,39 @@ async fn maintain(
         copy_row_groups: Some(COPY_MIN_ROW_GROUP_BYTES),
     };
     let compaction = compact(table, &entry.name, options, &env.commits).await?;
-    if now < entry.cleanup_due {
+    let (vacuum_due, log_due) = (now >= entry.vacuum_due, now >= entry.log_cleanup_due);
+    if !vacuum_due && !log_due {
         return Ok(Some((compaction, Vacuum::default())));
     }
-    let vacuumed = match consumed_by_readers(env, &entry.name, &mut entry.readers).await? {
-        Some(as_of) => {
-            entry.cleanup_due = now + cleanup_interval(&entry.spec);
-            let vacuumed = vacuum(
+    let Some(as_of) = consumed_by_readers(env, &entry.name, &mut entry.readers).await? else {
+        return Ok(Some((compaction, Vacuum::default())));
+    };
+    let now_ms = chrono::Utc::now().timestamp_millis();
+    let mut vacuumed = Vacuum::default();
+    if vacuum_due {
+        entry.vacuum_due = now + cleanup_interval(entry.spec.retention, entry.spec.every);
+        vacuumed = entry
+            .tombstones
+            .vacuum(
                 table,
                 &entry.name,
                 entry.spec.retention,
                 as_of,
+                now_ms,
                 &env.commits,
             )
             .await?;
-            // The log past the history, up to what every reader has consumed.
-            let keep = as_of.unwrap_or_else(|| log::version(table));
-            let now_ms = chrono::Utc::now().timestamp_millis();
-            entry.log_cleaned +=
-                log_cleanup::clean_up(table, &entry.name, keep, now_ms).await? as u64;
-            vacuumed
-        }
-        None => Default::default(),
-    };
+    }
+    if log_due {
+        // The log past the history, up to what every reader has consumed.
+        let history = log_cleanup::history_retention(table, &entry.name)?;
+        entry.log_cleanup_due = now + cleanup_interval(history, entry.spec.every);
+        let keep = match as_of {
+            Some(version) => version,
+            None => env.commits.heads.head(table, &entry.name).await?.version(),
+        };
+        entry.log_cleaned += log_cleanup::clean_up(table, &entry.name, keep, now_ms).await? as u64;
+    }
     tracing::debug!(table = %entry.name, ?compaction, files_vacuumed = vacuumed.files_deleted, "maintenance pass");
     Ok(Some((compaction, vacuumed)))
 }
@@ -441,19 +463,18 @@ tables:
     }
 
     #[test]
-    fn vacuum_runs_every_half_retention_between_the_interval_and_ten_minutes() {
-        let spec = |every: u64, retention: u64| MaintenanceSpec {
-            every: Duration::from_secs(every),
-            retention: Duration::from_secs(retention),
-            ..MaintenanceSpec::default()
+    fn vacuum_and_log_cleanup_run_every_half_retention_between_the_interval_and_ten_minutes() {
+        let secs = |every: u64, retention: u64| {
+            cleanup_interval(Duration::from_secs(retention), Duration::from_secs(every)).as_secs()
         };
-        let secs = |s: &MaintenanceSpec| cleanup_interval(s).as_secs();
         // A short retention: every pass.
-        assert_eq!(secs(&spec(2, 0)), 2);
-        assert_eq!(secs(&spec(2, 4)), 2);
-        assert_eq!(secs(&spec(10, 30)), 15);
-        // The default week: every 10 minutes, or every pass if passes are rarer.
-        assert_eq!(secs(&spec(60, 7 * 86_400)), 600);
-        assert_eq!(secs(&spec(3_600, 7 * 86_400)), 3_600);
+        assert_eq!(secs(2, 0), 2);
+        assert_eq!(secs(2, 4), 2);
+        assert_eq!(secs(10, 30), 15);
+        // The default week (vacuum) or 30 days (history): every 10 minutes, or every
+        // pass if passes are rarer.
+        assert_eq!(secs(60, 7 * 86_400), 600);
+        assert_eq!(secs(60, 30 * 86_400), 600);
+        assert_eq!(secs(3_600, 7 * 86_400), 3_600);
     }
 }
