@@ -440,6 +440,13 @@ pub struct BenchArgs {
     /// Changes per merge commit.
     #[arg(long, default_value_t = 20_000, value_parser = clap::value_parser!(u64).range(1..))]
     pub cdc_batch: u64,
+    /// Seconds of the paced change stream whose change-to-gold latency is measured (a
+    /// merged silver table and a gold aggregate over it); 0 skips it.
+    #[arg(long, default_value_t = 20)]
+    pub cdc_seconds: u64,
+    /// Changes per second of that stream (over `--cdc-keys` keys).
+    #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub cdc_rate: u64,
     /// Where runs keep their tables (removed after each run); defaults to the temp dir.
     #[arg(long)]
     pub work_dir: Option<PathBuf>,

@@ -120,6 +120,10 @@ fn bench_runs_in_process_with_every_figure() {
         "3000",
         "--cdc-batch",
         "3000",
+        "--cdc-seconds",
+        "3",
+        "--cdc-rate",
+        "2000",
     ]);
     check_run(&report["in_process"], 20_000, &["smelter up"]);
     // Both runs are listed, and the figures are those of the one with the least CPU.
@@ -191,6 +195,21 @@ fn bench_runs_in_process_with_every_figure() {
         let value = cdc[ratio].as_f64().unwrap();
         assert!(value > 0.0 && value.is_finite(), "{ratio}: {cdc}");
     }
+    // Change to gold through a merged table: every change seen in gold, in order of
+    // percentiles, over several refreshes; the bench checked the tables itself.
+    let paced = &report["cdc_latency"];
+    assert_eq!(paced["changes"], 6_000, "{paced}");
+    let latency = &paced["latency"];
+    assert_eq!(latency["events"], 6_000, "{paced}");
+    assert_eq!(latency["not_visible"], 0, "{paced}");
+    let (p50, p99, max) = (
+        latency["p50_ms"].as_f64().unwrap(),
+        latency["p99_ms"].as_f64().unwrap(),
+        latency["max_ms"].as_f64().unwrap(),
+    );
+    assert!(0.0 < p50 && p50 <= p99 && p99 <= max, "{paced}");
+    assert!(paced["gold_refreshes"].as_u64().unwrap() > 1, "{paced}");
+    assert!(paced["silver_rows"].as_u64().unwrap() > 0, "{paced}");
     // Table operations: 120 commits, so a checkpoint (every 100) was written and deleted.
     let ops = &report["table_ops"];
     assert_eq!(ops["commits"], 120, "{ops}");

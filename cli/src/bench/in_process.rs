@@ -23,7 +23,7 @@ use crate::local::LocalCluster;
 use crate::workload::{bounded_demo, only_layers};
 use smelter_sdk::AdminClient;
 
-async fn start(
+pub(super) async fn start(
     config: &SmelterConfig,
     dir: &Path,
     workers: u16,
@@ -38,7 +38,7 @@ async fn start(
     Ok((cluster, tables))
 }
 
-async fn apply(cluster: &LocalCluster, text: &str) -> Result<PipelineSpec> {
+pub(super) async fn apply(cluster: &LocalCluster, text: &str) -> Result<PipelineSpec> {
     let spec = crate::commands::load_pipeline(text, "bench.yaml").await?;
     AdminClient::connect(&cluster.coordinator_endpoint)
         .await?

@@ -21,6 +21,7 @@
 //!   `MERGE` of the same batches.
 
 pub mod cdc;
+pub mod cdc_latency;
 pub mod check;
 pub mod cluster;
 pub mod in_process;
@@ -318,6 +319,9 @@ pub struct BenchReport {
     pub table_ops: Option<table_ops::TableOps>,
     /// Merging a change stream (in-process runs, `--cdc-changes` above 0).
     pub cdc: Option<cdc::CdcBench>,
+    /// Change-to-gold latency of a paced change stream (in-process, `--cdc-seconds`
+    /// above 0).
+    pub cdc_latency: Option<cdc_latency::CdcLatency>,
     /// Maintenance under load (`--soak-secs`; then nothing else runs).
     pub soak: Option<soak::SoakFigures>,
 }

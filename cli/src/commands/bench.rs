@@ -110,6 +110,22 @@ pub async fn run(config: SmelterConfig, args: BenchArgs) -> Result<()> {
                 .await?,
             );
         }
+        if args.cdc_seconds > 0 {
+            say(&format!(
+                "change to gold: {} changes/s over {} keys for {} s, merged into silver",
+                args.cdc_rate, args.cdc_keys, args.cdc_seconds
+            ));
+            report.cdc_latency = Some(
+                crate::bench::cdc_latency::measure(
+                    &config,
+                    &options,
+                    args.cdc_rate,
+                    args.cdc_seconds,
+                    args.cdc_keys,
+                )
+                .await?,
+            );
+        }
     }
     let mut kafka = None;
     if let (Some(brokers), Some(etcd)) = (&args.brokers, &args.etcd) {
@@ -443,6 +459,19 @@ fn summary(report: &BenchReport) -> String {
             cdc.scd2_to_bare_merge,
             cdc.scd1.cpu_ms_per_commit,
             cdc.append.cpu_ms_per_commit
+        );
+    }
+    if let Some(cdc) = &report.cdc_latency {
+        let _ = writeln!(
+            out,
+            "change to gold, {} changes/s over {} keys: p50 {:.0} ms, p99 {:.0} ms, max {:.0} ms; {} gold refreshes, {:.1} CPU-s",
+            cdc.rate,
+            cdc.keys,
+            cdc.latency.p50_ms,
+            cdc.latency.p99_ms,
+            cdc.latency.max_ms,
+            cdc.gold_refreshes,
+            cdc.cpu_seconds
         );
     }
     if let Some(run) = &report.cluster {
