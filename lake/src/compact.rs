@@ -18,6 +18,13 @@
 //! rewritten at most once per tier, log_fan-in(target / the writers' file size) times,
 //! and a partition keeps fewer than fan-in small files per tier.
 //!
+//! A compaction commits in slices: bins are committed a few at a time, each slice holding
+//! at most about `target_file_bytes` of input (and at least one bin), so what it holds in
+//! memory — the decoded rows of a rewritten bin, the bytes of a copied one — is bounded by
+//! the target file size, not by how many small files the table has gathered; and on a
+//! slow store each slice lands as soon as it is written rather than at the end of the
+//! whole pass.
+//!
 //! Maintenance also copies a bin's row groups into the new file instead of decoding and
 //! encoding its rows, when they are large enough ([`CompactOptions::copy_row_groups`],
 //! [`crate::concat`]): the same rows, a fraction of the work. `smelter compact` and
@@ -38,8 +45,10 @@ use crate::{LakeError, Result};
 /// What a compaction did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
 pub struct Compaction {
-    /// The table version of the compaction commit, if one was made.
+    /// The table version of the last compaction commit, if one was made.
     pub version: Option<i64>,
+    /// Commits made: one per slice of bins (see [`compact`]).
+    pub commits: u64,
     /// Small files replaced.
     pub files_removed: u64,
     /// Files written in their place.
@@ -101,16 +110,18 @@ pub struct Plan {
     pub small_files: usize,
 }
 
-/// Rewrites the table's small files into larger ones in one commit (see the module docs),
-/// when it has at least `options.min_small_files` of them, in Z-order over
-/// `options.zorder_by` if given.
+/// Rewrites the table's small files into larger ones, one commit per slice of bins (see
+/// the module docs), when it has at least `options.min_small_files` of them, in Z-order
+/// over `options.zorder_by` if given.
 pub async fn compact(
     table: &mut DeltaTable,
     name: &str,
     options: CompactOptions,
     env: &CommitEnv,
 ) -> Result<Compaction> {
-    for _ in 0..PLANS {
+    let mut done = Compaction::default();
+    let mut superseded = 0;
+    'plans: loop {
         // The head follows the commits since the loaded snapshot (their entries only);
         // the snapshot itself comes forward only when the metadata moved, since the new
         // files follow its schema. A snapshot update would list the whole log each pass.
@@ -119,92 +130,132 @@ pub async fn compact(
             refresh(table, name).await?;
         }
         let plan = plan(table, name, &options, env).await?;
-        if plan.bins.is_empty() {
-            return Ok(Compaction::default());
-        }
-        let schema = arrow_schema(table, name)?;
-        let head = env.heads.head(table, name).await?;
-        let mut groups = Vec::with_capacity(plan.bins.len());
-        let mut copied = Vec::new();
-        let mut removes = Vec::new();
-        for bin in &plan.bins {
-            if let Some(least) = options
-                .copy_row_groups
-                .filter(|_| options.zorder_by.is_empty())
-            {
-                let live: Option<Vec<&LiveFile>> = bin.iter().map(|f| head.file(&f.path)).collect();
-                if let Some(live) = live
-                    && let Some(add) = concat(table, name, schema.fields(), &live, least).await?
-                {
-                    copied.push(add);
-                    removes.extend(bin.iter().map(|f| f.path.clone()));
-                    continue;
-                }
-            }
-            let mut rows = Vec::new();
-            for file in bin {
-                for batch in changes::read(table, name, file, None, &env.recent).await? {
-                    rows.push(changes::conform(&batch, file, &schema)?);
-                }
-                removes.push(file.path.clone());
-            }
-            if options.zorder_by.is_empty() {
-                groups.push(rows);
-            } else {
-                groups.push(vec![crate::zorder::sort(&rows, &options.zorder_by, name)?]);
-            }
-        }
-        let operation = DeltaOperation::Optimize {
-            predicate: None,
-            target_size: options.target_file_bytes as i64,
-        };
-        let files_removed = removes.len() as u64;
-        let outcome = rewrite(
-            table,
-            name,
-            Rewrite {
-                removes,
-                groups,
-                copied,
-                readds: Vec::new(),
-                changes: Vec::new(),
-                operation,
-                data_change: false,
-                txns: Vec::new(),
-                metadata: Default::default(),
-                table_metadata: None,
-            },
-            env,
-        )
-        .await?;
-        match outcome {
-            RewriteOutcome::Committed {
-                version,
-                files_added,
-            } => {
-                tracing::info!(
-                    table = name,
+        let size = |f: &DataFile| head.file(&f.path).map_or(0, |l| l.size().max(0) as u64);
+        for slice in slices(plan.bins, options.target_file_bytes, size) {
+            match compact_slice(table, name, &options, env, &slice).await? {
+                RewriteOutcome::Committed {
                     version,
-                    files_removed,
                     files_added,
-                    "compacted"
-                );
-                return Ok(Compaction {
-                    version: Some(version),
-                    files_removed,
-                    files_added: files_added as u64,
-                });
+                } => {
+                    let files_removed: u64 = slice.iter().map(|bin| bin.len() as u64).sum();
+                    tracing::info!(
+                        table = name,
+                        version,
+                        files_removed,
+                        files_added,
+                        "compacted"
+                    );
+                    done.version = Some(version);
+                    done.commits += 1;
+                    done.files_removed += files_removed;
+                    done.files_added += files_added as u64;
+                }
+                RewriteOutcome::Superseded { path } => {
+                    superseded += 1;
+                    if superseded == PLANS {
+                        return Err(LakeError::CommitConflict {
+                            table: name.to_string(),
+                            message: format!(
+                                "other rewrites took the files of {PLANS} compaction plans"
+                            ),
+                        });
+                    }
+                    tracing::info!(table = name, %path, "compaction superseded by another rewrite; planning again");
+                    continue 'plans;
+                }
+                RewriteOutcome::AlreadyCommitted => unreachable!("a compaction moves no txn"),
             }
-            RewriteOutcome::Superseded { path } => {
-                tracing::info!(table = name, %path, "compaction superseded by another rewrite; planning again");
+        }
+        return Ok(done);
+    }
+}
+
+/// `bins` in commits: consecutive bins holding at most `budget` bytes of input together
+/// (each file's bytes as `size` says), and at least one bin each.
+fn slices(
+    bins: Vec<Vec<DataFile>>,
+    budget: u64,
+    size: impl Fn(&DataFile) -> u64,
+) -> Vec<Vec<Vec<DataFile>>> {
+    let mut out: Vec<Vec<Vec<DataFile>>> = Vec::new();
+    let mut bytes = 0;
+    for bin in bins {
+        let size: u64 = bin.iter().map(&size).sum();
+        match out.last_mut() {
+            Some(slice) if bytes + size <= budget => slice.push(bin),
+            _ => {
+                out.push(vec![bin]);
+                bytes = 0;
             }
-            RewriteOutcome::AlreadyCommitted => unreachable!("a compaction moves no txn"),
+        }
+        bytes += size;
+    }
+    out
+}
+
+/// Writes the bins of one slice (copied where [`CompactOptions::copy_row_groups`] allows,
+/// rewritten otherwise) and commits them as one `OPTIMIZE`.
+async fn compact_slice(
+    table: &mut DeltaTable,
+    name: &str,
+    options: &CompactOptions,
+    env: &CommitEnv,
+    bins: &[Vec<DataFile>],
+) -> Result<RewriteOutcome> {
+    let schema = arrow_schema(table, name)?;
+    let head = env.heads.head(table, name).await?;
+    let mut groups = Vec::with_capacity(bins.len());
+    let mut copied = Vec::new();
+    let mut removes = Vec::new();
+    for bin in bins {
+        if let Some(least) = options
+            .copy_row_groups
+            .filter(|_| options.zorder_by.is_empty())
+        {
+            let live: Option<Vec<&LiveFile>> = bin.iter().map(|f| head.file(&f.path)).collect();
+            if let Some(live) = live
+                && let Some(add) = concat(table, name, schema.fields(), &live, least).await?
+            {
+                copied.push(add);
+                removes.extend(bin.iter().map(|f| f.path.clone()));
+                continue;
+            }
+        }
+        let mut rows = Vec::new();
+        for file in bin {
+            for batch in changes::read(table, name, file, None, &env.recent).await? {
+                rows.push(changes::conform(&batch, file, &schema)?);
+            }
+            removes.push(file.path.clone());
+        }
+        if options.zorder_by.is_empty() {
+            groups.push(rows);
+        } else {
+            groups.push(vec![crate::zorder::sort(&rows, &options.zorder_by, name)?]);
         }
     }
-    Err(LakeError::CommitConflict {
-        table: name.to_string(),
-        message: format!("other rewrites took the files of {PLANS} compaction plans in a row"),
-    })
+    let operation = DeltaOperation::Optimize {
+        predicate: None,
+        target_size: options.target_file_bytes as i64,
+    };
+    rewrite(
+        table,
+        name,
+        Rewrite {
+            removes,
+            groups,
+            copied,
+            readds: Vec::new(),
+            changes: Vec::new(),
+            operation,
+            data_change: false,
+            txns: Vec::new(),
+            metadata: Default::default(),
+            table_metadata: None,
+        },
+        env,
+    )
+    .await
 }
 
 /// The bins a compaction of `table` (as its head stands) would write: files smaller than
@@ -350,6 +401,80 @@ mod tests {
             pack(files(&[2 * MB, 2 * MB, 2 * MB, 2 * MB]), &options).bins[0].len(),
             4
         );
+    }
+
+    #[test]
+    fn slices_hold_at_most_the_budget_and_at_least_one_bin() {
+        let sizes: std::collections::HashMap<String, u64> = files(&[3, 3, 5, 1, 1, 9, 2])
+            .into_iter()
+            .map(|(f, s)| (f.path, s * MB))
+            .collect();
+        let all: Vec<DataFile> = files(&[0; 7]).into_iter().map(|(f, _)| f).collect();
+        // Bins of 6, 6, 3 and 9 MB.
+        let bins = vec![
+            all[0..2].to_vec(),
+            all[2..4].to_vec(),
+            vec![all[4].clone(), all[6].clone()],
+            vec![all[5].clone()],
+        ];
+        let size = |f: &DataFile| sizes[&f.path];
+        let shape = |budget: u64| -> Vec<Vec<usize>> {
+            slices(bins.clone(), budget * MB, size)
+                .iter()
+                .map(|slice| slice.iter().map(Vec::len).collect())
+                .collect()
+        };
+        // 6 + 6 MB fill 12; then 3 + 9.
+        assert_eq!(shape(12), [vec![2, 2], vec![2, 1]]);
+        // A bin larger than the budget still goes, alone.
+        assert_eq!(shape(4), [vec![2], vec![2], vec![2], vec![1]]);
+        assert_eq!(shape(100), [vec![2, 2, 2, 1]]);
+        assert!(slices(Vec::new(), MB, size).is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_compaction_commits_one_slice_at_a_time() {
+        use crate::commit::{CommitEnv, WriteMode};
+        use crate::testing::{TestTable, commit_for_test};
+        let env = CommitEnv::default();
+        let test = TestTable::create("t", &env).await;
+        let mut table = test.store.open("t").await.unwrap();
+        for n in 0..6 {
+            commit_for_test(&mut table, "t", test.batch(n), WriteMode::Append, &[]).await;
+        }
+        let largest = env
+            .heads
+            .head(&mut table, "t")
+            .await
+            .unwrap()
+            .files()
+            .map(|f| f.size() as u64)
+            .max()
+            .unwrap();
+        // Room for two files per bin and per slice: three bins, three commits.
+        let options = CompactOptions {
+            target_file_bytes: largest * 5 / 2,
+            ..CompactOptions::default()
+        };
+        let done = compact(&mut table, "t", options, &env).await.unwrap();
+        assert_eq!(
+            done,
+            Compaction {
+                version: Some(9),
+                commits: 3,
+                files_removed: 6,
+                files_added: 3,
+            }
+        );
+        let reopened = test.store.open("t").await.unwrap();
+        let history = crate::history::commits(&reopened, "t").await.unwrap();
+        let optimizes: Vec<i64> = history
+            .iter()
+            .filter(|c| c.operation.as_deref() == Some("OPTIMIZE"))
+            .map(|c| c.version)
+            .collect();
+        assert_eq!(optimizes, [7, 8, 9]);
+        assert_eq!(crate::log::row_count(&reopened), 6);
     }
 }
 

@@ -120,7 +120,7 @@ impl MaintenanceRecord {
             Ok((compaction, vacuum)) => {
                 self.last_error = None;
                 if let Some(version) = compaction.version {
-                    self.compactions += 1;
+                    self.compactions += compaction.commits.max(1);
                     self.files_compacted += compaction.files_removed;
                     self.files_written += compaction.files_added;
                     self.last_compaction = Some(CompactionRun {
@@ -186,6 +186,7 @@ mod tests {
         assert_eq!(record.last_error.as_deref(), Some("store down"));
         let compaction = Compaction {
             version: Some(7),
+            commits: 2,
             files_removed: 20,
             files_added: 2,
         };
@@ -204,7 +205,7 @@ mod tests {
                 record.files_compacted,
                 record.files_written
             ),
-            (1, 20, 2)
+            (2, 20, 2)
         );
         assert_eq!(
             record

@@ -1,6 +1,7 @@
-//! `smelter compact [TABLE...]`: rewrites small files into larger ones, one maintenance
-//! commit per table under the commit lock, safe while the pipeline runs (see
-//! `smelter_lake::compact`).
+//! `smelter compact [TABLE...]`: rewrites small files into larger ones in maintenance
+//! commits under the commit lock — one per slice of about `target_file_mb` of input, so
+//! memory stays bounded however many small files a table has — safe while the pipeline
+//! runs (see `smelter_lake::compact`).
 
 use smelter_common::config::SmelterConfig;
 use smelter_lake::compact::{CompactOptions, compact};
@@ -25,7 +26,10 @@ pub async fn run(config: SmelterConfig, args: CompactArgs) -> Result<()> {
                 compaction.files_added,
                 compaction
                     .version
-                    .map(|v| format!("  (version {v})"))
+                    .map(|v| match compaction.commits {
+                        1 => format!("  (version {v})"),
+                        n => format!("  ({n} commits, up to version {v})"),
+                    })
                     .unwrap_or_else(|| "  (nothing to do)".into())
             );
         }
