@@ -203,10 +203,16 @@ impl TableStore {
             .unwrap_or_default()
     }
 
-    /// Whether the table has a Delta log yet.
+    /// Whether the table has a Delta log yet: a commit, not just its `_delta_log` directory
+    /// (which a creator makes before it writes version 0: a table opened in between is
+    /// "not a Delta table").
     pub async fn exists(&self, table: &str) -> bool {
         let Some(remote) = &self.remote else {
-            return self.path(table).join("_delta_log").is_dir();
+            // Version 0 until a log cleanup deletes it, below a checkpoint that
+            // `_last_checkpoint` names from then on.
+            let log = self.path(table).join("_delta_log");
+            return log.join(format!("{:020}.json", 0)).is_file()
+                || log.join("_last_checkpoint").is_file();
         };
         let (layer, name) = split(table);
         let log = remote
@@ -468,4 +474,28 @@ struct New<'a> {
 
 fn split(table: &str) -> (&str, &str) {
     table.split_once('.').unwrap_or(("default", table))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_table_exists_once_its_first_commit_does() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = TableStore::new(dir.path()).unwrap();
+        let log = store.path("bronze.t").join("_delta_log");
+        assert!(!store.exists("bronze.t").await);
+        // A creator between making the directory and writing version 0 (its commit still
+        // a temporary file).
+        std::fs::create_dir_all(&log).unwrap();
+        std::fs::write(log.join("_commit_5d1e.json.tmp"), b"{}").unwrap();
+        assert!(!store.exists("bronze.t").await);
+        std::fs::write(log.join("00000000000000000000.json"), b"{}").unwrap();
+        assert!(store.exists("bronze.t").await);
+        // Its early entries cleaned up below a checkpoint.
+        std::fs::remove_file(log.join("00000000000000000000.json")).unwrap();
+        std::fs::write(log.join("_last_checkpoint"), b"{}").unwrap();
+        assert!(store.exists("bronze.t").await);
+    }
 }
