@@ -487,9 +487,7 @@ mod copy_tests {
     };
 
     use super::*;
-    use crate::commit::WriteMode;
-    use crate::location::TableStore;
-    use crate::testing::{DAY_COLUMN, commit_for_test, flagged_positions, positions_schema};
+    use crate::testing::four_position_files;
 
     const NAME: &str = "bronze.events";
 
@@ -498,17 +496,8 @@ mod copy_tests {
     /// indexes required), its statistics, and its offsets, sorted.
     async fn compacted(copy: Option<i64>) -> (ParquetMetaData, serde_json::Value, Vec<i64>) {
         let dir = tempfile::tempdir().unwrap();
-        let store = TableStore::new(dir.path()).unwrap();
-        let by = [DAY_COLUMN.to_string()];
         let env = CommitEnv::default();
-        let mut table = store
-            .open_or_create(NAME, &positions_schema(), &by, &env)
-            .await
-            .unwrap();
-        for from in [0, 300, 600, 900] {
-            let batch = flagged_positions(0, from..from + 300, 7);
-            commit_for_test(&mut table, NAME, batch, WriteMode::Append, &by).await;
-        }
+        let mut table = four_position_files(dir.path(), NAME, &env).await;
         let options = CompactOptions {
             copy_row_groups: copy,
             ..CompactOptions::default()

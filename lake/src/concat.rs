@@ -320,26 +320,16 @@ fn append_row_groups(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::commit::{CommitEnv, WriteMode};
-    use crate::location::TableStore;
-    use crate::testing::{DAY_COLUMN, commit_for_test, flagged_positions, positions_schema};
+    use crate::commit::CommitEnv;
+    use crate::testing::four_position_files;
 
     const NAME: &str = "bronze.events";
 
     #[tokio::test]
     async fn a_file_streamed_in_parts_is_the_file_put_whole() {
         let dir = tempfile::tempdir().unwrap();
-        let store = TableStore::new(dir.path()).unwrap();
-        let by = [DAY_COLUMN.to_string()];
         let env = CommitEnv::default();
-        let mut table = store
-            .open_or_create(NAME, &positions_schema(), &by, &env)
-            .await
-            .unwrap();
-        for from in [0, 300, 600, 900] {
-            let batch = flagged_positions(0, from..from + 300, 7);
-            commit_for_test(&mut table, NAME, batch, WriteMode::Append, &by).await;
-        }
+        let mut table = four_position_files(dir.path(), NAME, &env).await;
         let head = env.heads.head(&mut table, NAME).await.unwrap();
         let mut bin: Vec<&LiveFile> = head.files().collect();
         bin.sort_by_key(|f| f.path().to_string());

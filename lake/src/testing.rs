@@ -128,3 +128,19 @@ pub fn flagged_positions(
         |offset| (offset % flag_every == 0).then(|| "flagged".to_string()),
     )
 }
+
+/// A bronze-like table `name` partitioned by [`DAY_COLUMN`], in `dir`, given four commits of
+/// 300 [`flagged_positions`] rows (every 7th flagged): four files of one partition.
+pub async fn four_position_files(dir: &std::path::Path, name: &str, env: &CommitEnv) -> DeltaTable {
+    let store = TableStore::new(dir).unwrap();
+    let by = [DAY_COLUMN.to_string()];
+    let mut table = store
+        .open_or_create(name, &positions_schema(), &by, env)
+        .await
+        .unwrap();
+    for from in [0, 300, 600, 900] {
+        let batch = flagged_positions(0, from..from + 300, 7);
+        commit_for_test(&mut table, name, batch, WriteMode::Append, &by).await;
+    }
+    table
+}
