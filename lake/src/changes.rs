@@ -10,6 +10,14 @@
 //! The files such a rewrite adds are not in [`Range::added`]: they hold rows the table had
 //! before (what a delete kept of a file, what a restore brings back), which a reader of
 //! new rows (refine) has already seen.
+//!
+//! A commit that wrote Delta's change data (a merge, an update or a delete on a table with
+//! the change data feed) is a rewrite too, even a merge that only inserted, and says
+//! exactly which rows it took out and put in: its `cdc` files are in
+//! [`Range::change_files`] (its added files are not in [`Range::added`]), and a reader that
+//! can retract rows (incremental gold) follows them instead of starting over. Only a rewrite without them ([`Range::opaque`]: a
+//! restore, a metadata or protocol change, deletion vectors, a delete or merge on a table
+//! without the feed) leaves such a reader no choice.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -49,6 +57,11 @@ pub struct Range {
     pub added: Vec<DataFile>,
     /// Whether the range did more than append (see the module docs).
     pub rewritten: bool,
+    /// The change data files of the rewrites that wrote them, in commit order: rows with
+    /// a `_change_type` column ([`crate::change_data`]).
+    pub change_files: Vec<DataFile>,
+    /// Whether a rewrite in the range left no change data saying what it changed.
+    pub opaque: bool,
 }
 
 /// The actions of commit `version` of `table`, read from its commit entry; `None` when the
@@ -166,11 +179,31 @@ pub async fn range_skipping(
             Action::CommitInfo(info) => info.operation.as_deref() == Some("RESTORE"),
             _ => false,
         });
+        // A commit with change data is read from it alone, as Delta's readers of the feed
+        // do: its added files also hold rows it did not change (what a rewritten file
+        // kept), and a merge that only inserts removes nothing but is no append either.
+        let has_changes = actions.iter().any(|a| matches!(a, Action::Cdc(_)));
+        let explained = has_changes
+            && !actions.iter().any(|a| match a {
+                Action::CommitInfo(info) => info.operation.as_deref() == Some("RESTORE"),
+                Action::Add(add) => add.deletion_vector.is_some(),
+                _ => false,
+            });
+        let rewrite = rewrite || has_changes;
         range.rewritten |= rewrite;
+        range.opaque |= rewrite && !explained;
         for action in actions {
             match action {
+                Action::Cdc(cdc) if explained => range.change_files.push(DataFile {
+                    path: cdc.path,
+                    partition_values: cdc.partition_values.into_iter().collect(),
+                    rows: None,
+                    offer: None,
+                }),
                 Action::Add(add) if add.data_change && !rewrite => {
-                    range.rewritten |= add.deletion_vector.is_some();
+                    let dv = add.deletion_vector.is_some();
+                    range.rewritten |= dv;
+                    range.opaque |= dv;
                     let offer = Offer::from_tags(add.tags.as_ref());
                     // An offer is taken only for as many rows as the log says the file has.
                     let rows = offer
@@ -183,7 +216,10 @@ pub async fn range_skipping(
                         offer,
                     });
                 }
-                Action::Metadata(_) | Action::Protocol(_) => range.rewritten = true,
+                Action::Metadata(_) | Action::Protocol(_) => {
+                    range.rewritten = true;
+                    range.opaque = true;
+                }
                 _ => {}
             }
         }

@@ -63,6 +63,8 @@ pub struct Commit {
     /// Where the commit's time went, milliseconds per stage (see
     /// [`crate::timings::STAGES_KEY`]); empty for commits that did not say.
     pub stages: std::collections::BTreeMap<String, f64>,
+    /// The commitInfo's Smelter entries (keys starting `smelter.`), as written.
+    pub smelter_info: std::collections::BTreeMap<String, serde_json::Value>,
 }
 
 /// The summaries of every kept version of `table`.
@@ -83,6 +85,11 @@ pub async fn commits(table: &DeltaTable, name: &str) -> Result<Vec<Commit>> {
                         if let Some(stages) = info.info.get(crate::timings::STAGES_KEY) {
                             commit.stages = crate::timings::stages_of(stages);
                         }
+                        commit.smelter_info = info
+                            .info
+                            .into_iter()
+                            .filter(|(k, _)| k.starts_with("smelter."))
+                            .collect();
                     }
                     Action::Txn(txn) => commit.txns.push((txn.app_id, txn.version)),
                     Action::Add(add) if add.data_change => {

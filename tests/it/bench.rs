@@ -209,6 +209,15 @@ fn bench_runs_in_process_with_every_figure() {
     );
     assert!(0.0 < p50 && p50 <= p99 && p99 <= max, "{paced}");
     assert!(paced["gold_refreshes"].as_u64().unwrap() > 1, "{paced}");
+    // ... folding silver's change data after the first build.
+    assert!(paced["gold_folded"].as_u64().unwrap() >= 1, "{paced}");
+    assert!(
+        paced["gold_folded_rows_mean"].as_f64().unwrap() > 0.0,
+        "{paced}"
+    );
+    for cost in ["gold_build_ms", "gold_recompute_ms"] {
+        assert!(paced[cost].as_f64().unwrap() > 0.0, "{cost}: {paced}");
+    }
     assert!(paced["silver_rows"].as_u64().unwrap() > 0, "{paced}");
     // Table operations: 120 commits, so a checkpoint (every 100) was written and deleted.
     let ops = &report["table_ops"];

@@ -296,6 +296,21 @@ async fn debezium_changes_merge_exactly_through_a_killed_worker() {
         gold, by_tier,
         "gold differs from the aggregate of the oracle"
     );
+    // ... kept by following silver's change data: after the first build (and one per
+    // restart of the task), refreshes folded the merges' inserts and retracted their
+    // pre-images and deletes instead of reading the whole table again.
+    let refreshes = gold_refreshes(&tables, "gold.users_by_tier");
+    let count = |how: &str| refreshes.iter().filter(|(h, _)| h == how).count();
+    let folded_rows: u64 = refreshes
+        .iter()
+        .filter(|(h, _)| h == "folded")
+        .map(|(_, rows)| rows)
+        .sum();
+    assert!(
+        count("folded") >= 3 && count("folded") > count("built") && folded_rows > 0,
+        "gold over the merged table should fold its change data: {refreshes:?}"
+    );
+    assert_eq!(count("recomputed"), 0, "{refreshes:?}");
 
     // The join of both: each current user's versions, by its current tier.
     let mut versions_by_tier: BTreeMap<String, i64> = BTreeMap::new();
@@ -439,4 +454,31 @@ async fn replay_change_feed(tables: &smelter_lake::TableStore) -> BTreeMap<i64, 
         }
     }
     state
+}
+
+/// How each refresh of a gold table was computed, as its commits record it
+/// (`smelter.goldRefresh`): the kind and the upstream rows read.
+fn gold_refreshes(tables: &smelter_lake::TableStore, table: &str) -> Vec<(String, u64)> {
+    let log = tables.path(table).join("_delta_log");
+    let mut entries: Vec<std::path::PathBuf> = std::fs::read_dir(&log)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|e| e == "json"))
+        .collect();
+    entries.sort();
+    let mut out = Vec::new();
+    for entry in entries {
+        for line in std::fs::read_to_string(&entry).unwrap().lines() {
+            let action: serde_json::Value = serde_json::from_str(line).unwrap();
+            let refresh = &action["commitInfo"][smelter_worker::gold::REFRESH_KEY];
+            if let Some(how) = refresh["how"].as_str() {
+                out.push((
+                    how.to_string(),
+                    refresh["upstreamRows"].as_u64().unwrap_or(0),
+                ));
+            }
+        }
+    }
+    out
 }

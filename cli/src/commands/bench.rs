@@ -464,13 +464,19 @@ fn summary(report: &BenchReport) -> String {
     if let Some(cdc) = &report.cdc_latency {
         let _ = writeln!(
             out,
-            "change to gold, {} changes/s over {} keys: p50 {:.0} ms, p99 {:.0} ms, max {:.0} ms; {} gold refreshes, {:.1} CPU-s",
+            "change to gold, {} changes/s over {} keys: p50 {:.0} ms, p99 {:.0} ms, max {:.0} ms; {} gold refreshes ({} folded from the change feed, {:.0} rows and p50 {:.1} ms each; {} built; building it over the final table {:.1} ms, recomputing {:.1} ms), {:.1} CPU-s",
             cdc.rate,
             cdc.keys,
             cdc.latency.p50_ms,
             cdc.latency.p99_ms,
             cdc.latency.max_ms,
             cdc.gold_refreshes,
+            cdc.gold_folded,
+            cdc.gold_folded_rows_mean,
+            cdc.gold_folded_refresh_ms.p50,
+            cdc.gold_built,
+            cdc.gold_build_ms,
+            cdc.gold_recompute_ms,
             cdc.cpu_seconds
         );
     }

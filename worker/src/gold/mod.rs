@@ -4,12 +4,24 @@
 //! An incremental refresh reads only the data files the upstream versions since the last
 //! refresh added, folds their partial aggregates into per-group state kept in memory
 //! ([`state`]), and finishes the query from that state ([`plan`]). Its cost follows the new
-//! rows and the number of groups, not the upstream table's size. The state is built from the
-//! whole upstream snapshot when the task starts, and again whenever the upstream does more
-//! than append (a delete, restore or merge: [`changes::Range::rewritten`]); compaction adds
-//! nothing and changes nothing. Queries that cannot be split are recomputed in full on every
-//! refresh, as before. Either way the result is the query's result over exactly one upstream
-//! version, so the aggregate task's txn (invariant 2) keeps its meaning.
+//! rows and the number of groups, not the upstream table's size. Compaction adds nothing
+//! and changes nothing.
+//!
+//! A merge or a delete on an upstream with the change data feed is followed through its
+//! change data ([`changes::Range::change_files`]): inserted rows and post-images are folded
+//! in, deleted rows and pre-images are retracted — their partials subtracted from the sums
+//! and counts (exactly: integers and decimals), their `count(DISTINCT ..)` values taken out
+//! of per-value row counts, and a group whose rows are all gone dropped. Two retractions
+//! cannot be subtracted: one that takes out a group's `min`/`max` (the next one is not
+//! kept), and a non-zero float sum (subtracting floats does not give back the sum of the
+//! rest). Either rebuilds the state from the upstream snapshot, and the worker says why.
+//!
+//! The state is built from the whole upstream snapshot when the task starts, and again
+//! whenever the upstream changes in a way its commits do not spell out (a restore, a
+//! metadata change, a rewrite without change data: [`changes::Range::opaque`]). Queries
+//! that cannot be split are recomputed in full on every refresh, as before. Either way the
+//! result is the query's result over exactly one upstream version, so the aggregate task's
+//! txn (invariant 2) keeps its meaning.
 //!
 //! The plans a fold runs (partial aggregate, distinct pairs, state merge) are planned once,
 //! when the state is built, over [`slot`]s that hand them the rows of each fold.
@@ -25,17 +37,20 @@ mod tests;
 use std::collections::HashSet;
 use std::sync::Arc;
 
-use arrow::array::RecordBatch;
+use arrow::array::{Array, ArrayRef, AsArray, BooleanArray, RecordBatch, new_null_array};
+use arrow::datatypes::DataType;
+use datafusion::common::ScalarValue;
 use datafusion::datasource::MemTable;
 use datafusion::logical_expr::LogicalPlan;
 use datafusion::prelude::SessionContext;
 use deltalake::DeltaTable;
 
-use self::plan::GoldPlan;
+use self::plan::{GoldPlan, Merge};
 use self::slot::{Prepared, Slot};
 use self::state::GroupState;
 use crate::Result;
 use crate::serve::query::QueryEngine;
+use smelter_lake::change_data;
 use smelter_lake::changes::{self, DataFile};
 use smelter_lake::log;
 use smelter_lake::recent_files::RecentFiles;
@@ -145,20 +160,147 @@ impl IncrementalGold {
         self.version
     }
 
-    /// Folds in what `upstream`'s versions after the state's, up to `latest`, added (read
-    /// from their commit entries: `upstream`'s loaded snapshot does not matter). `false`
-    /// when they did more than append: the state no longer applies and must be built again.
+    /// Folds in what `upstream`'s versions after the state's, up to `latest`, added, and
+    /// takes out what their change data says they removed (read from their commit entries:
+    /// `upstream`'s loaded snapshot does not matter). `false` when the state no longer
+    /// applies and must be built again (see the module docs).
     pub async fn advance(&mut self, upstream: &DeltaTable, latest: i64) -> Result<bool> {
         if latest <= self.version {
             return Ok(true);
         }
         let range = changes::range(upstream, &self.upstream, self.version + 1, latest).await?;
-        if range.rewritten {
+        if range.opaque {
             return Ok(false);
         }
+        // Everything that came in first, then everything that went: a row retracted in
+        // this range is then always in the state it is retracted from.
         self.fold(upstream, range.added).await?;
+        let (added, removed) = self.read_changes(upstream, &range.change_files).await?;
+        if !added.is_empty() {
+            self.fold_rows(added).await?;
+        }
+        if !removed.is_empty()
+            && let Err(reason) = self.retract(removed).await?
+        {
+            tracing::info!(upstream = %self.upstream, version = latest, %reason, "retraction cannot be subtracted; rebuilding gold state");
+            return Ok(false);
+        }
         self.version = latest;
         Ok(true)
+    }
+
+    /// The rows of change data files, split into those that came in (inserts and
+    /// post-images) and those that went (deletes and pre-images), shaped as the input.
+    async fn read_changes(
+        &mut self,
+        upstream: &DeltaTable,
+        files: &[DataFile],
+    ) -> Result<(Vec<RecordBatch>, Vec<RecordBatch>)> {
+        let schema = self.plan.input_schema().clone();
+        let mut columns = self.columns.clone();
+        columns.insert(change_data::CHANGE_TYPE.to_string());
+        let (mut added, mut removed) = (Vec::new(), Vec::new());
+        for file in files {
+            for batch in
+                changes::read(upstream, &self.upstream, file, Some(&columns), &self.recent).await?
+            {
+                self.last_folded += batch.num_rows() as u64;
+                let kinds = batch
+                    .column_by_name(change_data::CHANGE_TYPE)
+                    .and_then(|c| c.as_string_opt::<i32>())
+                    .ok_or_else(|| {
+                        smelter_lake::LakeError::generic(
+                            &self.upstream,
+                            format!(
+                                "change data file {} has no {}",
+                                file.path,
+                                change_data::CHANGE_TYPE
+                            ),
+                        )
+                    })?;
+                let gone: BooleanArray = kinds
+                    .iter()
+                    .map(|k| Some(matches!(k, Some("delete") | Some("update_preimage"))))
+                    .collect();
+                let came = arrow::compute::not(&gone)?;
+                for (mask, out) in [(&came, &mut added), (&gone, &mut removed)] {
+                    let rows = arrow::compute::filter_record_batch(&batch, mask)?;
+                    if rows.num_rows() > 0 {
+                        out.push(changes::conform(&rows, file, &schema)?);
+                    }
+                }
+            }
+        }
+        Ok((added, removed))
+    }
+
+    /// Takes `rows` (rows the state holds) out of the state, or says why it cannot.
+    async fn retract(
+        &mut self,
+        rows: Vec<RecordBatch>,
+    ) -> Result<std::result::Result<(), &'static str>> {
+        let plans = &self.fold;
+        plans.rows.fill(rows);
+        let partial = plans.partial.run(&self.ctx).await;
+        let mut pairs = Vec::with_capacity(plans.distinct_pairs.len());
+        for distinct_pairs in &plans.distinct_pairs {
+            pairs.push(distinct_pairs.run(&self.ctx).await);
+        }
+        plans.rows.fill(Vec::new());
+        let partial = partial?;
+        let index = self.state.index()?;
+        let merges = self.plan.merges();
+        let groups = self.plan.groups();
+        let mut negated = Vec::with_capacity(partial.len());
+        for batch in &partial {
+            let keys = self.state.keys_of(batch)?;
+            let mut columns = batch.columns().to_vec();
+            for (j, merge) in merges.iter().enumerate() {
+                let c = groups + j;
+                let values = batch.column(c);
+                columns[c] = match merge {
+                    Merge::Sum => match subtractable(values) {
+                        Some(negated) => negated?,
+                        None => return Ok(Err("a retraction changes a float sum")),
+                    },
+                    Merge::Min | Merge::Max => {
+                        for (row, key) in keys.iter().enumerate() {
+                            if values.is_null(row) {
+                                continue;
+                            }
+                            let Some((b, r)) = index.get(key) else {
+                                return Ok(Err("a retracted row's group is not in the state"));
+                            };
+                            let held =
+                                ScalarValue::try_from_array(self.state.rows()[*b].column(c), *r)?;
+                            let gone = ScalarValue::try_from_array(values, row)?;
+                            let extreme = match (merge, gone.partial_cmp(&held)) {
+                                (Merge::Min, Some(order)) => order.is_le(),
+                                (Merge::Max, Some(order)) => order.is_ge(),
+                                _ => true,
+                            };
+                            if extreme {
+                                return Ok(Err("a retraction takes out a group's min or max"));
+                            }
+                        }
+                        // What stays is what the state holds: the merge ignores NULL.
+                        new_null_array(values.data_type(), batch.num_rows())
+                    }
+                };
+            }
+            negated.push(RecordBatch::try_new(batch.schema(), columns)?);
+        }
+        self.state.extend(negated)?;
+        for (k, pairs) in pairs.into_iter().enumerate() {
+            self.state.add_distinct(k, &pairs?, -1)?;
+        }
+        let plans = &self.fold;
+        plans.state.fill(self.state.rows().to_vec());
+        let merged = plans.merge.run(&self.ctx).await;
+        plans.state.fill(Vec::new());
+        self.state.replace(merged?)?;
+        self.state.drop_empty(self.plan.rows_state())?;
+        Ok(Ok(()))
     }
 
     /// The query's result at [`Self::version`].
@@ -211,7 +353,7 @@ impl IncrementalGold {
         self.state.extend(partial)?;
         for (k, distinct_pairs) in plans.distinct_pairs.iter().enumerate() {
             let pairs = distinct_pairs.run(&self.ctx).await?;
-            self.state.add_distinct(k, &pairs)?;
+            self.state.add_distinct(k, &pairs, 1)?;
         }
         plans.rows.fill(Vec::new());
         if merge {
@@ -222,6 +364,31 @@ impl IncrementalGold {
         }
         Ok(())
     }
+}
+
+/// `values` (partial sums of retracted rows) negated, so that merging them subtracts;
+/// `None` when subtracting them would not be exact (a float or unsigned sum that is not
+/// zero).
+fn subtractable(values: &ArrayRef) -> Option<Result<ArrayRef>> {
+    let signed = matches!(
+        values.data_type(),
+        DataType::Int8
+            | DataType::Int16
+            | DataType::Int32
+            | DataType::Int64
+            | DataType::Decimal32(_, _)
+            | DataType::Decimal64(_, _)
+            | DataType::Decimal128(_, _)
+            | DataType::Decimal256(_, _)
+    );
+    if signed {
+        return Some(arrow::compute::kernels::numeric::neg(values).map_err(Into::into));
+    }
+    let zero = ScalarValue::new_zero(values.data_type()).ok();
+    let all_zero = (0..values.len())
+        .all(|i| values.is_null(i) || ScalarValue::try_from_array(values, i).ok() == zero);
+    // Zeros subtract as nothing: they may stay as they are.
+    all_zero.then(|| Ok(values.clone()))
 }
 
 /// What one refresh did, for reports and tests.
@@ -242,6 +409,27 @@ pub enum RefreshKind {
     },
     /// The query was recomputed over the whole upstream.
     Recomputed,
+}
+
+/// The `commitInfo` key under which a gold commit records how its refresh was computed:
+/// `{"how": "folded" | "built" | "recomputed", "upstreamRows": n}` (rows read from the
+/// upstream; none for a recomputation).
+pub const REFRESH_KEY: &str = "smelter.goldRefresh";
+
+impl RefreshKind {
+    /// What [`REFRESH_KEY`] records for it.
+    pub fn record(self) -> serde_json::Value {
+        match self {
+            RefreshKind::None => serde_json::json!({ "how": "none" }),
+            RefreshKind::Folded { rows } => {
+                serde_json::json!({ "how": "folded", "upstreamRows": rows })
+            }
+            RefreshKind::Built { rows } => {
+                serde_json::json!({ "how": "built", "upstreamRows": rows })
+            }
+            RefreshKind::Recomputed => serde_json::json!({ "how": "recomputed" }),
+        }
+    }
 }
 
 /// How a gold task computes its query.

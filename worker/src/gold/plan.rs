@@ -10,19 +10,24 @@
 //!
 //! State columns are named `__g<i>` (group keys), `__s<j>` (mergeable partials) and
 //! `__d<k>` (distinct counts, added when finishing).
+//!
+//! So that rows can be taken out again (retracted, when the upstream's change data feed
+//! says a merge or a delete removed them), the state also holds, unseen by the query, the
+//! number of rows of each group (a group is gone when it reaches zero) and, beside each
+//! `sum(x)`, `count(x)` (a sum whose values are all retracted is NULL again, not zero).
 
 use std::collections::HashSet;
 use std::sync::Arc;
 
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::catalog::TableProvider;
-use datafusion::common::Column;
 use datafusion::common::tree_node::{TreeNode, TreeNodeRecursion};
+use datafusion::common::{Column, ScalarValue};
 use datafusion::datasource::provider_as_source;
 use datafusion::functions_aggregate::expr_fn::{count, max, min, sum};
 use datafusion::logical_expr::{
     Aggregate, Expr, LogicalPlan, LogicalPlanBuilder, Projection, TableScan, TableScanBuilder,
-    Volatility, cast,
+    Volatility, cast, lit, when,
 };
 
 use crate::Result;
@@ -58,6 +63,11 @@ pub struct GoldPlan {
     outputs: Vec<Output>,
     /// Partial expression and merge rule of each state column.
     states: Vec<(Expr, Merge)>,
+    /// The state column counting each group's rows.
+    rows_state: usize,
+    /// Per state column, the state column counting the values a `sum` added: where it is
+    /// zero, the sum is NULL.
+    guards: Vec<Option<usize>>,
     /// Argument of each `count(DISTINCT ..)`.
     distinct: Vec<Expr>,
     /// The upstream columns the aggregate reads, and their types.
@@ -184,6 +194,7 @@ impl GoldPlan {
         let groups = aggregate.group_expr.len();
         let mut outputs = Vec::new();
         let mut states = Vec::new();
+        let mut guards = Vec::new();
         let mut distinct = Vec::new();
         for (i, expr) in aggregate.aggr_expr.iter().enumerate() {
             let inner = match expr {
@@ -200,8 +211,9 @@ impl GoldPlan {
                     "{name} with FILTER or ORDER BY is recomputed in full"
                 ));
             }
-            let mut state = |expr: Expr, merge: Merge| {
+            let mut state = |expr: Expr, merge: Merge, guard: Option<usize>| {
                 states.push((expr, merge));
+                guards.push(guard);
                 states.len() - 1
             };
             let output = match (name, params.distinct) {
@@ -209,19 +221,22 @@ impl GoldPlan {
                     distinct.push(params.args[0].clone());
                     Output::Distinct(distinct.len() - 1)
                 }
-                ("count", false) | ("sum", false) => {
-                    Output::State(state(inner.clone(), Merge::Sum))
+                ("count", false) => Output::State(state(inner.clone(), Merge::Sum, None)),
+                ("sum", false) if params.args.len() == 1 => {
+                    let values = state(count(params.args[0].clone()), Merge::Sum, None);
+                    Output::State(state(inner.clone(), Merge::Sum, Some(values)))
                 }
-                ("min", _) => Output::State(state(inner.clone(), Merge::Min)),
-                ("max", _) => Output::State(state(inner.clone(), Merge::Max)),
+                ("min", _) => Output::State(state(inner.clone(), Merge::Min, None)),
+                ("max", _) => Output::State(state(inner.clone(), Merge::Max, None)),
                 ("avg", false)
                     if params.args.len() == 1
                         && aggregate.schema.field(groups + i).data_type() == &DataType::Float64 =>
                 {
                     let arg = params.args[0].clone();
+                    let count = state(count(arg.clone()), Merge::Sum, None);
                     Output::Avg {
-                        sum: state(sum(arg.clone()), Merge::Sum),
-                        count: state(count(arg), Merge::Sum),
+                        sum: state(sum(arg), Merge::Sum, Some(count)),
+                        count,
                     }
                 }
                 (name, distinct) => {
@@ -231,6 +246,9 @@ impl GoldPlan {
             };
             outputs.push(output);
         }
+        states.push((count(lit(1)), Merge::Sum));
+        guards.push(None);
+        let rows_state = states.len() - 1;
 
         let upstream_schema = scan.source.schema();
         let fields: Vec<Field> = upstream_schema
@@ -245,6 +263,8 @@ impl GoldPlan {
             scan,
             outputs,
             states,
+            rows_state,
+            guards,
             distinct,
             input_schema: Arc::new(Schema::new(fields)),
         };
@@ -275,6 +295,11 @@ impl GoldPlan {
     /// Merge rule of each state column.
     pub fn merges(&self) -> Vec<Merge> {
         self.states.iter().map(|(_, merge)| *merge).collect()
+    }
+
+    /// The state column counting each group's rows (its index among the `__s*`).
+    pub fn rows_state(&self) -> usize {
+        self.rows_state
     }
 
     /// Number of `count(DISTINCT ..)` sets.
@@ -318,7 +343,8 @@ impl GoldPlan {
         )?))
     }
 
-    /// The distinct `(__g*, __x)` pairs of `rows` for `count(DISTINCT x)` number `k`.
+    /// The distinct `(__g*, __x)` pairs of `rows` for `count(DISTINCT x)` number `k`, each
+    /// with the number of rows it stands for (`__n`).
     pub fn distinct_pairs(&self, k: usize, rows: Arc<dyn TableProvider>) -> Result<LogicalPlan> {
         let mut keys: Vec<Expr> = self
             .aggregate
@@ -331,7 +357,7 @@ impl GoldPlan {
         Ok(LogicalPlan::Aggregate(Aggregate::try_new(
             Arc::new(self.input(rows)?),
             keys,
-            vec![],
+            vec![count(lit(1)).alias("__n")],
         )?))
     }
 
@@ -364,13 +390,29 @@ impl GoldPlan {
     /// query as written, with its aggregate replaced by the state's columns.
     pub fn finish(&self, state: Arc<dyn TableProvider>) -> Result<LogicalPlan> {
         let schema = &self.aggregate.schema;
+        let state_schema = state.schema();
+        // A sum with no value left (all retracted, or all NULL) is NULL.
+        let guarded = |j: usize| -> Result<Expr> {
+            let value = column(state_name(j));
+            Ok(match self.guards[j] {
+                None => value,
+                Some(g) => {
+                    let ty = state_schema.field_with_name(&state_name(j))?.data_type();
+                    when(
+                        column(state_name(g)).eq(lit(0i64)),
+                        lit(ScalarValue::try_from(ty)?),
+                    )
+                    .otherwise(value)?
+                }
+            })
+        };
         let groups = self.groups();
         let mut exprs: Vec<Expr> = (0..groups).map(|i| column(group_name(i))).collect();
         for output in &self.outputs {
             exprs.push(match output {
-                Output::State(j) => column(state_name(*j)),
+                Output::State(j) => guarded(*j)?,
                 Output::Avg { sum, count } => {
-                    cast(column(state_name(*sum)), DataType::Float64)
+                    cast(guarded(*sum)?, DataType::Float64)
                         / cast(column(state_name(*count)), DataType::Float64)
                 }
                 Output::Distinct(k) => column(distinct_name(*k)),

@@ -1,20 +1,24 @@
 //! Per-group aggregate state held in memory by an incremental gold task.
 //!
 //! Mergeable partials (`__g*, __s*`) are kept as Arrow batches, one row per group after
-//! each merge; `count(DISTINCT x)` keeps, per group, the set of `x` values seen (in Arrow's
-//! row format), so counting stays exact however the rows arrive.
+//! each merge; `count(DISTINCT x)` keeps, per group, the `x` values seen (in Arrow's row
+//! format) with the number of rows holding each, so counting stays exact however the rows
+//! arrive, and a value leaves the set when its last row is retracted.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::Arc;
 
-use arrow::array::{Array, ArrayRef, Int64Array, RecordBatch};
-use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use arrow::array::{Array, ArrayRef, AsArray, Int64Array, RecordBatch};
+use arrow::datatypes::{DataType, Field, Int64Type, Schema, SchemaRef};
 use arrow::row::{RowConverter, SortField};
 
 use crate::Result;
 
-/// Values in Arrow's row format.
-type Rows = HashSet<Box<[u8]>, ahash::RandomState>;
+/// Values in Arrow's row format, with the number of rows holding each.
+type Rows = HashMap<Box<[u8]>, i64, ahash::RandomState>;
+
+/// Where each group's state row is: its batch and its row in it, by group key.
+pub type GroupIndex = HashMap<Box<[u8]>, (usize, usize)>;
 
 /// The values of `x` seen per group, for one `count(DISTINCT x)`.
 #[derive(Default)]
@@ -137,10 +141,13 @@ impl GroupState {
         Ok(())
     }
 
-    /// Adds the distinct `(__g*, __x)` pairs of set `k`; null `x` values are not counted.
-    pub fn add_distinct(&mut self, k: usize, pairs: &[RecordBatch]) -> Result<()> {
+    /// Adds (`sign` 1) or takes out (`sign` -1) the distinct `(__g*, __x, __n)` pairs of set
+    /// `k`, each standing for `__n` rows; null `x` values are not counted.
+    pub fn add_distinct(&mut self, k: usize, pairs: &[RecordBatch], sign: i64) -> Result<()> {
         for batch in pairs {
             let x = batch.column(self.groups);
+            let rows = arrow::compute::cast(batch.column(self.groups + 1), &DataType::Int64)?;
+            let rows = rows.as_primitive::<Int64Type>();
             let set = &mut self.distinct[k];
             let values = match &mut set.values {
                 Some(converter) => converter,
@@ -156,13 +163,64 @@ impl GroupState {
                 if x.is_null(row) {
                     continue;
                 }
-                set.groups
-                    .entry(key)
-                    .or_default()
-                    .insert(values.row(row).as_ref().into());
+                let delta = sign * rows.value(row);
+                let group = set.groups.entry(key).or_default();
+                let value: Box<[u8]> = values.row(row).as_ref().into();
+                let held = group.entry(value).or_default();
+                *held += delta;
+                if *held <= 0 {
+                    let value: Box<[u8]> = values.row(row).as_ref().into();
+                    group.remove(&value);
+                }
             }
         }
+        for set in &mut self.distinct {
+            set.groups.retain(|_, values| !values.is_empty());
+        }
         Ok(())
+    }
+
+    /// Drops the groups whose row count (state column `__s<rows_state>`) is zero: every
+    /// row of theirs was retracted. A query without `GROUP BY` keeps its one group.
+    pub fn drop_empty(&mut self, rows_state: usize) -> Result<()> {
+        if self.groups == 0 {
+            return Ok(());
+        }
+        let mut kept = Vec::with_capacity(self.rows.len());
+        for batch in &self.rows {
+            let counts =
+                arrow::compute::cast(batch.column(self.groups + rows_state), &DataType::Int64)?;
+            let counts = counts.as_primitive::<Int64Type>();
+            let live: arrow::array::BooleanArray =
+                counts.iter().map(|n| Some(n.unwrap_or(0) > 0)).collect();
+            if live.true_count() == batch.num_rows() {
+                kept.push(batch.clone());
+            } else if live.true_count() > 0 {
+                kept.push(arrow::compute::filter_record_batch(batch, &live)?);
+            }
+        }
+        self.rows = kept;
+        Ok(())
+    }
+
+    /// Where each group's row is, by key (valid while the state has one row per group).
+    pub fn index(&self) -> Result<GroupIndex> {
+        let mut index = HashMap::new();
+        for (b, batch) in self.rows.iter().enumerate() {
+            let keys = self
+                .keys
+                .keys(&batch.columns()[..self.groups], batch.num_rows())?;
+            for (row, key) in keys.into_iter().enumerate() {
+                index.insert(key, (b, row));
+            }
+        }
+        Ok(index)
+    }
+
+    /// The keys of the rows of `batch`, shaped as the state (group keys first).
+    pub fn keys_of(&self, batch: &RecordBatch) -> Result<Vec<Box<[u8]>>> {
+        self.keys
+            .keys(&batch.columns()[..self.groups], batch.num_rows())
     }
 
     /// The rows with one `__d<k>` column per distinct set appended: the size of the set of
@@ -202,7 +260,7 @@ impl GroupState {
         self.distinct
             .iter()
             .flat_map(|s| s.groups.values())
-            .map(HashSet::len)
+            .map(HashMap::len)
             .sum()
     }
 }

@@ -169,6 +169,10 @@ impl AggregateTask {
                 &mut metadata,
                 &[("refresh", refresh_started.elapsed())],
             );
+            metadata.insert(
+                crate::gold::REFRESH_KEY.to_string(),
+                refresher.last_refresh().record(),
+            );
             if spec.checks.on_rows() {
                 metadata.insert(
                     smelter_lake::commit::QUALITY_KEY.to_string(),
