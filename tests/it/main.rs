@@ -3,6 +3,7 @@
 // Tests state their expectations with unwrap; a panic is the failure report.
 #![allow(clippy::unwrap_used)]
 
+mod avro_registry;
 mod bench;
 mod catalog_http;
 mod cdc;

@@ -162,7 +162,7 @@ impl MergeSpec {
         match (&self.delete_when, format) {
             (Some(predicate), _) => Some(predicate.clone()),
             (None, PayloadFormat::Debezium) => Some("_op = 'd'".to_string()),
-            (None, PayloadFormat::Json | PayloadFormat::Csv) => None,
+            (None, PayloadFormat::Json | PayloadFormat::Csv | PayloadFormat::Avro) => None,
         }
     }
 }
@@ -278,11 +278,15 @@ impl Default for MaintenanceSpec {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct ParseSpec {
-    /// Payload format: `json` (one JSON object per record), `csv` (rows of CSV files) or
-    /// `debezium`.
+    /// Payload format: `json` (one JSON object per record), `csv` (rows of CSV files),
+    /// `debezium` or `avro` (Confluent-framed, with a schema registry).
     pub format: PayloadFormat,
     /// The declared schema. Fields present in a record but not declared go to `_rescued_data`.
     pub schema: SchemaSpec,
+    /// The schema registry that `format: avro` payloads name their writer schema in
+    /// (Confluent's REST API: `GET {registry}/schemas/ids/{id}`), as an `http://` URL.
+    #[serde(default)]
+    pub registry: Option<String>,
 }
 
 /// Payload formats silver can decode.
@@ -299,6 +303,11 @@ pub enum PayloadFormat {
     /// by column name (an empty field is null). Each value is read from its text into its
     /// declared type (`3` into a `long`, `true` into a `boolean`, `12.50` into a decimal).
     Csv,
+    /// An Avro record in Confluent's wire format (a zero byte, the writer schema's id in the
+    /// registry as 4 big-endian bytes, the Avro binary body), decoded with the writer schema
+    /// the [`ParseSpec::registry`] holds for that id; its fields are then read into the
+    /// declared schema by name, as JSON fields are.
+    Avro,
 }
 
 /// Columns a Debezium-parsed silver table adds after `_rescued_data`: the operation, the

@@ -535,3 +535,36 @@ fn files_sources_take_prefixes_patterns_and_partitions_and_bad_ones_name_their_f
         assert!(message.contains(needle), "{message}");
     }
 }
+
+#[test]
+fn avro_payloads_name_an_http_registry_and_only_they_do() {
+    let avro = DEMO.replace(
+        "      format: json\n",
+        "      format: avro\n      registry: http://registry:8081\n",
+    );
+    let spec = PipelineSpec::parse(&avro, "p.yaml").unwrap();
+    let parse = spec.tables["silver.events"].parse.as_ref().unwrap();
+    assert_eq!(parse.format, PayloadFormat::Avro);
+    assert_eq!(parse.registry.as_deref(), Some("http://registry:8081"));
+    for (text, wanted) in [
+        (
+            DEMO.replace("      format: json\n", "      format: avro\n"),
+            "name their schema registry",
+        ),
+        (
+            DEMO.replace(
+                "      format: json\n",
+                "      format: json\n      registry: http://registry:8081\n",
+            ),
+            "only read for `format: avro`",
+        ),
+        (
+            avro.replace("http://registry:8081", "https://registry:8081"),
+            "is not an http:// URL",
+        ),
+    ] {
+        let (field, _, message) = spec_error(&text);
+        assert_eq!(field, "tables.silver.events.parse.registry");
+        assert!(message.contains(wanted), "{message}");
+    }
+}

@@ -597,6 +597,30 @@ fn validate_silver(c: &Checker, spec: &PipelineSpec, name: &str, table: &TableSp
             "silver tables need `parse: { format: json, schema: {...} }`",
         ));
     }
+    if let Some(parse) = &table.parse {
+        match (&parse.registry, parse.format) {
+            (None, PayloadFormat::Avro) => {
+                return Err(c.fail(
+                    &["tables", name, "parse", "registry"],
+                    "`format: avro` reads Confluent-framed records: name their schema \
+                     registry (`registry: http://host:8081`)",
+                ));
+            }
+            (Some(_), format) if format != PayloadFormat::Avro => {
+                return Err(c.fail(
+                    &["tables", name, "parse", "registry"],
+                    "a schema registry is only read for `format: avro`",
+                ));
+            }
+            (Some(url), _) if !url.starts_with("http://") => {
+                return Err(c.fail(
+                    &["tables", name, "parse", "registry"],
+                    format!("`{url}` is not an http:// URL"),
+                ));
+            }
+            _ => {}
+        }
+    }
     let columns = silver_columns(table);
     // Bytes are decoded from base64 by the column builders; a nested value (a list, a map,
     // a struct kept whole) is built by the JSON reader, which would take the text as bytes.

@@ -6,6 +6,7 @@
 //! consumed)` (invariant 2). If the process dies between the two commits, the replay finds
 //! the quarantine txn already present and skips that commit (invariant 3).
 
+pub mod avro;
 mod columns;
 pub mod decode;
 pub mod dedupe;
@@ -147,6 +148,8 @@ pub struct Refiner {
     expectations: Vec<CompiledExpectation>,
     /// Payloads are Debezium change events ([`envelope`]).
     debezium: bool,
+    /// Payloads are Confluent-framed Avro records, turned into JSON first ([`avro`]).
+    avro: Option<tokio::sync::Mutex<avro::ConfluentAvro>>,
 }
 
 struct Quarantined {
@@ -203,6 +206,12 @@ impl Refiner {
             work_schema,
             expectations,
             debezium: parse.format == smelter_common::spec::PayloadFormat::Debezium,
+            avro: match (&parse.registry, parse.format) {
+                (Some(registry), smelter_common::spec::PayloadFormat::Avro) => {
+                    Some(tokio::sync::Mutex::new(avro::ConfluentAvro::new(registry)?))
+                }
+                _ => None,
+            },
         })
     }
 
@@ -359,6 +368,21 @@ impl Refiner {
         cache: &mut KeyCache,
     ) -> Result<Refined> {
         let mut quarantined: Vec<Quarantined> = Vec::new();
+        // Avro payloads are decoded into JSON ones first; the quarantine keeps the bytes
+        // as bronze holds them (`rows`).
+        let prepared;
+        let input_rows = match &self.avro {
+            Some(avro) => {
+                let mut avro = avro.lock().await;
+                let mut batches = Vec::with_capacity(rows.batches.len());
+                for batch in &rows.batches {
+                    batches.push(avro.prepare(batch).await?);
+                }
+                prepared = BronzeRows::from_batches(batches);
+                &prepared
+            }
+            None => rows,
+        };
         // Kafka tombstones of a change stream, skipped (counted as dropped).
         let mut tombstones = 0;
         // Decoded in slices of rows, each built into Arrow columns at once.
@@ -366,13 +390,16 @@ impl Refiner {
         // The declared columns and `_rescued_data`.
         let declared = &self.work_schema.fields()[..self.decoded_width()];
         let mut cells = Vec::with_capacity(declared.len());
-        for (input, &base) in rows.batches.iter().zip(&rows.starts) {
+        for (input, &base) in input_rows.batches.iter().zip(&input_rows.starts) {
             let n = input.num_rows();
             if n == 0 {
                 continue;
             }
             let payload = column::<BinaryArray>(input, "payload")?;
             let error = column::<StringArray>(input, "error")?;
+            let undecoded = input
+                .column_by_name(avro::DECODE_ERROR)
+                .and_then(|c| c.as_any().downcast_ref::<StringArray>());
             for start in (0..n).step_by(DECODE_SLICE) {
                 let mut decoded = Columns::new(declared, DECODE_SLICE);
                 // The bronze row of each decoded row.
@@ -382,6 +409,16 @@ impl Refiner {
                         // A Kafka tombstone following a delete (for log compaction): the
                         // delete itself came as the change before it.
                         tombstones += 1;
+                        continue;
+                    }
+                    if let Some(undecoded) = undecoded
+                        && undecoded.is_valid(row)
+                    {
+                        quarantined.push(Quarantined {
+                            rule: "_parse".into(),
+                            reason: undecoded.value(row).to_string(),
+                            row: base + row,
+                        });
                         continue;
                     }
                     if error.is_valid(row) || payload.is_null(row) {
