@@ -177,7 +177,13 @@ fn bench_runs_in_process_with_every_figure() {
     // Change data capture: every way of writing the batches, checked by the bench itself.
     let cdc = &report["cdc"];
     assert_eq!(cdc["changes"], 30_000, "{cdc}");
-    for run in ["scd1", "scd2", "append", "bare_delta_rs_merge"] {
+    for run in [
+        "scd1",
+        "scd2",
+        "append",
+        "bare_delta_rs_merge",
+        "bare_delta_rs_scd2_merge",
+    ] {
         assert_eq!(cdc[run]["commits"], 10, "{run}: {cdc}");
         assert!(
             cdc[run]["changes_per_cpu_second"].as_f64().unwrap() > 0.0,
@@ -190,6 +196,7 @@ fn bench_runs_in_process_with_every_figure() {
     for ratio in [
         "scd1_to_bare_merge",
         "scd2_to_bare_merge",
+        "scd2_to_bare_scd2_merge",
         "merge_commit_to_append_commit",
     ] {
         let value = cdc[ratio].as_f64().unwrap();

@@ -4,14 +4,20 @@
 //! tombstones, the `MERGE` rewrite with its change data file, the txn), as SCD type 1 and
 //! type 2; the same batches appended (the cost of an append commit); and the same batches
 //! through a bare delta-rs `MERGE` (reduced to the latest change per key first, which
-//! delta-rs requires, with the same sequence conditions; no tombstones). All in this
-//! process, one after the other, nothing else running: CPU is this process's counter.
+//! delta-rs requires, with the same sequence conditions; no tombstones), once as SCD 1 and
+//! once as SCD 2 the way Delta's documentation writes it (the changes staged twice — once
+//! keyed to close the current row, once unkeyed to insert the new one — and one `MERGE`).
+//! All in this process, one after the other, nothing else running: CPU is this process's
+//! counter.
 //!
 //! Checked: Smelter's SCD 1 table ends with exactly the rows a plain replay of the changes
 //! gives (latest change per key unless a delete), the SCD 2 table with one current row per
 //! live key, and the bare MERGE's table with as many rows as the replay (without tombstones
 //! it can differ only by keys a late change brought back after their delete, which the
-//! figures report). A mismatch fails the benchmark.
+//! figures report), and the bare SCD 2 table with as many current rows as the bare SCD 1
+//! table has rows. A mismatch fails the benchmark. The bare SCD 2 `MERGE` does less than
+//! Smelter's: it keeps one version per key and batch (the latest), and drops a late change
+//! instead of splitting the version it falls into.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -47,10 +53,14 @@ pub struct CdcBench {
     pub append: MergeRun,
     /// The same batches through a bare delta-rs `MERGE`.
     pub bare_delta_rs_merge: MergeRun,
+    /// The same batches through a bare delta-rs SCD 2 `MERGE` (see the module docs).
+    pub bare_delta_rs_scd2_merge: MergeRun,
     /// SCD 1 changes per CPU-second over the bare `MERGE`'s.
     pub scd1_to_bare_merge: f64,
-    /// SCD 2 changes per CPU-second over the bare `MERGE`'s.
+    /// SCD 2 changes per CPU-second over the bare (SCD 1) `MERGE`'s.
     pub scd2_to_bare_merge: f64,
+    /// SCD 2 changes per CPU-second over the bare SCD 2 `MERGE`'s.
+    pub scd2_to_bare_scd2_merge: f64,
     /// A merge commit's CPU over an append commit's, SCD 1.
     pub merge_commit_to_append_commit: f64,
     /// Keys the bare `MERGE` holds that a replay does not (no tombstones: a late change
@@ -327,6 +337,70 @@ async fn bare_merge(
     Ok(run)
 }
 
+/// The batches through delta-rs's `MERGE` as an SCD 2 table, the way Delta's documentation
+/// writes it: each batch's latest change per key staged twice — keyed, to close the key's
+/// current version if the change is newer; and, when it is a newer upsert of a key that
+/// has a current version, unkeyed, to insert the new version — then one `MERGE`.
+async fn bare_scd2_merge(
+    tables: &TableStore,
+    batches: &[RecordBatch],
+    changes: u64,
+) -> Result<MergeRun> {
+    let name = "silver.users_bare_scd2";
+    let table_schema = smelter_lake::merge::history::with_history_columns(&schema(), "_lsn")?;
+    let env = CommitEnv::default();
+    let described = Description {
+        change_data_feed: true,
+        ..Description::default()
+    };
+    let mut table = tables
+        .open_or_create_described(name, &table_schema, &[], &described, &env)
+        .await?;
+    let delta = |e: deltalake::DeltaTableError| failed(format!("delta-rs SCD 2 MERGE: {e}"));
+    let mut run = MergeRun::default();
+    let cpu = cpu_seconds(None).unwrap_or(0.0);
+    let started = Instant::now();
+    let columns = ["id", "tier", "email", "_op", "_lsn"];
+    for batch in batches {
+        let ctx = datafusion::prelude::SessionContext::new();
+        ctx.register_batch("updates", latest_per_key(batch)?)?;
+        ctx.register_table("history", table.table_provider().await?)?;
+        let staged = ctx
+            .sql(
+                "SELECT id AS merge_key, id, tier, email, _op, _lsn FROM updates                  UNION ALL                  SELECT CAST(NULL AS BIGINT) AS merge_key, u.id, u.tier, u.email, u._op, u._lsn                  FROM updates u JOIN history h ON u.id = h.id                  WHERE h.__current AND u._lsn > h._lsn AND u._op <> 'd'",
+            )
+            .await?;
+        let (merged, _) = table
+            .merge(staged, "target.id = source.merge_key AND target.__current")
+            .with_source_alias("source")
+            .with_target_alias("target")
+            .when_matched_update(|u| {
+                u.predicate("source._lsn > target._lsn")
+                    .update("__current", "false")
+                    .update("__end_at", "source._lsn")
+            })
+            .map_err(delta)?
+            .when_not_matched_insert(|i| {
+                columns
+                    .iter()
+                    .fold(i.predicate("source._op <> 'd'"), |i, c| {
+                        i.set(*c, format!("source.{c}"))
+                    })
+                    .set("__start_at", "source._lsn")
+                    .set("__end_at", "CAST(NULL AS BIGINT)")
+                    .set("__current", "true")
+            })
+            .map_err(delta)?
+            .await
+            .map_err(delta)?;
+        table = merged;
+        run.commits += 1;
+    }
+    finish(&mut run, changes, cpu, started);
+    run.rows = rows(tables, name).await?;
+    Ok(run)
+}
+
 /// Runs every way of writing the stream in `work_dir`, checks the tables, removes them.
 pub async fn measure(work_dir: &Path, changes: u64, keys: u64, batch: u64) -> Result<CdcBench> {
     let dir = work_dir.join(format!("cdc-{}", uuid::Uuid::new_v4()));
@@ -355,6 +429,14 @@ async fn measure_in(dir: &Path, changes: u64, keys: u64, batch: u64) -> Result<C
     }
     let append = append(&tables, &batches, changes).await?;
     let bare = bare_merge(&tables, &batches, changes).await?;
+    let bare_scd2 = bare_scd2_merge(&tables, &batches, changes).await?;
+    let bare_current = current_rows(&tables, "silver.users_bare_scd2").await?;
+    if bare_current != bare.rows {
+        return Err(failed(format!(
+            "the bare SCD 2 MERGE holds {bare_current} current rows; the bare SCD 1 MERGE {} rows",
+            bare.rows
+        )));
+    }
     let per_second = |run: &MergeRun| run.changes_per_cpu_second;
     Ok(CdcBench {
         changes,
@@ -362,11 +444,13 @@ async fn measure_in(dir: &Path, changes: u64, keys: u64, batch: u64) -> Result<C
         batch,
         scd1_to_bare_merge: per_second(&scd1) / per_second(&bare).max(1e-9),
         scd2_to_bare_merge: per_second(&scd2) / per_second(&bare).max(1e-9),
+        scd2_to_bare_scd2_merge: per_second(&scd2) / per_second(&bare_scd2).max(1e-9),
         merge_commit_to_append_commit: scd1.cpu_ms_per_commit / append.cpu_ms_per_commit.max(1e-9),
         bare_merge_resurrected_keys: bare.rows as i64 - live as i64,
         scd1,
         scd2,
         append,
         bare_delta_rs_merge: bare,
+        bare_delta_rs_scd2_merge: bare_scd2,
     })
 }

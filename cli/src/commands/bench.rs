@@ -449,7 +449,7 @@ fn summary(report: &BenchReport) -> String {
     if let Some(cdc) = &report.cdc {
         let _ = writeln!(
             out,
-            "change data capture, {} changes over {} keys: SCD 1 {:.0} changes/CPU-s ({:.2}x a bare delta-rs MERGE at {:.0}), SCD 2 {:.0} ({:.2}x); a merge commit {:.1} CPU-ms, an append {:.1}",
+            "change data capture, {} changes over {} keys: SCD 1 {:.0} changes/CPU-s ({:.2}x a bare delta-rs MERGE at {:.0}), SCD 2 {:.0} ({:.2}x; {:.2}x a bare delta-rs SCD 2 MERGE at {:.0}); a merge commit {:.1} CPU-ms, an append {:.1}",
             cdc.changes,
             cdc.keys,
             cdc.scd1.changes_per_cpu_second,
@@ -457,6 +457,8 @@ fn summary(report: &BenchReport) -> String {
             cdc.bare_delta_rs_merge.changes_per_cpu_second,
             cdc.scd2.changes_per_cpu_second,
             cdc.scd2_to_bare_merge,
+            cdc.scd2_to_bare_scd2_merge,
+            cdc.bare_delta_rs_scd2_merge.changes_per_cpu_second,
             cdc.scd1.cpu_ms_per_commit,
             cdc.append.cpu_ms_per_commit
         );
