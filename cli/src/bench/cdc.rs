@@ -175,13 +175,7 @@ async fn smelter_merge(
         schema()
     };
     let env = CommitEnv::default();
-    let described = Description {
-        change_data_feed: true,
-        ..Description::default()
-    };
-    let mut table = tables
-        .open_or_create_described(&name, &table_schema, &[], &described, &env)
-        .await?;
+    let mut table = with_change_feed(tables, &name, &table_schema).await?;
     let tombstones = tables
         .open_or_create(
             &TableSpec::tombstones_name(&name),
@@ -282,6 +276,21 @@ fn latest_per_key(batch: &RecordBatch) -> Result<RecordBatch> {
     Ok(take_record_batch(batch, &UInt32Array::from(rows))?)
 }
 
+/// A new table `name` of `schema` with the change data feed on.
+async fn with_change_feed(
+    tables: &TableStore,
+    name: &str,
+    schema: &SchemaRef,
+) -> Result<deltalake::DeltaTable> {
+    let described = Description {
+        change_data_feed: true,
+        ..Description::default()
+    };
+    Ok(tables
+        .open_or_create_described(name, schema, &[], &described, &CommitEnv::default())
+        .await?)
+}
+
 /// The batches through delta-rs's own `MERGE`, with the change data feed on.
 async fn bare_merge(
     tables: &TableStore,
@@ -289,14 +298,7 @@ async fn bare_merge(
     changes: u64,
 ) -> Result<MergeRun> {
     let name = "silver.users_bare";
-    let env = CommitEnv::default();
-    let described = Description {
-        change_data_feed: true,
-        ..Description::default()
-    };
-    let mut table = tables
-        .open_or_create_described(name, &schema(), &[], &described, &env)
-        .await?;
+    let mut table = with_change_feed(tables, name, &schema()).await?;
     let delta = |e: deltalake::DeltaTableError| failed(format!("delta-rs MERGE: {e}"));
     let mut run = MergeRun::default();
     let cpu = cpu_seconds(None).unwrap_or(0.0);
@@ -348,14 +350,7 @@ async fn bare_scd2_merge(
 ) -> Result<MergeRun> {
     let name = "silver.users_bare_scd2";
     let table_schema = smelter_lake::merge::history::with_history_columns(&schema(), "_lsn")?;
-    let env = CommitEnv::default();
-    let described = Description {
-        change_data_feed: true,
-        ..Description::default()
-    };
-    let mut table = tables
-        .open_or_create_described(name, &table_schema, &[], &described, &env)
-        .await?;
+    let mut table = with_change_feed(tables, name, &table_schema).await?;
     let delta = |e: deltalake::DeltaTableError| failed(format!("delta-rs SCD 2 MERGE: {e}"));
     let mut run = MergeRun::default();
     let cpu = cpu_seconds(None).unwrap_or(0.0);

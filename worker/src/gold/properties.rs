@@ -120,19 +120,27 @@ fn batch(rows: &[Row]) -> RecordBatch {
     RecordBatch::try_new(schema(), columns).expect("a batch of the silver schema")
 }
 
-/// Runs `steps` and checks every refresh against full recomputation and its own report.
-async fn check(steps: Vec<Step>) -> Result<(), TestCaseError> {
+/// A silver table partitioned by region, with its change data feed, in a temporary store
+/// (kept while the directory is).
+async fn silver_with_change_feed() -> (tempfile::TempDir, TableStore, DeltaTable) {
     let dir = tempfile::tempdir().expect("temp dir");
     let store = TableStore::new(dir.path()).expect("store");
-    let by = vec!["region".to_string()];
     let described = Description {
         change_data_feed: true,
         ..Description::default()
     };
-    let mut silver = store
+    let by = ["region".to_string()];
+    let silver = store
         .open_or_create_described(SILVER, &schema(), &by, &described, &Default::default())
         .await
         .expect("silver");
+    (dir, store, silver)
+}
+
+/// Runs `steps` and checks every refresh against full recomputation and its own report.
+async fn check(steps: Vec<Step>) -> Result<(), TestCaseError> {
+    let (_dir, store, mut silver) = silver_with_change_feed().await;
+    let by = vec!["region".to_string()];
     let engine = QueryEngine::new(store.clone(), Default::default());
     let mut refreshers: Vec<Refresher> = INCREMENTAL
         .iter()
@@ -433,17 +441,8 @@ proptest! {
 /// retraction that takes out a group's max rebuilds the state.
 #[tokio::test]
 async fn retractions_leave_null_sums_and_drop_emptied_groups() {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let store = TableStore::new(dir.path()).expect("store");
+    let (_dir, store, mut silver) = silver_with_change_feed().await;
     let by = vec!["region".to_string()];
-    let described = Description {
-        change_data_feed: true,
-        ..Description::default()
-    };
-    let mut silver = store
-        .open_or_create_described(SILVER, &schema(), &by, &described, &Default::default())
-        .await
-        .expect("silver");
     let row = |user: u8, quantity: Option<i8>, region: usize| Row {
         user: Some(user),
         event_type: 0,

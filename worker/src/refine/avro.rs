@@ -70,7 +70,7 @@ impl ConfluentAvro {
     /// did not decode (its bytes kept). Rows already in error, and missing payloads, are
     /// left as they are.
     pub async fn prepare(&mut self, batch: &RecordBatch) -> Result<RecordBatch> {
-        let payload = binary(batch, "payload")?;
+        let payload = super::column::<BinaryArray>(batch, "payload")?;
         let error = batch
             .column_by_name("error")
             .and_then(|c| c.as_any().downcast_ref::<StringArray>());
@@ -248,17 +248,6 @@ fn decoder_for(id: u32, schema: AvroSchema) -> Writer {
     }
 }
 
-fn binary<'a>(batch: &'a RecordBatch, name: &str) -> Result<&'a BinaryArray> {
-    batch
-        .column_by_name(name)
-        .and_then(|c| c.as_any().downcast_ref::<BinaryArray>())
-        .ok_or_else(|| {
-            WorkerError::Arrow(arrow::error::ArrowError::SchemaError(format!(
-                "bronze column `{name}` missing or mistyped"
-            )))
-        })
-}
-
 /// A registry that cannot be asked now: retried.
 fn registry_error(registry: &str, message: String) -> WorkerError {
     WorkerError::Source {
@@ -344,7 +333,7 @@ mod tests {
             vec![None, None, None, None, None, None, Some("oversized"), None],
         );
         let prepared = avro.prepare(&batch).await.unwrap();
-        let payload = binary(&prepared, "payload").unwrap();
+        let payload = super::super::column::<BinaryArray>(&prepared, "payload").unwrap();
         let why = prepared
             .column_by_name(DECODE_ERROR)
             .unwrap()
@@ -388,7 +377,7 @@ mod tests {
             .prepare(&bronze(vec![Some(good)], vec![None]))
             .await
             .unwrap();
-        let payload = binary(&again, "payload").unwrap();
+        let payload = super::super::column::<BinaryArray>(&again, "payload").unwrap();
         assert_eq!(
             serde_json::from_slice::<serde_json::Value>(payload.value(0)).unwrap(),
             serde_json::json!({"id": 42, "name": "ada"})
