@@ -5,7 +5,8 @@
 //! and a gold aggregate of money in decimals. Then:
 //!
 //! * silver holds every good record once, with its typed fields (the coupon where the
-//!   record's version has one, NULL where it does not);
+//!   record's version has one, NULL where it does not) and its Kafka key and time
+//!   (`parse.metadata`), which a rule checks;
 //! * gold equals the aggregate the test computes from its own records, in integer cents;
 //! * records that are not Confluent-framed, name a schema id the registry does not know,
 //!   or are cut short are quarantined under `_parse` with the reason, nothing lost;
@@ -218,6 +219,9 @@ tables:
       format: avro
       registry: {registry}
       schema: {{ user_id: string, amount: "decimal(10,2)", at: timestamp, country: string, coupon: string }}
+      metadata: [key, timestamp]
+    expectations:
+      - {{ name: keyed_by_user, expr: "_key = user_id AND _timestamp IS NOT NULL", on_violation: quarantine }}
   gold.revenue_by_country:
     from: silver.purchases
     sql: SELECT country, count(*) AS orders, sum(amount) AS revenue FROM silver.purchases GROUP BY country
@@ -317,6 +321,20 @@ async fn confluent_avro_records_decode_with_their_registry_schema_through_gold()
         wrong.is_empty(),
         "fields not as written (got, expected): {wrong:?}"
     );
+
+    // The Kafka key (the user) and record time, kept as `_key` and `_timestamp`, held
+    // the rule on every record.
+    let keyed = rows(
+        &cluster
+            .query(
+                "SELECT count(*) FROM silver.purchases \
+                 WHERE _key = user_id AND _timestamp IS NOT NULL",
+            )
+            .await
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(keyed, [GOOD.to_string()]);
 
     // Gold: orders and revenue per country, in integer cents.
     let mut by_country: BTreeMap<String, (i64, i64)> = BTreeMap::new();

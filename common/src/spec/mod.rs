@@ -287,6 +287,45 @@ pub struct ParseSpec {
     /// (Confluent's REST API: `GET {registry}/schemas/ids/{id}`), as an `http://` URL.
     #[serde(default)]
     pub registry: Option<String>,
+    /// What of the source record besides its payload silver keeps, as columns that
+    /// expressions, dedupe and merge keys may use: `key` (`_key`), `headers` (`_headers`, a
+    /// map of header name to value: `_headers['trace-id']`) and `timestamp` (`_timestamp`,
+    /// the record's time in the source).
+    #[serde(default)]
+    pub metadata: Vec<RecordField>,
+}
+
+/// A part of a source record that silver can keep (see [`ParseSpec::metadata`]).
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, PartialOrd, Ord)]
+#[serde(rename_all = "lowercase")]
+pub enum RecordField {
+    /// The record's key, as text (`_key`).
+    Key,
+    /// The record's headers (`_headers`: header name to value as text; a header without a
+    /// value maps to NULL).
+    Headers,
+    /// The record's time in the source (`_timestamp`; Kafka's create or log-append time).
+    Timestamp,
+}
+
+impl RecordField {
+    /// The silver column holding it.
+    pub fn column(self) -> &'static str {
+        match self {
+            RecordField::Key => "_key",
+            RecordField::Headers => "_headers",
+            RecordField::Timestamp => "_timestamp",
+        }
+    }
+
+    /// The bronze column it comes from.
+    pub fn bronze_column(self) -> &'static str {
+        match self {
+            RecordField::Key => "key",
+            RecordField::Headers => "headers",
+            RecordField::Timestamp => "timestamp",
+        }
+    }
 }
 
 /// Payload formats silver can decode.

@@ -568,3 +568,29 @@ fn avro_payloads_name_an_http_registry_and_only_they_do() {
         assert!(message.contains(wanted), "{message}");
     }
 }
+
+#[test]
+fn record_metadata_becomes_silver_columns_once_each() {
+    let with = |list: &str| {
+        DEMO.replace(
+            "      format: json\n",
+            &format!("      format: json\n      metadata: {list}\n"),
+        )
+    };
+    let spec = PipelineSpec::parse(&with("[key, headers]"), "p.yaml").unwrap();
+    let silver = &spec.tables["silver.events"];
+    let columns: Vec<String> = validate::silver_columns(silver)
+        .into_iter()
+        .map(|(n, _)| n)
+        .collect();
+    let at = columns.iter().position(|c| c == "_rescued_data").unwrap();
+    assert_eq!(
+        &columns[at..at + 4],
+        ["_rescued_data", "_key", "_headers", "_topic"]
+    );
+    let (field, _, message) = spec_error(&with("[key, key]"));
+    assert_eq!(field, "tables.silver.events.parse.metadata");
+    assert!(message.contains("`key` is listed twice"), "{message}");
+    let error = PipelineSpec::parse(&with("[offset]"), "p.yaml").unwrap_err();
+    assert!(error.to_string().contains("offset"), "{error}");
+}

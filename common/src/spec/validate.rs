@@ -551,6 +551,17 @@ pub fn silver_columns(table: &TableSpec) -> Vec<(String, Option<FieldType>)> {
             // The envelope's columns follow `_rescued_data`.
             out.extend(DEBEZIUM_COLUMNS.iter().map(|n| (n.to_string(), None)));
         }
+        if i == 0
+            && let Some(parse) = &table.parse
+        {
+            // Then the parts of the record asked for.
+            out.extend(
+                parse
+                    .metadata
+                    .iter()
+                    .map(|f| (f.column().to_string(), None)),
+            );
+        }
     }
     if table.merge.as_ref().is_some_and(|m| m.scd == 2) {
         out.extend(HISTORY_COLUMNS.iter().map(|n| (n.to_string(), None)));
@@ -619,6 +630,15 @@ fn validate_silver(c: &Checker, spec: &PipelineSpec, name: &str, table: &TableSp
                 ));
             }
             _ => {}
+        }
+    }
+    if let Some(parse) = &table.parse {
+        let mut seen = std::collections::BTreeSet::new();
+        if let Some(twice) = parse.metadata.iter().find(|f| !seen.insert(**f)) {
+            return Err(c.fail(
+                &["tables", name, "parse", "metadata"],
+                format!("`{}` is listed twice", twice.bronze_column()),
+            ));
         }
     }
     let columns = silver_columns(table);

@@ -177,6 +177,44 @@ impl<'f> Columns<'f> {
     }
 }
 
+/// Bronze's `headers` (a JSON object of header name to text, or NULL) as a map column of
+/// type `kind` (string keys and values): what silver's `_headers` holds.
+pub(super) fn headers_map(headers: &ArrayRef, kind: &DataType) -> Result<ArrayRef> {
+    use arrow::array::{Array, AsArray, MapBuilder, MapFieldNames};
+    let text = arrow::compute::cast(headers, &DataType::Utf8)?;
+    let text = text.as_string::<i32>();
+    let names = MapFieldNames {
+        entry: "key_value".into(),
+        key: "key".into(),
+        value: "value".into(),
+    };
+    let mut builder = MapBuilder::new(Some(names), StringBuilder::new(), StringBuilder::new());
+    for row in 0..text.len() {
+        let parsed = text
+            .is_valid(row)
+            .then(|| serde_json::from_str::<Map<String, Value>>(text.value(row)).ok())
+            .flatten();
+        let Some(object) = parsed else {
+            builder.append(false)?;
+            continue;
+        };
+        for (name, value) in object {
+            builder.keys().append_value(name);
+            match value {
+                Value::String(v) => builder.values().append_value(v),
+                Value::Null => builder.values().append_null(),
+                other => builder.values().append_value(other.to_string()),
+            }
+        }
+        builder.append(true)?;
+    }
+    let map: ArrayRef = Arc::new(builder.finish());
+    if map.data_type() == kind {
+        return Ok(map);
+    }
+    Ok(arrow::compute::cast(&map, kind)?)
+}
+
 #[cfg(test)]
 mod tests {
     use arrow::array::{Array, AsArray};

@@ -33,7 +33,7 @@ use arrow::compute::kernels::boolean::and_not;
 use arrow::compute::{concat_batches, filter_record_batch};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use deltalake::DeltaTable;
-use smelter_common::spec::{OnViolation, TableSpec};
+use smelter_common::spec::{OnViolation, RecordField, TableSpec};
 
 use self::columns::Columns;
 use self::decode::{Cell, JsonDecoder};
@@ -99,16 +99,22 @@ impl BronzeRows {
 }
 
 /// Reads the rows of the data files that versions `from..=to` of `bronze` added, but for
-/// the versions a restore undid (`undone`, see [`changes::undone`]). Files added without
-/// `dataChange` (compaction) are skipped: their rows were seen before.
+/// the versions a restore undid (`undone`, see [`changes::undone`]), with the bronze
+/// columns refine reads and `extra` ones. Files added without `dataChange` (compaction)
+/// are skipped: their rows were seen before.
 pub async fn read_versions(
     bronze: &DeltaTable,
     name: &str,
     (from, to): (i64, i64),
     undone: &[(i64, i64)],
     recent: &RecentFiles,
+    extra: &[&str],
 ) -> Result<BronzeRows> {
-    let columns: HashSet<String> = BRONZE_INPUT.iter().map(|c| c.to_string()).collect();
+    let columns: HashSet<String> = BRONZE_INPUT
+        .iter()
+        .chain(extra)
+        .map(|c| c.to_string())
+        .collect();
     let mut batches = Vec::new();
     for file in changes::range_skipping(bronze, name, from, to, undone)
         .await?
@@ -230,6 +236,23 @@ impl Refiner {
         }
         let mut arrays = decoded.finish()?;
         let rows = UInt32Array::from(kept);
+        for field in self.spec.parse.iter().flat_map(|p| &p.metadata) {
+            let kind = self
+                .work_schema
+                .field_with_name(field.column())?
+                .data_type()
+                .clone();
+            // Rows that never had it (a replay from the quarantine, a files source) are NULL.
+            let Some(source) = input.column_by_name(field.bronze_column()) else {
+                arrays.push(arrow::array::new_null_array(&kind, rows.len()));
+                continue;
+            };
+            let taken = arrow::compute::take(source.as_ref(), &rows, None)?;
+            arrays.push(match field {
+                RecordField::Headers => columns::headers_map(&taken, &kind)?,
+                RecordField::Key | RecordField::Timestamp => arrow::compute::cast(&taken, &kind)?,
+            });
+        }
         for name in ["topic", "partition", "offset", "ingested_at"] {
             let source = input.column_by_name(name).ok_or_else(|| {
                 WorkerError::Arrow(arrow::error::ArrowError::SchemaError(format!(
@@ -352,6 +375,17 @@ impl Refiner {
             RecordBatch::try_new_with_options(schema, columns, &options)?,
             rows,
         ))
+    }
+
+    /// The bronze columns this table keeps besides those every refine reads (its
+    /// `parse.metadata`).
+    pub fn extra_bronze_columns(&self) -> Vec<&'static str> {
+        self.spec
+            .parse
+            .iter()
+            .flat_map(|p| &p.metadata)
+            .map(|f| f.bronze_column())
+            .collect()
     }
 
     /// The silver table's schema.

@@ -350,3 +350,103 @@ tables:
     assert_eq!(strings(&batch, "views"), vec!["10", "NULL"]);
     assert_eq!(strings(&batch, "k"), vec!["v", "NULL"]);
 }
+
+#[tokio::test]
+async fn record_keys_headers_and_times_become_columns_rules_and_keys_can_use() {
+    let text = r#"
+pipeline: t
+sources: { s: { files: { path: /nonexistent } } }
+tables:
+  bronze.raw: { from: s }
+  silver.rows:
+    from: bronze.raw
+    parse: { format: json, schema: { n: long }, metadata: [key, headers, timestamp] }
+    dedupe: { keys: [_key] }
+    expectations:
+      - { name: traced, expr: "_headers['trace'] IS NOT NULL", on_violation: quarantine }
+"#;
+    let record = |i: i64, key: Option<&str>, headers: Option<&str>| SourceRecord {
+        topic: Arc::from("events"),
+        partition: 0,
+        offset: i,
+        key: key.map(str::to_string),
+        timestamp_us: Some(1_767_225_600_000_000 + i * 1_000_000),
+        headers: headers.map(str::to_string),
+        payload: Some(format!(r#"{{"n":{i}}}"#).into_bytes()),
+        error: None,
+        ends_topic: false,
+    };
+    let records = [
+        record(0, Some("k1"), Some(r#"{"trace":"t0","empty":null}"#)),
+        record(1, Some("k2"), Some(r#"{"other":"x"}"#)),
+        record(2, Some("k1"), Some(r#"{"trace":"t2"}"#)),
+        record(3, None, Some(r#"{"trace":"t3"}"#)),
+    ];
+    let rows = BronzeRows::from_batches(vec![bronze_batch("s", &records).unwrap()]);
+    let spec = PipelineSpec::parse(text, "t.yaml").unwrap();
+    let table = &spec.tables["silver.rows"];
+    let schema = schemas::silver(table);
+    let dir = tempfile::tempdir().unwrap();
+    let store = TableStore::new(dir.path()).unwrap();
+    let env = smelter_lake::CommitEnv::default();
+    let mut silver = store
+        .open_or_create("silver.rows", &schema, &[], &env)
+        .await
+        .unwrap();
+    let version = smelter_lake::log::version(&silver);
+    let mut at = super::SilverAt {
+        table: &mut silver,
+        name: "silver.rows",
+        version,
+    };
+    let refiner = Refiner::new("silver.rows", table, "t.yaml").unwrap();
+    assert_eq!(
+        refiner.extra_bronze_columns(),
+        ["key", "headers", "timestamp"]
+    );
+    let refined = refiner
+        .refine(&rows, &mut at, &mut Default::default())
+        .await
+        .unwrap();
+    // Offset 1 has no trace header; offset 2 repeats key k1; offset 3 has no key.
+    let kept = silver_rows(&refined);
+    assert_eq!(strings(&kept, "n"), ["0", "3"]);
+    assert_eq!(strings(&kept, "_key"), ["k1", "NULL"]);
+    assert_eq!(
+        strings(&kept, "_timestamp"),
+        ["2026-01-01T00:00:00Z", "2026-01-01T00:00:03Z"]
+    );
+    assert_eq!(strings(&refined.quarantine, "rule"), ["traced"]);
+    assert_eq!(refined.deduplicated, 1);
+
+    // Committed and read back with SQL: a header by name, a header without a value NULL.
+    smelter_lake::commit(
+        &mut silver,
+        "silver.rows",
+        refined.silver,
+        smelter_lake::WriteMode::Append,
+        &[],
+        vec![],
+        &env,
+    )
+    .await
+    .unwrap();
+    let table = store.open("silver.rows").await.unwrap();
+    let ctx = datafusion::prelude::SessionContext::new();
+    ctx.register_table("t", table.table_provider().await.unwrap())
+        .unwrap();
+    let batches = ctx
+        .sql(
+            "SELECT n, _headers['trace'] AS trace, _headers['empty'] AS empty, \
+             cardinality(_headers) AS headers FROM t ORDER BY n",
+        )
+        .await
+        .unwrap()
+        .collect()
+        .await
+        .unwrap();
+    let batch = arrow::compute::concat_batches(&batches[0].schema(), &batches).unwrap();
+    assert_eq!(strings(&batch, "trace"), ["t0", "t3"]);
+    assert_eq!(strings(&batch, "empty"), ["NULL", "NULL"]);
+    assert_eq!(strings(&batch, "headers"), ["2", "1"]);
+}

@@ -152,6 +152,7 @@ impl RefineTask {
                 (done + 1, to),
                 skip,
                 &env.commits.recent,
+                &refiner.extra_bronze_columns(),
             )
             .instrument(span.clone())
             .await?;

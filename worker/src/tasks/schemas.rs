@@ -7,7 +7,7 @@ use std::sync::Arc;
 use arrow::array::{Array, ArrayRef, RecordBatch};
 use arrow::compute::cast;
 use arrow::datatypes::{DataType, Field, Fields, Schema, SchemaRef, TimeUnit};
-use smelter_common::spec::{FieldType, PayloadFormat, Primitive, TableSpec};
+use smelter_common::spec::{FieldType, PayloadFormat, Primitive, RecordField, TableSpec};
 
 use crate::Result;
 
@@ -110,6 +110,16 @@ pub fn silver(table: &TableSpec) -> SchemaRef {
         fields.push(Field::new("_ts_ms", DataType::Int64, true));
         fields.push(Field::new("_lsn", DataType::Int64, true));
         fields.push(Field::new("_source", DataType::Utf8, true));
+    }
+    for field in table.parse.iter().flat_map(|p| &p.metadata) {
+        let kind = match field {
+            RecordField::Key => DataType::Utf8,
+            RecordField::Headers => arrow_type(&FieldType::Map(Box::new(FieldType::Primitive(
+                Primitive::String,
+            )))),
+            RecordField::Timestamp => timestamp_type(),
+        };
+        fields.push(Field::new(field.column(), kind, true));
     }
     fields.push(Field::new("_topic", DataType::Utf8, false));
     fields.push(Field::new("_partition", DataType::Int32, false));
