@@ -6,6 +6,8 @@
 command -v etcd >/dev/null 2>&1 || apt_install etcd-server
 # openssl makes the throwaway CA of the TLS tests.
 command -v openssl >/dev/null 2>&1 || apt_install openssl
+# A TLS-terminating proxy in front of tansu, which does not serve TLS itself (0.6).
+command -v stunnel4 >/dev/null 2>&1 || apt_install stunnel4
 # promtool checks the coordinator's /metrics text (the package's server is not started).
 command -v promtool >/dev/null 2>&1 || apt_install prometheus
 # PostgreSQL's logical decoding feeds the change-data-capture client test.

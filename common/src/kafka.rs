@@ -31,6 +31,13 @@ pub struct KafkaContext {
 }
 
 impl KafkaContext {
+    /// The last warning librdkafka gave (a refused TLS handshake, a failed SASL
+    /// authentication): the reason behind a bare "broker transport failure".
+    pub fn last_warning(&self) -> Option<String> {
+        let last = self.last.lock().unwrap_or_else(|e| e.into_inner());
+        last.as_ref().map(|(message, _)| message.clone())
+    }
+
     fn warn_once(&self, message: String) {
         let mut last = self.last.lock().unwrap_or_else(|e| e.into_inner());
         let repeated = last
@@ -100,7 +107,21 @@ pub fn partition_count_blocking(
         .map_err(|e| broker_error(e.to_string()))?;
     let metadata = consumer
         .fetch_metadata(Some(&spec.topic), timeout)
-        .map_err(|e| broker_error(e.to_string()))?;
+        .map_err(|e| {
+            // librdkafka's logs (where a refused handshake says why) wait in the client's
+            // queue until it is served.
+            for _ in 0..5 {
+                if consumer.poll(Duration::from_millis(20)).is_none()
+                    && consumer.context().last_warning().is_some()
+                {
+                    break;
+                }
+            }
+            match consumer.context().last_warning() {
+                Some(why) => broker_error(format!("{e}; {why}")),
+                None => broker_error(e.to_string()),
+            }
+        })?;
     let topic = metadata
         .topics()
         .iter()

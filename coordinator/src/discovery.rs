@@ -50,7 +50,14 @@ pub async fn run(
                         .await;
                 }
                 Err(error) => {
-                    tracing::warn!(%pipeline, %source, topic = %spec.topic, %error, "partition discovery failed; retrying next round")
+                    tracing::warn!(%pipeline, %source, topic = %spec.topic, %error, "partition discovery failed; retrying next round");
+                    let _ = sender
+                        .send(Command::DiscoveryFailed {
+                            pipeline,
+                            source,
+                            error: error.to_string(),
+                        })
+                        .await;
                 }
             }
         }

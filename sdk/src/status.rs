@@ -33,5 +33,6 @@ pub fn status_json(status: &ClusterStatus) -> serde_json::Value {
             })
         }).collect::<Vec<_>>(),
         "pipelines": status.pipelines.iter().map(|p| serde_json::json!({"name": p.name, "revision": p.revision, "origin": p.origin})).collect::<Vec<_>>(),
+        "source_errors": status.source_errors.iter().map(|e| serde_json::json!({"pipeline": e.pipeline, "source": e.source, "error": e.error})).collect::<Vec<_>>(),
     })
 }

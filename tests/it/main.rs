@@ -18,6 +18,7 @@ mod files;
 mod freshness;
 mod infer;
 mod kafka;
+mod kafka_tls;
 mod landing;
 mod partition;
 mod pipeline;

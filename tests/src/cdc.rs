@@ -248,7 +248,15 @@ pub async fn produce(
     topic: &str,
     records: &[(i32, String, Vec<u8>)],
 ) -> TestResult<BTreeMap<i32, i64>> {
-    let producer = crate::kafka::producer(brokers)?;
+    produce_with(&crate::kafka::producer(brokers)?, topic, records).await
+}
+
+/// [`produce`] through `producer`.
+pub async fn produce_with(
+    producer: &rdkafka::producer::FutureProducer,
+    topic: &str,
+    records: &[(i32, String, Vec<u8>)],
+) -> TestResult<BTreeMap<i32, i64>> {
     let mut last = BTreeMap::new();
     for chunk in records.chunks(5_000) {
         let mut pending = Vec::with_capacity(chunk.len());

@@ -32,7 +32,16 @@ pub fn admin(brokers: &str) -> AdminClient<DefaultClientContext> {
 
 /// Creates `topic` with `partitions` partitions.
 pub async fn create_topic(brokers: &str, topic: &str, partitions: i32) -> TestResult<()> {
-    let results = admin(brokers)
+    create_topic_with(&admin(brokers), topic, partitions).await
+}
+
+/// [`create_topic`] through `admin`.
+pub async fn create_topic_with(
+    admin: &AdminClient<DefaultClientContext>,
+    topic: &str,
+    partitions: i32,
+) -> TestResult<()> {
+    let results = admin
         .create_topics(
             &[NewTopic::new(topic, partitions, TopicReplication::Fixed(1))],
             &AdminOptions::new().operation_timeout(Some(Duration::from_secs(10))),
@@ -54,6 +63,36 @@ pub struct Ack {
     pub offset: i64,
     /// Generator offset of the event within its partition.
     pub event: i64,
+}
+
+/// The librdkafka settings of a client that reaches `brokers` over TLS, trusting `ca`.
+pub fn tls_config(brokers: &str, ca: &std::path::Path) -> ClientConfig {
+    let mut config = ClientConfig::new();
+    config
+        .set("bootstrap.servers", brokers)
+        .set("security.protocol", "SSL")
+        .set("ssl.ca.location", ca.display().to_string())
+        .set("log_level", "3");
+    config
+}
+
+/// An admin client for `brokers` over TLS, trusting `ca`.
+pub fn tls_admin(brokers: &str, ca: &std::path::Path) -> AdminClient<DefaultClientContext> {
+    tls_config(brokers, ca)
+        .create()
+        .expect("a TLS admin client")
+}
+
+/// A producer to `brokers` over TLS, trusting `ca` (otherwise as [`producer`]).
+pub fn tls_producer(brokers: &str, ca: &std::path::Path) -> TestResult<FutureProducer> {
+    tls_config(brokers, ca)
+        .set("acks", "all")
+        .set("enable.idempotence", "false")
+        .set("max.in.flight.requests.per.connection", "1")
+        .set("linger.ms", "5")
+        .set("message.timeout.ms", "30000")
+        .create()
+        .map_err(|e| format!("producer: {e}"))
 }
 
 /// A producer that waits for every replica (`acks=all`) and keeps each partition's

@@ -240,11 +240,22 @@ impl Tansu {
     }
 
     fn spawn(dir: &std::path::Path, port: u16, s3: Option<&str>) -> Child {
+        Self::spawn_advertising(dir, port, port, s3)
+    }
+
+    /// Tansu listening on `port` and telling clients to connect to `advertised`.
+    fn spawn_advertising(
+        dir: &std::path::Path,
+        port: u16,
+        advertised: u16,
+        s3: Option<&str>,
+    ) -> Child {
         let url = format!("tcp://127.0.0.1:{port}");
+        let advertised = format!("tcp://127.0.0.1:{advertised}");
         let mut command = Command::new(binary("tansu").expect("tansu"));
         command
             .args(["broker", "--listener-url", &url])
-            .args(["--advertised-listener-url", &url])
+            .args(["--advertised-listener-url", &advertised])
             .env("RUST_LOG", "error")
             .stdout(Stdio::null())
             .stderr(log_file(dir));
@@ -311,6 +322,88 @@ impl Drop for Tansu {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// Tansu (in memory) reached only over TLS: tansu 0.6 takes `--cert`/`--key` but never
+/// serves TLS, so stunnel terminates it in front, with a certificate of the run's CA, and
+/// the broker advertises stunnel's port — every client connection, bootstrap and
+/// metadata-directed alike, goes through TLS.
+pub struct TlsTansu {
+    tansu: Child,
+    stunnel: Child,
+    /// Holds both logs and stunnel's configuration.
+    dir: tempfile::TempDir,
+    /// Bootstrap servers (stunnel's TLS port), `127.0.0.1:<port>`.
+    pub brokers: String,
+}
+
+impl TlsTansu {
+    /// Starts tansu and stunnel and waits until a TLS client that trusts `certs.ca` gets
+    /// metadata, or `None` if either is not installed (and not required).
+    pub async fn start(certs: &crate::certs::Certs) -> Option<TlsTansu> {
+        binary("tansu")?;
+        let stunnel = binary("stunnel4")?;
+        for attempt in 1..=LAUNCH_ATTEMPTS {
+            let dir = tempfile::tempdir().expect("temp dir");
+            let (plain, tls) = (free_port(), free_port());
+            let config = dir.path().join("stunnel.conf");
+            std::fs::write(
+                &config,
+                format!(
+                    "foreground = yes\npid =\noutput = {log}\n[kafka]\naccept = 127.0.0.1:{tls}\n\
+                     connect = 127.0.0.1:{plain}\ncert = {cert}\nkey = {key}\n",
+                    log = dir.path().join("stunnel.log").display(),
+                    cert = certs.cert.display(),
+                    key = certs.key.display(),
+                ),
+            )
+            .expect("stunnel configuration");
+            let mut tansu = TlsTansu {
+                tansu: Tansu::spawn_advertising(dir.path(), plain, tls, None),
+                stunnel: Command::new(&stunnel)
+                    .arg(&config)
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .spawn()
+                    .expect("spawn stunnel"),
+                dir,
+                brokers: format!("127.0.0.1:{tls}"),
+            };
+            let (brokers, ca) = (tansu.brokers.clone(), certs.ca.clone());
+            let ready = until_ready(&mut tansu.stunnel, tansu.dir.path(), || async {
+                crate::kafka::tls_admin(&brokers, &ca)
+                    .inner()
+                    .fetch_metadata(None, Duration::from_secs(1))
+                    .is_ok()
+            })
+            .await;
+            let tansu_exited = tansu.tansu.try_wait().ok().flatten();
+            match (ready, tansu_exited) {
+                (Ok(()), None) => return Some(tansu),
+                (Ok(()), Some(status)) | (Err(NotReady::Exited(status, _)), _) => {
+                    retry_or_panic(
+                        "tansu behind stunnel",
+                        &tansu.brokers,
+                        attempt,
+                        NotReady::Exited(status, String::new()),
+                    );
+                }
+                (Err(why), _) => {
+                    retry_or_panic("tansu behind stunnel", &tansu.brokers, attempt, why)
+                }
+            }
+        }
+        unreachable!("the last attempt panics")
+    }
+}
+
+impl Drop for TlsTansu {
+    fn drop(&mut self) {
+        for child in [&mut self.stunnel, &mut self.tansu] {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
     }
 }
 

@@ -88,6 +88,12 @@ fn status_text(status: &ClusterStatus) -> String {
             w.worker_id, w.flight_endpoint, w.tasks, w.lease_expires_in_ms, w.commits_fenced
         ));
     }
+    if !status.source_errors.is_empty() {
+        out.push_str("\nsources failing\n");
+        for e in &status.source_errors {
+            out.push_str(&format!("  {}/{}: {}\n", e.pipeline, e.source, e.error));
+        }
+    }
     out.push_str("\ntasks\n");
     for t in &status.tasks {
         let task = t.task.clone().unwrap_or_default();

@@ -76,4 +76,10 @@ pub enum Command {
         source: String,
         count: u32,
     },
+    /// Discovery could not ask a Kafka source's brokers (shown in the status until it can).
+    DiscoveryFailed {
+        pipeline: String,
+        source: String,
+        error: String,
+    },
 }

@@ -77,6 +77,8 @@ pub struct Actor {
     pipelines: BTreeMap<String, PipelineDefinition>,
     /// Discovered partition counts of Kafka sources, by (pipeline, source).
     partitions: BTreeMap<(String, String), u32>,
+    /// The last discovery error of each Kafka source that has one (pipeline, source).
+    discovery_errors: BTreeMap<(String, String), String>,
     tasks: BTreeMap<String, TaskAssignment>,
     /// Target owner of each task.
     owners: BTreeMap<String, String>,
@@ -113,6 +115,7 @@ impl Actor {
             workers: BTreeMap::new(),
             pipelines: BTreeMap::new(),
             partitions: stored.partitions,
+            discovery_errors: BTreeMap::new(),
             tasks: BTreeMap::new(),
             owners: BTreeMap::new(),
             releasing: BTreeMap::new(),
@@ -253,7 +256,18 @@ impl Actor {
                 pipeline,
                 source,
                 count,
-            } => self.partitions_found(pipeline, source, count).await,
+            } => {
+                self.discovery_errors
+                    .remove(&(pipeline.clone(), source.clone()));
+                self.partitions_found(pipeline, source, count).await
+            }
+            Command::DiscoveryFailed {
+                pipeline,
+                source,
+                error,
+            } => {
+                self.discovery_errors.insert((pipeline, source), error);
+            }
         }
     }
 

@@ -45,6 +45,16 @@ impl Actor {
             workers,
             tasks,
             pipelines: self.pipelines.values().cloned().collect(),
+            source_errors: self
+                .discovery_errors
+                .iter()
+                .filter(|((pipeline, _), _)| self.pipelines.contains_key(pipeline))
+                .map(|((pipeline, source), error)| smelter_proto::SourceError {
+                    pipeline: pipeline.clone(),
+                    source: source.clone(),
+                    error: error.clone(),
+                })
+                .collect(),
         }
     }
 }
