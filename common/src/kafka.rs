@@ -28,17 +28,29 @@ const REPEAT_QUIET: Duration = Duration::from_secs(30);
 #[derive(Default)]
 pub struct KafkaContext {
     last: Mutex<Option<(String, Instant)>>,
+    /// The first distinct warnings of this client, in order (at most [`KEPT_WARNINGS`]).
+    first: Mutex<Vec<String>>,
 }
 
+/// Distinct warnings a client keeps to explain a failure.
+const KEPT_WARNINGS: usize = 4;
+
 impl KafkaContext {
-    /// The last warning librdkafka gave (a refused TLS handshake, a failed SASL
-    /// authentication): the reason behind a bare "broker transport failure".
-    pub fn last_warning(&self) -> Option<String> {
-        let last = self.last.lock().unwrap_or_else(|e| e.into_inner());
-        last.as_ref().map(|(message, _)| message.clone())
+    /// The first distinct warnings librdkafka gave, joined (a refused TLS handshake, a
+    /// failed SASL authentication come first; "all brokers down" follows): the reason
+    /// behind a bare "broker transport failure".
+    pub fn warnings(&self) -> Option<String> {
+        let first = self.first.lock().unwrap_or_else(|e| e.into_inner());
+        (!first.is_empty()).then(|| first.join("; "))
     }
 
     fn warn_once(&self, message: String) {
+        {
+            let mut first = self.first.lock().unwrap_or_else(|e| e.into_inner());
+            if first.len() < KEPT_WARNINGS && !first.contains(&message) {
+                first.push(message.clone());
+            }
+        }
         let mut last = self.last.lock().unwrap_or_else(|e| e.into_inner());
         let repeated = last
             .as_ref()
@@ -110,14 +122,14 @@ pub fn partition_count_blocking(
         .map_err(|e| {
             // librdkafka's logs (where a refused handshake says why) wait in the client's
             // queue until it is served.
-            for _ in 0..5 {
+            for _ in 0..10 {
                 if consumer.poll(Duration::from_millis(20)).is_none()
-                    && consumer.context().last_warning().is_some()
+                    && consumer.context().warnings().is_some()
                 {
                     break;
                 }
             }
-            match consumer.context().last_warning() {
+            match consumer.context().warnings() {
                 Some(why) => broker_error(format!("{e}; {why}")),
                 None => broker_error(e.to_string()),
             }
@@ -151,6 +163,27 @@ pub async fn partition_count(spec: &KafkaSpec, pipeline: &str, timeout: Duration
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A failure's reason is what the client said first: later warnings ("all brokers
+    /// down") do not push it out, repeats are kept once, and only a few are kept.
+    #[test]
+    fn the_first_distinct_warnings_explain_a_failure() {
+        let context = KafkaContext::default();
+        assert_eq!(context.warnings(), None);
+        context.warn_once("SSL handshake failed: certificate verify failed".into());
+        context.warn_once("SSL handshake failed: certificate verify failed".into());
+        context.warn_once("1/1 brokers are down".into());
+        for i in 0..10 {
+            context.warn_once(format!("later {i}"));
+        }
+        assert_eq!(
+            context.warnings().as_deref(),
+            Some(
+                "SSL handshake failed: certificate verify failed; 1/1 brokers are down; \
+                 later 0; later 1"
+            )
+        );
+    }
 
     fn spec(properties: &[(&str, &str)]) -> KafkaSpec {
         KafkaSpec {

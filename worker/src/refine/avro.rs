@@ -142,11 +142,10 @@ impl ConfluentAvro {
             let writer = self.writer(id).await?;
             self.writers.insert(id, writer);
         }
-        let Some(Writer::Decoder(decoder, schema)) = self.writers.get_mut(&id) else {
-            let Some(Writer::Unreadable(reason)) = self.writers.get(&id) else {
-                unreachable!("a writer was just resolved for id {id}");
-            };
-            return Ok(Err(reason.clone()));
+        let (decoder, schema) = match self.writers.get_mut(&id) {
+            Some(Writer::Decoder(decoder, schema)) => (decoder, schema),
+            Some(Writer::Unreadable(reason)) => return Ok(Err(reason.clone())),
+            None => return Ok(Err(format!("avro: schema id {id} was not resolved"))),
         };
         let outcome = match decoder.decode(payload) {
             Ok(consumed) if consumed == payload.len() && decoder.batch_is_full() => {
