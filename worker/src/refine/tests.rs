@@ -74,6 +74,33 @@ fn strings(batch: &arrow::record_batch::RecordBatch, column: &str) -> Vec<String
         .collect()
 }
 
+/// Commits `rows` to `table` (`silver.rows` in `store`), opens it again and runs `sql`
+/// over it as `t`: what any Delta reader gets back.
+async fn commit_and_query(
+    store: &TableStore,
+    table: &mut deltalake::DeltaTable,
+    rows: Vec<arrow::record_batch::RecordBatch>,
+    sql: &str,
+) -> arrow::record_batch::RecordBatch {
+    smelter_lake::commit(
+        table,
+        "silver.rows",
+        rows,
+        smelter_lake::WriteMode::Append,
+        &[],
+        vec![],
+        &Default::default(),
+    )
+    .await
+    .unwrap();
+    let table = store.open("silver.rows").await.unwrap();
+    let ctx = datafusion::prelude::SessionContext::new();
+    ctx.register_table("t", table.table_provider().await.unwrap())
+        .unwrap();
+    let batches = ctx.sql(sql).await.unwrap().collect().await.unwrap();
+    arrow::compute::concat_batches(&batches[0].schema(), &batches).unwrap()
+}
+
 async fn refine(spec_text: &str, lines: &[&str]) -> Result<super::Refined, WorkerError> {
     let spec = PipelineSpec::parse(spec_text, "t.yaml").unwrap();
     let table = &spec.tables["silver.rows"];
@@ -318,35 +345,18 @@ tables:
     let parsed = PipelineSpec::parse(spec, "t.yaml").unwrap();
     let dir = tempfile::tempdir().unwrap();
     let store = TableStore::new(dir.path()).unwrap();
-    let env = smelter_lake::CommitEnv::default();
     let schema = schemas::silver(&parsed.tables["silver.rows"]);
     let mut table = store
-        .open_or_create("silver.rows", &schema, &[], &env)
+        .open_or_create("silver.rows", &schema, &[], &Default::default())
         .await
         .unwrap();
-    smelter_lake::commit(
+    let batch = commit_and_query(
+        &store,
         &mut table,
-        "silver.rows",
         refined.silver,
-        smelter_lake::WriteMode::Append,
-        &[],
-        vec![],
-        &env,
+        "SELECT id, counts['views'] AS views, tags['x']['k'] AS k FROM t ORDER BY id",
     )
-    .await
-    .unwrap();
-    let table = store.open("silver.rows").await.unwrap();
-    let ctx = datafusion::prelude::SessionContext::new();
-    ctx.register_table("t", table.table_provider().await.unwrap())
-        .unwrap();
-    let batches = ctx
-        .sql("SELECT id, counts['views'] AS views, tags['x']['k'] AS k FROM t ORDER BY id")
-        .await
-        .unwrap()
-        .collect()
-        .await
-        .unwrap();
-    let batch = arrow::compute::concat_batches(&batches[0].schema(), &batches).unwrap();
+    .await;
     assert_eq!(strings(&batch, "views"), vec!["10", "NULL"]);
     assert_eq!(strings(&batch, "k"), vec!["v", "NULL"]);
 }
@@ -420,32 +430,14 @@ tables:
     assert_eq!(refined.deduplicated, 1);
 
     // Committed and read back with SQL: a header by name, a header without a value NULL.
-    smelter_lake::commit(
+    let batch = commit_and_query(
+        &store,
         &mut silver,
-        "silver.rows",
         refined.silver,
-        smelter_lake::WriteMode::Append,
-        &[],
-        vec![],
-        &env,
+        "SELECT n, _headers['trace'] AS trace, _headers['empty'] AS empty, \
+         cardinality(_headers) AS headers FROM t ORDER BY n",
     )
-    .await
-    .unwrap();
-    let table = store.open("silver.rows").await.unwrap();
-    let ctx = datafusion::prelude::SessionContext::new();
-    ctx.register_table("t", table.table_provider().await.unwrap())
-        .unwrap();
-    let batches = ctx
-        .sql(
-            "SELECT n, _headers['trace'] AS trace, _headers['empty'] AS empty, \
-             cardinality(_headers) AS headers FROM t ORDER BY n",
-        )
-        .await
-        .unwrap()
-        .collect()
-        .await
-        .unwrap();
-    let batch = arrow::compute::concat_batches(&batches[0].schema(), &batches).unwrap();
+    .await;
     assert_eq!(strings(&batch, "trace"), ["t0", "t3"]);
     assert_eq!(strings(&batch, "empty"), ["NULL", "NULL"]);
     assert_eq!(strings(&batch, "headers"), ["2", "1"]);
