@@ -447,6 +447,11 @@ pub struct BenchArgs {
     /// Changes per second of that stream (over `--cdc-keys` keys).
     #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..))]
     pub cdc_rate: u64,
+    /// Rows per file of the file-format figures (NDJSON, CSV, Parquet and Avro read as a
+    /// files source and refine read them, against each format's bare Arrow reader); 0
+    /// skips them.
+    #[arg(long, default_value_t = 200_000)]
+    pub format_rows: u64,
     /// Where runs keep their tables (removed after each run); defaults to the temp dir.
     #[arg(long)]
     pub work_dir: Option<PathBuf>,

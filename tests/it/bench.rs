@@ -124,6 +124,8 @@ fn bench_runs_in_process_with_every_figure() {
         "3",
         "--cdc-rate",
         "2000",
+        "--format-rows",
+        "5000",
     ]);
     check_run(&report["in_process"], 20_000, &["smelter up"]);
     // Both runs are listed, and the figures are those of the one with the least CPU.
@@ -226,6 +228,18 @@ fn bench_runs_in_process_with_every_figure() {
         assert!(paced[cost].as_f64().unwrap() > 0.0, "{cost}: {paced}");
     }
     assert!(paced["silver_rows"].as_u64().unwrap() > 0, "{paced}");
+    // File formats: each read whole both ways (the bench checks the row counts).
+    let formats = &report["formats"];
+    assert_eq!(formats["records"], 5_000, "{formats}");
+    for format in ["ndjson", "csv", "parquet", "avro"] {
+        for field in ["smelter_rows_per_cpu_second", "bare_rows_per_cpu_second"] {
+            let value = formats[format][field].as_f64().unwrap();
+            assert!(
+                value > 0.0 && value.is_finite(),
+                "{format} {field}: {formats}"
+            );
+        }
+    }
     // Table operations: 120 commits, so a checkpoint (every 100) was written and deleted.
     let ops = &report["table_ops"];
     assert_eq!(ops["commits"], 120, "{ops}");

@@ -24,6 +24,7 @@ pub mod cdc;
 pub mod cdc_latency;
 pub mod check;
 pub mod cluster;
+pub mod formats;
 pub mod in_process;
 pub mod latency;
 pub mod limit;
@@ -322,6 +323,8 @@ pub struct BenchReport {
     /// Change-to-gold latency of a paced change stream (in-process, `--cdc-seconds`
     /// above 0).
     pub cdc_latency: Option<cdc_latency::CdcLatency>,
+    /// Reading each file format (in-process runs, `--format-rows` above 0).
+    pub formats: Option<formats::Formats>,
     /// Maintenance under load (`--soak-secs`; then nothing else runs).
     pub soak: Option<soak::SoakFigures>,
 }

@@ -110,6 +110,18 @@ pub async fn run(config: SmelterConfig, args: BenchArgs) -> Result<()> {
                 .await?,
             );
         }
+        if args.format_rows > 0 {
+            say(&format!(
+                "file formats: {} rows each of NDJSON, CSV, Parquet and Avro",
+                args.format_rows
+            ));
+            let rows = args.format_rows;
+            report.formats = Some(
+                tokio::task::spawn_blocking(move || crate::bench::formats::measure(rows))
+                    .await
+                    .map_err(|e| CliError::Bench(format!("formats: {e}")))??,
+            );
+        }
         if args.cdc_seconds > 0 {
             say(&format!(
                 "change to gold: {} changes/s over {} keys for {} s, merged into silver",
@@ -481,6 +493,23 @@ fn summary(report: &BenchReport) -> String {
             cdc.gold_recompute_ms,
             cdc.cpu_seconds
         );
+    }
+    if let Some(formats) = &report.formats {
+        for (name, run) in [
+            ("NDJSON", &formats.ndjson),
+            ("CSV", &formats.csv),
+            ("Parquet", &formats.parquet),
+            ("Avro", &formats.avro),
+        ] {
+            let _ = writeln!(
+                out,
+                "{name} files, {} rows: {:.0} rows/CPU-s read as refine reads them, {:.0} by the bare reader ({:.2}x)",
+                formats.records,
+                run.smelter_rows_per_cpu_second,
+                run.bare_rows_per_cpu_second,
+                run.smelter_to_bare
+            );
+        }
     }
     if let Some(run) = &report.cluster {
         run_lines("cluster", run, &mut out);
