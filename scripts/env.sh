@@ -23,5 +23,5 @@ apt_install() {
 # protoc builds the gRPC code; cmake/g++ are what rdkafka's bundled build will need.
 command -v protoc >/dev/null 2>&1 || apt_install protobuf-compiler
 # librdkafka is built with the system's OpenSSL (Kafka over TLS, SASL/SCRAM).
-dpkg -s libssl-dev >/dev/null 2>&1 || apt_install libssl-dev pkg-config
+apt_install libssl-dev pkg-config
 command -v cargo >/dev/null 2>&1 || { echo "cargo is required (rustup.rs)" >&2; exit 1; }

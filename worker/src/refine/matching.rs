@@ -32,6 +32,22 @@ impl RecordsMatching {
     /// matches `sql`; an error names what is wrong with the predicate (an unknown column,
     /// or one only silver's own commits fill, such as `_offset`).
     pub fn new(silver: &str, spec: &TableSpec, origin: &str, sql: &str) -> Result<Self> {
+        // Avro records decode with the registry's schemas, which a selection (run while a
+        // delete plans, without I/O) cannot fetch: refused rather than matching nothing.
+        if spec
+            .parse
+            .as_ref()
+            .is_some_and(|p| p.format == smelter_common::spec::PayloadFormat::Avro)
+        {
+            return Err(crate::WorkerError::InvalidSpec {
+                origin: origin.to_string(),
+                field: format!("tables.{silver}.parse.format"),
+                message: "a delete cannot cascade into the records of a `format: avro` table \
+                          (they decode with the schema registry's schemas); delete from its \
+                          bronze table by position instead"
+                    .into(),
+            });
+        }
         let refiner = Refiner::new(silver, spec, origin)?;
         let predicate = SqlPredicate::new(sql, &refiner.decoded_schema(), silver)?;
         Ok(Self {
@@ -131,6 +147,33 @@ tables:
         let selected = matching.select(&batch).unwrap();
         let picked: Vec<bool> = selected.iter().map(|v| v.unwrap()).collect();
         assert_eq!(picked, [true, false, false, false, true, true]);
+    }
+
+    #[test]
+    fn avro_tables_refuse_a_cascade_naming_the_format() {
+        let yaml = r#"
+pipeline: p
+sources: { s: { generator: { partitions: 1 } } }
+tables:
+  bronze.events: { from: s }
+  silver.events:
+    from: bronze.events
+    parse: { format: avro, registry: "http://127.0.0.1:9", schema: { event_id: string } }
+"#;
+        let spec = smelter_common::spec::PipelineSpec::parse(yaml, "test.yaml").unwrap();
+        let error = RecordsMatching::new(
+            "silver.events",
+            &spec.tables["silver.events"],
+            "test.yaml",
+            "event_id = 'a'",
+        )
+        .err()
+        .expect("refused")
+        .to_string();
+        assert!(
+            error.contains("tables.silver.events.parse.format") && error.contains("avro"),
+            "{error}"
+        );
     }
 
     #[test]
