@@ -12,7 +12,10 @@
 //! * `commit.after_log`: the log entry is written, its result not yet handled;
 //! * `ingest.after_commit`: a bronze batch is committed, progress not yet reported;
 //! * `replay.after_silver`: a quarantine replay's silver commit landed, the quarantine not
-//!   yet marked (the worker's `refine::replay`).
+//!   yet marked (the worker's `refine::replay`);
+//! * `refine.started_over`: a silver table's schema was replaced and its rows removed
+//!   (`on_incompatible: new_version`), its quarantine not yet emptied (the worker's
+//!   `tasks::silver_schema`).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -26,6 +29,7 @@ pub const NAMES: &[&str] = &[
     "commit.after_log",
     "ingest.after_commit",
     "replay.after_silver",
+    "refine.started_over",
 ];
 
 /// The armed failpoint of one worker, if any.

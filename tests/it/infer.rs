@@ -187,3 +187,175 @@ async fn an_inferred_schema_pinned_into_silver_loses_no_record() {
     }
     assert_eq!(ids.len() as i64, silver);
 }
+
+/// Record `i` of the run-time inference test: [`record`], with a nested `visitor.geo.zip`
+/// from record 1,200 on and a `channel` from record 2,000 on (the second run's file).
+fn growing(i: usize) -> String {
+    let mut value: serde_json::Value = serde_json::from_str(&record(i)).unwrap();
+    if i >= 1_200 {
+        value["visitor"]["geo"]["zip"] = serde_json::json!(format!("69{:03}", i % 1000));
+    }
+    if i >= RECORDS {
+        value["channel"] = serde_json::json!("email");
+    }
+    value.to_string()
+}
+
+/// `parse: { schema: infer }` at run time, over the records above: the table is created
+/// with the schema of the first 500 records, grows as `visitor.geo.zip` and `coupon` appear
+/// (each evolving commit only adds), keeps a score of the other type in `_rescued_data`
+/// with its row, and after a restart reads its schema back from the table and grows again
+/// (`channel`). Every record ends in silver exactly once, nothing quarantined, and gold
+/// planned over the inferred columns agrees with the test's own sums.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_inferred_pipeline_grows_its_schema_and_loses_no_record() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("in");
+    std::fs::create_dir_all(&input).unwrap();
+    let place = |file: &str, range: std::ops::Range<usize>| {
+        let lines: Vec<String> = range.map(growing).collect();
+        let staged = input.join(format!(".{file}"));
+        std::fs::write(&staged, lines.join("\n") + "\n").unwrap();
+        std::fs::rename(&staged, input.join(file)).unwrap();
+    };
+    place("a.ndjson", 0..1_000);
+    place("b.ndjson", 1_000..RECORDS);
+    let pipeline = dir.path().join("pipeline.yaml");
+    std::fs::write(
+        &pipeline,
+        format!(
+            "pipeline: inferred\nsources:\n  clicks: {{ files: {{ path: {} }} }}\ntables:\n  \
+             bronze.clicks: {{ from: clicks }}\n  silver.clicks:\n    from: bronze.clicks\n    \
+             parse: {{ format: json, schema: infer, sample: {SAMPLE} }}\n  gold.totals:\n    \
+             from: silver.clicks\n    sql: SELECT count(*) AS clicks, sum(score) AS score, \
+             count(coupon) AS coupons FROM silver.clicks\n",
+            input.display()
+        ),
+    )
+    .unwrap();
+    let data = dir.path().join("data");
+    let run = || async {
+        let mut up = smelter_up(&data, &pipeline, &["--exit-when-done"], &[]);
+        let status = wait_exit(&mut up, Duration::from_secs(180)).await.unwrap();
+        assert!(status.success(), "smelter up finished ({status})");
+    };
+    run().await;
+    let tables = TableStore::new(data.join("tables")).unwrap();
+    check_inferred(&tables, RECORDS).await;
+    let silver = tables.open("silver.clicks").await.unwrap();
+    let schema = smelter_lake::log::arrow_schema(&silver, "silver.clicks").unwrap();
+    let names: Vec<&str> = schema.fields().iter().map(|f| f.name().as_str()).collect();
+    assert_eq!(
+        names[..7],
+        [
+            "amount",
+            "at",
+            "cart",
+            "id",
+            "score",
+            "visitor",
+            "_rescued_data"
+        ],
+        "created with the first records' fields (serde_json writes keys sorted): {names:?}"
+    );
+    assert_eq!(
+        names.last(),
+        Some(&"coupon"),
+        "added after the table's columns"
+    );
+    assert_eq!(
+        schema.field_with_name("score").unwrap().data_type(),
+        &DataType::Int64,
+        "the type most of the sample had"
+    );
+
+    // A restart reads the schema back from the table and grows it again.
+    place("c.ndjson", RECORDS..RECORDS + 500);
+    run().await;
+    check_inferred(&tables, RECORDS + 500).await;
+    let silver = tables.open("silver.clicks").await.unwrap();
+    let history = smelter_lake::history::commits(&silver, "silver.clicks")
+        .await
+        .unwrap();
+    let evolved: Vec<String> = history
+        .iter()
+        .filter_map(|c| c.smelter_info.get(smelter_lake::commit::EVOLVED_KEY))
+        .map(|v| v.as_str().unwrap().to_string())
+        .collect();
+    let added: BTreeSet<&str> = evolved
+        .iter()
+        .flat_map(|e| {
+            e.strip_prefix("added ")
+                .unwrap_or_else(|| panic!("only additions: {e}"))
+                .split(", ")
+        })
+        .collect();
+    assert_eq!(
+        added,
+        BTreeSet::from(["visitor.geo.zip", "coupon", "channel"]),
+        "{evolved:?}"
+    );
+}
+
+/// The first `records` records of [`growing`], each once in the inferred silver table with
+/// every value where it belongs, none quarantined; gold's totals as the test sums them.
+async fn check_inferred(tables: &TableStore, records: usize) {
+    assert_eq!(
+        count(tables, "SELECT count(*) FROM silver.clicks_quarantine").await,
+        0
+    );
+    let channel = if records > RECORDS { "channel" } else { "NULL" };
+    let batches = oracle::sql(
+        tables,
+        &format!(
+            "SELECT id, score, coupon, visitor['geo']['zip'] AS zip, _rescued_data, {channel} \
+             FROM silver.clicks"
+        ),
+    )
+    .await
+    .unwrap();
+    let mut seen = BTreeSet::new();
+    for batch in &batches {
+        let text = |c: usize| arrow::compute::cast(batch.column(c), &DataType::Utf8).unwrap();
+        let (id, coupon, zip, rescued, channel) = (text(0), text(2), text(3), text(4), text(5));
+        let score = batch.column(1).as_primitive::<Int64Type>();
+        for row in 0..batch.num_rows() {
+            let i: usize = id.as_string::<i32>().value(row)[1..].parse().unwrap();
+            assert!(seen.insert(i), "r{i} once");
+            let value = |a: &arrow::array::ArrayRef| {
+                a.is_valid(row)
+                    .then(|| a.as_string::<i32>().value(row).to_string())
+            };
+            if i.is_multiple_of(40) {
+                assert!(score.is_null(row), "r{i}");
+                assert_eq!(
+                    value(&rescued).as_deref(),
+                    Some(r#"{"score":"high"}"#),
+                    "r{i}"
+                );
+            } else {
+                assert_eq!(score.value(row), (i % 7) as i64, "r{i}");
+                assert_eq!(value(&rescued), None, "r{i}");
+            }
+            let expected = (i >= 1_500).then(|| "WINTER".to_string());
+            assert_eq!(value(&coupon), expected, "r{i}");
+            let expected = (i >= 1_200).then(|| format!("69{:03}", i % 1000));
+            assert_eq!(value(&zip), expected, "r{i}");
+            let expected = (i >= RECORDS).then(|| "email".to_string());
+            assert_eq!(value(&channel), expected, "r{i}");
+        }
+    }
+    assert_eq!(seen, (0..records).collect(), "every record in silver");
+    let totals = oracle::sql(tables, "SELECT clicks, score, coupons FROM gold.totals")
+        .await
+        .unwrap();
+    let int = |c: usize| totals[0].column(c).as_primitive::<Int64Type>().value(0);
+    let scores: i64 = (0..records)
+        .filter(|i| !i.is_multiple_of(40))
+        .map(|i| (i % 7) as i64)
+        .sum();
+    assert_eq!(
+        (int(0), int(1), int(2)),
+        (records as i64, scores, (1_500..records).count() as i64)
+    );
+}

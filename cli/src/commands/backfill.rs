@@ -23,14 +23,15 @@ pub async fn run(config: SmelterConfig, args: BackfillArgs) -> Result<()> {
             )));
         }
     };
-    let Some(parse) = &table_spec.parse else {
+    let Some(schema) = table_spec.parse.as_ref().and_then(|p| p.schema.declared()) else {
         return Err(CliError::InvalidArgument(format!(
-            "{} declares no schema",
+            "{} declares no schema (an inferred one grows its columns from `_rescued_data` \
+             itself)",
             args.table
         )));
     };
     let mut targets = Vec::new();
-    declared(&parse.schema, &[], table_spec.flatten, &mut targets);
+    declared(schema, &[], table_spec.flatten, &mut targets);
     if !args.columns.is_empty() {
         for column in &args.columns {
             if !targets.iter().any(|t| &t.column == column) {

@@ -13,9 +13,14 @@
 //! column's name, and so are changes of how a merged table is merged (its keys, sequence,
 //! SCD type) or of its columns: a merged table is rewritten by key, and its schema does
 //! not evolve (yet).
+//!
+//! A table that says what to do with such a change (`on_incompatible`) takes it:
+//! `rescue` keeps the table's column type (values that do not fit go to `_rescued_data`),
+//! and `new_version` starts the table over under the new schema (so a needed column may
+//! go too). The checks above are then skipped for its columns, not for its merge.
 
 use crate::Error;
-use crate::spec::{FieldType, PipelineSpec, Primitive, TableSpec};
+use crate::spec::{FieldType, OnIncompatible, PipelineSpec, Primitive, TableSpec};
 
 /// Checks that `new` may replace `old` (same pipeline); `origin` names the new spec in
 /// errors.
@@ -64,11 +69,16 @@ fn check_table(name: &str, old: &TableSpec, new: &TableSpec) -> Result<(), Refus
             format!("{name} is a merged table, and a merged table's columns cannot change yet"),
         ));
     }
+    let handled = new.on_incompatible;
     for (column, ty) in &before {
         match after.iter().find(|(n, _)| n == column) {
+            Some(_) if handled != OnIncompatible::Refuse => {}
             Some((_, new_ty)) => compatible(ty, new_ty, column)
                 .map_err(|message| (format!("parse.schema.{column}"), message))?,
             None => {
+                if handled == OnIncompatible::NewVersion {
+                    continue;
+                }
                 if let Some(role) = needed(old, new, column) {
                     return Err((
                         format!("parse.schema.{column}"),
@@ -129,7 +139,8 @@ fn compatible(old: &FieldType, new: &FieldType, path: &str) -> Result<(), String
         _ => Err(format!(
             "{path} changes from {} to {}, which is not a widening (a table's columns can \
              widen int to long, float to double and date to timestamp, and gain columns and \
-             nested fields; write the change to a new table)",
+             nested fields; write the change to a new table, or say what to do with it: \
+             `on_incompatible: rescue` or `new_version`)",
             describe(old),
             describe(new)
         )),
@@ -291,5 +302,32 @@ tables:
         let old = spec(false, "{ id: string, n: long }");
         let text = refusal(&old, &keyed(false, "{ key: string, n: long }", "key"));
         assert!(text.contains("id is a dedupe key of silver.e"), "{text}");
+    }
+
+    #[test]
+    fn a_table_that_says_what_to_do_takes_incompatible_changes() {
+        let old = spec(false, "{ id: string, n: long }");
+        let with = |text: &str, how: &str| {
+            let mut spec = keyed(false, text, "key");
+            spec.tables["silver.e"].on_incompatible = match how {
+                "rescue" => OnIncompatible::Rescue,
+                _ => OnIncompatible::NewVersion,
+            };
+            spec
+        };
+        let mut retyped = with("{ key: string, id: string, n: string }", "rescue");
+        check_change(&old, &retyped, "new.yaml").unwrap();
+        // Rescue keeps the table's columns: a dedupe key may still not go.
+        let dropped = with("{ key: string, n: string }", "rescue");
+        assert!(refusal(&old, &dropped).contains("id is a dedupe key of silver.e"));
+        // A new version starts over: it may.
+        check_change(
+            &old,
+            &with("{ key: string, n: string }", "new_version"),
+            "new.yaml",
+        )
+        .unwrap();
+        retyped.tables["silver.e"].on_incompatible = OnIncompatible::Refuse;
+        assert!(refusal(&old, &retyped).contains("on_incompatible: rescue"));
     }
 }

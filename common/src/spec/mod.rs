@@ -19,7 +19,7 @@ use indexmap::IndexMap;
 use serde::{Deserialize, Serialize};
 
 pub use files::{CsvSpec, FileFormat, FileSelector, FilesSpec, uncompressed};
-pub use schema::{FieldType, Primitive, SchemaSpec};
+pub use schema::{FieldType, ParseSchema, Primitive, SchemaSpec};
 pub use source::{GeneratorKind, GeneratorSpec, KafkaSpec, RESERVED_KAFKA_PROPERTIES, SourceSpec};
 
 use crate::{Error, Result};
@@ -130,6 +130,29 @@ pub struct TableSpec {
     /// rows they insert, update (pre- and post-image) and delete.
     #[serde(default)]
     pub change_data_feed: bool,
+    /// Silver: what a spec whose columns the existing table cannot take (a type that is not
+    /// a widening, a needed column dropped) does — refused at apply, by default (see
+    /// [`OnIncompatible`]).
+    #[serde(default)]
+    pub on_incompatible: OnIncompatible,
+}
+
+/// What a silver table does when its spec declares columns its Delta table cannot take
+/// (`long` → `string`; a struct become a scalar; a dedupe key dropped).
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum OnIncompatible {
+    /// `smelter apply`, `validate` and `up` refuse the spec, naming the column; nothing
+    /// changes.
+    #[default]
+    Refuse,
+    /// The table keeps its column and type; a record's value that does not fit it goes to
+    /// `_rescued_data` under the field's path (the row still lands). Nothing is rewritten.
+    Rescue,
+    /// The table is started over under the new schema: one commit replaces its schema
+    /// and removes its rows (older versions still read as they were), the quarantine is
+    /// emptied the same way, and every bronze record is refined again under the new spec.
+    NewVersion,
 }
 
 /// How a silver table applies a change stream: one row per key, the change with the
@@ -281,8 +304,15 @@ pub struct ParseSpec {
     /// Payload format: `json` (one JSON object per record), `csv` (rows of CSV files),
     /// `debezium` or `avro` (Confluent-framed, with a schema registry).
     pub format: PayloadFormat,
-    /// The declared schema. Fields present in a record but not declared go to `_rescued_data`.
-    pub schema: SchemaSpec,
+    /// The declared schema (fields present in a record but not declared go to
+    /// `_rescued_data`), or `infer`: the schema the first records suggest, recorded as the
+    /// table's and grown as new fields appear; a value whose type conflicts with its
+    /// column's goes to `_rescued_data` with the record.
+    pub schema: ParseSchema,
+    /// With `schema: infer`: how many records the first schema is inferred from (at most;
+    /// 1,000 by default).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sample: Option<usize>,
     /// The schema registry that `format: avro` payloads name their writer schema in
     /// (Confluent's REST API: `GET {registry}/schemas/ids/{id}`), as an `http://` URL.
     #[serde(default)]
@@ -417,11 +447,13 @@ impl TableSpec {
         let Some(parse) = &self.parse else {
             return Vec::new();
         };
+        let Some(schema) = parse.schema.declared() else {
+            return Vec::new();
+        };
         if self.flatten {
-            parse.schema.flattened()
+            schema.flattened()
         } else {
-            parse
-                .schema
+            schema
                 .fields
                 .iter()
                 .map(|(n, t)| (n.clone(), t.clone()))

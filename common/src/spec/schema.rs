@@ -218,6 +218,56 @@ fn flatten_into(
     }
 }
 
+/// The schema silver reads a table's records with: declared in the spec, or `infer` —
+/// inferred from the first records at run time, recorded as the table's schema and grown
+/// as new fields appear (see the worker's `refine::inferred`).
+#[derive(Debug, Clone, PartialEq)]
+pub enum ParseSchema {
+    /// `schema: { name: type, ... }`.
+    Declared(SchemaSpec),
+    /// `schema: infer`.
+    Infer,
+}
+
+impl ParseSchema {
+    /// The declared schema, `None` when it is inferred.
+    pub fn declared(&self) -> Option<&SchemaSpec> {
+        match self {
+            ParseSchema::Declared(schema) => Some(schema),
+            ParseSchema::Infer => None,
+        }
+    }
+
+    /// Whether the schema is inferred at run time.
+    pub fn inferred(&self) -> bool {
+        matches!(self, ParseSchema::Infer)
+    }
+}
+
+impl<'de> Deserialize<'de> for ParseSchema {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let value = serde_yaml::Value::deserialize(d)?;
+        match &value {
+            serde_yaml::Value::String(text) if text.trim() == "infer" => Ok(ParseSchema::Infer),
+            serde_yaml::Value::String(text) => Err(D::Error::custom(format!(
+                "expected a mapping of field names to types, or `infer`, got `{text}`"
+            ))),
+            _ => SchemaSpec::from_yaml(&value, "")
+                .map(ParseSchema::Declared)
+                .map_err(D::Error::custom),
+        }
+    }
+}
+
+impl Serialize for ParseSchema {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            ParseSchema::Declared(schema) => schema.serialize(s),
+            ParseSchema::Infer => s.serialize_str("infer"),
+        }
+    }
+}
+
 impl<'de> Deserialize<'de> for SchemaSpec {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let value = serde_yaml::Value::deserialize(d)?;

@@ -116,7 +116,7 @@ fn semantic_errors_name_field() {
 fn decimals_parse_with_precision_and_scale() {
     let spec = PipelineSpec::parse(DEMO, "demo.yaml").unwrap();
     let parse = spec.tables["silver.events"].parse.as_ref().unwrap();
-    let FieldType::Struct(product) = &parse.schema.fields["product"] else {
+    let FieldType::Struct(product) = &parse.schema.declared().unwrap().fields["product"] else {
         panic!("product is a struct");
     };
     assert_eq!(
@@ -133,6 +133,8 @@ fn decimals_parse_with_precision_and_scale() {
         .as_ref()
         .unwrap()
         .schema
+        .declared()
+        .unwrap()
         .fields["product"]
     else {
         panic!("product is a struct");
@@ -593,4 +595,98 @@ fn record_metadata_becomes_silver_columns_once_each() {
     assert!(message.contains("`key` is listed twice"), "{message}");
     let error = PipelineSpec::parse(&with("[offset]"), "p.yaml").unwrap_err();
     assert!(error.to_string().contains("offset"), "{error}");
+}
+
+#[test]
+fn an_inferred_schema_is_declared_with_infer_and_names_what_it_cannot_have() {
+    let base = "pipeline: p\nsources: { s: { generator: { partitions: 1 } } }\ntables:\n  \
+                bronze.e: { from: s }\n  silver.e:\n    from: bronze.e\n    parse: PARSE\n";
+    let spec = |parse: &str, extra: &str| {
+        PipelineSpec::parse(&(base.replace("PARSE", parse) + extra), "p.yaml")
+    };
+    let parsed = spec("{ format: json, schema: infer, sample: 50 }", "").unwrap();
+    let parse = parsed.tables["silver.e"].parse.as_ref().unwrap();
+    assert!(parse.schema.inferred() && parse.sample == Some(50));
+    assert!(parsed.tables["silver.e"].declared_columns().is_empty());
+    // It writes back as it was read.
+    let text = serde_yaml::to_string(&parsed).unwrap();
+    assert_eq!(PipelineSpec::parse(&text, "again.yaml").unwrap(), parsed);
+    for (parse, extra, field, says) in [
+        (
+            "{ format: json, schema: infer }",
+            "    flatten: true\n",
+            "flatten",
+            "smelter infer",
+        ),
+        (
+            "{ format: json, schema: infer }",
+            "    dedupe: { keys: [id] }\n",
+            "dedupe",
+            "before records arrive",
+        ),
+        (
+            "{ format: csv, schema: infer }",
+            "",
+            "parse.schema",
+            "declare the schema of csv",
+        ),
+        (
+            "{ format: json, schema: infer, sample: 0 }",
+            "",
+            "parse.sample",
+            "at least one",
+        ),
+        (
+            "{ format: json, schema: { id: string }, sample: 5 }",
+            "",
+            "parse.sample",
+            "is declared",
+        ),
+        (
+            "{ format: json, schema: informed }",
+            "",
+            "parse.schema",
+            "or `infer`",
+        ),
+    ] {
+        let error = spec(parse, extra).unwrap_err().to_string();
+        assert!(
+            error.contains(&format!("tables.silver.e.{field}")) && error.contains(says),
+            "{parse} {extra}: {error}"
+        );
+    }
+}
+
+#[test]
+fn on_incompatible_is_for_silver_tables_that_are_not_merged() {
+    let text = DEMO.replace(
+        "    flatten: true\n",
+        "    flatten: true\n    on_incompatible: new_version\n",
+    );
+    let spec = PipelineSpec::parse(&text, "demo.yaml").unwrap();
+    assert_eq!(
+        spec.tables["silver.events"].on_incompatible,
+        super::OnIncompatible::NewVersion
+    );
+    let text = DEMO.replace(
+        "keys: [hour, event_type]",
+        "keys: [hour, event_type]\n    on_incompatible: rescue",
+    );
+    let error = PipelineSpec::parse(&text, "demo.yaml")
+        .unwrap_err()
+        .to_string();
+    assert!(error.contains("does not apply to gold tables"), "{error}");
+    let error = PipelineSpec::parse(
+        &DEMO.replace(
+            "    flatten: true\n",
+            "    flatten: true\n    on_incompatible: sometimes\n",
+        ),
+        "demo.yaml",
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        error.contains("on_incompatible") && error.contains("new_version"),
+        "{error}"
+    );
 }

@@ -185,6 +185,8 @@ pub(super) fn validate(spec: &PipelineSpec, text: &str, origin: &str) -> Result<
 fn known_columns(layer: Layer, table: &TableSpec) -> Option<HashSet<String>> {
     match layer {
         Layer::Bronze => Some(BRONZE_COLUMNS.iter().map(|c| c.to_string()).collect()),
+        // An inferred schema's columns are known once records arrive.
+        Layer::Silver if inferred(table) => None,
         Layer::Silver => Some(
             silver_columns(table)
                 .into_iter()
@@ -271,7 +273,7 @@ fn validate_checks(c: &Checker, name: &str, layer: Layer, table: &TableSpec) -> 
              silver or gold",
         ));
     }
-    let known: Option<HashSet<String>> = (layer == Layer::Silver)
+    let known: Option<HashSet<String>> = (layer == Layer::Silver && !inferred(table))
         .then(|| silver_columns(table).into_iter().map(|(n, _)| n).collect());
     let columns = checks
         .unique
@@ -482,6 +484,10 @@ fn forbid(
         ("merge", table.merge.is_some()),
         ("joins", !table.joins.is_empty()),
         ("change_data_feed", table.change_data_feed),
+        (
+            "on_incompatible",
+            table.on_incompatible != super::OnIncompatible::Refuse,
+        ),
     ];
     for (field, is_set) in present {
         if is_set && !allowed.contains(&field) {
@@ -510,6 +516,69 @@ fn validate_bronze(c: &Checker, spec: &PipelineSpec, name: &str, table: &TableSp
     Ok(())
 }
 
+/// Whether a silver table's schema is inferred at run time (`parse.schema: infer`).
+fn inferred(table: &TableSpec) -> bool {
+    table.parse.as_ref().is_some_and(|p| p.schema.inferred())
+}
+
+/// What a table whose schema is inferred may not declare, since it names columns that are
+/// not known before records arrive (or, for `flatten`, cannot be told apart in the table
+/// the inferred schema is recorded in): checked before the columns are.
+fn validate_inferred(c: &Checker, name: &str, table: &TableSpec) -> Result<()> {
+    let Some(parse) = &table.parse else {
+        return Ok(());
+    };
+    if !parse.schema.inferred() {
+        if parse.sample.is_some() {
+            return Err(c.fail(
+                &["tables", name, "parse", "sample"],
+                "`sample` is how many records `schema: infer` infers from; this schema is declared",
+            ));
+        }
+        return Ok(());
+    }
+    if !matches!(parse.format, PayloadFormat::Json | PayloadFormat::Avro) {
+        return Err(c.fail(
+            &["tables", name, "parse", "schema"],
+            format!(
+                "`schema: infer` reads json and avro records; declare the schema of {} records",
+                match parse.format {
+                    PayloadFormat::Csv => "csv",
+                    _ => "debezium",
+                }
+            ),
+        ));
+    }
+    if parse.sample == Some(0) {
+        return Err(c.fail(
+            &["tables", name, "parse", "sample"],
+            "infer from at least one record",
+        ));
+    }
+    let pin = "pin the schema first (`smelter infer --source NAME` prints it) to use it";
+    let refused = [
+        ("flatten", table.flatten),
+        ("dedupe", table.dedupe.is_some()),
+        ("expectations", !table.expectations.is_empty()),
+        ("merge", table.merge.is_some()),
+        ("partition_by", !table.partition_by.is_empty()),
+        ("checks", table.checks.on_rows()),
+        (
+            "on_incompatible",
+            table.on_incompatible != super::OnIncompatible::Refuse,
+        ),
+    ];
+    for (field, is_set) in refused {
+        if is_set {
+            return Err(c.fail(
+                &["tables", name, field],
+                format!("`{field}` names columns, and an inferred schema has none before records arrive; {pin}"),
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// Whether `ty` holds bytes anywhere inside it.
 fn nested_binary(ty: &FieldType) -> bool {
     match ty {
@@ -522,25 +591,12 @@ fn nested_binary(ty: &FieldType) -> bool {
 /// Output columns of a silver table (declared, flattened if asked, plus metadata).
 pub fn silver_columns(table: &TableSpec) -> Vec<(String, Option<FieldType>)> {
     let mut out: Vec<(String, Option<FieldType>)> = Vec::new();
-    if let Some(parse) = &table.parse {
-        if table.flatten {
-            out.extend(
-                parse
-                    .schema
-                    .flattened()
-                    .into_iter()
-                    .map(|(n, t)| (n, Some(t))),
-            );
-        } else {
-            out.extend(
-                parse
-                    .schema
-                    .fields
-                    .iter()
-                    .map(|(n, t)| (n.clone(), Some(t.clone()))),
-            );
-        }
-    }
+    out.extend(
+        table
+            .declared_columns()
+            .into_iter()
+            .map(|(n, t)| (n, Some(t))),
+    );
     let debezium = table
         .parse
         .as_ref()
@@ -582,6 +638,7 @@ fn validate_silver(c: &Checker, spec: &PipelineSpec, name: &str, table: &TableSp
             "expectations",
             "merge",
             "change_data_feed",
+            "on_incompatible",
         ],
     )?;
     match spec.tables.get(&table.from) {
@@ -606,6 +663,13 @@ fn validate_silver(c: &Checker, spec: &PipelineSpec, name: &str, table: &TableSp
         return Err(c.fail(
             &["tables", name, "parse"],
             "silver tables need `parse: { format: json, schema: {...} }`",
+        ));
+    }
+    validate_inferred(c, name, table)?;
+    if table.merge.is_some() && table.on_incompatible != super::OnIncompatible::Refuse {
+        return Err(c.fail(
+            &["tables", name, "on_incompatible"],
+            "a merged table's columns cannot change yet, so there is nothing incompatible to handle",
         ));
     }
     if let Some(parse) = &table.parse {

@@ -45,6 +45,7 @@
 mod delta_rs;
 mod files;
 mod lean;
+mod replace;
 mod rewrite;
 mod shape;
 #[cfg(test)]
@@ -67,6 +68,7 @@ use crate::recent_files::RecentFiles;
 use crate::{LakeError, Result};
 
 pub use lean::CommitPath;
+pub use replace::{REPLACED_KEY, replace_schema};
 pub use rewrite::{DELETED_POSITIONS_KEY, Rewrite, RewriteOutcome, rewrite};
 
 /// How a commit changes the table.

@@ -48,6 +48,16 @@ impl RecordsMatching {
                     .into(),
             });
         }
+        if spec.parse.as_ref().is_some_and(|p| p.schema.inferred()) {
+            return Err(crate::WorkerError::InvalidSpec {
+                origin: origin.to_string(),
+                field: format!("tables.{silver}.parse.schema"),
+                message: "a delete cannot cascade by content into the records of a table whose \
+                          schema is inferred (its columns are the table's, not the spec's); \
+                          delete from its bronze table by position instead"
+                    .into(),
+            });
+        }
         let refiner = Refiner::new(silver, spec, origin)?;
         let predicate = SqlPredicate::new(sql, &refiner.decoded_schema(), silver)?;
         Ok(Self {

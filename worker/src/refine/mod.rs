@@ -12,7 +12,9 @@ pub mod decode;
 pub mod dedupe;
 pub mod envelope;
 pub mod expectations;
+pub mod incompatible;
 pub mod infer;
+pub mod inferred;
 mod key_times;
 pub mod matching;
 pub mod quality;
@@ -176,8 +178,20 @@ fn column<'a, T: 'static>(batch: &'a RecordBatch, name: &str) -> Result<&'a T> {
 }
 
 impl Refiner {
-    /// Prepares decoding and compiles the expectations of `table`.
+    /// Prepares decoding and compiles the expectations of `table`. A table whose schema is
+    /// inferred and not yet known decodes under no declared field (everything rescued).
     pub fn new(table: &str, spec: &TableSpec, origin: &str) -> Result<Self> {
+        Self::rescuing(table, spec, origin, None)
+    }
+
+    /// [`Self::new`], the decoder rescuing values of the fields `rescue` names instead of
+    /// quarantining their records (see [`decode::JsonDecoder::rescuing`]).
+    pub fn rescuing(
+        table: &str,
+        spec: &TableSpec,
+        origin: &str,
+        rescue: Option<&decode::Rescue>,
+    ) -> Result<Self> {
         let parse = spec.parse.clone().ok_or_else(|| WorkerError::InvalidSpec {
             origin: origin.to_string(),
             field: format!("tables.{table}.parse"),
@@ -193,7 +207,11 @@ impl Refiner {
         let work_schema = Arc::new(Schema::new(fields));
         let expectations = expectations::compile(table, origin, &spec.expectations, &work_schema)?;
         let text_values = parse.format == smelter_common::spec::PayloadFormat::Csv;
-        let decoder = JsonDecoder::with_text_values(parse.schema, spec.flatten, text_values);
+        let declared = parse.schema.declared().cloned().unwrap_or_default();
+        let mut decoder = JsonDecoder::with_text_values(declared, spec.flatten, text_values);
+        if let Some(rescue) = rescue {
+            decoder = decoder.rescuing(rescue);
+        }
         // The decoder fills the silver schema's leading columns, in the same order.
         let leading: Vec<&String> = work_schema.fields().iter().map(|f| f.name()).collect();
         if leading.len() < decoder.columns().len() + 6
@@ -386,6 +404,36 @@ impl Refiner {
             .flat_map(|p| &p.metadata)
             .map(|f| f.bronze_column())
             .collect()
+    }
+
+    /// Up to `limit` payloads of `rows` as JSON objects would be decoded (Avro records
+    /// turned into theirs first), leaving out records in error: what an inferred schema is
+    /// inferred from.
+    pub async fn json_payloads(&self, rows: &BronzeRows, limit: usize) -> Result<Vec<Vec<u8>>> {
+        let mut out = Vec::new();
+        for batch in &rows.batches {
+            let prepared = match &self.avro {
+                Some(avro) => avro.lock().await.prepare(batch).await?,
+                None => batch.clone(),
+            };
+            let payload = column::<BinaryArray>(&prepared, "payload")?;
+            let error = column::<StringArray>(&prepared, "error")?;
+            let undecoded = prepared
+                .column_by_name(avro::DECODE_ERROR)
+                .and_then(|c| c.as_any().downcast_ref::<StringArray>());
+            for row in 0..prepared.num_rows() {
+                if out.len() >= limit {
+                    return Ok(out);
+                }
+                if payload.is_valid(row)
+                    && error.is_null(row)
+                    && undecoded.is_none_or(|u| u.is_null(row))
+                {
+                    out.push(payload.value(row).to_vec());
+                }
+            }
+        }
+        Ok(out)
     }
 
     /// The silver table's schema.

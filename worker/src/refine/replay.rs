@@ -30,7 +30,7 @@ use smelter_common::spec::{Layer, PipelineSpec, table_layer};
 use smelter_lake::delete::{AtPositions, SqlPredicate, delete};
 use smelter_lake::{AppId, CommitEnv, CommitOutcome, TableStore, TxnUpdate, WriteMode};
 
-use super::{BronzeRows, KeyCache, Refiner, SilverAt};
+use super::{BronzeRows, KeyCache, SilverAt};
 use crate::tasks::schemas;
 use crate::{Result, WorkerError};
 
@@ -109,7 +109,17 @@ pub async fn replay(
     let mut quarantine_table = tables.open(quarantine).await?;
     let done = smelter_lake::log::txn_version(&silver_table, &app_id).await?;
     let marked = smelter_lake::log::txn_version(&quarantine_table, &app_id).await?;
-    let refiner = Refiner::new(silver, table_spec, &spec.pipeline)?;
+    // Decoded as the refine task decodes: an inferred schema as the table records it, the
+    // columns `on_incompatible: rescue` keeps in the table's types.
+    let held = smelter_lake::log::arrow_schema(&silver_table, silver)?;
+    let refiner = crate::tasks::silver_schema::reading(
+        silver,
+        table_spec,
+        Some(held.as_ref()),
+        &[],
+        &spec.pipeline,
+    )?
+    .refiner;
     let mut report = Replayed::default();
     let (version, request) = match (done, marked) {
         (Some(done), marked) if marked.is_none_or(|m| m < done) => {

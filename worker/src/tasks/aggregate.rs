@@ -84,10 +84,28 @@ impl AggregateTask {
                 consumed: None,
             });
         }
-        let mut silver = env.tables.open(&spec.from).await?;
-        let planned = engine
-            .plan(&sql, Some((&spec.from, log::version(&silver).max(0))))
-            .await?;
+        // Over a silver table whose schema is inferred, the columns the SQL names may
+        // not have appeared yet: planning waits for them, version after version.
+        let inferred = spec.upstreams().any(|name| {
+            env.pipeline
+                .tables
+                .get(name)
+                .is_some_and(|t| t.parse.as_ref().is_some_and(|p| p.schema.inferred()))
+        });
+        let (mut silver, planned) = loop {
+            let silver = env.tables.open(&spec.from).await?;
+            match engine
+                .plan(&sql, Some((&spec.from, log::version(&silver).max(0))))
+                .await
+            {
+                Ok(planned) => break (silver, planned),
+                Err(error) if inferred && !cancel.is_cancelled() => {
+                    tracing::info!(table = %self.table, %error, "waiting for the inferred columns the SQL names");
+                    announced.wait(poll, Duration::ZERO, &cancel).await;
+                }
+                Err(error) => return Err(error),
+            }
+        };
         let schema = schemas::delta_schema(planned.schema().as_arrow());
         let mut gold = env
             .open_or_create(&self.table, &schema, &spec.partition_by)

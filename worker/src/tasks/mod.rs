@@ -13,6 +13,7 @@ pub mod maintain;
 pub mod merge;
 pub mod refine;
 pub mod schemas;
+pub mod silver_schema;
 pub mod validate;
 
 use std::collections::BTreeMap;

@@ -7,6 +7,7 @@ use smelter_common::spec::TableSpec;
 use smelter_proto::TaskState;
 use tokio_util::sync::CancellationToken;
 
+use super::silver_schema::{self, Reading};
 use super::{Progress, TaskEnv};
 use crate::Result;
 use crate::refine::{self, KeyCache, Refiner, SilverAt};
@@ -36,8 +37,46 @@ impl RefineTask {
         cancel: CancellationToken,
     ) -> Result<()> {
         let spec = env.table_spec(&self.table)?;
-        let refiner = Refiner::new(&self.table, &spec, &env.pipeline.pipeline)?;
+        let origin = env.pipeline.pipeline.clone();
         let quarantine_name = TableSpec::quarantine_name(&self.table);
+        let mut quarantine = env
+            .open_or_create(&quarantine_name, &schemas::quarantine(), &[])
+            .await?;
+        let held = match env.tables.exists(&self.table).await {
+            true => Some(env.tables.open(&self.table).await?),
+            false => None,
+        };
+        let held_schema = match &held {
+            Some(table) => Some(log::arrow_schema(table, &self.table)?),
+            None => None,
+        };
+        // An inferred table not created yet takes its first schema from bronze's first
+        // records, so it is created with its columns in the records' order.
+        let mut first = Vec::new();
+        if held.is_none() && spec.parse.as_ref().is_some_and(|p| p.schema.inferred()) {
+            let bare = Refiner::new(&self.table, &spec, &origin)?;
+            progress.set_state(TaskState::Idle);
+            let poll = Duration::from_millis(env.config.poll_interval_ms);
+            let mut announced = env
+                .commits
+                .signals
+                .subscribe(env.tables.url(&spec.from)?.as_str());
+            loop {
+                if cancel.is_cancelled() {
+                    progress.set_state(TaskState::Stopped);
+                    return Ok(());
+                }
+                if let Some(records) = silver_schema::first_records(&env, &spec, &bare).await? {
+                    first = records;
+                    break;
+                }
+                announced.wait(poll, SETTLE, &cancel).await;
+            }
+        }
+        let Reading {
+            mut refiner,
+            inferred: mut inferring,
+        } = silver_schema::reading(&self.table, &spec, held_schema.as_deref(), &first, &origin)?;
         // A history (SCD 2) table adds the validity of each version to the rows.
         let table_schema = match &spec.merge {
             Some(merge) if merge.scd == 2 => smelter_lake::merge::history::with_history_columns(
@@ -46,12 +85,26 @@ impl RefineTask {
             )?,
             _ => refiner.silver_schema().clone(),
         };
-        let mut silver = env
-            .open_or_create(&self.table, &table_schema, &spec.partition_by)
-            .await?;
-        let mut quarantine = env
-            .open_or_create(&quarantine_name, &schemas::quarantine(), &[])
-            .await?;
+        let mut silver = match held {
+            Some(table) => table,
+            None => {
+                env.open_or_create(&self.table, &table_schema, &spec.partition_by)
+                    .await?
+            }
+        };
+        if spec.merge.is_none()
+            && !silver_schema::start_over(
+                &env,
+                (&self.table, &spec),
+                &mut silver,
+                &mut quarantine,
+                &refiner,
+            )
+            .await?
+        {
+            silver_schema::finish_start_over(&env, (&self.table, &spec), &silver, &mut quarantine)
+                .await?;
+        }
         // A merged table: the pass's rows are changes applied by key.
         let mut merger = match &spec.merge {
             Some(merge) => {
@@ -168,6 +221,21 @@ impl RefineTask {
                 .refine(&rows, &mut at, &mut keys)
                 .instrument(span.clone())
                 .await?;
+            // An inferred schema grows by the new fields the pass rescued; the pass is then
+            // decoded again, and its commit evolves the table.
+            if let Some(current) = &inferring
+                && let Some((grown, added)) =
+                    refine::inferred::grow(current, rescued_texts(&refined.silver))
+            {
+                tracing::info!(table = %self.table, added = ?added, "inferred schema grows");
+                let reading = Reading::inferring(&self.table, &spec, grown, &origin)?;
+                refiner = reading.refiner;
+                inferring = reading.inferred;
+                refined = refiner
+                    .refine(&rows, &mut at, &mut keys)
+                    .instrument(span.clone())
+                    .await?;
+            }
             let new_keys = std::mem::take(&mut refined.new_keys);
             let refine = started.elapsed().saturating_sub(read);
             let quarantined = refined.quarantine.num_rows() as u64;
@@ -303,6 +371,15 @@ impl RefineTask {
             .await?;
         Ok((at[0], quarantined[0]))
     }
+}
+
+/// The `_rescued_data` values of silver rows.
+fn rescued_texts(batches: &[arrow::array::RecordBatch]) -> impl Iterator<Item = &str> {
+    use arrow::array::AsArray;
+    batches
+        .iter()
+        .filter_map(|b| b.column_by_name("_rescued_data"))
+        .flat_map(|c| c.as_string::<i32>().iter().flatten())
 }
 
 /// Quarantined rows per rule (the quarantine batch's `rule` column).

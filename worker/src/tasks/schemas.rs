@@ -47,7 +47,7 @@ pub fn quarantine() -> SchemaRef {
     ]))
 }
 
-fn arrow_type(ty: &FieldType) -> DataType {
+pub(crate) fn arrow_type(ty: &FieldType) -> DataType {
     match ty {
         FieldType::Primitive(p) => match p {
             Primitive::String => DataType::Utf8,
@@ -86,6 +86,64 @@ fn arrow_type(ty: &FieldType) -> DataType {
             DataType::List(Arc::new(Field::new("element", arrow_type(inner), true)))
         }
     }
+}
+
+/// The declared type an Arrow type of a silver table holds (the inverse of the mapping
+/// above), `None` for a type no declared field makes.
+pub fn field_type(ty: &DataType) -> Option<FieldType> {
+    let primitive = |p| Some(FieldType::Primitive(p));
+    match ty {
+        DataType::Utf8 | DataType::Utf8View | DataType::LargeUtf8 => primitive(Primitive::String),
+        DataType::Int32 => primitive(Primitive::Int),
+        DataType::Int64 => primitive(Primitive::Long),
+        DataType::Float32 => primitive(Primitive::Float),
+        DataType::Float64 => primitive(Primitive::Double),
+        DataType::Boolean => primitive(Primitive::Boolean),
+        DataType::Timestamp(_, _) => primitive(Primitive::Timestamp),
+        DataType::Date32 => primitive(Primitive::Date),
+        DataType::Binary | DataType::LargeBinary | DataType::BinaryView => {
+            primitive(Primitive::Binary)
+        }
+        DataType::Decimal128(precision, scale) => primitive(Primitive::Decimal {
+            precision: *precision,
+            scale: u8::try_from(*scale).ok()?,
+        }),
+        DataType::Struct(fields) => {
+            let mut schema = smelter_common::spec::SchemaSpec::default();
+            for field in fields {
+                schema
+                    .fields
+                    .insert(field.name().clone(), field_type(field.data_type())?);
+            }
+            Some(FieldType::Struct(schema))
+        }
+        DataType::List(item) | DataType::LargeList(item) => {
+            Some(FieldType::List(Box::new(field_type(item.data_type())?)))
+        }
+        DataType::Map(entries, _) => match entries.data_type() {
+            DataType::Struct(kv) if kv.len() == 2 => {
+                Some(FieldType::Map(Box::new(field_type(kv[1].data_type())?)))
+            }
+            _ => None,
+        },
+        _ => None,
+    }
+}
+
+/// The declared schema a silver table that is not flattened holds: its columns before
+/// `_rescued_data`, as declared types. How an inferred schema is read back from the table
+/// it is recorded in.
+pub fn recorded_schema(table: &Schema) -> smelter_common::spec::SchemaSpec {
+    let mut schema = smelter_common::spec::SchemaSpec::default();
+    for field in table.fields() {
+        if field.name() == "_rescued_data" {
+            break;
+        }
+        if let Some(ty) = field_type(field.data_type()) {
+            schema.fields.insert(field.name().clone(), ty);
+        }
+    }
+    schema
 }
 
 /// Schema of a silver table: declared columns (flattened if asked), then metadata columns.
@@ -208,6 +266,19 @@ mod tests {
             true,
         )]));
         assert_eq!(nested.field(0).data_type(), &DataType::Utf8);
+        // Every declared type reads back from the table's Arrow type.
+        let declared = spec.tables["silver.events"].parse.as_ref().unwrap();
+        let declared = declared.schema.declared().unwrap();
+        let mut unflattened = spec.tables["silver.events"].clone();
+        unflattened.flatten = false;
+        assert_eq!(&recorded_schema(&silver(&unflattened)), declared);
+        let map = FieldType::Map(Box::new(FieldType::List(Box::new(FieldType::Primitive(
+            Primitive::Decimal {
+                precision: 12,
+                scale: 2,
+            },
+        )))));
+        assert_eq!(field_type(&arrow_type(&map)), Some(map));
         let _ = Array::len(&arrow::array::Int32Array::from(vec![1]));
     }
 }

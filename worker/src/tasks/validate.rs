@@ -36,7 +36,18 @@ pub async fn validate_pipeline(spec: &PipelineSpec, origin: &str) -> Result<()> 
         };
         register(&ctx, name, schema)?;
     }
+    // Gold tables over a silver table whose schema is inferred (or over such gold tables)
+    // are planned once its columns are known, at run time.
+    let mut unknown: std::collections::HashSet<&str> = spec
+        .tables_in(Layer::Silver)
+        .filter(|(_, t)| t.parse.as_ref().is_some_and(|p| p.schema.inferred()))
+        .map(|(name, _)| name.as_str())
+        .collect();
     for (name, table) in spec.tables_in(Layer::Gold) {
+        if table.upstreams().any(|u| unknown.contains(u.as_str())) {
+            unknown.insert(name);
+            continue;
+        }
         let sql = table.sql.as_deref().unwrap_or_default();
         let invalid = |field: &str, message: String| WorkerError::InvalidSpec {
             origin: origin.to_string(),
@@ -84,7 +95,11 @@ pub async fn check_existing_tables(
     origin: &str,
 ) -> Result<()> {
     for (name, table) in spec.tables_in(Layer::Silver) {
-        if table.merge.is_some() || !tables.exists(name).await {
+        // A merged table's columns do not change; an inferred one's follow the table; and
+        // `on_incompatible` says what to do with columns the table cannot take.
+        let handled = table.on_incompatible != smelter_common::spec::OnIncompatible::Refuse
+            || table.parse.as_ref().is_some_and(|p| p.schema.inferred());
+        if table.merge.is_some() || handled || !tables.exists(name).await {
             continue;
         }
         let existing = tables.open(name).await?;
@@ -96,7 +111,8 @@ pub async fn check_existing_tables(
                 field: format!("tables.{name}.parse.schema.{}", refused.column),
                 message: format!(
                     "the table holds {}; {} (a table can gain columns and widen int to \
-                     long, float to double, date to timestamp)",
+                     long, float to double, date to timestamp; `on_incompatible: rescue` or \
+                     `new_version` says what to do with other changes)",
                     name, refused.message
                 ),
             });

@@ -23,7 +23,21 @@ pub(super) fn walk(
                 Value::Object(child) => walk(&slot.children, child, &slot.path, out, rescued)?,
                 // A missing struct means all its flattened columns are null.
                 Value::Null => {}
+                other if slot.rescue => {
+                    rescued.insert(slot.path.clone(), other);
+                }
                 other => return Err(mismatch(&slot.path, "object", &other)),
+            }
+        } else if slot.rescue {
+            let mut extra = Map::new();
+            match check(&slot.ty, value.clone(), &slot.path, &mut extra) {
+                Ok(checked) => {
+                    rescued.extend(extra);
+                    out[slot.column] = checked;
+                }
+                Err(_) => {
+                    rescued.insert(slot.path.clone(), value);
+                }
             }
         } else {
             out[slot.column] = check(&slot.ty, value, &slot.path, rescued)?;

@@ -40,6 +40,18 @@ pub(super) struct Slot {
     pub(super) children: Vec<Slot>,
     /// Whether the record's values are text to read into their types (CSV rows).
     pub(super) text_values: bool,
+    /// A value the type does not take goes to `_rescued_data` under `path` (the column
+    /// is null) instead of rejecting the record (see [`JsonDecoder::rescuing`]).
+    pub(super) rescue: bool,
+}
+
+/// Which declared fields a decoder rescues (see [`JsonDecoder::rescuing`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Rescue {
+    /// Every field.
+    All,
+    /// The fields at these dotted paths (`user.id`, `amount`).
+    Paths(std::collections::BTreeSet<String>),
 }
 
 /// Decodes payloads against a declared schema.
@@ -95,6 +107,7 @@ pub(super) fn compile(
                 ty: ty.clone(),
                 column: usize::MAX,
                 text_values,
+                rescue: false,
             },
             _ => {
                 columns.push(column);
@@ -105,6 +118,7 @@ pub(super) fn compile(
                     column: columns.len() - 1,
                     children: Vec::new(),
                     text_values,
+                    rescue: false,
                 }
             }
         };
@@ -133,6 +147,18 @@ pub enum Cell<'a> {
 }
 
 impl Cell<'_> {
+    /// The cell, owning its text.
+    pub fn into_owned(self) -> Cell<'static> {
+        match self {
+            Cell::Null => Cell::Null,
+            Cell::Text(text) => Cell::Text(Cow::Owned(text.into_owned())),
+            Cell::Long(v) => Cell::Long(v),
+            Cell::Double(v) => Cell::Double(v),
+            Cell::Bool(v) => Cell::Bool(v),
+            Cell::Nested(value) => Cell::Nested(value),
+        }
+    }
+
     /// The cell as a JSON value.
     pub fn into_value(self) -> Value {
         match self {
@@ -172,6 +198,26 @@ impl JsonDecoder {
         let mut columns = Vec::new();
         let slots = compile(&schema, flatten, text_values, "", "", &mut columns);
         Self { slots, columns }
+    }
+
+    /// The decoder, rescuing the values their declared type does not take — of every field
+    /// (`Rescue::All`), or of the fields at the given dotted paths — into `_rescued_data`
+    /// under their path, leaving the column null, instead of rejecting the record under
+    /// `_schema`. What an inferred schema does with a value of another type than its
+    /// column's, and `on_incompatible: rescue` with the values of a column whose declared
+    /// type the table cannot take.
+    pub fn rescuing(mut self, which: &Rescue) -> Self {
+        fn mark(slots: &mut [Slot], which: &Rescue) {
+            for slot in slots {
+                slot.rescue = match which {
+                    Rescue::All => true,
+                    Rescue::Paths(paths) => paths.contains(&slot.path),
+                };
+                mark(&mut slot.children, which);
+            }
+        }
+        mark(&mut self.slots, which);
+        self
     }
 
     /// The output columns, in the order [`Self::decode_cells`] fills them.
@@ -220,6 +266,7 @@ impl JsonDecoder {
         let fields = Fields {
             slots: &self.slots,
             path: "",
+            rescue: false,
             out: cells,
             rescued: &mut rescued,
             rejection: &mut rejection,

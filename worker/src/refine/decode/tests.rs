@@ -64,7 +64,26 @@ fn streaming_and_tree_decoding_agree() {
         _ => a == b,
     };
     let mut cells = Vec::new();
-    for payload in payloads {
+    let unflattened = JsonDecoder::new(
+        serde_yaml::from_str(
+            "id: string\nn: long\nuser: { id: string, score: double }\ntags: [string]\n",
+        )
+        .unwrap(),
+        false,
+    );
+    let rescuing = [
+        decoder.clone(),
+        decoder.clone().rescuing(&Rescue::All),
+        decoder.clone().rescuing(&Rescue::Paths(
+            ["user.id".to_string(), "ts".to_string()].into(),
+        )),
+        unflattened.clone(),
+        unflattened.rescuing(&Rescue::All),
+    ];
+    for (payload, decoder) in payloads
+        .iter()
+        .flat_map(|p| rescuing.iter().map(move |d| (p, d)))
+    {
         let streamed = decoder.decode_cells(payload.as_bytes(), &mut cells);
         let tree = decoder.decode_value(payload.as_bytes());
         match (streamed, tree) {
@@ -79,6 +98,35 @@ fn streaming_and_tree_decoding_agree() {
             (streamed, tree) => assert_eq!(streamed.err(), tree.err(), "{payload}"),
         }
     }
+}
+
+#[test]
+fn rescuing_keeps_values_of_another_type_with_the_row() {
+    let rescuing = decoder().rescuing(&Rescue::All);
+    let (row, rescued) = rescuing
+        .decode(br#"{"id":7,"ts":"yesterday","n":2,"user":{"id":"u","score":"high"},"tags":["x",7],"extra":1}"#)
+        .unwrap();
+    assert!(row["id"].is_null() && row["ts"].is_null() && row["user_score"].is_null());
+    assert!(row["tags"].is_null());
+    assert_eq!(
+        (&row["n"], &row["user_id"]),
+        (&Value::from(2), &Value::from("u"))
+    );
+    let rescued: Value = serde_json::from_str(&rescued.unwrap()).unwrap();
+    assert_eq!(
+        rescued,
+        serde_json::json!({"id": 7, "ts": "yesterday", "user.score": "high", "tags": ["x", 7], "extra": 1})
+    );
+    // A flattened struct that is not an object is kept whole.
+    let (_, rescued) = rescuing.decode(br#"{"user":[1]}"#).unwrap();
+    assert_eq!(rescued.as_deref(), Some(r#"{"user":[1]}"#));
+    // Only the named fields rescue; the others still reject their record.
+    let some = decoder().rescuing(&Rescue::Paths(["n".to_string()].into()));
+    let (row, rescued) = some.decode(br#"{"id":"a","n":"many"}"#).unwrap();
+    assert!(row["n"].is_null() && rescued.as_deref() == Some(r#"{"n":"many"}"#));
+    assert_eq!(some.decode(br#"{"id":7}"#).unwrap_err().rule, "_schema");
+    // A record that is not an object is still rejected.
+    assert_eq!(rescuing.decode(b"[1]").unwrap_err().rule, "_parse");
 }
 
 #[test]

@@ -17,6 +17,9 @@ use super::{Cell, Rejection, Slot};
 pub(super) struct Fields<'a, 'de> {
     pub(super) slots: &'a [Slot],
     pub(super) path: &'a str,
+    /// A value that is not an object is rescued under `path` instead of rejected (a
+    /// flattened struct whose slot rescues mismatches).
+    pub(super) rescue: bool,
     pub(super) out: &'a mut [Cell<'de>],
     pub(super) rescued: &'a mut Map<String, Value>,
     pub(super) rejection: &'a mut Option<Rejection>,
@@ -33,7 +36,9 @@ impl<'de> serde::de::DeserializeSeed<'de> for Fields<'_, 'de> {
 impl Fields<'_, '_> {
     /// A flattened struct that is not an object: rejected, naming what it was.
     fn mismatch(self, value: Value) {
-        if self.rejection.is_none() {
+        if self.rescue {
+            self.rescued.insert(self.path.to_string(), value);
+        } else if self.rejection.is_none() {
             *self.rejection = Some(mismatch(self.path, "object", &value));
         }
     }
@@ -80,10 +85,22 @@ impl<'de> serde::de::Visitor<'de> for Fields<'_, 'de> {
                 map.next_value_seed(Fields {
                     slots: &slot.children,
                     path: &slot.path,
+                    rescue: slot.rescue,
                     out: &mut *self.out,
                     rescued: &mut *self.rescued,
                     rejection: &mut *self.rejection,
                 })?;
+                continue;
+            }
+            if slot.rescue {
+                // Read whole, so that a value its type does not take can be rescued as it was.
+                let value: Value = map.next_value()?;
+                match rescued_check(slot, &value, self.rescued) {
+                    Some(cell) => self.out[slot.column] = cell,
+                    None => {
+                        self.rescued.insert(slot.path.clone(), value);
+                    }
+                }
                 continue;
             }
             let checked = match &slot.ty {
@@ -141,6 +158,38 @@ impl<'de> serde::de::Visitor<'de> for Fields<'_, 'de> {
     fn visit_seq<A: serde::de::SeqAccess<'de>>(self, seq: A) -> Result<(), A::Error> {
         self.mismatch(seq_value(seq)?);
         Ok(())
+    }
+}
+
+/// `value` checked against a rescuing slot's type: its cell, or `None` when the type does
+/// not take it (the caller rescues the value whole). Fields a struct value has beyond its
+/// type are rescued as the checked path rescues them, only if the value is taken.
+fn rescued_check(
+    slot: &Slot,
+    value: &Value,
+    rescued: &mut Map<String, Value>,
+) -> Option<Cell<'static>> {
+    match &slot.ty {
+        FieldType::Primitive(ty) => {
+            let leaf = Leaf {
+                ty: *ty,
+                path: &slot.path,
+                text_values: slot.text_values,
+            };
+            match serde::de::DeserializeSeed::deserialize(leaf, value) {
+                Ok(Ok(cell)) => Some(cell.into_owned()),
+                _ => None,
+            }
+        }
+        nested => {
+            let mut extra = Map::new();
+            let checked = check(nested, value.clone(), &slot.path, &mut extra).ok()?;
+            rescued.extend(extra);
+            Some(match checked {
+                Value::Null => Cell::Null,
+                v => Cell::Nested(v),
+            })
+        }
     }
 }
 
