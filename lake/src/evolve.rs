@@ -79,6 +79,38 @@ impl Evolution {
     }
 }
 
+/// Whether `schema` has a `timestamp_ntz` column (a timestamp without a time zone)
+/// anywhere, nested ones included: a table holds one only with Delta's `timestampNtz`
+/// table feature, which it gains when created with such a column and not after (the
+/// metadata a schema change writes carries no protocol change).
+pub fn has_timestamp_ntz(schema: &Schema) -> bool {
+    fn nested(ty: &DataType) -> bool {
+        match ty {
+            DataType::Timestamp(_, None) => true,
+            DataType::Struct(fields) => fields.iter().any(|f| nested(f.data_type())),
+            DataType::List(item) | DataType::LargeList(item) | DataType::Map(item, _) => {
+                nested(item.data_type())
+            }
+            _ => false,
+        }
+    }
+    schema.fields().iter().any(|f| nested(f.data_type()))
+}
+
+/// Refuses a schema change that brings a `timestamp_ntz` column to a table that has none
+/// (see [`has_timestamp_ntz`]).
+pub fn check_timestamp_ntz(table: &Schema, target: &Schema, name: &str) -> Result<()> {
+    if has_timestamp_ntz(target) && !has_timestamp_ntz(table) {
+        return Err(LakeError::Invalid {
+            table: name.to_string(),
+            message: "a timestamp_ntz column needs Delta's timestampNtz table feature, which \
+                      this table was not created with; declare it in a new table"
+                .into(),
+        });
+    }
+    Ok(())
+}
+
 /// A column the rows hold in a type the table's column cannot take.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Incompatible {

@@ -69,6 +69,21 @@ fn check_table(name: &str, old: &TableSpec, new: &TableSpec) -> Result<(), Refus
             format!("{name} is a merged table, and a merged table's columns cannot change yet"),
         ));
     }
+    let ntz = |columns: &[(String, FieldType)]| {
+        columns
+            .iter()
+            .find(|(_, ty)| holds(ty, Primitive::TimestampNtz))
+            .map(|(n, _)| n.clone())
+    };
+    if let (None, Some(column)) = (ntz(&before), ntz(&after)) {
+        return Err((
+            format!("parse.schema.{column}"),
+            format!(
+                "{column} holds a timestamp_ntz, which needs Delta's timestampNtz table feature, \
+                 and {name} was not created with it; declare it in a new table"
+            ),
+        ));
+    }
     let handled = new.on_incompatible;
     for (column, ty) in &before {
         match after.iter().find(|(n, _)| n == column) {
@@ -91,6 +106,15 @@ fn check_table(name: &str, old: &TableSpec, new: &TableSpec) -> Result<(), Refus
         }
     }
     Ok(())
+}
+
+/// Whether `ty` is or holds `primitive`.
+fn holds(ty: &FieldType, primitive: Primitive) -> bool {
+    match ty {
+        FieldType::Primitive(p) => *p == primitive,
+        FieldType::Struct(inner) => inner.fields.values().any(|t| holds(t, primitive)),
+        FieldType::List(inner) | FieldType::Map(inner) => holds(inner, primitive),
+    }
 }
 
 /// What the table needs `column` for, if anything.
@@ -329,5 +353,28 @@ tables:
         .unwrap();
         retyped.tables["silver.e"].on_incompatible = OnIncompatible::Refuse;
         assert!(refusal(&old, &retyped).contains("on_incompatible: rescue"));
+    }
+
+    #[test]
+    fn a_timestamp_ntz_column_comes_only_with_a_new_table() {
+        let old = spec(false, "{ id: string, n: long }");
+        let text = refusal(
+            &old,
+            &spec(false, "{ id: string, n: long, local: timestamp_ntz }"),
+        );
+        assert!(
+            text.contains("tables.silver.e.parse.schema.local") && text.contains("timestampNtz"),
+            "{text}"
+        );
+        let born = spec(false, "{ id: string, local: timestamp_ntz }");
+        check_change(
+            &born,
+            &spec(
+                false,
+                "{ id: string, local: timestamp_ntz, at: { l: timestamp_ntz } }",
+            ),
+            "new.yaml",
+        )
+        .unwrap();
     }
 }

@@ -30,6 +30,12 @@ pub enum Primitive {
     Boolean,
     /// RFC 3339 text or epoch milliseconds, stored as microseconds UTC.
     Timestamp,
+    /// A wall-clock time without a time zone (`timestamp_ntz`): `2026-11-01T10:00:00[.f]`
+    /// or with a space; an offset, if the text has one, is ignored (the time as written),
+    /// and epoch milliseconds are read as UTC wall-clock. Stored as Delta's `timestamp_ntz`,
+    /// which needs its `timestampNtz` table feature: a table gains it only when created
+    /// with such a column.
+    TimestampNtz,
     /// `YYYY-MM-DD`.
     Date,
     /// Bytes, written in JSON as base64 text (`binary`, `bytes`).
@@ -55,6 +61,7 @@ impl Primitive {
             "double" | "float64" => Primitive::Double,
             "boolean" | "bool" => Primitive::Boolean,
             "timestamp" => Primitive::Timestamp,
+            "timestamp_ntz" | "timestampntz" => Primitive::TimestampNtz,
             "date" => Primitive::Date,
             "binary" | "bytes" => Primitive::Binary,
             other => return Primitive::parse_decimal(other),
@@ -86,6 +93,7 @@ impl Primitive {
             Primitive::Double => "double",
             Primitive::Boolean => "boolean",
             Primitive::Timestamp => "timestamp",
+            Primitive::TimestampNtz => "timestamp_ntz",
             Primitive::Date => "date",
             Primitive::Binary => "binary",
             Primitive::Decimal { precision, scale } => {
@@ -131,7 +139,7 @@ impl FieldType {
                 } else {
                     ""
                 };
-                format!("{path}: unknown type `{name}` (expected string, int, long, float, double, decimal(p,s), boolean, timestamp, date, binary, map(T), a mapping or a one-element list){hint}")
+                format!("{path}: unknown type `{name}` (expected string, int, long, float, double, decimal(p,s), boolean, timestamp, timestamp_ntz, date, binary, map(T), a mapping or a one-element list){hint}")
             }),
             serde_yaml::Value::Mapping(_) => SchemaSpec::from_yaml(value, path).map(FieldType::Struct),
             serde_yaml::Value::Sequence(items) if items.len() == 1 => {

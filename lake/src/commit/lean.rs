@@ -238,7 +238,8 @@ pub enum CommitPath {
 impl CommitPath {
     /// The path for a commit of `mode` to `table` as loaded: the lean one unless the
     /// protocol asks for features it does not write (reader version above 1, writer
-    /// version above 2) or an append-only table would be overwritten.
+    /// version above 4 or constraints; of the named table features, all but `timestampNtz`)
+    /// or an append-only table would be overwritten.
     pub fn choose(table: &DeltaTable, mode: WriteMode) -> CommitPath {
         let Ok(snapshot) = table.snapshot() else {
             return CommitPath::DeltaRs;
@@ -255,9 +256,19 @@ impl CommitPath {
             || metadata
                 .schema_string()
                 .contains("delta.generationExpression");
-        let lean = protocol.min_reader_version() == 1
+        // Table features (reader 3, writer 7) this path writes as it writes the others: a
+        // `timestamp_ntz` column asks nothing of a writer but its files' types.
+        let featured = protocol.min_reader_version() == 3
+            && protocol.min_writer_version() == 7
+            && only(protocol.reader_features(), &["timestampNtz"])
+            && only(
+                protocol.writer_features(),
+                &["timestampNtz", "appendOnly", "changeDataFeed"],
+            );
+        let lean = ((protocol.min_reader_version() == 1
             && (protocol.min_writer_version() <= 2
-                || (protocol.min_writer_version() <= 4 && !constrained))
+                || (protocol.min_writer_version() <= 4 && !constrained)))
+            || (featured && !constrained))
             && !(mode == WriteMode::Overwrite && snapshot.table_config().append_only());
         if lean {
             CommitPath::Lean
@@ -265,6 +276,15 @@ impl CommitPath {
             CommitPath::DeltaRs
         }
     }
+}
+
+/// Whether every feature listed (if the protocol lists them) is one of `allowed`.
+fn only<F: std::fmt::Display>(features: Option<&[F]>, allowed: &[&str]) -> bool {
+    features.is_none_or(|features| {
+        features
+            .iter()
+            .all(|f| allowed.contains(&f.to_string().as_str()))
+    })
 }
 
 /// Every `checkpointInterval` versions, a checkpoint. No cleanup of expired log entries:

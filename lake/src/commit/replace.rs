@@ -30,6 +30,8 @@ pub async fn replace_schema(
 ) -> Result<CommitOutcome> {
     for _ in 0..super::PLANS {
         refresh(table, name).await?;
+        let current_schema = crate::log::arrow_schema(table, name)?;
+        crate::evolve::check_timestamp_ntz(&current_schema, schema, name)?;
         let delta_schema = StructType::try_from_arrow(schema.as_ref()).map_err(|e| {
             LakeError::generic(name, format!("schema not representable in Delta: {e}"))
         })?;

@@ -75,6 +75,9 @@ pub(super) async fn shape(
         table_schema = arrow_schema(table, name)?;
         planned = evolve::plan(&table_schema, &rows_schema).map_err(|e| e.into_error(name))?;
     }
+    if let Plan::Evolve(evolution) = &planned {
+        evolve::check_timestamp_ntz(&table_schema, &evolution.target, name)?;
+    }
     match planned {
         Plan::Same => Ok(Shaped::rows(batches.to_vec())),
         Plan::Conform(schema) => Ok(Shaped::rows(conform_all(batches, &schema)?)),

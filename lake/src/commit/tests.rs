@@ -330,3 +330,90 @@ async fn rows_of_a_wider_schema_evolve_the_table_in_their_commit() {
         CommitOutcome::Committed { version: 3 }
     );
 }
+
+/// A table created with a `timestamp_ntz` column has Delta's `timestampNtz` feature
+/// (reader 3, writer 7), and the lean path still writes its commits; a table without one
+/// refuses to gain one by evolution (the feature would be missing).
+#[tokio::test]
+async fn timestamp_ntz_tables_commit_lean_and_others_do_not_gain_the_type() {
+    use arrow::array::{Int64Array, TimestampMicrosecondArray};
+    use arrow::datatypes::{DataType, Field, Schema, TimeUnit};
+    use std::sync::Arc;
+    let env = CommitEnv::default();
+    let dir = tempfile::tempdir().unwrap();
+    let store = TableStore::new(dir.path()).unwrap();
+    let ntz = DataType::Timestamp(TimeUnit::Microsecond, None);
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("n", DataType::Int64, true),
+        Field::new("local", ntz.clone(), true),
+    ]));
+    let mut table = store
+        .open_or_create("silver.ntz", &schema, &[], &env)
+        .await
+        .unwrap();
+    let protocol = table.snapshot().unwrap().protocol().clone();
+    assert_eq!(
+        (protocol.min_reader_version(), protocol.min_writer_version()),
+        (3, 7)
+    );
+    assert_eq!(
+        CommitPath::choose(&table, WriteMode::Append),
+        CommitPath::Lean
+    );
+    let rows = RecordBatch::try_new(
+        schema.clone(),
+        vec![
+            Arc::new(Int64Array::from(vec![1, 2])),
+            Arc::new(TimestampMicrosecondArray::from(vec![
+                1_793_527_200_000_000,
+                0,
+            ])),
+        ],
+    )
+    .unwrap();
+    let outcome = commit(
+        &mut table,
+        "silver.ntz",
+        vec![rows],
+        WriteMode::Append,
+        &[],
+        vec![],
+        &env,
+    )
+    .await
+    .unwrap();
+    assert_eq!(outcome, CommitOutcome::Committed { version: 1 });
+    refresh(&mut table, "silver.ntz").await.unwrap();
+    assert_eq!(row_count(&table), 2);
+
+    let plain = Arc::new(Schema::new(vec![Field::new("n", DataType::Int64, true)]));
+    let mut other = store
+        .open_or_create("silver.plain", &plain, &[], &env)
+        .await
+        .unwrap();
+    let wider = RecordBatch::try_new(
+        Arc::new(Schema::new(vec![
+            Field::new("n", DataType::Int64, true),
+            Field::new("local", ntz, true),
+        ])),
+        vec![
+            Arc::new(Int64Array::from(vec![1])),
+            Arc::new(TimestampMicrosecondArray::from(vec![0])),
+        ],
+    )
+    .unwrap();
+    let refused = commit(
+        &mut other,
+        "silver.plain",
+        vec![wider],
+        WriteMode::Append,
+        &[],
+        vec![],
+        &env,
+    )
+    .await
+    .unwrap_err();
+    assert!(refused.to_string().contains("timestampNtz"), "{refused}");
+    assert_eq!(refused.retry(), Retry::Permanent);
+    assert_eq!(latest_version(&other, "silver.plain", 0).await.unwrap(), 0);
+}

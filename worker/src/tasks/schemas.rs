@@ -57,6 +57,7 @@ pub(crate) fn arrow_type(ty: &FieldType) -> DataType {
             Primitive::Double => DataType::Float64,
             Primitive::Boolean => DataType::Boolean,
             Primitive::Timestamp => timestamp_type(),
+            Primitive::TimestampNtz => DataType::Timestamp(TimeUnit::Microsecond, None),
             Primitive::Date => DataType::Date32,
             Primitive::Binary => DataType::Binary,
             Primitive::Decimal { precision, scale } => {
@@ -99,7 +100,8 @@ pub fn field_type(ty: &DataType) -> Option<FieldType> {
         DataType::Float32 => primitive(Primitive::Float),
         DataType::Float64 => primitive(Primitive::Double),
         DataType::Boolean => primitive(Primitive::Boolean),
-        DataType::Timestamp(_, _) => primitive(Primitive::Timestamp),
+        DataType::Timestamp(_, None) => primitive(Primitive::TimestampNtz),
+        DataType::Timestamp(_, Some(_)) => primitive(Primitive::Timestamp),
         DataType::Date32 => primitive(Primitive::Date),
         DataType::Binary | DataType::LargeBinary | DataType::BinaryView => {
             primitive(Primitive::Binary)

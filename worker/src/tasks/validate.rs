@@ -105,6 +105,18 @@ pub async fn check_existing_tables(
         let existing = tables.open(name).await?;
         let held = smelter_lake::log::arrow_schema(&existing, name)?;
         let refiner = Refiner::new(name, table, origin)?;
+        if smelter_lake::evolve::has_timestamp_ntz(refiner.silver_schema())
+            && !smelter_lake::evolve::has_timestamp_ntz(&held)
+        {
+            return Err(WorkerError::InvalidSpec {
+                origin: origin.to_string(),
+                field: format!("tables.{name}.parse.schema"),
+                message: format!(
+                    "a timestamp_ntz column needs Delta's timestampNtz table feature, which {name} \
+                     was not created with; declare it in a new table"
+                ),
+            });
+        }
         if let Err(refused) = smelter_lake::evolve::plan(&held, refiner.silver_schema()) {
             return Err(WorkerError::InvalidSpec {
                 origin: origin.to_string(),

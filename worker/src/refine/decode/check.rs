@@ -135,7 +135,10 @@ pub(super) fn check_primitive(p: Primitive, value: Value, path: &str) -> Result<
         (Primitive::Timestamp, Value::String(s)) => parse_timestamp(s)
             .map(Value::from)
             .ok_or_else(|| mismatch(path, "an RFC 3339 timestamp", &value)),
-        (Primitive::Timestamp, Value::Number(n)) if n.is_i64() => {
+        (Primitive::TimestampNtz, Value::String(s)) => parse_wall_clock(s)
+            .map(Value::from)
+            .ok_or_else(|| mismatch(path, "a date and time", &value)),
+        (Primitive::Timestamp | Primitive::TimestampNtz, Value::Number(n)) if n.is_i64() => {
             Ok(Value::from(n.as_i64().unwrap_or(0).saturating_mul(1000)))
         }
         (Primitive::Binary, Value::String(s)) => match base64_bytes(s) {
@@ -212,6 +215,19 @@ pub(super) fn parse_date(text: &str) -> Option<i64> {
 }
 
 /// RFC 3339, or `YYYY-MM-DD HH:MM:SS[.f]` taken as UTC, to epoch microseconds.
+/// A date and time as written, without a time zone, in microseconds since the epoch of the
+/// same wall clock: `2026-11-01T10:00:00`, with a space, with a fraction; an offset or `Z`
+/// is ignored (`10:00+02:00` is 10:00), as SQL engines read text into `timestamp_ntz`.
+pub(super) fn parse_wall_clock(text: &str) -> Option<i64> {
+    if let Ok(ts) = chrono::DateTime::parse_from_rfc3339(text) {
+        return Some(ts.naive_local().and_utc().timestamp_micros());
+    }
+    ["%Y-%m-%dT%H:%M:%S%.f", "%Y-%m-%d %H:%M:%S%.f"]
+        .iter()
+        .find_map(|format| chrono::NaiveDateTime::parse_from_str(text, format).ok())
+        .map(|t| t.and_utc().timestamp_micros())
+}
+
 pub(super) fn parse_timestamp(text: &str) -> Option<i64> {
     if let Ok(ts) = chrono::DateTime::parse_from_rfc3339(text) {
         return Some(ts.timestamp_micros());

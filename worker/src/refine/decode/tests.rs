@@ -256,3 +256,36 @@ fn decimals_ints_and_floats_are_checked_exactly() {
     assert_eq!(parse_decimal("-", 10, 2), None);
     assert_eq!(parse_decimal(".", 10, 2), None);
 }
+
+#[test]
+fn timestamp_ntz_reads_the_wall_clock_as_written() {
+    let decoder = JsonDecoder::new(
+        serde_yaml::from_str("local: timestamp_ntz\n").unwrap(),
+        false,
+    );
+    // 2026-11-01T10:00:00 as if it were UTC: 1,793,527,200 s.
+    let at_ten = 1_793_527_200_000_000i64;
+    for (text, micros) in [
+        (r#""2026-11-01T10:00:00""#, at_ten),
+        (r#""2026-11-01 10:00:00.25""#, at_ten + 250_000),
+        // An offset is not applied: the time as written.
+        (r#""2026-11-01T10:00:00+02:00""#, at_ten),
+        (r#""2026-11-01T10:00:00Z""#, at_ten),
+        ("1793527200000", at_ten),
+    ] {
+        let payload = format!(r#"{{"local":{text}}}"#);
+        let mut cells = Vec::new();
+        decoder
+            .decode_cells(payload.as_bytes(), &mut cells)
+            .unwrap();
+        assert_eq!(cells[0], Cell::Long(micros), "{text}");
+        let (values, _) = decoder.decode_value(payload.as_bytes()).unwrap();
+        assert_eq!(values[0], Value::from(micros), "{text} (tree path)");
+    }
+    let error = decoder.decode(br#"{"local":"yesterday"}"#).unwrap_err();
+    assert!(
+        error.reason.contains("`local`: expected a date and time"),
+        "{}",
+        error.reason
+    );
+}

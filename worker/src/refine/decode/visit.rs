@@ -7,7 +7,9 @@ use std::borrow::Cow;
 use serde_json::{Map, Value};
 use smelter_common::spec::{FieldType, Primitive};
 
-use super::check::{base64_bytes, check, mismatch, parse_date, parse_decimal, parse_timestamp};
+use super::check::{
+    base64_bytes, check, mismatch, parse_date, parse_decimal, parse_timestamp, parse_wall_clock,
+};
 use super::{Cell, Rejection, Slot};
 
 /// The fields of one JSON object (the record, or a flattened struct) as the parser meets
@@ -273,6 +275,13 @@ impl Leaf<'_> {
                 self.decimal(text, precision, scale, value)
             }
             Primitive::String => Ok(Cell::Text(text)),
+            Primitive::TimestampNtz => parse_wall_clock(&text).map(Cell::Long).ok_or_else(|| {
+                mismatch(
+                    self.path,
+                    "a date and time",
+                    &Value::String(text.into_owned()),
+                )
+            }),
             Primitive::Timestamp => parse_timestamp(&text).map(Cell::Long).ok_or_else(|| {
                 mismatch(
                     self.path,
@@ -332,7 +341,9 @@ impl<'de> serde::de::Visitor<'de> for Leaf<'_> {
             Primitive::Int if i32::try_from(v).is_ok() => Ok(Cell::Long(v)),
             Primitive::Double | Primitive::Float => Ok(Cell::Double(v as f64)),
             // Epoch milliseconds.
-            Primitive::Timestamp => Ok(Cell::Long(v.saturating_mul(1000))),
+            Primitive::Timestamp | Primitive::TimestampNtz => {
+                Ok(Cell::Long(v.saturating_mul(1000)))
+            }
             Primitive::Decimal { precision, scale } => {
                 self.decimal(Cow::Owned(v.to_string()), precision, scale, Value::from(v))
             }
