@@ -3,7 +3,6 @@
 // Tests state their expectations with unwrap; a panic is the failure report.
 #![allow(clippy::unwrap_used)]
 
-mod avro_registry;
 mod bench;
 mod catalog_http;
 mod cdc;
@@ -28,6 +27,7 @@ mod replay;
 mod restart;
 mod retention;
 mod s3;
+mod schema_registry;
 mod security;
 mod table_ops;
 mod time_travel;

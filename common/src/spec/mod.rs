@@ -313,8 +313,10 @@ pub struct ParseSpec {
     /// 1,000 by default).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sample: Option<usize>,
-    /// The schema registry that `format: avro` payloads name their writer schema in
-    /// (Confluent's REST API: `GET {registry}/schemas/ids/{id}`), as an `http://` URL.
+    /// The schema registry that Confluent-framed payloads name their writer schema in
+    /// (Confluent's REST API: `GET {registry}/schemas/ids/{id}`), as an `http://` URL:
+    /// needed by `format: avro`; with `format: json`, the records are JSON text framed by
+    /// a JSON Schema serializer (a zero byte and the schema id before the JSON).
     #[serde(default)]
     pub registry: Option<String>,
     /// What of the source record besides its payload silver keeps, as columns that

@@ -548,6 +548,12 @@ fn avro_payloads_name_an_http_registry_and_only_they_do() {
     let parse = spec.tables["silver.events"].parse.as_ref().unwrap();
     assert_eq!(parse.format, PayloadFormat::Avro);
     assert_eq!(parse.registry.as_deref(), Some("http://registry:8081"));
+    // JSON records framed by a JSON Schema serializer.
+    let framed = DEMO.replace(
+        "      format: json\n",
+        "      format: json\n      registry: http://registry:8081\n",
+    );
+    PipelineSpec::parse(&framed, "p.yaml").unwrap();
     for (text, wanted) in [
         (
             DEMO.replace("      format: json\n", "      format: avro\n"),
@@ -556,9 +562,9 @@ fn avro_payloads_name_an_http_registry_and_only_they_do() {
         (
             DEMO.replace(
                 "      format: json\n",
-                "      format: json\n      registry: http://registry:8081\n",
+                "      format: debezium\n      registry: http://registry:8081\n",
             ),
-            "only read for `format: avro`",
+            "is read for `format: avro` and `format: json`",
         ),
         (
             avro.replace("http://registry:8081", "https://registry:8081"),

@@ -681,10 +681,11 @@ fn validate_silver(c: &Checker, spec: &PipelineSpec, name: &str, table: &TableSp
                      registry (`registry: http://host:8081`)",
                 ));
             }
-            (Some(_), format) if format != PayloadFormat::Avro => {
+            (Some(_), format) if !matches!(format, PayloadFormat::Avro | PayloadFormat::Json) => {
                 return Err(c.fail(
                     &["tables", name, "parse", "registry"],
-                    "a schema registry is only read for `format: avro`",
+                    "a schema registry is read for `format: avro` and `format: json` \
+                     (Confluent-framed records)",
                 ));
             }
             (Some(url), _) if !url.starts_with("http://") => {

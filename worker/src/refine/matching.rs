@@ -32,20 +32,20 @@ impl RecordsMatching {
     /// matches `sql`; an error names what is wrong with the predicate (an unknown column,
     /// or one only silver's own commits fill, such as `_offset`).
     pub fn new(silver: &str, spec: &TableSpec, origin: &str, sql: &str) -> Result<Self> {
-        // Avro records decode with the registry's schemas, which a selection (run while a
-        // delete plans, without I/O) cannot fetch: refused rather than matching nothing.
-        if spec
-            .parse
-            .as_ref()
-            .is_some_and(|p| p.format == smelter_common::spec::PayloadFormat::Avro)
-        {
+        // Framed records (Avro, JSON Schema) unframe with the registry's schemas, which a
+        // selection (run while a delete plans, without I/O) cannot fetch: refused rather
+        // than matching nothing.
+        if let Some(parse) = spec.parse.as_ref().filter(|p| p.registry.is_some()) {
+            let format = serde_json::to_value(parse.format).unwrap_or_default();
             return Err(crate::WorkerError::InvalidSpec {
                 origin: origin.to_string(),
-                field: format!("tables.{silver}.parse.format"),
-                message: "a delete cannot cascade into the records of a `format: avro` table \
-                          (they decode with the schema registry's schemas); delete from its \
-                          bronze table by position instead"
-                    .into(),
+                field: format!("tables.{silver}.parse.registry"),
+                message: format!(
+                    "a delete cannot cascade into the records of a table whose `format: {}` \
+                     records are framed with a schema registry's ids (they unframe with its \
+                     schemas); delete from its bronze table by position instead",
+                    format.as_str().unwrap_or_default()
+                ),
             });
         }
         if spec.parse.as_ref().is_some_and(|p| p.schema.inferred()) {
@@ -160,7 +160,7 @@ tables:
     }
 
     #[test]
-    fn avro_tables_refuse_a_cascade_naming_the_format() {
+    fn framed_tables_refuse_a_cascade_naming_the_registry() {
         let yaml = r#"
 pipeline: p
 sources: { s: { generator: { partitions: 1 } } }
@@ -181,7 +181,7 @@ tables:
         .expect("refused")
         .to_string();
         assert!(
-            error.contains("tables.silver.events.parse.format") && error.contains("avro"),
+            error.contains("tables.silver.events.parse.registry") && error.contains("avro"),
             "{error}"
         );
     }

@@ -6,8 +6,8 @@
 //! consumed)` (invariant 2). If the process dies between the two commits, the replay finds
 //! the quarantine txn already present and skips that commit (invariant 3).
 
-pub mod avro;
 mod columns;
+pub mod confluent;
 pub mod decode;
 pub mod dedupe;
 pub mod envelope;
@@ -156,8 +156,9 @@ pub struct Refiner {
     expectations: Vec<CompiledExpectation>,
     /// Payloads are Debezium change events ([`envelope`]).
     debezium: bool,
-    /// Payloads are Confluent-framed Avro records, turned into JSON first ([`avro`]).
-    avro: Option<tokio::sync::Mutex<avro::ConfluentAvro>>,
+    /// Payloads are Confluent-framed (Avro records, or JSON text), turned into JSON first
+    /// ([`confluent`]).
+    framed: Option<tokio::sync::Mutex<confluent::Confluent>>,
 }
 
 struct Quarantined {
@@ -230,9 +231,18 @@ impl Refiner {
             work_schema,
             expectations,
             debezium: parse.format == smelter_common::spec::PayloadFormat::Debezium,
-            avro: match (&parse.registry, parse.format) {
+            framed: match (&parse.registry, parse.format) {
                 (Some(registry), smelter_common::spec::PayloadFormat::Avro) => {
-                    Some(tokio::sync::Mutex::new(avro::ConfluentAvro::new(registry)?))
+                    Some(tokio::sync::Mutex::new(confluent::Confluent::new(
+                        confluent::Framing::Avro,
+                        registry,
+                    )?))
+                }
+                (Some(registry), smelter_common::spec::PayloadFormat::Json) => {
+                    Some(tokio::sync::Mutex::new(confluent::Confluent::new(
+                        confluent::Framing::Json,
+                        registry,
+                    )?))
                 }
                 _ => None,
             },
@@ -412,14 +422,14 @@ impl Refiner {
     pub async fn json_payloads(&self, rows: &BronzeRows, limit: usize) -> Result<Vec<Vec<u8>>> {
         let mut out = Vec::new();
         for batch in &rows.batches {
-            let prepared = match &self.avro {
-                Some(avro) => avro.lock().await.prepare(batch).await?,
+            let prepared = match &self.framed {
+                Some(framed) => framed.lock().await.prepare(batch).await?,
                 None => batch.clone(),
             };
             let payload = column::<BinaryArray>(&prepared, "payload")?;
             let error = column::<StringArray>(&prepared, "error")?;
             let undecoded = prepared
-                .column_by_name(avro::DECODE_ERROR)
+                .column_by_name(confluent::DECODE_ERROR)
                 .and_then(|c| c.as_any().downcast_ref::<StringArray>());
             for row in 0..prepared.num_rows() {
                 if out.len() >= limit {
@@ -450,15 +460,15 @@ impl Refiner {
         cache: &mut KeyCache,
     ) -> Result<Refined> {
         let mut quarantined: Vec<Quarantined> = Vec::new();
-        // Avro payloads are decoded into JSON ones first; the quarantine keeps the bytes
-        // as bronze holds them (`rows`).
+        // Framed payloads (Avro, JSON Schema) are made JSON ones first; the quarantine keeps
+        // the bytes as bronze holds them (`rows`).
         let prepared;
-        let input_rows = match &self.avro {
-            Some(avro) => {
-                let mut avro = avro.lock().await;
+        let input_rows = match &self.framed {
+            Some(framed) => {
+                let mut framed = framed.lock().await;
                 let mut batches = Vec::with_capacity(rows.batches.len());
                 for batch in &rows.batches {
-                    batches.push(avro.prepare(batch).await?);
+                    batches.push(framed.prepare(batch).await?);
                 }
                 prepared = BronzeRows::from_batches(batches);
                 &prepared
@@ -480,7 +490,7 @@ impl Refiner {
             let payload = column::<BinaryArray>(input, "payload")?;
             let error = column::<StringArray>(input, "error")?;
             let undecoded = input
-                .column_by_name(avro::DECODE_ERROR)
+                .column_by_name(confluent::DECODE_ERROR)
                 .and_then(|c| c.as_any().downcast_ref::<StringArray>());
             for start in (0..n).step_by(DECODE_SLICE) {
                 let mut decoded = Columns::new(declared, DECODE_SLICE);

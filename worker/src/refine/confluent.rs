@@ -1,6 +1,11 @@
-//! Avro payloads in Confluent's wire format (`parse: { format: avro, registry: URL }`): a
-//! zero byte, the writer schema's id in the schema registry (4 bytes, big-endian), then the
-//! record in Avro's binary encoding.
+//! Payloads in Confluent's wire format: a zero byte, the writer schema's id in the schema
+//! registry (4 bytes, big-endian), then the record — in Avro's binary encoding
+//! (`parse: { format: avro, registry: URL }`), or as JSON text written by a JSON Schema
+//! serializer (`parse: { format: json, registry: URL }`).
+//!
+//! JSON records only lose their frame: the id must name a `JSON` schema the registry holds
+//! (asked once per id), and the JSON is then decoded as any JSON payload, its declared
+//! schema checking each field's type (the registry's JSON Schema itself is not evaluated).
 //!
 //! Before a refine pass decodes bronze rows, each Avro payload is decoded with the writer
 //! schema its id names (fetched once per id from the registry's `GET /schemas/ids/{id}`,
@@ -11,7 +16,7 @@
 //! field a version lacks is NULL.
 //!
 //! A payload that does not decode (no magic byte, too short, a schema id the registry does
-//! not know, a schema that is not Avro, a body that is truncated or has bytes left over)
+//! not know, a schema of another kind, a body that is truncated or has bytes left over)
 //! keeps its bytes and is quarantined under `_parse` with the reason. A registry that
 //! cannot be reached (or answers 5xx) fails the pass, which is retried: no record is
 //! quarantined for the registry's sake.
@@ -39,34 +44,73 @@ const REGISTRY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10)
 enum Writer {
     /// A decoder for records written with it (one record per flush).
     Decoder(Box<Decoder>, AvroSchema),
+    /// A JSON Schema: records written with it are JSON text.
+    Json,
     /// Why records naming it cannot be read.
     Unreadable(String),
 }
 
-/// Decodes Confluent-framed Avro payloads into JSON ones (see the module docs). One per
-/// refine task: it keeps the writer schemas it fetched.
-pub struct ConfluentAvro {
+/// Which serializer framed the payloads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Framing {
+    /// Avro binary records.
+    Avro,
+    /// JSON text (a JSON Schema serializer).
+    Json,
+}
+
+impl Framing {
+    /// How the registry's `schemaType` names its schemas (absent means Avro).
+    fn schema_type(self) -> &'static str {
+        match self {
+            Framing::Avro => "AVRO",
+            Framing::Json => "JSON",
+        }
+    }
+
+    /// How reasons name the format.
+    fn name(self) -> &'static str {
+        match self {
+            Framing::Avro => "avro",
+            Framing::Json => "json",
+        }
+    }
+}
+
+/// One framed payload, unframed.
+enum Unframed {
+    /// An Avro record (a one-row batch) and its writer schema id.
+    Record(u32, RecordBatch),
+    /// JSON text.
+    Json(Vec<u8>),
+}
+
+/// Turns Confluent-framed payloads into JSON ones (see the module docs). One per refine
+/// task: it keeps the writer schemas it fetched.
+pub struct Confluent {
+    framing: Framing,
     registry: String,
     client: reqwest::Client,
     writers: HashMap<u32, Writer>,
 }
 
-impl ConfluentAvro {
-    /// Reads writer schemas from the registry at `registry` (an `http://` URL).
-    pub fn new(registry: &str) -> Result<Self> {
+impl Confluent {
+    /// Reads writer schemas of `framing` from the registry at `registry` (an `http://` URL).
+    pub fn new(framing: Framing, registry: &str) -> Result<Self> {
         let client = reqwest::Client::builder()
             .timeout(REGISTRY_TIMEOUT)
             .build()
             .map_err(|e| registry_error(registry, format!("HTTP client: {e}")))?;
         Ok(Self {
+            framing,
             registry: registry.trim_end_matches('/').to_string(),
             client,
             writers: HashMap::new(),
         })
     }
 
-    /// `batch` (bronze-shaped: `payload`, `error`, ...) with each Avro payload replaced by
-    /// the JSON object of its record, and a [`DECODE_ERROR`] column saying why a payload
+    /// `batch` (bronze-shaped: `payload`, `error`, ...) with each payload replaced by the
+    /// JSON object of its record (an Avro record's, or the unframed JSON text), and a [`DECODE_ERROR`] column saying why a payload
     /// did not decode (its bytes kept). Rows already in error, and missing payloads, are
     /// left as they are.
     pub async fn prepare(&mut self, batch: &RecordBatch) -> Result<RecordBatch> {
@@ -84,7 +128,10 @@ impl ConfluentAvro {
                 continue;
             }
             match self.decode(payload.value(row)).await? {
-                Ok((id, record)) => decoded.entry(id).or_default().push((row, record)),
+                Ok(Unframed::Record(id, record)) => {
+                    decoded.entry(id).or_default().push((row, record))
+                }
+                Ok(Unframed::Json(text)) => json[row] = Some(text),
                 Err(reason) => *failure = Some(reason),
             }
         }
@@ -123,16 +170,14 @@ impl ConfluentAvro {
         )?)
     }
 
-    /// One payload's writer schema id and record (a one-row batch), or why it does not
-    /// decode. Fails only when the registry cannot be asked.
-    async fn decode(
-        &mut self,
-        payload: &[u8],
-    ) -> Result<std::result::Result<(u32, RecordBatch), String>> {
+    /// One payload unframed, or why it does not decode. Fails only when the registry
+    /// cannot be asked.
+    async fn decode(&mut self, payload: &[u8]) -> Result<std::result::Result<Unframed, String>> {
         if payload.len() < PREFIX || payload[0] != 0 {
             return Ok(Err(format!(
-                "avro: not in the Confluent wire format (a zero byte, a 4-byte schema id, \
-                 the Avro body): {} byte(s) starting {:02x?}",
+                "{}: not in the Confluent wire format (a zero byte, a 4-byte schema id, \
+                 the record): {} byte(s) starting {:02x?}",
+                self.framing.name(),
                 payload.len(),
                 &payload[..payload.len().min(PREFIX)]
             )));
@@ -144,13 +189,19 @@ impl ConfluentAvro {
         }
         let (decoder, schema) = match self.writers.get_mut(&id) {
             Some(Writer::Decoder(decoder, schema)) => (decoder, schema),
+            Some(Writer::Json) => return Ok(Ok(Unframed::Json(payload[PREFIX..].to_vec()))),
             Some(Writer::Unreadable(reason)) => return Ok(Err(reason.clone())),
-            None => return Ok(Err(format!("avro: schema id {id} was not resolved"))),
+            None => {
+                return Ok(Err(format!(
+                    "{}: schema id {id} was not resolved",
+                    self.framing.name()
+                )));
+            }
         };
         let outcome = match decoder.decode(payload) {
             Ok(consumed) if consumed == payload.len() && decoder.batch_is_full() => {
                 match decoder.flush() {
-                    Ok(Some(record)) => Ok((id, record)),
+                    Ok(Some(record)) => Ok(Unframed::Record(id, record)),
                     Ok(None) => Err(format!("avro: schema id {id}: no record decoded")),
                     Err(e) => Err(format!("avro: schema id {id}: {e}")),
                 }
@@ -198,7 +249,8 @@ impl ConfluentAvro {
             .map_err(|e| registry_error(&self.registry, format!("GET {url}: {e}")))?;
         if !status.is_success() {
             return Ok(Writer::Unreadable(format!(
-                "avro: schema id {id} is not in the registry ({status}: {})",
+                "{}: schema id {id} is not in the registry ({status}: {})",
+                self.framing.name(),
                 String::from_utf8_lossy(&body).trim()
             )));
         }
@@ -212,10 +264,15 @@ impl ConfluentAvro {
             }
         };
         let kind = answer["schemaType"].as_str().unwrap_or("AVRO");
-        if kind != "AVRO" {
+        if kind != self.framing.schema_type() {
             return Ok(Writer::Unreadable(format!(
-                "avro: schema id {id} is a {kind} schema, not Avro"
+                "{}: schema id {id} is a {kind} schema, not {}",
+                self.framing.name(),
+                self.framing.schema_type()
             )));
+        }
+        if self.framing == Framing::Json {
+            return Ok(Writer::Json);
         }
         let Some(schema) = answer["schema"].as_str() else {
             return Err(registry_error(
@@ -262,10 +319,10 @@ mod tests {
     const SCHEMA: &str = r#"{"type":"record","name":"R","fields":[
         {"name":"id","type":"long"},{"name":"name","type":["null","string"]}]}"#;
 
-    impl ConfluentAvro {
+    impl Confluent {
         /// The same without a registry: `schemas` are what it would answer.
         fn with_schemas(schemas: &[(u32, &str)]) -> Self {
-            let mut avro = Self::new("http://127.0.0.1:9").unwrap();
+            let mut avro = Self::new(Framing::Avro, "http://127.0.0.1:9").unwrap();
             for (id, schema) in schemas {
                 avro.writers
                     .insert(*id, decoder_for(*id, AvroSchema::new(schema.to_string())));
@@ -312,7 +369,7 @@ mod tests {
 
     #[tokio::test]
     async fn each_payload_becomes_its_record_as_json_or_says_why_not() {
-        let mut avro = ConfluentAvro::with_schemas(&[(7, SCHEMA), (8, r#"{"type":"enum"}"#)]);
+        let mut avro = Confluent::with_schemas(&[(7, SCHEMA), (8, r#"{"type":"enum"}"#)]);
         let good = framed(7, 42, Some("ada"));
         let mut trailing = framed(7, 1, None);
         trailing.push(0);
@@ -381,5 +438,51 @@ mod tests {
             serde_json::from_slice::<serde_json::Value>(payload.value(0)).unwrap(),
             serde_json::json!({"id": 42, "name": "ada"})
         );
+    }
+
+    #[tokio::test]
+    async fn json_records_lose_their_frame_when_their_schema_is_json() {
+        let mut json = Confluent::new(Framing::Json, "http://127.0.0.1:9").unwrap();
+        json.writers.insert(3, Writer::Json);
+        json.writers.insert(
+            4,
+            Writer::Unreadable("json: schema id 4 is a AVRO schema, not JSON".into()),
+        );
+        let frame = |id: u32, text: &str| {
+            let mut out = vec![0];
+            out.extend_from_slice(&id.to_be_bytes());
+            out.extend_from_slice(text.as_bytes());
+            out
+        };
+        let batch = bronze(
+            vec![
+                Some(frame(3, r#"{"id":1,"name":"ada"}"#)),
+                Some(br#"{"id":2}"#.to_vec()),
+                Some(frame(4, r#"{"id":3}"#)),
+            ],
+            vec![None, None, None],
+        );
+        let prepared = json.prepare(&batch).await.unwrap();
+        let payload = prepared
+            .column_by_name("payload")
+            .unwrap()
+            .as_any()
+            .downcast_ref::<BinaryArray>()
+            .unwrap();
+        let why = prepared
+            .column_by_name(DECODE_ERROR)
+            .unwrap()
+            .as_any()
+            .downcast_ref::<StringArray>()
+            .unwrap();
+        assert_eq!(payload.value(0), br#"{"id":1,"name":"ada"}"#);
+        assert!(why.is_null(0));
+        assert!(
+            why.value(1)
+                .starts_with("json: not in the Confluent wire format"),
+            "{}",
+            why.value(1)
+        );
+        assert!(why.value(2).contains("not JSON"), "{}", why.value(2));
     }
 }

@@ -1,5 +1,6 @@
-//! Avro payloads with a schema registry, end to end to gold: records in Confluent's wire
-//! format (a zero byte, the writer schema's id, the Avro binary body), written with two
+//! Confluent-framed payloads with a schema registry, end to end to gold. First Avro:
+//! records in Confluent's wire format (a zero byte, the writer schema's id, the Avro
+//! binary body), written with two
 //! versions of a subject's schema — the second adds an optional `coupon` — go through
 //! Kafka (tansu) into bronze, a silver table that decodes them with the schema each names,
 //! and a gold aggregate of money in decimals. Then:
@@ -11,6 +12,9 @@
 //! * records that are not Confluent-framed, name a schema id the registry does not know,
 //!   or are cut short are quarantined under `_parse` with the reason, nothing lost;
 //! * each writer schema was asked of the registry once per refine task, not per record.
+//!
+//! Then JSON text framed by a JSON Schema serializer, unframed once its id names a JSON
+//! schema, with the framing errors quarantined.
 //!
 //! The registry is the documented subset of Confluent's REST API (`POST
 //! /subjects/{subject}/versions`, `GET /schemas/ids/{id}`), served by the test itself: no
@@ -131,8 +135,8 @@ fn framed(p: &Purchase, id: u32, v2: bool) -> Vec<u8> {
 
 #[derive(Default)]
 struct Registry {
-    /// Schema text by id (ids from 1).
-    schemas: Vec<String>,
+    /// Schema text and type (`None`: Avro) by id (ids from 1).
+    schemas: Vec<(String, Option<String>)>,
     /// `GET /schemas/ids/{id}` calls per id.
     reads: HashMap<u32, usize>,
 }
@@ -149,11 +153,12 @@ async fn register(
         let error = serde_json::json!({"error_code": 42201, "message": "Invalid schema"});
         return (StatusCode::UNPROCESSABLE_ENTITY, error.to_string());
     };
+    let kind = body["schemaType"].as_str().map(str::to_string);
     let mut registry = registry.lock().unwrap();
-    let id = match registry.schemas.iter().position(|s| s == schema) {
+    let id = match registry.schemas.iter().position(|(s, _)| s == schema) {
         Some(at) => at + 1,
         None => {
-            registry.schemas.push(schema.to_string());
+            registry.schemas.push((schema.to_string(), kind));
             registry.schemas.len()
         }
     };
@@ -164,7 +169,12 @@ async fn schema_by_id(State(registry): State<Shared>, Path(id): Path<u32>) -> (S
     let mut registry = registry.lock().unwrap();
     *registry.reads.entry(id).or_default() += 1;
     match registry.schemas.get((id as usize).wrapping_sub(1)) {
-        Some(schema) => (
+        // As Confluent's registry answers: `schemaType` only for schemas that are not Avro.
+        Some((schema, Some(kind))) => (
+            StatusCode::OK,
+            serde_json::json!({ "schema": schema, "schemaType": kind }).to_string(),
+        ),
+        Some((schema, None)) => (
             StatusCode::OK,
             serde_json::json!({ "schema": schema }).to_string(),
         ),
@@ -189,11 +199,20 @@ async fn serve(registry: Shared) -> String {
 
 /// Registers `schema` under `subject` as a producer's serializer does; returns its id.
 async fn register_schema(url: &str, subject: &str, schema: &str) -> u32 {
+    register_typed(url, subject, schema, None).await
+}
+
+/// [`register_schema`] for a schema of `kind` (`JSON`; Avro when `None`).
+async fn register_typed(url: &str, subject: &str, schema: &str, kind: Option<&str>) -> u32 {
+    let mut body = serde_json::json!({ "schema": schema });
+    if let Some(kind) = kind {
+        body["schemaType"] = kind.into();
+    }
     let answer: serde_json::Value = serde_json::from_slice(
         &reqwest::Client::new()
             .post(format!("{url}/subjects/{subject}/versions"))
             .header("content-type", "application/vnd.schemaregistry.v1+json")
-            .body(serde_json::json!({ "schema": schema }).to_string())
+            .body(body.to_string())
             .send()
             .await
             .unwrap()
@@ -206,6 +225,10 @@ async fn register_schema(url: &str, subject: &str, schema: &str) -> u32 {
 }
 
 fn pipeline(brokers: &str, topic: &str, registry: &str) -> String {
+    pipeline_of("avro", brokers, topic, registry)
+}
+
+fn pipeline_of(format: &str, brokers: &str, topic: &str, registry: &str) -> String {
     format!(
         r#"pipeline: purchases
 sources:
@@ -216,7 +239,7 @@ tables:
   silver.purchases:
     from: bronze.purchases
     parse:
-      format: avro
+      format: {format}
       registry: {registry}
       schema: {{ user_id: string, amount: "decimal(10,2)", at: timestamp, country: string, coupon: string }}
       metadata: [key, timestamp]
@@ -398,4 +421,124 @@ async fn confluent_avro_records_decode_with_their_registry_schema_through_gold()
             "schema {id} fetched {n} times: {reads:?}"
         );
     }
+}
+
+/// The JSON Schema serializer's records: a zero byte, the schema id, the JSON text. The
+/// worker unframes them after checking the id names a JSON schema; silver reads the JSON
+/// as any JSON payload. Records not framed, or naming an Avro schema or none, are
+/// quarantined with the reason; gold is the test's aggregate in integer cents.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn confluent_json_schema_records_are_unframed_through_gold() {
+    let Some(tansu) = Tansu::start().await else {
+        return;
+    };
+    let registry = Shared::default();
+    let url = serve(registry.clone()).await;
+    let topic = unique_topic("purchases_json");
+    let subject = format!("{topic}-value");
+    let json_schema = r#"{"type":"object","properties":{"user_id":{"type":"string"},"amount":{"type":"string"},"at":{"type":"integer"},"country":{"type":["string","null"]}}}"#;
+    let id = register_typed(&url, &subject, json_schema, Some("JSON")).await;
+    let avro_id = register_schema(&url, &subject, V1).await;
+    create_topic(&tansu.brokers, &topic, 2).await.unwrap();
+    const RECORDS: usize = 600;
+    let purchases: Vec<Purchase> = (0..RECORDS).map(purchase).collect();
+    let frame = |id: u32, p: &Purchase| {
+        let mut out = vec![0];
+        out.extend_from_slice(&id.to_be_bytes());
+        let text = serde_json::json!({
+            "user_id": p.user,
+            "amount": format!("{}.{:02}", p.cents / 100, p.cents % 100),
+            // Epoch milliseconds.
+            "at": p.at / 1_000,
+            "country": p.country,
+        });
+        out.extend_from_slice(text.to_string().as_bytes());
+        out
+    };
+    let mut records: Vec<(i32, String, Vec<u8>)> = purchases
+        .iter()
+        .enumerate()
+        .map(|(i, p)| ((i % 2) as i32, p.user.clone(), frame(id, p)))
+        .collect();
+    let unframed = br#"{"user_id":"u1","amount":"1.00","at":1}"#.to_vec();
+    for value in [
+        unframed,
+        frame(avro_id, &purchases[0]),
+        frame(4242, &purchases[1]),
+    ] {
+        records.push((0, "bad".into(), value));
+    }
+    let text = pipeline_of("json", &tansu.brokers, &topic, &url);
+    let cluster = TestCluster::start(2, &text).await.unwrap();
+    let last = produce(&tansu.brokers, &topic, &records).await.unwrap();
+    wait_caught_up(
+        &cluster.tables,
+        &cluster.spec,
+        &topic,
+        &last,
+        Duration::from_secs(180),
+    )
+    .await
+    .unwrap();
+
+    let mut got = rows(
+        &cluster
+            .query(
+                "SELECT user_id, CAST(amount AS VARCHAR), CAST(at AS BIGINT), country FROM silver.purchases",
+            )
+            .await
+            .unwrap(),
+    )
+    .unwrap();
+    let mut expected: Vec<String> = purchases
+        .iter()
+        .map(|p| {
+            format!(
+                "{} | {}.{:02} | {} | {}",
+                p.user,
+                p.cents / 100,
+                p.cents % 100,
+                p.at,
+                p.country.unwrap_or("NULL")
+            )
+        })
+        .collect();
+    got.sort();
+    expected.sort();
+    assert_eq!(got, expected, "every record once, unframed and typed");
+    let cents: i64 = purchases.iter().map(|p| p.cents).sum();
+    let got = rows(
+        &cluster
+            .query("SELECT sum(orders), CAST(sum(revenue) AS VARCHAR) FROM gold.revenue_by_country")
+            .await
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(
+        got,
+        [format!("{RECORDS} | {}.{:02}", cents / 100, cents % 100)]
+    );
+    let got = rows(
+        &cluster
+            .query(
+                "SELECT rule, CASE \
+                   WHEN reason LIKE 'json: not in the Confluent wire format%' THEN 'unframed' \
+                   WHEN reason LIKE '%is a AVRO schema, not JSON%' THEN 'avro id' \
+                   WHEN reason LIKE '%schema id 4242 is not in the registry%' THEN 'unknown id' \
+                   ELSE reason END AS why FROM silver.purchases_quarantine ORDER BY 2",
+            )
+            .await
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(
+        got,
+        [
+            "_parse | avro id",
+            "_parse | unframed",
+            "_parse | unknown id"
+        ]
+    );
+    let reads = registry.lock().unwrap().reads.clone();
+    assert!((1..=3).contains(&reads[&id]), "{reads:?}");
 }
