@@ -6,10 +6,13 @@
 //! cluster's status names the certificate failure of its source — so the records did
 //! cross TLS, verified.
 //!
-//! SASL is not exercised here: tansu 0.6 answers the SASL handshake, but its in-memory and
-//! S3 storage keep no SCRAM credentials (storing a user is a no-op there), so no user can
-//! authenticate. librdkafka is built with OpenSSL, which is what its PLAIN, SCRAM and
-//! OAUTHBEARER mechanisms need; the settings pass through `properties` as these do.
+//! SASL/SCRAM over TLS (`SASL_SSL`): tansu 0.6 answers the SASL handshake, but its
+//! in-memory and S3 storage keep no SCRAM credentials (storing a user is a no-op there), so
+//! the test puts a SCRAM gate between stunnel and the broker (`smelter_tests::scram`, the
+//! server side of RFC 5802/7677 over Kafka's SASL requests). The workers' librdkafka does
+//! real SCRAM-SHA-256 against it: with the right password every record lands exactly once
+//! and the gate counts the exchanges that succeeded; with a wrong one nothing lands, the
+//! gate counts refusals, and the status names the authentication failure.
 
 use std::time::Duration;
 
@@ -19,7 +22,7 @@ use smelter_tests::TestCluster;
 use smelter_tests::cdc::produce_with;
 use smelter_tests::certs::Certs;
 use smelter_tests::kafka::{
-    create_topic_with, tls_admin, tls_producer, unique_topic, wait_caught_up,
+    create_topic_with, producer_with, tls_admin, tls_producer, unique_topic, wait_caught_up,
 };
 use smelter_tests::oracle::rows;
 use smelter_tests::services::TlsTansu;
@@ -27,6 +30,18 @@ use smelter_tests::services::TlsTansu;
 const RECORDS: usize = 2_000;
 
 fn pipeline(brokers: &str, topic: &str, ca: &std::path::Path) -> String {
+    secured(
+        brokers,
+        topic,
+        &format!(
+            r#"security.protocol: SSL, ssl.ca.location: "{}""#,
+            ca.display()
+        ),
+    )
+}
+
+/// The pipeline with the source's connection `properties` (a YAML flow mapping's inside).
+fn secured(brokers: &str, topic: &str, properties: &str) -> String {
     format!(
         r#"pipeline: secured
 sources:
@@ -34,14 +49,13 @@ sources:
     kafka:
       brokers: "{brokers}"
       topic: {topic}
-      properties: {{ security.protocol: SSL, ssl.ca.location: "{ca}" }}
+      properties: {{ {properties} }}
 tables:
   bronze.orders: {{ from: orders }}
   silver.orders:
     from: bronze.orders
     parse: {{ format: json, schema: {{ id: long, amount: "decimal(10,2)" }}, metadata: [key] }}
-"#,
-        ca = ca.display()
+"#
     )
 }
 
@@ -153,5 +167,118 @@ async fn records_cross_a_verified_tls_connection_exactly_once() {
     assert!(
         landed.is_empty() || landed == ["0"],
         "nothing crossed an unverified connection: {landed:?}; {status}"
+    );
+}
+
+/// SASL/SCRAM-SHA-256 over TLS through the gate (see the module docs).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scram_over_tls_lands_every_record_and_a_wrong_password_is_refused() {
+    let certs = Certs::generate();
+    let Some(tansu) = TlsTansu::start_scram(&certs, "smelter", "s3cret-pass").await else {
+        return;
+    };
+    let exchanges = tansu
+        .gate
+        .as_ref()
+        .map(|(gate, _, _)| gate.exchanges.clone())
+        .unwrap();
+    let admin: rdkafka::admin::AdminClient<rdkafka::client::DefaultClientContext> =
+        tansu.client_config(&certs.ca).create().unwrap();
+    let topic = unique_topic("scram");
+    create_topic_with(&admin, &topic, 2).await.unwrap();
+    let records: Vec<(i32, String, Vec<u8>)> = (0..500)
+        .map(|i| {
+            let value = format!(r#"{{"id":{i},"amount":"{i}.25"}}"#);
+            ((i % 2) as i32, format!("k{i}"), value.into_bytes())
+        })
+        .collect();
+    let producer = producer_with(tansu.client_config(&certs.ca)).unwrap();
+    let last = produce_with(&producer, &topic, &records).await.unwrap();
+    let before = exchanges
+        .succeeded
+        .load(std::sync::atomic::Ordering::SeqCst);
+
+    let scram = |password: &str| {
+        format!(
+            r#"security.protocol: SASL_SSL, ssl.ca.location: "{}", sasl.mechanism: SCRAM-SHA-256, sasl.username: smelter, sasl.password: "{password}""#,
+            certs.ca.display()
+        )
+    };
+    let cluster = TestCluster::start(1, &secured(&tansu.brokers, &topic, &scram("s3cret-pass")))
+        .await
+        .unwrap();
+    wait_caught_up(
+        &cluster.tables,
+        &cluster.spec,
+        &topic,
+        &last,
+        Duration::from_secs(120),
+    )
+    .await
+    .unwrap();
+    let got = rows(
+        &cluster
+            .query("SELECT count(*), count(DISTINCT id), CAST(sum(amount) AS VARCHAR) FROM silver.orders")
+            .await
+            .unwrap(),
+    )
+    .unwrap();
+    let total: i64 = (0..500).sum::<i64>() * 100 + 500 * 25;
+    assert_eq!(
+        got,
+        [format!("500 | 500 | {}.{:02}", total / 100, total % 100)]
+    );
+    assert!(
+        exchanges
+            .succeeded
+            .load(std::sync::atomic::Ordering::SeqCst)
+            > before,
+        "the workers authenticated through the gate"
+    );
+    let refused_before = exchanges.failed.load(std::sync::atomic::Ordering::SeqCst);
+
+    let wrong = TestCluster::start(1, &secured(&tansu.brokers, &topic, &scram("guessed")))
+        .await
+        .unwrap();
+    let status = wait_until(
+        Duration::from_secs(60),
+        "the status reporting the authentication failure",
+        async || {
+            let mut admin = AdminClient::connect_with(
+                &wrong.coordinator_endpoint(),
+                &wrong.credentials().unwrap(),
+            )
+            .await
+            .unwrap();
+            let status = smelter_sdk::status_json(&admin.status().await.unwrap());
+            let refused = status["source_errors"].as_array().is_some_and(|errors| {
+                errors.iter().any(|e| {
+                    let text = e["error"].as_str().unwrap_or_default().to_ascii_lowercase();
+                    text.contains("authentication") || text.contains("sasl")
+                })
+            });
+            if refused {
+                Ok(status)
+            } else {
+                Err(format!("status {status}"))
+            }
+        },
+    )
+    .await
+    .unwrap();
+    assert!(
+        exchanges.failed.load(std::sync::atomic::Ordering::SeqCst) > refused_before,
+        "the gate refused the wrong password: {status}"
+    );
+    let landed = rows(
+        &wrong
+            .query("SELECT count(*) FROM bronze.orders")
+            .await
+            .unwrap_or_default(),
+    )
+    .unwrap_or_default();
+    assert!(
+        landed.is_empty() || landed == ["0"],
+        "nothing landed: {landed:?}"
     );
 }

@@ -76,6 +76,34 @@ pub fn tls_config(brokers: &str, ca: &std::path::Path) -> ClientConfig {
     config
 }
 
+/// [`tls_config`], authenticating as `user` with SASL/SCRAM-SHA-256 (`SASL_SSL`).
+pub fn scram_config(
+    brokers: &str,
+    ca: &std::path::Path,
+    user: &str,
+    password: &str,
+) -> ClientConfig {
+    let mut config = tls_config(brokers, ca);
+    config
+        .set("security.protocol", "SASL_SSL")
+        .set("sasl.mechanism", "SCRAM-SHA-256")
+        .set("sasl.username", user)
+        .set("sasl.password", password);
+    config
+}
+
+/// A producer with `config`'s connection settings (otherwise as [`producer`]).
+pub fn producer_with(mut config: ClientConfig) -> TestResult<FutureProducer> {
+    config
+        .set("acks", "all")
+        .set("enable.idempotence", "false")
+        .set("max.in.flight.requests.per.connection", "1")
+        .set("linger.ms", "5")
+        .set("message.timeout.ms", "30000")
+        .create()
+        .map_err(|e| format!("producer: {e}"))
+}
+
 /// An admin client for `brokers` over TLS, trusting `ca`.
 pub fn tls_admin(brokers: &str, ca: &std::path::Path) -> AdminClient<DefaultClientContext> {
     tls_config(brokers, ca)
@@ -85,14 +113,7 @@ pub fn tls_admin(brokers: &str, ca: &std::path::Path) -> AdminClient<DefaultClie
 
 /// A producer to `brokers` over TLS, trusting `ca` (otherwise as [`producer`]).
 pub fn tls_producer(brokers: &str, ca: &std::path::Path) -> TestResult<FutureProducer> {
-    tls_config(brokers, ca)
-        .set("acks", "all")
-        .set("enable.idempotence", "false")
-        .set("max.in.flight.requests.per.connection", "1")
-        .set("linger.ms", "5")
-        .set("message.timeout.ms", "30000")
-        .create()
-        .map_err(|e| format!("producer: {e}"))
+    producer_with(tls_config(brokers, ca))
 }
 
 /// A producer that waits for every replica (`acks=all`) and keeps each partition's

@@ -11,6 +11,7 @@ pub mod kafka;
 pub mod oracle;
 pub mod processes;
 pub mod proxy;
+pub mod scram;
 pub mod services;
 
 use std::path::{Path, PathBuf};

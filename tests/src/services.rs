@@ -4,7 +4,7 @@
 //! its output and appends its name to the file `SMELTER_SKIP_LOG` names, which
 //! `scripts/test.sh` reads back into its summary (cargo counts a skipped test as passed).
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
@@ -336,23 +336,59 @@ pub struct TlsTansu {
     dir: tempfile::TempDir,
     /// Bootstrap servers (stunnel's TLS port), `127.0.0.1:<port>`.
     pub brokers: String,
+    /// With SASL: the SCRAM gate between stunnel and the broker, and its user.
+    pub gate: Option<(crate::scram::ScramGate, String, String)>,
 }
 
 impl TlsTansu {
     /// Starts tansu and stunnel and waits until a TLS client that trusts `certs.ca` gets
     /// metadata, or `None` if either is not installed (and not required).
     pub async fn start(certs: &crate::certs::Certs) -> Option<TlsTansu> {
+        Self::launch(certs, None).await
+    }
+
+    /// [`Self::start`] with SASL/SCRAM too: stunnel passes the connections to a
+    /// [`ScramGate`](crate::scram::ScramGate) that authenticates `user` with `password`
+    /// before the broker sees them (`SASL_SSL`).
+    pub async fn start_scram(
+        certs: &crate::certs::Certs,
+        user: &str,
+        password: &str,
+    ) -> Option<TlsTansu> {
+        Self::launch(certs, Some((user, password))).await
+    }
+
+    /// Client settings for this broker: TLS trusting `ca`, and SCRAM as the gate's user.
+    pub fn client_config(&self, ca: &Path) -> rdkafka::ClientConfig {
+        match &self.gate {
+            Some((_, user, password)) => {
+                crate::kafka::scram_config(&self.brokers, ca, user, password)
+            }
+            None => crate::kafka::tls_config(&self.brokers, ca),
+        }
+    }
+
+    async fn launch(certs: &crate::certs::Certs, scram: Option<(&str, &str)>) -> Option<TlsTansu> {
         binary("tansu")?;
         let stunnel = binary("stunnel4")?;
         for attempt in 1..=LAUNCH_ATTEMPTS {
             let dir = tempfile::tempdir().expect("temp dir");
             let (plain, tls) = (free_port(), free_port());
+            let gate = match scram {
+                Some((user, password)) => Some((
+                    crate::scram::ScramGate::start(plain, user, password).await,
+                    user.to_string(),
+                    password.to_string(),
+                )),
+                None => None,
+            };
+            let behind = gate.as_ref().map_or(plain, |(gate, _, _)| gate.port);
             let config = dir.path().join("stunnel.conf");
             std::fs::write(
                 &config,
                 format!(
                     "foreground = yes\npid =\noutput = {log}\n[kafka]\naccept = 127.0.0.1:{tls}\n\
-                     connect = 127.0.0.1:{plain}\ncert = {cert}\nkey = {key}\n",
+                     connect = 127.0.0.1:{behind}\ncert = {cert}\nkey = {key}\n",
                     log = dir.path().join("stunnel.log").display(),
                     cert = certs.cert.display(),
                     key = certs.key.display(),
@@ -369,10 +405,14 @@ impl TlsTansu {
                     .expect("spawn stunnel"),
                 dir,
                 brokers: format!("127.0.0.1:{tls}"),
+                gate,
             };
-            let (brokers, ca) = (tansu.brokers.clone(), certs.ca.clone());
+            let admin: rdkafka::admin::AdminClient<rdkafka::client::DefaultClientContext> = tansu
+                .client_config(&certs.ca)
+                .create()
+                .expect("an admin client");
             let ready = until_ready(&mut tansu.stunnel, tansu.dir.path(), || async {
-                crate::kafka::tls_admin(&brokers, &ca)
+                admin
                     .inner()
                     .fetch_metadata(None, Duration::from_secs(1))
                     .is_ok()
