@@ -189,7 +189,7 @@ async fn scram_over_tls_lands_every_record_and_a_wrong_password_is_refused() {
     let records: Vec<(i32, String, Vec<u8>)> = (0..500)
         .map(|i| {
             let value = format!(r#"{{"id":{i},"amount":"{i}.25"}}"#);
-            ((i % 2) as i32, format!("k{i}"), value.into_bytes())
+            (i % 2, format!("k{i}"), value.into_bytes())
         })
         .collect();
     let producer = producer_with(tansu.client_config(&certs.ca)).unwrap();
