@@ -29,5 +29,6 @@ done
 OUT="${SMELTER_BENCH_OUT:-$ROOT/bench/result.json}"
 mkdir -p "$(dirname "$OUT")"
 "$BIN" bench --brokers "127.0.0.1:$KAFKA_PORT" --etcd "http://127.0.0.1:$ETCD_PORT" --etcd-pid "$ETCD_PID" \
+  --polars-python "$CACHE/bin/bench-python" \
   --work-dir "$WORK" --out "$OUT" "$@"
 echo "result: $OUT"

@@ -25,5 +25,10 @@ if [ ! -x "$CACHE/bin/tansu" ]; then
 fi
 # moto: an S3-compatible store (durable broker storage in the fault suite).
 ln -sf "$VENV/bin/moto_server" "$CACHE/bin/moto_server"
+# The Python with polars and deltalake that `smelter bench --polars-python` runs (a
+# wrapper, not a link: a venv's Python finds its packages from the path it is called by).
+rm -f "$CACHE/bin/bench-python"
+printf '#!/bin/sh\nexec "%s" "$@"\n' "$VENV/bin/python" >"$CACHE/bin/bench-python"
+chmod +x "$CACHE/bin/bench-python"
 export PATH="$CACHE/bin:$PATH"
 tansu --version >/dev/null

@@ -452,6 +452,14 @@ pub struct BenchArgs {
     /// skips them.
     #[arg(long, default_value_t = 200_000)]
     pub format_rows: u64,
+    /// Events of the files-source run: the demo's clickstream written as six NDJSON files
+    /// and refined by the demo pipeline reading them; 0 skips it.
+    #[arg(long, default_value_t = 300_000)]
+    pub files_events: u64,
+    /// A Python with polars and the `deltalake` package: the files-source run also times a
+    /// short polars script doing the same job on the same files.
+    #[arg(long)]
+    pub polars_python: Option<PathBuf>,
     /// Where runs keep their tables (removed after each run); defaults to the temp dir.
     #[arg(long)]
     pub work_dir: Option<PathBuf>,

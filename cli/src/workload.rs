@@ -36,6 +36,23 @@ pub fn kafka_demo(brokers: &str, topic: &str) -> String {
     )
 }
 
+/// The demo reading the NDJSON files under `path` with its files source instead of its
+/// generator.
+pub fn files_demo(path: &std::path::Path) -> String {
+    let start = DEMO_PIPELINE
+        .find("sources:\n")
+        .expect("the demo declares sources");
+    let end = DEMO_PIPELINE
+        .find("\ntables:")
+        .expect("the demo declares tables");
+    format!(
+        "{}sources:\n  events:\n    files: {{ path: \"{}\" }}\n{}",
+        &DEMO_PIPELINE[..start],
+        path.display(),
+        &DEMO_PIPELINE[end..]
+    )
+}
+
 /// The demo's generator settings, unbounded and unpaced, over `partitions` partitions:
 /// what gets produced into Kafka for the demo's Kafka variant.
 pub fn demo_events(partitions: u32) -> GeneratorSpec {

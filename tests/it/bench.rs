@@ -103,6 +103,10 @@ fn check_run(run: &serde_json::Value, events: u64, processes: &[&str]) {
 
 #[test]
 fn bench_runs_in_process_with_every_figure() {
+    // A Python with polars and deltalake (scripts/services.sh links it).
+    let Some(bench_python) = smelter_tests::services::binary("bench-python") else {
+        return;
+    };
     let report = bench(&[
         "--events",
         "20000",
@@ -126,8 +130,33 @@ fn bench_runs_in_process_with_every_figure() {
         "2000",
         "--format-rows",
         "5000",
+        "--files-events",
+        "12000",
+        "--polars-python",
+        bench_python.to_str().unwrap(),
     ]);
     check_run(&report["in_process"], 20_000, &["smelter up"]);
+    // The files-source run and the polars script on the same files: both checked by the
+    // bench against the generator's labels (it fails otherwise), both measured.
+    let files = &report["files_source"];
+    assert_eq!(files["events"], 12_000, "{files}");
+    for job in ["smelter", "polars"] {
+        let checked = &files[job]["checked"];
+        assert_eq!(checked["bronze"], 12_000, "{job}: {files}");
+        assert!(
+            checked["silver"].as_u64().unwrap() > 11_000,
+            "{job}: {files}"
+        );
+        assert_eq!(checked, &files["smelter"]["checked"], "{files}");
+        assert!(
+            files[job]["cpu_seconds"].as_f64().unwrap() > 0.0,
+            "{job}: {files}"
+        );
+    }
+    let ratio = files["smelter_to_polars"].as_f64().unwrap();
+    let expected = files["smelter"]["events_per_cpu_second"].as_f64().unwrap()
+        / files["polars"]["events_per_cpu_second"].as_f64().unwrap();
+    assert!((ratio - expected).abs() < 1e-9, "{files}");
     // Both runs are listed, and the figures are those of the one with the least CPU.
     let runs: Vec<f64> = report["in_process"]["runs"]
         .as_array()

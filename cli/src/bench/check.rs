@@ -7,7 +7,7 @@
 //! every produced position exactly once, silver every valid event once, the quarantine
 //! every invalid one, and the gold tables that count events must count every silver row.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use smelter_common::spec::{GeneratorSpec, PipelineSpec, SourceSpec};
 use smelter_lake::TableStore;
 use smelter_worker::serve::query::QueryEngine;
@@ -16,7 +16,7 @@ use smelter_worker::source::generator::{Clickstream, EventKind};
 use crate::{CliError, Result};
 
 /// What a run's tables held, as checked.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Counts {
     /// Rows in bronze: every produced position, once.
     pub bronze: u64,
@@ -141,7 +141,7 @@ async fn query(engine: &QueryEngine, sql: &str) -> Result<Vec<Vec<i64>>> {
 }
 
 /// The one integer `sql` returns (0 for NULL).
-async fn count(engine: &QueryEngine, sql: &str) -> Result<u64> {
+pub(super) async fn count(engine: &QueryEngine, sql: &str) -> Result<u64> {
     Ok(query(engine, sql)
         .await?
         .first()

@@ -24,6 +24,7 @@ pub mod cdc;
 pub mod cdc_latency;
 pub mod check;
 pub mod cluster;
+pub mod files_run;
 pub mod formats;
 pub mod in_process;
 pub mod latency;
@@ -325,6 +326,9 @@ pub struct BenchReport {
     pub cdc_latency: Option<cdc_latency::CdcLatency>,
     /// Reading each file format (in-process runs, `--format-rows` above 0).
     pub formats: Option<formats::Formats>,
+    /// The demo on its files source over NDJSON files, against a polars script doing the
+    /// same job (in-process runs, `--files-events` above 0).
+    pub files_source: Option<files_run::FilesRun>,
     /// Maintenance under load (`--soak-secs`; then nothing else runs).
     pub soak: Option<soak::SoakFigures>,
 }

@@ -122,6 +122,26 @@ pub async fn run(config: SmelterConfig, args: BenchArgs) -> Result<()> {
                     .map_err(|e| CliError::Bench(format!("formats: {e}")))??,
             );
         }
+        if args.files_events > 0 {
+            say(&format!(
+                "files source: {} events in six NDJSON files{}",
+                args.files_events,
+                if args.polars_python.is_some() {
+                    ", and a polars script on the same files"
+                } else {
+                    ""
+                }
+            ));
+            report.files_source = Some(
+                crate::bench::files_run::measure(
+                    &config,
+                    &options,
+                    args.files_events,
+                    args.polars_python.as_deref(),
+                )
+                .await?,
+            );
+        }
         if args.cdc_seconds > 0 {
             say(&format!(
                 "change to gold: {} changes/s over {} keys for {} s, merged into silver",
@@ -457,6 +477,23 @@ fn summary(report: &BenchReport) -> String {
             ops.compaction.cpu_seconds_per_gb,
             ops.vacuum.cpu_seconds_per_gb
         );
+    }
+    if let Some(files) = &report.files_source {
+        let _ = writeln!(
+            out,
+            "files source, {} events in {} NDJSON files: Smelter {:.2} CPU-s ({:.0} events/CPU-s)",
+            files.events,
+            files.files,
+            files.smelter.cpu_seconds,
+            files.smelter.events_per_cpu_second
+        );
+        if let (Some(polars), Some(ratio)) = (&files.polars, files.smelter_to_polars) {
+            let _ = writeln!(
+                out,
+                "  a polars script on the same files: {:.2} CPU-s ({:.0} events/CPU-s); Smelter {ratio:.2}x",
+                polars.cpu_seconds, polars.events_per_cpu_second
+            );
+        }
     }
     if let Some(cdc) = &report.cdc {
         let _ = writeln!(
