@@ -152,17 +152,21 @@ fn unique(check: String, columns: &[String], batches: &[RecordBatch], rows: usiz
         Ok(converter) => converter,
         Err(e) => return CheckOutcome::new(check, 0, format!("keys not comparable: {e}")),
     };
-    let mut seen = HashSet::with_capacity(rows);
-    let mut repeats = 0u64;
+    // Every batch converted first, so that the set holds rows borrowed from them (an owned
+    // copy per row was most of the check's cost).
+    let mut converted = Vec::with_capacity(batches.len());
     for batch in batches {
         let keys: Vec<_> = indices.iter().map(|i| batch.column(*i).clone()).collect();
-        let Ok(converted) = converter.convert_columns(&keys) else {
+        let Ok(rows) = converter.convert_columns(&keys) else {
             return CheckOutcome::new(check, 0, "keys not comparable".into());
         };
-        for row in converted.iter() {
-            if !seen.insert(row.owned()) {
-                repeats += 1;
-            }
+        converted.push(rows);
+    }
+    let mut seen = HashSet::with_capacity(rows);
+    let mut repeats = 0u64;
+    for row in converted.iter().flat_map(|rows| rows.iter()) {
+        if !seen.insert(row) {
+            repeats += 1;
         }
     }
     CheckOutcome::new(

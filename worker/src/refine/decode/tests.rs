@@ -52,6 +52,9 @@ fn streaming_and_tree_decoding_agree() {
         r#"{"ok":"yes"}"#,
         r#"{"id":"a"} x"#,
         r#"{"id":"a","id":"b"}"#,
+        // Keys with escapes are read owned, the others borrowed: the same fields either way.
+        r#"{"\u0069d":"a","us\u0065r":{"\u0069d":"u"},"n":1}"#,
+        r#"{"\u0069d":"a","id":"b"}"#,
         r#"{}"#,
         r#"{"#,
         r#"[1]"#,
