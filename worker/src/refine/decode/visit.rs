@@ -210,7 +210,10 @@ pub(super) struct Key;
 impl<'de> serde::de::DeserializeSeed<'de> for Key {
     type Value = Cow<'de, str>;
 
-    fn deserialize<D: serde::Deserializer<'de>>(self, parser: D) -> Result<Cow<'de, str>, D::Error> {
+    fn deserialize<D: serde::Deserializer<'de>>(
+        self,
+        parser: D,
+    ) -> Result<Cow<'de, str>, D::Error> {
         parser.deserialize_str(self)
     }
 }
