@@ -13,7 +13,10 @@
 //!   way refine decodes them (declared fields, flattened, and `_rescued_data`), malformed
 //!   ones left out. It is the fastest decoder known here, so it is the one that counts;
 //!   `json_decode_arrow`, the same with arrow-json against the nested schema, is measured
-//!   alongside for comparison and not counted;
+//!   alongside for comparison and not counted; so are `json_decode_sonic` (Smelter's
+//!   decoder driven by the SIMD parser sonic-rs instead of serde_json, checked to give the
+//!   same columns) and `json_parse_serde`/`json_parse_sonic` (each payload only parsed and
+//!   validated, nothing kept: what the parser alone costs);
 //! * `silver_encode` — the decoded rows in the silver shape, encoded;
 //! * `gold_group_by` — every gold SQL of the pipeline over those silver rows in memory.
 //!
@@ -129,6 +132,8 @@ pub async fn measure(
         .find(|(_, t)| t.parse.is_some())
         .ok_or_else(|| bench_error("the pipeline has no silver table"))?;
     let refiner = Refiner::new(silver_name, silver, &spec.pipeline)?;
+    let sonic = Refiner::new(silver_name, silver, &spec.pipeline)?
+        .with_json_parser(smelter_worker::refine::decode::JsonParser::Sonic);
     let gold: Vec<&TableSpec> = spec.tables.values().filter(|t| t.sql.is_some()).collect();
     let clickstream = Clickstream::new(&GeneratorSpec {
         count: Some(events),
@@ -143,6 +148,9 @@ pub async fn measure(
         "json_decode",
         "silver_encode",
         "json_decode_arrow",
+        "json_decode_sonic",
+        "json_parse_serde",
+        "json_parse_sonic",
     ]
     .iter()
     .map(|name| Stage {
@@ -197,6 +205,17 @@ pub async fn measure(
         totals[3].bytes += bytes;
         let (cpu, _) = least(|| json_decode_arrow(&nested, &chunk))?;
         totals[4].cpu_seconds += cpu;
+        let (cpu, sonic) = least(|| json_decode(&sonic, &chunk))?;
+        totals[5].cpu_seconds += cpu;
+        if sonic.iter().zip(&decoded).any(|(a, b)| a != b) {
+            return Err(bench_error(
+                "sonic-rs and serde_json decoded the payloads differently",
+            ));
+        }
+        let (cpu, _) = least(|| json_parse(&chunk, |p| serde_json::from_slice(p).ok()))?;
+        totals[6].cpu_seconds += cpu;
+        let (cpu, _) = least(|| json_parse(&chunk, |p| sonic_rs::from_slice(p).ok()))?;
+        totals[7].cpu_seconds += cpu;
         silver_rows.push(flattened);
     }
     let mut gold_cpu = f64::INFINITY;
@@ -343,6 +362,17 @@ fn nested_schema(silver: &TableSpec) -> SchemaRef {
 
 fn json_decode(refiner: &Refiner, chunk: &[(i32, i64, GeneratedEvent)]) -> Result<Vec<ArrayRef>> {
     Ok(refiner.decode_payloads(chunk.iter().map(|(_, _, e)| e.payload.as_slice()))?)
+}
+
+/// Each payload parsed and checked as JSON, nothing kept: the parser alone.
+fn json_parse(
+    chunk: &[(i32, i64, GeneratedEvent)],
+    parse: impl Fn(&[u8]) -> Option<serde::de::IgnoredAny>,
+) -> Result<usize> {
+    Ok(chunk
+        .iter()
+        .filter(|(_, _, e)| parse(&e.payload).is_some())
+        .count())
 }
 
 fn json_decode_arrow(

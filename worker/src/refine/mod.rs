@@ -416,6 +416,12 @@ impl Refiner {
             .collect()
     }
 
+    /// The refiner, parsing JSON with `parser` (the benchmark compares parsers with it).
+    pub fn with_json_parser(mut self, parser: decode::JsonParser) -> Self {
+        self.decoder = self.decoder.with_parser(parser);
+        self
+    }
+
     /// Up to `limit` payloads of `rows` as JSON objects would be decoded (Avro records
     /// turned into theirs first), leaving out records in error: what an inferred schema is
     /// inferred from.

@@ -292,3 +292,29 @@ fn timestamp_ntz_reads_the_wall_clock_as_written() {
         error.reason
     );
 }
+
+#[test]
+fn sonic_rs_drives_the_same_visitors_to_the_same_cells() {
+    let serde = decoder();
+    let sonic = decoder().with_parser(JsonParser::Sonic);
+    for payload in [
+        r#"{"id":"a","ts":"2026-11-01T00:00:01Z","n":3,"user":{"id":"u","score":1.5,"vip":true},"tags":["x"],"extra":{"k":[1,{"z":null}]}}"#,
+        r#"{"id":"\u00e9t\u00e9","n":-3,"ts":1700000000000,"user":{"score":19.99}}"#,
+        r#"{"\u0069d":"a","us\u0065r":{"\u0069d":"u"},"n":18446744073709551615}"#,
+        r#"{"id":"a","user":5}"#,
+        r#"{"id":"a","id":"b"}"#,
+        r#"{"id":"a"} x"#,
+        r#"{"id":7,"n":}"#,
+        r#"{"#,
+    ] {
+        let (mut a, mut b) = (Vec::new(), Vec::new());
+        match (
+            serde.decode_cells(payload.as_bytes(), &mut a),
+            sonic.decode_cells(payload.as_bytes(), &mut b),
+        ) {
+            (Ok(x), Ok(y)) => assert_eq!((x, &a), (y, &b), "{payload}"),
+            (Err(x), Err(y)) => assert_eq!(x.rule, y.rule, "{payload}: {x:?} / {y:?}"),
+            (x, y) => panic!("{payload}: serde_json {x:?}, sonic-rs {y:?}"),
+        }
+    }
+}
