@@ -23,22 +23,19 @@ pub fn bounded_demo(count: u64, partitions: u32, rate: Option<u64>) -> String {
 
 /// The demo reading `topic` on `brokers` instead of its generator.
 pub fn kafka_demo(brokers: &str, topic: &str) -> String {
-    let start = DEMO_PIPELINE
-        .find("sources:\n")
-        .expect("the demo declares sources");
-    let end = DEMO_PIPELINE
-        .find("\ntables:")
-        .expect("the demo declares tables");
-    format!(
-        "{}sources:\n  events:\n    kafka:\n      brokers: \"{brokers}\"\n      topic: {topic}\n{}",
-        &DEMO_PIPELINE[..start],
-        &DEMO_PIPELINE[end..]
-    )
+    with_source(&format!(
+        "kafka:\n      brokers: \"{brokers}\"\n      topic: {topic}\n"
+    ))
 }
 
 /// The demo reading the NDJSON files under `path` with its files source instead of its
 /// generator.
 pub fn files_demo(path: &std::path::Path) -> String {
+    with_source(&format!("files: {{ path: \"{}\" }}\n", path.display()))
+}
+
+/// The demo with its `events` source declared as `source` (YAML at the source's indent).
+fn with_source(source: &str) -> String {
     let start = DEMO_PIPELINE
         .find("sources:\n")
         .expect("the demo declares sources");
@@ -46,9 +43,8 @@ pub fn files_demo(path: &std::path::Path) -> String {
         .find("\ntables:")
         .expect("the demo declares tables");
     format!(
-        "{}sources:\n  events:\n    files: {{ path: \"{}\" }}\n{}",
+        "{}sources:\n  events:\n    {source}{}",
         &DEMO_PIPELINE[..start],
-        path.display(),
         &DEMO_PIPELINE[end..]
     )
 }

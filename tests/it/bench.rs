@@ -308,6 +308,9 @@ fn bench_runs_in_process_with_every_figure() {
             "json_decode",
             "silver_encode",
             "json_decode_arrow",
+            "json_decode_sonic",
+            "json_parse_serde",
+            "json_parse_sonic",
             "gold_group_by"
         ]
     );

@@ -130,33 +130,7 @@ async fn records_cross_a_verified_tls_connection_exactly_once() {
         .unwrap();
     let text = pipeline(&tansu.brokers, &rogue_topic, &certs.rogue_ca);
     let rogue = TestCluster::start(1, &text).await.unwrap();
-    let status = wait_until(
-        Duration::from_secs(60),
-        "the status reporting the certificate failure",
-        async || {
-            let mut admin = AdminClient::connect_with(
-                &rogue.coordinator_endpoint(),
-                &rogue.credentials().unwrap(),
-            )
-            .await
-            .unwrap();
-            let status = smelter_sdk::status_json(&admin.status().await.unwrap());
-            let refused = status["source_errors"].as_array().is_some_and(|errors| {
-                errors.iter().any(|e| {
-                    let text = e["error"].as_str().unwrap_or_default().to_ascii_lowercase();
-                    e["source"] == "orders"
-                        && (text.contains("ssl") || text.contains("certificate"))
-                })
-            });
-            if refused {
-                Ok(status)
-            } else {
-                Err(format!("status {status}"))
-            }
-        },
-    )
-    .await
-    .unwrap();
+    let status = source_refused(&rogue, &["ssl", "certificate"]).await;
     let landed = rows(
         &rogue
             .query("SELECT count(*) FROM bronze.orders")
@@ -240,32 +214,7 @@ async fn scram_over_tls_lands_every_record_and_a_wrong_password_is_refused() {
     let wrong = TestCluster::start(1, &secured(&tansu.brokers, &topic, &scram("guessed")))
         .await
         .unwrap();
-    let status = wait_until(
-        Duration::from_secs(60),
-        "the status reporting the authentication failure",
-        async || {
-            let mut admin = AdminClient::connect_with(
-                &wrong.coordinator_endpoint(),
-                &wrong.credentials().unwrap(),
-            )
-            .await
-            .unwrap();
-            let status = smelter_sdk::status_json(&admin.status().await.unwrap());
-            let refused = status["source_errors"].as_array().is_some_and(|errors| {
-                errors.iter().any(|e| {
-                    let text = e["error"].as_str().unwrap_or_default().to_ascii_lowercase();
-                    text.contains("authentication") || text.contains("sasl")
-                })
-            });
-            if refused {
-                Ok(status)
-            } else {
-                Err(format!("status {status}"))
-            }
-        },
-    )
-    .await
-    .unwrap();
+    let status = source_refused(&wrong, &["authentication", "sasl"]).await;
     assert!(
         exchanges.failed.load(std::sync::atomic::Ordering::SeqCst) > refused_before,
         "the gate refused the wrong password: {status}"
@@ -281,4 +230,35 @@ async fn scram_over_tls_lands_every_record_and_a_wrong_password_is_refused() {
         landed.is_empty() || landed == ["0"],
         "nothing landed: {landed:?}"
     );
+}
+
+/// The cluster's status once it lists the `orders` source as failing with an error that
+/// names one of `words` (lower case).
+async fn source_refused(cluster: &TestCluster, words: &[&str]) -> serde_json::Value {
+    wait_until(
+        Duration::from_secs(60),
+        &format!("the status naming the source's failure ({words:?})"),
+        async || {
+            let mut admin = AdminClient::connect_with(
+                &cluster.coordinator_endpoint(),
+                &cluster.credentials().unwrap(),
+            )
+            .await
+            .unwrap();
+            let status = smelter_sdk::status_json(&admin.status().await.unwrap());
+            let refused = status["source_errors"].as_array().is_some_and(|errors| {
+                errors.iter().any(|e| {
+                    let text = e["error"].as_str().unwrap_or_default().to_ascii_lowercase();
+                    e["source"] == "orders" && words.iter().any(|w| text.contains(w))
+                })
+            });
+            if refused {
+                Ok(status)
+            } else {
+                Err(format!("status {status}"))
+            }
+        },
+    )
+    .await
+    .unwrap()
 }
