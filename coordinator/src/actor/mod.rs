@@ -80,6 +80,8 @@ pub struct Actor {
     /// The last discovery error of each Kafka source that has one (pipeline, source).
     discovery_errors: BTreeMap<(String, String), String>,
     tasks: BTreeMap<String, TaskAssignment>,
+    /// What placement needs of each task (its kind, the tables it reads and writes).
+    placing: BTreeMap<String, placement::Task>,
     /// Target owner of each task.
     owners: BTreeMap<String, String>,
     /// Tasks whose previous owner still drains them.
@@ -117,6 +119,7 @@ impl Actor {
             partitions: stored.partitions,
             discovery_errors: BTreeMap::new(),
             tasks: BTreeMap::new(),
+            placing: BTreeMap::new(),
             owners: BTreeMap::new(),
             releasing: BTreeMap::new(),
             reports: BTreeMap::new(),
@@ -342,11 +345,7 @@ impl Actor {
     /// Recomputes placement ([`placement::plan`]); publishes a new generation and returns
     /// true if it changed.
     async fn rebalance(&mut self) -> bool {
-        let tasks: Vec<(String, String)> = self
-            .tasks
-            .values()
-            .map(|t| (t.task_id.clone(), t.kind().label().to_string()))
-            .collect();
+        let tasks: Vec<placement::Task> = self.placing.values().cloned().collect();
         let workers = self.delivered();
         let current = Current {
             tasks: &tasks,

@@ -10,7 +10,7 @@ use smelter_proto::{ApplyPipelineResponse, PipelineDefinition};
 
 use super::Actor;
 use super::persist::{StoredPipeline, encode};
-use super::tasks::pipeline_tasks;
+use super::tasks::{pipeline_tasks, placement_task};
 use crate::Result;
 use crate::discovery::KafkaSource;
 
@@ -20,6 +20,8 @@ impl Actor {
     pub(super) fn install(&mut self, definition: PipelineDefinition) -> Result<usize> {
         let spec = PipelineSpec::parse(&definition.spec_yaml, &definition.origin)?;
         self.tasks.retain(|_, t| t.pipeline != spec.pipeline);
+        let tasks = &self.tasks;
+        self.placing.retain(|id, _| tasks.contains_key(id));
         let kafka: BTreeMap<String, u32> = self
             .partitions
             .iter()
@@ -29,6 +31,8 @@ impl Actor {
         let tasks = pipeline_tasks(&spec, &kafka);
         let count = tasks.len();
         for task in tasks {
+            self.placing
+                .insert(task.task_id.clone(), placement_task(&spec, &task));
             self.tasks.insert(task.task_id.clone(), task);
         }
         self.pipelines.insert(spec.pipeline.clone(), definition);

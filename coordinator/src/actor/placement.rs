@@ -2,14 +2,27 @@
 //! placement starts.
 //!
 //! 1. Tasks whose owner is still alive stay where they are.
-//! 2. Orphaned and new tasks go to the least-loaded worker.
-//! 3. While the most and least loaded workers differ by more than one task, one task
-//!    moves from the former to the latter (so a joining worker takes over just enough).
+//! 2. Orphaned and new tasks go to a worker with the fewest tasks of their kind; among
+//!    those, to the one holding most of their neighbours (the tasks writing a table they
+//!    read, or reading the table they write: [`Task::reads`], [`Task::writes`]), then to
+//!    the one with the fewest tasks overall. So a refine task lands where the ingest tasks
+//!    of its bronze table are — its reads find the rows in that worker's memory instead of
+//!    fetching them over the exchange or from storage — but never at the price of one
+//!    kind's balance.
+//! 3. While the most and least loaded workers of a kind differ by more than one task, one
+//!    task moves from the former to the latter (so a joining worker takes over just
+//!    enough): the one with the fewest neighbours where it is.
 //! 4. A task leaving a live worker that was told about it is handed off: it reaches its
 //!    new owner only once the old one has drained it ([`Release`]).
 //!
+//! Kinds are placed in pipeline order (ingest, refine, aggregate, maintain), so a task's
+//! upstream neighbours are placed before it; a neighbour placed later (an ingest task of a
+//! Kafka partition discovered after the refine task was placed) counts where it is
+//! already owned, so the affinity works both ways.
+//!
 //! Pure functions over ids, tested without a store; the actor applies the [`Plan`].
 
+use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet};
 
 use tokio::time::Instant;
@@ -23,10 +36,32 @@ pub struct Release {
     pub since: Instant,
 }
 
+/// A task to place.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Task {
+    /// Its id.
+    pub id: String,
+    /// Its kind's place in the pipeline (ingest before refine before aggregate): each kind
+    /// is balanced on its own, upstream kinds first.
+    pub stage: i32,
+    /// The tables it writes (qualified by pipeline).
+    pub writes: Vec<String>,
+    /// The tables it reads (qualified by pipeline).
+    pub reads: Vec<String>,
+}
+
+impl Task {
+    /// Whether `self` and `other` exchange rows: one writes a table the other reads.
+    fn neighbours(&self, other: &Task) -> bool {
+        self.reads.iter().any(|t| other.writes.contains(t))
+            || self.writes.iter().any(|t| other.reads.contains(t))
+    }
+}
+
 /// What placement starts from.
 pub struct Current<'a> {
-    /// Every task as (task id, group), in a stable order.
-    pub tasks: &'a [(String, String)],
+    /// Every task, in a stable order.
+    pub tasks: &'a [Task],
     /// The owner of each placed task.
     pub owners: &'a BTreeMap<String, String>,
     /// The live workers, each with the tasks of the last assignment it was sent.
@@ -56,7 +91,7 @@ pub fn plan(current: &Current<'_>, now: Instant) -> Option<Plan> {
     let moved = current
         .tasks
         .iter()
-        .filter(|(t, _)| current.owners.get(t) != owners.get(t))
+        .filter(|t| current.owners.get(&t.id) != owners.get(&t.id))
         .count();
     let mut releasing = current.releasing.clone();
     for (task, new_owner) in &owners {
@@ -88,29 +123,40 @@ pub fn plan(current: &Current<'_>, now: Instant) -> Option<Plan> {
     })
 }
 
-/// Computes new owners for `tasks` — (task id, group) pairs in a stable order — given the
-/// current `owners` and the live `workers`. Each group (a task kind: ingest, refine,
-/// aggregate) is balanced on its own, so ingest partitions spread over workers instead of
-/// piling up where gold tasks are few; ties go to the worker with less work overall.
+/// Computes new owners for `tasks` (in a stable order) given the current `owners` and the
+/// live `workers`. Each kind is balanced on its own, so ingest partitions spread over
+/// workers instead of piling up where gold tasks are few; within that, a task goes where
+/// its neighbours are, then where there is less work overall (see the module's docs).
 /// Returns task id -> worker id; empty if there are no workers.
 pub fn assign(
-    tasks: &[(String, String)],
+    tasks: &[Task],
     owners: &BTreeMap<String, String>,
     workers: &BTreeSet<String>,
 ) -> BTreeMap<String, String> {
-    let mut result = BTreeMap::new();
+    let mut result: BTreeMap<String, String> = BTreeMap::new();
     if workers.is_empty() {
         return result;
     }
-    let groups: BTreeSet<&str> = tasks.iter().map(|(_, g)| g.as_str()).collect();
+    let stages: BTreeSet<i32> = tasks.iter().map(|t| t.stage).collect();
     let mut total: BTreeMap<&str, usize> = workers.iter().map(|w| (w.as_str(), 0)).collect();
-    for group in groups {
-        let members: Vec<&str> = tasks
-            .iter()
-            .filter(|(_, g)| g == group)
-            .map(|(t, _)| t.as_str())
-            .collect();
-        for (task, worker) in balance(&members, owners, workers, &total) {
+    for stage in stages {
+        let members: Vec<&Task> = tasks.iter().filter(|t| t.stage == stage).collect();
+        // Where each task's neighbours of other kinds are: placed in this call, or (kinds
+        // not placed yet) owned by a live worker now.
+        let near = |task: &Task, worker: &str| {
+            tasks
+                .iter()
+                .filter(|other| other.stage != stage && task.neighbours(other))
+                .filter(|other| {
+                    let owner = result
+                        .get(&other.id)
+                        .or_else(|| owners.get(&other.id).filter(|_| other.stage > stage));
+                    owner.is_some_and(|w| w == worker && workers.contains(w))
+                })
+                .count()
+        };
+        let placed = balance(&members, owners, workers, &total, &near);
+        for (task, worker) in placed {
             *total.entry(worker).or_default() += 1;
             result.insert(task.to_string(), worker.to_string());
         }
@@ -118,56 +164,76 @@ pub fn assign(
     result
 }
 
-/// Sticky, balanced placement of one group.
+/// A candidate move, ordered by preference: the neighbours it gains, less work overall on
+/// the receiving worker, then worker names and the task's index (the last placed first).
+type Move<'w> = (
+    i64,
+    Reverse<usize>,
+    Reverse<&'w str>,
+    Reverse<&'w str>,
+    usize,
+);
+
+/// Sticky, balanced placement of one kind; `near(task, worker)` counts the task's
+/// neighbours on the worker.
 fn balance<'a>(
-    tasks: &[&'a str],
+    tasks: &[&'a Task],
     owners: &'a BTreeMap<String, String>,
     workers: &'a BTreeSet<String>,
     total: &BTreeMap<&str, usize>,
+    near: &dyn Fn(&Task, &str) -> usize,
 ) -> Vec<(&'a str, &'a str)> {
-    let mut load: BTreeMap<&str, Vec<&str>> =
+    let mut load: BTreeMap<&str, Vec<&'a Task>> =
         workers.iter().map(|w| (w.as_str(), Vec::new())).collect();
     let mut orphans = Vec::new();
     for &task in tasks {
-        match owners.get(task).filter(|w| workers.contains(*w)) {
+        match owners.get(&task.id).filter(|w| workers.contains(*w)) {
             Some(owner) => load.entry(owner.as_str()).or_default().push(task),
             None => orphans.push(task),
         }
     }
-    let rank = |load: &BTreeMap<&str, Vec<&str>>, w: &str| {
-        (
-            load.get(w).map_or(0, Vec::len),
-            total.get(w).copied().unwrap_or(0),
-        )
-    };
+    let count = |load: &BTreeMap<&str, Vec<&Task>>, w: &str| load.get(w).map_or(0, Vec::len);
+    let total_of = |w: &str| total.get(w).copied().unwrap_or(0);
     for task in orphans {
-        let least = load.keys().copied().min_by_key(|w| (rank(&load, w), *w));
-        if let Some(worker) = least {
+        let best = load
+            .keys()
+            .copied()
+            .min_by_key(|w| (count(&load, w), Reverse(near(task, w)), total_of(w), *w));
+        if let Some(worker) = best {
             load.entry(worker).or_default().push(task);
         }
     }
     loop {
-        let most = load
-            .iter()
-            .max_by_key(|(w, t)| (t.len(), std::cmp::Reverse(*w)))
-            .map(|(w, t)| (*w, t.len()));
-        let least = load
-            .keys()
-            .copied()
-            .min_by_key(|w| (rank(&load, w), *w))
-            .map(|w| (w, load[w].len()));
-        let (Some((from, high)), Some((to, low))) = (most, least) else {
-            break;
-        };
+        let high = load.values().map(Vec::len).max().unwrap_or(0);
+        let low = load.values().map(Vec::len).min().unwrap_or(0);
         if high <= low + 1 {
             break;
         }
-        if let Some(task) = load.get_mut(from).and_then(Vec::pop) {
+        // One task from a worker with the most of this kind to one with the fewest: the
+        // move that keeps most neighbours together (the one leaving fewest behind, going
+        // where most are), then towards less work overall; among equals the last placed.
+        let mut best: Option<Move> = None;
+        for (&from, here) in load.iter().filter(|(_, t)| t.len() == high) {
+            for &to in load.keys().filter(|w| count(&load, w) == low) {
+                for (i, task) in here.iter().enumerate() {
+                    let gain = near(task, to) as i64 - near(task, from) as i64;
+                    let key = (gain, Reverse(total_of(to)), Reverse(to), Reverse(from), i);
+                    if best.is_none_or(|b| key > b) {
+                        best = Some(key);
+                    }
+                }
+            }
+        }
+        let Some((_, _, Reverse(to), Reverse(from), index)) = best else {
+            break;
+        };
+        let task = load.get_mut(from).map(|here| here.remove(index));
+        if let Some(task) = task {
             load.entry(to).or_default().push(task);
         }
     }
     load.into_iter()
-        .flat_map(|(worker, tasks)| tasks.into_iter().map(move |t| (t, worker)))
+        .flat_map(|(worker, tasks)| tasks.into_iter().map(move |t| (t.id.as_str(), worker)))
         .collect()
 }
 
@@ -255,10 +321,50 @@ mod tests {
         assert!(plan.releasing.is_empty(), "{:?}", plan.releasing);
     }
 
-    fn ids(n: usize) -> Vec<(String, String)> {
+    fn ids(n: usize) -> Vec<Task> {
         (0..n)
-            .map(|i| (format!("t{i:02}"), "ingest".to_string()))
+            .map(|i| task(&format!("t{i:02}"), 1, &[], &["bronze"]))
             .collect()
+    }
+
+    fn task(id: &str, stage: i32, reads: &[&str], writes: &[&str]) -> Task {
+        let names = |t: &[&str]| t.iter().map(|s| s.to_string()).collect();
+        Task {
+            id: id.to_string(),
+            stage,
+            writes: names(writes),
+            reads: names(reads),
+        }
+    }
+
+    /// The demo's tasks: `ingest` partitions writing bronze, a refine task reading it and
+    /// writing silver, three gold tasks reading silver.
+    fn demo(ingest: usize) -> Vec<Task> {
+        let mut tasks: Vec<Task> = (0..ingest)
+            .map(|p| task(&format!("ingest/{p}"), 1, &[], &["bronze"]))
+            .collect();
+        tasks.push(task(
+            "refine/silver",
+            2,
+            &["bronze"],
+            &["silver", "quarantine"],
+        ));
+        tasks.extend((0..3).map(|g| {
+            task(
+                &format!("aggregate/{g}"),
+                3,
+                &["silver"],
+                &[&format!("gold{g}")],
+            )
+        }));
+        tasks
+    }
+
+    fn of_kind(result: &BTreeMap<String, String>, prefix: &str, worker: &str) -> usize {
+        result
+            .iter()
+            .filter(|(t, w)| t.starts_with(prefix) && *w == worker)
+            .count()
     }
 
     fn set(workers: &[&str]) -> BTreeSet<String> {
@@ -288,7 +394,7 @@ mod tests {
         let after = assign(&tasks, &before, &set(&["a", "b", "c"]));
         let moved: Vec<&String> = tasks
             .iter()
-            .map(|(t, _)| t)
+            .map(|t| &t.id)
             .filter(|t| before[*t] != after[*t])
             .collect();
         assert_eq!(moved.len(), 4, "exactly c's share moves");
@@ -300,7 +406,7 @@ mod tests {
         let tasks = ids(9);
         let before = assign(&tasks, &BTreeMap::new(), &set(&["a", "b", "c"]));
         let after = assign(&tasks, &before, &set(&["a", "b"]));
-        for (t, _) in &tasks {
+        for t in tasks.iter().map(|t| &t.id) {
             if before[t] != "c" {
                 assert_eq!(before[t], after[t], "{t} moved needlessly");
             }
@@ -311,20 +417,108 @@ mod tests {
 
     #[test]
     fn each_kind_is_spread_on_its_own() {
-        let mut tasks: Vec<(String, String)> = (0..4)
-            .map(|p| (format!("ingest/{p}"), "ingest".to_string()))
-            .collect();
-        tasks.push(("refine/silver".into(), "refine".into()));
-        tasks.extend((0..3).map(|g| (format!("aggregate/{g}"), "aggregate".to_string())));
+        let tasks = demo(4);
         let result = assign(&tasks, &BTreeMap::new(), &set(&["a", "b"]));
         for worker in ["a", "b"] {
-            let ingest = result
-                .iter()
-                .filter(|(t, w)| t.starts_with("ingest") && *w == worker)
-                .count();
-            assert_eq!(ingest, 2, "{result:?}");
+            assert_eq!(of_kind(&result, "ingest", worker), 2, "{result:?}");
+            assert!(
+                (1..=2).contains(&of_kind(&result, "aggregate", worker)),
+                "{result:?}"
+            );
         }
-        let c = counts(&result);
+        // Without neighbours, ties go to the worker with less work overall.
+        let lone: Vec<Task> = (0..8)
+            .map(|i| task(&format!("t{i}"), i % 3, &[], &[&format!("table{i}")]))
+            .collect();
+        let c = counts(&assign(&lone, &BTreeMap::new(), &set(&["a", "b"])));
         assert!(c.values().all(|&n| n == 4), "{c:?}");
+    }
+
+    /// With three workers, four partitions split 2/1/1: the refine task goes to the worker
+    /// with two of them, and gold tasks, balanced 1/1/1, each go to a worker of their own.
+    #[test]
+    fn a_refine_task_goes_where_most_of_its_ingest_tasks_are() {
+        let tasks = demo(4);
+        let result = assign(&tasks, &BTreeMap::new(), &set(&["a", "b", "c"]));
+        let refine = &result["refine/silver"];
+        assert_eq!(of_kind(&result, "ingest", refine), 2, "{result:?}");
+        for worker in ["a", "b", "c"] {
+            assert_eq!(of_kind(&result, "aggregate", worker), 1, "{result:?}");
+        }
+        // Two workers: a tie on ingest; the gold tasks' odd one joins the refine task.
+        let result = assign(&tasks, &BTreeMap::new(), &set(&["a", "b"]));
+        let refine = &result["refine/silver"];
+        assert_eq!(of_kind(&result, "aggregate", refine), 2, "{result:?}");
+    }
+
+    /// Ingest tasks of partitions discovered after the refine task was placed (a Kafka
+    /// source) lean towards the refine task's worker, within their own kind's balance.
+    #[test]
+    fn ingest_tasks_placed_later_lean_towards_their_reader() {
+        let tasks = demo(0);
+        let mut first = assign(&tasks, &BTreeMap::new(), &set(&["a", "b", "c"]));
+        // On `c`, where the ties among ingest tasks would not send the odd one.
+        first.insert("refine/silver".into(), "c".into());
+        let refine = first["refine/silver"].clone();
+        let tasks = demo(4);
+        let result = assign(&tasks, &first, &set(&["a", "b", "c"]));
+        assert_eq!(result["refine/silver"], refine, "sticky");
+        assert_eq!(of_kind(&result, "ingest", &refine), 2, "{result:?}");
+        for worker in ["a", "b", "c"] {
+            assert!(
+                (1..=2).contains(&of_kind(&result, "ingest", worker)),
+                "{result:?}"
+            );
+        }
+    }
+
+    /// Affinity never breaks a kind's balance: with every ingest task on one worker at
+    /// first, a second worker still takes half of them, and the refine task stays put.
+    #[test]
+    fn affinity_never_unbalances_a_kind() {
+        let tasks = demo(6);
+        let alone = assign(&tasks, &BTreeMap::new(), &set(&["a"]));
+        let result = assign(&tasks, &alone, &set(&["a", "b"]));
+        assert_eq!(of_kind(&result, "ingest", "a"), 3, "{result:?}");
+        assert_eq!(of_kind(&result, "ingest", "b"), 3, "{result:?}");
+        assert_eq!(result["refine/silver"], "a", "sticky");
+        let c = counts(&result);
+        assert!(c.values().all(|&n| (4..=6).contains(&n)), "{c:?}");
+    }
+
+    /// A task leaving a crowded worker is one with the fewest neighbours there.
+    #[test]
+    fn the_task_that_moves_is_the_one_with_fewest_neighbours_left_behind() {
+        let mut tasks = demo(3);
+        // A second pipeline's refine task, with no neighbours anywhere, placed first so
+        // the choice is not the order's.
+        tasks.insert(
+            0,
+            task("refine/other", 2, &["other_bronze"], &["other_silver"]),
+        );
+        let owners: BTreeMap<String, String> = tasks
+            .iter()
+            .map(|t| (t.id.clone(), "a".to_string()))
+            .collect();
+        let result = assign(&tasks, &owners, &set(&["a", "b"]));
+        assert_eq!(result["refine/silver"], "a", "{result:?}");
+        assert_eq!(result["refine/other"], "b", "{result:?}");
+    }
+
+    /// Workers joining one at a time (a cluster starting): each rebalance moves the tasks
+    /// that leave fewest neighbours behind, so the refine task keeps two of the four
+    /// ingest tasks with it on three workers.
+    #[test]
+    fn workers_joining_one_by_one_leave_the_refine_task_with_its_ingest_tasks() {
+        let tasks = demo(4);
+        let mut owners = assign(&tasks, &BTreeMap::new(), &set(&["a"]));
+        for workers in [&["a", "b"][..], &["a", "b", "c"]] {
+            owners = assign(&tasks, &owners, &set(workers));
+        }
+        let refine = &owners["refine/silver"];
+        assert_eq!(of_kind(&owners, "ingest", refine), 2, "{owners:?}");
+        for worker in ["a", "b", "c"] {
+            assert_eq!(of_kind(&owners, "aggregate", worker), 1, "{owners:?}");
+        }
     }
 }

@@ -4,8 +4,10 @@
 
 use std::collections::BTreeMap;
 
-use smelter_common::spec::{Layer, PipelineSpec};
+use smelter_common::spec::{Layer, PipelineSpec, TableSpec};
 use smelter_proto::{TaskAssignment, TaskKind};
+
+use super::placement;
 
 /// The tasks `spec` needs. `kafka_partitions` gives the discovered partition count of each
 /// Kafka source (none yet: no ingest tasks for it yet).
@@ -39,6 +41,38 @@ pub fn pipeline_tasks(
         tasks.push(task(TaskKind::Maintain, &spec.pipeline, "", "", 0));
     }
     tasks
+}
+
+/// What placement needs of `task` (one of `spec`'s): its kind's stage, and the tables it
+/// writes and reads, qualified by pipeline, so it can go where its neighbours are.
+pub fn placement_task(spec: &PipelineSpec, task: &TaskAssignment) -> placement::Task {
+    let qualified = |table: &str| format!("{}/{table}", spec.pipeline);
+    let table = spec.tables.get(&task.table);
+    let reads = match task.kind() {
+        TaskKind::Refine | TaskKind::Aggregate => table
+            .map(|t| {
+                t.upstreams()
+                    .filter(|u| spec.tables.contains_key(*u))
+                    .map(|u| qualified(u))
+                    .collect()
+            })
+            .unwrap_or_default(),
+        _ => Vec::new(),
+    };
+    let writes = match task.kind() {
+        TaskKind::Ingest | TaskKind::Aggregate => vec![qualified(&task.table)],
+        TaskKind::Refine => vec![
+            qualified(&task.table),
+            qualified(&TableSpec::quarantine_name(&task.table)),
+        ],
+        TaskKind::Maintain | TaskKind::Unspecified => Vec::new(),
+    };
+    placement::Task {
+        id: task.task_id.clone(),
+        stage: task.kind,
+        writes,
+        reads,
+    }
 }
 
 fn task(
