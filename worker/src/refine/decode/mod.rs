@@ -5,6 +5,10 @@
 //! fields not declared are kept verbatim in `_rescued_data` (a JSON object keyed by path);
 //! nested structs are flattened to `parent_child` columns when the spec asks for it. Each
 //! checked row is a [`Cell`] per column, appended to Arrow builders by `columns.rs`.
+//!
+//! The payload is parsed by sonic-rs (SIMD) driving serde visitors ([`JsonParser`]); the
+//! same visitors run under serde_json, and the fuzz target `json_parsers_agree` holds the
+//! two to the same rows and the same rejections.
 
 mod check;
 mod visit;
@@ -57,11 +61,13 @@ pub enum Rescue {
 /// The JSON parser a [`JsonDecoder`] drives its visitors with.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub enum JsonParser {
-    /// serde_json (the default).
-    #[default]
+    /// serde_json: what the benchmark measures the default against on the same payloads
+    /// (`json_decode_serde`), and what the fuzz target `json_parsers_agree` checks it
+    /// against.
     SerdeJson,
-    /// sonic-rs, a SIMD parser with the same serde interface: what the benchmark measures
-    /// against serde_json on the same payloads (`json_decode_sonic`).
+    /// sonic-rs, a SIMD parser with the same serde interface (the default): the same
+    /// visitors decode 16–23% faster with it (BENCHMARKS.md, 2026-12-07).
+    #[default]
     Sonic,
 }
 
@@ -303,7 +309,9 @@ impl JsonDecoder {
                 let mut parser = sonic_rs::Deserializer::from_slice(payload);
                 serde::de::DeserializeSeed::deserialize(fields, &mut parser)
                     .and_then(|()| parser.end())
-                    .map_err(|e| e.to_string())
+                    // Its message goes on with the text around the fault on more lines;
+                    // a quarantine reason is one line.
+                    .map_err(|e| e.to_string().lines().next().unwrap_or_default().to_string())
             }
         };
         parsed.map_err(|e| Rejection {
@@ -316,10 +324,15 @@ impl JsonDecoder {
         Ok((!rescued.is_empty()).then(|| Value::Object(rescued).to_string()))
     }
 
-    /// What [`Self::decode_row`] does, through a parsed [`Value`] tree: the reference the
-    /// streaming path is tested against.
+    /// What [`Self::decode_row`] does, through a [`Value`] tree parsed by the same parser:
+    /// the reference the streaming visitors are tested against.
     pub fn decode_value(&self, payload: &[u8]) -> Result<(Vec<Value>, Option<String>), Rejection> {
-        let value: Value = serde_json::from_slice(payload).map_err(|e| Rejection {
+        let parsed = match self.parser {
+            JsonParser::SerdeJson => serde_json::from_slice(payload).map_err(|e| e.to_string()),
+            JsonParser::Sonic => sonic_rs::from_slice(payload)
+                .map_err(|e| e.to_string().lines().next().unwrap_or_default().to_string()),
+        };
+        let value: Value = parsed.map_err(|e| Rejection {
             rule: "_parse",
             reason: format!("invalid JSON: {e}"),
         })?;
