@@ -308,9 +308,11 @@ fn bench_runs_in_process_with_every_figure() {
             "json_decode",
             "silver_encode",
             "json_decode_arrow",
-            "json_decode_sonic",
+            "json_decode_serde",
             "json_parse_serde",
             "json_parse_sonic",
+            "bronze_encode_default",
+            "silver_encode_default",
             "gold_group_by"
         ]
     );
@@ -341,6 +343,32 @@ fn bench_runs_in_process_with_every_figure() {
     assert!(
         (limit - events / counted).abs() <= 1e-6 * limit,
         "limit {limit} is not {events} events over {counted} CPU-s"
+    );
+    // The third-party limit: arrow-json and the parquet writer's defaults, no Smelter code
+    // after the source.
+    let bare: f64 = [
+        "generate",
+        "bronze_encode_default",
+        "json_decode_arrow",
+        "silver_encode_default",
+        "gold_group_by",
+    ]
+    .iter()
+    .map(|name| cpu_of(name))
+    .sum();
+    let third_party = report["limit"]["third_party_events_per_cpu_second"]
+        .as_f64()
+        .unwrap();
+    assert!(
+        (third_party - events / bare).abs() <= 1e-6 * third_party,
+        "third-party limit {third_party} is not {events} events over {bare} CPU-s"
+    );
+    let run = &report["in_process"];
+    let fraction = run["fraction_of_third_party_limit"].as_f64().unwrap();
+    let expected = run["events_per_cpu_second"].as_f64().unwrap() / third_party;
+    assert!(
+        (fraction - expected).abs() <= 1e-9 * expected.max(1.0),
+        "{fraction} / {expected}"
     );
     assert!(report["cluster"].is_null());
 }
@@ -382,8 +410,14 @@ async fn bench_runs_as_a_cluster_on_a_broker() {
     }
     let etcd_cpu = report["cluster"]["etcd_cpu_seconds"].as_f64().unwrap();
     assert!(etcd_cpu > 0.0, "etcd's CPU during the run: {etcd_cpu}");
+    for limit in [
+        "kafka_events_per_cpu_second",
+        "third_party_kafka_events_per_cpu_second",
+    ] {
+        assert!(report["limit"][limit].as_f64().unwrap() > 0.0, "{limit}");
+    }
     assert!(
-        report["limit"]["kafka_events_per_cpu_second"]
+        report["cluster"]["fraction_of_third_party_limit"]
             .as_f64()
             .unwrap()
             > 0.0

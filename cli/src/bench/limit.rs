@@ -13,15 +13,22 @@
 //!   way refine decodes them (declared fields, flattened, and `_rescued_data`), malformed
 //!   ones left out. It is the fastest decoder known here, so it is the one that counts;
 //!   `json_decode_arrow`, the same with arrow-json against the nested schema, is measured
-//!   alongside for comparison and not counted; so are `json_decode_sonic` (Smelter's
-//!   decoder driven by the SIMD parser sonic-rs instead of serde_json, checked to give the
-//!   same columns) and `json_parse_serde`/`json_parse_sonic` (each payload only parsed and
-//!   validated, nothing kept: what the parser alone costs);
+//!   alongside for comparison and not counted; so are `json_decode_serde` (Smelter's
+//!   decoder driven by serde_json instead of its default, the SIMD parser sonic-rs, checked
+//!   to give the same columns) and `json_parse_serde`/`json_parse_sonic` (each payload only
+//!   parsed and validated, nothing kept: what the parser alone costs);
 //! * `silver_encode` — the decoded rows in the silver shape, encoded;
 //! * `gold_group_by` — every gold SQL of the pipeline over those silver rows in memory.
 //!
 //! The pipeline's events per CPU-second is then reported as a fraction of
 //! `events / sum(stage CPU-seconds)`, with the stage that matches its source.
+//!
+//! A second limit counts third-party code only ([`THIRD_PARTY`]), so that it does not move
+//! when Smelter's own code does: `json_decode_arrow` (arrow-json) instead of Smelter's
+//! decoder, and `bronze_encode_default`/`silver_encode_default` — the same bronze and silver
+//! batches encoded by the parquet crate's `ArrowWriter` with its default properties
+//! instead of the tables' (`smelter_lake::file_format::writer_properties`). The batches
+//! are built outside the timing, so these stages are the bare writer alone.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -77,6 +84,11 @@ pub struct Limit {
     pub events_per_cpu_second: f64,
     /// The same with consuming the topic as the source (cluster runs).
     pub kafka_events_per_cpu_second: Option<f64>,
+    /// `events / sum(stage CPU-seconds)` of the third-party stages ([`THIRD_PARTY`]) with
+    /// the generator as the source.
+    pub third_party_events_per_cpu_second: f64,
+    /// The same with consuming the topic as the source.
+    pub third_party_kafka_events_per_cpu_second: Option<f64>,
 }
 
 /// The stages after the source.
@@ -84,6 +96,15 @@ pub const REFINING: [&str; 4] = [
     "bronze_encode",
     "json_decode",
     "silver_encode",
+    "gold_group_by",
+];
+
+/// The stages after the source in the third-party limit: the bare arrow-json decoder, the
+/// parquet writer with default settings, and DataFusion.
+pub const THIRD_PARTY: [&str; 4] = [
+    "bronze_encode_default",
+    "json_decode_arrow",
+    "silver_encode_default",
     "gold_group_by",
 ];
 
@@ -132,8 +153,8 @@ pub async fn measure(
         .find(|(_, t)| t.parse.is_some())
         .ok_or_else(|| bench_error("the pipeline has no silver table"))?;
     let refiner = Refiner::new(silver_name, silver, &spec.pipeline)?;
-    let sonic = Refiner::new(silver_name, silver, &spec.pipeline)?
-        .with_json_parser(smelter_worker::refine::decode::JsonParser::Sonic);
+    let serde = Refiner::new(silver_name, silver, &spec.pipeline)?
+        .with_json_parser(smelter_worker::refine::decode::JsonParser::SerdeJson);
     let gold: Vec<&TableSpec> = spec.tables.values().filter(|t| t.sql.is_some()).collect();
     let clickstream = Clickstream::new(&GeneratorSpec {
         count: Some(events),
@@ -148,9 +169,11 @@ pub async fn measure(
         "json_decode",
         "silver_encode",
         "json_decode_arrow",
-        "json_decode_sonic",
+        "json_decode_serde",
         "json_parse_serde",
         "json_parse_sonic",
+        "bronze_encode_default",
+        "silver_encode_default",
     ]
     .iter()
     .map(|name| Stage {
@@ -198,6 +221,11 @@ pub async fn measure(
         let (cpu, bytes) = least(|| bronze_encode(&topic, &chunk))?;
         totals[1].cpu_seconds += cpu;
         totals[1].bytes += bytes;
+        let bronze =
+            smelter_worker::tasks::ingest::bronze_batch("events", &records(&topic, &chunk))?;
+        let (cpu, bytes) = least(|| parquet_default(&bronze))?;
+        totals[8].cpu_seconds += cpu;
+        totals[8].bytes += bytes;
         let (cpu, decoded) = least(|| json_decode(&refiner, &chunk))?;
         totals[2].cpu_seconds += cpu;
         let (cpu, (bytes, flattened)) = least(|| silver_encode(&flat, &topic, &chunk, &decoded))?;
@@ -205,9 +233,9 @@ pub async fn measure(
         totals[3].bytes += bytes;
         let (cpu, _) = least(|| json_decode_arrow(&nested, &chunk))?;
         totals[4].cpu_seconds += cpu;
-        let (cpu, sonic) = least(|| json_decode(&sonic, &chunk))?;
+        let (cpu, serde) = least(|| json_decode(&serde, &chunk))?;
         totals[5].cpu_seconds += cpu;
-        if sonic.iter().zip(&decoded).any(|(a, b)| a != b) {
+        if serde.iter().zip(&decoded).any(|(a, b)| a != b) {
             return Err(bench_error(
                 "sonic-rs and serde_json decoded the payloads differently",
             ));
@@ -216,6 +244,9 @@ pub async fn measure(
         totals[6].cpu_seconds += cpu;
         let (cpu, _) = least(|| json_parse(&chunk, |p| sonic_rs::from_slice(p).ok()))?;
         totals[7].cpu_seconds += cpu;
+        let (cpu, bytes) = least(|| parquet_default(&flattened))?;
+        totals[9].cpu_seconds += cpu;
+        totals[9].bytes += bytes;
         silver_rows.push(flattened);
     }
     let mut gold_cpu = f64::INFINITY;
@@ -239,9 +270,12 @@ pub async fn measure(
         ..Limit::default()
     };
     let with = |source: &'static str| [&[source][..], &REFINING[..]].concat();
+    let bare = |source: &'static str| [&[source][..], &THIRD_PARTY[..]].concat();
     limit.events_per_cpu_second = limit.of(&with("generate"));
+    limit.third_party_events_per_cpu_second = limit.of(&bare("generate"));
     if limit.stages.iter().any(|s| s.name == "kafka_consume") {
         limit.kafka_events_per_cpu_second = Some(limit.of(&with("kafka_consume")));
+        limit.third_party_kafka_events_per_cpu_second = Some(limit.of(&bare("kafka_consume")));
     }
     Ok(limit)
 }
@@ -331,6 +365,18 @@ fn parquet(batch: &RecordBatch) -> Result<u64> {
     let properties = smelter_lake::file_format::writer_properties();
     let mut out = Vec::new();
     let mut writer = ArrowWriter::try_new(&mut out, batch.schema(), Some(properties))
+        .map_err(|e| bench_error(format!("parquet: {e}")))?;
+    writer
+        .write(batch)
+        .and_then(|_| writer.close().map(|_| ()))
+        .map_err(|e| bench_error(format!("parquet: {e}")))?;
+    Ok(out.len() as u64)
+}
+
+/// `batch` as Parquet by the parquet crate's writer with its default properties.
+fn parquet_default(batch: &RecordBatch) -> Result<u64> {
+    let mut out = Vec::new();
+    let mut writer = ArrowWriter::try_new(&mut out, batch.schema(), None)
         .map_err(|e| bench_error(format!("parquet: {e}")))?;
     writer
         .write(batch)

@@ -141,6 +141,8 @@ pub struct EndToEnd {
     pub events_per_cpu_second: f64,
     /// That figure over the limit's.
     pub fraction_of_limit: f64,
+    /// That figure over the third-party limit's (`limit.third_party_*`).
+    pub fraction_of_third_party_limit: f64,
     /// Peak resident memory per process, bytes.
     pub peak_rss_bytes: BTreeMap<String, u64>,
     /// CPU-seconds per process.

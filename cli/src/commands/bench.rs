@@ -220,12 +220,20 @@ fn fill_fractions(report: &mut BenchReport) {
         .flatten()
     {
         run.fraction_of_limit = fraction(run.events_per_cpu_second, limit.events_per_cpu_second);
+        run.fraction_of_third_party_limit = fraction(
+            run.events_per_cpu_second,
+            limit.third_party_events_per_cpu_second,
+        );
     }
     if let Some(run) = &mut report.cluster {
         let of = limit
             .kafka_events_per_cpu_second
             .unwrap_or(limit.events_per_cpu_second);
         run.fraction_of_limit = fraction(run.events_per_cpu_second, of);
+        let bare = limit
+            .third_party_kafka_events_per_cpu_second
+            .unwrap_or(limit.third_party_events_per_cpu_second);
+        run.fraction_of_third_party_limit = fraction(run.events_per_cpu_second, bare);
     }
     for (layer, figures) in &mut report.layers {
         let stages: &[&str] = match layer.as_str() {
@@ -269,13 +277,14 @@ fn run_lines(name: &str, run: &EndToEnd, out: &mut String) {
     use std::fmt::Write as _;
     let _ = writeln!(
         out,
-        "{name}: {} events at {}/s in {:.1} s; {:.0} events/CPU-s ({:.0}% of the limit); \
-         latency p50 {:.0} ms, p99 {:.0} ms",
+        "{name}: {} events at {}/s in {:.1} s; {:.0} events/CPU-s ({:.0}% of the limit, \
+         {:.0}% of the third-party limit); latency p50 {:.0} ms, p99 {:.0} ms",
         run.events,
         run.rate,
         run.wall_seconds,
         run.events_per_cpu_second,
         run.fraction_of_limit * 100.0,
+        run.fraction_of_third_party_limit * 100.0,
         run.latency.p50_ms,
         run.latency.p99_ms,
     );
@@ -419,9 +428,20 @@ fn summary(report: &BenchReport) -> String {
             .kafka_events_per_cpu_second
             .map_or(String::new(), |k| format!(", {k:.0} (Kafka source)"))
     );
+    let _ = writeln!(
+        out,
+        "third-party limit: {:.0} events/CPU-s (generator source){}",
+        report.limit.third_party_events_per_cpu_second,
+        report
+            .limit
+            .third_party_kafka_events_per_cpu_second
+            .map_or(String::new(), |k| format!(", {k:.0} (Kafka source)"))
+    );
     for stage in &report.limit.stages {
-        let counted = ["generate", "kafka_consume"].contains(&stage.name.as_str())
-            || limit::REFINING.contains(&stage.name.as_str());
+        let name = stage.name.as_str();
+        let counted =
+            ["generate", "kafka_consume"].contains(&name) || limit::REFINING.contains(&name);
+        let third_party = limit::THIRD_PARTY.contains(&name) && !counted;
         let _ = writeln!(
             out,
             "  {}: {:.2} CPU-s, {:.0} events/CPU-s{}",
@@ -430,6 +450,8 @@ fn summary(report: &BenchReport) -> String {
             stage.events_per_cpu_second,
             if counted {
                 ""
+            } else if third_party {
+                " (third-party limit only)"
             } else {
                 " (for comparison, not counted)"
             }
