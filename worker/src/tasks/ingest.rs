@@ -211,28 +211,15 @@ impl IngestTask {
         );
         let max_wait = Duration::from_millis(env.config.batch_max_wait_ms);
         loop {
-            // Fill one batch: by count, bytes or time, whichever comes first.
-            let mut buffer: Vec<SourceRecord> = Vec::new();
-            let mut bytes = 0usize;
             let batch_opened = Instant::now();
             let closes =
                 Instant::now() + until_batch_closes(std::time::SystemTime::now(), max_wait);
-            while buffer.len() < env.config.batch_max_records && bytes < env.config.batch_max_bytes
-            {
-                let remaining = closes.saturating_duration_since(Instant::now());
-                if remaining.is_zero() || (reader.finished() && buffer.is_empty()) {
-                    break;
-                }
-                let records = tokio::select! {
-                    _ = cancel.cancelled() => break,
-                    records = reader.poll(env.config.batch_max_records - buffer.len(), remaining) => records?,
-                };
-                bytes += records
-                    .iter()
-                    .map(|r| r.payload.as_ref().map_or(0, Vec::len))
-                    .sum::<usize>();
-                buffer.extend(records);
-            }
+            let limits = BatchLimits {
+                records: env.config.batch_max_records,
+                bytes: env.config.batch_max_bytes,
+                closes,
+            };
+            let buffer = fill_batch(reader.as_mut(), &limits, &cancel).await?;
             let lags = reader.lag();
             progress.update(|r| r.lag = lags.iter().map(|(_, lag)| lag).sum());
             for (partition, lag) in lags {
@@ -398,6 +385,45 @@ pub fn until_batch_closes(now: std::time::SystemTime, interval: Duration) -> Dur
     Duration::from_nanos(u64::try_from(left).unwrap_or(u64::MAX))
 }
 
+/// When a batch is full: by count, bytes or time, whichever comes first.
+pub struct BatchLimits {
+    /// Records at most.
+    pub records: usize,
+    /// Payload bytes at most (the record that passes it is kept).
+    pub bytes: usize,
+    /// When it closes.
+    pub closes: Instant,
+}
+
+/// One batch from `reader`, up to `limits`, or what it holds when `cancel` fires. A
+/// finished reader (a bounded source that gave everything) ends the batch at once: its
+/// polls would answer at once, empty, until the batch closed — a spin of up to an
+/// interval per batch.
+pub async fn fill_batch(
+    reader: &mut dyn source::SourceReader,
+    limits: &BatchLimits,
+    cancel: &CancellationToken,
+) -> Result<Vec<SourceRecord>> {
+    let mut buffer: Vec<SourceRecord> = Vec::new();
+    let mut bytes = 0usize;
+    while buffer.len() < limits.records && bytes < limits.bytes {
+        let remaining = limits.closes.saturating_duration_since(Instant::now());
+        if remaining.is_zero() || reader.finished() {
+            break;
+        }
+        let records = tokio::select! {
+            _ = cancel.cancelled() => break,
+            records = reader.poll(limits.records - buffer.len(), remaining) => records?,
+        };
+        bytes += records
+            .iter()
+            .map(|r| r.payload.as_ref().map_or(0, Vec::len))
+            .sum::<usize>();
+        buffer.extend(records);
+    }
+    Ok(buffer)
+}
+
 /// Builds the bronze rows of `records`.
 pub fn bronze_batch(source: &str, records: &[SourceRecord]) -> Result<RecordBatch> {
     let now = chrono::Utc::now();
@@ -454,7 +480,88 @@ pub fn bronze_batch(source: &str, records: &[SourceRecord]) -> Result<RecordBatc
 mod tests {
     use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-    use super::until_batch_closes;
+    use async_trait::async_trait;
+    use smelter_common::spec::GeneratorSpec;
+    use tokio::time::Instant;
+    use tokio_util::sync::CancellationToken;
+
+    use super::{BatchLimits, fill_batch, until_batch_closes};
+    use crate::Result;
+    use crate::source::generator::GeneratorReader;
+    use crate::source::{CommittedPositions, SourceReader, SourceRecord, TopicState};
+
+    struct NothingCommitted;
+
+    #[async_trait]
+    impl CommittedPositions for NothingCommitted {
+        async fn committed(&self, _topic: &str, _partition: i32) -> Result<Option<i64>> {
+            Ok(None)
+        }
+
+        async fn topic_states(&self, topics: &[String]) -> Result<Vec<TopicState>> {
+            Ok(vec![TopicState::default(); topics.len()])
+        }
+    }
+
+    /// A reader that counts its polls.
+    struct Counted<R> {
+        inner: R,
+        polls: usize,
+    }
+
+    #[async_trait]
+    impl<R: SourceReader> SourceReader for Counted<R> {
+        async fn poll(&mut self, max: usize, wait: Duration) -> Result<Vec<SourceRecord>> {
+            self.polls += 1;
+            self.inner.poll(max, wait).await
+        }
+
+        fn lag(&self) -> Vec<(i32, i64)> {
+            self.inner.lag()
+        }
+
+        fn finished(&self) -> bool {
+            self.inner.finished()
+        }
+    }
+
+    /// A bounded generator that has given everything ends its batch at once: the batch
+    /// holds every event after as many polls as it took, not a spin of polls answered
+    /// empty until the batch closes (two seconds away: without the fix, that many
+    /// seconds of polls).
+    #[tokio::test]
+    async fn a_finished_reader_ends_its_batch_at_once() {
+        let spec = GeneratorSpec {
+            partitions: 2,
+            count: Some(1_000),
+            rate: None,
+            ..GeneratorSpec::default()
+        };
+        let reader = GeneratorReader::open("events", &spec, &[0, 1], &NothingCommitted)
+            .await
+            .unwrap();
+        let mut reader = Counted {
+            inner: reader,
+            polls: 0,
+        };
+        let limits = BatchLimits {
+            records: 100_000,
+            bytes: usize::MAX,
+            closes: Instant::now() + Duration::from_secs(2),
+        };
+        let batch = fill_batch(&mut reader, &limits, &CancellationToken::new())
+            .await
+            .unwrap();
+        assert_eq!(batch.len(), 1_000);
+        assert!(reader.finished());
+        assert_eq!(reader.polls, 1);
+        // The next batch of a finished reader is empty, without a poll.
+        let batch = fill_batch(&mut reader, &limits, &CancellationToken::new())
+            .await
+            .unwrap();
+        assert!(batch.is_empty());
+        assert_eq!(reader.polls, 1);
+    }
 
     #[test]
     fn batches_opened_apart_close_together_on_the_grid() {
