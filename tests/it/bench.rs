@@ -48,6 +48,21 @@ fn check_run(run: &serde_json::Value, events: u64, processes: &[&str]) {
             "{q}: bronze {bronze}, silver {silver}, gold {gold}"
         );
     }
+    // The same per second of production: every second has its events, each reaching
+    // bronze, silver and gold in that order, and none is slower than the run's worst.
+    let seconds = run["latency"]["by_second"].as_array().unwrap();
+    assert!(!seconds.is_empty(), "{run}");
+    let worst = run["latency"]["max_ms"].as_f64().unwrap();
+    for second in seconds {
+        let at = |k: &str| second[k].as_f64().unwrap();
+        assert!(
+            at("bronze_p99_ms") <= at("silver_p99_ms")
+                && at("silver_p99_ms") <= at("p99_ms")
+                && at("p50_ms") <= at("p99_ms")
+                && at("p99_ms") <= worst,
+            "{second}"
+        );
+    }
     // Each stage's latency split into its parts: shares that sum to one, with the parts
     // the commits recorded among them (in process there is no commit lock to wait for).
     for (name, recorded) in [

@@ -51,6 +51,23 @@ pub struct Latency {
     /// bronze commit; `silver`: from there to the silver commit; `gold`: from there to the
     /// last gold table's commit), from the stage timings every commit records.
     pub breakdown: BTreeMap<String, Breakdown>,
+    /// The same produce-to-gold percentiles per second of production (the events produced
+    /// in the run's first second, its second, …): where in the run the tail sits — a slow
+    /// start (tasks still being placed and opened) or a steady one.
+    pub by_second: Vec<Second>,
+}
+
+/// The latency of the events produced in one second of the run.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Second {
+    /// Produce to gold: median.
+    pub p50_ms: f64,
+    /// Produce to gold: 99th percentile.
+    pub p99_ms: f64,
+    /// Produce to the bronze commit: 99th percentile.
+    pub bronze_p99_ms: f64,
+    /// Produce to the silver commit: 99th percentile.
+    pub silver_p99_ms: f64,
 }
 
 /// Where one stage's latency went, over every event.
@@ -264,6 +281,7 @@ pub fn latency(histories: &Histories, spec: &PipelineSpec, produced: &ProduceTim
     let mut in_bronze: Vec<f64> = Vec::new();
     let mut in_silver: Vec<f64> = Vec::new();
     let mut not_visible = 0u64;
+    let mut timeline: Vec<(f64, [f64; 3])> = Vec::new();
     let mut sums: [StageSums; 3] = Default::default();
     for (bronze_name, _) in spec.tables_in(Layer::Bronze) {
         let Some(bronze) = histories.tables.get(bronze_name) else {
@@ -360,6 +378,7 @@ pub fn latency(histories: &Histories, spec: &PipelineSpec, produced: &ProduceTim
                             in_bronze.push(b);
                             in_silver.push(s);
                             samples.push(g);
+                            timeline.push((at, [b, s, g]));
                             sums[0].add(1.0, b, &commit.stages, &BRONZE_PARTS, "batch");
                             sums[1].add(1.0, s - b, silver.stages, &SILVER_PARTS, "wait");
                             sums[2].add(1.0, g - s, gold.stages, &GOLD_PARTS, "wait");
@@ -385,6 +404,7 @@ pub fn latency(histories: &Histories, spec: &PipelineSpec, produced: &ProduceTim
         .map(|(stage, sums)| (stage.to_string(), sums.breakdown()))
         .collect();
     samples.sort_by(f64::total_cmp);
+    let by_second = per_second(&timeline);
     Latency {
         events: samples.len() as u64,
         not_visible,
@@ -393,7 +413,41 @@ pub fn latency(histories: &Histories, spec: &PipelineSpec, produced: &ProduceTim
         max_ms: samples.last().copied().unwrap_or(0.0),
         stages,
         breakdown,
+        by_second,
     }
+}
+
+/// The latencies in `timeline` ((produced at, [to bronze, silver, gold]) in ms) per second
+/// of production, counted from the first event.
+fn per_second(timeline: &[(f64, [f64; 3])]) -> Vec<Second> {
+    let Some(first) = timeline.iter().map(|(at, _)| *at).min_by(f64::total_cmp) else {
+        return Vec::new();
+    };
+    let mut seconds: Vec<[Vec<f64>; 3]> = Vec::new();
+    for &(at, stages) in timeline {
+        let second = ((at - first) / 1000.0) as usize;
+        if seconds.len() <= second {
+            seconds.resize_with(second + 1, Default::default);
+        }
+        for (times, latency) in seconds[second].iter_mut().zip(stages) {
+            times.push(latency);
+        }
+    }
+    seconds
+        .into_iter()
+        .map(|mut stages| {
+            for times in &mut stages {
+                times.sort_by(f64::total_cmp);
+            }
+            let [bronze, silver, gold] = &stages;
+            Second {
+                p50_ms: quantile(gold, 0.50),
+                p99_ms: quantile(gold, 0.99),
+                bronze_p99_ms: quantile(bronze, 0.99),
+                silver_p99_ms: quantile(silver, 0.99),
+            }
+        })
+        .collect()
 }
 
 fn produce_ms(produced: &ProduceTimes, partition: i32, offset: i64) -> Option<f64> {
