@@ -361,22 +361,22 @@ fn records(topic: &Arc<str>, chunk: &[(i32, i64, GeneratedEvent)]) -> Vec<Source
         .collect()
 }
 
+/// `batch` as Parquet, written with the tables' properties (`smelter_lake::file_format`).
 fn parquet(batch: &RecordBatch) -> Result<u64> {
-    let properties = smelter_lake::file_format::writer_properties();
-    let mut out = Vec::new();
-    let mut writer = ArrowWriter::try_new(&mut out, batch.schema(), Some(properties))
-        .map_err(|e| bench_error(format!("parquet: {e}")))?;
-    writer
-        .write(batch)
-        .and_then(|_| writer.close().map(|_| ()))
-        .map_err(|e| bench_error(format!("parquet: {e}")))?;
-    Ok(out.len() as u64)
+    parquet_with(batch, Some(smelter_lake::file_format::writer_properties()))
 }
 
 /// `batch` as Parquet by the parquet crate's writer with its default properties.
 fn parquet_default(batch: &RecordBatch) -> Result<u64> {
+    parquet_with(batch, None)
+}
+
+fn parquet_with(
+    batch: &RecordBatch,
+    properties: Option<datafusion::parquet::file::properties::WriterProperties>,
+) -> Result<u64> {
     let mut out = Vec::new();
-    let mut writer = ArrowWriter::try_new(&mut out, batch.schema(), None)
+    let mut writer = ArrowWriter::try_new(&mut out, batch.schema(), properties)
         .map_err(|e| bench_error(format!("parquet: {e}")))?;
     writer
         .write(batch)

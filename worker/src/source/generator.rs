@@ -393,7 +393,7 @@ impl SourceReader for GeneratorReader {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::source::TopicState;
+    use crate::source::sample::FromTheStart;
 
     fn spec() -> GeneratorSpec {
         GeneratorSpec {
@@ -433,19 +433,6 @@ mod tests {
         assert!((300..450).contains(&avg), "average payload {avg} bytes");
     }
 
-    struct NothingCommitted;
-
-    #[async_trait]
-    impl CommittedPositions for NothingCommitted {
-        async fn committed(&self, _topic: &str, _partition: i32) -> Result<Option<i64>> {
-            Ok(None)
-        }
-
-        async fn topic_states(&self, topics: &[String]) -> Result<Vec<TopicState>> {
-            Ok(vec![TopicState::default(); topics.len()])
-        }
-    }
-
     /// A paced reader polled in a tight loop hands out slices of its schedule, not the one
     /// or two events that fall due while the previous ones render.
     #[tokio::test]
@@ -456,7 +443,7 @@ mod tests {
             count: Some(20_000),
             ..GeneratorSpec::default()
         };
-        let mut reader = GeneratorReader::open("events", &spec, &[0], &NothingCommitted)
+        let mut reader = GeneratorReader::open("events", &spec, &[0], &FromTheStart)
             .await
             .unwrap();
         let tick = (100_000.0 * TICK.as_secs_f64()) as usize;

@@ -11,8 +11,8 @@ use smelter_common::spec::SourceSpec;
 use super::{CommittedPositions, SourceRecord, TopicState};
 use crate::Result;
 
-/// Positions of a source nothing was ingested from.
-struct FromTheStart;
+/// Positions of a source nothing was ingested from: every partition from its start.
+pub(crate) struct FromTheStart;
 
 #[async_trait]
 impl CommittedPositions for FromTheStart {

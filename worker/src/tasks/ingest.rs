@@ -488,20 +488,8 @@ mod tests {
     use super::{BatchLimits, fill_batch, until_batch_closes};
     use crate::Result;
     use crate::source::generator::GeneratorReader;
-    use crate::source::{CommittedPositions, SourceReader, SourceRecord, TopicState};
-
-    struct NothingCommitted;
-
-    #[async_trait]
-    impl CommittedPositions for NothingCommitted {
-        async fn committed(&self, _topic: &str, _partition: i32) -> Result<Option<i64>> {
-            Ok(None)
-        }
-
-        async fn topic_states(&self, topics: &[String]) -> Result<Vec<TopicState>> {
-            Ok(vec![TopicState::default(); topics.len()])
-        }
-    }
+    use crate::source::sample::FromTheStart;
+    use crate::source::{SourceReader, SourceRecord};
 
     /// A reader that counts its polls.
     struct Counted<R> {
@@ -537,7 +525,7 @@ mod tests {
             rate: None,
             ..GeneratorSpec::default()
         };
-        let reader = GeneratorReader::open("events", &spec, &[0, 1], &NothingCommitted)
+        let reader = GeneratorReader::open("events", &spec, &[0, 1], &FromTheStart)
             .await
             .unwrap();
         let mut reader = Counted {
