@@ -131,17 +131,11 @@ async fn records_cross_a_verified_tls_connection_exactly_once() {
     let text = pipeline(&tansu.brokers, &rogue_topic, &certs.rogue_ca);
     let rogue = TestCluster::start(1, &text).await.unwrap();
     let status = source_refused(&rogue, &["ssl", "certificate"]).await;
-    let landed = rows(
-        &rogue
-            .query("SELECT count(*) FROM bronze.orders")
-            .await
-            .unwrap_or_default(),
+    nothing_landed(
+        &rogue,
+        &format!("nothing crossed an unverified connection; {status}"),
     )
-    .unwrap_or_default();
-    assert!(
-        landed.is_empty() || landed == ["0"],
-        "nothing crossed an unverified connection: {landed:?}; {status}"
-    );
+    .await;
 }
 
 /// SASL/SCRAM-SHA-256 over TLS through the gate (see the module docs).
@@ -219,17 +213,19 @@ async fn scram_over_tls_lands_every_record_and_a_wrong_password_is_refused() {
         exchanges.failed.load(std::sync::atomic::Ordering::SeqCst) > refused_before,
         "the gate refused the wrong password: {status}"
     );
+    nothing_landed(&wrong, "nothing landed with a wrong password").await;
+}
+
+/// Asserts that bronze holds no row (or is not there at all): `why` says what that proves.
+async fn nothing_landed(cluster: &TestCluster, why: &str) {
     let landed = rows(
-        &wrong
+        &cluster
             .query("SELECT count(*) FROM bronze.orders")
             .await
             .unwrap_or_default(),
     )
     .unwrap_or_default();
-    assert!(
-        landed.is_empty() || landed == ["0"],
-        "nothing landed: {landed:?}"
-    );
+    assert!(landed.is_empty() || landed == ["0"], "{why}: {landed:?}");
 }
 
 /// The cluster's status once it lists the `orders` source as failing with an error that
