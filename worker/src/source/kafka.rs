@@ -61,10 +61,20 @@ impl KafkaReader {
         smelter_common::kafka::partition_count(spec, pipeline, CONNECT_TIMEOUT)
             .await
             .map_err(|e| error(e.to_string()))?;
-        let consumer: StreamConsumer<KafkaContext> =
+        let consumer: Arc<StreamConsumer<KafkaContext>> = Arc::new(
             smelter_common::kafka::client_config(spec, pipeline)
                 .create_with_context(KafkaContext::default())
-                .map_err(|e| error(format!("cannot create consumer: {e}")))?;
+                .map_err(|e| error(format!("cannot create consumer: {e}")))?,
+        );
+        // The partitions' leaders must be known to this client before they are assigned:
+        // librdkafka retries the first offset lookup of a partition without a known leader
+        // only after a fixed 500 ms, so a task would start half a second behind.
+        let warm = consumer.clone();
+        let topic = spec.topic.clone();
+        tokio::task::spawn_blocking(move || warm.fetch_metadata(Some(&topic), CONNECT_TIMEOUT))
+            .await
+            .map_err(|e| error(format!("metadata lookup panicked: {e}")))?
+            .map_err(|e| error(format!("cannot read the topic's metadata: {e}")))?;
         let mut assignment = TopicPartitionList::new();
         let mut next = HashMap::new();
         for &partition in partitions {
@@ -87,7 +97,7 @@ impl KafkaReader {
         Ok(Self {
             name: name.to_string(),
             topic: Arc::from(spec.topic.as_str()),
-            consumer: Arc::new(consumer),
+            consumer,
             next,
             high_watermarks: Default::default(),
             broker_error: Default::default(),
