@@ -160,8 +160,9 @@ pub struct WorkerConfig {
     /// Most upstream versions a refine task folds into one commit (each bronze version holds
     /// up to `batch_max_records` rows, and a pass holds its rows in memory).
     pub refine_max_versions: u64,
-    /// Least time between two refreshes of one gold table (each refresh is a gold version;
-    /// an incremental refresh costs about the new silver rows plus the table's groups).
+    /// A gold table refreshes at most once per slot of this grid: the multiples of it since
+    /// the Unix epoch, like the batches' (each refresh is a gold version; an incremental
+    /// refresh costs about the new silver rows plus the table's groups).
     pub gold_min_interval_ms: u64,
     /// Memory for the rows of data files this worker committed lately, which tasks
     /// downstream on the same worker then read without going to storage (0: none). The

@@ -6,19 +6,27 @@
 //! Each refresh computes the SQL's result at one silver version ([`crate::gold`]: folded
 //! from the new silver files when the query allows it, recomputed in full otherwise) and
 //! replaces the gold table's rows in one commit carrying `txn(appId = "<gold>/<silver>",
-//! version = silver version read)` (invariant 2). Refreshes are spaced by at least
-//! `gold_min_interval_ms` and by at least [`BUSY_FACTOR`] times the last refresh's
-//! duration: gold never takes more than about a fifth of a core per table, and is never
-//! more than one interval plus one refresh behind silver.
+//! version = silver version read)` (invariant 2).
+//!
+//! Refreshes are throttled to one per slot of a grid: the multiples of an interval since
+//! the Unix epoch, the interval being `gold_min_interval_ms` or the least multiple of it
+//! that is [`BUSY_FACTOR`] times the last refresh's duration. So gold takes at most about a quarter
+//! of a core per table, and is never more than one interval plus one refresh behind
+//! silver. Why a grid and not an interval timed from the last refresh: ingest closes its
+//! batches on the same kind of grid (`batch_max_wait_ms`), so silver commits come once
+//! per interval, a little after each grid point. A throttle timed from the last refresh
+//! slides against them by the time it takes to notice a commit, every refresh, until a
+//! new silver version waits almost a whole interval; then it starts over — a sawtooth
+//! that added half an interval to the median latency. On the grid, the first silver
+//! commit of each slot is refreshed as soon as it is seen ([`refresh_wait`]).
 //!
 //! New silver versions are found by probing the log every `poll_interval_ms`, or at once
 //! when a worker of this process committed them (`smelter_lake::signals`); while a refresh
-//! is throttled the task sleeps until the interval is over instead of probing.
+//! is throttled the task sleeps until the next slot instead of probing.
 
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use smelter_proto::TaskState;
-use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::{Progress, TaskEnv};
@@ -117,7 +125,7 @@ impl AggregateTask {
         let mut refresher =
             Refresher::new(engine, &sql, &spec.from).with_recent_files(env.commits.recent.clone());
         let mut known = log::version(&silver);
-        let mut last_refresh: Option<Instant> = None;
+        let mut last_refresh: Option<SystemTime> = None;
         let mut interval = min_interval;
         // How long the refreshes this task committed took, reported with its status.
         let mut refreshes = smelter_lake::timings::Histogram::default();
@@ -140,23 +148,21 @@ impl AggregateTask {
                 joins_behind += join.behind();
             }
             progress.update(|r| r.lag = latest - done + joins_behind);
-            let throttled = last_refresh.is_some_and(|t| t.elapsed() < interval);
             let caught_up = latest <= done && joins_behind == 0;
             if caught_up {
                 progress.set_state(TaskState::Idle);
                 announced.wait(poll, Duration::ZERO, &cancel).await;
                 continue;
             }
-            if throttled {
-                // Nothing can be refreshed before the interval is over: no probe until then.
+            let now = SystemTime::now();
+            if let Some(left) = last_refresh.and_then(|last| refresh_wait(last, now, interval)) {
+                // Nothing can be refreshed before the next slot: no probe until then.
                 progress.set_state(TaskState::Running);
-                let left =
-                    last_refresh.map_or(Duration::ZERO, |t| interval.saturating_sub(t.elapsed()));
                 tokio::select! { _ = cancel.cancelled() => {}, _ = tokio::time::sleep(left) => {} }
                 continue;
             }
             progress.set_state(TaskState::Running);
-            last_refresh = Some(Instant::now());
+            last_refresh = Some(now);
             let refresh_started = std::time::Instant::now();
             // One span per refresh: the silver version computed from, its commit inside.
             let span = tracing::info_span!(
@@ -226,7 +232,7 @@ impl AggregateTask {
                         r.failed_checks = super::refine::failing(&checks);
                         r.refresh_seconds = Some(crate::timings::histogram(&refreshes));
                     });
-                    interval = min_interval.max(took * BUSY_FACTOR);
+                    interval = slot_interval(min_interval, took);
                     tracing::debug!(table = %self.table, version, silver_version = latest, rows, how = ?refresher.last_refresh(), elapsed_ms = took.as_millis() as u64, next_in_ms = interval.as_millis() as u64, "gold refresh");
                     consumed = Some(latest);
                     for join in &mut joined {
@@ -246,6 +252,37 @@ impl AggregateTask {
             }
         }
     }
+}
+
+/// The refresh grid's interval after a refresh that took `took`: the least multiple of
+/// `min_interval` that is at least [`BUSY_FACTOR`] times `took`, so that the slots keep
+/// lining up with the ingest batches' grid (of the same interval by default).
+pub fn slot_interval(min_interval: Duration, took: Duration) -> Duration {
+    let min = min_interval.as_nanos().max(1);
+    let busy = (took * BUSY_FACTOR).as_nanos();
+    let slots = busy.div_ceil(min).max(1);
+    Duration::from_nanos(u64::try_from(min * slots).unwrap_or(u64::MAX))
+}
+
+/// How long a refresh due at `now` waits when the last one was at `last`: nothing once
+/// `now` is in a later slot of the `interval` grid (multiples since the Unix epoch) than
+/// `last`, else until the next slot begins. A clock that stepped back waits at most one
+/// interval.
+pub fn refresh_wait(last: SystemTime, now: SystemTime, interval: Duration) -> Option<Duration> {
+    let since_epoch = |t: SystemTime| {
+        t.duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_nanos()
+    };
+    let interval = interval.as_nanos().max(1);
+    let (last, now) = (since_epoch(last), since_epoch(now));
+    if now / interval > last / interval {
+        return None;
+    }
+    let left = interval - now % interval;
+    Some(Duration::from_nanos(
+        u64::try_from(left).unwrap_or(u64::MAX),
+    ))
 }
 
 /// A table the gold query joins, followed like its `from`.
@@ -274,4 +311,75 @@ async fn first_missing(env: &TaskEnv, tables: &[String]) -> Option<String> {
         }
     }
     None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ms(n: u64) -> Duration {
+        Duration::from_millis(n)
+    }
+
+    fn at(n: u64) -> SystemTime {
+        // A fixed instant: these tests never read the clock.
+        SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000) + ms(n)
+    }
+
+    #[test]
+    fn a_refresh_waits_only_within_the_slot_of_the_last_one() {
+        let interval = ms(250);
+        // The last refresh at 1,080 ms: its slot is [1,000, 1,250).
+        assert_eq!(refresh_wait(at(1_080), at(1_100), interval), Some(ms(150)));
+        assert_eq!(refresh_wait(at(1_080), at(1_249), interval), Some(ms(1)));
+        assert_eq!(refresh_wait(at(1_080), at(1_250), interval), None);
+        // Less than an interval after the last one, but in the next slot: at once.
+        assert_eq!(refresh_wait(at(1_249), at(1_251), interval), None);
+        // A clock that stepped back waits for the next slot of `now`, never longer.
+        assert_eq!(refresh_wait(at(1_400), at(1_100), interval), Some(ms(150)));
+    }
+
+    #[test]
+    fn a_slow_refresh_widens_the_grid_by_whole_intervals() {
+        let min = ms(250);
+        assert_eq!(slot_interval(min, Duration::ZERO), min);
+        assert_eq!(slot_interval(min, ms(62)), min);
+        assert_eq!(slot_interval(min, ms(63)), ms(500));
+        assert_eq!(slot_interval(min, ms(200)), ms(1_000));
+    }
+
+    /// Silver commits once per 250 ms, 60–110 ms after each grid point; the task notices
+    /// each 5–45 ms later (deterministic jitter). On the grid, every commit is refreshed
+    /// the moment it is seen. Timed from the last refresh instead, the refresh slides
+    /// later against the commits: the wait ratchets up to the largest jitter seen and
+    /// beyond — the sawtooth this rule replaced.
+    #[test]
+    fn refreshes_on_the_grid_follow_silver_commits_without_sliding() {
+        let interval = ms(250);
+        let mut jitter = 7u64;
+        let mut next = || {
+            jitter = (jitter * 37 + 11) % 101;
+            jitter
+        };
+        let (mut last_grid, mut last_timed): (Option<SystemTime>, Option<SystemTime>) =
+            (None, None);
+        let (mut waited_grid, mut waited_timed) = (Duration::ZERO, Duration::ZERO);
+        for k in 0..200u64 {
+            let commit = k * 250 + 60 + next() / 2;
+            let seen = at(commit + 5 + next() * 40 / 100);
+            let wait = last_grid.and_then(|l| refresh_wait(l, seen, interval));
+            waited_grid += wait.unwrap_or_default();
+            last_grid = Some(seen + wait.unwrap_or_default());
+            let wait = last_timed
+                .map(|l| interval.saturating_sub(seen.duration_since(l).unwrap_or_default()))
+                .unwrap_or_default();
+            waited_timed += wait;
+            last_timed = Some(seen + wait);
+        }
+        assert_eq!(waited_grid, Duration::ZERO);
+        assert!(
+            waited_timed > 200 * ms(10),
+            "timed from the last refresh, the waits were {waited_timed:?} in all"
+        );
+    }
 }
