@@ -66,8 +66,14 @@ impl Announcements {
     /// announcement it waits `settle` more, for the commits that come with it: an
     /// upstream with several writers (bronze: every ingest task closes its batch on the
     /// same grid) commits them within milliseconds of each other, and a task woken by the
-    /// first alone would spend a pass (and a commit) on each.
-    pub async fn wait(&mut self, poll: Duration, settle: Duration, cancel: &CancellationToken) {
+    /// first alone would spend a pass (and a commit) on each. Returns whether an
+    /// announcement ended the wait (`false`: the poll, or `cancel`).
+    pub async fn wait(
+        &mut self,
+        poll: Duration,
+        settle: Duration,
+        cancel: &CancellationToken,
+    ) -> bool {
         let announced = tokio::select! {
             _ = cancel.cancelled() => false,
             _ = tokio::time::sleep(poll) => false,
@@ -79,6 +85,7 @@ impl Announcements {
                 _ = tokio::time::sleep(settle) => {},
             }
         }
+        announced
     }
 }
 
@@ -130,10 +137,13 @@ mod tests {
         let settle = Duration::from_millis(20);
         let waited =
             tokio::time::timeout(Duration::from_secs(5), silver.wait(poll, settle, &cancel));
-        assert!(waited.await.is_ok(), "woken by the announcement");
+        assert_eq!(waited.await.ok(), Some(true), "woken by the announcement");
+        // A short poll with nothing announced: the wait says so.
+        let waited = silver.wait(Duration::from_millis(1), settle, &cancel);
+        assert!(!waited.await, "ended by the poll");
         cancel.cancel();
         let waited =
             tokio::time::timeout(Duration::from_secs(5), silver.wait(poll, settle, &cancel));
-        assert!(waited.await.is_ok(), "ended by the cancel");
+        assert_eq!(waited.await.ok(), Some(false), "ended by the cancel");
     }
 }

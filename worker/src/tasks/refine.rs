@@ -19,7 +19,11 @@ use tracing::Instrument as _;
 /// How long a pass woken by a bronze commit waits for the other ingest tasks' commits of
 /// the same batch interval, so that one pass takes them all (see
 /// `smelter_lake::signals::Announcements::wait`): without it, refine made a pass and a
-/// silver commit per ingest task and used a fifth more CPU in the benchmark.
+/// silver commit per ingest task and used a fifth more CPU in the benchmark. A commit
+/// found by the poll (another worker's, not announced here) waits as long: otherwise
+/// the commit of this worker's own ingest task, a few milliseconds behind it, got a pass
+/// of its own in about two intervals out of five in the cluster benchmark — and a gold
+/// refresh a slot later (`tasks::aggregate`).
 const SETTLE: Duration = Duration::from_millis(25);
 
 /// Keeps one silver table (and its quarantine) current with its bronze table.
@@ -154,6 +158,8 @@ impl RefineTask {
         let mut undone: Option<Vec<(i64, i64)>> = None;
         let mut keys = KeyCache::default();
         let window = spec.dedupe.as_ref().and_then(|d| d.within);
+        // Whether the last wait ended by the poll rather than an announcement.
+        let mut polled = false;
         loop {
             if cancel.is_cancelled() {
                 progress.set_state(TaskState::Stopped);
@@ -178,7 +184,12 @@ impl RefineTask {
             progress.update(|r| r.lag = latest - done);
             if latest <= done {
                 progress.set_state(TaskState::Idle);
-                announced.wait(poll, SETTLE, &cancel).await;
+                polled = !announced.wait(poll, SETTLE, &cancel).await;
+                continue;
+            }
+            if std::mem::take(&mut polled) {
+                // Found by the poll: the interval's other commits may be moments behind.
+                tokio::select! { _ = cancel.cancelled() => {}, _ = tokio::time::sleep(SETTLE) => {} }
                 continue;
             }
             progress.set_state(TaskState::Running);
