@@ -406,6 +406,10 @@ pub struct BenchArgs {
     /// Run the cluster only (skip the in-process runs).
     #[arg(long, requires = "brokers")]
     pub cluster_only: bool,
+    /// `RUST_LOG` of the cluster run's coordinator and workers (their logs go to this
+    /// command's stderr), for example `warn,smelter_worker::tasks::aggregate=debug`.
+    #[arg(long, default_value = smelter_harness::QUIET_LOGS)]
+    pub cluster_log: String,
     /// An S3-compatible endpoint (moto, MinIO) for the cluster run's tables (or the
     /// soak's), in bucket `smelter-bench` (created if missing); default: a local directory.
     #[arg(long)]

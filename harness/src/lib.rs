@@ -12,5 +12,7 @@ mod processes;
 mod wait;
 
 pub use ports::free_port;
-pub use processes::{ClusterSpec, ProcessCluster, StopPolicy, signal, terminate, wait_exit};
+pub use processes::{
+    ClusterSpec, ProcessCluster, QUIET_LOGS, StopPolicy, signal, terminate, wait_exit,
+};
 pub use wait::{Outcome, POLL, wait_until, wait_until_every};

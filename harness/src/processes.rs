@@ -26,6 +26,10 @@ pub enum StopPolicy {
     },
 }
 
+/// The `RUST_LOG` a cluster's processes get unless told otherwise: warnings, and not
+/// delta-rs's own (it warns of conditions Smelter handles).
+pub const QUIET_LOGS: &str = "warn,deltalake_core=error";
+
 /// What a [`ProcessCluster`] runs.
 #[derive(Debug, Clone)]
 pub struct ClusterSpec {
@@ -56,7 +60,7 @@ impl ClusterSpec {
             etcd: etcd.map(str::to_string),
             root: None,
             settings: Vec::new(),
-            log_filter: "warn,deltalake_core=error".into(),
+            log_filter: QUIET_LOGS.into(),
             stop: StopPolicy::Kill,
         }
     }

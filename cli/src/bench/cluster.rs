@@ -205,6 +205,7 @@ pub async fn run(options: &BenchOptions, services: &Services) -> Result<(EndToEn
     let flight = format!("127.0.0.1:{}", free_port().map_err(io("find a free port"))?);
     let binary = std::env::current_exe().map_err(io("locate the smelter binary"))?;
     let mut spec = ClusterSpec::new(binary, 1, Some(&services.etcd));
+    spec.log_filter = options.cluster_log.clone();
     let storage = match &options.s3_endpoint {
         Some(endpoint) => {
             let storage = s3_storage(endpoint, &id).await?;
@@ -240,7 +241,18 @@ pub async fn run(options: &BenchOptions, services: &Services) -> Result<(EndToEn
     }
     let text = kafka_demo(&services.brokers, &topic);
     let spec = crate::commands::load_pipeline(&text, "bench.yaml").await?;
-    // The coordinator process needs a moment to listen and win its election.
+    // Every worker registers before the pipeline is applied, as in a cluster that was
+    // running already: the tasks are placed once, instead of some being handed off to a
+    // worker that joins a moment later, inside the run's first second of latency.
+    let workers = usize::from(options.workers);
+    processes
+        .wait_status(
+            "every worker registered",
+            options.timeout.min(Duration::from_secs(120)),
+            |status| status["workers"].as_array().map(Vec::len) == Some(workers),
+        )
+        .await
+        .map_err(bench_error)?;
     processes
         .apply(&text, "bench.yaml")
         .await

@@ -65,6 +65,8 @@ pub struct BenchOptions {
     pub runs: u32,
     /// An S3-compatible endpoint for the cluster run's tables (local disk when `None`).
     pub s3_endpoint: Option<String>,
+    /// `RUST_LOG` of the cluster run's processes.
+    pub cluster_log: String,
 }
 
 /// Three queries a dashboard would run, over gold and silver.

@@ -32,6 +32,7 @@ pub async fn run(config: SmelterConfig, args: BenchArgs) -> Result<()> {
         timeout: Duration::from_secs(args.timeout_secs),
         runs: args.runs,
         s3_endpoint: args.s3_endpoint.clone(),
+        cluster_log: args.cluster_log.clone(),
     };
     let mut report = BenchReport {
         version: env!("CARGO_PKG_VERSION").to_string(),
