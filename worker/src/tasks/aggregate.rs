@@ -335,7 +335,8 @@ mod tests {
         assert_eq!(refresh_wait(at(1_080), at(1_250), interval), None);
         // Less than an interval after the last one, but in the next slot: at once.
         assert_eq!(refresh_wait(at(1_249), at(1_251), interval), None);
-        // A clock that stepped back waits for the next slot of `now`, never longer.
+        // A clock that stepped back (the due time before the last refresh) waits for the
+        // slot after the due time, never longer than one interval.
         assert_eq!(refresh_wait(at(1_400), at(1_100), interval), Some(ms(150)));
     }
 
