@@ -125,7 +125,8 @@ impl AggregateTask {
         let mut refresher =
             Refresher::new(engine, &sql, &spec.from).with_recent_files(env.commits.recent.clone());
         let mut known = log::version(&silver);
-        let mut last_refresh: Option<SystemTime> = None;
+        // Times since the Unix epoch: the grid's slots are multiples of it.
+        let mut last_refresh: Option<Duration> = None;
         let mut interval = min_interval;
         // How long the refreshes this task committed took, reported with its status.
         let mut refreshes = smelter_lake::timings::Histogram::default();
@@ -154,7 +155,9 @@ impl AggregateTask {
                 announced.wait(poll, Duration::ZERO, &cancel).await;
                 continue;
             }
-            let now = SystemTime::now();
+            let now = SystemTime::now()
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .unwrap_or_default();
             if let Some(left) = last_refresh.and_then(|last| refresh_wait(last, now, interval)) {
                 // Nothing can be refreshed before the next slot: no probe until then.
                 progress.set_state(TaskState::Running);
@@ -264,22 +267,17 @@ pub fn slot_interval(min_interval: Duration, took: Duration) -> Duration {
     Duration::from_nanos(u64::try_from(min * slots).unwrap_or(u64::MAX))
 }
 
-/// How long a refresh due at `now` waits when the last one was at `last`: nothing once
-/// `now` is in a later slot of the `interval` grid (multiples since the Unix epoch) than
-/// `last`, else until the next slot begins. A clock that stepped back waits at most one
-/// interval.
-pub fn refresh_wait(last: SystemTime, now: SystemTime, interval: Duration) -> Option<Duration> {
-    let since_epoch = |t: SystemTime| {
-        t.duration_since(SystemTime::UNIX_EPOCH)
-            .unwrap_or_default()
-            .as_nanos()
-    };
+/// How long a refresh due at `due` waits when the last one was at `last` (both times since
+/// the Unix epoch): nothing once `due` is in a later slot of the `interval` grid (its
+/// multiples) than `last`, else until the next slot begins. A due time before the last
+/// refresh (the system time stepped back) waits at most one interval.
+pub fn refresh_wait(last: Duration, due: Duration, interval: Duration) -> Option<Duration> {
     let interval = interval.as_nanos().max(1);
-    let (last, now) = (since_epoch(last), since_epoch(now));
-    if now / interval > last / interval {
+    let (last, due) = (last.as_nanos(), due.as_nanos());
+    if due / interval > last / interval {
         return None;
     }
-    let left = interval - now % interval;
+    let left = interval - due % interval;
     Some(Duration::from_nanos(
         u64::try_from(left).unwrap_or(u64::MAX),
     ))
@@ -321,9 +319,9 @@ mod tests {
         Duration::from_millis(n)
     }
 
-    fn at(n: u64) -> SystemTime {
-        // A fixed instant: these tests never read the clock.
-        SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000) + ms(n)
+    /// A fixed time since the Unix epoch, `n` ms after a round one.
+    fn at(n: u64) -> Duration {
+        Duration::from_secs(1_800_000_000) + ms(n)
     }
 
     #[test]
@@ -335,8 +333,8 @@ mod tests {
         assert_eq!(refresh_wait(at(1_080), at(1_250), interval), None);
         // Less than an interval after the last one, but in the next slot: at once.
         assert_eq!(refresh_wait(at(1_249), at(1_251), interval), None);
-        // A clock that stepped back (the due time before the last refresh) waits for the
-        // slot after the due time, never longer than one interval.
+        // A due time before the last refresh (system time stepped back) waits for the slot
+        // after the due time, never longer than one interval.
         assert_eq!(refresh_wait(at(1_400), at(1_100), interval), Some(ms(150)));
     }
 
@@ -362,8 +360,7 @@ mod tests {
             jitter = (jitter * 37 + 11) % 101;
             jitter
         };
-        let (mut last_grid, mut last_timed): (Option<SystemTime>, Option<SystemTime>) =
-            (None, None);
+        let (mut last_grid, mut last_timed): (Option<Duration>, Option<Duration>) = (None, None);
         let (mut waited_grid, mut waited_timed) = (Duration::ZERO, Duration::ZERO);
         for k in 0..200u64 {
             let commit = k * 250 + 60 + next() / 2;
@@ -372,7 +369,7 @@ mod tests {
             waited_grid += wait.unwrap_or_default();
             last_grid = Some(seen + wait.unwrap_or_default());
             let wait = last_timed
-                .map(|l| interval.saturating_sub(seen.duration_since(l).unwrap_or_default()))
+                .map(|l| interval.saturating_sub(seen.saturating_sub(l)))
                 .unwrap_or_default();
             waited_timed += wait;
             last_timed = Some(seen + wait);
