@@ -672,8 +672,8 @@ fn users_of_records(
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn cascade_forgets_one_percent_of_users_while_the_generator_runs() {
     const EVENTS: u64 = 120_000;
-    let text = bounded_demo(EVENTS, 4).replace("      rate: null\n", "      rate: 20000\n");
-    assert!(text.contains("rate: 20000"), "the generator is paced");
+    let text = bounded_demo(EVENTS, 4).replace("      rate: null\n", "      rate: 8000\n");
+    assert!(text.contains("rate: 8000"), "the generator is paced");
     let cluster = TestCluster::start(2, &text).await.unwrap();
     let pipeline_file = cluster.dir().join("pipeline.yaml");
     std::fs::write(&pipeline_file, &text).unwrap();
