@@ -350,7 +350,7 @@ async fn attempt_until_decided(
     let mut lock_wait = std::time::Duration::ZERO;
     for attempt in 0..ATTEMPTS {
         // Held for the log write only; dropping it (this future dropped mid-way included)
-        // ends its keep-alive, so the lock lapses within its TTL at the latest.
+        // hands it to the arbiter's session task, which deletes it.
         let lock = match arbiter {
             Some(arbiter) => {
                 let asked = std::time::Instant::now();

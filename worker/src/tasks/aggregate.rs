@@ -319,9 +319,10 @@ mod tests {
         Duration::from_millis(n)
     }
 
-    /// A fixed time since the Unix epoch, `n` ms after a round one.
+    /// A point on the grid, `n` ms after its origin. The grid only counts whole intervals
+    /// since the origin, so any origin that is a multiple of the interval behaves alike.
     fn at(n: u64) -> Duration {
-        Duration::from_secs(1_800_000_000) + ms(n)
+        ms(n)
     }
 
     #[test]
